@@ -1,0 +1,280 @@
+"""Output formats, byte-compatible with the original Logplex (REFERENCE.md §3.4, §5.5).
+
+Each encoder writes a whole batch into one output buffer. Frames that are not valid
+RFC 5424 are skipped, as the original's drain and session parsers skipped them.
+"""
+
+import time as _time
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.string cimport memcmp, memcpy
+
+from logplexd._native.batch cimport Batch
+from logplexd._native.records cimport (
+    F_APPNAME, F_MSG, F_PROCID, F_TIMESTAMP, REC_VALID, MsgRec,
+)
+
+DEF LF = 10
+DEF CR = 13
+
+
+cdef struct Out:
+    char* buf
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _out_init(Out* o, Py_ssize_t cap) except -1:
+    o.buf = <char*>PyMem_Malloc(cap if cap > 64 else 64)
+    if o.buf == NULL:
+        raise MemoryError()
+    o.n = 0
+    o.cap = cap if cap > 64 else 64
+    return 0
+
+
+cdef int _out_need(Out* o, Py_ssize_t more) except -1:
+    cdef Py_ssize_t want
+    cdef char* p
+    if o.n + more <= o.cap:
+        return 0
+    want = max(o.cap * 2, o.n + more)
+    p = <char*>PyMem_Realloc(o.buf, want)
+    if p == NULL:
+        raise MemoryError()
+    o.buf = p
+    o.cap = want
+    return 0
+
+
+cdef inline void _put(Out* o, const void* src, Py_ssize_t n) noexcept:
+    memcpy(o.buf + o.n, src, n)
+    o.n += n
+
+
+cdef inline void _put_uint(Out* o, Py_ssize_t v) noexcept:
+    cdef char tmp[24]
+    cdef int k = 0
+    if v == 0:
+        o.buf[o.n] = b'0'
+        o.n += 1
+        return
+    while v > 0:
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        k += 1
+    while k > 0:
+        k -= 1
+        o.buf[o.n] = tmp[k]
+        o.n += 1
+
+
+cdef inline Py_ssize_t _ndigits(Py_ssize_t v) noexcept:
+    cdef Py_ssize_t d = 1
+    while v >= 10:
+        v //= 10
+        d += 1
+    return d
+
+
+cdef object _finish(Out* o):
+    try:
+        return PyBytes_FromStringAndSize(o.buf, o.n)
+    finally:
+        PyMem_Free(o.buf)
+
+
+cdef inline Py_ssize_t _field(const MsgRec* r, int f) noexcept:
+    return r.fl[f]
+
+
+cdef Py_ssize_t _drain_frames(Batch batch, const char* host, Py_ssize_t host_len,
+                              bint syslog_style, bint add_lf_always, Py_ssize_t start,
+                              Py_ssize_t max_bytes, Py_ssize_t* count, Out* o) except -2:
+    """Shared writer of the drain-style formats; returns the next unread index.
+
+    syslog_style: ``<PRI>1 TS HOST APP PROCID - - MSG`` plus LF when MSG lacks one;
+    otherwise ``<PRI>1 TS HOST APP PROCID - MSG`` (no SD), with LF only if add_lf_always.
+    """
+    cdef Py_ssize_t i, body, msg_len
+    cdef const MsgRec* r
+    cdef const char* p
+    cdef bint lf
+    i = start
+    while i < batch.n:
+        r = &batch.recs[i]
+        if not (r.flags & REC_VALID):
+            i += 1
+            continue
+        p = <const char*>batch.buf + r.off
+        msg_len = r.fl[F_MSG]
+        if syslog_style:
+            lf = msg_len == 0 or p[r.fs[F_MSG] + msg_len - 1] != LF
+        else:
+            lf = add_lf_always
+        # "<" PRI ">1 " TS " " HOST " " APP " " PROCID (" - - " | " - ") MSG [LF]
+        body = (1 + _ndigits(r.pri) + 3 + r.fl[F_TIMESTAMP] + 1 + host_len + 1
+                + r.fl[F_APPNAME] + 1 + r.fl[F_PROCID] + (5 if syslog_style else 3)
+                + msg_len + (1 if lf else 0))
+        if count[0] > 0 and o.n + _ndigits(body) + 1 + body > max_bytes:
+            break
+        _out_need(o, _ndigits(body) + 1 + body)
+        _put_uint(o, body)
+        _put(o, b" <", 2)
+        _put_uint(o, r.pri)
+        _put(o, b">1 ", 3)
+        _put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
+        _put(o, b" ", 1)
+        _put(o, host, host_len)
+        _put(o, b" ", 1)
+        _put(o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
+        _put(o, b" ", 1)
+        _put(o, p + r.fs[F_PROCID], r.fl[F_PROCID])
+        if syslog_style:
+            _put(o, b" - - ", 5)
+        else:
+            _put(o, b" - ", 3)
+        _put(o, p + r.fs[F_MSG], msg_len)
+        if lf:
+            _put(o, b"\n", 1)
+        count[0] += 1
+        i += 1
+    return i
+
+
+def syslog_frames(Batch batch not None, bytes drain_token not None, Py_ssize_t start=0,
+                  Py_ssize_t max_bytes=4096):
+    """Octet-counted syslog drain frames from ``start``: (bytes, count, next_index).
+
+    Stops before ``max_bytes`` would be exceeded, but always takes at least one frame.
+    """
+    cdef Out o
+    cdef Py_ssize_t count = 0, nxt
+    _out_init(&o, min(batch.nbytes + batch.n * 64, max_bytes + 16384))
+    try:
+        nxt = _drain_frames(batch, PyBytes_AS_STRING(drain_token), len(drain_token), True,
+                            False, start, max_bytes, &count, &o)
+    except BaseException:
+        PyMem_Free(o.buf)
+        raise
+    return _finish(&o), count, nxt
+
+
+def http_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t max_bytes=102400):
+    """HTTP drain frames (no SD, no LF added): (bytes, count, next_index)."""
+    cdef Out o
+    cdef Py_ssize_t count = 0, nxt
+    _out_init(&o, min(batch.nbytes + batch.n * 64, max_bytes + 16384))
+    try:
+        nxt = _drain_frames(batch, b"host", 4, False, False, start, max_bytes, &count, &o)
+    except BaseException:
+        PyMem_Free(o.buf)
+        raise
+    return _finish(&o), count, nxt
+
+
+def channel_log_frames(Batch batch not None):
+    """``GET /v3/channels/:ch/logs`` frames (HTTP drain format plus a counted LF)."""
+    cdef Out o
+    cdef Py_ssize_t count = 0
+    _out_init(&o, batch.nbytes + batch.n * 64)
+    try:
+        _drain_frames(batch, b"host", 4, False, True, 0, <Py_ssize_t>1 << 62, &count, &o)
+    except BaseException:
+        PyMem_Free(o.buf)
+        raise
+    return _finish(&o), count
+
+
+cdef inline bint _ps_matches(const char* procid, Py_ssize_t n, const char* ps,
+                             Py_ssize_t ps_len) noexcept:
+    if n < ps_len or memcmp(procid, ps, ps_len) != 0:
+        return False
+    return n == ps_len or procid[ps_len] == b'.'
+
+
+def session_lines(Batch batch not None, ps=None, source=None):
+    """Session/tail text ``TS APP[PROCID]: MSG\\n``, optionally filtered: (bytes, count).
+
+    ``ps`` matches PROCID exactly or as a prefix before a dot (``web`` matches ``web.1``);
+    ``source`` matches APP-NAME exactly.
+    """
+    cdef Out o
+    cdef Py_ssize_t i, count = 0, msg_len, ps_len = 0, src_len = 0
+    cdef const MsgRec* r
+    cdef const char* p
+    cdef const char* msg
+    cdef const char* ps_p = NULL
+    cdef const char* src_p = NULL
+    if ps is not None:
+        ps_p = PyBytes_AS_STRING(ps)
+        ps_len = len(ps)
+    if source is not None:
+        src_p = PyBytes_AS_STRING(source)
+        src_len = len(source)
+    _out_init(&o, batch.nbytes + batch.n * 8)
+    try:
+        for i in range(batch.n):
+            r = &batch.recs[i]
+            if not (r.flags & REC_VALID):
+                continue
+            p = <const char*>batch.buf + r.off
+            if ps_p != NULL and not _ps_matches(p + r.fs[F_PROCID], r.fl[F_PROCID], ps_p,
+                                                 ps_len):
+                continue
+            if src_p != NULL and (r.fl[F_APPNAME] != src_len
+                                  or memcmp(p + r.fs[F_APPNAME], src_p, src_len) != 0):
+                continue
+            msg = p + r.fs[F_MSG]
+            msg_len = r.fl[F_MSG]
+            if msg_len and msg[msg_len - 1] == LF:
+                msg_len -= 1
+                if msg_len and msg[msg_len - 1] == CR:
+                    msg_len -= 1
+            _out_need(&o, r.fl[F_TIMESTAMP] + r.fl[F_APPNAME] + r.fl[F_PROCID] + msg_len + 6)
+            _put(&o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
+            _put(&o, b" ", 1)
+            _put(&o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
+            _put(&o, b"[", 1)
+            _put(&o, p + r.fs[F_PROCID], r.fl[F_PROCID])
+            _put(&o, b"]: ", 3)
+            _put(&o, msg, msg_len)
+            _put(&o, b"\n", 1)
+            count += 1
+    except BaseException:
+        PyMem_Free(o.buf)
+        raise
+    return _finish(&o), count
+
+
+# -- Logplex's own notices (rare: plain Python formatting is fine here) -------------------
+
+def format_time(double epoch_seconds):
+    """Logplex's own timestamp format: ``YYYY-MM-DDTHH:MM:SS+00:00`` (UTC, no fraction)."""
+    return _time.strftime("%Y-%m-%dT%H:%M:%S+00:00", _time.gmtime(epoch_seconds)).encode()
+
+
+def _l10_text(n, since):
+    return (f"Error L10 (output buffer overflow): {int(n)} messages dropped since ".encode()
+            + format_time(since) + b".")
+
+
+def l10_syslog(bytes drain_token not None, n, double since, double now):
+    """The L10 frame a syslog drain sends first after losing ``n`` messages."""
+    body = (b"<172>1 " + format_time(now) + b" " + drain_token + b" heroku logplex - - "
+            + _l10_text(n, since) + b"\n")
+    return str(len(body)).encode() + b" " + body
+
+
+def l10_http(n, double since, double now):
+    """The L10 frame an HTTP drain prepends (no SD, no trailing LF, as the original)."""
+    body = b"<172>1 " + format_time(now) + b" host heroku logplex - " + _l10_text(n, since)
+    return str(len(body)).encode() + b" " + body
+
+
+def l11_line(n, double since, double now):
+    """The L11 line a lapped tail session receives."""
+    return (format_time(now) + b" logplex[1]: Error L11 (Tail buffer overflow) -> "
+            + f"This tail session dropped {int(n)} messages since ".encode()
+            + format_time(since) + b".\n")

@@ -1,0 +1,27 @@
+from libc.stdint cimport uint64_t
+
+from logplexd._native.records cimport MsgRec
+
+
+cdef class ChannelRing:
+    cdef MsgRec* slots           # record of seq s at slots[s % slot_cap]
+    cdef Py_ssize_t slot_cap
+    cdef readonly Py_ssize_t max_messages
+    cdef unsigned char* arena    # payloads, FIFO in a circular byte arena
+    cdef Py_ssize_t arena_cap
+    cdef readonly Py_ssize_t max_bytes
+    cdef Py_ssize_t wpos
+    cdef Py_ssize_t used
+    cdef readonly uint64_t head  # next seq to write
+    cdef readonly uint64_t tail  # oldest seq held
+    cdef public unsigned long long evicted
+    cdef public unsigned long long rejected
+    cdef public unsigned long long epoch   # router bookkeeping: last dispatch that touched it
+
+    cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
+                        const unsigned char* name, Py_ssize_t name_len) except -1
+    cdef int _grow_slots(self) except -1
+    cdef int _grow_arena(self, Py_ssize_t need) except -1
+    cdef void _evict_oldest(self) noexcept
+    cdef bint _fits(self, Py_ssize_t length) noexcept
+    cdef Py_ssize_t _place(self, Py_ssize_t length) except -1

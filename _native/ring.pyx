@@ -1,0 +1,225 @@
+"""ChannelRing: a channel's bounded history, written by the router, read through cursors.
+
+Cursors are sequence numbers, so readers hold nothing inside the ring and never block the
+writer: a reader that falls more than the capacity behind learns exactly how many messages
+it lost (``tail - cursor``) on its next read. Storage grows on demand up to the limits, so
+an idle channel costs a few hundred bytes.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+from logplexd._native.batch cimport Batch
+from logplexd._native.records cimport F_APPNAME, NFIELDS, MsgRec
+
+DEF FIRST_SLOTS = 8
+DEF FIRST_ARENA = 2048
+
+DEFAULT_MAX_MESSAGES = 1500
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+
+
+cdef class ChannelRing:
+    def __cinit__(self, Py_ssize_t max_messages=DEFAULT_MAX_MESSAGES,
+                  Py_ssize_t max_bytes=DEFAULT_MAX_BYTES):
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if max_bytes < 256:
+            raise ValueError("max_bytes must be at least 256")
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.slots = NULL
+        self.arena = NULL
+        self.slot_cap = 0
+        self.arena_cap = 0
+        self.wpos = 0
+        self.used = 0
+        self.head = 0
+        self.tail = 0
+        self.evicted = 0
+        self.rejected = 0
+        self.epoch = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.slots)
+        PyMem_Free(self.arena)
+
+    # -- storage management ---------------------------------------------------------------
+    cdef int _grow_slots(self) except -1:
+        cdef Py_ssize_t new_cap = min(max(self.slot_cap * 2, FIRST_SLOTS), self.max_messages)
+        cdef MsgRec* fresh = <MsgRec*>PyMem_Malloc(new_cap * sizeof(MsgRec))
+        cdef uint64_t s
+        if fresh == NULL:
+            raise MemoryError()
+        s = self.tail
+        while s < self.head:
+            fresh[s % new_cap] = self.slots[s % self.slot_cap]
+            s += 1
+        PyMem_Free(self.slots)
+        self.slots = fresh
+        self.slot_cap = new_cap
+        return 0
+
+    cdef int _grow_arena(self, Py_ssize_t need) except -1:
+        """Reallocate the arena (at least ``need`` bytes), laying live payloads out from 0."""
+        cdef Py_ssize_t new_cap = max(self.arena_cap * 2, FIRST_ARENA)
+        cdef unsigned char* fresh
+        cdef uint64_t s
+        cdef MsgRec* rec
+        cdef Py_ssize_t pos = 0
+        while new_cap < need:
+            new_cap *= 2
+        if new_cap > self.max_bytes:
+            new_cap = self.max_bytes
+        fresh = <unsigned char*>PyMem_Malloc(new_cap)
+        if fresh == NULL:
+            raise MemoryError()
+        s = self.tail
+        while s < self.head:
+            rec = &self.slots[s % self.slot_cap]
+            memcpy(fresh + pos, self.arena + rec.off, rec.len)
+            rec.off = <unsigned int>pos
+            pos += rec.len
+            s += 1
+        PyMem_Free(self.arena)
+        self.arena = fresh
+        self.arena_cap = new_cap
+        self.wpos = pos
+        return 0
+
+    cdef void _evict_oldest(self) noexcept:
+        cdef MsgRec* rec = &self.slots[self.tail % self.slot_cap]
+        self.used -= rec.len
+        self.tail += 1
+        self.evicted += 1
+        if self.tail == self.head:
+            self.wpos = 0
+
+    cdef bint _fits(self, Py_ssize_t length) noexcept:
+        """Can ``length`` bytes be placed without evicting anything?"""
+        cdef Py_ssize_t oldest
+        if self.head == self.tail:
+            return length <= self.arena_cap
+        oldest = self.slots[self.tail % self.slot_cap].off
+        if self.wpos + length <= self.arena_cap:
+            return oldest < self.wpos or oldest >= self.wpos + length
+        return oldest < self.wpos and oldest >= length
+
+    cdef Py_ssize_t _place(self, Py_ssize_t length) except -1:
+        """Reserve ``length`` contiguous bytes, evicting the oldest messages as needed."""
+        cdef Py_ssize_t oldest
+        if self.head - self.tail >= <uint64_t>self.max_messages:
+            self._evict_oldest()
+        if self.head - self.tail >= <uint64_t>self.slot_cap:
+            self._grow_slots()
+        if self.arena_cap < self.max_bytes and not self._fits(length):
+            self._grow_arena(self.used + length)
+        if self.wpos + length > self.arena_cap:
+            # Wrap: first every message ahead of wpos (the oldest), then those in [0, length).
+            while self.head != self.tail and self.slots[self.tail % self.slot_cap].off >= self.wpos:
+                self._evict_oldest()
+            self.wpos = 0
+        while self.head != self.tail:
+            oldest = self.slots[self.tail % self.slot_cap].off
+            if oldest >= self.wpos and oldest < self.wpos + length:
+                self._evict_oldest()
+            else:
+                break
+        return self.wpos
+
+    cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
+                        const unsigned char* name, Py_ssize_t name_len) except -1:
+        """Append one parsed frame; with ``name`` (len >= 0), APP-NAME becomes ``name``."""
+        cdef Py_ssize_t length, pos, app_start, app_len, delta, cut
+        cdef MsgRec* rec
+        cdef int f
+        if name_len < 0:
+            length = src.len
+        else:
+            app_len = src.fl[F_APPNAME]
+            length = src.len - app_len + name_len
+        if length > self.max_bytes:
+            self.rejected += 1
+            return 0
+        pos = self._place(length)
+        rec = &self.slots[self.head % self.slot_cap]
+        rec[0] = src[0]
+        rec.off = <unsigned int>pos
+        rec.len = <unsigned short>length
+        if name_len < 0:
+            memcpy(self.arena + pos, base + src.off, length)
+        else:
+            app_start = src.fs[F_APPNAME]
+            cut = app_start + app_len
+            memcpy(self.arena + pos, base + src.off, app_start)
+            memcpy(self.arena + pos + app_start, name, name_len)
+            memcpy(self.arena + pos + app_start + name_len, base + src.off + cut, src.len - cut)
+            delta = name_len - app_len
+            rec.fl[F_APPNAME] = <unsigned short>name_len
+            for f in range(NFIELDS):
+                if f != F_APPNAME and rec.fs[f] > app_start:
+                    rec.fs[f] = <unsigned short>(rec.fs[f] + delta)
+        self.wpos = pos + length
+        self.used += length
+        self.head += 1
+        return 0
+
+    # -- Python API -----------------------------------------------------------------------
+    def append_batch(self, Batch batch):
+        """Append every frame of ``batch`` unchanged; returns how many."""
+        cdef Py_ssize_t i
+        for i in range(batch.n):
+            self.append_rec(batch.buf, &batch.recs[i], NULL, -1)
+        return batch.n
+
+    def read(self, unsigned long long cursor, Py_ssize_t max_messages=1024,
+             Py_ssize_t max_bytes=1 << 20):
+        """Copy messages from ``cursor`` on: (Batch, next_cursor, lost).
+
+        ``lost`` counts messages the ring dropped before this reader saw them. At least one
+        message is returned when any is available, whatever ``max_bytes`` says.
+        """
+        cdef Batch batch = Batch()
+        cdef uint64_t s = cursor
+        cdef unsigned long long lost = 0
+        cdef MsgRec* rec
+        cdef Py_ssize_t nbytes = 0
+        if s > self.head:
+            s = self.head
+        if s < self.tail:
+            lost = self.tail - s
+            s = self.tail
+        if self.head > s:
+            batch.reserve(0, <Py_ssize_t>min(<uint64_t>max_messages, self.head - s))
+        while s < self.head and batch.n < max_messages:
+            rec = &self.slots[s % self.slot_cap]
+            if batch.n and nbytes + rec.len > max_bytes:
+                break
+            batch.push_rec(self.arena, rec)
+            nbytes += rec.len
+            s += 1
+        return batch, s, lost
+
+    def last(self, Py_ssize_t n):
+        """The newest ``n`` messages (fewer if the ring holds fewer), oldest first."""
+        cdef uint64_t start = self.tail
+        if n <= 0:
+            return Batch()
+        if self.head - self.tail > <uint64_t>n:
+            start = self.head - n
+        return self.read(start, n, self.max_bytes + 1)[0]
+
+    def __len__(self):
+        return self.head - self.tail
+
+
+    @property
+    def nbytes(self):
+        return self.used
+
+    @property
+    def allocated(self):
+        """Bytes of storage currently allocated (records and payload arena)."""
+        return self.slot_cap * sizeof(MsgRec) + self.arena_cap
+

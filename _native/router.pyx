@@ -1,0 +1,211 @@
+"""Token -> channel routing in C: one ``dispatch`` call routes a whole batch.
+
+``TokenTable`` is an open-addressing hash table (linear probing, backward-shift deletion)
+keyed by the token's bytes, so the hot path looks a token up straight from the frame
+buffer without building a Python object per message.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from logplexd._native.batch cimport Batch
+from logplexd._native.records cimport F_APPNAME, REC_HAS_APP, MsgRec
+from logplexd._native.ring cimport ChannelRing
+
+DEF MAX_TOKEN = 64
+DEF MAX_NAME = 255
+
+ctypedef struct Entry:
+    uint64_t hash            # 0 = empty slot
+    unsigned char klen
+    unsigned char key[MAX_TOKEN]
+    PyObject* ring           # strong references, released on remove/dealloc
+    PyObject* name           # bytes
+
+
+cdef inline uint64_t _hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 1099511628211ULL
+    return h | 1   # never 0: 0 marks an empty slot
+
+
+cdef unsigned long long _dispatch_epoch = 0
+
+
+cdef class TokenTable:
+    cdef Entry* entries
+    cdef Py_ssize_t cap        # power of two
+    cdef Py_ssize_t count
+
+    def __cinit__(self):
+        self.cap = 0
+        self.count = 0
+        self.entries = NULL
+        self._resize(64)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.entries != NULL:
+            for i in range(self.cap):
+                if self.entries[i].hash:
+                    Py_DECREF(<object>self.entries[i].ring)
+                    Py_DECREF(<object>self.entries[i].name)
+            PyMem_Free(self.entries)
+
+    cdef int _resize(self, Py_ssize_t new_cap) except -1:
+        cdef Entry* old = self.entries
+        cdef Py_ssize_t old_cap = self.cap, i, j
+        cdef Entry* fresh = <Entry*>PyMem_Malloc(new_cap * sizeof(Entry))
+        if fresh == NULL:
+            raise MemoryError()
+        memset(fresh, 0, new_cap * sizeof(Entry))
+        for i in range(old_cap):
+            if old[i].hash:
+                j = <Py_ssize_t>(old[i].hash & (new_cap - 1))
+                while fresh[j].hash:
+                    j = (j + 1) & (new_cap - 1)
+                fresh[j] = old[i]
+        PyMem_Free(old)
+        self.entries = fresh
+        self.cap = new_cap
+        return 0
+
+    cdef inline Entry* find(self, const unsigned char* key, Py_ssize_t n) noexcept nogil:
+        cdef uint64_t h
+        cdef Py_ssize_t j
+        if n <= 0 or n > MAX_TOKEN:
+            return NULL
+        h = _hash(key, n)
+        j = <Py_ssize_t>(h & (self.cap - 1))
+        while self.entries[j].hash:
+            if (self.entries[j].hash == h and self.entries[j].klen == n
+                    and memcmp(self.entries[j].key, key, n) == 0):
+                return &self.entries[j]
+            j = (j + 1) & (self.cap - 1)
+        return NULL
+
+    def add(self, bytes token not None, ChannelRing ring not None, bytes name not None):
+        """Map ``token`` to ``ring``; frames routed by it get APP-NAME ``name``."""
+        cdef Py_ssize_t n = len(token), j
+        cdef Entry* e
+        cdef uint64_t h
+        if n == 0 or n > MAX_TOKEN:
+            raise ValueError(f"token must be 1..{MAX_TOKEN} bytes")
+        if len(name) > MAX_NAME:
+            raise ValueError(f"token name must be at most {MAX_NAME} bytes")
+        e = self.find(token, n)
+        if e != NULL:
+            Py_INCREF(ring)
+            Py_INCREF(name)
+            Py_DECREF(<object>e.ring)
+            Py_DECREF(<object>e.name)
+            e.ring = <PyObject*>ring
+            e.name = <PyObject*>name
+            return
+        if (self.count + 1) * 2 > self.cap:
+            self._resize(self.cap * 2)
+        h = _hash(token, n)
+        j = <Py_ssize_t>(h & (self.cap - 1))
+        while self.entries[j].hash:
+            j = (j + 1) & (self.cap - 1)
+        e = &self.entries[j]
+        e.hash = h
+        e.klen = <unsigned char>n
+        memcpy(e.key, <const char*>token, n)
+        Py_INCREF(ring)
+        Py_INCREF(name)
+        e.ring = <PyObject*>ring
+        e.name = <PyObject*>name
+        self.count += 1
+
+    def remove(self, bytes token not None):
+        cdef Entry* e = self.find(token, len(token))
+        cdef Py_ssize_t i, j, home, mask = self.cap - 1
+        if e == NULL:
+            return False
+        Py_DECREF(<object>e.ring)
+        Py_DECREF(<object>e.name)
+        i = e - self.entries
+        self.entries[i].hash = 0
+        # Backward-shift: pull later members of the probe run into the hole.
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if not self.entries[j].hash:
+                break
+            home = <Py_ssize_t>(self.entries[j].hash & mask)
+            if ((j - home) & mask) >= ((j - i) & mask):
+                self.entries[i] = self.entries[j]
+                self.entries[j].hash = 0
+                i = j
+        self.count -= 1
+        return True
+
+    def lookup(self, bytes token not None):
+        cdef Entry* e = self.find(token, len(token))
+        if e == NULL:
+            return None
+        return (<object>e.ring, <object>e.name)
+
+    def __len__(self):
+        return self.count
+
+
+def dispatch(Batch batch not None, TokenTable table not None):
+    """Route each frame by the token in its APP-NAME: (routed, unknown, touched rings).
+
+    APP-NAME is replaced by the token's name in what the ring stores. ``touched`` lists
+    each ring that received messages once, in first-touch order, for waking its readers.
+    """
+    global _dispatch_epoch
+    cdef Py_ssize_t i, routed = 0, unknown = 0
+    cdef MsgRec* rec
+    cdef Entry* e
+    cdef ChannelRing ring
+    cdef bytes name
+    cdef list touched = []
+    _dispatch_epoch += 1
+    for i in range(batch.n):
+        rec = &batch.recs[i]
+        if not (rec.flags & REC_HAS_APP):
+            unknown += 1
+            continue
+        e = table.find(batch.buf + rec.off + rec.fs[F_APPNAME], rec.fl[F_APPNAME])
+        if e == NULL:
+            unknown += 1
+            continue
+        ring = <ChannelRing>e.ring
+        name = <bytes>e.name
+        ring.append_rec(batch.buf, rec, <const unsigned char*><char*>name, len(name))
+        if ring.epoch != _dispatch_epoch:
+            ring.epoch = _dispatch_epoch
+            touched.append(ring)
+        routed += 1
+    return routed, unknown, touched
+
+
+def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing ring not None):
+    """Token auth: every frame goes to ``ring``.
+
+    A frame whose APP-NAME is a token of that same channel shows that token's name; any
+    other APP-NAME is kept as sent.
+    """
+    cdef Py_ssize_t i
+    cdef MsgRec* rec
+    cdef Entry* e
+    cdef bytes name
+    for i in range(batch.n):
+        rec = &batch.recs[i]
+        e = NULL
+        if rec.flags & REC_HAS_APP:
+            e = table.find(batch.buf + rec.off + rec.fs[F_APPNAME], rec.fl[F_APPNAME])
+        if e != NULL and e.ring == <PyObject*>ring:
+            name = <bytes>e.name
+            ring.append_rec(batch.buf, rec, <const unsigned char*><char*>name, len(name))
+        else:
+            ring.append_rec(batch.buf, rec, NULL, -1)
+    return batch.n

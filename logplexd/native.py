@@ -1,0 +1,49 @@
+"""The compiled hot path. logplexd does not run without it: there is no slow fallback."""
+
+from __future__ import annotations
+
+
+class NativeUnavailable(ImportError):
+    pass
+
+
+try:
+    from ._native.batch import Batch
+    from ._native.encode import (
+        channel_log_frames,
+        format_time,
+        http_frames,
+        l10_http,
+        l10_syslog,
+        l11_line,
+        session_lines,
+        syslog_frames,
+    )
+    from ._native.framer import OctetFramer, parse_body, parse_frames
+    from ._native.ring import ChannelRing
+    from ._native.router import TokenTable, dispatch, dispatch_to
+except ImportError as exc:  # pragma: no cover - exercised by the CLI test with a broken path
+    raise NativeUnavailable(
+        "logplexd: the compiled module logplexd._native is missing or failed to load "
+        f"({exc}). Reinstall with a C compiler present: pip install ."
+    ) from exc
+
+__all__ = [
+    "Batch",
+    "ChannelRing",
+    "NativeUnavailable",
+    "OctetFramer",
+    "TokenTable",
+    "channel_log_frames",
+    "dispatch",
+    "dispatch_to",
+    "format_time",
+    "http_frames",
+    "l10_http",
+    "l10_syslog",
+    "l11_line",
+    "parse_body",
+    "parse_frames",
+    "session_lines",
+    "syslog_frames",
+]

@@ -1,0 +1,134 @@
+"""TCP syslog input: a thin trio adapter around the native ``OctetFramer`` and router.
+
+One read becomes one batch becomes one ``Registry.route`` call: no Python object per
+message. Connections are bounded in number and cut when idle (which also ends half-open
+ones whose peer vanished without a FIN).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+import trio
+
+from .native import OctetFramer
+from .registry import Registry
+
+log = logging.getLogger("logplexd.syslog")
+
+READ_SIZE = 256 * 1024
+
+
+@dataclass
+class SyslogInputStats:
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_rejected: int = 0
+    connections_idle_closed: int = 0
+    bytes_received: int = 0
+    frames: int = 0
+    malformed: int = 0
+    routed: int = 0
+    unknown_token: int = 0
+
+
+class SyslogInput:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_frame: int = 10240,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.registry = registry
+        self.max_frame = max_frame
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.stats = SyslogInputStats()
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        bound = listeners[0].socket.getsockname()[1]
+        log.info("syslog input listening on port %d", bound)
+        await trio.serve_listeners(
+            self.handle_connection, listeners, task_status=_Started(task_status, bound)
+        )
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        stats = self.stats
+        if stats.connections_open >= self.max_connections:
+            stats.connections_rejected += 1
+            await trio.aclose_forcefully(stream)
+            return
+        stats.connections_open += 1
+        stats.connections_total += 1
+        _enable_keepalive(stream)
+        framer = OctetFramer(self.max_frame)
+        try:
+            while True:
+                with trio.move_on_after(self.idle_timeout) as idle:
+                    data = await stream.receive_some(READ_SIZE)
+                if idle.cancelled_caught:
+                    stats.connections_idle_closed += 1
+                    break
+                if not data:
+                    break
+                stats.bytes_received += len(data)
+                self.ingest(framer, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            stats.connections_open -= 1
+            await trio.aclose_forcefully(stream)
+
+    def ingest(self, framer: OctetFramer, data: bytes) -> None:
+        batch = framer.feed(data)
+        stats = self.stats
+        stats.malformed += batch.malformed
+        if len(batch):
+            stats.frames += len(batch)
+            counts = self.registry.route(batch)
+            stats.routed += counts.routed
+            stats.unknown_token += counts.unknown_token
+
+
+class _Started:
+    """Report the bound port instead of serve_listeners' listener list."""
+
+    def __init__(self, task_status: trio.TaskStatus[int], port: int) -> None:
+        self._task_status = task_status
+        self._port = port
+
+    def started(self, value: object = None) -> None:
+        self._task_status.started(self._port)
+
+
+def _enable_keepalive(stream: trio.abc.Stream) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    except OSError:
+        pass

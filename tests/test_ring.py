@@ -1,0 +1,121 @@
+"""ChannelRing against a plain-Python model: bounds, eviction order, cursors and losses."""
+
+from collections import deque
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from logplexd.native import ChannelRing, parse_frames
+
+
+def frame(i: int, size: int = 0) -> bytes:
+    return b"<13>1 2024-01-01T00:00:00Z host t.a web.1 - - msg %d %s" % (i, b"x" * size)
+
+
+def test_keeps_exactly_max_messages_newest_first_out():
+    ring = ChannelRing(5, 1 << 20)
+    ring.append_batch(parse_frames([frame(i) for i in range(12)]))
+    assert len(ring) == 5
+    assert ring.last(100).frames() == [frame(i) for i in range(7, 12)]
+    assert ring.last(2).frames() == [frame(10), frame(11)]
+    assert (ring.tail, ring.head, ring.evicted) == (7, 12, 7)
+
+
+def test_byte_bound_evicts_oldest_and_never_exceeds_it():
+    ring = ChannelRing(1000, 4096)
+    for i in range(200):
+        ring.append_batch(parse_frames([frame(i, size=i % 300)]))
+        assert ring.nbytes <= 4096
+        assert ring.allocated <= 4096 + 1000 * 64
+    held = ring.last(1000).frames()
+    assert held == [frame(i, size=i % 300) for i in range(200 - len(held), 200)]
+
+
+def test_cursor_reads_in_pieces_and_reports_exact_loss():
+    ring = ChannelRing(10, 1 << 20)
+    ring.append_batch(parse_frames([frame(i) for i in range(4)]))
+    batch, cursor, lost = ring.read(0, 3)
+    assert batch.frames() == [frame(0), frame(1), frame(2)] and (cursor, lost) == (3, 0)
+    ring.append_batch(parse_frames([frame(i) for i in range(4, 30)]))
+    batch, cursor, lost = ring.read(cursor, 100)
+    # The ring holds 20..29; the reader saw 0..2, so 3..19 (17 messages) were lost.
+    assert lost == 17
+    assert batch.frames() == [frame(i) for i in range(20, 30)]
+    assert ring.read(cursor)[0].frames() == [] and ring.read(cursor)[2] == 0
+
+
+def test_read_respects_max_bytes_but_returns_at_least_one():
+    ring = ChannelRing(10, 1 << 20)
+    ring.append_batch(parse_frames([frame(i, size=500) for i in range(3)]))
+    batch, cursor, _ = ring.read(0, 10, max_bytes=10)
+    assert len(batch) == 1 and cursor == 1
+    batch, cursor, _ = ring.read(0, 10, max_bytes=1200)
+    assert len(batch) == 2 and cursor == 2
+
+
+def test_idle_ring_allocates_nothing_and_grows_on_demand():
+    ring = ChannelRing(1500, 4 << 20)
+    assert ring.allocated == 0
+    ring.append_batch(parse_frames([frame(1)]))
+    assert 0 < ring.allocated < 4096
+
+
+def test_message_larger_than_the_byte_bound_is_rejected_and_counted():
+    ring = ChannelRing(10, 256)
+    ring.append_batch(parse_frames([frame(1, size=400), frame(2)]))
+    assert ring.rejected == 1 and ring.last(5).frames() == [frame(2)]
+
+
+def test_fields_survive_storage():
+    ring = ChannelRing(3, 1 << 20)
+    ring.append_batch(parse_frames([frame(7)]))
+    fields = ring.last(1).fields(0)
+    assert fields["app"] == b"t.a" and fields["procid"] == b"web.1" and fields["msg"] == b"msg 7 "
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.lists(st.integers(0, 700), min_size=1, max_size=8)),
+        st.tuples(st.just("read"), st.integers(0, 2), st.integers(1, 9)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(max_messages=st.integers(1, 12), max_bytes=st.integers(256, 3000), script=ops)
+def test_matches_a_deque_model(max_messages, max_bytes, script):
+    ring = ChannelRing(max_messages, max_bytes)
+    model: deque[tuple[int, bytes]] = deque()  # (seq, payload) the ring must still hold
+    head = 0
+    cursors = [0, 0, 0]
+    for op in script:
+        if op[0] == "append":
+            for size in op[1]:
+                payload = frame(head, size)
+                ring.append_batch(parse_frames([payload]))
+                if len(payload) <= max_bytes:
+                    model.append((head, payload))
+                    head += 1
+                    # Count bound is exact; the byte bound may evict earlier but never
+                    # more than needed to respect it (checked below).
+                    while len(model) > max_messages:
+                        model.popleft()
+        else:
+            _, which, limit = op
+            batch, nxt, lost = ring.read(cursors[which], limit)
+            held = dict(model)
+            frames = batch.frames()
+            first = cursors[which] + lost
+            assert frames == [held[s] for s in range(first, first + len(frames)) if s in held]
+            assert nxt == first + len(frames)
+            cursors[which] = nxt
+        # What the ring holds is a suffix of the model, within both bounds.
+        got = ring.last(max_messages).frames()
+        suffix = [p for _, p in model][len(model) - len(got):]
+        assert got == suffix
+        assert ring.nbytes == sum(map(len, got)) <= max_bytes
+        assert len(got) <= max_messages
+        # Eviction by bytes only happens when the newest message would not fit otherwise.
+        if len(got) < len(model) and got:
+            assert sum(map(len, got)) + len(suffix and model[-len(got) - 1][1]) > max_bytes // 2

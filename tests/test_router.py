@@ -1,0 +1,66 @@
+"""Routing in batches: token lookup, APP-NAME rewrite, token-auth semantics."""
+
+from logplexd.native import ChannelRing, TokenTable, dispatch, dispatch_to, parse_frames
+
+
+def msg(app: bytes, text: bytes = b"hello") -> bytes:
+    return b"<134>1 2012-12-10T03:00:48Z host " + app + b" web.1 - [a b=\"c\"] " + text
+
+
+def test_dispatch_routes_by_app_name_and_rewrites_only_that_field():
+    a, b = ChannelRing(), ChannelRing()
+    table = TokenTable()
+    table.add(b"t.aaa", a, b"app")
+    table.add(b"t.bbb", b, b"heroku-router")
+    batch = parse_frames([msg(b"t.aaa", b"mentions t.aaa"), msg(b"t.bbb"), msg(b"t.zzz"),
+                          b"garbage", msg(b"t.aaa", b"two")])
+    routed, unknown, touched = dispatch(batch, table)
+    assert (routed, unknown) == (3, 2)
+    assert touched == [a, b]
+    assert a.last(5).frames() == [msg(b"app", b"mentions t.aaa"), msg(b"app", b"two")]
+    assert b.last(5).frames() == [msg(b"heroku-router")]
+    fields = a.last(1).fields(0)
+    assert fields["app"] == b"app" and fields["sd"] == b'[a b="c"]' and fields["msg"] == b"two"
+
+
+def test_invalid_frame_with_a_token_is_still_routed():
+    ring = ChannelRing()
+    table = TokenTable()
+    table.add(b"t.aaa", ring, b"app")
+    raw = b"<134>1 2012-12-10T04:05:25Z+00:00 erlang t.aaa console.1 - Logsplat"
+    assert dispatch(parse_frames([raw]), table)[:2] == (1, 0)
+    assert ring.last(1).frames() == [raw.replace(b"t.aaa", b"app")]
+
+
+def test_dispatch_to_keeps_foreign_app_names_and_renames_siblings():
+    mine, other = ChannelRing(), ChannelRing()
+    table = TokenTable()
+    table.add(b"t.web", mine, b"web")
+    table.add(b"t.worker", mine, b"worker")
+    table.add(b"t.other", other, b"app")
+    batch = parse_frames([msg(b"t.web"), msg(b"t.worker"), msg(b"t.other"), msg(b"myapp")])
+    assert dispatch_to(batch, table, mine) == 4
+    assert mine.last(9).frames() == [msg(b"web"), msg(b"worker"), msg(b"t.other"),
+                                     msg(b"myapp")]
+    assert len(other) == 0
+
+
+def test_table_add_replace_remove_and_many_tokens():
+    rings = [ChannelRing() for _ in range(3)]
+    table = TokenTable()
+    tokens = [b"t.%032d" % i for i in range(5000)]
+    for i, token in enumerate(tokens):
+        table.add(token, rings[i % 3], b"n%d" % i)
+    assert len(table) == 5000
+    for i in range(0, 5000, 2):
+        assert table.remove(tokens[i])
+    assert not table.remove(tokens[0])
+    assert len(table) == 2500
+    for i, token in enumerate(tokens):
+        found = table.lookup(token)
+        if i % 2:
+            assert found == (rings[i % 3], b"n%d" % i)
+        else:
+            assert found is None
+    table.add(tokens[1], rings[0], b"renamed")
+    assert table.lookup(tokens[1]) == (rings[0], b"renamed")

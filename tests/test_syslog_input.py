@@ -1,0 +1,133 @@
+"""TCP syslog input on real sockets: framing across reads, routing, limits, real peers."""
+
+import shutil
+
+import pytest
+import trio
+import trio.testing
+
+from logplexd.registry import Registry
+from logplexd.syslog_input import SyslogInput
+
+from .conftest import random_splits
+
+TOKEN = "t.40c71ce6-83e3-4384-a062-010f886da916"
+
+
+def frame(text: bytes, token: str = TOKEN) -> bytes:
+    msg = b"<134>1 2012-12-10T03:00:48.123456Z erlang " + token.encode() + b" console.1 - - "
+    msg += text
+    return b"%d %s" % (len(msg), msg)
+
+
+def cooked(text: bytes, name: bytes = b"app") -> bytes:
+    return b"<134>1 2012-12-10T03:00:48.123456Z erlang " + name + b" console.1 - - " + text
+
+
+async def start(nursery, **kw) -> tuple[SyslogInput, int]:
+    registry = Registry()
+    registry.add_token("app-123", TOKEN, "app")
+    syslog = SyslogInput(registry, **kw)
+    port = await nursery.start(syslog.serve, "127.0.0.1", 0)
+    return syslog, port
+
+
+async def wait_for_lines(registry: Registry, n: int, channel: str = "app-123") -> list[bytes]:
+    ch = registry.channel(channel)
+    assert ch is not None
+    with trio.fail_after(10):
+        while len(ch.ring) < n:
+            await ch.wait_appended()
+    return ch.ring.last(10_000).frames()
+
+
+@pytest.mark.parametrize("chunking", ["whole", "bytewise", "random"])
+async def test_frames_split_any_way_arrive_in_order(chunking, rng):
+    data = b"".join(frame(b"message %d" % i) for i in range(50))
+    if chunking == "whole":
+        chunks = [data]
+    elif chunking == "bytewise":
+        chunks = [data[i : i + 1] for i in range(len(data))]
+    else:
+        chunks = random_splits(data, rng)
+    async with trio.open_nursery() as nursery:
+        syslog, port = await start(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        for chunk in chunks:
+            await stream.send_all(chunk)
+        lines = await wait_for_lines(syslog.registry, 50)
+        assert lines == [cooked(b"message %d" % i) for i in range(50)]
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_input_is_counted_and_connection_stays_usable():
+    async with trio.open_nursery() as nursery:
+        syslog, port = await start(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        big = b"<134>1 - - " + TOKEN.encode() + b" - - - " + b"x" * 10300
+        await stream.send_all(
+            frame(b"first")
+            + b"garbage without a length\n"
+            + b"%d %s" % (len(big), big)
+            + b"99999999999 nonsense\n"
+            + frame(b"unknown", token="t.00000000-0000-0000-0000-000000000000")
+            + b"\x00\xff\xfe binary junk\n"
+            + frame(b"last")
+        )
+        lines = await wait_for_lines(syslog.registry, 2)
+        assert lines == [cooked(b"first"), cooked(b"last")]
+        assert syslog.stats.malformed == 4
+        assert syslog.stats.unknown_token == 1
+        assert syslog.stats.routed == 2
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_connections_beyond_the_limit_are_closed_at_once():
+    async with trio.open_nursery() as nursery:
+        syslog, port = await start(nursery, max_connections=2)
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        with trio.fail_after(5):
+            while syslog.stats.connections_open < 2:
+                await trio.sleep(0.01)
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            try:
+                assert await extra.receive_some(10) == b""
+            except trio.BrokenResourceError:
+                pass  # a reset is as good as a close
+        assert syslog.stats.connections_rejected == 1
+        await held[0].send_all(frame(b"still served"))
+        assert await wait_for_lines(syslog.registry, 1) == [cooked(b"still served")]
+        for s in held:
+            await s.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_connection_is_closed(autojump_clock):
+    async with trio.open_nursery() as nursery:
+        syslog, port = await start(nursery, idle_timeout=300)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(1000):
+            assert await stream.receive_some(10) == b""
+        assert syslog.stats.connections_idle_closed == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("logger") is None, reason="util-linux logger not installed")
+@pytest.mark.parametrize("octet_count", [True, False])
+async def test_logger_rfc5424_lands_in_the_channel(octet_count):
+    async with trio.open_nursery() as nursery:
+        syslog, port = await start(nursery)
+        args = ["logger", "--tcp", "--rfc5424", "-n", "127.0.0.1", "-P", str(port), "-t", TOKEN]
+        if octet_count:
+            args.append("--octet-count")
+        await trio.run_process([*args, "hello from logger"])
+        (line,) = await wait_for_lines(syslog.registry, 1)
+        fields = syslog.registry.channel("app-123").ring.last(1).fields(0)
+        assert fields["valid"] and fields["app"] == b"app"
+        assert fields["msg"] == b"hello from logger"
+        assert b" app - - [timeQuality" in line
+        nursery.cancel_scope.cancel()
