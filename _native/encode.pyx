@@ -194,11 +194,25 @@ cdef inline bint _ps_matches(const char* procid, Py_ssize_t n, const char* ps,
     return n == ps_len or procid[ps_len] == b'.'
 
 
-def session_lines(Batch batch not None, ps=None, source=None):
+cdef inline bint _session_match(const MsgRec* r, const char* p, const char* ps_p,
+                                Py_ssize_t ps_len, const char* src_p,
+                                Py_ssize_t src_len) noexcept:
+    if not (r.flags & REC_VALID):
+        return False
+    if ps_p != NULL and not _ps_matches(p + r.fs[F_PROCID], r.fl[F_PROCID], ps_p, ps_len):
+        return False
+    if src_p != NULL and (r.fl[F_APPNAME] != src_len
+                          or memcmp(p + r.fs[F_APPNAME], src_p, src_len) != 0):
+        return False
+    return True
+
+
+def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1):
     """Session/tail text ``TS APP[PROCID]: MSG\\n``, optionally filtered: (bytes, count).
 
     ``ps`` matches PROCID exactly or as a prefix before a dot (``web`` matches ``web.1``);
-    ``source`` matches APP-NAME exactly.
+    ``source`` matches APP-NAME exactly. With ``last`` >= 0, only the newest ``last``
+    matching lines are written.
     """
     cdef Out o
     cdef Py_ssize_t i, count = 0, msg_len, ps_len = 0, src_len = 0
@@ -213,18 +227,22 @@ def session_lines(Batch batch not None, ps=None, source=None):
     if source is not None:
         src_p = PyBytes_AS_STRING(source)
         src_len = len(source)
+    cdef Py_ssize_t skip = 0
+    if last >= 0:
+        for i in range(batch.n):
+            r = &batch.recs[i]
+            if _session_match(r, <const char*>batch.buf + r.off, ps_p, ps_len, src_p, src_len):
+                skip += 1
+        skip = skip - last if skip > last else 0
     _out_init(&o, batch.nbytes + batch.n * 8)
     try:
         for i in range(batch.n):
             r = &batch.recs[i]
-            if not (r.flags & REC_VALID):
-                continue
             p = <const char*>batch.buf + r.off
-            if ps_p != NULL and not _ps_matches(p + r.fs[F_PROCID], r.fl[F_PROCID], ps_p,
-                                                 ps_len):
+            if not _session_match(r, p, ps_p, ps_len, src_p, src_len):
                 continue
-            if src_p != NULL and (r.fl[F_APPNAME] != src_len
-                                  or memcmp(p + r.fs[F_APPNAME], src_p, src_len) != 0):
+            if skip:
+                skip -= 1
                 continue
             msg = p + r.fs[F_MSG]
             msg_len = r.fl[F_MSG]

@@ -1,0 +1,103 @@
+"""Native hot path vs the pure-Python reference (pytest-benchmark; run with --benchmark-enable).
+
+    pytest bench/test_bench_native.py --benchmark-enable --benchmark-json=bench/native.json
+    python bench/report_native.py bench/native.json
+"""
+
+import pytest
+from _reference import ReferenceFramer, reference_fields
+from workloads import TOKENS, octet_stream, realistic_frames
+
+from logplexd.native import (
+    ChannelRing,
+    OctetFramer,
+    TokenTable,
+    dispatch,
+    http_frames,
+    parse_frames,
+    syslog_frames,
+)
+
+FRAMES = realistic_frames(20_000)
+STREAM = octet_stream(FRAMES)
+CHUNK = 256 * 1024
+CHUNKS = [STREAM[i : i + CHUNK] for i in range(0, len(STREAM), CHUNK)]
+
+
+def native_parse() -> int:
+    framer = OctetFramer()
+    n = 0
+    for chunk in CHUNKS:
+        n += len(framer.feed(chunk))
+    return n
+
+
+def reference_parse() -> int:
+    framer = ReferenceFramer()
+    n = 0
+    for chunk in CHUNKS:
+        payloads, _ = framer.feed(chunk)
+        for p in payloads:
+            reference_fields(p)
+        n += len(payloads)
+    return n
+
+
+@pytest.mark.benchmark(group="framer+fields")
+def test_framer_fields_native(benchmark):
+    n = benchmark(native_parse)
+    assert n == len(FRAMES)
+    benchmark.extra_info["frames"] = n
+
+
+@pytest.mark.benchmark(group="framer+fields")
+def test_framer_fields_reference(benchmark):
+    n = benchmark.pedantic(reference_parse, rounds=3, iterations=1)
+    assert n == len(FRAMES)
+    benchmark.extra_info["frames"] = n
+
+
+@pytest.mark.benchmark(group="ring")
+def test_ring_append_and_three_cursors(benchmark):
+    batch = parse_frames(FRAMES[:2000])
+
+    def run() -> int:
+        ring = ChannelRing(1500, 4 << 20)
+        cursors = [0, 0, 0]
+        for _ in range(10):
+            ring.append_batch(batch)
+            for i, c in enumerate(cursors):
+                # Readers keep up in slices of 500, as a drain or tail would.
+                while True:
+                    got, c, lost = ring.read(c, 500)
+                    if not len(got):
+                        break
+                cursors[i] = c
+        return 10 * len(batch)
+
+    n = benchmark(run)
+    benchmark.extra_info["messages"] = n
+
+
+@pytest.mark.benchmark(group="route")
+def test_dispatch_16_channels(benchmark):
+    table = TokenTable()
+    rings = [ChannelRing() for _ in TOKENS]
+    for token, ring in zip(TOKENS, rings, strict=True):
+        table.add(token.encode(), ring, b"app")
+    batch = parse_frames(FRAMES)
+    benchmark(dispatch, batch, table)
+    benchmark.extra_info["messages"] = len(batch)
+
+
+@pytest.mark.benchmark(group="encode")
+def test_encode_syslog_and_http(benchmark):
+    batch = parse_frames(FRAMES)
+
+    def run() -> int:
+        out, n, _ = syslog_frames(batch, b"d.61c8560e-0000-0000-0000-000000000000", 0, 1 << 30)
+        out2, n2, _ = http_frames(batch, 0, 1 << 30)
+        return n + n2
+
+    benchmark(run)
+    benchmark.extra_info["messages"] = 2 * len(batch)

@@ -1,0 +1,217 @@
+"""``POST /logs`` (application/logplex-1), sans-IO: headers and body in, a response out.
+
+Responses follow REFERENCE.md §3.2 and part A: 204 on success, ``400 Malformed log
+messages`` (nothing of the request routed), ``400 Message count mismatch``, 401, 403, 405,
+413, 415. A retransmitted request with the same ``Logplex-Frame-Id`` inside the dedup
+window is acknowledged and not routed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .native import parse_body
+from .registry import Registry
+
+LOGPLEX_CONTENT_TYPES = frozenset({"application/logplex-1", "application/x-logplex-1"})
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_DECOMPRESSED = 32 * 1024 * 1024
+DEFAULT_DEDUP_WINDOW = 600.0
+DEFAULT_DEDUP_ENTRIES = 100_000
+
+AUTH_HEADERS = (("www-authenticate", "Basic realm=Logplex"),)
+
+# (credential id, password) -> permissions, or None when the credential is unknown/wrong.
+CredentialCheck = Callable[[str, str], "frozenset[str] | None"]
+
+
+@dataclass
+class LogsResponse:
+    status: int
+    reason: str = ""
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class LogsIngestStats:
+    requests: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: dict[int, int] = field(default_factory=dict)
+    frames: int = 0
+    routed: int = 0
+    unknown_token: int = 0
+    malformed_requests: int = 0
+
+
+def _error(status: int, reason: str, *, auth_header: bool = True) -> LogsResponse:
+    headers = list(AUTH_HEADERS) if auth_header else []
+    headers.append(("content-type", "text/plain"))
+    return LogsResponse(status, reason, reason.encode(), headers)
+
+
+class FrameIdWindow:
+    """Bounded memory of recently acknowledged Frame-Ids (oldest forgotten first)."""
+
+    def __init__(self, window: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self.clock = clock
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            key, at = next(iter(seen.items()))
+            if now - at < self.window and len(seen) <= self.max_entries:
+                break
+            seen.popitem(last=False)
+
+    def seen(self, key: tuple[str, str]) -> bool:
+        self._expire(self.clock())
+        return key in self._seen
+
+    def remember(self, key: tuple[str, str]) -> None:
+        self._seen[key] = self.clock()
+        self._seen.move_to_end(key)
+        self._expire(self.clock())
+
+
+class LogsIngest:
+    def __init__(
+        self,
+        registry: Registry,
+        check_credential: CredentialCheck | None = None,
+        *,
+        max_frame: int = 10240,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+        dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        dedup_entries: int = DEFAULT_DEDUP_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.check_credential = check_credential
+        self.max_frame = max_frame
+        self.max_body = max_body
+        self.max_decompressed = max_decompressed
+        self.frame_ids = FrameIdWindow(dedup_window, dedup_entries, clock)
+        self.stats = LogsIngestStats()
+        self.deny_ingress = False
+
+    def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
+        """``headers`` has lower-case names. Returns the response to send."""
+        self.stats.requests += 1
+        response = self._handle(method, headers, body)
+        if response.status >= 300:
+            rejected = self.stats.rejected
+            rejected[response.status] = rejected.get(response.status, 0) + 1
+        return response
+
+    def _handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
+        if method != "POST":
+            resp = _error(405, "Method Not Allowed", auth_header=False)
+            resp.headers.append(("allow", "POST"))
+            return resp
+        if self.deny_ingress:
+            return _error(503, "Service Unavailable", auth_header=False)
+        who = self._authorize(headers.get("authorization", ""))
+        if isinstance(who, LogsResponse):
+            return who
+        content_type = headers.get("content-type", "").strip().lower()
+        if content_type not in LOGPLEX_CONTENT_TYPES:
+            return _error(415, "Unsupported Media Type")
+        if len(body) > self.max_body:
+            return _error(413, "Payload Too Large")
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                body = self._gunzip(body)
+            except _TooLarge:
+                return _error(413, "Payload Too Large")
+            except (zlib.error, EOFError):
+                return _error(400, "Bad request")
+        elif encoding not in ("", "identity"):
+            return _error(415, "Unsupported Media Type")
+
+        batch = parse_body(body, self.max_frame)
+        if batch.malformed:
+            self.stats.malformed_requests += 1
+            return _error(400, "Malformed log messages")
+        count = headers.get("logplex-msg-count")
+        if count is not None and (not count.strip().isdigit() or int(count) != len(batch)):
+            return _error(400, "Message count mismatch")
+
+        frame_id = headers.get("logplex-frame-id")
+        dedup_key = (who[0], frame_id) if frame_id else None
+        if dedup_key is not None and self.frame_ids.seen(dedup_key):
+            self.stats.duplicates += 1
+            return self._accepted()
+
+        self.stats.frames += len(batch)
+        channel = who[1]
+        if channel is None:
+            counts = self.registry.route(batch)
+            self.stats.routed += counts.routed
+            self.stats.unknown_token += counts.unknown_token
+        else:
+            live = self.registry.channel_of_token(who[0])
+            if live is None:  # token deleted since auth: nowhere to route
+                self.stats.unknown_token += len(batch)
+            else:
+                self.stats.routed += self.registry.route_to(batch, live)
+        if dedup_key is not None:
+            self.frame_ids.remember(dedup_key)
+        self.stats.accepted += 1
+        return self._accepted()
+
+    @staticmethod
+    def _accepted() -> LogsResponse:
+        return LogsResponse(204, "No Content", b"", [("content-type", "text/plain")])
+
+    def _authorize(self, header: str) -> tuple[str, object] | LogsResponse:
+        """(identity, channel or None for any-channel credentials), or the error response."""
+        unauthorized = LogsResponse(401, "Unauthorized", b"", list(AUTH_HEADERS))
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic" or not value:
+            return unauthorized
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return unauthorized
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return unauthorized
+        if user == "token" and password.startswith("t."):
+            channel = self.registry.channel_of_token(password)
+            if channel is None:
+                return unauthorized
+            return password, channel
+        if self.check_credential is None:
+            return unauthorized
+        permissions = self.check_credential(user, password)
+        if permissions is None:
+            return unauthorized
+        if "any_channel" not in permissions:
+            return _error(403, "Credential not permitted to write to any channel.")
+        return "cred:" + user, None
+
+    def _gunzip(self, body: bytes) -> bytes:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out = decompressor.decompress(body, self.max_decompressed + 1)
+        if len(out) > self.max_decompressed or decompressor.unconsumed_tail:
+            raise _TooLarge
+        if not decompressor.eof:
+            raise EOFError("truncated gzip body")
+        return out
+
+
+class _TooLarge(Exception):
+    pass

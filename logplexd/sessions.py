@@ -1,0 +1,116 @@
+"""Log sessions (``GET /sessions/{uuid}``) and channel logs, on top of ``ChannelRing``.
+
+A session first sends the newest ``num`` matching lines of history, then (``tail``) follows
+the channel through its own ring cursor. The cursor lives in the ring's sequence space, so
+a reader that stops reading holds nothing: it is lapped, and when it reads again it gets
+the L11 notice with the exact count it lost. Per-session memory is one read batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from .native import channel_log_frames, l11_line, session_lines
+from .registry import Channel, Registry
+
+DEFAULT_NUM = 100
+MAX_NUM = 1500
+TAIL_READ_MESSAGES = 1024
+TAIL_READ_BYTES = 256 * 1024
+
+
+class SessionParamError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    channel: str
+    num: int = DEFAULT_NUM
+    tail: bool = False
+    ps: bytes | None = None
+    source: bytes | None = None
+
+
+def parse_session_params(body: Mapping[str, object]) -> SessionParams:
+    """Decode a stored session body (the JSON object POSTed to create the session).
+
+    ``num`` may be a string or a number (clamped to 0..1500); the session tails when
+    ``tail`` is present and neither false nor null.
+    """
+    channel = body.get("channel_id")
+    if isinstance(channel, int) and not isinstance(channel, bool):
+        channel = str(channel)
+    if not isinstance(channel, str) or not channel:
+        raise SessionParamError("'channel_id' missing")
+    num_raw = body.get("num", DEFAULT_NUM)
+    try:
+        if isinstance(num_raw, bool):
+            raise ValueError
+        num = int(num_raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        num = DEFAULT_NUM
+    num = max(0, min(MAX_NUM, num))
+    tail_raw = body.get("tail", None)
+    tail = "tail" in body and tail_raw is not False and tail_raw is not None
+    return SessionParams(
+        channel=channel,
+        num=num,
+        tail=tail,
+        ps=_opt_bytes(body.get("ps")),
+        source=_opt_bytes(body.get("source")),
+    )
+
+
+def _opt_bytes(value: object) -> bytes | None:
+    if value is None or value == "":
+        return None
+    return str(value).encode()
+
+
+async def stream_session(
+    registry: Registry,
+    channel: Channel,
+    params: SessionParams,
+    *,
+    wall_clock: Callable[[], float] = time.time,
+) -> AsyncIterator[bytes]:
+    """Yield the session's body in chunks: history first, then (tail) new lines as they come.
+
+    Reading the ring and encoding are native batch calls; between two yields the consumer
+    (the HTTP writer) may take as long as it likes without holding anything back.
+    """
+    ring = channel.ring
+    cursor = ring.head
+    history, count = session_lines(ring.last(MAX_NUM), params.ps, params.source, params.num)
+    if count:
+        yield history
+    if not params.tail:
+        return
+    last_read_at = wall_clock()
+    while True:
+        if registry.channel(params.channel) is not channel:
+            return  # channel deleted (or replaced): the tail ends
+        batch, cursor, lost = ring.read(cursor, TAIL_READ_MESSAGES, TAIL_READ_BYTES)
+        now = wall_clock()
+        if lost:
+            yield l11_line(lost, last_read_at, now)
+        last_read_at = now
+        if len(batch):
+            lines, count = session_lines(batch, params.ps, params.source)
+            if count:
+                yield lines
+            continue
+        await channel.wait_appended()
+
+
+def channel_logs(channel: Channel, num: int) -> tuple[bytes, int]:
+    """Body and ``Logplex-Msg-Count`` of ``GET /v3/channels/{name}/logs?num=N``.
+
+    The count is the number of frames actually in the body (lines that are not valid
+    RFC 5424 are left out of both).
+    """
+    num = max(0, min(MAX_NUM, num))
+    return channel_log_frames(channel.ring.last(num))
