@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 
 import trio
@@ -59,13 +60,28 @@ class SyslogInput:
         listeners = await trio.open_tcp_listeners(port, host=host)
         await self.serve_listeners(listeners, task_status=task_status)
 
-    async def serve_listeners(
+    async def serve_tls(
         self,
-        listeners: list[trio.SocketListener],
+        host: str,
+        port: int,
+        certificate: ServerCertificate,
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        bound = listeners[0].socket.getsockname()[1]
+        """RFC 5425 syslog over TLS: the same framing and routing inside a TLS stream."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        tls = [trio.SSLListener(ln, certificate.context) for ln in listeners]
+        await self.serve_listeners(tls, task_status=task_status)  # type: ignore[arg-type]
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        first = listeners[0]
+        raw = getattr(first, "transport_listener", first)
+        bound = raw.socket.getsockname()[1]
         log.info("syslog input listening on port %d", bound)
         await trio.serve_listeners(
             self.handle_connection, listeners, task_status=_Started(task_status, bound)
@@ -107,6 +123,22 @@ class SyslogInput:
             counts = self.registry.route(batch)
             stats.routed += counts.routed
             stats.unknown_token += counts.unknown_token
+
+
+class ServerCertificate:
+    """The TLS listener's certificate; ``reload()`` swaps it for new connections only."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.reload()
+
+    def reload(self) -> None:
+        # load_cert_chain on the live context: connections already open keep their session.
+        self.context.load_cert_chain(self.cert_file, self.key_file)
+        log.info("TLS certificate loaded from %s", self.cert_file)
 
 
 class _Started:

@@ -131,3 +131,58 @@ async def test_logger_rfc5424_lands_in_the_channel(octet_count):
         assert fields["msg"] == b"hello from logger"
         assert b" app - - [timeQuality" in line
         nursery.cancel_scope.cancel()
+
+
+async def test_tls_input_routes_and_reloads_its_certificate(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    from logplexd.syslog_input import ServerCertificate
+
+    ca = trustme.CA()
+    paths = []
+    for n in range(2):
+        cert = ca.issue_cert("localhost")
+        cert_file, key_file = tmp_path / f"c{n}.pem", tmp_path / f"k{n}.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        paths.append((str(cert_file), str(key_file)))
+    certificate = ServerCertificate(*paths[0])
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def connect(port):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = trio.SSLStream(tcp, client_ctx, server_hostname="localhost")
+        await stream.do_handshake()
+        return stream
+
+    async with trio.open_nursery() as nursery:
+        registry = Registry()
+        registry.add_token("app-123", TOKEN, "app")
+        syslog = SyslogInput(registry)
+        port = await nursery.start(syslog.serve_tls, "127.0.0.1", 0, certificate)
+        first = await connect(port)
+        await first.send_all(frame(b"over tls"))
+        assert await wait_for_lines(registry, 1) == [cooked(b"over tls")]
+        serial0 = first.getpeercert()["serialNumber"]
+        certificate.cert_file, certificate.key_file = paths[1]
+        certificate.reload()
+        second = await connect(port)
+        assert second.getpeercert()["serialNumber"] != serial0
+        # The connection opened before the reload keeps working.
+        await first.send_all(frame(b"after reload"))
+        await second.send_all(frame(b"new connection"))
+        lines = await wait_for_lines(registry, 3)
+        assert sorted(lines[1:]) == sorted([cooked(b"after reload"), cooked(b"new connection")])
+        # A plain-TCP client speaking to the TLS port is cut without disturbing the rest.
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        await plain.send_all(frame(b"not tls"))
+        with trio.fail_after(5):
+            try:
+                await plain.receive_some(100)
+            except trio.BrokenResourceError:
+                pass
+        await second.send_all(frame(b"still fine"))
+        assert (await wait_for_lines(registry, 4))[-1] == cooked(b"still fine")
+        nursery.cancel_scope.cancel()
