@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import trio
 
+from .api import ControlApi, run_api
 from .config import Settings
+from .creds import CredentialChecker
+from .data_routes import LogsListener, ReadRoutes
+from .http.server import serve_http
+from .logs_ingest import LogsIngest
 from .registry import Registry
-from .syslog_input import SyslogInput
+from .store import open_store
+from .store.base import Store
+from .store.model import StoreError
+from .syslog_input import ServerCertificate, SyslogInput
 
 log = logging.getLogger("logplexd")
 
@@ -36,69 +45,88 @@ class Daemon:
             max_connections=settings.max_syslog_connections,
             idle_timeout=settings.syslog_idle_timeout,
         )
-        self.store = None
-        self.api = None
+        self.store: Store | None = None
+        self.api: ControlApi | None = None
+        self.logs: LogsIngest | None = None
         self.ports: BoundPorts | None = None
-
-    def _open_store(self) -> None:
-        from .store import open_store
-
-        self.store = open_store(self.settings.data_dir)
-        self.store.load_into(self.registry)
 
     async def serve(self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED):
         """Run until cancelled; reports the bound ports once every listener is up."""
-        from .api import ControlApi, LogsApi
-        from .http.server import serve_http
-
         s = self.settings
-        self._open_store()
-        assert self.store is not None
-        self.api = ControlApi(
-            self.store,
-            self.registry,
-            auth_key=s.auth_key,
-            public_url=s.public_url,
-            max_drains_per_channel=s.max_drains_per_channel,
-        )
-        logs_api = LogsApi(self.registry, self.store, max_frame=s.max_frame)
+        store = self.store = open_store(s.data_dir)
         try:
+            self.api = api = ControlApi(
+                store,
+                self.registry,
+                auth_key=s.auth_key or "",
+                public_url=s.resolved_public_url(),
+                max_drains_per_channel=s.max_drains_per_channel,
+            )
+            reads = ReadRoutes(store, self.registry)
+            api.add_route(
+                "GET", "/sessions/{session_id}", reads.session, name="session.get", auth=False
+            )
+            api.add_route(
+                "GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs"
+            )
+            credentials = CredentialChecker(store)
+
+            async def any_channel_permissions(cred_id: str, password: str):
+                credential = await credentials.check(cred_id, password)
+                return None if credential is None else frozenset(credential.permissions)
+
+            self.logs = LogsIngest(self.registry, any_channel_permissions, max_frame=s.max_frame)
+            logs_listener = LogsListener(self.logs)
             async with trio.open_nursery() as nursery:
+                await nursery.start(store.maintain)
                 syslog_port = await nursery.start(self.syslog.serve, *s.syslog_addr)
+                if s.tls_enabled:
+                    certificate = ServerCertificate(str(s.tls_cert), str(s.tls_key))
+                    await nursery.start(self.syslog.serve_tls, *s.tls_syslog_addr, certificate)
                 api_port = await nursery.start(
-                    lambda task_status: serve_http(
-                        self.api.handle,
+                    partial(
+                        run_api,
+                        api,
                         *s.api_addr,
                         max_connections=s.api_max_connections,
                         max_body=s.api_max_body,
-                        task_status=task_status,
                     )
                 )
+                # With port 0 only now is the session URL known; nothing could have asked yet.
+                api.config = replace(
+                    api.config,
+                    public_url=s.resolved_public_url((s.api_addr.host, api_port)).rstrip("/"),
+                )
                 logs_port = await nursery.start(
-                    lambda task_status: serve_http(
-                        logs_api.handle,
+                    partial(
+                        serve_http,
+                        logs_listener.handle,
                         *s.logs_addr,
                         max_connections=s.api_max_connections,
-                        max_body=logs_api.max_body,
-                        task_status=task_status,
+                        max_body=self.logs.max_body,
                     )
                 )
                 self.ports = BoundPorts(api_port, logs_port, syslog_port)
                 log.info(
-                    "logplexd ready: api %s:%d, logs %s:%d, syslog %s:%d, data %s",
-                    s.api_addr[0], api_port, s.logs_addr[0], logs_port,
-                    s.syslog_addr[0], syslog_port, s.data_dir,
+                    "logplexd ready: api %s:%d, logs %s:%d, syslog %s:%d, data dir %s",
+                    s.api_addr.host,
+                    api_port,
+                    s.logs_addr.host,
+                    logs_port,
+                    s.syslog_addr.host,
+                    syslog_port,
+                    s.data_dir,
                 )
                 task_status.started(self.ports)
         finally:
             await self._final_flush()
 
     async def _final_flush(self) -> None:
-        if self.store is None:
+        store, self.store = self.store, None
+        if store is None:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_timeout):
-            await trio.to_thread.run_sync(self.store.close)
-        self.store = None
+            await trio.to_thread.run_sync(store.close)
 
 
 async def run_until_signalled(settings: Settings) -> None:
@@ -119,7 +147,20 @@ def run(settings: Settings) -> int:
     )
     try:
         trio.run(run_until_signalled, settings)
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
+    except BaseException as exc:
+        errors = list(_leaves(exc))
+        if errors and all(isinstance(e, OSError | StoreError) for e in errors):
+            for error in errors:
+                log.error("cannot start: %s", error)
+            return 1
+        raise
+    log.info("logplexd stopped")
     return 0
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

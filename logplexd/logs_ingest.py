@@ -13,7 +13,7 @@ import binascii
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from .native import parse_body
@@ -27,8 +27,8 @@ DEFAULT_DEDUP_ENTRIES = 100_000
 
 AUTH_HEADERS = (("www-authenticate", "Basic realm=Logplex"),)
 
-# (credential id, password) -> permissions, or None when the credential is unknown/wrong.
-CredentialCheck = Callable[[str, str], "frozenset[str] | None"]
+# (credential id, password) -> its permissions, or None when unknown or wrong.
+CredentialCheck = Callable[[str, str], Awaitable["frozenset[str] | None"]]
 
 
 @dataclass
@@ -106,23 +106,25 @@ class LogsIngest:
         self.stats = LogsIngestStats()
         self.deny_ingress = False
 
-    def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
+    async def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
         """``headers`` has lower-case names. Returns the response to send."""
         self.stats.requests += 1
-        response = self._handle(method, headers, body)
+        response = await self._handle(method, headers, body)
         if response.status >= 300:
             rejected = self.stats.rejected
             rejected[response.status] = rejected.get(response.status, 0) + 1
         return response
 
-    def _handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
+    async def _handle(
+        self, method: str, headers: Mapping[str, str], body: bytes
+    ) -> LogsResponse:
         if method != "POST":
             resp = _error(405, "Method Not Allowed", auth_header=False)
             resp.headers.append(("allow", "POST"))
             return resp
         if self.deny_ingress:
             return _error(503, "Service Unavailable", auth_header=False)
-        who = self._authorize(headers.get("authorization", ""))
+        who = await self._authorize(headers.get("authorization", ""))
         if isinstance(who, LogsResponse):
             return who
         content_type = headers.get("content-type", "").strip().lower()
@@ -176,7 +178,7 @@ class LogsIngest:
     def _accepted() -> LogsResponse:
         return LogsResponse(204, "No Content", b"", [("content-type", "text/plain")])
 
-    def _authorize(self, header: str) -> tuple[str, object] | LogsResponse:
+    async def _authorize(self, header: str) -> tuple[str, object] | LogsResponse:
         """(identity, channel or None for any-channel credentials), or the error response."""
         unauthorized = LogsResponse(401, "Unauthorized", b"", list(AUTH_HEADERS))
         scheme, _, value = header.partition(" ")
@@ -196,7 +198,7 @@ class LogsIngest:
             return password, channel
         if self.check_credential is None:
             return unauthorized
-        permissions = self.check_credential(user, password)
+        permissions = await self.check_credential(user, password)
         if permissions is None:
             return unauthorized
         if "any_channel" not in permissions:

@@ -37,7 +37,7 @@ def setup():
     registry.add_token("app-2", OTHER, "other")
     creds = {"full": ("pw", frozenset({"full_api"})), "router": ("pw", frozenset({"any_channel"}))}
 
-    def check(user, password):
+    async def check(user, password):
         entry = creds.get(user)
         return entry[1] if entry and entry[0] == password else None
 
@@ -45,21 +45,21 @@ def setup():
     return registry, LogsIngest(registry, check, clock=clock), clock
 
 
-def post(ingest, body, *, auth=basic("token", TOKEN), ctype="application/logplex-1", **extra):
+async def post(ingest, body, *, auth=basic("token", TOKEN), ctype="application/logplex-1", **extra):
     headers = {"content-type": ctype, **{k.replace("_", "-"): v for k, v in extra.items()}}
     if auth is not None:
         headers["authorization"] = auth
-    return ingest.handle("POST", headers, body)
+    return await ingest.handle("POST", headers, body)
 
 
 def lines(registry, channel):
     return registry.channel(channel).ring.last(100).frames()
 
 
-def test_token_auth_routes_everything_to_the_token_channel(setup):
+async def test_token_auth_routes_everything_to_the_token_channel(setup):
     registry, ingest, _ = setup
     body = frame(TOKEN, "one") + frame(SIBLING, "two") + frame(OTHER, "three") + frame("x", "4")
-    resp = post(ingest, body, logplex_msg_count="4")
+    resp = await post(ingest, body, logplex_msg_count="4")
     assert (resp.status, resp.body) == (204, b"")
     assert ("content-type", "text/plain") in resp.headers
     got = [line.split(b" ", 4)[3] for line in lines(registry, "app-1")]
@@ -68,9 +68,9 @@ def test_token_auth_routes_everything_to_the_token_channel(setup):
     assert len(registry.channel("app-2").ring) == 0
 
 
-def test_any_channel_credential_routes_by_app_name(setup):
+async def test_any_channel_credential_routes_by_app_name(setup):
     registry, ingest, _ = setup
-    resp = post(ingest, frame(TOKEN, "a") + frame(OTHER, "b"), auth=basic("router", "pw"))
+    resp = await post(ingest, frame(TOKEN, "a") + frame(OTHER, "b"), auth=basic("router", "pw"))
     assert resp.status == 204
     assert len(lines(registry, "app-1")) == 1 and len(lines(registry, "app-2")) == 1
 
@@ -80,26 +80,26 @@ def test_any_channel_credential_routes_by_app_name(setup):
     [None, "Bearer x", "Basic !!!notbase64", basic("token", "t.unknown"), basic("router", "no"),
      basic("nocolon", "")[:-4], "Basic " + base64.b64encode(b"no-colon").decode()],
 )
-def test_unauthorized(setup, auth):
+async def test_unauthorized(setup, auth):
     _, ingest, _ = setup
-    resp = post(ingest, frame(TOKEN, "x"), auth=auth)
+    resp = await post(ingest, frame(TOKEN, "x"), auth=auth)
     assert resp.status == 401 and resp.body == b""
     assert ("www-authenticate", "Basic realm=Logplex") in resp.headers
 
 
-def test_credential_without_any_channel_is_forbidden(setup):
+async def test_credential_without_any_channel_is_forbidden(setup):
     _, ingest, _ = setup
-    resp = post(ingest, frame(TOKEN, "x"), auth=basic("full", "pw"))
+    resp = await post(ingest, frame(TOKEN, "x"), auth=basic("full", "pw"))
     assert resp.status == 403
     assert resp.reason == "Credential not permitted to write to any channel."
     assert resp.body == resp.reason.encode()
 
 
-def test_one_malformed_frame_rejects_the_whole_request(setup):
+async def test_one_malformed_frame_rejects_the_whole_request(setup):
     registry, ingest, _ = setup
     for body in [frame(TOKEN, "ok") + b"garbage\n", frame(TOKEN, "ok") + b"500 short",
                  frame(TOKEN, "ok")[:-3]]:
-        resp = post(ingest, body)
+        resp = await post(ingest, body)
         assert (resp.status, resp.reason, resp.body) == (
             400, "Malformed log messages", b"Malformed log messages")
         assert ("www-authenticate", "Basic realm=Logplex") in resp.headers
@@ -107,56 +107,56 @@ def test_one_malformed_frame_rejects_the_whole_request(setup):
 
 
 @pytest.mark.parametrize("count", ["2", "abc", "-1", ""])
-def test_message_count_mismatch(setup, count):
+async def test_message_count_mismatch(setup, count):
     _, ingest, _ = setup
-    resp = post(ingest, frame(TOKEN, "x"), logplex_msg_count=count)
+    resp = await post(ingest, frame(TOKEN, "x"), logplex_msg_count=count)
     assert (resp.status, resp.body) == (400, b"Message count mismatch")
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/logplex-1; charset=utf-8", ""])
-def test_wrong_content_type(setup, ctype):
+async def test_wrong_content_type(setup, ctype):
     _, ingest, _ = setup
-    assert post(ingest, frame(TOKEN, "x"), ctype=ctype).status == 415
+    assert (await post(ingest, frame(TOKEN, "x"), ctype=ctype)).status == 415
 
 
-def test_x_logplex_content_type_is_accepted(setup):
+async def test_x_logplex_content_type_is_accepted(setup):
     _, ingest, _ = setup
-    assert post(ingest, frame(TOKEN, "x"), ctype="application/x-logplex-1").status == 204
+    assert (await post(ingest, frame(TOKEN, "x"), ctype="application/x-logplex-1")).status == 204
 
 
-def test_get_is_405_with_allow(setup):
+async def test_get_is_405_with_allow(setup):
     _, ingest, _ = setup
-    resp = ingest.handle("GET", {}, b"")
+    resp = await ingest.handle("GET", {}, b"")
     assert resp.status == 405 and ("allow", "POST") in resp.headers
 
 
-def test_gzip_body_and_gzip_bomb(setup):
+async def test_gzip_body_and_gzip_bomb(setup):
     registry, ingest, _ = setup
     body = b"".join(frame(TOKEN, f"m{i}") for i in range(5))
-    assert post(ingest, gzip.compress(body), content_encoding="gzip").status == 204
+    assert (await post(ingest, gzip.compress(body), content_encoding="gzip")).status == 204
     assert len(lines(registry, "app-1")) == 5
     bomb = gzip.compress(b"0" * (ingest.max_decompressed + 10))
-    assert post(ingest, bomb, content_encoding="gzip").status == 413
-    assert post(ingest, b"not gzip", content_encoding="gzip").status == 400
-    assert post(ingest, gzip.compress(body)[:-8], content_encoding="gzip").status == 400
+    assert (await post(ingest, bomb, content_encoding="gzip")).status == 413
+    assert (await post(ingest, b"not gzip", content_encoding="gzip")).status == 400
+    assert (await post(ingest, gzip.compress(body)[:-8], content_encoding="gzip")).status == 400
 
 
-def test_oversized_body_is_413(setup):
+async def test_oversized_body_is_413(setup):
     _, ingest, _ = setup
     ingest.max_body = 100
-    assert post(ingest, frame(TOKEN, "x" * 200)).status == 413
+    assert (await post(ingest, frame(TOKEN, "x" * 200))).status == 413
 
 
-def test_frame_id_dedup_within_the_window(setup):
+async def test_frame_id_dedup_within_the_window(setup):
     registry, ingest, clock = setup
     body = frame(TOKEN, "once")
-    assert post(ingest, body, logplex_frame_id="ABC").status == 204
-    assert post(ingest, body, logplex_frame_id="ABC").status == 204
+    assert (await post(ingest, body, logplex_frame_id="ABC")).status == 204
+    assert (await post(ingest, body, logplex_frame_id="ABC")).status == 204
     assert len(lines(registry, "app-1")) == 1
     clock.now += 601
-    assert post(ingest, body, logplex_frame_id="ABC").status == 204
+    assert (await post(ingest, body, logplex_frame_id="ABC")).status == 204
     assert len(lines(registry, "app-1")) == 2
     # A rejected request is not remembered: its retry is routed.
-    assert post(ingest, body + b"junk\n", logplex_frame_id="XYZ").status == 400
-    assert post(ingest, body, logplex_frame_id="XYZ").status == 204
+    assert (await post(ingest, body + b"junk\n", logplex_frame_id="XYZ")).status == 400
+    assert (await post(ingest, body, logplex_frame_id="XYZ")).status == 204
     assert len(lines(registry, "app-1")) == 3

@@ -1,0 +1,602 @@
+"""Settings for logplexd: defaults, a TOML file, the environment and flags, validated in one place.
+
+Precedence is flags > environment > TOML file > defaults. Every value of every layer is
+validated, not only the winning one, so a typo in the file is reported even while an
+environment variable happens to override it (``logplexd config check`` would otherwise pass
+a file that breaks as soon as the override goes away).
+
+Errors are a single line naming the setting and where its value came from, because they are
+read in a terminal or a journal, usually by someone who did not write the configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+__all__ = [
+    "AUTH_KEY_FILE",
+    "CONFIG_ENV",
+    "Address",
+    "ConfigError",
+    "ENV_PREFIX",
+    "LEGACY_AUTH_KEY_ENV",
+    "SETTING_NAMES",
+    "Settings",
+    "default_of",
+    "ensure_auth_key",
+    "env_var",
+    "flag_name",
+    "load_settings",
+    "parse_address",
+    "render_effective",
+    "setting_help",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+ENV_PREFIX = "LOGPLEXD_"
+# The name Logplex itself reads; kept so existing deployments can switch without edits.
+LEGACY_AUTH_KEY_ENV = "LOGPLEX_AUTH_KEY"
+CONFIG_ENV = "LOGPLEXD_CONFIG"
+AUTH_KEY_FILE = "auth_key"
+MASK = "****"
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line that starts with ``logplexd:``."""
+
+    def __init__(self, message: str) -> None:
+        # Printed verbatim to stderr and often read from a journal: keep it to one line.
+        super().__init__(message.replace("\r", " ").replace("\n", " "))
+
+
+class Address(NamedTuple):
+    """A listen address. ``host`` holds IPv6 addresses without brackets."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration. Build it with :func:`load_settings`.
+
+    Constructing it directly (tests, embedding) skips validation; the defaults are the
+    documented ones, so ``dataclasses.replace(Settings(), max_frame=128)`` is a good start.
+    ``dataclasses.asdict`` includes ``auth_key``: never log its result.
+    """
+
+    api_addr: Address = Address("127.0.0.1", 8001)
+    logs_addr: Address = Address("127.0.0.1", 8601)
+    syslog_addr: Address = Address("127.0.0.1", 6001)
+    tls_syslog_addr: Address = Address("127.0.0.1", 6514)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    data_dir: Path = Path("logplexd-data")
+    # None means "http://<api_addr>"; see resolved_public_url() for the port-0 case.
+    public_url: str | None = None
+    auth_key: str | None = field(default=None, repr=False)
+    max_frame: int = 10240
+    history_messages: int = 1500
+    history_bytes: int = 4 * MIB
+    max_syslog_connections: int = 1024
+    syslog_idle_timeout: float = 300.0
+    max_drains_per_channel: int = 6
+    api_max_body: int = 1 * MIB
+    api_max_connections: int = 1024
+    shutdown_timeout: float = 5.0
+    log_level: str = "info"
+    # Where the values came from; not configuration itself.
+    config_file: Path | None = None
+    sources: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def log_level_number(self) -> int:
+        return int(getattr(logging, self.log_level.upper()))
+
+    @property
+    def auth_key_path(self) -> Path:
+        return self.data_dir / AUTH_KEY_FILE
+
+    def resolved_public_url(self, api_bound: Address | tuple[str, int] | None = None) -> str:
+        """The URL clients reach the API at, without a trailing slash.
+
+        Pass the address the API listener actually bound: with ``api_addr`` port 0 only the
+        daemon knows the real port.
+        """
+        if self.public_url is not None:
+            return self.public_url
+        bound = Address(*api_bound) if api_bound is not None else self.api_addr
+        return f"http://{bound}"
+
+
+# --- parsing single values -------------------------------------------------------------------
+
+
+class _Invalid(ValueError):
+    """A value failed validation; the text is the reason, without the value or its source."""
+
+
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
+)
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``; port 0 means "any free port"."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise _Invalid("expected [IPV6]:PORT")
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Invalid(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise _Invalid("expected HOST:PORT")
+        if ":" in host:
+            raise _Invalid("expected HOST:PORT (write IPv6 addresses as [ADDR]:PORT)")
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise _Invalid(f"{host!r} is not an IPv4 address") from None
+        elif len(host) > 253 or not _HOSTNAME.fullmatch(host):
+            raise _Invalid(f"{host!r} is not a valid host name")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise _Invalid("the port must be a number from 0 to 65535")
+    return Address(host, int(port_text))
+
+
+def _address(raw: object) -> Address:
+    if not isinstance(raw, str):
+        raise _Invalid("expected a string HOST:PORT")
+    return parse_address(raw)
+
+
+def _path(raw: object) -> Path:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Invalid("expected a non-empty path")
+    return Path(raw).expanduser()
+
+
+def _url(raw: object) -> str:
+    from urllib.parse import urlsplit
+
+    if not isinstance(raw, str):
+        raise _Invalid("expected a string URL")
+    url = raw.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _Invalid("expected an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid("expected an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise _Invalid("the URL must not have a query or fragment")
+    return url
+
+
+def _int_in(lo: int, hi: int) -> Callable[[object], int]:
+    expected = f"expected an integer from {lo} to {hi}"
+
+    def parse(raw: object) -> int:
+        if isinstance(raw, str):
+            try:
+                value = int(raw.strip(), 10)
+            except ValueError:
+                raise _Invalid(expected) from None
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        else:
+            raise _Invalid(expected)
+        if not lo <= value <= hi:
+            raise _Invalid(expected)
+        return value
+
+    return parse
+
+
+def _seconds_in(lo: float, hi: float) -> Callable[[object], float]:
+    expected = f"expected a number of seconds from {lo:g} to {hi:g}"
+
+    def parse(raw: object) -> float:
+        if isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise _Invalid(expected) from None
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+        else:
+            raise _Invalid(expected)
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise _Invalid(expected)
+        return value
+
+    return parse
+
+
+def _log_level(raw: object) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in LOG_LEVELS:
+        return raw.strip().lower()
+    raise _Invalid("expected one of " + ", ".join(LOG_LEVELS))
+
+
+def _auth_key(raw: object) -> str:
+    # Logplex compares the whole Authorization header value with the key, so spaces inside
+    # are legitimate; surrounding whitespace would be stripped by any HTTP stack.
+    if not isinstance(raw, str):
+        raise _Invalid("expected a string")
+    key = raw.strip()
+    if not key:
+        raise _Invalid("must not be empty")
+    if not key.isprintable() or not key.isascii():
+        raise _Invalid("must be printable ASCII")
+    return key
+
+
+@dataclass(frozen=True)
+class _Spec:
+    parse: Callable[[object], Any]
+    help: str
+    metavar: str
+    flag: bool = True
+
+
+# One entry per configurable Settings field, in the order they are documented and printed.
+_SPECS: dict[str, _Spec] = {
+    "api_addr": _Spec(_address, "control API listen address", "HOST:PORT"),
+    "logs_addr": _Spec(_address, "HTTP log input (POST /logs) listen address", "HOST:PORT"),
+    "syslog_addr": _Spec(_address, "TCP syslog input listen address", "HOST:PORT"),
+    "tls_syslog_addr": _Spec(
+        _address, "TLS syslog input listen address (needs tls_cert and tls_key)", "HOST:PORT"
+    ),
+    "tls_cert": _Spec(_path, "PEM certificate chain for the TLS syslog listener", "FILE"),
+    "tls_key": _Spec(_path, "PEM private key for the TLS syslog listener", "FILE"),
+    "data_dir": _Spec(_path, "directory for durable state and the generated auth key", "DIR"),
+    "public_url": _Spec(_url, "URL clients reach the API at (default http://<api_addr>)", "URL"),
+    "auth_key": _Spec(_auth_key, "API auth key (env or config file only)", "KEY", flag=False),
+    "max_frame": _Spec(_int_in(64, 65000), "largest syslog frame accepted, bytes", "BYTES"),
+    "history_messages": _Spec(_int_in(1, 100_000), "messages kept per channel", "N"),
+    "history_bytes": _Spec(
+        _int_in(2 * 64 + 1024, 1 * GIB), "bytes of history kept per channel", "BYTES"
+    ),
+    "max_syslog_connections": _Spec(
+        _int_in(1, 1_000_000), "open syslog connections (plain + TLS)", "N"
+    ),
+    "syslog_idle_timeout": _Spec(
+        _seconds_in(0.01, 86400), "close syslog connections idle this long", "SECONDS"
+    ),
+    "max_drains_per_channel": _Spec(_int_in(0, 1000), "drains one channel may have", "N"),
+    "api_max_body": _Spec(
+        _int_in(1 * KIB, 256 * MIB), "largest HTTP request body accepted, bytes", "BYTES"
+    ),
+    "api_max_connections": _Spec(_int_in(1, 1_000_000), "open HTTP connections", "N"),
+    "shutdown_timeout": _Spec(
+        _seconds_in(0, 3600), "grace period to flush drains on shutdown", "SECONDS"
+    ),
+    "log_level": _Spec(_log_level, "one of " + ", ".join(LOG_LEVELS), "LEVEL"),
+}
+
+SETTING_NAMES: tuple[str, ...] = tuple(_SPECS)
+SECRET_NAMES = frozenset({"auth_key"})
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def setting_help(name: str) -> tuple[str, str, bool]:
+    """(help text, metavar, has a flag) for one setting; the CLI builds its options from it."""
+    spec = _SPECS[name]
+    return spec.help, spec.metavar, spec.flag
+
+
+def default_of(name: str) -> Any:
+    return getattr(Settings(), name)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _show(raw: object) -> str:
+    # repr() escapes newlines and quotes; long values are cut so the line stays readable.
+    text = repr(raw)
+    return text if len(text) <= 200 else text[:196] + "...'"
+
+
+def _invalid(name: str, raw: object, source: str, reason: str) -> ConfigError:
+    shown = "" if name in SECRET_NAMES else f" {_show(raw)}"
+    return ConfigError(f"logplexd: invalid {name}{shown} (from {source}): {reason}")
+
+
+def _read_toml(path: Path, source: str) -> dict[str, Any]:
+    where = f"config file {_show(str(path))} (from {source})"
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"logplexd: cannot read {where}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"logplexd: invalid {where}: not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"logplexd: invalid {where}: {exc}") from None
+
+
+def _env_layer(env: Mapping[str, str]) -> list[tuple[str, object, str]]:
+    # Empty variables count as unset: systemd and shells make "set but empty" easy to hit.
+    layer: list[tuple[str, object, str]] = [
+        (name, env[env_var(name)], env_var(name))
+        for name in SETTING_NAMES
+        if env.get(env_var(name), "") != "" and name != "auth_key"
+    ]
+    new, legacy = env.get(env_var("auth_key"), ""), env.get(LEGACY_AUTH_KEY_ENV, "")
+    if new and legacy and new.strip() != legacy.strip():
+        raise ConfigError(
+            f"logplexd: {LEGACY_AUTH_KEY_ENV} and {env_var('auth_key')} are both set and differ;"
+            " set only one"
+        )
+    if new:
+        layer.append(("auth_key", new, env_var("auth_key")))
+    elif legacy:
+        layer.append(("auth_key", legacy, LEGACY_AUTH_KEY_ENV))
+    return layer
+
+
+def load_settings(
+    flags: Mapping[str, object] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    config_source: str = "--config",
+) -> Settings:
+    """Merge defaults, the TOML file, the environment and ``flags``; raise ConfigError.
+
+    ``flags`` maps setting names to raw values (strings, as argparse gives them); absent or
+    None means "not given". ``config_file`` overrides ``LOGPLEXD_CONFIG``; ``config_source``
+    is how errors name where that path came from.
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    for name in flags:
+        if name not in _SPECS or not _SPECS[name].flag:
+            raise TypeError(f"{name!r} cannot be given as a flag")
+
+    path: Path | None = None
+    if config_file is not None and str(config_file) != "":
+        path = Path(config_file).expanduser()
+    elif env.get(CONFIG_ENV, ""):
+        path, config_source = Path(env[CONFIG_ENV]).expanduser(), CONFIG_ENV
+
+    layers: list[list[tuple[str, object, str]]] = []
+    if path is not None:
+        file_label = str(path)
+        data = _read_toml(path, config_source)
+        for key in data:
+            if key not in _SPECS:
+                close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"logplexd: unknown setting {key!r} (from {file_label}){hint}")
+        layers.append([(key, value, file_label) for key, value in data.items()])
+    layers.append(_env_layer(env))
+    layers.append([(name, raw, flag_name(name)) for name, raw in flags.items()])
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {name: "default" for name in SETTING_NAMES}
+    for layer in layers:  # lowest precedence first, so later layers overwrite
+        for name, raw, source in layer:
+            try:
+                values[name] = _SPECS[name].parse(raw)
+            except _Invalid as exc:
+                raise _invalid(name, raw, source, str(exc)) from None
+            sources[name] = source
+
+    settings = Settings(**values, config_file=path, sources=MappingProxyType(sources))
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(s: Settings) -> None:
+    src = s.sources
+
+    def where(name: str) -> str:
+        return src.get(name, "default")
+
+    floor = 2 * s.max_frame + 1024
+    if s.history_bytes < floor:
+        raise ConfigError(
+            f"logplexd: invalid history_bytes {s.history_bytes} (from {where('history_bytes')}):"
+            f" must be at least 2*max_frame+1024 = {floor}"
+            f" (max_frame {s.max_frame} from {where('max_frame')})"
+        )
+
+    if (s.tls_cert is None) != (s.tls_key is None):
+        have, missing = ("tls_cert", "tls_key") if s.tls_key is None else ("tls_key", "tls_cert")
+        raise ConfigError(
+            f"logplexd: {have} is set (from {where(have)}) but {missing} is not;"
+            " set both to enable the TLS syslog listener, or neither"
+        )
+    for name in ("tls_cert", "tls_key"):
+        tls_path: Path | None = getattr(s, name)
+        if tls_path is not None and not (tls_path.is_file() and os.access(tls_path, os.R_OK)):
+            raise _invalid(name, str(tls_path), where(name), "not a readable file")
+
+    # Two listeners on one port fail at bind time with a less helpful message; port 0 is
+    # always distinct.
+    listeners = ["api_addr", "logs_addr", "syslog_addr"]
+    if s.tls_enabled:
+        listeners.append("tls_syslog_addr")
+    wildcard = {"0.0.0.0", "::"}
+    for first, second in itertools.combinations(listeners, 2):
+        a, b = getattr(s, first), getattr(s, second)
+        if a.port and a.port == b.port and (a.host == b.host or {a.host, b.host} & wildcard):
+            raise _invalid(
+                second, str(b), where(second), f"same port as {first} (from {where(first)})"
+            )
+
+
+# --- the auth key ----------------------------------------------------------------------------
+
+
+def _announce(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_auth_key(settings: Settings, *, announce: Callable[[str], None] = _announce) -> Settings:
+    """Return ``settings`` with ``auth_key`` set, generating and storing one on first start.
+
+    A configured key wins. Otherwise the key lives in ``<data_dir>/auth_key`` (mode 0600,
+    the data dir is created 0700); a newly generated key is announced by its path only, so
+    it never reaches a terminal scrollback or a journal.
+    """
+    if settings.auth_key:
+        return settings
+    data_dir, path = settings.data_dir, settings.auth_key_path
+    dir_source = settings.sources.get("data_dir", "default")
+
+    created_dir = not data_dir.exists()
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if created_dir:
+            data_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise ConfigError(
+            f"logplexd: cannot create data_dir {_show(str(data_dir))} (from {dir_source}):"
+            f" {exc.strerror or exc}"
+        ) from None
+
+    key = secrets.token_urlsafe(32)
+    try:
+        # O_EXCL: a concurrent first start must not replace a key someone already copied.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_auth_key(settings, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"logplexd: cannot create auth key file {_show(str(path))}: {exc.strerror or exc}"
+        ) from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (key + "\n").encode("ascii"))
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise ConfigError(
+            f"logplexd: cannot write auth key file {_show(str(path))}: {exc.strerror or exc}"
+        ) from None
+    os.close(fd)
+    announce(
+        f"logplexd: generated a new API auth key; it is in {path.resolve()}"
+        " (readable by this user only)"
+    )
+    return _with_key(settings, key, str(path))
+
+
+def _read_auth_key(settings: Settings, path: Path) -> Settings:
+    try:
+        raw = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII"
+        raise ConfigError(
+            f"logplexd: cannot read auth key file {_show(str(path))}: {reason or exc}"
+        ) from None
+    try:
+        key = _auth_key(raw)
+    except _Invalid as exc:
+        raise _invalid("auth_key", raw, str(path), str(exc)) from None
+    return _with_key(settings, key, str(path))
+
+
+def _with_key(settings: Settings, key: str, source: str) -> Settings:
+    sources = MappingProxyType({**settings.sources, "auth_key": source})
+    return dataclasses.replace(settings, auth_key=key, sources=sources)
+
+
+# --- showing the effective configuration ----------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # JSON string escapes are a subset of TOML basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_effective(settings: Settings) -> str:
+    """The configuration as TOML ``key = value`` lines, secrets masked, sources as comments.
+
+    Safe to print or log: ``auth_key`` is always shown as ``"****"``.
+    """
+    src = settings.sources
+    lines = [
+        "# logplexd effective configuration"
+        + (f" (config file {settings.config_file})" if settings.config_file else ""),
+        "# precedence: flags > environment > config file > defaults",
+    ]
+    for name in SETTING_NAMES:
+        value = getattr(settings, name)
+        source = src.get(name, "default")
+        comment = "default" if source == "default" else f"from {source}"
+        if name == "auth_key":
+            if value:
+                lines.append(f'auth_key = "{MASK}"  # {comment}')
+            elif settings.auth_key_path.exists():
+                lines.append(f"# auth_key: not configured; read from {settings.auth_key_path}")
+            else:
+                lines.append(
+                    "# auth_key: not configured; generated on first start in"
+                    f" {settings.auth_key_path}"
+                )
+            continue
+        if name == "public_url" and value is None:
+            value, comment = settings.resolved_public_url(), "default: http://<api_addr>"
+        if value is None:
+            lines.append(f"# {name}: not set")
+            continue
+        lines.append(f"{name} = {_toml_value(value)}  # {comment}")
+    if not settings.tls_enabled:
+        lines.append("# TLS syslog listener disabled (tls_cert and tls_key not set)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,68 @@
+"""HTTP adapters of the data plane: the logs listener and the read routes of the API.
+
+They translate ``Request``/``Response`` to the sans-IO cores in ``logs_ingest`` and
+``sessions``; no logic of their own beyond that.
+"""
+
+from __future__ import annotations
+
+from .http.messages import Request, Response
+from .logs_ingest import LogsIngest
+from .registry import Registry
+from .sessions import SessionParamError, channel_logs, parse_session_params, stream_session
+from .store.base import Store
+
+TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
+
+
+class LogsListener:
+    """``POST /logs`` and ``GET /healthcheck`` on the HTTP log input listener."""
+
+    def __init__(self, ingest: LogsIngest) -> None:
+        self.ingest = ingest
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == "/logs":
+            headers = {name: value for name, value in reversed(request.headers)}
+            result = await self.ingest.handle(request.method, headers, request.body)
+            return Response(result.status, list(result.headers), result.body, reason=result.reason)
+        if path == "/healthcheck":
+            if request.method not in ("GET", "HEAD"):
+                return Response(405, [("Allow", "GET"), TEXT_PLAIN], b"Method Not Allowed")
+            return Response(200, [TEXT_PLAIN], b"OK")
+        return Response(404, [TEXT_PLAIN], b"Not Found")
+
+
+class ReadRoutes:
+    """``GET /sessions/{uuid}`` (no auth: the uuid is the capability) and channel logs."""
+
+    def __init__(self, store: Store, registry: Registry) -> None:
+        self.store = store
+        self.registry = registry
+
+    async def session(self, request: Request, params: dict[str, str]) -> Response:
+        session = self.store.session(params["session_id"])
+        if session is None:
+            return Response.error(404, "Not found")
+        try:
+            wanted = parse_session_params(session.body)
+        except SessionParamError as exc:
+            return Response.error(400, str(exc))
+        channel = self.registry.channel(wanted.channel)
+        if channel is None:
+            return Response.error(404, "Not found")
+        return Response.stream(200, stream_session(self.registry, channel, wanted), [TEXT_PLAIN])
+
+    async def channel_logs(self, request: Request, params: dict[str, str]) -> Response:
+        channel = self.registry.channel(params["channel"])
+        if channel is None or self.store.channel(params["channel"]) is None:
+            return Response.error(404, "Not found")
+        num_raw = request.query_params().get("num", "")
+        num = int(num_raw) if num_raw.isdigit() else 100
+        body, count = channel_logs(channel, num)
+        return Response(
+            200,
+            [("Content-Type", "application/logplex-1"), ("Logplex-Msg-Count", str(count))],
+            body,
+        )

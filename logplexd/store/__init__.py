@@ -1,0 +1,75 @@
+"""Durable state of logplexd: channels, tokens, drains, credentials and sessions.
+
+``Store`` is the interface; ``open_store`` opens the embedded msgpack implementation.
+"""
+
+from .base import ChannelPut, Store, Subscriber
+from .drain_url import DrainKind, DrainUrl, InvalidDrainUrl, parse_drain_url, redact_url
+from .embedded import EmbeddedStore, open_store
+from .model import (
+    SESSION_TTL_SECONDS,
+    Channel,
+    ChannelAdded,
+    ChannelExists,
+    ChannelNotFound,
+    ChannelRemoved,
+    Credential,
+    CredentialExists,
+    Drain,
+    DrainAdded,
+    DrainExists,
+    DrainLimitReached,
+    DrainNotFound,
+    DrainRemoved,
+    DrainUpdated,
+    Session,
+    StoreCorrupt,
+    StoreError,
+    StoreEvent,
+    StoreLocked,
+    StoreUnavailable,
+    Token,
+    TokenAdded,
+    TokenRemoved,
+)
+from .registry_sync import RegistryLike, attach_registry, load_registry
+
+__all__ = [
+    "SESSION_TTL_SECONDS",
+    "Channel",
+    "ChannelAdded",
+    "ChannelExists",
+    "ChannelNotFound",
+    "ChannelPut",
+    "ChannelRemoved",
+    "Credential",
+    "CredentialExists",
+    "Drain",
+    "DrainAdded",
+    "DrainExists",
+    "DrainKind",
+    "DrainLimitReached",
+    "DrainNotFound",
+    "DrainRemoved",
+    "DrainUpdated",
+    "DrainUrl",
+    "EmbeddedStore",
+    "InvalidDrainUrl",
+    "RegistryLike",
+    "Session",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreEvent",
+    "StoreLocked",
+    "StoreUnavailable",
+    "Subscriber",
+    "Token",
+    "TokenAdded",
+    "TokenRemoved",
+    "attach_registry",
+    "load_registry",
+    "open_store",
+    "parse_drain_url",
+    "redact_url",
+]

@@ -1,0 +1,146 @@
+"""On-disk format of the embedded store: a versioned header, then length + CRC32 framed records.
+
+    file    = magic(8) version(u16 BE) reserved(6 zero bytes) record*
+    record  = length(u32 BE) crc32(u32 BE) payload(length bytes, msgpack)
+
+The journal holds one record per committed transaction. The snapshot holds exactly one
+record, the whole state, and is only ever replaced by rename, so it is never torn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+log = logging.getLogger("logplexd.store")
+
+JOURNAL_MAGIC = b"LPLXJRNL"
+SNAPSHOT_MAGIC = b"LPLXSNAP"
+FORMAT_VERSION = 1
+HEADER = struct.Struct(">8sH6x")
+RECORD_HEAD = struct.Struct(">II")
+# A length above this is garbage, not a record (a snapshot of millions of objects fits).
+MAX_RECORD_BYTES = 1 << 30
+
+
+class FormatError(Exception):
+    pass
+
+
+def header(magic: bytes) -> bytes:
+    return HEADER.pack(magic, FORMAT_VERSION)
+
+
+def frame(payload: bytes) -> bytes:
+    return RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def check_header(data: bytes, magic: bytes, path: str) -> None:
+    if len(data) < HEADER.size:
+        raise FormatError(f"{path}: file shorter than its header")
+    found_magic, version = HEADER.unpack_from(data)
+    if found_magic != magic:
+        raise FormatError(f"{path}: not a logplexd store file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{path}: format version {version}, this build reads {FORMAT_VERSION}")
+
+
+@dataclass
+class JournalScan:
+    records: list[bytes]
+    # Offset just past the last good record: the journal is cut back to it before appending.
+    valid_length: int
+    ignored_bytes: int
+    ignored_reason: str | None
+
+
+def scan_records(data: bytes, start: int) -> JournalScan:
+    records: list[bytes] = []
+    pos = start
+    end = len(data)
+    reason: str | None = None
+    while pos < end:
+        if end - pos < RECORD_HEAD.size:
+            reason = "truncated record header"
+            break
+        length, crc = RECORD_HEAD.unpack_from(data, pos)
+        body_start = pos + RECORD_HEAD.size
+        if length > MAX_RECORD_BYTES:
+            reason = "implausible record length"
+            break
+        if body_start + length > end:
+            reason = "truncated record"
+            break
+        payload = data[body_start : body_start + length]
+        if zlib.crc32(payload) != crc:
+            reason = "checksum mismatch"
+            break
+        records.append(payload)
+        pos = body_start + length
+    return JournalScan(records, pos, end - pos, reason)
+
+
+def read_journal(path: str) -> JournalScan | None:
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return None
+    if len(data) < HEADER.size and JOURNAL_MAGIC.startswith(data[: len(JOURNAL_MAGIC)]):
+        # Crashed while creating the journal: it holds nothing yet.
+        return JournalScan([], 0, len(data), "truncated header" if data else None)
+    check_header(data, JOURNAL_MAGIC, path)
+    return scan_records(data, HEADER.size)
+
+
+def read_snapshot(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return None
+    check_header(data, SNAPSHOT_MAGIC, path)
+    scan = scan_records(data, HEADER.size)
+    if len(scan.records) != 1 or scan.ignored_bytes:
+        raise FormatError(f"{path}: damaged snapshot ({scan.ignored_reason or 'no record'})")
+    return scan.records[0]
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str, content: bytes) -> None:
+    """Write a temp file, fsync it, rename it over ``path``, fsync the directory."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_snapshot(path: str, payload: bytes) -> int:
+    content = header(SNAPSHOT_MAGIC) + frame(payload)
+    write_atomically(path, content)
+    return len(content)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,167 @@
+"""What the store holds, the change events it publishes and the errors it raises."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+SESSION_TTL_SECONDS = 360.0
+
+
+def new_token_id() -> str:
+    return f"t.{uuid.uuid4()}"
+
+
+def new_drain_token() -> str:
+    return f"d.{uuid.uuid4()}"
+
+
+def new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A log stream. v2 channels have a numeric ``name`` allocated from a counter."""
+
+    name: str
+    # The ``name`` a v2 client gave POST /channels: a label only, never an identifier.
+    label: str | None = None
+    # Console-only flags of the original (``no_tail``, ``no_redis``), kept across updates.
+    flags: tuple[str, ...] = ()
+
+    @property
+    def numeric_id(self) -> int | None:
+        return int(self.name) if self.name.isdigit() and self.name.isascii() else None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: str  # t.<uuid4>
+    channel: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    id: int
+    channel: str
+    token: str  # d.<uuid4>
+    # None while the drain is only a reservation (id and token handed out, no destination).
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    id: str
+    password_hash: str
+    permissions: tuple[str, ...]
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    body: dict[str, Any]
+    expires_at: float  # wall clock (time.time()), so that expiry survives a restart
+
+
+# -- change events: published in commit order, after the change is durable ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAdded:
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRemoved:
+    """Sent after the DrainRemoved and TokenRemoved events of the channel's children."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAdded:
+    token: Token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRemoved:
+    token: Token
+
+
+@dataclass(frozen=True, slots=True)
+class DrainAdded:
+    """A new drain; ``drain.url`` is None for a reservation, which delivers nothing."""
+
+    channel: str
+    drain: Drain
+
+
+@dataclass(frozen=True, slots=True)
+class DrainUpdated:
+    channel: str
+    drain: Drain
+    previous: Drain
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRemoved:
+    channel: str
+    drain: Drain
+
+
+StoreEvent = (
+    ChannelAdded
+    | ChannelRemoved
+    | TokenAdded
+    | TokenRemoved
+    | DrainAdded
+    | DrainUpdated
+    | DrainRemoved
+)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """Base of every error the store raises."""
+
+
+class ChannelNotFound(StoreError):
+    pass
+
+
+class ChannelExists(StoreError):
+    pass
+
+
+class DrainNotFound(StoreError):
+    pass
+
+
+class DrainLimitReached(StoreError):
+    pass
+
+
+class DrainExists(StoreError):
+    """The channel already has a drain with the same destination."""
+
+
+class CredentialExists(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    """A write could not be made durable; the store takes no more writes until restarted."""
+
+
+class StoreCorrupt(StoreError):
+    """The data files cannot be read (bad header, unknown version, damaged snapshot)."""
+
+
+class StoreLocked(StoreError):
+    """Another process has the data directory open."""

@@ -1,0 +1,199 @@
+"""The whole daemon on real sockets, driven by real clients (curl, logger)."""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from logplexd.config import Address, Settings
+from logplexd.daemon import BoundPorts, Daemon
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
+]
+
+KEY = "test-auth-key"
+
+
+def settings_for(tmp_path) -> Settings:
+    loopback = Address("127.0.0.1", 0)
+    return dataclasses.replace(
+        Settings(),
+        api_addr=loopback,
+        logs_addr=loopback,
+        syslog_addr=loopback,
+        data_dir=tmp_path / "data",
+        auth_key=KEY,
+    )
+
+
+async def curl(*args: str) -> tuple[int, dict[str, str], bytes]:
+    """Run curl; return (status, lower-case headers, body)."""
+    done = await trio.run_process(
+        ["curl", "-sS", "-D", "-", *args], capture_stdout=True, check=True
+    )
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100"):
+        head, _, body = body.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def api(ports: BoundPorts, path: str) -> str:
+    return f"http://127.0.0.1:{ports.api}{path}"
+
+
+AUTH = ["-H", f"Authorization: Basic {KEY}"]
+JSON = ["-H", "Content-Type: application/json"]
+
+
+def frame(token: str, text: str) -> bytes:
+    msg = f"<134>1 2012-12-10T03:00:48.123456Z erlang {token} console.1 - - {text}".encode()
+    return b"%d %s" % (len(msg), msg)
+
+
+async def test_channel_ingest_session_and_channel_logs(tmp_path):
+    daemon = Daemon(settings_for(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        with trio.fail_after(30):
+            status, _, body = await curl(api(ports, "/v3/healthcheck"))
+            assert (status, body) == (200, b"OK")
+            status, _, body = await curl(f"http://127.0.0.1:{ports.logs}/healthcheck")
+            assert (status, body) == (200, b"OK")
+
+            status, headers, body = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}',
+                api(ports, "/v3/channels/app-123"),
+            )
+            assert status == 201 and "request-id" in headers
+            token = json.loads(body)["tokens"]["app"]
+
+            # TCP syslog, with a real logger, octet-counted RFC 5424.
+            await trio.run_process(
+                ["logger", "--tcp", "--octet-count", "--rfc5424", "-n", "127.0.0.1",
+                 "-P", str(ports.syslog), "-t", token, "from logger"]
+            )
+            # HTTP input, with curl.
+            body_file = tmp_path / "frames"
+            body_file.write_bytes(frame(token, "from curl 1") + frame(token, "from curl 2"))
+            status, headers, _ = await curl(
+                "-u", f"token:{token}", "-H", "Content-Type: application/logplex-1",
+                "-H", "Logplex-Msg-Count: 2", "--data-binary", f"@{body_file}",
+                f"http://127.0.0.1:{ports.logs}/logs",
+            )
+            assert status == 204
+            channel = daemon.registry.channel("app-123")
+            while len(channel.ring) < 3:
+                await channel.wait_appended()
+
+            status, headers, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", '{"channel_id":"app-123","num":"2"}',
+                api(ports, "/v3/sessions"),
+            )
+            assert status == 201
+            url = json.loads(body)["url"]
+            assert url.startswith(f"http://127.0.0.1:{ports.api}/sessions/")
+            status, headers, body = await curl(url)
+            assert status == 200 and headers["transfer-encoding"] == "chunked"
+            assert headers["content-type"].startswith("text/plain")
+            assert body == (
+                b"2012-12-10T03:00:48.123456Z app[console.1]: from curl 1\n"
+                b"2012-12-10T03:00:48.123456Z app[console.1]: from curl 2\n"
+            )
+
+            status, headers, body = await curl(*AUTH, api(ports, "/v3/channels/app-123/logs"))
+            assert status == 200 and headers["logplex-msg-count"] == "3"
+            assert headers["content-type"] == "application/logplex-1"
+            assert body.endswith(
+                b"<134>1 2012-12-10T03:00:48.123456Z host app console.1 - from curl 2\n"
+            )
+            assert b" host app - - from logger\n" in body  # PROCID "-", then no SD field
+            assert b"timeQuality" not in body
+        nursery.cancel_scope.cancel()
+
+
+async def test_live_tail_with_curl_n(tmp_path):
+    daemon = Daemon(settings_for(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        with trio.fail_after(30):
+            _, _, body = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
+                api(ports, "/v3/channels/tailme"),
+            )
+            token = json.loads(body)["tokens"]["web"]
+            _, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", '{"channel_id":"tailme","tail":true}',
+                api(ports, "/v3/sessions"),
+            )
+            url = json.loads(body)["url"]
+            proc = await trio.lowlevel.open_process(["curl", "-sN", url], stdout=subprocess.PIPE)
+            try:
+                received = b""
+                sender = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+                for i in range(3):
+                    await sender.send_all(frame(token, f"live {i}"))
+                    while f"live {i}".encode() not in received:
+                        received += await proc.stdout.receive_some(4096)
+                assert received == b"".join(
+                    b"2012-12-10T03:00:48.123456Z web[console.1]: live %d\n" % i
+                    for i in range(3)
+                )
+                await sender.aclose()
+            finally:
+                proc.kill()
+                await proc.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
+    from logplexd.store.model import StoreLocked
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Daemon(settings_for(tmp_path)).serve)
+        with pytest.raises(StoreLocked):
+            await Daemon(settings_for(tmp_path)).serve()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, signum):
+    env = {**os.environ, "LOGPLEX_AUTH_KEY": KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from logplexd.cli import main; sys.exit(main())",
+         "--api-addr", "127.0.0.1:0", "--logs-addr", "127.0.0.1:0",
+         "--syslog-addr", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")],
+        stderr=subprocess.PIPE, env=env, text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "ready" in line:
+                break
+        ready = lines[-1]
+        api_port = int(re.search(r"api 127\.0\.0\.1:(\d+)", ready).group(1))
+        out = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.1:{api_port}/v3/healthcheck"],
+            capture_output=True, timeout=10, check=True,
+        )
+        assert out.stdout == b"OK"
+        proc.send_signal(signum)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=15) == 0
+        assert "Traceback" not in rest
+        assert KEY not in "".join(lines) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
