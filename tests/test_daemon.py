@@ -72,7 +72,12 @@ async def test_channel_ingest_session_and_channel_logs(tmp_path):
             assert (status, body) == (200, b"OK")
 
             status, headers, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}',
+                "-X",
+                "PUT",
+                *AUTH,
+                *JSON,
+                "-d",
+                '{"tokens":["app"]}',
                 api(ports, "/v3/channels/app-123"),
             )
             assert status == 201 and "request-id" in headers
@@ -80,15 +85,32 @@ async def test_channel_ingest_session_and_channel_logs(tmp_path):
 
             # TCP syslog, with a real logger, octet-counted RFC 5424.
             await trio.run_process(
-                ["logger", "--tcp", "--octet-count", "--rfc5424", "-n", "127.0.0.1",
-                 "-P", str(ports.syslog), "-t", token, "from logger"]
+                [
+                    "logger",
+                    "--tcp",
+                    "--octet-count",
+                    "--rfc5424",
+                    "-n",
+                    "127.0.0.1",
+                    "-P",
+                    str(ports.syslog),
+                    "-t",
+                    token,
+                    "from logger",
+                ]
             )
             # HTTP input, with curl.
             body_file = tmp_path / "frames"
             body_file.write_bytes(frame(token, "from curl 1") + frame(token, "from curl 2"))
             status, headers, _ = await curl(
-                "-u", f"token:{token}", "-H", "Content-Type: application/logplex-1",
-                "-H", "Logplex-Msg-Count: 2", "--data-binary", f"@{body_file}",
+                "-u",
+                f"token:{token}",
+                "-H",
+                "Content-Type: application/logplex-1",
+                "-H",
+                "Logplex-Msg-Count: 2",
+                "--data-binary",
+                f"@{body_file}",
                 f"http://127.0.0.1:{ports.logs}/logs",
             )
             assert status == 204
@@ -97,7 +119,12 @@ async def test_channel_ingest_session_and_channel_logs(tmp_path):
                 await channel.wait_appended()
 
             status, headers, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d", '{"channel_id":"app-123","num":"2"}',
+                "-X",
+                "POST",
+                *AUTH,
+                *JSON,
+                "-d",
+                '{"channel_id":"app-123","num":"2"}',
                 api(ports, "/v3/sessions"),
             )
             assert status == 201
@@ -128,12 +155,22 @@ async def test_live_tail_with_curl_n(tmp_path):
         ports = await nursery.start(daemon.serve)
         with trio.fail_after(30):
             _, _, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
+                "-X",
+                "PUT",
+                *AUTH,
+                *JSON,
+                "-d",
+                '{"tokens":["web"]}',
                 api(ports, "/v3/channels/tailme"),
             )
             token = json.loads(body)["tokens"]["web"]
             _, _, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d", '{"channel_id":"tailme","tail":true}',
+                "-X",
+                "POST",
+                *AUTH,
+                *JSON,
+                "-d",
+                '{"channel_id":"tailme","tail":true}',
                 api(ports, "/v3/sessions"),
             )
             url = json.loads(body)["url"]
@@ -146,8 +183,7 @@ async def test_live_tail_with_curl_n(tmp_path):
                     while f"live {i}".encode() not in received:
                         received += await proc.stdout.receive_some(4096)
                 assert received == b"".join(
-                    b"2012-12-10T03:00:48.123456Z web[console.1]: live %d\n" % i
-                    for i in range(3)
+                    b"2012-12-10T03:00:48.123456Z web[console.1]: live %d\n" % i for i in range(3)
                 )
                 await sender.aclose()
             finally:
@@ -170,10 +206,22 @@ async def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
 def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, signum):
     env = {**os.environ, "LOGPLEX_AUTH_KEY": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from logplexd.cli import main; sys.exit(main())",
-         "--api-addr", "127.0.0.1:0", "--logs-addr", "127.0.0.1:0",
-         "--syslog-addr", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")],
-        stderr=subprocess.PIPE, env=env, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from logplexd.cli import main; sys.exit(main())",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--logs-addr",
+            "127.0.0.1:0",
+            "--syslog-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     try:
         lines = []
@@ -185,7 +233,9 @@ def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, sig
         api_port = int(re.search(r"api 127\.0\.0\.1:(\d+)", ready).group(1))
         out = subprocess.run(
             ["curl", "-sS", f"http://127.0.0.1:{api_port}/v3/healthcheck"],
-            capture_output=True, timeout=10, check=True,
+            capture_output=True,
+            timeout=10,
+            check=True,
         )
         assert out.stdout == b"OK"
         proc.send_signal(signum)

@@ -306,6 +306,10 @@ class _Connection:
                 async for chunk in chunks:  # type: ignore[union-attr]
                     if chunk:
                         await self._send(h11.Data(data=chunk))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The client reset the connection mid-stream: that ends this connection
+                # only; raised inside this nursery it would take the listener down.
+                client_gone = True
             finally:
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:

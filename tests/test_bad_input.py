@@ -1,0 +1,191 @@
+"""Hostile and broken input against the whole daemon: each gets its documented answer or is
+cut, the daemon keeps running, and the next good message is routed correctly."""
+
+import dataclasses
+import resource
+
+import pytest
+import trio
+
+from logplexd.config import Address, Settings
+from logplexd.daemon import Daemon
+from logplexd.native import parse_frames
+
+TOKEN = "t.6f3bbd4a-0000-4000-8000-000000000001"
+pytestmark = pytest.mark.integration
+
+
+def frame(text: bytes) -> bytes:
+    msg = b"<134>1 2012-12-10T03:00:48Z host " + TOKEN.encode() + b" web.1 - - " + text
+    return b"%d %s" % (len(msg), msg)
+
+
+async def start(nursery, tmp_path, **overrides):
+    loopback = Address("127.0.0.1", 0)
+    settings = dataclasses.replace(
+        Settings(),
+        api_addr=loopback,
+        logs_addr=loopback,
+        syslog_addr=loopback,
+        data_dir=tmp_path / "data",
+        auth_key="k",
+        **overrides,
+    )
+    daemon = Daemon(settings)
+    ports = await nursery.start(daemon.serve)
+    daemon.registry.add_token("victim", TOKEN, "app")
+    return daemon, ports
+
+
+async def routed_next(daemon, ports, text: bytes) -> None:
+    """A fresh, well-behaved producer still gets through."""
+    channel = daemon.registry.channel("victim")
+    before = channel.ring.head
+    stream = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+    await stream.send_all(frame(text))
+    while channel.ring.head == before:
+        await channel.wait_appended()
+    fields = channel.ring.last(1).fields(0)
+    assert fields["msg"] == text and fields["app"] == b"app"
+    await stream.aclose()
+
+
+BAD_TCP = {
+    "garbage": b"this is not syslog at all\n",
+    "frame of 10241 bytes": b"10241 " + b"x" * 10241,
+    "length 99999999999": b"99999999999 <13>1 huge\n",
+    "NUL bytes": b"\x00\x00\x00\n",
+    "invalid UTF-8 in a frame": b"12 \xff\xfe\xfd\xfc invalid",
+    "truncated frame then close": b"500 <134>1 only part of it",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TCP))
+async def test_bad_tcp_input(tmp_path, name):
+    async with trio.open_nursery() as nursery:
+        daemon, ports = await start(nursery, tmp_path)
+        with trio.fail_after(20):
+            stream = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+            await stream.send_all(BAD_TCP[name])
+            await stream.aclose()
+            await routed_next(daemon, ports, b"after " + name.encode())
+            assert daemon.syslog.stats.routed == 1
+        nursery.cancel_scope.cancel()
+
+
+async def http_exchange(port: int, raw: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(raw)
+    out = b""
+    with trio.move_on_after(5):
+        while b"\r\n\r\n" not in out:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            out += data
+    await stream.aclose()
+    return out
+
+
+async def test_http_body_that_lies_about_its_length_is_cut(tmp_path):
+    async with trio.open_nursery() as nursery:
+        daemon, ports = await start(nursery, tmp_path)
+        with trio.fail_after(20):
+            body = frame(b"lying")
+            stream = await trio.open_tcp_stream("127.0.0.1", ports.logs)
+            await stream.send_all(
+                b"POST /logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/logplex-1\r\n"
+                b"Authorization: Basic dG9rZW46"
+                + b"\r\nContent-Length: %d\r\n\r\n" % (len(body) + 100)
+                + body
+            )
+            await stream.send_eof()
+            with trio.move_on_after(5):
+                while await stream.receive_some(4096):
+                    pass
+            await stream.aclose()
+            assert len(daemon.registry.channel("victim").ring) == 0
+            await routed_next(daemon, ports, b"after the liar")
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_oversized_frame_and_invalid_utf8(tmp_path):
+    import base64
+
+    auth = base64.b64encode(f"token:{TOKEN}".encode())
+    async with trio.open_nursery() as nursery:
+        daemon, ports = await start(nursery, tmp_path)
+        with trio.fail_after(20):
+            for body, expect in [
+                (b"10241 " + b"x" * 10241, b"HTTP/1.1 400 Malformed log messages"),
+                (frame(b"\xff\xfe not utf-8"), b"HTTP/1.1 204 "),
+            ]:
+                reply = await http_exchange(
+                    ports.logs,
+                    b"POST /logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/logplex-1\r\n"
+                    b"Authorization: Basic "
+                    + auth
+                    + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    + body,
+                )
+                assert reply.startswith(expect), reply[:80]
+            assert daemon.registry.channel("victim").ring.last(1).fields(0)["msg"] == (
+                b"\xff\xfe not utf-8"
+            )
+            await routed_next(daemon, ports, b"after http")
+        nursery.cancel_scope.cancel()
+
+
+async def test_tail_reader_that_stops_reading_does_not_slow_ingestion(tmp_path):
+    async with trio.open_nursery() as nursery:
+        daemon, ports = await start(nursery, tmp_path, history_messages=100)
+        session = await daemon.store.create_session({"channel_id": "victim", "tail": True})
+        sid = getattr(session, "id", session)
+        with trio.fail_after(30):
+            reader = await trio.open_tcp_stream("127.0.0.1", ports.api)
+            await reader.send_all(b"GET /sessions/%s HTTP/1.1\r\nHost: x\r\n\r\n" % sid.encode())
+            head = await reader.receive_some(4096)
+            assert head.startswith(b"HTTP/1.1 200")
+            # The reader now stops reading. 20 MB of logs go through the channel anyway.
+            channel = daemon.registry.channel("victim")
+            line = (
+                b"<134>1 2012-12-10T03:00:48Z host "
+                + TOKEN.encode()
+                + b" web.1 - - "
+                + (b"y" * 1000)
+            )
+            batch = parse_frames([line] * 1000)
+            for _ in range(20):
+                daemon.registry.route(batch)
+                await trio.sleep(0)
+            assert channel.ring.head == 20_000
+            await routed_next(daemon, ports, b"still routed")
+            # When it reads again it learns how much it lost.
+            received = b""
+            while b"Error L11" not in received:
+                received += await reader.receive_some(1 << 20)
+            await reader.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_5000_connections_are_bounded_and_the_daemon_survives(tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 7000:
+        pytest.skip(f"needs ~7000 file descriptors, have {soft}")
+    async with trio.open_nursery() as nursery:
+        daemon, ports = await start(nursery, tmp_path, max_syslog_connections=1000)
+        with trio.fail_after(60):
+            streams = []
+            for _ in range(5000):
+                streams.append(await trio.open_tcp_stream("127.0.0.1", ports.syslog))
+            stats = daemon.syslog.stats
+            while stats.connections_total + stats.connections_rejected < 5000:
+                await trio.sleep(0.01)
+            assert daemon.syslog.stats.connections_open == 1000
+            assert daemon.syslog.stats.connections_rejected == 4000
+            for s in streams:
+                await s.aclose()
+            while daemon.syslog.stats.connections_open:
+                await trio.sleep(0.01)
+            await routed_next(daemon, ports, b"after the flood")
+        nursery.cancel_scope.cancel()
