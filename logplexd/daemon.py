@@ -17,6 +17,8 @@ from .api import ControlApi, run_api
 from .config import Settings
 from .creds import CredentialChecker
 from .data_routes import LogsListener, ReadRoutes
+from .drain_sync import attach_drains
+from .drains import DrainManager
 from .http.server import serve_http
 from .logs_ingest import LogsIngest
 from .registry import Registry
@@ -45,17 +47,20 @@ class Daemon:
             max_connections=settings.max_syslog_connections,
             idle_timeout=settings.syslog_idle_timeout,
         )
+        self.drains = DrainManager(self.registry)
         self.store: Store | None = None
+        self._core: trio.Nursery | None = None
+        self._listeners = trio.CancelScope()
         self.api: ControlApi | None = None
         self.logs: LogsIngest | None = None
         self.ports: BoundPorts | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED):
-        """Run until cancelled; reports the bound ports once every listener is up."""
+        """Run until cancelled or ``shutdown()``; reports the bound ports once all listen."""
         s = self.settings
         store = self.store = open_store(s.data_dir)
         try:
-            self.api = api = ControlApi(
+            self.api = ControlApi(
                 store,
                 self.registry,
                 auth_key=s.auth_key or "",
@@ -63,10 +68,10 @@ class Daemon:
                 max_drains_per_channel=s.max_drains_per_channel,
             )
             reads = ReadRoutes(store, self.registry)
-            api.add_route(
+            self.api.add_route(
                 "GET", "/sessions/{session_id}", reads.session, name="session.get", auth=False
             )
-            api.add_route(
+            self.api.add_route(
                 "GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs"
             )
             credentials = CredentialChecker(store)
@@ -76,9 +81,22 @@ class Daemon:
                 return None if credential is None else frozenset(credential.permissions)
 
             self.logs = LogsIngest(self.registry, any_channel_permissions, max_frame=s.max_frame)
-            logs_listener = LogsListener(self.logs)
+            async with trio.open_nursery() as core:
+                self._core = core
+                await core.start(store.maintain)
+                await core.start(self.drains.run)
+                attach_drains(store, self.drains)
+                self.ports = await core.start(self._serve_listeners)
+                task_status.started(self.ports)
+        finally:
+            await self._final_flush()
+
+    async def _serve_listeners(self, *, task_status: trio.TaskStatus[BoundPorts]) -> None:
+        s = self.settings
+        api, logs = self.api, self.logs
+        assert api is not None and logs is not None
+        with self._listeners:
             async with trio.open_nursery() as nursery:
-                await nursery.start(store.maintain)
                 syslog_port = await nursery.start(self.syslog.serve, *s.syslog_addr)
                 if s.tls_enabled:
                     certificate = ServerCertificate(str(s.tls_cert), str(s.tls_key))
@@ -100,13 +118,12 @@ class Daemon:
                 logs_port = await nursery.start(
                     partial(
                         serve_http,
-                        logs_listener.handle,
+                        LogsListener(logs).handle,
                         *s.logs_addr,
                         max_connections=s.api_max_connections,
-                        max_body=self.logs.max_body,
+                        max_body=logs.max_body,
                     )
                 )
-                self.ports = BoundPorts(api_port, logs_port, syslog_port)
                 log.info(
                     "logplexd ready: api %s:%d, logs %s:%d, syslog %s:%d, data dir %s",
                     s.api_addr.host,
@@ -117,9 +134,14 @@ class Daemon:
                     syslog_port,
                     s.data_dir,
                 )
-                task_status.started(self.ports)
-        finally:
-            await self._final_flush()
+                task_status.started(BoundPorts(api_port, logs_port, syslog_port))
+
+    async def shutdown(self) -> None:
+        """Stop accepting, give drains ``shutdown_timeout`` to flush, then stop everything."""
+        self._listeners.cancel()
+        await self.drains.shutdown(self.settings.shutdown_timeout)
+        if self._core is not None:
+            self._core.cancel_scope.cancel()
 
     async def _final_flush(self) -> None:
         store, self.store = self.store, None
@@ -137,6 +159,8 @@ async def run_until_signalled(settings: Settings) -> None:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
+            with trio.move_on_after(settings.shutdown_timeout * 2):
+                await daemon.shutdown()
             nursery.cancel_scope.cancel()
 
 

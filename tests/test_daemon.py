@@ -14,6 +14,7 @@ import trio
 
 from logplexd.config import Address, Settings
 from logplexd.daemon import BoundPorts, Daemon
+from logplexd.native import parse_frames
 
 pytestmark = [
     pytest.mark.integration,
@@ -247,3 +248,85 @@ def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, sig
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
+    from .test_drain_support import HttpSink, SyslogSink
+
+    daemon = Daemon(settings_for(tmp_path))
+    sink, other, web = SyslogSink(), SyslogSink(), HttpSink()
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        for s in (sink, other, web):
+            await nursery.start(s.serve)
+        with trio.fail_after(30):
+            _, _, body = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}',
+                api(ports, "/v3/channels/app-123"),
+            )
+            token = json.loads(body)["tokens"]["app"]
+            status, headers, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d",
+                json.dumps({"url": f"syslog://127.0.0.1:{sink.port}/"}),
+                api(ports, "/v3/channels/app-123/drains"),
+            )
+            assert status == 201
+            drain = json.loads(body)
+            status, _, _ = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d",
+                json.dumps({"url": f"http://user:pw@127.0.0.1:{web.port}/logs"}),
+                api(ports, "/v3/channels/app-123/drains"),
+            )
+            assert status == 201
+            feed = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+            await feed.send_all(frame(token, "drain test message 3"))
+            await sink.wait_for(lambda: sink.messages() >= 1)
+            assert sink.frames() == [
+                f"<134>1 2012-12-10T03:00:48.123456Z {drain['token']} app console.1 - - "
+                "drain test message 3\n".encode()
+            ]
+            await web.wait_for(lambda: len(web.requests) >= 1)
+            request = web.requests[0]
+            assert request.header("Logplex-Msg-Count") == "1"
+            assert request.header("Authorization") == "Basic dXNlcjpwdw=="
+            payload = b"<134>1 2012-12-10T03:00:48.123456Z host app console.1 - drain test message 3"
+            assert request.body == b"%d %s" % (len(payload), payload)
+            # Changing the URL moves the drain at once, without a restart.
+            status, _, _ = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d",
+                json.dumps({"url": f"syslog://127.0.0.1:{other.port}/"}),
+                api(ports, f"/v3/channels/app-123/drains/{drain['id']}"),
+            )
+            assert status == 200
+            await feed.send_all(frame(token, "after the move"))
+            await other.wait_for(lambda: other.messages() >= 1)
+            assert other.frames()[0].endswith(b" app console.1 - - after the move\n")
+            # Deleting the channel stops its drains.
+            status, _, _ = await curl(
+                "-X", "DELETE", *AUTH, api(ports, "/v3/channels/app-123")
+            )
+            assert status == 204
+            await trio.testing.wait_all_tasks_blocked()
+            assert daemon.drains.stats() == []
+            assert sink.messages() == 1
+            await feed.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_flushes_drains_within_the_deadline(tmp_path):
+    from .test_drain_support import SyslogSink
+
+    daemon = Daemon(settings_for(tmp_path))
+    sink = SyslogSink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve)
+        await nursery.start(daemon.serve)
+        with trio.fail_after(30):
+            daemon.registry.add_token("ch", "t.x", "app")
+            daemon.drains.add_drain("ch", 1, "d.x", f"syslog://127.0.0.1:{sink.port}")
+            lines = [f"<134>1 2012-12-10T03:00:48Z h t.x p - - m{i}".encode() for i in range(1000)]
+            daemon.registry.route(parse_frames(lines))
+            await daemon.shutdown()
+        # Every message the ring held was delivered before the daemon let go.
+        assert sink.messages() == 1000
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,198 @@
+"""One drain: its identity, target, feed, state and counters, and the task that delivers.
+
+The delivery protocol (``SyslogDrain`` or ``HttpDrain``) is chosen per target and rebuilt
+when the URL changes; the feed (cursor, unsettled batch, loss) outlives it, so a URL change
+keeps every message the drain has not delivered yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import trio
+
+from .feed import DrainFeed
+from .http import HttpDrain
+from .state import DrainEvent, DrainState, next_state
+from .syslog import SyslogDrain
+from .target import DrainTarget
+from .transport import TlsContexts
+
+log = logging.getLogger("logplexd.drains")
+
+# After an unexpected error (a bug) the drain restarts its delivery after this long.
+CRASH_RESTART_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    syslog_connect_timeout: float = 4.0
+    syslog_send_timeout: float = 4.0
+    # Bytes of octet-counted frames per write.
+    syslog_batch_bytes: int = 256 * 1024
+    syslog_backoff_cap: float = 300.0
+    http_connect_timeout: float = 3.0
+    http_request_timeout: float = 5.0
+    http_batch_bytes: int = 102_400
+    http_max_attempts: int = 3
+    http_backoff_base: float = 0.5
+    http_backoff_cap: float = 30.0
+    max_response_body: int = 1 << 20
+    # Messages taken from the ring at a time (the one batch a drain holds).
+    read_max_messages: int = 4096
+    shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class DrainStats:
+    drain_id: int
+    channel: str
+    token: str
+    url: str  # userinfo redacted
+    state: str
+    delivered: int
+    dropped: int
+    retried: int
+    lost: int
+    # Messages waiting for this drain (in its channel's ring or taken from it), and of
+    # those, the ones taken from the ring into the batch being delivered.
+    buffered: int
+    in_flight: int
+    # Messages the next L10 notice will announce.
+    pending_loss: int
+    last_error: str | None
+    last_error_at: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def describe(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    if isinstance(error, trio.TooSlowError):
+        return "timed out"
+    # trio wraps the useful error (an SSL verification failure, a reset) as the cause.
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, trio.BrokenResourceError) and cause is not None:
+        error = cause
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Drain:
+    def __init__(
+        self,
+        *,
+        drain_id: int,
+        token: str,
+        target: DrainTarget,
+        feed: DrainFeed,
+        settings: DrainSettings,
+        tls: TlsContexts,
+        user_agent: str,
+        rng: random.Random,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.drain_id = drain_id
+        self.token = token
+        self.target = target
+        self.feed = feed
+        self.settings = settings
+        self.tls = tls
+        self.user_agent = user_agent
+        self.rng = rng
+        self.wall_clock = wall_clock
+        self.state = DrainState.DISCONNECTED
+        self.done = trio.Event()
+        self._scope = trio.CancelScope()
+        self._session: trio.CancelScope | None = None
+        self._failing = False
+
+    @property
+    def channel_name(self) -> str:
+        return self.feed.channel_name
+
+    # -- state ----------------------------------------------------------------------------
+    def on(self, event: DrainEvent) -> None:
+        self.state = next_state(self.state, event)
+        if event is DrainEvent.SENT and self._failing:
+            self._failing = False
+            log.info("drain %d (%s) delivering again", self.drain_id, self.target.redacted)
+
+    def fail(self, error: BaseException | str, *, connecting: bool = False) -> None:
+        text = describe(error)
+        self.feed.note_error(text)
+        self.on(DrainEvent.FAILED)
+        # One line when a drain starts failing, not one per retry of a dead endpoint.
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "drain %d (%s) %s: %s",
+                self.drain_id,
+                self.target.redacted,
+                "cannot connect" if connecting else "delivery failed",
+                text,
+            )
+
+    # -- control (synchronous, from the manager) ------------------------------------------
+    def retarget(self, target: DrainTarget) -> None:
+        self.target = target
+        self._failing = False
+        if self._session is not None:
+            self._session.cancel()
+        self.feed.kick()
+
+    def stop(self) -> None:
+        self._scope.cancel()
+        self.feed.kick()
+
+    # -- the task -------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                while True:
+                    target = self.target
+                    with trio.CancelScope() as self._session:
+                        try:
+                            if target.is_http:
+                                await HttpDrain(self).run()
+                            else:
+                                await SyslogDrain(self).run()
+                            return  # flushed at shutdown
+                        except Exception as exc:
+                            # A bug must not take down the daemon or other drains.
+                            log.exception("drain %d crashed; restarting", self.drain_id)
+                            self.feed.note_error(describe(exc))
+                            self.state = DrainState.BACKOFF
+                            await trio.sleep(CRASH_RESTART_SECONDS)
+                    self._session = None
+                    # New URL (or restart after a crash): the old connection is gone.
+                    self.on(DrainEvent.CLOSED)
+        finally:
+            self.state = DrainState.STOPPED
+            self.done.set()
+
+    def stats(self) -> DrainStats:
+        feed, counters = self.feed, self.feed.counters
+        return DrainStats(
+            drain_id=self.drain_id,
+            channel=self.channel_name,
+            token=self.token,
+            url=self.target.redacted,
+            state=self.state.value,
+            delivered=counters.delivered,
+            dropped=counters.dropped,
+            retried=counters.retried,
+            # Losses show as they happen, not only when the drain next reads.
+            lost=counters.lost + feed.lapped,
+            buffered=feed.pending_messages + feed.backlog,
+            in_flight=feed.pending_messages,
+            pending_loss=feed.loss.count + feed.lapped,
+            last_error=counters.last_error,
+            last_error_at=counters.last_error_at,
+        )

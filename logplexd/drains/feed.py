@@ -1,0 +1,246 @@
+"""A drain's view of its channel: a ring cursor, the messages taken but not yet settled, loss.
+
+Sans-IO apart from ``wait_for_data``: the delivery adapters ask for a payload, try to
+deliver it, then report the outcome with ``delivered`` or ``dropped``. Nothing is copied per
+drain except the one batch being delivered, so a drain's memory is bounded by the batch
+size whatever the channel's traffic; a drain that falls behind is lapped by the ring and
+the ring reports exactly how many messages it missed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..native import Batch
+from ..registry import Channel, Registry
+
+# How often a drain whose channel does not exist (yet, or any more) looks for it again.
+CHANNEL_POLL_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class LossTracker:
+    """Messages this drain never delivered (lapped or dropped) since the last L10 went out."""
+
+    count: int = 0
+    since: float = 0.0
+
+    def add(self, n: int, now: float) -> None:
+        if n <= 0:
+            return
+        if self.count == 0:
+            self.since = now
+        self.count += n
+
+    def settle(self, announced: int) -> None:
+        # Only what the delivered notice announced is cleared; later losses stay counted.
+        self.count = max(0, self.count - announced)
+
+
+@dataclass(slots=True)
+class DrainCounters:
+    delivered: int = 0
+    dropped: int = 0
+    retried: int = 0
+    lost: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Payload:
+    """One write (syslog) or one request body (HTTP), cached so retries send the same bytes."""
+
+    data: bytes
+    # Channel messages in ``data``; an L10 frame at its head is not one of them.
+    messages: int
+    # The count the L10 frame at the head announces (0: no L10 frame).
+    loss_announced: int
+    batch: Batch
+    end_index: int
+    # HTTP only: the Frame-Id, and how many attempts have been made.
+    frame_id: str = ""
+    attempts: int = 0
+    # HTTP only: a stale keep-alive connection gets one free retry per payload.
+    free_retry_used: bool = False
+
+    @property
+    def frames(self) -> int:
+        return self.messages + (1 if self.loss_announced else 0)
+
+
+Encoder = Callable[[Batch, int, int], tuple[bytes, int, int]]
+LossNotice = Callable[[int, float, float], bytes]
+
+
+@dataclass(eq=False)
+class DrainFeed:
+    registry: Registry
+    channel_name: str
+    wall_clock: Callable[[], float] = time.time
+    channel: Channel | None = None
+    cursor: int = 0
+    loss: LossTracker = field(default_factory=LossTracker)
+    counters: DrainCounters = field(default_factory=DrainCounters)
+    # The batch being delivered and the index of its first unsettled message.
+    pending: Batch | None = None
+    pending_start: int = 0
+    # The payload an adapter built and has not settled yet (HTTP retries reuse it).
+    cached: Payload | None = None
+    # Set by ``begin_flush``: deliver up to this sequence of this channel, then stop.
+    _flush_until: tuple[Channel | None, int] | None = None
+    _wait_scope: trio.CancelScope | None = None
+
+    def __post_init__(self) -> None:
+        # A new drain starts at the channel's present: it never replays history.
+        self.channel = self.registry.channel(self.channel_name)
+        self.cursor = self.channel.ring.head if self.channel is not None else 0
+
+    # -- the channel --------------------------------------------------------------------
+    def current_channel(self) -> Channel | None:
+        """Follow the registry: a channel replaced under the same name is read from its start."""
+        latest = self.registry.channel(self.channel_name)
+        if latest is not None and latest is not self.channel:
+            self.channel = latest
+            self.cursor = latest.ring.tail
+        # A removed channel is kept until its backlog is read; nothing new will arrive in it.
+        return self.channel
+
+    @property
+    def pending_messages(self) -> int:
+        return 0 if self.pending is None else len(self.pending) - self.pending_start
+
+    def _read_limit(self, channel: Channel) -> int:
+        head = channel.ring.head
+        if self._flush_until is None:
+            return head
+        flush_channel, flush_head = self._flush_until
+        return min(head, flush_head) if flush_channel is channel else self.cursor
+
+    @property
+    def backlog(self) -> int:
+        """Messages in the channel's ring this drain has not read yet (what it can still get)."""
+        channel = self.channel
+        if channel is None:
+            return 0
+        ring = channel.ring
+        return max(0, ring.head - max(self.cursor, ring.tail))
+
+    @property
+    def lapped(self) -> int:
+        """Messages the ring dropped before this drain read them, not yet counted as lost."""
+        channel = self.channel
+        if channel is None:
+            return 0
+        return max(0, channel.ring.tail - self.cursor)
+
+    def has_data(self) -> bool:
+        if self.pending_messages > 0 or self.cached is not None:
+            return True
+        channel = self.current_channel()
+        return channel is not None and self._read_limit(channel) > self.cursor
+
+    # -- waiting ------------------------------------------------------------------------
+    async def wait_for_data(self) -> bool:
+        """Block until there is something to deliver; False once a flush has nothing left."""
+        while not self.has_data():
+            if self._flush_until is not None:
+                return False
+            with trio.CancelScope() as self._wait_scope:
+                channel = self.channel
+                if channel is None or self.registry.channel(self.channel_name) is not channel:
+                    await trio.sleep(CHANNEL_POLL_SECONDS)
+                else:
+                    await channel.wait_appended()
+            self._wait_scope = None
+        return True
+
+    def kick(self) -> None:
+        """Wake ``wait_for_data`` to look again (flush, removal, URL change)."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    def begin_flush(self) -> None:
+        channel = self.current_channel()
+        self._flush_until = (channel, channel.ring.head if channel is not None else 0)
+        self.kick()
+
+    @property
+    def flushing(self) -> bool:
+        return self._flush_until is not None
+
+    # -- taking and settling ------------------------------------------------------------
+    def _take(self, max_messages: int, max_bytes: int) -> bool:
+        if self.pending_messages > 0:
+            return True
+        self.pending = None
+        channel = self.current_channel()
+        if channel is None:
+            return False
+        limit = self._read_limit(channel)
+        if limit <= self.cursor:
+            return False
+        batch, cursor, lost = channel.ring.read(
+            self.cursor, min(max_messages, limit - self.cursor), max_bytes
+        )
+        self.cursor = cursor
+        if lost:
+            self.loss.add(lost, self.wall_clock())
+            self.counters.lost += lost
+        if len(batch) == 0:
+            return False
+        self.pending, self.pending_start = batch, 0
+        return True
+
+    def build_payload(
+        self,
+        encode: Encoder,
+        loss_notice: LossNotice,
+        *,
+        max_messages: int,
+        max_bytes: int,
+    ) -> Payload | None:
+        """Encode the next messages (up to ``max_bytes``), after an L10 notice if any were lost.
+
+        Returns None when there is nothing deliverable (frames the drain formats cannot
+        express are skipped, as the original does).
+        """
+        self.cached = None
+        while self._take(max_messages, max_bytes):
+            batch, start = self.pending, self.pending_start
+            assert batch is not None
+            data, n, end = encode(batch, start, max_bytes)
+            if n == 0:
+                self.pending_start = end
+                continue
+            announced = self.loss.count
+            if announced:
+                data = loss_notice(announced, self.loss.since, self.wall_clock()) + data
+            self.cached = Payload(data, n, announced, batch, end)
+            return self.cached
+        return None
+
+    def _settle(self, payload: Payload) -> None:
+        if self.pending is payload.batch:
+            self.pending_start = max(self.pending_start, payload.end_index)
+        if self.cached is payload:
+            self.cached = None
+
+    def delivered(self, payload: Payload) -> None:
+        self._settle(payload)
+        self.counters.delivered += payload.messages
+        self.loss.settle(payload.loss_announced)
+
+    def dropped(self, payload: Payload) -> None:
+        """The payload is given up: its messages are counted, and announced by the next L10."""
+        self._settle(payload)
+        self.counters.dropped += payload.messages
+        self.loss.add(payload.messages, self.wall_clock())
+
+    def note_error(self, message: str) -> None:
+        self.counters.last_error = message
+        self.counters.last_error_at = self.wall_clock()

@@ -1,0 +1,318 @@
+"""Sans-IO drain cores: URL targets, request bytes, classification, backoff, states, feed."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import h11
+import pytest
+import trio
+
+from logplexd import __version__
+from logplexd.drains import (
+    TRANSITIONS,
+    DrainEvent,
+    DrainFeed,
+    DrainState,
+    HttpExchange,
+    InvalidDrainUrl,
+    InvalidTransition,
+    LossTracker,
+    Outcome,
+    Payload,
+    build_request,
+    classify,
+    frame_id,
+    http_retry_backoff,
+    next_state,
+    parse_drain_url,
+    syslog_reconnect_backoff,
+)
+from logplexd.drains.target import DrainKind
+from logplexd.native import http_frames, l10_http, l10_syslog, parse_frames, syslog_frames
+from logplexd.registry import Registry
+
+from .test_drain_support import TOKEN, append, message
+
+# -- targets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "host", "port", "insecure"),
+    [
+        ("syslog://logs.example.com", DrainKind.SYSLOG, "logs.example.com", 601, False),
+        ("syslog://logs.example.com:1514", DrainKind.SYSLOG, "logs.example.com", 1514, False),
+        ("syslog+tls://Logs.Example.com", DrainKind.SYSLOG_TLS, "logs.example.com", 6514, False),
+        ("syslog+tls://h:7000#insecure", DrainKind.SYSLOG_TLS, "h", 7000, True),
+        ("http://h/x", DrainKind.HTTP, "h", 80, False),
+        ("https://h/x", DrainKind.HTTPS, "h", 443, False),
+    ],
+)
+def test_target_defaults(url, kind, host, port, insecure):
+    target = parse_drain_url(url)
+    assert (target.kind, target.host, target.port, target.insecure) == (kind, host, port, insecure)
+
+
+def test_http_target_parts():
+    target = parse_drain_url("https://us%40r:p%3Ass@Example.com:8443/v1/logs?a=1&b=2#frag")
+    assert target.request_target == b"/v1/logs?a=1&b=2"  # fragment never sent
+    assert target.host_header == b"Example.com:8443"
+    assert target.authorization == b"Basic dXNAcjpwOnNz"  # base64("us@r:p:ss")
+    assert "p%3Ass" not in target.redacted and "p%3Ass" not in repr(target)
+    bare = parse_drain_url("http://example.com")
+    assert (bare.request_target, bare.host_header, bare.authorization) == (
+        b"/",
+        b"example.com",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["", "ftp://h/", "udpsyslog://h", "syslog://", "http://h:0/", "syslog+tls://h#x"]
+)
+def test_invalid_targets(url):
+    with pytest.raises(InvalidDrainUrl):
+        parse_drain_url(url)
+
+
+# -- request bytes ------------------------------------------------------------------------
+
+
+def _payload(body: bytes, messages: int, loss: int = 0) -> Payload:
+    payload = Payload(body, messages, loss, parse_frames([]), 0)
+    payload.frame_id = frame_id(body)
+    return payload
+
+
+def test_request_bytes_exact():
+    body = b"10 0123456789"
+    target = parse_drain_url("https://user:pass@example.com:8080/logs?x=1#ignored")
+    request = build_request(
+        target, _payload(body, 1), drain_token=TOKEN, user_agent=f"logplexd/{__version__}"
+    )
+    exchange = HttpExchange()
+    wire = exchange.start(request, body)
+    md5 = hashlib.md5(body).hexdigest().upper()
+    assert wire == (
+        b"POST /logs?x=1 HTTP/1.1\r\n"
+        b"Host: example.com:8080\r\n"
+        b"Authorization: Basic dXNlcjpwYXNz\r\n"
+        b"Content-Type: application/logplex-1\r\n"
+        b"Logplex-Msg-Count: 1\r\n"
+        b"Logplex-Frame-Id: " + md5.encode() + b"\r\n"
+        b"Logplex-Drain-Token: " + TOKEN.encode() + b"\r\n"
+        b"User-Agent: logplexd/" + __version__.encode() + b"\r\n"
+        b"Content-Length: 13\r\n"
+        b"\r\n" + body
+    )
+    assert len(md5) == 32
+
+
+def test_request_with_loss_notice_counts_the_l10_frame():
+    notice = l10_http(5, 0, 60)
+    frames, n, _ = http_frames(parse_frames([message(6)]), 0, 102400)
+    body = notice + frames
+    request = build_request(
+        parse_drain_url("http://h/"), _payload(body, n, loss=5), drain_token=TOKEN, user_agent="u"
+    )
+    headers = dict(request.headers)
+    assert headers[b"logplex-msg-count"] == b"2"
+    assert headers[b"logplex-msg-loss-count"] == b"5"
+    assert b"Authorization" not in body
+    assert body.startswith(
+        b"142 <172>1 1970-01-01T00:01:00+00:00 host heroku logplex - Error L10 (output buffer "
+        b"overflow): 5 messages dropped since 1970-01-01T00:00:00+00:00.76 <134>1 "
+    )
+
+
+def test_exchange_keep_alive_and_close():
+    exchange = HttpExchange()
+    request = build_request(
+        parse_drain_url("http://h/"), _payload(b"x", 1), drain_token=TOKEN, user_agent="u"
+    )
+    exchange.start(request, b"x")
+    assert not exchange.feed(b"HTTP/1.1 204 No Content\r\n")
+    assert exchange.feed(b"\r\n")
+    assert exchange.status == 204 and exchange.reusable()
+    exchange.start(request, b"x")
+    assert exchange.feed(b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno")
+    assert exchange.status == 500 and not exchange.reusable()
+    fresh = HttpExchange()
+    fresh.start(request, b"x")
+    with pytest.raises((EOFError, h11.RemoteProtocolError)):
+        fresh.feed(b"")
+    assert not fresh.received_any
+
+
+# -- classification and backoff ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "outcome"),
+    [
+        (200, Outcome.DELIVERED),
+        (202, Outcome.DELIVERED),
+        (204, Outcome.DELIVERED),
+        (299, Outcome.DELIVERED),
+        (400, Outcome.DROP),
+        (401, Outcome.DROP),
+        (404, Outcome.DROP),
+        (413, Outcome.DROP),
+        (499, Outcome.DROP),
+        (429, Outcome.RETRY),
+        (500, Outcome.RETRY),
+        (503, Outcome.RETRY),
+        (301, Outcome.RETRY),
+        (101, Outcome.RETRY),
+        (trio.TooSlowError(), Outcome.RETRY),
+        (ConnectionResetError(), Outcome.RETRY),
+        (trio.BrokenResourceError(), Outcome.RETRY),
+        (EOFError(), Outcome.RETRY),
+    ],
+)
+def test_classify(result, outcome):
+    assert classify(result) is outcome
+
+
+def test_http_backoff_bounds():
+    rng = random.Random(1)
+    assert http_retry_backoff(0, rng) == 0
+    for failures in range(1, 40):
+        step = min(30.0, 0.5 * 2 ** (failures - 1))
+        for _ in range(50):
+            delay = http_retry_backoff(failures, rng)
+            assert step / 2 <= delay <= step
+    assert http_retry_backoff(1000, rng) <= 30.0
+
+
+def test_syslog_backoff_follows_reference():
+    rng = random.Random(2)
+    assert syslog_reconnect_backoff(0, rng) == 0
+    for failures, step in [(1, 2), (2, 4), (3, 8), (8, 256), (9, 300), (50, 300)]:
+        for _ in range(50):
+            assert step <= syslog_reconnect_backoff(failures, rng) <= step * 1.1
+
+
+# -- states -------------------------------------------------------------------------------
+
+
+def test_transitions_happy_path_and_failures():
+    s = DrainState.DISCONNECTED
+    for event, expected in [
+        (DrainEvent.CONNECT, DrainState.CONNECTING),
+        (DrainEvent.FAILED, DrainState.BACKOFF),
+        (DrainEvent.CONNECT, DrainState.CONNECTING),
+        (DrainEvent.CONNECTED, DrainState.CONNECTED),
+        (DrainEvent.SEND, DrainState.SENDING),
+        (DrainEvent.SENT, DrainState.CONNECTED),
+        (DrainEvent.SEND, DrainState.SENDING),
+        (DrainEvent.FAILED, DrainState.BACKOFF),
+        (DrainEvent.CLOSED, DrainState.DISCONNECTED),
+        (DrainEvent.STOP, DrainState.STOPPED),
+    ]:
+        s = next_state(s, event)
+        assert s is expected
+
+
+def test_invalid_transitions_raise_and_every_state_can_stop():
+    with pytest.raises(InvalidTransition):
+        next_state(DrainState.DISCONNECTED, DrainEvent.SEND)
+    with pytest.raises(InvalidTransition):
+        next_state(DrainState.STOPPED, DrainEvent.CONNECT)
+    assert all(TRANSITIONS[(s, DrainEvent.STOP)] is DrainState.STOPPED for s in DrainState)
+    # Every live state can lose its connection without an error.
+    for state in set(DrainState) - {DrainState.STOPPED}:
+        assert TRANSITIONS[(state, DrainEvent.CLOSED)] is DrainState.DISCONNECTED
+
+
+# -- loss and feed ------------------------------------------------------------------------
+
+
+def test_loss_tracker_keeps_first_time_and_settles_only_what_was_announced():
+    loss = LossTracker()
+    loss.add(3, 100.0)
+    loss.add(2, 200.0)
+    assert (loss.count, loss.since) == (5, 100.0)
+    loss.settle(4)
+    assert loss.count == 1
+    loss.settle(4)
+    loss.add(1, 300.0)
+    assert (loss.count, loss.since) == (1, 300.0)
+
+
+def _syslog(batch, start, max_bytes):
+    return syslog_frames(batch, TOKEN.encode(), start, max_bytes)
+
+
+def _l10(n, since, now):
+    return l10_syslog(TOKEN.encode(), n, since, now)
+
+
+def test_feed_starts_at_head_and_reports_exact_loss_after_being_lapped():
+    registry = Registry(history_messages=10)
+    channel = registry.ensure_channel("app")
+    append(channel, [message(i) for i in range(3)])  # before the drain: never delivered
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 1355108448.0)
+    assert not feed.has_data()
+    append(channel, [message(i) for i in range(3, 28)])  # 25 new; the ring keeps 18..27
+    payload = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
+    assert payload is not None
+    assert (payload.messages, payload.loss_announced, feed.counters.lost) == (10, 15, 15)
+    notice = (
+        b"<172>1 2012-12-10T03:00:48+00:00 " + TOKEN.encode() + b" heroku logplex - - Error "
+        b"L10 (output buffer overflow): 15 messages dropped since 2012-12-10T03:00:48+00:00.\n"
+    )
+    assert payload.data.startswith(b"%d %s" % (len(notice), notice))
+    assert payload.data.endswith(b"drain test message 27\n")
+    feed.delivered(payload)
+    assert feed.loss.count == 0 and feed.counters.delivered == 10 and not feed.has_data()
+
+
+def test_feed_drop_feeds_the_next_notice_and_failed_payload_is_rebuilt():
+    registry = Registry(history_messages=100)
+    channel = registry.ensure_channel("app")
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
+    append(channel, [message(i) for i in range(5)])
+    first = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
+    assert first is not None and first.messages == 5
+    # Not settled: the next build returns the same messages again.
+    again = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
+    assert again is not None and again.data == first.data
+    feed.dropped(again)
+    assert (feed.counters.dropped, feed.loss.count) == (5, 5)
+    append(channel, [message(6)])
+    after = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
+    assert after is not None and after.loss_announced == 5 and after.messages == 1
+    assert b"5 messages dropped" in after.data and b"message 0" not in after.data
+
+
+def test_feed_splits_a_batch_by_bytes_and_skips_invalid_frames():
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    feed = DrainFeed(registry, "app")
+    append(channel, [message(0), b"not syslog at all", *[message(i) for i in range(1, 40)]])
+    sizes = []
+    while payload := feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=300):
+        assert len(payload.data) <= 300
+        sizes.append(payload.messages)
+        feed.delivered(payload)
+    assert sum(sizes) == 40 and len(sizes) > 5
+
+
+def test_feed_follows_a_replaced_channel():
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    feed = DrainFeed(registry, "app")
+    append(channel, [message(1)])
+    registry.drop_channel("app")
+    assert feed.has_data()  # the old channel's backlog still goes out
+    payload = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
+    assert payload is not None
+    feed.delivered(payload)
+    assert not feed.has_data()
+    new = registry.ensure_channel("app")
+    append(new, [message(2)])
+    payload = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
+    assert payload is not None and payload.data.endswith(b"message 2\n")
+    assert payload.loss_announced == 0

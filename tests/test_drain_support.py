@@ -1,0 +1,209 @@
+"""Receivers for the drain tests (TCP/TLS syslog sink, scripted h11 HTTP sink) and helpers."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+from logplexd.drains import DrainManager, DrainStats
+from logplexd.native import parse_frames
+from logplexd.registry import Channel
+
+TOKEN = "d.2b0fa2d1-76b4-4b8a-9e0b-8f6a0b0c1d2e"
+
+
+def message(i: int, text: str = "drain test message") -> bytes:
+    return b"<134>1 2012-12-10T03:00:48.123456Z erlang app console.1 - - %s %d" % (
+        text.encode(),
+        i,
+    )
+
+
+def append(channel: Channel, frames: list[bytes]) -> None:
+    """What routing does: append to the ring, then wake the channel's readers."""
+    channel.ring.append_batch(parse_frames(frames))
+    channel.notify()
+
+
+def stats_of(manager: DrainManager, drain_id: int) -> DrainStats:
+    stats = manager.drain_stats(drain_id)
+    assert stats is not None, f"no drain {drain_id}"
+    return stats
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+class _Notifier:
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await self._event.wait()
+
+
+class SyslogSink(_Notifier):
+    """Accepts connections and records every byte; ``read=False`` never reads (a dead peer)."""
+
+    def __init__(self, *, read: bool = True, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__()
+        self.read = read
+        self.tls = tls
+        self.data = bytearray()
+        self.connections = 0
+        self.handshake_failures = 0
+        self.port = 0
+        self._streams: list[trio.abc.Stream] = []
+
+    async def serve(self, port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._handle, listeners)
+                task_status.started(self.port)
+        finally:
+            for stream in self._streams:
+                await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        self._streams.append(stream)
+        if self.tls is not None:
+            stream = trio.SSLStream(stream, self.tls, server_side=True)
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError:
+                self.handshake_failures += 1
+                self.notify()
+                return
+        self.connections += 1
+        self.notify()
+        if not self.read:
+            await trio.sleep_forever()
+        try:
+            while chunk := await stream.receive_some(65536):
+                self.data += chunk
+                self.notify()
+        except trio.BrokenResourceError:
+            pass
+
+    def frames(self) -> list[bytes]:
+        """The received octet-counted frames, checking the framing on the way."""
+        out, data, i = [], bytes(self.data), 0
+        while i < len(data):
+            sp = data.index(b" ", i)
+            n = int(data[i:sp])
+            out.append(data[sp + 1 : sp + 1 + n])
+            assert len(out[-1]) == n, "truncated frame"
+            i = sp + 1 + n
+        return out
+
+    def messages(self) -> int:
+        return len(self.frames())
+
+
+@dataclass
+class Received:
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    connection: int
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.decode().lower() == name.lower():
+                return value.decode()
+        return None
+
+
+@dataclass
+class HttpSink(_Notifier):
+    """h11 server answering each request by a script: a status, "stall", or "reset"."""
+
+    script: list[int | str] = field(default_factory=list)
+    default: int | str = 200
+    tls: ssl.SSLContext | None = None
+    requests: list[Received] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        _Notifier.__init__(self)
+
+    async def serve(self, port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            task_status.started(self.port)
+
+    async def _handle(self, raw: trio.SocketStream) -> None:
+        self.connections += 1
+        connection = self.connections
+        stream: trio.abc.Stream = raw
+        if self.tls is not None:
+            stream = trio.SSLStream(raw, self.tls, server_side=True)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = None, bytearray()
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
+                    elif isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                assert request is not None
+                action = self.script.pop(0) if self.script else self.default
+                self.requests.append(
+                    Received(
+                        request.target, list(request.headers.raw_items()), bytes(body), connection
+                    )
+                )
+                self.notify()
+                if action == "stall":
+                    await trio.sleep_forever()
+                if action == "reset":
+                    raw.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    raw.socket.close()
+                    return
+                assert isinstance(action, int)
+                response = h11.Response(status_code=action, headers=[("Content-Length", "2")])
+                await stream.send_all(
+                    conn.send(response)
+                    + conn.send(h11.Data(data=b"ok"))
+                    + conn.send(h11.EndOfMessage())
+                )
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, h11.ProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def bodies(self) -> list[bytes]:
+        return [r.body for r in self.requests]
