@@ -302,7 +302,10 @@ cdef class OctetFramer:
                 continue
             if q == NULL:
                 rest = n - i
-                if self.pend_n + rest > self.max_frame + 1:
+                total = self.pend_n + rest
+                # Too long already, unless the one byte over is a CR that an LF may follow.
+                if total > self.max_frame + 1 or (total == self.max_frame + 1
+                                                  and d[n - 1] != CR):
                     self.malformed += 1
                     self.pend_n = 0
                     self.state = ST_SKIP_LF
