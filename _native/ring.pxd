@@ -17,6 +17,7 @@ cdef class ChannelRing:
     cdef public unsigned long long evicted
     cdef public unsigned long long rejected
     cdef public unsigned long long epoch   # router bookkeeping: last dispatch that touched it
+    cdef public object owner               # the registry's Channel, to wake its readers
 
     cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
                         const unsigned char* name, Py_ssize_t name_len) except -1

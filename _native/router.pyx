@@ -5,10 +5,11 @@ keyed by the token's bytes, so the hot path looks a token up straight from the f
 buffer without building a Python object per message.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint64_t
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memset
 
 from logplexd._native.batch cimport Batch
 from logplexd._native.records cimport F_APPNAME, REC_HAS_APP, MsgRec
@@ -19,9 +20,8 @@ DEF MAX_NAME = 255
 
 ctypedef struct Entry:
     uint64_t hash            # 0 = empty slot
-    unsigned char klen
-    unsigned char key[MAX_TOKEN]
-    PyObject* ring           # strong references, released on remove/dealloc
+    PyObject* key            # bytes; these three are strong references
+    PyObject* ring
     PyObject* name           # bytes
 
 
@@ -52,6 +52,7 @@ cdef class TokenTable:
         if self.entries != NULL:
             for i in range(self.cap):
                 if self.entries[i].hash:
+                    Py_DECREF(<object>self.entries[i].key)
                     Py_DECREF(<object>self.entries[i].ring)
                     Py_DECREF(<object>self.entries[i].name)
             PyMem_Free(self.entries)
@@ -74,7 +75,7 @@ cdef class TokenTable:
         self.cap = new_cap
         return 0
 
-    cdef inline Entry* find(self, const unsigned char* key, Py_ssize_t n) noexcept nogil:
+    cdef inline Entry* find(self, const unsigned char* key, Py_ssize_t n) noexcept:
         cdef uint64_t h
         cdef Py_ssize_t j
         if n <= 0 or n > MAX_TOKEN:
@@ -82,8 +83,9 @@ cdef class TokenTable:
         h = _hash(key, n)
         j = <Py_ssize_t>(h & (self.cap - 1))
         while self.entries[j].hash:
-            if (self.entries[j].hash == h and self.entries[j].klen == n
-                    and memcmp(self.entries[j].key, key, n) == 0):
+            if (self.entries[j].hash == h
+                    and PyBytes_GET_SIZE(<object>self.entries[j].key) == n
+                    and memcmp(PyBytes_AS_STRING(<object>self.entries[j].key), key, n) == 0):
                 return &self.entries[j]
             j = (j + 1) & (self.cap - 1)
         return NULL
@@ -114,8 +116,8 @@ cdef class TokenTable:
             j = (j + 1) & (self.cap - 1)
         e = &self.entries[j]
         e.hash = h
-        e.klen = <unsigned char>n
-        memcpy(e.key, <const char*>token, n)
+        Py_INCREF(token)
+        e.key = <PyObject*>token
         Py_INCREF(ring)
         Py_INCREF(name)
         e.ring = <PyObject*>ring
@@ -127,6 +129,7 @@ cdef class TokenTable:
         cdef Py_ssize_t i, j, home, mask = self.cap - 1
         if e == NULL:
             return False
+        Py_DECREF(<object>e.key)
         Py_DECREF(<object>e.ring)
         Py_DECREF(<object>e.name)
         i = e - self.entries

@@ -8,7 +8,7 @@ through these dicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -18,19 +18,26 @@ DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(eq=False)
 class Channel:
-    name: str
-    ring: ChannelRing
-    tokens: dict[str, str] = field(default_factory=dict)  # token id -> token name
-    # Tails and drains wait on this; it is replaced after every wake-up.
-    _appended: trio.Event = field(default_factory=trio.Event)
+    """A channel as the data plane sees it: its ring, its token ids, and its waiters."""
+
+    __slots__ = ("name", "ring", "tokens", "_appended")
+
+    def __init__(self, name: str, ring: ChannelRing) -> None:
+        self.name = name
+        self.ring = ring
+        self.tokens: set[str] = set()
+        # Created by the first waiter only: most channels never have a tail or a drain.
+        self._appended: trio.Event | None = None
 
     def notify(self) -> None:
-        event, self._appended = self._appended, trio.Event()
-        event.set()
+        event, self._appended = self._appended, None
+        if event is not None:
+            event.set()
 
     async def wait_appended(self) -> None:
+        if self._appended is None:
+            self._appended = trio.Event()
         await self._appended.wait()
 
 
@@ -51,7 +58,7 @@ class Registry:
         self.table = TokenTable()
         self.channels: dict[str, Channel] = {}
         self._channel_of_token: dict[str, Channel] = {}
-        self._by_ring: dict[int, Channel] = {}
+        self._names: dict[str, bytes] = {}  # token names are few: share their bytes
         self.totals = RouteCounts()
 
     # -- changes (called by the store after they are durable) --------------------------
@@ -60,8 +67,8 @@ class Registry:
         if channel is None:
             ring = ChannelRing(self.history_messages, self.history_bytes)
             channel = Channel(name, ring)
+            ring.owner = channel
             self.channels[name] = channel
-            self._by_ring[id(ring)] = channel
         return channel
 
     def drop_channel(self, name: str) -> Channel | None:
@@ -70,7 +77,7 @@ class Registry:
             return None
         for token in list(channel.tokens):
             self.remove_token(token)
-        del self._by_ring[id(channel.ring)]
+        channel.ring.owner = None
         channel.notify()
         return channel
 
@@ -78,15 +85,18 @@ class Registry:
         channel = self.ensure_channel(channel_name)
         old = self._channel_of_token.get(token)
         if old is not None and old is not channel:
-            old.tokens.pop(token, None)
-        channel.tokens[token] = name
+            old.tokens.discard(token)
+        channel.tokens.add(token)
         self._channel_of_token[token] = channel
-        self.table.add(token.encode(), channel.ring, name.encode())
+        encoded = self._names.get(name)
+        if encoded is None:
+            encoded = self._names[name] = name.encode()
+        self.table.add(token.encode(), channel.ring, encoded)
 
     def remove_token(self, token: str) -> None:
         channel = self._channel_of_token.pop(token, None)
         if channel is not None:
-            channel.tokens.pop(token, None)
+            channel.tokens.discard(token)
         self.table.remove(token.encode())
 
     # -- lookups ------------------------------------------------------------------------
@@ -113,8 +123,9 @@ class Registry:
         self.totals.routed += routed
         return routed
 
-    def _wake(self, rings: list[ChannelRing]) -> None:
+    @staticmethod
+    def _wake(rings: list[ChannelRing]) -> None:
         for ring in rings:
-            channel = self._by_ring.get(id(ring))
+            channel = ring.owner
             if channel is not None:
                 channel.notify()
