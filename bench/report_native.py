@@ -5,7 +5,8 @@ import sys
 
 
 def main(path: str) -> None:
-    data = json.load(open(path))
+    with open(path) as f:
+        data = json.load(f)
     rows = {}
     for b in data["benchmarks"]:
         count = b["extra_info"].get("frames") or b["extra_info"].get("messages")

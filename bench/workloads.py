@@ -11,12 +11,14 @@ def realistic_frames(n: int, seed: int = 7) -> list[bytes]:
     frames = []
     for i in range(n):
         token = TOKENS[i % len(TOKENS)]
-        sd = '[meta sequenceId="%d" tag="a\\]b"]' % i if rng.random() < 0.2 else "-"
+        sd = f'[meta sequenceId="{i}" tag="a\\]b"]' if rng.random() < 0.2 else "-"
         if rng.random() < 0.002:
             text = "x" * 8000
         else:
-            text = "at=info method=GET path=/ status=200 bytes=%d" % rng.randint(0, 99999)
-        msg = f"<134>1 2024-05-01T12:00:00.{i % 1000000:06d}Z host {token} web.{i % 9} - {sd} {text}"
+            text = f"at=info method=GET path=/ status=200 bytes={rng.randint(0, 99999)}"
+        msg = (
+            f"<134>1 2024-05-01T12:00:00.{i % 1000000:06d}Z host {token} web.{i % 9} - {sd} {text}"
+        )
         frames.append(msg.encode())
     return frames
 

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 __all__ = [
+    "API_STATUSES",
     "AUTH_KEY_FILE",
     "CONFIG_ENV",
     "Address",
@@ -44,6 +45,7 @@ __all__ = [
     "flag_name",
     "load_settings",
     "parse_address",
+    "parse_bool",
     "render_effective",
     "setting_help",
 ]
@@ -60,6 +62,7 @@ AUTH_KEY_FILE = "auth_key"
 MASK = "****"
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+API_STATUSES = ("normal", "read_only", "disabled")
 
 
 class ConfigError(Exception):
@@ -111,6 +114,11 @@ class Settings:
     api_max_connections: int = 1024
     shutdown_timeout: float = 5.0
     log_level: str = "info"
+    # Control rods at start (REFERENCE.md section 8); they can change at run time.
+    api_status: str = "normal"
+    deny_tail_sessions: bool = False
+    deny_drain_forwarding: bool = False
+    deny_logs_ingress: bool = False
     # Where the values came from; not configuration itself.
     config_file: Path | None = None
     sources: Mapping[str, str] = field(
@@ -258,6 +266,29 @@ def _log_level(raw: object) -> str:
     raise _Invalid("expected one of " + ", ".join(LOG_LEVELS))
 
 
+def _api_status(raw: object) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in API_STATUSES:
+        return raw.strip().lower()
+    raise _Invalid("expected one of " + ", ".join(API_STATUSES))
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def parse_bool(raw: object) -> bool:
+    """TOML booleans, or (flags, environment) true/false, 1/0, yes/no, on/off."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise _Invalid("expected true or false")
+
+
 def _auth_key(raw: object) -> str:
     # Logplex compares the whole Authorization header value with the key, so spaces inside
     # are legitimate; surrounding whitespace would be stripped by any HTTP stack.
@@ -312,6 +343,12 @@ _SPECS: dict[str, _Spec] = {
         _seconds_in(0, 3600), "grace period to flush drains on shutdown", "SECONDS"
     ),
     "log_level": _Spec(_log_level, "one of " + ", ".join(LOG_LEVELS), "LEVEL"),
+    "api_status": _Spec(
+        _api_status, "control rod: API " + ", ".join(API_STATUSES) + " at start", "STATUS"
+    ),
+    "deny_tail_sessions": _Spec(parse_bool, "control rod: no new tail sessions", "BOOL"),
+    "deny_drain_forwarding": _Spec(parse_bool, "control rod: no drain delivery", "BOOL"),
+    "deny_logs_ingress": _Spec(parse_bool, "control rod: POST /logs answers 503", "BOOL"),
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_SPECS)

@@ -2,32 +2,66 @@
 
 Shutdown is a cancel scope with a deadline: listeners stop at once, and only the final
 flush (store compaction) is shielded, itself bounded by the same deadline.
+
+Around the control API it adds what operations need (issue 6): ``/metrics``, the control
+rods (``/admin/rods`` and the gate in front of every API route), systemd notifications and
+socket activation, and ``reload()`` (SIGHUP).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import logging
+import os
 import signal
+import ssl
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import trio
 
-from .api import ControlApi, run_api
-from .config import Settings
+from .api import ControlApi
+from .api.routing import Match
+from .config import Settings, ensure_auth_key, load_settings
 from .creds import CredentialChecker
 from .data_routes import LogsListener, ReadRoutes
 from .drain_sync import attach_drains
-from .drains import DrainManager
-from .http.server import serve_http
+from .http.messages import Request, Response
+from .http.server import ConnectionCount, serve_http
 from .logs_ingest import LogsIngest
+from .metrics import CONTENT_TYPE, Metrics
+from .platform import mount_platform
 from .registry import Registry
+from .rods import ROD_NAMES, GatedDrainManager, Rods, RodsApi, RodState, SessionRoute, TailSessions
 from .store import open_store
 from .store.base import Store
 from .store.model import StoreError
 from .syslog_input import ServerCertificate, SyslogInput
+from .systemd import ActivationError, Notifier, listen_fds, trio_listeners
 
 log = logging.getLogger("logplexd")
+
+# How often STATUS= is refreshed for `systemctl status`.
+STATUS_INTERVAL = 10.0
+# Settings a reload (SIGHUP) applies to the running daemon; the others need a restart.
+LIVE_SETTINGS = frozenset(
+    {
+        "tls_cert",
+        "tls_key",
+        "public_url",
+        "auth_key",
+        "syslog_idle_timeout",
+        "max_syslog_connections",
+        "max_drains_per_channel",
+        "shutdown_timeout",
+        "log_level",
+        *ROD_NAMES,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -38,8 +72,18 @@ class BoundPorts:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        environ: MutableMapping[str, str] | None = None,
+        reload_settings: Callable[[Settings], Settings] | None = None,
+    ) -> None:
+        """``environ`` is where systemd's variables are read (default ``os.environ``);
+        ``reload_settings`` computes the new settings on ``reload()``."""
         self.settings = settings
+        self.environ = os.environ if environ is None else environ
+        self._reload_settings = reload_settings or reload_from_sources
         self.registry = Registry(settings.history_messages, settings.history_bytes)
         self.syslog = SyslogInput(
             self.registry,
@@ -47,18 +91,31 @@ class Daemon:
             max_connections=settings.max_syslog_connections,
             idle_timeout=settings.syslog_idle_timeout,
         )
-        self.drains = DrainManager(self.registry)
+        self.drains = GatedDrainManager(self.registry)
+        self.tails = TailSessions()
+        self.rods = Rods(RodState.from_settings(settings), tails=self.tails, drains=self.drains)
+        self.notifier = Notifier(self.environ)
+        self.connections: dict[str, ConnectionCount] = {
+            "api": ConnectionCount(),
+            "logs": ConnectionCount(),
+        }
+        self.logs_bytes = 0
+        self.metrics = Metrics(self)
         self.store: Store | None = None
         self._core: trio.Nursery | None = None
         self._listeners = trio.CancelScope()
+        self._certificate: ServerCertificate | None = None
         self.api: ControlApi | None = None
         self.logs: LogsIngest | None = None
         self.ports: BoundPorts | None = None
+        self.reloads = 0
+        self.tls_port: int | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED):
         """Run until cancelled or ``shutdown()``; reports the bound ports once all listen."""
         s = self.settings
-        store = self.store = open_store(s.data_dir)
+        inherited = listen_fds(self.environ, unset=self.environ is os.environ)
+        store = self.store = open_store(str(s.data_dir))
         try:
             self.api = ControlApi(
                 store,
@@ -67,13 +124,20 @@ class Daemon:
                 public_url=s.resolved_public_url(),
                 max_drains_per_channel=s.max_drains_per_channel,
             )
+            add = self.api.add_route
             reads = ReadRoutes(store, self.registry)
-            self.api.add_route(
-                "GET", "/sessions/{session_id}", reads.session, name="session.get", auth=False
+            add(
+                "GET",
+                "/sessions/{session_id}",
+                SessionRoute(store, self.registry, self.rods),
+                name="session.get",
+                auth=False,
             )
-            self.api.add_route(
-                "GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs"
-            )
+            add("GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs")
+            mount_platform(self.api, store, self.registry, data_dir=s.data_dir)
+            rods_api = RodsApi(self.rods, lambda: self.settings.auth_key or "")
+            add("GET", "/admin/rods", rods_api.get, name="admin.rods.get", auth=False)
+            add("PUT", "/admin/rods", rods_api.put, name="admin.rods.put", auth=False)
             credentials = CredentialChecker(store)
 
             async def any_channel_permissions(cred_id: str, password: str):
@@ -81,52 +145,94 @@ class Daemon:
                 return None if credential is None else frozenset(credential.permissions)
 
             self.logs = LogsIngest(self.registry, any_channel_permissions, max_frame=s.max_frame)
+            self.rods.attach_logs(self.logs)
             async with trio.open_nursery() as core:
                 self._core = core
                 await core.start(store.maintain)
                 await core.start(self.drains.run)
                 attach_drains(store, self.drains)
-                self.ports = await core.start(self._serve_listeners)
+                core.start_soon(self.metrics.loop_lag.run)
+                self.ports = await core.start(self._serve_listeners, inherited)
+                self.notifier.ready(self.status_line())
+                core.start_soon(self.notifier.run_watchdog)
+                core.start_soon(self._report_status)
                 task_status.started(self.ports)
         finally:
+            for socks in inherited.values():
+                for sock in socks:
+                    sock.close()
             await self._final_flush()
+            self.notifier.close()
 
-    async def _serve_listeners(self, *, task_status: trio.TaskStatus[BoundPorts]) -> None:
+    async def _listen(
+        self, role: str, inherited: Mapping[str, list[Any]], host: str, port: int
+    ) -> list[trio.SocketListener]:
+        socks = inherited.get(role)
+        if socks:
+            return trio_listeners(socks)
+        return await trio.open_tcp_listeners(port, host=host)
+
+    async def _serve_listeners(
+        self, inherited: Mapping[str, list[Any]], *, task_status: trio.TaskStatus[BoundPorts]
+    ) -> None:
         s = self.settings
         api, logs = self.api, self.logs
         assert api is not None and logs is not None
         with self._listeners:
             async with trio.open_nursery() as nursery:
-                syslog_port = await nursery.start(self.syslog.serve, *s.syslog_addr)
+                syslog_listeners = await self._listen("syslog", inherited, *s.syslog_addr)
+                syslog_port = await nursery.start(self.syslog.serve_listeners, syslog_listeners)
+                if inherited.get("syslog-tls") and not s.tls_enabled:
+                    raise ActivationError(
+                        "systemd passed a syslog-tls socket but tls_cert and tls_key are not set"
+                    )
                 if s.tls_enabled:
-                    certificate = ServerCertificate(str(s.tls_cert), str(s.tls_key))
-                    await nursery.start(self.syslog.serve_tls, *s.tls_syslog_addr, certificate)
+                    self._certificate = ServerCertificate(str(s.tls_cert), str(s.tls_key))
+                    tls_raw = await self._listen("syslog-tls", inherited, *s.tls_syslog_addr)
+                    tls = [trio.SSLListener(ln, self._certificate.context) for ln in tls_raw]
+                    self.tls_port = await nursery.start(self.syslog.serve_listeners, tls)
+                api_listeners = await self._listen("api", inherited, *s.api_addr)
+                metrics_open = all(_is_loopback(ln) for ln in api_listeners)
+                api.add_route(
+                    "GET", "/metrics", self._metrics, name="metrics", auth=not metrics_open
+                )
                 api_port = await nursery.start(
                     partial(
-                        run_api,
-                        api,
+                        serve_http,
+                        self._handle_api,
                         *s.api_addr,
                         max_connections=s.api_max_connections,
                         max_body=s.api_max_body,
+                        listeners=api_listeners,
+                        connections=self.connections["api"],
                     )
                 )
                 # With port 0 only now is the session URL known; nothing could have asked yet.
+                api_host = _listener_host(api_listeners[0], s.api_addr.host)
                 api.config = replace(
                     api.config,
-                    public_url=s.resolved_public_url((s.api_addr.host, api_port)).rstrip("/"),
+                    public_url=s.resolved_public_url((api_host, api_port)).rstrip("/"),
                 )
+                logs_listener = LogsListener(logs)
+
+                async def handle_logs(request: Request) -> Response:
+                    self.logs_bytes += len(request.body)
+                    return await logs_listener.handle(request)
+
                 logs_port = await nursery.start(
                     partial(
                         serve_http,
-                        LogsListener(logs).handle,
+                        handle_logs,
                         *s.logs_addr,
                         max_connections=s.api_max_connections,
                         max_body=logs.max_body,
+                        listeners=await self._listen("logs", inherited, *s.logs_addr),
+                        connections=self.connections["logs"],
                     )
                 )
                 log.info(
                     "logplexd ready: api %s:%d, logs %s:%d, syslog %s:%d, data dir %s",
-                    s.api_addr.host,
+                    api_host,
                     api_port,
                     s.logs_addr.host,
                     logs_port,
@@ -136,8 +242,129 @@ class Daemon:
                 )
                 task_status.started(BoundPorts(api_port, logs_port, syslog_port))
 
+    # -- the API, with metrics and control rods ------------------------------------------------
+    async def _handle_api(self, request: Request) -> Response:
+        api = self.api
+        assert api is not None
+        started = time.perf_counter()
+        found = api.router.match(request.method, request.path)
+        route = found.endpoint.name if isinstance(found, Match) else "unmatched"
+        gate = self.rods.api_gate(request.method, route)
+        response = gate if gate is not None else await api.handle(request)
+        self.metrics.observe_api(
+            route, request.method, response.status, time.perf_counter() - started
+        )
+        return response
+
+    async def _metrics(self, request: Request, params: dict[str, str]) -> Response:
+        return Response(200, [("Content-Type", CONTENT_TYPE)], self.metrics.render())
+
+    # -- systemd STATUS= -----------------------------------------------------------------------
+    def _received(self) -> int:
+        logs = self.logs.stats.frames if self.logs is not None else 0
+        return self.syslog.stats.frames + logs
+
+    def status_line(self, rate: float | None = None) -> str:
+        parts = [
+            f"channels={len(self.registry.channels)}",
+            f"drains={len(self.drains)}",
+            f"tails={self.tails.active}",
+        ]
+        if rate is not None:
+            parts.append(f"msgs/s={rate:.0f}")
+        engaged = [name for name, on in self.rods.state.flags().items() if on]
+        if engaged:
+            parts.append("rods=" + ",".join(engaged))
+        return " ".join(parts)
+
+    async def _report_status(self) -> None:
+        if not self.notifier.enabled:
+            return
+        last_count, last_at = self._received(), trio.current_time()
+        while True:
+            await trio.sleep(STATUS_INTERVAL)
+            count, now = self._received(), trio.current_time()
+            rate = (count - last_count) / max(now - last_at, 1e-9)
+            last_count, last_at = count, now
+            self.notifier.status(self.status_line(rate))
+
+    # -- reload (SIGHUP) -----------------------------------------------------------------------
+    def reload(self) -> list[str]:
+        """Re-read the configuration and the TLS certificate; apply what can change live.
+
+        Connections stay open. Returns the settings that changed but need a restart. A bad
+        new configuration is logged and the running one kept.
+        """
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.reloads += 1
+            self.notifier.ready(self.status_line())
+
+    def _reload(self) -> list[str]:
+        old = self.settings
+        try:
+            new = ensure_auth_key(self._reload_settings(old), announce=log.info)
+        except Exception as exc:
+            log.error("reload: configuration not changed: %s", exc)
+            return []
+        if new.tls_enabled and self._certificate is not None:
+            try:
+                _check_certificate(str(new.tls_cert), str(new.tls_key))
+            except (OSError, ssl.SSLError) as exc:
+                log.error("reload: TLS certificate not changed: %s", exc)
+                new = replace(new, tls_cert=old.tls_cert, tls_key=old.tls_key)
+            else:
+                self._certificate.cert_file = str(new.tls_cert)
+                self._certificate.key_file = str(new.tls_key)
+                self._certificate.reload()
+        changed = [
+            f.name
+            for f in dataclasses.fields(Settings)
+            if f.compare and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        restart = [name for name in changed if name not in LIVE_SETTINGS]
+        if self._certificate is None and new.tls_enabled and "tls_cert" in changed:
+            restart.append("tls_cert")
+        live = {name: getattr(new, name) for name in changed if name in LIVE_SETTINGS}
+        # What needs a restart keeps its running value, so `settings` says what is in force.
+        self.settings = replace(new, **{name: getattr(old, name) for name in restart})
+        self._apply_live(live)
+        if live:
+            shown = ", ".join("auth_key" if n == "auth_key" else n for n in sorted(live))
+            log.info("reload: applied %s", shown)
+        if restart:
+            log.warning("reload: changed but need a restart: %s", ", ".join(sorted(restart)))
+        if not changed:
+            log.info("reload: configuration unchanged; TLS certificate re-read")
+        return sorted(restart)
+
+    def _apply_live(self, live: Mapping[str, Any]) -> None:
+        s = self.settings
+        api = self.api
+        if api is not None and live.keys() & {"auth_key", "public_url", "max_drains_per_channel"}:
+            config = replace(
+                api.config,
+                auth_key=s.auth_key or "",
+                max_drains_per_channel=s.max_drains_per_channel,
+            )
+            if "public_url" in live and self.ports is not None:
+                bound = (s.api_addr.host, self.ports.api)
+                config = replace(config, public_url=s.resolved_public_url(bound).rstrip("/"))
+            api.config = config
+        self.syslog.idle_timeout = s.syslog_idle_timeout
+        self.syslog.max_connections = s.max_syslog_connections
+        if "log_level" in live:
+            logging.getLogger().setLevel(s.log_level_number)
+        rods = {name: live[name] for name in ROD_NAMES if name in live}
+        if rods:
+            self.rods.set(rods)
+
+    # -- shutdown ------------------------------------------------------------------------------
     async def shutdown(self) -> None:
         """Stop accepting, give drains ``shutdown_timeout`` to flush, then stop everything."""
+        self.notifier.stopping("shutting down")
         self._listeners.cancel()
         await self.drains.shutdown(self.settings.shutdown_timeout)
         if self._core is not None:
@@ -148,15 +375,65 @@ class Daemon:
         if store is None:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_timeout):
+            if store.failure is None:
+                try:
+                    await store.compact()
+                except (OSError, StoreError) as exc:
+                    log.warning("store compaction at shutdown failed: %s", exc)
             await trio.to_thread.run_sync(store.close)
+
+
+def _is_loopback(listener: trio.SocketListener) -> bool:
+    try:
+        host = listener.socket.getsockname()[0]
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _listener_host(listener: trio.SocketListener, default: str) -> str:
+    try:
+        host = listener.socket.getsockname()[0]
+    except OSError:
+        return default
+    return default if host in ("0.0.0.0", "::") else host
+
+
+def _check_certificate(cert_file: str, key_file: str) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+
+def reload_from_sources(old: Settings) -> Settings:
+    """Load the settings again as the daemon was started: the same config file and flags.
+
+    The flags given at start are known from ``sources``; the environment and the config
+    file are read afresh.
+    """
+    flags = {
+        name: _raw(getattr(old, name))
+        for name, source in old.sources.items()
+        if source.startswith("--") and name != "auth_key"
+    }
+    return load_settings(flags, config_file=old.config_file)
+
+
+def _raw(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 async def run_until_signalled(settings: Settings) -> None:
     daemon = Daemon(settings)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.serve)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP, reloading")
+                    daemon.reload()
+                    continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
             with trio.move_on_after(settings.shutdown_timeout * 2):

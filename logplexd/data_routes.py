@@ -59,7 +59,7 @@ class ReadRoutes:
         if channel is None or self.store.channel(params["channel"]) is None:
             return Response.error(404, "Not found")
         num_raw = request.query_params().get("num", "")
-        num = int(num_raw) if num_raw.isdigit() else 100
+        num = int(num_raw) if num_raw.isascii() and num_raw.isdigit() else 100
         body, count = channel_logs(channel, num)
         return Response(
             200,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -71,20 +73,20 @@ class SyslogInput:
         """RFC 5425 syslog over TLS: the same framing and routing inside a TLS stream."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         tls = [trio.SSLListener(ln, certificate.context) for ln in listeners]
-        await self.serve_listeners(tls, task_status=task_status)  # type: ignore[arg-type]
+        await self.serve_listeners(tls, task_status=task_status)
 
     async def serve_listeners(
         self,
-        listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]],
+        listeners: Sequence[trio.abc.Listener[Any]],
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        first = listeners[0]
+        first: Any = listeners[0]
         raw = getattr(first, "transport_listener", first)
         bound = raw.socket.getsockname()[1]
         log.info("syslog input listening on port %d", bound)
         await trio.serve_listeners(
-            self.handle_connection, listeners, task_status=_Started(task_status, bound)
+            self.handle_connection, list(listeners), task_status=_Started(task_status, bound)
         )
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
@@ -114,7 +116,7 @@ class SyslogInput:
             stats.connections_open -= 1
             await trio.aclose_forcefully(stream)
 
-    def ingest(self, framer: OctetFramer, data: bytes) -> None:
+    def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> None:
         batch = framer.feed(data)
         stats = self.stats
         stats.malformed += batch.malformed

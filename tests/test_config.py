@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 import tomllib
@@ -475,7 +476,7 @@ def test_render_effective_masks_auth_key_and_is_valid_toml(tmp_path: Path) -> No
     # Feeding the output back in gives the same settings (the masked key aside).
     data["auth_key"] = SECRET
     path = tmp_path / "again.toml"
-    path.write_text("".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in data.items()))
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items()))
     again = load_settings(config_file=path, env={})
     assert dataclasses.replace(again, config_file=None, public_url=None) == s
 

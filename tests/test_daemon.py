@@ -261,19 +261,32 @@ async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
             await nursery.start(s.serve)
         with trio.fail_after(30):
             _, _, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}',
+                "-X",
+                "PUT",
+                *AUTH,
+                *JSON,
+                "-d",
+                '{"tokens":["app"]}',
                 api(ports, "/v3/channels/app-123"),
             )
             token = json.loads(body)["tokens"]["app"]
             status, headers, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d",
+                "-X",
+                "POST",
+                *AUTH,
+                *JSON,
+                "-d",
                 json.dumps({"url": f"syslog://127.0.0.1:{sink.port}/"}),
                 api(ports, "/v3/channels/app-123/drains"),
             )
             assert status == 201
             drain = json.loads(body)
             status, _, _ = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d",
+                "-X",
+                "POST",
+                *AUTH,
+                *JSON,
+                "-d",
                 json.dumps({"url": f"http://user:pw@127.0.0.1:{web.port}/logs"}),
                 api(ports, "/v3/channels/app-123/drains"),
             )
@@ -289,11 +302,17 @@ async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
             request = web.requests[0]
             assert request.header("Logplex-Msg-Count") == "1"
             assert request.header("Authorization") == "Basic dXNlcjpwdw=="
-            payload = b"<134>1 2012-12-10T03:00:48.123456Z host app console.1 - drain test message 3"
+            payload = (
+                b"<134>1 2012-12-10T03:00:48.123456Z host app console.1 - drain test message 3"
+            )
             assert request.body == b"%d %s" % (len(payload), payload)
             # Changing the URL moves the drain at once, without a restart.
             status, _, _ = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d",
+                "-X",
+                "PUT",
+                *AUTH,
+                *JSON,
+                "-d",
                 json.dumps({"url": f"syslog://127.0.0.1:{other.port}/"}),
                 api(ports, f"/v3/channels/app-123/drains/{drain['id']}"),
             )
@@ -302,9 +321,7 @@ async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
             await other.wait_for(lambda: other.messages() >= 1)
             assert other.frames()[0].endswith(b" app console.1 - - after the move\n")
             # Deleting the channel stops its drains.
-            status, _, _ = await curl(
-                "-X", "DELETE", *AUTH, api(ports, "/v3/channels/app-123")
-            )
+            status, _, _ = await curl("-X", "DELETE", *AUTH, api(ports, "/v3/channels/app-123"))
             assert status == 204
             await trio.testing.wait_all_tasks_blocked()
             assert daemon.drains.stats() == []

@@ -45,7 +45,10 @@ def setup():
     return registry, LogsIngest(registry, check, clock=clock), clock
 
 
-async def post(ingest, body, *, auth=basic("token", TOKEN), ctype="application/logplex-1", **extra):
+TOKEN_AUTH = basic("token", TOKEN)
+
+
+async def post(ingest, body, *, auth=TOKEN_AUTH, ctype="application/logplex-1", **extra):
     headers = {"content-type": ctype, **{k.replace("_", "-"): v for k, v in extra.items()}}
     if auth is not None:
         headers["authorization"] = auth
@@ -77,8 +80,15 @@ async def test_any_channel_credential_routes_by_app_name(setup):
 
 @pytest.mark.parametrize(
     "auth",
-    [None, "Bearer x", "Basic !!!notbase64", basic("token", "t.unknown"), basic("router", "no"),
-     basic("nocolon", "")[:-4], "Basic " + base64.b64encode(b"no-colon").decode()],
+    [
+        None,
+        "Bearer x",
+        "Basic !!!notbase64",
+        basic("token", "t.unknown"),
+        basic("router", "no"),
+        basic("nocolon", "")[:-4],
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+    ],
 )
 async def test_unauthorized(setup, auth):
     _, ingest, _ = setup
@@ -97,11 +107,17 @@ async def test_credential_without_any_channel_is_forbidden(setup):
 
 async def test_one_malformed_frame_rejects_the_whole_request(setup):
     registry, ingest, _ = setup
-    for body in [frame(TOKEN, "ok") + b"garbage\n", frame(TOKEN, "ok") + b"500 short",
-                 frame(TOKEN, "ok")[:-3]]:
+    for body in [
+        frame(TOKEN, "ok") + b"garbage\n",
+        frame(TOKEN, "ok") + b"500 short",
+        frame(TOKEN, "ok")[:-3],
+    ]:
         resp = await post(ingest, body)
         assert (resp.status, resp.reason, resp.body) == (
-            400, "Malformed log messages", b"Malformed log messages")
+            400,
+            "Malformed log messages",
+            b"Malformed log messages",
+        )
         assert ("www-authenticate", "Basic realm=Logplex") in resp.headers
     assert len(registry.channel("app-1").ring) == 0
 

@@ -112,7 +112,7 @@ def test_matches_a_deque_model(max_messages, max_bytes, script):
             cursors[which] = nxt
         # What the ring holds is a suffix of the model, within both bounds.
         got = ring.last(max_messages).frames()
-        suffix = [p for _, p in model][len(model) - len(got):]
+        suffix = [p for _, p in model][len(model) - len(got) :]
         assert got == suffix
         assert ring.nbytes == sum(map(len, got)) <= max_bytes
         assert len(got) <= max_messages

@@ -4,7 +4,7 @@ from logplexd.native import ChannelRing, TokenTable, dispatch, dispatch_to, pars
 
 
 def msg(app: bytes, text: bytes = b"hello") -> bytes:
-    return b"<134>1 2012-12-10T03:00:48Z host " + app + b" web.1 - [a b=\"c\"] " + text
+    return b"<134>1 2012-12-10T03:00:48Z host " + app + b' web.1 - [a b="c"] ' + text
 
 
 def test_dispatch_routes_by_app_name_and_rewrites_only_that_field():
@@ -12,8 +12,15 @@ def test_dispatch_routes_by_app_name_and_rewrites_only_that_field():
     table = TokenTable()
     table.add(b"t.aaa", a, b"app")
     table.add(b"t.bbb", b, b"heroku-router")
-    batch = parse_frames([msg(b"t.aaa", b"mentions t.aaa"), msg(b"t.bbb"), msg(b"t.zzz"),
-                          b"garbage", msg(b"t.aaa", b"two")])
+    batch = parse_frames(
+        [
+            msg(b"t.aaa", b"mentions t.aaa"),
+            msg(b"t.bbb"),
+            msg(b"t.zzz"),
+            b"garbage",
+            msg(b"t.aaa", b"two"),
+        ]
+    )
     routed, unknown, touched = dispatch(batch, table)
     assert (routed, unknown) == (3, 2)
     assert touched == [a, b]
@@ -40,8 +47,7 @@ def test_dispatch_to_keeps_foreign_app_names_and_renames_siblings():
     table.add(b"t.other", other, b"app")
     batch = parse_frames([msg(b"t.web"), msg(b"t.worker"), msg(b"t.other"), msg(b"myapp")])
     assert dispatch_to(batch, table, mine) == 4
-    assert mine.last(9).frames() == [msg(b"web"), msg(b"worker"), msg(b"t.other"),
-                                     msg(b"myapp")]
+    assert mine.last(9).frames() == [msg(b"web"), msg(b"worker"), msg(b"t.other"), msg(b"myapp")]
     assert len(other) == 0
 
 

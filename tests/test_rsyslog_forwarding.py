@@ -50,7 +50,8 @@ async def test_rsyslog_omfwd_octet_counted_reaches_the_channel(tmp_path: Path):
         pidfile = tmp_path / "rsyslogd.pid"
         proc = await trio.lowlevel.open_process(
             [RSYSLOGD, "-n", "-f", str(conf), "-i", str(pidfile)],
-            stdout=None, stderr=None,
+            stdout=None,
+            stderr=None,
         )
         try:
             with trio.fail_after(20):
@@ -63,9 +64,21 @@ async def test_rsyslog_omfwd_octet_counted_reaches_the_channel(tmp_path: Path):
                         await trio.sleep(0.05)
                 for i in range(3):
                     await trio.run_process(
-                        ["logger", "--tcp", "--octet-count", "--rfc5424", "-n", "127.0.0.1",
-                         "-P", str(inport), "-t", TOKEN, "-p", "local0.notice",
-                         f"via rsyslog {i}"]
+                        [
+                            "logger",
+                            "--tcp",
+                            "--octet-count",
+                            "--rfc5424",
+                            "-n",
+                            "127.0.0.1",
+                            "-P",
+                            str(inport),
+                            "-t",
+                            TOKEN,
+                            "-p",
+                            "local0.notice",
+                            f"via rsyslog {i}",
+                        ]
                     )
                 channel = registry.channel("app-9")
                 while len(channel.ring) < 3:

@@ -59,7 +59,7 @@ async def test_history_newest_num_with_filters():
     ch = registry.channel("ch")
     params = SessionParams("ch", num=4, ps=b"web")
     chunks = await collect(stream_session(registry, ch, params), 10)
-    assert chunks == [b"".join(line(i, ps="web.%d" % (i % 3)) for i in (23, 25, 27, 29))]
+    assert chunks == [b"".join(line(i, ps=f"web.{i % 3}") for i in (23, 25, 27, 29))]
     params = SessionParams("ch", num=2, ps=b"web.1", source=b"app")
     chunks = await collect(stream_session(registry, ch, params), 10)
     assert chunks == [line(19, "web.1") + line(25, "web.1")]
@@ -106,7 +106,9 @@ async def test_lapped_tail_gets_l11_with_exact_count_then_continues():
 
 def test_channel_logs_counts_only_frames_in_the_body():
     registry = make()
-    registry.route(parse_frames([frame(1), b"<1>1 aaaa bbbb " + TOKEN.encode() + b" dddd", frame(2)]))
+    registry.route(
+        parse_frames([frame(1), b"<1>1 aaaa bbbb " + TOKEN.encode() + b" dddd", frame(2)])
+    )
     body, count = channel_logs(registry.channel("ch"), 100)
     assert count == 2
     assert body == (

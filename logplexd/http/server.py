@@ -377,15 +377,30 @@ def _content_length(head: h11.Request) -> int | None:
     return None
 
 
+@dataclass(slots=True)
+class ConnectionCount:
+    """Connections of one listener, for metrics: open now, and accepted in total."""
+
+    open: int = 0
+    total: int = 0
+
+
 async def _serve_connection(
-    stream: trio.SocketStream, handler: Handler, limits: ServerLimits, slots: trio.Semaphore
+    stream: trio.SocketStream,
+    handler: Handler,
+    limits: ServerLimits,
+    slots: trio.Semaphore,
+    count: ConnectionCount,
 ) -> None:
+    count.open += 1
+    count.total += 1
     try:
         await _Connection(stream, handler, limits).run()
     except Exception:
         log.exception("http: connection failed")
         await trio.aclose_forcefully(stream)
     finally:
+        count.open -= 1
         slots.release()
 
 
@@ -395,6 +410,7 @@ async def _accept_loop(
     limits: ServerLimits,
     slots: trio.Semaphore,
     nursery: trio.Nursery,
+    count: ConnectionCount,
 ) -> None:
     async with listener:
         while True:
@@ -411,7 +427,7 @@ async def _accept_loop(
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(_serve_connection, stream, handler, limits, slots)
+            nursery.start_soon(_serve_connection, stream, handler, limits, slots, count)
 
 
 async def serve_http(
@@ -426,11 +442,15 @@ async def serve_http(
     idle_timeout: float = 60.0,
     body_timeout: float = 30.0,
     send_timeout: float = 30.0,
+    listeners: list[trio.SocketListener] | None = None,
+    connections: ConnectionCount | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
 
     With ``port=0`` the kernel picks a port (give a single-address host such as 127.0.0.1).
+    ``listeners`` serves sockets bound elsewhere instead (systemd socket activation); then
+    ``host`` and ``port`` only name them in the log. ``connections`` is kept up to date.
     """
     limits = ServerLimits(
         max_connections=max_connections,
@@ -441,11 +461,13 @@ async def serve_http(
         body_timeout=body_timeout,
         send_timeout=send_timeout,
     )
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = listeners[0].socket.getsockname()[1]
     slots = trio.Semaphore(max_connections)
+    count = connections if connections is not None else ConnectionCount()
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, limits, slots, nursery)
+            nursery.start_soon(_accept_loop, listener, handler, limits, slots, nursery, count)
         log.info("http: listening on %s:%d", host, bound_port)
         task_status.started(bound_port)

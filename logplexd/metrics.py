@@ -1,0 +1,308 @@
+"""``GET /metrics``: the daemon's live counters in the Prometheus text format.
+
+Nothing here keeps a second copy of a counter the data plane already keeps: a custom
+``prometheus_client`` collector reads ``SyslogInput.stats``, ``LogsIngest.stats``, the
+drains' stats, the registry and the store at scrape time. Only what has no home elsewhere
+is recorded here: API requests (a counter and a latency histogram per route) and the
+event-loop lag. Each daemon has its own ``CollectorRegistry`` (several daemons may run in
+one process, e.g. in the tests), so nothing is registered globally.
+
+The exposition itself is ``prometheus_client.generate_latest``: no hand-written format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    StateSetMetricFamily,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from .drains.state import DrainState
+from .http.server import ConnectionCount
+
+log = logging.getLogger("logplexd.metrics")
+
+PREFIX = "logplexd"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# How often the event-loop lag probe wakes up.
+LAG_INTERVAL = 0.5
+DRAIN_STATES = tuple(state.value for state in DrainState)
+
+
+class Source(Protocol):
+    """What the collector reads; the daemon provides it (duck-typed to avoid an import cycle)."""
+
+    registry: Any
+    syslog: Any
+    logs: Any
+    drains: Any
+    store: Any
+    rods: Any
+    tails: Any
+    connections: dict[str, ConnectionCount]
+    logs_bytes: int
+
+
+class LoopLag:
+    """Event-loop lag: how much later than asked a ``trio.sleep`` wakes up.
+
+    A loop busy with CPU work (or blocked by a synchronous call) delays every task: the
+    overshoot of a periodic sleep measures exactly that delay.
+    """
+
+    def __init__(self, histogram: Histogram, interval: float = LAG_INTERVAL) -> None:
+        self.histogram = histogram
+        self.interval = interval
+        self.last = 0.0
+        self.max = 0.0
+
+    def observe(self, lag: float) -> None:
+        lag = max(0.0, lag)
+        self.last = lag
+        self.max = max(self.max, lag)
+        self.histogram.observe(lag)
+
+    async def run(self) -> None:
+        while True:
+            asked = trio.current_time() + self.interval
+            await trio.sleep(self.interval)
+            self.observe(trio.current_time() - asked)
+
+
+class Metrics:
+    """The daemon's metrics registry and the few instruments it records into directly."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        reg = self.registry = CollectorRegistry(auto_describe=True)
+        self.api_requests = Counter(
+            f"{PREFIX}_api_requests",
+            "Control API requests by route name, method and status code.",
+            ["route", "method", "status"],
+            registry=reg,
+        )
+        self.api_latency = Histogram(
+            f"{PREFIX}_api_request_duration_seconds",
+            "Control API time from request received to response ready, by route name.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.loop_lag_histogram = Histogram(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "How late the event loop woke a periodic sleep (a busy or blocked loop).",
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
+        self.loop_lag = LoopLag(self.loop_lag_histogram)
+        self._last_lag = Gauge(
+            f"{PREFIX}_event_loop_lag_last_seconds",
+            "The most recent event-loop lag measurement.",
+            registry=reg,
+        )
+        self._last_lag.set_function(lambda: self.loop_lag.last)
+        reg.register(DaemonCollector(self.source))
+        ProcessCollector(namespace="", registry=reg)
+
+    def observe_api(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Methods are bounded to the usual ones so a client cannot grow the label set.
+        if method not in _METHODS:
+            method = "other"
+        self.api_requests.labels(route, method, str(status)).inc()
+        self.api_latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return _generate_latest(self.registry)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+
+
+class DaemonCollector(Collector):
+    """Reads the live counters at scrape time."""
+
+    def __init__(self, source: Source, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        # Families are known only at scrape time (drains come and go): no up-front describe.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.source
+        yield from self._inputs(src)
+        yield from self._drains(src)
+        yield from self._state(src)
+        yield from self._rods(src)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _inputs(self, src: Source) -> Iterator[Metric]:
+        syslog, logs = src.syslog.stats, src.logs.stats if src.logs is not None else None
+        received = _counter(
+            "messages_received", "Syslog frames received (well-formed), by input.", ["input"]
+        )
+        routed = _counter("messages_routed", "Messages stored in a channel, by input.", ["input"])
+        dropped = _counter(
+            "messages_dropped",
+            "Messages not routed, by input and reason (malformed, unknown_token).",
+            ["input", "reason"],
+        )
+        malformed = _counter(
+            "malformed_frames", "Frames that were not valid syslog, by input.", ["input"]
+        )
+        unknown = _counter(
+            "unknown_tokens", "Messages whose token is not known, by input.", ["input"]
+        )
+        received_bytes = _counter("received_bytes", "Bytes received, by input.", ["input"])
+        received.add_metric(["syslog"], syslog.frames)
+        routed.add_metric(["syslog"], syslog.routed)
+        malformed.add_metric(["syslog"], syslog.malformed)
+        unknown.add_metric(["syslog"], syslog.unknown_token)
+        dropped.add_metric(["syslog", "malformed"], syslog.malformed)
+        dropped.add_metric(["syslog", "unknown_token"], syslog.unknown_token)
+        received_bytes.add_metric(["syslog"], syslog.bytes_received)
+        if logs is not None:
+            received.add_metric(["logs"], logs.frames)
+            routed.add_metric(["logs"], logs.routed)
+            unknown.add_metric(["logs"], logs.unknown_token)
+            dropped.add_metric(["logs", "unknown_token"], logs.unknown_token)
+            received_bytes.add_metric(["logs"], src.logs_bytes)
+            requests = _counter(
+                "logs_requests", "POST /logs requests by outcome (status code).", ["status"]
+            )
+            requests.add_metric(["204"], logs.accepted + logs.duplicates)
+            for status, count in sorted(logs.rejected.items()):
+                requests.add_metric([str(status)], count)
+            yield requests
+            malformed_requests = _counter(
+                "logs_malformed_requests",
+                "POST /logs requests refused whole because a frame was malformed.",
+            )
+            malformed_requests.add_metric([], logs.malformed_requests)
+            yield malformed_requests
+            duplicates = _counter(
+                "logs_duplicate_requests",
+                "POST /logs retransmissions acknowledged without routing (Logplex-Frame-Id).",
+            )
+            duplicates.add_metric([], logs.duplicates)
+            yield duplicates
+        yield from (received, routed, dropped, malformed, unknown, received_bytes)
+
+        open_ = _gauge("connections_open", "Open connections, by listener.", ["listener"])
+        total = _counter("connections", "Connections accepted, by listener.", ["listener"])
+        open_.add_metric(["syslog"], syslog.connections_open)
+        total.add_metric(["syslog"], syslog.connections_total)
+        for name, count in sorted(src.connections.items()):
+            open_.add_metric([name], count.open)
+            total.add_metric([name], count.total)
+        yield open_
+        yield total
+        rejected = _counter(
+            "syslog_connections_rejected", "Syslog connections refused at max_syslog_connections."
+        )
+        rejected.add_metric([], syslog.connections_rejected)
+        yield rejected
+        idle = _counter("syslog_connections_idle_closed", "Syslog connections closed when idle.")
+        idle.add_metric([], syslog.connections_idle_closed)
+        yield idle
+
+    # -- drains ----------------------------------------------------------------------------
+    def _drains(self, src: Source) -> Iterator[Metric]:
+        labels = ["drain_id", "channel"]
+        delivered = _counter("drain_delivered", "Messages a drain delivered.", labels)
+        dropped = _counter("drain_dropped", "Messages a drain gave up on.", labels)
+        retried = _counter("drain_retried", "Delivery attempts a drain retried.", labels)
+        lost = _counter("drain_lost", "Messages lapped before a drain read them.", labels)
+        buffered = _gauge("drain_buffered", "Messages waiting for a drain.", labels)
+        state = StateSetMetricFamily(
+            f"{PREFIX}_drain_state", "Connection state of each drain.", labels=labels
+        )
+        stats = src.drains.stats()
+        for s in stats:
+            key = [str(s.drain_id), s.channel]
+            delivered.add_metric(key, s.delivered)
+            dropped.add_metric(key, s.dropped)
+            retried.add_metric(key, s.retried)
+            lost.add_metric(key, s.lost)
+            buffered.add_metric(key, s.buffered)
+            state.add_metric(key, {name: name == s.state for name in DRAIN_STATES})
+        yield from (delivered, dropped, retried, lost, buffered, state)
+        running = _gauge("drains_running", "Drains with a running delivery task.")
+        running.add_metric([], len(stats))
+        yield running
+
+    # -- registry, store, sessions ----------------------------------------------------------
+    def _state(self, src: Source) -> Iterator[Metric]:
+        channels = _gauge("channels", "Channels in the registry.")
+        channels.add_metric([], len(src.registry.channels))
+        yield channels
+        unknown = _counter(
+            "routed_unknown_tokens", "Messages the router found no channel for (all inputs)."
+        )
+        unknown.add_metric([], src.registry.totals.unknown_token)
+        yield unknown
+        store = src.store
+        journal = getattr(store, "journal_bytes", None)
+        if journal is not None:
+            size = _gauge("store_journal_bytes", "Bytes in the store journal since its snapshot.")
+            size.add_metric([], journal)
+            yield size
+        if store is not None:
+            healthy = _gauge("store_healthy", "1 while the store takes writes, 0 after a failure.")
+            healthy.add_metric([], 0 if store.failure is not None else 1)
+            yield healthy
+        tails = src.tails
+        active = _gauge("tail_sessions", "Open tail sessions.")
+        active.add_metric([], tails.active)
+        yield active
+        started = _counter("tail_sessions_started", "Tail sessions started.")
+        started.add_metric([], tails.started)
+        yield started
+        killed = _counter("tail_sessions_killed", "Tail sessions ended by kill_tail_sessions.")
+        killed.add_metric([], tails.killed)
+        yield killed
+
+    def _rods(self, src: Source) -> Iterator[Metric]:
+        state = src.rods.state
+        active = _gauge(
+            "control_rod_active", "1 while a control rod is engaged (REFERENCE.md 8).", ["rod"]
+        )
+        for name, value in state.flags().items():
+            active.add_metric([name], 1 if value else 0)
+        yield active
+        status = StateSetMetricFamily(f"{PREFIX}_api_status", "API_STATUS control rod.", labels=[])
+        status.add_metric([], {name: name == state.api_status for name in _API_STATUSES})
+        yield status
+
+
+_API_STATUSES = ("normal", "read_only", "disabled")
+
+
+def generate_latest(metrics: Metrics) -> bytes:
+    return metrics.render()
+
+
+__all__ = ["CONTENT_TYPE", "DaemonCollector", "LoopLag", "Metrics", "generate_latest"]

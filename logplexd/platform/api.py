@@ -1,0 +1,690 @@
+"""Platform API v3 routes for logs: apps, log drains, log sessions, rate limits.
+
+Sans-IO like the control API: each route is an ``async (Request, params) -> Response``
+added to the control API's router (``mount_platform``), so it is served on the API
+listener. Every route follows the conventions of ``conventions.py`` in this order:
+``X-Http-Method-Override`` (on POST), ``Accept`` version 3 (406), authentication (401),
+method (405), rate limit (429, not for ``/account/rate-limits``), the route itself (404,
+403, 422...), then ``If-Match`` (412) and ``If-None-Match`` (304).
+
+An app is a Logplex channel of the same name; creating one creates the channel with a token
+named ``app``. What the channel does not hold (uuid, owner, region, stack, maintenance,
+timestamps) is kept in ``records.PlatformRecords``. Values logplexd cannot know are fixed:
+``archived_at``, ``released_at``, ``git_url``, ``web_url`` and
+``buildpack_provided_description`` are null, ``repo_size`` and ``slug_size`` are 0,
+``acm`` is false; region and stack ids are uuid5 of their names (a uuid given for one is
+kept as both id and name). A log drain's id is a uuid5 of the store's drain id and drain
+token; drains added through the Logplex API show the app's timestamps.
+
+Authentication: Basic ``{email}:{api-token}`` of an account made with ``logplexd accounts
+create``, Basic ``:{api-token}`` (what heroku3 and heroku-client send), Bearer
+``{api-token}``, and the daemon's auth key (raw after ``Basic``, or as the password). An
+account sees its own apps; the auth key acts as the operator account (``OPERATOR_EMAIL``),
+which sees every app and may adopt an existing channel as an app by creating it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import trio
+
+from ..api.control import ApiConfig
+from ..creds import decode_basic, key_matches
+from ..http.messages import Request, Response
+from ..store import (
+    ChannelExists,
+    ChannelNotFound,
+    Drain,
+    DrainExists,
+    DrainLimitReached,
+    InvalidDrainUrl,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    parse_drain_url,
+    redact_url,
+)
+from .conventions import (
+    NOT_ACCEPTABLE_MESSAGE,
+    RATE_LIMIT_MESSAGE,
+    UNAUTHORIZED_MESSAGE,
+    ApiError,
+    TokenBuckets,
+    accepts_version_3,
+    etag_of,
+    match_fails,
+    none_match,
+    paginate,
+    parse_range,
+)
+from .records import Account, App, DrainMeta, PlatformRecords, open_platform_records, utc_timestamp
+
+log = logging.getLogger("logplexd.platform")
+
+NAMESPACE = uuid.UUID("6c6f6770-6c65-7864-8000-706c6174666d")  # fixed: ids must not change
+OPERATOR_EMAIL = "operator@logplexd.invalid"
+OPERATOR_ID = str(uuid.uuid5(NAMESPACE, "account:operator"))
+DEFAULT_REGION = "us"
+DEFAULT_STACK = "cedar"
+APP_NAME = re.compile(r"[a-z][a-z0-9-]{1,28}[a-z0-9]")
+APP_NAME_MESSAGE = (
+    "Name must start with a letter, end with a letter or digit and can only contain "
+    "lowercase letters, digits, and dashes."
+)
+APP_RANGES = ("id", "name")
+DRAIN_RANGES = ("id",)
+MAX_LINES = 1 << 31
+JSON_HEADER = ("Content-Type", "application/json")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+class RegistryLike(Protocol):
+    def channel(self, name: str) -> object | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str
+    email: str
+    created_at: str = ""
+    operator: bool = False
+
+
+OPERATOR = Principal(OPERATOR_ID, OPERATOR_EMAIL, operator=True)
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    payload: Any
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    request: Request
+    params: dict[str, str]
+    principal: Principal
+    method: str
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object sent; an empty body (GET and DELETE often bring one) is ``{}``."""
+        raw = self.request.body
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "bad_request", "Request body is not valid JSON.") from None
+        if not isinstance(value, dict):
+            raise ApiError(422, "invalid_params", "Request body must be a JSON object.")
+        return value
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _named_id(kind: str, name: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{kind}:{name}"))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def drain_uuid(drain: Drain) -> str:
+    """The Platform API id of a store drain: stable, and never reused (the token is random)."""
+    return str(uuid.uuid5(NAMESPACE, f"drain:{drain.id}:{drain.token}"))
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_params", message)
+
+
+def _reference(value: object, kind: str, default: str) -> tuple[str, str]:
+    """(id, name) of a region or stack given as a name, a uuid or ``{"id", "name"}``."""
+    if value is None:
+        return _named_id(kind, default), default
+    ident: object = None
+    name: object = None
+    if isinstance(value, str):
+        ident, name = (value, None) if _is_uuid(value) else (None, value)
+    elif isinstance(value, dict):
+        ident, name = value.get("id"), value.get("name")
+    else:
+        raise _invalid(f"{kind} must be a name, an id or an object with id and name.")
+    for part in (ident, name):
+        if part is not None and (not isinstance(part, str) or not 0 < len(part) <= 100):
+            raise _invalid(f"{kind} id and name must be non-empty strings.")
+    if ident is None and name is None:
+        return _named_id(kind, default), default
+    if ident is None:
+        assert isinstance(name, str)
+        return _named_id(kind, name), name
+    assert isinstance(ident, str)
+    return ident, name if isinstance(name, str) else ident
+
+
+class PlatformApi:
+    """The routes; ``mount(control_api)`` adds them to a ControlApi's router."""
+
+    def __init__(
+        self,
+        store: Store,
+        records: PlatformRecords,
+        *,
+        config: Callable[[], ApiConfig],
+        registry: RegistryLike | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.store = store
+        self.records = records
+        self._config = config
+        self.registry = registry
+        self.buckets = TokenBuckets(clock)
+
+    # -- mounting --------------------------------------------------------------------------
+    def routes(self) -> list[tuple[str, str, dict[str, Handler], bool]]:
+        """(template, route name, handlers by method, counted against the rate limit)."""
+        return [
+            ("/apps", "platform.apps", {"GET": self._list_apps, "POST": self._create_app}, True),
+            (
+                "/apps/{app}",
+                "platform.app",
+                {"GET": self._get_app, "PATCH": self._update_app, "DELETE": self._delete_app},
+                True,
+            ),
+            (
+                "/apps/{app}/log-drains",
+                "platform.log_drains",
+                {"GET": self._list_drains, "POST": self._create_drain},
+                True,
+            ),
+            (
+                "/apps/{app}/log-drains/{drain}",
+                "platform.log_drain",
+                {"GET": self._get_drain, "DELETE": self._delete_drain},
+                True,
+            ),
+            (
+                "/apps/{app}/log-sessions",
+                "platform.log_sessions",
+                {"POST": self._create_session},
+                True,
+            ),
+            ("/account", "platform.account", {"GET": self._get_account}, True),
+            (
+                "/account/rate-limits",
+                "platform.rate_limits",
+                {"GET": self._get_rate_limits},
+                False,
+            ),
+        ]
+
+    def mount(self, add_route: Callable[..., None]) -> None:
+        """``add_route(method, template, handler, name=, auth=)`` for every route.
+
+        Every method is routed to the same dispatcher so that a POST with
+        ``X-Http-Method-Override`` reaches its handler, and a wrong method gets a 405 in
+        this API's error format.
+        """
+        for template, name, handlers, counted in self.routes():
+            dispatch = self._dispatcher(handlers, counted)
+            for method in METHODS:
+                add_route(method, template, dispatch, name=name, auth=False)
+
+    def _dispatcher(
+        self, handlers: dict[str, Handler], counted: bool
+    ) -> Callable[[Request, dict[str, str]], Awaitable[Response]]:
+        async def dispatch(request: Request, params: dict[str, str]) -> Response:
+            return await self.serve(request, params, handlers, counted)
+
+        return dispatch
+
+    # -- the conventions ----------------------------------------------------------------------
+    async def serve(
+        self,
+        request: Request,
+        params: dict[str, str],
+        handlers: dict[str, Handler],
+        counted: bool = True,
+    ) -> Response:
+        principal: Principal | None = None
+        method = request.method.upper()
+        try:
+            override = request.header("x-http-method-override")
+            if method == "POST" and override and override.strip():
+                method = override.strip().upper()
+            if method == "HEAD":
+                method = "GET"
+            if not accepts_version_3(request.header("accept")):
+                raise ApiError(406, "not_acceptable", NOT_ACCEPTABLE_MESSAGE)
+            principal = await self._authenticate(request)
+            if principal is None:
+                raise ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE)
+            handler = handlers.get(method)
+            if handler is None:
+                allowed = ", ".join([*handlers, *(["HEAD"] if "GET" in handlers else [])])
+                raise ApiError(
+                    405, "method_not_allowed", "Method not allowed.", [("Allow", allowed)]
+                )
+            if counted and self.buckets.take(principal.id) is None:
+                raise ApiError(429, "rate_limit", RATE_LIMIT_MESSAGE)
+            reply = await handler(Call(request, params, principal, method))
+            return self._render(request, principal, reply, conditional=method == "GET")
+        except ApiError as err:
+            reply = Reply(err.status, {"id": err.error_id, "message": err.message}, err.headers)
+        except StoreUnavailable:
+            reply = Reply(503, {"id": "unavailable", "message": "The store is unavailable."}, [])
+        except StoreError as exc:
+            log.warning("platform: store refused a request: %s", type(exc).__name__)
+            reply = Reply(422, {"id": "invalid_params", "message": "Request refused."}, [])
+        return self._render(request, principal, reply, conditional=False)
+
+    def _render(
+        self, request: Request, principal: Principal | None, reply: Reply, *, conditional: bool
+    ) -> Response:
+        body = _dumps(reply.payload)
+        etag = etag_of(body)
+        headers = [JSON_HEADER, ("ETag", etag), *reply.headers]
+        if principal is not None:
+            headers.append(("RateLimit-Remaining", str(self.buckets.remaining(principal.id))))
+        if request.request_id:
+            headers.append(("Request-Id", request.request_id))
+        if conditional and 200 <= reply.status < 300:
+            if match_fails(request.header("if-match"), etag):
+                failed = Reply(
+                    412,
+                    {"id": "precondition_failed", "message": "The resource has changed."},
+                )
+                return self._render(request, principal, failed, conditional=False)
+            if none_match(request.header("if-none-match"), etag):
+                return Response(304, [h for h in headers if h is not JSON_HEADER], b"")
+        return Response(reply.status, headers, body)
+
+    def _precondition(self, call: Call, current: Any) -> None:
+        """``If-Match`` on a change: the tag must be that of the resource as it is now."""
+        if match_fails(call.request.header("if-match"), etag_of(_dumps(current))):
+            raise ApiError(412, "precondition_failed", "The resource has changed.")
+
+    async def _authenticate(self, request: Request) -> Principal | None:
+        header = request.header("authorization")
+        if not header:
+            return None
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        auth_key = self._config().auth_key
+        if scheme.lower() == "bearer":
+            user, secret = "", value
+        elif scheme.lower() == "basic":
+            if key_matches(value, auth_key):  # the raw key, as the Logplex API takes it
+                return OPERATOR
+            pair = decode_basic(value)
+            if pair is None:
+                return None
+            user, secret = pair
+        else:
+            return None
+        if not secret:
+            return None
+        if key_matches(secret, auth_key):
+            return OPERATOR
+        account = self._account(user, secret)
+        if account is None:
+            # Perhaps made by `logplexd accounts create` since we last looked.
+            await self.records.refresh()
+            account = self._account(user, secret)
+        if account is None:
+            return None
+        return Principal(account.id, account.email, account.created_at)
+
+    def _account(self, user: str, secret: str) -> Account | None:
+        if user:
+            account = self.records.account_by_email(user)
+            return account if account is not None and account.token_matches(secret) else None
+        return self.records.account_by_token(secret)
+
+    def _list(self, call: Call, items: list[dict[str, Any]], accepted: tuple[str, ...]) -> Reply:
+        spec = parse_range(call.request.header("range"), accepted)
+        page = paginate(items, spec)
+        headers = [("Accept-Ranges", ", ".join(accepted)), ("Content-Range", page.content_range)]
+        if page.next_range is not None:
+            headers.append(("Next-Range", page.next_range))
+        return Reply(206 if page.next_range is not None else 200, page.items, headers)
+
+    # -- apps ----------------------------------------------------------------------------------
+    def _app(self, call: Call) -> App:
+        ident = call.params["app"]
+        app = self.records.app(ident) or self.records.app_by_name(ident)
+        if app is None:
+            raise ApiError(404, "not_found", "Couldn't find that app.")
+        if not call.principal.operator and app.owner_id != call.principal.id:
+            raise ApiError(403, "forbidden", f"You do not have access to the app {app.name}.")
+        return app
+
+    def app_json(self, app: App) -> dict[str, Any]:
+        stack = {"id": app.stack_id, "name": app.stack_name}
+        return {
+            "acm": False,
+            "archived_at": None,
+            "build_stack": stack,
+            "buildpack_provided_description": None,
+            "created_at": app.created_at,
+            "git_url": None,
+            "id": app.id,
+            "maintenance": app.maintenance,
+            "name": app.name,
+            "owner": {"email": app.owner_email, "id": app.owner_id},
+            "region": {"id": app.region_id, "name": app.region_name},
+            "released_at": None,
+            "repo_size": 0,
+            "slug_size": 0,
+            "stack": stack,
+            "updated_at": app.updated_at,
+            "web_url": None,
+        }
+
+    async def _list_apps(self, call: Call) -> Reply:
+        visible = [
+            self.app_json(app)
+            for app in self.records.apps()
+            if call.principal.operator or app.owner_id == call.principal.id
+        ]
+        return self._list(call, visible, APP_RANGES)
+
+    async def _get_app(self, call: Call) -> Reply:
+        return Reply(200, self.app_json(self._app(call)))
+
+    async def _create_app(self, call: Call) -> Reply:
+        body = call.body()
+        name = body.get("name")
+        if name is None:
+            name = self._free_name()
+        elif not isinstance(name, str) or not APP_NAME.fullmatch(name):
+            raise _invalid(APP_NAME_MESSAGE)
+        region_id, region_name = _reference(body.get("region"), "region", DEFAULT_REGION)
+        stack_id, stack_name = _reference(body.get("stack"), "stack", DEFAULT_STACK)
+        if self.records.app_by_name(name) is not None:
+            raise _invalid("Name is already taken")
+        created_channel = False
+        if self.store.channel(name) is not None:
+            # A channel made through the Logplex API: only the operator may adopt it.
+            if not call.principal.operator:
+                raise _invalid("Name is already taken")
+            if not any(t.name == "app" for t in self.store.tokens_of(name)):
+                await self.store.create_token(name, "app")
+        else:
+            try:
+                await self.store.create_channel(name, token_names=["app"])
+            except ChannelExists:
+                raise _invalid("Name is already taken") from None
+            created_channel = True
+        now = utc_timestamp()
+        app = App(
+            id=str(uuid.uuid4()),
+            name=name,
+            owner_id=call.principal.id,
+            owner_email=call.principal.email,
+            region_id=region_id,
+            region_name=region_name,
+            stack_id=stack_id,
+            stack_name=stack_name,
+            maintenance=False,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await self.records.put_app(app, unless_name_taken=True)
+        except BaseException as exc:
+            if created_channel:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.store.delete_channel(name)
+                    except StoreError:
+                        log.error("platform: channel %s left without its app record", name)
+            if isinstance(exc, ValueError):
+                raise _invalid("Name is already taken") from None
+            raise
+        log.info("platform: created app %s (%s) for %s", app.name, app.id, app.owner_id)
+        return Reply(201, self.app_json(app))
+
+    def _free_name(self) -> str:
+        while True:
+            name = f"app-{uuid.uuid4().hex[:8]}"
+            if self.records.app_by_name(name) is None and self.store.channel(name) is None:
+                return name
+
+    async def _update_app(self, call: Call) -> Reply:
+        app = self._app(call)
+        body = call.body()
+        self._precondition(call, self.app_json(app))
+        maintenance = body.get("maintenance", app.maintenance)
+        if not isinstance(maintenance, bool):
+            raise _invalid("maintenance must be true or false.")
+        name = body.get("name", app.name)
+        if name is not None and name != app.name:
+            if not isinstance(name, str) or not APP_NAME.fullmatch(name):
+                raise _invalid(APP_NAME_MESSAGE)
+            raise _invalid(
+                "Renaming is not supported: an app's name is the name of its Logplex channel."
+            )
+        if maintenance != app.maintenance:
+            app = replace(app, maintenance=maintenance, updated_at=utc_timestamp())
+            await self.records.put_app(app)
+        return Reply(200, self.app_json(app))
+
+    async def _delete_app(self, call: Call) -> Reply:
+        app = self._app(call)
+        current = self.app_json(app)
+        self._precondition(call, current)
+        drains = [d.id for d in self.store.drains_of(app.name)]
+        await self.store.delete_channel(app.name)
+        await self.records.delete_app(app.id, drains)
+        log.info("platform: deleted app %s (%s)", app.name, app.id)
+        return Reply(200, current)
+
+    # -- log drains ----------------------------------------------------------------------------
+    def drain_json(self, app: App, drain: Drain) -> dict[str, Any]:
+        meta = self.records.drain_meta(drain.id)
+        return {
+            "addon": None,
+            "created_at": meta.created_at if meta is not None else app.created_at,
+            "id": drain_uuid(drain),
+            "token": drain.token,
+            "updated_at": meta.updated_at if meta is not None else app.updated_at,
+            "url": drain.url,
+        }
+
+    def _drains(self, app: App) -> list[Drain]:
+        return [d for d in self.store.drains_of(app.name) if d.url is not None]
+
+    def _drain(self, call: Call, app: App) -> Drain:
+        ident = call.params["drain"]
+        drains = self._drains(app)
+        for drain in drains:
+            if ident.lower() == drain_uuid(drain) or ident == drain.url:
+                return drain
+        try:
+            key = parse_drain_url(ident).key
+        except InvalidDrainUrl:
+            key = None
+        for drain in drains:
+            try:
+                if key is not None and parse_drain_url(drain.url or "").key == key:
+                    return drain
+            except InvalidDrainUrl:
+                continue
+        raise ApiError(404, "not_found", "Couldn't find that log drain.")
+
+    async def _list_drains(self, call: Call) -> Reply:
+        app = self._app(call)
+        items = [self.drain_json(app, d) for d in self._drains(app)]
+        return self._list(call, items, DRAIN_RANGES)
+
+    async def _get_drain(self, call: Call) -> Reply:
+        app = self._app(call)
+        return Reply(200, self.drain_json(app, self._drain(call, app)))
+
+    async def _create_drain(self, call: Call) -> Reply:
+        app = self._app(call)
+        url = call.body().get("url")
+        if not isinstance(url, str):
+            raise _invalid("url is required (a string).")
+        try:
+            parse_drain_url(url)
+        except InvalidDrainUrl as exc:
+            raise _invalid(f"Url is invalid: {exc}.") from None
+        try:
+            drain = await self.store.create_drain(
+                app.name, url, max_drains=self._config().max_drains_per_channel
+            )
+        except ChannelNotFound:
+            raise _invalid("The Logplex channel of this app no longer exists.") from None
+        except DrainLimitReached:
+            raise _invalid("This app has the maximum number of log drains.") from None
+        except DrainExists:
+            raise _invalid("Url has already been taken.") from None
+        now = utc_timestamp()
+        await self.records.put_drain_meta(DrainMeta(drain.id, app.id, now, now))
+        log.info(
+            "platform: added drain %d to app %s url=%s", drain.id, app.name, redact_url(drain.url)
+        )
+        return Reply(201, self.drain_json(app, drain))
+
+    async def _delete_drain(self, call: Call) -> Reply:
+        app = self._app(call)
+        drain = self._drain(call, app)
+        current = self.drain_json(app, drain)
+        self._precondition(call, current)
+        if await self.store.delete_drain(app.name, drain.id) is None:
+            raise ApiError(404, "not_found", "Couldn't find that log drain.")
+        await self.records.delete_drain_meta(drain.id)
+        log.info("platform: removed drain %d from app %s", drain.id, app.name)
+        return Reply(200, current)
+
+    # -- log sessions ----------------------------------------------------------------------------
+    async def _create_session(self, call: Call) -> Reply:
+        app = self._app(call)
+        body = call.body()
+        dyno, source = body.get("dyno"), body.get("source")
+        for key, value in (("dyno", dyno), ("source", source)):
+            if value is not None and not isinstance(value, str):
+                raise _invalid(f"{key} must be a string.")
+        lines = body.get("lines")
+        if isinstance(lines, str) and lines.isascii() and lines.isdigit() and len(lines) < 10:
+            lines = int(lines)
+        if lines is not None and (
+            isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines < MAX_LINES
+        ):
+            raise _invalid("lines must be a non-negative number.")
+        tail = body.get("tail")
+        if tail is not None and not isinstance(tail, bool | int):
+            raise _invalid("tail must be true or false.")
+        if self.store.channel(app.name) is None or (
+            self.registry is not None and self.registry.channel(app.name) is None
+        ):
+            raise _invalid("The Logplex channel of this app no longer exists.")
+        session_body: dict[str, Any] = {"channel_id": app.name}
+        if lines is not None:
+            session_body["num"] = lines
+        if tail:
+            session_body["tail"] = True
+        if dyno:
+            session_body["ps"] = dyno
+        if source:
+            session_body["source"] = source
+        config = self._config()
+        session = await self.store.create_session(session_body, ttl=config.session_ttl)
+        now = utc_timestamp()
+        return Reply(
+            201,
+            {
+                "created_at": now,
+                "dyno": dyno,
+                "id": str(uuid.uuid4()),
+                "lines": lines,
+                "logplex_url": f"{config.public_url}/sessions/{session.id}",
+                "source": source,
+                "tail": bool(tail),
+                "updated_at": now,
+            },
+        )
+
+    # -- account -----------------------------------------------------------------------------------
+    async def _get_account(self, call: Call) -> Reply:
+        p = call.principal
+        created = p.created_at or None
+        return Reply(
+            200,
+            {
+                "allow_tracking": False,
+                "beta": False,
+                "created_at": created,
+                "email": p.email,
+                "id": p.id,
+                "last_login": None,
+                "updated_at": created,
+                "verified": False,
+            },
+        )
+
+    async def _get_rate_limits(self, call: Call) -> Reply:
+        # An object, not the reference's one-element list: a list crashes heroku3.
+        return Reply(200, {"remaining": self.buckets.remaining(call.principal.id)})
+
+
+class _Mountable(Protocol):
+    config: ApiConfig
+
+    def add_route(
+        self,
+        method: str,
+        template: str,
+        handler: Callable[[Request, dict[str, str]], Awaitable[Response]],
+        *,
+        name: str,
+        auth: bool = True,
+    ) -> None: ...
+
+
+def mount_platform(
+    control_api: _Mountable,
+    store: Store,
+    registry: RegistryLike | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    records: PlatformRecords | None = None,
+    clock: Callable[[], float] = trio.current_time,
+) -> PlatformApi:
+    """Serve the Platform API routes on ``control_api``'s listener.
+
+    Records live in ``data_dir`` (default: the store's own data dir). The auth key, the
+    public URL (for ``logplex_url``), the drain limit and the session lifetime are read from
+    ``control_api.config`` at each request, so the URL the daemon learns once it has bound
+    its port is the one handed out.
+    """
+    if records is None:
+        directory = data_dir if data_dir is not None else getattr(store, "data_dir", None)
+        if directory is None:
+            raise ValueError("mount_platform needs data_dir for a store without one")
+        records = open_platform_records(directory)
+    api = PlatformApi(
+        store, records, config=lambda: control_api.config, registry=registry, clock=clock
+    )
+    api.mount(control_api.add_route)
+    return api

@@ -1,0 +1,290 @@
+"""The Platform API on a running daemon, driven by a real client library: heroku3 (PyPI).
+
+heroku3 5.2.1 has no base-URL option (the URL is the private ``_heroku_url`` attribute), but
+it takes a ``requests`` session: a transport adapter mounted on ``https://api.heroku.com``
+sends its requests to the daemon instead, so the library itself runs unmodified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from logplexd.config import Address, Settings
+from logplexd.daemon import BoundPorts, Daemon
+from logplexd.platform.records import open_platform_records
+
+heroku3 = pytest.importorskip("heroku3")
+requests = pytest.importorskip("requests")
+
+pytestmark = pytest.mark.integration
+
+KEY = "k"
+HEROKU_URL = "https://api.heroku.com"
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    ports: BoundPorts
+    data_dir: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    loopback = Address("127.0.0.1", 0)
+    settings = dataclasses.replace(
+        Settings(),
+        api_addr=loopback,
+        logs_addr=loopback,
+        syslog_addr=loopback,
+        data_dir=tmp_path,
+        auth_key=KEY,
+    )
+    daemon = Daemon(settings)
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        yield Running(daemon, ports, tmp_path)
+        nursery.cancel_scope.cancel()
+
+
+class ToLogplexd(requests.adapters.HTTPAdapter):  # type: ignore[misc,name-defined]
+    """Sends what heroku3 addresses to api.heroku.com to the daemon under test."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__()
+        self.base = base
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        request.url = self.base + request.url[len(HEROKU_URL) :]
+        return super().send(request, **kwargs)
+
+
+def frame(token: str, text: str) -> bytes:
+    msg = f"<134>1 2012-12-10T03:00:48.123456Z erlang {token} web.1 - - {text}".encode()
+    return b"%d %s" % (len(msg), msg)
+
+
+def post_logs(running: Running, token: str, *texts: str) -> None:
+    response = requests.post(
+        f"http://127.0.0.1:{running.ports.logs}/logs",
+        data=b"".join(frame(token, t) for t in texts),
+        auth=("token", token),
+        headers={
+            "Content-Type": "application/logplex-1",
+            "Logplex-Msg-Count": str(len(texts)),
+        },
+        timeout=5,
+    )
+    assert response.status_code == 204
+
+
+async def test_heroku3_walkthrough(running: Running) -> None:
+    records = open_platform_records(running.data_dir)
+    # Created while the daemon runs, as `logplexd accounts create` would.
+    account, api_token = await records.create_account("dev@example.com")
+    store = running.daemon.store
+    assert store is not None
+
+    def app_token(name: str) -> str:
+        (token,) = [t.id for t in store.tokens_of(name) if t.name == "app"]
+        return token
+
+    def walk() -> dict[str, Any]:
+        session = requests.Session()
+        session.mount(HEROKU_URL, ToLogplexd(running.base))
+        heroku = heroku3.from_key(api_token, session=session)
+        seen: dict[str, Any] = {"verified": heroku.is_authenticated}
+
+        app = heroku.create_app(name="walk-app", stack_id_or_name="cedar", region_id_or_name="eu")
+        seen["created"] = (app.name, app.owner.email, app.region.name, app.stack.name)
+        app = heroku.app("walk-app")  # from here heroku3 addresses it by id
+        seen["apps"] = [a.name for a in heroku.apps()]
+        seen["rate_limit"] = int(heroku.rate_limit.remaining)
+        seen["header_remaining"] = heroku.ratelimit_remaining()
+        seen["request_id"] = heroku.last_request_id
+
+        drain = app.create_logdrain("syslog://127.0.0.1:9")
+        seen["drain"] = (drain.id, drain.url, drain.token)
+        seen["drains"] = [(d.id, d.url) for d in app.logdrains()]
+
+        token = app_token("walk-app")
+        post_logs(running, token, "hello", "world")
+        # One-shot read (no tail): the whole body at once.
+        seen["log"] = app.get_log(lines=10, timeout=10)
+        # Live tail: the first line is history, the next arrives while we wait.
+        lines = app.stream_log(lines=1, timeout=10)
+        seen["tail"] = [next(lines)]
+        post_logs(running, token, "live")
+        seen["tail"].append(next(lines))
+
+        app = app.update(maintenance=True)
+        seen["maintenance"] = app.maintenance
+        removed = app.remove_logdrain(drain.id)
+        seen["removed"] = removed.url
+        seen["drains_after"] = len(app.logdrains())
+        seen["deleted"] = app.delete()
+        seen["apps_after"] = [a.name for a in heroku.apps()]
+        return seen
+
+    with trio.fail_after(20):
+        seen = await trio.to_thread.run_sync(walk, abandon_on_cancel=True)
+
+    assert seen["verified"] is True
+    assert seen["created"] == ("walk-app", "dev@example.com", "eu", "cedar")
+    assert seen["apps"] == ["walk-app"]
+    assert 1190 < seen["rate_limit"] <= 1200 and 1190 < seen["header_remaining"] <= 1200
+    assert seen["request_id"]
+    drain_id, drain_url, drain_token = seen["drain"]
+    assert drain_url == "syslog://127.0.0.1:9" and drain_token.startswith("d.")
+    assert seen["drains"] == [(drain_id, drain_url)]
+    assert seen["log"] == (
+        "2012-12-10T03:00:48.123456Z app[web.1]: hello\n"
+        "2012-12-10T03:00:48.123456Z app[web.1]: world\n"
+    )
+    assert seen["tail"] == [
+        b"2012-12-10T03:00:48.123456Z app[web.1]: world",
+        b"2012-12-10T03:00:48.123456Z app[web.1]: live",
+    ]
+    assert seen["maintenance"] is True
+    assert seen["removed"] == drain_url and seen["drains_after"] == 0
+    assert seen["deleted"] is True and seen["apps_after"] == []
+    assert store.channel("walk-app") is None
+    assert account.email == "dev@example.com"
+
+
+async def test_conventions_over_http(running: Running) -> None:
+    """What the HTTP server adds: Request-Id on every answer, HEAD, 304 without a body."""
+
+    def check() -> None:
+        base = running.base
+        v3 = {"Accept": "application/vnd.heroku+json; version=3"}
+        auth = ("", KEY)
+        response = requests.get(f"{base}/apps", timeout=5)
+        assert response.status_code == 406 and response.json()["id"] == "not_acceptable"
+        assert response.headers["Request-Id"]
+        response = requests.post(f"{base}/apps", json={"name": "web"}, headers=v3, auth=auth)
+        assert response.status_code == 201
+        etag = response.headers["ETag"]
+        first = requests.get(f"{base}/apps/web", headers=v3, auth=auth, timeout=5)
+        second = requests.get(f"{base}/apps/web", headers=v3, auth=auth, timeout=5)
+        assert first.headers["Request-Id"] != second.headers["Request-Id"]
+        assert first.headers["ETag"] == etag
+        cached = requests.get(
+            f"{base}/apps/web", headers={**v3, "If-None-Match": etag}, auth=auth, timeout=5
+        )
+        assert cached.status_code == 304 and cached.content == b""
+        assert cached.headers["ETag"] == etag and cached.headers["Request-Id"]
+        head = requests.head(f"{base}/apps", headers=v3, auth=auth, timeout=5)
+        assert head.status_code == 200 and head.headers["Accept-Ranges"] == "id, name"
+        assert int(head.headers["RateLimit-Remaining"]) < 1200
+
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(check, abandon_on_cancel=True)
+
+
+# -- heroku-client (npm) ---------------------------------------------------------------------
+
+NODE_SCRIPT = r"""
+const Heroku = require('heroku-client')
+const http = require('http')
+const [base, token, phase] = process.argv.slice(2)
+const heroku = new Heroku({ token, host: base })
+
+function fetch (url) {
+  return new Promise((resolve, reject) => {
+    http.get(url, res => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', d => { body += d })
+      res.on('end', () => resolve(body))
+    }).on('error', reject)
+  })
+}
+
+async function main () {
+  const out = {}
+  if (phase === 'setup') {
+    out.app = await heroku.post('/apps', { body: { name: 'node-app', region: 'us' } })
+    out.drain = await heroku.post('/apps/node-app/log-drains',
+      { body: { url: 'syslog://127.0.0.1:9' } })
+    out.drains = await heroku.get(`/apps/${out.app.id}/log-drains`)
+    out.apps = await heroku.get('/apps')
+    out.limits = await heroku.get('/account/rate-limits')
+  } else {
+    const session = await heroku.post('/apps/node-app/log-sessions', { body: { lines: 10 } })
+    out.log = await fetch(session.logplex_url)
+    out.deleted = await heroku.delete('/apps/node-app')
+  }
+  process.stdout.write(JSON.stringify(out))
+}
+main().catch(err => { console.error(err.stack || String(err)); process.exit(1) })
+"""
+
+
+@pytest.fixture(scope="session")
+def heroku_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with heroku-client 3.1.4 installed from npm, or skip."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("npm/node not installed")
+    directory = tmp_path_factory.mktemp("heroku-client")
+    try:
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent", "heroku-client@3.1.4"],
+            cwd=directory,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot install heroku-client from npm: {exc}")
+    (directory / "walk.js").write_text(NODE_SCRIPT)
+    return directory
+
+
+async def test_heroku_client_walkthrough(running: Running, heroku_client: Path) -> None:
+    records = open_platform_records(running.data_dir)
+    _, api_token = await records.create_account("node@example.com")
+    store = running.daemon.store
+    assert store is not None
+
+    async def node(phase: str) -> dict[str, Any]:
+        done = await trio.run_process(
+            ["node", str(heroku_client / "walk.js"), running.base, api_token, phase],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    with trio.fail_after(20):
+        setup = await node("setup")
+        (token,) = [t.id for t in store.tokens_of("node-app") if t.name == "app"]
+        await trio.to_thread.run_sync(post_logs, running, token, "from node")
+        read = await node("read")
+
+    app, drain = setup["app"], setup["drain"]
+    assert app["name"] == "node-app" and app["owner"]["email"] == "node@example.com"
+    assert app["region"]["name"] == "us"
+    assert drain["url"] == "syslog://127.0.0.1:9"
+    assert setup["drains"] == [drain]
+    assert [a["id"] for a in setup["apps"]] == [app["id"]]
+    assert setup["limits"]["remaining"] > 1190
+    assert read["log"] == "2012-12-10T03:00:48.123456Z app[web.1]: from node\n"
+    assert read["deleted"]["id"] == app["id"]
+    assert store.channel("node-app") is None
