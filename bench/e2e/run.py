@@ -1,0 +1,814 @@
+#!/usr/bin/env python3
+"""End-to-end load harness: TCP syslog in -> router -> ``syslog://`` drain out.
+
+Run from the repository root::
+
+    python bench/e2e/run.py                                    # logplexd + ceiling, 1M msgs
+    python bench/e2e/run.py --routers logplexd,rsyslog,syslog-ng
+    python bench/e2e/run.py --quick --routers direct           # smoke test of the harness
+
+A C producer (``loadgen.c``) sends RFC 5424 messages, octet-counted, over C connections to
+the router's TCP syslog input; the router forwards them to a C sink (``sink.c``) that counts
+them and checks every (drain, app, connection) stream for loss and duplicates through the
+``seq=C:N`` in each message. ``direct`` is producer -> sink without a router: the ceiling
+of the setup. Routers:
+
+* ``logplexd``: this repository's daemon, fresh data dir, channels and drains created with
+  the v3 control API.
+* ``rsyslog``: ``/usr/sbin/rsyslogd -n`` with ``imtcp`` and one ``omfwd`` action (TCP,
+  octet-counted, ``RSYSLOG_SyslogProtocol23Format``) per drain.
+* ``syslog-ng``: Debian's ``syslog-ng-core`` unpacked with ``dpkg -x`` into
+  ``bench/e2e/.cache/sng`` (it conflicts with rsyslog as a package), ``network()`` source
+  with framed (octet-counted) TCP and ``syslog()`` destinations.
+
+rsyslog and syslog-ng have no channels: the 1,000-channel workload sends the same 1,000
+tokens through them, forwarded by one action. Every process is started and stopped by pid.
+Writes a markdown table to ``bench/RESULTS.md`` (section ``## End-to-end (bench/e2e/run.py)``)
+unless ``--quick`` or ``--no-write``; exits 1 if the direct path loses or duplicates messages
+or a run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import secrets
+import select
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CACHE = HERE / ".cache"
+SNG_PREFIX = CACHE / "sng"
+RESULTS = REPO / "bench" / "RESULTS.md"
+HEADING = "## End-to-end (bench/e2e/run.py)"
+RSYSLOGD = "/usr/sbin/rsyslogd"
+SNG_DEBS = ["syslog-ng-core", "libivykis0", "libpcre3", "libnet1", "libwrap0"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    conns: int
+    channels: int
+    drains: int  # per channel
+    size: int
+
+
+WORKLOADS = [
+    Workload("c1-ch1-d1-120", "1 conn, 1 channel, 1 drain, 120 B", 1, 1, 1, 120),
+    Workload("c8-ch1-d1-120", "8 conns, 1 channel, 1 drain, 120 B", 8, 1, 1, 120),
+    Workload("c1-ch1-d6-120", "1 conn, 1 channel, 6 drains, 120 B", 1, 1, 6, 120),
+    Workload("c8-ch1000-d1-120", "8 conns, 1,000 channels x 1 drain, 120 B", 8, 1000, 1, 120),
+    Workload("c1-ch1-d1-2k", "1 conn, 1 channel, 1 drain, 2 KB", 1, 1, 1, 2048),
+    Workload("c8-ch1-d1-2k", "8 conns, 1 channel, 1 drain, 2 KB", 8, 1, 1, 2048),
+]
+ROUTERS = ["direct", "logplexd", "rsyslog", "syslog-ng"]
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+class Skip(HarnessError):
+    """The router cannot run on this machine (reported, not fatal)."""
+
+
+@dataclass
+class RunResult:
+    rate: float  # messages at the sink / (last receive - first send)
+    ingest_rate: float  # messages sent / loadgen's send time (how fast the router reads)
+    delivered: int
+    expected: int
+    lost: int
+    duplicates: int
+    l10_dropped: int
+    out_of_order: int
+    cpu_s: float | None  # router CPU seconds (user + system) during the run
+    peak_rss_kb: int | None
+    sink: dict = field(default_factory=dict)
+    loadgen: dict = field(default_factory=dict)
+
+    @property
+    def cpu_per_million(self) -> float | None:
+        if self.cpu_s is None or not self.delivered:
+            return None
+        return self.cpu_s / (self.delivered / 1e6)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: float = 15.0):
+    """Stops one process we started, by its pid: ``sig``, then SIGKILL after ``wait`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One stdout line of ``proc`` within ``timeout`` seconds (its stdout is a pipe)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise HarnessError(f"no output from pid {proc.pid} within {timeout:.0f} s")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            chunk = os.read(fd, 1)
+            if not chunk:
+                raise HarnessError(f"pid {proc.pid} exited (rc={proc.poll()}) without output")
+            buf += chunk
+    return buf.decode()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a router may spread over worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def peak_rss_kb(pid: int) -> int:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HarnessError(f"{what} exited with rc={proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise HarnessError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the C tools
+
+
+def build_tools(build_dir: Path) -> tuple[Path, Path]:
+    out = []
+    for name, extra in (("loadgen", ["-pthread"]), ("sink", [])):
+        exe = build_dir / name
+        cmd = ["gcc", "-O2", "-Wall", "-Wextra", *extra, "-o", str(exe), str(HERE / f"{name}.c")]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0 or res.stderr.strip():
+            raise HarnessError(f"{' '.join(cmd)} failed or warned:\n{res.stderr}")
+        out.append(exe)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# routers
+
+
+class Router:
+    """One router instance for one run: ``start`` returns the syslog input port."""
+
+    name = "?"
+
+    def __init__(self, workdir: Path, wl: Workload, sink_port: int) -> None:
+        self.workdir = workdir
+        self.wl = wl
+        self.sink_port = sink_port
+        self.proc: subprocess.Popen | None = None
+        self.tokens: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def fake_tokens(self) -> list[str]:
+        return [f"t.{uuid.UUID(int=i + 1)}" for i in range(self.wl.channels)]
+
+
+class Direct(Router):
+    name = "direct"
+
+    def start(self) -> int:
+        self.tokens = self.fake_tokens()
+        return self.sink_port
+
+
+class Logplexd(Router):
+    name = "logplexd"
+    extra_args: list[str] = []
+
+    @staticmethod
+    def command() -> list[str]:
+        exe = shutil.which("logplexd")
+        return [exe] if exe else [sys.executable, "-m", "logplexd.cli"]
+
+    def start(self) -> int:
+        api, syslog, logs = free_port(), free_port(), free_port()
+        self.key = secrets.token_hex(16)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPLEXD_")}
+        env["LOGPLEX_AUTH_KEY"] = self.key
+        data = self.workdir / "data"
+        data.mkdir()
+        cmd = [
+            *self.command(), "serve", "--data-dir", str(data),
+            "--api-addr", f"127.0.0.1:{api}", "--syslog-addr", f"127.0.0.1:{syslog}",
+            "--logs-addr", f"127.0.0.1:{logs}", "--log-level", "warning", *self.extra_args,
+        ]  # fmt: skip
+        self.log_path = self.workdir / "logplexd.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        self.api = api
+        self._wait_healthy(30.0)
+        self._provision()
+        return syslog
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HarnessError(
+                    f"logplexd exited with rc={self.proc.returncode}:\n{tail(self.log_path)}"
+                )
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=2)
+                try:
+                    conn.request("GET", "/v3/healthcheck")
+                    if conn.getresponse().status == 200:
+                        return
+                finally:
+                    conn.close()
+            time.sleep(0.1)
+        raise HarnessError(f"logplexd: no 200 from /v3/healthcheck within {timeout:.0f} s")
+
+    def _provision(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=30)
+        headers = {"Authorization": f"Basic {self.key}", "Content-Type": "application/json"}
+
+        def call(method: str, path: str, body: dict) -> dict:
+            conn.request(method, path, body=json.dumps(body), headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 201:
+                raise HarnessError(f"{method} {path}: {resp.status} {data[:200]!r}")
+            return json.loads(data)
+
+        try:
+            for i in range(self.wl.channels):
+                name = f"bench-{i}"
+                reply = call("PUT", f"/v3/channels/{name}", {"tokens": ["app"]})
+                self.tokens.append(reply["tokens"]["app"])
+                for d in range(self.wl.drains):
+                    # Distinct paths: the same URL twice on one channel is a 409.
+                    url = f"syslog://127.0.0.1:{self.sink_port}/{d}"
+                    call("POST", f"/v3/channels/{name}/drains", {"url": url})
+        finally:
+            conn.close()
+
+
+class Rsyslog(Router):
+    name = "rsyslog"
+
+    def start(self) -> int:
+        if not os.access(RSYSLOGD, os.X_OK):
+            raise Skip(f"{RSYSLOGD} not found (apt-get install rsyslog)")
+        self.tokens = self.fake_tokens()
+        port = free_port()
+        lines = [
+            f'global(workDirectory="{self.workdir}" maxMessageSize="64k")',
+            'module(load="imtcp")',
+            f'input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="fwd")',
+        ]
+        templates = ["RSYSLOG_SyslogProtocol23Format"]
+        if self.wl.drains > 1:
+            # RSYSLOG_SyslogProtocol23Format with HOSTNAME naming the drain, so that the sink
+            # tells the copies apart (as logplexd's d.<token> HOSTNAME does).
+            templates = []
+            for d in range(self.wl.drains):
+                lines.append(
+                    f'template(name="drain{d}" type="string" string="<%PRI%>1 '
+                    f"%TIMESTAMP:::date-rfc3339% d.rsyslog-{d} %APP-NAME% %PROCID% %MSGID% "
+                    f'%STRUCTURED-DATA% %msg%\\n")'
+                )
+                templates.append(f"drain{d}")
+        lines.append('ruleset(name="fwd") {')
+        for t in templates:
+            lines.append(
+                f'  action(type="omfwd" target="127.0.0.1" port="{self.sink_port}" '
+                f'protocol="tcp" tcp_framing="octet-counted" template="{t}")'
+            )
+        lines.append("}")
+        conf = self.workdir / "rsyslog.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.log_path = self.workdir / "rsyslog.log"
+        cmd = [RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.workdir / "rsyslog.pid")]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        try:
+            wait_port(port, self.proc, 15.0, "rsyslogd")
+        except HarnessError as exc:
+            raise HarnessError(f"{exc}\n{tail(self.log_path)}") from None
+        return port
+
+
+def syslog_ng_env() -> dict[str, str]:
+    libs = [SNG_PREFIX / "usr/lib/x86_64-linux-gnu", SNG_PREFIX / "lib/x86_64-linux-gnu",
+            SNG_PREFIX / "usr/lib/syslog-ng"]  # fmt: skip
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(str(p) for p in libs)
+    return env
+
+
+def syslog_ng_module_path() -> Path | None:
+    mods = sorted((SNG_PREFIX / "usr/lib/syslog-ng").glob("3.*"))
+    return mods[-1] if mods else None
+
+
+def ensure_syslog_ng() -> Path:
+    """Unpacks syslog-ng-core (and the libraries this machine lacks) into .cache/sng."""
+    exe = SNG_PREFIX / "usr/sbin/syslog-ng"
+    if not exe.exists():
+        debs = CACHE / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        if not shutil.which("apt-get") or not shutil.which("dpkg"):
+            raise Skip("syslog-ng: needs apt-get and dpkg to unpack syslog-ng-core")
+        log(f"syslog-ng: apt-get download {' '.join(SNG_DEBS)} into {debs}")
+        res = subprocess.run(["apt-get", "download", *SNG_DEBS], cwd=debs,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        if not list(debs.glob("syslog-ng-core_*.deb")):
+            raise Skip(f"syslog-ng: apt-get download failed: {res.stderr.strip()[-500:]}")
+        for deb in sorted(debs.glob("*.deb")):
+            subprocess.run(["dpkg", "-x", str(deb), str(SNG_PREFIX)], check=True, timeout=120)
+    res = subprocess.run(["ldd", str(exe)], capture_output=True, text=True,
+                         env=syslog_ng_env(), timeout=30)  # fmt: skip
+    missing = [ln.split()[0] for ln in res.stdout.splitlines() if "not found" in ln]
+    if missing:
+        raise Skip(f"syslog-ng: libraries missing from the private prefix: {', '.join(missing)}")
+    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True,
+                         env=syslog_ng_env(), timeout=30)  # fmt: skip
+    if res.returncode != 0:
+        raise Skip(f"syslog-ng --version failed: {res.stderr.strip()[-500:]}")
+    return exe
+
+
+class SyslogNg(Router):
+    name = "syslog-ng"
+
+    def start(self) -> int:
+        exe = ensure_syslog_ng()
+        self.tokens = self.fake_tokens()
+        port = free_port()
+        version = ".".join(syslog_ng_module_path().name.split(".")[:2])  # type: ignore[union-attr]
+        # transport("framed") is network()'s octet-counted TCP (RFC 6587); transport("tcp")
+        # would split the stream on newlines, and loadgen sends none.
+        lines = [
+            f"@version: {version}",
+            "options { threaded(yes); use-dns(no); dns-cache(no); use-fqdn(no); "
+            "keep-hostname(yes); chain-hostnames(no); stats-freq(0); log-fifo-size(100000); };",
+            f'source s_in {{ network(ip("127.0.0.1") port({port}) transport("framed") '
+            "flags(syslog-protocol) max-connections(64) log-iw-size(640000) "
+            "log-fetch-limit(1000)); };",
+        ]
+        for d in range(self.wl.drains):
+            lines.append(
+                f'destination d{d} {{ syslog("127.0.0.1" port({self.sink_port}) '
+                f'transport("tcp") persist-name("drain{d}")); }};'
+            )
+            if self.wl.drains > 1:
+                # HOSTNAME names the drain, so that the sink tells the copies apart.
+                lines.append(f'rewrite r{d} {{ set("d.syslog-ng-{d}" value("HOST")); }};')
+                lines.append(
+                    f"log {{ source(s_in); rewrite(r{d}); destination(d{d}); "
+                    "flags(flow-control); };"
+                )
+            else:
+                lines.append(f"log {{ source(s_in); destination(d{d}); flags(flow-control); }};")
+        conf = self.workdir / "syslog-ng.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.log_path = self.workdir / "syslog-ng.log"
+        w = self.workdir
+        cmd = [
+            str(exe), "-F", "-f", str(conf), f"--module-path={syslog_ng_module_path()}",
+            "-p", str(w / "syslog-ng.pid"), "-R", str(w / "syslog-ng.persist"),
+            "-c", str(w / "syslog-ng.ctl"), "--no-caps",
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=syslog_ng_env()
+            )
+        try:
+            wait_port(port, self.proc, 15.0, "syslog-ng")
+        except HarnessError as exc:
+            raise HarnessError(f"{exc}\n{tail(self.log_path)}") from None
+        return port
+
+
+ROUTER_CLASSES: dict[str, type[Router]] = {
+    "direct": Direct, "logplexd": Logplexd, "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+
+
+def run_once(
+    router_cls: type[Router],
+    wl: Workload,
+    messages: int,
+    tools: tuple[Path, Path],
+    idle: float,
+    rate: float = 0.0,
+) -> RunResult:
+    loadgen, sink_exe = tools
+    expected = messages * (wl.drains if router_cls is not Direct else 1)
+    # Generous bounds: a router at 20,000 messages/s still finishes.
+    budget = 60.0 + expected / 20_000
+    with tempfile.TemporaryDirectory(prefix=f"e2e-{router_cls.name}-") as tmp:
+        workdir = Path(tmp)
+        sink = router = None
+        try:
+            sink = subprocess.Popen(
+                [str(sink_exe), "-p", "0", "-e", str(expected), "-i", str(idle),
+                 "-m", str(int(budget + 120))],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            sink_port = json.loads(read_line(sink, 10.0))["port"]
+            router = router_cls(workdir, wl, sink_port)
+            port = router.start()
+            token_file = workdir / "tokens"
+            token_file.write_text("\n".join(router.tokens) + "\n")
+            pid = router.pid
+            cpu0 = cpu_seconds(pid) if pid else None
+            cmd = [str(loadgen), "-H", "127.0.0.1", "-p", str(port), "-c", str(wl.conns),
+                   "-n", str(messages), "-s", str(wl.size), "-T", str(token_file)]  # fmt: skip
+            if rate:
+                cmd += ["-r", str(rate)]
+            if router_cls is not Direct:
+                cmd += ["-w", "1.0"]  # one message per channel first: drains connect
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
+            except subprocess.TimeoutExpired:
+                raise HarnessError(
+                    f"loadgen did not finish within {budget:.0f} s (router stopped reading?)"
+                ) from None
+            if res.returncode != 0:
+                raise HarnessError(f"loadgen failed rc={res.returncode}: {res.stderr.strip()}")
+            lg = json.loads(res.stdout.strip().splitlines()[-1])
+            try:
+                out, _ = sink.communicate(timeout=budget + 150)
+            except subprocess.TimeoutExpired:
+                raise HarnessError("sink did not report") from None
+            sk = json.loads(out.decode().strip().splitlines()[-1])
+            cpu = cpu_seconds(pid) - cpu0 if pid and cpu0 is not None else None
+            rss = peak_rss_kb(pid) if pid else None
+            if router is not None and router.proc is not None and router.proc.poll() is not None:
+                raise HarnessError(f"{router.name} died during the run")
+        finally:
+            if router is not None:
+                router.stop()
+            stop_process(sink, wait=5.0)
+    span = sk["last_ts"] - lg["start_ts"]
+    rate = sk["received"] / span if span > 0 and sk["received"] else 0.0
+    ingest = lg["sent"] / lg["elapsed"] if lg["elapsed"] > 0 else 0.0
+    return RunResult(
+        rate=rate, ingest_rate=ingest, delivered=sk["received"], expected=expected, lost=sk["lost"],
+        duplicates=sk["duplicates"], l10_dropped=sk["l10_dropped"],
+        out_of_order=sk["out_of_order"], cpu_s=cpu, peak_rss_kb=rss, sink=sk, loadgen=lg,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def fmt_rate(r: float) -> str:
+    return f"{r / 1e6:.2f} M" if r >= 1e6 else f"{r / 1e3:,.0f} k"
+
+
+def summarize(results: list[RunResult]) -> dict:
+    rates = [r.rate for r in results]
+    cpus = [c for r in results if (c := r.cpu_per_million) is not None]
+    rss = [r.peak_rss_kb for r in results if r.peak_rss_kb is not None]
+    return {
+        "rate": statistics.median(rates),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "ingest": statistics.median(r.ingest_rate for r in results),
+        "expected": max(r.expected for r in results),
+        "cpu": statistics.median(cpus) if cpus else None,
+        "rss_mb": max(rss) / 1024 if rss else None,
+        "lost": max(r.lost for r in results),
+        "dups": max(r.duplicates for r in results),
+        "l10": max(r.l10_dropped for r in results),
+        "ooo": max(r.out_of_order for r in results),
+        "runs": len(results),
+    }
+
+
+def table(
+    workloads: list[Workload], routers: list[str], summaries: dict, notes: dict[str, str]
+) -> str:
+    head = (
+        "| workload | router | msgs/s at sink, median (min-max) | % of ceiling "
+        "| sent msgs/s | CPU s / M delivered | peak RSS | lost | dup | L10-dropped | runs |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    rows = []
+    for wl in workloads:
+        ceiling = summaries.get(("direct", wl.key))
+        for name in routers:
+            s = summaries.get((name, wl.key))
+            if s is None:
+                why = notes.get(name) or notes.get(f"{name}/{wl.key}") or "failed"
+                rows.append(f"| {wl.label} | {name} | {why} | | | | | | | | |")
+                continue
+            pct = f"{100 * s['rate'] / ceiling['rate']:.1f} %" if ceiling else ""
+            if name == "direct":
+                pct = "(ceiling)"
+            cpu = f"{s['cpu']:.2f}" if s["cpu"] is not None else "-"
+            rss = f"{s['rss_mb']:.0f} MB" if s["rss_mb"] is not None else "-"
+            lost = f"{s['lost']:,}"
+            if s["lost"]:
+                lost += f" ({100 * s['lost'] / s['expected']:.1f} %)"
+            rows.append(
+                f"| {wl.label} | {name} | {fmt_rate(s['rate'])} ({fmt_rate(s['rate_min'])}-"
+                f"{fmt_rate(s['rate_max'])}) | {pct} | {fmt_rate(s['ingest'])} | {cpu} | {rss} "
+                f"| {lost} "
+                f"| {s['dups']:,} | {s['l10']:,} | {s['runs']} |"
+            )
+    return head + "\n".join(rows) + "\n"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def versions(routers: list[str]) -> list[str]:
+    out = [f"Python {sys.version.split()[0]}"]
+
+    def first_line(cmd: list[str], env: dict | None = None) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env,
+                                 cwd=REPO)  # fmt: skip
+            text = (res.stdout or res.stderr).strip()
+            line = text.splitlines()[0] if text else "?"
+            return " ".join(line.removesuffix("compiled with:").split())
+        return "?"
+
+    if "logplexd" in routers:
+        out.append(first_line([*Logplexd.command(), "--version"]))
+    if "rsyslog" in routers:
+        out.append(first_line([RSYSLOGD, "-v"]))
+    if "syslog-ng" in routers and (SNG_PREFIX / "usr/sbin/syslog-ng").exists():
+        exe = str(SNG_PREFIX / "usr/sbin/syslog-ng")
+        out.append(first_line([exe, "--version"], syslog_ng_env()))
+    return out
+
+
+def write_results(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(HEADING)
+    if start >= 0:
+        nxt = text.find("\n## ", start + len(HEADING))
+        end = len(text) if nxt < 0 else nxt + 1
+        text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--routers",
+        default="logplexd",
+        help=f"comma-separated, from {','.join(ROUTERS)} (direct always runs)",
+    )
+    ap.add_argument(
+        "--workloads",
+        default="all",
+        help="comma-separated keys: " + ",".join(w.key for w in WORKLOADS),
+    )
+    ap.add_argument("--messages", type=int, default=None, help="messages sent per run (1M)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per cell, median (3)")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 50,000 messages, 1 run, no RESULTS.md"
+    )
+    ap.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        help="sink stops after this many seconds without data (loss)",
+    )
+    ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--logplexd-arg",
+        action="append",
+        default=[],
+        help="extra argument for `logplexd serve` (repeatable)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace the producer to this many messages/s in all (default: as fast as it can)",
+    )
+    ap.add_argument("--json", type=Path, help="also write every run's raw figures here")
+    args = ap.parse_args(argv)  # fmt: skip
+
+    messages = args.messages or (50_000 if args.quick else 1_000_000)
+    runs = args.runs or (1 if args.quick else 3)
+    routers = ["direct"] + [r for r in args.routers.split(",") if r and r != "direct"]
+    for r in routers:
+        if r not in ROUTER_CLASSES:
+            ap.error(f"unknown router {r!r}")
+    if args.workloads == "all":
+        workloads = WORKLOADS
+    else:
+        by_key = {w.key: w for w in WORKLOADS}
+        try:
+            workloads = [by_key[k] for k in args.workloads.split(",")]
+        except KeyError as exc:
+            ap.error(f"unknown workload {exc}")
+    Logplexd.extra_args = list(args.logplexd_arg)
+    write = not (args.quick or args.no_write)
+
+    notes: dict[str, str] = {}
+    collected: dict[tuple[str, str], list[RunResult]] = {}
+    failed = False
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="e2e-build-") as build:
+        tools = build_tools(Path(build))
+        log(f"built {tools[0].name} and {tools[1].name} with gcc -O2 in {build}")
+        for wl in workloads:
+            for i in range(runs):
+                for name in routers:
+                    if name in notes:  # skipped router
+                        continue
+                    cls = ROUTER_CLASSES[name]
+                    try:
+                        res = run_once(cls, wl, messages, tools, args.idle, args.rate)
+                    except Skip as exc:
+                        notes[name] = f"skipped: {exc}"
+                        log(f"[{name}] SKIPPED: {exc}")
+                        continue
+                    except HarnessError as exc:
+                        failed = True
+                        notes[f"{name}/{wl.key}"] = "failed (see log)"
+                        log(f"[{name}] {wl.key} run {i + 1}/{runs}: FAILED: {exc}")
+                        continue
+                    collected.setdefault((name, wl.key), []).append(res)
+                    cpu = res.cpu_per_million
+                    log(
+                        f"[{name}] {wl.key} run {i + 1}/{runs}: {res.rate:,.0f} msgs/s, "
+                        f"{res.delivered:,}/{res.expected:,} delivered, lost {res.lost:,}, "
+                        f"dup {res.duplicates:,}, L10-dropped {res.l10_dropped:,}"
+                        + (f", cpu {cpu:.2f} s/M" if cpu is not None else "")
+                        + (f", peak RSS {res.peak_rss_kb / 1024:.0f} MB" if res.peak_rss_kb else "")
+                    )
+                    if name == "direct" and (res.lost or res.duplicates):
+                        failed = True
+                        log("[direct] the harness itself lost or duplicated messages")
+    summaries = {k: summarize(v) for k, v in collected.items()}
+    md = table(workloads, routers, summaries, notes)
+    elapsed = time.monotonic() - started
+    print(md)
+    for name, note in notes.items():
+        if "/" not in name:
+            print(f"- {name}: {note}")
+    log(f"total {elapsed:.0f} s")
+
+    if args.json:
+        raw = {f"{r}/{w}": [vars(x) for x in v] for (r, w), v in collected.items()}
+        args.json.write_text(json.dumps(raw, indent=1))
+    if write:
+        cmdline = "python bench/e2e/run.py " + " ".join(
+            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+        )
+        section = "\n".join([
+            HEADING,
+            "",
+            "Command:",
+            "",
+            f"    {cmdline.rstrip()}",
+            "",
+            f"Run of {dt.date.today().isoformat()}: {cpu_model()}, {os.cpu_count()} CPUs; "
+            + "; ".join(versions(routers)) + f". {messages:,} messages per run, "
+            f"median of {runs} run(s), {elapsed:.0f} s in all"
+            + (f", producer paced to {args.rate:,.0f} msgs/s." if args.rate else "."),
+            "",
+            "TCP syslog in (octet-counted RFC 5424 from `loadgen.c`, 64 KB writes) -> router "
+            "-> `syslog://` drain(s) -> `sink.c`, all on loopback. msgs/s = messages at the "
+            "sink / (last receive - first send); with 6 drains every message arrives 6 times "
+            "and each copy counts; sent msgs/s = messages sent / the producer's send time "
+            "(how fast the router took its input; it runs ahead of msgs/s when the router "
+            "buffers or drops). CPU = router user+system seconds per million messages "
+            "delivered; peak RSS = VmHWM (largest of the runs); lost / dup / L10-dropped: "
+            "worst run. `direct` is loadgen -> sink without a router (the ceiling). "
+            "rsyslog and syslog-ng have no channels: for 1,000 channels they forward the "
+            "1,000 tokens' messages through one action.",
+            "",
+            md,
+        ] + [f"- {n}: {t}" for n, t in notes.items() if "/" not in n])  # fmt: skip
+        write_results(args.results, section.rstrip("\n") + "\n")
+        log(f"wrote {args.results}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
