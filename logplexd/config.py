@@ -107,6 +107,7 @@ class Settings:
     max_frame: int = 10240
     history_messages: int = 1500
     history_bytes: int = 4 * MIB
+    channel_buffer_messages: int = 16384
     max_syslog_connections: int = 1024
     syslog_idle_timeout: float = 300.0
     max_drains_per_channel: int = 6
@@ -325,6 +326,11 @@ _SPECS: dict[str, _Spec] = {
     "auth_key": _Spec(_auth_key, "API auth key (env or config file only)", "KEY", flag=False),
     "max_frame": _Spec(_int_in(64, 65000), "largest syslog frame accepted, bytes", "BYTES"),
     "history_messages": _Spec(_int_in(1, 100_000), "messages kept per channel", "N"),
+    "channel_buffer_messages": _Spec(
+        _int_in(1, 1_000_000),
+        "messages a channel buffers for its drains and tails to catch up (>= history)",
+        "N",
+    ),
     "history_bytes": _Spec(
         _int_in(2 * 64 + 1024, 1 * GIB), "bytes of history kept per channel", "BYTES"
     ),

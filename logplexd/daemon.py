@@ -84,7 +84,9 @@ class Daemon:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self._reload_settings = reload_settings or reload_from_sources
-        self.registry = Registry(settings.history_messages, settings.history_bytes)
+        self.registry = Registry(
+            settings.history_messages, settings.history_bytes, settings.channel_buffer_messages
+        )
         self.syslog = SyslogInput(
             self.registry,
             max_frame=settings.max_frame,

@@ -60,7 +60,7 @@ class ReadRoutes:
             return Response.error(404, "Not found")
         num_raw = request.query_params().get("num", "")
         num = int(num_raw) if num_raw.isascii() and num_raw.isdigit() else 100
-        body, count = channel_logs(channel, num)
+        body, count = channel_logs(self.registry, channel, num)
         return Response(
             200,
             [("Content-Type", "application/logplex-1"), ("Logplex-Msg-Count", str(count))],

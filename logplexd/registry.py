@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .native import ChannelRing, TokenTable, dispatch, dispatch_to
+from .native import Batch, ChannelRing, TokenTable, dispatch, dispatch_to
 
 DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
@@ -52,9 +52,12 @@ class Registry:
         self,
         history_messages: int = DEFAULT_HISTORY_MESSAGES,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
+        buffer_messages: int | None = None,
     ) -> None:
         self.history_messages = history_messages
         self.history_bytes = history_bytes
+        # The ring is deeper than the history: drains and tails catch up from it.
+        self.buffer_messages = max(buffer_messages or history_messages, history_messages)
         self.table = TokenTable()
         self.channels: dict[str, Channel] = {}
         self._channel_of_token: dict[str, Channel] = {}
@@ -65,7 +68,7 @@ class Registry:
     def ensure_channel(self, name: str) -> Channel:
         channel = self.channels.get(name)
         if channel is None:
-            ring = ChannelRing(self.history_messages, self.history_bytes)
+            ring = ChannelRing(self.buffer_messages, self.history_bytes)
             channel = Channel(name, ring)
             ring.owner = channel
             self.channels[name] = channel
@@ -100,6 +103,11 @@ class Registry:
         self.table.remove(token.encode())
 
     # -- lookups ------------------------------------------------------------------------
+    def history(self, channel: Channel, n: int | None = None) -> Batch:
+        """The newest ``n`` lines of history (at most ``history_messages``), oldest first."""
+        limit = self.history_messages if n is None else min(n, self.history_messages)
+        return channel.ring.last(limit)
+
     def channel(self, name: str) -> Channel | None:
         return self.channels.get(name)
 

@@ -84,7 +84,9 @@ async def stream_session(
     """
     ring = channel.ring
     cursor = ring.head
-    history, count = session_lines(ring.last(MAX_NUM), params.ps, params.source, params.num)
+    history, count = session_lines(
+        registry.history(channel), params.ps, params.source, params.num
+    )
     if count:
         yield history
     if not params.tail:
@@ -106,11 +108,11 @@ async def stream_session(
         await channel.wait_appended()
 
 
-def channel_logs(channel: Channel, num: int) -> tuple[bytes, int]:
+def channel_logs(registry: Registry, channel: Channel, num: int) -> tuple[bytes, int]:
     """Body and ``Logplex-Msg-Count`` of ``GET /v3/channels/{name}/logs?num=N``.
 
     The count is the number of frames actually in the body (lines that are not valid
     RFC 5424 are left out of both).
     """
     num = max(0, min(MAX_NUM, num))
-    return channel_log_frames(channel.ring.last(num))
+    return channel_log_frames(registry.history(channel, num))

@@ -21,7 +21,7 @@ from .registry import Registry
 
 log = logging.getLogger("logplexd.syslog")
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 128 * 1024
 
 
 @dataclass

@@ -24,8 +24,8 @@ def line(i: int, ps: str = "web.1", app: str = "app") -> bytes:
     return f"2012-12-10T03:00:{i:02d}Z {app}[{ps}]: line {i}\n".encode()
 
 
-def make(history_messages: int = 1500) -> Registry:
-    registry = Registry(history_messages=history_messages)
+def make(history_messages: int = 1500, buffer_messages: int | None = None) -> Registry:
+    registry = Registry(history_messages=history_messages, buffer_messages=buffer_messages)
     registry.add_token("ch", TOKEN, "app")
     return registry
 
@@ -89,7 +89,7 @@ async def test_tail_streams_new_lines_and_ends_when_channel_is_deleted():
 
 
 async def test_lapped_tail_gets_l11_with_exact_count_then_continues():
-    registry = make(history_messages=10)
+    registry = make(history_messages=10, buffer_messages=10)
     ch = registry.channel("ch")
     agen = stream_session(registry, ch, SessionParams("ch", tail=True), wall_clock=lambda: 0.0)
     registry.route(parse_frames([frame(0)]))
@@ -109,9 +109,20 @@ def test_channel_logs_counts_only_frames_in_the_body():
     registry.route(
         parse_frames([frame(1), b"<1>1 aaaa bbbb " + TOKEN.encode() + b" dddd", frame(2)])
     )
-    body, count = channel_logs(registry.channel("ch"), 100)
+    body, count = channel_logs(registry, registry.channel("ch"), 100)
     assert count == 2
     assert body == (
         b"52 <134>1 2012-12-10T03:00:01Z host app web.1 - line 1\n"
         b"52 <134>1 2012-12-10T03:00:02Z host app web.1 - line 2\n"
     )
+
+
+async def test_history_is_the_newest_history_messages_of_a_deeper_buffer():
+    registry = make(history_messages=5, buffer_messages=50)
+    registry.route(parse_frames([frame(i) for i in range(30)]))
+    ch = registry.channel("ch")
+    assert len(ch.ring) == 30  # drains and tails can still catch up on all 30
+    chunks = await collect(stream_session(registry, ch, SessionParams("ch", num=100)), 9)
+    assert chunks == [b"".join(line(i) for i in range(25, 30))]
+    body, count = channel_logs(registry, ch, 100)
+    assert count == 5 and body.count(b"\n") == 5

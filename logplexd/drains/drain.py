@@ -32,8 +32,9 @@ CRASH_RESTART_SECONDS = 5.0
 class DrainSettings:
     syslog_connect_timeout: float = 4.0
     syslog_send_timeout: float = 4.0
-    # Bytes of octet-counted frames per write.
-    syslog_batch_bytes: int = 256 * 1024
+    # Bytes of octet-counted frames per write. One drain turn must be able to carry what
+    # several inputs' reads (128 KB each) brought in one scheduling round, or it falls behind.
+    syslog_batch_bytes: int = 1024 * 1024
     syslog_backoff_cap: float = 300.0
     http_connect_timeout: float = 3.0
     http_request_timeout: float = 5.0
@@ -43,7 +44,7 @@ class DrainSettings:
     http_backoff_cap: float = 30.0
     max_response_body: int = 1 << 20
     # Messages taken from the ring at a time (the one batch a drain holds).
-    read_max_messages: int = 4096
+    read_max_messages: int = 16384
     shutdown_grace: float = 5.0
 
 

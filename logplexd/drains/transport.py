@@ -34,6 +34,9 @@ class TlsContexts:
         return self._verifying
 
 
+DRAIN_SEND_BUFFER = 4 * 1024 * 1024
+
+
 async def open_drain_stream(
     target: DrainTarget, tls: TlsContexts, *, connect_timeout: float
 ) -> trio.abc.Stream:
@@ -47,6 +50,9 @@ async def open_drain_stream(
         try:
             # Notices a peer that vanished without a FIN on a long-idle connection.
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            # A drain gets one write per scheduling round while every busy input gets a read:
+            # a large kernel buffer lets that one write take a whole round's worth.
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DRAIN_SEND_BUFFER)
             if not target.uses_tls:
                 return tcp
             stream = trio.SSLStream(
