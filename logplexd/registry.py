@@ -21,7 +21,7 @@ DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
 class Channel:
     """A channel as the data plane sees it: its ring, its token ids, and its waiters."""
 
-    __slots__ = ("name", "ring", "tokens", "_appended")
+    __slots__ = ("name", "ring", "tokens", "_appended", "_deep", "_deep_at")
 
     def __init__(self, name: str, ring: ChannelRing) -> None:
         self.name = name
@@ -29,11 +29,26 @@ class Channel:
         self.tokens: set[str] = set()
         # Created by the first waiter only: most channels never have a tail or a drain.
         self._appended: trio.Event | None = None
+        # Waiters that only care once the ring's head reaches _deep_at (lingering drains).
+        self._deep: trio.Event | None = None
+        self._deep_at = 0
 
     def notify(self) -> None:
         event, self._appended = self._appended, None
         if event is not None:
             event.set()
+        if self._deep is not None and self.ring.head >= self._deep_at:
+            deep, self._deep = self._deep, None
+            deep.set()
+
+    async def wait_head(self, target: int) -> None:
+        """Return once the ring's head is at least ``target`` (woken no earlier)."""
+        while self.ring.head < target:
+            if self._deep is None:
+                self._deep, self._deep_at = trio.Event(), target
+            else:
+                self._deep_at = min(self._deep_at, target)
+            await self._deep.wait()
 
     async def wait_appended(self) -> None:
         if self._appended is None:

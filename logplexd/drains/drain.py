@@ -45,6 +45,10 @@ class DrainSettings:
     max_response_body: int = 1 << 20
     # Messages taken from the ring at a time (the one batch a drain holds).
     read_max_messages: int = 16384
+    # A drain with fewer than linger_messages waiting gathers for up to linger seconds
+    # before it writes (bounded latency for far fewer writes and wake-ups).
+    linger: float = 0.02
+    linger_messages: int = 1024
     shutdown_grace: float = 5.0
 
 

@@ -145,8 +145,13 @@ class DrainFeed:
         return channel is not None and self._read_limit(channel) > self.cursor
 
     # -- waiting ------------------------------------------------------------------------
-    async def wait_for_data(self) -> bool:
-        """Block until there is something to deliver; False once a flush has nothing left."""
+    async def wait_for_data(self, linger: float = 0.0, linger_messages: int = 0) -> bool:
+        """Block until there is something to deliver; False once a flush has nothing left.
+
+        With ``linger``, a small backlog (under ``linger_messages``) waits that long for
+        more before it is sent: a drain of a quiet channel then writes a few times a second
+        instead of once per routed batch, which is what lets thousands of drains share a core.
+        """
         while not self.has_data():
             if self._flush_until is not None:
                 return False
@@ -156,6 +161,19 @@ class DrainFeed:
                     await trio.sleep(CHANNEL_POLL_SECONDS)
                 else:
                     await channel.wait_appended()
+            self._wait_scope = None
+        if (
+            linger > 0
+            and self._flush_until is None
+            and self.cached is None
+            and self.pending_messages == 0
+            and self.backlog < linger_messages
+        ):
+            channel = self.channel
+            assert channel is not None
+            with trio.CancelScope() as self._wait_scope, trio.move_on_after(linger):
+                # A burst ends the wait at once: lingering must never cost a lapped ring.
+                await channel.wait_head(max(self.cursor, channel.ring.tail) + linger_messages)
             self._wait_scope = None
         return True
 

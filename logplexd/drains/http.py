@@ -145,7 +145,7 @@ class HttpDrain:
         # Consecutive failed attempts, across batches: paces retries against a dead endpoint.
         failures = 0
         while True:
-            if not await feed.wait_for_data():
+            if not await feed.wait_for_data(settings.linger, settings.linger_messages):
                 return
             payload = self._next_payload()
             if payload is None:

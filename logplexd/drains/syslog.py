@@ -88,7 +88,7 @@ class SyslogDrain:
 
     async def _write_loop(self, stream: trio.abc.Stream) -> None:
         drain, feed, settings = self.drain, self.drain.feed, self.drain.settings
-        while await feed.wait_for_data():
+        while await feed.wait_for_data(settings.linger, settings.linger_messages):
             payload = feed.build_payload(
                 self._encode,
                 self._loss_notice,
