@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from ._logging import configure_logging
 from .api import ControlApi
 from .api.routing import Match
 from .config import Settings, ensure_auth_key, load_settings
@@ -126,6 +127,7 @@ class Daemon:
                 public_url=s.resolved_public_url(),
                 max_drains_per_channel=s.max_drains_per_channel,
             )
+            self.api.drain_stats = self._drain_stats
             add = self.api.add_route
             reads = ReadRoutes(store, self.registry)
             add(
@@ -173,6 +175,22 @@ class Daemon:
         if socks:
             return trio_listeners(socks)
         return await trio.open_tcp_listeners(port, host=host)
+
+    def _drain_stats(self, channel: str) -> dict[int, dict[str, object]]:
+        public = (
+            "state",
+            "delivered",
+            "dropped",
+            "retried",
+            "lost",
+            "buffered",
+            "last_error",
+            "last_error_at",
+        )
+        return {
+            stats.drain_id: {key: getattr(stats, key) for key in public}
+            for stats in self.drains.channel_stats(channel)
+        }
 
     async def _serve_listeners(
         self, inherited: Mapping[str, list[Any]], *, task_status: trio.TaskStatus[BoundPorts]
@@ -444,10 +462,7 @@ async def run_until_signalled(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> int:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(getattr(logging, settings.log_level.upper(), logging.INFO))
     try:
         trio.run(run_until_signalled, settings)
     except BaseException as exc:

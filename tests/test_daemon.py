@@ -347,3 +347,37 @@ async def test_shutdown_flushes_drains_within_the_deadline(tmp_path):
         # Every message the ring held was delivered before the daemon let go.
         assert sink.messages() == 1000
         nursery.cancel_scope.cancel()
+
+
+async def test_channel_stats_only_when_asked(tmp_path):
+    from .test_drain_support import SyslogSink
+
+    daemon = Daemon(settings_for(tmp_path))
+    sink = SyslogSink()
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        await nursery.start(sink.serve)
+        with trio.fail_after(30):
+            _, _, body = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}',
+                api(ports, "/v3/channels/st"),
+            )
+            token = json.loads(body)["tokens"]["app"]
+            _, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d",
+                json.dumps({"url": f"syslog://127.0.0.1:{sink.port}/"}),
+                api(ports, "/v3/channels/st/drains"),
+            )
+            drain = json.loads(body)
+            feed = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+            await feed.send_all(frame(token, "one") + frame(token, "two"))
+            await sink.wait_for(lambda: sink.messages() >= 2)
+            _, _, plain = await curl(*AUTH, api(ports, "/v3/channels/st"))
+            assert json.loads(plain)["drains"] == [drain]  # the seed's body, untouched
+            status, _, body = await curl(*AUTH, api(ports, "/v3/channels/st?stats=1"))
+            stats = json.loads(body)["drains"][0]["stats"]
+            assert status == 200
+            assert stats["delivered"] == 2 and stats["dropped"] == 0
+            assert stats["state"] in ("connected", "ready", "idle", "sending")
+            await feed.aclose()
+        nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -115,6 +116,9 @@ class ControlApi:
         credential_checker: CredentialChecker | None = None,
     ) -> None:
         self.store = store
+        # Per-drain delivery figures for ``GET /v3/channels/{name}?stats=1`` (drain id ->
+        # stats), provided by whoever runs the drains; the default body never has them.
+        self.drain_stats: Callable[[str], dict[int, dict[str, Any]]] | None = None
         self.config = ApiConfig(
             auth_key=auth_key,
             public_url=public_url.rstrip("/"),
@@ -306,7 +310,13 @@ class ControlApi:
         name = params["channel"]
         if self.store.channel(name) is None:
             raise _reject(404, "channel not found")
-        return Response.json(200, self._v3_channel_json(name))
+        body = self._v3_channel_json(name)
+        wants_stats = request.query_params().get("stats", "").lower() in ("1", "true")
+        if wants_stats and self.drain_stats is not None and "drains" in body:
+            live = self.drain_stats(name)
+            for drain in body["drains"]:
+                drain["stats"] = live.get(drain["id"], {"state": "stopped"})
+        return Response.json(200, body)
 
     async def _delete_channel_v3(self, request: Request, params: Params) -> Response:
         name = params["channel"]
