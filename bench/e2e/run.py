@@ -671,6 +671,38 @@ def write_results(path: Path, section: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def write_chart(
+    path: Path, workloads: list[Workload], routers: list[str], summaries: dict
+) -> bool:
+    """Grouped bars of delivered msgs/s (log scale) per workload and router; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no chart (pip install matplotlib)")
+        return False
+    names = ["direct", *[r for r in routers if r != "direct"]]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        values = [summaries.get((name, wl.key), {}).get("rate", 0) for wl in workloads]
+        xs = [i + j * width for i in range(len(workloads))]
+        ax.bar(xs, values, width, label=name)
+    ax.set_yscale("log")
+    ax.set_ylabel("messages/s delivered at the sink")
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(workloads))])
+    ax.set_xticklabels([wl.key for wl in workloads], rotation=15)
+    ax.legend()
+    ax.set_title("TCP syslog in -> router -> syslog drain(s), loopback")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    log(f"wrote {path}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -805,6 +837,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             md,
         ] + [f"- {n}: {t}" for n, t in notes.items() if "/" not in n])  # fmt: skip
+        chart = args.results.parent / "e2e.png"
+        if write_chart(chart, workloads, routers, summaries):
+            section += f"\n\n![messages/s per router and workload]({chart.name})\n"
         write_results(args.results, section.rstrip("\n") + "\n")
         log(f"wrote {args.results}")
     return 1 if failed else 0
