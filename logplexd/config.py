@@ -120,6 +120,10 @@ class Settings:
     deny_tail_sessions: bool = False
     deny_drain_forwarding: bool = False
     deny_logs_ingress: bool = False
+    # Shared state (issue 11): None = the embedded store in data_dir; redis://HOST:PORT/DB.
+    store_url: str | None = None
+    # This node's name in Redis; None = "<hostname>:<api port>" (see resolved_node_id()).
+    node_id: str | None = None
     # Where the values came from; not configuration itself.
     config_file: Path | None = None
     sources: Mapping[str, str] = field(
@@ -137,6 +141,13 @@ class Settings:
     @property
     def auth_key_path(self) -> Path:
         return self.data_dir / AUTH_KEY_FILE
+
+    def resolved_node_id(self) -> str:
+        if self.node_id is not None:
+            return self.node_id
+        import socket
+
+        return f"{socket.gethostname()}:{self.api_addr.port}"
 
     def resolved_public_url(self, api_bound: Address | tuple[str, int] | None = None) -> str:
         """The URL clients reach the API at, without a trailing slash.
@@ -219,6 +230,40 @@ def _url(raw: object) -> str:
     if parts.query or parts.fragment:
         raise _Invalid("the URL must not have a query or fragment")
     return url
+
+
+def _store_url(raw: object) -> str | None:
+    from urllib.parse import urlsplit
+
+    if not isinstance(raw, str):
+        raise _Invalid("expected a string URL")
+    url = raw.strip()
+    if not url:
+        return None
+    if url.startswith("redis+cluster://"):
+        raise _Invalid("redis+cluster:// (Redis Cluster) is not supported yet; use redis://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _Invalid("expected redis://HOST:PORT/DB") from None
+    path = parts.path.strip("/")
+    if parts.scheme != "redis" or not parts.hostname or port is None:
+        raise _Invalid("expected redis://HOST:PORT/DB")
+    if (path and not (path.isdigit() and path.isascii())) or parts.query or parts.fragment:
+        raise _Invalid("expected redis://HOST:PORT/DB (DB a number, no query or fragment)")
+    return url
+
+
+def _node_id(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise _Invalid("expected a string")
+    name = raw.strip()
+    if not name or len(name) > 200 or not name.isascii() or not name.isprintable():
+        raise _Invalid("expected 1 to 200 printable ASCII characters")
+    if " " in name:
+        raise _Invalid("must not contain spaces")
+    return name
 
 
 def _int_in(lo: int, hi: int) -> Callable[[object], int]:
@@ -355,6 +400,10 @@ _SPECS: dict[str, _Spec] = {
     "deny_tail_sessions": _Spec(parse_bool, "control rod: no new tail sessions", "BOOL"),
     "deny_drain_forwarding": _Spec(parse_bool, "control rod: no drain delivery", "BOOL"),
     "deny_logs_ingress": _Spec(parse_bool, "control rod: POST /logs answers 503", "BOOL"),
+    "store_url": _Spec(
+        _store_url, "shared store, redis://HOST:PORT/DB (default: embedded in data_dir)", "URL"
+    ),
+    "node_id": _Spec(_node_id, "this node's name in the shared store", "NAME"),
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_SPECS)
@@ -390,6 +439,8 @@ def _show(raw: object) -> str:
 
 def _invalid(name: str, raw: object, source: str, reason: str) -> ConfigError:
     shown = "" if name in SECRET_NAMES else f" {_show(raw)}"
+    if name == "store_url" and "@" in str(raw):  # a Redis password in the userinfo
+        shown = f" {_show('****@' + str(raw).rpartition('@')[2])}"
     return ConfigError(f"logplexd: invalid {name}{shown} (from {source}): {reason}")
 
 
@@ -639,6 +690,8 @@ def render_effective(settings: Settings) -> str:
         if value is None:
             lines.append(f"# {name}: not set")
             continue
+        if name == "store_url" and "@" in value:
+            value = value.split("://", 1)[0] + "://****@" + value.rpartition("@")[2]
         lines.append(f"{name} = {_toml_value(value)}  # {comment}")
     if not settings.tls_enabled:
         lines.append("# TLS syslog listener disabled (tls_cert and tls_key not set)")

@@ -118,7 +118,7 @@ class Daemon:
         """Run until cancelled or ``shutdown()``; reports the bound ports once all listen."""
         s = self.settings
         inherited = listen_fds(self.environ, unset=self.environ is os.environ)
-        store = self.store = open_store(str(s.data_dir))
+        store = self.store = open_store(str(s.data_dir), s.store_url, node_id=s.resolved_node_id())
         try:
             self.api = ControlApi(
                 store,

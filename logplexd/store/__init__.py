@@ -1,11 +1,15 @@
 """Durable state of logplexd: channels, tokens, drains, credentials and sessions.
 
-``Store`` is the interface; ``open_store`` opens the embedded msgpack implementation.
+``Store`` is the interface; ``open_store`` opens the embedded msgpack implementation, or
+the shared Redis one when given a ``redis://`` URL (``store_url``).
 """
 
+from typing import Any, overload
+
+from . import embedded
 from .base import ChannelPut, Store, Subscriber
 from .drain_url import DrainKind, DrainUrl, InvalidDrainUrl, parse_drain_url, redact_url
-from .embedded import EmbeddedStore, open_store
+from .embedded import EmbeddedStore
 from .model import (
     SESSION_TTL_SECONDS,
     Channel,
@@ -32,7 +36,34 @@ from .model import (
     TokenAdded,
     TokenRemoved,
 )
+from .redis_store import RedisStore
 from .registry_sync import RegistryLike, attach_registry, load_registry
+
+
+@overload
+def open_store(data_dir: str, url: None = None, **options: Any) -> EmbeddedStore: ...
+
+
+@overload
+def open_store(data_dir: str, url: str | None, **options: Any) -> EmbeddedStore | RedisStore: ...
+
+
+def open_store(data_dir: str, url: str | None = None, **options: Any) -> EmbeddedStore | RedisStore:
+    """The store ``url`` names: empty or None is the embedded store in ``data_dir``;
+    ``redis://HOST:PORT/DB`` is one Redis (options: ``node_id``, ``prefix``, ``clock``).
+
+    A RedisStore holds nothing until its ``maintain`` task runs (it connects and loads).
+    """
+    if not url:
+        options.pop("node_id", None)
+        return embedded.open_store(data_dir, **options)
+    if url.startswith("redis://"):
+        try:
+            return RedisStore(url, **options)
+        except ValueError as exc:
+            raise StoreError(f"invalid store URL: {exc}") from None
+    raise StoreError("store URL must be empty (embedded) or redis://HOST:PORT/DB")
+
 
 __all__ = [
     "SESSION_TTL_SECONDS",
@@ -56,6 +87,7 @@ __all__ = [
     "EmbeddedStore",
     "InvalidDrainUrl",
     "RegistryLike",
+    "RedisStore",
     "Session",
     "Store",
     "StoreCorrupt",

@@ -1,0 +1,922 @@
+"""The shared store: configuration in one Redis, mirrored in memory on every node.
+
+Each node keeps the whole configuration in memory (the embedded store's ``_State``, so reads
+are the same O(1) dictionary look-ups) and follows a change stream in Redis, the way the
+original mirrored Redis into ETS with nsync.
+
+Keys (``P`` is the prefix, ``logplex`` by default). Every configuration key carries the one
+hash tag ``{cfg}``: a change touches records of several kinds plus the global change stream
+and the id counters, and it must be a single atomic step, which Redis Cluster only allows
+within one hash slot. Configuration is small (about 200 bytes a channel) and rarely written,
+so one slot is no limit; the per-channel message history, which is what needs sharding, will
+use one ``{ch:<name>}`` tag per channel (issue 11, not built yet)::
+
+    P:{cfg}:channels       hash  name     -> msgpack [label, flags]
+    P:{cfg}:tokens         hash  token id -> msgpack [channel, name, creation seq]
+    P:{cfg}:drains         hash  drain id -> msgpack [channel, drain token, url or nil]
+    P:{cfg}:creds          hash  cred id  -> msgpack [password hash, permissions, name]
+    P:{cfg}:sessions       hash  uuid     -> msgpack [body, expires at (unix time)]
+    P:{cfg}:channel_index  string  the v2 channel id counter (as Logplex's channel_index)
+    P:{cfg}:drain_index    string  the drain id counter (drain_index)
+    P:{cfg}:token_index    string  creation sequence of tokens (tokens_of keeps that order)
+    P:{cfg}:changes        stream  one entry per change: ops (msgpack), node, rid
+    P:{cfg}:version        string  id of the last change entry
+
+Writes are optimistic: a node validates a change against its in-memory copy exactly as the
+embedded store does and sends the resulting operations to a Lua script, which applies them
+and appends the change entry only if ``version`` still equals the last entry the node has
+applied. Otherwise the node reads the entries it missed, validates again and retries. So all
+writes are serialised by Redis, and validation (drain limits, duplicate destinations, names
+taken) never sees stale state. A write returns once the script has run: the change is in
+Redis (2xx means stored), and the writer's own events are published at once.
+
+Every node reads the change stream with a blocking XREAD and applies the entries to memory,
+publishing the same events as the embedded store. At start and after every reconnection it
+rebuilds memory from the hashes (HSCAN) plus the stream entries after the version it read
+first, then publishes the difference between the old and new memory as events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import msgpack
+import trio
+
+from .base import ChannelPut, Store, Subscriber
+from .drain_url import parse_drain_url
+from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, _State
+from .model import (
+    SESSION_TTL_SECONDS,
+    Channel,
+    ChannelAdded,
+    ChannelExists,
+    ChannelNotFound,
+    ChannelRemoved,
+    Credential,
+    CredentialExists,
+    Drain,
+    DrainAdded,
+    DrainExists,
+    DrainLimitReached,
+    DrainNotFound,
+    DrainRemoved,
+    DrainUpdated,
+    Session,
+    StoreError,
+    StoreEvent,
+    StoreUnavailable,
+    Token,
+    TokenAdded,
+    TokenRemoved,
+    new_drain_token,
+    new_session_id,
+    new_token_id,
+)
+
+if TYPE_CHECKING:
+    import coredis
+
+log = logging.getLogger("logplexd.store")
+
+DEFAULT_PREFIX = "logplex"
+# Change entries kept in the stream (approximate trimming: cheaper, and a node only needs
+# the entries since its last read, normally a handful).
+CHANGES_MAXLEN = 100_000
+# A write that Redis has not answered within this is reported as unavailable (503). It may
+# still have been applied; the change stream then brings it to every node all the same.
+WRITE_TIMEOUT = 5.0
+# Writes retried after losing the optimistic race this often before giving up.
+MAX_ATTEMPTS = 64
+# How long one blocking XREAD waits: bounds how late a node notices a silent Redis.
+READ_BLOCK_MS = 1000
+READ_BATCH = 1000
+SCAN_COUNT = 1000
+CONNECT_TIMEOUT = 2.0
+# Reconnection backoff: doubles from the first value up to the cap.
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 2.0
+
+_HASHES = ("channels", "tokens", "drains", "creds", "sessions")
+_COUNTER_KEYS = {CHANNEL_COUNTER: "channel_index", DRAIN_COUNTER: "drain_index"}
+
+# KEYS: 1 version, 2 changes, 3 token_index, 4.. the hashes and counters named in mutations.
+# ARGV: 1 expected version, 2 node id, 3 packed ops, 4 stream maxlen, 5 request id, then
+# groups of (command, key index, field, value): H = HSET, X = HDEL, M = counter max,
+# T = HSET of a token with its creation sequence appended.
+_COMMIT_LUA = """
+local current = redis.call('GET', KEYS[1]) or '0-0'
+if current ~= ARGV[1] then
+  return {0, current}
+end
+local i = 6
+while i <= #ARGV do
+  local cmd, key, field, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+  if cmd == 'H' then
+    redis.call('HSET', key, field, value)
+  elseif cmd == 'X' then
+    redis.call('HDEL', key, field)
+  elseif cmd == 'M' then
+    local old = tonumber(redis.call('GET', key) or '0')
+    if tonumber(value) > old then
+      redis.call('SET', key, value)
+    end
+  elseif cmd == 'T' then
+    local record = cmsgpack.unpack(value)
+    record[3] = redis.call('INCR', KEYS[3])
+    redis.call('HSET', key, field, cmsgpack.pack(record))
+  else
+    return redis.error_reply('unknown mutation ' .. cmd)
+  end
+  i = i + 4
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+  'ops', ARGV[3], 'node', ARGV[2], 'rid', ARGV[5])
+redis.call('SET', KEYS[1], id)
+return {1, id}
+"""
+
+
+def _pack(value: object) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(payload: bytes | str) -> Any:
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisUrl:
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_redis_url(url: str) -> RedisUrl:
+    """``redis://[[user]:password@]host[:port][/db]``; raises ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError("expected a redis:// URL")
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    path = parts.path.strip("/")
+    if path and not (path.isdigit() and path.isascii()):
+        raise ValueError("the database (the path) must be a number")
+    if parts.query or parts.fragment:
+        raise ValueError("the URL must not have a query or fragment")
+    port = parts.port or 6379  # raises ValueError when not a number or out of range
+    return RedisUrl(
+        parts.hostname,
+        port,
+        int(path or 0),
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import coredis.exceptions
+
+    return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+
+
+class _Lost(Exception):
+    """Redis did not answer; the reader reconnects and rebuilds."""
+
+
+class RedisStore(Store):
+    """Configuration in Redis; needs ``maintain`` running (it owns the connection)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_id: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] = time.time,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self._target = parse_redis_url(url)
+        self.node_id = node_id or f"pid-{uuid.uuid4().hex[:8]}"
+        self._clock = clock
+        self._write_timeout = write_timeout
+        tag = f"{prefix}:{{cfg}}:"
+        self._key_version = tag + "version"
+        self._key_changes = tag + "changes"
+        self._key_token_index = tag + "token_index"
+        self._key_sweep = tag + "session_sweep"
+        self._keys: dict[str, str] = {name: tag + name for name in _HASHES}
+        self._keys.update({c: tag + k for c, k in _COUNTER_KEYS.items()})
+        self._state = _State()
+        self._applied = "0-0"
+        self._subscribers: list[Subscriber] = []
+        self._failure: str | None = "Redis not reached yet"
+        self._closed = False
+        self._client: coredis.Redis[bytes] | None = None
+        self._script: Any = None
+        self._write_lock = trio.Lock()
+        # Request ids of writes in flight, and those of them seen in the change stream: a
+        # write whose reply was lost but which did reach Redis counts as done.
+        self._in_flight: dict[str, bool] = {}
+        # Set when Redis comes (back), so that waiting code (tests, health) can tell.
+        self.connected = trio.Event()
+        self.rebuilds = 0
+
+    # -- reads (all from memory) -------------------------------------------------------------
+    def channel(self, name: str) -> Channel | None:
+        return self._state.channels.get(name)
+
+    def channels(self) -> Iterator[Channel]:
+        return iter(list(self._state.channels.values()))
+
+    def token(self, token_id: str) -> Token | None:
+        return self._state.tokens.get(token_id)
+
+    def tokens(self) -> Iterator[Token]:
+        return iter(list(self._state.tokens.values()))
+
+    def tokens_of(self, channel: str) -> list[Token]:
+        return list(self._state.tokens_by_channel.get(channel, {}).values())
+
+    def drain(self, drain_id: int) -> Drain | None:
+        return self._state.drains.get(drain_id)
+
+    def drains(self) -> Iterator[Drain]:
+        return iter(list(self._state.drains.values()))
+
+    def drains_of(self, channel: str) -> list[Drain]:
+        return sorted(self._state.drains_by_channel.get(channel, {}).values(), key=lambda d: d.id)
+
+    def credential(self, cred_id: str) -> Credential | None:
+        return self._state.credentials.get(cred_id)
+
+    def credentials(self) -> Iterator[Credential]:
+        return iter(list(self._state.credentials.values()))
+
+    def session(self, session_id: str) -> Session | None:
+        session = self._state.sessions.get(session_id)
+        if session is None or session.expires_at <= self._clock():
+            return None
+        return session
+
+    @property
+    def failure(self) -> str | None:
+        if self._closed:
+            return "store is closed"
+        return self._failure
+
+    @property
+    def applied_version(self) -> str:
+        """Id of the last change entry applied to memory."""
+        return self._applied
+
+    # -- writes --------------------------------------------------------------------------------
+    # Each write is a plan: a function of the in-memory state returning the operations and
+    # a function computing the result once they are applied. A plan runs again after the
+    # node has caught up with changes it lost the race against.
+    async def create_channel(
+        self,
+        name: str | None = None,
+        *,
+        label: str | None = None,
+        token_names: Sequence[str] = (),
+    ) -> tuple[Channel, list[Token]]:
+        def plan() -> tuple[list[Op], Callable[[], tuple[Channel, list[Token]]]]:
+            ops: list[Op] = []
+            chosen = name
+            if chosen is None:
+                number = self._state.counters[CHANNEL_COUNTER]
+                while True:
+                    number += 1
+                    if str(number) not in self._state.channels:
+                        break
+                chosen = str(number)
+                ops.append(["N", CHANNEL_COUNTER, number])
+            elif chosen in self._state.channels:
+                raise ChannelExists(chosen)
+            channel = Channel(chosen, label)
+            tokens = [Token(new_token_id(), chosen, t) for t in token_names]
+            ops.append(["C", chosen, label, []])
+            ops.extend(["T", t.id, t.channel, t.name] for t in tokens)
+            return ops, lambda: (channel, tokens)
+
+        return await self._transact(plan)
+
+    async def put_channel(self, name: str, token_names: Sequence[str]) -> ChannelPut:
+        wanted = list(dict.fromkeys(token_names))
+
+        def plan() -> tuple[list[Op], Callable[[], ChannelPut]]:
+            channel = self._state.channels.get(name)
+            created = channel is None
+            ops: list[Op] = []
+            if channel is None:
+                channel = Channel(name)
+                ops.append(["C", name, None, []])
+            existing = self.tokens_of(name)
+            ops.extend(["t", token.id] for token in existing if token.name not in wanted)
+            present = {token.name for token in existing}
+            ops.extend(["T", new_token_id(), name, t] for t in wanted if t not in present)
+            result_channel = channel
+            return ops, lambda: ChannelPut(created, result_channel, self.tokens_of(name))
+
+        return await self._transact(plan)
+
+    async def delete_channel(self, name: str) -> bool:
+        def plan() -> tuple[list[Op], Callable[[], bool]]:
+            if name not in self._state.channels:
+                return [], lambda: False
+            ops: list[Op] = [["d", drain.id] for drain in self.drains_of(name)]
+            ops.extend(["t", token.id] for token in self.tokens_of(name))
+            ops.append(["c", name])
+            return ops, lambda: True
+
+        return await self._transact(plan)
+
+    async def create_token(self, channel: str, name: str) -> Token:
+        def plan() -> tuple[list[Op], Callable[[], Token]]:
+            if channel not in self._state.channels:
+                raise ChannelNotFound(channel)
+            token = Token(new_token_id(), channel, name)
+            return [["T", token.id, channel, name]], lambda: token
+
+        return await self._transact(plan)
+
+    async def create_drain(self, channel: str, url: str | None, *, max_drains: int) -> Drain:
+        token = new_drain_token()
+
+        def plan() -> tuple[list[Op], Callable[[], Drain]]:
+            if channel not in self._state.channels:
+                raise ChannelNotFound(channel)
+            if url is not None:
+                self._check_drain_slot(channel, url, max_drains, replacing=None)
+            drain = Drain(self._state.counters[DRAIN_COUNTER] + 1, channel, token, url)
+            ops: list[Op] = [
+                ["N", DRAIN_COUNTER, drain.id],
+                ["D", drain.id, channel, drain.token, url],
+            ]
+            return ops, lambda: drain
+
+        return await self._transact(plan)
+
+    async def update_drain(
+        self, channel: str, drain_id: int, url: str, *, max_drains: int
+    ) -> Drain:
+        def plan() -> tuple[list[Op], Callable[[], Drain]]:
+            previous = self._state.drains.get(drain_id)
+            if previous is None or previous.channel != channel:
+                raise DrainNotFound(drain_id)
+            if previous.url == url:
+                return [], lambda: previous
+            self._check_drain_slot(channel, url, max_drains, replacing=previous)
+            drain = Drain(drain_id, channel, previous.token, url)
+            return [["D", drain.id, channel, drain.token, url]], lambda: drain
+
+        return await self._transact(plan)
+
+    def _check_drain_slot(
+        self, channel: str, url: str, max_drains: int, *, replacing: Drain | None
+    ) -> None:
+        # The embedded store's rule, word for word.
+        others = [
+            d
+            for d in self._state.drains_by_channel.get(channel, {}).values()
+            if d.url is not None and (replacing is None or d.id != replacing.id)
+        ]
+        if len(others) >= max_drains:
+            raise DrainLimitReached(channel)
+        key = parse_drain_url(url).key
+        for other in others:
+            try:
+                if parse_drain_url(other.url).key == key:  # type: ignore[arg-type]
+                    raise DrainExists(channel)
+            except ValueError:
+                continue
+
+    async def delete_drain(self, channel: str, drain_id: int) -> Drain | None:
+        def plan() -> tuple[list[Op], Callable[[], Drain | None]]:
+            drain = self._state.drains.get(drain_id)
+            if drain is None or drain.channel != channel:
+                return [], lambda: None
+            return [["d", drain_id]], lambda: drain
+
+        return await self._transact(plan)
+
+    async def create_session(
+        self, body: Mapping[str, Any], *, ttl: float = SESSION_TTL_SECONDS
+    ) -> Session:
+        session = Session(new_session_id(), dict(body), self._clock() + ttl)
+
+        def plan() -> tuple[list[Op], Callable[[], Session]]:
+            return [["S", session.id, session.body, session.expires_at]], lambda: session
+
+        return await self._transact(plan)
+
+    async def delete_session(self, session_id: str) -> bool:
+        def plan() -> tuple[list[Op], Callable[[], bool]]:
+            if session_id not in self._state.sessions:
+                return [], lambda: False
+            return [["s", session_id]], lambda: True
+
+        return await self._transact(plan)
+
+    async def add_credential(self, credential: Credential) -> None:
+        def plan() -> tuple[list[Op], Callable[[], None]]:
+            if credential.id in self._state.credentials:
+                raise CredentialExists(credential.id)
+            c = credential
+            return [["K", c.id, c.password_hash, list(c.permissions), c.name]], lambda: None
+
+        await self._transact(plan)
+
+    async def revoke_credential(self, cred_id: str) -> bool:
+        def plan() -> tuple[list[Op], Callable[[], bool]]:
+            if cred_id not in self._state.credentials:
+                return [], lambda: False
+            return [["k", cred_id]], lambda: True
+
+        return await self._transact(plan)
+
+    # -- the optimistic commit -------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        failure = self.failure
+        if failure is not None:
+            raise StoreUnavailable(failure)
+
+    async def _transact(self, plan: Callable[[], tuple[list[Op], Callable[[], Any]]]) -> Any:
+        self._check_writable()
+        errors = _redis_errors()
+        # As in the embedded store, a write whose request is cancelled still completes (it
+        # may already be in Redis); it is bounded by the write timeout instead.
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(self._write_timeout):
+                    async with self._write_lock:
+                        return await self._transact_locked(plan)
+            except _Lost as exc:
+                raise StoreUnavailable(f"Redis unreachable: {exc}") from None
+            except errors as exc:
+                raise StoreUnavailable(f"Redis unreachable: {_describe(exc)}") from None
+
+    async def _transact_locked(self, plan: Callable[[], tuple[list[Op], Callable[[], Any]]]) -> Any:
+        rid = uuid.uuid4().hex
+        self._in_flight[rid] = False
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                self._check_writable()
+                ops, finish = plan()
+                if not ops:
+                    return finish()
+                try:
+                    payload = _pack(ops)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise StoreError(f"value cannot be stored: {type(exc).__name__}") from None
+                client = self._require_client()
+                keys, args = self._mutations(ops)
+                expected = self._applied
+                reply = await self._script(
+                    keys=keys,
+                    args=[expected, self.node_id, payload, CHANGES_MAXLEN, rid, *args],
+                    client=client,
+                )
+                ok, entry_id = int(reply[0]), _text(reply[1])
+                if ok:
+                    self._apply_entry(entry_id, ops)
+                    return finish()
+                if _stream_id(entry_id) < _stream_id(expected):
+                    raise self._went_back(entry_id, expected)
+                # Another node wrote first: read what we missed, then plan again.
+                await self._catch_up()
+                if self._in_flight[rid]:
+                    return finish()
+            raise StoreUnavailable("too many concurrent writers; try again")
+        finally:
+            del self._in_flight[rid]
+
+    def _mutations(self, ops: list[Op]) -> tuple[list[str], list[Any]]:
+        keys = [self._key_version, self._key_changes, self._key_token_index]
+        index: dict[str, int] = {}
+
+        def key(name: str) -> int:
+            if name not in index:
+                keys.append(self._keys[name])
+                index[name] = len(keys)
+            return index[name]
+
+        args: list[Any] = []
+        for op in ops:
+            code = op[0]
+            if code == "C":
+                args += ["H", key("channels"), op[1], _pack([op[2], list(op[3])])]
+            elif code == "c":
+                args += ["X", key("channels"), op[1], ""]
+            elif code == "T":
+                args += ["T", key("tokens"), op[1], _pack([op[2], op[3]])]
+            elif code == "t":
+                args += ["X", key("tokens"), op[1], ""]
+            elif code == "D":
+                args += ["H", key("drains"), str(op[1]), _pack([op[2], op[3], op[4]])]
+            elif code == "d":
+                args += ["X", key("drains"), str(op[1]), ""]
+            elif code == "K":
+                args += ["H", key("creds"), op[1], _pack([op[2], op[3], op[4]])]
+            elif code == "k":
+                args += ["X", key("creds"), op[1], ""]
+            elif code == "S":
+                args += ["H", key("sessions"), op[1], _pack([op[2], op[3]])]
+            elif code == "s":
+                args += ["X", key("sessions"), op[1], ""]
+            elif code == "N":
+                args += ["M", key(op[1]), "", str(op[2])]
+            else:  # pragma: no cover - the plans above only make these
+                raise AssertionError(f"unknown operation {code!r}")
+        return keys, args
+
+    # -- applying change entries ---------------------------------------------------------------
+    def _apply_entry(self, entry_id: str, ops: list[Op], rid: str | None = None) -> None:
+        """Apply one change entry to memory and publish its events, once, in stream order."""
+        if _stream_id(entry_id) <= _stream_id(self._applied):
+            return
+        self._applied = entry_id
+        if rid is not None and rid in self._in_flight:
+            self._in_flight[rid] = True
+        events: list[StoreEvent] = []
+        now = self._clock()
+        for op in ops:
+            event = self._event_of(op)
+            self._state.apply(op, now)
+            if event is not None:
+                events.append(event)
+        self._publish(events)
+
+    def _event_of(self, op: Op) -> StoreEvent | None:
+        """The event an operation causes, judged on the state before it is applied."""
+        state, code = self._state, op[0]
+        if code == "C" and op[1] not in state.channels:
+            return ChannelAdded(Channel(op[1], op[2], tuple(op[3])))
+        if code == "c" and op[1] in state.channels:
+            return ChannelRemoved(op[1])
+        if code == "T" and op[1] not in state.tokens:
+            return TokenAdded(Token(op[1], op[2], op[3]))
+        if code == "t" and op[1] in state.tokens:
+            return TokenRemoved(state.tokens[op[1]])
+        if code == "D":
+            drain = Drain(op[1], op[2], op[3], op[4])
+            previous = state.drains.get(op[1])
+            if previous is None:
+                return DrainAdded(drain.channel, drain)
+            if previous != drain:
+                return DrainUpdated(drain.channel, drain, previous)
+        if code == "d" and op[1] in state.drains:
+            drain = state.drains[op[1]]
+            return DrainRemoved(drain.channel, drain)
+        return None
+
+    def _apply_stream_entries(self, entries: Sequence[Any]) -> None:
+        for entry in entries:
+            fields = entry.field_values
+            rid = fields.get(b"rid")
+            self._apply_entry(
+                _text(entry.identifier),
+                _unpack(fields[b"ops"]),
+                _text(rid) if rid is not None else None,
+            )
+
+    async def _catch_up(self) -> None:
+        client = self._require_client()
+        while True:
+            entries = await client.xrange(
+                self._key_changes, f"({self._applied}", "+", count=READ_BATCH
+            )
+            self._apply_stream_entries(entries)
+            if len(entries) < READ_BATCH:
+                return
+
+    def _publish(self, events: list[StoreEvent]) -> None:
+        for event in events:
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber(event)
+                except Exception:
+                    log.exception("store: subscriber failed on %s", type(event).__name__)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # -- rebuilding memory from Redis ------------------------------------------------------------
+    async def rebuild(self) -> None:
+        """Read the whole configuration from Redis, replace memory, publish the difference."""
+        # Writes wait meanwhile: one committed during the scan would otherwise be applied
+        # to the memory about to be replaced.
+        async with self._write_lock:
+            await self._rebuild_locked()
+
+    async def _rebuild_locked(self) -> None:
+        client = self._require_client()
+        started = time.monotonic()
+        now = self._clock()
+        version = _text(await client.get(self._key_version) or b"0-0")
+        state = _State()
+        for counter in (CHANNEL_COUNTER, DRAIN_COUNTER):
+            value = await client.get(self._keys[counter])
+            state.counters[counter] = int(value) if value else 0
+        tokens: list[tuple[int, Token]] = []
+        drains: list[Drain] = []
+        async for field, value in client.hscan_iter(self._keys["channels"], count=SCAN_COUNT):
+            label, flags = _unpack(value)
+            name = _text(field)
+            state.channels[name] = Channel(name, label, tuple(flags))
+        async for field, value in client.hscan_iter(self._keys["tokens"], count=SCAN_COUNT):
+            channel, name, seq = _unpack(value)
+            tokens.append((seq, Token(_text(field), channel, name)))
+        async for field, value in client.hscan_iter(self._keys["drains"], count=SCAN_COUNT):
+            channel, token, url = _unpack(value)
+            drains.append(Drain(int(field), channel, token, url))
+        async for field, value in client.hscan_iter(self._keys["creds"], count=SCAN_COUNT):
+            password_hash, permissions, name = _unpack(value)
+            cred_id = _text(field)
+            state.credentials[cred_id] = Credential(
+                cred_id, password_hash, tuple(permissions), name
+            )
+        async for field, value in client.hscan_iter(self._keys["sessions"], count=SCAN_COUNT):
+            body, expires_at = _unpack(value)
+            if expires_at > now:
+                session_id = _text(field)
+                state.sessions[session_id] = Session(session_id, body, expires_at)
+        tokens.sort(key=lambda pair: pair[0])
+        for _, token in tokens:
+            state._put_token(token)
+        for drain in sorted(drains, key=lambda d: d.id):
+            state._put_drain(drain)
+        # Changes made while scanning may or may not be in what was read: replaying every
+        # entry after the version read first settles each key they touched (each operation
+        # sets or deletes one key, so replaying one already seen changes nothing).
+        applied = version
+        while True:
+            entries = await client.xrange(self._key_changes, f"({applied}", "+", count=READ_BATCH)
+            for entry in entries:
+                for op in _unpack(entry.field_values[b"ops"]):
+                    state.apply(op, now)
+                applied = _text(entry.identifier)
+            if len(entries) < READ_BATCH:
+                break
+        old, self._state = self._state, state
+        self._applied = applied
+        self.rebuilds += 1
+        events = _difference(old, state)
+        log.info(
+            "store: loaded from Redis %s: %d channels, %d tokens, %d drains in %.3f s"
+            " (%d change events)",
+            self._target_text(),
+            len(state.channels),
+            len(state.tokens),
+            len(state.drains),
+            time.monotonic() - started,
+            len(events),
+        )
+        self._publish(events)
+
+    # -- the background task ---------------------------------------------------------------------
+    def _target_text(self) -> str:
+        t = self._target
+        return f"{t.host}:{t.port}/{t.db}"
+
+    def _require_client(self) -> coredis.Redis[bytes]:
+        if self._client is None:
+            raise _Lost("store is not running")
+        return self._client
+
+    def _new_client(self) -> coredis.Redis[bytes]:
+        import coredis
+        from coredis.retry import NoRetryPolicy
+
+        t = self._target
+        return coredis.Redis(
+            t.host,
+            t.port,
+            t.db,
+            username=t.username,
+            password=t.password,
+            connect_timeout=CONNECT_TIMEOUT,
+            stream_timeout=READ_BLOCK_MS / 1000 + self._write_timeout,
+            decode_responses=False,
+            client_name=f"logplexd:{self.node_id}",
+            # A lost connection must surface: the Redis behind it may be a new one (restarted
+            # without its data, failed over), after which memory is rebuilt, never trusted.
+            retry_policy=NoRetryPolicy(),
+        )
+
+    async def maintain(
+        self, *, interval: float = 60.0, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the Redis connection: load, then follow the change stream; run forever.
+
+        Reports started once the first load is done, or once it has failed (then it keeps
+        retrying with capped backoff, and writes fail with StoreUnavailable meanwhile).
+        """
+        client = self._new_client()
+        async with client:
+            self._client = client
+            self._script = client.register_script(_COMMIT_LUA)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await self._connect_once()
+                    task_status.started()
+                    nursery.start_soon(self._sweep_sessions, interval)
+                    await self._follow()
+            finally:
+                self._client = None
+                self._script = None
+
+    async def _connect_once(self) -> bool:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT + self._write_timeout):
+                await self.rebuild()
+        except (_Lost, StoreError) as exc:
+            self._lost(exc)
+            return False
+        except _redis_errors() as exc:
+            self._lost(exc)
+            return False
+        if self._failure is not None:
+            log.info("store: Redis %s reached (node %s)", self._target_text(), self.node_id)
+        self._failure = None
+        self.connected.set()
+        return True
+
+    def _lost(self, exc: BaseException) -> None:
+        how = "" if isinstance(exc, _Lost) else " unreachable"
+        reason = f"Redis {self._target_text()}{how}: {_describe(exc)}"
+        if self._failure is None or self._failure == "Redis not reached yet":
+            log.error("store: %s; reconnecting, control API writes answer 503", reason)
+        self._failure = reason
+        if self.connected.is_set():
+            self.connected = trio.Event()
+
+    async def _follow(self) -> None:
+        backoff = BACKOFF_FIRST
+        errors = _redis_errors()
+        while True:
+            if self._failure is not None:
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                if await self._connect_once():
+                    backoff = BACKOFF_FIRST
+                continue
+            client = self._require_client()
+            applied = self._applied
+            try:
+                with trio.fail_after(READ_BLOCK_MS / 1000 + self._write_timeout):
+                    found = await client.xread(
+                        {self._key_changes: applied},
+                        count=READ_BATCH,
+                        block=READ_BLOCK_MS,
+                    )
+                    # Far behind: the stream is trimmed to CHANGES_MAXLEN entries, so check
+                    # that the last entry applied is still there (no entries cut out between).
+                    entries = [e for batch in (found or {}).values() for e in batch]
+                    behind = (
+                        len(entries) >= READ_BATCH
+                        and applied != "0-0"
+                        and not await client.xrange(self._key_changes, applied, applied)
+                    )
+            except errors as exc:
+                self._lost(exc)
+                continue
+            if behind:
+                self._lost(_Lost("fell behind the trimmed change stream"))
+                continue
+            if entries:
+                self._apply_stream_entries(entries)
+                continue
+            # Quiet for a whole read: check that this is still the Redis we loaded from.
+            # (Every change applied here was in Redis before the GET is sent, so a lower
+            # version can only mean lost data; compare with what was applied at sending.)
+            applied = self._applied
+            try:
+                with trio.fail_after(self._write_timeout):
+                    version = _text(await client.get(self._key_version) or b"0-0")
+            except errors as exc:
+                self._lost(exc)
+                continue
+            if _stream_id(version) < _stream_id(applied):
+                self._went_back(version, applied)
+
+    def _went_back(self, version: str, applied: str) -> _Lost:
+        """Redis has fewer changes than this node applied: it lost data. Rebuild from it."""
+        lost = _Lost(f"Redis is at change {version}, behind {applied}: it lost data")
+        self._lost(lost)
+        return lost
+
+    async def _sweep_sessions(self, interval: float) -> None:
+        """Delete expired sessions from Redis; one node per interval does it (a lease)."""
+        errors: tuple[type[BaseException], ...] = (_Lost, StoreError, *_redis_errors())
+        while True:
+            await trio.sleep(interval)
+            self.expire_sessions()
+            try:
+                client = self._require_client()
+                if self._failure is None and await client.set(
+                    self._key_sweep, self.node_id, px=max(1, int(interval * 900)), condition=_nx()
+                ):
+                    await self.sweep_expired_sessions()
+            except errors as exc:
+                log.warning("store: session sweep failed: %s", _describe(exc))
+
+    async def sweep_expired_sessions(self) -> int:
+        """Remove the sessions that have expired from Redis (and every node's memory)."""
+        now = self._clock()
+
+        def plan() -> tuple[list[Op], Callable[[], int]]:
+            expired = [s.id for s in self._state.sessions.values() if s.expires_at <= now]
+            return [["s", session_id] for session_id in expired], lambda: len(expired)
+
+        result: int = await self._transact(plan)
+        return result
+
+    def expire_sessions(self) -> int:
+        """Forget expired sessions in memory (reads ignore them anyway)."""
+        now = self._clock()
+        expired = [s.id for s in self._state.sessions.values() if s.expires_at <= now]
+        for session_id in expired:
+            del self._state.sessions[session_id]
+        return len(expired)
+
+    async def compact(self) -> None:
+        """Nothing to compact: Redis persists (RDB/AOF) on its own."""
+
+    def close(self) -> None:
+        """Refuse further writes; the connection closes when ``maintain`` is cancelled."""
+        self._closed = True
+
+
+def _nx() -> Any:
+    from coredis.tokens import PureToken
+
+    return PureToken.NX
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+def _difference(old: _State, new: _State) -> list[StoreEvent]:
+    """Events that turn a subscriber's view of ``old`` into ``new``, in a valid order."""
+    events: list[StoreEvent] = []
+    for name in old.channels:
+        if name not in new.channels:
+            events.extend(
+                DrainRemoved(name, d)
+                for d in sorted(old.drains_by_channel.get(name, {}).values(), key=_drain_id)
+            )
+            events.extend(TokenRemoved(t) for t in old.tokens_by_channel.get(name, {}).values())
+            events.append(ChannelRemoved(name))
+    for drain_id, drain in old.drains.items():
+        if drain.channel in new.channels and drain_id not in new.drains:
+            events.append(DrainRemoved(drain.channel, drain))
+    for token_id, token in old.tokens.items():
+        if token.channel in new.channels and token_id not in new.tokens:
+            events.append(TokenRemoved(token))
+    for name, channel in new.channels.items():
+        if name not in old.channels:
+            events.append(ChannelAdded(channel))
+    for token_id, token in new.tokens.items():
+        if token_id not in old.tokens:
+            events.append(TokenAdded(token))
+    for drain_id, drain in sorted(new.drains.items()):
+        previous = old.drains.get(drain_id)
+        if previous is None:
+            events.append(DrainAdded(drain.channel, drain))
+        elif previous != drain:
+            events.append(DrainUpdated(drain.channel, drain, previous))
+    return events
+
+
+def _drain_id(drain: Drain) -> int:
+    return drain.id
