@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
+import trio
+
 from .native import channel_log_frames, l11_line, session_lines
 from .registry import Channel, Registry
 
@@ -19,6 +21,10 @@ DEFAULT_NUM = 100
 MAX_NUM = 1500
 TAIL_READ_MESSAGES = 1024
 TAIL_READ_BYTES = 256 * 1024
+# After a wake-up a tail gathers lines this long (unless this many are already waiting):
+# one chunk of many lines costs little more to send than a chunk of one.
+TAIL_LINGER_SECONDS = 0.01
+TAIL_LINGER_MESSAGES = 256
 
 
 class SessionParamError(ValueError):
@@ -93,8 +99,6 @@ async def stream_session(
         return
     last_read_at = wall_clock()
     while True:
-        if registry.channel(params.channel) is not channel:
-            return  # channel deleted (or replaced): the tail ends
         batch, cursor, lost = ring.read(cursor, TAIL_READ_MESSAGES, TAIL_READ_BYTES)
         now = wall_clock()
         if lost:
@@ -105,7 +109,11 @@ async def stream_session(
             if count:
                 yield lines
             continue
+        if registry.channel(params.channel) is not channel:
+            return  # channel deleted (or replaced): the tail ends once it has sent the rest
         await channel.wait_appended()
+        with trio.move_on_after(TAIL_LINGER_SECONDS):
+            await channel.wait_head(cursor + TAIL_LINGER_MESSAGES)
 
 
 def channel_logs(registry: Registry, channel: Channel, num: int) -> tuple[bytes, int]:

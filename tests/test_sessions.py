@@ -85,7 +85,9 @@ async def test_tail_streams_new_lines_and_ends_when_channel_is_deleted():
             registry.route(parse_frames([frame(4)]))
             await trio.testing.wait_all_tasks_blocked()
             registry.drop_channel("ch")
-    assert got == [line(1), line(2) + line(3), line(4)]
+    # Chunk boundaries depend on the tail's short linger; the bytes and their order do not.
+    assert b"".join(got) == line(1) + line(2) + line(3) + line(4)
+    assert got[0] == line(1)
 
 
 async def test_lapped_tail_gets_l11_with_exact_count_then_continues():
