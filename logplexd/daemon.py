@@ -38,7 +38,7 @@ from .logs_ingest import LogsIngest
 from .metrics import CONTENT_TYPE, Metrics
 from .platform import mount_platform
 from .registry import Registry
-from .rods import ROD_NAMES, GatedDrainManager, Rods, RodsApi, RodState, SessionRoute, TailSessions
+from .rods import ROD_NAMES, GatedDrainManager, Rods, RodsApi, RodState, TailSessions
 from .store import open_store
 from .store.base import Store
 from .store.model import StoreError
@@ -130,14 +130,8 @@ class Daemon:
             )
             self.api.drain_stats = self._drain_stats
             add = self.api.add_route
-            reads = ReadRoutes(store, self.registry)
-            add(
-                "GET",
-                "/sessions/{session_id}",
-                SessionRoute(store, self.registry, self.rods),
-                name="session.get",
-                auth=False,
-            )
+            reads = ReadRoutes(store, self.registry, self.rods)
+            add("GET", "/sessions/{session_id}", reads.session, name="session.get", auth=False)
             add("GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs")
             mount_platform(self.api, store, self.registry, data_dir=s.data_dir)
             rods_api = RodsApi(self.rods, lambda: self.settings.auth_key or "")

@@ -6,11 +6,18 @@ They translate ``Request``/``Response`` to the sans-IO cores in ``logs_ingest`` 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
 from .http.messages import Request, Response
 from .logs_ingest import LogsIngest
 from .registry import Registry
 from .sessions import SessionParamError, channel_logs, parse_session_params, stream_session
 from .store.base import Store
+
+if TYPE_CHECKING:
+    from .rods import Rods
 
 TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
 
@@ -37,9 +44,10 @@ class LogsListener:
 class ReadRoutes:
     """``GET /sessions/{uuid}`` (no auth: the uuid is the capability) and channel logs."""
 
-    def __init__(self, store: Store, registry: Registry) -> None:
+    def __init__(self, store: Store, registry: Registry, rods: Rods | None = None) -> None:
         self.store = store
         self.registry = registry
+        self.rods = rods
 
     async def session(self, request: Request, params: dict[str, str]) -> Response:
         session = self.store.session(params["session_id"])
@@ -52,7 +60,13 @@ class ReadRoutes:
         channel = self.registry.channel(wanted.channel)
         if channel is None:
             return Response.error(404, "Not found")
-        return Response.stream(200, stream_session(self.registry, channel, wanted), [TEXT_PLAIN])
+        rods = self.rods
+        if rods is not None and wanted.tail and rods.state.deny_tail_sessions:
+            wanted = dataclasses.replace(wanted, tail=False)
+        body: AsyncIterator[bytes] = stream_session(self.registry, channel, wanted)
+        if rods is not None and wanted.tail:
+            body = rods.tails.track(body)  # kill_tail_sessions ends what it tracks
+        return Response.stream(200, body, [TEXT_PLAIN])
 
     async def channel_logs(self, request: Request, params: dict[str, str]) -> Response:
         channel = self.registry.channel(params["channel"])

@@ -34,8 +34,6 @@ from .creds import decode_basic, key_matches, parse_basic
 from .drains import DrainManager, parse_drain_url
 from .http.messages import Request, Response
 from .registry import Registry
-from .sessions import SessionParamError, parse_session_params, stream_session
-from .store.base import Store
 
 log = logging.getLogger("logplexd.rods")
 
@@ -306,33 +304,6 @@ def _show(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-class SessionRoute:
-    """``GET /sessions/{uuid}`` with the rods: tails are tracked, and denied tails end early."""
-
-    def __init__(self, store: Store, registry: Registry, rods: Rods) -> None:
-        self.store = store
-        self.registry = registry
-        self.rods = rods
-
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
-        session = self.store.session(params["session_id"])
-        if session is None:
-            return Response.error(404, "Not found")
-        try:
-            wanted = parse_session_params(session.body)
-        except SessionParamError as exc:
-            return Response.error(400, str(exc))
-        channel = self.registry.channel(wanted.channel)
-        if channel is None:
-            return Response.error(404, "Not found")
-        if wanted.tail and self.rods.state.deny_tail_sessions:
-            wanted = dataclasses.replace(wanted, tail=False)
-        body: AsyncIterator[bytes] = stream_session(self.registry, channel, wanted)
-        if wanted.tail:
-            body = self.rods.tails.track(body)
-        return Response.stream(200, body, [TEXT_PLAIN])
-
-
 class RodsApi:
     """``GET /admin/rods`` and ``PUT /admin/rods`` (JSON object of rods; auth key only)."""
 
@@ -397,7 +368,6 @@ __all__ = [
     "RodState",
     "Rods",
     "RodsApi",
-    "SessionRoute",
     "TailSessions",
     "parse_changes",
 ]
