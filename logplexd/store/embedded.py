@@ -18,6 +18,7 @@ events of the whole batch in commit order.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -68,6 +69,11 @@ JOURNAL_FILE = "journal.lpj"
 LOCK_FILE = "lock"
 # Compact when the journal has grown past this and past the size of the last snapshot.
 DEFAULT_COMPACT_MIN_BYTES = 4 << 20
+# After a failed journal write (disk full, read-only, I/O error), ``maintain`` tries to
+# recover this often; writes are refused (503) until it succeeds.
+RECOVERY_INTERVAL = 1.0
+# Free space a recovery reserves (then gives back) to know that writes can succeed again.
+RECOVERY_PROBE_BYTES = 64 << 10
 
 CHANNEL_COUNTER = "channel"
 DRAIN_COUNTER = "drain"
@@ -205,7 +211,50 @@ def _unpack(payload: bytes) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=False)
 
 
-class EmbeddedStore(Store):
+class StateReads:
+    """The Store's read methods, answered from an in-memory ``_State`` (every backend has one)."""
+
+    _state: _State
+    _clock: Callable[[], float]
+
+    def channel(self, name: str) -> Channel | None:
+        return self._state.channels.get(name)
+
+    def channels(self) -> Iterator[Channel]:
+        return iter(list(self._state.channels.values()))
+
+    def token(self, token_id: str) -> Token | None:
+        return self._state.tokens.get(token_id)
+
+    def tokens(self) -> Iterator[Token]:
+        return iter(list(self._state.tokens.values()))
+
+    def tokens_of(self, channel: str) -> list[Token]:
+        return list(self._state.tokens_by_channel.get(channel, {}).values())
+
+    def drain(self, drain_id: int) -> Drain | None:
+        return self._state.drains.get(drain_id)
+
+    def drains(self) -> Iterator[Drain]:
+        return iter(list(self._state.drains.values()))
+
+    def drains_of(self, channel: str) -> list[Drain]:
+        return sorted(self._state.drains_by_channel.get(channel, {}).values(), key=_drain_id)
+
+    def credential(self, cred_id: str) -> Credential | None:
+        return self._state.credentials.get(cred_id)
+
+    def credentials(self) -> Iterator[Credential]:
+        return iter(list(self._state.credentials.values()))
+
+    def session(self, session_id: str) -> Session | None:
+        session = self._state.sessions.get(session_id)
+        if session is None or session.expires_at <= self._clock():
+            return None
+        return session
+
+
+class EmbeddedStore(StateReads, Store):
     def __init__(
         self,
         data_dir: str,
@@ -221,6 +270,7 @@ class EmbeddedStore(Store):
         self._state = _State()
         self._subscribers: list[Subscriber] = []
         self._failure: str | None = None
+        self._failed = trio.Event()  # set by _fail: wakes maintain() to recover
         self._lock_fd: int | None = None
         self._journal_fd: int | None = None
         self._journal_bytes = 0
@@ -230,6 +280,8 @@ class EmbeddedStore(Store):
         self._pending_events: list[StoreEvent] = []
         self._applied_seq = 0
         self._durable_seq = 0
+        # (after, upto] ranges of commit seqs thrown away by recover(): never acknowledged.
+        self._discarded: list[tuple[int, int]] = []
         self._commit_lock = trio.Lock()
         self._open()
 
@@ -302,42 +354,6 @@ class EmbeddedStore(Store):
         if self._wants_compaction():
             self._compact_files(self._encode_snapshot())
 
-    # -- reads -------------------------------------------------------------------------------
-    def channel(self, name: str) -> Channel | None:
-        return self._state.channels.get(name)
-
-    def channels(self) -> Iterator[Channel]:
-        return iter(list(self._state.channels.values()))
-
-    def token(self, token_id: str) -> Token | None:
-        return self._state.tokens.get(token_id)
-
-    def tokens(self) -> Iterator[Token]:
-        return iter(list(self._state.tokens.values()))
-
-    def tokens_of(self, channel: str) -> list[Token]:
-        return list(self._state.tokens_by_channel.get(channel, {}).values())
-
-    def drain(self, drain_id: int) -> Drain | None:
-        return self._state.drains.get(drain_id)
-
-    def drains(self) -> Iterator[Drain]:
-        return iter(list(self._state.drains.values()))
-
-    def drains_of(self, channel: str) -> list[Drain]:
-        return sorted(self._state.drains_by_channel.get(channel, {}).values(), key=_drain_id)
-
-    def credential(self, cred_id: str) -> Credential | None:
-        return self._state.credentials.get(cred_id)
-
-    def credentials(self) -> Iterator[Credential]:
-        return iter(list(self._state.credentials.values()))
-
-    def session(self, session_id: str) -> Session | None:
-        session = self._state.sessions.get(session_id)
-        if session is None or session.expires_at <= self._clock():
-            return None
-        return session
 
     @property
     def failure(self) -> str | None:
@@ -537,16 +553,22 @@ class EmbeddedStore(Store):
         # Once applied in memory the record must reach the disk (or fail the store), even if
         # the request that made it is cancelled: otherwise memory and disk would disagree.
         with trio.CancelScope(shield=True):
-            while self._durable_seq < seq:
-                if self._failure is not None:
-                    raise StoreUnavailable(self._failure)
+            while self._durable_seq < seq or self._was_discarded(seq):
+                if self._failure is not None or self._was_discarded(seq):
+                    raise StoreUnavailable(self._failure or "store failed during the write")
                 async with self._commit_lock:
-                    if self._durable_seq < seq:
+                    if self._durable_seq < seq and self._failure is None:
                         await self._flush_locked()
+
+    def _was_discarded(self, seq: int) -> bool:
+        return any(lo < seq <= hi for lo, hi in self._discarded)
 
     async def _flush_locked(self) -> None:
         if not self._pending:
             return
+        if self._failure is not None:
+            # Never append after a failed write: it may have left a torn record behind.
+            raise StoreUnavailable(self._failure)
         data = bytes(self._pending)
         events = self._pending_events
         upto = self._applied_seq
@@ -566,8 +588,79 @@ class EmbeddedStore(Store):
 
     def _fail(self, reason: str) -> None:
         if self._failure is None:
-            log.error("store: %s; refusing writes until restarted", reason)
+            log.error("store: %s; refusing writes until it recovers", reason)
             self._failure = reason
+            self._failed.set()
+
+    async def recover(self) -> bool:
+        """After a write failure: forget what was never acknowledged and accept writes again.
+
+        A failed flush leaves memory ahead of the disk (writes apply to memory first) and
+        maybe a torn record on disk. Recovery cuts the journal back to its last durable
+        length, checks that there is room to write again, and reloads the state from disk,
+        so only acknowledged changes remain. Returns False while the disk still fails.
+        """
+        if self._failure is None:
+            return True
+        if self._journal_fd is None:
+            return False
+        async with self._commit_lock:
+            try:
+                fd, state, length = await trio.to_thread.run_sync(self._reopen_from_disk)
+            except (OSError, StoreCorrupt) as exc:
+                log.warning("store: still failing (%s)", exc)
+                return False
+            old_fd, self._journal_fd = self._journal_fd, fd
+            with contextlib.suppress(OSError):
+                os.close(old_fd)
+            self._state = state
+            self._journal_bytes = length
+            self._pending = bytearray()
+            self._pending_events = []
+            if self._applied_seq > self._durable_seq:
+                self._discarded.append((self._durable_seq, self._applied_seq))
+            self._durable_seq = self._applied_seq
+            log.warning("store: recovered from %r; accepting writes again", self._failure)
+            self._failure = None
+            self._failed = trio.Event()
+        return True
+
+    def _reopen_from_disk(self) -> tuple[int, _State, int]:
+        """A new journal fd cut to the durable length, and the state on disk (in a thread)."""
+        now = self._clock()
+        fd = os.open(self._journal_path, os.O_WRONLY)
+        try:
+            size = os.fstat(fd).st_size
+            durable = min(size, self._journal_bytes)
+            os.ftruncate(fd, durable)
+            try:
+                os.posix_fallocate(fd, durable, RECOVERY_PROBE_BYTES)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+            os.ftruncate(fd, durable)
+            os.fsync(fd)
+            state = _State()
+            try:
+                snapshot = files.read_snapshot(self._snapshot_path)
+                scan = files.read_journal(self._journal_path)
+            except files.FormatError as exc:
+                raise StoreCorrupt(str(exc)) from None
+            if scan is None or scan.valid_length == 0:
+                raise StoreCorrupt(f"{self._journal_path} has no header")
+            if snapshot is not None:
+                state.load_snapshot(snapshot, now)
+            for payload in scan.records:
+                for op in _unpack(payload):
+                    state.apply(op, now)
+            if scan.valid_length != durable:
+                os.ftruncate(fd, scan.valid_length)
+                os.fsync(fd)
+            os.lseek(fd, 0, os.SEEK_END)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, state, scan.valid_length
 
     def _publish(self, events: list[StoreEvent]) -> None:
         for event in events:
@@ -639,8 +732,16 @@ class EmbeddedStore(Store):
     ) -> None:
         """Run forever: expire sessions, compact once the journal has grown."""
         task_status.started()
+        next_run = trio.current_time() + interval
         while True:
-            await trio.sleep(interval)
+            with trio.move_on_at(next_run):
+                await self._failed.wait()
+            if self._failure is not None:
+                # Not at once: a disk that just filled up stays full for a while.
+                await trio.sleep(RECOVERY_INTERVAL)
+                await self.recover()
+                continue
+            next_run = trio.current_time() + interval
             self.expire_sessions()
             if self._failure is None and self._wants_compaction():
                 try:

@@ -42,7 +42,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -52,7 +52,7 @@ import trio
 
 from .base import ChannelPut, Store, Subscriber
 from .drain_url import parse_drain_url
-from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, _State
+from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, StateReads, _State
 from .model import (
     SESSION_TTL_SECONDS,
     Channel,
@@ -202,7 +202,7 @@ class _Lost(Exception):
     """Redis did not answer; the reader reconnects and rebuilds."""
 
 
-class RedisStore(Store):
+class RedisStore(StateReads, Store):
     """Configuration in Redis; needs ``maintain`` running (it owns the connection)."""
 
     def __init__(
@@ -241,42 +241,6 @@ class RedisStore(Store):
         self.connected = trio.Event()
         self.rebuilds = 0
 
-    # -- reads (all from memory) -------------------------------------------------------------
-    def channel(self, name: str) -> Channel | None:
-        return self._state.channels.get(name)
-
-    def channels(self) -> Iterator[Channel]:
-        return iter(list(self._state.channels.values()))
-
-    def token(self, token_id: str) -> Token | None:
-        return self._state.tokens.get(token_id)
-
-    def tokens(self) -> Iterator[Token]:
-        return iter(list(self._state.tokens.values()))
-
-    def tokens_of(self, channel: str) -> list[Token]:
-        return list(self._state.tokens_by_channel.get(channel, {}).values())
-
-    def drain(self, drain_id: int) -> Drain | None:
-        return self._state.drains.get(drain_id)
-
-    def drains(self) -> Iterator[Drain]:
-        return iter(list(self._state.drains.values()))
-
-    def drains_of(self, channel: str) -> list[Drain]:
-        return sorted(self._state.drains_by_channel.get(channel, {}).values(), key=lambda d: d.id)
-
-    def credential(self, cred_id: str) -> Credential | None:
-        return self._state.credentials.get(cred_id)
-
-    def credentials(self) -> Iterator[Credential]:
-        return iter(list(self._state.credentials.values()))
-
-    def session(self, session_id: str) -> Session | None:
-        session = self._state.sessions.get(session_id)
-        if session is None or session.expires_at <= self._clock():
-            return None
-        return session
 
     @property
     def failure(self) -> str | None:
