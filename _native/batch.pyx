@@ -33,7 +33,8 @@ cdef class Batch:
     cdef int reserve(self, Py_ssize_t more_bytes, Py_ssize_t more_recs) except -1:
         cdef Py_ssize_t want
         cdef void* p
-        if self.nbytes + more_bytes > self.buf_cap:
+        # Allocate on first use even for 0 bytes: memcpy/offsets on a NULL buf are UB (UBSan).
+        if self.buf == NULL or self.nbytes + more_bytes > self.buf_cap:
             want = max(self.buf_cap * 2, self.nbytes + more_bytes, 256)
             p = PyMem_Realloc(self.buf, want)
             if p == NULL:

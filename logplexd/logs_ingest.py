@@ -115,9 +115,7 @@ class LogsIngest:
             rejected[response.status] = rejected.get(response.status, 0) + 1
         return response
 
-    async def _handle(
-        self, method: str, headers: Mapping[str, str], body: bytes
-    ) -> LogsResponse:
+    async def _handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
         if method != "POST":
             resp = _error(405, "Method Not Allowed", auth_header=False)
             resp.headers.append(("allow", "POST"))

@@ -90,9 +90,7 @@ async def stream_session(
     """
     ring = channel.ring
     cursor = ring.head
-    history, count = session_lines(
-        registry.history(channel), params.ps, params.source, params.num
-    )
+    history, count = session_lines(registry.history(channel), params.ps, params.source, params.num)
     if count:
         yield history
     if not params.tail:

@@ -354,7 +354,6 @@ class EmbeddedStore(StateReads, Store):
         if self._wants_compaction():
             self._compact_files(self._encode_snapshot())
 
-
     @property
     def failure(self) -> str | None:
         return self._failure

@@ -241,7 +241,6 @@ class RedisStore(StateReads, Store):
         self.connected = trio.Event()
         self.rebuilds = 0
 
-
     @property
     def failure(self) -> str | None:
         if self._closed:

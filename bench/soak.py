@@ -1,0 +1,435 @@
+"""Soak: run the whole daemon for a set time under steady, messy load; watch for leaks.
+
+    python bench/soak.py [--seconds 600] [--out bench/soak-out] [--tcp-rate 2000] ...
+
+In one process (the daemon plus its clients, all on loopback):
+- 100 channels; a steady offered load over TCP syslog (octet-counted) and HTTP POST /logs;
+- drains on some channels pointing at local syslog sinks that flap: up, slow, down;
+- live tail sessions that connect, read for a while and disconnect;
+- control-API churn: channels and drains created and deleted all the time.
+
+Every ``--sample`` seconds it records RSS, open descriptors, event-loop lag (worst timer
+overshoot) and counters into ``OUT/soak.csv`` (and ``OUT/soak.png`` when matplotlib is
+installed). It fails (exit 1) when, after warm-up, RSS or descriptors trend upward, or when
+any message is unaccounted for: for each long-lived drain, once the load stops and the sinks
+are back up, delivered + dropped + lost + still buffered must equal exactly the messages its
+channel received since the drain was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import random
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from logplexd.config import Address, Settings  # noqa: E402
+from logplexd.daemon import Daemon  # noqa: E402
+
+KEY = "soak-key"
+AUTH = f"Basic {KEY}"
+
+
+# -- small HTTP client ---------------------------------------------------------------------------
+async def http(port: int, method: str, path: str, body: bytes = b"", headers=()) -> tuple:
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head += f"Content-Length: {len(body)}\r\n"
+    for k, v in headers:
+        head += f"{k}: {v}\r\n"
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head.encode() + b"\r\n" + body)
+        out = bytearray()
+        with contextlib.suppress(trio.BrokenResourceError, OSError):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    head_b, _, rest = bytes(out).partition(b"\r\n\r\n")
+    status = int(head_b.split(b" ", 2)[1]) if head_b else 0
+    return status, rest
+
+
+API_HEADERS = (("Authorization", AUTH), ("Content-Type", "application/json"))
+
+
+def frame(token: str, text: str) -> bytes:
+    line = f"<134>1 2024-01-01T00:00:00.000000Z soak {token} web.1 - - {text}".encode()
+    return b"%d %s" % (len(line), line)
+
+
+# -- flapping drain sink ---------------------------------------------------------------------------
+class Sink:
+    """A syslog TCP sink on a fixed port cycling through up (read all), slow, down (closed)."""
+
+    PHASES = ("up", "slow", "down")
+
+    def __init__(self, flap: float) -> None:
+        self.flap = flap
+        self.phase = "up"
+        self.received = 0  # bytes
+        with contextlib.closing(socket.socket()) as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.hold_up = False
+
+    async def run(self, offset: float) -> None:
+        await trio.sleep(offset)
+        i = 0
+        while True:
+            self.phase = "up" if self.hold_up else self.PHASES[i % 3]
+            i += 1
+            if self.phase == "down":
+                await trio.sleep(self.flap)
+                continue
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            async with trio.open_nursery() as n:
+                n.start_soon(trio.serve_listeners, self._serve, listeners)
+                await trio.sleep(self.flap)
+                while self.hold_up and self.phase == "up":
+                    await trio.sleep(3600)  # held up until the soak ends
+                n.cancel_scope.cancel()
+            for listener in listeners:
+                with contextlib.suppress(trio.ClosedResourceError, OSError):
+                    await listener.aclose()
+
+    async def _serve(self, stream) -> None:
+        slow = self.phase == "slow"
+        with contextlib.suppress(trio.BrokenResourceError, OSError):
+            async with stream:
+                while data := await stream.receive_some(4096 if slow else 1 << 20):
+                    self.received += len(data)
+                    if slow:
+                        await trio.sleep(0.05)
+
+
+# -- the soak -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Counters:
+    tcp_sent: int = 0
+    http_sent: int = 0
+    http_errors: int = 0
+    sessions: int = 0
+    churn: int = 0
+    churn_errors: int = 0
+    lag_max: float = 0.0
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def soak(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="logplexd-soak-"))
+    loop = Address("127.0.0.1", 0)
+    settings = dataclasses.replace(
+        Settings(),
+        api_addr=loop,
+        logs_addr=loop,
+        syslog_addr=loop,
+        tls_syslog_addr=loop,
+        data_dir=data_dir,
+        auth_key=KEY,
+        log_level="warning",
+    )
+    daemon = Daemon(settings)
+    rng = random.Random(args.seed)
+    c = Counters()
+    rows: list[dict] = []
+    stop_load = trio.Event()
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        tokens: dict[str, str] = {}
+        for i in range(args.channels):
+            name = f"soak-{i}"
+            status, body = await http(
+                ports.api, "PUT", f"/v3/channels/{name}", b'{"tokens":["app"]}', API_HEADERS
+            )
+            assert status == 201, (status, body)
+            tokens[name] = json.loads(body)["tokens"]["app"]
+        names = list(tokens)
+
+        # Long-lived drains on the first channels, at flapping sinks.
+        sinks = [Sink(args.flap) for _ in range(args.drains)]
+        drains: dict[int, tuple[str, int]] = {}  # drain id -> (channel, ring head at creation)
+        for i, sink in enumerate(sinks):
+            name = names[i]
+            url = json.dumps({"url": f"syslog://127.0.0.1:{sink.port}"}).encode()
+            status, body = await http(
+                ports.api, "POST", f"/v3/channels/{name}/drains", url, API_HEADERS
+            )
+            assert status == 201, (status, body)
+            drains[json.loads(body)["id"]] = (name, daemon.registry.channel(name).ring.head)
+            nursery.start_soon(sink.run, i * args.flap / len(sinks))
+
+        async def tcp_load() -> None:
+            streams = [await trio.open_tcp_stream("127.0.0.1", ports.syslog) for _ in range(4)]
+            per_tick = max(1, int(args.tcp_rate / 10))
+            seq = 0
+            while not stop_load.is_set():
+                t0 = trio.current_time()
+                buf = b"".join(
+                    frame(tokens[names[(seq + k) % len(names)]], f"tcp {seq + k}")
+                    for k in range(per_tick)
+                )
+                await streams[seq % len(streams)].send_all(buf)
+                seq += per_tick
+                c.tcp_sent += per_tick
+                await trio.sleep_until(t0 + 0.1)
+            for s in streams:
+                await s.aclose()
+
+        async def http_load() -> None:
+            per_tick = max(1, int(args.http_rate / 10))
+            seq = 0
+            while not stop_load.is_set():
+                t0 = trio.current_time()
+                name = names[seq % len(names)]
+                body = b"".join(frame(tokens[name], f"http {seq + k}") for k in range(per_tick))
+                auth = base64.b64encode(f"token:{tokens[name]}".encode()).decode()
+                status, _ = await http(
+                    ports.logs,
+                    "POST",
+                    "/logs",
+                    body,
+                    (
+                        ("Authorization", f"Basic {auth}"),
+                        ("Content-Type", "application/logplex-1"),
+                        ("Logplex-Msg-Count", str(per_tick)),
+                    ),
+                )
+                if status == 204:
+                    c.http_sent += per_tick
+                else:
+                    c.http_errors += 1
+                seq += 1
+                await trio.sleep_until(t0 + 0.1)
+
+        async def tails() -> None:
+            while not stop_load.is_set():
+                name = rng.choice(names)
+                body = json.dumps({"channel_id": name, "num": "10", "tail": "true"}).encode()
+                status, reply = await http(ports.api, "POST", "/v3/sessions", body, API_HEADERS)
+                if status == 201:
+                    path = "/" + json.loads(reply)["url"].split("/", 3)[3]
+                    c.sessions += 1
+                    with trio.move_on_after(rng.uniform(0.5, 3.0)):
+                        stream = await trio.open_tcp_stream("127.0.0.1", ports.api)
+                        async with stream:
+                            await stream.send_all(
+                                f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                            )
+                            while await stream.receive_some(65536):
+                                pass
+                await trio.sleep(0.2)
+
+        async def churn() -> None:
+            i = 0
+            while not stop_load.is_set():
+                name = f"churn-{i}"
+                i += 1
+                try:
+                    status, _ = await http(
+                        ports.api, "PUT", f"/v3/channels/{name}", b'{"tokens":["a"]}', API_HEADERS
+                    )
+                    url = json.dumps({"url": "syslog://127.0.0.1:9"}).encode()
+                    s2, _ = await http(
+                        ports.api, "POST", f"/v3/channels/{name}/drains", url, API_HEADERS
+                    )
+                    s3, _ = await http(
+                        ports.api, "DELETE", f"/v3/channels/{name}", headers=API_HEADERS
+                    )
+                    if status != 201 or s2 != 201 or s3 not in (200, 204):
+                        c.churn_errors += 1
+                    c.churn += 1
+                except OSError:
+                    c.churn_errors += 1
+                await trio.sleep(0.25)
+
+        async def lag() -> None:
+            while True:
+                t0 = trio.current_time()
+                await trio.sleep(0.05)
+                c.lag_max = max(c.lag_max, trio.current_time() - t0 - 0.05)
+
+        for task in (tcp_load, http_load, tails, churn, lag):
+            nursery.start_soon(task)
+
+        started = time.monotonic()
+        writer_f = open(out / "soak.csv", "w", newline="")  # noqa: SIM115
+        fields = [
+            "t",
+            "rss_kb",
+            "fds",
+            "lag_ms",
+            "tcp_sent",
+            "http_sent",
+            "http_errors",
+            "ingested",
+            "delivered",
+            "dropped",
+            "lost",
+            "buffered",
+            "sessions",
+            "churn",
+            "churn_errors",
+        ]
+        writer = csv.DictWriter(writer_f, fieldnames=fields)
+        writer.writeheader()
+
+        def sample() -> dict:
+            stats = [s for s in daemon.drains.stats() if s.drain_id in drains]
+            row = {
+                "t": round(time.monotonic() - started, 1),
+                "rss_kb": rss_kb(),
+                "fds": open_fds(),
+                "lag_ms": round(c.lag_max * 1000, 2),
+                "tcp_sent": c.tcp_sent,
+                "http_sent": c.http_sent,
+                "http_errors": c.http_errors,
+                "ingested": sum(daemon.registry.channel(n).ring.head for n in names),
+                "delivered": sum(s.delivered for s in stats),
+                "dropped": sum(s.dropped for s in stats),
+                "lost": sum(s.lost for s in stats),
+                "buffered": sum(s.buffered for s in stats),
+                "sessions": c.sessions,
+                "churn": c.churn,
+                "churn_errors": c.churn_errors,
+            }
+            c.lag_max = 0.0
+            rows.append(row)
+            writer.writerow(row)
+            writer_f.flush()
+            return row
+
+        while time.monotonic() - started < args.seconds:
+            await trio.sleep(args.sample)
+            row = sample()
+            print(
+                f"t={row['t']:>6}s rss={row['rss_kb'] / 1024:.1f}MB fds={row['fds']} "
+                f"lag={row['lag_ms']}ms in={row['ingested']} dlv={row['delivered']} "
+                f"drop={row['dropped']} lost={row['lost']} buf={row['buffered']}",
+                flush=True,
+            )
+
+        # Stop the load, bring every sink up, let the drains settle.
+        stop_load.set()
+        for sink in sinks:
+            sink.hold_up = True
+        settle_end = time.monotonic() + args.settle
+        while time.monotonic() < settle_end:
+            await trio.sleep(0.5)
+            stats = [s for s in daemon.drains.stats() if s.drain_id in drains]
+            if all(s.buffered == 0 for s in stats):
+                break
+        final = sample()
+        writer_f.close()
+
+        # Accounting, per drain, exactly.
+        problems: list[str] = []
+        for s in daemon.drains.stats():
+            if s.drain_id not in drains:
+                continue
+            channel, head0 = drains[s.drain_id]
+            received = daemon.registry.channel(channel).ring.head - head0
+            accounted = s.delivered + s.dropped + s.lost + s.buffered
+            if accounted != received:
+                problems.append(
+                    f"drain {s.drain_id} ({channel}): received {received}, delivered "
+                    f"{s.delivered} + dropped {s.dropped} + lost {s.lost} + buffered "
+                    f"{s.buffered} = {accounted}"
+                )
+        nursery.cancel_scope.cancel()
+
+    # Trends after warm-up: the last third against the middle third.
+    warm = [r for r in rows if r["t"] >= min(args.warmup, args.seconds / 3)]
+    if len(warm) >= 6:
+        third = len(warm) // 3
+        mid, last = warm[third : 2 * third], warm[2 * third :]
+
+        def mean(rs, key):
+            return sum(r[key] for r in rs) / len(rs)
+
+        rss_mid, rss_last = mean(mid, "rss_kb"), mean(last, "rss_kb")
+        fd_mid, fd_last = mean(mid, "fds"), mean(last, "fds")
+        if rss_last > rss_mid * 1.10 + 8 * 1024:
+            problems.append(f"RSS trends upward: {rss_mid / 1024:.1f} -> {rss_last / 1024:.1f} MB")
+        if fd_last > fd_mid + 16:
+            problems.append(f"descriptors trend upward: {fd_mid:.0f} -> {fd_last:.0f}")
+    else:
+        problems.append("too few samples after warm-up to judge trends")
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+        t = [r["t"] for r in rows]
+        axes[0].plot(t, [r["rss_kb"] / 1024 for r in rows])
+        axes[0].set_ylabel("RSS MB")
+        axes[1].plot(t, [r["fds"] for r in rows])
+        axes[1].set_ylabel("fds")
+        axes[2].plot(t, [r["lag_ms"] for r in rows])
+        axes[2].set_ylabel("loop lag ms")
+        axes[2].set_xlabel("s")
+        fig.savefig(out / "soak.png")
+        print(f"chart: {out / 'soak.png'}")
+    except ImportError:
+        print("matplotlib not installed: CSV only")
+
+    print(
+        f"soak {args.seconds:.0f} s: tcp {final['tcp_sent']} + http {final['http_sent']} sent, "
+        f"{final['ingested']} ingested; drains delivered {final['delivered']}, dropped "
+        f"{final['dropped']}, lost {final['lost']}, buffered {final['buffered']}; "
+        f"{final['sessions']} sessions, {final['churn']} churn cycles "
+        f"({final['churn_errors']} errors), http errors {final['http_errors']}; "
+        f"max loop lag {max(r['lag_ms'] for r in rows)} ms; csv {out / 'soak.csv'}"
+    )
+    for p in problems:
+        print("FAIL:", p)
+    print("PASS" if not problems else "FAILED")
+    return 1 if problems else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--out", default="bench/soak-out")
+    ap.add_argument("--channels", type=int, default=100)
+    ap.add_argument("--drains", type=int, default=6, help="long-lived flapping drains")
+    ap.add_argument("--tcp-rate", type=float, default=2000.0, help="msg/s over TCP")
+    ap.add_argument("--http-rate", type=float, default=500.0, help="msg/s over HTTP")
+    ap.add_argument("--flap", type=float, default=5.0, help="seconds per drain sink phase")
+    ap.add_argument("--sample", type=float, default=2.0)
+    ap.add_argument("--warmup", type=float, default=30.0)
+    ap.add_argument("--settle", type=float, default=30.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    sys.exit(trio.run(soak, args))
+
+
+if __name__ == "__main__":
+    main()
