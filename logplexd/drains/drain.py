@@ -48,7 +48,7 @@ class DrainSettings:
     # A drain with fewer than linger_messages waiting gathers for up to linger seconds
     # before it writes (bounded latency for far fewer writes and wake-ups).
     linger: float = 0.02
-    linger_messages: int = 1024
+    linger_messages: int = 256
     shutdown_grace: float = 5.0
 
 

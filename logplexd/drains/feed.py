@@ -22,6 +22,9 @@ from ..registry import Channel, Registry
 CHANNEL_POLL_SECONDS = 1.0
 
 
+# Only a drain whose last write was smaller than this lingers (see wait_for_data).
+LINGER_ONLY_BELOW_BYTES = 64 * 1024
+
 @dataclass(slots=True)
 class LossTracker:
     """Messages this drain never delivered (lapped or dropped) since the last L10 went out."""
@@ -91,6 +94,8 @@ class DrainFeed:
     pending_start: int = 0
     # The payload an adapter built and has not settled yet (HTTP retries reuse it).
     cached: Payload | None = None
+    # Size of the last payload built: a drain that just sent a big one is busy, not quiet.
+    last_payload_bytes: int = 0
     # Set by ``begin_flush``: deliver up to this sequence of this channel, then stop.
     _flush_until: tuple[Channel | None, int] | None = None
     _wait_scope: trio.CancelScope | None = None
@@ -164,6 +169,7 @@ class DrainFeed:
             self._wait_scope = None
         if (
             linger > 0
+            and self.last_payload_bytes < LINGER_ONLY_BELOW_BYTES
             and self._flush_until is None
             and self.cached is None
             and self.pending_messages == 0
@@ -239,6 +245,7 @@ class DrainFeed:
             if announced:
                 data = loss_notice(announced, self.loss.since, self.wall_clock()) + data
             self.cached = Payload(data, n, announced, batch, end)
+            self.last_payload_bytes = len(data)
             return self.cached
         return None
 
