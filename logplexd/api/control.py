@@ -83,6 +83,16 @@ def _is_text(value: object, limit: int) -> bool:
     return isinstance(value, str) and 0 < len(value) <= limit
 
 
+def _is_token_name(value: object) -> bool:
+    # A token's name replaces APP-NAME in every frame it routes (sessions, drains): a space
+    # or a control character (CR/LF) there would shift RFC 5424 fields or forge lines.
+    return (
+        _is_text(value, MAX_TOKEN_NAME)
+        and value.isprintable()  # type: ignore[union-attr]
+        and not any(ch.isspace() for ch in value)  # type: ignore[union-attr]
+    )
+
+
 def _tokens_map(tokens: list[Token]) -> dict[str, str]:
     return {t.name: t.id for t in sorted(tokens, key=lambda t: (t.name, t.id))}
 
@@ -257,7 +267,7 @@ class ControlApi:
         return Response.json(201, {"channel_id": int(channel.name), "tokens": _tokens_map(tokens)})
 
     def _token_names(self, value: object, message: str) -> list[str]:
-        if not isinstance(value, list) or not all(_is_text(n, MAX_TOKEN_NAME) for n in value):
+        if not isinstance(value, list) or not all(_is_token_name(n) for n in value):
             raise _reject(400, message)
         return value
 
@@ -329,7 +339,7 @@ class ControlApi:
     async def _create_token(self, channel: str, request: Request, status_missing: int) -> Token:
         body = _json_object(request)
         name = body.get("name")
-        if not isinstance(name, str) or not _is_text(name, MAX_TOKEN_NAME):
+        if not isinstance(name, str) or not _is_token_name(name):
             message = "NAME is a required field" if status_missing == 422 else "name is required"
             raise _reject(status_missing, message)
         try:
