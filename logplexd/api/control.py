@@ -86,11 +86,9 @@ def _is_text(value: object, limit: int) -> bool:
 def _is_token_name(value: object) -> bool:
     # A token's name replaces APP-NAME in every frame it routes (sessions, drains): a space
     # or a control character (CR/LF) there would shift RFC 5424 fields or forge lines.
-    return (
-        _is_text(value, MAX_TOKEN_NAME)
-        and value.isprintable()  # type: ignore[union-attr]
-        and not any(ch.isspace() for ch in value)  # type: ignore[union-attr]
-    )
+    if not isinstance(value, str) or not _is_text(value, MAX_TOKEN_NAME):
+        return False
+    return value.isprintable() and not any(ch.isspace() for ch in value)
 
 
 def _tokens_map(tokens: list[Token]) -> dict[str, str]:

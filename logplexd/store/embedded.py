@@ -212,10 +212,12 @@ def _unpack(payload: bytes) -> Any:
 
 
 class StateReads:
-    """The Store's read methods, answered from an in-memory ``_State`` (every backend has one)."""
+    """What every backend does the same way with its in-memory ``_State``: the Store's read
+    methods, the drain-slot rule checked before a write, and publishing committed changes."""
 
     _state: _State
     _clock: Callable[[], float]
+    _subscribers: list[Subscriber]
 
     def channel(self, name: str) -> Channel | None:
         return self._state.channels.get(name)
@@ -252,6 +254,41 @@ class StateReads:
         if session is None or session.expires_at <= self._clock():
             return None
         return session
+
+    def _check_drain_slot(
+        self, channel: str, url: str, max_drains: int, *, replacing: Drain | None
+    ) -> None:
+        others = [
+            d
+            for d in self._state.drains_by_channel.get(channel, {}).values()
+            if d.url is not None and (replacing is None or d.id != replacing.id)
+        ]
+        if len(others) >= max_drains:
+            raise DrainLimitReached(channel)
+        key = parse_drain_url(url).key
+        for other in others:
+            try:
+                if parse_drain_url(other.url).key == key:  # type: ignore[arg-type]
+                    raise DrainExists(channel)
+            except ValueError:
+                continue
+
+    def _publish(self, events: list[StoreEvent]) -> None:
+        for event in events:
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber(event)
+                except Exception:
+                    log.exception("store: subscriber failed on %s", type(event).__name__)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
 
 
 class EmbeddedStore(StateReads, Store):
@@ -475,24 +512,6 @@ class EmbeddedStore(StateReads, Store):
         )
         return drain
 
-    def _check_drain_slot(
-        self, channel: str, url: str, max_drains: int, *, replacing: Drain | None
-    ) -> None:
-        others = [
-            d
-            for d in self._state.drains_by_channel.get(channel, {}).values()
-            if d.url is not None and (replacing is None or d.id != replacing.id)
-        ]
-        if len(others) >= max_drains:
-            raise DrainLimitReached(channel)
-        key = parse_drain_url(url).key
-        for other in others:
-            try:
-                if parse_drain_url(other.url).key == key:  # type: ignore[arg-type]
-                    raise DrainExists(channel)
-            except ValueError:
-                continue
-
     async def delete_drain(self, channel: str, drain_id: int) -> Drain | None:
         self._check_writable()
         drain = self._state.drains.get(drain_id)
@@ -660,23 +679,6 @@ class EmbeddedStore(StateReads, Store):
             os.close(fd)
             raise
         return fd, state, scan.valid_length
-
-    def _publish(self, events: list[StoreEvent]) -> None:
-        for event in events:
-            for subscriber in list(self._subscribers):
-                try:
-                    subscriber(event)
-                except Exception:
-                    log.exception("store: subscriber failed on %s", type(event).__name__)
-
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._subscribers.remove(callback)
-
-        return unsubscribe
 
     # -- compaction and maintenance ----------------------------------------------------------------
     def _wants_compaction(self) -> bool:

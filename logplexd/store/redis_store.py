@@ -38,7 +38,6 @@ first, then publishes the difference between the old and new memory as events.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
@@ -51,7 +50,6 @@ import msgpack
 import trio
 
 from .base import ChannelPut, Store, Subscriber
-from .drain_url import parse_drain_url
 from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, StateReads, _State
 from .model import (
     SESSION_TTL_SECONDS,
@@ -64,8 +62,6 @@ from .model import (
     CredentialExists,
     Drain,
     DrainAdded,
-    DrainExists,
-    DrainLimitReached,
     DrainNotFound,
     DrainRemoved,
     DrainUpdated,
@@ -355,25 +351,6 @@ class RedisStore(StateReads, Store):
 
         return await self._transact(plan)
 
-    def _check_drain_slot(
-        self, channel: str, url: str, max_drains: int, *, replacing: Drain | None
-    ) -> None:
-        # The embedded store's rule, word for word.
-        others = [
-            d
-            for d in self._state.drains_by_channel.get(channel, {}).values()
-            if d.url is not None and (replacing is None or d.id != replacing.id)
-        ]
-        if len(others) >= max_drains:
-            raise DrainLimitReached(channel)
-        key = parse_drain_url(url).key
-        for other in others:
-            try:
-                if parse_drain_url(other.url).key == key:  # type: ignore[arg-type]
-                    raise DrainExists(channel)
-            except ValueError:
-                continue
-
     async def delete_drain(self, channel: str, drain_id: int) -> Drain | None:
         def plan() -> tuple[list[Op], Callable[[], Drain | None]]:
             drain = self._state.drains.get(drain_id)
@@ -572,23 +549,6 @@ class RedisStore(StateReads, Store):
             self._apply_stream_entries(entries)
             if len(entries) < READ_BATCH:
                 return
-
-    def _publish(self, events: list[StoreEvent]) -> None:
-        for event in events:
-            for subscriber in list(self._subscribers):
-                try:
-                    subscriber(event)
-                except Exception:
-                    log.exception("store: subscriber failed on %s", type(event).__name__)
-
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._subscribers.remove(callback)
-
-        return unsubscribe
 
     # -- rebuilding memory from Redis ------------------------------------------------------------
     async def rebuild(self) -> None:
