@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -81,6 +81,33 @@ def _json_object(request: Request) -> dict[str, Any]:
 
 def _is_text(value: object, limit: int) -> bool:
     return isinstance(value, str) and 0 < len(value) <= limit
+
+
+# How each API version words the store's refusals of a drain write (status, message).
+_V2_DRAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    ChannelNotFound: (404, "No such channel"),
+    DrainNotFound: (404, "Unknown drain."),
+    DrainLimitReached: (422, "You have already added the maximum number of drains allowed"),
+    DrainExists: (409, "Already exists"),
+}
+_V3_DRAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    ChannelNotFound: (404, "channel not found"),
+    DrainNotFound: (404, "drain not found"),
+    DrainLimitReached: (422, "maximum number of drains reached"),
+    DrainExists: (409, "already exists"),
+}
+
+
+async def _drain_write(
+    errors: dict[type[Exception], tuple[int, str]], write: Awaitable[Drain]
+) -> Drain:
+    try:
+        return await write
+    except (ChannelNotFound, DrainNotFound, DrainLimitReached, DrainExists) as exc:
+        for kind, (status, message) in errors.items():
+            if isinstance(exc, kind):
+                raise _reject(status, message) from None
+        raise
 
 
 def _is_token_name(value: object) -> bool:
@@ -385,18 +412,10 @@ class ControlApi:
         if self.store.channel(channel) is None:
             raise _reject(404, "No such channel")
         url = self._v2_drain_url(body)
-        try:
-            drain = await self.store.create_drain(
-                channel, url, max_drains=self.config.max_drains_per_channel
-            )
-        except ChannelNotFound:
-            raise _reject(404, "No such channel") from None
-        except DrainLimitReached:
-            raise _reject(
-                422, "You have already added the maximum number of drains allowed"
-            ) from None
-        except DrainExists:
-            raise _reject(409, "Already exists") from None
+        drain = await _drain_write(
+            _V2_DRAIN_ERRORS,
+            self.store.create_drain(channel, url, max_drains=self.config.max_drains_per_channel),
+        )
         self._log_drain("created", drain)
         return Response.json(201, _drain_json(drain))
 
@@ -406,18 +425,12 @@ class ControlApi:
         if self.store.channel(channel) is None:
             raise _reject(404, "No such channel")
         url = self._v2_drain_url(body)
-        try:
-            drain = await self.store.update_drain(
+        drain = await _drain_write(
+            _V2_DRAIN_ERRORS,
+            self.store.update_drain(
                 channel, int(params["drain_id"]), url, max_drains=self.config.max_drains_per_channel
-            )
-        except DrainNotFound:
-            raise _reject(404, "Unknown drain.") from None
-        except DrainLimitReached:
-            raise _reject(
-                422, "You have already added the maximum number of drains allowed"
-            ) from None
-        except DrainExists:
-            raise _reject(409, "Already exists") from None
+            ),
+        )
         self._log_drain("updated", drain)
         return Response.json(200, _drain_json(drain))
 
@@ -442,16 +455,10 @@ class ControlApi:
             if not isinstance(url, str):
                 raise _reject(400, "url must be a string")
             self._check_url(url, "invalid drain url: ")
-        try:
-            drain = await self.store.create_drain(
-                channel, url, max_drains=self.config.max_drains_per_channel
-            )
-        except ChannelNotFound:
-            raise _reject(404, "channel not found") from None
-        except DrainLimitReached:
-            raise _reject(422, "maximum number of drains reached") from None
-        except DrainExists:
-            raise _reject(409, "already exists") from None
+        drain = await _drain_write(
+            _V3_DRAIN_ERRORS,
+            self.store.create_drain(channel, url, max_drains=self.config.max_drains_per_channel),
+        )
         self._log_drain("reserved" if url is None else "created", drain)
         return Response.json(201, _drain_json(drain), [self._drain_location(drain)])
 
@@ -464,16 +471,12 @@ class ControlApi:
         if not isinstance(url, str):
             raise _reject(400, "url is required (a string)")
         self._check_url(url, "invalid drain url: ")
-        try:
-            drain = await self.store.update_drain(
+        drain = await _drain_write(
+            _V3_DRAIN_ERRORS,
+            self.store.update_drain(
                 channel, int(params["drain_id"]), url, max_drains=self.config.max_drains_per_channel
-            )
-        except DrainNotFound:
-            raise _reject(404, "drain not found") from None
-        except DrainLimitReached:
-            raise _reject(422, "maximum number of drains reached") from None
-        except DrainExists:
-            raise _reject(409, "already exists") from None
+            ),
+        )
         self._log_drain("updated", drain)
         return Response.json(200, _drain_json(drain))
 
