@@ -40,6 +40,7 @@ cdef class ChannelRing:
         self.evicted = 0
         self.rejected = 0
         self.epoch = 0
+        self.wake_at = 0
 
     def __dealloc__(self):
         PyMem_Free(self.slots)

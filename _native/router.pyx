@@ -159,10 +159,11 @@ cdef class TokenTable:
 
 
 def dispatch(Batch batch not None, TokenTable table not None):
-    """Route each frame by the token in its APP-NAME: (routed, unknown, touched rings).
+    """Route each frame by the token in its APP-NAME: (routed, unknown, rings to wake).
 
-    APP-NAME is replaced by the token's name in what the ring stores. ``touched`` lists
-    each ring that received messages once, in first-touch order, for waking its readers.
+    APP-NAME is replaced by the token's name in what the ring stores. The last item lists
+    once, in first-touch order, each ring that received messages and whose head reached
+    its ``wake_at``, for waking its readers.
     """
     global _dispatch_epoch
     cdef Py_ssize_t i, routed = 0, unknown = 0
@@ -188,7 +189,11 @@ def dispatch(Batch batch not None, TokenTable table not None):
             ring.epoch = _dispatch_epoch
             touched.append(ring)
         routed += 1
-    return routed, unknown, touched
+    cdef list wake = []
+    for ring in touched:
+        if ring.head >= ring.wake_at:
+            wake.append(ring)
+    return routed, unknown, wake
 
 
 def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing ring not None):

@@ -9,19 +9,32 @@ through these dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
 from .native import Batch, ChannelRing, TokenTable, dispatch, dispatch_to
 
+if TYPE_CHECKING:
+    from .drains.pump import AttachedWriter, DrainPump
+
 DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
 
 
-class Channel:
-    """A channel as the data plane sees it: its ring, its token ids, and its waiters."""
+NEVER = 2**64 - 1
 
-    __slots__ = ("name", "ring", "tokens", "_appended", "_deep", "_deep_at")
+
+class Channel:
+    """A channel as the data plane sees it: its ring, its token ids, and its waiters.
+
+    The ring's ``wake_at`` is kept at the lowest head any waiter needs, so the router only
+    calls ``notify`` for channels someone is waiting on (most channels have no reader).
+    """
+
+    __slots__ = (
+        "name", "ring", "tokens", "pumped", "pump", "pump_wake", "_appended", "_deep", "_deep_at"
+    )
 
     def __init__(self, name: str, ring: ChannelRing) -> None:
         self.name = name
@@ -32,6 +45,12 @@ class Channel:
         # Waiters that only care once the ring's head reaches _deep_at (lingering drains).
         self._deep: trio.Event | None = None
         self._deep_at = 0
+        # Drains whose connection the DrainPump writes (see drains/pump.py), that pump, and
+        # the head at which it wants to hear about this channel.
+        self.pumped: list[AttachedWriter] | None = None
+        self.pump: DrainPump | None = None
+        self.pump_wake = NEVER
+        ring.wake_at = NEVER
 
     def notify(self) -> None:
         event, self._appended = self._appended, None
@@ -40,6 +59,18 @@ class Channel:
         if self._deep is not None and self.ring.head >= self._deep_at:
             deep, self._deep = self._deep, None
             deep.set()
+        if self.pump is not None:
+            self.pump.mark(self)
+        self.rearm()
+
+    def rearm(self) -> None:
+        """Set the ring's ``wake_at`` to what the remaining waiters need."""
+        wake_at = NEVER if self._appended is None else 0
+        if self._deep is not None:
+            wake_at = min(wake_at, self._deep_at)
+        if self.pump is not None:
+            wake_at = min(wake_at, self.pump_wake)
+        self.ring.wake_at = wake_at
 
     async def wait_head(self, target: int) -> None:
         """Return once the ring's head is at least ``target`` (woken no earlier)."""
@@ -48,11 +79,13 @@ class Channel:
                 self._deep, self._deep_at = trio.Event(), target
             else:
                 self._deep_at = min(self._deep_at, target)
+            self.ring.wake_at = min(self.ring.wake_at, self._deep_at)
             await self._deep.wait()
 
     async def wait_appended(self) -> None:
         if self._appended is None:
             self._appended = trio.Event()
+        self.ring.wake_at = 0
         await self._appended.wait()
 
 

@@ -70,3 +70,49 @@ def test_table_add_replace_remove_and_many_tokens():
             assert found is None
     table.add(tokens[1], rings[0], b"renamed")
     assert table.lookup(tokens[1]) == (rings[0], b"renamed")
+
+
+def test_dispatch_wakes_a_ring_only_once_its_head_reaches_wake_at():
+    never, always, later = ChannelRing(), ChannelRing(), ChannelRing()
+    never.wake_at = 2**64 - 1
+    later.wake_at = 3
+    table = TokenTable()
+    for token, ring in ((b"t.n", never), (b"t.a", always), (b"t.l", later)):
+        table.add(token, ring, b"app")
+    frames = [msg(b"t.n"), msg(b"t.a"), msg(b"t.l"), msg(b"t.l")]
+    routed, _unknown, wake = dispatch(parse_frames(frames), table)
+    assert routed == 4 and wake == [always]  # `later` holds 2 of the 3 it waits for
+    routed, _unknown, wake = dispatch(parse_frames(frames), table)
+    assert wake == [always, later]  # head 4 >= 3
+    assert len(never) == 2  # appended all the same, only never woken
+
+
+def test_registry_wakes_only_channels_with_waiters():
+    import trio
+    import trio.testing
+
+    from logplexd.registry import Registry
+
+    async def main():
+        registry = Registry()
+        quiet, tailed = registry.ensure_channel("quiet"), registry.ensure_channel("tailed")
+        registry.add_token("quiet", "t.q", "app")
+        registry.add_token("tailed", "t.t", "app")
+        woken = []
+        async with trio.open_nursery() as nursery:
+
+            async def tail():
+                await tailed.wait_appended()
+                woken.append("tailed")
+
+            nursery.start_soon(tail)
+            await trio.testing.wait_all_tasks_blocked()
+            assert quiet.ring.wake_at == 2**64 - 1 and tailed.ring.wake_at == 0
+            registry.route(parse_frames([msg(b"t.q"), msg(b"t.t")]))
+            await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["tailed"]
+        # The waiter is gone: the ring stops asking to be woken.
+        assert tailed.ring.wake_at == 2**64 - 1
+        assert len(quiet.ring) == 1 and len(tailed.ring) == 1
+
+    trio.run(main)

@@ -17,6 +17,7 @@ import trio
 
 from .feed import DrainFeed
 from .http import HttpDrain
+from .pump import DrainPump
 from .state import DrainEvent, DrainState, next_state
 from .syslog import SyslogDrain
 from .target import DrainTarget
@@ -102,6 +103,7 @@ class Drain:
         user_agent: str,
         rng: random.Random,
         wall_clock: Callable[[], float] = time.time,
+        pump: DrainPump | None = None,
     ) -> None:
         self.drain_id = drain_id
         self.token = token
@@ -112,6 +114,8 @@ class Drain:
         self.user_agent = user_agent
         self.rng = rng
         self.wall_clock = wall_clock
+        # Writes for this drain while it is connected over plain TCP (None: the task writes).
+        self.pump = pump
         self.state = DrainState.DISCONNECTED
         self.done = trio.Event()
         self._scope = trio.CancelScope()

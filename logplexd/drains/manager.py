@@ -17,6 +17,7 @@ from .. import __version__
 from ..registry import Registry
 from .drain import Drain, DrainSettings, DrainStats
 from .feed import DrainFeed
+from .pump import DrainPump
 from .target import parse_drain_url
 from .transport import TlsContexts
 
@@ -40,6 +41,9 @@ class DrainManager:
         self.tls = TlsContexts(tls_ca_file)
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
+        self.pump = DrainPump(
+            linger=self.settings.linger, linger_messages=self.settings.linger_messages
+        )
         self._drains: dict[int, Drain] = {}
         self._nursery: trio.Nursery | None = None
         self._closing = trio.Event()
@@ -49,6 +53,7 @@ class DrainManager:
         """Run every drain until cancelled, or until ``shutdown`` has let them flush."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.pump.run)
             for drain in self._drains.values():
                 nursery.start_soon(drain.run)
             task_status.started()
@@ -92,6 +97,7 @@ class DrainManager:
             user_agent=self.user_agent,
             rng=random.Random(self.rng.random()),
             wall_clock=self.wall_clock,
+            pump=self.pump,
         )
         self._drains[drain_id] = drain
         if self._nursery is not None:

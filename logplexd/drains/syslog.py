@@ -14,10 +14,12 @@ import trio
 
 from ..native import Batch, l10_syslog, syslog_frames
 from .policy import SYSLOG_STABLE_CONNECTION, TRANSPORT_ERRORS, syslog_reconnect_backoff
+from .pump import AttachedWriter
 from .state import DrainEvent
 from .transport import open_drain_stream
 
 if TYPE_CHECKING:
+    from ..registry import Channel
     from .drain import Drain
 
 
@@ -88,7 +90,31 @@ class SyslogDrain:
 
     async def _write_loop(self, stream: trio.abc.Stream) -> None:
         drain, feed, settings = self.drain, self.drain.feed, self.drain.settings
-        while await feed.wait_for_data(settings.linger, settings.linger_messages):
+        writer = None
+        if drain.pump is not None and isinstance(stream, trio.SocketStream):
+            writer = AttachedWriter(
+                feed,
+                stream.socket.fileno(),
+                self._encode,
+                self._loss_notice,
+                drain.on,
+                max_messages=settings.read_max_messages,
+                max_bytes=settings.syslog_batch_bytes,
+            )
+        while True:
+            channel = feed.current_channel()
+            if (
+                writer is not None
+                and channel is not None
+                and channel.ring.owner is not None
+                and not feed.flushing
+                and feed.cached is None
+                and feed.pending_messages == 0
+            ):
+                await self._parked(writer, channel, stream)
+                continue
+            if not await feed.wait_for_data(settings.linger, settings.linger_messages):
+                return
             payload = feed.build_payload(
                 self._encode,
                 self._loss_notice,
@@ -102,6 +128,25 @@ class SyslogDrain:
                 await stream.send_all(payload.data)
             feed.delivered(payload)
             drain.on(DrainEvent.SENT)
+
+    async def _parked(
+        self, writer: AttachedWriter, channel: Channel, stream: trio.abc.Stream
+    ) -> None:
+        """The pump writes until it hands back; finish what it could not."""
+        writer.wake = trio.Event()
+        writer.partial = writer.error = None
+        pump = self.drain.pump
+        assert pump is not None
+        await pump.park(writer, channel)
+        if writer.error is not None:
+            raise trio.BrokenResourceError("write failed") from writer.error
+        if writer.partial is not None:
+            payload, written = writer.partial
+            writer.partial = None
+            with trio.fail_after(self.drain.settings.syslog_send_timeout):
+                await stream.send_all(memoryview(payload.data)[written:])
+            self.drain.feed.delivered(payload)
+            self.drain.on(DrainEvent.SENT)
 
     @staticmethod
     async def _watch_peer(

@@ -1,0 +1,264 @@
+"""DrainPump: one task writes for every parked plain-TCP syslog drain (drains/pump.py).
+
+The pump is driven here over socketpairs with trio's MockClock, so lingering is checked
+against virtual time; the tests through SyslogDrain and real TCP sinks are in
+test_drain_syslog.py and below.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from logplexd.drains import DrainFeed, DrainManager, DrainSettings
+from logplexd.drains.pump import AttachedWriter, DrainPump
+from logplexd.drains.state import DrainEvent
+from logplexd.native import l10_syslog, parse_frames, syslog_frames
+from logplexd.registry import Registry
+
+from .test_drain_support import TOKEN, SyslogSink, append, message, stats_of, wait_until
+
+LINGER = 0.05
+LINGER_MESSAGES = 8
+
+
+def frame(i: int) -> bytes:
+    body = (
+        b"<134>1 2012-12-10T03:00:48.123456Z "
+        + TOKEN.encode()
+        + b" app console.1 - - drain test message %d\n" % i
+    )
+    return b"%d %s" % (len(body), body)
+
+
+class Pair:
+    """One parked writer on a socketpair: the test reads what the pump wrote from ``peer``."""
+
+    def __init__(self, registry: Registry, channel_name: str, *, sndbuf: int | None = None):
+        self.ours, self.peer = socket.socketpair()
+        if sndbuf is not None:
+            self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+        self.ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.feed = DrainFeed(registry, channel_name)
+        self.events: list[DrainEvent] = []
+        token = TOKEN.encode()
+        self.writer = AttachedWriter(
+            self.feed,
+            self.ours.fileno(),
+            lambda batch, start, max_bytes: syslog_frames(batch, token, start, max_bytes),
+            lambda n, since, now: l10_syslog(token, n, since, now),
+            self.events.append,
+            max_messages=16384,
+            max_bytes=1 << 20,
+        )
+        self.returned = trio.Event()
+
+    async def park(self, pump: DrainPump) -> None:
+        channel = self.feed.current_channel()
+        assert channel is not None
+        try:
+            await pump.park(self.writer, channel)
+        finally:
+            self.returned.set()
+
+    def received(self) -> bytes:
+        out = bytearray()
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return bytes(out)
+            if not chunk:
+                return bytes(out)
+            out += chunk
+
+    def close(self) -> None:
+        self.ours.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock()
+
+
+async def start_pump(nursery: trio.Nursery) -> DrainPump:
+    pump = DrainPump(linger=LINGER, linger_messages=LINGER_MESSAGES)
+    nursery.start_soon(pump.run)
+    return pump
+
+
+async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    append(channel, [message(i) for i in range(3)])
+    clock.jump(LINGER / 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b""
+    clock.jump(LINGER / 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(frame(i) for i in range(3))
+    assert pump.writes == 1 and pump.handed_back == 0
+    assert pair.events == [DrainEvent.SEND, DrainEvent.SENT]
+    assert pair.feed.counters.delivered == 3
+    assert not pair.returned.is_set()  # still parked: the pump keeps writing for it
+    pair.close()
+
+
+async def test_a_burst_is_written_without_waiting_for_the_linger(nursery, clock):
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    append(channel, [message(i) for i in range(LINGER_MESSAGES)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(frame(i) for i in range(LINGER_MESSAGES))
+    assert trio.current_time() == 0  # no virtual time passed
+    pair.close()
+
+
+async def test_one_round_serves_many_drains_in_order(nursery, clock):
+    registry = Registry()
+    pump = await start_pump(nursery)
+    pairs = []
+    for n in range(50):
+        registry.ensure_channel(f"app{n}")
+        pair = Pair(registry, f"app{n}")
+        pairs.append(pair)
+        nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    for round_ in range(3):
+        for n, _pair in enumerate(pairs):
+            append(registry.channels[f"app{n}"], [message(round_ * 100 + n)])
+        clock.jump(LINGER)
+        await trio.testing.wait_all_tasks_blocked()
+    for n, pair in enumerate(pairs):
+        assert pair.received() == b"".join(frame(r * 100 + n) for r in range(3))
+        pair.close()
+    # One write per drain per linger interval, and not one task of theirs woke.
+    assert pump.writes == 150 and pump.handed_back == 0
+    assert not any(p.returned.is_set() for p in pairs)
+
+
+async def test_a_full_socket_hands_the_rest_of_the_write_back(nursery, clock):
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app", sndbuf=4096)
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    append(channel, [message(i, "x" * 500) for i in range(400)])  # ~220 KB
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.returned.is_set()
+    assert pair.writer.partial is not None
+    payload, written = pair.writer.partial
+    assert 0 <= written < len(payload.data)
+    assert pair.received() == payload.data[:written]
+    assert pump.handed_back == 1
+    # Not settled: the drain's task writes the rest, then reports it.
+    assert pair.feed.counters.delivered == 0 and pair.feed.cached is payload
+    assert pair.events == [DrainEvent.SEND]
+    pair.close()
+
+
+async def test_a_write_error_is_handed_back_and_nothing_is_settled(nursery, clock):
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    pair.peer.close()
+    append(channel, [message(i) for i in range(LINGER_MESSAGES)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.returned.is_set()
+    assert isinstance(pair.writer.error, OSError)
+    assert pair.feed.counters.delivered == 0
+    # The unsettled messages are still the feed's: the next connection writes them again.
+    assert pair.feed.pending_messages == LINGER_MESSAGES
+    assert channel.pumped is None
+    pair.ours.close()
+
+
+async def test_a_removed_channel_hands_its_drains_back(nursery, clock):
+    registry = Registry()
+    registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    registry.drop_channel("app")
+    clock.jump(LINGER)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.returned.is_set()
+    assert pair.writer.partial is None and pair.writer.error is None
+    pair.close()
+
+
+async def test_a_kick_unparks_and_detaches(nursery, clock):
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    assert channel.pumped == [pair.writer]
+    pair.feed.begin_flush()
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.returned.is_set()
+    assert channel.pumped is None and channel.pump is None
+    pair.close()
+
+
+async def test_a_lapped_drain_gets_the_exact_l10_count(nursery, clock):
+    registry = Registry(history_messages=10, buffer_messages=10)
+    channel = registry.ensure_channel("app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    # Appended in one go without the pump running in between: 25 into a ring of 10.
+    channel.ring.append_batch(parse_frames([message(i) for i in range(25)]))
+    channel.notify()
+    await trio.testing.wait_all_tasks_blocked()
+    data = pair.received()
+    assert b"Error L10 (output buffer overflow): 15 messages dropped since" in data
+    assert data.endswith(b"".join(frame(i) for i in range(15, 25)))
+    assert pair.feed.counters.lost == 15 and pair.feed.counters.delivered == 10
+    pair.close()
+
+
+async def test_many_tcp_drains_through_the_manager_are_written_by_the_pump(nursery):
+    """End to end: SyslogDrain parks on connect; every byte reaches every sink, in order."""
+    registry = Registry()
+    manager = DrainManager(registry, rng=random.Random(3), settings=DrainSettings(linger=0.01))
+    await nursery.start(manager.run)
+    sinks = []
+    for n in range(20):
+        registry.ensure_channel(f"app{n}")
+        sink = SyslogSink()
+        port = await nursery.start(sink.serve)
+        sinks.append(sink)
+        manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{port}")
+    with trio.fail_after(10):
+        for batch in range(5):
+            for n in range(20):
+                append(registry.channels[f"app{n}"], [message(batch * 10 + k) for k in range(10)])
+            await trio.sleep(0.02)
+        for n, sink in enumerate(sinks):
+            await sink.wait_for(lambda s=sink: s.messages() == 50)
+            assert bytes(sink.data) == b"".join(frame(i) for i in range(50))
+            await wait_until(lambda n=n: stats_of(manager, n + 1).delivered == 50)
+    assert manager.pump.writes > 0
