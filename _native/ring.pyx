@@ -202,13 +202,29 @@ cdef class ChannelRing:
             s += 1
         return batch, s, lost
 
-    def last(self, Py_ssize_t n):
-        """The newest ``n`` messages (fewer if the ring holds fewer), oldest first."""
+    def last(self, Py_ssize_t n, Py_ssize_t max_bytes=-1):
+        """The newest ``n`` messages (fewer if the ring holds fewer), oldest first.
+
+        With ``max_bytes``, only as many of the newest as fit in it (at least one): the
+        ring may be deeper than the history it shows.
+        """
         cdef uint64_t start = self.tail
+        cdef uint64_t s
+        cdef Py_ssize_t nbytes = 0
+        cdef MsgRec* rec
         if n <= 0:
             return Batch()
         if self.head - self.tail > <uint64_t>n:
             start = self.head - n
+        if max_bytes >= 0:
+            s = self.head
+            while s > start:
+                rec = &self.slots[(s - 1) % self.slot_cap]
+                if s < self.head and nbytes + rec.len > max_bytes:
+                    break
+                nbytes += rec.len
+                s -= 1
+            start = s
         return self.read(start, n, self.max_bytes + 1)[0]
 
     def __len__(self):

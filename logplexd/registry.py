@@ -101,11 +101,13 @@ class Registry:
         history_messages: int = DEFAULT_HISTORY_MESSAGES,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         buffer_messages: int | None = None,
+        buffer_bytes: int | None = None,
     ) -> None:
         self.history_messages = history_messages
         self.history_bytes = history_bytes
         # The ring is deeper than the history: drains and tails catch up from it.
         self.buffer_messages = max(buffer_messages or history_messages, history_messages)
+        self.buffer_bytes = max(buffer_bytes or history_bytes, history_bytes)
         self.table = TokenTable()
         self.channels: dict[str, Channel] = {}
         self._channel_of_token: dict[str, Channel] = {}
@@ -116,7 +118,7 @@ class Registry:
     def ensure_channel(self, name: str) -> Channel:
         channel = self.channels.get(name)
         if channel is None:
-            ring = ChannelRing(self.buffer_messages, self.history_bytes)
+            ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
             channel = Channel(name, ring)
             ring.owner = channel
             self.channels[name] = channel
@@ -154,7 +156,7 @@ class Registry:
     def history(self, channel: Channel, n: int | None = None) -> Batch:
         """The newest ``n`` lines of history (at most ``history_messages``), oldest first."""
         limit = self.history_messages if n is None else min(n, self.history_messages)
-        return channel.ring.last(limit)
+        return channel.ring.last(limit, self.history_bytes)
 
     def channel(self, name: str) -> Channel | None:
         return self.channels.get(name)

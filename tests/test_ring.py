@@ -119,3 +119,33 @@ def test_matches_a_deque_model(max_messages, max_bytes, script):
         # Eviction by bytes only happens when the newest message would not fit otherwise.
         if len(got) < len(model) and got:
             assert sum(map(len, got)) + len(suffix and model[-len(got) - 1][1]) > max_bytes // 2
+
+
+def test_last_within_bytes_gives_the_newest_that_fit():
+    from logplexd.native import parse_frames
+
+    ring = ChannelRing(100, 1 << 20)
+    frames = [b"<1>1 - h a - - " + (b"%d" % i) * 10 for i in range(20)]
+    ring.append_batch(parse_frames(frames))
+    size = len(frames[-1])
+    assert ring.last(5, 3 * size).frames() == frames[-3:]
+    assert ring.last(2, 3 * size).frames() == frames[-2:]  # n still bounds
+    assert ring.last(5, 1).frames() == frames[-1:]  # at least the newest one
+    assert ring.last(5, -1).frames() == frames[-5:]
+
+
+def test_history_is_bounded_by_history_bytes_though_the_buffer_is_deeper():
+    from logplexd.native import parse_frames
+    from logplexd.registry import Registry
+
+    registry = Registry(
+        history_messages=1000, history_bytes=4096, buffer_messages=1000, buffer_bytes=1 << 20
+    )
+    channel = registry.ensure_channel("app")
+    frames = [b"<1>1 - h a - - " + b"x" * 500 + b"%d" % i for i in range(100)]
+    channel.ring.append_batch(parse_frames(frames))
+    # The ring keeps all 100 (52 KB) for its readers; history shows what fits in 4 KB.
+    assert len(channel.ring) == 100
+    shown = registry.history(channel).frames()
+    assert shown == frames[-len(shown):] and sum(map(len, shown)) <= 4096
+    assert len(shown) == 4096 // len(frames[-1])
