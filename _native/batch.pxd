@@ -11,6 +11,8 @@ cdef class Batch:
     cdef Py_ssize_t rec_cap
     cdef public Py_ssize_t malformed
 
-    cdef int reserve(self, Py_ssize_t more_bytes, Py_ssize_t more_recs) except -1
-    cdef MsgRec* push(self, const unsigned char* data, Py_ssize_t length) except NULL
-    cdef MsgRec* push_rec(self, const unsigned char* base, const MsgRec* src) except NULL
+    # nogil: framing runs without the GIL (in the syslog input's worker threads). The
+    # storage comes from PyMem_Raw*, which needs no GIL either.
+    cdef int reserve(self, Py_ssize_t more_bytes, Py_ssize_t more_recs) except -1 nogil
+    cdef MsgRec* push(self, const unsigned char* data, Py_ssize_t length) except NULL nogil
+    cdef MsgRec* push_rec(self, const unsigned char* base, const MsgRec* src) except NULL nogil

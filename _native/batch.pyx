@@ -2,7 +2,7 @@
 """Batch: the unit every native call takes and returns (one buffer + an array of records)."""
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_RawFree, PyMem_RawRealloc
 from libc.string cimport memcpy, memset
 
 from logplexd._native.records cimport (
@@ -27,30 +27,32 @@ cdef class Batch:
         self.malformed = 0
 
     def __dealloc__(self):
-        PyMem_Free(self.buf)
-        PyMem_Free(self.recs)
+        PyMem_RawFree(self.buf)
+        PyMem_RawFree(self.recs)
 
-    cdef int reserve(self, Py_ssize_t more_bytes, Py_ssize_t more_recs) except -1:
+    cdef int reserve(self, Py_ssize_t more_bytes, Py_ssize_t more_recs) except -1 nogil:
         cdef Py_ssize_t want
         cdef void* p
         # Allocate on first use even for 0 bytes: memcpy/offsets on a NULL buf are UB (UBSan).
         if self.buf == NULL or self.nbytes + more_bytes > self.buf_cap:
             want = max(self.buf_cap * 2, self.nbytes + more_bytes, 256)
-            p = PyMem_Realloc(self.buf, want)
+            p = PyMem_RawRealloc(self.buf, want)
             if p == NULL:
-                raise MemoryError()
+                with gil:
+                    raise MemoryError()
             self.buf = <unsigned char*>p
             self.buf_cap = want
         if self.n + more_recs > self.rec_cap:
             want = max(self.rec_cap * 2, self.n + more_recs, 16)
-            p = PyMem_Realloc(self.recs, want * sizeof(MsgRec))
+            p = PyMem_RawRealloc(self.recs, want * sizeof(MsgRec))
             if p == NULL:
-                raise MemoryError()
+                with gil:
+                    raise MemoryError()
             self.recs = <MsgRec*>p
             self.rec_cap = want
         return 0
 
-    cdef MsgRec* push(self, const unsigned char* data, Py_ssize_t length) except NULL:
+    cdef MsgRec* push(self, const unsigned char* data, Py_ssize_t length) except NULL nogil:
         """Copy one payload in; the caller fills the record's fields."""
         cdef MsgRec* rec
         self.reserve(length, 1)
@@ -64,7 +66,7 @@ cdef class Batch:
         self.n += 1
         return rec
 
-    cdef MsgRec* push_rec(self, const unsigned char* base, const MsgRec* src) except NULL:
+    cdef MsgRec* push_rec(self, const unsigned char* base, const MsgRec* src) except NULL nogil:
         """Copy a parsed record (payload and fields) from another buffer."""
         cdef MsgRec* rec
         cdef unsigned int off

@@ -124,9 +124,10 @@ cdef void parse_fields(const unsigned char* p, Py_ssize_t n, MsgRec* rec) noexce
     rec.flags = REC_VALID | REC_HAS_APP
 
 
-cdef inline void _push_frame(Batch batch, const unsigned char* data, Py_ssize_t length) except *:
+cdef inline int _push_frame(Batch batch, const unsigned char* data, Py_ssize_t length) except -1 nogil:
     cdef MsgRec* rec = batch.push(data, length)
     parse_fields(batch.buf + rec.off, length, rec)
+    return 0
 
 
 cdef class OctetFramer:
@@ -190,15 +191,19 @@ cdef class OctetFramer:
         cdef long long malformed_before = self.malformed
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            batch.reserve(view.len + self.pend_n, view.len // 96 + 2)
-            self._feed(<const unsigned char*>view.buf, view.len, batch)
+            # Without the GIL: busy connections are framed in worker threads, in parallel
+            # with routing on the event loop (logplexd/syslog_input.py). A framer is only
+            # ever fed by one thread at a time (its connection's).
+            with nogil:
+                batch.reserve(view.len + self.pend_n, view.len // 96 + 2)
+                self._feed(<const unsigned char*>view.buf, view.len, batch)
         finally:
             PyBuffer_Release(&view)
         self.frames += batch.n
         batch.malformed = <Py_ssize_t>(self.malformed - malformed_before)
         return batch
 
-    cdef int _feed(self, const unsigned char* d, Py_ssize_t n, Batch batch) except -1:
+    cdef int _feed(self, const unsigned char* d, Py_ssize_t n, Batch batch) except -1 nogil:
         cdef Py_ssize_t i = 0
         cdef unsigned char c
         while i < n:
@@ -215,7 +220,7 @@ cdef class OctetFramer:
         return 0
 
     cdef Py_ssize_t _octet(self, const unsigned char* d, Py_ssize_t i, Py_ssize_t n,
-                           Batch batch) except -1:
+                           Batch batch) except -1 nogil:
         cdef unsigned char c
         cdef Py_ssize_t avail, need, take
         cdef const unsigned char* q
@@ -288,7 +293,7 @@ cdef class OctetFramer:
         return i
 
     cdef Py_ssize_t _lines(self, const unsigned char* d, Py_ssize_t i, Py_ssize_t n,
-                           Batch batch) except -1:
+                           Batch batch) except -1 nogil:
         cdef const unsigned char* q
         cdef Py_ssize_t j, rest, total
         cdef const unsigned char* line

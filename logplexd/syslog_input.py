@@ -16,12 +16,16 @@ from typing import Any
 
 import trio
 
-from .native import OctetFramer
+from ._ingest_thread import ConnectionReader, ReaderEnd
+from .native import Batch, OctetFramer
 from .registry import Registry
 
 log = logging.getLogger("logplexd.syslog")
 
 READ_SIZE = 128 * 1024
+# A connection whose reads come back this full is busy: its reads and framing move to a
+# worker thread (_ingest_thread.py); it returns to the event loop once reads shrink.
+OFFLOAD_READ_BYTES = 64 * 1024
 
 
 @dataclass
@@ -35,6 +39,8 @@ class SyslogInputStats:
     malformed: int = 0
     routed: int = 0
     unknown_token: int = 0
+    # Reads done (and framed) in a worker thread rather than on the event loop.
+    offloaded_reads: int = 0
 
 
 class SyslogInput:
@@ -45,12 +51,17 @@ class SyslogInput:
         max_frame: int = 10240,
         max_connections: int = 1024,
         idle_timeout: float = 300.0,
+        threads: int = 2,
     ) -> None:
         self.registry = registry
         self.max_frame = max_frame
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.stats = SyslogInputStats()
+        # Worker threads that read and frame busy plain-TCP connections (0: none).
+        self.threads = threads
+        self._offloaded = 0
+        self._thread_limiter = trio.CapacityLimiter(max(1, threads))
 
     async def serve(
         self,
@@ -99,6 +110,9 @@ class SyslogInput:
         stats.connections_total += 1
         _enable_keepalive(stream)
         framer = OctetFramer(self.max_frame)
+        fd = -1
+        if self.threads and isinstance(stream, trio.SocketStream):
+            fd = stream.socket.fileno()
         try:
             while True:
                 with trio.move_on_after(self.idle_timeout) as idle:
@@ -110,14 +124,64 @@ class SyslogInput:
                     break
                 stats.bytes_received += len(data)
                 self.ingest(framer, data)
+                busy = fd >= 0 and len(data) >= OFFLOAD_READ_BYTES
+                if busy and self._offloaded < self.threads and not await self._read_in_thread(
+                    fd, framer
+                ):
+                    break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
             stats.connections_open -= 1
             await trio.aclose_forcefully(stream)
 
+    async def _read_in_thread(self, fd: int, framer: OctetFramer) -> bool:
+        """Let a worker thread read and frame this busy connection; route what it hands over.
+
+        Returns True when the connection got quiet (the loop reads it again), False when it
+        ended (EOF, idle timeout). Raises OSError for a failed read.
+        """
+        stats = self.stats
+        self._offloaded += 1
+        reader = ConnectionReader(
+            fd,
+            framer,
+            read_size=READ_SIZE,
+            quiet_below=OFFLOAD_READ_BYTES // 4,
+            idle_timeout=self.idle_timeout,
+        )
+        end: ReaderEnd | OSError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_reader, reader)
+                try:
+                    while end is None:
+                        for item in await reader.items():
+                            if isinstance(item, tuple):
+                                stats.offloaded_reads += 1
+                                stats.bytes_received += item[0]
+                                self._route(item[1])
+                            else:
+                                end = item
+                finally:
+                    reader.stop()
+        finally:
+            # Only now: the thread has returned, so it can no longer touch the pipes.
+            reader.close()
+            self._offloaded -= 1
+        if isinstance(end, OSError):
+            raise end
+        if end is ReaderEnd.IDLE:
+            stats.connections_idle_closed += 1
+        return end is ReaderEnd.QUIET
+
+    async def _run_reader(self, reader: ConnectionReader) -> None:
+        await trio.to_thread.run_sync(reader.run, limiter=self._thread_limiter)
+
     def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> None:
-        batch = framer.feed(data)
+        self._route(framer.feed(data))
+
+    def _route(self, batch: Batch) -> None:
         stats = self.stats
         stats.malformed += batch.malformed
         if len(batch):
