@@ -125,8 +125,10 @@ class SyslogInput:
                 stats.bytes_received += len(data)
                 self.ingest(framer, data)
                 busy = fd >= 0 and len(data) >= OFFLOAD_READ_BYTES
-                if busy and self._offloaded < self.threads and not await self._read_in_thread(
-                    fd, framer
+                if (
+                    busy
+                    and self._offloaded < self.threads
+                    and not await self._read_in_thread(fd, framer)
                 ):
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -18,7 +18,7 @@ from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import AttachedWriter, DrainPump
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
-from logplexd.registry import Registry
+from logplexd.registry import Channel, Registry
 
 from .test_drain_support import TOKEN, SyslogSink, append, message, stats_of, wait_until
 
@@ -94,13 +94,21 @@ async def start_pump(nursery: trio.Nursery) -> DrainPump:
     return pump
 
 
-async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
-    registry = Registry()
+async def parked(
+    nursery: trio.Nursery, registry: Registry | None = None, **pair_options
+) -> tuple[Registry, Channel, DrainPump, Pair]:
+    """A pump and one writer parked on channel "app", everything settled."""
+    registry = registry or Registry()
     channel = registry.ensure_channel("app")
     pump = await start_pump(nursery)
-    pair = Pair(registry, "app")
+    pair = Pair(registry, "app", **pair_options)
     nursery.start_soon(pair.park, pump)
     await trio.testing.wait_all_tasks_blocked()
+    return registry, channel, pump, pair
+
+
+async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
+    registry, channel, pump, pair = await parked(nursery)
     append(channel, [message(i) for i in range(3)])
     clock.jump(LINGER / 2)
     await trio.testing.wait_all_tasks_blocked()
@@ -116,12 +124,7 @@ async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
 
 
 async def test_a_burst_is_written_without_waiting_for_the_linger(nursery, clock):
-    registry = Registry()
-    channel = registry.ensure_channel("app")
-    pump = await start_pump(nursery)
-    pair = Pair(registry, "app")
-    nursery.start_soon(pair.park, pump)
-    await trio.testing.wait_all_tasks_blocked()
+    registry, channel, pump, pair = await parked(nursery)
     append(channel, [message(i) for i in range(LINGER_MESSAGES)])
     await trio.testing.wait_all_tasks_blocked()
     assert pair.received() == b"".join(frame(i) for i in range(LINGER_MESSAGES))
@@ -153,12 +156,7 @@ async def test_one_round_serves_many_drains_in_order(nursery, clock):
 
 
 async def test_a_full_socket_hands_the_rest_of_the_write_back(nursery, clock):
-    registry = Registry()
-    channel = registry.ensure_channel("app")
-    pump = await start_pump(nursery)
-    pair = Pair(registry, "app", sndbuf=4096)
-    nursery.start_soon(pair.park, pump)
-    await trio.testing.wait_all_tasks_blocked()
+    registry, channel, pump, pair = await parked(nursery, sndbuf=4096)
     append(channel, [message(i, "x" * 500) for i in range(400)])  # ~220 KB
     await trio.testing.wait_all_tasks_blocked()
     assert pair.returned.is_set()
@@ -174,12 +172,7 @@ async def test_a_full_socket_hands_the_rest_of_the_write_back(nursery, clock):
 
 
 async def test_a_write_error_is_handed_back_and_nothing_is_settled(nursery, clock):
-    registry = Registry()
-    channel = registry.ensure_channel("app")
-    pump = await start_pump(nursery)
-    pair = Pair(registry, "app")
-    nursery.start_soon(pair.park, pump)
-    await trio.testing.wait_all_tasks_blocked()
+    registry, channel, pump, pair = await parked(nursery)
     pair.peer.close()
     append(channel, [message(i) for i in range(LINGER_MESSAGES)])
     await trio.testing.wait_all_tasks_blocked()
@@ -193,12 +186,7 @@ async def test_a_write_error_is_handed_back_and_nothing_is_settled(nursery, cloc
 
 
 async def test_a_removed_channel_hands_its_drains_back(nursery, clock):
-    registry = Registry()
-    registry.ensure_channel("app")
-    pump = await start_pump(nursery)
-    pair = Pair(registry, "app")
-    nursery.start_soon(pair.park, pump)
-    await trio.testing.wait_all_tasks_blocked()
+    registry, channel, pump, pair = await parked(nursery)
     registry.drop_channel("app")
     clock.jump(LINGER)
     await trio.testing.wait_all_tasks_blocked()
@@ -208,12 +196,7 @@ async def test_a_removed_channel_hands_its_drains_back(nursery, clock):
 
 
 async def test_a_kick_unparks_and_detaches(nursery, clock):
-    registry = Registry()
-    channel = registry.ensure_channel("app")
-    pump = await start_pump(nursery)
-    pair = Pair(registry, "app")
-    nursery.start_soon(pair.park, pump)
-    await trio.testing.wait_all_tasks_blocked()
+    registry, channel, pump, pair = await parked(nursery)
     assert channel.pumped == [pair.writer]
     pair.feed.begin_flush()
     await trio.testing.wait_all_tasks_blocked()
@@ -223,12 +206,8 @@ async def test_a_kick_unparks_and_detaches(nursery, clock):
 
 
 async def test_a_lapped_drain_gets_the_exact_l10_count(nursery, clock):
-    registry = Registry(history_messages=10, buffer_messages=10)
-    channel = registry.ensure_channel("app")
-    pump = await start_pump(nursery)
-    pair = Pair(registry, "app")
-    nursery.start_soon(pair.park, pump)
-    await trio.testing.wait_all_tasks_blocked()
+    small = Registry(history_messages=10, buffer_messages=10)
+    registry, channel, pump, pair = await parked(nursery, small)
     # Appended in one go without the pump running in between: 25 into a ring of 10.
     channel.ring.append_batch(parse_frames([message(i) for i in range(25)]))
     channel.notify()
