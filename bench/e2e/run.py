@@ -106,6 +106,7 @@ class RunResult:
     peak_rss_kb: int | None
     sink: dict = field(default_factory=dict)
     loadgen: dict = field(default_factory=dict)
+    router: dict = field(default_factory=dict)  # the router's own figures (Router.figures)
 
     @property
     def cpu_per_million(self) -> float | None:
@@ -254,6 +255,7 @@ class Router:
         self.sink_port = sink_port
         self.proc: subprocess.Popen | None = None
         self.tokens: list[str] = []
+        self.figures: dict = {}  # what a subclass measures itself (start-up, metrics)
 
     @property
     def pid(self) -> int | None:
@@ -280,35 +282,48 @@ class Direct(Router):
 class Logplexd(Router):
     name = "logplexd"
     extra_args: list[str] = []
+    # Another checkout of logplexd (extension built in place) to run instead of this one.
+    tree: Path | None = None
 
-    @staticmethod
-    def command() -> list[str]:
+    @classmethod
+    def command(cls) -> list[str]:
         exe = shutil.which("logplexd")
-        return [exe] if exe else [sys.executable, "-m", "logplexd.cli"]
+        return [exe] if exe and cls.tree is None else [sys.executable, "-m", "logplexd.cli"]
 
     def start(self) -> int:
+        data = self.workdir / "data"
+        data.mkdir()
+        _, syslog, _ = self.launch(data, *self.extra_args)
+        self._provision()
+        return syslog
+
+    def launch(
+        self, data: Path, *extra: str, timeout: float = 30.0, poll: float = 0.1
+    ) -> tuple[int, int, int]:
+        """Starts ``logplexd serve`` on ``data`` (loopback ports, a fresh auth key) and
+        returns its (api, syslog, logs) ports once ``/v3/healthcheck`` answers 200."""
         api, syslog, logs = free_port(), free_port(), free_port()
         self.key = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPLEXD_")}
         env["LOGPLEX_AUTH_KEY"] = self.key
-        data = self.workdir / "data"
-        data.mkdir()
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)
         cmd = [
             *self.command(), "serve", "--data-dir", str(data),
             "--api-addr", f"127.0.0.1:{api}", "--syslog-addr", f"127.0.0.1:{syslog}",
-            "--logs-addr", f"127.0.0.1:{logs}", "--log-level", "warning", *self.extra_args,
+            "--logs-addr", f"127.0.0.1:{logs}", "--log-level", "warning", *extra,
         ]  # fmt: skip
         self.log_path = self.workdir / "logplexd.log"
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
+                cmd, cwd=self.tree or REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=out,
+            )  # fmt: skip
         self.api = api
-        self._wait_healthy(30.0)
-        self._provision()
-        return syslog
+        self._wait_healthy(timeout, poll)
+        return api, syslog, logs
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def _wait_healthy(self, timeout: float, poll: float = 0.1) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -324,7 +339,7 @@ class Logplexd(Router):
                         return
                 finally:
                     conn.close()
-            time.sleep(0.1)
+            time.sleep(poll)
         raise HarnessError(f"logplexd: no 200 from /v3/healthcheck within {timeout:.0f} s")
 
     def _provision(self) -> None:
@@ -489,8 +504,16 @@ class SyslogNg(Router):
         return port
 
 
+class LogplexdBase(Logplexd):
+    """logplexd from ``--base-tree`` (an older commit): before/after ratios in one run."""
+
+    name = "logplexd-base"
+    extra_args = []
+
+
 ROUTER_CLASSES: dict[str, type[Router]] = {
-    "direct": Direct, "logplexd": Logplexd, "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
+    "direct": Direct, "logplexd": Logplexd, "logplexd-base": LogplexdBase,
+    "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
 }  # fmt: skip
 
 
@@ -505,11 +528,18 @@ def run_once(
     tools: tuple[Path, Path],
     idle: float,
     rate: float = 0.0,
+    *,
+    expected: int | None = None,
+    warmup: float | None = 1.0,
 ) -> RunResult:
+    """One run; ``expected`` (default: every message once per drain) is what the sink
+    waits for, ``warmup`` the seconds loadgen waits after one message per token (None: no
+    warm-up, the router did its own in ``start``)."""
     loadgen, sink_exe = tools
-    expected = messages * (wl.drains if router_cls is not Direct else 1)
+    if expected is None:
+        expected = messages * (wl.drains if router_cls is not Direct else 1)
     # Generous bounds: a router at 20,000 messages/s still finishes.
-    budget = 60.0 + expected / 20_000
+    budget = 60.0 + max(expected, messages) / 20_000 + (warmup or 0.0)
     with tempfile.TemporaryDirectory(prefix=f"e2e-{router_cls.name}-") as tmp:
         workdir = Path(tmp)
         sink = router = None
@@ -530,8 +560,8 @@ def run_once(
                    "-n", str(messages), "-s", str(wl.size), "-T", str(token_file)]  # fmt: skip
             if rate:
                 cmd += ["-r", str(rate)]
-            if router_cls is not Direct:
-                cmd += ["-w", "1.0"]  # one message per channel first: drains connect
+            if router_cls is not Direct and warmup is not None:
+                cmd += ["-w", str(warmup)]  # one message per channel first: drains connect
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
             except subprocess.TimeoutExpired:
@@ -554,6 +584,7 @@ def run_once(
             if router is not None:
                 router.stop()
             stop_process(sink, wait=5.0)
+    assert router is not None
     span = sk["last_ts"] - lg["start_ts"]
     rate = sk["received"] / span if span > 0 and sk["received"] else 0.0
     ingest = lg["sent"] / lg["elapsed"] if lg["elapsed"] > 0 else 0.0
@@ -561,6 +592,7 @@ def run_once(
         rate=rate, ingest_rate=ingest, delivered=sk["received"], expected=expected, lost=sk["lost"],
         duplicates=sk["duplicates"], l10_dropped=sk["l10_dropped"],
         out_of_order=sk["out_of_order"], cpu_s=cpu, peak_rss_kb=rss, sink=sk, loadgen=lg,
+        router=router.figures,
     )  # fmt: skip
 
 
@@ -656,11 +688,13 @@ def versions(routers: list[str]) -> list[str]:
     return out
 
 
-def write_results(path: Path, section: str) -> None:
+def write_results(path: Path, section: str, heading: str = HEADING) -> None:
+    """Replaces the section under ``heading`` in RESULTS.md (or appends it); the other
+    sections stay as they are."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
+    start = text.find(heading)
     if start >= 0:
-        nxt = text.find("\n## ", start + len(HEADING))
+        nxt = text.find("\n## ", start + len(heading))
         end = len(text) if nxt < 0 else nxt + 1
         text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
     else:
@@ -741,6 +775,12 @@ def main(argv: list[str] | None = None) -> int:
         help="pace the producer to this many messages/s in all (default: as fast as it can)",
     )
     ap.add_argument("--json", type=Path, help="also write every run's raw figures here")
+    ap.add_argument(
+        "--base-tree",
+        type=Path,
+        help="checkout (built in place) that router logplexd-base runs, e.g. "
+        "`git worktree add /tmp/base REV && (cd /tmp/base && python setup.py build_ext --inplace)`",
+    )
     args = ap.parse_args(argv)  # fmt: skip
 
     messages = args.messages or (50_000 if args.quick else 1_000_000)
@@ -758,6 +798,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:
             ap.error(f"unknown workload {exc}")
     Logplexd.extra_args = list(args.logplexd_arg)
+    if "logplexd-base" in routers:
+        if args.base_tree is None:
+            ap.error("router logplexd-base needs --base-tree")
+        LogplexdBase.tree = args.base_tree.resolve()
     write = not (args.quick or args.no_write)
 
     notes: dict[str, str] = {}
