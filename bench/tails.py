@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import secrets
 import selectors
 import shlex
 import socket
@@ -63,7 +62,7 @@ LAT_RE = re.compile(rb"lat=(\d+)")
 FRAME_HEAD = "<134>1 2024-05-01T12:00:00.000000Z bench {token} web.1 - - "
 
 
-def _load_e2e():
+def load_e2e():
     spec = importlib.util.spec_from_file_location("e2e_run", HERE / "e2e" / "run.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["e2e_run"] = module
@@ -445,27 +444,12 @@ def make_daemon_class(e2e):
             self.max_connections = max_connections
 
         def start(self) -> int:
-            api, syslog, logs = e2e.free_port(), e2e.free_port(), e2e.free_port()
-            self.key = secrets.token_hex(16)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPLEXD_")}
-            env["LOGPLEX_AUTH_KEY"] = self.key
             data = self.workdir / "data"
             data.mkdir()
-            cmd = [
-                *self.command(), "serve", "--data-dir", str(data),
-                "--api-addr", f"127.0.0.1:{api}", "--syslog-addr", f"127.0.0.1:{syslog}",
-                "--logs-addr", f"127.0.0.1:{logs}", "--log-level", "warning",
-                "--api-max-connections", str(self.max_connections),
-            ]  # fmt: skip
-            self.log_path = self.workdir / "logplexd.log"
-            with open(self.log_path, "wb") as out:
-                self.proc = subprocess.Popen(
-                    cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-                )
-            self.api, self.syslog_port, self.logs_port = api, syslog, logs
-            self._wait_healthy(30.0)
+            ports = self.launch(data, "--api-max-connections", str(self.max_connections))
+            self.api, self.syslog_port, self.logs_port = ports
             self.tokens = self._parallel(self._put_channel, range(self.wl.channels))
-            return syslog
+            return self.syslog_port
 
         def _parallel(self, fn, items) -> list:
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -691,19 +675,6 @@ class Bench:
         }
 
 
-def write_results(path: Path, section: str) -> None:
-    """Replaces this bench's section of RESULTS.md (or appends it); other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(HEADING))
-        rest = "" if nxt < 0 else "\n" + text[nxt + 1 :]
-        text = text[:start] + section + rest
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def fmt_rate(r: float) -> str:
     return f"{r / 1e6:.2f} M" if r >= 1e6 else f"{r / 1e3:,.1f} k"
 
@@ -754,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = [by_key[k] for k in args.cells.split(",") if k]
         except KeyError as exc:
             ap.error(f"unknown cell {exc}")
-    e2e = _load_e2e()
+    e2e = load_e2e()
     started = time.monotonic()
     raw: dict[str, object] = {}
     failed = False
@@ -822,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{elapsed:.0f} s in all.")  # fmt: skip
         section = "\n".join([HEADING, "", "Command:", "", f"    {cmdline.rstrip()}", "",
                              machine, "", md])  # fmt: skip
-        write_results(args.results, section.rstrip("\n") + "\n")
+        e2e.write_results(args.results, section.rstrip("\n") + "\n", HEADING)
         log(f"wrote {args.results}")
     return 1 if failed else 0
 
