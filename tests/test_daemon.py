@@ -359,12 +359,21 @@ async def test_channel_stats_only_when_asked(tmp_path):
         await nursery.start(sink.serve)
         with trio.fail_after(30):
             _, _, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}',
+                "-X",
+                "PUT",
+                *AUTH,
+                *JSON,
+                "-d",
+                '{"tokens":["app"]}',
                 api(ports, "/v3/channels/st"),
             )
             token = json.loads(body)["tokens"]["app"]
             _, _, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d",
+                "-X",
+                "POST",
+                *AUTH,
+                *JSON,
+                "-d",
                 json.dumps({"url": f"syslog://127.0.0.1:{sink.port}/"}),
                 api(ports, "/v3/channels/st/drains"),
             )

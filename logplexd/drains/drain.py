@@ -15,8 +15,17 @@ from dataclasses import asdict, dataclass
 
 import trio
 
+from ..native import format_time, parse_frames
 from .feed import DrainFeed
 from .http import HttpDrain
+from .policy import (
+    L14_INTERVAL,
+    certificate_failure,
+    connect_failure_reasons,
+    l14_due,
+    l14_frame,
+    unresolved_name,
+)
 from .pump import DrainPump
 from .state import DrainEvent, DrainState, next_state
 from .syslog import SyslogDrain
@@ -51,6 +60,8 @@ class DrainSettings:
     linger: float = 0.02
     linger_messages: int = 256
     shutdown_grace: float = 5.0
+    # A drain failing on a TLS certificate repeats its L14 notice at most this often.
+    l14_interval: float = L14_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,9 @@ class Drain:
         self._scope = trio.CancelScope()
         self._session: trio.CancelScope | None = None
         self._failing = False
+        # When this failing streak last put an L14 notice into the channel (trio clock).
+        self._l14_at: float | None = None
+        self.l14_notices = 0
 
     @property
     def channel_name(self) -> str:
@@ -134,12 +148,19 @@ class Drain:
             log.info("drain %d (%s) delivering again", self.drain_id, self.target.redacted)
 
     def fail(self, error: BaseException | str, *, connecting: bool = False) -> None:
+        unresolved = unresolved_name(error)
         text = describe(error)
+        if unresolved is not None:
+            # Say which name: the resolver's own text ("Name or service not known") does not.
+            text = f"{self.target.host} did not resolve ({unresolved})"
+        elif (reasons := connect_failure_reasons(error)) is not None:
+            text = f"{text}: {reasons}"
         self.feed.note_error(text)
         self.on(DrainEvent.FAILED)
         # One line when a drain starts failing, not one per retry of a dead endpoint.
         if not self._failing:
             self._failing = True
+            self._l14_at = None
             log.warning(
                 "drain %d (%s) %s: %s",
                 self.drain_id,
@@ -147,6 +168,23 @@ class Drain:
                 "cannot connect" if connecting else "delivery failed",
                 text,
             )
+        # Only a handshake (connecting) failure: as the original, which checks on connect.
+        alert = certificate_failure(error) if connecting else None
+        now = trio.current_time()
+        if alert is not None and l14_due(self._l14_at, now, self.settings.l14_interval):
+            self._l14_at = now
+            self._announce_l14(alert)
+
+    def _announce_l14(self, alert: str) -> None:
+        """Put the L14 line into the drain's channel: its tails and history show it (as in
+        the original), and so do its drains, which read the same ring."""
+        channel = self.feed.registry.channel(self.channel_name)
+        if channel is None:
+            return
+        line = l14_frame(self.token, alert, self.target.redacted, format_time(self.wall_clock()))
+        channel.ring.append_batch(parse_frames([line]))
+        channel.notify()
+        self.l14_notices += 1
 
     # -- control (synchronous, from the manager) ------------------------------------------
     def retarget(self, target: DrainTarget) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..native import Batch, l10_syslog, syslog_frames
-from .policy import SYSLOG_STABLE_CONNECTION, TRANSPORT_ERRORS, syslog_reconnect_backoff
+from .policy import TRANSPORT_ERRORS, syslog_failures_after_drop, syslog_reconnect_backoff
 from .pump import AttachedWriter
 from .state import DrainEvent
 from .transport import open_drain_stream
@@ -60,14 +60,18 @@ class SyslogDrain:
                 continue
             drain.on(DrainEvent.CONNECTED)
             connected_at = trio.current_time()
+            delivered_before = feed.counters.delivered
             try:
                 await self._pump(stream)
                 return
             except TRANSPORT_ERRORS as exc:
-                # A connection that stayed up a while was good: reconnect at once. One that
-                # dies right after connecting must not make us reconnect in a tight loop.
+                # A connection that stayed up a while or took a write was good: reconnect
+                # soon. One that dies right after connecting must not make us reconnect in a
+                # tight loop.
                 lived = trio.current_time() - connected_at
-                failures = 0 if lived >= SYSLOG_STABLE_CONNECTION else failures + 1
+                failures = syslog_failures_after_drop(
+                    failures, lived=lived, delivered=feed.counters.delivered > delivered_before
+                )
                 drain.fail(exc)
             finally:
                 await trio.aclose_forcefully(stream)
