@@ -108,7 +108,9 @@ class Settings:
     history_messages: int = 1500
     history_bytes: int = 4 * MIB
     channel_buffer_messages: int = 16384
+    channel_buffer_bytes: int = 16 * MIB
     max_syslog_connections: int = 1024
+    ingest_threads: int = 0
     syslog_idle_timeout: float = 300.0
     max_drains_per_channel: int = 6
     api_max_body: int = 1 * MIB
@@ -120,10 +122,16 @@ class Settings:
     deny_tail_sessions: bool = False
     deny_drain_forwarding: bool = False
     deny_logs_ingress: bool = False
-    # Shared state (issue 11): None = the embedded store in data_dir; redis://HOST:PORT/DB.
+    # Shared state (issue 11): None = the embedded store in data_dir; redis://HOST:PORT/DB;
+    # redis+cluster://HOST:PORT[,HOST:PORT...].
     store_url: str | None = None
     # This node's name in Redis; None = "<hostname>:<api port>" (see resolved_node_id()).
     node_id: str | None = None
+    # Redis mode only (issue 11): the outbound buffer between ingestion and Redis, and the
+    # drain lease TTL (a dead owner's drains move within TTL * 1.25; at most 12 s -> < 15 s).
+    redis_buffer_messages: int = 200_000
+    redis_buffer_bytes: int = 64 * MIB
+    drain_lease_ttl: float = 10.0
     # Where the values came from; not configuration itself.
     config_file: Path | None = None
     sources: Mapping[str, str] = field(
@@ -233,25 +241,21 @@ def _url(raw: object) -> str:
 
 
 def _store_url(raw: object) -> str | None:
-    from urllib.parse import urlsplit
+    from .store._redis_client import parse_redis_url
+    from .store.model import StoreError
 
     if not isinstance(raw, str):
         raise _Invalid("expected a string URL")
     url = raw.strip()
     if not url:
         return None
-    if url.startswith("redis+cluster://"):
-        raise _Invalid("redis+cluster:// (Redis Cluster) is not supported yet; use redis://")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise _Invalid("expected redis://HOST:PORT/DB") from None
-    path = parts.path.strip("/")
-    if parts.scheme != "redis" or not parts.hostname or port is None:
-        raise _Invalid("expected redis://HOST:PORT/DB")
-    if (path and not (path.isdigit() and path.isascii())) or parts.query or parts.fragment:
-        raise _Invalid("expected redis://HOST:PORT/DB (DB a number, no query or fragment)")
+        parse_redis_url(url)  # the same parser the store uses: one set of accepted URLs
+    except StoreError:
+        # The parser's text quotes the URL (password masked); the value stays out of here.
+        raise _Invalid(
+            "expected redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT...]"
+        ) from None
     return url
 
 
@@ -379,8 +383,16 @@ _SPECS: dict[str, _Spec] = {
     "history_bytes": _Spec(
         _int_in(2 * 64 + 1024, 1 * GIB), "bytes of history kept per channel", "BYTES"
     ),
+    "channel_buffer_bytes": _Spec(
+        _int_in(2 * 64 + 1024, 4 * GIB),
+        "bytes a channel buffers for its drains and tails to catch up (>= history_bytes)",
+        "BYTES",
+    ),
     "max_syslog_connections": _Spec(
         _int_in(1, 1_000_000), "open syslog connections (plain + TLS)", "N"
+    ),
+    "ingest_threads": _Spec(
+        _int_in(0, 64), "worker threads that read and frame busy syslog connections (0: none)", "N"
     ),
     "syslog_idle_timeout": _Spec(
         _seconds_in(0.01, 86400), "close syslog connections idle this long", "SECONDS"
@@ -401,9 +413,26 @@ _SPECS: dict[str, _Spec] = {
     "deny_drain_forwarding": _Spec(parse_bool, "control rod: no drain delivery", "BOOL"),
     "deny_logs_ingress": _Spec(parse_bool, "control rod: POST /logs answers 503", "BOOL"),
     "store_url": _Spec(
-        _store_url, "shared store, redis://HOST:PORT/DB (default: embedded in data_dir)", "URL"
+        _store_url,
+        "shared store, redis://HOST:PORT/DB or redis+cluster://HOST:PORT,... (default: embedded)",
+        "URL",
     ),
     "node_id": _Spec(_node_id, "this node's name in the shared store", "NAME"),
+    "redis_buffer_messages": _Spec(
+        _int_in(1, 100_000_000),
+        "Redis mode: messages buffered for Redis while it is slow or away (oldest dropped)",
+        "N",
+    ),
+    "redis_buffer_bytes": _Spec(
+        _int_in(64 * KIB, 64 * GIB),
+        "Redis mode: bytes buffered for Redis while it is slow or away (oldest dropped)",
+        "BYTES",
+    ),
+    "drain_lease_ttl": _Spec(
+        _seconds_in(0.05, 12),
+        "Redis mode: drain lease TTL; a dead node's drains move within 1.25 x this",
+        "SECONDS",
+    ),
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_SPECS)

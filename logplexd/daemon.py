@@ -28,6 +28,7 @@ import trio
 from ._logging import configure_logging
 from .api import ControlApi
 from .api.routing import Match
+from .cluster import ClusterDrains, ClusterReads, ClusterRegistry, DataPlane, OutboundBuffer
 from .config import Settings, ensure_auth_key, load_settings
 from .creds import CredentialChecker
 from .data_routes import LogsListener, ReadRoutes
@@ -86,16 +87,45 @@ class Daemon:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self._reload_settings = reload_settings or reload_from_sources
-        self.registry = Registry(
-            settings.history_messages, settings.history_bytes, settings.channel_buffer_messages
-        )
+        # Redis mode (issue 11): history, tails and drains go through Redis streams.
+        self.plane: DataPlane | None = None
+        self.registry: Registry
+        if settings.store_url:
+            self.plane = DataPlane(
+                settings.store_url,
+                node_id=settings.resolved_node_id(),
+                keep_messages=max(settings.channel_buffer_messages, settings.history_messages),
+                buffer=OutboundBuffer(
+                    settings.redis_buffer_messages, settings.redis_buffer_bytes
+                ),
+            )
+            self.registry = ClusterRegistry(
+                self.plane,
+                settings.history_messages,
+                settings.history_bytes,
+                settings.channel_buffer_messages,
+                settings.channel_buffer_bytes,
+            )
+        else:
+            self.registry = Registry(
+                settings.history_messages,
+                settings.history_bytes,
+                settings.channel_buffer_messages,
+                settings.channel_buffer_bytes,
+            )
         self.syslog = SyslogInput(
             self.registry,
             max_frame=settings.max_frame,
             max_connections=settings.max_syslog_connections,
             idle_timeout=settings.syslog_idle_timeout,
+            threads=settings.ingest_threads,
         )
         self.drains = GatedDrainManager(self.registry)
+        self.cluster_drains: ClusterDrains | None = None
+        if self.plane is not None:
+            self.cluster_drains = ClusterDrains(
+                self.plane, self.drains, ttl=settings.drain_lease_ttl
+            )
         self.tails = TailSessions()
         self.rods = Rods(RodState.from_settings(settings), tails=self.tails, drains=self.drains)
         self.notifier = Notifier(self.environ)
@@ -130,7 +160,10 @@ class Daemon:
             )
             self.api.drain_stats = self._drain_stats
             add = self.api.add_route
-            reads = ReadRoutes(store, self.registry, self.rods)
+            cluster_reads = None
+            if self.plane is not None and isinstance(self.registry, ClusterRegistry):
+                cluster_reads = ClusterReads(self.plane, self.registry)
+            reads = ReadRoutes(store, self.registry, self.rods, cluster_reads)
             add("GET", "/sessions/{session_id}", reads.session, name="session.get", auth=False)
             add("GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs")
             mount_platform(self.api, store, self.registry, data_dir=s.data_dir)
@@ -153,7 +186,12 @@ class Daemon:
                 self._core = core
                 await core.start(store.maintain)
                 await core.start(self.drains.run)
-                attach_drains(store, self.drains)
+                if self.plane is not None and self.cluster_drains is not None:
+                    await core.start(self.plane.run)
+                    await core.start(self.cluster_drains.run)
+                    attach_drains(store, self.cluster_drains)
+                else:
+                    attach_drains(store, self.drains)
                 core.start_soon(self.metrics.loop_lag.run)
                 self.ports = await core.start(self._serve_listeners, inherited)
                 self.notifier.ready(self.status_line())
@@ -269,11 +307,24 @@ class Daemon:
         found = api.router.match(request.method, request.path)
         route = found.endpoint.name if isinstance(found, Match) else "unmatched"
         gate = self.rods.api_gate(request.method, route)
+        if gate is None and route == "v3.healthcheck":
+            gate = self._data_plane_health()
         response = gate if gate is not None else await api.handle(request)
         self.metrics.observe_api(
             route, request.method, response.status, time.perf_counter() - started
         )
         return response
+
+    def _data_plane_health(self) -> Response | None:
+        """Redis mode: 503 while Redis cannot be reached (and until it first is), for the
+        data plane (history, drains) or the store. ``/healthcheck`` is the store's alone."""
+        plane = self.plane
+        if plane is None:
+            return None
+        failure = plane.failure or (self.store.failure if self.store is not None else None)
+        if failure is None:
+            return None
+        return Response.text(503, "Redis unavailable: " + failure)
 
     async def _metrics(self, request: Request, params: dict[str, str]) -> Response:
         return Response(200, [("Content-Type", CONTENT_TYPE)], self.metrics.render())

@@ -7,7 +7,7 @@ They translate ``Request``/``Response`` to the sans-IO cores in ``logs_ingest`` 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from .http.messages import Request, Response
@@ -17,6 +17,7 @@ from .sessions import SessionParamError, channel_logs, parse_session_params, str
 from .store.base import Store
 
 if TYPE_CHECKING:
+    from .cluster.reads import ClusterReads
     from .rods import Rods
 
 TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
@@ -44,10 +45,18 @@ class LogsListener:
 class ReadRoutes:
     """``GET /sessions/{uuid}`` (no auth: the uuid is the capability) and channel logs."""
 
-    def __init__(self, store: Store, registry: Registry, rods: Rods | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        rods: Rods | None = None,
+        cluster: ClusterReads | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.rods = rods
+        # Redis mode: history is read from the channel's stream, tails hold a follow on it.
+        self.cluster = cluster
 
     async def session(self, request: Request, params: dict[str, str]) -> Response:
         session = self.store.session(params["session_id"])
@@ -63,7 +72,20 @@ class ReadRoutes:
         rods = self.rods
         if rods is not None and wanted.tail and rods.state.deny_tail_sessions:
             wanted = dataclasses.replace(wanted, tail=False)
-        body: AsyncIterator[bytes] = stream_session(self.registry, channel, wanted)
+        cluster = self.cluster
+        if cluster is None:
+            body: AsyncIterator[bytes] = stream_session(self.registry, channel, wanted)
+        else:
+            filtered = wanted.ps is not None or wanted.source is not None
+            # num counts matching lines: with a filter the whole history is searched.
+            want = self.registry.history_messages if filtered else wanted.num
+            start = await cluster.start(channel, want, wanted.tail)
+            body = _releasing(
+                stream_session(
+                    self.registry, channel, wanted, start=(start.history, start.cursor)
+                ),
+                lambda: cluster.release(start),
+            )
         if rods is not None and wanted.tail:
             body = rods.tails.track(body)  # kill_tail_sessions ends what it tracks
         return Response.stream(200, body, [TEXT_PLAIN])
@@ -74,9 +96,23 @@ class ReadRoutes:
             return Response.error(404, "Not found")
         num_raw = request.query_params().get("num", "")
         num = int(num_raw) if num_raw.isascii() and num_raw.isdigit() else 100
-        body, count = channel_logs(self.registry, channel, num)
+        history = None
+        if self.cluster is not None:
+            history = (await self.cluster.start(channel, num, tail=False)).history
+        body, count = channel_logs(self.registry, channel, num, history)
         return Response(
             200,
             [("Content-Type", "application/logplex-1"), ("Logplex-Msg-Count", str(count))],
             body,
         )
+
+
+async def _releasing(
+    body: AsyncIterator[bytes], release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """Pass ``body`` through; call ``release`` when it ends or its reader goes away."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        release()

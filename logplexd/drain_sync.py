@@ -1,11 +1,16 @@
-"""Keep the running drains equal to the store: start what it holds, then follow changes."""
+"""Keep the running drains equal to the store: start what it holds, then follow changes.
+
+The target is the ``DrainManager`` on one node, or (Redis mode) ``cluster.ClusterDrains``,
+which takes the same calls and runs each drain only on the node owning its lease.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
-from .drains import DrainManager, InvalidDrainUrl
+from .drains import InvalidDrainUrl
 from .store.base import Store
 from .store.drain_url import redact_url
 from .store.model import ChannelRemoved, Drain, DrainAdded, DrainRemoved, DrainUpdated, StoreEvent
@@ -13,7 +18,19 @@ from .store.model import ChannelRemoved, Drain, DrainAdded, DrainRemoved, DrainU
 log = logging.getLogger("logplexd.drains")
 
 
-def _start(manager: DrainManager, drain: Drain) -> None:
+class DrainTarget(Protocol):
+    """What drain_sync drives: ``DrainManager`` and ``ClusterDrains`` both are one."""
+
+    def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None: ...
+
+    def update_drain(self, drain_id: int, url: str) -> bool: ...
+
+    def remove_drain(self, drain_id: int) -> bool: ...
+
+    def remove_channel(self, channel_name: str) -> int: ...
+
+
+def _start(manager: DrainTarget, drain: Drain) -> None:
     if drain.url is None:  # a reservation delivers nothing until it gets a URL
         return
     try:
@@ -22,7 +39,7 @@ def _start(manager: DrainManager, drain: Drain) -> None:
         log.warning("drain %d: not started, %s (%s)", drain.id, exc, redact_url(drain.url))
 
 
-def attach_drains(store: Store, manager: DrainManager) -> Callable[[], None]:
+def attach_drains(store: Store, manager: DrainTarget) -> Callable[[], None]:
     """Start every stored drain and apply each later change at once; returns a detach."""
     for drain in store.drains():
         _start(manager, drain)

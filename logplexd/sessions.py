@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .native import channel_log_frames, l11_line, session_lines
+from .native import Batch, channel_log_frames, l11_line, session_lines
 from .registry import Channel, Registry
 
 DEFAULT_NUM = 100
@@ -82,15 +82,21 @@ async def stream_session(
     params: SessionParams,
     *,
     wall_clock: Callable[[], float] = time.time,
+    start: tuple[Batch, int] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the session's body in chunks: history first, then (tail) new lines as they come.
 
     Reading the ring and encoding are native batch calls; between two yields the consumer
     (the HTTP writer) may take as long as it likes without holding anything back.
+    ``start`` (Redis mode) gives the history and the ring position the tail continues from,
+    read from the channel's stream by ``cluster.reads``.
     """
     ring = channel.ring
-    cursor = ring.head
-    history, count = session_lines(registry.history(channel), params.ps, params.source, params.num)
+    if start is None:
+        source, cursor = registry.history(channel), ring.head
+    else:
+        source, cursor = start
+    history, count = session_lines(source, params.ps, params.source, params.num)
     if count:
         yield history
     if not params.tail:
@@ -114,11 +120,14 @@ async def stream_session(
             await channel.wait_head(cursor + TAIL_LINGER_MESSAGES)
 
 
-def channel_logs(registry: Registry, channel: Channel, num: int) -> tuple[bytes, int]:
+def channel_logs(
+    registry: Registry, channel: Channel, num: int, history: Batch | None = None
+) -> tuple[bytes, int]:
     """Body and ``Logplex-Msg-Count`` of ``GET /v3/channels/{name}/logs?num=N``.
 
     The count is the number of frames actually in the body (lines that are not valid
-    RFC 5424 are left out of both).
+    RFC 5424 are left out of both). ``history`` (Redis mode) is what was read from the
+    channel's stream instead of the local ring.
     """
     num = max(0, min(MAX_NUM, num))
-    return channel_log_frames(registry.history(channel, num))
+    return channel_log_frames(registry.history(channel, num) if history is None else history)

@@ -51,7 +51,7 @@ class SyslogInput:
         max_frame: int = 10240,
         max_connections: int = 1024,
         idle_timeout: float = 300.0,
-        threads: int = 2,
+        threads: int = 0,
     ) -> None:
         self.registry = registry
         self.max_frame = max_frame

@@ -164,3 +164,16 @@ async def test_shutdown_while_a_thread_reads_does_not_hang():
             nursery.cancel_scope.cancel()
     await stream.aclose()
     assert syslog._offloaded == 0
+
+
+async def test_the_daemon_setting_reaches_the_syslog_input(tmp_path):
+    import dataclasses
+
+    from logplexd.daemon import Daemon
+
+    from .test_daemon import settings_for
+
+    settings = dataclasses.replace(settings_for(tmp_path), ingest_threads=3)
+    daemon = Daemon(settings)
+    assert daemon.syslog.threads == 3
+    assert Daemon(dataclasses.replace(settings, ingest_threads=0)).syslog.threads == 0

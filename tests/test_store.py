@@ -1,4 +1,9 @@
-"""The embedded store: durability across reopen, torn tails, compaction, failure, events."""
+"""The embedded store: torn tails, compaction, failure, batching.
+
+The behaviour every backend shares (reopen, ids, errors, sessions, events, registry,
+cancellation) is tested once for all of them, parametrized over embedded / Redis / Redis
+Cluster, in tests/test_store_redis.py.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +16,15 @@ import trio
 
 from logplexd.store import (
     ChannelAdded,
-    ChannelExists,
-    ChannelNotFound,
     Credential,
-    CredentialExists,
-    DrainAdded,
-    DrainExists,
-    DrainLimitReached,
-    DrainNotFound,
     StoreCorrupt,
     StoreLocked,
     StoreUnavailable,
-    TokenAdded,
     attach_registry,
     files,
     open_store,
 )
 from logplexd.store.embedded import JOURNAL_FILE, SNAPSHOT_FILE
-from tests.test_api_support import FakeRegistry
 
 
 def state_of(store) -> dict:
@@ -48,39 +44,6 @@ async def populate(store) -> None:
     await store.create_drain("1", "https://u:p@x.example/logs", max_drains=6)
     await store.add_credential(Credential("C" * 32, "scrypt$hash", ("full_api",), "ops"))
     await store.put_channel("app-1", ["b", "c"])
-
-
-async def test_everything_survives_reopen(tmp_path):
-    store = open_store(str(tmp_path))
-    await populate(store)
-    session = await store.create_session({"channel_id": "app-1", "num": "5"})
-    before = state_of(store)
-    store.close()
-
-    reopened = open_store(str(tmp_path))
-    assert state_of(reopened) == before
-    assert reopened.session(session.id) == session
-    assert [t.name for t in reopened.tokens_of("app-1")] == ["b", "c"]
-    # Counters continue: ids are never reused.
-    channel, _ = await reopened.create_channel()
-    assert channel.name == "2"
-    drain = await reopened.create_drain("app-1", "syslog://other", max_drains=6)
-    assert drain.id == 4
-    reopened.close()
-
-
-async def test_ids_are_not_reused_after_delete(tmp_path):
-    store = open_store(str(tmp_path))
-    first, _ = await store.create_channel()
-    drain = await store.create_drain(first.name, "syslog://a", max_drains=6)
-    await store.delete_channel(first.name)
-    store.close()
-    store = open_store(str(tmp_path))
-    second, _ = await store.create_channel()
-    await store.put_channel("x", [])
-    again = await store.create_drain("x", "syslog://a", max_drains=6)
-    assert (second.name, again.id) == ("2", drain.id + 1)
-    store.close()
 
 
 def journal_path(tmp_path) -> str:
@@ -226,48 +189,6 @@ async def test_damaged_snapshot_is_reported(tmp_path):
         open_store(str(tmp_path))
 
 
-async def test_expired_sessions_are_dropped(tmp_path):
-    now = [1000.0]
-    store = open_store(str(tmp_path), clock=lambda: now[0])
-    old = await store.create_session({"channel_id": "a"}, ttl=10)
-    fresh = await store.create_session({"channel_id": "a"}, ttl=100)
-    now[0] += 50
-    assert store.session(old.id) is None and store.session(fresh.id) is not None
-    assert store.expire_sessions() == 1
-    store.close()
-    store = open_store(str(tmp_path), clock=lambda: now[0])
-    assert store.session(old.id) is None and store.session(fresh.id) == fresh
-    assert await store.delete_session(fresh.id)
-    assert not await store.delete_session(fresh.id)
-    store.close()
-
-
-async def test_store_errors(tmp_path):
-    store = open_store(str(tmp_path))
-    await store.put_channel("a", [])
-    with pytest.raises(ChannelExists):
-        await store.create_channel("a")
-    with pytest.raises(ChannelNotFound):
-        await store.create_token("nope", "t")
-    with pytest.raises(ChannelNotFound):
-        await store.create_drain("nope", None, max_drains=6)
-    drain = await store.create_drain("a", "syslog://x", max_drains=1)
-    with pytest.raises(DrainLimitReached):
-        await store.create_drain("a", "syslog://y", max_drains=1)
-    with pytest.raises(DrainExists):
-        await store.create_drain("a", "SYSLOG://X:601", max_drains=6)
-    with pytest.raises(DrainNotFound):
-        await store.update_drain("b", drain.id, "syslog://z", max_drains=6)
-    assert await store.delete_drain("b", drain.id) is None
-    assert not await store.delete_channel("b")
-    credential = Credential("X", "h", ("full_api",))
-    await store.add_credential(credential)
-    with pytest.raises(CredentialExists):
-        await store.add_credential(credential)
-    assert await store.revoke_credential("X") and not await store.revoke_credential("X")
-    store.close()
-
-
 async def test_a_failed_write_stops_further_writes(tmp_path):
     store = open_store(str(tmp_path))
     await store.put_channel("a", [])
@@ -309,47 +230,6 @@ async def test_concurrent_writes_share_flushes_and_publish_in_order(tmp_path):
     store.close()
 
 
-async def test_events_follow_commit_order_even_across_batches(tmp_path):
-    store = open_store(str(tmp_path))
-    await store.put_channel("a", [])
-    events: list = []
-    store.subscribe(events.append)
-
-    async def add_then_remove(i: int) -> None:
-        drain = await store.create_drain("a", f"syslog://x{i}", max_drains=6)
-        await store.delete_drain("a", drain.id)
-
-    async with trio.open_nursery() as nursery:
-        for i in range(5):
-            nursery.start_soon(add_then_remove, i)
-    live: set[int] = set()
-    for event in events:
-        if isinstance(event, DrainAdded):
-            live.add(event.drain.id)
-        else:
-            live.remove(event.drain.id)
-    assert live == set()
-    store.close()
-
-
-async def test_registry_follows_the_store(tmp_path):
-    store = open_store(str(tmp_path))
-    await store.put_channel("before", ["t"])
-    registry = FakeRegistry()
-    detach = attach_registry(store, registry)
-    assert set(registry.channels) == {"before"}
-    put = await store.put_channel("after", ["x", "y"])
-    assert registry.channels["after"] == {t.id: t.name for t in put.tokens}
-    await store.put_channel("after", ["y"])
-    assert list(registry.channels["after"].values()) == ["y"]
-    await store.delete_channel("before")
-    assert "before" not in registry.channels
-    detach()
-    await store.put_channel("ignored", [])
-    assert "ignored" not in registry.channels
-    store.close()
-
-
 async def test_real_registry_loads(tmp_path):
     registry_module = pytest.importorskip("logplexd.registry")
     store = open_store(str(tmp_path))
@@ -360,30 +240,4 @@ async def test_real_registry_loads(tmp_path):
     assert registry.channel_of_token(token.id).name == "app"
     await store.delete_channel("app")
     assert registry.channel("app") is None and registry.channel_of_token(token.id) is None
-    store.close()
-
-
-async def test_a_failing_subscriber_does_not_break_writes(tmp_path, caplog):
-    store = open_store(str(tmp_path))
-
-    def broken(event: object) -> None:
-        raise RuntimeError("subscriber bug")
-
-    seen: list = []
-    store.subscribe(broken)
-    store.subscribe(seen.append)
-    await store.put_channel("a", ["t"])
-    assert [type(e) for e in seen] == [ChannelAdded, TokenAdded]
-    assert "subscriber failed" in caplog.text
-    store.close()
-
-
-async def test_cancelled_writer_still_commits(tmp_path):
-    store = open_store(str(tmp_path))
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await store.put_channel("a", [])
-    store.close()
-    store = open_store(str(tmp_path))
-    assert [c.name for c in store.channels()] == ["a"]
     store.close()

@@ -9,12 +9,8 @@ cases are skipped.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
+import itertools
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,116 +42,80 @@ from logplexd.store import (
     attach_registry,
     open_store,
 )
-from logplexd.store.redis_store import parse_redis_url
+from logplexd.store._redis_client import parse_redis_url
+from tests._redis_servers import (
+    PROPAGATION,
+    REDIS_SERVER,
+    RedisCluster,
+    RedisServer,
+    bulk_strings,
+    eventually,
+    needs_redis,
+    redis_any,
+    redis_cluster,
+    redis_server,
+    running,
+)
 from tests.test_api_support import FakeRegistry
 from tests.test_store import populate, state_of
 
-REDIS_SERVER = shutil.which("redis-server")
-try:
-    import coredis  # noqa: F401
-except ImportError:  # pragma: no cover - coredis is a dependency
-    HAVE_COREDIS = False
-else:
-    HAVE_COREDIS = True
+# Re-exported: other test modules import the fixtures and helpers from here.
+__all__ = [
+    "PROPAGATION",
+    "RedisServer",
+    "eventually",
+    "needs_redis",
+    "redis_any",
+    "redis_cluster",
+    "redis_server",
+    "running",
+]
 
-needs_redis = pytest.mark.skipif(
-    REDIS_SERVER is None or not HAVE_COREDIS,
-    reason="needs redis-server (apt-get install redis-server) and coredis",
-)
-
-# Everything a test waits for is bounded; changes must reach other nodes within this.
-PROPAGATION = 1.0
+_prefixes = itertools.count()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One cluster for the tests of this module that do not stop it: each test keeps to
+    its own key prefix (a cluster takes about 2 s to form)."""
+    from tests._redis_servers import _require_binaries
+
+    _require_binaries()
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
 
 
-class RedisServer:
-    """One redis-server process on loopback, started and stopped by pid."""
+class Shared:
+    """One Redis or a Redis Cluster seen by one test: a URL and a prefix of its own."""
 
-    def __init__(self, base: Path, *, persistent: bool = False) -> None:
-        self.port = _free_port()
-        self.dir = base / f"redis-{self.port}"
-        self.dir.mkdir()
-        self.persistent = persistent
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, server: RedisServer | RedisCluster) -> None:
+        self.server = server
+        self.url = server.url
+        self.prefix = f"t{next(_prefixes)}"
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def running(self, **options: Any) -> contextlib.AbstractAsyncContextManager[RedisStore]:
+        options.setdefault("prefix", self.prefix)
+        return running(self.url, **options)
 
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.dir), "--save", "", "--daemonize", "no"]
-        args += ["--logfile", str(self.dir / "redis.log")]
-        if self.persistent:
-            # Every acknowledged write is on disk before the reply: nothing is lost by kill -9.
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
-                self.kill()
-                raise RuntimeError(f"redis-server did not start:\n{log}")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{{cfg}}:{name}"
 
     def command(self, *args: str) -> bytes:
-        """One command in inline form (no spaces in arguments); the raw reply."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(" ".join(args).encode() + b"\r\n")
-            return sock.recv(1 << 16)
+        return self.server.command(*args)
+
+    def stored_keys(self) -> list[bytes]:
+        return [k for k in self.server.stored_keys() if k.startswith(f"{self.prefix}:".encode())]
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None or not HAVE_COREDIS:
-        pytest.skip("needs redis-server (apt-get install redis-server) and coredis")
-    server = RedisServer(tmp_path, persistent=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@contextlib.asynccontextmanager
-async def running(url: str, **options: Any) -> AsyncIterator[RedisStore]:
-    """A RedisStore with its background task, as the daemon runs it."""
-    store = RedisStore(url, **options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.maintain)
-        try:
-            yield store
-        finally:
-            nursery.cancel_scope.cancel()
-            store.close()
-
-
-async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) -> None:
-    """Poll ``check`` until true, failing after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while not check():
-            await trio.sleep(0.005)
+@pytest.fixture(params=["single", "cluster"])
+def shared(request: pytest.FixtureRequest) -> Shared:
+    """The test runs on one Redis and on a Redis Cluster (shared by the module)."""
+    name = "redis_server" if request.param == "single" else "shared_cluster"
+    return Shared(request.getfixturevalue(name))
 
 
 # -- both backends through the same behaviour tests -----------------------------------------
@@ -164,31 +124,32 @@ async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) 
 class Backend:
     """Opens "the" store of one backend; opening again is a restart (reload from storage)."""
 
-    def __init__(self, kind: str, tmp_path: Path, server: RedisServer | None) -> None:
+    def __init__(self, kind: str, tmp_path: Path, redis: Shared | None) -> None:
         self.kind = kind
         self.tmp_path = tmp_path
-        self.server = server
+        self.redis = redis
 
     @contextlib.asynccontextmanager
     async def open(self, **options: Any) -> AsyncIterator[Any]:
-        if self.server is None:
+        if self.redis is None:
             store = open_store(str(self.tmp_path / "data"), **options)
             try:
                 yield store
             finally:
                 store.close()
         else:
-            async with running(self.server.url, **options) as store:
+            async with self.redis.running(**options) as store:
                 yield store
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The embedded store, one Redis, a Redis Cluster: the same behaviour from each."""
     if request.param == "embedded":
         yield Backend("embedded", tmp_path, None)
         return
-    server = request.getfixturevalue("redis_server")
-    yield Backend("redis", tmp_path, server)
+    name = "redis_server" if request.param == "redis" else "shared_cluster"
+    yield Backend(request.param, tmp_path, Shared(request.getfixturevalue(name)))
 
 
 async def test_everything_survives_reopen(backend: Backend) -> None:
@@ -383,13 +344,8 @@ async def test_cancelled_writer_still_commits(backend: Backend) -> None:
 
 
 @needs_redis
-async def test_two_nodes_see_each_others_changes_within_a_second(
-    redis_server: RedisServer,
-) -> None:
-    async with (
-        running(redis_server.url, node_id="a") as a,
-        running(redis_server.url, node_id="b") as b,
-    ):
+async def test_two_nodes_see_each_others_changes_within_a_second(shared: Shared) -> None:
+    async with shared.running(node_id="a") as a, shared.running(node_id="b") as b:
         registry = Registry()
         attach_registry(b, registry)
         seen_by_b: list[Any] = []
@@ -418,10 +374,8 @@ async def test_two_nodes_see_each_others_changes_within_a_second(
 
 
 @needs_redis
-async def test_conflicting_writes_on_two_nodes_are_decided_by_redis(
-    redis_server: RedisServer,
-) -> None:
-    async with running(redis_server.url) as a, running(redis_server.url) as b:
+async def test_conflicting_writes_on_two_nodes_are_decided_by_redis(shared: Shared) -> None:
+    async with shared.running() as a, shared.running() as b:
         await a.put_channel("app", [])
         await eventually(lambda: b.channel("app") is not None)
         results: dict[str, list[Any]] = {"name": [], "v2": [], "limit": []}
@@ -455,43 +409,46 @@ async def test_conflicting_writes_on_two_nodes_are_decided_by_redis(
 
 
 @needs_redis
-async def test_a_new_node_loads_everything_and_keys_share_one_hash_tag(
-    redis_server: RedisServer,
-) -> None:
-    async with running(redis_server.url) as a:
+async def test_a_new_node_loads_everything_and_keys_share_one_hash_tag(shared: Shared) -> None:
+    async with shared.running() as a:
         await populate(a)
         session = await a.create_session({"channel_id": "app-1"})
-        async with running(redis_server.url) as c:
+        async with shared.running() as c:
             assert state_of(c) == state_of(a)
             assert c.session(session.id) == session
             assert c.applied_version == a.applied_version != "0-0"
-    keys = [k for k in redis_server.command("KEYS", "*").split(b"\r\n") if k[:1] not in b"*$"]
-    assert keys and all(b"logplex:{cfg}:" in key for key in keys)
-    assert redis_server.command("GET", "logplex:{cfg}:channel_index").endswith(b"\r\n1\r\n")
-    assert redis_server.command("GET", "logplex:{cfg}:drain_index").endswith(b"\r\n3\r\n")
+    keys = shared.stored_keys()
+    assert keys and all(key.startswith(shared.key("").encode()) for key in keys)
+    assert shared.command("GET", shared.key("channel_index")) == b"$1\r\n1\r\n"
+    assert shared.command("GET", shared.key("drain_index")) == b"$1\r\n3\r\n"
 
 
 @needs_redis
 async def test_redis_restart_refuses_writes_then_recovers_without_losing_changes(
-    redis_server: RedisServer,
+    redis_any: RedisServer | RedisCluster,
 ) -> None:
+    """On a cluster only the master holding the configuration slot is killed and restarted
+    (the others keep serving): what the nodes see is the same."""
     async with (
-        running(redis_server.url, node_id="a") as a,
-        running(redis_server.url, node_id="b") as b,
+        running(redis_any.url, node_id="a") as a,
+        running(redis_any.url, node_id="b") as b,
     ):
         seen_by_b: list[Any] = []
         b.subscribe(seen_by_b.append)
         await a.put_channel("kept", ["t"])
         await eventually(lambda: b.channel("kept") is not None)
 
-        redis_server.kill()  # SIGKILL; the AOF (fsync always) has every acknowledged write
+        victim = redis_any
+        if isinstance(redis_any, RedisCluster):
+            victim = redis_any.server_of("logplex:{cfg}:version")
+        victim.kill()  # SIGKILL; the AOF (fsync always) has every acknowledged write
         await eventually(lambda: a.failure is not None and b.failure is not None, 5)
-        assert "unreachable" in (a.failure or "")
+        assert "unreachable" in (a.failure or "") or "Redis" in (a.failure or "")
         with pytest.raises(StoreUnavailable):
             await a.put_channel("lost", [])
 
-        redis_server.start()
-        with trio.fail_after(5):
+        victim.start()
+        with trio.fail_after(10):
             await a.connected.wait()
             await b.connected.wait()
         assert a.failure is None and b.failure is None
@@ -533,15 +490,16 @@ async def test_changes_missed_while_disconnected_arrive_as_events(tmp_path: Path
 
 
 @needs_redis
-async def test_unreachable_at_start_then_reached(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path)
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+async def test_unreachable_at_start_then_reached(tmp_path: Path, kind: str) -> None:
+    server = RedisServer(tmp_path) if kind == "single" else RedisCluster(tmp_path)
     async with running(server.url) as store:
         assert store.failure is not None and not store.connected.is_set()
         with pytest.raises(StoreUnavailable):
             await store.put_channel("a", [])
-        server.start()
+        await trio.to_thread.run_sync(server.start)
         try:
-            with trio.fail_after(5):
+            with trio.fail_after(10):
                 await store.connected.wait()
             await store.put_channel("a", [])
             assert store.channel("a") is not None
@@ -550,8 +508,8 @@ async def test_unreachable_at_start_then_reached(tmp_path: Path) -> None:
 
 
 @needs_redis
-async def test_a_write_whose_reply_is_lost_counts_as_done(redis_server: RedisServer) -> None:
-    async with running(redis_server.url) as a, running(redis_server.url) as b:
+async def test_a_write_whose_reply_is_lost_counts_as_done(shared: Shared) -> None:
+    async with shared.running() as a, shared.running() as b:
         # Node b commits a change but "loses" the reply: its memory is behind.
         original = b._apply_entry
         dropped: list[str] = []
@@ -569,18 +527,15 @@ async def test_a_write_whose_reply_is_lost_counts_as_done(redis_server: RedisSer
 
 
 @needs_redis
-async def test_session_sweep_removes_expired_sessions_from_redis(
-    redis_server: RedisServer,
-) -> None:
+async def test_session_sweep_removes_expired_sessions_from_redis(shared: Shared) -> None:
     now = [1000.0]
-    async with running(redis_server.url, clock=lambda: now[0]) as a:
-        old = await a.create_session({"channel_id": "a"}, ttl=10)
+    async with shared.running(clock=lambda: now[0]) as a:
+        await a.create_session({"channel_id": "a"}, ttl=10)  # expires
         fresh = await a.create_session({"channel_id": "a"}, ttl=100)
         now[0] += 50
         assert await a.sweep_expired_sessions() == 1
         assert await a.sweep_expired_sessions() == 0
-        reply = redis_server.command("HKEYS", "logplex:{cfg}:sessions")
-        assert fresh.id.encode() in reply and old.id.encode() not in reply
+        assert bulk_strings(shared.command("HKEYS", shared.key("sessions"))) == [fresh.id.encode()]
 
 
 # -- opening and configuration ----------------------------------------------------------------
@@ -593,26 +548,62 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "e"), "redis://:secret@127.0.0.1:7000/3", node_id="n")
     assert isinstance(store, RedisStore) and store.node_id == "n"
     assert store.failure is not None  # nothing is loaded before maintain runs
-    with pytest.raises(StoreError) as info:
-        open_store(str(tmp_path), "memcached://x:1")
-    assert "secret" not in str(info.value)
-    with pytest.raises(StoreError):
-        open_store(str(tmp_path), "redis://h:1/x")
+    cluster = open_store(str(tmp_path / "f"), "redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert isinstance(cluster, RedisStore) and cluster.failure is not None
+    for bad in ("memcached://x:1", "redis://:secret@h:1/x", "redis+cluster://:secret@h:1/2"):
+        with pytest.raises(StoreError) as info:
+            open_store(str(tmp_path), bad)
+        assert "secret" not in str(info.value) and "invalid store URL" in str(info.value)
 
 
 def test_redis_url_parsing() -> None:
     url = parse_redis_url("redis://user:p%40ss@h.example:7000/2")
-    assert (url.host, url.port, url.db, url.username, url.password) == (
-        "h.example",
-        7000,
+    assert (url.cluster, url.nodes, url.db, url.username, url.password) == (
+        False,
+        (("h.example", 7000),),
         2,
         "user",
         "p@ss",
     )
-    assert parse_redis_url("redis://h").port == 6379
-    for bad in ("http://h:1", "redis://:1", "redis://h:1/db", "redis://h:1/0?x=1"):
-        with pytest.raises(ValueError):
+    assert parse_redis_url("redis://h").nodes == (("h", 6379),)
+    cluster = parse_redis_url("redis+cluster://:pw@a:7000,b,[::1]:7002")
+    assert (cluster.cluster, cluster.nodes, cluster.db, cluster.password) == (
+        True,
+        (("a", 7000), ("b", 6379), ("::1", 7002)),
+        0,
+        "pw",
+    )
+    assert cluster.describe() == "cluster a:7000,b:6379,::1:7002"  # no password in logs
+    assert parse_redis_url("redis+cluster://a:1/0").nodes == (("a", 1),)
+    for bad in (
+        "http://h:1",
+        "redis://:1",
+        "redis://h:1/db",
+        "redis://h:1/0?x=1",
+        "redis://h:0",
+        "redis://h:65536",
+        "redis://a:1,b:2",  # several hosts only for a cluster
+        "redis+cluster://a:1/1",  # a cluster has only database 0
+        "redis+cluster://a:1,,b:2",
+        "redis+cluster://a:x",
+        "rediss://h:1",
+    ):
+        with pytest.raises(StoreError):
             parse_redis_url(bad)
+
+
+def test_open_redis_gives_the_right_client() -> None:
+    import coredis
+
+    from logplexd.store._redis_client import open_redis
+
+    single = open_redis("redis://127.0.0.1:1/0", client_name="x")
+    assert type(single) is coredis.Redis
+    # client_name is a single-Redis option: dropped for a cluster, not an error.
+    cluster = open_redis("redis+cluster://127.0.0.1:1,127.0.0.1:2", client_name="x")
+    assert type(cluster) is coredis.RedisCluster
+    with pytest.raises(StoreError):
+        open_redis("tcp://127.0.0.1:1")
 
 
 def test_store_settings() -> None:
@@ -623,24 +614,25 @@ def test_store_settings() -> None:
     default = load_settings(env={})
     assert default.store_url is None
     assert default.resolved_node_id() == f"{socket.gethostname()}:{default.api_addr.port}"
-    with pytest.raises(ConfigError, match="not supported yet"):
-        load_settings(env={"LOGPLEXD_STORE_URL": "redis+cluster://a:1,b:2"})
-    with pytest.raises(ConfigError) as info:
-        load_settings(env={"LOGPLEXD_STORE_URL": "redis://:hunter2@h:1/x"})
-    assert "hunter2" not in str(info.value)
+    cluster = load_settings(env={"LOGPLEXD_STORE_URL": "redis+cluster://a:1,b:2"})
+    assert cluster.store_url == "redis+cluster://a:1,b:2"
+    for bad in ("redis://:hunter2@h:1/x", "redis+cluster://:hunter2@a:1/5"):
+        with pytest.raises(ConfigError) as info:
+            load_settings(env={"LOGPLEXD_STORE_URL": bad})
+        assert "hunter2" not in str(info.value)
     with pytest.raises(ConfigError):
         load_settings(env={"LOGPLEXD_NODE_ID": "a b"})
 
 
 @needs_redis
 async def test_a_node_behind_the_trimmed_change_stream_reloads(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    shared: Shared, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from logplexd.store import redis_store
 
     monkeypatch.setattr(redis_store, "CHANGES_MAXLEN", 5)
     monkeypatch.setattr(redis_store, "READ_BATCH", 10)
-    async with running(redis_server.url) as a, running(redis_server.url) as b:
+    async with shared.running() as a, shared.running() as b:
         await a.put_channel("first", [])
         await eventually(lambda: b.channel("first") is not None)
         # Node b stalls before its next read while a writes enough for Redis to trim
@@ -662,3 +654,36 @@ async def test_a_node_behind_the_trimmed_change_stream_reloads(
         release.set()
         await eventually(lambda: state_of(b) == state_of(a), 5)
         assert b.rebuilds == 2
+
+
+@needs_redis
+async def test_a_configuration_of_many_scan_pages_loads_whole(
+    shared: Shared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from logplexd.store import redis_store
+
+    async with shared.running() as a:
+        # More than 128 fields: Redis then keeps a real hash table and HSCAN pages it.
+        for i in range(70):
+            await a.put_channel(f"c{i:02}", ["web", "worker"])
+            if i % 3 == 0:
+                await a.create_drain(f"c{i:02}", f"syslog://h{i}.example", max_drains=6)
+        await a.add_credential(Credential("K" * 32, "h", ("full_api",), "ops"))
+        session = await a.create_session({"channel_id": "c01"})
+        monkeypatch.setattr(redis_store, "SCAN_COUNT", 10)
+        pages: list[int] = []
+        real_pages = redis_store._hash_pages
+
+        async def counted(client: Any, key: str) -> Any:
+            async for page in real_pages(client, key):
+                pages.append(len(page))
+                yield page
+
+        monkeypatch.setattr(redis_store, "_hash_pages", counted)
+        async with shared.running() as b:
+            assert state_of(b) == state_of(a)
+            assert len(list(b.channels())) == 70 and len(list(b.tokens())) == 140
+            assert b.session(session.id) == session
+            assert [t.name for t in b.tokens_of("c07")] == ["web", "worker"]
+        # Five hashes; the tokens' one (140 fields, a real hash table) took several pages.
+        assert len(pages) > 5 and sum(pages) >= 70 + 140 + 24 + 1 + 1

@@ -12,18 +12,26 @@ import trio
 
 from logplexd.config import Address, Settings
 from logplexd.daemon import BoundPorts, Daemon
+from tests._redis_servers import (
+    PROPAGATION,
+    RedisCluster,
+    RedisServer,
+    eventually,
+    redis_any,
+    redis_cluster,
+    redis_server,
+)
 from tests.test_daemon import AUTH, JSON, KEY, api, curl, frame
-from tests.test_store_redis import PROPAGATION, RedisServer, eventually, redis_server
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
 ]
 
-__all__ = ["redis_server"]  # the fixture, imported to be used here
+__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
 
 
-def node_settings(tmp_path: Path, name: str, server: RedisServer) -> Settings:
+def node_settings(tmp_path: Path, name: str, server: RedisServer | RedisCluster) -> Settings:
     loopback = Address("127.0.0.1", 0)
     return dataclasses.replace(
         Settings(),
@@ -37,8 +45,15 @@ def node_settings(tmp_path: Path, name: str, server: RedisServer) -> Settings:
     )
 
 
-async def test_three_nodes_share_configuration(tmp_path: Path, redis_server: RedisServer) -> None:
-    nodes = {name: Daemon(node_settings(tmp_path, name, redis_server)) for name in "ABC"}
+async def test_three_nodes_share_configuration(
+    tmp_path: Path, redis_any: RedisServer | RedisCluster
+) -> None:
+    """On one Redis and on a three-master Redis Cluster alike."""
+    nodes = {name: Daemon(node_settings(tmp_path, name, redis_any)) for name in "ABC"}
+    # On a cluster, only the master holding the configuration is stopped (the others serve).
+    victim = redis_any
+    if isinstance(redis_any, RedisCluster):
+        victim = redis_any.server_of("logplex:{cfg}:version")
     async with trio.open_nursery() as nursery:
         ports: dict[str, BoundPorts] = {}
         for name, daemon in nodes.items():
@@ -67,20 +82,24 @@ async def test_three_nodes_share_configuration(tmp_path: Path, redis_server: Red
                 f"http://127.0.0.1:{ports['C'].logs}/logs",
             )  # fmt: skip
             assert status == 204
-            for node in (b, c):
-                channel = node.registry.channel("app")
-                assert channel is not None
-                while len(channel.ring) < 1:
-                    await channel.wait_appended()
+            # (Each node writes what it accepted to the channel's stream: test_cluster_nodes.)
+            await eventually(
+                lambda: all(n.plane is not None and n.plane.messages_written >= 1 for n in (b, c))
+            )
             await stream.aclose()
 
-            # A drain added on B runs on every node (each delivers what it received).
+            # A drain added on B is known to every node and runs on one (its lease owner).
             status, _, body = await curl(
                 "-X", "POST", *AUTH, *JSON, "-d", '{"url":"syslog://127.0.0.1:9"}',
                 api(ports["B"], "/v3/channels/app/drains"),
             )  # fmt: skip
             assert status == 201
-            await eventually(lambda: all(len(n.drains) == 1 for n in nodes.values()))
+            await eventually(
+                lambda: (
+                    all(n.cluster_drains and len(n.cluster_drains) == 1 for n in nodes.values())
+                    and sum(len(n.drains) for n in nodes.values()) == 1
+                )
+            )
 
             # A configuration change on C takes effect on A within a second.
             status, _, body = await curl(
@@ -100,7 +119,7 @@ async def test_three_nodes_share_configuration(tmp_path: Path, redis_server: Red
             assert status == 200 and json.loads(body)["tokens"] == {"worker": worker}
 
             # Redis goes away: health and writes say so; it comes back: all recover.
-            redis_server.kill()
+            victim.kill()
             await eventually(lambda: all(n.store and n.store.failure for n in nodes.values()), 5)
             status, _, _ = await curl(*AUTH, api(ports["A"], "/healthcheck"))
             assert status == 503
@@ -108,7 +127,7 @@ async def test_three_nodes_share_configuration(tmp_path: Path, redis_server: Red
                 "-X", "PUT", *AUTH, *JSON, "-d", "{}", api(ports["A"], "/v3/channels/other"),
             )  # fmt: skip
             assert status == 503
-            redis_server.start()
+            victim.start()
             await eventually(
                 lambda: all(n.store and n.store.failure is None for n in nodes.values()), 5
             )

@@ -1,7 +1,7 @@
 """Durable state of logplexd: channels, tokens, drains, credentials and sessions.
 
 ``Store`` is the interface; ``open_store`` opens the embedded msgpack implementation, or
-the shared Redis one when given a ``redis://`` URL (``store_url``).
+the shared Redis one when given a ``redis://`` or ``redis+cluster://`` URL (``store_url``).
 """
 
 from typing import Any, overload
@@ -50,19 +50,15 @@ def open_store(data_dir: str, url: str | None, **options: Any) -> EmbeddedStore 
 
 def open_store(data_dir: str, url: str | None = None, **options: Any) -> EmbeddedStore | RedisStore:
     """The store ``url`` names: empty or None is the embedded store in ``data_dir``;
-    ``redis://HOST:PORT/DB`` is one Redis (options: ``node_id``, ``prefix``, ``clock``).
+    ``redis://HOST:PORT/DB`` is one Redis and ``redis+cluster://HOST:PORT[,HOST:PORT...]`` a
+    Redis Cluster (options: ``node_id``, ``prefix``, ``clock``). Anything else: StoreError.
 
     A RedisStore holds nothing until its ``maintain`` task runs (it connects and loads).
     """
     if not url:
         options.pop("node_id", None)
         return embedded.open_store(data_dir, **options)
-    if url.startswith("redis://"):
-        try:
-            return RedisStore(url, **options)
-        except ValueError as exc:
-            raise StoreError(f"invalid store URL: {exc}") from None
-    raise StoreError("store URL must be empty (embedded) or redis://HOST:PORT/DB")
+    return RedisStore(url, **options)  # parses the URL: StoreError when it is not valid
 
 
 __all__ = [

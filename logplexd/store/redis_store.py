@@ -8,8 +8,11 @@ Keys (``P`` is the prefix, ``logplex`` by default). Every configuration key carr
 hash tag ``{cfg}``: a change touches records of several kinds plus the global change stream
 and the id counters, and it must be a single atomic step, which Redis Cluster only allows
 within one hash slot. Configuration is small (about 200 bytes a channel) and rarely written,
-so one slot is no limit; the per-channel message history, which is what needs sharding, will
-use one ``{ch:<name>}`` tag per channel (issue 11, not built yet)::
+so one slot is no limit; the per-channel message history, which is what needs sharding,
+uses one ``{ch:<name>}`` tag per channel (``logplexd/cluster``). On Redis Cluster
+(``redis+cluster://``) every command below therefore goes to the one master of the
+``{cfg}`` slot; coredis follows MOVED/ASK when that slot moves, and after a lost connection
+(a failed master) a new client is built from the seed nodes (see ``maintain``)::
 
     P:{cfg}:channels       hash  name     -> msgpack [label, flags]
     P:{cfg}:tokens         hash  token id -> msgpack [channel, name, creation seq]
@@ -38,17 +41,17 @@ first, then publishes the difference between the old and new memory as events.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import msgpack
 import trio
 
+from ._redis_client import open_target, parse_redis_url
 from .base import ChannelPut, Store, Subscriber
 from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, StateReads, _State
 from .model import (
@@ -80,6 +83,9 @@ from .model import (
 if TYPE_CHECKING:
     import coredis
 
+    # One Redis or a Redis Cluster: the store uses only commands both serve alike.
+    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+
 log = logging.getLogger("logplexd.store")
 
 DEFAULT_PREFIX = "logplex"
@@ -94,7 +100,7 @@ MAX_ATTEMPTS = 64
 # How long one blocking XREAD waits: bounds how late a node notices a silent Redis.
 READ_BLOCK_MS = 1000
 READ_BATCH = 1000
-SCAN_COUNT = 1000
+SCAN_COUNT = 5000
 CONNECT_TIMEOUT = 2.0
 # Reconnection backoff: doubles from the first value up to the cap.
 BACKOFF_FIRST = 0.05
@@ -157,37 +163,6 @@ def _stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-@dataclass(frozen=True, slots=True)
-class RedisUrl:
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None
-
-
-def parse_redis_url(url: str) -> RedisUrl:
-    """``redis://[[user]:password@]host[:port][/db]``; raises ValueError."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError("expected a redis:// URL")
-    if not parts.hostname:
-        raise ValueError("the URL has no host")
-    path = parts.path.strip("/")
-    if path and not (path.isdigit() and path.isascii()):
-        raise ValueError("the database (the path) must be a number")
-    if parts.query or parts.fragment:
-        raise ValueError("the URL must not have a query or fragment")
-    port = parts.port or 6379  # raises ValueError when not a number or out of range
-    return RedisUrl(
-        parts.hostname,
-        port,
-        int(path or 0),
-        unquote(parts.username) if parts.username else None,
-        unquote(parts.password) if parts.password else None,
-    )
-
-
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import coredis.exceptions
 
@@ -227,7 +202,7 @@ class RedisStore(StateReads, Store):
         self._subscribers: list[Subscriber] = []
         self._failure: str | None = "Redis not reached yet"
         self._closed = False
-        self._client: coredis.Redis[bytes] | None = None
+        self._client: Client | None = None
         self._script: Any = None
         self._write_lock = trio.Lock()
         # Request ids of writes in flight, and those of them seen in the change stream: a
@@ -236,6 +211,7 @@ class RedisStore(StateReads, Store):
         # Set when Redis comes (back), so that waiting code (tests, health) can tell.
         self.connected = trio.Event()
         self.rebuilds = 0
+        self._backoff = BACKOFF_FIRST
 
     @property
     def failure(self) -> str | None:
@@ -569,27 +545,34 @@ class RedisStore(StateReads, Store):
             state.counters[counter] = int(value) if value else 0
         tokens: list[tuple[int, Token]] = []
         drains: list[Drain] = []
-        async for field, value in client.hscan_iter(self._keys["channels"], count=SCAN_COUNT):
-            label, flags = _unpack(value)
-            name = _text(field)
-            state.channels[name] = Channel(name, label, tuple(flags))
-        async for field, value in client.hscan_iter(self._keys["tokens"], count=SCAN_COUNT):
-            channel, name, seq = _unpack(value)
-            tokens.append((seq, Token(_text(field), channel, name)))
-        async for field, value in client.hscan_iter(self._keys["drains"], count=SCAN_COUNT):
-            channel, token, url = _unpack(value)
-            drains.append(Drain(int(field), channel, token, url))
-        async for field, value in client.hscan_iter(self._keys["creds"], count=SCAN_COUNT):
-            password_hash, permissions, name = _unpack(value)
-            cred_id = _text(field)
-            state.credentials[cred_id] = Credential(
-                cred_id, password_hash, tuple(permissions), name
-            )
-        async for field, value in client.hscan_iter(self._keys["sessions"], count=SCAN_COUNT):
-            body, expires_at = _unpack(value)
-            if expires_at > now:
-                session_id = _text(field)
-                state.sessions[session_id] = Session(session_id, body, expires_at)
+        # Page by page, each page decoded in a plain loop (the client's hscan_iter takes an
+        # async step per field: 3.1 -> 2.9 s for 100,000 channels, bench_nodes store load).
+        async for page in _hash_pages(client, self._keys["channels"]):
+            for field, value in page.items():
+                label, flags = _unpack(value)
+                name = field.decode()
+                state.channels[name] = Channel(name, label, tuple(flags))
+        async for page in _hash_pages(client, self._keys["tokens"]):
+            for field, value in page.items():
+                channel, name, seq = _unpack(value)
+                tokens.append((seq, Token(field.decode(), channel, name)))
+        async for page in _hash_pages(client, self._keys["drains"]):
+            for field, value in page.items():
+                channel, token, url = _unpack(value)
+                drains.append(Drain(int(field), channel, token, url))
+        async for page in _hash_pages(client, self._keys["creds"]):
+            for field, value in page.items():
+                password_hash, permissions, name = _unpack(value)
+                cred_id = field.decode()
+                state.credentials[cred_id] = Credential(
+                    cred_id, password_hash, tuple(permissions), name
+                )
+        async for page in _hash_pages(client, self._keys["sessions"]):
+            for field, value in page.items():
+                body, expires_at = _unpack(value)
+                if expires_at > now:
+                    session_id = field.decode()
+                    state.sessions[session_id] = Session(session_id, body, expires_at)
         tokens.sort(key=lambda pair: pair[0])
         for _, token in tokens:
             state._put_token(token)
@@ -625,25 +608,18 @@ class RedisStore(StateReads, Store):
 
     # -- the background task ---------------------------------------------------------------------
     def _target_text(self) -> str:
-        t = self._target
-        return f"{t.host}:{t.port}/{t.db}"
+        return self._target.describe()
 
-    def _require_client(self) -> coredis.Redis[bytes]:
+    def _require_client(self) -> Client:
         if self._client is None:
             raise _Lost("store is not running")
         return self._client
 
-    def _new_client(self) -> coredis.Redis[bytes]:
-        import coredis
+    def _new_client(self) -> Client:
         from coredis.retry import NoRetryPolicy
 
-        t = self._target
-        return coredis.Redis(
-            t.host,
-            t.port,
-            t.db,
-            username=t.username,
-            password=t.password,
+        return open_target(
+            self._target,
             connect_timeout=CONNECT_TIMEOUT,
             stream_timeout=READ_BLOCK_MS / 1000 + self._write_timeout,
             decode_responses=False,
@@ -661,19 +637,60 @@ class RedisStore(StateReads, Store):
         Reports started once the first load is done, or once it has failed (then it keeps
         retrying with capped backoff, and writes fail with StoreUnavailable meanwhile).
         """
-        client = self._new_client()
-        async with client:
-            self._client = client
-            self._script = client.register_script(_COMMIT_LUA)
+        started = False
+
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        self._backoff = BACKOFF_FIRST
+        while True:
+            # One client per turn: a cluster client is replaced after a lost connection,
+            # because coredis refreshes its slot map only after many errors it sees itself
+            # (a failed-over master would be retried for ever); a new client reads the map
+            # from the seed nodes. A single Redis keeps its client (it reconnects by itself).
+            async with contextlib.AsyncExitStack() as stack:
+                client = await self._open_client(stack, report_started)
+                self._client = client
+                self._script = client.register_script(_COMMIT_LUA)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await self._connect_once()
+                        report_started()
+                        nursery.start_soon(self._sweep_sessions, interval)
+                        await self._follow()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._client = None
+                    self._script = None
+
+    async def _pause(self) -> None:
+        """Wait before the next attempt to reach Redis: doubling, capped."""
+        await trio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_CAP)
+
+    async def _open_client(
+        self, stack: contextlib.AsyncExitStack, report_started: Callable[[], None]
+    ) -> Client:
+        """A client whose pool is initialised, retrying with capped backoff until one is.
+
+        A single Redis connects lazily, so this returns at once; a cluster client reads the
+        cluster layout (CLUSTER SLOTS) on entry and fails there when no seed node answers.
+        """
+        while True:
+            client = self._new_client()
             try:
-                async with trio.open_nursery() as nursery:
-                    await self._connect_once()
-                    task_status.started()
-                    nursery.start_soon(self._sweep_sessions, interval)
-                    await self._follow()
-            finally:
-                self._client = None
-                self._script = None
+                # No deadline of ours around the entry: the client opens a task group there
+                # that must close in the same scope; its connect_timeout bounds the wait.
+                await stack.enter_async_context(client)
+            except _redis_errors() as exc:
+                self._lost(exc)
+                report_started()
+                await self._pause()
+                continue
+            return client
 
     async def _connect_once(self) -> bool:
         try:
@@ -688,6 +705,7 @@ class RedisStore(StateReads, Store):
         if self._failure is not None:
             log.info("store: Redis %s reached (node %s)", self._target_text(), self.node_id)
         self._failure = None
+        self._backoff = BACKOFF_FIRST
         self.connected.set()
         return True
 
@@ -701,14 +719,15 @@ class RedisStore(StateReads, Store):
             self.connected = trio.Event()
 
     async def _follow(self) -> None:
-        backoff = BACKOFF_FIRST
+        """Apply the change stream as it grows; return when the client must be replaced."""
         errors = _redis_errors()
         while True:
             if self._failure is not None:
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_CAP)
+                await self._pause()
+                if self._target.cluster:
+                    return
                 if await self._connect_once():
-                    backoff = BACKOFF_FIRST
+                    self._backoff = BACKOFF_FIRST
                 continue
             client = self._require_client()
             applied = self._applied
@@ -795,6 +814,20 @@ class RedisStore(StateReads, Store):
     def close(self) -> None:
         """Refuse further writes; the connection closes when ``maintain`` is cancelled."""
         self._closed = True
+
+
+async def _hash_pages(client: Client, key: str) -> AsyncIterator[Mapping[bytes, bytes]]:
+    """The fields of hash ``key``, one HSCAN page (about SCAN_COUNT fields) at a time.
+
+    HSCAN rather than HGETALL: one call never blocks Redis for long on a big hash. A field
+    may come twice (the hash was resized meanwhile); every use above is idempotent."""
+    cursor = 0
+    while True:
+        cursor, page = await client.hscan(key, cursor, count=SCAN_COUNT)
+        assert isinstance(page, dict)  # not the NOVALUES form
+        yield page
+        if not cursor:
+            return
 
 
 def _nx() -> Any:

@@ -1,0 +1,405 @@
+"""Drains across nodes: each stored drain runs on exactly one node, the lease owner.
+
+``ClusterDrains`` stands between the store's drain events (``drain_sync``) and the local
+``DrainManager``: it remembers every drain the store holds and runs (adds to the manager)
+only those whose lease this node owns. The lease decisions are ``lease.Lease`` (sans-IO);
+this module is the thin trio adapter: one pipeline per tick acquires or renews every
+drain's lease, and one pipeline per delivered batch (coalesced) stores checkpoints.
+
+A new owner starts from the drain's checkpoint (the sequence of the last message the
+previous owner delivered) by following the channel's stream from there: at-least-once,
+duplicates bounded by what was delivered but not yet checkpointed (one payload per
+drain, plus whatever the old owner delivered in its last checkpoint round trip). If the
+stream was trimmed past the checkpoint, the follower counts the gap exactly from the
+stream ids and the first delivery starts with the L10 notice. A drain with no checkpoint
+yet (new) starts at the newest entry of the stream when it is first acquired.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..drains import DrainManager, InvalidDrainUrl
+from ..store.drain_url import redact_url
+from .lease import DEFAULT_TTL, Command, Lease, LeaseEvent, LeaseState, renew_interval
+from .plane import CALL_TIMEOUT, DataPlane, Follow, StreamId, describe, redis_errors
+
+log = logging.getLogger("logplexd.drains")
+
+# KEYS: 1 lease. ARGV: 1 node, 2 ttl ms. SET NX PX; a key this node already holds (it
+# restarted under the same node id, or a start failed after acquiring) counts as acquired.
+_ACQUIRE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: 1 lease. ARGV: 1 node, 2 ttl ms. 1 = renewed, 0 = not ours (any more).
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: 1 lease, 2 checkpoint. ARGV: 1 node, 2 sequence. Only the owner moves the checkpoint.
+_CHECKPOINT_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: 1 lease. ARGV: 1 node.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class Wanted:
+    channel: str
+    token: str
+    url: str
+    lease: Lease
+    follow: Follow | None = None
+    # Last checkpoint stored, and the one to store next (None: nothing new).
+    stored: int = -1
+    dirty: int | None = None
+    starting: bool = False
+
+
+class ClusterDrains:
+    """The drain half of ``drain_sync``'s interface, with leases in front of the manager."""
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        manager: DrainManager,
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.plane = plane
+        self.manager = manager
+        self.ttl = ttl
+        self.clock = clock
+        self.node_id = plane.node_id
+        self.wanted: dict[int, Wanted] = {}
+        self._wake = trio.Event()
+        self._dirty = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.takeovers = 0
+        # Hand leases back when stopping (a graceful stop moves drains at once). Tests turn
+        # it off to stand for a node that died without a word.
+        self.release_on_stop = True
+        plane.on_loss = self.announce_loss
+        plane.on_rewind = self._rewound
+        plane.before_close.append(self._release_all)
+
+    # -- the manager's interface, as drain_sync calls it ---------------------------------------
+    def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None:
+        from ..drains.target import parse_drain_url
+
+        parse_drain_url(url)  # refuse a bad URL here, as the manager would
+        old = self.wanted.get(drain_id)
+        if old is not None and old.channel != channel_name:
+            self.remove_drain(drain_id)
+            old = None
+        if old is None:
+            self.wanted[drain_id] = Wanted(channel_name, token, url, Lease(self.ttl))
+        else:
+            old.token, old.url = token, url
+            if old.lease.owned and not old.starting:
+                self.manager.update_drain(drain_id, url)
+        self._wake.set()
+
+    def update_drain(self, drain_id: int, url: str) -> bool:
+        wanted = self.wanted.get(drain_id)
+        if wanted is None:
+            return False
+        wanted.url = url
+        if wanted.lease.owned and not wanted.starting:
+            self.manager.update_drain(drain_id, url)
+        return True
+
+    def remove_drain(self, drain_id: int) -> bool:
+        wanted = self.wanted.pop(drain_id, None)
+        if wanted is None:
+            return False
+        if wanted.lease.owned:
+            self._stop(drain_id, wanted)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._release, wanted.channel, drain_id, True)
+        return True
+
+    def remove_channel(self, channel_name: str) -> int:
+        ids = [i for i, w in self.wanted.items() if w.channel == channel_name]
+        for drain_id in ids:
+            self.remove_drain(drain_id)
+        return len(ids)
+
+    def owned(self) -> list[int]:
+        return [i for i, w in self.wanted.items() if w.lease.owned and not w.starting]
+
+    def __len__(self) -> int:
+        return len(self.wanted)
+
+    # -- loss announced by the stream -------------------------------------------------------
+    def announce_loss(self, channel: str, count: int, since: float) -> None:
+        for drain_id, wanted in self.wanted.items():
+            if wanted.channel != channel or not wanted.lease.owned:
+                continue
+            drain = self.manager.drain(drain_id)
+            if drain is not None:
+                drain.feed.loss.add(count, since)
+                drain.feed.counters.lost += count
+
+    def _rewound(self, channel: str) -> None:
+        # The stream's sequence started over: checkpoints restart from it too.
+        for wanted in self.wanted.values():
+            if wanted.channel == channel:
+                wanted.stored, wanted.dirty = -1, None
+
+    # -- the task -----------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._checkpoints)
+            task_status.started()
+            try:
+                await self._leases()
+            finally:
+                self._nursery = None
+
+    async def _leases(self) -> None:
+        errors = redis_errors()
+        interval = renew_interval(self.ttl)
+        while True:
+            self._wake = trio.Event()
+            now = self.clock()
+            for drain_id, wanted in list(self.wanted.items()):
+                before, after = wanted.lease.tick(now)
+                if before is LeaseState.OWNER and after is LeaseState.STANDBY:
+                    log.warning("drain %d: lease not renewed in time, stopping here", drain_id)
+                    self._stop(drain_id, wanted)
+            # Only while the probe reaches Redis (the leases' own failure must not stop the
+            # exchange that would clear it).
+            if self.wanted and self.plane.link.reached.is_set():
+                sent_at = self.clock()
+                ids = list(self.wanted)
+                try:
+                    # Never wait past the next tick: the local expiry below must run on time
+                    # even when Redis stops answering without closing the connection.
+                    with trio.fail_after(min(CALL_TIMEOUT, interval)):
+                        replies = await self._exchange(ids)
+                except errors as exc:
+                    self.plane.link.lost(exc, "leases")
+                    replies = {i: LeaseEvent.UNREACHABLE for i in ids}
+                else:
+                    self.plane.link.ok("leases")
+                for drain_id, event in replies.items():
+                    current = self.wanted.get(drain_id)
+                    if current is None:
+                        continue
+                    before, after = current.lease.apply(event, sent_at)
+                    if before is LeaseState.STANDBY and after is LeaseState.OWNER:
+                        await self._start(drain_id, current)
+                    elif before is LeaseState.OWNER and after is LeaseState.STANDBY:
+                        log.warning("drain %d: lease lost to another node, stopping", drain_id)
+                        self._stop(drain_id, current)
+            with trio.move_on_after(interval):
+                await self._wake.wait()
+
+    async def _exchange(self, ids: list[int]) -> dict[int, LeaseEvent]:
+        keys = self.plane.keys
+        requests: list[tuple[int, Command, Any]] = []
+        async with self.plane.client.pipeline(transaction=False) as pipe:
+            for drain_id in ids:
+                wanted = self.wanted[drain_id]
+                key = keys.lease(wanted.channel, drain_id)
+                command = wanted.lease.command()
+                script = _ACQUIRE_LUA if command is Command.ACQUIRE else _RENEW_LUA
+                reply = pipe.eval(script, keys=[key], args=[self.node_id, wanted.lease.ttl_ms])
+                requests.append((drain_id, command, reply))
+        self.plane.round_trips += 1
+        events: dict[int, LeaseEvent] = {}
+        for drain_id, command, reply in requests:
+            result = await reply
+            if command is Command.ACQUIRE:
+                events[drain_id] = LeaseEvent.ACQUIRED if result == 1 else LeaseEvent.HELD_ELSEWHERE
+            else:
+                events[drain_id] = LeaseEvent.RENEWED if result == 1 else LeaseEvent.LOST
+        return events
+
+    async def _start(self, drain_id: int, wanted: Wanted) -> None:
+        """Just acquired: follow the channel from the checkpoint, then run the drain."""
+        channel = self.manager.registry.channel(wanted.channel)
+        if channel is None:
+            # Not in this node's index (yet): hand the lease back rather than hold it idle.
+            wanted.lease.apply(LeaseEvent.RELEASE, self.clock())
+            if self._nursery is not None:
+                self._nursery.start_soon(self._release, wanted.channel, drain_id)
+            return
+        wanted.starting = True
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                key = self.plane.keys.checkpoint(wanted.channel, drain_id)
+                raw = await self.plane.client.get(key)
+                after: StreamId
+                if raw is None:
+                    after = await self.plane.top(wanted.channel)
+                else:
+                    after = (int(raw), 0)
+        except redis_errors() as exc:
+            # Not started: stand by; the next tick acquires again (the key is still ours).
+            wanted.starting = False
+            log.warning("drain %d: not started, Redis: %s", drain_id, describe(exc))
+            wanted.lease.apply(LeaseEvent.RELEASE, self.clock())
+            return
+        if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
+            wanted.starting = False
+            return
+        existing = self.plane.follow_of(wanted.channel)
+        follow = self.plane.hold(channel, after)
+        wanted.follow = follow
+        if existing is follow:
+            # Bounded by a tick: the lease must be renewed on time meanwhile.
+            await follow.wait_reached(after[0], min(2.0, renew_interval(self.ttl)))
+        if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
+            self.plane.release(follow)
+            wanted.follow = None
+            wanted.starting = False
+            return
+        try:
+            self.manager.add_drain(wanted.channel, drain_id, wanted.token, wanted.url)
+        except InvalidDrainUrl as exc:
+            log.warning("drain %d: not started, %s (%s)", drain_id, exc, redact_url(wanted.url))
+            wanted.starting = False
+            return
+        drain = self.manager.drain(drain_id)
+        wanted.starting = False
+        if drain is None:
+            return
+        feed = drain.feed
+        position, gap = follow.position_after(after[0])
+        feed.cursor = position
+        if gap:
+            feed.loss.add(gap, self.plane.wall_clock())
+            feed.counters.lost += gap
+        wanted.stored = after[0] if raw is not None else -1
+        if raw is None:
+            wanted.dirty = after[0]
+            self._dirty.set()
+        self._hook_checkpoints(drain_id, wanted, feed)
+        self.takeovers += 1
+        log.info(
+            "drain %d of %s: owned by this node (%s), from message %d",
+            drain_id,
+            wanted.channel,
+            self.node_id,
+            after[0],
+        )
+
+    def _hook_checkpoints(self, drain_id: int, wanted: Wanted, feed: Any) -> None:
+        """After each settled payload, note the stream sequence delivered through.
+
+        ``DrainFeed`` has no settle callback; its ``delivered``/``dropped`` are wrapped on
+        this one instance (the manager created it) rather than editing the feed.
+        """
+        follow = wanted.follow
+        assert follow is not None
+
+        def settled() -> None:
+            position = feed.cursor - feed.pending_messages
+            seq = follow.seq_at(position)
+            if seq > wanted.stored and (wanted.dirty is None or seq > wanted.dirty):
+                wanted.dirty = seq
+                self._dirty.set()
+
+        for name in ("delivered", "dropped"):
+            original = getattr(feed, name)
+
+            def wrapper(payload: Any, _original: Any = original) -> None:
+                _original(payload)
+                settled()
+
+            setattr(feed, name, wrapper)
+
+    def _stop(self, drain_id: int, wanted: Wanted) -> None:
+        self.manager.remove_drain(drain_id)
+        if wanted.follow is not None:
+            self.plane.release(wanted.follow)
+            wanted.follow = None
+        wanted.dirty = None
+
+    async def _checkpoints(self) -> None:
+        """Store the checkpoints of drains that delivered since the last round trip."""
+        errors = redis_errors()
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            batch = [
+                (i, w, w.dirty)
+                for i, w in self.wanted.items()
+                if w.dirty is not None and w.lease.owned
+            ]
+            if not batch:
+                self.plane.link.ok("checkpoints")  # nothing of ours is left to store
+                continue
+            keys = self.plane.keys
+            try:
+                with trio.fail_after(CALL_TIMEOUT):
+                    async with self.plane.client.pipeline(transaction=False) as pipe:
+                        for drain_id, wanted, seq in batch:
+                            pipe.eval(
+                                _CHECKPOINT_LUA,
+                                keys=[
+                                    keys.lease(wanted.channel, drain_id),
+                                    keys.checkpoint(wanted.channel, drain_id),
+                                ],
+                                args=[self.node_id, seq],
+                            )
+                self.plane.round_trips += 1
+            except errors as exc:
+                self.plane.link.lost(exc, "checkpoints")
+                await trio.sleep(0.5)
+                self._dirty.set()
+                continue
+            self.plane.link.ok("checkpoints")
+            for _, wanted, seq in batch:
+                assert seq is not None
+                wanted.stored = max(wanted.stored, seq)
+                if wanted.dirty is not None and wanted.dirty <= wanted.stored:
+                    wanted.dirty = None
+
+    async def _release(self, channel: str, drain_id: int, removed: bool = False) -> None:
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                key = self.plane.keys.lease(channel, drain_id)
+                await self.plane.client.eval(_RELEASE_LUA, keys=[key], args=[self.node_id])
+                if removed:  # drain ids are never reused: its checkpoint is of no more use
+                    await self.plane.client.delete([self.plane.keys.checkpoint(channel, drain_id)])
+        except Exception as exc:
+            # Best effort: the TTL hands the drain over anyway.
+            log.debug("drain %d: lease not released: %s", drain_id, describe(exc))
+
+    async def _release_all(self) -> None:
+        """Stopping: hand every owned lease back at once so another node takes over now."""
+        if not self.release_on_stop:
+            return
+        owned = [(i, w) for i, w in self.wanted.items() if w.lease.owned]
+        for drain_id, wanted in owned:
+            await self._release(wanted.channel, drain_id)

@@ -1,0 +1,698 @@
+"""The data plane across nodes (issue 11): channel history in Redis Streams, followed locally.
+
+Keys (``P`` is the prefix, ``logplex`` by default). Every key of a channel carries the hash
+tag ``{ch:<name>}``, so Redis Cluster keeps a channel's keys on one shard and the scripts
+below (one channel's keys each) are legal there; nothing ever touches two channels' keys in
+one command::
+
+    P:{ch:<name>}:log                 stream  the channel's history, one entry per routed batch
+    P:{ch:<name>}:seq                 string  messages ever appended (the message sequence)
+    P:{ch:<name>}:drain:<id>:lease    string  node id of the drain's owner, with a TTL
+    P:{ch:<name>}:drain:<id>:ckpt     string  sequence of the last message the owner delivered
+
+Stream entries. An entry holds a whole routed batch of one channel: ``n`` (messages),
+``f`` (the frames, octet-counted, as ``_native.wire.octet_frames`` writes them), ``node``.
+Its id is ``S-k`` where ``S`` is the channel's message sequence number of the entry's last
+message (``INCRBY seq n`` in the same script, so ids are dense in messages) and ``k`` is 0
+for messages. A loss marker (``n`` 0, ``lost``, ``since``) announces messages a node had to
+drop before they reached Redis; it takes id ``S-*`` (the sequence does not move).
+
+Ids we control make loss exact: a reader that last saw message ``C`` and next finds an
+entry ``S`` of ``n`` messages has missed ``S - n + 1 - (C + 1)`` messages, trimmed before
+it read them. (XLEN/XINFO arithmetic could not do that: entries are batches.)
+
+Trimming is *exact* ``MINID`` by message sequence, in the same XADD: keep every entry whose
+last message is among the newest ``keep`` messages (``keep`` = ``channel_buffer_messages``,
+what a drain may still catch up from after a takeover). ``MAXLEN ~`` counts entries, and
+entries are batches of any size, so it could not bound history in messages at all; and
+since an entry is a whole batch, an exact trim removes whole batches only, which is the
+cheap case of exact trimming (no radix-tree node is split per message).
+
+Writing. Ingestion never waits on Redis: routed batches go to ``OutboundBuffer`` (bounded,
+drops the oldest and counts) and one writer task sends everything buffered in one pipeline
+per round trip (one script call per channel and entry). While a round trip is in flight,
+new batches accumulate, so the number of round trips per message falls as load rises.
+
+Following. A node reads a channel's stream only while something local needs it: a tail
+session, a session or log read that asked for it, an owned drain (``hold``/``release``,
+reference counted). What it reads is appended to the channel's ``ChannelRing`` (the one
+the registry, sessions and drains already use), so every node's messages reach local
+readers exactly once, in stream order. On one Redis all followed streams are read by one
+blocking ``XREAD`` (a multi-key read is fine on one server); on Redis Cluster every
+followed channel has its own blocking read (keys of different channels may live on
+different shards). A follow also keeps the map between ring positions and stream
+sequences that drain checkpoints are written in.
+
+Faults. Every failed Redis call marks the plane unreachable (``failure``; the health checks
+answer 503) with one log line per change of state, and the tasks retry with capped
+backoff. The buffer keeps accepting (and dropping the oldest, counted) meanwhile; reads of
+history fall back to the local rings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._native.wire import octet_frames
+from ..native import Batch, ChannelRing, parse_body
+from ..registry import Channel
+from ..store._redis_client import open_redis, parse_redis_url
+from .buffer import OutboundBuffer
+
+if TYPE_CHECKING:
+    import coredis
+
+    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+
+log = logging.getLogger("logplexd.cluster")
+
+DEFAULT_PREFIX = "logplex"
+# A blocking XREAD waits this long; a channel followed meanwhile joins the next read.
+READ_BLOCK_MS = 250
+# Entries taken per stream per read (each up to ENTRY_MAX_BYTES).
+READ_COUNT = 64
+CONNECT_TIMEOUT = 2.0
+# Any call Redis has not answered within this (beyond its own blocking time) counts as lost.
+CALL_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 2.0
+# Without traffic the link is still checked this often (health must notice a dead Redis),
+# and a PING unanswered this long means Redis is unreachable (a silent partition too).
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 1.0
+# Frames are at most 65000 bytes (MsgRec offsets are 16-bit), renamed ones included.
+MAX_WIRE_FRAME = 65000
+# A reader wanting the stream position a follower has not reached waits at most this long.
+CATCH_UP_WAIT = 2.0
+# The writer, woken by a small backlog, waits this long for more before sending it (at
+# most 2 ms of added latency; under load the backlog of the round trip in flight is sent
+# at once).
+FLUSH_LINGER = 0.002
+FLUSH_LINGER_MESSAGES = 1000
+# How long the hooks run at shutdown may take (leases handed back) before the client closes.
+CLOSE_GRACE = 1.0
+# Entries per XREVRANGE page when reading history from a stream.
+HISTORY_PAGE = 100
+
+StreamId = tuple[int, int]
+
+# KEYS: 1 stream, 2 sequence. ARGV: 1 messages (0: a loss marker), 2 frames, 3 keep,
+# 4 node, 5 lost, 6 lost since. Returns the sequence of the last message.
+_APPEND_LUA = """
+local n = tonumber(ARGV[1])
+local last = redis.call('INCRBY', KEYS[2], n)
+local function add(seq)
+  local minid = seq - tonumber(ARGV[3]) + 1
+  if minid < 0 then minid = 0 end
+  local id = string.format('%d-*', seq)
+  if n > 0 then
+    return redis.pcall('XADD', KEYS[1], 'MINID', string.format('%d', minid), id,
+      'n', n, 'f', ARGV[2], 'node', ARGV[4])
+  end
+  return redis.pcall('XADD', KEYS[1], 'MINID', string.format('%d', minid), id,
+    'n', 0, 'lost', ARGV[5], 'since', ARGV[6], 'node', ARGV[4])
+end
+local r = add(last)
+if type(r) == 'table' and r.err then
+  -- The counter is behind the stream (it was deleted alone): move it past the stream.
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #top == 0 then return redis.error_reply(r.err) end
+  last = tonumber(string.match(top[1][1], '^(%d+)')) + n
+  redis.call('SET', KEYS[2], string.format('%d', last))
+  r = add(last)
+  if type(r) == 'table' and r.err then return redis.error_reply(r.err) end
+end
+return last
+"""
+
+
+def parse_id(value: bytes | str) -> StreamId:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(value: StreamId) -> str:
+    return f"{value[0]}-{value[1]}"
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    import coredis.exceptions
+
+    return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+class Keys:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def tag(self, channel: str) -> str:
+        return f"{self.prefix}:{{ch:{channel}}}:"
+
+    def stream(self, channel: str) -> str:
+        return self.tag(channel) + "log"
+
+    def sequence(self, channel: str) -> str:
+        return self.tag(channel) + "seq"
+
+    def lease(self, channel: str, drain_id: int) -> str:
+        return f"{self.tag(channel)}drain:{drain_id}:lease"
+
+    def checkpoint(self, channel: str, drain_id: int) -> str:
+        return f"{self.tag(channel)}drain:{drain_id}:ckpt"
+
+
+class Link:
+    """Is Redis reachable? Failures are kept per source (the probe, the writer, each read
+    lane, the leases), so on a Redis Cluster one shard down keeps the plane failing even
+    while other shards answer the probe. One log line per change of the overall state.
+    """
+
+    START = "Redis not reached yet"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._failures: dict[str, str] = {"start": self.START}
+        self.changes = 0
+        # Set while the probe reaches Redis: tasks backing off retry at once when it does.
+        self.reached = trio.Event()
+
+    @property
+    def failure(self) -> str | None:
+        for reason in self._failures.values():
+            return reason
+        return None
+
+    def ok(self, source: str) -> None:
+        if source == "probe":
+            self._failures.pop("start", None)
+            if not self.reached.is_set():
+                self.reached.set()
+        if self._failures.pop(source, None) is not None and not self._failures:
+            log.info("data plane: Redis %s reached; history and drains follow it", self.where)
+            self.changes += 1
+
+    def lost(self, exc: BaseException, source: str) -> None:
+        reason = f"Redis {self.where} unreachable: {describe(exc)}"
+        if source == "probe" and self.reached.is_set():
+            self.reached = trio.Event()
+        healthy = not self._failures or list(self._failures) == ["start"]
+        self._failures[source] = reason
+        if healthy:
+            log.error(
+                "data plane: %s; buffering ingested messages, history from local rings", reason
+            )
+            self.changes += 1
+
+
+@dataclass(slots=True)
+class Backoff:
+    first: float = BACKOFF_FIRST
+    cap: float = BACKOFF_CAP
+    current: float = BACKOFF_FIRST
+
+    def next(self) -> float:
+        value = self.current
+        self.current = min(self.current * 2, self.cap)
+        return value
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Follow:
+    """One followed channel: where its stream was read up to, and ring <-> stream positions.
+
+    ``heads[k]`` is the ring head after entry ``k`` was appended and ``seqs[k]`` the stream
+    sequence of that entry's last message: a position inside an entry maps linearly.
+    """
+
+    __slots__ = (
+        "name",
+        "key",
+        "channel",
+        "refs",
+        "last",
+        "last_seq",
+        "start_head",
+        "start_seq",
+        "heads",
+        "seqs",
+        "advanced",
+        "resolved",
+    )
+
+    def __init__(self, name: str, key: str, channel: Channel, after: StreamId | None) -> None:
+        self.name = name
+        self.key = key
+        self.channel = channel
+        self.refs = 0
+        # None: start at the present once Redis answers (held while it was unreachable).
+        self.resolved = after is not None
+        self.last: StreamId = after if after is not None else (0, 0)
+        self.last_seq = self.last[0]
+        self.start_head = channel.ring.head
+        self.start_seq = self.last_seq
+        self.heads: list[int] = []
+        self.seqs: list[int] = []
+        self.advanced = trio.Event()
+
+    @property
+    def ring(self) -> ChannelRing:
+        return self.channel.ring
+
+    def valid_messages(self) -> int:
+        """Messages of the ring read since this follow began (older ones may have gaps)."""
+        ring = self.ring
+        return int(ring.head - max(ring.tail, self.start_head))
+
+    def rewind(self) -> None:
+        """Redis came back without this channel's stream: read the new one from its start."""
+        self.last, self.last_seq = (0, 0), 0
+        self.start_head, self.start_seq = int(self.ring.head), 0
+        self.heads.clear()
+        self.seqs.clear()
+
+    def append(self, entry_id: StreamId, batch: Batch) -> None:
+        ring = self.ring
+        if len(batch):
+            ring.append_batch(batch)
+            self.heads.append(int(ring.head))
+            self.seqs.append(entry_id[0])
+            self.last_seq = entry_id[0]
+        self.last = entry_id
+        # Forget positions the ring has evicted (amortised: in chunks).
+        if len(self.heads) > 64 and self.heads[32] < ring.tail:
+            cut = bisect.bisect_left(self.heads, int(ring.tail))
+            self.start_head, self.start_seq = self.heads[cut - 1], self.seqs[cut - 1]
+            del self.heads[:cut], self.seqs[:cut]
+
+    def seq_at(self, position: int) -> int:
+        """Stream sequence of the last message before ring ``position``."""
+        k = bisect.bisect_left(self.heads, position)
+        if k == len(self.heads):
+            return self.last_seq if self.heads else self.start_seq
+        if k == 0 and position <= self.start_head:
+            return self.start_seq
+        return self.seqs[k] - (self.heads[k] - position)
+
+    def position_after(self, seq: int) -> tuple[int, int]:
+        """Ring position of the first message after sequence ``seq``, and how many messages
+        between ``seq`` and that position the ring never got (trimmed before reading)."""
+        k = bisect.bisect_right(self.seqs, seq)
+        if k == len(self.seqs):
+            # Past every entry read; with none read yet, what lies before the follow's start
+            # was never read here (counted, as the ring would count a lapped reader).
+            return int(self.ring.head), 0 if self.seqs else max(0, self.start_seq - seq)
+        entry_start = self.heads[k - 1] if k else self.start_head
+        entry_first_seq = self.seqs[k] - (self.heads[k] - entry_start) + 1
+        if seq + 1 >= entry_first_seq:
+            return self.heads[k] - (self.seqs[k] - seq), 0
+        return entry_start, entry_first_seq - seq - 1
+
+    async def wait_reached(self, seq: int, timeout: float = CATCH_UP_WAIT) -> None:
+        with trio.move_on_after(timeout):
+            while self.last_seq < seq:
+                await self.advanced.wait()
+
+
+LossCallback = Callable[[str, int, float], None]
+
+
+class DataPlane:
+    """Owns the data plane's Redis connection; ``run`` must be running (the daemon starts it)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_id: str,
+        keep_messages: int,
+        buffer: OutboundBuffer | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self._target = parse_redis_url(url)
+        self.cluster = self._target.cluster
+        self.node_id = node_id
+        self.keep_messages = keep_messages
+        self.buffer = buffer if buffer is not None else OutboundBuffer()
+        self.keys = Keys(prefix)
+        self.wall_clock = wall_clock
+        self.link = Link(self._target.describe())
+        self._client: Client | None = None
+        self._nursery: trio.Nursery | None = None
+        self._pending = trio.Event()
+        self._follows: dict[str, Follow] = {}
+        self._lanes: dict[str, trio.CancelScope] = {}
+        # Set by the drain leases: messages of a channel that its drains must announce (L10).
+        self.on_loss: LossCallback | None = None
+        # Set by the drain leases: a channel's stream started over (Redis lost data).
+        self.on_rewind: Callable[[str], None] | None = None
+        # Awaited (shielded, CLOSE_GRACE at most) when ``run`` ends, before the connection
+        # closes.
+        self.before_close: list[Callable[[], Awaitable[None]]] = []
+        # Counters (metrics, tests, the benchmark's round trips per 1,000 messages).
+        self.round_trips = 0
+        self.entries_written = 0
+        self.messages_written = 0
+        self.bytes_written = 0
+        self.entries_read = 0
+        self.messages_read = 0
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        return self.link.failure
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise trio.TooSlowError()  # not running: callers treat it as unreachable
+        return self._client
+
+    def follow_of(self, channel: str) -> Follow | None:
+        return self._follows.get(channel)
+
+    # -- ingestion side (synchronous, never waits) --------------------------------------------
+    def enqueue(self, channel: str, batch: Batch) -> None:
+        """Buffer one routed batch of ``channel`` for the writer."""
+        n = len(batch)
+        if n:
+            self.buffer.push(channel, octet_frames(batch), n, self.wall_clock())
+            self._pending.set()
+
+    def lose(self, channel: str, n: int) -> None:
+        self.buffer.lose(channel, n, self.wall_clock())
+        self._pending.set()
+
+    def forget(self, channel: str) -> None:
+        """The channel was deleted: delete its stream and sequence, so that a channel made
+        later under the same name starts empty (every node does it; DEL is idempotent)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(
+                self._delete, [self.keys.stream(channel), self.keys.sequence(channel)]
+            )
+
+    async def _delete(self, keys: list[str]) -> None:
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                for key in keys:  # one key per command: fine on a cluster whatever the tags
+                    await self.client.delete([key])
+        except redis_errors() as exc:
+            log.debug("data plane: could not delete %s: %s", keys, describe(exc))
+
+    # -- following ------------------------------------------------------------------------------
+    def hold(self, channel: Channel, after: StreamId | None) -> Follow:
+        """Follow ``channel``'s stream (from ``after`` unless already followed); release it
+        with ``release``. ``after`` None: from whatever is newest once Redis answers."""
+        follow = self._follows.get(channel.name)
+        if follow is None or follow.channel is not channel:
+            follow = Follow(channel.name, self.keys.stream(channel.name), channel, after)
+            self._follows[channel.name] = follow
+            self._wake_lane(self._lane_of(channel.name))
+        follow.refs += 1
+        return follow
+
+    def release(self, follow: Follow) -> None:
+        follow.refs -= 1
+        if follow.refs <= 0 and self._follows.get(follow.name) is follow:
+            # Its lane stops reading it at its next read (and ends when it has nothing left).
+            del self._follows[follow.name]
+
+    def _lane_of(self, channel: str) -> str:
+        # One Redis: one blocking read for every followed stream. Cluster: one per channel.
+        return channel if self.cluster else ""
+
+    def _wake_lane(self, lane: str) -> None:
+        # A running lane picks a new follow up at its next read (within READ_BLOCK_MS).
+        if lane not in self._lanes and self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._lane, lane)
+            except RuntimeError:
+                return  # shutting down: nothing more is read
+            self._lanes[lane] = trio.CancelScope()
+
+    # -- reads of history ---------------------------------------------------------------------
+    async def top(self, channel: str) -> StreamId:
+        """Id of the newest entry of the channel's stream ((0, 0) if it has none)."""
+        with trio.fail_after(CALL_TIMEOUT):
+            found = await self.client.xrevrange(self.keys.stream(channel), "+", "-", count=1)
+        return parse_id(found[0].identifier) if found else (0, 0)
+
+    async def read_history(self, channel: str, messages: int) -> tuple[Batch, StreamId]:
+        """The newest ``messages`` messages of the stream (oldest first) and the newest id."""
+        key = self.keys.stream(channel)
+        blobs: list[bytes] = []
+        top: StreamId | None = None
+        got = 0
+        end = "+"
+        while got < messages:
+            with trio.fail_after(CALL_TIMEOUT):
+                entries = await self.client.xrevrange(key, end, "-", count=HISTORY_PAGE)
+            self.round_trips += 1
+            for entry in entries:
+                entry_id = parse_id(entry.identifier)
+                if top is None:
+                    top = entry_id
+                fields = entry.field_values
+                n = int(fields.get(b"n", b"0"))
+                if n:
+                    blob = fields[b"f"]
+                    blobs.append(blob if isinstance(blob, bytes) else blob.encode())
+                    got += n
+                    if got >= messages:
+                        break
+            if len(entries) < HISTORY_PAGE:
+                break
+            last = parse_id(entries[-1].identifier)
+            if last == (0, 0):
+                break
+            end = "(" + format_id(last)
+        blobs.reverse()
+        batch = parse_body(b"".join(blobs), MAX_WIRE_FRAME)
+        if len(batch) > messages:
+            ring = ChannelRing(messages, 1 << 30)
+            ring.append_batch(batch)
+            batch = ring.last(messages)
+        return batch, top if top is not None else (0, 0)
+
+    # -- the tasks ------------------------------------------------------------------------------
+    def _new_client(self) -> Client:
+        from coredis.retry import NoRetryPolicy
+
+        return open_redis(
+            self.url,
+            connect_timeout=CONNECT_TIMEOUT,
+            stream_timeout=READ_BLOCK_MS / 1000 + CALL_TIMEOUT,
+            decode_responses=False,
+            client_name=f"logplexd-data:{self.node_id}",
+            retry_policy=NoRetryPolicy(),
+            # Blocking reads hold a connection each (one per followed channel on a cluster).
+            max_connections=1024,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        client = self._new_client()
+        async with client:
+            self._client = client
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for lane in {self._lane_of(name) for name in self._follows}:
+                        self._wake_lane(lane)
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._probe)
+                    task_status.started()
+                    await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                # Last words while the connection is still open (drain leases handed back).
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                    for hook in self.before_close:
+                        await hook()
+                self._client = None
+
+    async def _probe(self) -> None:
+        """Notice a lost or returned Redis even when nothing else is talking to it."""
+        errors = redis_errors()
+        while True:
+            try:
+                with trio.fail_after(PROBE_TIMEOUT):
+                    await self.client.ping()
+            except errors as exc:
+                self.link.lost(exc, "probe")
+            else:
+                self.link.ok("probe")
+            await trio.sleep(PROBE_INTERVAL if self.link.failure is None else BACKOFF_FIRST * 4)
+
+    async def _writer(self) -> None:
+        errors = redis_errors()
+        backoff = Backoff()
+        while True:
+            if not self.buffer:
+                self._pending = trio.Event()
+                await self._pending.wait()
+                if self.buffer.messages < FLUSH_LINGER_MESSAGES:
+                    # Light load: gather a little more, so a node sends at most
+                    # 1 / FLUSH_LINGER round trips a second however its batches trickle in.
+                    await trio.sleep(FLUSH_LINGER)
+            flush = self.buffer.take()
+            try:
+                with trio.fail_after(CALL_TIMEOUT):
+                    await self._write(flush)
+            except errors as exc:
+                self.buffer.restore(flush, self.wall_clock())
+                self.link.lost(exc, "writer")
+                await self._back_off(backoff)
+                continue
+            backoff.reset()
+            self.link.ok("writer")
+
+    async def _write(self, flush: Any) -> None:
+        keep = self.keep_messages
+        node = self.node_id
+        async with self.client.pipeline(transaction=False) as pipe:
+            for channel, loss in flush.losses.items():
+                keys = [self.keys.stream(channel), self.keys.sequence(channel)]
+                args = [0, b"", keep, node, loss.count, repr(loss.since)]
+                pipe.eval(_APPEND_LUA, keys=keys, args=args)
+            for channel, blobs in flush.entries.items():
+                keys = [self.keys.stream(channel), self.keys.sequence(channel)]
+                for blob, n in blobs:
+                    pipe.eval(_APPEND_LUA, keys=keys, args=[n, blob, keep, node, 0, 0])
+                    self.bytes_written += len(blob)
+                    self.entries_written += 1
+        self.round_trips += 1
+        self.messages_written += flush.messages
+
+    async def _lane(self, lane: str) -> None:
+        errors = redis_errors()
+        backoff = Backoff()
+        scope = self._lanes[lane]
+        failed = False
+        try:
+            with scope:
+                while True:
+                    follows = [f for f in self._follows.values() if self._lane_of(f.name) == lane]
+                    if not follows:
+                        return
+                    try:
+                        if failed:
+                            await self._check_lost_data(follows)
+                            failed = False
+                        await self._read_once(follows, lane)
+                    except errors as exc:
+                        self.link.lost(exc, "lane:" + lane)
+                        failed = True
+                        await self._back_off(backoff)
+                        continue
+                    backoff.reset()
+        finally:
+            self._lanes.pop(lane, None)
+            self.link.ok("lane:" + lane)
+
+    async def _check_lost_data(self, follows: list[Follow]) -> None:
+        """After a lost connection: a channel whose sequence is now below what was read
+        means Redis came back without its data (restarted without persistence, failed over
+        to a stale replica). Its followers start over, or they would wait for ids the new
+        stream reaches only much later."""
+        with trio.fail_after(CALL_TIMEOUT):
+            async with self.client.pipeline(transaction=False) as pipe:
+                replies = [(f, pipe.get(self.keys.sequence(f.name))) for f in follows]
+        for follow, reply in replies:
+            value = await reply
+            if int(value or 0) < follow.last_seq:
+                log.warning(
+                    "data plane: the stream of %s went back from message %d to %d "
+                    "(Redis lost data); following it from its start",
+                    follow.name,
+                    follow.last_seq,
+                    int(value or 0),
+                )
+                follow.rewind()
+                if self.on_rewind is not None:
+                    self.on_rewind(follow.name)
+
+    async def _back_off(self, backoff: Backoff) -> None:
+        """Wait out the backoff; a probe that reaches Redis (again) ends it at once."""
+        delay = backoff.next()
+        if self.link.reached.is_set():
+            await trio.sleep(delay)
+            return
+        with trio.move_on_after(delay):
+            await self.link.reached.wait()
+
+    async def _read_once(self, follows: list[Follow], lane: str) -> None:
+        client = self.client
+        for follow in follows:
+            if not follow.resolved:
+                top = await self.top(follow.name)
+                follow.last, follow.last_seq, follow.start_seq = top, top[0], top[0]
+                follow.resolved = True
+        streams = {f.key: format_id(f.last) for f in follows}
+        with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
+            found = await client.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+        self.link.ok("lane:" + lane)
+        if not found:
+            return
+        by_key = {f.key: f for f in follows}
+        for key, entries in found.items():
+            read = by_key.get(key.decode() if isinstance(key, bytes) else key)
+            if read is None or self._follows.get(read.name) is not read:
+                continue  # released (or replaced) while the read was out
+            self._apply(read, entries)
+
+    def _apply(self, follow: Follow, entries: Any) -> None:
+        lost_total = 0
+        since = self.wall_clock()
+        appended = 0
+        for entry in entries:
+            entry_id = parse_id(entry.identifier)
+            if entry_id <= follow.last:
+                continue
+            fields = entry.field_values
+            n = int(fields.get(b"n", b"0"))
+            if n:
+                first = entry_id[0] - n + 1
+                if first > follow.last_seq + 1:
+                    # Trimmed before this node read it: the stream ids say exactly how many.
+                    lost_total += first - follow.last_seq - 1
+                batch = parse_body(fields[b"f"], MAX_WIRE_FRAME)
+                follow.append(entry_id, batch)
+                appended += len(batch)
+            else:
+                lost = int(fields.get(b"lost", b"0"))
+                if lost:
+                    lost_total += lost
+                    with contextlib.suppress(ValueError):
+                        since = min(since, float(fields.get(b"since", b"0")))
+                follow.append(entry_id, Batch())
+            self.entries_read += 1
+        self.messages_read += appended
+        if lost_total and self.on_loss is not None:
+            self.on_loss(follow.name, lost_total, since)
+        if appended:
+            follow.channel.notify()
+        event, follow.advanced = follow.advanced, trio.Event()
+        event.set()
+
+
+def stream_key_tag(channel: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The hash tag every key of ``channel`` carries (tests check the cluster slot with it)."""
+    return Keys(prefix).tag(channel)

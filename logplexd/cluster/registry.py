@@ -1,0 +1,102 @@
+"""The routing index in Redis mode: local ingestion goes to Redis, readers see the stream.
+
+Routing is the same native ``dispatch`` as on one node, but a token points at the channel's
+*staging* ring instead of the ring readers use. After each routed batch, what each touched
+staging ring received is read back (one native copy), encoded as one octet-counted blob
+(one native call) and buffered for the writer: per batch and channel a few Python
+operations, never one per message. The readers' ring (``Channel.ring``) is filled by the
+stream follower only, so a tail or drain on any node sees every node's messages once, in
+stream order.
+
+The staging ring also is this node's local history: when Redis is unreachable, history
+reads fall back to it (``local_history``).
+"""
+
+from __future__ import annotations
+
+from ..native import Batch, ChannelRing, dispatch, dispatch_to
+from ..registry import Channel, Registry, RouteCounts
+from .plane import DataPlane
+
+
+class _Staging:
+    """The ``owner`` of a staging ring: which channel it is, and what was already sent."""
+
+    __slots__ = ("name", "cursor")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cursor = 0
+
+
+class ClusterRegistry(Registry):
+    def __init__(
+        self,
+        plane: DataPlane,
+        history_messages: int,
+        history_bytes: int,
+        buffer_messages: int | None = None,
+        buffer_bytes: int | None = None,
+    ) -> None:
+        super().__init__(history_messages, history_bytes, buffer_messages, buffer_bytes)
+        self.plane = plane
+        self.staging: dict[str, ChannelRing] = {}
+
+    def ensure_channel(self, name: str) -> Channel:
+        channel = super().ensure_channel(name)
+        if name not in self.staging:
+            # As deep as the channel buffer: one routed batch (one read, one POST body)
+            # always fits, so nothing is evicted between routing and reading it back.
+            ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
+            ring.owner = _Staging(name)
+            self.staging[name] = ring
+        return channel
+
+    def drop_channel(self, name: str) -> Channel | None:
+        self.staging.pop(name, None)
+        dropped = super().drop_channel(name)
+        if dropped is not None:
+            self.plane.forget(name)
+        return dropped
+
+    def add_token(self, channel_name: str, token: str, name: str) -> None:
+        super().add_token(channel_name, token, name)
+        encoded = self._names[name]
+        self.table.add(token.encode(), self.staging[channel_name], encoded)
+
+    def local_history(self, channel: Channel, n: int | None = None) -> Batch:
+        """History from what this node holds (Redis unreachable): the followed ring if it
+        has anything, else the messages this node ingested itself."""
+        limit = self.history_messages if n is None else min(n, self.history_messages)
+        if len(channel.ring):
+            return channel.ring.last(limit, self.history_bytes)
+        staging = self.staging.get(channel.name)
+        return staging.last(limit, self.history_bytes) if staging is not None else Batch()
+
+    # -- the hot path --------------------------------------------------------------------
+    def route(self, batch: object) -> RouteCounts:
+        routed, unknown, touched = dispatch(batch, self.table)
+        for ring in touched:
+            self._send(ring)
+        self.totals.routed += routed
+        self.totals.unknown_token += unknown
+        return RouteCounts(routed, unknown)
+
+    def route_to(self, batch: object, channel: Channel) -> int:
+        ring = self.staging.get(channel.name)
+        if ring is None:
+            return 0
+        routed = dispatch_to(batch, self.table, ring)
+        if routed:
+            self._send(ring)
+        self.totals.routed += routed
+        return routed
+
+    def _send(self, ring: ChannelRing) -> None:
+        staging = ring.owner
+        if not isinstance(staging, _Staging):
+            return
+        out, staging.cursor, lost = ring.read(staging.cursor, ring.max_messages, 1 << 62)
+        if lost:
+            self.plane.lose(staging.name, int(lost))
+        self.plane.enqueue(staging.name, out)

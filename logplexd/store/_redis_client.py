@@ -1,0 +1,151 @@
+"""One place that turns a store URL into a coredis client (issue 11).
+
+``redis://[[user]:password@]HOST[:PORT][/DB]`` is one Redis; ``redis+cluster://[[user]:password@]
+HOST:PORT[,HOST:PORT...]`` is a Redis Cluster reached through any of the listed seed nodes
+(coredis discovers the others with CLUSTER SLOTS and follows MOVED/ASK redirections and
+failovers itself). Both the configuration store and the history/tail/drain code open their
+connections here, so the two accept exactly the same URLs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from .model import StoreError
+
+if TYPE_CHECKING:
+    import coredis
+
+SCHEME_SINGLE = "redis"
+SCHEME_CLUSTER = "redis+cluster"
+DEFAULT_PORT = 6379
+
+# Options of coredis.Redis that RedisCluster (coredis 6.x) does not take: dropped for a
+# cluster rather than refused, so callers can pass one set of options for both.
+_SINGLE_ONLY = frozenset({"client_name", "db", "max_idle_time", "unix_socket_path"})
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What a store URL names; ``nodes`` has one entry for a single Redis."""
+
+    cluster: bool
+    nodes: tuple[tuple[str, int], ...]
+    db: int
+    username: str | None
+    password: str | None
+
+    def describe(self) -> str:
+        """For log lines: never includes the credentials."""
+        where = ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"cluster {where}" if self.cluster else f"{where}/{self.db}"
+
+
+def _port(text: str, url: str) -> int:
+    if not text:
+        return DEFAULT_PORT
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise StoreError(f"invalid store URL {_safe(url)}: port {text!r} is not 1-65535")
+    return int(text)
+
+
+def _host_port(item: str, url: str) -> tuple[str, int]:
+    item = item.strip()
+    if item.startswith("["):  # [v6 address]:port
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise StoreError(f"invalid store URL {_safe(url)}: bad address {item!r}")
+        return host, _port(rest[1:], url)
+    host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    if not host:
+        raise StoreError(f"invalid store URL {_safe(url)}: a node has no host")
+    return host, _port(port, url)
+
+
+def _safe(url: str) -> str:
+    """The URL with any password replaced, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, tail = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse a store URL; raises StoreError saying what is wrong."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in (SCHEME_SINGLE, SCHEME_CLUSTER):
+        raise StoreError(
+            f"invalid store URL {_safe(url)}: expected redis://HOST:PORT/DB or "
+            "redis+cluster://HOST:PORT[,HOST:PORT...]"
+        )
+    cluster = scheme.lower() == SCHEME_CLUSTER
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise StoreError(f"invalid store URL {_safe(url)}: {exc}") from None
+    if parts.query or parts.fragment:
+        raise StoreError(f"invalid store URL {_safe(url)}: no query or fragment allowed")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, _, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    if not hosts:
+        raise StoreError(f"invalid store URL {_safe(url)}: the URL has no host")
+    path = parts.path.strip("/")
+    if cluster:
+        # Redis Cluster has only database 0.
+        if path not in ("", "0"):
+            raise StoreError(f"invalid store URL {_safe(url)}: a cluster has only database 0")
+        nodes = tuple(_host_port(item, url) for item in hosts.split(","))
+        return RedisTarget(True, nodes, 0, username, password)
+    if "," in hosts:
+        raise StoreError(f"invalid store URL {_safe(url)}: several hosts need redis+cluster://")
+    if path and not (path.isdigit() and path.isascii()):
+        raise StoreError(
+            f"invalid store URL {_safe(url)}: the database (the path) must be a number"
+        )
+    return RedisTarget(False, (_host_port(hosts, url),), int(path or 0), username, password)
+
+
+def open_redis(url: str, **options: Any) -> coredis.Redis[Any] | coredis.RedisCluster[Any]:
+    """A coredis client for ``url`` (not connected yet: use it as ``async with client``).
+
+    ``options`` go to the coredis constructor (``connect_timeout``, ``stream_timeout``,
+    ``decode_responses``, ``retry_policy``, ...); those only a single Redis takes, such as
+    ``client_name``, are dropped for a cluster.
+    """
+    return open_target(parse_redis_url(url), **options)
+
+
+def open_target(
+    target: RedisTarget, **options: Any
+) -> coredis.Redis[Any] | coredis.RedisCluster[Any]:
+    """Same as ``open_redis`` for an already parsed URL."""
+    import coredis
+
+    options.setdefault("username", target.username)
+    options.setdefault("password", target.password)
+    if target.cluster:
+        for name in _SINGLE_ONLY:
+            options.pop(name, None)
+        return coredis.RedisCluster(
+            startup_nodes=[coredis.connection.TCPLocation(h, p) for h, p in target.nodes],
+            **options,
+        )
+    host, port = target.nodes[0]
+    return coredis.Redis(host, port, target.db, **options)
+
+
+def channel_key(prefix: str, channel: str, part: str) -> str:
+    """``P:{ch:<channel>}:<part>``: every key of one channel (history ``log``, checkpoints,
+    leases) carries the hash tag ``{ch:<channel>}``, so Redis Cluster keeps a channel's keys
+    on one shard while different channels spread over all of them. (A channel name holding
+    ``}`` ends the tag early; all keys of that channel still share it, so they stay together.)
+    The configuration keys instead share the single tag ``{cfg}`` (see redis_store).
+    """
+    return f"{prefix}:{{ch:{channel}}}:{part}"

@@ -1,0 +1,359 @@
+"""Real Redis servers for the tests: one redis-server, or a three-master Redis Cluster.
+
+Every process listens on loopback with its own directory under the test's tmp dir, and is
+started and stopped by pid (SIGKILL: nothing survives that the test did not ask to keep).
+Without the binaries (``apt-get install redis-server``, which ships redis-cli too) or the
+``coredis`` package the fixtures skip.
+
+``RedisServer`` and ``RedisCluster`` share what the tests use: ``url``, ``start``, ``kill``,
+``command`` (one command, raw RESP reply, sent to the node that owns its key) and ``keys``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from logplexd.store import RedisStore
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+try:
+    import coredis  # noqa: F401
+except ImportError:  # pragma: no cover - coredis is a dependency
+    HAVE_COREDIS = False
+else:
+    HAVE_COREDIS = True
+
+SKIP_REASON = "needs redis-server and redis-cli (apt-get install redis-server) and coredis"
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None or REDIS_CLI is None or not HAVE_COREDIS, reason=SKIP_REASON
+)
+
+# Everything a test waits for is bounded; changes must reach other nodes within this.
+PROPAGATION = 1.0
+# A server (or a whole cluster) that is not serving within this fails the test.
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too (both must be below 65536)."""
+    for _ in range(1000):
+        port = random.randrange(20000, 30000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _read_reply(reader: Any) -> bytes:
+    """One whole RESP2 reply, raw: the first line, then the payload it announces."""
+    line = reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise OSError("connection closed mid-reply")
+    kind, size = line[:1], line[1:-2]
+    if kind == b"$" and int(size) >= 0:
+        return line + reader.read(int(size) + 2)
+    if kind == b"*" and int(size) > 0:
+        return line + b"".join(_read_reply(reader) for _ in range(int(size)))
+    return line
+
+
+def _send(port: int, *args: str | bytes, timeout: float = 2.0) -> bytes:
+    """One command as a RESP array; the raw reply."""
+    parts = [a.encode() if isinstance(a, str) else a for a in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        with sock.makefile("rb") as reader:
+            return _read_reply(reader)
+
+
+def bulk_strings(reply: bytes) -> list[bytes]:
+    """The bulk strings of a flat RESP array reply (KEYS, HKEYS)."""
+    lines = reply.split(b"\r\n")
+    return [
+        lines[i + 1] for i, line in enumerate(lines) if line.startswith(b"$") and line != b"$-1"
+    ]
+
+
+def integer(reply: bytes) -> int:
+    assert reply.startswith(b":"), reply
+    return int(reply[1:].split(b"\r\n", 1)[0])
+
+
+class RedisServer:
+    """One redis-server process on loopback, started and stopped by pid."""
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        persistent: bool = False,
+        port: int | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = base / f"redis-{self.port}"
+        self.dir.mkdir(exist_ok=True)
+        self.persistent = persistent
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.dir), "--save", "", "--daemonize", "no"]
+        args += ["--logfile", str(self.dir / "redis.log")]
+        if self.persistent:
+            # Every acknowledged write is on disk before the reply: nothing is lost by kill -9.
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        args += list(self.extra)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if _send(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
+                self.kill()
+                raise RuntimeError(f"redis-server did not start:\n{log}")
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def command(self, *args: str | bytes) -> bytes:
+        """One command; the raw RESP reply."""
+        return _send(self.port, *args)
+
+    def stored_keys(self) -> list[bytes]:
+        return bulk_strings(self.command("KEYS", "*"))
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` redis-server processes (each with ``replicas``
+    replicas, none by default) on loopback.
+
+    Built the documented way (``redis-server --cluster-enabled yes`` per node, then
+    ``redis-cli --cluster create``). ``kill`` and ``start`` again restart the same nodes:
+    their nodes.conf (and with ``persistent`` their AOF) bring the cluster back as it was.
+    """
+
+    def __init__(
+        self, base: Path, *, masters: int = 3, replicas: int = 0, persistent: bool = False
+    ) -> None:
+        self.masters = masters
+        self.replicas = replicas
+        self.servers: list[RedisServer] = []
+        for _ in range(masters * (1 + replicas)):
+            port = cluster_port()
+            node_dir = base / f"redis-{port}"
+            node_dir.mkdir(exist_ok=True)
+            extra = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                # A node that stops answering counts as failed quickly (default 15 s).
+                "--cluster-node-timeout", "1000",
+            )  # fmt: skip
+            self.servers.append(RedisServer(base, persistent=persistent, port=port, extra=extra))
+        self.created = False
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+    @property
+    def url(self) -> str:
+        # Two seeds out of three: coredis discovers the rest with CLUSTER SLOTS.
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+
+    def start(self) -> None:
+        try:
+            for server in self.servers:
+                server.start()
+            if not self.created:
+                assert REDIS_CLI is not None
+                nodes = [f"127.0.0.1:{p}" for p in self.ports]
+                subprocess.run(
+                    [REDIS_CLI, "--cluster", "create", *nodes]
+                    + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                    check=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    timeout=START_TIMEOUT,
+                )
+                self.created = True
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self) -> None:
+        """Until every running node says the cluster is ok and all agree on who owns every
+        slot (a killed node is left out: the others may have failed over without it)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            ports = [s.port for s in self.servers if s.proc is not None]
+            try:
+                if all(b"cluster_state:ok" in _send(p, "CLUSTER", "INFO") for p in ports):
+                    owners = [self._slot_owners(p) for p in ports]
+                    replicas_up = all(
+                        b"role:master" in info or b"master_link_status:up" in info
+                        for info in (_send(p, "INFO", "replication") for p in ports)
+                    )
+                    if (
+                        all(o == owners[0] for o in owners)
+                        and len(set(owners[0])) == self.masters
+                        and replicas_up
+                    ):
+                        self._owners = owners[0]
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ready")
+            time.sleep(0.02)
+
+    @staticmethod
+    def _slot_owners(port: int) -> list[int]:
+        """Owner port of each slot, from CLUSTER SHARDS-free parsing of CLUSTER NODES."""
+        text = _send(port, "CLUSTER", "NODES").decode(errors="replace")
+        owners = [0] * 16384
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 9 or "master" not in fields[2]:
+                continue
+            owner = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for spec in fields[8:]:
+                if spec.startswith("["):
+                    continue  # a slot being migrated
+                first, _, last = spec.partition("-")
+                for slot in range(int(first), int(last or first) + 1):
+                    owners[slot] = owner
+        return owners
+
+    def kill(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+    def wait_ready(self) -> None:
+        """Wait for the cluster to serve every slot again (after a failover, a reshard)."""
+        self._wait_ready()
+
+    def keyslot(self, key: str | bytes) -> int:
+        port = next(s.port for s in self.servers if s.proc is not None)
+        return integer(_send(port, "CLUSTER", "KEYSLOT", key))
+
+    def owner_of(self, key: str | bytes) -> int:
+        """The port of the master that holds ``key``."""
+        return self._owners[self.keyslot(key)]
+
+    def server_of(self, key: str | bytes) -> RedisServer:
+        """The master process that holds ``key``."""
+        port = self.owner_of(key)
+        return next(s for s in self.servers if s.port == port)
+
+    def command(self, *args: str | bytes) -> bytes:
+        """One command sent to the master owning its first key (args[1])."""
+        port = self.owner_of(args[1]) if len(args) > 1 else self.ports[0]
+        return _send(port, *args)
+
+    def stored_keys(self) -> list[bytes]:
+        """Every key, read from the masters."""
+        return [k for p in set(self._owners) for k in bulk_strings(_send(p, "KEYS", "*"))]
+
+
+def _require_binaries() -> None:
+    if REDIS_SERVER is None or REDIS_CLI is None or not HAVE_COREDIS:
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """One redis-server with an fsync-always AOF (kill -9 loses no acknowledged write)."""
+    _require_binaries()
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """Three masters, no replicas, AOF fsync always on each."""
+    _require_binaries()
+    cluster = RedisCluster(tmp_path, persistent=True)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_any(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
+    """The same test on one Redis and on a Redis Cluster."""
+    name = "redis_server" if request.param == "single" else "redis_cluster"
+    server: RedisServer | RedisCluster = request.getfixturevalue(name)
+    return server
+
+
+@contextlib.asynccontextmanager
+async def running(url: str, **options: Any) -> AsyncIterator[RedisStore]:
+    """A RedisStore with its background task, as the daemon runs it."""
+    store = RedisStore(url, **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.maintain)
+        try:
+            yield store
+        finally:
+            nursery.cancel_scope.cancel()
+            store.close()
+
+
+async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) -> None:
+    """Poll ``check`` until true, failing after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.005)

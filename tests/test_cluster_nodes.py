@@ -1,0 +1,394 @@
+"""Three whole daemons on one real redis-server: history, tails and drains across nodes.
+
+Messages go in on two nodes; a tail on a third node and a drain (a TCP sink here) receive
+each of them once; the drain's owner dies and another node continues from the checkpoint;
+Redis goes away mid-stream and comes back (health 503, bounded buffer, exact L10 count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+
+from logplexd.config import Address, Settings
+from logplexd.daemon import BoundPorts, Daemon
+from tests._redis_servers import (
+    RedisCluster,
+    RedisServer,
+    eventually,
+    redis_any,
+    redis_cluster,
+    redis_server,
+)
+from tests.test_daemon import AUTH, JSON, KEY, api, curl, frame
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
+]
+
+__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
+
+LEASE_TTL = 1.0
+BUFFER_MESSAGES = 150
+MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
+
+
+def node_settings(tmp_path: Path, name: str, server: RedisServer | RedisCluster) -> Settings:
+    loopback = Address("127.0.0.1", 0)
+    return dataclasses.replace(
+        Settings(),
+        api_addr=loopback,
+        logs_addr=loopback,
+        syslog_addr=loopback,
+        data_dir=tmp_path / name,
+        auth_key=KEY,
+        store_url=server.url,
+        node_id=name,
+        drain_lease_ttl=LEASE_TTL,
+        redis_buffer_messages=BUFFER_MESSAGES,
+    )
+
+
+class Sink:
+    """A TCP drain endpoint: every connection's bytes, in arrival order."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.connections = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            while data := await stream.receive_some(65536):
+                self.data += data
+        except trio.BrokenResourceError:
+            pass
+
+    def counts(self) -> Counter[bytes]:
+        return Counter(MSG.findall(bytes(self.data)))
+
+
+class Tail:
+    """A streaming GET of a session URL, read in the background."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def run(self, port: int, path: str, *, task_status: trio.TaskStatus[None]) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        task_status.started()
+        while data := await stream.receive_some(65536):
+            self.data += data
+
+    def counts(self) -> Counter[bytes]:
+        return Counter(MSG.findall(bytes(self.data)))
+
+
+def text(node: str, i: int) -> str:
+    return f"msg-{node}-{i:04d}."
+
+
+async def send_syslog(port: int, token: str, node: str, numbers: range) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"".join(frame(token, text(node, i)) for i in numbers))
+    await stream.aclose()
+
+
+async def post_logs(tmp_path: Path, port: int, token: str, node: str, numbers: range) -> None:
+    body = tmp_path / f"body-{node}-{numbers.start}"
+    body.write_bytes(b"".join(frame(token, text(node, i)) for i in numbers))
+    status, _, _ = await curl(
+        "-u", f"token:{token}", "-H", "Content-Type: application/logplex-1",
+        "-H", f"Logplex-Msg-Count: {len(numbers)}", "--data-binary", f"@{body}",
+        f"http://127.0.0.1:{port}/logs",
+    )  # fmt: skip
+    assert status == 204
+
+
+def expected(node: str, numbers: range) -> set[bytes]:
+    return {text(node, i).encode() for i in numbers}
+
+
+async def run_node(daemon: Daemon, scope: trio.CancelScope, *, task_status) -> None:
+    with scope:
+        await daemon.serve(task_status=task_status)
+
+
+async def test_three_nodes_share_history_tails_and_drains(
+    tmp_path: Path, redis_any: RedisServer | RedisCluster
+) -> None:
+    """On one Redis and on a three-master Redis Cluster (there the fault stops the master
+    holding the channel's keys)."""
+    redis_server = redis_any
+    nodes = {name: Daemon(node_settings(tmp_path, name, redis_any)) for name in "ABC"}
+    victim = redis_any
+    if isinstance(redis_any, RedisCluster):
+        victim = redis_any.server_of("logplex:{ch:app}:log")
+    scopes = {name: trio.CancelScope() for name in nodes}
+    sink, tail = Sink(), Tail()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        ports: dict[str, BoundPorts] = {}
+        for name, daemon in nodes.items():
+            ports[name] = await nursery.start(run_node, daemon, scopes[name])
+        with trio.fail_after(60):
+            await eventually(
+                lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
+            )
+            # A channel created on A, with a drain.
+            status, _, body = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
+                api(ports["A"], "/v3/channels/app"),
+            )  # fmt: skip
+            assert status == 201
+            token = json.loads(body)["tokens"]["web"]
+            await eventually(
+                lambda: all(n.registry.channel_of_token(token) for n in nodes.values())
+            )
+            status, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports["A"], "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert status == 201
+            drain_id = json.loads(body)["id"]
+
+            def owners() -> list[str]:
+                return [
+                    name
+                    for name, n in nodes.items()
+                    if not scopes[name].cancel_called
+                    and n.cluster_drains is not None
+                    and drain_id in n.cluster_drains.owned()
+                ]
+
+            await eventually(lambda: len(owners()) == 1, 5)
+            # Exactly one node runs it.
+            assert sum(len(n.drains) for n in nodes.values()) == 1
+            # A tail on A.
+            status, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", '{"channel_id":"app","tail":true,"num":0}',
+                api(ports["A"], "/v3/sessions"),
+            )  # fmt: skip
+            assert status == 201
+            path = "/" + json.loads(body)["url"].split("/", 3)[3]
+            await nursery.start(tail.run, ports["A"].api, path)
+            await eventually(lambda: nodes["A"].plane and nodes["A"].plane.follow_of("app"), 2)
+
+            # Messages into B's syslog port and C's /logs.
+            await send_syslog(ports["B"].syslog, token, "B", range(100))
+            await post_logs(tmp_path, ports["C"].logs, token, "C", range(100))
+            phase1 = expected("B", range(100)) | expected("C", range(100))
+            await eventually(
+                lambda: set(sink.counts()) >= phase1 and set(tail.counts()) >= phase1, 10
+            )
+            assert set(tail.counts()) == phase1 and set(tail.counts().values()) == {1}
+            assert set(sink.counts()) == phase1 and set(sink.counts().values()) == {1}
+
+            # History from any node, read from the stream on a node that follows nothing.
+            (reader,) = [n for n in "BC" if n not in owners()][:1]
+            plane = nodes[reader].plane
+            assert plane is not None and plane.follow_of("app") is None
+            reads = plane.round_trips
+            status, headers, body = await curl(
+                *AUTH, api(ports[reader], "/v3/channels/app/logs?num=200")
+            )
+            assert plane.round_trips > reads
+            assert status == 200 and headers["logplex-msg-count"] == "200"
+            assert set(MSG.findall(body)) == phase1
+
+            # The owner dies without a word; another node takes over within 15 s.
+            (owner,) = owners()
+            owner_daemon = nodes[owner]
+            assert owner_daemon.cluster_drains is not None and owner_daemon.plane is not None
+            ckpt_key = owner_daemon.plane.keys.checkpoint("app", drain_id)
+            top = int(
+                redis_server.command("GET", owner_daemon.plane.keys.sequence("app")).split(b"\r\n")[
+                    1
+                ]
+            )
+            await eventually(
+                lambda: (
+                    redis_server.command("GET", ckpt_key).split(b"\r\n")[1] == str(top).encode()
+                ),
+                5,
+            )
+            owner_daemon.cluster_drains.release_on_stop = False
+            killed_at = trio.current_time()
+            scopes[owner].cancel()
+            alive = [name for name in nodes if name != owner]
+            # Accepted while the drain has no owner: must not be lost.
+            await send_syslog(ports[alive[0]].syslog, token, "D", range(50))
+            await post_logs(tmp_path, ports[alive[1]].logs, token, "E", range(50))
+            await eventually(lambda: len(owners()) == 1, 15)
+            took = trio.current_time() - killed_at
+            print("TAKEOVER", took, owner, owners())
+            assert took < 15
+            assert owners()[0] != owner
+            phase2 = expected("D", range(50)) | expected("E", range(50))
+            await eventually(lambda: set(sink.counts()) >= phase1 | phase2, 10)
+            # At-least-once, and the checkpoint was stored after the last delivery: no
+            # message is delivered twice here.
+            assert set(sink.counts()) == phase1 | phase2
+            assert max(sink.counts().values()) == 1
+
+            # The new owner dies in the middle of a burst. Duplicates are bounded by what it
+            # delivered after its last stored checkpoint (sequence = messages delivered so
+            # far: the drain started on an empty stream and delivered in order, once each).
+            (second,) = owners()
+            nodes[second].cluster_drains.release_on_stop = False  # type: ignore[union-attr]
+            (last,) = [name for name in alive if name != second]
+            written = nodes[last].plane.messages_written  # type: ignore[union-attr]
+            for start in range(0, 400, 100):  # (the buffer holds 150: one batch at a time)
+                await send_syslog(ports[last].syslog, token, "K", range(start, start + 100))
+                await eventually(
+                    lambda w=written + start + 100: nodes[last].plane.messages_written >= w,  # type: ignore[union-attr]
+                    5,
+                )
+                if start == 100:  # killed while the second batch is being delivered
+                    scopes[second].cancel()
+                    delivered = len(sink.counts())
+                    assert max(sink.counts().values()) == 1
+                    reply = redis_server.command("GET", ckpt_key)
+                    checkpoint = int(reply.split(b"\r\n")[1])
+            alive = [last]
+            await eventually(lambda: owners() == [last], 15)
+            phase3 = expected("K", range(400))
+            await eventually(lambda: set(sink.counts()) >= phase1 | phase2 | phase3, 10)
+            duplicates = sum(sink.counts().values()) - len(sink.counts())
+            assert duplicates <= delivered - checkpoint
+            print("IN-FLIGHT KILL", delivered, checkpoint, duplicates)
+
+            # Redis goes away mid-stream: health says so, ingestion goes on (bounded).
+            new_owner = owners()[0]
+            ingest = (
+                next(name for name in alive if name != new_owner) if len(alive) > 1 else alive[0]
+            )
+            victim.kill()
+            await eventually(lambda: all(nodes[n].plane.failure for n in alive), 5)  # type: ignore[union-attr]
+            for name in alive:
+                status, _, _ = await curl(api(ports[name], "/v3/healthcheck"))
+                assert status == 503
+            plane = nodes[ingest].plane
+            assert plane is not None
+            before_drops, pushed = plane.buffer.dropped, plane.buffer.pushed
+            # Twelve routed batches of 25: the buffer (150 messages) drops the oldest whole.
+            for start in range(0, 300, 25):
+                await send_syslog(ports[ingest].syslog, token, "F", range(start, start + 25))
+                await eventually(lambda s=start: plane.buffer.pushed >= pushed + s + 25, 2)
+            await eventually(lambda: plane.buffer.dropped - before_drops == 150, 5)
+            victim.start()
+            await eventually(
+                lambda: all(
+                    nodes[n].plane.failure is None and nodes[n].store.failure is None  # type: ignore[union-attr]
+                    for n in alive
+                ),
+                10,
+            )
+            for name in alive:
+                status, _, body = await curl(api(ports[name], "/v3/healthcheck"))
+                assert (status, body) == (200, b"OK")
+            # The newest 150 arrive; the 150 dropped are announced with their exact count.
+            kept = expected("F", range(150, 300))
+            await eventually(lambda: set(sink.counts()) >= phase1 | phase2 | kept, 15)
+            assert not set(sink.counts()) & expected("F", range(150))
+            assert b"Error L10 (output buffer overflow): 150 messages dropped since" in sink.data
+            assert set(sink.counts()) == phase1 | phase2 | phase3 | kept
+        nursery.cancel_scope.cancel()
+
+
+async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A new owner whose checkpoint the stream no longer holds announces exactly what it
+    cannot deliver (counted from the stream ids), then delivers what is left."""
+    keep = 20
+    nodes = {
+        name: Daemon(
+            dataclasses.replace(
+                node_settings(tmp_path, name, redis_server),
+                history_messages=10,
+                channel_buffer_messages=keep,
+            )
+        )
+        for name in "AB"
+    }
+    scopes = {name: trio.CancelScope() for name in nodes}
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+        with trio.fail_after(30):
+            await eventually(
+                lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
+            )
+            status, _, body = await curl(
+                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
+                api(ports["A"], "/v3/channels/app"),
+            )  # fmt: skip
+            token = json.loads(body)["tokens"]["web"]
+            await eventually(
+                lambda: all(n.registry.channel_of_token(token) for n in nodes.values())
+            )
+            status, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports["A"], "/v3/channels/app/drains"),
+            )  # fmt: skip
+            drain_id = json.loads(body)["id"]
+
+            def owner() -> str | None:
+                for name, n in nodes.items():
+                    if (
+                        not scopes[name].cancel_called
+                        and n.cluster_drains
+                        and n.cluster_drains.owned()
+                    ):
+                        return name
+                return None
+
+            await eventually(lambda: owner() is not None, 5)
+            first = owner()
+            assert first is not None
+            await send_syslog(ports["A"].syslog, token, "G", range(10))
+            await eventually(lambda: set(sink.counts()) >= expected("G", range(10)), 5)
+            keys = nodes["A"].plane.keys  # type: ignore[union-attr]
+            await eventually(
+                lambda: redis_server.command("GET", keys.checkpoint("app", drain_id)).endswith(
+                    b"\r\n10\r\n"
+                ),
+                5,
+            )
+            # The owner dies and, before anyone else can take the drain, 100 more messages
+            # arrive in ten entries: the stream keeps the newest 20.
+            nodes[first].cluster_drains.release_on_stop = False  # type: ignore[union-attr]
+            scopes[first].cancel()
+            (other,) = [n for n in nodes if n != first]
+            lease = keys.lease("app", drain_id)
+            redis_server.command("SET", lease, "intruder", "PX", "60000")
+            plane = nodes[other].plane
+            assert plane is not None
+            for start in range(0, 100, 10):
+                written = plane.messages_written
+                await send_syslog(ports[other].syslog, token, "H", range(start, start + 10))
+                await eventually(lambda w=written: plane.messages_written >= w + 10, 5)
+            assert owner() is None
+            redis_server.command("DEL", lease)
+            await eventually(lambda: owner() == other, 5)
+            await eventually(lambda: set(sink.counts()) >= expected("H", range(80, 100)), 5)
+            assert b"Error L10 (output buffer overflow): 80 messages dropped since" in sink.data
+            assert not set(sink.counts()) & expected("H", range(80))
+            assert max(sink.counts().values()) == 1
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,100 @@
+"""The data plane against a real redis-server, without daemons: two nodes' planes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from logplexd.cluster.plane import DataPlane
+from logplexd.cluster.registry import ClusterRegistry
+from logplexd.native import parse_body
+from tests._redis_servers import REDIS_SERVER, RedisServer, eventually, redis_server
+
+__all__ = ["redis_server"]
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
+
+
+def frames(token: str, texts: list[str]):
+    raw = b""
+    for text in texts:
+        msg = f"<134>1 2024-01-01T00:00:00Z host {token} web.1 - - {text}".encode()
+        raw += b"%d %s" % (len(msg), msg)
+    return parse_body(raw)
+
+
+@asynccontextmanager
+async def node(url: str, name: str, keep: int = 1000) -> AsyncIterator[ClusterRegistry]:
+    plane = DataPlane(url, node_id=name, keep_messages=keep)
+    registry = ClusterRegistry(plane, 100, 1 << 20, keep)
+    registry.add_token("app", "t.app", "web")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        await eventually(lambda: plane.failure is None, 5)
+        yield registry
+        nursery.cancel_scope.cancel()
+
+
+def texts(batch) -> list[bytes]:
+    return [batch.fields(i)["msg"] for i in range(len(batch))]
+
+
+async def test_one_round_trip_per_flush_and_every_node_follows_every_message(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        with trio.fail_after(10):
+            p1, p2 = one.plane, two.plane
+            ch2 = two.channel("app")
+            assert ch2 is not None
+            follow = p2.hold(ch2, await p2.top("app"))
+            # Ten routed batches before the writer runs: one round trip carries them all.
+            trips = p1.round_trips
+            for i in range(10):
+                one.route(frames("t.app", [f"m{i}-{j}" for j in range(10)]))
+            await eventually(lambda: p1.messages_written == 100, 5)
+            assert p1.round_trips - trips == 1 and p1.entries_written == 1
+            await eventually(lambda: len(ch2.ring) == 100, 5)
+            got = texts(ch2.ring.last(100))
+            assert got == [f"m{i}-{j}".encode() for i in range(10) for j in range(10)]
+            # APP-NAME is the token's name, as on one node.
+            assert ch2.ring.last(1).fields(0)["app"] == b"web"
+            assert follow.last_seq == 100
+            # History read back from the stream by a node that follows nothing.
+            history, top = await p1.read_history("app", 15)
+            assert texts(history) == [f"m{i}-{j}".encode() for i in (8, 9) for j in range(10)][5:]
+            assert top == (100, 0)
+            p2.release(follow)
+            assert p2.follow_of("app") is None
+            # A deleted channel's history goes with it (a new one of that name starts empty).
+            key = p1.keys.stream("app")
+            assert redis_server.command("EXISTS", key) == b":1\r\n"
+            one.drop_channel("app")
+            await eventually(lambda: redis_server.command("EXISTS", key) == b":0\r\n", 5)
+            assert redis_server.command("EXISTS", p1.keys.sequence("app")) == b":0\r\n"
+
+
+async def test_redis_back_without_its_data_is_followed_from_the_start(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, persistent=False)
+    server.start()
+    try:
+        async with node(server.url, "one") as one, node(server.url, "two") as two:
+            with trio.fail_after(20):
+                ch2 = two.channel("app")
+                assert ch2 is not None
+                follow = two.plane.hold(ch2, await two.plane.top("app"))
+                one.route(frames("t.app", [f"a{i}" for i in range(20)]))
+                await eventually(lambda: len(ch2.ring) == 20, 5)
+                server.kill()
+                await eventually(lambda: two.plane.failure is not None, 5)
+                server.start()  # empty: no persistence
+                await eventually(lambda: one.plane.failure is None, 5)
+                one.route(frames("t.app", ["after"]))
+                await eventually(lambda: len(ch2.ring) == 21, 5)
+                assert texts(ch2.ring.last(1)) == [b"after"] and follow.last_seq == 1
+    finally:
+        server.kill()

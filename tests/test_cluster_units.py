@@ -1,0 +1,202 @@
+"""Sans-IO cores of the data plane across nodes: the outbound buffer and the drain lease."""
+
+from __future__ import annotations
+
+import pytest
+
+from logplexd.cluster.buffer import OutboundBuffer
+from logplexd.cluster.lease import (
+    SAFETY_MARGIN,
+    TRANSITIONS,
+    Command,
+    Lease,
+    LeaseEvent,
+    LeaseState,
+    next_state,
+    renew_interval,
+)
+
+
+# -- the outbound buffer ------------------------------------------------------------------------
+def test_buffer_takes_everything_grouped_per_channel_in_order() -> None:
+    buf = OutboundBuffer(max_messages=100, max_bytes=10_000)
+    buf.push("a", b"A1", 1, now=1.0)
+    buf.push("b", b"B1", 2, now=1.0)
+    buf.push("a", b"A2", 3, now=1.0)
+    assert (buf.messages, buf.nbytes) == (6, 6)
+    flush = buf.take()
+    assert flush.entries == {"a": [(b"A1A2", 4)], "b": [(b"B1", 2)]}
+    assert flush.messages == 6 and not flush.losses
+    assert not buf and (buf.messages, buf.nbytes) == (0, 0)
+
+
+def test_buffer_drops_oldest_when_full_and_counts_per_channel() -> None:
+    buf = OutboundBuffer(max_messages=5, max_bytes=10_000)
+    buf.push("a", b"a" * 10, 3, now=10.0)
+    buf.push("b", b"b" * 10, 2, now=11.0)
+    buf.push("a", b"c" * 10, 2, now=12.0)  # 7 > 5: the oldest entry (3 of "a") goes
+    assert buf.messages == 4 and buf.dropped == 3
+    flush = buf.take()
+    assert flush.losses["a"].count == 3 and flush.losses["a"].since == 12.0
+    assert flush.entries == {"b": [(b"b" * 10, 2)], "a": [(b"c" * 10, 2)]}
+    # Losses are handed over once.
+    assert not buf.take()
+
+
+def test_buffer_byte_bound() -> None:
+    buf = OutboundBuffer(max_messages=1000, max_bytes=25)
+    for i in range(5):
+        buf.push("a", bytes([65 + i]) * 10, 1, now=float(i))
+    assert buf.nbytes <= 25 and buf.messages == 2 and buf.dropped == 3
+
+
+def test_restore_puts_a_failed_flush_back_in_front_and_rebounds() -> None:
+    buf = OutboundBuffer(max_messages=4, max_bytes=10_000)
+    buf.push("a", b"1", 2, now=1.0)
+    buf.lose("a", 5, now=0.5)
+    flush = buf.take()
+    buf.push("a", b"2", 2, now=2.0)
+    buf.restore(flush, now=3.0)
+    again = buf.take()
+    assert again.entries == {"a": [(b"12", 4)]}
+    assert again.losses["a"].count == 5 and again.losses["a"].since == 0.5
+    # Restoring past the bound drops the oldest (the restored entry) and counts it.
+    buf.push("a", b"3", 3, now=4.0)
+    buf.restore(again, now=5.0)
+    assert buf.messages == 3 and buf.take().losses["a"].count == 5 + 4
+    assert buf.dropped == 5 + 4
+
+
+def test_flush_is_bounded_and_entries_split() -> None:
+    buf = OutboundBuffer()
+    for _ in range(10):
+        buf.push("a", b"x" * 100, 1, now=0.0)
+    flush = buf.take(max_bytes=350, entry_max=200)
+    assert flush.messages == 3
+    assert [n for _, n in flush.entries["a"]] == [2, 1]
+    assert buf.messages == 7
+
+
+def test_buffer_needs_room() -> None:
+    with pytest.raises(ValueError):
+        OutboundBuffer(max_messages=0)
+
+
+# -- the lease ----------------------------------------------------------------------------------
+def test_transition_table_is_complete() -> None:
+    for state in LeaseState:
+        for event in LeaseEvent:
+            assert (state, event) in TRANSITIONS
+    assert next_state(LeaseState.STANDBY, LeaseEvent.ACQUIRED) is LeaseState.OWNER
+    assert next_state(LeaseState.OWNER, LeaseEvent.LOST) is LeaseState.STANDBY
+    assert next_state(LeaseState.OWNER, LeaseEvent.UNREACHABLE) is LeaseState.OWNER
+
+
+def test_acquire_renew_and_local_expiry() -> None:
+    lease = Lease(ttl=10.0)
+    assert lease.command() is Command.ACQUIRE and lease.ttl_ms == 10_000
+    assert lease.apply(LeaseEvent.HELD_ELSEWHERE, 0.0) == (LeaseState.STANDBY, LeaseState.STANDBY)
+    assert lease.apply(LeaseEvent.ACQUIRED, 1.0) == (LeaseState.STANDBY, LeaseState.OWNER)
+    assert lease.command() is Command.RENEW
+    deadline = 1.0 + 10.0 * (1 - SAFETY_MARGIN)
+    assert lease.valid_until == pytest.approx(deadline)
+    # Redis silent: still owner until the deadline measured from the last confirmed send.
+    lease.apply(LeaseEvent.UNREACHABLE, 3.5)
+    assert lease.tick(deadline - 0.01) == (LeaseState.OWNER, LeaseState.OWNER)
+    assert lease.tick(deadline) == (LeaseState.OWNER, LeaseState.STANDBY)
+    assert lease.command() is Command.ACQUIRE
+
+
+def test_renewal_extends_from_send_time_and_a_late_reply_changes_nothing() -> None:
+    lease = Lease(ttl=4.0)
+    lease.apply(LeaseEvent.ACQUIRED, 0.0)
+    lease.apply(LeaseEvent.RENEWED, 1.0)
+    assert lease.valid_until == pytest.approx(1.0 + 4.0 * (1 - SAFETY_MARGIN))
+    # An old reply (sent earlier) never shortens the lease.
+    lease.apply(LeaseEvent.RENEWED, 0.5)
+    assert lease.valid_until == pytest.approx(1.0 + 4.0 * (1 - SAFETY_MARGIN))
+    assert lease.apply(LeaseEvent.LOST, 2.0) == (LeaseState.OWNER, LeaseState.STANDBY)
+    assert lease.valid_until == 0.0
+    assert lease.apply(LeaseEvent.RENEWED, 2.0) == (LeaseState.STANDBY, LeaseState.STANDBY)
+
+
+def test_takeover_bound_is_under_fifteen_seconds_with_the_default() -> None:
+    lease = Lease()
+    # The key expires at most TTL after the dead owner's last renewal; a standby node
+    # tries every renew interval.
+    assert lease.ttl + renew_interval(lease.ttl) < 15.0
+
+
+def test_release_gives_up_ownership() -> None:
+    lease = Lease(ttl=1.0)
+    lease.apply(LeaseEvent.ACQUIRED, 0.0)
+    assert lease.apply(LeaseEvent.RELEASE, 0.1) == (LeaseState.OWNER, LeaseState.STANDBY)
+    assert not lease.owned
+
+
+# -- the wire format and the ring <-> stream map ------------------------------------------------
+def _batch(*texts: str):
+    from logplexd.native import parse_frames
+
+    return parse_frames(
+        [f"<134>1 2024-01-01T00:00:00Z host app web.1 - - {t}".encode() for t in texts]
+    )
+
+
+def test_octet_frames_round_trip_keeps_every_frame_and_field() -> None:
+    from logplexd._native.wire import octet_frames
+
+    from logplexd.native import parse_body, parse_frames
+
+    frames = [b"<134>1 t h app p - - hi", b"not syslog at all", b"<1>1 t h a p m [x\\]] m\n"]
+    batch = parse_frames(frames)
+    wire = octet_frames(batch)
+    assert wire.startswith(b"23 <134>1 t h app p - - hi17 not syslog at all")
+    again = parse_body(wire, 65000)
+    assert again.frames() == frames and again.malformed == 0
+    assert [again.fields(i) for i in range(3)] == [batch.fields(i) for i in range(3)]
+    assert octet_frames(batch, 1, 2) == b"17 not syslog at all"
+    assert octet_frames(parse_frames([])) == b""
+
+
+def test_follow_maps_ring_positions_to_stream_sequences() -> None:
+    from logplexd.cluster.plane import Follow
+    from logplexd.native import ChannelRing
+    from logplexd.registry import Channel
+
+    channel = Channel("app", ChannelRing(100, 1 << 20))
+    follow = Follow("app", "k", channel, (10, 0))
+    assert follow.seq_at(0) == 10 and follow.position_after(10) == (0, 0)
+    # A checkpoint older than where this node began following: the difference is lost.
+    assert follow.position_after(7) == (0, 3)
+    follow.append((13, 0), _batch("a", "b", "c"))  # sequences 11..13 at ring 0..2
+    follow.append((13, 1), _batch())  # a loss marker: the sequence does not move
+    follow.append((20, 0), _batch("d", "e"))  # 19..20 at ring 3..4: 14..18 were trimmed
+    assert channel.ring.head == 5 and follow.last == (20, 0) and follow.last_seq == 20
+    # Delivered through ring position p -> checkpoint sequence.
+    assert [follow.seq_at(p) for p in range(6)] == [10, 11, 12, 13, 19, 20]
+    # A checkpoint -> where to continue, and how many of the stream's messages are gone.
+    assert follow.position_after(10) == (0, 0)
+    assert follow.position_after(12) == (2, 0)
+    assert follow.position_after(13) == (3, 5)
+    assert follow.position_after(15) == (3, 3)
+    assert follow.position_after(19) == (4, 0)
+    assert follow.position_after(20) == (5, 0)
+    assert follow.valid_messages() == 5
+
+
+def test_keys_share_the_channel_hash_tag() -> None:
+    from logplexd.cluster.plane import Keys
+
+    keys = Keys("logplex")
+    tags = {
+        k.split("{", 1)[1].split("}", 1)[0]
+        for k in (
+            keys.stream("app"),
+            keys.sequence("app"),
+            keys.lease("app", 7),
+            keys.checkpoint("app", 7),
+        )
+    }
+    assert tags == {"ch:app"}
+    assert keys.stream("app") == "logplex:{ch:app}:log"
