@@ -12,6 +12,7 @@ Without the binaries (``apt-get install redis-server``, which ships redis-cli to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -357,3 +358,18 @@ async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) 
     with trio.fail_after(timeout):
         while not check():
             await trio.sleep(0.005)
+
+
+def node_settings(
+    tmp_path: Path, name: str, server: RedisServer | RedisCluster, **overrides: Any
+) -> Any:
+    """Settings of logplexd node ``name``: loopback ports, its own data dir, ``server``'s URL."""
+    from tests.test_daemon import settings_for
+
+    return dataclasses.replace(
+        settings_for(tmp_path),
+        data_dir=tmp_path / name,
+        store_url=server.url,
+        node_id=name,
+        **overrides,
+    )

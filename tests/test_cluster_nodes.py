@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.config import Address, Settings
+from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 from tests._redis_servers import (
     RedisCluster,
@@ -27,7 +27,10 @@ from tests._redis_servers import (
     redis_cluster,
     redis_server,
 )
-from tests.test_daemon import AUTH, JSON, KEY, api, curl, frame
+from tests._redis_servers import (
+    node_settings as shared_node_settings,
+)
+from tests.test_daemon import AUTH, JSON, api, curl, frame
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,16 +45,10 @@ MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
 
 
 def node_settings(tmp_path: Path, name: str, server: RedisServer | RedisCluster) -> Settings:
-    loopback = Address("127.0.0.1", 0)
-    return dataclasses.replace(
-        Settings(),
-        api_addr=loopback,
-        logs_addr=loopback,
-        syslog_addr=loopback,
-        data_dir=tmp_path / name,
-        auth_key=KEY,
-        store_url=server.url,
-        node_id=name,
+    return shared_node_settings(
+        tmp_path,
+        name,
+        server,
         drain_lease_ttl=LEASE_TTL,
         redis_buffer_messages=BUFFER_MESSAGES,
     )

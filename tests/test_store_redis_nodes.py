@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,18 +9,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.config import Address, Settings
 from logplexd.daemon import BoundPorts, Daemon
 from tests._redis_servers import (
     PROPAGATION,
     RedisCluster,
     RedisServer,
     eventually,
+    node_settings,
     redis_any,
     redis_cluster,
     redis_server,
 )
-from tests.test_daemon import AUTH, JSON, KEY, api, curl, frame
+from tests.test_daemon import AUTH, JSON, api, curl, frame
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,20 +28,6 @@ pytestmark = [
 ]
 
 __all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
-
-
-def node_settings(tmp_path: Path, name: str, server: RedisServer | RedisCluster) -> Settings:
-    loopback = Address("127.0.0.1", 0)
-    return dataclasses.replace(
-        Settings(),
-        api_addr=loopback,
-        logs_addr=loopback,
-        syslog_addr=loopback,
-        data_dir=tmp_path / name,
-        auth_key=KEY,
-        store_url=server.url,
-        node_id=name,
-    )
 
 
 async def test_three_nodes_share_configuration(
