@@ -64,17 +64,14 @@ import trio
 from .._native.wire import octet_frames
 from ..native import Batch, ChannelRing, parse_body
 from ..registry import Channel
-from ..store._redis_client import open_redis, parse_redis_url
+from ..store._redis_client import DEFAULT_PREFIX, open_redis, parse_redis_url
 from .buffer import OutboundBuffer
 
 if TYPE_CHECKING:
-    import coredis
-
-    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+    from ..store._redis_client import Client
 
 log = logging.getLogger("logplexd.cluster")
 
-DEFAULT_PREFIX = "logplex"
 # A blocking XREAD waits this long; a channel followed meanwhile joins the next read.
 READ_BLOCK_MS = 250
 # Entries taken per stream per read (each up to ENTRY_MAX_BYTES).

@@ -18,6 +18,12 @@ from .model import StoreError
 if TYPE_CHECKING:
     import coredis
 
+    # One Redis or a Redis Cluster: callers use only commands both serve alike.
+    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+
+# Every key logplexd writes starts with this (configurable per store and plane).
+DEFAULT_PREFIX = "logplex"
+
 SCHEME_SINGLE = "redis"
 SCHEME_CLUSTER = "redis+cluster"
 DEFAULT_PORT = 6379

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
-from ._redis_client import open_target, parse_redis_url
+from ._redis_client import DEFAULT_PREFIX, open_target, parse_redis_url
 from .base import ChannelPut, Store, Subscriber
 from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, StateReads, _State
 from .model import (
@@ -81,14 +81,10 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    import coredis
-
-    # One Redis or a Redis Cluster: the store uses only commands both serve alike.
-    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+    from ._redis_client import Client
 
 log = logging.getLogger("logplexd.store")
 
-DEFAULT_PREFIX = "logplex"
 # Change entries kept in the stream (approximate trimming: cheaper, and a node only needs
 # the entries since its last read, normally a handful).
 CHANGES_MAXLEN = 100_000
