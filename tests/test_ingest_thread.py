@@ -177,3 +177,30 @@ async def test_the_daemon_setting_reaches_the_syslog_input(tmp_path):
     daemon = Daemon(settings)
     assert daemon.syslog.threads == 3
     assert Daemon(dataclasses.replace(settings, ingest_threads=0)).syslog.threads == 0
+
+
+async def test_hostile_bytes_on_a_threaded_connection_are_counted_and_it_keeps_routing():
+    registry = Registry(history_messages=100_000, history_bytes=64 << 20, buffer_messages=100_000)
+    registry.add_token("app-123", TOKEN, "app")
+    syslog = SyslogInput(registry, threads=2, max_frame=2048)
+    good = b"".join(frame(b"good %d" % i) for i in range(3000))
+    # Garbage lengths, an oversized frame and binary noise between two good bursts.
+    hostile = b"99999999999 x\n" + b"3000 " + b"y" * 3000 + b"\x00\xff" * 5000 + b"\n"
+    after = b"".join(frame(b"after %d" % i) for i in range(3000))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(syslog.serve, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(good + hostile + after)
+        await stream.aclose()
+        channel = registry.channel("app-123")
+        assert channel is not None
+        with trio.fail_after(20):
+            while syslog.stats.connections_open or syslog.stats.connections_total == 0:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    lines = channel.ring.last(10_000).frames()
+    assert lines[:3000] == [cooked(b"good %d" % i) for i in range(3000)]
+    assert syslog.stats.malformed >= 2
+    # Whatever the garbage swallowed, the framer resynchronised and routed what followed.
+    assert lines[-1] == cooked(b"after 2999")
+    assert syslog.stats.offloaded_reads > 0
