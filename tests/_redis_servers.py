@@ -373,3 +373,18 @@ def node_settings(
         node_id=name,
         **overrides,
     )
+
+async def channel_on_every_node(api_ports: Any, nodes: Any) -> str:
+    """PUT channel "app" with token name "web" through ``api_ports`` (one node's BoundPorts);
+    return the token once every daemon in ``nodes`` routes it."""
+    import json
+
+    from tests.test_daemon import AUTH, JSON, api, curl
+
+    status, _, body = await curl(
+        "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}', api(api_ports, "/v3/channels/app")
+    )  # fmt: skip
+    assert status == 201
+    token: str = json.loads(body)["tokens"]["web"]
+    await eventually(lambda: all(n.registry.channel_of_token(token) for n in nodes))
+    return token

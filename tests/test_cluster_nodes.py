@@ -22,6 +22,7 @@ from logplexd.daemon import BoundPorts, Daemon
 from tests._redis_servers import (
     RedisCluster,
     RedisServer,
+    channel_on_every_node,
     eventually,
     redis_any,
     redis_cluster,
@@ -147,15 +148,7 @@ async def test_three_nodes_share_history_tails_and_drains(
                 lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
             )
             # A channel created on A, with a drain.
-            status, _, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
-                api(ports["A"], "/v3/channels/app"),
-            )  # fmt: skip
-            assert status == 201
-            token = json.loads(body)["tokens"]["web"]
-            await eventually(
-                lambda: all(n.registry.channel_of_token(token) for n in nodes.values())
-            )
+            token = await channel_on_every_node(ports["A"], nodes.values())
             status, _, body = await curl(
                 "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
                 api(ports["A"], "/v3/channels/app/drains"),
@@ -332,14 +325,7 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             await eventually(
                 lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
             )
-            status, _, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
-                api(ports["A"], "/v3/channels/app"),
-            )  # fmt: skip
-            token = json.loads(body)["tokens"]["web"]
-            await eventually(
-                lambda: all(n.registry.channel_of_token(token) for n in nodes.values())
-            )
+            token = await channel_on_every_node(ports["A"], nodes.values())
             status, _, body = await curl(
                 "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
                 api(ports["A"], "/v3/channels/app/drains"),

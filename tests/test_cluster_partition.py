@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from logplexd.daemon import Daemon
-from tests._redis_servers import RedisServer, eventually, redis_server
+from tests._redis_servers import RedisServer, channel_on_every_node, eventually, redis_server
 from tests.test_cluster_nodes import (
     Sink,
     expected,
@@ -88,14 +88,7 @@ async def test_a_node_cut_off_from_redis_hands_its_drain_over(
         ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
         with trio.fail_after(40):
             await eventually(lambda: all(n.plane.failure is None for n in nodes.values()), 5)  # type: ignore[union-attr]
-            status, _, body = await curl(
-                "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
-                api(ports["A"], "/v3/channels/app"),
-            )  # fmt: skip
-            token = json.loads(body)["tokens"]["web"]
-            await eventually(
-                lambda: all(n.registry.channel_of_token(token) for n in nodes.values())
-            )
+            token = await channel_on_every_node(ports["A"], nodes.values())
             url = json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"})
             status, _, body = await curl(
                 "-X", "POST", *AUTH, *JSON, "-d", url, api(ports["A"], "/v3/channels/app/drains"),
