@@ -29,6 +29,7 @@ from ._logging import configure_logging
 from .api import ControlApi
 from .api.routing import Match
 from .cluster import ClusterDrains, ClusterReads, ClusterRegistry, DataPlane, OutboundBuffer
+from .cluster.birth import birth_hook
 from .config import Settings, ensure_auth_key, load_settings
 from .creds import CredentialChecker
 from .data_routes import LogsListener, ReadRoutes
@@ -40,7 +41,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .platform import mount_platform
 from .registry import Registry
 from .rods import ROD_NAMES, GatedDrainManager, Rods, RodsApi, RodState, TailSessions
-from .store import open_store
+from .store import RedisStore, open_store
 from .store.base import Store
 from .store.model import StoreError
 from .syslog_input import ServerCertificate, SyslogInput
@@ -150,6 +151,9 @@ class Daemon:
         s = self.settings
         inherited = listen_fds(self.environ, unset=self.environ is os.environ)
         store = self.store = open_store(str(s.data_dir), s.store_url, node_id=s.resolved_node_id())
+        if self.plane is not None and isinstance(store, RedisStore):
+            # A new drain's start point is stored before the API answers (cluster.birth).
+            store.drain_birth_hooks.append(birth_hook(self.plane))
         try:
             self.api = ControlApi(
                 store,

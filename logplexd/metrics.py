@@ -55,6 +55,7 @@ class Source(Protocol):
     tails: Any
     connections: dict[str, ConnectionCount]
     logs_bytes: int
+    plane: Any  # cluster.plane.DataPlane in Redis mode, None with the embedded store
 
 
 class LoopLag:
@@ -157,6 +158,7 @@ class DaemonCollector(Collector):
         yield from self._drains(src)
         yield from self._state(src)
         yield from self._rods(src)
+        yield from self._redis(src)
 
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, src: Source) -> Iterator[Metric]:
@@ -297,6 +299,59 @@ class DaemonCollector(Collector):
         status.add_metric([], {name: name == state.api_status for name in _API_STATUSES})
         yield status
 
+    # -- Redis data plane (Redis mode only) -------------------------------------------------
+    def _redis(self, src: Source) -> Iterator[Metric]:
+        # getattr: a source without the attribute (an embedded-only test double) has no plane.
+        plane = getattr(src, "plane", None)
+        if plane is None:
+            return
+        trips = _counter(
+            "redis_round_trips",
+            "Round trips to Redis by the data plane, by kind (one request and its reply, or "
+            "one pipeline, per Redis server it went to).",
+            ["kind"],
+        )
+        for kind, count in plane.trips.items():
+            trips.add_metric([kind], count)
+        yield trips
+        for name, attr, doc in _PLANE_COUNTERS:
+            family = _counter(name, doc)
+            family.add_metric([], getattr(plane, attr))
+            yield family
+        buffered = _gauge(
+            "redis_buffer_messages",
+            "Messages routed on this node waiting in the outbound buffer for Redis.",
+        )
+        buffered.add_metric([], plane.buffer.messages)
+        yield buffered
+        dropped = _counter(
+            "redis_buffer_dropped",
+            "Messages dropped from a full outbound buffer (announced to drains as L10).",
+        )
+        dropped.add_metric([], plane.buffer.dropped)
+        yield dropped
+        reachable = _gauge(
+            "redis_reachable",
+            "0 before Redis first answers and from a failed data plane call until that "
+            "task's calls succeed again, else 1.",
+        )
+        reachable.add_metric([], 1 if plane.failure is None else 0)
+        yield reachable
+
+
+# (metric name without prefix and _total, DataPlane attribute, help)
+_PLANE_COUNTERS = (
+    ("redis_stream_entries_written", "entries_written",
+     "Stream entries the data plane appended (each holds a run of one channel's messages)."),
+    ("redis_stream_messages_written", "messages_written",
+     "Messages the data plane appended to channel streams."),
+    ("redis_stream_bytes_written", "bytes_written",
+     "Bytes of message frames the data plane appended to channel streams."),
+    ("redis_stream_entries_read", "entries_read",
+     "Stream entries the data plane read while following channels."),
+    ("redis_stream_messages_read", "messages_read",
+     "Messages the data plane read while following channels."),
+)  # fmt: skip
 
 _API_STATUSES = ("normal", "read_only", "disabled")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from logplexd.cluster.drains import CHECKPOINT_INTERVAL
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 from tests._redis_servers import (
@@ -373,5 +374,58 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             await eventually(lambda: set(sink.counts()) >= expected("H", range(80, 100)), 5)
             assert b"Error L10 (output buffer overflow): 80 messages dropped since" in sink.data
             assert not set(sink.counts()) & expected("H", range(80))
+            assert max(sink.counts().values()) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Checkpoints are stored at most every CHECKPOINT_INTERVAL; a node that stops
+    gracefully stores its last one before handing the lease back, so the next owner goes on
+    exactly where it stopped: every message once."""
+    nodes = {name: Daemon(node_settings(tmp_path, name, redis_server)) for name in "AB"}
+    scopes = {name: trio.CancelScope() for name in nodes}
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+        with trio.fail_after(30):
+            await eventually(
+                lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
+            )
+            token = await channel_on_every_node(ports["A"], nodes.values())
+            status, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports["A"], "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert status == 201
+
+            def owner() -> str | None:
+                for name, n in nodes.items():
+                    if not scopes[name].cancel_called and n.cluster_drains.owned():  # type: ignore[union-attr]
+                        return name
+                return None
+
+            await eventually(lambda: owner() is not None, 5)
+            first = owner()
+            assert first is not None
+            (other,) = [n for n in nodes if n != first]
+            # Several deliveries in quick succession, the owner stops right after the last.
+            plane = nodes[first].plane
+            assert plane is not None
+            trips, began = plane.trips["checkpoint"], trio.current_time()
+            for start in range(0, 200, 20):
+                await send_syslog(ports[other].syslog, token, "P", range(start, start + 20))
+                await eventually(lambda s=start: len(sink.counts()) >= s + 20, 5)
+            took = trio.current_time() - began
+            # Ten deliveries, but one checkpoint round trip per CHECKPOINT_INTERVAL at most.
+            assert plane.trips["checkpoint"] - trips <= took / CHECKPOINT_INTERVAL + 1
+            scopes[first].cancel()
+            await eventually(lambda: owner() == other, 5)
+            await send_syslog(ports[other].syslog, token, "Q", range(50))
+            every = expected("P", range(200)) | expected("Q", range(50))
+            await eventually(lambda: set(sink.counts()) >= every, 10)
+            assert set(sink.counts()) == every
             assert max(sink.counts().values()) == 1
         nursery.cancel_scope.cancel()

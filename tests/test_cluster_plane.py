@@ -12,9 +12,16 @@ import trio
 from logplexd.cluster.plane import DataPlane
 from logplexd.cluster.registry import ClusterRegistry
 from logplexd.native import parse_body
-from tests._redis_servers import REDIS_SERVER, RedisServer, eventually, redis_server
+from tests._redis_servers import (
+    REDIS_SERVER,
+    RedisServer,
+    eventually,
+    redis_any,
+    redis_cluster,
+    redis_server,
+)
 
-__all__ = ["redis_server"]
+__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
 
@@ -53,11 +60,11 @@ async def test_one_round_trip_per_flush_and_every_node_follows_every_message(
             assert ch2 is not None
             follow = p2.hold(ch2, await p2.top("app"))
             # Ten routed batches before the writer runs: one round trip carries them all.
-            trips = p1.round_trips
+            writes = p1.trips["write"]
             for i in range(10):
                 one.route(frames("t.app", [f"m{i}-{j}" for j in range(10)]))
             await eventually(lambda: p1.messages_written == 100, 5)
-            assert p1.round_trips - trips == 1 and p1.entries_written == 1
+            assert p1.trips["write"] - writes == 1 and p1.entries_written == 1
             await eventually(lambda: len(ch2.ring) == 100, 5)
             got = texts(ch2.ring.last(100))
             assert got == [f"m{i}-{j}".encode() for i in range(10) for j in range(10)]
@@ -98,3 +105,80 @@ async def test_redis_back_without_its_data_is_followed_from_the_start(tmp_path: 
                 assert texts(ch2.ring.last(1)) == [b"after"] and follow.last_seq == 1
     finally:
         server.kill()
+
+
+async def test_scripts_forgotten_by_redis_are_loaded_again(redis_any) -> None:
+    """Writes call their script by SHA1; a server that lost its script cache (restart,
+    SCRIPT FLUSH, a new shard) answers NOSCRIPT and the plane loads it and writes anyway."""
+    servers = getattr(redis_any, "servers", [redis_any])
+    async with node(redis_any.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            for server in servers:
+                assert server.command("SCRIPT", "FLUSH") == b"+OK\r\n"
+            loads = plane.trips["other"]
+            one.route(frames("t.app", [f"m{i}" for i in range(10)]))
+            await eventually(lambda: plane.messages_written == 10, 5)
+            assert plane.trips["other"] > loads
+            history, _ = await plane.read_history("app", 10)
+            assert texts(history) == [f"m{i}".encode() for i in range(10)]
+            assert plane.failure is None
+
+
+async def test_cluster_reader_polls_every_followed_stream_in_one_round_trip_per_shard(
+    redis_cluster,
+) -> None:
+    """On a cluster, 30 followed channels cost one pipelined poll per shard, not one
+    blocking read each; and every channel's messages still reach the follower."""
+    from logplexd.cluster.plane import POLL_IDLE
+
+    names = [f"c{i}" for i in range(30)]
+    async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
+        with trio.fail_after(20):
+            for reg in (one, two):
+                for name in names:
+                    reg.add_token(name, f"t.{name}", "web")
+            plane = two.plane
+            follows = []
+            for name in names:
+                channel = two.channel(name)
+                assert channel is not None
+                follows.append(plane.hold(channel, await plane.top(name)))
+            await trio.sleep(0.2)  # the reader has started polling
+            polls = plane.trips["follow"]
+            await trio.sleep(1.0)  # idle: real servers, a bounded wait
+            idle = plane.trips["follow"] - polls
+            # At most 3 shards per poll, one poll per POLL_IDLE (plus the one in flight).
+            assert 0 < idle <= 3 * (1 / POLL_IDLE + 2)
+            for name in names:
+                one.route(frames(f"t.{name}", [f"{name}-{i}" for i in range(5)]))
+            for name, follow in zip(names, follows, strict=True):
+                channel = follow.channel
+                await eventually(lambda ch=channel: len(ch.ring) == 5, 5)
+                assert texts(channel.ring.last(5)) == [f"{name}-{i}".encode() for i in range(5)]
+            for follow in follows:
+                plane.release(follow)
+
+
+async def test_read_range_gives_exact_messages_their_sequences_and_what_was_trimmed(
+    redis_server: RedisServer,
+) -> None:
+    """The catch-up read of a drain taken over: messages after a checkpoint up to a
+    sequence, each with its own sequence, and the exact count the stream no longer has."""
+    async with node(redis_server.url, "one", keep=20) as one:
+        with trio.fail_after(10):
+            plane = one.plane
+            for i in range(5):  # five entries of ten: sequences 10, 20, ..., 50
+                one.route(frames("t.app", [f"m{i * 10 + j + 1}" for j in range(10)]))
+                await eventually(lambda n=(i + 1) * 10: plane.messages_written == n, 5)
+            # Kept: the entries ending at 40 and 50 (trimmed to the newest 20 messages by
+            # whole entries: 31..50).
+            got = await plane.read_range("app", 33, 45)
+            assert texts(got.batch) == [f"m{s}".encode() for s in range(34, 46)]
+            assert got.seqs == list(range(34, 46)) and got.lost == 0
+            got = await plane.read_range("app", 5, 50)
+            assert got.lost == 25  # 6..30 trimmed away
+            assert got.seqs == list(range(31, 51))
+            assert texts(got.batch) == [f"m{s}".encode() for s in range(31, 51)]
+            got = await plane.read_range("app", 50, 60)  # not written yet: all missing
+            assert (len(got.batch), got.lost) == (0, 10)

@@ -4,19 +4,23 @@
 ``DrainManager``: it remembers every drain the store holds and runs (adds to the manager)
 only those whose lease this node owns. The lease decisions are ``lease.Lease`` (sans-IO);
 this module is the thin trio adapter: one pipeline per tick acquires or renews every
-drain's lease, and one pipeline per delivered batch (coalesced) stores checkpoints.
+drain's lease, and one pipeline at most every ``CHECKPOINT_INTERVAL`` stores the
+checkpoints of every drain that delivered meanwhile (and a last one when the node stops).
 
 A new owner starts from the drain's checkpoint (the sequence of the last message the
 previous owner delivered) by following the channel's stream from there: at-least-once,
 duplicates bounded by what was delivered but not yet checkpointed (one payload per
-drain, plus whatever the old owner delivered in its last checkpoint round trip). If the
+drain, plus what the old owner delivered in its last ``CHECKPOINT_INTERVAL`` when it died
+without a word). If the
 stream was trimmed past the checkpoint, the follower counts the gap exactly from the
-stream ids and the first delivery starts with the L10 notice. A drain with no checkpoint
-yet (new) starts at the newest entry of the stream when it is first acquired.
+stream ids and the first delivery starts with the L10 notice. A new drain starts from the
+birth checkpoint written before the API answered (``birth.py``); only when that write
+failed does its first owner start at the newest entry of the stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +31,23 @@ import trio
 from ..drains import DrainManager, InvalidDrainUrl
 from ..store.drain_url import redact_url
 from .lease import DEFAULT_TTL, Command, Lease, LeaseEvent, LeaseState, renew_interval
-from .plane import CALL_TIMEOUT, DataPlane, Follow, StreamId, describe, redis_errors
+from .plane import (
+    CALL_TIMEOUT,
+    CatchUp,
+    DataPlane,
+    Follow,
+    Script,
+    ScriptCall,
+    StreamId,
+    describe,
+    redis_errors,
+)
 
 log = logging.getLogger("logplexd.drains")
+
+# Checkpoints are stored at most this often (one pipeline for every drain that delivered):
+# the bound on what a new owner delivers again after a node died without handing over.
+CHECKPOINT_INTERVAL = 0.5
 
 # KEYS: 1 lease. ARGV: 1 node, 2 ttl ms. SET NX PX; a key this node already holds (it
 # restarted under the same node id, or a start failed after acquiring) counts as acquired.
@@ -66,6 +84,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+ACQUIRE = Script(_ACQUIRE_LUA)
+RENEW = Script(_RENEW_LUA)
+CHECKPOINT = Script(_CHECKPOINT_LUA)
+RELEASE = Script(_RELEASE_LUA)
 
 
 @dataclass(slots=True)
@@ -225,19 +247,20 @@ class ClusterDrains:
 
     async def _exchange(self, ids: list[int]) -> dict[int, LeaseEvent]:
         keys = self.plane.keys
-        requests: list[tuple[int, Command, Any]] = []
-        async with self.plane.client.pipeline(transaction=False) as pipe:
-            for drain_id in ids:
-                wanted = self.wanted[drain_id]
-                key = keys.lease(wanted.channel, drain_id)
-                command = wanted.lease.command()
-                script = _ACQUIRE_LUA if command is Command.ACQUIRE else _RENEW_LUA
-                reply = pipe.eval(script, keys=[key], args=[self.node_id, wanted.lease.ttl_ms])
-                requests.append((drain_id, command, reply))
-        self.plane.round_trips += 1
+        commands: list[Command] = []
+        calls: list[ScriptCall] = []
+        channels: list[str] = []
+        for drain_id in ids:
+            wanted = self.wanted[drain_id]
+            command = wanted.lease.command()
+            script = ACQUIRE if command is Command.ACQUIRE else RENEW
+            key = keys.lease(wanted.channel, drain_id)
+            calls.append((script, [key], [self.node_id, wanted.lease.ttl_ms]))
+            commands.append(command)
+            channels.append(wanted.channel)
+        results = await self.plane.call_scripts(calls, "lease", channels)
         events: dict[int, LeaseEvent] = {}
-        for drain_id, command, reply in requests:
-            result = await reply
+        for drain_id, command, result in zip(ids, commands, results, strict=True):
             if command is Command.ACQUIRE:
                 events[drain_id] = LeaseEvent.ACQUIRED if result == 1 else LeaseEvent.HELD_ELSEWHERE
             else:
@@ -258,6 +281,7 @@ class ClusterDrains:
             with trio.fail_after(CALL_TIMEOUT):
                 key = self.plane.keys.checkpoint(wanted.channel, drain_id)
                 raw = await self.plane.client.get(key)
+                self.plane.count_trip("other")
                 after: StreamId
                 if raw is None:
                     after = await self.plane.top(wanted.channel)
@@ -283,6 +307,26 @@ class ClusterDrains:
             wanted.follow = None
             wanted.starting = False
             return
+        position, gap = follow.position_after(after[0])
+        catch_up: CatchUp | None = None
+        if gap and existing is follow:
+            # This node followed the channel from later than the checkpoint (for a tail or
+            # another drain): what lies between is in the stream, not lost.
+            try:
+                # Within a tick, as above (then what was not read is announced as lost).
+                with trio.fail_after(min(CALL_TIMEOUT, renew_interval(self.ttl))):
+                    catch_up = await self.plane.read_range(
+                        wanted.channel, after[0], follow.seq_at(position)
+                    )
+            except redis_errors() as exc:
+                log.warning("drain %d: gap not read from the stream: %s", drain_id, describe(exc))
+            else:
+                gap = catch_up.lost
+            if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
+                self.plane.release(follow)
+                wanted.follow = None
+                wanted.starting = False
+                return
         try:
             self.manager.add_drain(wanted.channel, drain_id, wanted.token, wanted.url)
         except InvalidDrainUrl as exc:
@@ -294,8 +338,10 @@ class ClusterDrains:
         if drain is None:
             return
         feed = drain.feed
-        position, gap = follow.position_after(after[0])
         feed.cursor = position
+        if catch_up is not None and len(catch_up.batch):
+            # Delivered first, before the ring from ``position`` on.
+            feed.pending, feed.pending_start = catch_up.batch, 0
         if gap:
             feed.loss.add(gap, self.plane.wall_clock())
             feed.counters.lost += gap
@@ -303,7 +349,7 @@ class ClusterDrains:
         if raw is None:
             wanted.dirty = after[0]
             self._dirty.set()
-        self._hook_checkpoints(drain_id, wanted, feed)
+        self._hook_checkpoints(drain_id, wanted, feed, catch_up)
         self.takeovers += 1
         log.info(
             "drain %d of %s: owned by this node (%s), from message %d",
@@ -313,7 +359,9 @@ class ClusterDrains:
             after[0],
         )
 
-    def _hook_checkpoints(self, drain_id: int, wanted: Wanted, feed: Any) -> None:
+    def _hook_checkpoints(
+        self, drain_id: int, wanted: Wanted, feed: Any, catch_up: CatchUp | None
+    ) -> None:
         """After each settled payload, note the stream sequence delivered through.
 
         ``DrainFeed`` has no settle callback; its ``delivered``/``dropped`` are wrapped on
@@ -323,8 +371,14 @@ class ClusterDrains:
         assert follow is not None
 
         def settled() -> None:
-            position = feed.cursor - feed.pending_messages
-            seq = follow.seq_at(position)
+            if catch_up is not None and feed.pending is catch_up.batch:
+                # Still in the messages read from the stream: their own sequences.
+                done = feed.pending_start
+                if not done:
+                    return
+                seq = catch_up.seqs[done - 1]
+            else:
+                seq = follow.seq_at(feed.cursor - feed.pending_messages)
             if seq > wanted.stored and (wanted.dirty is None or seq > wanted.dirty):
                 wanted.dirty = seq
                 self._dirty.set()
@@ -346,52 +400,58 @@ class ClusterDrains:
         wanted.dirty = None
 
     async def _checkpoints(self) -> None:
-        """Store the checkpoints of drains that delivered since the last round trip."""
+        """Store the checkpoints of drains that delivered, at most every CHECKPOINT_INTERVAL."""
         errors = redis_errors()
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            batch = [
-                (i, w, w.dirty)
-                for i, w in self.wanted.items()
-                if w.dirty is not None and w.lease.owned
-            ]
-            if not batch:
-                self.plane.link.ok("checkpoints")  # nothing of ours is left to store
-                continue
-            keys = self.plane.keys
             try:
                 with trio.fail_after(CALL_TIMEOUT):
-                    async with self.plane.client.pipeline(transaction=False) as pipe:
-                        for drain_id, wanted, seq in batch:
-                            pipe.eval(
-                                _CHECKPOINT_LUA,
-                                keys=[
-                                    keys.lease(wanted.channel, drain_id),
-                                    keys.checkpoint(wanted.channel, drain_id),
-                                ],
-                                args=[self.node_id, seq],
-                            )
-                self.plane.round_trips += 1
+                    stored = await self._store_checkpoints()
             except errors as exc:
                 self.plane.link.lost(exc, "checkpoints")
-                await trio.sleep(0.5)
                 self._dirty.set()
-                continue
-            self.plane.link.ok("checkpoints")
-            for _, wanted, seq in batch:
-                assert seq is not None
-                wanted.stored = max(wanted.stored, seq)
-                if wanted.dirty is not None and wanted.dirty <= wanted.stored:
-                    wanted.dirty = None
+            else:
+                if stored is not None:
+                    self.plane.link.ok("checkpoints")
+            # Whatever settles meanwhile waits for the next pipeline.
+            await trio.sleep(CHECKPOINT_INTERVAL)
+
+    async def _store_checkpoints(self) -> int | None:
+        """One pipeline for every owned drain with a checkpoint to store; how many (None:
+        there was none)."""
+        batch = [
+            (i, w, w.dirty) for i, w in self.wanted.items() if w.dirty is not None and w.lease.owned
+        ]
+        if not batch:
+            self.plane.link.ok("checkpoints")  # nothing of ours is left to store
+            return None
+        keys = self.plane.keys
+        calls: list[ScriptCall] = [
+            (
+                CHECKPOINT,
+                [keys.lease(w.channel, i), keys.checkpoint(w.channel, i)],
+                [self.node_id, seq],
+            )
+            for i, w, seq in batch
+        ]
+        await self.plane.call_scripts(calls, "checkpoint", [w.channel for _, w, _ in batch])
+        for _, wanted, seq in batch:
+            assert seq is not None
+            wanted.stored = max(wanted.stored, seq)
+            if wanted.dirty is not None and wanted.dirty <= wanted.stored:
+                wanted.dirty = None
+        return len(batch)
 
     async def _release(self, channel: str, drain_id: int, removed: bool = False) -> None:
         try:
             with trio.fail_after(CALL_TIMEOUT):
                 key = self.plane.keys.lease(channel, drain_id)
-                await self.plane.client.eval(_RELEASE_LUA, keys=[key], args=[self.node_id])
+                calls: list[ScriptCall] = [(RELEASE, [key], [self.node_id])]
+                await self.plane.call_scripts(calls, "other", [channel])
                 if removed:  # drain ids are never reused: its checkpoint is of no more use
                     await self.plane.client.delete([self.plane.keys.checkpoint(channel, drain_id)])
+                    self.plane.count_trip("other")
         except Exception as exc:
             # Best effort: the TTL hands the drain over anyway.
             log.debug("drain %d: lease not released: %s", drain_id, describe(exc))
@@ -400,6 +460,10 @@ class ClusterDrains:
         """Stopping: hand every owned lease back at once so another node takes over now."""
         if not self.release_on_stop:
             return
+        # What was delivered since the last checkpoint, so the next owner does not send it
+        # again. Best effort, as the releases (the connection may be gone already).
+        with contextlib.suppress(Exception):
+            await self._store_checkpoints()
         owned = [(i, w) for i, w in self.wanted.items() if w.lease.owned]
         for drain_id, wanted in owned:
             await self._release(wanted.channel, drain_id)

@@ -30,18 +30,24 @@ cheap case of exact trimming (no radix-tree node is split per message).
 
 Writing. Ingestion never waits on Redis: routed batches go to ``OutboundBuffer`` (bounded,
 drops the oldest and counts) and one writer task sends everything buffered in one pipeline
-per round trip (one script call per channel and entry). While a round trip is in flight,
-new batches accumulate, so the number of round trips per message falls as load rises.
+per round trip (one script call per channel and entry, by its SHA1: ``EVALSHA``, so the
+script's text is not sent each time). While a round trip is in flight, new batches
+accumulate, so the number of round trips per message falls as load rises.
 
 Following. A node reads a channel's stream only while something local needs it: a tail
 session, a session or log read that asked for it, an owned drain (``hold``/``release``,
 reference counted). What it reads is appended to the channel's ``ChannelRing`` (the one
 the registry, sessions and drains already use), so every node's messages reach local
 readers exactly once, in stream order. On one Redis all followed streams are read by one
-blocking ``XREAD`` (a multi-key read is fine on one server); on Redis Cluster every
-followed channel has its own blocking read (keys of different channels may live on
-different shards). A follow also keeps the map between ring positions and stream
-sequences that drain checkpoints are written in.
+blocking ``XREAD`` (a multi-key read is fine on one server). On Redis Cluster a command may
+not name keys of two slots, so one blocking read would be needed per followed channel (one
+connection and one round trip per channel and read: 1,900 round trips/s idle with 1,000
+channels); instead one reader polls: a pipeline of non-blocking single-key ``XREAD``s, one
+round trip per shard, again at once while a stream has more than one read takes, every
+``POLL_BUSY`` while it finds entries and every ``POLL_IDLE`` when it found none (that is
+the added latency of a cross-node read on a cluster). A follow
+also keeps the map between ring positions and stream sequences that drain checkpoints are
+written in.
 
 Faults. Every failed Redis call marks the plane unreachable (``failure``; the health checks
 answer 503) with one log line per change of state, and the tasks retry with capped
@@ -53,9 +59,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +83,10 @@ log = logging.getLogger("logplexd.cluster")
 READ_BLOCK_MS = 250
 # Entries taken per stream per read (each up to ENTRY_MAX_BYTES).
 READ_COUNT = 64
+# Redis Cluster: the reader polls every followed stream this often while it finds entries,
+# and this often when the last poll found none (one round trip per shard each time).
+POLL_BUSY = 0.02
+POLL_IDLE = 0.1
 CONNECT_TIMEOUT = 2.0
 # Any call Redis has not answered within this (beyond its own blocking time) counts as lost.
 CALL_TIMEOUT = 5.0
@@ -100,6 +111,12 @@ CLOSE_GRACE = 1.0
 HISTORY_PAGE = 100
 
 StreamId = tuple[int, int]
+
+# What round trips are counted under (``DataPlane.trips``, the metric
+# ``logplexd_redis_round_trips_total{kind}``): stream writes, stream reads by followers,
+# history reads for requests, drain leases, drain checkpoints, the health probe, and the
+# rest (a stream's top when a follow starts, deletes, lease releases, script loads).
+TRIP_KINDS = ("write", "follow", "history", "lease", "checkpoint", "probe", "other")
 
 # KEYS: 1 stream, 2 sequence. ARGV: 1 messages (0: a loss marker), 2 frames, 3 keep,
 # 4 node, 5 lost, 6 lost since. Returns the sequence of the last message.
@@ -129,6 +146,26 @@ if type(r) == 'table' and r.err then
 end
 return last
 """
+
+
+class Script:
+    """A Lua script called by its SHA1 (``EVALSHA``); ``DataPlane.call_scripts`` loads it
+    where a server does not know it yet."""
+
+    __slots__ = ("text", "sha")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+        SCRIPTS.append(self)
+
+
+# Every script, loaded whenever the probe (re)gains Redis, so calls rarely meet NOSCRIPT.
+SCRIPTS: list[Script] = []
+
+
+APPEND = Script(_APPEND_LUA)
+ScriptCall = tuple[Script, list[str], list[Any]]
 
 
 def parse_id(value: bytes | str) -> StreamId:
@@ -330,6 +367,16 @@ class Follow:
 LossCallback = Callable[[str, int, float], None]
 
 
+@dataclass(slots=True)
+class CatchUp:
+    """Messages read from a stream for one drain (``DataPlane.read_range``): the batch, the
+    stream sequence of each of its messages, and how many of the range were gone."""
+
+    batch: Batch
+    seqs: list[int]
+    lost: int
+
+
 class DataPlane:
     """Owns the data plane's Redis connection; ``run`` must be running (the daemon starts it)."""
 
@@ -356,6 +403,10 @@ class DataPlane:
         self._nursery: trio.Nursery | None = None
         self._pending = trio.Event()
         self._follows: dict[str, Follow] = {}
+        # Set when a follow is added: the cluster reader, idle, polls at once.
+        self._followed = trio.Event()
+        # Cluster: the slot of each channel's keys (it never changes; its shard may).
+        self._slots: dict[str, int] = {}
         self._lanes: dict[str, trio.CancelScope] = {}
         # Set by the drain leases: messages of a channel that its drains must announce (L10).
         self.on_loss: LossCallback | None = None
@@ -364,8 +415,11 @@ class DataPlane:
         # Awaited (shielded, CLOSE_GRACE at most) when ``run`` ends, before the connection
         # closes.
         self.before_close: list[Callable[[], Awaitable[None]]] = []
-        # Counters (metrics, tests, the benchmark's round trips per 1,000 messages).
-        self.round_trips = 0
+        # Round trips to Redis by what they were for (``TRIP_KINDS``): one request and its
+        # reply, or one pipeline, per Redis server it went to. Metrics, tests and the
+        # benchmark's round trips per 1,000 messages read them.
+        self.trips: dict[str, int] = dict.fromkeys(TRIP_KINDS, 0)
+        # Other counters.
         self.entries_written = 0
         self.messages_written = 0
         self.bytes_written = 0
@@ -373,6 +427,76 @@ class DataPlane:
         self.messages_read = 0
 
     # -- state ------------------------------------------------------------------------------
+    @property
+    def round_trips(self) -> int:
+        return sum(self.trips.values())
+
+    def count_trip(self, kind: str, servers: int = 1) -> None:
+        self.trips[kind] += servers
+
+    def servers_of(self, channels: Iterable[str]) -> int:
+        """How many Redis servers a pipeline naming these channels' keys goes to."""
+        if not self.cluster:
+            return 1
+        from coredis._utils import hash_slot  # the slot function coredis itself routes by
+
+        layout = self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
+        slots = self._slots
+        names = set()
+        for channel in channels:
+            slot = slots.get(channel)
+            if slot is None:
+                slot = slots[channel] = hash_slot(self.keys.tag(channel).encode())
+            names.add(layout.node_for_slot(slot).name)
+        return max(1, len(names))
+
+    async def call_scripts(
+        self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
+    ) -> list[Any]:
+        """Run script calls in one pipeline by SHA1 and return their replies in order.
+
+        ``channels[i]`` is the channel whose keys call ``i`` names (to count servers). A
+        server that does not know a script (restarted, a new shard, ``SCRIPT FLUSH``)
+        answers NOSCRIPT to those calls and nothing else happened for them: the scripts are
+        loaded (``SCRIPT LOAD`` goes to every server) and just those calls are sent again,
+        in their order. Any other error reply is raised (after the pipeline ran whole).
+        """
+        import coredis.exceptions
+
+        results = await self._evalsha(calls, kind, channels)
+        missing = [
+            i for i, r in enumerate(results) if isinstance(r, coredis.exceptions.NoScriptError)
+        ]
+        if missing:
+            for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+                await self.client.script_load(script.text)
+                self.count_trip("other")
+            again = await self._evalsha(
+                [calls[i] for i in missing], kind, [channels[i] for i in missing]
+            )
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    async def _evalsha(
+        self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
+    ) -> list[Any]:
+        import coredis.exceptions
+
+        async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            replies = [pipe.evalsha(s.sha, keys=keys, args=args) for s, keys, args in calls]
+        self.count_trip(kind, self.servers_of(channels))
+        results: list[Any] = []
+        for reply in replies:
+            try:
+                results.append(await reply)
+            except coredis.exceptions.RedisError as exc:
+                results.append(exc)
+        return results
+
     @property
     def failure(self) -> str | None:
         return self.link.failure
@@ -411,6 +535,7 @@ class DataPlane:
             with trio.fail_after(CALL_TIMEOUT):
                 for key in keys:  # one key per command: fine on a cluster whatever the tags
                     await self.client.delete([key])
+                    self.count_trip("other")
         except redis_errors() as exc:
             log.debug("data plane: could not delete %s: %s", keys, describe(exc))
 
@@ -422,6 +547,7 @@ class DataPlane:
         if follow is None or follow.channel is not channel:
             follow = Follow(channel.name, self.keys.stream(channel.name), channel, after)
             self._follows[channel.name] = follow
+            self._followed.set()
             self._wake_lane(self._lane_of(channel.name))
         follow.refs += 1
         return follow
@@ -433,8 +559,8 @@ class DataPlane:
             del self._follows[follow.name]
 
     def _lane_of(self, channel: str) -> str:
-        # One Redis: one blocking read for every followed stream. Cluster: one per channel.
-        return channel if self.cluster else ""
+        # One reader for every followed stream (a blocking XREAD, or on a cluster a poll).
+        return ""
 
     def _wake_lane(self, lane: str) -> None:
         # A running lane picks a new follow up at its next read (within READ_BLOCK_MS).
@@ -450,6 +576,7 @@ class DataPlane:
         """Id of the newest entry of the channel's stream ((0, 0) if it has none)."""
         with trio.fail_after(CALL_TIMEOUT):
             found = await self.client.xrevrange(self.keys.stream(channel), "+", "-", count=1)
+        self.count_trip("other")
         return parse_id(found[0].identifier) if found else (0, 0)
 
     async def read_history(self, channel: str, messages: int) -> tuple[Batch, StreamId]:
@@ -462,7 +589,7 @@ class DataPlane:
         while got < messages:
             with trio.fail_after(CALL_TIMEOUT):
                 entries = await self.client.xrevrange(key, end, "-", count=HISTORY_PAGE)
-            self.round_trips += 1
+            self.count_trip("history")
             for entry in entries:
                 entry_id = parse_id(entry.identifier)
                 if top is None:
@@ -489,6 +616,53 @@ class DataPlane:
             batch = ring.last(messages)
         return batch, top if top is not None else (0, 0)
 
+    async def read_range(self, channel: str, after: int, through: int) -> CatchUp:
+        """The messages of sequence ``after`` + 1 to ``through`` from the stream, oldest
+        first, for a drain whose node follows the channel from later than its checkpoint.
+
+        Bounded: the stream holds at most ``keep_messages``. What it no longer holds
+        (trimmed, or announced by a loss marker) is counted in ``lost``. A rare path (a
+        takeover), so the messages are copied one by one into a new batch.
+        """
+        key = self.keys.stream(channel)
+        frames: list[bytes] = []
+        seqs: list[int] = []
+        lost = 0
+        expected = after + 1
+        start = f"{after + 1}-0"
+        done = False
+        while expected <= through and not done:
+            with trio.fail_after(CALL_TIMEOUT):
+                entries = await self.client.xrange(key, start, "+", count=HISTORY_PAGE)
+            self.count_trip("history")
+            for entry in entries:
+                entry_id = parse_id(entry.identifier)
+                fields = entry.field_values
+                n = int(fields.get(b"n", b"0"))
+                if n == 0:
+                    if entry_id[0] <= through:
+                        lost += int(fields.get(b"lost", b"0"))
+                    continue
+                first = entry_id[0] - n + 1
+                if first > through:
+                    done = True
+                    break
+                if first > expected:
+                    lost += first - expected
+                batch = parse_body(fields[b"f"], MAX_WIRE_FRAME)
+                # An entry may straddle either end of the range.
+                for i in range(max(0, expected - first), min(len(batch), through - first + 1)):
+                    frames.append(batch.frame(i))
+                    seqs.append(first + i)
+                expected = min(entry_id[0], through) + 1
+            if len(entries) < HISTORY_PAGE:
+                break
+            start = "(" + format_id(parse_id(entries[-1].identifier))
+        if expected <= through:
+            lost += through - expected + 1
+        body = b"".join(b"%d %s" % (len(frame), frame) for frame in frames)
+        return CatchUp(parse_body(body, MAX_WIRE_FRAME), seqs, lost)
+
     # -- the tasks ------------------------------------------------------------------------------
     def _new_client(self) -> Client:
         from coredis.retry import NoRetryPolicy
@@ -506,9 +680,9 @@ class DataPlane:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         client = self._new_client()
-        async with client:
-            self._client = client
-            try:
+        try:
+            async with client:
+                self._client = client
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     for lane in {self._lane_of(name) for name in self._follows}:
@@ -517,12 +691,26 @@ class DataPlane:
                     nursery.start_soon(self._probe)
                     task_status.started()
                     await trio.sleep_forever()
-            finally:
-                self._nursery = None
-                # Last words while the connection is still open (drain leases handed back).
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+        finally:
+            self._nursery = None
+            self._client = None
+            if self.before_close:
+                await self._last_words()
+
+    async def _last_words(self) -> None:
+        """Run the ``before_close`` hooks (last checkpoints, leases handed back), shielded
+        and bounded by CLOSE_GRACE, over a new connection: coredis reads replies in tasks
+        of its client, and those went down with the cancelled ones."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+            last = self._new_client()
+            try:
+                async with last:
+                    self._client = last
                     for hook in self.before_close:
                         await hook()
+            except Exception as exc:
+                log.debug("data plane: last words not sent: %s", describe(exc))
+            finally:
                 self._client = None
 
     async def _probe(self) -> None:
@@ -532,11 +720,23 @@ class DataPlane:
             try:
                 with trio.fail_after(PROBE_TIMEOUT):
                     await self.client.ping()
+                self.count_trip("probe")
+                if not self.link.reached.is_set():
+                    with trio.fail_after(CALL_TIMEOUT):
+                        await self._load_scripts()
             except errors as exc:
                 self.link.lost(exc, "probe")
             else:
                 self.link.ok("probe")
             await trio.sleep(PROBE_INTERVAL if self.link.failure is None else BACKOFF_FIRST * 4)
+
+    async def _load_scripts(self) -> None:
+        for script in SCRIPTS:
+            await self.client.script_load(script.text)  # to every server of a cluster
+            self.count_trip("other", len(self._primaries()) if self.cluster else 1)
+
+    def _primaries(self) -> list[Any]:
+        return list(self.client.connection_pool.cluster_layout.primaries)  # type: ignore[union-attr]
 
     async def _writer(self) -> None:
         errors = redis_errors()
@@ -564,18 +764,23 @@ class DataPlane:
     async def _write(self, flush: Any) -> None:
         keep = self.keep_messages
         node = self.node_id
-        async with self.client.pipeline(transaction=False) as pipe:
-            for channel, loss in flush.losses.items():
-                keys = [self.keys.stream(channel), self.keys.sequence(channel)]
-                args = [0, b"", keep, node, loss.count, repr(loss.since)]
-                pipe.eval(_APPEND_LUA, keys=keys, args=args)
-            for channel, blobs in flush.entries.items():
-                keys = [self.keys.stream(channel), self.keys.sequence(channel)]
-                for blob, n in blobs:
-                    pipe.eval(_APPEND_LUA, keys=keys, args=[n, blob, keep, node, 0, 0])
-                    self.bytes_written += len(blob)
-                    self.entries_written += 1
-        self.round_trips += 1
+        calls: list[ScriptCall] = []
+        channels: list[str] = []
+        for channel, loss in flush.losses.items():
+            keys = [self.keys.stream(channel), self.keys.sequence(channel)]
+            calls.append((APPEND, keys, [0, b"", keep, node, loss.count, repr(loss.since)]))
+            channels.append(channel)
+        nbytes = entries = 0
+        for channel, blobs in flush.entries.items():
+            keys = [self.keys.stream(channel), self.keys.sequence(channel)]
+            for blob, n in blobs:
+                calls.append((APPEND, keys, [n, blob, keep, node, 0, 0]))
+                channels.append(channel)
+                nbytes += len(blob)
+                entries += 1
+        await self.call_scripts(calls, "write", channels)
+        self.bytes_written += nbytes
+        self.entries_written += entries
         self.messages_written += flush.messages
 
     async def _lane(self, lane: str) -> None:
@@ -593,7 +798,10 @@ class DataPlane:
                         if failed:
                             await self._check_lost_data(follows)
                             failed = False
-                        await self._read_once(follows, lane)
+                        if self.cluster:
+                            await self._poll_once(follows, lane)
+                        else:
+                            await self._read_once(follows, lane)
                     except errors as exc:
                         self.link.lost(exc, "lane:" + lane)
                         failed = True
@@ -612,6 +820,7 @@ class DataPlane:
         with trio.fail_after(CALL_TIMEOUT):
             async with self.client.pipeline(transaction=False) as pipe:
                 replies = [(f, pipe.get(self.keys.sequence(f.name))) for f in follows]
+        self.count_trip("other", self.servers_of(f.name for f in follows))
         for follow, reply in replies:
             value = await reply
             if int(value or 0) < follow.last_seq:
@@ -635,16 +844,49 @@ class DataPlane:
         with trio.move_on_after(delay):
             await self.link.reached.wait()
 
-    async def _read_once(self, follows: list[Follow], lane: str) -> None:
-        client = self.client
+    async def _resolve(self, follows: list[Follow]) -> None:
         for follow in follows:
             if not follow.resolved:
                 top = await self.top(follow.name)
                 follow.last, follow.last_seq, follow.start_seq = top, top[0], top[0]
                 follow.resolved = True
+
+    async def _poll_once(self, follows: list[Follow], lane: str) -> None:
+        """Redis Cluster: one non-blocking read of every followed stream, pipelined (one
+        round trip per shard), then wait ``POLL_BUSY`` or ``POLL_IDLE``."""
+        await self._resolve(follows)
+        self._followed = trio.Event()
+        with trio.fail_after(CALL_TIMEOUT):
+            async with self.client.pipeline(transaction=False) as pipe:
+                replies = [
+                    (f, pipe.xread({f.key: format_id(f.last)}, count=READ_COUNT)) for f in follows
+                ]
+        self.count_trip("follow", self.servers_of(f.name for f in follows))
+        self.link.ok("lane:" + lane)
+        busy = full = False
+        for follow, reply in replies:
+            found = await reply
+            if found and self._follows.get(follow.name) is follow:
+                for entries in found.values():
+                    self._apply(follow, entries)
+                    busy = True
+                    full = full or len(entries) >= READ_COUNT
+        if full:
+            # A stream had more than one read takes: no pause, or a busy channel would
+            # fall behind its trimming.
+            await trio.sleep(0)
+        elif busy:
+            await trio.sleep(POLL_BUSY)
+        else:
+            with trio.move_on_after(POLL_IDLE):
+                await self._followed.wait()
+
+    async def _read_once(self, follows: list[Follow], lane: str) -> None:
+        await self._resolve(follows)
         streams = {f.key: format_id(f.last) for f in follows}
         with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
-            found = await client.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+            found = await self.client.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+        self.count_trip("follow")
         self.link.ok("lane:" + lane)
         if not found:
             return

@@ -45,7 +45,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -208,6 +208,12 @@ class RedisStore(StateReads, Store):
         self.connected = trio.Event()
         self.rebuilds = 0
         self._backoff = BACKOFF_FIRST
+        # Awaited, in order, once a drain got its destination (created with a URL, or a
+        # reservation given one) and the change is committed, before the write returns: the
+        # data plane stores the drain's start point there (``cluster.birth``; the store
+        # does not know the data plane). A hook must bound its own time and not raise; one
+        # that does is logged, since the change it follows is already stored.
+        self.drain_birth_hooks: list[Callable[[Drain], Awaitable[None]]] = []
 
     @property
     def failure(self) -> str | None:
@@ -306,22 +312,45 @@ class RedisStore(StateReads, Store):
             ]
             return ops, lambda: drain
 
-        return await self._transact(plan)
+        drain: Drain = await self._transact(plan)
+        if drain.url is not None:
+            await self._drain_born(drain)
+        return drain
 
     async def update_drain(
         self, channel: str, drain_id: int, url: str, *, max_drains: int
     ) -> Drain:
+        # Whether this write gave a reservation its first URL (set by the plan that commits).
+        born = False
+
         def plan() -> tuple[list[Op], Callable[[], Drain]]:
+            nonlocal born
             previous = self._state.drains.get(drain_id)
             if previous is None or previous.channel != channel:
                 raise DrainNotFound(drain_id)
+            born = False
             if previous.url == url:
                 return [], lambda: previous
             self._check_drain_slot(channel, url, max_drains, replacing=previous)
             drain = Drain(drain_id, channel, previous.token, url)
+            born = previous.url is None
             return [["D", drain.id, channel, drain.token, url]], lambda: drain
 
-        return await self._transact(plan)
+        drain: Drain = await self._transact(plan)
+        if born:
+            await self._drain_born(drain)
+        return drain
+
+    async def _drain_born(self, drain: Drain) -> None:
+        """Run ``drain_birth_hooks`` for a committed drain; shielded (like the write it
+        follows: a request cancelled now must not leave the drain without its start point)
+        and bounded by each hook's own timeout."""
+        with trio.CancelScope(shield=True):
+            for hook in self.drain_birth_hooks:
+                try:
+                    await hook(drain)
+                except Exception as exc:  # the change is stored: report, do not fail it
+                    log.warning("drain %d: birth hook failed: %s", drain.id, type(exc).__name__)
 
     async def delete_drain(self, channel: str, drain_id: int) -> Drain | None:
         def plan() -> tuple[list[Op], Callable[[], Drain | None]]:

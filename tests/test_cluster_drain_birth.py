@@ -1,0 +1,285 @@
+"""A new drain delivers every message sent after the API answered for it (issue 11).
+
+In Redis mode a drain runs on the node holding its lease, from its checkpoint. The birth
+checkpoint (``logplexd.cluster.birth``) is written before the 201, so messages sent before
+any node owns the drain are delivered by its first owner. The tests keep the lease held by
+a foreign node id ("ghost") while messages arrive, so that no node can own the drain yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from logplexd.api import ControlApi
+from logplexd.cluster import DataPlane
+from logplexd.cluster.birth import birth_hook
+from logplexd.daemon import BoundPorts, Daemon
+from tests._redis_servers import (
+    RedisCluster,
+    RedisServer,
+    channel_on_every_node,
+    eventually,
+    free_port,
+    redis_any,
+    redis_cluster,
+    redis_server,
+    running,
+)
+from tests._redis_servers import node_settings as shared_node_settings
+from tests.test_api_support import AUTH_KEY as UNIT_AUTH_KEY
+from tests.test_api_support import FakeRegistry, call
+from tests.test_daemon import AUTH, JSON, api, curl, frame
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
+]
+
+__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
+
+# Lease ttl 2 s: a tick every 0.5 s. The ghost holds the lease 2 s, far longer than the
+# messages below take to reach Redis, and the node acquires it within a tick after.
+LEASE_TTL = 2.0
+GHOST_MS = 2000
+MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
+
+
+def text(tag: str, i: int) -> str:
+    return f"msg-{tag}-{i:04d}."
+
+
+def expected(tag: str, numbers: range) -> list[bytes]:
+    return [text(tag, i).encode() for i in numbers]
+
+
+class Sink:
+    """A TCP drain endpoint: every connection's bytes, in arrival order."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            while data := await stream.receive_some(65536):
+                self.data += data
+        except trio.BrokenResourceError:
+            pass
+
+    def messages(self) -> list[bytes]:
+        return MSG.findall(bytes(self.data))
+
+
+def bulk(reply: bytes) -> bytes | None:
+    """The value of a RESP bulk-string reply (None for nil)."""
+    if reply.startswith(b"$-1"):
+        return None
+    assert reply.startswith(b"$"), reply
+    return reply.split(b"\r\n")[1]
+
+
+async def run_node(daemon: Daemon, *, task_status) -> None:
+    await daemon.serve(task_status=task_status)
+
+
+async def send_and_store(daemon: Daemon, ports: BoundPorts, token: str, tag: str, n: int) -> None:
+    """``n`` messages into the node's syslog port; returns once they are in the stream."""
+    plane = daemon.plane
+    assert plane is not None
+    written = plane.messages_written
+    stream = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+    await stream.send_all(b"".join(frame(token, text(tag, i)) for i in range(n)))
+    await stream.aclose()
+    await eventually(lambda: plane.messages_written >= written + n, 5)
+
+
+def next_drain_id(server: RedisServer | RedisCluster) -> int:
+    # Drain ids come from the store's counter (redis_store.py: P:{cfg}:drain_index).
+    value = bulk(server.command("GET", "logplex:{cfg}:drain_index"))
+    return int(value or 0) + 1
+
+
+async def start_node(
+    tmp_path: Path, server: RedisServer | RedisCluster, nursery: trio.Nursery
+) -> tuple[Daemon, BoundPorts, str]:
+    settings = shared_node_settings(tmp_path, "A", server, drain_lease_ttl=LEASE_TTL)
+    daemon = Daemon(settings)
+    ports = await nursery.start(run_node, daemon)
+    await eventually(lambda: daemon.plane is not None and daemon.plane.failure is None, 5)
+    token = await channel_on_every_node(ports, [daemon])
+    return daemon, ports, token
+
+
+def owned(daemon: Daemon, drain_id: int) -> bool:
+    return daemon.cluster_drains is not None and drain_id in daemon.cluster_drains.owned()
+
+
+async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
+    tmp_path: Path, redis_any: RedisServer | RedisCluster
+) -> None:
+    """On one Redis and on a three-master Redis Cluster (the birth script touches two keys
+    of one channel: one hash slot)."""
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        with trio.fail_after(60):
+            daemon, ports, token = await start_node(tmp_path, redis_any, nursery)
+            plane = daemon.plane
+            assert plane is not None
+            # Sent before the drain exists: not for it.
+            await send_and_store(daemon, ports, token, "P", 10)
+            drain_id = next_drain_id(redis_any)
+            lease_key = plane.keys.lease("app", drain_id)
+            ckpt_key = plane.keys.checkpoint("app", drain_id)
+            redis_any.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
+            trips = plane.trips["other"]
+
+            status, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON,
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports, "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert status == 201
+            assert json.loads(body)["id"] == drain_id
+            # Stored before the answer: the channel's sequence when the drain was made.
+            assert bulk(redis_any.command("GET", ckpt_key)) == b"10"
+            assert plane.trips["other"] == trips + 1
+
+            # Accepted while no node can own the drain (the ghost holds its lease).
+            await send_and_store(daemon, ports, token, "N", 50)
+            assert not owned(daemon, drain_id)
+            assert bulk(redis_any.command("GET", lease_key)) == b"ghost"
+
+            # The ghost's lease expires; the node takes the drain and starts from its birth.
+            await eventually(lambda: owned(daemon, drain_id), 5)
+            await eventually(lambda: len(sink.messages()) >= 50, 5)
+            await trio.sleep(0.2)  # anything extra (a duplicate, a "P") would show by now
+            assert sink.messages() == expected("N", range(50))
+            # The owner's checkpoints move on from the birth one.
+            await eventually(lambda: bulk(redis_any.command("GET", ckpt_key)) == b"60", 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reservation_is_born_when_it_gets_its_url(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A drain reserved without a URL delivers nothing sent before it got one, and
+    everything sent after (even before any node owns it)."""
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        with trio.fail_after(60):
+            daemon, ports, token = await start_node(tmp_path, redis_server, nursery)
+            plane = daemon.plane
+            assert plane is not None
+            drain_id = next_drain_id(redis_server)
+            lease_key = plane.keys.lease("app", drain_id)
+            ckpt_key = plane.keys.checkpoint("app", drain_id)
+
+            status, _, body = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", "{}", api(ports, "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert (status, json.loads(body)["id"]) == (201, drain_id)
+            assert bulk(redis_server.command("GET", ckpt_key)) is None  # not born yet
+            await send_and_store(daemon, ports, token, "R", 5)
+
+            redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
+            status, _, _ = await curl(
+                "-X", "PUT", *AUTH, *JSON,
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports, f"/v3/channels/app/drains/{drain_id}"),
+            )  # fmt: skip
+            assert status == 200
+            assert bulk(redis_server.command("GET", ckpt_key)) == b"5"
+            await send_and_store(daemon, ports, token, "S", 20)
+            assert not owned(daemon, drain_id)
+
+            await eventually(lambda: owned(daemon, drain_id), 5)
+            await eventually(lambda: len(sink.messages()) >= 20, 5)
+            await trio.sleep(0.2)
+            assert sink.messages() == expected("S", range(20))
+        nursery.cancel_scope.cancel()
+
+
+async def test_birth_write_failing_still_answers_201_and_logs_no_secret(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The configuration store answers but the data plane does not (here: its Redis is a
+    port nobody listens on): the drain is stored, the API answers 201, one warning names
+    the drain by id only."""
+    secret_url = "https://user:pa55word@127.0.0.1:9/drain?key=hush"
+    async with running(redis_server.url) as store, trio.open_nursery() as nursery:
+        plane = DataPlane(f"redis://127.0.0.1:{free_port()}/0", node_id="A", keep_messages=100)
+        await nursery.start(plane.run)
+        store.drain_birth_hooks.append(birth_hook(plane))
+        control = ControlApi(
+            store, FakeRegistry(), auth_key=UNIT_AUTH_KEY, public_url="http://logplex.example"
+        )
+        with trio.fail_after(10):
+            assert (await call(control, "PUT", "/v3/channels/app", {})).status == 201
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG):
+                reply = await call(control, "POST", "/v3/channels/app/drains", {"url": secret_url})
+        assert reply.status == 201
+        drain = reply.json
+        assert [d.id for d in store.drains()] == [drain["id"]]
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [(r.name, r.levelno) for r in warnings] == [("logplexd.drains", logging.WARNING)]
+        line = warnings[0].getMessage()
+        assert f"drain {drain['id']} of app: start point not stored" in line
+        for secret in ("pa55word", "hush", "127.0.0.1:9", drain["token"]):
+            assert secret not in line
+        # Nothing logged while creating it shows the URL's password or the drain token.
+        everything = "\n".join(r.getMessage() for r in caplog.records)
+        assert "pa55word" not in everything and drain["token"] not in everything
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_stream(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The node that takes the drain already follows the channel (a tail) from later than
+    the drain's checkpoint: what lies between is read from the stream, not called lost."""
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        with trio.fail_after(60):
+            daemon, ports, token = await start_node(tmp_path, redis_server, nursery)
+            plane = daemon.plane
+            assert plane is not None
+            drain_id = next_drain_id(redis_server)
+            lease_key = plane.keys.lease("app", drain_id)
+            redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
+            status, _, _ = await curl(
+                "-X", "POST", *AUTH, *JSON,
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports, "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert status == 201
+            await send_and_store(daemon, ports, token, "N", 50)
+            # A reader on this node follows the channel from here on (as a tail would).
+            channel = daemon.registry.channel("app")
+            assert channel is not None
+            follow = plane.hold(channel, await plane.top("app"))
+            assert not owned(daemon, drain_id)
+            await eventually(lambda: owned(daemon, drain_id), 5)
+            await send_and_store(daemon, ports, token, "M", 10)
+            await eventually(lambda: len(sink.messages()) >= 60, 5)
+            await trio.sleep(0.2)  # anything extra (a duplicate) would show by now
+            assert sink.messages() == expected("N", range(50)) + expected("M", range(10))
+            assert b"L10" not in sink.data
+            ckpt_key = plane.keys.checkpoint("app", drain_id)
+            await eventually(lambda: bulk(redis_server.command("GET", ckpt_key)) == b"60", 5)
+            plane.release(follow)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,149 @@
+"""``GET /metrics`` in Redis mode: the data plane's round trips, stream and buffer counters.
+
+A real daemon on a real redis-server, scraped over HTTP: the counters must move exactly as
+the messages sent, followed by a drain, and then held (and dropped) while Redis is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import trio
+
+from logplexd.cluster.plane import TRIP_KINDS
+from logplexd.daemon import Daemon
+from tests._redis_servers import RedisServer, eventually, redis_server
+from tests.test_metrics import (
+    create_channel,
+    frame,
+    request,
+    scrape,
+    send_syslog,
+    settings_for,
+    value,
+)
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["redis_server"]  # the fixture, imported to be used here
+
+# Room for the first 300 messages sent at once (a routed batch larger than the buffer is
+# dropped whole), little enough to overflow quickly while Redis is down.
+BUFFER_MESSAGES = 400
+
+
+class Sink:
+    """A TCP drain endpoint that counts the bytes it receives."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            while data := await stream.receive_some(65536):
+                self.data += data
+        except trio.BrokenResourceError:
+            pass
+
+
+def trips(found: dict) -> dict[str, float]:
+    return {
+        kind: value(found, "logplexd_redis_round_trips_total", kind=kind) for kind in TRIP_KINDS
+    }
+
+
+async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: RedisServer) -> None:
+    settings = dataclasses.replace(
+        settings_for(tmp_path),
+        store_url=redis_server.url,
+        node_id="n1",
+        redis_buffer_messages=BUFFER_MESSAGES,
+    )
+    daemon = Daemon(settings)
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        ports = await nursery.start(daemon.serve)
+        plane = daemon.plane
+        assert plane is not None
+        await eventually(lambda: plane.failure is None, 5)
+        token = await create_channel(ports)
+        status, _, _ = await request(
+            ports.api,
+            "POST",
+            "/v3/channels/app/drains",
+            body={"url": f"syslog://127.0.0.1:{sink_port}/"},
+        )
+        assert status == 201
+
+        before = await scrape(ports.api)
+        assert value(before, "logplexd_redis_reachable") == 1
+        assert value(before, "logplexd_redis_stream_messages_written_total") == 0
+        assert value(before, "logplexd_redis_buffer_messages") == 0
+        assert value(before, "logplexd_redis_buffer_dropped_total") == 0
+        trips0 = trips(before)
+
+        sent = 300
+        texts = [f"msg-{i:04d}" for i in range(sent)]
+        await send_syslog(ports.syslog, b"".join(frame(token, t) for t in texts))
+        # Written to the stream, then read back by the drain's follower and delivered.
+        await eventually(lambda: plane.messages_written == sent, 10)
+        await eventually(lambda: plane.messages_read == sent, 10)
+        await eventually(lambda: sink.data.count(b"msg-") == sent, 10)
+
+        found = await scrape(ports.api)
+        assert value(found, "logplexd_redis_stream_messages_written_total") == sent
+        assert value(found, "logplexd_redis_stream_messages_read_total") == sent
+        entries = value(found, "logplexd_redis_stream_entries_written_total")
+        assert 1 <= entries <= sent
+        assert value(found, "logplexd_redis_stream_entries_read_total") >= entries
+        # Every message's text is in the frames written (plus its octet count and header).
+        assert value(found, "logplexd_redis_stream_bytes_written_total") > sum(map(len, texts))
+        trips1 = trips(found)
+        writes = trips1["write"] - trips0["write"]
+        assert 1 <= writes <= entries
+        assert trips1["follow"] - trips0["follow"] >= 1
+        assert all(trips1[k] >= trips0[k] for k in TRIP_KINDS)
+        assert value(found, "logplexd_redis_buffer_messages") == 0
+        assert value(found, "logplexd_redis_buffer_dropped_total") == 0
+        assert value(found, "logplexd_redis_reachable") == 1
+
+        # Redis gone: the gauge says so, routed messages wait in the bounded buffer and the
+        # oldest are dropped past its size; no write round trip is counted for them.
+        redis_server.kill()
+        await eventually(lambda: plane.failure is not None, 5)
+        held = 2 * BUFFER_MESSAGES
+        step = 100
+        for start in range(0, held, step):  # several routed batches: it drops whole ones
+            batch = b"".join(frame(token, f"late-{i:04d}") for i in range(start, start + step))
+            await send_syslog(ports.syslog, batch)
+            await eventually(lambda n=start + step: plane.buffer.pushed >= sent + n, 5)
+        # (A write that failed puts its messages back: wait until none is in flight.)
+        buf = plane.buffer
+        await eventually(lambda: buf.messages + buf.dropped == held, 5)
+        down = await scrape(ports.api)
+        assert value(down, "logplexd_redis_reachable") == 0
+        buffered = value(down, "logplexd_redis_buffer_messages")
+        dropped = value(down, "logplexd_redis_buffer_dropped_total")
+        assert 0 < buffered <= BUFFER_MESSAGES
+        assert dropped >= held - BUFFER_MESSAGES
+        assert buffered + dropped == held
+        assert value(down, "logplexd_redis_stream_messages_written_total") == sent
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_redis_metrics_with_the_embedded_store(tmp_path: Path) -> None:
+    daemon = Daemon(settings_for(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        found = await scrape(ports.api)
+        assert ("logplexd_channels", ()) in found  # the scrape itself worked
+        assert not [name for name, _ in found if name.startswith("logplexd_redis_")]
+        nursery.cancel_scope.cancel()
