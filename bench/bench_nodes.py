@@ -6,6 +6,7 @@ Run from the repository root (one command; ~5 minutes; writes bench/RESULTS.md):
     python bench/bench_nodes.py
     python bench/bench_nodes.py --setups embedded,redis-1,redis-2,cluster-2   # + Redis Cluster
     python bench/bench_nodes.py --quick        # smoke run: small, one run, no RESULTS.md
+    python bench/bench_nodes.py --base-tree /tmp/base   # + the Redis set-ups of an older tree
 
 End to end as ``bench/e2e/run.py`` (whose C producer ``loadgen.c``, C sink ``sink.c`` and
 process helpers this reuses): TCP syslog in -> logplexd -> ``syslog://`` drain -> sink, all
@@ -26,12 +27,34 @@ and loadgen 2 to node 2, so a drain owned by one node delivers the other node's 
 
 Measured per run: msgs/s at the sink (messages / (last receive - first send)); CPU seconds
 per million messages of the logplexd processes (utime+stime from /proc, summed over nodes)
-and of redis-server (INFO cpu); and from Redis, before and after the load: round trips
-(``total_reads_processed``: one read event per request or pipelined batch, which is what a
-round trip costs Redis), commands (``INFO commandstats`` calls, per command), bytes in and
-out (``total_net_input_bytes`` / ``total_net_output_bytes``), all per 1,000 messages. These
-include the background traffic of the run's seconds (change-stream reads, lease renewals),
-which is also measured alone, on idle nodes, and reported per second.
+and of redis-server (INFO cpu); and, all per 1,000 messages:
+
+* **round trips**, counted by the client: each node's ``GET /metrics``
+  ``logplexd_redis_round_trips_total{kind}`` (one request and its reply, or one pipeline,
+  per Redis server it went to) before and after the load, summed over the nodes, in all
+  and by kind (write, follow, history, lease, checkpoint, probe, other);
+* from Redis, ``INFO`` before and after the load: commands (``INFO commandstats`` calls,
+  per command), bytes in and out (``total_net_input_bytes`` / ``total_net_output_bytes``)
+  and "Redis read events" (``total_reads_processed``).
+
+Redis read events are not round trips: Redis reads a client's query buffer 16 KB at a time
+(``PROTO_IOBUF_LEN``; a bulk argument of 32 KB or more is read whole), so one pipelined
+request counts one read per 16 KB or so. Measured with ``bench/redis_reads.py`` (Debian's
+redis-server 7.0.15, one ``sendall`` and one wait for the replies each): 2,000 pipelined
+``SET``s of 154,000 bytes -> 8 reads; one ``SET`` of a 200 KB value -> 4 reads; one
+``PING`` -> 1 read. The column is kept (it is what reading costs Redis), under its name.
+
+All of these include the background traffic of the run's seconds (change-stream reads,
+lease renewals, probes), which is also measured alone, on idle nodes, and reported per
+second.
+
+``--base-tree DIR`` also runs the Redis set-ups with the daemon of another checkout (built
+in place: ``git worktree add /tmp/base REV && (cd /tmp/base && python setup.py build_ext
+--inplace)``), started as ``bench/e2e/run.py`` starts ``logplexd-base`` (``python -m
+logplexd.cli`` with ``PYTHONPATH`` and the working directory set to DIR). Those rows are
+labelled ``(base)``; the repetitions alternate between the two daemons, so before/after
+ratios come from one run on one machine. A daemon without the round-trip metrics (older
+than them) shows "-" in those columns.
 
 redis-server runs with ``--save "" --appendonly no`` (no disk: what is measured is the
 network and CPU cost of the protocol, not the disk of this machine).
@@ -154,7 +177,8 @@ class Redis:
             if sep:
                 info[key] = value
         out = {
-            "round_trips": float(info["total_reads_processed"]),
+            # Read events, not round trips: see the module docstring.
+            "read_events": float(info["total_reads_processed"]),
             "commands": float(info["total_commands_processed"]),
             "bytes_in": float(info["total_net_input_bytes"]),
             "bytes_out": float(info["total_net_output_bytes"]),
@@ -171,10 +195,10 @@ class Redis:
         return out
 
 
-# What one ``INFO all`` of the harness costs Redis, taken out of every difference: 2 reads
+# What one ``INFO all`` of the harness costs Redis, taken out of every difference: 2 read events
 # (the request, then the close), 1 command, the 23-byte request, and its reply (counted in
 # the next reading, since the reply is written after the figures were taken).
-_OWN = {"round_trips": 2.0, "commands": 1.0, "cmd:info": 1.0, "bytes_in": 23.0}
+_OWN = {"read_events": 2.0, "commands": 1.0, "cmd:info": 1.0, "bytes_in": 23.0}
 
 
 class Cluster:
@@ -256,6 +280,8 @@ def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, f
 class Node(e2e.Logplexd):
     """One ``logplexd serve``; with a Redis URL, in Redis mode under ``node_id``."""
 
+    # ``tree`` (from e2e.Logplexd): None runs this checkout; BaseNode sets --base-tree.
+
     def __init__(self, workdir: Path, wl: e2e.Workload, sink_port: int, name: str) -> None:
         workdir = workdir / name
         workdir.mkdir()
@@ -299,6 +325,24 @@ class Node(e2e.Logplexd):
                     raise e2e.HarnessError(f"POST drain: {status} {body[:200]!r}")
         return tokens
 
+    def plane_counters(self) -> dict[str, float] | None:
+        """The data plane's counters from ``GET /metrics`` (keys ``trip:<kind>`` and
+        ``written``, ``entries``, ``read``); None when this daemon has no round-trip metrics
+        (an older tree)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, body = self.request("GET", "/metrics")
+        if status != 200:
+            raise e2e.HarnessError(f"{self.node_name}: GET /metrics: {status}")
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == "logplexd_redis_round_trips_total":
+                    out["trip:" + sample.labels["kind"]] = sample.value
+                elif sample.name in _PLANE_SAMPLES:
+                    out[_PLANE_SAMPLES[sample.name]] = sample.value
+        return out if any(k.startswith("trip:") for k in out) else None
+
     def wait_channel(self, name: str, timeout: float = 30.0) -> None:
         """Until this node knows channel ``name`` (a change made on another node)."""
         deadline = time.monotonic() + timeout
@@ -308,6 +352,38 @@ class Node(e2e.Logplexd):
                     return
             time.sleep(0.05)
         raise e2e.HarnessError(f"{self.node_name} did not learn channel {name} in {timeout} s")
+
+
+class BaseNode(Node):
+    """A node of the ``--base-tree`` checkout (``tree`` is set from the option)."""
+
+
+_PLANE_SAMPLES = {
+    "logplexd_redis_stream_messages_written_total": "written",
+    "logplexd_redis_stream_entries_written_total": "entries",
+    "logplexd_redis_stream_messages_read_total": "read",
+}
+
+
+def plane_counters(nodes: list[Node]) -> dict[str, float] | None:
+    """``Node.plane_counters`` summed over the nodes (None if one has none)."""
+    total: dict[str, float] = {}
+    for node in nodes:
+        counters = node.plane_counters()
+        if counters is None:
+            return None
+        for key, value in counters.items():
+            total[key] = total.get(key, 0.0) + value
+    total["trips"] = sum(v for k, v in total.items() if k.startswith("trip:"))
+    return total
+
+
+def counters_delta(
+    after: dict[str, float] | None, before: dict[str, float] | None
+) -> dict[str, float] | None:
+    if after is None or before is None:
+        return None
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
 @dataclass
@@ -325,12 +401,21 @@ class NodesRun:
     redis_memory: float = 0.0
     redis_growth: float = 0.0  # used_memory after the load - before it
     held: int = 0  # messages the streams still hold after the load (kept per channel)
+    # Client-side counters (``plane_counters``) during the load, and per second while idle;
+    # None: embedded, or a daemon without the metrics.
+    plane: dict[str, float] | None = None
+    idle_plane: dict[str, float] | None = None
 
     def per_million(self, seconds: float) -> float:
         return seconds / (self.delivered / 1e6) if self.delivered else float("nan")
 
     def per_thousand(self, key: str) -> float:
         return self.redis.get(key, 0.0) / (self.delivered / 1e3) if self.delivered else 0.0
+
+    def plane_per_thousand(self, key: str) -> float:
+        if self.plane is None or not self.delivered:
+            return float("nan")
+        return self.plane.get(key, 0.0) / (self.delivered / 1e3)
 
 
 def run_nodes(
@@ -340,8 +425,11 @@ def run_nodes(
     tools: tuple[Path, Path],
     idle_timeout: float,
     idle_window: float,
+    base: bool = False,
 ) -> NodesRun:
+    """One run of ``setup``; ``base``: with the daemon of ``--base-tree`` (``BaseNode``)."""
     loadgen, sink_exe = tools
+    node_class = BaseNode if base else Node
     expected = messages * wl.drains
     budget = 60.0 + messages / 10_000
     with tempfile.TemporaryDirectory(prefix=f"nodes-{setup}-") as tmp:
@@ -362,20 +450,26 @@ def run_nodes(
                 redis.start()
                 url = redis.url
             count = 2 if setup.endswith("-2") else 1
-            nodes = [Node(workdir, wl, sink_port, f"n{i + 1}") for i in range(count)]
+            nodes = [node_class(workdir, wl, sink_port, f"n{i + 1}") for i in range(count)]
             ports = [node.start_node(url) for node in nodes]
             tokens = nodes[0].provision()
             for node in nodes[1:]:
                 node.wait_channel(f"bench-{wl.channels - 1}")
             idle: dict[str, float] = {}
+            idle_plane: dict[str, float] | None = None
             if redis is not None:
                 # Background traffic alone: the nodes idle with the channels and drains.
                 time.sleep(1.0)
                 before = redis.counters()
+                plane_before = plane_counters(nodes)
                 time.sleep(idle_window)
                 idle = {k: v / idle_window for k, v in difference(redis.counters(), before).items()}
+                idle_delta = counters_delta(plane_counters(nodes), plane_before)
+                if idle_delta is not None:
+                    idle_plane = {k: v / idle_window for k, v in idle_delta.items()}
             cpu0 = [e2e.cpu_seconds(node.pid) for node in nodes]
             redis0 = redis.counters() if redis is not None else {}
+            plane0 = plane_counters(nodes) if redis is not None else None
             procs = []
             for i, name in enumerate(TOKEN_NAMES):
                 token_file = workdir / f"tokens-{name}"
@@ -415,7 +509,9 @@ def run_nodes(
             rss = [e2e.peak_rss_kb(n.pid) for n in nodes]
             redis_delta: dict[str, float] = {}
             memory = growth = 0.0
+            plane_delta = None
             if redis is not None:
+                plane_delta = counters_delta(plane_counters(nodes), plane0)
                 after = redis.counters()
                 redis_delta = difference(after, redis0)
                 memory = after["memory"]
@@ -437,6 +533,7 @@ def run_nodes(
         duplicates=sk["duplicates"], l10=sk["l10_dropped"], node_cpu=node_cpu,
         redis=redis_delta, idle=idle, rss_kb=rss, redis_memory=memory, redis_growth=growth,
         held=wl.channels * min(messages // wl.channels, KEEP),
+        plane=plane_delta, idle_plane=idle_plane,
     )  # fmt: skip
 
 
@@ -569,7 +666,7 @@ def summarize(runs: list[NodesRun]) -> dict:
     }
     if runs[0].redis:
         out["redis_cpu"] = median([r.per_million(r.redis.get("cpu", 0.0)) for r in runs])
-        for key in ("round_trips", "commands", "bytes_in", "bytes_out"):
+        for key in ("read_events", "commands", "bytes_in", "bytes_out"):
             out[key] = median([r.per_thousand(key) for r in runs])
         commands: dict[str, float] = {}
         for key in runs[0].redis:
@@ -588,7 +685,7 @@ def summarize(runs: list[NodesRun]) -> dict:
         out["idle_cpu_per_s"] = median([r.idle.get("cpu", 0.0) for r in runs])
         out["idle"] = {
             k: median([r.idle.get(k, 0.0) for r in runs])
-            for k in ("round_trips", "commands", "bytes_in", "bytes_out")
+            for k in ("read_events", "commands", "bytes_in", "bytes_out")
         }
         out["idle_commands"] = {
             k[4:]: v
@@ -597,7 +694,36 @@ def summarize(runs: list[NodesRun]) -> dict:
         }
         out["redis_mb"] = max(r.redis_memory for r in runs) / 2**20
         out["bytes_per_held"] = median([r.redis_growth / r.held for r in runs if r.held])
+        if all(r.plane is not None for r in runs):
+            keys = sorted(runs[0].plane or {})
+            out["plane"] = {k: median([r.plane_per_thousand(k) for r in runs]) for k in keys}
+        if all(r.idle_plane is not None for r in runs):
+            keys = sorted(runs[0].idle_plane or {})
+            out["idle_plane"] = {
+                k: median([(r.idle_plane or {}).get(k, 0.0) for r in runs]) for k in keys
+            }
     return out
+
+
+def label(variant: str) -> str:
+    """``redis-1`` -> its description; ``redis-1 (base)`` -> the same, marked (base)."""
+    setup, base, _ = variant.partition(" (base)")
+    return SETUP_LABELS[setup] + (" **(base)**" if base else "")
+
+
+def by_kind(plane: dict[str, float], digits: int = 2) -> str:
+    """Non-zero round trips by kind, largest first."""
+    kinds = sorted(
+        ((k[5:], v) for k, v in plane.items() if k.startswith("trip:") and v > 0),
+        key=lambda kv: -kv[1],
+    )
+    return ", ".join(f"{k} {v:.{digits}f}" for k, v in kinds) or "0"
+
+
+def plane_figure(s: dict, key: str, digits: int = 2) -> str:
+    """A client-side figure, or "-" (embedded, or a daemon without the metrics)."""
+    plane = s.get("plane")
+    return fmt(plane.get(key, float("nan")), digits) if plane else "-"
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -617,29 +743,37 @@ def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> st
         "(min-max for the rate). Same load in every set-up: two loadgen processes of 4 "
         "connections each, each on its own token; with 2 nodes each loadgen sends to its own "
         "node. CPU = utime+stime of the logplexd processes (all nodes summed) and of "
-        "redis-server, per million messages delivered. Redis figures per 1,000 messages, "
-        "from INFO before/after the load (round trips = `total_reads_processed`; they "
-        "include the background traffic of those seconds, shown alone in the second table).",
+        "redis-server, per million messages delivered. Per 1,000 messages delivered: round "
+        "trips counted by the nodes (`logplexd_redis_round_trips_total` from each node's "
+        "/metrics before/after the load, summed; one request+reply or one pipeline per "
+        "Redis server); commands, bytes and read events from Redis INFO before/after. "
+        "Redis read events (`total_reads_processed`) are not round trips: Redis reads a "
+        "query buffer 16 KB at a time, so one pipeline of 2,000 SETs (154 KB) counts 8 and "
+        "one 200 KB SET 4 (`python bench/redis_reads.py`, redis-server 7.0). All include "
+        "the background traffic of those seconds, shown alone in the second table. "
+        '"(base)": the daemon of `--base-tree`, runs alternating with this tree\'s; "-": '
+        "no such figure (embedded, or a daemon without the round-trip metrics).",
         "",
         "| workload | set-up | msgs/s at sink | logplexd CPU s / M msgs | Redis CPU s / M msgs "
-        "| Redis round trips / 1k msgs | commands / 1k | bytes in / 1k | bytes out / 1k "
-        "| lost / dup / L10 | peak RSS per node |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| round trips / 1k msgs | Redis read events / 1k | commands / 1k | bytes in / 1k "
+        "| bytes out / 1k | lost / dup / L10 | peak RSS per node |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (wl_key, setup), s in results.items():
         if wl_key == "load":
             continue
         if "error" in s:
-            lines.append(f"| {WORKLOADS[wl_key].label} | {SETUP_LABELS[setup]} | failed: "
-                         f"{s['error']} | | | | | | | | |")  # fmt: skip
+            lines.append(f"| {WORKLOADS[wl_key].label} | {label(setup)} | failed: "
+                         f"{s['error']} | | | | | | | | | |")  # fmt: skip
             continue
         redis = "redis_cpu" in s
         lines.append(
-            f"| {WORKLOADS[wl_key].label} | {SETUP_LABELS[setup]} "
+            f"| {WORKLOADS[wl_key].label} | {label(setup)} "
             f"| {fmt(s['rate'], 0)} ({fmt(s['rate_min'], 0)}-{fmt(s['rate_max'], 0)}) "
             f"| {fmt(s['node_cpu'], 2)} "
             f"| {fmt(s['redis_cpu'], 2) if redis else '-'} "
-            f"| {fmt(s['round_trips'], 2) if redis else '-'} "
+            f"| {plane_figure(s, 'trips')} "
+            f"| {fmt(s['read_events'], 2) if redis else '-'} "
             f"| {fmt(s['commands'], 2) if redis else '-'} "
             f"| {fmt(s['bytes_in'], 0) if redis else '-'} "
             f"| {fmt(s['bytes_out'], 0) if redis else '-'} "
@@ -647,15 +781,17 @@ def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> st
         )
     lines += [
         "",
-        "Commands per 1,000 messages during the load, background traffic per second with "
-        "the nodes idle (same channels and drains), Redis memory after the load, and its "
-        f"growth during the load per message the streams still hold (each channel keeps "
-        f"its last {KEEP:,}):",
+        "Round trips per 1,000 messages by kind and stream entries written per 1,000 "
+        "messages (client side), commands per 1,000 messages during the load, background "
+        "traffic per second with the nodes idle (same channels and drains), Redis memory "
+        "after the load, and its growth during the load per message the streams still hold "
+        f"(each channel keeps its last {KEEP:,}):",
         "",
-        "| workload | set-up | commands / 1k msgs by name (Redis µs per call) | idle: round "
-        "trips/s | idle: commands/s by name | idle: bytes in+out /s | idle: Redis CPU | Redis "
-        "used_memory | growth per message held |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload | set-up | round trips / 1k msgs by kind | entries written / 1k "
+        "| commands / 1k msgs by name (Redis µs per call) | idle: round trips/s (by kind) "
+        "| idle: Redis read events/s | idle: commands/s by name | idle: bytes in+out /s "
+        "| idle: Redis CPU | Redis used_memory | growth per message held |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (wl_key, setup), s in results.items():
         if wl_key == "load" or "redis_cpu" not in s:
@@ -666,9 +802,15 @@ def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> st
         )
         idle = s["idle"]
         idle_by = ", ".join(f"{k} {v:.1f}" for k, v in list(s["idle_commands"].items())[:6])
+        plane = s.get("plane")
+        idle_plane = s.get("idle_plane")
+        idle_trips = (
+            f"{fmt(idle_plane['trips'], 1)} ({by_kind(idle_plane, 1)})" if idle_plane else "-"
+        )
         lines.append(
-            f"| {WORKLOADS[wl_key].label} | {SETUP_LABELS[setup]} | {by} "
-            f"| {fmt(idle['round_trips'], 1)} | {idle_by} "
+            f"| {WORKLOADS[wl_key].label} | {label(setup)} "
+            f"| {by_kind(plane) if plane else '-'} | {plane_figure(s, 'entries')} | {by} "
+            f"| {idle_trips} | {fmt(idle['read_events'], 1)} | {idle_by} "
             f"| {fmt(idle['bytes_in'] + idle['bytes_out'], 0)} "
             f"| {fmt(100 * s['idle_cpu_per_s'], 2)} % "
             f"| {fmt(s['redis_mb'], 1)} MB "
@@ -712,6 +854,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 1 run, no file")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the summaries as JSON here")
+    parser.add_argument(
+        "--base-tree",
+        type=Path,
+        help="also run the Redis set-ups with the daemon of this checkout (built in place), "
+        "rows labelled (base)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.runs, args.no_write, args.idle_window = 20_000, 1, True, 1.0
@@ -721,32 +869,55 @@ def main(argv: list[str] | None = None) -> int:
     for name in setups:
         if name not in SETUPS:
             parser.error(f"unknown set-up {name!r} (choose from {', '.join(SETUPS)})")
+    # (variant name, base?): each set-up, then its base-tree twin (Redis set-ups only).
+    variants = [(name, False) for name in setups]
+    if args.base_tree is not None:
+        tree = args.base_tree.resolve()
+        if not (tree / "logplexd" / "cli.py").is_file():
+            parser.error(f"--base-tree {tree}: no logplexd/cli.py there")
+        BaseNode.tree = tree
+        variants = [
+            v for name in setups
+            for v in [(name, False)] + ([(f"{name} (base)", True)] if name != "embedded" else [])
+        ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="nodes-tools-") as build:
         tools = e2e.build_tools(Path(build))
         results: dict[tuple[str, str], dict] = {}
         failed = False
         for wl_key in workloads:
             wl = WORKLOADS[wl_key]
-            for setup in setups:
-                runs: list[NodesRun] = []
-                try:
-                    for i in range(args.runs):
+            # Repetition by repetition, every variant in turn: a base tree and this one are
+            # measured alternately, under the same conditions of the machine.
+            collected: dict[str, list[NodesRun]] = {name: [] for name, _ in variants}
+            errors: dict[str, str] = {}
+            for i in range(args.runs):
+                for name, base in variants:
+                    if name in errors:
+                        continue
+                    setup = name.removesuffix(" (base)")
+                    try:
                         run = run_nodes(
-                            setup, wl, args.messages, tools, args.idle, args.idle_window
+                            setup, wl, args.messages, tools, args.idle, args.idle_window, base
                         )
-                        e2e.log(
-                            f"[{wl_key} {setup} run {i + 1}] {run.rate:,.0f} msgs/s, "
-                            f"cpu {run.per_million(run.node_cpu):.2f} s/M, "
-                            f"round trips/1k {run.per_thousand('round_trips'):.2f}, "
-                            f"lost {run.lost} dup {run.duplicates} L10 {run.l10}"
-                        )
-                        runs.append(run)
-                except e2e.HarnessError as exc:
-                    e2e.log(f"[{wl_key} {setup}] failed: {exc}")
-                    results[(wl_key, setup)] = {"error": str(exc).splitlines()[0][:120]}
-                    failed = True
-                    continue
-                results[(wl_key, setup)] = summarize(runs)
+                    except e2e.HarnessError as exc:
+                        e2e.log(f"[{wl_key} {name}] failed: {exc}")
+                        errors[name] = str(exc).splitlines()[0][:120]
+                        failed = True
+                        continue
+                    trips = run.plane_per_thousand("trips")
+                    e2e.log(
+                        f"[{wl_key} {name} run {i + 1}] {run.rate:,.0f} msgs/s, "
+                        f"cpu {run.per_million(run.node_cpu):.2f} s/M, "
+                        f"round trips/1k {fmt(trips, 2)}, "
+                        f"Redis read events/1k {run.per_thousand('read_events'):.2f}, "
+                        f"lost {run.lost} dup {run.duplicates} L10 {run.l10}"
+                    )
+                    collected[name].append(run)
+            for name, _ in variants:
+                if name in errors:
+                    results[(wl_key, name)] = {"error": errors[name]}
+                else:
+                    results[(wl_key, name)] = summarize(collected[name])
         if args.load_channels:
             try:
                 results[("load", "load")] = store_load(args.load_channels)
