@@ -15,11 +15,13 @@ import contextlib
 import dataclasses
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -352,6 +354,38 @@ async def running(url: str, **options: Any) -> AsyncIterator[RedisStore]:
             nursery.cancel_scope.cancel()
             store.close()
 
+
+
+# The message texts the multi-node tests send: msg-<tag>-<number>.
+MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
+
+
+class Sink:
+    """A TCP drain endpoint: every connection's bytes, in arrival order."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.connections = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            while data := await stream.receive_some(65536):
+                self.data += data
+        except trio.BrokenResourceError:
+            pass
+
+    def messages(self) -> list[bytes]:
+        """The ``MSG`` texts received, in order."""
+        return MSG.findall(bytes(self.data))
+
+    def counts(self) -> Counter[bytes]:
+        return Counter(self.messages())
 
 async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) -> None:
     """Poll ``check`` until true, failing after ``timeout`` seconds."""

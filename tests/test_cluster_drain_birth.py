@@ -8,10 +8,12 @@ a foreign node id ("ghost") while messages arrive, so that no node can own the d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import re
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from logplexd.daemon import BoundPorts, Daemon
 from tests._redis_servers import (
     RedisCluster,
     RedisServer,
+    Sink,
     channel_on_every_node,
     eventually,
     free_port,
@@ -48,7 +51,6 @@ __all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported t
 # messages below take to reach Redis, and the node acquires it within a tick after.
 LEASE_TTL = 2.0
 GHOST_MS = 2000
-MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
 
 
 def text(tag: str, i: int) -> str:
@@ -57,28 +59,6 @@ def text(tag: str, i: int) -> str:
 
 def expected(tag: str, numbers: range) -> list[bytes]:
     return [text(tag, i).encode() for i in numbers]
-
-
-class Sink:
-    """A TCP drain endpoint: every connection's bytes, in arrival order."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            while data := await stream.receive_some(65536):
-                self.data += data
-        except trio.BrokenResourceError:
-            pass
-
-    def messages(self) -> list[bytes]:
-        return MSG.findall(bytes(self.data))
 
 
 def bulk(reply: bytes) -> bytes | None:
@@ -121,6 +101,34 @@ async def start_node(
     return daemon, ports, token
 
 
+@dataclasses.dataclass
+class NodeWithSink:
+    """One node serving channel "app" (``token``), and a TCP sink for its drains."""
+
+    daemon: Daemon
+    ports: BoundPorts
+    token: str
+    plane: DataPlane
+    sink: Sink
+    sink_port: int
+
+    def parts(self) -> tuple[Daemon, BoundPorts, str, DataPlane, Sink]:
+        return self.daemon, self.ports, self.token, self.plane, self.sink
+
+
+@asynccontextmanager
+async def node_with_sink(
+    tmp_path: Path, server: RedisServer | RedisCluster
+) -> AsyncIterator[NodeWithSink]:
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        daemon, ports, token = await start_node(tmp_path, server, nursery)
+        assert daemon.plane is not None
+        yield NodeWithSink(daemon, ports, token, daemon.plane, sink, sink_port)
+        nursery.cancel_scope.cancel()
+
+
 def owned(daemon: Daemon, drain_id: int) -> bool:
     return daemon.cluster_drains is not None and drain_id in daemon.cluster_drains.owned()
 
@@ -130,13 +138,9 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
 ) -> None:
     """On one Redis and on a three-master Redis Cluster (the birth script touches two keys
     of one channel: one hash slot)."""
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        sink_port = await nursery.start(sink.serve)
+    async with node_with_sink(tmp_path, redis_any) as node:
+        daemon, ports, token, plane, sink = node.parts()
         with trio.fail_after(60):
-            daemon, ports, token = await start_node(tmp_path, redis_any, nursery)
-            plane = daemon.plane
-            assert plane is not None
             # Sent before the drain exists: not for it.
             await send_and_store(daemon, ports, token, "P", 10)
             drain_id = next_drain_id(redis_any)
@@ -147,7 +151,7 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
 
             status, _, body = await curl(
                 "-X", "POST", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
                 api(ports, "/v3/channels/app/drains"),
             )  # fmt: skip
             assert status == 201
@@ -168,7 +172,6 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
             assert sink.messages() == expected("N", range(50))
             # The owner's checkpoints move on from the birth one.
             await eventually(lambda: bulk(redis_any.command("GET", ckpt_key)) == b"60", 5)
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_reservation_is_born_when_it_gets_its_url(
@@ -176,13 +179,9 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
 ) -> None:
     """A drain reserved without a URL delivers nothing sent before it got one, and
     everything sent after (even before any node owns it)."""
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        sink_port = await nursery.start(sink.serve)
+    async with node_with_sink(tmp_path, redis_server) as node:
+        daemon, ports, token, plane, sink = node.parts()
         with trio.fail_after(60):
-            daemon, ports, token = await start_node(tmp_path, redis_server, nursery)
-            plane = daemon.plane
-            assert plane is not None
             drain_id = next_drain_id(redis_server)
             lease_key = plane.keys.lease("app", drain_id)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
@@ -197,7 +196,7 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
             redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
             status, _, _ = await curl(
                 "-X", "PUT", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
                 api(ports, f"/v3/channels/app/drains/{drain_id}"),
             )  # fmt: skip
             assert status == 200
@@ -209,7 +208,6 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
             await eventually(lambda: len(sink.messages()) >= 20, 5)
             await trio.sleep(0.2)
             assert sink.messages() == expected("S", range(20))
-        nursery.cancel_scope.cancel()
 
 
 async def test_birth_write_failing_still_answers_201_and_logs_no_secret(
@@ -251,19 +249,15 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
 ) -> None:
     """The node that takes the drain already follows the channel (a tail) from later than
     the drain's checkpoint: what lies between is read from the stream, not called lost."""
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        sink_port = await nursery.start(sink.serve)
+    async with node_with_sink(tmp_path, redis_server) as node:
+        daemon, ports, token, plane, sink = node.parts()
         with trio.fail_after(60):
-            daemon, ports, token = await start_node(tmp_path, redis_server, nursery)
-            plane = daemon.plane
-            assert plane is not None
             drain_id = next_drain_id(redis_server)
             lease_key = plane.keys.lease("app", drain_id)
             redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
             status, _, _ = await curl(
                 "-X", "POST", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
                 api(ports, "/v3/channels/app/drains"),
             )  # fmt: skip
             assert status == 201
@@ -282,4 +276,3 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
             ckpt_key = plane.keys.checkpoint("app", drain_id)
             await eventually(lambda: bulk(redis_server.command("GET", ckpt_key)) == b"60", 5)
             plane.release(follow)
-        nursery.cancel_scope.cancel()

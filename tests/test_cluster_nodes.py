@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,8 +23,10 @@ from logplexd.cluster.drains import CHECKPOINT_INTERVAL
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 from tests._redis_servers import (
+    MSG,
     RedisCluster,
     RedisServer,
+    Sink,
     channel_on_every_node,
     eventually,
     redis_any,
@@ -43,7 +47,6 @@ __all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported t
 
 LEASE_TTL = 1.0
 BUFFER_MESSAGES = 150
-MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
 
 
 def node_settings(tmp_path: Path, name: str, server: RedisServer | RedisCluster) -> Settings:
@@ -54,30 +57,6 @@ def node_settings(tmp_path: Path, name: str, server: RedisServer | RedisCluster)
         drain_lease_ttl=LEASE_TTL,
         redis_buffer_messages=BUFFER_MESSAGES,
     )
-
-
-class Sink:
-    """A TCP drain endpoint: every connection's bytes, in arrival order."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.connections = 0
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        try:
-            while data := await stream.receive_some(65536):
-                self.data += data
-        except trio.BrokenResourceError:
-            pass
-
-    def counts(self) -> Counter[bytes]:
-        return Counter(MSG.findall(bytes(self.data)))
 
 
 class Tail:
@@ -127,35 +106,72 @@ async def run_node(daemon: Daemon, scope: trio.CancelScope, *, task_status) -> N
         await daemon.serve(task_status=task_status)
 
 
+@dataclasses.dataclass
+class Nodes:
+    """Nodes on one Redis (or Cluster), channel "app" with one syslog drain to ``sink``."""
+
+    nursery: trio.Nursery
+    nodes: dict[str, Daemon]
+    scopes: dict[str, trio.CancelScope]
+    ports: dict[str, BoundPorts]
+    sink: Sink
+    token: str
+    drain_id: int
+
+    def owner(self) -> str | None:
+        """The running node that owns the drain."""
+        for name, n in self.nodes.items():
+            drains = n.cluster_drains
+            if not self.scopes[name].cancel_called and drains is not None and drains.owned():
+                return name
+        return None
+
+
+@asynccontextmanager
+async def nodes_with_a_drain(
+    tmp_path: Path, server: RedisServer | RedisCluster, names: str = "AB", **settings: Any
+) -> AsyncIterator[Nodes]:
+    """Every node serving, the drain created on A and owned by one of them."""
+    nodes = {
+        name: Daemon(dataclasses.replace(node_settings(tmp_path, name, server), **settings))
+        for name in names
+    }
+    scopes = {name: trio.CancelScope() for name in nodes}
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+        await eventually(
+            lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
+        )
+        token = await channel_on_every_node(ports["A"], nodes.values())
+        status, _, body = await curl(
+            "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+            api(ports["A"], "/v3/channels/app/drains"),
+        )  # fmt: skip
+        assert status == 201
+        pair = Nodes(nursery, nodes, scopes, ports, sink, token, json.loads(body)["id"])
+        await eventually(lambda: pair.owner() is not None, 5)
+        yield pair
+        nursery.cancel_scope.cancel()
+
+
 async def test_three_nodes_share_history_tails_and_drains(
     tmp_path: Path, redis_any: RedisServer | RedisCluster
 ) -> None:
     """On one Redis and on a three-master Redis Cluster (there the fault stops the master
     holding the channel's keys)."""
     redis_server = redis_any
-    nodes = {name: Daemon(node_settings(tmp_path, name, redis_any)) for name in "ABC"}
     victim = redis_any
     if isinstance(redis_any, RedisCluster):
         victim = redis_any.server_of("logplex:{ch:app}:log")
-    scopes = {name: trio.CancelScope() for name in nodes}
-    sink, tail = Sink(), Tail()
-    async with trio.open_nursery() as nursery:
-        sink_port = await nursery.start(sink.serve)
-        ports: dict[str, BoundPorts] = {}
-        for name, daemon in nodes.items():
-            ports[name] = await nursery.start(run_node, daemon, scopes[name])
+    tail = Tail()
+    async with nodes_with_a_drain(tmp_path, redis_any, "ABC") as three:
+        nursery, nodes, scopes, ports, sink = (
+            three.nursery, three.nodes, three.scopes, three.ports, three.sink
+        )
+        token, drain_id = three.token, three.drain_id
         with trio.fail_after(60):
-            await eventually(
-                lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
-            )
-            # A channel created on A, with a drain.
-            token = await channel_on_every_node(ports["A"], nodes.values())
-            status, _, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
-                api(ports["A"], "/v3/channels/app/drains"),
-            )  # fmt: skip
-            assert status == 201
-            drain_id = json.loads(body)["id"]
 
             def owners() -> list[str]:
                 return [
@@ -298,7 +314,6 @@ async def test_three_nodes_share_history_tails_and_drains(
             assert not set(sink.counts()) & expected("F", range(150))
             assert b"Error L10 (output buffer overflow): 150 messages dropped since" in sink.data
             assert set(sink.counts()) == phase1 | phase2 | phase3 | kept
-        nursery.cancel_scope.cancel()
 
 
 async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
@@ -307,43 +322,12 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
     """A new owner whose checkpoint the stream no longer holds announces exactly what it
     cannot deliver (counted from the stream ids), then delivers what is left."""
     keep = 20
-    nodes = {
-        name: Daemon(
-            dataclasses.replace(
-                node_settings(tmp_path, name, redis_server),
-                history_messages=10,
-                channel_buffer_messages=keep,
-            )
-        )
-        for name in "AB"
-    }
-    scopes = {name: trio.CancelScope() for name in nodes}
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        sink_port = await nursery.start(sink.serve)
-        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+    async with nodes_with_a_drain(
+        tmp_path, redis_server, history_messages=10, channel_buffer_messages=keep
+    ) as pair:
+        nodes, scopes, ports, sink = pair.nodes, pair.scopes, pair.ports, pair.sink
+        token, drain_id, owner = pair.token, pair.drain_id, pair.owner
         with trio.fail_after(30):
-            await eventually(
-                lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
-            )
-            token = await channel_on_every_node(ports["A"], nodes.values())
-            status, _, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
-                api(ports["A"], "/v3/channels/app/drains"),
-            )  # fmt: skip
-            drain_id = json.loads(body)["id"]
-
-            def owner() -> str | None:
-                for name, n in nodes.items():
-                    if (
-                        not scopes[name].cancel_called
-                        and n.cluster_drains
-                        and n.cluster_drains.owned()
-                    ):
-                        return name
-                return None
-
-            await eventually(lambda: owner() is not None, 5)
             first = owner()
             assert first is not None
             await send_syslog(ports["A"].syslog, token, "G", range(10))
@@ -375,7 +359,6 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             assert b"Error L10 (output buffer overflow): 80 messages dropped since" in sink.data
             assert not set(sink.counts()) & expected("H", range(80))
             assert max(sink.counts().values()) == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
@@ -384,30 +367,10 @@ async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
     """Checkpoints are stored at most every CHECKPOINT_INTERVAL; a node that stops
     gracefully stores its last one before handing the lease back, so the next owner goes on
     exactly where it stopped: every message once."""
-    nodes = {name: Daemon(node_settings(tmp_path, name, redis_server)) for name in "AB"}
-    scopes = {name: trio.CancelScope() for name in nodes}
-    sink = Sink()
-    async with trio.open_nursery() as nursery:
-        sink_port = await nursery.start(sink.serve)
-        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+    async with nodes_with_a_drain(tmp_path, redis_server) as pair:
+        nodes, scopes, ports, sink = pair.nodes, pair.scopes, pair.ports, pair.sink
+        token, owner = pair.token, pair.owner
         with trio.fail_after(30):
-            await eventually(
-                lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
-            )
-            token = await channel_on_every_node(ports["A"], nodes.values())
-            status, _, body = await curl(
-                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
-                api(ports["A"], "/v3/channels/app/drains"),
-            )  # fmt: skip
-            assert status == 201
-
-            def owner() -> str | None:
-                for name, n in nodes.items():
-                    if not scopes[name].cancel_called and n.cluster_drains.owned():  # type: ignore[union-attr]
-                        return name
-                return None
-
-            await eventually(lambda: owner() is not None, 5)
             first = owner()
             assert first is not None
             (other,) = [n for n in nodes if n != first]
@@ -428,4 +391,3 @@ async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
             await eventually(lambda: set(sink.counts()) >= every, 10)
             assert set(sink.counts()) == every
             assert max(sink.counts().values()) == 1
-        nursery.cancel_scope.cancel()

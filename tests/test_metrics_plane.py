@@ -14,7 +14,7 @@ import trio
 
 from logplexd.cluster.plane import TRIP_KINDS
 from logplexd.daemon import Daemon
-from tests._redis_servers import RedisServer, eventually, redis_server
+from tests._redis_servers import RedisServer, Sink, eventually, redis_server
 from tests.test_metrics import (
     create_channel,
     frame,
@@ -32,25 +32,6 @@ __all__ = ["redis_server"]  # the fixture, imported to be used here
 # Room for the first 300 messages sent at once (a routed batch larger than the buffer is
 # dropped whole), little enough to overflow quickly while Redis is down.
 BUFFER_MESSAGES = 400
-
-
-class Sink:
-    """A TCP drain endpoint that counts the bytes it receives."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            while data := await stream.receive_some(65536):
-                self.data += data
-        except trio.BrokenResourceError:
-            pass
 
 
 def trips(found: dict) -> dict[str, float]:
