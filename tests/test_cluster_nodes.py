@@ -391,3 +391,43 @@ async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
             await eventually(lambda: set(sink.counts()) >= every, 10)
             assert set(sink.counts()) == every
             assert max(sink.counts().values()) == 1
+
+
+
+async def test_a_node_stops_promptly_while_redis_is_gone(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The last words of a stopping node (checkpoints, leases handed back) are bounded:
+    with Redis gone they are given up after CLOSE_GRACE, and the node stops."""
+    from logplexd.cluster.plane import CLOSE_GRACE
+
+    daemon = Daemon(node_settings(tmp_path, "A", redis_server))
+    scope, stopped, sink = trio.CancelScope(), trio.Event(), Sink()
+
+    async def node(*, task_status: trio.TaskStatus[BoundPorts]) -> None:
+        try:
+            await run_node(daemon, scope, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        sink_port = await nursery.start(sink.serve)
+        ports = await nursery.start(node)
+        with trio.fail_after(20):
+            await eventually(lambda: daemon.plane is not None and daemon.plane.failure is None, 5)
+            token = await channel_on_every_node(ports, [daemon])
+            status, _, _ = await curl(
+                "-X", "POST", *AUTH, *JSON, "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}"}),
+                api(ports, "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert status == 201
+            await send_syslog(ports.syslog, token, "S", range(10))
+            await eventually(lambda: len(sink.counts()) == 10, 5)
+            redis_server.kill()
+            await eventually(lambda: daemon.plane is not None and daemon.plane.failure, 5)
+            began = trio.current_time()
+            scope.cancel()
+            await stopped.wait()
+            took = trio.current_time() - began
+        nursery.cancel_scope.cancel()
+    assert took < CLOSE_GRACE + 2, took
