@@ -276,3 +276,33 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
             ckpt_key = plane.keys.checkpoint("app", drain_id)
             await eventually(lambda: bulk(redis_server.command("GET", ckpt_key)) == b"60", 5)
             plane.release(follow)
+
+
+async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Drain checkpoints never pile up in Redis: deleting a drain deletes its checkpoint on
+    every node, owned or not, and every checkpoint carries an expiry as a backstop."""
+    from logplexd.cluster.plane import CHECKPOINT_TTL_MS
+
+    async with node_with_sink(tmp_path, redis_server) as node:
+        daemon, ports, token, plane, sink = node.parts()
+        with trio.fail_after(30):
+            drain_id = next_drain_id(redis_server)
+            ckpt_key = plane.keys.checkpoint("app", drain_id)
+            redis_server.command("SET", plane.keys.lease("app", drain_id), "ghost", "PX", "60000")
+            status, _, _ = await curl(
+                "-X", "POST", *AUTH, *JSON,
+                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
+                api(ports, "/v3/channels/app/drains"),
+            )  # fmt: skip
+            assert status == 201
+            assert bulk(redis_server.command("GET", ckpt_key)) == b"0"
+            ttl = int(redis_server.command("PTTL", ckpt_key)[1:].split(b"\r\n")[0])
+            assert 0 < ttl <= CHECKPOINT_TTL_MS
+            status, _, _ = await curl(
+                "-X", "DELETE", *AUTH, api(ports, f"/v3/channels/app/drains/{drain_id}")
+            )
+            assert status == 204
+            assert not owned(daemon, drain_id)
+            await eventually(lambda: redis_server.command("EXISTS", ckpt_key) == b":0\r\n", 5)

@@ -35,7 +35,15 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..store.model import Drain
-from .plane import CALL_TIMEOUT, DataPlane, Script, ScriptCall, describe, redis_errors
+from .plane import (
+    CALL_TIMEOUT,
+    CHECKPOINT_TTL_MS,
+    DataPlane,
+    Script,
+    ScriptCall,
+    describe,
+    redis_errors,
+)
 
 log = logging.getLogger("logplexd.drains")
 
@@ -47,7 +55,7 @@ if current then
   return tonumber(current)
 end
 local seq = redis.call('GET', KEYS[2]) or '0'
-redis.call('SET', KEYS[1], seq)
+redis.call('SET', KEYS[1], seq, 'PX', ARGV[1])
 return tonumber(seq)
 """
 BIRTH = Script(_BIRTH_LUA)
@@ -58,7 +66,7 @@ async def write_birth(plane: DataPlane, drain: Drain) -> int:
     after. One round trip (counted as "other"), by SHA1 like every data-plane script.
     Raises what ``redis_errors()`` names (trio.TooSlowError after CALL_TIMEOUT)."""
     keys = [plane.keys.checkpoint(drain.channel, drain.id), plane.keys.sequence(drain.channel)]
-    calls: list[ScriptCall] = [(BIRTH, keys, [])]
+    calls: list[ScriptCall] = [(BIRTH, keys, [CHECKPOINT_TTL_MS])]
     with trio.fail_after(CALL_TIMEOUT):
         (result,) = await plane.call_scripts(calls, "other", [drain.channel])
     return result if isinstance(result, int) else 0  # the script returns an integer

@@ -33,6 +33,7 @@ from ..store.drain_url import redact_url
 from .lease import DEFAULT_TTL, Command, Lease, LeaseEvent, LeaseState, renew_interval
 from .plane import (
     CALL_TIMEOUT,
+    CHECKPOINT_TTL_MS,
     CatchUp,
     DataPlane,
     Follow,
@@ -69,10 +70,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# KEYS: 1 lease, 2 checkpoint. ARGV: 1 node, 2 sequence. Only the owner moves the checkpoint.
+# KEYS: 1 lease, 2 checkpoint. ARGV: 1 node, 2 sequence, 3 ttl ms. Only the owner moves the
+# checkpoint.
 _CHECKPOINT_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
   return 1
 end
 return 0
@@ -163,8 +165,12 @@ class ClusterDrains:
             return False
         if wanted.lease.owned:
             self._stop(drain_id, wanted)
-            if self._nursery is not None:
-                self._nursery.start_soon(self._release, wanted.channel, drain_id, True)
+        if self._nursery is not None:
+            # Every node deletes the checkpoint (DEL is idempotent): a drain no node owned
+            # yet has one too (its birth). The owner also hands its lease back.
+            self._nursery.start_soon(
+                self._release, wanted.channel, drain_id, True, wanted.lease.owned
+            )
         return True
 
     def remove_channel(self, channel_name: str) -> int:
@@ -222,6 +228,7 @@ class ClusterDrains:
             if self.wanted and self.plane.link.reached.is_set():
                 sent_at = self.clock()
                 ids = list(self.wanted)
+                channels = {i: self.wanted[i].channel for i in ids}
                 try:
                     # Never wait past the next tick: the local expiry below must run on time
                     # even when Redis stops answering without closing the connection.
@@ -235,6 +242,9 @@ class ClusterDrains:
                 for drain_id, event in replies.items():
                     current = self.wanted.get(drain_id)
                     if current is None:
+                        if event is LeaseEvent.ACQUIRED and self._nursery is not None:
+                            # Removed while its lease was being acquired: hand it back.
+                            self._nursery.start_soon(self._release, channels[drain_id], drain_id)
                         continue
                     before, after = current.lease.apply(event, sent_at)
                     if before is LeaseState.STANDBY and after is LeaseState.OWNER:
@@ -431,7 +441,7 @@ class ClusterDrains:
             (
                 CHECKPOINT,
                 [keys.lease(w.channel, i), keys.checkpoint(w.channel, i)],
-                [self.node_id, seq],
+                [self.node_id, seq, CHECKPOINT_TTL_MS],
             )
             for i, w, seq in batch
         ]
@@ -443,12 +453,15 @@ class ClusterDrains:
                 wanted.dirty = None
         return len(batch)
 
-    async def _release(self, channel: str, drain_id: int, removed: bool = False) -> None:
+    async def _release(
+        self, channel: str, drain_id: int, removed: bool = False, owned: bool = True
+    ) -> None:
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                key = self.plane.keys.lease(channel, drain_id)
-                calls: list[ScriptCall] = [(RELEASE, [key], [self.node_id])]
-                await self.plane.call_scripts(calls, "other", [channel])
+                if owned:
+                    key = self.plane.keys.lease(channel, drain_id)
+                    calls: list[ScriptCall] = [(RELEASE, [key], [self.node_id])]
+                    await self.plane.call_scripts(calls, "other", [channel])
                 if removed:  # drain ids are never reused: its checkpoint is of no more use
                     await self.plane.client.delete([self.plane.keys.checkpoint(channel, drain_id)])
                     self.plane.count_trip("other")

@@ -9,6 +9,7 @@ one command::
     P:{ch:<name>}:seq                 string  messages ever appended (the message sequence)
     P:{ch:<name>}:drain:<id>:lease    string  node id of the drain's owner, with a TTL
     P:{ch:<name>}:drain:<id>:ckpt     string  sequence of the last message the owner delivered
+                                              (expires CHECKPOINT_TTL_MS after it was stored)
 
 Stream entries. An entry holds a whole routed batch of one channel: ``n`` (messages),
 ``f`` (the frames, octet-counted, as ``_native.wire.octet_frames`` writes them), ``node``.
@@ -63,6 +64,7 @@ import functools
 import hashlib
 import logging
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -110,6 +112,11 @@ FLUSH_LINGER_MESSAGES = 1000
 CLOSE_GRACE = 1.0
 # Entries per XREVRANGE page when reading history from a stream.
 HISTORY_PAGE = 100
+# A drain checkpoint key expires when no checkpoint was stored for this long (a deleted
+# drain's key never outlives it; one that delivered nothing for a week has nothing newer
+# than the stream's newest entry to resume from either, which is where a drain without a
+# checkpoint starts). Every store renews it.
+CHECKPOINT_TTL_MS = 7 * 24 * 3600 * 1000
 
 StreamId = tuple[int, int]
 
@@ -310,8 +317,10 @@ class Follow:
         self.last_seq = self.last[0]
         self.start_head = channel.ring.head
         self.start_seq = self.last_seq
-        self.heads: list[int] = []
-        self.seqs: list[int] = []
+        # Machine integers (16 bytes an entry, not ~72 as Python ints in a list): up to one
+        # per message the ring holds when every entry is a single message.
+        self.heads = array("q")
+        self.seqs = array("q")
         self.advanced = trio.Event()
 
     @property
@@ -327,8 +336,7 @@ class Follow:
         """Redis came back without this channel's stream: read the new one from its start."""
         self.last, self.last_seq = (0, 0), 0
         self.start_head, self.start_seq = int(self.ring.head), 0
-        self.heads.clear()
-        self.seqs.clear()
+        del self.heads[:], self.seqs[:]
 
     def append(self, entry_id: StreamId, batch: Batch) -> None:
         ring = self.ring
