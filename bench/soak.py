@@ -1,6 +1,7 @@
 """Soak: run the whole daemon for a set time under steady, messy load; watch for leaks.
 
     python bench/soak.py [--seconds 600] [--out bench/soak-out] [--tcp-rate 2000] ...
+    python bench/soak.py --redis single|cluster ...   # Redis mode (issue 11)
 
 In one process (the daemon plus its clients, all on loopback):
 - 100 channels; a steady offered load over TCP syslog (octet-counted) and HTTP POST /logs;
@@ -14,6 +15,18 @@ installed). It fails (exit 1) when, after warm-up, RSS or descriptors trend upwa
 any message is unaccounted for: for each long-lived drain, once the load stops and the sinks
 are back up, delivered + dropped + lost + still buffered must equal exactly the messages its
 channel received since the drain was made.
+
+``--redis single`` starts one redis-server (``--redis cluster``: three masters formed with
+``redis-cli --cluster create``), with ``--save "" --appendonly no``, on free loopback ports in
+the temporary directory (``bench_nodes.Redis``/``Cluster``), runs the daemon with
+``store_url`` pointing at it and stops it at the end whatever happens. The checks are the
+same; a drain's "received" is then counted in the channel's stream sequence (Redis key
+``seq``) from the drain's birth checkpoint, read right after the API answered. The samples
+add the daemon's ``/metrics`` families ``logplexd_redis_round_trips_total{kind}``,
+``logplexd_redis_buffer_dropped_total``, ``logplexd_redis_buffer_messages`` and
+``logplexd_redis_reachable`` (which must stay 1), and Redis ``used_memory``; at the end it
+lists the keys of deleted (churn) channels left in Redis. ``--tracemalloc`` prints the
+source lines whose Python allocations grew between warm-up and the end.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import socket
 import sys
 import tempfile
@@ -38,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from logplexd.config import Address, Settings  # noqa: E402
 from logplexd.daemon import Daemon  # noqa: E402
+
+TRIP_KINDS = ("write", "follow", "history", "lease", "checkpoint", "probe", "other")
 
 KEY = "soak-key"
 AUTH = f"Basic {KEY}"
@@ -140,10 +156,76 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+async def redis_metrics(port: int) -> dict[str, float]:
+    """The Redis families of the daemon's ``/metrics`` (loopback: no auth needed)."""
+    status, body = await http(port, "GET", "/metrics", headers=(("Authorization", AUTH),))
+    out: dict[str, float] = {}
+    if status != 200:
+        return out
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("logplexd_redis_round_trips_total{"):
+            kind = name.split('kind="', 1)[1].split('"', 1)[0]
+            out[f"rt_{kind}"] = float(value)
+        elif name == "logplexd_redis_buffer_dropped_total":
+            out["buf_dropped"] = float(value)
+        elif name == "logplexd_redis_buffer_messages":
+            out["buf_msgs"] = float(value)
+        elif name == "logplexd_redis_reachable":
+            out["reachable"] = float(value)
+    return out
+
+
+def start_redis(mode: str, workdir: Path):
+    """A running ``bench_nodes.Redis`` (single) or ``Cluster`` (three masters)."""
+    import bench_nodes  # bench/bench_nodes.py: the same redis-server set-ups as the benchmark
+
+    redis = bench_nodes.Cluster(workdir) if mode == "cluster" else bench_nodes.Redis(workdir)
+    try:
+        redis.start()
+    except BaseException:
+        redis.stop()
+        raise
+    return redis
+
+
+def redis_ports(redis) -> list[int]:
+    return [s.port for s in getattr(redis, "servers", [redis])]
+
+
+def redis_memory(ports: list[int]) -> int:
+    """used_memory summed over the Redis servers (one short INFO each, blocking: < 1 ms)."""
+    import bench_nodes
+
+    total = 0
+    for port in ports:
+        for line in bench_nodes.resp(port, "INFO", "memory").decode().splitlines():
+            if line.startswith("used_memory:"):
+                total += int(line.split(":")[1])
+    return total
+
+
+def leftover_keys(ports: list[int]) -> list[str]:
+    """Keys of channels the churn deleted still in Redis after the run (there should be
+    none: their drains and streams are gone)."""
+    import subprocess
+
+    keys: list[str] = []
+    for port in ports:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(port), "--scan", "--pattern", "*{ch:churn-*"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        keys += out.split()
+    return keys
+
+
 async def soak(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="logplexd-soak-"))
+    data_dir = args.data_dir
     loop = Address("127.0.0.1", 0)
     settings = dataclasses.replace(
         Settings(),
@@ -154,8 +236,24 @@ async def soak(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         auth_key=KEY,
         log_level="warning",
+        store_url=args.store_url,
     )
     daemon = Daemon(settings)
+    plane = daemon.plane  # None: the embedded store
+    staging = getattr(daemon.registry, "staging", None)
+
+    def ingest_ring(name: str):
+        """The ring that counts what this node ingested for a channel (Redis mode: the
+        staging ring; the readers' ring is filled by the stream follower)."""
+        return staging[name] if staging is not None else daemon.registry.channel(name).ring
+
+    async def redis_get_int(key: str) -> int:
+        assert plane is not None
+        raw = await plane.client.get(key)
+        return int(raw) if raw is not None else 0
+
+    redis0: dict[str, float] = {}
+    min_reachable = [1.0]
     rng = random.Random(args.seed)
     c = Counters()
     rows: list[dict] = []
@@ -181,16 +279,37 @@ async def soak(args: argparse.Namespace) -> int:
             # design, but the trend check could not tell it from a leak.
             fill = daemon.registry.buffer_messages
             t0 = time.monotonic()
+            # Redis mode: follow every channel meanwhile, so the readers' rings (filled from
+            # the streams) are full as well as the staging rings.
+            follows = (
+                [plane.hold(daemon.registry.channel(n), None) for n in names]
+                if plane is not None
+                else []
+            )
+            if follows:
+                while not all(f.resolved for f in follows):
+                    await trio.sleep(0.2)
+                await trio.sleep(1.0)  # every follow has read the (empty) stream once
             streams = [await trio.open_tcp_stream("127.0.0.1", ports.syslog) for _ in range(4)]
             for k, name in enumerate(names):
                 chunk = b"".join(frame(tokens[name], f"tcp {j}") for j in range(fill))
                 for _ in range(2):
                     await streams[k % len(streams)].send_all(chunk)
+                    # Redis mode: not faster than Redis takes it (the outbound buffer would
+                    # drop, and the soak's drop counter is to be about the soak's load).
+                    while plane is not None and plane.buffer.messages > 50_000:
+                        await trio.sleep(0.05)
             for stream in streams:
                 await stream.aclose()
-            rings = [daemon.registry.channel(n).ring for n in names]
+            rings = [ingest_ring(n) for n in names]
             while sum(r.head for r in rings) < 2 * fill * len(rings):
                 await trio.sleep(0.2)
+            # Redis mode: until every follow has read its stream through (a follow that fell
+            # behind the stream's trimming skips what was trimmed: its ring is full anyway).
+            while any(f.last_seq < 2 * fill for f in follows):
+                await trio.sleep(0.2)
+            for follow in follows:
+                plane.release(follow)
             print(
                 f"prefilled {len(rings)} channel buffers with 2 x {fill} messages each in "
                 f"{time.monotonic() - t0:.1f} s; RSS {rss_kb() / 1024:.1f} MB",
@@ -207,7 +326,14 @@ async def soak(args: argparse.Namespace) -> int:
                 ports.api, "POST", f"/v3/channels/{name}/drains", url, API_HEADERS
             )
             assert status == 201, (status, body)
-            drains[json.loads(body)["id"]] = (name, daemon.registry.channel(name).ring.head)
+            drain_id = json.loads(body)["id"]
+            if plane is not None:
+                # Its birth checkpoint (written before the 201): it delivers what comes after
+                # that stream sequence. Read now, before its owner moves it.
+                start = await redis_get_int(plane.keys.checkpoint(name, drain_id))
+            else:
+                start = daemon.registry.channel(name).ring.head
+            drains[drain_id] = (name, start)
             nursery.start_soon(sink.run, i * args.flap / len(sinks))
 
         async def tcp_load() -> None:
@@ -325,6 +451,10 @@ async def soak(args: argparse.Namespace) -> int:
             "churn_errors",
             "stall_s",
         ]
+        if plane is not None:
+            fields += [f"rt_{k}" for k in TRIP_KINDS]
+            fields += ["buf_msgs", "buf_dropped", "reachable", "redis_mem_kb"]
+            redis0.update(await redis_metrics(ports.api))
         writer = csv.DictWriter(writer_f, fieldnames=fields)
         writer.writeheader()
 
@@ -334,7 +464,7 @@ async def soak(args: argparse.Namespace) -> int:
         progress: dict[int, tuple[int, float]] = {}
         longest_stall = [0.0]
 
-        def sample() -> dict:
+        async def sample() -> dict:
             stats = [s for s in daemon.drains.stats() if s.drain_id in drains]
             now = time.monotonic()
             stall = 0.0
@@ -353,7 +483,7 @@ async def soak(args: argparse.Namespace) -> int:
                 "tcp_sent": c.tcp_sent,
                 "http_sent": c.http_sent,
                 "http_errors": c.http_errors,
-                "ingested": sum(daemon.registry.channel(n).ring.head for n in names),
+                "ingested": sum(ingest_ring(n).head for n in names),
                 "delivered": sum(s.delivered for s in stats),
                 "dropped": sum(s.dropped for s in stats),
                 "lost": sum(s.lost for s in stats),
@@ -364,6 +494,12 @@ async def soak(args: argparse.Namespace) -> int:
                 "stall_s": round(stall, 1),
             }
             c.lag_max = 0.0
+            if plane is not None:
+                metrics = await redis_metrics(ports.api)
+                for key in fields[fields.index("rt_write") :]:
+                    row[key] = metrics.get(key, -1)
+                min_reachable[0] = min(min_reachable[0], row["reachable"])
+                row["redis_mem_kb"] = redis_memory(args.redis_ports) // 1024
             rows.append(row)
             writer.writerow(row)
             writer_f.flush()
@@ -371,12 +507,22 @@ async def soak(args: argparse.Namespace) -> int:
 
         while time.monotonic() - started < args.seconds:
             await trio.sleep(args.sample)
-            row = sample()
+            row = await sample()
+            if args.tracemalloc and args.snapshot0 is None and row["t"] >= args.warmup:
+                import tracemalloc
+
+                args.snapshot0 = tracemalloc.take_snapshot()
             print(
                 f"t={row['t']:>6}s rss={row['rss_kb'] / 1024:.1f}MB fds={row['fds']} "
                 f"lag={row['lag_ms']}ms in={row['ingested']} dlv={row['delivered']} "
                 f"drop={row['dropped']} lost={row['lost']} buf={row['buffered']} "
-                f"stall={row['stall_s']}s",
+                f"stall={row['stall_s']}s"
+                + (
+                    f" rt_write={row['rt_write']:.0f} buf={row['buf_msgs']:.0f} "
+                    f"bufdrop={row['buf_dropped']:.0f} reach={row['reachable']:.0f}"
+                    if plane is not None
+                    else ""
+                ),
                 flush=True,
             )
 
@@ -385,21 +531,42 @@ async def soak(args: argparse.Namespace) -> int:
         for sink in sinks:
             sink.hold_up = True
         settle_end = time.monotonic() + args.settle
+
+        async def received_by(drain_id: int) -> int:
+            channel, start = drains[drain_id]
+            if plane is not None:
+                # Messages of the channel's stream after the drain's birth checkpoint.
+                return await redis_get_int(plane.keys.sequence(channel)) - start
+            return daemon.registry.channel(channel).ring.head - start
+
         while time.monotonic() < settle_end:
             await trio.sleep(0.5)
             stats = [s for s in daemon.drains.stats() if s.drain_id in drains]
-            if all(s.buffered == 0 for s in stats):
-                break
-        final = sample()
+            if plane is None:
+                if all(s.buffered == 0 for s in stats):
+                    break
+                continue
+            # Redis mode: messages may still be in the outbound buffer or not yet read from
+            # the stream (not counted as buffered by the drain): wait for the sums to meet.
+            if plane.buffer.messages == 0 and len(stats) == len(drains):
+                settled = True
+                for s in stats:
+                    done = s.delivered + s.dropped + s.lost
+                    settled &= s.buffered == 0 and done == await received_by(s.drain_id)
+                if settled:
+                    break
+        final = await sample()
         writer_f.close()
 
         # Accounting, per drain, exactly.
         problems: list[str] = []
+        seen = set()
         for s in daemon.drains.stats():
             if s.drain_id not in drains:
                 continue
-            channel, head0 = drains[s.drain_id]
-            received = daemon.registry.channel(channel).ring.head - head0
+            seen.add(s.drain_id)
+            channel, _ = drains[s.drain_id]
+            received = await received_by(s.drain_id)
             accounted = s.delivered + s.dropped + s.lost + s.buffered
             if accounted != received:
                 problems.append(
@@ -407,7 +574,17 @@ async def soak(args: argparse.Namespace) -> int:
                     f"{s.delivered} + dropped {s.dropped} + lost {s.lost} + buffered "
                     f"{s.buffered} = {accounted}"
                 )
+        for drain_id in set(drains) - seen:
+            problems.append(f"drain {drain_id} ({drains[drain_id][0]}) is not running here")
+        if plane is not None and min_reachable[0] != 1:
+            problems.append(f"logplexd_redis_reachable fell to {min_reachable[0]:.0f}")
         nursery.cancel_scope.cancel()
+
+    if args.tracemalloc and args.snapshot0 is not None:
+        import tracemalloc
+
+        # Before the chart: its imports would fill the comparison.
+        args.snapshot1 = tracemalloc.take_snapshot()
 
     # Trends after warm-up: the last third against the middle third.
     warm = [r for r in rows if r["t"] >= min(args.warmup, args.seconds / 3)]
@@ -470,6 +647,26 @@ async def soak(args: argparse.Namespace) -> int:
         f"loop lag p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, max {pct(1.0)} ms "
         f"({len(c.lags)} samples); longest delivery stall of a drain {longest_stall[0]:.1f} s"
     )
+    if args.store_url and len(rows) and "rt_write" in final:
+        msgs = (final["tcp_sent"] + final["http_sent"]) / 1e3 or 1.0
+        trips = {k: final[f"rt_{k}"] - redis0.get(f"rt_{k}", 0.0) for k in TRIP_KINDS}
+        print(
+            f"Redis ({args.redis}): round trips "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in trips.items())
+            + f" ({sum(trips.values()) / msgs:.2f} per 1,000 messages sent); outbound buffer "
+            f"dropped {final['buf_dropped'] - redis0.get('buf_dropped', 0.0):.0f} during the "
+            f"soak ({final['buf_dropped']:.0f} in all), max waiting "
+            f"{max(r['buf_msgs'] for r in rows):.0f} messages; reachable min "
+            f"{min(r['reachable'] for r in rows):.0f}; Redis used_memory "
+            f"{warm_rows[0]['redis_mem_kb'] / 1024:.1f} MB after warm-up, "
+            f"{rows[-1]['redis_mem_kb'] / 1024:.1f} MB at the end "
+            f"(max {max(r['redis_mem_kb'] for r in rows) / 1024:.1f})"
+        )
+    if args.tracemalloc and args.snapshot0 is not None:
+        diff = args.snapshot1.compare_to(args.snapshot0, "lineno")
+        print("tracemalloc, growth since warm-up (top 15 lines):")
+        for stat in diff[:15]:
+            print("   ", stat)
     for p in problems:
         print("FAIL:", p)
     print("PASS" if not problems else "FAILED")
@@ -495,8 +692,52 @@ def main() -> None:
         action="store_false",
         help="do not fill the channel buffers before the run (RSS then grows as they fill)",
     )
+    ap.add_argument(
+        "--redis",
+        choices=("single", "cluster"),
+        help="Redis mode: a redis-server (or a 3-master Redis Cluster) started for the run",
+    )
+    ap.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace Python allocations; print the lines that grew between warm-up and the end",
+    )
     args = ap.parse_args()
-    sys.exit(trio.run(soak, args))
+    args.snapshot0 = None
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(1)
+    args.redis_ports = []
+    args.data_dir = Path(tempfile.mkdtemp(prefix="logplexd-soak-"))
+    args.store_url = None
+    redis = None
+    try:
+        if args.redis:
+            redis = start_redis(args.redis, args.data_dir)
+            args.store_url = redis.url
+            args.redis_ports = redis_ports(redis)
+
+            def terminated(signum: int, _frame: object) -> None:
+                # Killed (timeout, kill PID): no finally runs then; stop Redis first.
+                redis.stop()
+                os._exit(128 + signum)
+
+            signal.signal(signal.SIGTERM, terminated)
+            print(f"Redis mode: {args.store_url}", flush=True)
+        code = trio.run(soak, args)
+        if redis is not None:
+            left = leftover_keys(args.redis_ports)
+            ckpts = [k for k in left if k.endswith(":ckpt")]
+            print(
+                f"keys of deleted (churn) channels left in Redis: {len(left)}, of which "
+                f"{len(ckpts)} drain checkpoints (no TTL; the rest: leases, with a TTL) "
+                f"{ckpts[:4]}"
+            )
+    finally:
+        if redis is not None:
+            redis.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
