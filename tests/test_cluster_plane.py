@@ -182,3 +182,62 @@ async def test_read_range_gives_exact_messages_their_sequences_and_what_was_trim
             assert texts(got.batch) == [f"m{s}".encode() for s in range(31, 51)]
             got = await plane.read_range("app", 50, 60)  # not written yet: all missing
             assert (len(got.batch), got.lost) == (0, 10)
+
+
+async def test_entries_no_logplexd_wrote_are_skipped_and_following_goes_on(
+    redis_server: RedisServer,
+) -> None:
+    """The stream is shared: an entry someone else wrote (bad fields, frames that do not
+    parse) must not stop a node's follower; it is skipped (counted, one warning) and bad
+    frames of a well-formed entry are announced as lost."""
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        with trio.fail_after(10):
+            p1, p2 = one.plane, two.plane
+            losses: list[tuple[str, int]] = []
+            p2.on_loss = lambda channel, count, since: losses.append((channel, count))
+            ch2 = two.channel("app")
+            assert ch2 is not None
+            follow = p2.hold(ch2, await p2.top("app"))
+            one.route(frames("t.app", [f"a{i}" for i in range(10)]))
+            await eventually(lambda: len(ch2.ring) == 10, 5)
+            key = p1.keys.stream("app")
+            for entry_id, fields in (
+                ("11-0", ("n", "abc", "f", "x")),  # n not a number
+                ("12-0", ("n", "5")),  # no frames
+                ("13-0", ("n", "3", "f", "garbage")),  # frames that do not parse: 3 lost
+            ):
+                reply = redis_server.command("XADD", key, entry_id, *fields)
+                assert reply.startswith(b"$"), reply
+            one.route(frames("t.app", [f"b{i}" for i in range(10)]))
+            await eventually(lambda: len(ch2.ring) == 20, 5)
+            assert texts(ch2.ring.last(20)) == [f"{c}{i}".encode() for c in "ab" for i in range(10)]
+            assert p2.malformed_entries == 2
+            assert losses == [("app", 3)]
+            assert p2.failure is None
+            # History read from the stream skips them too.
+            history, _ = await p1.read_history("app", 20)
+            assert texts(history) == [f"{c}{i}".encode() for c in "ab" for i in range(10)]
+            p2.release(follow)
+
+
+def test_decode_entry_accepts_what_logplexd_writes_and_nothing_else() -> None:
+    from logplexd.cluster.plane import decode_entry
+
+    messages = (b"<134>1 - h a p - - x", b"<134>1 - h a p - - y")
+    blob = b"".join(b"%d %s" % (len(m), m) for m in messages)
+    body = decode_entry({b"n": b"2", b"f": blob, b"node": b"a"})
+    assert body is not None and (body.n, len(body.batch), body.lost) == (2, 2, 0)
+    marker = decode_entry({b"n": b"0", b"lost": b"7", b"since": b"12.5"})
+    assert marker is not None and (marker.n, marker.lost, marker.since) == (0, 7, 12.5)
+    odd_since = decode_entry({b"n": b"0", b"lost": b"7", b"since": b"soon"})
+    assert odd_since is not None and (odd_since.lost, odd_since.since) == (7, None)
+    partly = decode_entry({b"n": b"3", b"f": blob})  # one frame fewer than it says: lost
+    assert partly is not None and (partly.n, len(partly.batch)) == (3, 2)
+    for fields in (
+        {b"n": b"x", b"f": blob},
+        {b"n": b"-1", b"f": blob},
+        {b"n": b"2"},
+        {b"n": b"1", b"f": blob},  # more frames than it says
+        {b"n": b"0", b"lost": b"many"},
+    ):
+        assert decode_entry(fields) is None, fields

@@ -184,6 +184,42 @@ def _slot_of(tag: str) -> int:
     return int(hash_slot(tag.encode()))
 
 
+@dataclass(slots=True)
+class EntryBody:
+    """One stream entry, decoded: ``n`` messages in ``batch`` (fewer if some frames were
+    bad: ``n - len(batch)`` are then lost), or a loss marker (``n`` 0) of ``lost`` messages
+    dropped since ``since``."""
+
+    n: int
+    batch: Batch
+    lost: int = 0
+    since: float | None = None
+
+
+def decode_entry(fields: Any) -> EntryBody | None:
+    """Decode an entry's fields; None for one no logplexd wrote (not to be trusted blindly:
+    the stream is shared by every node and anyone with access to Redis)."""
+    try:
+        n = int(fields.get(b"n", b"0"))
+        if n < 0:
+            return None
+        if n == 0:
+            lost = max(0, int(fields.get(b"lost", b"0")))
+            since: float | None = None
+            with contextlib.suppress(ValueError):
+                since = float(fields.get(b"since", b"0"))
+            return EntryBody(0, Batch(), lost, since)
+        blob = fields[b"f"]
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not isinstance(blob, bytes):
+        return None
+    batch = parse_body(blob, MAX_WIRE_FRAME)
+    if len(batch) > n:
+        return None
+    return EntryBody(n, batch)
+
+
 def parse_id(value: bytes | str) -> StreamId:
     text = value.decode() if isinstance(value, bytes) else value
     ms, _, seq = text.partition("-")
@@ -440,6 +476,9 @@ class DataPlane:
         self.bytes_written = 0
         self.entries_read = 0
         self.messages_read = 0
+        # Stream entries no logplexd wrote (skipped); one warning per channel.
+        self.malformed_entries = 0
+        self._malformed_warned: set[str] = set()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -583,6 +622,17 @@ class DataPlane:
                 return  # shutting down: nothing more is read
             self._lanes[lane] = trio.CancelScope()
 
+    def _malformed(self, channel: str, entry_id: StreamId) -> None:
+        self.malformed_entries += 1
+        if channel not in self._malformed_warned and len(self._malformed_warned) < 1024:
+            self._malformed_warned.add(channel)
+            log.warning(
+                "data plane: entry %s of the stream of %s is not one logplexd wrote; skipped "
+                "(further ones of this channel are skipped silently)",
+                format_id(entry_id),
+                channel,
+            )
+
     # -- reads of history ---------------------------------------------------------------------
     async def top(self, channel: str) -> StreamId:
         """Id of the newest entry of the channel's stream ((0, 0) if it has none)."""
@@ -594,7 +644,7 @@ class DataPlane:
     async def read_history(self, channel: str, messages: int) -> tuple[Batch, StreamId]:
         """The newest ``messages`` messages of the stream (oldest first) and the newest id."""
         key = self.keys.stream(channel)
-        blobs: list[bytes] = []
+        batches: list[Batch] = []
         top: StreamId | None = None
         got = 0
         end = "+"
@@ -606,12 +656,12 @@ class DataPlane:
                 entry_id = parse_id(entry.identifier)
                 if top is None:
                     top = entry_id
-                fields = entry.field_values
-                n = int(fields.get(b"n", b"0"))
-                if n:
-                    blob = fields[b"f"]
-                    blobs.append(blob if isinstance(blob, bytes) else blob.encode())
-                    got += n
+                body = decode_entry(entry.field_values)
+                if body is None:
+                    self._malformed(channel, entry_id)
+                elif len(body.batch):
+                    batches.append(body.batch)
+                    got += len(body.batch)
                     if got >= messages:
                         break
             if len(entries) < HISTORY_PAGE:
@@ -620,13 +670,11 @@ class DataPlane:
             if last == (0, 0):
                 break
             end = "(" + format_id(last)
-        blobs.reverse()
-        batch = parse_body(b"".join(blobs), MAX_WIRE_FRAME)
-        if len(batch) > messages:
-            ring = ChannelRing(messages, 1 << 30)
+        # Oldest first, the newest ``messages`` of them (a ring of that size keeps just those).
+        ring = ChannelRing(max(1, messages), 1 << 30)
+        for batch in reversed(batches):
             ring.append_batch(batch)
-            batch = ring.last(messages)
-        return batch, top if top is not None else (0, 0)
+        return ring.last(messages), top if top is not None else (0, 0)
 
     async def read_range(self, channel: str, after: int, through: int) -> CatchUp:
         """The messages of sequence ``after`` + 1 to ``through`` from the stream, oldest
@@ -649,11 +697,14 @@ class DataPlane:
             self.count_trip("history")
             for entry in entries:
                 entry_id = parse_id(entry.identifier)
-                fields = entry.field_values
-                n = int(fields.get(b"n", b"0"))
+                body = decode_entry(entry.field_values)
+                if body is None:
+                    self._malformed(channel, entry_id)
+                    continue
+                n = body.n
                 if n == 0:
                     if entry_id[0] <= through:
-                        lost += int(fields.get(b"lost", b"0"))
+                        lost += body.lost
                     continue
                 first = entry_id[0] - n + 1
                 if first > through:
@@ -661,7 +712,8 @@ class DataPlane:
                     break
                 if first > expected:
                     lost += first - expected
-                batch = parse_body(fields[b"f"], MAX_WIRE_FRAME)
+                batch = body.batch
+                lost += n - len(batch)  # frames that would not parse
                 # An entry may straddle either end of the range.
                 for i in range(max(0, expected - first), min(len(batch), through - first + 1)):
                     frames.append(batch.frame(i))
@@ -672,8 +724,8 @@ class DataPlane:
             start = "(" + format_id(parse_id(entries[-1].identifier))
         if expected <= through:
             lost += through - expected + 1
-        body = b"".join(b"%d %s" % (len(frame), frame) for frame in frames)
-        return CatchUp(parse_body(body, MAX_WIRE_FRAME), seqs, lost)
+        joined = b"".join(b"%d %s" % (len(frame), frame) for frame in frames)
+        return CatchUp(parse_body(joined, MAX_WIRE_FRAME), seqs, lost)
 
     # -- the tasks ------------------------------------------------------------------------------
     def _new_client(self) -> Client:
@@ -917,22 +969,24 @@ class DataPlane:
             entry_id = parse_id(entry.identifier)
             if entry_id <= follow.last:
                 continue
-            fields = entry.field_values
-            n = int(fields.get(b"n", b"0"))
-            if n:
-                first = entry_id[0] - n + 1
+            body = decode_entry(entry.field_values)
+            if body is None:
+                self._malformed(follow.name, entry_id)
+                follow.append(entry_id, Batch())  # read past it
+                continue
+            if body.n:
+                first = entry_id[0] - body.n + 1
                 if first > follow.last_seq + 1:
                     # Trimmed before this node read it: the stream ids say exactly how many.
                     lost_total += first - follow.last_seq - 1
-                batch = parse_body(fields[b"f"], MAX_WIRE_FRAME)
-                follow.append(entry_id, batch)
-                appended += len(batch)
+                lost_total += body.n - len(body.batch)  # frames that would not parse
+                follow.append(entry_id, body.batch)
+                appended += len(body.batch)
             else:
-                lost = int(fields.get(b"lost", b"0"))
-                if lost:
-                    lost_total += lost
-                    with contextlib.suppress(ValueError):
-                        since = min(since, float(fields.get(b"since", b"0")))
+                if body.lost:
+                    lost_total += body.lost
+                    if body.since is not None:
+                        since = min(since, body.since)
                 follow.append(entry_id, Batch())
             self.entries_read += 1
         self.messages_read += appended
