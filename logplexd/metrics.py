@@ -351,6 +351,8 @@ _PLANE_COUNTERS = (
      "Stream entries the data plane read while following channels."),
     ("redis_stream_messages_read", "messages_read",
      "Messages the data plane read while following channels."),
+    ("redis_stream_entries_malformed", "malformed_entries",
+     "Stream entries no logplexd wrote, skipped by the data plane."),
 )  # fmt: skip
 
 _API_STATUSES = ("normal", "read_only", "disabled")

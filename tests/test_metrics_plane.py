@@ -85,6 +85,7 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         entries = value(found, "logplexd_redis_stream_entries_written_total")
         assert 1 <= entries <= sent
         assert value(found, "logplexd_redis_stream_entries_read_total") >= entries
+        assert value(found, "logplexd_redis_stream_entries_malformed_total") == 0
         # Every message's text is in the frames written (plus its octet count and header).
         assert value(found, "logplexd_redis_stream_bytes_written_total") > sum(map(len, texts))
         trips1 = trips(found)
