@@ -115,6 +115,13 @@ class NodeWithSink:
     def parts(self) -> tuple[Daemon, BoundPorts, str, DataPlane, Sink]:
         return self.daemon, self.ports, self.token, self.plane, self.sink
 
+    async def drain_to_sink(self, method: str = "POST", drain_id: int | None = None):
+        """Create (POST) or point (PUT) a drain of "app" at the sink: (status, body)."""
+        path = "/v3/channels/app/drains" + ("" if drain_id is None else f"/{drain_id}")
+        url = json.dumps({"url": f"syslog://127.0.0.1:{self.sink_port}"})
+        status, _, body = await curl("-X", method, *AUTH, *JSON, "-d", url, api(self.ports, path))
+        return status, body
+
 
 @asynccontextmanager
 async def node_with_sink(
@@ -149,11 +156,7 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
             redis_any.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
             trips = plane.trips["other"]
 
-            status, _, body = await curl(
-                "-X", "POST", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
-                api(ports, "/v3/channels/app/drains"),
-            )  # fmt: skip
+            status, body = await node.drain_to_sink()
             assert status == 201
             assert json.loads(body)["id"] == drain_id
             # Stored before the answer: the channel's sequence when the drain was made.
@@ -194,11 +197,7 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
             await send_and_store(daemon, ports, token, "R", 5)
 
             redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
-            status, _, _ = await curl(
-                "-X", "PUT", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
-                api(ports, f"/v3/channels/app/drains/{drain_id}"),
-            )  # fmt: skip
+            status, _ = await node.drain_to_sink("PUT", drain_id)
             assert status == 200
             assert bulk(redis_server.command("GET", ckpt_key)) == b"5"
             await send_and_store(daemon, ports, token, "S", 20)
@@ -255,11 +254,7 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
             drain_id = next_drain_id(redis_server)
             lease_key = plane.keys.lease("app", drain_id)
             redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
-            status, _, _ = await curl(
-                "-X", "POST", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
-                api(ports, "/v3/channels/app/drains"),
-            )  # fmt: skip
+            status, _ = await node.drain_to_sink()
             assert status == 201
             await send_and_store(daemon, ports, token, "N", 50)
             # A reader on this node follows the channel from here on (as a tail would).
@@ -291,11 +286,7 @@ async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
             drain_id = next_drain_id(redis_server)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
             redis_server.command("SET", plane.keys.lease("app", drain_id), "ghost", "PX", "60000")
-            status, _, _ = await curl(
-                "-X", "POST", *AUTH, *JSON,
-                "-d", json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}"}),
-                api(ports, "/v3/channels/app/drains"),
-            )  # fmt: skip
+            status, _ = await node.drain_to_sink()
             assert status == 201
             assert bulk(redis_server.command("GET", ckpt_key)) == b"0"
             ttl = int(redis_server.command("PTTL", ckpt_key)[1:].split(b"\r\n")[0])

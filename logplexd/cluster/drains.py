@@ -9,11 +9,10 @@ checkpoints of every drain that delivered meanwhile (and a last one when the nod
 
 A new owner starts from the drain's checkpoint (the sequence of the last message the
 previous owner delivered) by following the channel's stream from there: at-least-once,
-duplicates bounded by what was delivered but not yet checkpointed (one payload per
-drain, plus what the old owner delivered in its last ``CHECKPOINT_INTERVAL`` when it died
-without a word). If the
-stream was trimmed past the checkpoint, the follower counts the gap exactly from the
-stream ids and the first delivery starts with the L10 notice. A new drain starts from the
+duplicates bounded by what was delivered but not yet checkpointed (one payload per drain,
+plus what the old owner delivered in its last ``CHECKPOINT_INTERVAL`` when it died without
+a word). If the stream was trimmed past the checkpoint, the follower counts the gap exactly
+from the stream ids and the first delivery starts with the L10 notice. A new drain starts from the
 birth checkpoint written before the API answered (``birth.py``); only when that write
 failed does its first owner start at the newest entry of the stream.
 """
