@@ -438,12 +438,7 @@ def run_nodes(
         redis: Redis | Cluster | None = None
         nodes: list[Node] = []
         try:
-            sink = subprocess.Popen(
-                [str(sink_exe), "-p", "0", "-e", str(expected), "-i", str(idle_timeout),
-                 "-m", str(int(budget + 120))],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            )  # fmt: skip
-            sink_port = json.loads(e2e.read_line(sink, 10.0))["port"]
+            sink, sink_port = e2e.start_sink(sink_exe, expected, idle_timeout, budget)
             url = None
             if setup != "embedded":
                 redis = Cluster(workdir) if setup.startswith("cluster") else Redis(workdir)

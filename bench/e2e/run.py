@@ -162,6 +162,18 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
     return buf.decode()
 
 
+
+def start_sink(
+    sink_exe: Path, expected: int, idle: float, budget: float
+) -> tuple[subprocess.Popen, int]:
+    """The C sink on a free port, expecting ``expected`` messages: (process, port)."""
+    sink = subprocess.Popen(
+        [str(sink_exe), "-p", "0", "-e", str(expected), "-i", str(idle),
+         "-m", str(int(budget + 120))],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    return sink, json.loads(read_line(sink, 10.0))["port"]
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a router may spread over worker processes)."""
     children: dict[int, list[int]] = {}
@@ -544,12 +556,7 @@ def run_once(
         workdir = Path(tmp)
         sink = router = None
         try:
-            sink = subprocess.Popen(
-                [str(sink_exe), "-p", "0", "-e", str(expected), "-i", str(idle),
-                 "-m", str(int(budget + 120))],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            )  # fmt: skip
-            sink_port = json.loads(read_line(sink, 10.0))["port"]
+            sink, sink_port = start_sink(sink_exe, expected, idle, budget)
             router = router_cls(workdir, wl, sink_port)
             port = router.start()
             token_file = workdir / "tokens"
