@@ -22,12 +22,12 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from logplexd.api import ControlApi, run_api  # noqa: E402
+from logplexd.router import attach_registry  # noqa: E402
 from logplexd.store import (  # noqa: E402
     Channel,
     Drain,
     Token,
-    attach_registry,
-    files,  # noqa: E402
+    files,
     open_store,
 )
 from logplexd.store.embedded import SNAPSHOT_FILE, _State  # noqa: E402
@@ -35,7 +35,7 @@ from logplexd.store.embedded import SNAPSHOT_FILE, _State  # noqa: E402
 
 def _registry() -> object:
     try:
-        from logplexd.registry import Registry
+        from logplexd.router.registry import Registry
     except ImportError:
         from tests.test_api_support import FakeRegistry
 

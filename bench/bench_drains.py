@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from logplexd.drains import DrainManager  # noqa: E402
 from logplexd.native import parse_frames, syslog_frames  # noqa: E402
-from logplexd.registry import Registry  # noqa: E402
+from logplexd.router.registry import Registry  # noqa: E402
 
 TOKEN = "d.2b0fa2d1-76b4-4b8a-9e0b-8f6a0b0c1d2e"
 

@@ -868,8 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(name, False) for name in setups]
     if args.base_tree is not None:
         tree = args.base_tree.resolve()
-        if not (tree / "logplexd" / "cli.py").is_file():
-            parser.error(f"--base-tree {tree}: no logplexd/cli.py there")
+        cli = tree / "logplexd"
+        if not (cli / "cli.py").is_file() and not (cli / "cli").is_dir():
+            parser.error(f"--base-tree {tree}: no logplexd/cli there")
         BaseNode.tree = tree
         variants = [
             v for name in setups

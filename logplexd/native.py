@@ -22,6 +22,7 @@ try:
     from ._native.framer import OctetFramer, parse_body, parse_frames
     from ._native.ring import ChannelRing
     from ._native.router import TokenTable, dispatch, dispatch_to
+    from ._native.wire import octet_frames
 except ImportError as exc:  # pragma: no cover - exercised by the CLI test with a broken path
     raise NativeUnavailable(
         "logplexd: the compiled module logplexd._native is missing or failed to load "
@@ -42,6 +43,7 @@ __all__ = [
     "l10_http",
     "l10_syslog",
     "l11_line",
+    "octet_frames",
     "parse_body",
     "parse_frames",
     "session_lines",

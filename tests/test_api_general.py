@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from logplexd.creds import ANY_CHANNEL, FULL_API, hash_password
 from logplexd.store import Credential
+from logplexd.web.credentials import ANY_CHANNEL, FULL_API, hash_password
 from tests.test_api_support import (
     AUTH,
     AUTH_KEY,

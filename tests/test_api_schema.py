@@ -31,9 +31,9 @@ from schemathesis.checks import (
 )
 
 from logplexd.config import Address, Settings
-from logplexd.creds import FULL_API, create_credential
 from logplexd.daemon import BoundPorts, Daemon
 from logplexd.store import open_store
+from logplexd.web.credentials import FULL_API, create_credential
 
 from .test_api_support import basic
 

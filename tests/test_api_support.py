@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from logplexd.api import ControlApi
-from logplexd.http import Request, Response
 from logplexd.store import open_store
+from logplexd.web import Request, Response
 
 AUTH_KEY = "s3cret-key"
 PUBLIC_URL = "http://logplex.example:8001"
@@ -19,7 +19,7 @@ JSON = ("Content-Type", "application/json")
 
 
 class FakeRegistry:
-    """Same methods as logplexd.registry.Registry, recording what it was told."""
+    """Same methods as logplexd.router.registry.Registry, recording what it was told."""
 
     def __init__(self) -> None:
         self.channels: dict[str, dict[str, str]] = {}

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from logplexd import cli
+from logplexd.cli import daemon as cli_daemon
 from logplexd.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> FakeDaemon:
     module = types.ModuleType("logplexd.daemon")
     module.run = fake.run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "logplexd.daemon", module)
-    monkeypatch.setattr(cli, "_import_native", lambda: None)
+    monkeypatch.setattr(cli_daemon, "_import_native", lambda: None)
     return fake
 
 
@@ -175,7 +176,7 @@ def test_configuration_errors(
         monkeypatch.setenv(name, fill(value))
     # Configuration is checked before anything else is loaded.
     monkeypatch.setitem(sys.modules, "logplexd.daemon", None)
-    monkeypatch.setattr(cli, "_import_native", pytest.fail)
+    monkeypatch.setattr(cli_daemon, "_import_native", pytest.fail)
 
     assert cli.main([fill(a) for a in argv]) == 2
     assert one_error_line(capsys) == fill(expected)
@@ -269,7 +270,7 @@ def test_native_unavailable_exits_1(
     def broken() -> None:
         raise NativeUnavailable("logplexd: the compiled module logplexd._native is missing")
 
-    monkeypatch.setattr(cli, "_import_native", broken)
+    monkeypatch.setattr(cli_daemon, "_import_native", broken)
     monkeypatch.setitem(sys.modules, "logplexd.daemon", None)
     assert cli.main(["--data-dir", str(tmp_path / "d")]) == 1
     assert one_error_line(capsys) == "logplexd: the compiled module logplexd._native is missing"

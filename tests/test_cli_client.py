@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from logplexd import cli
-from logplexd.cli_client import colour_line, syslog_frame
+from logplexd.cli.client import colour_line, syslog_frame
 from logplexd.daemon import Daemon
 
 from .test_metrics import KEY, settings_for, wait_until

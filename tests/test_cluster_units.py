@@ -162,7 +162,7 @@ def test_octet_frames_round_trip_keeps_every_frame_and_field() -> None:
 def test_follow_maps_ring_positions_to_stream_sequences() -> None:
     from logplexd.cluster.plane import Follow
     from logplexd.native import ChannelRing
-    from logplexd.registry import Channel
+    from logplexd.router.registry import Channel
 
     channel = Channel("app", ChannelRing(100, 1 << 20))
     follow = Follow("app", "k", channel, (10, 0))

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from logplexd.creds import (
+from logplexd.store import open_store
+from logplexd.web.credentials import (
     ANY_CHANNEL,
     FULL_API,
     CredentialChecker,
@@ -21,7 +22,6 @@ from logplexd.creds import (
     validate_permissions,
     verify_password,
 )
-from logplexd.store import open_store
 
 
 def test_hash_and_verify():

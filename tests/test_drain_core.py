@@ -31,7 +31,7 @@ from logplexd.drains import (
 )
 from logplexd.drains.target import DrainKind
 from logplexd.native import http_frames, l10_http, l10_syslog, parse_frames, syslog_frames
-from logplexd.registry import Registry
+from logplexd.router.registry import Registry
 
 from .test_drain_support import TOKEN, append, message
 

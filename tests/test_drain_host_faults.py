@@ -24,7 +24,7 @@ from logplexd.drains.policy import (
     syslog_reconnect_backoff,
     unresolved_name,
 )
-from logplexd.registry import Registry
+from logplexd.router.registry import Registry
 
 from .test_drain_support import TOKEN, HttpSink, SyslogSink, append, message, stats_of, wait_until
 

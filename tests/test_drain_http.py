@@ -12,7 +12,7 @@ import trustme
 
 from logplexd import __version__
 from logplexd.drains import DrainManager, DrainSettings
-from logplexd.registry import Registry
+from logplexd.router.registry import Registry
 
 from .test_drain_support import TOKEN, HttpSink, append, message, stats_of, wait_until
 

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from logplexd.drains import DrainManager, InvalidDrainUrl
-from logplexd.registry import Registry
+from logplexd.router.registry import Registry
 
 from .test_drain_support import TOKEN, SyslogSink, append, message
 

@@ -18,7 +18,7 @@ from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import AttachedWriter, DrainPump
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
-from logplexd.registry import Channel, Registry
+from logplexd.router.registry import Channel, Registry
 
 from .test_drain_support import TOKEN, SyslogSink, append, message, stats_of, wait_until
 

@@ -13,7 +13,7 @@ import trio
 import trustme
 
 from logplexd.drains import DrainManager
-from logplexd.registry import Registry
+from logplexd.router.registry import Registry
 
 from .test_drain_support import TOKEN, append, message, wait_until
 

@@ -13,7 +13,7 @@ import trio
 
 from logplexd.drains import DrainManager, DrainStats
 from logplexd.native import parse_frames
-from logplexd.registry import Channel
+from logplexd.router.registry import Channel
 
 TOKEN = "d.2b0fa2d1-76b4-4b8a-9e0b-8f6a0b0c1d2e"
 

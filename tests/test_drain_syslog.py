@@ -11,7 +11,7 @@ import trio
 import trustme
 
 from logplexd.drains import DrainEvent, DrainManager, DrainSettings
-from logplexd.registry import Registry
+from logplexd.router.registry import Registry
 
 from .test_drain_support import TOKEN, HttpSink, SyslogSink, append, message, stats_of, wait_until
 

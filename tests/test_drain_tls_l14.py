@@ -26,7 +26,7 @@ from logplexd.drains import DrainManager, DrainSettings
 from logplexd.drains.policy import L14_INTERVAL, certificate_failure, l14_due, l14_frame
 from logplexd.drains.transport import TlsContexts
 from logplexd.native import parse_frames
-from logplexd.registry import Channel, Registry
+from logplexd.router.registry import Channel, Registry
 
 from .test_drain_support import TOKEN, HttpSink, SyslogSink, append, message, stats_of, wait_until
 

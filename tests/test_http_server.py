@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from logplexd.api import run_api
-from logplexd.http import Request, Response, serve_http
+from logplexd.web import Request, Response, serve_http
 from tests.test_api_support import AUTH_KEY, make_api
 
 SHORT = 0.2

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from logplexd._ingest_thread import MAX_QUEUED, ConnectionReader, ReaderEnd
+from logplexd.ingest._thread import MAX_QUEUED, ConnectionReader, ReaderEnd
+from logplexd.ingest.syslog import OFFLOAD_READ_BYTES, SyslogInput
 from logplexd.native import OctetFramer
-from logplexd.registry import Registry
-from logplexd.syslog_input import OFFLOAD_READ_BYTES, SyslogInput
+from logplexd.router.registry import Registry
 
 from .test_syslog_input import TOKEN, cooked, frame
 

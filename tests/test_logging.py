@@ -4,7 +4,12 @@ import io
 import json
 import logging
 
-from logplexd._logging import JsonFormatter, KeyValueFormatter, RepeatLimiter, configure_logging
+from logplexd.daemon._logging import (
+    JsonFormatter,
+    KeyValueFormatter,
+    RepeatLimiter,
+    configure_logging,
+)
 
 
 class Clock:

@@ -5,8 +5,8 @@ import gzip
 
 import pytest
 
-from logplexd.logs_ingest import LogsIngest
-from logplexd.registry import Registry
+from logplexd.ingest.logs import LogsIngest
+from logplexd.router.registry import Registry
 
 TOKEN = "t.d6799f88-4a77-402f-b197-2b722a02cdbc"
 SIBLING = "t.11111111-4a77-402f-b197-2b722a02cdbc"

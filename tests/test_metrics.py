@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from logplexd.config import Address, Settings
 from logplexd.daemon import BoundPorts, Daemon
-from logplexd.metrics import LoopLag
+from logplexd.daemon.metrics import LoopLag
 
 KEY = "metrics-test-key"
 LOOPBACK = Address("127.0.0.1", 0)

@@ -16,11 +16,17 @@ import trio
 import trio.testing
 
 from logplexd.api import ControlApi
-from logplexd.http.messages import Request, Response
-from logplexd.platform import OPERATOR_EMAIL, OPERATOR_ID, PlatformApi, drain_uuid, mount_platform
-from logplexd.platform.conventions import NOT_ACCEPTABLE_MESSAGE, RATE_LIMIT_MESSAGE
-from logplexd.platform.records import open_platform_records
+from logplexd.api.platform import (
+    OPERATOR_EMAIL,
+    OPERATOR_ID,
+    PlatformApi,
+    drain_uuid,
+    mount_platform,
+)
+from logplexd.api.platform.conventions import NOT_ACCEPTABLE_MESSAGE, RATE_LIMIT_MESSAGE
 from logplexd.store import EmbeddedStore, open_store
+from logplexd.store.platform_records import open_platform_records
+from logplexd.web.messages import Request, Response
 
 KEY = "k"
 V3 = "application/vnd.heroku+json; version=3"

@@ -21,7 +21,7 @@ import trio
 
 from logplexd.config import Address, Settings
 from logplexd.daemon import BoundPorts, Daemon
-from logplexd.platform.records import open_platform_records
+from logplexd.store.platform_records import open_platform_records
 
 heroku3 = pytest.importorskip("heroku3")
 requests = pytest.importorskip("requests")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from logplexd import cli
-from logplexd.platform import records as records_module
-from logplexd.platform.records import JOURNAL_FILE, App, DrainMeta, open_platform_records
 from logplexd.store import StoreCorrupt
+from logplexd.store import platform_records as records_module
+from logplexd.store.platform_records import JOURNAL_FILE, App, DrainMeta, open_platform_records
 
 
 def app(name: str, **changes: object) -> App:

@@ -136,7 +136,7 @@ def test_last_within_bytes_gives_the_newest_that_fit():
 
 def test_history_is_bounded_by_history_bytes_though_the_buffer_is_deeper():
     from logplexd.native import parse_frames
-    from logplexd.registry import Registry
+    from logplexd.router.registry import Registry
 
     registry = Registry(
         history_messages=1000, history_bytes=4096, buffer_messages=1000, buffer_bytes=1 << 20

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import trio
 
+from logplexd.api.rods import RodError, parse_changes
 from logplexd.config import load_settings
 from logplexd.daemon import BoundPorts, Daemon
-from logplexd.rods import RodError, parse_changes
 
 from .test_drain_support import SyslogSink
 from .test_metrics import (

@@ -91,7 +91,7 @@ def test_registry_wakes_only_channels_with_waiters():
     import trio
     import trio.testing
 
-    from logplexd.registry import Registry
+    from logplexd.router.registry import Registry
 
     async def main():
         registry = Registry()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.registry import Registry
-from logplexd.syslog_input import SyslogInput
+from logplexd.ingest.syslog import SyslogInput
+from logplexd.router.registry import Registry
 
 RSYSLOGD = shutil.which("rsyslogd") or (
     "/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None

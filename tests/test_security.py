@@ -19,10 +19,10 @@ import trio
 from logplexd.daemon import Daemon
 from logplexd.drains.http import build_request
 from logplexd.drains.target import InvalidDrainUrl, parse_drain_url
-from logplexd.http.messages import Request
-from logplexd.logs_ingest import LogsIngest
-from logplexd.registry import Registry
+from logplexd.ingest.logs import LogsIngest
+from logplexd.router.registry import Registry
 from logplexd.store import SESSION_TTL_SECONDS
+from logplexd.web.messages import Request
 
 from .test_api_support import call, make_api
 from .test_metrics import KEY, frame, request, settings_for

@@ -4,8 +4,8 @@ import pytest
 import trio
 
 from logplexd.native import parse_frames
-from logplexd.registry import Registry
-from logplexd.sessions import (
+from logplexd.router.registry import Registry
+from logplexd.tails.sessions import (
     SessionParamError,
     SessionParams,
     channel_logs,

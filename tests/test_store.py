@@ -14,13 +14,13 @@ import struct
 import pytest
 import trio
 
+from logplexd.router import attach_registry
 from logplexd.store import (
     ChannelAdded,
     Credential,
     StoreCorrupt,
     StoreLocked,
     StoreUnavailable,
-    attach_registry,
     files,
     open_store,
 )
@@ -231,7 +231,7 @@ async def test_concurrent_writes_share_flushes_and_publish_in_order(tmp_path):
 
 
 async def test_real_registry_loads(tmp_path):
-    registry_module = pytest.importorskip("logplexd.registry")
+    registry_module = pytest.importorskip("logplexd.router.registry")
     store = open_store(str(tmp_path))
     put = await store.put_channel("app", ["web"])
     registry = registry_module.Registry()

@@ -19,7 +19,8 @@ import pytest
 import trio
 
 from logplexd.config import ConfigError, load_settings
-from logplexd.registry import Registry
+from logplexd.router import attach_registry
+from logplexd.router.registry import Registry
 from logplexd.store import (
     ChannelAdded,
     ChannelExists,
@@ -39,7 +40,6 @@ from logplexd.store import (
     StoreUnavailable,
     TokenAdded,
     TokenRemoved,
-    attach_registry,
     open_store,
 )
 from logplexd.store._redis_client import parse_redis_url

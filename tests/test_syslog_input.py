@@ -7,8 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from logplexd.registry import Registry
-from logplexd.syslog_input import SyslogInput
+from logplexd.ingest.syslog import SyslogInput
+from logplexd.router.registry import Registry
 
 from .conftest import random_splits
 
@@ -136,7 +136,7 @@ async def test_tls_input_routes_and_reloads_its_certificate(tmp_path):
     trustme = pytest.importorskip("trustme")
     import ssl
 
-    from logplexd.syslog_input import ServerCertificate
+    from logplexd.ingest.syslog import ServerCertificate
 
     ca = trustme.CA()
     paths = []

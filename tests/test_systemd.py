@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd import systemd
-from logplexd.daemon import Daemon
-from logplexd.systemd import ActivationError, Notifier, assign_roles, watchdog_interval
+from logplexd.daemon import Daemon, systemd
+from logplexd.daemon.systemd import ActivationError, Notifier, assign_roles, watchdog_interval
 
 from .test_metrics import KEY, frame, request, settings_for
 

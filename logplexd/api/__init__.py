@@ -1,4 +1,10 @@
-"""The control API (sans-IO) and ``run_api`` to serve it with the HTTP server."""
+"""The APIs served on the control listener, sans-IO behind ``web``'s server.
+
+- ``ControlApi`` (``control.py``): Logplex's v2/v3 channels, tokens, drains, sessions.
+- ``ReadRoutes`` (``reads.py``): session streams and channel logs.
+- ``Rods``/``RodsApi`` (``rods.py``): the control rods and ``/admin/rods``.
+- ``platform/``: the Heroku Platform API's apps, log drains and log sessions.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ from typing import Any
 
 import trio
 
-from ..http.server import serve_http
+from ..web import serve_http
 from .control import ApiConfig, ControlApi
-from .routing import Params, RouteHandler, Router
+from .platform import mount_platform
+from .reads import ReadRoutes
+from .rods import ROD_NAMES, RodError, Rods, RodsApi, RodState, parse_changes
 
 
 async def run_api(
@@ -35,4 +43,16 @@ async def run_api(
     )
 
 
-__all__ = ["ApiConfig", "ControlApi", "Params", "RouteHandler", "Router", "run_api"]
+__all__ = [
+    "ROD_NAMES",
+    "ApiConfig",
+    "ControlApi",
+    "ReadRoutes",
+    "RodError",
+    "RodState",
+    "Rods",
+    "RodsApi",
+    "mount_platform",
+    "parse_changes",
+    "run_api",
+]

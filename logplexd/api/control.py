@@ -17,8 +17,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-from ..creds import FULL_API, CredentialChecker, decode_basic, key_matches, parse_basic
-from ..http.messages import Request, Response
+from ..router import RegistryLike, attach_registry
 from ..store import (
     SESSION_TTL_SECONDS,
     ChannelExists,
@@ -32,12 +31,22 @@ from ..store import (
     StoreError,
     StoreUnavailable,
     Token,
-    attach_registry,
     parse_drain_url,
     redact_url,
 )
-from ..store.registry_sync import RegistryLike
-from .routing import MethodNotAllowed, Params, RouteHandler, Router
+from ..web import (
+    FULL_API,
+    CredentialChecker,
+    MethodNotAllowed,
+    Params,
+    Request,
+    Response,
+    RouteHandler,
+    Router,
+    decode_basic,
+    key_matches,
+    parse_basic,
+)
 
 log = logging.getLogger("logplexd.api")
 

@@ -6,6 +6,7 @@ serves history from the streams; ``ClusterDrains`` runs each drain on the node h
 its lease. Sans-IO cores: ``buffer.OutboundBuffer`` and ``lease.Lease``.
 """
 
+from .birth import birth_hook
 from .buffer import OutboundBuffer
 from .drains import ClusterDrains
 from .lease import Lease, LeaseEvent, LeaseState
@@ -24,4 +25,5 @@ __all__ = [
     "LeaseEvent",
     "LeaseState",
     "OutboundBuffer",
+    "birth_hook",
 ]

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..store.model import Drain
+from ..store import Drain
 from .plane import (
     CALL_TIMEOUT,
     CHECKPOINT_TTL_MS,

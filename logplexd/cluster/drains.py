@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from ..drains import DrainManager, InvalidDrainUrl
-from ..store.drain_url import redact_url
+from ..store import redact_url
 from .lease import DEFAULT_TTL, Command, Lease, LeaseEvent, LeaseState, renew_interval
 from .plane import (
     CALL_TIMEOUT,
@@ -134,7 +134,7 @@ class ClusterDrains:
 
     # -- the manager's interface, as drain_sync calls it ---------------------------------------
     def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None:
-        from ..drains.target import parse_drain_url
+        from ..drains import parse_drain_url
 
         parse_drain_url(url)  # refuse a bad URL here, as the manager would
         old = self.wanted.get(drain_id)

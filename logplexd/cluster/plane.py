@@ -71,14 +71,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._native.wire import octet_frames
-from ..native import Batch, ChannelRing, parse_body
-from ..registry import Channel
-from ..store._redis_client import DEFAULT_PREFIX, open_redis, parse_redis_url
+from ..native import Batch, ChannelRing, octet_frames, parse_body
+from ..router import Channel
+from ..store import DEFAULT_PREFIX, open_redis, parse_redis_url
 from .buffer import OutboundBuffer
 
 if TYPE_CHECKING:
-    from ..store._redis_client import Client
+    from ..store import RedisClient
 
 log = logging.getLogger("logplexd.cluster")
 
@@ -452,7 +451,7 @@ class DataPlane:
         self.keys = Keys(prefix)
         self.wall_clock = wall_clock
         self.link = Link(self._target.describe())
-        self._client: Client | None = None
+        self._client: RedisClient | None = None
         self._nursery: trio.Nursery | None = None
         self._pending = trio.Event()
         self._follows: dict[str, Follow] = {}
@@ -553,7 +552,7 @@ class DataPlane:
         return self.link.failure
 
     @property
-    def client(self) -> Client:
+    def client(self) -> RedisClient:
         if self._client is None:
             raise trio.TooSlowError()  # not running: callers treat it as unreachable
         return self._client
@@ -728,7 +727,7 @@ class DataPlane:
         return CatchUp(parse_body(joined, MAX_WIRE_FRAME), seqs, lost)
 
     # -- the tasks ------------------------------------------------------------------------------
-    def _new_client(self) -> Client:
+    def _new_client(self) -> RedisClient:
         from coredis.retry import NoRetryPolicy
 
         return open_redis(

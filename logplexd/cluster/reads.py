@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..native import Batch
-from ..registry import Channel
+from ..router import Channel
 from .plane import DataPlane, Follow, redis_errors
 from .registry import ClusterRegistry
 

@@ -15,7 +15,7 @@ reads fall back to it (``local_history``).
 from __future__ import annotations
 
 from ..native import Batch, ChannelRing, dispatch, dispatch_to
-from ..registry import Channel, Registry, RouteCounts
+from ..router import Channel, Registry, RouteCounts
 from .plane import DataPlane
 
 

@@ -6,10 +6,12 @@ control API calls ``add_drain`` / ``update_drain`` / ``remove_drain`` / ``remove
 
 from .drain import Drain, DrainSettings, DrainStats
 from .feed import DrainCounters, DrainFeed, LossTracker, Payload
+from .gated import GatedDrainManager
 from .http import HttpDrain, HttpExchange, build_request, frame_id
 from .manager import DrainManager
 from .policy import Outcome, classify, http_retry_backoff, syslog_reconnect_backoff
 from .state import TRANSITIONS, DrainEvent, DrainState, InvalidTransition, next_state
+from .sync import DrainRunner, attach_drains
 from .syslog import SyslogDrain
 from .target import DrainKind, DrainTarget, InvalidDrainUrl, parse_drain_url
 from .transport import TlsContexts
@@ -22,6 +24,8 @@ __all__ = [
     "DrainFeed",
     "DrainKind",
     "DrainManager",
+    "DrainRunner",
+    "GatedDrainManager",
     "DrainSettings",
     "DrainState",
     "DrainStats",
@@ -35,6 +39,7 @@ __all__ = [
     "Payload",
     "SyslogDrain",
     "TlsContexts",
+    "attach_drains",
     "build_request",
     "classify",
     "frame_id",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..native import Batch
-from ..registry import Channel, Registry
+from ..router import Channel, Registry
 
 # How often a drain whose channel does not exist (yet, or any more) looks for it again.
 CHANNEL_POLL_SECONDS = 1.0

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 
 from .. import __version__
-from ..registry import Registry
+from ..router import Registry
 from .drain import Drain, DrainSettings, DrainStats
 from .feed import DrainFeed
 from .pump import DrainPump

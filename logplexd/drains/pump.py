@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..registry import NEVER
+from ..router import NEVER
 from .feed import LINGER_ONLY_BELOW_BYTES, DrainFeed, Encoder, LossNotice, Payload
 from .state import DrainEvent
 
 if TYPE_CHECKING:
-    from ..registry import Channel
+    from ..router import Channel
 
 # Payloads one drain may write in one pump round before the others get their turn.
 MAX_WRITES_PER_ROUND = 4

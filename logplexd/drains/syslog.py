@@ -19,7 +19,7 @@ from .state import DrainEvent
 from .transport import open_drain_stream
 
 if TYPE_CHECKING:
-    from ..registry import Channel
+    from ..router import Channel
     from .drain import Drain
 
 

@@ -11,8 +11,8 @@ import base64
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from ..store.drain_url import DrainKind, InvalidDrainUrl, redact_url
-from ..store.drain_url import parse_drain_url as _validate
+from ..store import DrainKind, InvalidDrainUrl, redact_url
+from ..store import parse_drain_url as _validate
 
 __all__ = ["DrainKind", "DrainTarget", "InvalidDrainUrl", "parse_drain_url"]
 

@@ -4,9 +4,10 @@
 the shared Redis one when given a ``redis://`` or ``redis+cluster://`` URL (``store_url``).
 """
 
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from . import embedded
+from ._redis_client import DEFAULT_PREFIX, RedisTarget, channel_key, open_redis, parse_redis_url
 from .base import ChannelPut, Store, Subscriber
 from .drain_url import DrainKind, DrainUrl, InvalidDrainUrl, parse_drain_url, redact_url
 from .embedded import EmbeddedStore
@@ -36,8 +37,19 @@ from .model import (
     TokenAdded,
     TokenRemoved,
 )
+from .platform_records import (
+    Account,
+    App,
+    DrainMeta,
+    PlatformRecords,
+    open_platform_records,
+    utc_timestamp,
+)
 from .redis_store import RedisStore
-from .registry_sync import RegistryLike, attach_registry, load_registry
+
+if TYPE_CHECKING:
+    # One Redis or a Redis Cluster (a type only: coredis is imported when a store opens).
+    from ._redis_client import Client as RedisClient  # noqa: F401
 
 
 @overload
@@ -62,6 +74,17 @@ def open_store(data_dir: str, url: str | None = None, **options: Any) -> Embedde
 
 
 __all__ = [
+    "Account",
+    "App",
+    "DrainMeta",
+    "PlatformRecords",
+    "open_platform_records",
+    "utc_timestamp",
+    "DEFAULT_PREFIX",
+    "RedisTarget",
+    "channel_key",
+    "open_redis",
+    "parse_redis_url",
     "SESSION_TTL_SECONDS",
     "Channel",
     "ChannelAdded",
@@ -82,7 +105,6 @@ __all__ = [
     "DrainUrl",
     "EmbeddedStore",
     "InvalidDrainUrl",
-    "RegistryLike",
     "RedisStore",
     "Session",
     "Store",
@@ -95,8 +117,6 @@ __all__ = [
     "Token",
     "TokenAdded",
     "TokenRemoved",
-    "attach_registry",
-    "load_registry",
     "open_store",
     "parse_drain_url",
     "redact_url",

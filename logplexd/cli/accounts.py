@@ -15,10 +15,9 @@ import sys
 
 import trio
 
-from .cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, GROUP_HELP, command
-from .config import load_settings
-from .platform.records import open_platform_records
-from .store.model import StoreError
+from ..config import load_settings
+from ..store import StoreError, open_platform_records
+from ._command import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, GROUP_HELP, command
 
 GROUP_HELP[("accounts",)] = "manage Platform API accounts (email and API token)"
 

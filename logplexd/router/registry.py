@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .native import Batch, ChannelRing, TokenTable, dispatch, dispatch_to
+from ..native import Batch, ChannelRing, TokenTable, dispatch, dispatch_to
 
 if TYPE_CHECKING:
-    from .drains.pump import AttachedWriter, DrainPump
+    from ..drains.pump import AttachedWriter, DrainPump
 
 DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import trio
 
-from .native import Batch, channel_log_frames, l11_line, session_lines
-from .registry import Channel, Registry
+from ..native import Batch, channel_log_frames, l11_line, session_lines
+from ..router import Channel, Registry
 
 DEFAULT_NUM = 100
 MAX_NUM = 1500

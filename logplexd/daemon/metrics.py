@@ -29,10 +29,10 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from .drains.state import DrainState
-from .http.server import ConnectionCount
+from ..drains import DrainState
+from ..web import ConnectionCount
 
-log = logging.getLogger("logplexd.metrics")
+log = logging.getLogger("logplexd.daemon.metrics")
 
 PREFIX = "logplexd"
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from ..http.messages import Request, Response
+from .messages import Request, Response
 
 Params = dict[str, str]
 RouteHandler = Callable[[Request, Params], Awaitable[Response]]

@@ -16,8 +16,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from .native import parse_body
-from .registry import Registry
+from ..native import parse_body
+from ..router import Registry
+from ..web import Request, Response
 
 LOGPLEX_CONTENT_TYPES = frozenset({"application/logplex-1", "application/x-logplex-1"})
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -105,6 +106,10 @@ class LogsIngest:
         self.frame_ids = FrameIdWindow(dedup_window, dedup_entries, clock)
         self.stats = LogsIngestStats()
         self.deny_ingress = False
+
+    def set_ingress_denied(self, denied: bool) -> None:
+        """The ``deny_logs_ingress`` control rod: every ``POST /logs`` answers 503 while on."""
+        self.deny_ingress = denied
 
     async def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
         """``headers`` has lower-case names. Returns the response to send."""
@@ -215,3 +220,25 @@ class LogsIngest:
 
 class _TooLarge(Exception):
     pass
+
+
+TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
+
+
+class LogsListener:
+    """``POST /logs`` and ``GET /healthcheck`` on the HTTP log input listener."""
+
+    def __init__(self, ingest: LogsIngest) -> None:
+        self.ingest = ingest
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == "/logs":
+            headers = {name: value for name, value in reversed(request.headers)}
+            result = await self.ingest.handle(request.method, headers, request.body)
+            return Response(result.status, list(result.headers), result.body, reason=result.reason)
+        if path == "/healthcheck":
+            if request.method not in ("GET", "HEAD"):
+                return Response(405, [("Allow", "GET"), TEXT_PLAIN], b"Method Not Allowed")
+            return Response(200, [TEXT_PLAIN], b"OK")
+        return Response(404, [TEXT_PLAIN], b"Not Found")

@@ -1,7 +1,7 @@
-"""HTTP adapters of the data plane: the logs listener and the read routes of the API.
+"""The read routes of the API: session streams and channel logs.
 
-They translate ``Request``/``Response`` to the sans-IO cores in ``logs_ingest`` and
-``sessions``; no logic of their own beyond that.
+They translate ``Request``/``Response`` to the sans-IO cores in ``tails``; no logic of
+their own beyond that.
 """
 
 from __future__ import annotations
@@ -10,36 +10,16 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from .http.messages import Request, Response
-from .logs_ingest import LogsIngest
-from .registry import Registry
-from .sessions import SessionParamError, channel_logs, parse_session_params, stream_session
-from .store.base import Store
+from ..router import Registry
+from ..store import Store
+from ..tails import SessionParamError, channel_logs, parse_session_params, stream_session
+from ..web import Request, Response
 
 if TYPE_CHECKING:
-    from .cluster.reads import ClusterReads
+    from ..cluster import ClusterReads
     from .rods import Rods
 
 TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
-
-
-class LogsListener:
-    """``POST /logs`` and ``GET /healthcheck`` on the HTTP log input listener."""
-
-    def __init__(self, ingest: LogsIngest) -> None:
-        self.ingest = ingest
-
-    async def handle(self, request: Request) -> Response:
-        path = request.path
-        if path == "/logs":
-            headers = {name: value for name, value in reversed(request.headers)}
-            result = await self.ingest.handle(request.method, headers, request.body)
-            return Response(result.status, list(result.headers), result.body, reason=result.reason)
-        if path == "/healthcheck":
-            if request.method not in ("GET", "HEAD"):
-                return Response(405, [("Allow", "GET"), TEXT_PLAIN], b"Method Not Allowed")
-            return Response(200, [TEXT_PLAIN], b"OK")
-        return Response(404, [TEXT_PLAIN], b"Not Found")
 
 
 class ReadRoutes:

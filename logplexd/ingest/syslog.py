@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 
-from ._ingest_thread import ConnectionReader, ReaderEnd
-from .native import Batch, OctetFramer
-from .registry import Registry
+from ..native import Batch, OctetFramer
+from ..router import Registry
+from ._thread import ConnectionReader, ReaderEnd
 
 log = logging.getLogger("logplexd.syslog")
 

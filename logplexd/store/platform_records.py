@@ -32,8 +32,8 @@ from typing import Any
 import msgpack
 import trio
 
-from ..store import files
-from ..store.model import StoreCorrupt, StoreUnavailable
+from . import files
+from .model import StoreCorrupt, StoreUnavailable
 
 JOURNAL_FILE = "platform.lpj"
 LOCK_FILE = "platform.lock"

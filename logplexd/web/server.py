@@ -24,7 +24,7 @@ import trio
 
 from .messages import Handler, Request, Response
 
-log = logging.getLogger("logplexd.http")
+log = logging.getLogger("logplexd.web")
 
 RECEIVE_BYTES = 64 * 1024
 # After an error response, how long to drain what the client still sends before closing,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from .base import Store
-from .model import (
+from ..store import (
     ChannelAdded,
     ChannelRemoved,
+    Store,
     StoreEvent,
     TokenAdded,
     TokenRemoved,
@@ -16,7 +16,7 @@ from .model import (
 
 
 class RegistryLike(Protocol):
-    """The part of ``logplexd.registry.Registry`` the store drives."""
+    """The part of ``logplexd.router.registry.Registry`` the store drives."""
 
     def ensure_channel(self, name: str) -> object: ...
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import trio
 
-from .store import Credential, Store
+from ..store import Credential, Store
 
 FULL_API = "full_api"
 ANY_CHANNEL = "any_channel"

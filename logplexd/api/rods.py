@@ -23,19 +23,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import trio
+from ..config import API_STATUSES, parse_bool
+from ..drains import GatedDrainManager
+from ..tails import TailSessions
+from ..web import Request, Response, decode_basic, key_matches, parse_basic
 
-from .config import API_STATUSES, parse_bool
-from .creds import decode_basic, key_matches, parse_basic
-from .drains import DrainManager, parse_drain_url
-from .http.messages import Request, Response
-from .registry import Registry
-
-log = logging.getLogger("logplexd.rods")
+log = logging.getLogger("logplexd.api.rods")
 
 NORMAL, READ_ONLY, DISABLED = API_STATUSES
 FLAG_RODS = ("deny_tail_sessions", "deny_drain_forwarding", "deny_logs_ingress")
@@ -100,148 +97,6 @@ def parse_changes(raw: Mapping[str, object]) -> tuple[dict[str, Any], bool]:
     return changes, kill
 
 
-# --- tail sessions ------------------------------------------------------------------------------
-
-
-class TailSessions:
-    """Every open tail session, so that ``kill_tail_sessions`` can end them."""
-
-    def __init__(self) -> None:
-        self._open: set[_Tail] = set()
-        self.started = 0
-        self.killed = 0
-
-    @property
-    def active(self) -> int:
-        return len(self._open)
-
-    def track(self, body: AsyncIterator[bytes]) -> _Tail:
-        tail = _Tail(body, self)
-        self._open.add(tail)
-        self.started += 1
-        return tail
-
-    def kill_all(self) -> int:
-        tails = list(self._open)
-        for tail in tails:
-            tail.kill()
-        self.killed += len(tails)
-        return len(tails)
-
-    def _forget(self, tail: _Tail) -> None:
-        self._open.discard(tail)
-
-
-class _Tail:
-    """A tail's body that ends (cleanly, with the last chunk) when killed.
-
-    Each wait for the next chunk runs in its own cancel scope: killing cancels that wait,
-    never the writer, so the HTTP server finishes the chunked response properly.
-    """
-
-    def __init__(self, body: AsyncIterator[bytes], owner: TailSessions) -> None:
-        self._body = body
-        self._owner = owner
-        self._killed = False
-        self._scope: trio.CancelScope | None = None
-
-    def __aiter__(self) -> _Tail:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._killed:
-            raise StopAsyncIteration
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            try:
-                return await self._body.__anext__()
-            except StopAsyncIteration:
-                self._owner._forget(self)
-                raise
-            finally:
-                self._scope = None
-        self._owner._forget(self)
-        raise StopAsyncIteration
-
-    def kill(self) -> None:
-        self._killed = True
-        self._owner._forget(self)
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def aclose(self) -> None:
-        self._owner._forget(self)
-        aclose = getattr(self._body, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-# --- drains -------------------------------------------------------------------------------------
-
-
-class GatedDrainManager(DrainManager):
-    """A ``DrainManager`` that can stop all delivery (``deny_drain_forwarding``) and resume.
-
-    While denied it remembers every drain the store adds, changes or removes without
-    running any; lifting the rod starts them all at the channel's present.
-    """
-
-    def __init__(self, registry: Registry, **kwargs: Any) -> None:
-        super().__init__(registry, **kwargs)
-        self._specs: dict[int, tuple[str, str, str]] = {}
-        self.forwarding_denied = False
-
-    @property
-    def configured(self) -> int:
-        return len(self._specs)
-
-    def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None:
-        if self.forwarding_denied:
-            parse_drain_url(url)  # the same InvalidDrainUrl as a running drain would raise
-            self._specs[drain_id] = (channel_name, token, url)
-            return
-        super().add_drain(channel_name, drain_id, token, url)
-        self._specs[drain_id] = (channel_name, token, url)
-
-    def update_drain(self, drain_id: int, url: str) -> bool:
-        spec = self._specs.get(drain_id)
-        if spec is None:
-            return False
-        if self.forwarding_denied:
-            parse_drain_url(url)
-            self._specs[drain_id] = (spec[0], spec[1], url)
-            return True
-        updated = super().update_drain(drain_id, url)
-        if updated:
-            self._specs[drain_id] = (spec[0], spec[1], url)
-        return updated
-
-    def remove_drain(self, drain_id: int) -> bool:
-        known = self._specs.pop(drain_id, None) is not None
-        return super().remove_drain(drain_id) or known
-
-    def remove_channel(self, channel_name: str) -> int:
-        ids = [i for i, spec in self._specs.items() if spec[0] == channel_name]
-        for drain_id in ids:
-            self.remove_drain(drain_id)
-        return len(ids)
-
-    def set_forwarding_denied(self, denied: bool) -> None:
-        if denied == self.forwarding_denied:
-            return
-        self.forwarding_denied = denied
-        if denied:
-            for drain_id in list(self._drains):
-                DrainManager.remove_drain(self, drain_id)
-            log.warning("control rod deny_drain_forwarding on: %d drains stopped", len(self._specs))
-        else:
-            for drain_id, (channel, token, url) in list(self._specs.items()):
-                DrainManager.add_drain(self, channel, drain_id, token, url)
-            log.warning(
-                "control rod deny_drain_forwarding off: %d drains started", len(self._specs)
-            )
-
-
 # --- the rods and their effects ---------------------------------------------------------------
 
 
@@ -256,12 +111,13 @@ class Rods:
         self.state = state
         self.tails = tails
         self.drains = drains
-        self.logs: Any = None  # LogsIngest, once the daemon made it
+        self._watchers: list[Callable[[RodState], None]] = []
         self._apply()
 
-    def attach_logs(self, logs: Any) -> None:
-        self.logs = logs
-        self._apply()
+    def watch(self, on_change: Callable[[RodState], None]) -> None:
+        """Call ``on_change(state)`` now and after every change (e.g. the logs listener)."""
+        self._watchers.append(on_change)
+        on_change(self.state)
 
     def set(self, changes: Mapping[str, Any]) -> RodState:
         """Apply already parsed changes (``parse_changes``); logs every rod that moved."""
@@ -280,8 +136,8 @@ class Rods:
         return killed
 
     def _apply(self) -> None:
-        if self.logs is not None:
-            self.logs.deny_ingress = self.state.deny_logs_ingress
+        for on_change in self._watchers:
+            on_change(self.state)
         if self.drains is not None:
             self.drains.set_forwarding_denied(self.state.deny_drain_forwarding)
 
@@ -362,12 +218,10 @@ class RodsApi:
 __all__ = [
     "ACTIONS",
     "ALWAYS_OPEN",
-    "GatedDrainManager",
     "ROD_NAMES",
     "RodError",
     "RodState",
     "Rods",
     "RodsApi",
-    "TailSessions",
     "parse_changes",
 ]

@@ -22,7 +22,7 @@ from enum import Enum
 
 import trio
 
-from .native import Batch, OctetFramer
+from ..native import Batch, OctetFramer
 
 MAX_QUEUED = 4
 

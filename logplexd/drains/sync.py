@@ -10,15 +10,22 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from .drains import InvalidDrainUrl
-from .store.base import Store
-from .store.drain_url import redact_url
-from .store.model import ChannelRemoved, Drain, DrainAdded, DrainRemoved, DrainUpdated, StoreEvent
+from ..store import (
+    ChannelRemoved,
+    Drain,
+    DrainAdded,
+    DrainRemoved,
+    DrainUpdated,
+    Store,
+    StoreEvent,
+    redact_url,
+)
+from .target import InvalidDrainUrl
 
 log = logging.getLogger("logplexd.drains")
 
 
-class DrainTarget(Protocol):
+class DrainRunner(Protocol):
     """What drain_sync drives: ``DrainManager`` and ``ClusterDrains`` both are one."""
 
     def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None: ...
@@ -30,7 +37,7 @@ class DrainTarget(Protocol):
     def remove_channel(self, channel_name: str) -> int: ...
 
 
-def _start(manager: DrainTarget, drain: Drain) -> None:
+def _start(manager: DrainRunner, drain: Drain) -> None:
     if drain.url is None:  # a reservation delivers nothing until it gets a URL
         return
     try:
@@ -39,7 +46,7 @@ def _start(manager: DrainTarget, drain: Drain) -> None:
         log.warning("drain %d: not started, %s (%s)", drain.id, exc, redact_url(drain.url))
 
 
-def attach_drains(store: Store, manager: DrainTarget) -> Callable[[], None]:
+def attach_drains(store: Store, manager: DrainRunner) -> Callable[[], None]:
     """Start every stored drain and apply each later change at once; returns a detach."""
     for drain in store.drains():
         _start(manager, drain)

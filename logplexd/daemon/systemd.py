@@ -27,7 +27,7 @@ from collections.abc import Mapping, MutableMapping
 
 import trio
 
-log = logging.getLogger("logplexd.systemd")
+log = logging.getLogger("logplexd.daemon.systemd")
 
 SD_LISTEN_FDS_START = 3
 ROLES = ("api", "logs", "syslog", "syslog-tls")

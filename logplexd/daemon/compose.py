@@ -25,26 +25,24 @@ from typing import Any
 
 import trio
 
+from ..api import ROD_NAMES, ControlApi, ReadRoutes, Rods, RodsApi, RodState, mount_platform
+from ..cluster import (
+    ClusterDrains,
+    ClusterReads,
+    ClusterRegistry,
+    DataPlane,
+    OutboundBuffer,
+    birth_hook,
+)
+from ..config import Settings, ensure_auth_key, load_settings
+from ..drains import GatedDrainManager, attach_drains
+from ..ingest import LogsIngest, LogsListener, ServerCertificate, SyslogInput
+from ..router import Registry
+from ..store import RedisStore, Store, StoreError, open_store
+from ..tails import TailSessions
+from ..web import ConnectionCount, CredentialChecker, Match, Request, Response, serve_http
 from ._logging import configure_logging
-from .api import ControlApi
-from .api.routing import Match
-from .cluster import ClusterDrains, ClusterReads, ClusterRegistry, DataPlane, OutboundBuffer
-from .cluster.birth import birth_hook
-from .config import Settings, ensure_auth_key, load_settings
-from .creds import CredentialChecker
-from .data_routes import LogsListener, ReadRoutes
-from .drain_sync import attach_drains
-from .http.messages import Request, Response
-from .http.server import ConnectionCount, serve_http
-from .logs_ingest import LogsIngest
 from .metrics import CONTENT_TYPE, Metrics
-from .platform import mount_platform
-from .registry import Registry
-from .rods import ROD_NAMES, GatedDrainManager, Rods, RodsApi, RodState, TailSessions
-from .store import RedisStore, open_store
-from .store.base import Store
-from .store.model import StoreError
-from .syslog_input import ServerCertificate, SyslogInput
 from .systemd import ActivationError, Notifier, listen_fds, trio_listeners
 
 log = logging.getLogger("logplexd")
@@ -185,7 +183,8 @@ class Daemon:
             # cyclic GC from walking them again on every full collection.
             gc.collect()
             gc.freeze()
-            self.rods.attach_logs(self.logs)
+            logs = self.logs
+            self.rods.watch(lambda state: logs.set_ingress_denied(state.deny_logs_ingress))
             async with trio.open_nursery() as core:
                 self._core = core
                 await core.start(store.maintain)

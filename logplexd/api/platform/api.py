@@ -36,22 +36,27 @@ from typing import Any, Protocol
 
 import trio
 
-from ..api.control import ApiConfig
-from ..creds import decode_basic, key_matches
-from ..http.messages import Request, Response
-from ..store import (
+from ...store import (
+    Account,
+    App,
     ChannelExists,
     ChannelNotFound,
     Drain,
     DrainExists,
     DrainLimitReached,
+    DrainMeta,
     InvalidDrainUrl,
+    PlatformRecords,
     Store,
     StoreError,
     StoreUnavailable,
+    open_platform_records,
     parse_drain_url,
     redact_url,
+    utc_timestamp,
 )
+from ...web import Request, Response, decode_basic, key_matches
+from ..control import ApiConfig
 from .conventions import (
     NOT_ACCEPTABLE_MESSAGE,
     RATE_LIMIT_MESSAGE,
@@ -65,9 +70,8 @@ from .conventions import (
     paginate,
     parse_range,
 )
-from .records import Account, App, DrainMeta, PlatformRecords, open_platform_records, utc_timestamp
 
-log = logging.getLogger("logplexd.platform")
+log = logging.getLogger("logplexd.api.platform")
 
 NAMESPACE = uuid.UUID("6c6f6770-6c65-7864-8000-706c6174666d")  # fixed: ids must not change
 OPERATOR_EMAIL = "operator@logplexd.invalid"

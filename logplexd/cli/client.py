@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
-from .cli import EXIT_FAILURE, EXIT_OK, GROUP_HELP, command
+from ._command import EXIT_FAILURE, EXIT_OK, GROUP_HELP, command
 
 DEFAULT_URL = "http://127.0.0.1:8001"
 DEFAULT_LOGS_PORT = 8601

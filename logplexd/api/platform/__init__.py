@@ -3,22 +3,16 @@ log sessions, served on the control API's listener (``mount_platform``)."""
 
 from .api import OPERATOR_EMAIL, OPERATOR_ID, PlatformApi, drain_uuid, mount_platform
 from .conventions import ApiError, RangeSpec, TokenBuckets, paginate, parse_range
-from .records import Account, App, DrainMeta, PlatformRecords, open_platform_records
 
 __all__ = [
     "OPERATOR_EMAIL",
     "OPERATOR_ID",
-    "Account",
     "ApiError",
-    "App",
-    "DrainMeta",
     "PlatformApi",
-    "PlatformRecords",
     "RangeSpec",
     "TokenBuckets",
     "drain_uuid",
     "mount_platform",
-    "open_platform_records",
     "paginate",
     "parse_range",
 ]

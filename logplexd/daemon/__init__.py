@@ -1,0 +1,6 @@
+"""The process: ``Daemon`` composes the stages (ingest, router, tails, drains, store,
+cluster, API) in one nursery; beside it systemd integration, logging and ``/metrics``."""
+
+from .compose import BoundPorts, Daemon, reload_from_sources, run, run_until_signalled
+
+__all__ = ["BoundPorts", "Daemon", "reload_from_sources", "run", "run_until_signalled"]

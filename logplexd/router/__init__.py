@@ -1,0 +1,30 @@
+"""The router: the in-memory routing index (token -> channel -> ring) and its sync.
+
+- ``Registry`` and ``Channel`` (``registry.py``): channels, their ``ChannelRing`` and their
+  tokens; ``route``/``route_to`` dispatch a whole batch with one native call and wake the
+  channels' consumers through the ``ChannelConsumer`` protocol.
+- ``attach_registry``/``load_registry`` (``sync.py``): keep a registry in step with the
+  durable store's events.
+"""
+
+from .registry import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_MESSAGES,
+    NEVER,
+    Channel,
+    Registry,
+    RouteCounts,
+)
+from .sync import RegistryLike, attach_registry, load_registry
+
+__all__ = [
+    "DEFAULT_HISTORY_BYTES",
+    "DEFAULT_HISTORY_MESSAGES",
+    "NEVER",
+    "Channel",
+    "Registry",
+    "RegistryLike",
+    "RouteCounts",
+    "attach_registry",
+    "load_registry",
+]
