@@ -24,37 +24,38 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from logplexd.api import ControlApi, run_api  # noqa: E402
 from logplexd.router import attach_registry  # noqa: E402
 from logplexd.store import (  # noqa: E402
-    Channel,
-    Drain,
-    Token,
+    ChannelRecord,
+    DrainRecord,
+    TokenRecord,
     files,
     open_store,
 )
-from logplexd.store.embedded import SNAPSHOT_FILE, _State  # noqa: E402
+from logplexd.store._state import State  # noqa: E402
+from logplexd.store.embedded import SNAPSHOT_FILE  # noqa: E402
 
 
 def _registry() -> object:
     try:
         from logplexd.router.registry import Registry
     except ImportError:
-        from tests.test_api_support import FakeRegistry
+        from tests.helpers.api import FakeRegistry
 
         return FakeRegistry()
     return Registry()
 
 
 def build_store(data_dir: str, channels: int, tokens: int, drains: int) -> None:
-    state = _State()
+    state = State()
     for i in range(channels):
-        state.channels[f"app-{i}"] = Channel(f"app-{i}")
+        state.channels[f"app-{i}"] = ChannelRecord(f"app-{i}")
     for i in range(tokens):
-        state._put_token(Token(f"t.{uuid.uuid4()}", f"app-{i % channels}", "app"))
+        state.put_token(TokenRecord(f"t.{uuid.uuid4()}", f"app-{i % channels}", "app"))
     for i in range(drains):
-        state._put_drain(
-            Drain(i + 1, f"app-{i % channels}", f"d.{uuid.uuid4()}", f"syslog://h{i}:601")
+        state.put_drain(
+            DrainRecord(i + 1, f"app-{i % channels}", f"d.{uuid.uuid4()}", f"syslog://h{i}:601")
         )
     state.counters["drain"] = drains
-    files.write_snapshot(os.path.join(data_dir, SNAPSHOT_FILE), state.encode_snapshot())
+    files.write_snapshot(os.path.join(data_dir, SNAPSHOT_FILE), files.encode_snapshot(state))
 
 
 def bench_startup(channels: int, tokens: int, drains: int) -> None:

@@ -56,8 +56,9 @@ sys.path[:0] = [str(HERE), str(REPO)]
 
 import tails  # noqa: E402  (bench/tails.py: its tail reader helper)
 
-from logplexd.store import Channel, Drain, Session, Token, files  # noqa: E402
-from logplexd.store.embedded import DRAIN_COUNTER, SNAPSHOT_FILE, _State  # noqa: E402
+from logplexd.store import ChannelRecord, DrainRecord, SessionRecord, TokenRecord, files  # noqa: E402
+from logplexd.store._state import DRAIN_COUNTER, State  # noqa: E402
+from logplexd.store.embedded import SNAPSHOT_FILE  # noqa: E402
 
 e2e = tails.load_e2e()
 
@@ -111,13 +112,13 @@ def per_token_counts(messages: int, conns: int, tokens: int) -> list[int]:
 def build_data_dir(data: Path, p: Point, sink_port: int) -> tuple[list[str], list[str]]:
     """Writes the snapshot of ``p``'s channels, tokens, drains and sessions; returns the
     tokens (channel order) and the session paths."""
-    state = _State()
+    state = State()
     tokens = []
     for i in range(p.channels):
         name = f"bench-{i}"
-        state.channels[name] = Channel(name)
+        state.channels[name] = ChannelRecord(name)
         token = f"t.{uuid.uuid4()}"
-        state._put_token(Token(token, name, "app"))
+        state.put_token(TokenRecord(token, name, "app"))
         tokens.append(token)
     drain_id = 0
     for i in p.drained:
@@ -125,16 +126,16 @@ def build_data_dir(data: Path, p: Point, sink_port: int) -> tuple[list[str], lis
             drain_id += 1
             # Distinct paths: the store refuses the same URL twice on one channel.
             url = f"syslog://127.0.0.1:{sink_port}/{d}"
-            state._put_drain(Drain(drain_id, f"bench-{i}", f"d.{uuid.uuid4()}", url))
+            state.put_drain(DrainRecord(drain_id, f"bench-{i}", f"d.{uuid.uuid4()}", url))
     state.counters[DRAIN_COUNTER] = drain_id
     paths = []
     expires = time.time() + SESSION_TTL
     for i in range(p.loaded, p.loaded + p.tails):
         sid = str(uuid.uuid4())
         body = {"channel_id": f"bench-{i}", "tail": True, "num": "0"}
-        state.sessions[sid] = Session(sid, body, expires)
+        state.sessions[sid] = SessionRecord(sid, body, expires)
         paths.append(f"/sessions/{sid}")
-    files.write_snapshot(str(data / SNAPSHOT_FILE), state.encode_snapshot())
+    files.write_snapshot(str(data / SNAPSHOT_FILE), files.encode_snapshot(state))
     return tokens, paths
 
 

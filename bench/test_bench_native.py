@@ -5,7 +5,6 @@
 """
 
 import pytest
-from _reference import ReferenceFramer, reference_fields
 from workloads import TOKENS, octet_stream, realistic_frames
 
 from logplexd.native import (
@@ -17,6 +16,7 @@ from logplexd.native import (
     parse_frames,
     syslog_frames,
 )
+from tests.helpers.reference import ReferenceFramer, reference_fields
 
 FRAMES = realistic_frames(20_000)
 STREAM = octet_stream(FRAMES)

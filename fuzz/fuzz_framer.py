@@ -31,16 +31,16 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
-    sys.path.append(ROOT)  # tests._reference; a scratch build dir may come first on the path
+    sys.path.append(ROOT)  # tests.helpers.reference; a scratch build dir may come first on the path
 
 MAX_FRAMES = (1, 2, 8, 24, 64, 200, 1024, 10240, 65000)
 TOKEN = b"d.0f4e2a"
 
 
 def _oracle():
-    from tests import _reference
+    from tests.helpers import reference
 
-    return _reference
+    return reference
 
 
 def split(data: bytes, control: bytes) -> list[bytes]:
@@ -137,7 +137,7 @@ def main() -> None:
         core = glob.glob(os.path.join(os.path.dirname(atheris.__file__), "core_with_libfuzzer*"))
         ctypes.CDLL(core[0], mode=os.RTLD_NOW | os.RTLD_GLOBAL)
 
-    with atheris.instrument_imports(include=["tests._reference", "tests"]):
+    with atheris.instrument_imports(include=["tests.helpers.reference", "tests"]):
         _oracle()
     import logplexd._native.encode  # noqa: F401
     import logplexd._native.framer  # noqa: F401

@@ -241,8 +241,7 @@ def _url(raw: object) -> str:
 
 
 def _store_url(raw: object) -> str | None:
-    from .store._redis_client import parse_redis_url
-    from .store.model import StoreError
+    from .store import StoreError, parse_redis_url
 
     if not isinstance(raw, str):
         raise _Invalid("expected a string URL")

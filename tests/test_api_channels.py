@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_api_support import (
+from tests.helpers.api import (
     AUTH,
     FakeRegistry,
     assert_error,

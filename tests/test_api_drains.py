@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from logplexd.store import DrainAdded, DrainRemoved, DrainUpdated
-from tests.test_api_support import PUBLIC_URL, assert_error, call, is_token, make_api
+from tests.helpers.api import PUBLIC_URL, assert_error, call, is_token, make_api
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from logplexd.store import Credential
+from logplexd.store import CredentialRecord
 from logplexd.web.credentials import ANY_CHANNEL, FULL_API, hash_password
-from tests.test_api_support import (
+from tests.helpers.api import (
     AUTH,
     AUTH_KEY,
     JSON,
@@ -147,8 +147,10 @@ async def test_scheme_is_case_insensitive(api):
 
 
 async def test_stored_credentials(api):
-    full = Credential("A" * 32, hash_password("pw-full", n=2**4), (FULL_API,), "ops")
-    ingest_only = Credential("B" * 32, hash_password("pw-any", n=2**4), (ANY_CHANNEL,), "shuttle")
+    full = CredentialRecord("A" * 32, hash_password("pw-full", n=2**4), (FULL_API,), "ops")
+    ingest_only = CredentialRecord(
+        "B" * 32, hash_password("pw-any", n=2**4), (ANY_CHANNEL,), "shuttle"
+    )
     await api.store.add_credential(full)
     await api.store.add_credential(ingest_only)
     ok = await call(api, "GET", "/v3/channels/app-123", headers=(basic("A" * 32, "pw-full"),))

@@ -8,12 +8,10 @@ answer must not be a 5xx, and its status, Content-Type and body must be the ones
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Iterator
 from importlib import resources
-from pathlib import Path
 
 import pytest
 import requests
@@ -30,12 +28,12 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
-from logplexd.config import Address, Settings
+from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 from logplexd.store import open_store
 from logplexd.web.credentials import FULL_API, create_credential
-
-from .test_api_support import basic
+from tests.helpers.api import basic
+from tests.helpers.daemon import settings_for
 
 CHECKS = [
     not_a_server_error,
@@ -95,18 +93,6 @@ class LiveDaemon:
         self._thread.join(30)
 
 
-def make_settings(data_dir: Path) -> Settings:
-    loopback = Address("127.0.0.1", 0)
-    return dataclasses.replace(
-        Settings(),
-        api_addr=loopback,
-        logs_addr=loopback,
-        syslog_addr=loopback,
-        data_dir=data_dir,
-        auth_key="k",
-    )
-
-
 class Objects:
     """Channels and drains that exist, for generated requests to act on.
 
@@ -164,7 +150,8 @@ class Objects:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """(base URL, auth headers) of a running daemon with a ``full_api`` credential."""
-    data_dir = tmp_path_factory.mktemp("schema") / "data"
+    base = tmp_path_factory.mktemp("schema")
+    data_dir = base / "data"
     # A stored credential, sent as standard base64 Basic auth: what the schema's basicAuth
     # describes (the raw LOGPLEX_AUTH_KEY form is not base64 and would not fit it).
     store = open_store(str(data_dir))
@@ -174,7 +161,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
         )
     finally:
         store.close()
-    daemon = LiveDaemon(make_settings(data_dir))
+    daemon = LiveDaemon(settings_for(base))
     ports = daemon.start()
     try:
         yield f"http://127.0.0.1:{ports.api}", dict([basic(credential.id, password)])

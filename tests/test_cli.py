@@ -19,17 +19,11 @@ import pytest
 from logplexd import cli
 from logplexd.cli import daemon as cli_daemon
 from logplexd.config import Settings
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Key-do-not-print"
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("LOGPLEXD_") or name == "LOGPLEX_AUTH_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 class FakeDaemon:

@@ -5,7 +5,6 @@ runs on the trio loop."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,10 @@ import trio
 from logplexd import cli
 from logplexd.cli.client import colour_line, syslog_frame
 from logplexd.daemon import Daemon
+from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.wait import wait_until
 
-from .test_metrics import KEY, settings_for, wait_until
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("LOGPLEX") or name in ("NETRC", "NO_COLOR"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -6,36 +6,23 @@ The CLI runs its store writes with ``trio.run``, so async tests call it from a w
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from logplexd import cli
-from logplexd.config import Address, Settings
 from logplexd.daemon import BoundPorts, Daemon
 from logplexd.store import open_store
-
-from .test_api_support import basic, call, make_api
+from tests.helpers.api import basic, call, make_api
+from tests.helpers.daemon import settings_for
+from tests.helpers.http import credentials, request
+from tests.helpers.syslog import frame
 
 CREATED = re.compile(r"([0-9A-F]{32}):([0-9a-f]{64})")
-KEY = "test-auth-key"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    # The developer's own LOGPLEXD_* settings must not point the CLI at a real data dir.
-    for name in list(os.environ):
-        if name.startswith("LOGPLEXD_") or name == "LOGPLEX_AUTH_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -197,75 +184,27 @@ async def test_credentials_against_the_control_api(capsys, data_dir):
         api.store.close()
 
 
-def daemon_settings(data_dir: Path) -> Settings:
-    loopback = Address("127.0.0.1", 0)
-    return dataclasses.replace(
-        Settings(),
-        api_addr=loopback,
-        logs_addr=loopback,
-        syslog_addr=loopback,
-        data_dir=data_dir,
-        auth_key=KEY,
-    )
-
-
-async def http(
-    port: int, method: str, path: str, auth: str, body: bytes = b"", ctype: str = ""
-) -> tuple[int, bytes]:
-    """One request on its own connection; (status, body)."""
-    head = [
-        f"{method} {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        f"Authorization: {auth}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    if ctype:
-        head.append(f"Content-Type: {ctype}")
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        received = bytearray()
-        while chunk := await stream.receive_some():
-            received += chunk
-    status_line, _, rest = bytes(received).partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
-
-
-def basic_header(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def frame(token: str, text: str) -> bytes:
-    msg = f"<134>1 2024-01-01T00:00:00Z host {token} web.1 - - {text}".encode()
-    return b"%d %s" % (len(msg), msg)
-
-
-async def test_credentials_on_the_running_daemon(capsys, data_dir):
+async def test_credentials_on_the_running_daemon(capsys, tmp_path, data_dir):
     full_id, full_pw = await trio.to_thread.run_sync(create, capsys, data_dir, "ops")
     router_id, router_pw = await trio.to_thread.run_sync(
         create, capsys, data_dir, "router", "any_channel"
     )
-    full, router = basic_header(full_id, full_pw), basic_header(router_id, router_pw)
+    full, router = credentials(full_id, full_pw), credentials(router_id, router_pw)
+    logplex_1 = [("Content-Type", "application/logplex-1")]
 
     async def post_logs(ports: BoundPorts, auth: str, token: str) -> int:
-        status, _ = await http(
-            ports.logs, "POST", "/logs", auth, frame(token, "hello"), "application/logplex-1"
+        status, _, _ = await request(
+            ports.logs, "POST", "/logs", body=frame(token, "hello"), headers=logplex_1, auth=auth
         )
         return status
 
     with trio.fail_after(30):
-        daemon = Daemon(daemon_settings(data_dir))
+        daemon = Daemon(settings_for(tmp_path, data_dir=data_dir))
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(daemon.serve)
             # full_api: the control API; a channel to route into.
-            status, body = await http(
-                ports.api,
-                "PUT",
-                "/v3/channels/app-1",
-                full,
-                b'{"tokens":["web"]}',
-                "application/json",
+            status, _, body = await request(
+                ports.api, "PUT", "/v3/channels/app-1", body={"tokens": ["web"]}, auth=full
             )
             assert status == 201, body
             token = json.loads(body)["tokens"]["web"]
@@ -275,7 +214,7 @@ async def test_credentials_on_the_running_daemon(capsys, data_dir):
             while len(channel.ring) < 1:  # routing may finish just after the 204
                 await channel.wait_appended()
             assert await post_logs(ports, full, token) == 403
-            assert (await http(ports.api, "GET", "/healthcheck", router))[0] == 401
+            assert (await request(ports.api, "GET", "/healthcheck", auth=router))[0] == 401
 
             # While the daemon holds the data dir the CLI refuses to touch it.
             status, out, err = await trio.to_thread.run_sync(
@@ -289,9 +228,9 @@ async def test_credentials_on_the_running_daemon(capsys, data_dir):
         )
         assert status == 0
 
-        daemon = Daemon(daemon_settings(data_dir))
+        daemon = Daemon(settings_for(tmp_path, data_dir=data_dir))
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(daemon.serve)
             assert await post_logs(ports, router, token) == 401
-            assert (await http(ports.api, "GET", "/healthcheck", full))[0] == 200
+            assert (await request(ports.api, "GET", "/healthcheck", auth=full))[0] == 200
             nursery.cancel_scope.cancel()

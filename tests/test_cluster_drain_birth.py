@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,41 +19,22 @@ import pytest
 import trio
 
 from logplexd.api import ControlApi
-from logplexd.cluster import DataPlane
-from logplexd.cluster.birth import birth_hook
+from logplexd.cluster import DataPlane, birth_hook
 from logplexd.daemon import BoundPorts, Daemon
-from tests._redis_servers import (
-    RedisCluster,
-    RedisServer,
-    Sink,
-    channel_on_every_node,
-    eventually,
-    free_port,
-    redis_any,
-    redis_cluster,
-    redis_server,
-    running,
-)
-from tests._redis_servers import node_settings as shared_node_settings
-from tests.test_api_support import AUTH_KEY as UNIT_AUTH_KEY
-from tests.test_api_support import FakeRegistry, call
-from tests.test_daemon import AUTH, JSON, api, curl, frame
+from tests.helpers.api import AUTH_KEY as UNIT_AUTH_KEY
+from tests.helpers.api import FakeRegistry, call
+from tests.helpers.cluster import Sink, channel_on_every_node, node_settings, numbered, text
+from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.net import free_port
+from tests.helpers.peers import needs_curl
+from tests.helpers.redis import RedisCluster, RedisServer, eventually, running
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
-]
-
-__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
+pytestmark = [pytest.mark.integration, needs_curl]
 
 # Lease ttl 2 s: a tick every 0.5 s. The ghost holds the lease 2 s, far longer than the
 # messages below take to reach Redis, and the node acquires it within a tick after.
 LEASE_TTL = 2.0
 GHOST_MS = 2000
-
-
-def text(tag: str, i: int) -> str:
-    return f"msg-{tag}-{i:04d}."
 
 
 def expected(tag: str, numbers: range) -> list[bytes]:
@@ -69,17 +49,13 @@ def bulk(reply: bytes) -> bytes | None:
     return reply.split(b"\r\n")[1]
 
 
-async def run_node(daemon: Daemon, *, task_status) -> None:
-    await daemon.serve(task_status=task_status)
-
-
 async def send_and_store(daemon: Daemon, ports: BoundPorts, token: str, tag: str, n: int) -> None:
     """``n`` messages into the node's syslog port; returns once they are in the stream."""
     plane = daemon.plane
     assert plane is not None
     written = plane.messages_written
     stream = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
-    await stream.send_all(b"".join(frame(token, text(tag, i)) for i in range(n)))
+    await stream.send_all(numbered(token, tag, range(n)))
     await stream.aclose()
     await eventually(lambda: plane.messages_written >= written + n, 5)
 
@@ -93,9 +69,9 @@ def next_drain_id(server: RedisServer | RedisCluster) -> int:
 async def start_node(
     tmp_path: Path, server: RedisServer | RedisCluster, nursery: trio.Nursery
 ) -> tuple[Daemon, BoundPorts, str]:
-    settings = shared_node_settings(tmp_path, "A", server, drain_lease_ttl=LEASE_TTL)
+    settings = node_settings(tmp_path, "A", server, drain_lease_ttl=LEASE_TTL)
     daemon = Daemon(settings)
-    ports = await nursery.start(run_node, daemon)
+    ports = await nursery.start(daemon.serve)
     await eventually(lambda: daemon.plane is not None and daemon.plane.failure is None, 5)
     token = await channel_on_every_node(ports, [daemon])
     return daemon, ports, token
@@ -278,7 +254,7 @@ async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
 ) -> None:
     """Drain checkpoints never pile up in Redis: deleting a drain deletes its checkpoint on
     every node, owned or not, and every checkpoint carries an expiry as a backstop."""
-    from logplexd.cluster.plane import CHECKPOINT_TTL_MS
+    from logplexd.cluster import CHECKPOINT_TTL_MS
 
     async with node_with_sink(tmp_path, redis_server) as node:
         daemon, ports, token, plane, sink = node.parts()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,28 +21,21 @@ import trio
 from logplexd.cluster.drains import CHECKPOINT_INTERVAL
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
-from tests._redis_servers import (
+from tests.helpers.cluster import (
     MSG,
-    RedisCluster,
-    RedisServer,
     Sink,
     channel_on_every_node,
-    eventually,
-    redis_any,
-    redis_cluster,
-    redis_server,
+    expected,
+    numbered,
+    send_numbered,
 )
-from tests._redis_servers import (
-    node_settings as shared_node_settings,
-)
-from tests.test_daemon import AUTH, JSON, api, curl, frame
+from tests.helpers.cluster import node_settings as shared_node_settings
+from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.daemon import serve_in
+from tests.helpers.peers import needs_curl
+from tests.helpers.redis import RedisCluster, RedisServer, eventually
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
-]
-
-__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
+pytestmark = [pytest.mark.integration, needs_curl]
 
 LEASE_TTL = 1.0
 BUFFER_MESSAGES = 150
@@ -76,34 +68,15 @@ class Tail:
         return Counter(MSG.findall(bytes(self.data)))
 
 
-def text(node: str, i: int) -> str:
-    return f"msg-{node}-{i:04d}."
-
-
-async def send_syslog(port: int, token: str, node: str, numbers: range) -> None:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"".join(frame(token, text(node, i)) for i in numbers))
-    await stream.aclose()
-
-
 async def post_logs(tmp_path: Path, port: int, token: str, node: str, numbers: range) -> None:
     body = tmp_path / f"body-{node}-{numbers.start}"
-    body.write_bytes(b"".join(frame(token, text(node, i)) for i in numbers))
+    body.write_bytes(numbered(token, node, numbers))
     status, _, _ = await curl(
         "-u", f"token:{token}", "-H", "Content-Type: application/logplex-1",
         "-H", f"Logplex-Msg-Count: {len(numbers)}", "--data-binary", f"@{body}",
         f"http://127.0.0.1:{port}/logs",
     )  # fmt: skip
     assert status == 204
-
-
-def expected(node: str, numbers: range) -> set[bytes]:
-    return {text(node, i).encode() for i in numbers}
-
-
-async def run_node(daemon: Daemon, scope: trio.CancelScope, *, task_status) -> None:
-    with scope:
-        await daemon.serve(task_status=task_status)
 
 
 @dataclasses.dataclass
@@ -140,7 +113,7 @@ async def nodes_with_a_drain(
     sink = Sink()
     async with trio.open_nursery() as nursery:
         sink_port = await nursery.start(sink.serve)
-        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+        ports = {name: await nursery.start(serve_in, d, scopes[name]) for name, d in nodes.items()}
         await eventually(
             lambda: all(n.plane and n.plane.failure is None for n in nodes.values()), 5
         )
@@ -196,7 +169,7 @@ async def test_three_nodes_share_history_tails_and_drains(
             await eventually(lambda: nodes["A"].plane and nodes["A"].plane.follow_of("app"), 2)
 
             # Messages into B's syslog port and C's /logs.
-            await send_syslog(ports["B"].syslog, token, "B", range(100))
+            await send_numbered(ports["B"].syslog, token, "B", range(100))
             await post_logs(tmp_path, ports["C"].logs, token, "C", range(100))
             phase1 = expected("B", range(100)) | expected("C", range(100))
             await eventually(
@@ -238,7 +211,7 @@ async def test_three_nodes_share_history_tails_and_drains(
             scopes[owner].cancel()
             alive = [name for name in nodes if name != owner]
             # Accepted while the drain has no owner: must not be lost.
-            await send_syslog(ports[alive[0]].syslog, token, "D", range(50))
+            await send_numbered(ports[alive[0]].syslog, token, "D", range(50))
             await post_logs(tmp_path, ports[alive[1]].logs, token, "E", range(50))
             await eventually(lambda: len(owners()) == 1, 15)
             took = trio.current_time() - killed_at
@@ -260,7 +233,7 @@ async def test_three_nodes_share_history_tails_and_drains(
             (last,) = [name for name in alive if name != second]
             written = nodes[last].plane.messages_written  # type: ignore[union-attr]
             for start in range(0, 400, 100):  # (the buffer holds 150: one batch at a time)
-                await send_syslog(ports[last].syslog, token, "K", range(start, start + 100))
+                await send_numbered(ports[last].syslog, token, "K", range(start, start + 100))
                 await eventually(
                     lambda w=written + start + 100: nodes[last].plane.messages_written >= w,  # type: ignore[union-attr]
                     5,
@@ -294,7 +267,7 @@ async def test_three_nodes_share_history_tails_and_drains(
             before_drops, pushed = plane.buffer.dropped, plane.buffer.pushed
             # Twelve routed batches of 25: the buffer (150 messages) drops the oldest whole.
             for start in range(0, 300, 25):
-                await send_syslog(ports[ingest].syslog, token, "F", range(start, start + 25))
+                await send_numbered(ports[ingest].syslog, token, "F", range(start, start + 25))
                 await eventually(lambda s=start: plane.buffer.pushed >= pushed + s + 25, 2)
             await eventually(lambda: plane.buffer.dropped - before_drops == 150, 5)
             victim.start()
@@ -330,7 +303,7 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
         with trio.fail_after(30):
             first = owner()
             assert first is not None
-            await send_syslog(ports["A"].syslog, token, "G", range(10))
+            await send_numbered(ports["A"].syslog, token, "G", range(10))
             await eventually(lambda: set(sink.counts()) >= expected("G", range(10)), 5)
             keys = nodes["A"].plane.keys  # type: ignore[union-attr]
             await eventually(
@@ -350,7 +323,7 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             assert plane is not None
             for start in range(0, 100, 10):
                 written = plane.messages_written
-                await send_syslog(ports[other].syslog, token, "H", range(start, start + 10))
+                await send_numbered(ports[other].syslog, token, "H", range(start, start + 10))
                 await eventually(lambda w=written: plane.messages_written >= w + 10, 5)
             assert owner() is None
             redis_server.command("DEL", lease)
@@ -379,14 +352,14 @@ async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
             assert plane is not None
             trips, began = plane.trips["checkpoint"], trio.current_time()
             for start in range(0, 200, 20):
-                await send_syslog(ports[other].syslog, token, "P", range(start, start + 20))
+                await send_numbered(ports[other].syslog, token, "P", range(start, start + 20))
                 await eventually(lambda s=start: len(sink.counts()) >= s + 20, 5)
             took = trio.current_time() - began
             # Ten deliveries, but one checkpoint round trip per CHECKPOINT_INTERVAL at most.
             assert plane.trips["checkpoint"] - trips <= took / CHECKPOINT_INTERVAL + 1
             scopes[first].cancel()
             await eventually(lambda: owner() == other, 5)
-            await send_syslog(ports[other].syslog, token, "Q", range(50))
+            await send_numbered(ports[other].syslog, token, "Q", range(50))
             every = expected("P", range(200)) | expected("Q", range(50))
             await eventually(lambda: set(sink.counts()) >= every, 10)
             assert set(sink.counts()) == every
@@ -399,14 +372,14 @@ async def test_a_node_stops_promptly_while_redis_is_gone(
 ) -> None:
     """The last words of a stopping node (checkpoints, leases handed back) are bounded:
     with Redis gone they are given up after CLOSE_GRACE, and the node stops."""
-    from logplexd.cluster.plane import CLOSE_GRACE
+    from logplexd.cluster import CLOSE_GRACE
 
     daemon = Daemon(node_settings(tmp_path, "A", redis_server))
     scope, stopped, sink = trio.CancelScope(), trio.Event(), Sink()
 
     async def node(*, task_status: trio.TaskStatus[BoundPorts]) -> None:
         try:
-            await run_node(daemon, scope, task_status=task_status)
+            await serve_in(daemon, scope, task_status=task_status)
         finally:
             stopped.set()
 
@@ -421,7 +394,7 @@ async def test_a_node_stops_promptly_while_redis_is_gone(
                 api(ports, "/v3/channels/app/drains"),
             )  # fmt: skip
             assert status == 201
-            await send_syslog(ports.syslog, token, "S", range(10))
+            await send_numbered(ports.syslog, token, "S", range(10))
             await eventually(lambda: len(sink.counts()) == 10, 5)
             redis_server.kill()
             await eventually(lambda: daemon.plane is not None and daemon.plane.failure, 5)

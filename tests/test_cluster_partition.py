@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import trio
 
 from logplexd.daemon import Daemon
-from tests._redis_servers import RedisServer, channel_on_every_node, eventually, redis_server
-from tests.test_cluster_nodes import (
+from tests.helpers.cluster import (
     Sink,
+    channel_on_every_node,
     expected,
     node_settings,
-    run_node,
-    send_syslog,
+    send_numbered,
 )
-from tests.test_daemon import AUTH, JSON, api, curl
+from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.daemon import serve_in
+from tests.helpers.peers import needs_curl
+from tests.helpers.redis import RedisServer, eventually
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
-]
+pytestmark = [pytest.mark.integration, needs_curl]
 
-__all__ = ["redis_server"]
+# The cut-off node's drain lease expires within a second; its buffer holds what it takes in
+# meanwhile (as in tests/test_cluster_nodes.py).
+LEASE_TTL = 1.0
+BUFFER_MESSAGES = 150
 
 
 class Proxy:
@@ -81,11 +82,17 @@ async def test_a_node_cut_off_from_redis_hands_its_drain_over(
         nodes = {}
         for name, proxy in proxies.items():
             port = await nursery.start(proxy.serve)
-            settings = node_settings(tmp_path, name, redis_server)
+            settings = node_settings(
+                tmp_path,
+                name,
+                redis_server,
+                drain_lease_ttl=LEASE_TTL,
+                redis_buffer_messages=BUFFER_MESSAGES,
+            )
             url = f"redis://127.0.0.1:{port}/0"
             nodes[name] = Daemon(dataclasses.replace(settings, store_url=url))
         scopes = {name: trio.CancelScope() for name in nodes}
-        ports = {name: await nursery.start(run_node, d, scopes[name]) for name, d in nodes.items()}
+        ports = {name: await nursery.start(serve_in, d, scopes[name]) for name, d in nodes.items()}
         with trio.fail_after(40):
             await eventually(lambda: all(n.plane.failure is None for n in nodes.values()), 5)  # type: ignore[union-attr]
             token = await channel_on_every_node(ports["A"], nodes.values())
@@ -105,7 +112,7 @@ async def test_a_node_cut_off_from_redis_hands_its_drain_over(
             await eventually(lambda: len(owners()) == 1, 5)
             (cut,) = owners()
             (other,) = [name for name in nodes if name != cut]
-            await send_syslog(ports[other].syslog, token, "P", range(50))
+            await send_numbered(ports[other].syslog, token, "P", range(50))
             await eventually(lambda: set(sink.counts()) == expected("P", range(50)), 5)
             plane = nodes[cut].plane
             assert plane is not None
@@ -126,8 +133,8 @@ async def test_a_node_cut_off_from_redis_hands_its_drain_over(
             assert trio.current_time() - partitioned_at < 15
             # Messages accepted on both sides meanwhile: the cut-off node buffers its own.
             written, pushed = plane.messages_written, plane.buffer.pushed
-            await send_syslog(ports[other].syslog, token, "Q", range(50))
-            await send_syslog(ports[cut].syslog, token, "R", range(30))
+            await send_numbered(ports[other].syslog, token, "Q", range(50))
+            await send_numbered(ports[cut].syslog, token, "R", range(30))
             await eventually(lambda: set(sink.counts()) >= expected("Q", range(50)), 5)
             await eventually(lambda: plane.buffer.pushed == pushed + 30, 5)
             assert plane.messages_written == written and plane.buffer.dropped == 0

@@ -6,24 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 import trio
 
-from logplexd.cluster.plane import DataPlane
-from logplexd.cluster.registry import ClusterRegistry
+from logplexd.cluster import ClusterRegistry, DataPlane
+from logplexd.cluster._stream import slot_of
 from logplexd.native import parse_body
-from tests._redis_servers import (
-    REDIS_SERVER,
-    RedisServer,
-    eventually,
-    redis_any,
-    redis_cluster,
-    redis_server,
-)
+from tests.helpers.redis import RedisServer, eventually, needs_redis
 
-__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
-
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
+pytestmark = needs_redis
 
 
 def frames(token: str, texts: list[str]):
@@ -130,7 +120,7 @@ async def test_cluster_reader_polls_every_followed_stream_in_one_round_trip_per_
 ) -> None:
     """On a cluster, 30 followed channels cost one pipelined poll per shard, not one
     blocking read each; and every channel's messages still reach the follower."""
-    from logplexd.cluster.plane import POLL_IDLE
+    from logplexd.cluster import POLL_IDLE
 
     names = [f"c{i}" for i in range(30)]
     async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
@@ -221,7 +211,7 @@ async def test_entries_no_logplexd_wrote_are_skipped_and_following_goes_on(
 
 
 def test_decode_entry_accepts_what_logplexd_writes_and_nothing_else() -> None:
-    from logplexd.cluster.plane import decode_entry
+    from logplexd.cluster import decode_entry
 
     messages = (b"<134>1 - h a p - - x", b"<134>1 - h a p - - y")
     blob = b"".join(b"%d %s" % (len(m), m) for m in messages)
@@ -241,3 +231,13 @@ def test_decode_entry_accepts_what_logplexd_writes_and_nothing_else() -> None:
         {b"n": b"0", b"lost": b"many"},
     ):
         assert decode_entry(fields) is None, fields
+
+
+def test_slot_of_follows_redis_cluster_keyslot() -> None:
+    # Values CLUSTER KEYSLOT answers; a hash tag's content alone decides the slot.
+    assert [slot_of(key) for key in ("foo", "bar", "hello")] == [12182, 5061, 866]
+    assert slot_of("{user1000}.following") == slot_of("user1000")
+    assert slot_of("P:{ch:app}:log") == slot_of("P:{ch:app}:drains") == slot_of("ch:app")
+    # An empty tag, or none closed, is no tag: the whole key is hashed.
+    assert slot_of("a{}b") != slot_of("")
+    assert slot_of("{x") != slot_of("x")

@@ -160,7 +160,7 @@ def test_octet_frames_round_trip_keeps_every_frame_and_field() -> None:
 
 
 def test_follow_maps_ring_positions_to_stream_sequences() -> None:
-    from logplexd.cluster.plane import Follow
+    from logplexd.cluster import Follow
     from logplexd.native import ChannelRing
     from logplexd.router.registry import Channel
 
@@ -186,7 +186,7 @@ def test_follow_maps_ring_positions_to_stream_sequences() -> None:
 
 
 def test_keys_share_the_channel_hash_tag() -> None:
-    from logplexd.cluster.plane import Keys
+    from logplexd.cluster import Keys
 
     keys = Keys("logplex")
     tags = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import stat
 import tomllib
 from pathlib import Path
@@ -23,18 +22,13 @@ from logplexd.config import (
     parse_address,
     render_effective,
 )
+from tests.helpers import ROOT
+from tests.helpers.privileges import searchable_dir, unprivileged
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Key-do-not-print"
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # load_settings(env=...) is used below, but ensure nothing leaks in from the runner either.
-    for name in list(os.environ):
-        if name.startswith("LOGPLEXD_") or name == "LOGPLEX_AUTH_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+# load_settings(env=...) is used below, but nothing may leak in from the runner either.
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def write_toml(tmp_path: Path, text: str, name: str = "logplexd.toml") -> Path:
@@ -414,13 +408,14 @@ def test_missing_config_file_named_by_its_source(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_config_file(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, "max_frame = 100\n")
-    path.chmod(0)
-    assert error_of(config_file=path, env={}) == (
-        f"logplexd: cannot read config file {str(path)!r} (from --config): Permission denied"
-    )
+def test_unreadable_config_file() -> None:
+    # Root reads any file: the check then runs as nobody, on a file nobody may reach.
+    with searchable_dir() as where:
+        path = write_toml(where, "max_frame = 100\n")
+        path.chmod(0)
+        assert unprivileged(error_of, config_file=path, env={}) == (
+            f"logplexd: cannot read config file {str(path)!r} (from --config): Permission denied"
+        )
 
 
 # --- the auth key ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Credentials: hashing, verification, Basic parsing, the checker's cache."""
+"""Credentials: hashing, verification, the Authorization parser, the checker's cache."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ from logplexd.store import open_store
 from logplexd.web.credentials import (
     ANY_CHANNEL,
     FULL_API,
+    BasicAuth,
+    BasicPassword,
+    BasicToken,
+    BearerToken,
     CredentialChecker,
+    InvalidAuthorization,
+    RawKey,
     create_credential,
-    decode_basic,
     generate_credential_id,
     generate_password,
     hash_password,
     key_matches,
-    parse_basic,
+    parse_authorization,
     validate_permissions,
     verify_password,
 )
@@ -52,26 +57,85 @@ def test_permissions():
         validate_permissions(["root"])
 
 
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
-        (None, None),
-        ("", None),
-        ("Bearer x", None),
-        ("Basic abc", "abc"),
-        ("basic   abc  ", "abc"),
-        ("BASIC abc", "abc"),
+        # The raw key form: what follows "Basic " as is, when it is not base64 of user:pass.
+        ("Basic abc", RawKey(text="abc")),
+        ("basic   abc  ", RawKey(text="abc")),
+        ("BASIC abc", RawKey(text="abc")),
+        ("  bAsIc abc", RawKey(text="abc")),
+        ("Basic my key", RawKey(text="my key")),  # inner spaces are the key's
+        ("Basic !!!notbase64", RawKey(text="!!!notbase64")),
+        ("Basic ***", RawKey(text="***")),
+        ("Basic abcde", RawKey(text="abcde")),  # bad padding
+        ("Basic " + b64(b"nocolon"), RawKey(text=b64(b"nocolon"))),
+        ("Basic " + b64(b"\xff:\xfe"), RawKey(text=b64(b"\xff:\xfe"))),  # not UTF-8
+        ("Basic k\xe9y", RawKey(text="k\xe9y")),  # not ASCII (headers are latin-1)
+        # Basic id:password; the first colon splits, the password may be empty.
+        (
+            "Basic " + b64(b"id:pa:ss"),
+            BasicPassword(text=b64(b"id:pa:ss"), user="id", password="pa:ss"),
+        ),
+        ("basic  " + b64(b"id:") + " ", BasicPassword(text=b64(b"id:"), user="id", password="")),
+        (
+            "Basic " + b64("é:ü".encode()),
+            BasicPassword(text=b64("é:ü".encode()), user="é", password="ü"),
+        ),
+        # Basic :token, as the Heroku CLI and Platform API clients send.
+        ("Basic " + b64(b":t0k"), BasicToken(text=b64(b":t0k"), token="t0k")),
+        ("Basic " + b64(b":"), BasicToken(text=b64(b":"), token="")),
+        # Bearer.
+        ("Bearer t0k", BearerToken("t0k")),
+        ("bearer   t0k  ", BearerToken("t0k")),
+        ("BEARER " + b64(b":x"), BearerToken(b64(b":x"))),  # never decoded
     ],
 )
-def test_parse_basic(header, expected):
-    assert parse_basic(header) == expected
+def test_parse_authorization_forms(header, expected):
+    assert parse_authorization(header) == expected
 
 
-def test_decode_basic():
-    assert decode_basic(base64.b64encode(b"id:pa:ss").decode()) == ("id", "pa:ss")
-    assert decode_basic(base64.b64encode(b"nocolon").decode()) is None
-    assert decode_basic("***") is None
-    assert decode_basic(base64.b64encode(b"\xff:\xfe").decode()) is None
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "   ",
+        "Basic",
+        "Basic ",
+        "Basic    ",
+        "Bearer",
+        "Bearer  ",
+        "Digest abc",
+        "Basic\tabc",  # only a space ends the scheme
+        "s3cr3t",  # a bare secret is no form
+        "Token abc",
+    ],
+)
+def test_parse_authorization_invalid(header):
+    parsed = parse_authorization(header)
+    assert isinstance(parsed, InvalidAuthorization)
+    assert not isinstance(parsed, BasicAuth)
+
+
+def test_parse_authorization_keeps_secrets_out_of_reprs():
+    for header in [
+        "Basic s3cr3t",
+        "Basic " + b64(b"id:s3cr3t"),
+        "Basic " + b64(b":s3cr3t"),
+        "Bearer s3cr3t",
+        "s3cr3t",
+        "Unknown s3cr3t",
+        "Basic\ts3cr3t",
+    ]:
+        parsed = parse_authorization(header)
+        assert "s3cr3t" not in repr(parsed)
+        assert b64(b"id:s3cr3t") not in repr(parsed) and b64(b":s3cr3t") not in repr(parsed)
+    assert "user='id'" in repr(parse_authorization("Basic " + b64(b"id:s3cr3t")))  # not secret
 
 
 def test_key_matches():

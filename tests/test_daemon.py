@@ -1,10 +1,8 @@
 """The whole daemon on real sockets, driven by real clients (curl, logger)."""
 
-import dataclasses
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,54 +10,15 @@ import sys
 import pytest
 import trio
 
-from logplexd.config import Address, Settings
-from logplexd.daemon import BoundPorts, Daemon
+from logplexd.daemon import Daemon
 from logplexd.native import parse_frames
+from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.drains import HttpSink, SyslogSink
+from tests.helpers.peers import logger_command, needs_curl
+from tests.helpers.syslog import frame
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
-]
-
-KEY = "test-auth-key"
-
-
-def settings_for(tmp_path) -> Settings:
-    loopback = Address("127.0.0.1", 0)
-    return dataclasses.replace(
-        Settings(),
-        api_addr=loopback,
-        logs_addr=loopback,
-        syslog_addr=loopback,
-        data_dir=tmp_path / "data",
-        auth_key=KEY,
-    )
-
-
-async def curl(*args: str) -> tuple[int, dict[str, str], bytes]:
-    """Run curl; return (status, lower-case headers, body)."""
-    done = await trio.run_process(
-        ["curl", "-sS", "-D", "-", *args], capture_stdout=True, check=True
-    )
-    head, _, body = done.stdout.partition(b"\r\n\r\n")
-    while head.startswith(b"HTTP/1.1 100"):
-        head, _, body = body.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body
-
-
-def api(ports: BoundPorts, path: str) -> str:
-    return f"http://127.0.0.1:{ports.api}{path}"
-
-
-AUTH = ["-H", f"Authorization: Basic {KEY}"]
-JSON = ["-H", "Content-Type: application/json"]
-
-
-def frame(token: str, text: str) -> bytes:
-    msg = f"<134>1 2012-12-10T03:00:48.123456Z erlang {token} console.1 - - {text}".encode()
-    return b"%d %s" % (len(msg), msg)
+pytestmark = [pytest.mark.integration, needs_curl]
 
 
 async def test_channel_ingest_session_and_channel_logs(tmp_path):
@@ -85,21 +44,7 @@ async def test_channel_ingest_session_and_channel_logs(tmp_path):
             token = json.loads(body)["tokens"]["app"]
 
             # TCP syslog, with a real logger, octet-counted RFC 5424.
-            await trio.run_process(
-                [
-                    "logger",
-                    "--tcp",
-                    "--octet-count",
-                    "--rfc5424",
-                    "-n",
-                    "127.0.0.1",
-                    "-P",
-                    str(ports.syslog),
-                    "-t",
-                    token,
-                    "from logger",
-                ]
-            )
+            await trio.run_process(logger_command(ports.syslog, token, "from logger"))
             # HTTP input, with curl.
             body_file = tmp_path / "frames"
             body_file.write_bytes(frame(token, "from curl 1") + frame(token, "from curl 2"))
@@ -251,8 +196,6 @@ def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, sig
 
 
 async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
-    from .test_drain_support import HttpSink, SyslogSink
-
     daemon = Daemon(settings_for(tmp_path))
     sink, other, web = SyslogSink(), SyslogSink(), HttpSink()
     async with trio.open_nursery() as nursery:
@@ -331,8 +274,6 @@ async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
 
 
 async def test_shutdown_flushes_drains_within_the_deadline(tmp_path):
-    from .test_drain_support import SyslogSink
-
     daemon = Daemon(settings_for(tmp_path))
     sink = SyslogSink()
     async with trio.open_nursery() as nursery:
@@ -350,8 +291,6 @@ async def test_shutdown_flushes_drains_within_the_deadline(tmp_path):
 
 
 async def test_channel_stats_only_when_asked(tmp_path):
-    from .test_drain_support import SyslogSink
-
     daemon = Daemon(settings_for(tmp_path))
     sink = SyslogSink()
     async with trio.open_nursery() as nursery:

@@ -23,17 +23,16 @@ from logplexd.drains import (
     Payload,
     build_request,
     classify,
+    delivery_target,
     frame_id,
     http_retry_backoff,
     next_state,
-    parse_drain_url,
     syslog_reconnect_backoff,
 )
-from logplexd.drains.target import DrainKind
 from logplexd.native import http_frames, l10_http, l10_syslog, parse_frames, syslog_frames
 from logplexd.router.registry import Registry
-
-from .test_drain_support import TOKEN, append, message
+from logplexd.store import DrainKind, parse_drain_url
+from tests.helpers.drains import TOKEN, append, message
 
 # -- targets ------------------------------------------------------------------------------
 
@@ -74,6 +73,13 @@ def test_http_target_parts():
 def test_invalid_targets(url):
     with pytest.raises(InvalidDrainUrl):
         parse_drain_url(url)
+
+
+def test_a_host_without_ascii_form_is_stored_but_not_delivered_to():
+    url = "http://\u00fc..x/"  # no IDNA form: no Host header can name it
+    assert parse_drain_url(url).undeliverable == "bad host"
+    with pytest.raises(InvalidDrainUrl, match="bad host"):
+        delivery_target(url)
 
 
 # -- request bytes ------------------------------------------------------------------------

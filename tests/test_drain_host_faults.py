@@ -16,7 +16,7 @@ import struct
 import pytest
 import trio
 
-from logplexd.drains import DrainManager, DrainSettings
+from logplexd.drains import DrainSettings
 from logplexd.drains.policy import (
     SYSLOG_BACKOFF_CAP,
     SYSLOG_STABLE_CONNECTION,
@@ -25,8 +25,17 @@ from logplexd.drains.policy import (
     unresolved_name,
 )
 from logplexd.router.registry import Registry
-
-from .test_drain_support import TOKEN, HttpSink, SyslogSink, append, message, stats_of, wait_until
+from tests.helpers.drains import (
+    TOKEN,
+    HttpSink,
+    SyslogSink,
+    append,
+    message,
+    start_manager,
+    stats_of,
+)
+from tests.helpers.net import free_port
+from tests.helpers.wait import wait_until
 
 # Retry every few tens of ms instead of every 2, 4, 8 ... s.
 FAST = DrainSettings(
@@ -36,18 +45,6 @@ FAST = DrainSettings(
     http_backoff_base=0.01,
     http_backoff_cap=0.05,
 )
-
-
-async def start_manager(nursery, registry, settings=FAST) -> DrainManager:
-    manager = DrainManager(registry, settings=settings, rng=random.Random(11))
-    await nursery.start(manager.run)
-    return manager
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def l10_count(frame: bytes) -> int | None:
@@ -65,7 +62,7 @@ async def test_unresolvable_host_backs_off_counts_loss_and_announces_it_once_bac
     dead, alive = registry.ensure_channel("dead"), registry.ensure_channel("alive")
     healthy = SyslogSink()
     healthy_port = await nursery.start(healthy.serve)
-    manager = await start_manager(nursery, registry)
+    manager = await start_manager(nursery, registry, FAST, seed=11)
     bad_url = "syslog://nohost.invalid:601" if kind == "syslog" else "http://nohost.invalid/logs"
     manager.add_drain("dead", 1, TOKEN, bad_url)
     manager.add_drain("alive", 2, TOKEN, f"syslog://127.0.0.1:{healthy_port}")
@@ -171,7 +168,7 @@ async def test_refused_port_keeps_messages_until_a_receiver_listens(nursery, kin
     port = free_port()  # nothing listens here (yet)
     registry = Registry()
     channel = registry.ensure_channel("app")
-    manager = await start_manager(nursery, registry)
+    manager = await start_manager(nursery, registry, FAST, seed=11)
     url = f"syslog://127.0.0.1:{port}" if kind == "syslog" else f"http://127.0.0.1:{port}/"
     manager.add_drain("app", 1, TOKEN, url)
     append(channel, [message(i) for i in range(5)])
@@ -261,7 +258,7 @@ async def test_reset_mid_write_reconnects_and_every_message_arrives(nursery):
     sink = ResettingSink(read_before_reset=100_000)
     port = await nursery.start(sink.serve)
     settings = dataclasses.replace(FAST, syslog_batch_bytes=32 << 20, syslog_send_timeout=10.0)
-    manager = await start_manager(nursery, registry, settings)
+    manager = await start_manager(nursery, registry, settings, seed=11)
     manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{port}")
     append(channel, [message(i, filler) for i in range(n)])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import ssl
 
 import pytest
@@ -11,17 +10,10 @@ import trio
 import trustme
 
 from logplexd import __version__
-from logplexd.drains import DrainManager, DrainSettings
+from logplexd.drains import DrainSettings
 from logplexd.router.registry import Registry
-
-from .test_drain_support import TOKEN, HttpSink, append, message, stats_of, wait_until
-
-
-async def start_manager(nursery: trio.Nursery, registry: Registry, **kwargs) -> DrainManager:
-    kwargs.setdefault("rng", random.Random(7))
-    manager = DrainManager(registry, **kwargs)
-    await nursery.start(manager.run)
-    return manager
+from tests.helpers.drains import TOKEN, HttpSink, append, message, start_manager, stats_of
+from tests.helpers.wait import wait_until
 
 
 def mymsg(i: int) -> bytes:

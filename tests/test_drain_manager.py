@@ -7,8 +7,7 @@ import trio
 
 from logplexd.drains import DrainManager, InvalidDrainUrl
 from logplexd.router.registry import Registry
-
-from .test_drain_support import TOKEN, SyslogSink, append, message
+from tests.helpers.drains import TOKEN, SyslogSink, append, message
 
 
 def frame_of(i: int) -> bytes:

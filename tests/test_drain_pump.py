@@ -19,20 +19,11 @@ from logplexd.drains.pump import AttachedWriter, DrainPump
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
 from logplexd.router.registry import Channel, Registry
-
-from .test_drain_support import TOKEN, SyslogSink, append, message, stats_of, wait_until
+from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
+from tests.helpers.wait import wait_until
 
 LINGER = 0.05
 LINGER_MESSAGES = 8
-
-
-def frame(i: int) -> bytes:
-    body = (
-        b"<134>1 2012-12-10T03:00:48.123456Z "
-        + TOKEN.encode()
-        + b" app console.1 - - drain test message %d\n" % i
-    )
-    return b"%d %s" % (len(body), body)
 
 
 class Pair:
@@ -115,7 +106,7 @@ async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
     assert pair.received() == b""
     clock.jump(LINGER / 2)
     await trio.testing.wait_all_tasks_blocked()
-    assert pair.received() == b"".join(frame(i) for i in range(3))
+    assert pair.received() == b"".join(delivered(i) for i in range(3))
     assert pump.writes == 1 and pump.handed_back == 0
     assert pair.events == [DrainEvent.SEND, DrainEvent.SENT]
     assert pair.feed.counters.delivered == 3
@@ -127,7 +118,7 @@ async def test_a_burst_is_written_without_waiting_for_the_linger(nursery, clock)
     registry, channel, pump, pair = await parked(nursery)
     append(channel, [message(i) for i in range(LINGER_MESSAGES)])
     await trio.testing.wait_all_tasks_blocked()
-    assert pair.received() == b"".join(frame(i) for i in range(LINGER_MESSAGES))
+    assert pair.received() == b"".join(delivered(i) for i in range(LINGER_MESSAGES))
     assert trio.current_time() == 0  # no virtual time passed
     pair.close()
 
@@ -148,7 +139,7 @@ async def test_one_round_serves_many_drains_in_order(nursery, clock):
         clock.jump(LINGER)
         await trio.testing.wait_all_tasks_blocked()
     for n, pair in enumerate(pairs):
-        assert pair.received() == b"".join(frame(r * 100 + n) for r in range(3))
+        assert pair.received() == b"".join(delivered(r * 100 + n) for r in range(3))
         pair.close()
     # One write per drain per linger interval, and not one task of theirs woke.
     assert pump.writes == 150 and pump.handed_back == 0
@@ -214,7 +205,7 @@ async def test_a_lapped_drain_gets_the_exact_l10_count(nursery, clock):
     await trio.testing.wait_all_tasks_blocked()
     data = pair.received()
     assert b"Error L10 (output buffer overflow): 15 messages dropped since" in data
-    assert data.endswith(b"".join(frame(i) for i in range(15, 25)))
+    assert data.endswith(b"".join(delivered(i) for i in range(15, 25)))
     assert pair.feed.counters.lost == 15 and pair.feed.counters.delivered == 10
     pair.close()
 
@@ -238,6 +229,6 @@ async def test_many_tcp_drains_through_the_manager_are_written_by_the_pump(nurse
             await trio.sleep(0.02)
         for n, sink in enumerate(sinks):
             await sink.wait_for(lambda s=sink: s.messages() == 50)
-            assert bytes(sink.data) == b"".join(frame(i) for i in range(50))
+            assert bytes(sink.data) == b"".join(delivered(i) for i in range(50))
             await wait_until(lambda n=n: stats_of(manager, n + 1).delivered == 50)
     assert manager.pump.writes > 0

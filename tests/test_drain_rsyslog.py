@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -14,24 +12,12 @@ import trustme
 
 from logplexd.drains import DrainManager
 from logplexd.router.registry import Registry
+from tests.helpers.drains import TOKEN, append, message
+from tests.helpers.net import accepting, free_port
+from tests.helpers.peers import RSYSLOG_TLS, RSYSLOGD, needs_rsyslogd
+from tests.helpers.wait import wait_until
 
-from .test_drain_support import TOKEN, append, message, wait_until
-
-RSYSLOGD = shutil.which("rsyslogd") or (
-    "/usr/sbin/rsyslogd" if Path("/usr/sbin/rsyslogd").exists() else None
-)
-TLS_DRIVER = any(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so"))
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(RSYSLOGD is None, reason="rsyslogd not installed"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = [pytest.mark.integration, needs_rsyslogd]
 
 
 def rsyslog_config(tmp: Path, port: int, tls: bool) -> Path:
@@ -63,20 +49,15 @@ def rsyslog_config(tmp: Path, port: int, tls: bool) -> Path:
 async def run_rsyslog(tmp: Path, port: int, tls: bool, task_status=trio.TASK_STATUS_IGNORED):
     conf = rsyslog_config(tmp, port, tls)
     assert RSYSLOGD is not None
-    process = subprocess.Popen(
+    # Popen returns once rsyslogd runs; readiness is awaited on its port, never on the process.
+    process = subprocess.Popen(  # noqa: ASYNC220
         [RSYSLOGD, "-n", "-f", str(conf), "-i", str(tmp / "rsyslogd.pid")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         with trio.fail_after(10):
-            while True:
-                try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", port)
-                    await stream.aclose()
-                    break
-                except OSError:
-                    await trio.sleep(0.05)
+            await accepting(port)
         task_status.started()
         await trio.sleep_forever()
     finally:
@@ -86,7 +67,7 @@ async def run_rsyslog(tmp: Path, port: int, tls: bool, task_status=trio.TASK_STA
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_rsyslog_receives_and_parses_every_message(nursery, tmp_path, tls):
-    if tls and not TLS_DRIVER:
+    if tls and not RSYSLOG_TLS:
         pytest.skip("rsyslog's openssl driver (rsyslog-openssl) not installed")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")

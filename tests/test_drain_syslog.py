@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import random
-import socket
-import ssl
-
 import pytest
 import trio
-import trustme
 
 from logplexd.drains import DrainEvent, DrainManager, DrainSettings
 from logplexd.router.registry import Registry
-
-from .test_drain_support import TOKEN, HttpSink, SyslogSink, append, message, stats_of, wait_until
+from tests.helpers.drains import (
+    TOKEN,
+    HttpSink,
+    SyslogSink,
+    append,
+    delivered,
+    message,
+    start_manager,
+    stats_of,
+)
+from tests.helpers.net import free_port
+from tests.helpers.tls import server_context
+from tests.helpers.wait import wait_until
 
 FAST = DrainSettings(syslog_send_timeout=0.5, syslog_connect_timeout=0.5)
-
-
-async def start_manager(nursery: trio.Nursery, registry: Registry, **kwargs) -> DrainManager:
-    manager = DrainManager(registry, rng=random.Random(7), **kwargs)
-    await nursery.start(manager.run)
-    return manager
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def expected(i: int) -> bytes:
-    body = (
-        b"<134>1 2012-12-10T03:00:48.123456Z "
-        + TOKEN.encode()
-        + b" app console.1 - - drain test message %d\n" % i
-    )
-    return b"%d %s" % (len(body), body)
 
 
 def count_events(manager: DrainManager, drain_id: int, event: DrainEvent) -> list[int]:
@@ -63,13 +48,13 @@ async def test_tcp_drain_sends_exact_octet_counted_frames(nursery):
     manager = await start_manager(nursery, registry)
     manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{port}")
     append(channel, [message(i) for i in range(1, 4)])
-    await sink.wait_for(lambda: len(sink.data) >= 3 * len(expected(1)))
-    assert expected(3) == (
+    await sink.wait_for(lambda: len(sink.data) >= 3 * len(delivered(1)))
+    assert delivered(3) == (
         b"113 <134>1 2012-12-10T03:00:48.123456Z "
         + TOKEN.encode()
         + b" app console.1 - - drain test message 3\n"
     )
-    assert bytes(sink.data) == expected(1) + expected(2) + expected(3)
+    assert bytes(sink.data) == delivered(1) + delivered(2) + delivered(3)
     stats = manager.drain_stats(1)
     assert stats is not None
     assert (stats.delivered, stats.lost, stats.state) == (3, 0, "connected")
@@ -84,8 +69,8 @@ async def test_tcp_drain_writes_many_messages_per_send(nursery):
     manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{port}")
     sends = count_events(manager, 1, DrainEvent.SEND)
     append(channel, [message(i) for i in range(10_000)])
-    await sink.wait_for(lambda: sink.data.endswith(expected(9999)))
-    assert sink.frames()[0] == expected(0).partition(b" ")[2]
+    await sink.wait_for(lambda: sink.data.endswith(delivered(9999)))
+    assert sink.frames()[0] == delivered(0).partition(b" ")[2]
     assert sink.messages() == 10_000 and sink.connections == 1
     assert sends[0] <= 10  # ~1.1 MB in writes of up to 256 KB
 
@@ -99,13 +84,13 @@ async def test_lapped_syslog_drain_sends_l10_with_exact_count_first(nursery):
     manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{port}")
     # The drain task has not run yet: 25 messages into a ring of 10 laps it by 15.
     append(channel, [message(i) for i in range(25)])
-    await sink.wait_for(lambda: sink.data.endswith(expected(24)))
+    await sink.wait_for(lambda: sink.data.endswith(delivered(24)))
     frames = sink.frames()
     assert frames[0] == (
         b"<172>1 2014-11-11T08:24:25+00:00 " + TOKEN.encode() + b" heroku logplex - - Error L10 "
         b"(output buffer overflow): 15 messages dropped since 2014-11-11T08:24:25+00:00.\n"
     )
-    assert frames[1:] == [expected(i).partition(b" ")[2] for i in range(15, 25)]
+    assert frames[1:] == [delivered(i).partition(b" ")[2] for i in range(15, 25)]
     stats = manager.drain_stats(1)
     assert stats is not None and (stats.lost, stats.pending_loss, stats.delivered) == (15, 0, 10)
 
@@ -127,9 +112,9 @@ async def test_endpoint_down_for_30s_then_back(nursery, autojump_clock):
     sink = SyslogSink()
     await nursery.start(sink.serve, port)
     append(channel, [message(5)])
-    await sink.wait_for(lambda: sink.data.endswith(expected(5)), timeout=120)
+    await sink.wait_for(lambda: sink.data.endswith(delivered(5)), timeout=120)
     # What the drain held while the endpoint was down was kept, in order, without loss.
-    assert bytes(sink.data) == b"".join(expected(i) for i in range(6))
+    assert bytes(sink.data) == b"".join(delivered(i) for i in range(6))
 
 
 async def test_receiver_that_never_reads_does_not_hold_up_routing_or_a_healthy_drain(nursery):
@@ -172,8 +157,8 @@ async def test_url_change_keeps_unsent_messages_even_across_kinds(nursery):
     sink = SyslogSink()
     port = await nursery.start(sink.serve)
     manager.update_drain(1, f"syslog://127.0.0.1:{port}")
-    await sink.wait_for(lambda: sink.data.endswith(expected(3)))
-    assert bytes(sink.data) == b"".join(expected(i) for i in range(4))
+    await sink.wait_for(lambda: sink.data.endswith(delivered(3)))
+    assert bytes(sink.data) == b"".join(delivered(i) for i in range(4))
     # Now to an HTTP endpoint that is down, then to one that is up.
     manager.update_drain(1, f"http://127.0.0.1:{free_port()}/")
     append(channel, [message(4)])
@@ -229,7 +214,7 @@ async def test_shutdown_flushes_what_the_drain_holds(nursery):
         await done.wait()
     stats = manager.drain_stats(1)
     assert stats is not None and stats.delivered == 30_000 and stats.state == "stopped"
-    await sink.wait_for(lambda: sink.data.endswith(expected(29_999)))
+    await sink.wait_for(lambda: sink.data.endswith(delivered(29_999)))
 
 
 async def test_shutdown_is_bounded_when_the_endpoint_is_dead(nursery, autojump_clock):
@@ -247,17 +232,6 @@ async def test_shutdown_is_bounded_when_the_endpoint_is_dead(nursery, autojump_c
 # -- TLS ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
-
-
 async def test_tls_drain_delivers_with_a_trusted_ca(nursery, ca, tmp_path):
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -268,8 +242,8 @@ async def test_tls_drain_delivers_with_a_trusted_ca(nursery, ca, tmp_path):
     manager = await start_manager(nursery, registry, tls_ca_file=str(ca_file))
     manager.add_drain("app", 1, TOKEN, f"syslog+tls://127.0.0.1:{port}")
     append(channel, [message(i) for i in range(3)])
-    await sink.wait_for(lambda: sink.data.endswith(expected(2)))
-    assert bytes(sink.data) == b"".join(expected(i) for i in range(3))
+    await sink.wait_for(lambda: sink.data.endswith(delivered(2)))
+    assert bytes(sink.data) == b"".join(delivered(i) for i in range(3))
 
 
 @pytest.mark.parametrize("case", ["untrusted", "wrong-host"])
@@ -298,4 +272,4 @@ async def test_tls_drain_that_fails_verification_stays_disconnected(nursery, ca,
     assert sink.connections == 0 and stats.buffered == 2
     # "#insecure" skips verification and delivers what the drain held.
     manager.update_drain(1, f"syslog+tls://127.0.0.1:{port}#insecure")
-    await sink.wait_for(lambda: sink.data.startswith(expected(1)) and b"Error L14" in sink.data)
+    await sink.wait_for(lambda: sink.data.startswith(delivered(1)) and b"Error L14" in sink.data)

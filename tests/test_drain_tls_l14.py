@@ -11,24 +11,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
 import re
 import socket
 import ssl
 
 import pytest
 import trio
-import trustme
 
-from logplexd.config import Address, Settings
 from logplexd.daemon import Daemon
-from logplexd.drains import DrainManager, DrainSettings
+from logplexd.drains import DrainSettings
 from logplexd.drains.policy import L14_INTERVAL, certificate_failure, l14_due, l14_frame
 from logplexd.drains.transport import TlsContexts
 from logplexd.native import parse_frames
 from logplexd.router.registry import Channel, Registry
-
-from .test_drain_support import TOKEN, HttpSink, SyslogSink, append, message, stats_of, wait_until
+from tests.helpers.daemon import settings_for
+from tests.helpers.drains import (
+    TOKEN,
+    HttpSink,
+    SyslogSink,
+    append,
+    message,
+    start_manager,
+    stats_of,
+)
+from tests.helpers.http import request
+from tests.helpers.tls import server_context
+from tests.helpers.wait import wait_until
 
 # Retries every few tens of ms instead of 2, 4, 8 ... s: many failed handshakes per second.
 FAST = DrainSettings(
@@ -39,17 +47,6 @@ FAST = DrainSettings(
     http_backoff_cap=0.02,
 )
 STAMP = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
 
 
 def l14_lines(channel: Channel) -> list[bytes]:
@@ -185,12 +182,6 @@ async def test_certificate_failure_names_the_alert(ca, tmp_path):
 # -- a drain against a receiver with a bad certificate -----------------------------------------
 
 
-async def start_manager(nursery, registry, settings=FAST, **kwargs) -> DrainManager:
-    manager = DrainManager(registry, settings=settings, rng=random.Random(9), **kwargs)
-    await nursery.start(manager.run)
-    return manager
-
-
 async def test_wrong_host_l14_once_per_streak_and_again_after_a_good_delivery(
     nursery, ca, tmp_path
 ):
@@ -201,7 +192,7 @@ async def test_wrong_host_l14_once_per_streak_and_again_after_a_good_delivery(
     port = await nursery.start(sink.serve)
     registry = Registry()
     channel = registry.ensure_channel("app")
-    manager = await start_manager(nursery, registry, tls_ca_file=str(ca_file))
+    manager = await start_manager(nursery, registry, FAST, seed=9, tls_ca_file=str(ca_file))
     manager.add_drain("app", 1, TOKEN, f"syslog+tls://127.0.0.1:{port}")
     append(channel, [message(1)])
 
@@ -244,7 +235,7 @@ async def test_l14_repeats_only_after_the_interval(nursery, ca, tmp_path):
     registry = Registry()
     channel = registry.ensure_channel("app")
     settings = dataclasses.replace(FAST, l14_interval=0.5)
-    manager = await start_manager(nursery, registry, settings, tls_ca_file=str(ca_file))
+    manager = await start_manager(nursery, registry, settings, seed=9, tls_ca_file=str(ca_file))
     manager.add_drain("app", 1, TOKEN, f"syslog+tls://127.0.0.1:{port}")
     append(channel, [message(1)])
     start = trio.current_time()
@@ -260,7 +251,7 @@ async def test_https_drain_with_an_untrusted_certificate(nursery, ca):
     registry = Registry()
     channel = registry.ensure_channel("app")
     # No CA file: the system store does not know the test CA.
-    manager = await start_manager(nursery, registry)
+    manager = await start_manager(nursery, registry, FAST, seed=9)
     manager.add_drain("app", 1, TOKEN, f"https://user:secret@127.0.0.1:{port}/logs")
     append(channel, [message(1)])
     await wait_until(lambda: len(l14_lines(channel)) == 1)
@@ -282,7 +273,7 @@ async def test_no_l14_for_errors_that_are_not_about_certificates(nursery):
         port = sock.getsockname()[1]
     registry = Registry()
     channel = registry.ensure_channel("app")
-    manager = await start_manager(nursery, registry)
+    manager = await start_manager(nursery, registry, FAST, seed=9)
     manager.add_drain("app", 1, TOKEN, f"syslog+tls://127.0.0.1:{port}")
     append(channel, [message(1)])
     await wait_until(lambda: stats_of(manager, 1).last_error is not None)
@@ -292,61 +283,27 @@ async def test_no_l14_for_errors_that_are_not_about_certificates(nursery):
 
 # -- the whole daemon: the notice in a session and in channel logs --------------------------------
 
-KEY = "l14-key"
-
-
-async def http(port: int, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-    data = b"" if body is None else json.dumps(body).encode()
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"Authorization: Basic {KEY}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    )
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(head.encode() + data)
-        out = bytearray()
-        while chunk := await stream.receive_some(65536):
-            out += chunk
-    head, _, body = bytes(out).partition(b"\r\n\r\n")
-    if b"transfer-encoding: chunked" in head.lower():
-        chunks = bytearray()
-        while True:
-            size_line, _, body = body.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                break
-            chunks += body[:size]
-            body = body[size + 2 :]
-        body = bytes(chunks)
-    return int(head.split()[1]), body
-
 
 async def test_session_shows_the_l14_line(nursery, ca, tmp_path):
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     sink = SyslogSink(tls=server_context(ca, "evilserver"))
     sink_port = await nursery.start(sink.serve)
-    loopback = Address("127.0.0.1", 0)
-    settings = dataclasses.replace(
-        Settings(),
-        api_addr=loopback,
-        logs_addr=loopback,
-        syslog_addr=loopback,
-        data_dir=tmp_path / "data",
-        auth_key=KEY,
-    )
-    daemon = Daemon(settings)
+    daemon = Daemon(settings_for(tmp_path))
     # Trust the test CA (the daemon trusts the system store) and retry fast.
     daemon.drains.tls = TlsContexts(str(ca_file))
     daemon.drains.settings = FAST
     with trio.fail_after(30):
         ports = await nursery.start(daemon.serve)
-        status, body = await http(ports.api, "PUT", "/v3/channels/l14app", {"tokens": ["web"]})
+        status, _, body = await request(
+            ports.api, "PUT", "/v3/channels/l14app", body={"tokens": ["web"]}
+        )
         assert status == 201, body
         token = json.loads(body)["tokens"]["web"]
         url = f"syslog+tls://127.0.0.1:{sink_port}"
-        status, body = await http(ports.api, "POST", "/v3/channels/l14app/drains", {"url": url})
+        status, _, body = await request(
+            ports.api, "POST", "/v3/channels/l14app/drains", body={"url": url}
+        )
         assert status == 201, body
         drain_token = json.loads(body)["token"]
         line = f"<134>1 2024-01-01T00:00:00Z host {token} web.1 - - hello".encode()
@@ -354,12 +311,12 @@ async def test_session_shows_the_l14_line(nursery, ca, tmp_path):
         await syslog.send_all(b"%d %s" % (len(line), line))
         await sink.wait_for(lambda: sink.handshake_failures >= 5)
 
-        status, body = await http(
-            ports.api, "POST", "/v3/sessions", {"channel_id": "l14app", "num": "10"}
+        status, _, body = await request(
+            ports.api, "POST", "/v3/sessions", body={"channel_id": "l14app", "num": "10"}
         )
         assert status == 201, body
         session = "/" + json.loads(body)["url"].split("/", 3)[3]
-        status, body = await http(ports.api, "GET", session)
+        status, _, body = await request(ports.api, "GET", session)
         assert status == 200
         lines = body.split(b"\n")
         assert lines[0] == b"2024-01-01T00:00:00Z web[web.1]: hello"
@@ -371,7 +328,7 @@ async def test_session_shows_the_l14_line(nursery, ca, tmp_path):
         ), lines
         assert lines[2:] == [b""]  # one notice, however many handshakes failed
 
-        status, body = await http(ports.api, "GET", "/v3/channels/l14app/logs")
+        status, _, body = await request(ports.api, "GET", "/v3/channels/l14app/logs")
         assert status == 200
         assert body.count(b"Error L14 (certificate validation)") == 1
         assert b"logplex - Error L14" in body and drain_token.encode() not in body

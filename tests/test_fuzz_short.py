@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 FUZZ = ROOT / "fuzz"
 CORPUS = FUZZ / "corpus" / "framer"
 sys.path.insert(0, str(FUZZ))
@@ -41,6 +43,9 @@ def test_decode_layout() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="pip install atheris")
+@pytest.mark.may_skip(
+    when=platform.machine() != "x86_64", reason="atheris is a test dependency on x86_64 only"
+)
 def test_short_fuzz_run(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(CORPUS, corpus)

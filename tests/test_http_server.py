@@ -14,7 +14,7 @@ import trio
 
 from logplexd.api import run_api
 from logplexd.web import Request, Response, serve_http
-from tests.test_api_support import AUTH_KEY, make_api
+from tests.helpers.api import AUTH_KEY, make_api
 
 SHORT = 0.2
 

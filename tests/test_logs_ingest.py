@@ -7,19 +7,17 @@ import pytest
 
 from logplexd.ingest.logs import LogsIngest
 from logplexd.router.registry import Registry
+from tests.helpers.http import basic_auth
+from tests.helpers.syslog import frame as syslog_frame
 
 TOKEN = "t.d6799f88-4a77-402f-b197-2b722a02cdbc"
 SIBLING = "t.11111111-4a77-402f-b197-2b722a02cdbc"
 OTHER = "t.22222222-4a77-402f-b197-2b722a02cdbc"
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 def frame(app: str, text: str) -> bytes:
-    msg = f"<134>1 2012-12-10T03:51:41Z+00:00 erlang {app} console.1 - - {text}\n".encode()
-    return b"%d %s" % (len(msg), msg)
+    # The body sizes below are counted on this timestamp and a newline after each message.
+    return syslog_frame(app, text + "\n", ts="2012-12-10T03:51:41Z+00:00")
 
 
 class Clock:
@@ -45,7 +43,7 @@ def setup():
     return registry, LogsIngest(registry, check, clock=clock), clock
 
 
-TOKEN_AUTH = basic("token", TOKEN)
+TOKEN_AUTH = basic_auth("token", TOKEN)
 
 
 async def post(ingest, body, *, auth=TOKEN_AUTH, ctype="application/logplex-1", **extra):
@@ -73,7 +71,9 @@ async def test_token_auth_routes_everything_to_the_token_channel(setup):
 
 async def test_any_channel_credential_routes_by_app_name(setup):
     registry, ingest, _ = setup
-    resp = await post(ingest, frame(TOKEN, "a") + frame(OTHER, "b"), auth=basic("router", "pw"))
+    resp = await post(
+        ingest, frame(TOKEN, "a") + frame(OTHER, "b"), auth=basic_auth("router", "pw")
+    )
     assert resp.status == 204
     assert len(lines(registry, "app-1")) == 1 and len(lines(registry, "app-2")) == 1
 
@@ -84,9 +84,9 @@ async def test_any_channel_credential_routes_by_app_name(setup):
         None,
         "Bearer x",
         "Basic !!!notbase64",
-        basic("token", "t.unknown"),
-        basic("router", "no"),
-        basic("nocolon", "")[:-4],
+        basic_auth("token", "t.unknown"),
+        basic_auth("router", "no"),
+        basic_auth("nocolon", "")[:-4],
         "Basic " + base64.b64encode(b"no-colon").decode(),
     ],
 )
@@ -99,7 +99,7 @@ async def test_unauthorized(setup, auth):
 
 async def test_credential_without_any_channel_is_forbidden(setup):
     _, ingest, _ = setup
-    resp = await post(ingest, frame(TOKEN, "x"), auth=basic("full", "pw"))
+    resp = await post(ingest, frame(TOKEN, "x"), auth=basic_auth("full", "pw"))
     assert resp.status == 403
     assert resp.reason == "Credential not permitted to write to any channel."
     assert resp.body == resp.reason.encode()

@@ -3,155 +3,19 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
-import json
-from collections.abc import Iterable
 from pathlib import Path
 
-import h11
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
-from logplexd.config import Address, Settings
-from logplexd.daemon import BoundPorts, Daemon
+from logplexd.config import Address
+from logplexd.daemon import Daemon
 from logplexd.daemon.metrics import LoopLag
-
-KEY = "metrics-test-key"
-LOOPBACK = Address("127.0.0.1", 0)
-
-
-def settings_for(tmp_path: Path, **changes: object) -> Settings:
-    base: dict[str, object] = {
-        "api_addr": LOOPBACK,
-        "logs_addr": LOOPBACK,
-        "syslog_addr": LOOPBACK,
-        "data_dir": tmp_path / "data",
-        "auth_key": KEY,
-    }
-    return dataclasses.replace(Settings(), **{**base, **changes})  # type: ignore[arg-type]
-
-
-class Exchange:
-    """One HTTP/1.1 request on its own connection; the body can be read chunk by chunk."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.ended = False
-
-    @classmethod
-    async def open(
-        cls,
-        port: int,
-        method: str,
-        path: str,
-        *,
-        body: bytes | dict | None = None,
-        headers: Iterable[tuple[str, str]] = (),
-        auth: str | None = KEY,
-    ) -> Exchange:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        self = cls(stream)
-        head = [("Host", f"127.0.0.1:{port}"), ("Connection", "close"), *headers]
-        if auth is not None:
-            head.append(("Authorization", f"Basic {auth}"))
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-            head.append(("Content-Type", "application/json"))
-        body = body or b""
-        head.append(("Content-Length", str(len(body))))
-        out = self.conn.send(h11.Request(method=method, target=path, headers=head))
-        if body:
-            out += self.conn.send(h11.Data(data=body))
-        out += self.conn.send(h11.EndOfMessage())
-        await stream.send_all(out)
-        while True:
-            event = await self._next()
-            if isinstance(event, h11.Response):
-                self.status = event.status_code
-                self.headers = {k.decode().lower(): v.decode() for k, v in event.headers}
-                return self
-
-    async def _next(self) -> object:
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
-                continue
-            return event
-
-    async def chunk(self) -> bytes | None:
-        """The next piece of body, or None at its end."""
-        while not self.ended:
-            event = await self._next()
-            if isinstance(event, h11.Data):
-                return bytes(event.data)
-            if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                self.ended = True
-        return None
-
-    async def body(self) -> bytes:
-        parts = []
-        while (piece := await self.chunk()) is not None:
-            parts.append(piece)
-        await self.stream.aclose()
-        return b"".join(parts)
-
-
-async def request(
-    port: int, method: str, path: str, **kwargs: object
-) -> tuple[int, dict[str, str], bytes]:
-    with trio.fail_after(10):
-        exchange = await Exchange.open(port, method, path, **kwargs)  # type: ignore[arg-type]
-        return exchange.status, exchange.headers, await exchange.body()
-
-
-def frame(token: str, text: str) -> bytes:
-    msg = f"<134>1 2012-12-10T03:00:48.123456Z host {token} web.1 - - {text}".encode()
-    return b"%d %s" % (len(msg), msg)
-
-
-async def create_channel(ports: BoundPorts, name: str = "app") -> str:
-    status, _, body = await request(
-        ports.api, "PUT", f"/v3/channels/{name}", body={"tokens": ["app"]}
-    )
-    assert status == 201, body
-    return json.loads(body)["tokens"]["app"]
-
-
-async def send_syslog(port: int, data: bytes) -> None:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(data)
-    await stream.aclose()
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(sample name, sorted labels) -> value; also checks the text parses as Prometheus."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(found: dict, name: str, **labels: str) -> float:
-    return found[(name, tuple(sorted(labels.items())))]
-
-
-async def scrape(port: int, auth: str | None = None) -> dict:
-    status, headers, body = await request(port, "GET", "/metrics", auth=auth)
-    assert status == 200, body
-    assert headers["content-type"].startswith("text/plain; version=")
-    return samples(body.decode())
+from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.http import create_channel, request
+from tests.helpers.metrics import scrape, value
+from tests.helpers.syslog import frame, send_syslog
+from tests.helpers.wait import wait_until
 
 
 async def test_metrics_reads_live_counters(tmp_path: Path) -> None:

@@ -12,22 +12,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.cluster.plane import TRIP_KINDS
+from logplexd.cluster import TRIP_KINDS
 from logplexd.daemon import Daemon
-from tests._redis_servers import RedisServer, Sink, eventually, redis_server
-from tests.test_metrics import (
-    create_channel,
-    frame,
-    request,
-    scrape,
-    send_syslog,
-    settings_for,
-    value,
-)
+from tests.helpers.cluster import Sink
+from tests.helpers.daemon import settings_for
+from tests.helpers.http import create_channel, request
+from tests.helpers.metrics import scrape, value
+from tests.helpers.redis import RedisServer, eventually
+from tests.helpers.syslog import frame, send_syslog
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["redis_server"]  # the fixture, imported to be used here
 
 # Room for the first 300 messages sent at once (a routed batch larger than the buffer is
 # dropped whole), little enough to overflow quickly while Redis is down.

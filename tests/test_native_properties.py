@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from logplexd._native import encode
 from logplexd.native import OctetFramer, parse_body, parse_frames
-
-from ._reference import (
+from tests.helpers.reference import (
     ReferenceFramer,
     reference_channel_log_frame,
     reference_chunks,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -27,15 +26,12 @@ from logplexd.api.platform.conventions import NOT_ACCEPTABLE_MESSAGE, RATE_LIMIT
 from logplexd.store import EmbeddedStore, open_store
 from logplexd.store.platform_records import open_platform_records
 from logplexd.web.messages import Request, Response
+from tests.helpers.http import basic_auth as basic
 
 KEY = "k"
 V3 = "application/vnd.heroku+json; version=3"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 OPERATOR_AUTH = basic("", KEY)

@@ -13,6 +13,8 @@ from logplexd.store import StoreCorrupt
 from logplexd.store import platform_records as records_module
 from logplexd.store.platform_records import JOURNAL_FILE, App, DrainMeta, open_platform_records
 
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py: the CLI tests below
+
 
 def app(name: str, **changes: object) -> App:
     fields: dict[str, object] = {
@@ -86,14 +88,6 @@ def test_not_a_journal(tmp_path: Path) -> None:
 
 
 # -- logplexd accounts -------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("LOGPLEXD_") or name == "LOGPLEX_AUTH_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
 
 def test_accounts_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,7 @@
 rule of ``_native/README.md``, each run against the pure-Python oracle and the native module.
 
 A vector that fails for "native" only is a bug in the Cython code (or an ambiguity in the
-README that ``tests/_reference.py`` documents); the oracle must pass everything here.
+README that ``tests/helpers/reference.py`` documents); the oracle must pass everything here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from ._reference import (
+from tests.helpers.reference import (
     ReferenceFramer,
     reference_channel_log_frame,
     reference_fields,

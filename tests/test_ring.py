@@ -6,10 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logplexd.native import ChannelRing, parse_frames
+from tests.helpers.syslog import message
 
 
 def frame(i: int, size: int = 0) -> bytes:
-    return b"<13>1 2024-01-01T00:00:00Z host t.a web.1 - - msg %d %s" % (i, b"x" * size)
+    """Message ``i``, ``size`` bytes longer than the smallest (a ring holds messages)."""
+    text = b"msg %d %s" % (i, b"x" * size)
+    return message("t.a", text, pri=13, ts="2024-01-01T00:00:00Z", host="host", ps="web.1")
 
 
 def test_keeps_exactly_max_messages_newest_first_out():

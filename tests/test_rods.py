@@ -11,20 +11,12 @@ import trio
 from logplexd.api.rods import RodError, parse_changes
 from logplexd.config import load_settings
 from logplexd.daemon import BoundPorts, Daemon
-
-from .test_drain_support import SyslogSink
-from .test_metrics import (
-    KEY,
-    Exchange,
-    create_channel,
-    frame,
-    request,
-    scrape,
-    send_syslog,
-    settings_for,
-    value,
-    wait_until,
-)
+from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.drains import SyslogSink
+from tests.helpers.http import Exchange, create_channel, credentials, request
+from tests.helpers.metrics import scrape, value
+from tests.helpers.syslog import frame, send_syslog
+from tests.helpers.wait import wait_until
 
 LOGPLEX = [("Content-Type", "application/logplex-1")]
 
@@ -33,10 +25,6 @@ async def put_rods(ports: BoundPorts, **rods: object) -> dict:
     status, _, body = await request(ports.api, "PUT", "/admin/rods", body=dict(rods))
     assert status == 200, body
     return json.loads(body)
-
-
-def token_auth(token: str) -> str:
-    return base64.b64encode(f"token:{token}".encode()).decode()
 
 
 async def test_api_status_read_only_and_disabled(tmp_path: Path) -> None:
@@ -155,7 +143,7 @@ async def test_deny_logs_ingress_leaves_syslog_input(tmp_path: Path) -> None:
         await put_rods(ports, deny_logs_ingress=True)
         status, _, _ = await request(
             ports.logs, "POST", "/logs", body=frame(token, "x"), headers=LOGPLEX,
-            auth=token_auth(token),
+            auth=credentials("token", token),
         )  # fmt: skip
         assert status == 503
         await send_syslog(ports.syslog, frame(token, "tcp still works"))
@@ -163,7 +151,7 @@ async def test_deny_logs_ingress_leaves_syslog_input(tmp_path: Path) -> None:
         await put_rods(ports, deny_logs_ingress=False)
         status, _, _ = await request(
             ports.logs, "POST", "/logs", body=frame(token, "x"), headers=LOGPLEX,
-            auth=token_auth(token),
+            auth=credentials("token", token),
         )  # fmt: skip
         assert status == 204
         nursery.cancel_scope.cancel()

@@ -1,9 +1,6 @@
 """A real rsyslogd forwarding with omfwd (TCP, octet-counted, RFC 5424) into our syslog port."""
 
-import os
-import shutil
 import signal
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,22 +8,12 @@ import trio
 
 from logplexd.ingest.syslog import SyslogInput
 from logplexd.router.registry import Registry
+from tests.helpers.net import accepting, free_port
+from tests.helpers.peers import RSYSLOGD, logger_command, needs_rsyslogd
 
-RSYSLOGD = shutil.which("rsyslogd") or (
-    "/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None
-)
 TOKEN = "t.5b432a82-2c03-4ecd-a8d4-a75d627b29ab"
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(RSYSLOGD is None, reason="rsyslog not installed (apt-get install rsyslog)"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.integration, needs_rsyslogd]
 
 
 CONFIG = """
@@ -55,30 +42,10 @@ async def test_rsyslog_omfwd_octet_counted_reaches_the_channel(tmp_path: Path):
         )
         try:
             with trio.fail_after(20):
-                while True:  # rsyslogd is ready when its input port accepts
-                    try:
-                        probe = await trio.open_tcp_stream("127.0.0.1", inport)
-                        await probe.aclose()
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
+                await accepting(inport)  # rsyslogd is ready when its input port accepts
                 for i in range(3):
                     await trio.run_process(
-                        [
-                            "logger",
-                            "--tcp",
-                            "--octet-count",
-                            "--rfc5424",
-                            "-n",
-                            "127.0.0.1",
-                            "-P",
-                            str(inport),
-                            "-t",
-                            TOKEN,
-                            "-p",
-                            "local0.notice",
-                            f"via rsyslog {i}",
-                        ]
+                        logger_command(inport, TOKEN, f"via rsyslog {i}", "-p", "local0.notice")
                     )
                 channel = registry.channel("app-9")
                 while len(channel.ring) < 3:

@@ -6,7 +6,6 @@ kept out of logs and /metrics, and no injection into drain requests or routed fr
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -18,14 +17,14 @@ import trio
 
 from logplexd.daemon import Daemon
 from logplexd.drains.http import build_request
-from logplexd.drains.target import InvalidDrainUrl, parse_drain_url
 from logplexd.ingest.logs import LogsIngest
 from logplexd.router.registry import Registry
-from logplexd.store import SESSION_TTL_SECONDS
+from logplexd.store import SESSION_TTL_SECONDS, InvalidDrainUrl, parse_drain_url
 from logplexd.web.messages import Request
-
-from .test_api_support import call, make_api
-from .test_metrics import KEY, frame, request, settings_for
+from tests.helpers.api import AUTH_KEY, PUBLIC_URL, FakeRegistry, call, make_api
+from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.http import credentials, request
+from tests.helpers.syslog import frame
 
 # Routes that answer without credentials, on purpose (SECURITY.md says why).
 OPEN_ROUTES = {"session.get", "v3.healthcheck", "openapi", "metrics"}
@@ -48,14 +47,10 @@ def _fill(template: str) -> str:
     return re.sub(r"\{\w+\}", "x", path)
 
 
-def _basic(user: str, password: str) -> str:
-    return base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 async def _post_logs(port: int, token: str, body: bytes) -> int:
     headers = [("Content-Type", "application/logplex-1")]
     status, _, _ = await request(
-        port, "POST", "/logs", body=body, headers=headers, auth=_basic("token", token)
+        port, "POST", "/logs", body=body, headers=headers, auth=credentials("token", token)
     )
     return status
 
@@ -75,7 +70,12 @@ async def test_daemon_attack_surface(tmp_path: Path, caplog: pytest.LogCaptureFi
                     assert not endpoint.auth, endpoint.name
                     continue
                 path = _fill(route.template)
-                for auth in (None, "wrong-key", _basic("", "wrong-key"), _basic("x", KEY + "x")):
+                for auth in (
+                    None,
+                    "wrong-key",
+                    credentials("", "wrong-key"),
+                    credentials("x", KEY + "x"),
+                ):
                     status, headers, body = await request(
                         ports.api, method, path, auth=auth, headers=[ACCEPT_V3]
                     )
@@ -139,7 +139,7 @@ async def test_daemon_attack_surface(tmp_path: Path, caplog: pytest.LogCaptureFi
         nursery.cancel_scope.cancel()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "api: created drain" in logged  # the drain was logged, redacted
-    for secret in (KEY, DRAIN_PASSWORD, _basic("token", token_a), session_id):
+    for secret in (KEY, DRAIN_PASSWORD, credentials("token", token_a), session_id):
         assert secret not in logged, secret
 
 
@@ -190,8 +190,6 @@ async def test_sessions_expire_after_360_seconds(tmp_path: Path) -> None:
     from logplexd.api import ControlApi
     from logplexd.store import open_store
 
-    from .test_api_support import AUTH_KEY, PUBLIC_URL, FakeRegistry
-
     now = [1_000_000.0]
     api = ControlApi(
         open_store(str(tmp_path), clock=lambda: now[0]),
@@ -219,14 +217,18 @@ async def test_logs_token_auth_never_reaches_another_channel() -> None:
     registry.add_token("A", a, "app")
     registry.add_token("B", b, "app")
     ingest = LogsIngest(registry)
-    auth = "Basic " + _basic("token", a)
+    auth = "Basic " + credentials("token", a)
     headers = {"authorization": auth, "content-type": "application/logplex-1"}
     body = b"".join(frame(t, "m") for t in (b, b, a, "x"))
     assert (await ingest.handle("POST", headers, body)).status == 204
     assert len(registry.channel("B").ring) == 0
     assert len(registry.channel("A").ring) == 4
     # B's token as user "token" with the wrong password shape, or a credential: refused.
-    for header in ("Basic " + _basic("token", "x" + b), "Basic " + _basic(b, ""), "Bearer " + b):
+    for header in (
+        "Basic " + credentials("token", "x" + b),
+        "Basic " + credentials(b, ""),
+        "Bearer " + b,
+    ):
         headers["authorization"] = header
         assert (await ingest.handle("POST", headers, body)).status == 401
     assert len(registry.channel("B").ring) == 0
@@ -234,7 +236,6 @@ async def test_logs_token_auth_never_reaches_another_channel() -> None:
 
 async def test_api_auth_is_not_fooled_by_partial_or_encoded_keys(tmp_path: Path) -> None:
     api = make_api(str(tmp_path))
-    from .test_api_support import AUTH_KEY
 
     for value in (
         "",
@@ -243,8 +244,8 @@ async def test_api_auth_is_not_fooled_by_partial_or_encoded_keys(tmp_path: Path)
         f"Bearer {AUTH_KEY}",
         f"Basic {AUTH_KEY[:-1]}",
         f"Basic {AUTH_KEY}x",
-        f"Basic {_basic(AUTH_KEY, '')}",
-        f"Basic {_basic('', AUTH_KEY)}",  # the key as a password is not a credential here
+        f"Basic {credentials(AUTH_KEY, '')}",
+        f"Basic {credentials('', AUTH_KEY)}",  # the key as a password is not a credential here
     ):
         reply = await call(api, "GET", "/healthcheck", headers=(("Authorization", value),))
         assert reply.status == 401, value

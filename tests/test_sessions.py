@@ -12,12 +12,14 @@ from logplexd.tails.sessions import (
     parse_session_params,
     stream_session,
 )
+from tests.helpers.syslog import message
 
 TOKEN = "t.aaaa"
 
 
 def frame(i: int, ps: str = "web.1", app: str = TOKEN) -> bytes:
-    return f"<134>1 2012-12-10T03:00:{i:02d}Z host {app} {ps} - - line {i}".encode()
+    """Message ``i`` ("line i"), stamped ``i`` seconds into the minute (unframed, as routed)."""
+    return message(app, f"line {i}", ts=f"2012-12-10T03:00:{i:02d}Z", host="host", ps=ps)
 
 
 def line(i: int, ps: str = "web.1", app: str = "app") -> bytes:

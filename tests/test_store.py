@@ -17,7 +17,6 @@ import trio
 from logplexd.router import attach_registry
 from logplexd.store import (
     ChannelAdded,
-    Credential,
     StoreCorrupt,
     StoreLocked,
     StoreUnavailable,
@@ -25,25 +24,7 @@ from logplexd.store import (
     open_store,
 )
 from logplexd.store.embedded import JOURNAL_FILE, SNAPSHOT_FILE
-
-
-def state_of(store) -> dict:
-    return {
-        "channels": sorted(store.channels(), key=lambda c: c.name),
-        "tokens": sorted(store.tokens(), key=lambda t: t.id),
-        "drains": sorted(store.drains(), key=lambda d: d.id),
-        "credentials": sorted(store.credentials(), key=lambda c: c.id),
-    }
-
-
-async def populate(store) -> None:
-    await store.create_channel(label="legacy", token_names=["app", "web"])
-    await store.put_channel("app-1", ["a", "b"])
-    await store.create_drain("app-1", "syslog://h.example", max_drains=6)
-    await store.create_drain("app-1", None, max_drains=6)
-    await store.create_drain("1", "https://u:p@x.example/logs", max_drains=6)
-    await store.add_credential(Credential("C" * 32, "scrypt$hash", ("full_api",), "ops"))
-    await store.put_channel("app-1", ["b", "c"])
+from tests.helpers.store import populate, state_of
 
 
 def journal_path(tmp_path) -> str:

@@ -26,8 +26,8 @@ from logplexd.store import (
     ChannelExists,
     ChannelNotFound,
     ChannelRemoved,
-    Credential,
     CredentialExists,
+    CredentialRecord,
     DrainAdded,
     DrainExists,
     DrainLimitReached,
@@ -43,33 +43,18 @@ from logplexd.store import (
     open_store,
 )
 from logplexd.store._redis_client import parse_redis_url
-from tests._redis_servers import (
-    PROPAGATION,
+from tests.helpers.api import FakeRegistry
+from tests.helpers.redis import (
     REDIS_SERVER,
     RedisCluster,
     RedisServer,
     bulk_strings,
     eventually,
     needs_redis,
-    redis_any,
-    redis_cluster,
-    redis_server,
+    require_redis,
     running,
 )
-from tests.test_api_support import FakeRegistry
-from tests.test_store import populate, state_of
-
-# Re-exported: other test modules import the fixtures and helpers from here.
-__all__ = [
-    "PROPAGATION",
-    "RedisServer",
-    "eventually",
-    "needs_redis",
-    "redis_any",
-    "redis_cluster",
-    "redis_server",
-    "running",
-]
+from tests.helpers.store import populate, state_of
 
 _prefixes = itertools.count()
 
@@ -78,9 +63,7 @@ _prefixes = itertools.count()
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """One cluster for the tests of this module that do not stop it: each test keeps to
     its own key prefix (a cluster takes about 2 s to form)."""
-    from tests._redis_servers import _require_binaries
-
-    _require_binaries()
+    require_redis()
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
     cluster.start()
     try:
@@ -207,7 +190,7 @@ async def test_store_errors(backend: Backend) -> None:
             await store.update_drain("b", drain.id, "syslog://z", max_drains=6)
         assert await store.delete_drain("b", drain.id) is None
         assert not await store.delete_channel("b")
-        credential = Credential("X", "h", ("full_api",))
+        credential = CredentialRecord("X", "h", ("full_api",))
         await store.add_credential(credential)
         with pytest.raises(CredentialExists):
             await store.add_credential(credential)
@@ -668,7 +651,7 @@ async def test_a_configuration_of_many_scan_pages_loads_whole(
             await a.put_channel(f"c{i:02}", ["web", "worker"])
             if i % 3 == 0:
                 await a.create_drain(f"c{i:02}", f"syslog://h{i}.example", max_drains=6)
-        await a.add_credential(Credential("K" * 32, "h", ("full_api",), "ops"))
+        await a.add_credential(CredentialRecord("K" * 32, "h", ("full_api",), "ops"))
         session = await a.create_session({"channel_id": "c01"})
         monkeypatch.setattr(redis_store, "SCAN_COUNT", 10)
         pages: list[int] = []

@@ -12,20 +12,17 @@ from pathlib import Path
 
 import trio
 
-from logplexd.store._redis_client import channel_key
-from tests._redis_servers import (
+from logplexd.store import channel_key
+from tests.helpers.redis import (
     PROPAGATION,
     RedisCluster,
-    _send,
     bulk_strings,
     integer,
     needs_redis,
-    redis_cluster,
     running,
+    send,
 )
-from tests.test_store import state_of
-
-__all__ = ["redis_cluster"]  # the fixture, imported to be used here
+from tests.helpers.store import state_of
 
 pytestmark = needs_redis
 
@@ -84,16 +81,16 @@ async def test_a_change_on_one_node_applies_on_another_within_a_second(
 
 def _migrate_slot(cluster: RedisCluster, slot: int, source: int, target: int) -> None:
     """Move one slot with its keys the way redis-cli --cluster reshard does."""
-    source_id = _send(source, "CLUSTER", "MYID").split(b"\r\n")[1]
-    target_id = _send(target, "CLUSTER", "MYID").split(b"\r\n")[1]
-    assert _send(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == b"+OK\r\n"
-    assert _send(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == b"+OK\r\n"
-    keys = bulk_strings(_send(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000"))
+    source_id = send(source, "CLUSTER", "MYID").split(b"\r\n")[1]
+    target_id = send(target, "CLUSTER", "MYID").split(b"\r\n")[1]
+    assert send(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == b"+OK\r\n"
+    assert send(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == b"+OK\r\n"
+    keys = bulk_strings(send(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000"))
     assert keys
-    reply = _send(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
+    reply = send(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
     assert reply == b"+OK\r\n", reply
     for port in (target, source, *[p for p in cluster.ports if p not in (source, target)]):
-        assert _send(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == b"+OK\r\n"
+        assert send(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == b"+OK\r\n"
 
 
 async def test_the_configuration_slot_moves_to_another_master(
@@ -112,7 +109,7 @@ async def test_the_configuration_slot_moves_to_another_master(
         await trio.to_thread.run_sync(_migrate_slot, redis_cluster, slot, source, target)
         redis_cluster.wait_ready()  # refresh the test's own slot map
         assert redis_cluster.owner_of(CFG_KEY) == target
-        assert integer(_send(source, "CLUSTER", "COUNTKEYSINSLOT", str(slot))) == 0
+        assert integer(send(source, "CLUSTER", "COUNTKEYSINSLOT", str(slot))) == 0
 
         with trio.fail_after(10):
             await b.put_channel("after-b", [])
@@ -137,7 +134,7 @@ async def test_a_failover_of_the_configuration_master(tmp_path: Path) -> None:
             await a.put_channel("before", ["t"])
             # Replication is asynchronous: wait until the replica has the change (WAIT).
             master = cluster.server_of(CFG_KEY)
-            assert integer(_send(master.port, "WAIT", "1", "5000", timeout=10)) == 1
+            assert integer(send(master.port, "WAIT", "1", "5000", timeout=10)) == 1
             with trio.fail_after(PROPAGATION):
                 while b.channel("before") is None:
                     await trio.sleep(0.005)

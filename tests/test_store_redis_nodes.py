@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import trio
 
 from logplexd.daemon import BoundPorts, Daemon
-from tests._redis_servers import (
-    PROPAGATION,
-    RedisCluster,
-    RedisServer,
-    eventually,
-    node_settings,
-    redis_any,
-    redis_cluster,
-    redis_server,
-)
-from tests.test_daemon import AUTH, JSON, api, curl, frame
+from tests.helpers.cluster import node_settings
+from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.peers import needs_curl
+from tests.helpers.redis import PROPAGATION, RedisCluster, RedisServer, eventually
+from tests.helpers.syslog import frame
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed"),
-]
-
-__all__ = ["redis_any", "redis_cluster", "redis_server"]  # fixtures, imported to be used here
+pytestmark = [pytest.mark.integration, needs_curl]
 
 
 async def test_three_nodes_share_configuration(

@@ -1,7 +1,6 @@
 """TCP syslog input on real sockets: framing across reads, routing, limits, real peers."""
 
 import contextlib
-import shutil
 
 import pytest
 import trio
@@ -9,20 +8,10 @@ import trio.testing
 
 from logplexd.ingest.syslog import SyslogInput
 from logplexd.router.registry import Registry
-
-from .conftest import random_splits
+from tests.helpers.peers import logger_command, needs_logger
+from tests.helpers.syslog import frame, message, random_splits
 
 TOKEN = "t.40c71ce6-83e3-4384-a062-010f886da916"
-
-
-def frame(text: bytes, token: str = TOKEN) -> bytes:
-    msg = b"<134>1 2012-12-10T03:00:48.123456Z erlang " + token.encode() + b" console.1 - - "
-    msg += text
-    return b"%d %s" % (len(msg), msg)
-
-
-def cooked(text: bytes, name: bytes = b"app") -> bytes:
-    return b"<134>1 2012-12-10T03:00:48.123456Z erlang " + name + b" console.1 - - " + text
 
 
 async def start(nursery, **kw) -> tuple[SyslogInput, int]:
@@ -44,7 +33,7 @@ async def wait_for_lines(registry: Registry, n: int, channel: str = "app-123") -
 
 @pytest.mark.parametrize("chunking", ["whole", "bytewise", "random"])
 async def test_frames_split_any_way_arrive_in_order(chunking, rng):
-    data = b"".join(frame(b"message %d" % i) for i in range(50))
+    data = b"".join(frame(TOKEN, b"message %d" % i) for i in range(50))
     if chunking == "whole":
         chunks = [data]
     elif chunking == "bytewise":
@@ -57,7 +46,7 @@ async def test_frames_split_any_way_arrive_in_order(chunking, rng):
         for chunk in chunks:
             await stream.send_all(chunk)
         lines = await wait_for_lines(syslog.registry, 50)
-        assert lines == [cooked(b"message %d" % i) for i in range(50)]
+        assert lines == [message("app", b"message %d" % i) for i in range(50)]
         await stream.aclose()
         nursery.cancel_scope.cancel()
 
@@ -68,16 +57,16 @@ async def test_bad_input_is_counted_and_connection_stays_usable():
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         big = b"<134>1 - - " + TOKEN.encode() + b" - - - " + b"x" * 10300
         await stream.send_all(
-            frame(b"first")
+            frame(TOKEN, b"first")
             + b"garbage without a length\n"
             + b"%d %s" % (len(big), big)
             + b"99999999999 nonsense\n"
-            + frame(b"unknown", token="t.00000000-0000-0000-0000-000000000000")
+            + frame("t.00000000-0000-0000-0000-000000000000", b"unknown")
             + b"\x00\xff\xfe binary junk\n"
-            + frame(b"last")
+            + frame(TOKEN, b"last")
         )
         lines = await wait_for_lines(syslog.registry, 2)
-        assert lines == [cooked(b"first"), cooked(b"last")]
+        assert lines == [message("app", b"first"), message("app", b"last")]
         assert syslog.stats.malformed == 4
         assert syslog.stats.unknown_token == 1
         assert syslog.stats.routed == 2
@@ -97,8 +86,8 @@ async def test_connections_beyond_the_limit_are_closed_at_once():
             with contextlib.suppress(trio.BrokenResourceError):  # a reset is a close too
                 assert await extra.receive_some(10) == b""
         assert syslog.stats.connections_rejected == 1
-        await held[0].send_all(frame(b"still served"))
-        assert await wait_for_lines(syslog.registry, 1) == [cooked(b"still served")]
+        await held[0].send_all(frame(TOKEN, b"still served"))
+        assert await wait_for_lines(syslog.registry, 1) == [message("app", b"still served")]
         for s in held:
             await s.aclose()
         nursery.cancel_scope.cancel()
@@ -115,15 +104,13 @@ async def test_idle_connection_is_closed(autojump_clock):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("logger") is None, reason="util-linux logger not installed")
+@needs_logger
 @pytest.mark.parametrize("octet_count", [True, False])
 async def test_logger_rfc5424_lands_in_the_channel(octet_count):
     async with trio.open_nursery() as nursery:
         syslog, port = await start(nursery)
-        args = ["logger", "--tcp", "--rfc5424", "-n", "127.0.0.1", "-P", str(port), "-t", TOKEN]
-        if octet_count:
-            args.append("--octet-count")
-        await trio.run_process([*args, "hello from logger"])
+        command = logger_command(port, TOKEN, "hello from logger", octet_count=octet_count)
+        await trio.run_process(command)
         (line,) = await wait_for_lines(syslog.registry, 1)
         fields = syslog.registry.channel("app-123").ring.last(1).fields(0)
         assert fields["valid"] and fields["app"] == b"app"
@@ -162,24 +149,26 @@ async def test_tls_input_routes_and_reloads_its_certificate(tmp_path):
         syslog = SyslogInput(registry)
         port = await nursery.start(syslog.serve_tls, "127.0.0.1", 0, certificate)
         first = await connect(port)
-        await first.send_all(frame(b"over tls"))
-        assert await wait_for_lines(registry, 1) == [cooked(b"over tls")]
+        await first.send_all(frame(TOKEN, b"over tls"))
+        assert await wait_for_lines(registry, 1) == [message("app", b"over tls")]
         serial0 = first.getpeercert()["serialNumber"]
         certificate.cert_file, certificate.key_file = paths[1]
         certificate.reload()
         second = await connect(port)
         assert second.getpeercert()["serialNumber"] != serial0
         # The connection opened before the reload keeps working.
-        await first.send_all(frame(b"after reload"))
-        await second.send_all(frame(b"new connection"))
+        await first.send_all(frame(TOKEN, b"after reload"))
+        await second.send_all(frame(TOKEN, b"new connection"))
         lines = await wait_for_lines(registry, 3)
-        assert sorted(lines[1:]) == sorted([cooked(b"after reload"), cooked(b"new connection")])
+        assert sorted(lines[1:]) == sorted(
+            [message("app", b"after reload"), message("app", b"new connection")]
+        )
         # A plain-TCP client speaking to the TLS port is cut without disturbing the rest.
         plain = await trio.open_tcp_stream("127.0.0.1", port)
-        await plain.send_all(frame(b"not tls"))
+        await plain.send_all(frame(TOKEN, b"not tls"))
         with trio.fail_after(5):
             with contextlib.suppress(trio.BrokenResourceError):
                 await plain.receive_some(100)
-        await second.send_all(frame(b"still fine"))
-        assert (await wait_for_lines(registry, 4))[-1] == cooked(b"still fine")
+        await second.send_all(frame(TOKEN, b"still fine"))
+        assert (await wait_for_lines(registry, 4))[-1] == message("app", b"still fine")
         nursery.cancel_scope.cancel()

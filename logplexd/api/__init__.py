@@ -14,6 +14,7 @@ import trio
 
 from ..web import serve_http
 from .control import ApiConfig, ControlApi
+from .listener import ApiListener
 from .platform import mount_platform
 from .reads import ReadRoutes
 from .rods import ROD_NAMES, RodError, Rods, RodsApi, RodState, parse_changes
@@ -46,6 +47,7 @@ async def run_api(
 __all__ = [
     "ROD_NAMES",
     "ApiConfig",
+    "ApiListener",
     "ControlApi",
     "ReadRoutes",
     "RodError",

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from ..router import RegistryLike, attach_registry
@@ -22,20 +22,22 @@ from ..store import (
     SESSION_TTL_SECONDS,
     ChannelExists,
     ChannelNotFound,
-    Drain,
     DrainExists,
     DrainLimitReached,
     DrainNotFound,
+    DrainRecord,
     InvalidDrainUrl,
     Store,
     StoreError,
     StoreUnavailable,
-    Token,
+    TokenRecord,
     parse_drain_url,
     redact_url,
 )
 from ..web import (
     FULL_API,
+    BasicAuth,
+    BasicPassword,
     CredentialChecker,
     MethodNotAllowed,
     Params,
@@ -43,9 +45,8 @@ from ..web import (
     Response,
     RouteHandler,
     Router,
-    decode_basic,
     key_matches,
-    parse_basic,
+    parse_authorization,
 )
 
 log = logging.getLogger("logplexd.api")
@@ -108,8 +109,8 @@ _V3_DRAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
 
 
 async def _drain_write(
-    errors: dict[type[Exception], tuple[int, str]], write: Awaitable[Drain]
-) -> Drain:
+    errors: dict[type[Exception], tuple[int, str]], write: Awaitable[DrainRecord]
+) -> DrainRecord:
     try:
         return await write
     except (ChannelNotFound, DrainNotFound, DrainLimitReached, DrainExists) as exc:
@@ -127,14 +128,49 @@ def _is_token_name(value: object) -> bool:
     return value.isprintable() and not any(ch.isspace() for ch in value)
 
 
-def _tokens_map(tokens: list[Token]) -> dict[str, str]:
+def _tokens_map(tokens: list[TokenRecord]) -> dict[str, str]:
     return {t.name: t.id for t in sorted(tokens, key=lambda t: (t.name, t.id))}
 
 
-def _drain_json(drain: Drain) -> dict[str, Any]:
+def _drain_json(drain: DrainRecord) -> dict[str, Any]:
     if drain.url is None:
         return {"id": drain.id, "token": drain.token}
     return {"id": drain.id, "token": drain.token, "url": drain.url}
+
+
+class DrainFigures(Protocol):
+    """What ``?stats=1`` shows of a running drain (``drains.DrainStats`` has it)."""
+
+    @property
+    def drain_id(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def retried(self) -> int: ...
+    @property
+    def lost(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def last_error_at(self) -> float | None: ...
+
+
+DRAIN_STATS_KEYS = (
+    "state",
+    "delivered",
+    "dropped",
+    "retried",
+    "lost",
+    "buffered",
+    "last_error",
+    "last_error_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +194,12 @@ class ControlApi:
         max_drains_per_channel: int = 6,
         session_ttl: float = SESSION_TTL_SECONDS,
         credential_checker: CredentialChecker | None = None,
+        drain_stats: Callable[[str], Iterable[DrainFigures]] | None = None,
     ) -> None:
         self.store = store
-        # Per-drain delivery figures for ``GET /v3/channels/{name}?stats=1`` (drain id ->
-        # stats), provided by whoever runs the drains; the default body never has them.
-        self.drain_stats: Callable[[str], dict[int, dict[str, Any]]] | None = None
+        # Per-drain delivery figures for ``GET /v3/channels/{name}?stats=1``, provided by
+        # whoever runs the drains; the default body never has them.
+        self.drain_stats = drain_stats
         self.config = ApiConfig(
             auth_key=auth_key,
             public_url=public_url.rstrip("/"),
@@ -277,16 +314,15 @@ class ControlApi:
         return response
 
     async def _authorized(self, request: Request) -> bool:
-        presented = parse_basic(request.header("authorization"))
-        if not presented:
-            return False
+        """Basic only: the auth key, or a stored ``id:password`` with ``full_api``."""
+        presented = parse_authorization(request.header("authorization"))
         # As the original: the raw key itself, not base64, follows "Basic ".
-        if key_matches(presented, self.config.auth_key):
+        if isinstance(presented, BasicAuth) and key_matches(presented.text, self.config.auth_key):
             return True
-        pair = decode_basic(presented)
-        if pair is None:
+        # Not Bearer, and not ":token" either: no stored credential has an empty id.
+        if not isinstance(presented, BasicPassword):
             return False
-        credential = await self.credentials.check(*pair)
+        credential = await self.credentials.check(presented.user, presented.password)
         return credential is not None and FULL_API in credential.permissions
 
     # -- channels ------------------------------------------------------------------------------
@@ -357,7 +393,10 @@ class ControlApi:
         body = self._v3_channel_json(name)
         wants_stats = request.query_params().get("stats", "").lower() in ("1", "true")
         if wants_stats and self.drain_stats is not None and "drains" in body:
-            live = self.drain_stats(name)
+            live = {
+                figures.drain_id: {key: getattr(figures, key) for key in DRAIN_STATS_KEYS}
+                for figures in self.drain_stats(name)
+            }
             for drain in body["drains"]:
                 drain["stats"] = live.get(drain["id"], {"state": "stopped"})
         return Response.json(200, body)
@@ -370,7 +409,9 @@ class ControlApi:
         return Response.empty(204)
 
     # -- tokens ------------------------------------------------------------------------------------
-    async def _create_token(self, channel: str, request: Request, status_missing: int) -> Token:
+    async def _create_token(
+        self, channel: str, request: Request, status_missing: int
+    ) -> TokenRecord:
         body = _json_object(request)
         name = body.get("name")
         if not isinstance(name, str) or not _is_token_name(name):
@@ -450,7 +491,7 @@ class ControlApi:
         self._log_drain("deleted", drain)
         return Response.empty(200)
 
-    def _drain_location(self, drain: Drain) -> tuple[str, str]:
+    def _drain_location(self, drain: DrainRecord) -> tuple[str, str]:
         channel = quote(drain.channel, safe="")
         return ("Location", f"{self.config.public_url}/v3/channels/{channel}/drains/{drain.id}")
 
@@ -499,7 +540,7 @@ class ControlApi:
         self._log_drain("deleted", drain)
         return Response.empty(204)
 
-    def _log_drain(self, action: str, drain: Drain) -> None:
+    def _log_drain(self, action: str, drain: DrainRecord) -> None:
         log.info(
             "api: %s drain id=%d channel=%s url=%s",
             action,

@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..router import Registry
+from ..native import Batch
+from ..router import Channel, Registry
 from ..store import Store
 from ..tails import SessionParamError, channel_logs, parse_session_params, stream_session
-from ..web import Request, Response
+from ..web import AddRoute, Request, Response
 
 if TYPE_CHECKING:
-    from ..cluster import ClusterReads
     from .rods import Rods
 
 TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
+
+
+class HistoryStart(Protocol):
+    """Where a read starts in Redis mode: the history to send first, and the ring position
+    a tail continues from."""
+
+    @property
+    def history(self) -> Batch: ...
+
+    @property
+    def cursor(self) -> int: ...
+
+
+class SharedHistory(Protocol):
+    """What the read routes need in Redis mode (the cluster's ``ClusterReads``): a read's
+    history from the channel's stream, every node's messages in it, and for a tail a hold
+    on that stream (the ring then receives them too) until ``release``."""
+
+    async def start(self, channel: Channel, want: int, tail: bool) -> HistoryStart: ...
+
+    # ``start`` is what ``start`` returned, of a type only the implementation knows.
+    def release(self, start: Any) -> None: ...
 
 
 class ReadRoutes:
@@ -30,13 +52,17 @@ class ReadRoutes:
         store: Store,
         registry: Registry,
         rods: Rods | None = None,
-        cluster: ClusterReads | None = None,
+        cluster: SharedHistory | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.rods = rods
         # Redis mode: history is read from the channel's stream, tails hold a follow on it.
         self.cluster = cluster
+
+    def mount(self, add: AddRoute) -> None:
+        add("GET", "/sessions/{session_id}", self.session, name="session.get", auth=False)
+        add("GET", "/v3/channels/{channel}/logs", self.channel_logs, name="v3.channel.logs")
 
     async def session(self, request: Request, params: dict[str, str]) -> Response:
         session = self.store.session(params["session_id"])

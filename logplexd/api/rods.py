@@ -30,7 +30,16 @@ from typing import Any
 from ..config import API_STATUSES, parse_bool
 from ..drains import GatedDrainManager
 from ..tails import TailSessions
-from ..web import Request, Response, decode_basic, key_matches, parse_basic
+from ..web import (
+    AddRoute,
+    BasicAuth,
+    BasicPassword,
+    BasicToken,
+    Request,
+    Response,
+    key_matches,
+    parse_authorization,
+)
 
 log = logging.getLogger("logplexd.api.rods")
 
@@ -168,18 +177,25 @@ class RodsApi:
         self.auth_key = auth_key
 
     def _authorized(self, request: Request) -> bool:
-        presented = parse_basic(request.header("authorization"))
-        if not presented:
+        """Basic only, and the auth key only: raw, or as the password of any user."""
+        presented = parse_authorization(request.header("authorization"))
+        if not isinstance(presented, BasicAuth):
             return False
         key = self.auth_key()
-        if key_matches(presented, key):
+        if key_matches(presented.text, key):
             return True
         # Also base64 of ":KEY" / "user:KEY", as HTTP clients build Basic headers.
-        pair = decode_basic(presented)
-        return pair is not None and key_matches(pair[1], key)
+        if isinstance(presented, BasicPassword):
+            return key_matches(presented.password, key)
+        return isinstance(presented, BasicToken) and key_matches(presented.token, key)
 
     def _unauthorized(self) -> Response:
         return Response.error(401, "Unauthorized", [WWW_AUTHENTICATE])
+
+    def mount(self, add: AddRoute) -> None:
+        # The auth key only, never a stored credential: checked here, not by the API.
+        add("GET", "/admin/rods", self.get, name="admin.rods.get", auth=False)
+        add("PUT", "/admin/rods", self.put, name="admin.rods.put", auth=False)
 
     async def get(self, request: Request, params: dict[str, str]) -> Response:
         if not self._authorized(request):

@@ -4,26 +4,41 @@
 streams local readers need; ``ClusterRegistry`` routes ingestion into it; ``ClusterReads``
 serves history from the streams; ``ClusterDrains`` runs each drain on the node holding
 its lease. Sans-IO cores: ``buffer.OutboundBuffer`` and ``lease.Lease``.
+
+The plane's parts are private modules: ``_stream`` (a channel's keys, the append script,
+the entry codec: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``), ``_link`` (the Redis
+client, reachability, round trips by kind: ``TRIP_KINDS``, ``CLOSE_GRACE``), ``_writer``,
+``_follow`` (``Follow``, ``POLL_IDLE``) and ``_history``.
 """
 
+from ._follow import POLL_IDLE, Follow
+from ._link import CLOSE_GRACE, TRIP_KINDS
+from ._stream import CHECKPOINT_TTL_MS, EntryBody, Keys, decode_entry
 from .birth import birth_hook
 from .buffer import OutboundBuffer
 from .drains import ClusterDrains
 from .lease import Lease, LeaseEvent, LeaseState
-from .plane import DataPlane, Follow, Keys
-from .reads import ClusterReads
+from .plane import DataPlane
+from .reads import ClusterReads, ReadStart
 from .registry import ClusterRegistry
 
 __all__ = [
+    "CHECKPOINT_TTL_MS",
+    "CLOSE_GRACE",
+    "POLL_IDLE",
+    "TRIP_KINDS",
     "ClusterDrains",
     "ClusterReads",
     "ClusterRegistry",
     "DataPlane",
+    "EntryBody",
     "Follow",
     "Keys",
     "Lease",
     "LeaseEvent",
     "LeaseState",
     "OutboundBuffer",
+    "ReadStart",
     "birth_hook",
+    "decode_entry",
 ]

@@ -1,7 +1,7 @@
 """A drain's birth checkpoint (issue 11): it delivers what is sent after it got its URL.
 
 In Redis mode a drain runs on the node holding its lease, from its checkpoint key
-``P:{ch:<name>}:drain:<id>:ckpt`` (``plane.Keys``). A drain with no checkpoint starts at the
+``P:{ch:<name>}:drain:<id>:ckpt`` (``Keys``). A drain with no checkpoint starts at the
 stream's newest entry when a node first acquires it, so without a birth checkpoint the
 messages sent between the 201 of the control API and that first acquisition (a lease
 tick later at best; much later when the lease is held elsewhere) would never be delivered.
@@ -34,16 +34,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..store import Drain
-from .plane import (
-    CALL_TIMEOUT,
-    CHECKPOINT_TTL_MS,
-    DataPlane,
-    Script,
-    ScriptCall,
-    describe,
-    redis_errors,
-)
+from ..store import DrainRecord
+from ._link import CALL_TIMEOUT, describe, redis_errors
+from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall
+from .plane import DataPlane
 
 log = logging.getLogger("logplexd.drains")
 
@@ -61,7 +55,7 @@ return tonumber(seq)
 BIRTH = Script(_BIRTH_LUA)
 
 
-async def write_birth(plane: DataPlane, drain: Drain) -> int:
+async def write_birth(plane: DataPlane, drain: DrainRecord) -> int:
     """Store the drain's birth checkpoint (unless it has one); the checkpoint it starts
     after. One round trip (counted as "other"), by SHA1 like every data-plane script.
     Raises what ``redis_errors()`` names (trio.TooSlowError after CALL_TIMEOUT)."""
@@ -72,11 +66,11 @@ async def write_birth(plane: DataPlane, drain: Drain) -> int:
     return result if isinstance(result, int) else 0  # the script returns an integer
 
 
-def birth_hook(plane: DataPlane) -> Callable[[Drain], Awaitable[None]]:
+def birth_hook(plane: DataPlane) -> Callable[[DrainRecord], Awaitable[None]]:
     """The hook ``RedisStore.drain_birth_hooks`` runs once a drain got its destination."""
     errors = redis_errors()
 
-    async def hook(drain: Drain) -> None:
+    async def hook(drain: DrainRecord) -> None:
         if drain.url is None:
             return  # a reservation: born when it gets a URL
         try:

@@ -23,25 +23,17 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
-from ..drains import DrainManager, InvalidDrainUrl
+from ..drains import DrainFeed, DrainManager, InvalidDrainUrl, delivery_target
 from ..store import redact_url
+from ._follow import Follow
+from ._history import CatchUp
+from ._link import CALL_TIMEOUT, describe, redis_errors
+from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId
 from .lease import DEFAULT_TTL, Command, Lease, LeaseEvent, LeaseState, renew_interval
-from .plane import (
-    CALL_TIMEOUT,
-    CHECKPOINT_TTL_MS,
-    CatchUp,
-    DataPlane,
-    Follow,
-    Script,
-    ScriptCall,
-    StreamId,
-    describe,
-    redis_errors,
-)
+from .plane import DataPlane
 
 log = logging.getLogger("logplexd.drains")
 
@@ -134,9 +126,7 @@ class ClusterDrains:
 
     # -- the manager's interface, as drain_sync calls it ---------------------------------------
     def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None:
-        from ..drains import parse_drain_url
-
-        parse_drain_url(url)  # refuse a bad URL here, as the manager would
+        delivery_target(url)  # refuse a bad URL here, as the manager would
         old = self.wanted.get(drain_id)
         if old is not None and old.channel != channel_name:
             self.remove_drain(drain_id)
@@ -191,8 +181,7 @@ class ClusterDrains:
                 continue
             drain = self.manager.drain(drain_id)
             if drain is not None:
-                drain.feed.loss.add(count, since)
-                drain.feed.counters.lost += count
+                drain.feed.note_lost(count, since)
 
     def _rewound(self, channel: str) -> None:
         # The stream's sequence started over: checkpoints restart from it too.
@@ -347,13 +336,10 @@ class ClusterDrains:
         if drain is None:
             return
         feed = drain.feed
-        feed.cursor = position
-        if catch_up is not None and len(catch_up.batch):
-            # Delivered first, before the ring from ``position`` on.
-            feed.pending, feed.pending_start = catch_up.batch, 0
+        # What was read from the stream is delivered first, before the ring from ``position`` on.
+        feed.resume_at(position, catch_up.batch if catch_up is not None else None)
         if gap:
-            feed.loss.add(gap, self.plane.wall_clock())
-            feed.counters.lost += gap
+            feed.note_lost(gap, self.plane.wall_clock())
         wanted.stored = after[0] if raw is not None else -1
         if raw is None:
             wanted.dirty = after[0]
@@ -369,13 +355,9 @@ class ClusterDrains:
         )
 
     def _hook_checkpoints(
-        self, drain_id: int, wanted: Wanted, feed: Any, catch_up: CatchUp | None
+        self, drain_id: int, wanted: Wanted, feed: DrainFeed, catch_up: CatchUp | None
     ) -> None:
-        """After each settled payload, note the stream sequence delivered through.
-
-        ``DrainFeed`` has no settle callback; its ``delivered``/``dropped`` are wrapped on
-        this one instance (the manager created it) rather than editing the feed.
-        """
+        """After each settled payload, note the stream sequence delivered through."""
         follow = wanted.follow
         assert follow is not None
 
@@ -392,14 +374,7 @@ class ClusterDrains:
                 wanted.dirty = seq
                 self._dirty.set()
 
-        for name in ("delivered", "dropped"):
-            original = getattr(feed, name)
-
-            def wrapper(payload: Any, _original: Any = original) -> None:
-                _original(payload)
-                settled()
-
-            setattr(feed, name, wrapper)
+        feed.on_settled.append(settled)
 
     def _stop(self, drain_id: int, wanted: Wanted) -> None:
         self.manager.remove_drain(drain_id)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from ..native import Batch
 from ..router import Channel
-from .plane import DataPlane, Follow, redis_errors
+from ._follow import Follow
+from ._link import redis_errors
+from .plane import DataPlane
 from .registry import ClusterRegistry
 
 

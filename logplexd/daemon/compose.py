@@ -17,15 +17,23 @@ import logging
 import os
 import signal
 import ssl
-import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import trio
 
-from ..api import ROD_NAMES, ControlApi, ReadRoutes, Rods, RodsApi, RodState, mount_platform
+from ..api import (
+    ROD_NAMES,
+    ApiListener,
+    ControlApi,
+    ReadRoutes,
+    Rods,
+    RodsApi,
+    RodState,
+    mount_platform,
+)
 from ..cluster import (
     ClusterDrains,
     ClusterReads,
@@ -38,11 +46,11 @@ from ..config import Settings, ensure_auth_key, load_settings
 from ..drains import GatedDrainManager, attach_drains
 from ..ingest import LogsIngest, LogsListener, ServerCertificate, SyslogInput
 from ..router import Registry
-from ..store import RedisStore, Store, StoreError, open_store
+from ..store import EmbeddedStore, RedisStore, Store, StoreError, open_store
 from ..tails import TailSessions
-from ..web import ConnectionCount, CredentialChecker, Match, Request, Response, serve_http
+from ..web import ConnectionCount, CredentialChecker, Request, Response, serve_http
 from ._logging import configure_logging
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics, MetricsSnapshot, RedisFigures, StoreFigures, TailFigures
 from .systemd import ActivationError, Notifier, listen_fds, trio_listeners
 
 log = logging.getLogger("logplexd")
@@ -133,7 +141,7 @@ class Daemon:
             "logs": ConnectionCount(),
         }
         self.logs_bytes = 0
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.metrics_snapshot)
         self.store: Store | None = None
         self._core: trio.Nursery | None = None
         self._listeners = trio.CancelScope()
@@ -144,7 +152,9 @@ class Daemon:
         self.reloads = 0
         self.tls_port: int | None = None
 
-    async def serve(self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED):
+    async def serve(
+        self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled or ``shutdown()``; reports the bound ports once all listen."""
         s = self.settings
         inherited = listen_fds(self.environ, unset=self.environ is os.environ)
@@ -159,22 +169,17 @@ class Daemon:
                 auth_key=s.auth_key or "",
                 public_url=s.resolved_public_url(),
                 max_drains_per_channel=s.max_drains_per_channel,
+                drain_stats=self.drains.channel_stats,
             )
-            self.api.drain_stats = self._drain_stats
-            add = self.api.add_route
             cluster_reads = None
             if self.plane is not None and isinstance(self.registry, ClusterRegistry):
                 cluster_reads = ClusterReads(self.plane, self.registry)
-            reads = ReadRoutes(store, self.registry, self.rods, cluster_reads)
-            add("GET", "/sessions/{session_id}", reads.session, name="session.get", auth=False)
-            add("GET", "/v3/channels/{channel}/logs", reads.channel_logs, name="v3.channel.logs")
+            ReadRoutes(store, self.registry, self.rods, cluster_reads).mount(self.api.add_route)
             mount_platform(self.api, store, self.registry, data_dir=s.data_dir)
-            rods_api = RodsApi(self.rods, lambda: self.settings.auth_key or "")
-            add("GET", "/admin/rods", rods_api.get, name="admin.rods.get", auth=False)
-            add("PUT", "/admin/rods", rods_api.put, name="admin.rods.put", auth=False)
+            RodsApi(self.rods, lambda: self.settings.auth_key or "").mount(self.api.add_route)
             credentials = CredentialChecker(store)
 
-            async def any_channel_permissions(cred_id: str, password: str):
+            async def any_channel_permissions(cred_id: str, password: str) -> frozenset[str] | None:
                 credential = await credentials.check(cred_id, password)
                 return None if credential is None else frozenset(credential.permissions)
 
@@ -216,22 +221,6 @@ class Daemon:
             return trio_listeners(socks)
         return await trio.open_tcp_listeners(port, host=host)
 
-    def _drain_stats(self, channel: str) -> dict[int, dict[str, object]]:
-        public = (
-            "state",
-            "delivered",
-            "dropped",
-            "retried",
-            "lost",
-            "buffered",
-            "last_error",
-            "last_error_at",
-        )
-        return {
-            stats.drain_id: {key: getattr(stats, key) for key in public}
-            for stats in self.drains.channel_stats(channel)
-        }
-
     async def _serve_listeners(
         self, inherited: Mapping[str, list[Any]], *, task_status: trio.TaskStatus[BoundPorts]
     ) -> None:
@@ -252,14 +241,19 @@ class Daemon:
                     tls = [trio.SSLListener(ln, self._certificate.context) for ln in tls_raw]
                     self.tls_port = await nursery.start(self.syslog.serve_listeners, tls)
                 api_listeners = await self._listen("api", inherited, *s.api_addr)
+                # /metrics is open to a scraper on loopback, as the original's.
                 metrics_open = all(_is_loopback(ln) for ln in api_listeners)
-                api.add_route(
-                    "GET", "/metrics", self._metrics, name="metrics", auth=not metrics_open
+                self.metrics.mount(api.add_route, auth=not metrics_open)
+                listener = ApiListener(
+                    api,
+                    gate=self.rods.api_gate,
+                    health=self._data_plane_health,
+                    observe=self.metrics.observe_api,
                 )
                 api_port = await nursery.start(
                     partial(
                         serve_http,
-                        self._handle_api,
+                        listener.handle,
                         *s.api_addr,
                         max_connections=s.api_max_connections,
                         max_body=s.api_max_body,
@@ -302,22 +296,6 @@ class Daemon:
                 )
                 task_status.started(BoundPorts(api_port, logs_port, syslog_port))
 
-    # -- the API, with metrics and control rods ------------------------------------------------
-    async def _handle_api(self, request: Request) -> Response:
-        api = self.api
-        assert api is not None
-        started = time.perf_counter()
-        found = api.router.match(request.method, request.path)
-        route = found.endpoint.name if isinstance(found, Match) else "unmatched"
-        gate = self.rods.api_gate(request.method, route)
-        if gate is None and route == "v3.healthcheck":
-            gate = self._data_plane_health()
-        response = gate if gate is not None else await api.handle(request)
-        self.metrics.observe_api(
-            route, request.method, response.status, time.perf_counter() - started
-        )
-        return response
-
     def _data_plane_health(self) -> Response | None:
         """Redis mode: 503 while Redis cannot be reached (and until it first is), for the
         data plane (history, drains) or the store. ``/healthcheck`` is the store's alone."""
@@ -329,8 +307,40 @@ class Daemon:
             return None
         return Response.text(503, "Redis unavailable: " + failure)
 
-    async def _metrics(self, request: Request, params: dict[str, str]) -> Response:
-        return Response(200, [("Content-Type", CONTENT_TYPE)], self.metrics.render())
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        store, plane = self.store, self.plane
+        redis = None
+        if plane is not None:
+            redis = RedisFigures(
+                trips=dict(plane.trips),
+                entries_written=plane.entries_written,
+                messages_written=plane.messages_written,
+                bytes_written=plane.bytes_written,
+                entries_read=plane.entries_read,
+                messages_read=plane.messages_read,
+                malformed_entries=plane.malformed_entries,
+                buffer_messages=plane.buffer.messages,
+                buffer_dropped=plane.buffer.dropped,
+                reachable=plane.failure is None,
+            )
+        return MetricsSnapshot(
+            syslog=self.syslog.stats,
+            logs=self.logs.stats if self.logs is not None else None,
+            logs_bytes=self.logs_bytes,
+            connections=self.connections,
+            drains=self.drains.stats(),
+            channels=len(self.registry.channels),
+            unknown_tokens=self.registry.totals.unknown_token,
+            store=None
+            if store is None
+            else StoreFigures(
+                healthy=store.failure is None,
+                journal_bytes=store.journal_bytes if isinstance(store, EmbeddedStore) else None,
+            ),
+            tails=TailFigures(self.tails.active, self.tails.started, self.tails.killed),
+            rods=self.rods.state,
+            redis=redis,
+        )
 
     # -- systemd STATUS= -----------------------------------------------------------------------
     def _received(self) -> int:
@@ -529,7 +539,7 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def _leaves(exc: BaseException):
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
             yield from _leaves(inner)

@@ -1,11 +1,12 @@
 """``GET /metrics``: the daemon's live counters in the Prometheus text format.
 
-Nothing here keeps a second copy of a counter the data plane already keeps: a custom
-``prometheus_client`` collector reads ``SyslogInput.stats``, ``LogsIngest.stats``, the
-drains' stats, the registry and the store at scrape time. Only what has no home elsewhere
-is recorded here: API requests (a counter and a latency histogram per route) and the
-event-loop lag. Each daemon has its own ``CollectorRegistry`` (several daemons may run in
-one process, e.g. in the tests), so nothing is registered globally.
+Nothing here keeps a second copy of a counter the data plane already keeps: at scrape time
+a custom ``prometheus_client`` collector asks for a ``MetricsSnapshot`` (typed: the inputs'
+stats, the drains' stats, the registry's, the store's, the tails', the rods' and, in Redis
+mode, the data plane's figures) and renders it; the daemon composes the snapshot. Only what
+has no home elsewhere is recorded here: API requests (a counter and a latency histogram per
+route) and the event-loop lag. Each daemon has its own ``CollectorRegistry`` (several daemons
+may run in one process, e.g. in the tests), so nothing is registered globally.
 
 The exposition itself is ``prometheus_client.generate_latest``: no hand-written format.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -29,8 +30,10 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from ..drains import DrainState
-from ..web import ConnectionCount
+from ..api import RodState
+from ..drains import DrainState, DrainStats
+from ..ingest import LogsIngestStats, SyslogInputStats
+from ..web import AddRoute, ConnectionCount, Request, Response
 
 log = logging.getLogger("logplexd.daemon.metrics")
 
@@ -43,19 +46,51 @@ LAG_INTERVAL = 0.5
 DRAIN_STATES = tuple(state.value for state in DrainState)
 
 
-class Source(Protocol):
-    """What the collector reads; the daemon provides it (duck-typed to avoid an import cycle)."""
+@dataclass(frozen=True, slots=True)
+class TailFigures:
+    active: int
+    started: int
+    killed: int
 
-    registry: Any
-    syslog: Any
-    logs: Any
-    drains: Any
-    store: Any
-    rods: Any
-    tails: Any
-    connections: dict[str, ConnectionCount]
+
+@dataclass(frozen=True, slots=True)
+class StoreFigures:
+    healthy: bool
+    # Bytes in the journal since the last snapshot (the embedded store only).
+    journal_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisFigures:
+    """The Redis data plane's counters (Redis mode only)."""
+
+    trips: Mapping[str, int]
+    entries_written: int
+    messages_written: int
+    bytes_written: int
+    entries_read: int
+    messages_read: int
+    malformed_entries: int
+    buffer_messages: int
+    buffer_dropped: int
+    reachable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Everything ``/metrics`` shows, read at scrape time."""
+
+    syslog: SyslogInputStats
+    logs: LogsIngestStats | None
     logs_bytes: int
-    plane: Any  # cluster.plane.DataPlane in Redis mode, None with the embedded store
+    connections: Mapping[str, ConnectionCount]
+    drains: Sequence[DrainStats]
+    channels: int
+    unknown_tokens: int
+    store: StoreFigures | None
+    tails: TailFigures
+    rods: RodState
+    redis: RedisFigures | None = None
 
 
 class LoopLag:
@@ -87,8 +122,8 @@ class LoopLag:
 class Metrics:
     """The daemon's metrics registry and the few instruments it records into directly."""
 
-    def __init__(self, source: Source) -> None:
-        self.source = source
+    def __init__(self, snapshot: Callable[[], MetricsSnapshot]) -> None:
+        self.snapshot = snapshot
         reg = self.registry = CollectorRegistry(auto_describe=True)
         self.api_requests = Counter(
             f"{PREFIX}_api_requests",
@@ -116,7 +151,7 @@ class Metrics:
             registry=reg,
         )
         self._last_lag.set_function(lambda: self.loop_lag.last)
-        reg.register(DaemonCollector(self.source))
+        reg.register(DaemonCollector(snapshot))
         ProcessCollector(namespace="", registry=reg)
 
     def observe_api(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -128,6 +163,13 @@ class Metrics:
 
     def render(self) -> bytes:
         return _generate_latest(self.registry)
+
+    def mount(self, add: AddRoute, *, auth: bool) -> None:
+        """``GET /metrics`` (``auth``: whether a scrape needs the API's credentials)."""
+        add("GET", "/metrics", self._serve, name="metrics", auth=auth)
+
+    async def _serve(self, request: Request, params: dict[str, str]) -> Response:
+        return Response(200, [("Content-Type", CONTENT_TYPE)], self.render())
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -144,8 +186,10 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
 class DaemonCollector(Collector):
     """Reads the live counters at scrape time."""
 
-    def __init__(self, source: Source, clock: Callable[[], float] = time.time) -> None:
-        self.source = source
+    def __init__(
+        self, snapshot: Callable[[], MetricsSnapshot], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.snapshot = snapshot
         self.clock = clock
 
     def describe(self) -> list[Metric]:
@@ -153,7 +197,7 @@ class DaemonCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        src = self.source
+        src = self.snapshot()
         yield from self._inputs(src)
         yield from self._drains(src)
         yield from self._state(src)
@@ -161,8 +205,8 @@ class DaemonCollector(Collector):
         yield from self._redis(src)
 
     # -- inputs ----------------------------------------------------------------------------
-    def _inputs(self, src: Source) -> Iterator[Metric]:
-        syslog, logs = src.syslog.stats, src.logs.stats if src.logs is not None else None
+    def _inputs(self, src: MetricsSnapshot) -> Iterator[Metric]:
+        syslog, logs = src.syslog, src.logs
         received = _counter(
             "messages_received", "Syslog frames received (well-formed), by input.", ["input"]
         )
@@ -217,9 +261,9 @@ class DaemonCollector(Collector):
         total = _counter("connections", "Connections accepted, by listener.", ["listener"])
         open_.add_metric(["syslog"], syslog.connections_open)
         total.add_metric(["syslog"], syslog.connections_total)
-        for name, count in sorted(src.connections.items()):
-            open_.add_metric([name], count.open)
-            total.add_metric([name], count.total)
+        for name, listener in sorted(src.connections.items()):
+            open_.add_metric([name], listener.open)
+            total.add_metric([name], listener.total)
         yield open_
         yield total
         rejected = _counter(
@@ -232,7 +276,7 @@ class DaemonCollector(Collector):
         yield idle
 
     # -- drains ----------------------------------------------------------------------------
-    def _drains(self, src: Source) -> Iterator[Metric]:
+    def _drains(self, src: MetricsSnapshot) -> Iterator[Metric]:
         labels = ["drain_id", "channel"]
         delivered = _counter("drain_delivered", "Messages a drain delivered.", labels)
         dropped = _counter("drain_dropped", "Messages a drain gave up on.", labels)
@@ -242,7 +286,7 @@ class DaemonCollector(Collector):
         state = StateSetMetricFamily(
             f"{PREFIX}_drain_state", "Connection state of each drain.", labels=labels
         )
-        stats = src.drains.stats()
+        stats = src.drains
         for s in stats:
             key = [str(s.drain_id), s.channel]
             delivered.add_metric(key, s.delivered)
@@ -257,24 +301,23 @@ class DaemonCollector(Collector):
         yield running
 
     # -- registry, store, sessions ----------------------------------------------------------
-    def _state(self, src: Source) -> Iterator[Metric]:
+    def _state(self, src: MetricsSnapshot) -> Iterator[Metric]:
         channels = _gauge("channels", "Channels in the registry.")
-        channels.add_metric([], len(src.registry.channels))
+        channels.add_metric([], src.channels)
         yield channels
         unknown = _counter(
             "routed_unknown_tokens", "Messages the router found no channel for (all inputs)."
         )
-        unknown.add_metric([], src.registry.totals.unknown_token)
+        unknown.add_metric([], src.unknown_tokens)
         yield unknown
         store = src.store
-        journal = getattr(store, "journal_bytes", None)
-        if journal is not None:
+        if store is not None and store.journal_bytes is not None:
             size = _gauge("store_journal_bytes", "Bytes in the store journal since its snapshot.")
-            size.add_metric([], journal)
+            size.add_metric([], store.journal_bytes)
             yield size
         if store is not None:
             healthy = _gauge("store_healthy", "1 while the store takes writes, 0 after a failure.")
-            healthy.add_metric([], 0 if store.failure is not None else 1)
+            healthy.add_metric([], 1 if store.healthy else 0)
             yield healthy
         tails = src.tails
         active = _gauge("tail_sessions", "Open tail sessions.")
@@ -287,8 +330,8 @@ class DaemonCollector(Collector):
         killed.add_metric([], tails.killed)
         yield killed
 
-    def _rods(self, src: Source) -> Iterator[Metric]:
-        state = src.rods.state
+    def _rods(self, src: MetricsSnapshot) -> Iterator[Metric]:
+        state = src.rods
         active = _gauge(
             "control_rod_active", "1 while a control rod is engaged (REFERENCE.md 8).", ["rod"]
         )
@@ -300,9 +343,8 @@ class DaemonCollector(Collector):
         yield status
 
     # -- Redis data plane (Redis mode only) -------------------------------------------------
-    def _redis(self, src: Source) -> Iterator[Metric]:
-        # getattr: a source without the attribute (an embedded-only test double) has no plane.
-        plane = getattr(src, "plane", None)
+    def _redis(self, src: MetricsSnapshot) -> Iterator[Metric]:
+        plane = src.redis
         if plane is None:
             return
         trips = _counter(
@@ -322,20 +364,20 @@ class DaemonCollector(Collector):
             "redis_buffer_messages",
             "Messages routed on this node waiting in the outbound buffer for Redis.",
         )
-        buffered.add_metric([], plane.buffer.messages)
+        buffered.add_metric([], plane.buffer_messages)
         yield buffered
         dropped = _counter(
             "redis_buffer_dropped",
             "Messages dropped from a full outbound buffer (announced to drains as L10).",
         )
-        dropped.add_metric([], plane.buffer.dropped)
+        dropped.add_metric([], plane.buffer_dropped)
         yield dropped
         reachable = _gauge(
             "redis_reachable",
             "0 before Redis first answers and from a failed data plane call until that "
             "task's calls succeed again, else 1.",
         )
-        reachable.add_metric([], 1 if plane.failure is None else 0)
+        reachable.add_metric([], 1 if plane.reachable else 0)
         yield reachable
 
 
@@ -362,4 +404,14 @@ def generate_latest(metrics: Metrics) -> bytes:
     return metrics.render()
 
 
-__all__ = ["CONTENT_TYPE", "DaemonCollector", "LoopLag", "Metrics", "generate_latest"]
+__all__ = [
+    "CONTENT_TYPE",
+    "DaemonCollector",
+    "LoopLag",
+    "Metrics",
+    "MetricsSnapshot",
+    "RedisFigures",
+    "StoreFigures",
+    "TailFigures",
+    "generate_latest",
+]

@@ -4,16 +4,19 @@ The daemon creates one ``DrainManager``, runs ``manager.run`` in its nursery, an
 control API calls ``add_drain`` / ``update_drain`` / ``remove_drain`` / ``remove_channel``.
 """
 
-from .drain import Drain, DrainSettings, DrainStats
+from ..store import InvalidDrainUrl  # raised by the managers' add_drain and update_drain
+from .delivery import DrainHandle
+from .drain import Drain, DrainStats
 from .feed import DrainCounters, DrainFeed, LossTracker, Payload
 from .gated import GatedDrainManager
 from .http import HttpDrain, HttpExchange, build_request, frame_id
 from .manager import DrainManager
 from .policy import Outcome, classify, http_retry_backoff, syslog_reconnect_backoff
+from .settings import DrainSettings
 from .state import TRANSITIONS, DrainEvent, DrainState, InvalidTransition, next_state
 from .sync import DrainRunner, attach_drains
 from .syslog import SyslogDrain
-from .target import DrainKind, DrainTarget, InvalidDrainUrl, parse_drain_url
+from .target import delivery_target
 from .transport import TlsContexts
 
 __all__ = [
@@ -22,14 +25,13 @@ __all__ = [
     "DrainCounters",
     "DrainEvent",
     "DrainFeed",
-    "DrainKind",
+    "DrainHandle",
     "DrainManager",
     "DrainRunner",
-    "GatedDrainManager",
     "DrainSettings",
     "DrainState",
     "DrainStats",
-    "DrainTarget",
+    "GatedDrainManager",
     "HttpDrain",
     "HttpExchange",
     "InvalidDrainUrl",
@@ -42,9 +44,9 @@ __all__ = [
     "attach_drains",
     "build_request",
     "classify",
+    "delivery_target",
     "frame_id",
     "http_retry_backoff",
     "next_state",
-    "parse_drain_url",
     "syslog_reconnect_backoff",
 ]

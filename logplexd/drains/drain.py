@@ -2,7 +2,8 @@
 
 The delivery protocol (``SyslogDrain`` or ``HttpDrain``) is chosen per target and rebuilt
 when the URL changes; the feed (cursor, unsettled batch, loss) outlives it, so a URL change
-keeps every message the drain has not delivered yet.
+keeps every message the drain has not delivered yet. The adapters see a ``Drain`` only as
+the ``DrainHandle`` of delivery.py, so they do not import this module.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import asdict, dataclass
 import trio
 
 from ..native import format_time, parse_frames
+from ..store import DrainTarget
 from .feed import DrainFeed
 from .http import HttpDrain
 from .policy import (
-    L14_INTERVAL,
     certificate_failure,
     connect_failure_reasons,
     l14_due,
@@ -27,41 +28,15 @@ from .policy import (
     unresolved_name,
 )
 from .pump import DrainPump
+from .settings import DrainSettings
 from .state import DrainEvent, DrainState, next_state
 from .syslog import SyslogDrain
-from .target import DrainTarget
 from .transport import TlsContexts
 
 log = logging.getLogger("logplexd.drains")
 
 # After an unexpected error (a bug) the drain restarts its delivery after this long.
 CRASH_RESTART_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class DrainSettings:
-    syslog_connect_timeout: float = 4.0
-    syslog_send_timeout: float = 4.0
-    # Bytes of octet-counted frames per write. One drain turn must be able to carry what
-    # several inputs' reads (128 KB each) brought in one scheduling round, or it falls behind.
-    syslog_batch_bytes: int = 1024 * 1024
-    syslog_backoff_cap: float = 300.0
-    http_connect_timeout: float = 3.0
-    http_request_timeout: float = 5.0
-    http_batch_bytes: int = 102_400
-    http_max_attempts: int = 3
-    http_backoff_base: float = 0.5
-    http_backoff_cap: float = 30.0
-    max_response_body: int = 1 << 20
-    # Messages taken from the ring at a time (the one batch a drain holds).
-    read_max_messages: int = 16384
-    # A drain with fewer than linger_messages waiting gathers for up to linger seconds
-    # before it writes (bounded latency for far fewer writes and wake-ups).
-    linger: float = 0.02
-    linger_messages: int = 256
-    shutdown_grace: float = 5.0
-    # A drain failing on a TLS certificate repeats its L14 notice at most this often.
-    l14_interval: float = L14_INTERVAL
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ class DrainFeed:
     cached: Payload | None = None
     # Size of the last payload built: a drain that just sent a big one is busy, not quiet.
     last_payload_bytes: int = 0
+    # Called after each payload is settled (delivered or dropped): Redis mode stores the
+    # drain's checkpoint from there (cluster/drains.py).
+    on_settled: list[Callable[[], None]] = field(default_factory=list)
     # Set by ``begin_flush``: deliver up to this sequence of this channel, then stop.
     _flush_until: tuple[Channel | None, int] | None = None
     _wait_scope: trio.CancelScope | None = None
@@ -104,6 +107,17 @@ class DrainFeed:
         # A new drain starts at the channel's present: it never replays history.
         self.channel = self.registry.channel(self.channel_name)
         self.cursor = self.channel.ring.head if self.channel is not None else 0
+
+    def resume_at(self, position: int, first: Batch | None = None) -> None:
+        """Read the channel's ring from ``position`` on, after ``first`` if given.
+
+        For a drain that takes over from another node: ``position`` is where its checkpoint
+        falls in this node's ring, and ``first`` the messages between the checkpoint and
+        that position, read from elsewhere (the channel's stream), which go out first.
+        """
+        self.cursor = position
+        if first is not None and len(first):
+            self.pending, self.pending_start = first, 0
 
     # -- the channel --------------------------------------------------------------------
     def current_channel(self) -> Channel | None:
@@ -183,8 +197,14 @@ class DrainFeed:
             self._wait_scope = None
         return True
 
+    async def wait_for(self, event: trio.Event) -> None:
+        """Wait for ``event``, or until ``kick`` (the drain pump parks a drain with this)."""
+        with trio.CancelScope() as self._wait_scope:
+            await event.wait()
+        self._wait_scope = None
+
     def kick(self) -> None:
-        """Wake ``wait_for_data`` to look again (flush, removal, URL change)."""
+        """Wake ``wait_for_data`` or ``wait_for`` to look again (flush, removal, URL change)."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
@@ -259,12 +279,22 @@ class DrainFeed:
         self._settle(payload)
         self.counters.delivered += payload.messages
         self.loss.settle(payload.loss_announced)
+        for hook in self.on_settled:
+            hook()
 
     def dropped(self, payload: Payload) -> None:
         """The payload is given up: its messages are counted, and announced by the next L10."""
         self._settle(payload)
         self.counters.dropped += payload.messages
         self.loss.add(payload.messages, self.wall_clock())
+        for hook in self.on_settled:
+            hook()
+
+    def note_lost(self, count: int, since: float) -> None:
+        """Messages lost before they reached this drain's ring (Redis mode: trimmed from the
+        channel's stream): counted, and announced by the next L10 notice."""
+        self.loss.add(count, since)
+        self.counters.lost += count
 
     def note_error(self, message: str) -> None:
         self.counters.last_error = message

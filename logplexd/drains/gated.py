@@ -7,7 +7,7 @@ from typing import Any
 
 from ..router import Registry
 from .manager import DrainManager
-from .target import parse_drain_url
+from .target import delivery_target
 
 log = logging.getLogger("logplexd.rods")
 
@@ -30,7 +30,7 @@ class GatedDrainManager(DrainManager):
 
     def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None:
         if self.forwarding_denied:
-            parse_drain_url(url)  # the same InvalidDrainUrl as a running drain would raise
+            delivery_target(url)  # the same InvalidDrainUrl as a running drain would raise
             self._specs[drain_id] = (channel_name, token, url)
             return
         super().add_drain(channel_name, drain_id, token, url)
@@ -41,7 +41,7 @@ class GatedDrainManager(DrainManager):
         if spec is None:
             return False
         if self.forwarding_denied:
-            parse_drain_url(url)
+            delivery_target(url)
             self._specs[drain_id] = (spec[0], spec[1], url)
             return True
         updated = super().update_drain(drain_id, url)

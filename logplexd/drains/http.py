@@ -7,20 +7,17 @@ request is in flight per drain; messages arriving meanwhile go into the next req
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import h11
 import trio
 
 from ..native import Batch, http_frames, l10_http
+from ..store import DrainTarget
+from .delivery import DrainHandle
 from .feed import Payload
 from .policy import TRANSPORT_ERRORS, Outcome, classify, http_retry_backoff
 from .state import DrainEvent
-from .target import DrainTarget
 from .transport import open_drain_stream
-
-if TYPE_CHECKING:
-    from .drain import Drain
 
 CONTENT_TYPE = b"application/logplex-1"
 
@@ -109,7 +106,7 @@ class HttpExchange:
 
 
 class HttpDrain:
-    def __init__(self, drain: Drain) -> None:
+    def __init__(self, drain: DrainHandle) -> None:
         self.drain = drain
         self.stream: trio.abc.Stream | None = None
         self.exchange: HttpExchange | None = None

@@ -15,10 +15,11 @@ import trio
 
 from .. import __version__
 from ..router import Registry
-from .drain import Drain, DrainSettings, DrainStats
+from .drain import Drain, DrainStats
 from .feed import DrainFeed
 from .pump import DrainPump
-from .target import parse_drain_url
+from .settings import DrainSettings
+from .target import delivery_target
 from .transport import TlsContexts
 
 log = logging.getLogger("logplexd.drains")
@@ -84,7 +85,7 @@ class DrainManager:
         Raises ``InvalidDrainUrl`` for a URL the control API should have refused. Adding an
         id that exists replaces that drain.
         """
-        target = parse_drain_url(url)
+        target = delivery_target(url)
         self.remove_drain(drain_id)
         feed = DrainFeed(self.registry, channel_name, wall_clock=self.wall_clock)
         drain = Drain(
@@ -112,7 +113,7 @@ class DrainManager:
         drain = self._drains.get(drain_id)
         if drain is None:
             return False
-        target = parse_drain_url(url)
+        target = delivery_target(url)
         if target != drain.target:
             drain.retarget(target)
             log.info("drain %d now -> %s", drain_id, target.redacted)

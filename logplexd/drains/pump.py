@@ -102,7 +102,8 @@ class DrainPump:
         drain should look at its feed again (a flush, a kick, the channel went away).
         """
         writer.channel = channel
-        writers = channel.pumped
+        # The channel keeps this list for us untyped (the router does not know drains).
+        writers: list[AttachedWriter] | None = channel.pumped
         if writers is None:
             writers = channel.pumped = []
             channel.pump = self
@@ -116,10 +117,7 @@ class DrainPump:
         try:
             self.mark(channel)
             channel.rearm()
-            feed = writer.feed
-            with trio.CancelScope() as feed._wait_scope:
-                await writer.wake.wait()
-            feed._wait_scope = None
+            await writer.feed.wait_for(writer.wake)
         finally:
             self._detach(writer)
 
@@ -128,7 +126,7 @@ class DrainPump:
         if channel is None:
             return
         writer.channel = None
-        writers = channel.pumped
+        writers: list[AttachedWriter] | None = channel.pumped
         if writers is not None:
             if writer in writers:
                 writers.remove(writer)
@@ -142,7 +140,7 @@ class DrainPump:
                 self._urgent.pop(channel, None)
                 self._busy.discard(channel)
 
-    # -- the router side (from Channel.notify) ------------------------------------------------
+    # -- the router side (from Channel.notify: the pump is the router's ChannelConsumer) ------
     def mark(self, channel: Channel) -> None:
         """New messages in a channel with attached drains (called by ``Channel.notify``).
 
@@ -193,7 +191,7 @@ class DrainPump:
             await trio.lowlevel.checkpoint()
 
     def _write_channel(self, channel: Channel) -> None:
-        writers = channel.pumped
+        writers: list[AttachedWriter] | None = channel.pumped
         if not writers:
             return
         self._marks[channel] = channel.ring.head

@@ -12,15 +12,15 @@ from typing import Protocol
 
 from ..store import (
     ChannelRemoved,
-    Drain,
     DrainAdded,
+    DrainRecord,
     DrainRemoved,
     DrainUpdated,
+    InvalidDrainUrl,
     Store,
     StoreEvent,
     redact_url,
 )
-from .target import InvalidDrainUrl
 
 log = logging.getLogger("logplexd.drains")
 
@@ -37,7 +37,7 @@ class DrainRunner(Protocol):
     def remove_channel(self, channel_name: str) -> int: ...
 
 
-def _start(manager: DrainRunner, drain: Drain) -> None:
+def _start(manager: DrainRunner, drain: DrainRecord) -> None:
     if drain.url is None:  # a reservation delivers nothing until it gets a URL
         return
     try:

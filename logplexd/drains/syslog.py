@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..native import Batch, l10_syslog, syslog_frames
+from .delivery import DrainHandle
 from .policy import TRANSPORT_ERRORS, syslog_failures_after_drop, syslog_reconnect_backoff
 from .pump import AttachedWriter
 from .state import DrainEvent
@@ -20,7 +21,6 @@ from .transport import open_drain_stream
 
 if TYPE_CHECKING:
     from ..router import Channel
-    from .drain import Drain
 
 
 class PeerClosed(EOFError):
@@ -28,7 +28,7 @@ class PeerClosed(EOFError):
 
 
 class SyslogDrain:
-    def __init__(self, drain: Drain) -> None:
+    def __init__(self, drain: DrainHandle) -> None:
         self.drain = drain
         self.token = drain.token.encode()
 

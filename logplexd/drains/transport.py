@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .target import DrainTarget
+from ..store import DrainTarget
 
 
 @dataclass

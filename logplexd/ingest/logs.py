@@ -8,8 +8,6 @@ window is acknowledged and not routed again.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import zlib
 from collections import OrderedDict
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..native import parse_body
 from ..router import Registry
-from ..web import Request, Response
+from ..web import BasicPassword, Request, Response, parse_authorization
 
 LOGPLEX_CONTENT_TYPES = frozenset({"application/logplex-1", "application/x-logplex-1"})
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -184,16 +182,12 @@ class LogsIngest:
     async def _authorize(self, header: str) -> tuple[str, object] | LogsResponse:
         """(identity, channel or None for any-channel credentials), or the error response."""
         unauthorized = LogsResponse(401, "Unauthorized", b"", list(AUTH_HEADERS))
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic" or not value:
+        presented = parse_authorization(header)
+        # Basic "token:<token>" or a stored "id:password" only: no auth key, Bearer or
+        # ":token" (no stored credential has an empty id).
+        if not isinstance(presented, BasicPassword):
             return unauthorized
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return unauthorized
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return unauthorized
+        user, password = presented.user, presented.password
         if user == "token" and password.startswith("t."):
             channel = self.registry.channel_of_token(password)
             if channel is None:

@@ -12,6 +12,7 @@ from .registry import (
     DEFAULT_HISTORY_MESSAGES,
     NEVER,
     Channel,
+    ChannelConsumer,
     Registry,
     RouteCounts,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_HISTORY_MESSAGES",
     "NEVER",
     "Channel",
+    "ChannelConsumer",
     "Registry",
     "RegistryLike",
     "RouteCounts",

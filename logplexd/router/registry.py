@@ -9,20 +9,28 @@ through these dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import trio
 
 from ..native import Batch, ChannelRing, TokenTable, dispatch, dispatch_to
-
-if TYPE_CHECKING:
-    from ..drains.pump import AttachedWriter, DrainPump
 
 DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
 
 
 NEVER = 2**64 - 1
+
+
+class ChannelConsumer(Protocol):
+    """What a channel wakes, besides its waiters, when the router appends to it.
+
+    The drain pump is one (``logplexd.drains``): it keeps the channel's ``pump_wake`` at
+    the head it next wants to hear about, and ``Channel.notify`` calls ``mark`` once the
+    ring's head reaches it. The router knows nothing else of its consumers.
+    """
+
+    def mark(self, channel: Channel) -> None: ...
 
 
 class Channel:
@@ -45,10 +53,12 @@ class Channel:
         # Waiters that only care once the ring's head reaches _deep_at (lingering drains).
         self._deep: trio.Event | None = None
         self._deep_at = 0
-        # Drains whose connection the DrainPump writes (see drains/pump.py), that pump, and
-        # the head at which it wants to hear about this channel.
-        self.pumped: list[AttachedWriter] | None = None
-        self.pump: DrainPump | None = None
+        # The consumer this channel wakes (the drain pump), the head at which it wants to
+        # hear about this channel, and its own list of what it serves here (its drains'
+        # connections). The list is the consumer's: the router never reads it, so it is
+        # typed by the consumer, not here.
+        self.pumped: list[Any] | None = None
+        self.pump: ChannelConsumer | None = None
         self.pump_wake = NEVER
         ring.wake_at = NEVER
 

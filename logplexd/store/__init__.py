@@ -2,39 +2,46 @@
 
 ``Store`` is the interface; ``open_store`` opens the embedded msgpack implementation, or
 the shared Redis one when given a ``redis://`` or ``redis+cluster://`` URL (``store_url``).
+Both keep the whole store in memory and plan changes the same way (``Store`` holds that);
+they differ only in how a change becomes durable. What they hold are records (``ChannelRecord``,
+``DrainRecord``...), apart from the live objects the router and the drains make of them.
+``parse_drain_url`` is the one drain-URL parser: the API and the store validate with it, the
+drains deliver to the ``DrainTarget`` it returns. The Redis client helpers are shared with
+the data plane (``cluster``), and ``PlatformRecords`` holds the Platform API's own records.
 """
 
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 from . import embedded
 from ._redis_client import DEFAULT_PREFIX, RedisTarget, channel_key, open_redis, parse_redis_url
+from ._redis_client import Client as RedisClient
 from .base import ChannelPut, Store, Subscriber
-from .drain_url import DrainKind, DrainUrl, InvalidDrainUrl, parse_drain_url, redact_url
+from .drain_url import DrainKind, DrainTarget, InvalidDrainUrl, parse_drain_url, redact_url
 from .embedded import EmbeddedStore
 from .model import (
     SESSION_TTL_SECONDS,
-    Channel,
     ChannelAdded,
     ChannelExists,
     ChannelNotFound,
+    ChannelRecord,
     ChannelRemoved,
-    Credential,
     CredentialExists,
-    Drain,
+    CredentialRecord,
     DrainAdded,
     DrainExists,
     DrainLimitReached,
     DrainNotFound,
+    DrainRecord,
     DrainRemoved,
     DrainUpdated,
-    Session,
+    SessionRecord,
     StoreCorrupt,
     StoreError,
     StoreEvent,
     StoreLocked,
     StoreUnavailable,
-    Token,
     TokenAdded,
+    TokenRecord,
     TokenRemoved,
 )
 from .platform_records import (
@@ -46,10 +53,6 @@ from .platform_records import (
     utc_timestamp,
 )
 from .redis_store import RedisStore
-
-if TYPE_CHECKING:
-    # One Redis or a Redis Cluster (a type only: coredis is imported when a store opens).
-    from ._redis_client import Client as RedisClient  # noqa: F401
 
 
 @overload
@@ -74,39 +77,35 @@ def open_store(data_dir: str, url: str | None = None, **options: Any) -> Embedde
 
 
 __all__ = [
+    "DEFAULT_PREFIX",
+    "SESSION_TTL_SECONDS",
     "Account",
     "App",
-    "DrainMeta",
-    "PlatformRecords",
-    "open_platform_records",
-    "utc_timestamp",
-    "DEFAULT_PREFIX",
-    "RedisTarget",
-    "channel_key",
-    "open_redis",
-    "parse_redis_url",
-    "SESSION_TTL_SECONDS",
-    "Channel",
     "ChannelAdded",
     "ChannelExists",
     "ChannelNotFound",
     "ChannelPut",
+    "ChannelRecord",
     "ChannelRemoved",
-    "Credential",
     "CredentialExists",
-    "Drain",
+    "CredentialRecord",
     "DrainAdded",
     "DrainExists",
     "DrainKind",
     "DrainLimitReached",
+    "DrainMeta",
     "DrainNotFound",
+    "DrainRecord",
     "DrainRemoved",
+    "DrainTarget",
     "DrainUpdated",
-    "DrainUrl",
     "EmbeddedStore",
     "InvalidDrainUrl",
+    "PlatformRecords",
+    "RedisClient",
     "RedisStore",
-    "Session",
+    "RedisTarget",
+    "SessionRecord",
     "Store",
     "StoreCorrupt",
     "StoreError",
@@ -114,10 +113,15 @@ __all__ = [
     "StoreLocked",
     "StoreUnavailable",
     "Subscriber",
-    "Token",
     "TokenAdded",
+    "TokenRecord",
     "TokenRemoved",
+    "channel_key",
+    "open_platform_records",
+    "open_redis",
     "open_store",
     "parse_drain_url",
+    "parse_redis_url",
     "redact_url",
+    "utc_timestamp",
 ]

@@ -10,7 +10,7 @@ connections here, so the two accept exactly the same URLs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from .model import StoreError
@@ -18,8 +18,9 @@ from .model import StoreError
 if TYPE_CHECKING:
     import coredis
 
-    # One Redis or a Redis Cluster: callers use only commands both serve alike.
-    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+# One Redis or a Redis Cluster: callers use only commands both serve alike. A string at run
+# time, so that coredis is imported only when a Redis store or plane is opened.
+Client: TypeAlias = "coredis.Redis[bytes] | coredis.RedisCluster[bytes]"
 
 # Every key logplexd writes starts with this (configurable per store and plane).
 DEFAULT_PREFIX = "logplex"

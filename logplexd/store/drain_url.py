@@ -3,13 +3,17 @@
 Accepted (REFERENCE part A): ``syslog://host[:port]`` (TCP, default port 601),
 ``syslog+tls://host[:port][#insecure]`` (default 6514), ``http://`` and ``https://`` with a
 host. Everything else is rejected, on v2 and v3 alike.
+
+``parse_drain_url`` is the one parser: the store validates with it before a URL is durable,
+and the drains deliver to the ``DrainTarget`` it returns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+from dataclasses import dataclass, field
 from enum import Enum
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 
 class DrainKind(Enum):
@@ -34,17 +38,44 @@ class InvalidDrainUrl(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class DrainUrl:
+class DrainTarget:
+    """A drain URL taken apart: where to connect, and for HTTP what to send."""
+
     kind: DrainKind
-    host: str
+    host: str  # lower case
     port: int
-    # For syslog+tls: skip certificate verification (``#insecure``).
+    # syslog+tls only: skip certificate and hostname verification (``#insecure``).
     insecure: bool
-    # Two drains of one channel with equal keys are the same destination (409).
-    key: str
+    # Two drains of one channel with equal keys are the same destination (409). Left out of
+    # ``==``, which tells a drain whether a new URL changes its delivery.
+    key: str = field(compare=False)
+    # HTTP only: request target (path and query; the fragment is never sent).
+    request_target: bytes = b"/"
+    # HTTP only: ``host[:port]``, the port only when the URL spells it out (as the original).
+    host_header: bytes = b""
+    # HTTP only: ``Basic ...`` when the URL has userinfo.
+    authorization: bytes | None = None
+    # For logs and stats: the URL with any password hidden.
+    redacted: str = ""
+    # Why the drains refuse to deliver to this URL though the store accepts it (a non-ASCII
+    # host with no IDNA form, so no Host header), or None. ``drains`` raises it.
+    undeliverable: str | None = None
+
+    @property
+    def is_http(self) -> bool:
+        return self.kind in (DrainKind.HTTP, DrainKind.HTTPS)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.kind in (DrainKind.SYSLOG_TLS, DrainKind.HTTPS)
+
+    def __repr__(self) -> str:
+        # Never print the credentials (the key and the authorization hold them).
+        return f"DrainTarget({self.redacted!r})"
 
 
-def parse_drain_url(url: str) -> DrainUrl:
+def parse_drain_url(url: str) -> DrainTarget:
+    """Raises ``InvalidDrainUrl`` for anything the control API refuses."""
     if not url:
         raise InvalidDrainUrl("empty URL")
     if len(url) > MAX_URL_LENGTH:
@@ -75,7 +106,32 @@ def parse_drain_url(url: str) -> DrainUrl:
         if parts.fragment not in ("", "insecure"):
             raise InvalidDrainUrl("unknown fragment (only #insecure is allowed)")
         insecure = parts.fragment == "insecure"
-    return DrainUrl(kind, host.lower(), port, insecure, _key(kind, host, port, parts))
+    netloc = parts.netloc
+    userinfo, _, hostport = netloc.rpartition("@")
+    authorization = None
+    if "@" in netloc:
+        user, _, password = userinfo.partition(":")
+        raw = f"{unquote(user)}:{unquote(password)}".encode()
+        authorization = b"Basic " + base64.b64encode(raw)
+    undeliverable = None
+    try:
+        host_header = hostport.encode("ascii") if hostport.isascii() else hostport.encode("idna")
+    except UnicodeError:
+        host_header, undeliverable = b"", "bad host"
+    request_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return DrainTarget(
+        kind=kind,
+        host=host.lower(),
+        port=port,
+        insecure=insecure,
+        key=_key(kind, host, port, parts),
+        # Percent-encode what a request line cannot carry; keep existing escapes as they are.
+        request_target=quote(request_target, safe="!$%&'()*+,/:;=?@[]~").encode("ascii"),
+        host_header=host_header,
+        authorization=authorization,
+        redacted=_redacted(url, parts),
+        undeliverable=undeliverable,
+    )
 
 
 def _key(kind: DrainKind, host: str, port: int, parts: SplitResult) -> str:
@@ -97,6 +153,10 @@ def redact_url(url: str | None) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable>"
+    return _redacted(url, parts)
+
+
+def _redacted(url: str, parts: SplitResult) -> str:
     if "@" not in parts.netloc:
         return url
     netloc = "***@" + parts.netloc.rpartition("@")[2]

@@ -23,44 +23,16 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import trio
 
 from . import files
-from .base import ChannelPut, Store, Subscriber
-from .drain_url import parse_drain_url
-from .model import (
-    SESSION_TTL_SECONDS,
-    Channel,
-    ChannelAdded,
-    ChannelExists,
-    ChannelNotFound,
-    ChannelRemoved,
-    Credential,
-    CredentialExists,
-    Drain,
-    DrainAdded,
-    DrainExists,
-    DrainLimitReached,
-    DrainNotFound,
-    DrainRemoved,
-    DrainUpdated,
-    Session,
-    StoreCorrupt,
-    StoreError,
-    StoreEvent,
-    StoreLocked,
-    StoreUnavailable,
-    Token,
-    TokenAdded,
-    TokenRemoved,
-    new_drain_token,
-    new_session_id,
-    new_token_id,
-)
+from ._state import Op, Plan, State, T
+from .base import Store
+from .model import StoreCorrupt, StoreError, StoreEvent, StoreLocked, StoreUnavailable
 
 log = logging.getLogger("logplexd.store")
 
@@ -75,133 +47,6 @@ RECOVERY_INTERVAL = 1.0
 # Free space a recovery reserves (then gives back) to know that writes can succeed again.
 RECOVERY_PROBE_BYTES = 64 << 10
 
-CHANNEL_COUNTER = "channel"
-DRAIN_COUNTER = "drain"
-
-Op = list[Any]
-
-
-class _State:
-    """The whole store in memory, changed only through ``apply``."""
-
-    def __init__(self) -> None:
-        self.channels: dict[str, Channel] = {}
-        self.tokens: dict[str, Token] = {}
-        self.tokens_by_channel: dict[str, dict[str, Token]] = {}
-        self.drains: dict[int, Drain] = {}
-        self.drains_by_channel: dict[str, dict[int, Drain]] = {}
-        self.credentials: dict[str, Credential] = {}
-        self.sessions: dict[str, Session] = {}
-        self.counters: dict[str, int] = {CHANNEL_COUNTER: 0, DRAIN_COUNTER: 0}
-
-    def apply(self, op: Op, now: float) -> None:
-        code = op[0]
-        if code == "C":
-            self.channels[op[1]] = Channel(op[1], op[2], tuple(op[3]))
-        elif code == "c":
-            self.channels.pop(op[1], None)
-            self.tokens_by_channel.pop(op[1], None)
-            self.drains_by_channel.pop(op[1], None)
-        elif code == "T":
-            self._put_token(Token(op[1], op[2], op[3]))
-        elif code == "t":
-            self._drop_token(op[1])
-        elif code == "D":
-            self._put_drain(Drain(op[1], op[2], op[3], op[4]))
-        elif code == "d":
-            self._drop_drain(op[1])
-        elif code == "K":
-            self.credentials[op[1]] = Credential(op[1], op[2], tuple(op[3]), op[4])
-        elif code == "k":
-            self.credentials.pop(op[1], None)
-        elif code == "S":
-            if op[3] > now:
-                self.sessions[op[1]] = Session(op[1], op[2], op[3])
-        elif code == "s":
-            self.sessions.pop(op[1], None)
-        elif code == "N":
-            self.counters[op[1]] = max(self.counters.get(op[1], 0), op[2])
-        else:
-            raise StoreCorrupt(f"unknown operation {code!r} (written by a newer logplexd?)")
-
-    def _put_token(self, token: Token) -> None:
-        self._drop_token(token.id)
-        self.tokens[token.id] = token
-        self.tokens_by_channel.setdefault(token.channel, {})[token.id] = token
-
-    def _drop_token(self, token_id: str) -> None:
-        old = self.tokens.pop(token_id, None)
-        if old is not None:
-            siblings = self.tokens_by_channel.get(old.channel)
-            if siblings is not None:
-                siblings.pop(token_id, None)
-
-    def _put_drain(self, drain: Drain) -> None:
-        old = self.drains.get(drain.id)
-        if old is not None and old.channel != drain.channel:
-            self._drop_drain(drain.id)
-        self.drains[drain.id] = drain
-        self.drains_by_channel.setdefault(drain.channel, {})[drain.id] = drain
-
-    def _drop_drain(self, drain_id: int) -> None:
-        old = self.drains.pop(drain_id, None)
-        if old is not None:
-            siblings = self.drains_by_channel.get(old.channel)
-            if siblings is not None:
-                siblings.pop(drain_id, None)
-
-    # -- snapshot encoding -------------------------------------------------------------------
-    # A snapshot payload is a stream of msgpack objects: the counters, then for each section
-    # its name and row count followed by the rows one by one. Loading it row by row keeps
-    # the decoded form of the whole snapshot from ever being in memory at once.
-    def encode_snapshot(self) -> bytes:
-        packer = msgpack.Packer(use_bin_type=True)
-        sections: list[tuple[str, list[list[Any]]]] = [
-            ("channels", [[c.name, c.label, list(c.flags)] for c in self.channels.values()]),
-            ("tokens", [[t.id, t.channel, t.name] for t in self.tokens.values()]),
-            ("drains", [[d.id, d.channel, d.token, d.url] for d in self.drains.values()]),
-            (
-                "credentials",
-                [
-                    [c.id, c.password_hash, list(c.permissions), c.name]
-                    for c in self.credentials.values()
-                ],
-            ),
-            ("sessions", [[s.id, s.body, s.expires_at] for s in self.sessions.values()]),
-        ]
-        parts = [packer.pack(self.counters)]
-        for name, rows in sections:
-            parts.append(packer.pack([name, len(rows)]))
-            parts.extend(packer.pack(row) for row in rows)
-        return b"".join(parts)
-
-    def load_snapshot(self, payload: bytes, now: float) -> None:
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
-        unpacker.feed(payload)
-        self.counters.update(next(unpacker))
-        channels = self.channels
-        # Share one string object per channel name and per token name: with hundreds of
-        # thousands of tokens the duplicate strings would cost tens of megabytes.
-        names: dict[str, str] = {}
-        for name, count in unpacker:
-            for _ in range(count):
-                row = next(unpacker)
-                if name == "channels":
-                    channels[row[0]] = Channel(row[0], row[1], tuple(row[2]))
-                elif name == "tokens":
-                    channel = channels[row[1]].name if row[1] in channels else row[1]
-                    self._put_token(Token(row[0], channel, names.setdefault(row[2], row[2])))
-                elif name == "drains":
-                    channel = channels[row[1]].name if row[1] in channels else row[1]
-                    self._put_drain(Drain(row[0], channel, row[2], row[3]))
-                elif name == "credentials":
-                    self.credentials[row[0]] = Credential(row[0], row[1], tuple(row[2]), row[3])
-                elif name == "sessions":
-                    if row[2] > now:
-                        self.sessions[row[0]] = Session(row[0], row[1], row[2])
-                else:
-                    raise StoreCorrupt(f"unknown snapshot section {name!r}")
-
 
 def _pack(value: object) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
@@ -211,87 +56,7 @@ def _unpack(payload: bytes) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=False)
 
 
-class StateReads:
-    """What every backend does the same way with its in-memory ``_State``: the Store's read
-    methods, the drain-slot rule checked before a write, and publishing committed changes."""
-
-    _state: _State
-    _clock: Callable[[], float]
-    _subscribers: list[Subscriber]
-
-    def channel(self, name: str) -> Channel | None:
-        return self._state.channels.get(name)
-
-    def channels(self) -> Iterator[Channel]:
-        return iter(list(self._state.channels.values()))
-
-    def token(self, token_id: str) -> Token | None:
-        return self._state.tokens.get(token_id)
-
-    def tokens(self) -> Iterator[Token]:
-        return iter(list(self._state.tokens.values()))
-
-    def tokens_of(self, channel: str) -> list[Token]:
-        return list(self._state.tokens_by_channel.get(channel, {}).values())
-
-    def drain(self, drain_id: int) -> Drain | None:
-        return self._state.drains.get(drain_id)
-
-    def drains(self) -> Iterator[Drain]:
-        return iter(list(self._state.drains.values()))
-
-    def drains_of(self, channel: str) -> list[Drain]:
-        return sorted(self._state.drains_by_channel.get(channel, {}).values(), key=_drain_id)
-
-    def credential(self, cred_id: str) -> Credential | None:
-        return self._state.credentials.get(cred_id)
-
-    def credentials(self) -> Iterator[Credential]:
-        return iter(list(self._state.credentials.values()))
-
-    def session(self, session_id: str) -> Session | None:
-        session = self._state.sessions.get(session_id)
-        if session is None or session.expires_at <= self._clock():
-            return None
-        return session
-
-    def _check_drain_slot(
-        self, channel: str, url: str, max_drains: int, *, replacing: Drain | None
-    ) -> None:
-        others = [
-            d
-            for d in self._state.drains_by_channel.get(channel, {}).values()
-            if d.url is not None and (replacing is None or d.id != replacing.id)
-        ]
-        if len(others) >= max_drains:
-            raise DrainLimitReached(channel)
-        key = parse_drain_url(url).key
-        for other in others:
-            try:
-                if parse_drain_url(other.url).key == key:  # type: ignore[arg-type]
-                    raise DrainExists(channel)
-            except ValueError:
-                continue
-
-    def _publish(self, events: list[StoreEvent]) -> None:
-        for event in events:
-            for subscriber in list(self._subscribers):
-                try:
-                    subscriber(event)
-                except Exception:
-                    log.exception("store: subscriber failed on %s", type(event).__name__)
-
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
-
-class EmbeddedStore(StateReads, Store):
+class EmbeddedStore(Store):
     def __init__(
         self,
         data_dir: str,
@@ -299,13 +64,11 @@ class EmbeddedStore(StateReads, Store):
         compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(clock)
         self.data_dir = os.path.abspath(data_dir)
         self.compact_min_bytes = compact_min_bytes
-        self._clock = clock
         self._snapshot_path = os.path.join(self.data_dir, SNAPSHOT_FILE)
         self._journal_path = os.path.join(self.data_dir, JOURNAL_FILE)
-        self._state = _State()
-        self._subscribers: list[Subscriber] = []
         self._failure: str | None = None
         self._failed = trio.Event()  # set by _fail: wakes maintain() to recover
         self._lock_fd: int | None = None
@@ -353,7 +116,7 @@ class EmbeddedStore(StateReads, Store):
             raise StoreCorrupt(str(exc)) from None
         if snapshot is not None:
             self._snapshot_bytes = len(snapshot)
-            self._state.load_snapshot(snapshot, now)
+            files.load_snapshot(self._state, snapshot, now)
             del snapshot
         if scan is None or scan.valid_length == 0:
             # No journal yet, or one whose header never made it to disk.
@@ -399,156 +162,6 @@ class EmbeddedStore(StateReads, Store):
     def journal_bytes(self) -> int:
         return self._journal_bytes
 
-    # -- writes ------------------------------------------------------------------------------
-    async def create_channel(
-        self,
-        name: str | None = None,
-        *,
-        label: str | None = None,
-        token_names: Sequence[str] = (),
-    ) -> tuple[Channel, list[Token]]:
-        self._check_writable()
-        ops: list[Op] = []
-        if name is None:
-            number = self._state.counters[CHANNEL_COUNTER]
-            while True:
-                number += 1
-                # A v3 client may have taken the name already: v2 and v3 share one namespace.
-                if str(number) not in self._state.channels:
-                    break
-            name = str(number)
-            ops.append(["N", CHANNEL_COUNTER, number])
-        elif name in self._state.channels:
-            raise ChannelExists(name)
-        channel = Channel(name, label)
-        tokens = [Token(new_token_id(), name, token_name) for token_name in token_names]
-        ops.append(["C", name, label, []])
-        ops.extend(["T", t.id, t.channel, t.name] for t in tokens)
-        events: list[StoreEvent] = [ChannelAdded(channel)]
-        events.extend(TokenAdded(t) for t in tokens)
-        await self._commit(ops, events)
-        return channel, tokens
-
-    async def put_channel(self, name: str, token_names: Sequence[str]) -> ChannelPut:
-        self._check_writable()
-        wanted = list(dict.fromkeys(token_names))
-        channel = self._state.channels.get(name)
-        created = channel is None
-        ops: list[Op] = []
-        events: list[StoreEvent] = []
-        if channel is None:
-            channel = Channel(name)
-            ops.append(["C", name, None, []])
-            events.append(ChannelAdded(channel))
-        existing = self.tokens_of(name)
-        for token in existing:
-            if token.name not in wanted:
-                ops.append(["t", token.id])
-                events.append(TokenRemoved(token))
-        present = {token.name for token in existing}
-        for token_name in wanted:
-            if token_name not in present:
-                token = Token(new_token_id(), name, token_name)
-                ops.append(["T", token.id, name, token_name])
-                events.append(TokenAdded(token))
-        if ops:
-            await self._commit(ops, events)
-        return ChannelPut(created, channel, self.tokens_of(name))
-
-    async def delete_channel(self, name: str) -> bool:
-        self._check_writable()
-        if name not in self._state.channels:
-            return False
-        ops: list[Op] = []
-        events: list[StoreEvent] = []
-        for drain in self.drains_of(name):
-            ops.append(["d", drain.id])
-            events.append(DrainRemoved(name, drain))
-        for token in self.tokens_of(name):
-            ops.append(["t", token.id])
-            events.append(TokenRemoved(token))
-        ops.append(["c", name])
-        events.append(ChannelRemoved(name))
-        await self._commit(ops, events)
-        return True
-
-    async def create_token(self, channel: str, name: str) -> Token:
-        self._check_writable()
-        if channel not in self._state.channels:
-            raise ChannelNotFound(channel)
-        token = Token(new_token_id(), channel, name)
-        await self._commit([["T", token.id, channel, name]], [TokenAdded(token)])
-        return token
-
-    async def create_drain(self, channel: str, url: str | None, *, max_drains: int) -> Drain:
-        self._check_writable()
-        if channel not in self._state.channels:
-            raise ChannelNotFound(channel)
-        if url is not None:
-            self._check_drain_slot(channel, url, max_drains, replacing=None)
-        drain_id = self._state.counters[DRAIN_COUNTER] + 1
-        drain = Drain(drain_id, channel, new_drain_token(), url)
-        ops: list[Op] = [
-            ["N", DRAIN_COUNTER, drain_id],
-            ["D", drain.id, channel, drain.token, url],
-        ]
-        await self._commit(ops, [DrainAdded(channel, drain)])
-        return drain
-
-    async def update_drain(
-        self, channel: str, drain_id: int, url: str, *, max_drains: int
-    ) -> Drain:
-        self._check_writable()
-        previous = self._state.drains.get(drain_id)
-        if previous is None or previous.channel != channel:
-            raise DrainNotFound(drain_id)
-        if previous.url == url:
-            return previous
-        self._check_drain_slot(channel, url, max_drains, replacing=previous)
-        drain = Drain(drain_id, channel, previous.token, url)
-        await self._commit(
-            [["D", drain.id, channel, drain.token, url]],
-            [DrainUpdated(channel, drain, previous)],
-        )
-        return drain
-
-    async def delete_drain(self, channel: str, drain_id: int) -> Drain | None:
-        self._check_writable()
-        drain = self._state.drains.get(drain_id)
-        if drain is None or drain.channel != channel:
-            return None
-        await self._commit([["d", drain_id]], [DrainRemoved(channel, drain)])
-        return drain
-
-    async def create_session(
-        self, body: Mapping[str, Any], *, ttl: float = SESSION_TTL_SECONDS
-    ) -> Session:
-        self._check_writable()
-        session = Session(new_session_id(), dict(body), self._clock() + ttl)
-        await self._commit([["S", session.id, session.body, session.expires_at]], [])
-        return session
-
-    async def delete_session(self, session_id: str) -> bool:
-        self._check_writable()
-        if session_id not in self._state.sessions:
-            return False
-        await self._commit([["s", session_id]], [])
-        return True
-
-    async def add_credential(self, credential: Credential) -> None:
-        self._check_writable()
-        if credential.id in self._state.credentials:
-            raise CredentialExists(credential.id)
-        op = ["K", credential.id, credential.password_hash, list(credential.permissions)]
-        await self._commit([[*op, credential.name]], [])
-
-    async def revoke_credential(self, cred_id: str) -> bool:
-        self._check_writable()
-        if cred_id not in self._state.credentials:
-            return False
-        await self._commit([["k", cred_id]], [])
-        return True
-
     # -- commit --------------------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self._failure is not None:
@@ -556,16 +169,21 @@ class EmbeddedStore(StateReads, Store):
         if self._journal_fd is None:
             raise StoreUnavailable("store is closed")
 
-    async def _commit(self, ops: list[Op], events: list[StoreEvent]) -> None:
+    async def _write(self, plan: Plan[T]) -> T:
+        self._check_writable()
+        ops, finish = plan()
+        if ops:
+            await self._commit(ops)
+        return finish()
+
+    async def _commit(self, ops: list[Op]) -> None:
         try:
             payload = _pack(ops)
         except (TypeError, ValueError, OverflowError) as exc:
             raise StoreError(f"value cannot be stored: {type(exc).__name__}") from None
-        now = self._clock()
-        for op in ops:
-            self._state.apply(op, now)
+        # Applied in the same trio step as planned: the next write's plan already sees it.
+        self._pending_events.extend(self._state.apply_all(ops, self._clock()))
         self._pending += files.frame(payload)
-        self._pending_events.extend(events)
         self._applied_seq += 1
         seq = self._applied_seq
         # Once applied in memory the record must reach the disk (or fail the store), even if
@@ -643,7 +261,7 @@ class EmbeddedStore(StateReads, Store):
             self._failed = trio.Event()
         return True
 
-    def _reopen_from_disk(self) -> tuple[int, _State, int]:
+    def _reopen_from_disk(self) -> tuple[int, State, int]:
         """A new journal fd cut to the durable length, and the state on disk (in a thread)."""
         now = self._clock()
         fd = os.open(self._journal_path, os.O_WRONLY)
@@ -658,7 +276,7 @@ class EmbeddedStore(StateReads, Store):
                     raise
             os.ftruncate(fd, durable)
             os.fsync(fd)
-            state = _State()
+            state = State()
             try:
                 snapshot = files.read_snapshot(self._snapshot_path)
                 scan = files.read_journal(self._journal_path)
@@ -667,7 +285,7 @@ class EmbeddedStore(StateReads, Store):
             if scan is None or scan.valid_length == 0:
                 raise StoreCorrupt(f"{self._journal_path} has no header")
             if snapshot is not None:
-                state.load_snapshot(snapshot, now)
+                files.load_snapshot(state, snapshot, now)
             for payload in scan.records:
                 for op in _unpack(payload):
                     state.apply(op, now)
@@ -685,7 +303,7 @@ class EmbeddedStore(StateReads, Store):
         return self._journal_bytes > max(self.compact_min_bytes, self._snapshot_bytes)
 
     def _encode_snapshot(self) -> bytes:
-        return self._state.encode_snapshot()
+        return files.encode_snapshot(self._state)
 
     def _compact_files(self, snapshot: bytes) -> None:
         """Write the snapshot, then start an empty journal. Runs with the commit lock held."""
@@ -719,14 +337,6 @@ class EmbeddedStore(StateReads, Store):
                 len(snapshot),
                 time.monotonic() - started,
             )
-
-    def expire_sessions(self) -> int:
-        """Forget expired sessions (replay drops them too, so no journal record is needed)."""
-        now = self._clock()
-        expired = [s.id for s in self._state.sessions.values() if s.expires_at <= now]
-        for session_id in expired:
-            del self._state.sessions[session_id]
-        return len(expired)
 
     async def maintain(
         self, *, interval: float = 60.0, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -762,10 +372,6 @@ class EmbeddedStore(StateReads, Store):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _drain_id(drain: Drain) -> int:
-    return drain.id
 
 
 def _append_and_sync(fd: int, data: bytes) -> None:

@@ -3,8 +3,9 @@
     file    = magic(8) version(u16 BE) reserved(6 zero bytes) record*
     record  = length(u32 BE) crc32(u32 BE) payload(length bytes, msgpack)
 
-The journal holds one record per committed transaction. The snapshot holds exactly one
-record, the whole state, and is only ever replaced by rename, so it is never torn.
+The journal holds one record per committed transaction (a list of ``_state`` operations).
+The snapshot holds exactly one record, the whole state, and is only ever replaced by
+rename, so it is never torn.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ._state import State
+from .model import (
+    ChannelRecord,
+    CredentialRecord,
+    DrainRecord,
+    SessionRecord,
+    StoreCorrupt,
+    TokenRecord,
+)
 
 log = logging.getLogger("logplexd.store")
 
@@ -144,3 +158,59 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+# -- snapshot encoding -----------------------------------------------------------------------
+# A snapshot payload is a stream of msgpack objects: the counters, then for each section its
+# name and row count followed by the rows one by one. Loading it row by row keeps the decoded
+# form of the whole snapshot from ever being in memory at once.
+
+
+def encode_snapshot(state: State) -> bytes:
+    packer = msgpack.Packer(use_bin_type=True)
+    sections: list[tuple[str, list[list[Any]]]] = [
+        ("channels", [[c.name, c.label, list(c.flags)] for c in state.channels.values()]),
+        ("tokens", [[t.id, t.channel, t.name] for t in state.tokens.values()]),
+        ("drains", [[d.id, d.channel, d.token, d.url] for d in state.drains.values()]),
+        (
+            "credentials",
+            [
+                [c.id, c.password_hash, list(c.permissions), c.name]
+                for c in state.credentials.values()
+            ],
+        ),
+        ("sessions", [[s.id, s.body, s.expires_at] for s in state.sessions.values()]),
+    ]
+    parts = [packer.pack(state.counters)]
+    for name, rows in sections:
+        parts.append(packer.pack([name, len(rows)]))
+        parts.extend(packer.pack(row) for row in rows)
+    return b"".join(parts)
+
+
+def load_snapshot(state: State, payload: bytes, now: float) -> None:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
+    unpacker.feed(payload)
+    state.counters.update(next(unpacker))
+    channels = state.channels
+    # Share one string object per channel name and per token name: with hundreds of
+    # thousands of tokens the duplicate strings would cost tens of megabytes.
+    names: dict[str, str] = {}
+    for name, count in unpacker:
+        for _ in range(count):
+            row = next(unpacker)
+            if name == "channels":
+                channels[row[0]] = ChannelRecord(row[0], row[1], tuple(row[2]))
+            elif name == "tokens":
+                channel = channels[row[1]].name if row[1] in channels else row[1]
+                state.put_token(TokenRecord(row[0], channel, names.setdefault(row[2], row[2])))
+            elif name == "drains":
+                channel = channels[row[1]].name if row[1] in channels else row[1]
+                state.put_drain(DrainRecord(row[0], channel, row[2], row[3]))
+            elif name == "credentials":
+                state.credentials[row[0]] = CredentialRecord(row[0], row[1], tuple(row[2]), row[3])
+            elif name == "sessions":
+                if row[2] > now:
+                    state.sessions[row[0]] = SessionRecord(row[0], row[1], row[2])
+            else:
+                raise StoreCorrupt(f"unknown snapshot section {name!r}")

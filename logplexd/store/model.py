@@ -1,4 +1,8 @@
-"""What the store holds, the change events it publishes and the errors it raises."""
+"""What the store holds, the change events it publishes and the errors it raises.
+
+The records are named ``...Record`` to keep them apart from the live objects made from them
+(``router.Channel``, ``drains.Drain``).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def new_session_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Channel:
+class ChannelRecord:
     """A log stream. v2 channels have a numeric ``name`` allocated from a counter."""
 
     name: str
@@ -37,14 +41,14 @@ class Channel:
 
 
 @dataclass(frozen=True, slots=True)
-class Token:
+class TokenRecord:
     id: str  # t.<uuid4>
     channel: str
     name: str
 
 
 @dataclass(frozen=True, slots=True)
-class Drain:
+class DrainRecord:
     id: int
     channel: str
     token: str  # d.<uuid4>
@@ -53,7 +57,7 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
-class Credential:
+class CredentialRecord:
     id: str
     password_hash: str
     permissions: tuple[str, ...]
@@ -61,7 +65,7 @@ class Credential:
 
 
 @dataclass(frozen=True, slots=True)
-class Session:
+class SessionRecord:
     id: str
     body: dict[str, Any]
     expires_at: float  # wall clock (time.time()), so that expiry survives a restart
@@ -72,7 +76,7 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class ChannelAdded:
-    channel: Channel
+    channel: ChannelRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +88,12 @@ class ChannelRemoved:
 
 @dataclass(frozen=True, slots=True)
 class TokenAdded:
-    token: Token
+    token: TokenRecord
 
 
 @dataclass(frozen=True, slots=True)
 class TokenRemoved:
-    token: Token
+    token: TokenRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,20 +101,20 @@ class DrainAdded:
     """A new drain; ``drain.url`` is None for a reservation, which delivers nothing."""
 
     channel: str
-    drain: Drain
+    drain: DrainRecord
 
 
 @dataclass(frozen=True, slots=True)
 class DrainUpdated:
     channel: str
-    drain: Drain
-    previous: Drain
+    drain: DrainRecord
+    previous: DrainRecord
 
 
 @dataclass(frozen=True, slots=True)
 class DrainRemoved:
     channel: str
-    drain: Drain
+    drain: DrainRecord
 
 
 StoreEvent = (

@@ -1,7 +1,7 @@
 """The shared store: configuration in one Redis, mirrored in memory on every node.
 
-Each node keeps the whole configuration in memory (the embedded store's ``_State``, so reads
-are the same O(1) dictionary look-ups) and follows a change stream in Redis, the way the
+Each node keeps the whole configuration in memory (the ``State`` the embedded store keeps too,
+so reads are the same O(1) dictionary look-ups) and follows a change stream in Redis, the way the
 original mirrored Redis into ETS with nsync.
 
 Keys (``P`` is the prefix, ``logplex`` by default). Every configuration key carries the one
@@ -45,39 +45,23 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
 from ._redis_client import DEFAULT_PREFIX, open_target, parse_redis_url
-from .base import ChannelPut, Store, Subscriber
-from .embedded import CHANNEL_COUNTER, DRAIN_COUNTER, Op, StateReads, _State
+from ._state import CHANNEL_COUNTER, DRAIN_COUNTER, Op, Plan, State, T, difference
+from .base import Store
 from .model import (
-    SESSION_TTL_SECONDS,
-    Channel,
-    ChannelAdded,
-    ChannelExists,
-    ChannelNotFound,
-    ChannelRemoved,
-    Credential,
-    CredentialExists,
-    Drain,
-    DrainAdded,
-    DrainNotFound,
-    DrainRemoved,
-    DrainUpdated,
-    Session,
+    ChannelRecord,
+    CredentialRecord,
+    DrainRecord,
+    SessionRecord,
     StoreError,
-    StoreEvent,
     StoreUnavailable,
-    Token,
-    TokenAdded,
-    TokenRemoved,
-    new_drain_token,
-    new_session_id,
-    new_token_id,
+    TokenRecord,
 )
 
 if TYPE_CHECKING:
@@ -169,7 +153,7 @@ class _Lost(Exception):
     """Redis did not answer; the reader reconnects and rebuilds."""
 
 
-class RedisStore(StateReads, Store):
+class RedisStore(Store):
     """Configuration in Redis; needs ``maintain`` running (it owns the connection)."""
 
     def __init__(
@@ -181,10 +165,10 @@ class RedisStore(StateReads, Store):
         clock: Callable[[], float] = time.time,
         write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
+        super().__init__(clock)
         self.url = url
         self._target = parse_redis_url(url)
         self.node_id = node_id or f"pid-{uuid.uuid4().hex[:8]}"
-        self._clock = clock
         self._write_timeout = write_timeout
         tag = f"{prefix}:{{cfg}}:"
         self._key_version = tag + "version"
@@ -193,9 +177,7 @@ class RedisStore(StateReads, Store):
         self._key_sweep = tag + "session_sweep"
         self._keys: dict[str, str] = {name: tag + name for name in _HASHES}
         self._keys.update({c: tag + k for c, k in _COUNTER_KEYS.items()})
-        self._state = _State()
         self._applied = "0-0"
-        self._subscribers: list[Subscriber] = []
         self._failure: str | None = "Redis not reached yet"
         self._closed = False
         self._client: Client | None = None
@@ -208,12 +190,6 @@ class RedisStore(StateReads, Store):
         self.connected = trio.Event()
         self.rebuilds = 0
         self._backoff = BACKOFF_FIRST
-        # Awaited, in order, once a drain got its destination (created with a URL, or a
-        # reservation given one) and the change is committed, before the write returns: the
-        # data plane stores the drain's start point there (``cluster.birth``; the store
-        # does not know the data plane). A hook must bound its own time and not raise; one
-        # that does is logged, since the change it follows is already stored.
-        self.drain_birth_hooks: list[Callable[[Drain], Awaitable[None]]] = []
 
     @property
     def failure(self) -> str | None:
@@ -226,183 +202,15 @@ class RedisStore(StateReads, Store):
         """Id of the last change entry applied to memory."""
         return self._applied
 
-    # -- writes --------------------------------------------------------------------------------
-    # Each write is a plan: a function of the in-memory state returning the operations and
-    # a function computing the result once they are applied. A plan runs again after the
-    # node has caught up with changes it lost the race against.
-    async def create_channel(
-        self,
-        name: str | None = None,
-        *,
-        label: str | None = None,
-        token_names: Sequence[str] = (),
-    ) -> tuple[Channel, list[Token]]:
-        def plan() -> tuple[list[Op], Callable[[], tuple[Channel, list[Token]]]]:
-            ops: list[Op] = []
-            chosen = name
-            if chosen is None:
-                number = self._state.counters[CHANNEL_COUNTER]
-                while True:
-                    number += 1
-                    if str(number) not in self._state.channels:
-                        break
-                chosen = str(number)
-                ops.append(["N", CHANNEL_COUNTER, number])
-            elif chosen in self._state.channels:
-                raise ChannelExists(chosen)
-            channel = Channel(chosen, label)
-            tokens = [Token(new_token_id(), chosen, t) for t in token_names]
-            ops.append(["C", chosen, label, []])
-            ops.extend(["T", t.id, t.channel, t.name] for t in tokens)
-            return ops, lambda: (channel, tokens)
-
-        return await self._transact(plan)
-
-    async def put_channel(self, name: str, token_names: Sequence[str]) -> ChannelPut:
-        wanted = list(dict.fromkeys(token_names))
-
-        def plan() -> tuple[list[Op], Callable[[], ChannelPut]]:
-            channel = self._state.channels.get(name)
-            created = channel is None
-            ops: list[Op] = []
-            if channel is None:
-                channel = Channel(name)
-                ops.append(["C", name, None, []])
-            existing = self.tokens_of(name)
-            ops.extend(["t", token.id] for token in existing if token.name not in wanted)
-            present = {token.name for token in existing}
-            ops.extend(["T", new_token_id(), name, t] for t in wanted if t not in present)
-            result_channel = channel
-            return ops, lambda: ChannelPut(created, result_channel, self.tokens_of(name))
-
-        return await self._transact(plan)
-
-    async def delete_channel(self, name: str) -> bool:
-        def plan() -> tuple[list[Op], Callable[[], bool]]:
-            if name not in self._state.channels:
-                return [], lambda: False
-            ops: list[Op] = [["d", drain.id] for drain in self.drains_of(name)]
-            ops.extend(["t", token.id] for token in self.tokens_of(name))
-            ops.append(["c", name])
-            return ops, lambda: True
-
-        return await self._transact(plan)
-
-    async def create_token(self, channel: str, name: str) -> Token:
-        def plan() -> tuple[list[Op], Callable[[], Token]]:
-            if channel not in self._state.channels:
-                raise ChannelNotFound(channel)
-            token = Token(new_token_id(), channel, name)
-            return [["T", token.id, channel, name]], lambda: token
-
-        return await self._transact(plan)
-
-    async def create_drain(self, channel: str, url: str | None, *, max_drains: int) -> Drain:
-        token = new_drain_token()
-
-        def plan() -> tuple[list[Op], Callable[[], Drain]]:
-            if channel not in self._state.channels:
-                raise ChannelNotFound(channel)
-            if url is not None:
-                self._check_drain_slot(channel, url, max_drains, replacing=None)
-            drain = Drain(self._state.counters[DRAIN_COUNTER] + 1, channel, token, url)
-            ops: list[Op] = [
-                ["N", DRAIN_COUNTER, drain.id],
-                ["D", drain.id, channel, drain.token, url],
-            ]
-            return ops, lambda: drain
-
-        drain: Drain = await self._transact(plan)
-        if drain.url is not None:
-            await self._drain_born(drain)
-        return drain
-
-    async def update_drain(
-        self, channel: str, drain_id: int, url: str, *, max_drains: int
-    ) -> Drain:
-        # Whether this write gave a reservation its first URL (set by the plan that commits).
-        born = False
-
-        def plan() -> tuple[list[Op], Callable[[], Drain]]:
-            nonlocal born
-            previous = self._state.drains.get(drain_id)
-            if previous is None or previous.channel != channel:
-                raise DrainNotFound(drain_id)
-            born = False
-            if previous.url == url:
-                return [], lambda: previous
-            self._check_drain_slot(channel, url, max_drains, replacing=previous)
-            drain = Drain(drain_id, channel, previous.token, url)
-            born = previous.url is None
-            return [["D", drain.id, channel, drain.token, url]], lambda: drain
-
-        drain: Drain = await self._transact(plan)
-        if born:
-            await self._drain_born(drain)
-        return drain
-
-    async def _drain_born(self, drain: Drain) -> None:
-        """Run ``drain_birth_hooks`` for a committed drain; shielded (like the write it
-        follows: a request cancelled now must not leave the drain without its start point)
-        and bounded by each hook's own timeout."""
-        with trio.CancelScope(shield=True):
-            for hook in self.drain_birth_hooks:
-                try:
-                    await hook(drain)
-                except Exception as exc:  # the change is stored: report, do not fail it
-                    log.warning("drain %d: birth hook failed: %s", drain.id, type(exc).__name__)
-
-    async def delete_drain(self, channel: str, drain_id: int) -> Drain | None:
-        def plan() -> tuple[list[Op], Callable[[], Drain | None]]:
-            drain = self._state.drains.get(drain_id)
-            if drain is None or drain.channel != channel:
-                return [], lambda: None
-            return [["d", drain_id]], lambda: drain
-
-        return await self._transact(plan)
-
-    async def create_session(
-        self, body: Mapping[str, Any], *, ttl: float = SESSION_TTL_SECONDS
-    ) -> Session:
-        session = Session(new_session_id(), dict(body), self._clock() + ttl)
-
-        def plan() -> tuple[list[Op], Callable[[], Session]]:
-            return [["S", session.id, session.body, session.expires_at]], lambda: session
-
-        return await self._transact(plan)
-
-    async def delete_session(self, session_id: str) -> bool:
-        def plan() -> tuple[list[Op], Callable[[], bool]]:
-            if session_id not in self._state.sessions:
-                return [], lambda: False
-            return [["s", session_id]], lambda: True
-
-        return await self._transact(plan)
-
-    async def add_credential(self, credential: Credential) -> None:
-        def plan() -> tuple[list[Op], Callable[[], None]]:
-            if credential.id in self._state.credentials:
-                raise CredentialExists(credential.id)
-            c = credential
-            return [["K", c.id, c.password_hash, list(c.permissions), c.name]], lambda: None
-
-        await self._transact(plan)
-
-    async def revoke_credential(self, cred_id: str) -> bool:
-        def plan() -> tuple[list[Op], Callable[[], bool]]:
-            if cred_id not in self._state.credentials:
-                return [], lambda: False
-            return [["k", cred_id]], lambda: True
-
-        return await self._transact(plan)
-
     # -- the optimistic commit -------------------------------------------------------------------
     def _check_writable(self) -> None:
         failure = self.failure
         if failure is not None:
             raise StoreUnavailable(failure)
 
-    async def _transact(self, plan: Callable[[], tuple[list[Op], Callable[[], Any]]]) -> Any:
+    # Each write is a plan (see ``_state``): it runs again after the node has caught up
+    # with changes it lost the race against.
+    async def _write(self, plan: Plan[T]) -> T:
         self._check_writable()
         errors = _redis_errors()
         # As in the embedded store, a write whose request is cancelled still completes (it
@@ -411,13 +219,14 @@ class RedisStore(StateReads, Store):
             try:
                 with trio.fail_after(self._write_timeout):
                     async with self._write_lock:
-                        return await self._transact_locked(plan)
+                        result = await self._write_locked(plan)
             except _Lost as exc:
                 raise StoreUnavailable(f"Redis unreachable: {exc}") from None
             except errors as exc:
                 raise StoreUnavailable(f"Redis unreachable: {_describe(exc)}") from None
+        return result
 
-    async def _transact_locked(self, plan: Callable[[], tuple[list[Op], Callable[[], Any]]]) -> Any:
+    async def _write_locked(self, plan: Plan[T]) -> T:
         rid = uuid.uuid4().hex
         self._in_flight[rid] = False
         try:
@@ -499,37 +308,7 @@ class RedisStore(StateReads, Store):
         self._applied = entry_id
         if rid is not None and rid in self._in_flight:
             self._in_flight[rid] = True
-        events: list[StoreEvent] = []
-        now = self._clock()
-        for op in ops:
-            event = self._event_of(op)
-            self._state.apply(op, now)
-            if event is not None:
-                events.append(event)
-        self._publish(events)
-
-    def _event_of(self, op: Op) -> StoreEvent | None:
-        """The event an operation causes, judged on the state before it is applied."""
-        state, code = self._state, op[0]
-        if code == "C" and op[1] not in state.channels:
-            return ChannelAdded(Channel(op[1], op[2], tuple(op[3])))
-        if code == "c" and op[1] in state.channels:
-            return ChannelRemoved(op[1])
-        if code == "T" and op[1] not in state.tokens:
-            return TokenAdded(Token(op[1], op[2], op[3]))
-        if code == "t" and op[1] in state.tokens:
-            return TokenRemoved(state.tokens[op[1]])
-        if code == "D":
-            drain = Drain(op[1], op[2], op[3], op[4])
-            previous = state.drains.get(op[1])
-            if previous is None:
-                return DrainAdded(drain.channel, drain)
-            if previous != drain:
-                return DrainUpdated(drain.channel, drain, previous)
-        if code == "d" and op[1] in state.drains:
-            drain = state.drains[op[1]]
-            return DrainRemoved(drain.channel, drain)
-        return None
+        self._publish(self._state.apply_all(ops, self._clock()))
 
     def _apply_stream_entries(self, entries: Sequence[Any]) -> None:
         for entry in entries:
@@ -564,32 +343,32 @@ class RedisStore(StateReads, Store):
         started = time.monotonic()
         now = self._clock()
         version = _text(await client.get(self._key_version) or b"0-0")
-        state = _State()
+        state = State()
         for counter in (CHANNEL_COUNTER, DRAIN_COUNTER):
             value = await client.get(self._keys[counter])
             state.counters[counter] = int(value) if value else 0
-        tokens: list[tuple[int, Token]] = []
-        drains: list[Drain] = []
+        tokens: list[tuple[int, TokenRecord]] = []
+        drains: list[DrainRecord] = []
         # Page by page, each page decoded in a plain loop (the client's hscan_iter takes an
         # async step per field: 3.1 -> 2.9 s for 100,000 channels, bench_nodes store load).
         async for page in _hash_pages(client, self._keys["channels"]):
             for field, value in page.items():
                 label, flags = _unpack(value)
                 name = field.decode()
-                state.channels[name] = Channel(name, label, tuple(flags))
+                state.channels[name] = ChannelRecord(name, label, tuple(flags))
         async for page in _hash_pages(client, self._keys["tokens"]):
             for field, value in page.items():
                 channel, name, seq = _unpack(value)
-                tokens.append((seq, Token(field.decode(), channel, name)))
+                tokens.append((seq, TokenRecord(field.decode(), channel, name)))
         async for page in _hash_pages(client, self._keys["drains"]):
             for field, value in page.items():
                 channel, token, url = _unpack(value)
-                drains.append(Drain(int(field), channel, token, url))
+                drains.append(DrainRecord(int(field), channel, token, url))
         async for page in _hash_pages(client, self._keys["creds"]):
             for field, value in page.items():
                 password_hash, permissions, name = _unpack(value)
                 cred_id = field.decode()
-                state.credentials[cred_id] = Credential(
+                state.credentials[cred_id] = CredentialRecord(
                     cred_id, password_hash, tuple(permissions), name
                 )
         async for page in _hash_pages(client, self._keys["sessions"]):
@@ -597,12 +376,12 @@ class RedisStore(StateReads, Store):
                 body, expires_at = _unpack(value)
                 if expires_at > now:
                     session_id = field.decode()
-                    state.sessions[session_id] = Session(session_id, body, expires_at)
+                    state.sessions[session_id] = SessionRecord(session_id, body, expires_at)
         tokens.sort(key=lambda pair: pair[0])
         for _, token in tokens:
-            state._put_token(token)
+            state.put_token(token)
         for drain in sorted(drains, key=lambda d: d.id):
-            state._put_drain(drain)
+            state.put_drain(drain)
         # Changes made while scanning may or may not be in what was read: replaying every
         # entry after the version read first settles each key they touched (each operation
         # sets or deletes one key, so replaying one already seen changes nothing).
@@ -618,7 +397,7 @@ class RedisStore(StateReads, Store):
         old, self._state = self._state, state
         self._applied = applied
         self.rebuilds += 1
-        events = _difference(old, state)
+        events = difference(old, state)
         log.info(
             "store: loaded from Redis %s: %d channels, %d tokens, %d drains in %.3f s"
             " (%d change events)",
@@ -822,16 +601,7 @@ class RedisStore(StateReads, Store):
             expired = [s.id for s in self._state.sessions.values() if s.expires_at <= now]
             return [["s", session_id] for session_id in expired], lambda: len(expired)
 
-        result: int = await self._transact(plan)
-        return result
-
-    def expire_sessions(self) -> int:
-        """Forget expired sessions in memory (reads ignore them anyway)."""
-        now = self._clock()
-        expired = [s.id for s in self._state.sessions.values() if s.expires_at <= now]
-        for session_id in expired:
-            del self._state.sessions[session_id]
-        return len(expired)
+        return await self._write(plan)
 
     async def compact(self) -> None:
         """Nothing to compact: Redis persists (RDB/AOF) on its own."""
@@ -865,39 +635,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "no answer in time"
     return str(exc) or type(exc).__name__
-
-
-def _difference(old: _State, new: _State) -> list[StoreEvent]:
-    """Events that turn a subscriber's view of ``old`` into ``new``, in a valid order."""
-    events: list[StoreEvent] = []
-    for name in old.channels:
-        if name not in new.channels:
-            events.extend(
-                DrainRemoved(name, d)
-                for d in sorted(old.drains_by_channel.get(name, {}).values(), key=_drain_id)
-            )
-            events.extend(TokenRemoved(t) for t in old.tokens_by_channel.get(name, {}).values())
-            events.append(ChannelRemoved(name))
-    for drain_id, drain in old.drains.items():
-        if drain.channel in new.channels and drain_id not in new.drains:
-            events.append(DrainRemoved(drain.channel, drain))
-    for token_id, token in old.tokens.items():
-        if token.channel in new.channels and token_id not in new.tokens:
-            events.append(TokenRemoved(token))
-    for name, channel in new.channels.items():
-        if name not in old.channels:
-            events.append(ChannelAdded(channel))
-    for token_id, token in new.tokens.items():
-        if token_id not in old.tokens:
-            events.append(TokenAdded(token))
-    for drain_id, drain in sorted(new.drains.items()):
-        previous = old.drains.get(drain_id)
-        if previous is None:
-            events.append(DrainAdded(drain.channel, drain))
-        elif previous != drain:
-            events.append(DrainUpdated(drain.channel, drain, previous))
-    return events
-
-
-def _drain_id(drain: Drain) -> int:
-    return drain.id

@@ -5,6 +5,11 @@ stored and every comparison is constant-time. Checking a password costs tens of
 milliseconds on purpose, so ``CredentialChecker`` runs it in a worker thread, bounds how
 many run at once, and remembers recent successes (keyed by a keyed hash of the secret, never
 the secret itself) so a client sending the same header on every request pays once.
+
+``parse_authorization`` is the one reader of ``Authorization`` headers: it names the form
+(Logplex's raw key after ``Basic``, Basic ``id:password``, Basic ``:token``, Bearer, or
+invalid) and each listener keeps only its own policy: which forms it takes, and what it
+compares them with (``key_matches`` for the auth key, ``CredentialChecker`` for stored ones).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import hmac
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import trio
 
-from ..store import Credential, Store
+from ..store import CredentialRecord, Store
 
 FULL_API = "full_api"
 ANY_CHANNEL = "any_channel"
@@ -88,36 +94,96 @@ async def create_credential(
     name: str = "",
     permissions: Iterable[str] = (FULL_API,),
     password: str | None = None,
-) -> tuple[Credential, str]:
+) -> tuple[CredentialRecord, str]:
     """Store a new credential; returns it with its clear-text password (shown once)."""
     perms = validate_permissions(permissions)
     password = password if password is not None else generate_password()
     encoded = await trio.to_thread.run_sync(hash_password, password)
-    credential = Credential(generate_credential_id(), encoded, perms, name)
+    credential = CredentialRecord(generate_credential_id(), encoded, perms, name)
     await store.add_credential(credential)
     return credential, password
 
 
-def parse_basic(authorization: str | None) -> str | None:
-    """The text after ``Basic `` (scheme case-insensitive), or None."""
-    if not authorization:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    return value.strip()
+# -- the Authorization header --------------------------------------------------------------
+# One parser for every listener: it says which form a header is, each listener decides which
+# forms it takes and what it checks them against. Secrets are kept out of every repr, and no
+# result or reason ever quotes the header.
 
 
-def decode_basic(value: str) -> tuple[str, str] | None:
-    """``(user, password)`` from base64 ``user:password``, or None if it is not that."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BasicAuth:
+    """Any ``Basic <text>`` header. ``text`` (as sent, stripped) may be Logplex's raw auth
+    key, which follows ``Basic`` as is, not base64: a listener that takes the key compares
+    it before looking at what the text decodes to."""
+
+    text: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawKey(BasicAuth):
+    """``Basic <text>`` whose text is not base64 of ``id:password``: only the raw key fits."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BasicPassword(BasicAuth):
+    """``Basic base64(id:password)`` with a non-empty id (the password may be empty)."""
+
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BasicToken(BasicAuth):
+    """``Basic base64(:token)``: the empty user the Heroku CLI and Platform API clients send."""
+
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BearerToken:
+    """``Bearer <token>`` (never empty)."""
+
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidAuthorization:
+    """No header, a scheme other than Basic or Bearer, or nothing after the scheme."""
+
+    reason: str
+
+
+Authorization = RawKey | BasicPassword | BasicToken | BearerToken | InvalidAuthorization
+
+
+def parse_authorization(header: str | None) -> Authorization:
+    """The form of an ``Authorization`` value; never raises.
+
+    The scheme is case-insensitive and ends at the first space; what follows, stripped, is
+    its value. A Basic value that is not base64 of UTF-8 ``user:password`` is a ``RawKey``.
+    """
+    if not header:
+        return InvalidAuthorization("no credentials")
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme not in ("basic", "bearer"):
+        # Not quoted: a client may have sent its secret with no scheme at all.
+        return InvalidAuthorization("unsupported scheme")
+    if not value:
+        return InvalidAuthorization(f"nothing after {scheme.capitalize()}")
+    if scheme == "bearer":
+        return BearerToken(value)
     try:
         decoded = base64.b64decode(value.encode("ascii"), validate=True).decode("utf-8")
-    except (ValueError, binascii.Error, UnicodeError):
-        return None
+    except ValueError:  # not ASCII, not base64 (binascii.Error), not UTF-8: all ValueErrors
+        return RawKey(text=value)
     user, sep, password = decoded.partition(":")
     if not sep:
-        return None
-    return user, password
+        return RawKey(text=value)
+    if not user:
+        return BasicToken(text=value, token=password)
+    return BasicPassword(text=value, user=user, password=password)
 
 
 def key_matches(presented: str, auth_key: str) -> bool:
@@ -136,7 +202,7 @@ class CredentialChecker:
         self._cache_secret = secrets.token_bytes(32)
         self._limiter = trio.CapacityLimiter(max_parallel)
 
-    async def check(self, cred_id: str, password: str) -> Credential | None:
+    async def check(self, cred_id: str, password: str) -> CredentialRecord | None:
         credential = self._store.credential(cred_id)
         if credential is None:
             return None

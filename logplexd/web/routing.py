@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import unquote
 
 from .messages import Request, Response
@@ -56,6 +57,14 @@ def _compile(template: str) -> re.Pattern[str]:
         position = placeholder.end()
     pattern += re.escape(template[position:])
     return re.compile(pattern)
+
+
+class AddRoute(Protocol):
+    """How a group of routes mounts itself on a listener (``Router.add``'s signature)."""
+
+    def __call__(
+        self, method: str, template: str, handler: RouteHandler, *, name: str, auth: bool = True
+    ) -> None: ...
 
 
 class Router:

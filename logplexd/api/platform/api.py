@@ -41,10 +41,10 @@ from ...store import (
     App,
     ChannelExists,
     ChannelNotFound,
-    Drain,
     DrainExists,
     DrainLimitReached,
     DrainMeta,
+    DrainRecord,
     InvalidDrainUrl,
     PlatformRecords,
     Store,
@@ -55,7 +55,16 @@ from ...store import (
     redact_url,
     utc_timestamp,
 )
-from ...web import Request, Response, decode_basic, key_matches
+from ...web import (
+    BasicAuth,
+    BasicPassword,
+    BasicToken,
+    BearerToken,
+    Request,
+    Response,
+    key_matches,
+    parse_authorization,
+)
 from ..control import ApiConfig
 from .conventions import (
     NOT_ACCEPTABLE_MESSAGE,
@@ -90,7 +99,9 @@ JSON_HEADER = ("Content-Type", "application/json")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
-class RegistryLike(Protocol):
+class ChannelLookup(Protocol):
+    """Whether a channel is live (the router's registry is one)."""
+
     def channel(self, name: str) -> object | None: ...
 
 
@@ -151,7 +162,7 @@ def _is_uuid(text: str) -> bool:
         return False
 
 
-def drain_uuid(drain: Drain) -> str:
+def drain_uuid(drain: DrainRecord) -> str:
     """The Platform API id of a store drain: stable, and never reused (the token is random)."""
     return str(uuid.uuid5(NAMESPACE, f"drain:{drain.id}:{drain.token}"))
 
@@ -193,7 +204,7 @@ class PlatformApi:
         records: PlatformRecords,
         *,
         config: Callable[[], ApiConfig],
-        registry: RegistryLike | None = None,
+        registry: ChannelLookup | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.store = store
@@ -327,21 +338,15 @@ class PlatformApi:
             raise ApiError(412, "precondition_failed", "The resource has changed.")
 
     async def _authenticate(self, request: Request) -> Principal | None:
-        header = request.header("authorization")
-        if not header:
-            return None
-        scheme, _, value = header.strip().partition(" ")
-        value = value.strip()
+        presented = parse_authorization(request.header("authorization"))
         auth_key = self._config().auth_key
-        if scheme.lower() == "bearer":
-            user, secret = "", value
-        elif scheme.lower() == "basic":
-            if key_matches(value, auth_key):  # the raw key, as the Logplex API takes it
-                return OPERATOR
-            pair = decode_basic(value)
-            if pair is None:
-                return None
-            user, secret = pair
+        # The raw key, as the Logplex API takes it.
+        if isinstance(presented, BasicAuth) and key_matches(presented.text, auth_key):
+            return OPERATOR
+        if isinstance(presented, BasicPassword):
+            user, secret = presented.user, presented.password
+        elif isinstance(presented, BasicToken | BearerToken):
+            user, secret = "", presented.token  # an account found by its token alone
         else:
             return None
         if not secret:
@@ -503,7 +508,7 @@ class PlatformApi:
         return Reply(200, current)
 
     # -- log drains ----------------------------------------------------------------------------
-    def drain_json(self, app: App, drain: Drain) -> dict[str, Any]:
+    def drain_json(self, app: App, drain: DrainRecord) -> dict[str, Any]:
         meta = self.records.drain_meta(drain.id)
         return {
             "addon": None,
@@ -514,10 +519,10 @@ class PlatformApi:
             "url": drain.url,
         }
 
-    def _drains(self, app: App) -> list[Drain]:
+    def _drains(self, app: App) -> list[DrainRecord]:
         return [d for d in self.store.drains_of(app.name) if d.url is not None]
 
-    def _drain(self, call: Call, app: App) -> Drain:
+    def _drain(self, call: Call, app: App) -> DrainRecord:
         ident = call.params["drain"]
         drains = self._drains(app)
         for drain in drains:
@@ -669,7 +674,7 @@ class _Mountable(Protocol):
 def mount_platform(
     control_api: _Mountable,
     store: Store,
-    registry: RegistryLike | None = None,
+    registry: ChannelLookup | None = None,
     *,
     data_dir: str | os.PathLike[str] | None = None,
     records: PlatformRecords | None = None,

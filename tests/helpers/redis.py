@@ -3,7 +3,8 @@
 Every process listens on loopback with its own directory under the test's tmp dir, and is
 started and stopped by pid (SIGKILL: nothing survives that the test did not ask to keep).
 Without the binaries (``apt-get install redis-server``, which ships redis-cli too) or the
-``coredis`` package the fixtures skip.
+``coredis`` package the fixtures (tests/conftest.py: ``redis_server``, ``redis_cluster``,
+``redis_any``) skip, and fail under ``LOGPLEXD_TEST_STRICT=1`` (helpers/strict.py).
 
 ``RedisServer`` and ``RedisCluster`` share what the tests use: ``url``, ``start``, ``kill``,
 ``command`` (one command, raw RESP reply, sent to the node that owns its key) and ``keys``.
@@ -12,17 +13,14 @@ Without the binaries (``apt-get install redis-server``, which ships redis-cli to
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,9 @@ import pytest
 import trio
 
 from logplexd.store import RedisStore
+
+from .net import bindable, free_port
+from .wait import wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -51,26 +52,11 @@ PROPAGATION = 1.0
 START_TIMEOUT = 15.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def cluster_port() -> int:
     """A free port whose cluster-bus port (+10000) is free too (both must be below 65536)."""
     for _ in range(1000):
         port = random.randrange(20000, 30000)
-        if _bindable(port) and _bindable(port + 10000):
+        if bindable(port) and bindable(port + 10000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
 
@@ -88,7 +74,7 @@ def _read_reply(reader: Any) -> bytes:
     return line
 
 
-def _send(port: int, *args: str | bytes, timeout: float = 2.0) -> bytes:
+def send(port: int, *args: str | bytes, timeout: float = 2.0) -> bytes:
     """One command as a RESP array; the raw reply."""
     parts = [a.encode() if isinstance(a, str) else a for a in args]
     request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
@@ -148,7 +134,7 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                if _send(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
+                if send(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
                     return
             except OSError:
                 pass
@@ -166,7 +152,7 @@ class RedisServer:
 
     def command(self, *args: str | bytes) -> bytes:
         """One command; the raw RESP reply."""
-        return _send(self.port, *args)
+        return send(self.port, *args)
 
     def stored_keys(self) -> list[bytes]:
         return bulk_strings(self.command("KEYS", "*"))
@@ -237,11 +223,11 @@ class RedisCluster:
         while True:
             ports = [s.port for s in self.servers if s.proc is not None]
             try:
-                if all(b"cluster_state:ok" in _send(p, "CLUSTER", "INFO") for p in ports):
+                if all(b"cluster_state:ok" in send(p, "CLUSTER", "INFO") for p in ports):
                     owners = [self._slot_owners(p) for p in ports]
                     replicas_up = all(
                         b"role:master" in info or b"master_link_status:up" in info
-                        for info in (_send(p, "INFO", "replication") for p in ports)
+                        for info in (send(p, "INFO", "replication") for p in ports)
                     )
                     if (
                         all(o == owners[0] for o in owners)
@@ -259,7 +245,7 @@ class RedisCluster:
     @staticmethod
     def _slot_owners(port: int) -> list[int]:
         """Owner port of each slot, from CLUSTER SHARDS-free parsing of CLUSTER NODES."""
-        text = _send(port, "CLUSTER", "NODES").decode(errors="replace")
+        text = send(port, "CLUSTER", "NODES").decode(errors="replace")
         owners = [0] * 16384
         for line in text.splitlines():
             fields = line.split()
@@ -284,7 +270,7 @@ class RedisCluster:
 
     def keyslot(self, key: str | bytes) -> int:
         port = next(s.port for s in self.servers if s.proc is not None)
-        return integer(_send(port, "CLUSTER", "KEYSLOT", key))
+        return integer(send(port, "CLUSTER", "KEYSLOT", key))
 
     def owner_of(self, key: str | bytes) -> int:
         """The port of the master that holds ``key``."""
@@ -298,48 +284,17 @@ class RedisCluster:
     def command(self, *args: str | bytes) -> bytes:
         """One command sent to the master owning its first key (args[1])."""
         port = self.owner_of(args[1]) if len(args) > 1 else self.ports[0]
-        return _send(port, *args)
+        return send(port, *args)
 
     def stored_keys(self) -> list[bytes]:
         """Every key, read from the masters."""
-        return [k for p in set(self._owners) for k in bulk_strings(_send(p, "KEYS", "*"))]
+        return [k for p in set(self._owners) for k in bulk_strings(send(p, "KEYS", "*"))]
 
 
-def _require_binaries() -> None:
+def require_redis() -> None:
+    """Skip (fail, when strict) the test without the binaries or coredis."""
     if REDIS_SERVER is None or REDIS_CLI is None or not HAVE_COREDIS:
         pytest.skip(SKIP_REASON)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """One redis-server with an fsync-always AOF (kill -9 loses no acknowledged write)."""
-    _require_binaries()
-    server = RedisServer(tmp_path, persistent=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    """Three masters, no replicas, AOF fsync always on each."""
-    _require_binaries()
-    cluster = RedisCluster(tmp_path, persistent=True)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
-
-
-@pytest.fixture(params=["single", "cluster"])
-def redis_any(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
-    """The same test on one Redis and on a Redis Cluster."""
-    name = "redis_server" if request.param == "single" else "redis_cluster"
-    server: RedisServer | RedisCluster = request.getfixturevalue(name)
-    return server
 
 
 @contextlib.asynccontextmanager
@@ -355,70 +310,6 @@ async def running(url: str, **options: Any) -> AsyncIterator[RedisStore]:
             store.close()
 
 
-
-# The message texts the multi-node tests send: msg-<tag>-<number>.
-MSG = re.compile(rb"msg-[A-Z]-\d{4}\.")
-
-
-class Sink:
-    """A TCP drain endpoint: every connection's bytes, in arrival order."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.connections = 0
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        try:
-            while data := await stream.receive_some(65536):
-                self.data += data
-        except trio.BrokenResourceError:
-            pass
-
-    def messages(self) -> list[bytes]:
-        """The ``MSG`` texts received, in order."""
-        return MSG.findall(bytes(self.data))
-
-    def counts(self) -> Counter[bytes]:
-        return Counter(self.messages())
-
 async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) -> None:
-    """Poll ``check`` until true, failing after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while not check():
-            await trio.sleep(0.005)
-
-
-def node_settings(
-    tmp_path: Path, name: str, server: RedisServer | RedisCluster, **overrides: Any
-) -> Any:
-    """Settings of logplexd node ``name``: loopback ports, its own data dir, ``server``'s URL."""
-    from tests.test_daemon import settings_for
-
-    return dataclasses.replace(
-        settings_for(tmp_path),
-        data_dir=tmp_path / name,
-        store_url=server.url,
-        node_id=name,
-        **overrides,
-    )
-
-async def channel_on_every_node(api_ports: Any, nodes: Any) -> str:
-    """PUT channel "app" with token name "web" through ``api_ports`` (one node's BoundPorts);
-    return the token once every daemon in ``nodes`` routes it."""
-    import json
-
-    from tests.test_daemon import AUTH, JSON, api, curl
-
-    status, _, body = await curl(
-        "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}', api(api_ports, "/v3/channels/app")
-    )  # fmt: skip
-    assert status == 201
-    token: str = json.loads(body)["tokens"]["web"]
-    await eventually(lambda: all(n.registry.channel_of_token(token) for n in nodes))
-    return token
+    """Poll ``check`` until true, failing after ``timeout`` seconds (``PROPAGATION``)."""
+    await wait_until(check, timeout)

@@ -1,7 +1,9 @@
-"""Receivers for the drain tests (TCP/TLS syslog sink, scripted h11 HTTP sink) and helpers."""
+"""Drains under test: receivers (TCP/TLS syslog sink, scripted h11 HTTP sink), a running
+``DrainManager``, and messages appended to a channel as routing would."""
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import struct
@@ -11,18 +13,25 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from logplexd.drains import DrainManager, DrainStats
+from logplexd.drains import DrainManager, DrainSettings, DrainStats
 from logplexd.native import parse_frames
-from logplexd.router.registry import Channel
+from logplexd.router.registry import Channel, Registry
+
+from .syslog import message as syslog_message
+from .syslog import octet_counted
 
 TOKEN = "d.2b0fa2d1-76b4-4b8a-9e0b-8f6a0b0c1d2e"
 
 
 def message(i: int, text: str = "drain test message") -> bytes:
-    return b"<134>1 2012-12-10T03:00:48.123456Z erlang app console.1 - - %s %d" % (
-        text.encode(),
-        i,
-    )
+    """Message ``i`` of app "app" (unframed, as a ring holds it)."""
+    return syslog_message("app", f"{text} {i}")
+
+
+def delivered(i: int, text: str = "drain test message") -> bytes:
+    """What a syslog drain sends for ``message(i, text)``: octet-counted, the drain token
+    as hostname, a newline after the text."""
+    return octet_counted(syslog_message("app", f"{text} {i}\n", host=TOKEN))
 
 
 def append(channel: Channel, frames: list[bytes]) -> None:
@@ -37,10 +46,20 @@ def stats_of(manager: DrainManager, drain_id: int) -> DrainStats:
     return stats
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+async def start_manager(
+    nursery: trio.Nursery,
+    registry: Registry,
+    settings: DrainSettings | None = None,
+    *,
+    seed: int = 7,
+    **kwargs: object,
+) -> DrainManager:
+    """A running ``DrainManager``; ``seed`` fixes its retry jitter, ``kwargs`` go to it."""
+    if settings is not None:
+        kwargs["settings"] = settings
+    manager = DrainManager(registry, rng=random.Random(seed), **kwargs)  # type: ignore[arg-type]
+    await nursery.start(manager.run)
+    return manager
 
 
 class _Notifier:

@@ -1,8 +1,7 @@
-"""Shared helpers for the control-API tests (this module holds no tests itself)."""
+"""The control API without sockets: a ``ControlApi`` on a real store, requests in, replies out."""
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -11,6 +10,8 @@ from typing import Any
 from logplexd.api import ControlApi
 from logplexd.store import open_store
 from logplexd.web import Request, Response
+
+from .http import basic_auth
 
 AUTH_KEY = "s3cret-key"
 PUBLIC_URL = "http://logplex.example:8001"
@@ -67,8 +68,8 @@ def make_api(data_dir: str, registry: Any = None, **options: Any) -> ControlApi:
 
 
 def basic(user: str, password: str) -> tuple[str, str]:
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return ("Authorization", f"Basic {encoded}")
+    """An ``Authorization`` header for HTTP Basic, as ``call`` takes headers."""
+    return ("Authorization", basic_auth(user, password))
 
 
 async def call(

@@ -1,0 +1,286 @@
+"""The data plane's link to Redis: one client, whether Redis answers, round trips counted.
+
+``Connection`` holds the client while the plane runs, calls scripts by SHA1 (loading them
+where a server lost them), counts every round trip by what it was for (``TRIP_KINDS``) and
+runs the probe.
+
+Faults. Every failed Redis call marks the plane unreachable (``Link.failure``; the health
+checks answer 503) with one log line per change of state, and the tasks retry with capped
+backoff (``Backoff``), which a probe reaching Redis again ends at once. The outbound buffer
+keeps accepting (and dropping the oldest, counted) meanwhile; reads of history fall back to
+the local rings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..store import open_redis, parse_redis_url
+from ._stream import SCRIPTS, Keys, ScriptCall, slot_of
+
+if TYPE_CHECKING:
+    from ..store import RedisClient
+
+log = logging.getLogger("logplexd.cluster")
+
+# A blocking XREAD (the followers' read on one Redis) waits this long; the client's stream
+# timeout allows for it.
+READ_BLOCK_MS = 250
+CONNECT_TIMEOUT = 2.0
+# Any call Redis has not answered within this (beyond its own blocking time) counts as lost.
+CALL_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 2.0
+# Without traffic the link is still checked this often (health must notice a dead Redis),
+# and a PING unanswered this long means Redis is unreachable (a silent partition too).
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 1.0
+# How long the hooks run at shutdown may take (leases handed back) before the client closes.
+CLOSE_GRACE = 1.0
+
+# What round trips are counted under (``DataPlane.trips``, the metric
+# ``logplexd_redis_round_trips_total{kind}``): stream writes, stream reads by followers,
+# history reads for requests, drain leases, drain checkpoints, the health probe, and the
+# rest (a stream's top when a follow starts, deletes, lease releases, script loads).
+TRIP_KINDS = ("write", "follow", "history", "lease", "checkpoint", "probe", "other")
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    import coredis.exceptions
+
+    return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+class Link:
+    """Is Redis reachable? Failures are kept per source (the probe, the writer, each read
+    lane, the leases), so on a Redis Cluster one shard down keeps the plane failing even
+    while other shards answer the probe. One log line per change of the overall state.
+    """
+
+    START = "Redis not reached yet"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._failures: dict[str, str] = {"start": self.START}
+        self.changes = 0
+        # Set while the probe reaches Redis: tasks backing off retry at once when it does.
+        self.reached = trio.Event()
+
+    @property
+    def failure(self) -> str | None:
+        for reason in self._failures.values():
+            return reason
+        return None
+
+    def ok(self, source: str) -> None:
+        if source == "probe":
+            self._failures.pop("start", None)
+            if not self.reached.is_set():
+                self.reached.set()
+        if self._failures.pop(source, None) is not None and not self._failures:
+            log.info("data plane: Redis %s reached; history and drains follow it", self.where)
+            self.changes += 1
+
+    def lost(self, exc: BaseException, source: str) -> None:
+        reason = f"Redis {self.where} unreachable: {describe(exc)}"
+        if source == "probe" and self.reached.is_set():
+            self.reached = trio.Event()
+        healthy = not self._failures or list(self._failures) == ["start"]
+        self._failures[source] = reason
+        if healthy:
+            log.error(
+                "data plane: %s; buffering ingested messages, history from local rings", reason
+            )
+            self.changes += 1
+
+
+@dataclass(slots=True)
+class Backoff:
+    first: float = BACKOFF_FIRST
+    cap: float = BACKOFF_CAP
+    current: float = BACKOFF_FIRST
+
+    def next(self) -> float:
+        value = self.current
+        self.current = min(self.current * 2, self.cap)
+        return value
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Connection:
+    """The Redis client of the data plane (while ``connected``), and what every task of the
+    plane does with it: count round trips, call scripts, back off, probe."""
+
+    def __init__(self, url: str, *, node_id: str, keys: Keys) -> None:
+        self.url = url
+        self.target = parse_redis_url(url)
+        self.cluster = self.target.cluster
+        self.node_id = node_id
+        self.keys = keys
+        self.link = Link(self.target.describe())
+        self._client: RedisClient | None = None
+        # Round trips to Redis by what they were for (``TRIP_KINDS``): one request and its
+        # reply, or one pipeline, per Redis server it went to. Metrics, tests and the
+        # benchmark's round trips per 1,000 messages read them.
+        self.trips: dict[str, int] = dict.fromkeys(TRIP_KINDS, 0)
+
+    @property
+    def client(self) -> RedisClient:
+        if self._client is None:
+            raise trio.TooSlowError()  # not running: callers treat it as unreachable
+        return self._client
+
+    # -- round trips ----------------------------------------------------------------------------
+    def count_trip(self, kind: str, servers: int = 1) -> None:
+        self.trips[kind] += servers
+
+    def servers_of(self, channels: Iterable[str]) -> int:
+        """How many Redis servers a pipeline naming these channels' keys goes to."""
+        if not self.cluster:
+            return 1
+        names = set()
+        try:
+            layout = self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
+            for channel in channels:
+                names.add(layout.node_for_slot(slot_of(self.keys.tag(channel))).name)
+        except Exception:  # a slot map in flux: counting must never fail the call it counts
+            return max(1, len(names))
+        return max(1, len(names))
+
+    async def call_scripts(
+        self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
+    ) -> list[Any]:
+        """Run script calls in one pipeline by SHA1 and return their replies in order.
+
+        ``channels[i]`` is the channel whose keys call ``i`` names (to count servers). A
+        server that does not know a script (restarted, a new shard, ``SCRIPT FLUSH``)
+        answers NOSCRIPT to those calls and nothing else happened for them: the scripts are
+        loaded (``SCRIPT LOAD`` goes to every server) and just those calls are sent again,
+        in their order. Any other error reply is raised (after the pipeline ran whole).
+        """
+        import coredis.exceptions
+
+        results = await self._evalsha(calls, kind, channels)
+        missing = [
+            i for i, r in enumerate(results) if isinstance(r, coredis.exceptions.NoScriptError)
+        ]
+        if missing:
+            for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+                await self.client.script_load(script.text)
+                self.count_trip("other")
+            again = await self._evalsha(
+                [calls[i] for i in missing], kind, [channels[i] for i in missing]
+            )
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    async def _evalsha(
+        self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
+    ) -> list[Any]:
+        import coredis.exceptions
+
+        async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            replies = [pipe.evalsha(s.sha, keys=keys, args=args) for s, keys, args in calls]
+        self.count_trip(kind, self.servers_of(channels))
+        results: list[Any] = []
+        for reply in replies:
+            try:
+                results.append(await reply)
+            except coredis.exceptions.RedisError as exc:
+                results.append(exc)
+        return results
+
+    # -- the client ----------------------------------------------------------------------------
+    def _new_client(self) -> RedisClient:
+        from coredis.retry import NoRetryPolicy
+
+        return open_redis(
+            self.url,
+            connect_timeout=CONNECT_TIMEOUT,
+            stream_timeout=READ_BLOCK_MS / 1000 + CALL_TIMEOUT,
+            decode_responses=False,
+            client_name=f"logplexd-data:{self.node_id}",
+            retry_policy=NoRetryPolicy(),
+            # Blocking reads hold a connection each (one per followed channel on a cluster).
+            max_connections=1024,
+        )
+
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        """Hold a new client (``client``) for the body's tasks."""
+        client = self._new_client()
+        try:
+            async with client:
+                self._client = client
+                yield
+        finally:
+            self._client = None
+
+    async def last_words(self, hooks: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Run ``hooks`` (last checkpoints, leases handed back), shielded and bounded by
+        CLOSE_GRACE, over a new connection: coredis reads replies in tasks of its client,
+        and those went down with the cancelled ones."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+            last = self._new_client()
+            try:
+                async with last:
+                    self._client = last
+                    for hook in hooks:
+                        await hook()
+            except Exception as exc:
+                log.debug("data plane: last words not sent: %s", describe(exc))
+            finally:
+                self._client = None
+
+    # -- the tasks' helpers ---------------------------------------------------------------------
+    async def probe(self) -> None:
+        """Notice a lost or returned Redis even when nothing else is talking to it."""
+        errors = redis_errors()
+        while True:
+            try:
+                with trio.fail_after(PROBE_TIMEOUT):
+                    await self.client.ping()
+                self.count_trip("probe")
+                if not self.link.reached.is_set():
+                    with trio.fail_after(CALL_TIMEOUT):
+                        await self._load_scripts()
+            except errors as exc:
+                self.link.lost(exc, "probe")
+            else:
+                self.link.ok("probe")
+            await trio.sleep(PROBE_INTERVAL if self.link.failure is None else BACKOFF_FIRST * 4)
+
+    async def _load_scripts(self) -> None:
+        for script in SCRIPTS:
+            await self.client.script_load(script.text)  # to every server of a cluster
+            self.count_trip("other", len(self._primaries()) if self.cluster else 1)
+
+    def _primaries(self) -> list[Any]:
+        return list(self.client.connection_pool.cluster_layout.primaries)  # type: ignore[union-attr]
+
+    async def back_off(self, backoff: Backoff) -> None:
+        """Wait out the backoff; a probe that reaches Redis (again) ends it at once."""
+        delay = backoff.next()
+        if self.link.reached.is_set():
+            await trio.sleep(delay)
+            return
+        with trio.move_on_after(delay):
+            await self.link.reached.wait()

@@ -1,0 +1,212 @@
+"""A channel's history in Redis: its keys, the script that appends to its stream, its entries.
+
+Keys (``P`` is the prefix, ``logplex`` by default). Every key of a channel carries the hash
+tag ``{ch:<name>}``, so Redis Cluster keeps a channel's keys on one shard and the scripts
+(one channel's keys each) are legal there; nothing ever touches two channels' keys in one
+command::
+
+    P:{ch:<name>}:log                 stream  the channel's history, one entry per routed batch
+    P:{ch:<name>}:seq                 string  messages ever appended (the message sequence)
+    P:{ch:<name>}:drain:<id>:lease    string  node id of the drain's owner, with a TTL
+    P:{ch:<name>}:drain:<id>:ckpt     string  sequence of the last message the owner delivered
+                                              (expires CHECKPOINT_TTL_MS after it was stored)
+
+Stream entries. An entry holds a whole routed batch of one channel: ``n`` (messages),
+``f`` (the frames, octet-counted, as ``_native.wire.octet_frames`` writes them), ``node``.
+Its id is ``S-k`` where ``S`` is the channel's message sequence number of the entry's last
+message (``INCRBY seq n`` in the same script, so ids are dense in messages) and ``k`` is 0
+for messages. A loss marker (``n`` 0, ``lost``, ``since``) announces messages a node had to
+drop before they reached Redis; it takes id ``S-*`` (the sequence does not move).
+
+Ids we control make loss exact: a reader that last saw message ``C`` and next finds an
+entry ``S`` of ``n`` messages has missed ``S - n + 1 - (C + 1)`` messages, trimmed before
+it read them. (XLEN/XINFO arithmetic could not do that: entries are batches.)
+
+Trimming is *exact* ``MINID`` by message sequence, in the same XADD: keep every entry whose
+last message is among the newest ``keep`` messages (``keep`` = ``channel_buffer_messages``,
+what a drain may still catch up from after a takeover). ``MAXLEN ~`` counts entries, and
+entries are batches of any size, so it could not bound history in messages at all; and
+since an entry is a whole batch, an exact trim removes whole batches only, which is the
+cheap case of exact trimming (no radix-tree node is split per message).
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import functools
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..native import Batch, parse_body
+from ..store import DEFAULT_PREFIX
+
+log = logging.getLogger("logplexd.cluster")
+
+# Frames are at most 65000 bytes (MsgRec offsets are 16-bit), renamed ones included.
+MAX_WIRE_FRAME = 65000
+# A drain checkpoint key expires when no checkpoint was stored for this long (a deleted
+# drain's key never outlives it; one that delivered nothing for a week has nothing newer
+# than the stream's newest entry to resume from either, which is where a drain without a
+# checkpoint starts). Every store renews it.
+CHECKPOINT_TTL_MS = 7 * 24 * 3600 * 1000
+
+StreamId = tuple[int, int]
+
+
+class Keys:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def tag(self, channel: str) -> str:
+        return f"{self.prefix}:{{ch:{channel}}}:"
+
+    def stream(self, channel: str) -> str:
+        return self.tag(channel) + "log"
+
+    def sequence(self, channel: str) -> str:
+        return self.tag(channel) + "seq"
+
+    def lease(self, channel: str, drain_id: int) -> str:
+        return f"{self.tag(channel)}drain:{drain_id}:lease"
+
+    def checkpoint(self, channel: str, drain_id: int) -> str:
+        return f"{self.tag(channel)}drain:{drain_id}:ckpt"
+
+
+CLUSTER_SLOTS = 16384
+
+
+@functools.lru_cache(maxsize=65536)
+def slot_of(tag: str) -> int:
+    """The cluster slot of a channel's keys (never changes; the shard holding it may).
+
+    Redis Cluster's rule: CRC16/XMODEM of the key's hash tag (the bytes between the first
+    ``{`` and the next ``}``, when not empty), else of the whole key, modulo 16384.
+    """
+    key = tag.encode()
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) % CLUSTER_SLOTS
+
+
+class Script:
+    """A Lua script called by its SHA1 (``EVALSHA``); ``Connection.call_scripts`` loads it
+    where a server does not know it yet."""
+
+    __slots__ = ("text", "sha")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+        SCRIPTS.append(self)
+
+
+# Every script, loaded whenever the probe (re)gains Redis, so calls rarely meet NOSCRIPT.
+SCRIPTS: list[Script] = []
+
+ScriptCall = tuple[Script, list[str], list[Any]]
+
+# KEYS: 1 stream, 2 sequence. ARGV: 1 messages (0: a loss marker), 2 frames, 3 keep,
+# 4 node, 5 lost, 6 lost since. Returns the sequence of the last message.
+_APPEND_LUA = """
+local n = tonumber(ARGV[1])
+local last = redis.call('INCRBY', KEYS[2], n)
+local function add(seq)
+  local minid = seq - tonumber(ARGV[3]) + 1
+  if minid < 0 then minid = 0 end
+  local id = string.format('%d-*', seq)
+  if n > 0 then
+    return redis.pcall('XADD', KEYS[1], 'MINID', string.format('%d', minid), id,
+      'n', n, 'f', ARGV[2], 'node', ARGV[4])
+  end
+  return redis.pcall('XADD', KEYS[1], 'MINID', string.format('%d', minid), id,
+    'n', 0, 'lost', ARGV[5], 'since', ARGV[6], 'node', ARGV[4])
+end
+local r = add(last)
+if type(r) == 'table' and r.err then
+  -- The counter is behind the stream (it was deleted alone): move it past the stream.
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #top == 0 then return redis.error_reply(r.err) end
+  last = tonumber(string.match(top[1][1], '^(%d+)')) + n
+  redis.call('SET', KEYS[2], string.format('%d', last))
+  r = add(last)
+  if type(r) == 'table' and r.err then return redis.error_reply(r.err) end
+end
+return last
+"""
+
+APPEND = Script(_APPEND_LUA)
+
+
+@dataclass(slots=True)
+class EntryBody:
+    """One stream entry, decoded: ``n`` messages in ``batch`` (fewer if some frames were
+    bad: ``n - len(batch)`` are then lost), or a loss marker (``n`` 0) of ``lost`` messages
+    dropped since ``since``."""
+
+    n: int
+    batch: Batch
+    lost: int = 0
+    since: float | None = None
+
+
+def decode_entry(fields: Any) -> EntryBody | None:
+    """Decode an entry's fields; None for one no logplexd wrote (not to be trusted blindly:
+    the stream is shared by every node and anyone with access to Redis)."""
+    try:
+        n = int(fields.get(b"n", b"0"))
+        if n < 0:
+            return None
+        if n == 0:
+            lost = max(0, int(fields.get(b"lost", b"0")))
+            since: float | None = None
+            with contextlib.suppress(ValueError):
+                since = float(fields.get(b"since", b"0"))
+            return EntryBody(0, Batch(), lost, since)
+        blob = fields[b"f"]
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not isinstance(blob, bytes):
+        return None
+    batch = parse_body(blob, MAX_WIRE_FRAME)
+    if len(batch) > n:
+        return None
+    return EntryBody(n, batch)
+
+
+def parse_id(value: bytes | str) -> StreamId:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(value: StreamId) -> str:
+    return f"{value[0]}-{value[1]}"
+
+
+class Malformed:
+    """Stream entries no logplexd wrote, met by the followers or a history read: skipped,
+    counted, one warning per channel (at most 1,024 channels remembered)."""
+
+    __slots__ = ("count", "_warned")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._warned: set[str] = set()
+
+    def skipped(self, channel: str, entry_id: StreamId) -> None:
+        self.count += 1
+        if channel not in self._warned and len(self._warned) < 1024:
+            self._warned.add(channel)
+            log.warning(
+                "data plane: entry %s of the stream of %s is not one logplexd wrote; skipped "
+                "(further ones of this channel are skipped silently)",
+                format_id(entry_id),
+                channel,
+            )

@@ -1,0 +1,33 @@
+"""``DrainSettings``: the timeouts, batch sizes and pacing every drain of a daemon shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .policy import L14_INTERVAL
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    syslog_connect_timeout: float = 4.0
+    syslog_send_timeout: float = 4.0
+    # Bytes of octet-counted frames per write. One drain turn must be able to carry what
+    # several inputs' reads (128 KB each) brought in one scheduling round, or it falls behind.
+    syslog_batch_bytes: int = 1024 * 1024
+    syslog_backoff_cap: float = 300.0
+    http_connect_timeout: float = 3.0
+    http_request_timeout: float = 5.0
+    http_batch_bytes: int = 102_400
+    http_max_attempts: int = 3
+    http_backoff_base: float = 0.5
+    http_backoff_cap: float = 30.0
+    max_response_body: int = 1 << 20
+    # Messages taken from the ring at a time (the one batch a drain holds).
+    read_max_messages: int = 16384
+    # A drain with fewer than linger_messages waiting gathers for up to linger seconds
+    # before it writes (bounded latency for far fewer writes and wake-ups).
+    linger: float = 0.02
+    linger_messages: int = 256
+    shutdown_grace: float = 5.0
+    # A drain failing on a TLS certificate repeats its L14 notice at most this often.
+    l14_interval: float = L14_INTERVAL

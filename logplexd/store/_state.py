@@ -1,0 +1,190 @@
+"""The store in memory, and the operations that change it: one copy for both backends.
+
+Every backend keeps the whole store in a ``State`` (reads are dictionary look-ups) and plans
+each write against it (``base.Store``): a plan checks the change (names taken, drain limits,
+the same destination twice) and returns the operations that make it, each setting or
+deleting one key, and a function that computes the write's result once they are applied.
+The backend makes the operations durable its own way (the embedded store's journal, the
+Redis store's commit script), applies them, and publishes the events ``State.event_of``
+derives from them, so that both backends publish the same events for the same change.
+
+Operations (journal records and Redis change entries hold them, so their form is fixed)::
+
+    ["C", name, label, flags]          ["c", name]         a channel (``c`` drops its children)
+    ["T", id, channel, name]           ["t", id]           a token
+    ["D", id, channel, token, url]     ["d", id]           a drain (url None: a reservation)
+    ["K", id, hash, permissions, name] ["k", id]           a credential
+    ["S", id, body, expires_at]        ["s", id]           a session
+    ["N", counter, value]                                  raise an id counter to ``value``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Any, TypeAlias, TypeVar
+
+from .model import (
+    ChannelAdded,
+    ChannelRecord,
+    ChannelRemoved,
+    CredentialRecord,
+    DrainAdded,
+    DrainRecord,
+    DrainRemoved,
+    DrainUpdated,
+    SessionRecord,
+    StoreCorrupt,
+    StoreEvent,
+    TokenAdded,
+    TokenRecord,
+    TokenRemoved,
+)
+
+CHANNEL_COUNTER = "channel"
+DRAIN_COUNTER = "drain"
+
+Op = list[Any]
+T = TypeVar("T")
+# Reads the state, raises when the change is refused; returns the operations and the result.
+Plan: TypeAlias = Callable[[], tuple[list[Op], Callable[[], T]]]
+
+_by_id = attrgetter("id")
+
+
+class State:
+    """The whole store in memory, changed only through ``apply``."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, ChannelRecord] = {}
+        self.tokens: dict[str, TokenRecord] = {}
+        self.tokens_by_channel: dict[str, dict[str, TokenRecord]] = {}
+        self.drains: dict[int, DrainRecord] = {}
+        self.drains_by_channel: dict[str, dict[int, DrainRecord]] = {}
+        self.credentials: dict[str, CredentialRecord] = {}
+        self.sessions: dict[str, SessionRecord] = {}
+        self.counters: dict[str, int] = {CHANNEL_COUNTER: 0, DRAIN_COUNTER: 0}
+
+    def tokens_of(self, channel: str) -> list[TokenRecord]:
+        return list(self.tokens_by_channel.get(channel, {}).values())
+
+    def drains_of(self, channel: str) -> list[DrainRecord]:
+        return sorted(self.drains_by_channel.get(channel, {}).values(), key=_by_id)
+
+    def apply(self, op: Op, now: float) -> None:
+        code = op[0]
+        if code == "C":
+            self.channels[op[1]] = ChannelRecord(op[1], op[2], tuple(op[3]))
+        elif code == "c":
+            self.channels.pop(op[1], None)
+            self.tokens_by_channel.pop(op[1], None)
+            self.drains_by_channel.pop(op[1], None)
+        elif code == "T":
+            self.put_token(TokenRecord(op[1], op[2], op[3]))
+        elif code == "t":
+            self.drop_token(op[1])
+        elif code == "D":
+            self.put_drain(DrainRecord(op[1], op[2], op[3], op[4]))
+        elif code == "d":
+            self.drop_drain(op[1])
+        elif code == "K":
+            self.credentials[op[1]] = CredentialRecord(op[1], op[2], tuple(op[3]), op[4])
+        elif code == "k":
+            self.credentials.pop(op[1], None)
+        elif code == "S":
+            if op[3] > now:
+                self.sessions[op[1]] = SessionRecord(op[1], op[2], op[3])
+        elif code == "s":
+            self.sessions.pop(op[1], None)
+        elif code == "N":
+            self.counters[op[1]] = max(self.counters.get(op[1], 0), op[2])
+        else:
+            raise StoreCorrupt(f"unknown operation {code!r} (written by a newer logplexd?)")
+
+    def event_of(self, op: Op) -> StoreEvent | None:
+        """The event an operation causes, judged on the state before it is applied."""
+        code = op[0]
+        if code == "C" and op[1] not in self.channels:
+            return ChannelAdded(ChannelRecord(op[1], op[2], tuple(op[3])))
+        if code == "c" and op[1] in self.channels:
+            return ChannelRemoved(op[1])
+        if code == "T" and op[1] not in self.tokens:
+            return TokenAdded(TokenRecord(op[1], op[2], op[3]))
+        if code == "t" and op[1] in self.tokens:
+            return TokenRemoved(self.tokens[op[1]])
+        if code == "D":
+            drain = DrainRecord(op[1], op[2], op[3], op[4])
+            previous = self.drains.get(op[1])
+            if previous is None:
+                return DrainAdded(drain.channel, drain)
+            if previous != drain:
+                return DrainUpdated(drain.channel, drain, previous)
+        if code == "d" and op[1] in self.drains:
+            drain = self.drains[op[1]]
+            return DrainRemoved(drain.channel, drain)
+        return None
+
+    def apply_all(self, ops: Sequence[Op], now: float) -> list[StoreEvent]:
+        """Apply a committed change; returns its events, in order."""
+        events: list[StoreEvent] = []
+        for op in ops:
+            event = self.event_of(op)
+            self.apply(op, now)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def put_token(self, token: TokenRecord) -> None:
+        self.drop_token(token.id)
+        self.tokens[token.id] = token
+        self.tokens_by_channel.setdefault(token.channel, {})[token.id] = token
+
+    def drop_token(self, token_id: str) -> None:
+        old = self.tokens.pop(token_id, None)
+        if old is not None:
+            siblings = self.tokens_by_channel.get(old.channel)
+            if siblings is not None:
+                siblings.pop(token_id, None)
+
+    def put_drain(self, drain: DrainRecord) -> None:
+        old = self.drains.get(drain.id)
+        if old is not None and old.channel != drain.channel:
+            self.drop_drain(drain.id)
+        self.drains[drain.id] = drain
+        self.drains_by_channel.setdefault(drain.channel, {})[drain.id] = drain
+
+    def drop_drain(self, drain_id: int) -> None:
+        old = self.drains.pop(drain_id, None)
+        if old is not None:
+            siblings = self.drains_by_channel.get(old.channel)
+            if siblings is not None:
+                siblings.pop(drain_id, None)
+
+
+def difference(old: State, new: State) -> list[StoreEvent]:
+    """Events that turn a subscriber's view of ``old`` into ``new``, in a valid order."""
+    events: list[StoreEvent] = []
+    for name in old.channels:
+        if name not in new.channels:
+            events.extend(DrainRemoved(name, d) for d in old.drains_of(name))
+            events.extend(TokenRemoved(t) for t in old.tokens_of(name))
+            events.append(ChannelRemoved(name))
+    for drain_id, drain in old.drains.items():
+        if drain.channel in new.channels and drain_id not in new.drains:
+            events.append(DrainRemoved(drain.channel, drain))
+    for token_id, token in old.tokens.items():
+        if token.channel in new.channels and token_id not in new.tokens:
+            events.append(TokenRemoved(token))
+    for name, channel in new.channels.items():
+        if name not in old.channels:
+            events.append(ChannelAdded(channel))
+    for token_id, token in new.tokens.items():
+        if token_id not in old.tokens:
+            events.append(TokenAdded(token))
+    for drain_id, drain in sorted(new.drains.items()):
+        previous = old.drains.get(drain_id)
+        if previous is None:
+            events.append(DrainAdded(drain.channel, drain))
+        elif previous != drain:
+            events.append(DrainUpdated(drain.channel, drain, previous))
+    return events
