@@ -1,11 +1,18 @@
-"""Write the seed corpus for ``fuzz_framer.py`` into ``fuzz/corpus/framer/``.
+"""Write the seed corpus for ``fuzz_framer.py`` into ``fuzz/corpus/framer/``, or with
+``--http`` the one for ``fuzz_http.py`` into ``fuzz/corpus/http/``.
 
-Seeds: the REFERENCE.md §10 vectors (framed octet-counted, newline-delimited, as HTTP bodies,
-cut short, gzipped by mistake...), and the bytes that real ``logger`` (util-linux) and
-``rsyslogd`` (omfwd) write on a TCP connection, captured on a loopback listener. Missing
+Framer seeds: the REFERENCE.md §10 vectors (framed octet-counted, newline-delimited, as HTTP
+bodies, cut short, gzipped by mistake...), and the bytes that real ``logger`` (util-linux)
+and ``rsyslogd`` (omfwd) write on a TCP connection, captured on a loopback listener. Missing
 tools are skipped. Each seed file is ``decode()``-ready: 2 control bytes, then the stream.
 
-Usage: python fuzz/make_corpus.py [OUTDIR]
+HTTP seeds: the framing cases of the HTTP server (``HTTP_CASES``): plain, pipelined,
+Content-Length and chunked bodies at and over the limit, Content-Length with
+Transfer-Encoding (request smuggling), chunk headers declaring more than the limit (1 GiB,
+``ffffffffffffffffff``), malformed heads; each sent by a client that half-closes after
+sending and by one that keeps the connection open.
+
+Usage: python fuzz/make_corpus.py [--http] [OUTDIR]
 """
 
 from __future__ import annotations
@@ -229,10 +236,92 @@ def rsyslog_seeds() -> list[bytes]:
     return [seed(b"\x07\x00", bytes(s)) for s in cap.streams if s]
 
 
+HTTP_OUT = os.path.join(HERE, "corpus", "http")
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+POST = b"POST / HTTP/1.1\r\nHost: x\r\n"
+CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+# (stream, max_body) -- the server's body limit is 16 bytes unless said otherwise.
+HTTP_CASES: list[tuple[bytes, int]] = [
+    (GET, 16),
+    (GET + GET + b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 16),
+    (b"GET / HTTP/1.0\r\n\r\n", 16),
+    (b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n5\r\nhello\r\n", 16),  # no body, then junk
+    (POST + b"Content-Length: 5\r\n\r\nhello" + GET, 16),
+    (POST + b"Content-Length: 16\r\n\r\n" + b"x" * 16, 16),
+    (POST + b"Content-Length: 17\r\n\r\n" + b"x" * 17, 16),
+    (POST + b"Content-Length: 1073741824\r\n\r\n", 16),
+    (POST + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 16),
+    (POST + b"Content-Length: 3, 3\r\n\r\nabc", 16),
+    (POST + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 16),
+    (POST + b"Content-Length: 10\r\n\r\nshort", 16),
+    (CHUNKED + b"5\r\nhello\r\n0\r\n\r\n" + GET, 16),
+    (CHUNKED + b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n", 16),
+    (CHUNKED + b"10\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n" + GET, 16),
+    (CHUNKED + b"0000000010\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n", 16),
+    (CHUNKED + b"8\r\n12345678\r\n9\r\n", 16),  # the second chunk crosses the limit
+    (CHUNKED + b"8\r\n12345678\r\n8\r\n12345678\r\n1\r\nx\r\n0\r\n\r\n", 16),
+    (CHUNKED + b"40000000\r\n", 16),  # issue 22: 1 GiB declared, nothing sent
+    (CHUNKED + b"40000000\r\n" + b"x" * 100, 1024),
+    (CHUNKED + b"ffffffffffffffffff\r\n", 16),
+    (CHUNKED + b"ffffffffffffffffffff\r\n", 16),  # 20 digits, h11's longest
+    (CHUNKED + b"fffffffffffffffffffff\r\n", 16),  # 21 digits: malformed
+    (CHUNKED + b"zz\r\nhello\r\n0\r\n\r\n", 16),
+    (CHUNKED + b"5\r\nhelloXX0\r\n\r\n", 16),
+    (POST + b"Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n40000000\r\n", 16),
+    (POST + b"Transfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 16),
+    (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 16),
+    (POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 16),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 16),
+    # issue 22: Content-Length with Transfer-Encoding, in both orders, with a request behind
+    (
+        POST + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        16,
+    ),
+    (
+        POST + b"Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        1024,
+    ),
+    (POST + b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + GET, 16),
+    (POST + b"Transfer-Encoding: chunked\r\nContent-Length: 1073741824\r\n\r\n", 16),
+    (POST + b"Content-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\nhello", 16),
+    (POST + b"Transfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc", 16),
+    (POST + b"Content-Length: 3\r\nTransfer-Encoding:\tchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 16),
+    # malformed heads
+    (b"GET / HTTP/1.1\r\n\r\n", 16),
+    (b"GET / HTTP/1.1\nHost: x\n\n", 16),
+    (b"POST / HTTP/1.1\nHost: x\nContent-Length: 5\n\nhello" + CHUNKED + b"0\r\n\r\n", 16),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 16),
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 16),
+    (POST + b"Content-Length: -1\r\n\r\n", 16),
+    (POST + b"Content-Length: +3\r\n\r\nabc", 16),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 16),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", 16),  # never finished
+    (b"", 16),
+]
+
+
+def http_seeds() -> list[bytes]:
+    sys.path.insert(0, HERE)
+    from fuzz_http import seed as http_seed
+
+    return [
+        http_seed(stream, max_body=max_body, half_close=half_close)
+        for stream, max_body in HTTP_CASES
+        for half_close in (True, False)
+    ]
+
+
 def main() -> None:
-    out = sys.argv[1] if len(sys.argv) > 1 else OUT
+    args = sys.argv[1:]
+    if args[:1] == ["--http"]:
+        out = args[1] if len(args) > 1 else HTTP_OUT
+        seeds = http_seeds()
+    else:
+        out = args[0] if args else OUT
+        seeds = vector_seeds() + logger_seeds() + rsyslog_seeds()
     os.makedirs(out, exist_ok=True)
-    seeds = vector_seeds() + logger_seeds() + rsyslog_seeds()
     for data in seeds:
         name = hashlib.sha1(data).hexdigest()
         with open(os.path.join(out, name), "wb") as f:

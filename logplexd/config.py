@@ -111,7 +111,13 @@ class Settings:
     channel_buffer_bytes: int = 16 * MIB
     max_syslog_connections: int = 1024
     ingest_threads: int = 0
+    # What a drain that takes every write whole but falls behind does (issue 18):
+    # "pushback" holds the inputs that feed its channel; "drop" is lapped (L10), as Logplex.
+    drain_overflow: str = "pushback"
+    logs_hold_timeout: float = 5.0
     syslog_idle_timeout: float = 300.0
+    # A syslog connection that sends nothing this long after it is accepted is closed.
+    syslog_first_byte_timeout: float = 10.0
     max_drains_per_channel: int = 6
     api_max_body: int = 1 * MIB
     api_max_connections: int = 1024
@@ -315,6 +321,15 @@ def _log_level(raw: object) -> str:
     raise _Invalid("expected one of " + ", ".join(LOG_LEVELS))
 
 
+OVERFLOW_MODES = ("pushback", "drop")
+
+
+def _overflow(raw: object) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in OVERFLOW_MODES:
+        return raw.strip().lower()
+    raise _Invalid("expected one of " + ", ".join(OVERFLOW_MODES))
+
+
 def _api_status(raw: object) -> str:
     if isinstance(raw, str) and raw.strip().lower() in API_STATUSES:
         return raw.strip().lower()
@@ -393,8 +408,24 @@ _SPECS: dict[str, _Spec] = {
     "ingest_threads": _Spec(
         _int_in(0, 64), "worker threads that read and frame busy syslog connections (0: none)", "N"
     ),
+    "drain_overflow": _Spec(
+        _overflow,
+        "a drain that takes every write but falls behind: pushback (hold the inputs of its "
+        "channel) or drop (L10)",
+        "MODE",
+    ),
+    "logs_hold_timeout": _Spec(
+        _seconds_in(0, 300),
+        "longest a POST /logs waits for a held channel before 503 + Retry-After",
+        "SECONDS",
+    ),
     "syslog_idle_timeout": _Spec(
         _seconds_in(0.01, 86400), "close syslog connections idle this long", "SECONDS"
+    ),
+    "syslog_first_byte_timeout": _Spec(
+        _seconds_in(0.01, 86400),
+        "close syslog connections that send nothing this long after they are accepted",
+        "SECONDS",
     ),
     "max_drains_per_channel": _Spec(_int_in(0, 1000), "drains one channel may have", "N"),
     "api_max_body": _Spec(

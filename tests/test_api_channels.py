@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from logplexd.router import Registry
 from tests.helpers.api import (
     AUTH,
     FakeRegistry,
@@ -169,6 +170,46 @@ async def test_v3_put_too_long_name(api):
     assert_error(
         await call(api, "PUT", "/v3/channels/" + "a" * 300, {}), 400, "invalid channel name"
     )
+
+
+async def test_v3_put_sets_the_overflow_mode_and_get_shows_it(tmp_path):
+    # A real routing index: the mode reaches the live channel the drains read it from.
+    registry = Registry()
+    api = make_api(str(tmp_path), registry)
+    try:
+        reply = await call(api, "PUT", "/v3/channels/c", {"tokens": ["app"], "overflow": "drop"})
+        assert reply.status == 201 and reply.json["overflow"] == "drop"
+        got = await call(api, "GET", "/v3/channels/c")
+        assert got.json == reply.json
+        live = registry.channel("c")
+        assert live is not None and live.overflow == "drop"
+
+        body = {"tokens": ["app"], "overflow": "pushback"}
+        reply = await call(api, "PUT", "/v3/channels/c", body)
+        assert reply.status == 200 and reply.json["overflow"] == "pushback"
+        assert live.overflow == "pushback"
+
+        # PUT sets the whole channel: without the field it follows the daemon's default again.
+        reply = await call(api, "PUT", "/v3/channels/c", {"tokens": ["app"]})
+        assert "overflow" not in reply.json
+        assert "overflow" not in (await call(api, "GET", "/v3/channels/c")).json
+        assert live.overflow is None
+        assert api.store.channel("c").overflow is None
+    finally:
+        api.store.close()
+
+
+async def test_v3_put_without_overflow_shows_none(api):
+    await call(api, "PUT", "/v3/channels/c", {"tokens": ["app"], "overflow": None})
+    assert "overflow" not in (await call(api, "GET", "/v3/channels/c")).json
+
+
+@pytest.mark.parametrize("overflow", ["Drop", "block", "", 1, True, ["drop"], {"mode": "drop"}])
+async def test_v3_put_rejects_an_unknown_overflow_mode(api, overflow):
+    reply = await call(api, "PUT", "/v3/channels/c", {"tokens": ["app"], "overflow": overflow})
+    assert_error(reply, 422, 'overflow must be "pushback" or "drop"')
+    # Nothing was stored.
+    assert (await call(api, "GET", "/v3/channels/c")).status == 404
 
 
 async def test_v3_percent_encoded_name(api):

@@ -9,6 +9,7 @@ import trio
 from logplexd.daemon import Daemon
 from logplexd.native import parse_frames
 from tests.helpers.daemon import settings_for
+from tests.helpers.metrics import scrape, value
 from tests.helpers.syslog import frame
 
 TOKEN = "t.6f3bbd4a-0000-4000-8000-000000000001"
@@ -159,7 +160,9 @@ async def test_5000_connections_are_bounded_and_the_daemon_survives(tmp_path):
     if soft < 7000:
         pytest.skip(f"needs ~7000 file descriptors, have {soft}")
     async with trio.open_nursery() as nursery:
-        daemon, ports = await start(nursery, tmp_path, max_syslog_connections=1000)
+        daemon, ports = await start(
+            nursery, tmp_path, max_syslog_connections=1000, syslog_first_byte_timeout=600
+        )
         with trio.fail_after(60):
             streams = []
             for _ in range(5000):
@@ -168,10 +171,45 @@ async def test_5000_connections_are_bounded_and_the_daemon_survives(tmp_path):
             while stats.connections_total + stats.connections_rejected < 5000:
                 await trio.sleep(0.01)
             assert daemon.syslog.stats.connections_open == 1000
-            assert daemon.syslog.stats.connections_rejected == 4000
+            # None of them sent a byte: each one beyond the limit made room by evicting the
+            # oldest (issue 22), none had to be refused.
+            assert daemon.syslog.stats.connections_evicted == 4000
+            assert daemon.syslog.stats.connections_rejected == 0
             for s in streams:
                 await s.aclose()
             while daemon.syslog.stats.connections_open:
                 await trio.sleep(0.01)
             await routed_next(daemon, ports, b"after the flood")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.may_skip(reason="the file descriptor limit is the runner's")
+async def test_silent_connections_at_the_limit_do_not_lock_producers_out(tmp_path):
+    """Issue 22: about 1,030 connections that never send a byte filled the 1,024 places, and
+    producers were then accepted and closed at once for up to syslog_idle_timeout (300 s)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2600:
+        pytest.skip(f"needs ~2600 file descriptors, have {soft}")
+    async with trio.open_nursery() as nursery:
+        daemon, ports = await start(nursery, tmp_path)
+        stats = daemon.syslog.stats
+        assert daemon.syslog.max_connections == 1024  # the default
+        with trio.fail_after(60):
+            silent = [await trio.open_tcp_stream("127.0.0.1", ports.syslog) for _ in range(1030)]
+            while stats.connections_total + stats.connections_rejected < 1030:
+                await trio.sleep(0.01)
+            for n in range(3):
+                await routed_next(daemon, ports, b"producer %d gets through" % n)
+        assert stats.connections_rejected == 0
+        # 6 silent ones for the 6 beyond the limit, 1 for the first producer; the next ones
+        # may take the place the one before left (or evict again, if it is not yet free).
+        assert 7 <= stats.connections_evicted <= 9
+        found = await scrape(ports.api)
+        assert value(found, "logplexd_syslog_connections_evicted_total") == (
+            stats.connections_evicted
+        )
+        assert value(found, "logplexd_syslog_connections_rejected_total") == 0
+        assert value(found, "logplexd_syslog_connections_silent_closed_total") == 0
+        for stream in silent:
+            await stream.aclose()
         nursery.cancel_scope.cancel()

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
-from logplexd.drains.pump import AttachedWriter, DrainPump
+from logplexd.drains.pump import AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
 from logplexd.router.registry import Channel, Registry
@@ -232,3 +232,80 @@ async def test_many_tcp_drains_through_the_manager_are_written_by_the_pump(nurse
             assert bytes(sink.data) == b"".join(delivered(i) for i in range(50))
             await wait_until(lambda n=n: stats_of(manager, n + 1).delivered == 50)
     assert manager.pump.writes > 0
+
+
+# -- a channel's own overflow mode (issue 18) -----------------------------------------------------
+
+
+async def _parked_with(
+    nursery: trio.Nursery, registry: Registry, *, mode: str | None, default: bool, **pair_options
+) -> tuple[Channel, Pair]:
+    """A writer parked on channel "app" whose overflow mode is ``mode``, on a pump whose
+    daemon-wide setting is ``default`` (True: pushback)."""
+    channel = registry.ensure_channel("app")
+    channel.overflow = mode  # what router.sync carries from the stored channel
+    pump = DrainPump(linger=LINGER, linger_messages=LINGER_MESSAGES, pushback=default)
+    nursery.start_soon(pump.run)
+    pair = Pair(registry, "app", **pair_options)
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    return channel, pair
+
+
+@pytest.mark.parametrize(
+    ("default", "mode", "held"),
+    [(True, None, True), (True, "drop", False), (False, None, False), (False, "pushback", True)],
+)
+async def test_a_drain_holds_its_channel_unless_the_channel_drops(
+    nursery, clock, default, mode, held
+):
+    # A quarter of this ring (16 messages) behind, a drain that takes everything holds.
+    registry = Registry(history_messages=64, buffer_messages=64)
+    channel, pair = await _parked_with(nursery, registry, mode=mode, default=default)
+    append(channel, [message(i) for i in range(40)])
+    assert channel.held is held  # the pump looked before it wrote
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(40))
+    assert not channel.held  # taken whole: caught up, released
+    pair.close()
+
+
+async def test_a_channel_switched_to_drop_is_released_at_once(nursery, clock):
+    registry = Registry(history_messages=64, buffer_messages=64)
+    channel, pair = await _parked_with(nursery, registry, mode=None, default=True)
+    append(channel, [message(i) for i in range(40)])
+    assert channel.held
+    channel.overflow = "drop"  # the operator's PUT, carried by router.sync
+    append(channel, [message(40)])  # still 41 behind: only the mode changed
+    assert not channel.held
+    pair.close()
+
+
+@pytest.mark.parametrize(("mode", "held"), [("pushback", True), ("drop", False)])
+async def test_a_partial_write_holds_only_a_pushback_channel(nursery, clock, mode, held):
+    channel, pair = await _parked_with(
+        nursery, Registry(), mode=mode, default=mode == "drop", sndbuf=4096
+    )
+    # Under a quarter of the ring (375 of 1500), but more than the socket takes at once.
+    append(channel, [message(i, "x" * 500) for i in range(300)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.returned.is_set() and pair.writer.partial is not None
+    assert channel.held is held
+    pair.close()
+
+
+def test_check_hold_asks_the_channel_mode_before_the_default():
+    registry = Registry()
+    channel = registry.ensure_channel("app")
+    pair = Pair(registry, "app")
+    append(channel, [message(i) for i in range(4)])  # 4 behind, the high water is 2
+    for default, mode, held in [
+        (True, None, True),
+        (True, "drop", False),
+        (False, "pushback", True),
+        (False, None, False),
+    ]:
+        channel.overflow = mode
+        check_hold(pair.writer, channel, 2, default)
+        assert channel.held is held, (default, mode)
+    pair.close()

@@ -1,4 +1,5 @@
-"""A few seconds of the atheris fuzzer, and a replay of its seed corpus (``fuzz/``).
+"""A few seconds of the atheris fuzzers, and a replay of their seed corpora (``fuzz/``):
+the framer's (``fuzz_framer.py``) and the HTTP server's (``fuzz_http.py``).
 
 The replay needs nothing but the native module and the oracle. The short fuzz run needs
 atheris (``pip install atheris``) and is skipped without it; it fuzzes the tree's normal
@@ -24,7 +25,10 @@ FUZZ = ROOT / "fuzz"
 CORPUS = FUZZ / "corpus" / "framer"
 sys.path.insert(0, str(FUZZ))
 
+import fuzz_http  # noqa: E402
 from fuzz_framer import check, decode, split  # noqa: E402
+
+HTTP_CORPUS = FUZZ / "corpus" / "http"
 
 
 def test_corpus_is_there() -> None:
@@ -34,6 +38,22 @@ def test_corpus_is_there() -> None:
 @pytest.mark.parametrize("path", sorted(CORPUS.iterdir()), ids=lambda p: p.name[:10])
 def test_corpus_replays_clean(path: Path) -> None:
     check(path.read_bytes())
+
+
+def test_http_corpus_has_the_framing_cases() -> None:
+    """Issue 22: Content-Length with Transfer-Encoding, and chunk headers declaring more
+    than the limit, are seeds (``make_corpus.py --http`` writes them)."""
+    streams = [fuzz_http.decode(p.read_bytes())[3] for p in HTTP_CORPUS.iterdir()]
+    assert len(streams) >= 40
+    both = [s for s in streams if b"Content-Length" in s and b"Transfer-Encoding" in s]
+    assert any(b"/smuggled" in s for s in both)
+    assert any(b"\r\n40000000\r\n" in s for s in streams)
+    assert any(b"\r\nffffffffffffffffff\r\n" in s for s in streams)
+
+
+@pytest.mark.parametrize("path", sorted(HTTP_CORPUS.iterdir()), ids=lambda p: p.name[:10])
+def test_http_corpus_replays_clean(path: Path) -> None:
+    fuzz_http.check(path.read_bytes())
 
 
 def test_decode_layout() -> None:
@@ -46,16 +66,19 @@ def test_decode_layout() -> None:
 @pytest.mark.may_skip(
     when=platform.machine() != "x86_64", reason="atheris is a test dependency on x86_64 only"
 )
-def test_short_fuzz_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("harness", "seeds"), [("fuzz_framer.py", CORPUS), ("fuzz_http.py", HTTP_CORPUS)]
+)
+def test_short_fuzz_run(tmp_path: Path, harness: str, seeds: Path) -> None:
     corpus = tmp_path / "corpus"
-    shutil.copytree(CORPUS, corpus)
+    shutil.copytree(seeds, corpus)
     env = dict(os.environ)
     env.pop("LOGPLEXD_FUZZ_NATIVE_COVERAGE", None)
     runs = 6000
     proc = subprocess.run(
         [
             sys.executable,
-            str(FUZZ / "fuzz_framer.py"),
+            str(FUZZ / harness),
             "-seed=1",
             f"-runs={runs}",
             "-timeout=10",

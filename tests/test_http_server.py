@@ -316,3 +316,72 @@ async def test_control_api_over_http(nursery, tmp_path):
     deleted, body = await client.request("DELETE", "/v3/channels/app", headers=auth)
     assert (deleted.status_code, body, header(deleted, "content-length")) == (204, b"", None)
     api.store.close()
+
+
+# -- request framing (issue 22) ------------------------------------------------------------------
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+        b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+        b"content-length: 3\r\ntransfer-encoding: CHUNKED\r\n",
+    ],
+)
+async def test_content_length_with_transfer_encoding_is_400_and_close(server, head):
+    """RFC 9112 6.1: a proxy framing by Content-Length would see another request boundary
+    (request smuggling). Refused, and the pipelined request behind it is never answered."""
+    calls = []
+
+    async def handler(request: Request) -> Response:
+        calls.append(request.path)
+        return await echo(request)
+
+    port = await server(handler)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(
+        b"POST /first HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n3\r\nabc\r\n0\r\n\r\n" + SMUGGLED
+    )
+    data = await read_until_eof(stream)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nConnection: close\r\n" in data
+    assert data.count(b"HTTP/1.1 ") == 1
+    assert data.endswith(b'"Malformed HTTP request: Content-Length with Transfer-Encoding"}')
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"40000000\r\n",  # 1 GiB declared, not a byte of it sent
+        b"ffffffffffffffffff\r\n",
+        b"0000000011\r\n",  # 17 > 16, leading zeros
+        b"8;ext=1\r\n12345678\r\n9\r\n",  # the second chunk takes the total over
+    ],
+)
+async def test_chunk_declaring_more_than_the_limit_is_413_at_once(server, chunks):
+    # Before issue 22 these waited for the body timeout (here 1000 s), then got 408.
+    port = await server(max_body=16, body_timeout=1000)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await stream.send_all(chunks)  # and the connection stays open
+    data = await read_until_eof(stream)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert data.endswith(b'{"error":"Request body too large"}')
+
+
+async def test_chunked_body_at_the_limit_then_a_pipelined_request(server):
+    port = await server(max_body=16)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"10;x=y\r\n0123456789abcdef\r\n0\r\nTrailer: 1\r\n\r\n"
+        b"POST /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    data = await read_until_eof(stream)
+    assert data.count(b"HTTP/1.1 200 OK") == 2
+    assert b'"body":"0123456789abcdef"' in data and b'"body":"hi"' in data

@@ -17,9 +17,10 @@ import trio
 
 from logplexd.daemon import Daemon
 from logplexd.drains.http import build_request
-from logplexd.ingest.logs import LogsIngest
+from logplexd.ingest.logs import LogsIngest, LogsListener
 from logplexd.router.registry import Registry
 from logplexd.store import SESSION_TTL_SECONDS, InvalidDrainUrl, parse_drain_url
+from logplexd.web import InvalidJson, parse_json
 from logplexd.web.messages import Request
 from tests.helpers.api import AUTH_KEY, PUBLIC_URL, FakeRegistry, call, make_api
 from tests.helpers.daemon import KEY, settings_for
@@ -251,3 +252,221 @@ async def test_api_auth_is_not_fooled_by_partial_or_encoded_keys(tmp_path: Path)
         assert reply.status == 401, value
     request = Request("GET", "/healthcheck", (("authorization", f"basic {AUTH_KEY}"),), b"", "r")
     assert (await api.handle(request)).status == 200
+
+
+# -- issue 22: hostile input ---------------------------------------------------------------------
+
+
+async def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(data)
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    await stream.aclose()
+    return received
+
+
+async def test_request_smuggling_is_refused_on_every_listener(tmp_path: Path) -> None:
+    """Content-Length with Transfer-Encoding: 400 and close on the API and the logs listener;
+    the request is not processed and the one pipelined behind it is not answered."""
+    daemon = Daemon(settings_for(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        status, _, body = await request(
+            ports.api, "PUT", "/v3/channels/c", body={"tokens": ["app"]}
+        )
+        token = json.loads(body)["tokens"]["app"]
+        logs_body = frame(token, "smuggled")
+        smuggled = b"GET /v3/channels/c HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\n\r\n"
+        cases = {
+            ports.api: b"PUT /v3/channels/made HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + smuggled % KEY.encode(),
+            ports.logs: b"POST /logs HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+            + credentials("token", token).encode()
+            + b"\r\nContent-Type: application/logplex-1\r\n"
+            b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (len(logs_body), len(logs_body), logs_body)
+            + b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n",
+        }
+        for port, data in cases.items():
+            answer = await _raw_exchange(port, data)
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+            assert answer.count(b"HTTP/1.1 ") == 1, answer
+            assert b"\r\nConnection: close\r\n" in answer
+        assert daemon.store.channel("made") is None
+        assert len(daemon.registry.channel("c").ring) == 0
+        nursery.cancel_scope.cancel()
+
+
+SURROGATE = "\ud800"
+
+
+def _surrogate_bodies(value: dict[str, object]) -> list[bytes]:
+    """``value`` as JSON with each lone surrogate escaped (``"\\ud800"``), and raw
+    (``\\xed\\xa0\\x80``: what ``json.loads`` of bytes lets through as "surrogatepass")."""
+    escaped = json.dumps(value).encode()
+    return [escaped, escaped.replace(b"\\ud800", b"\xed\xa0\x80")]
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b'{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # an escaped pair is one character
+        ('{"a": "\U0001f600"}'.encode(), {"a": "\U0001f600"}),
+        ('{"a": "\u00e9"}'.encode("utf-16"), {"a": "\u00e9"}),  # json's detection, as before
+        (b'{"a": "\\\\ud800"}', {"a": "\\ud800"}),  # an escaped backslash, then text
+        (b'\xef\xbb\xbf{"a": 1}', {"a": 1}),  # a UTF-8 BOM
+    ],
+)
+def test_parse_json_reads_what_json_means(body: bytes, value: object) -> None:
+    assert parse_json(body) == value
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": "\\ud800"}',
+        b'{"a": "\\uDFFF x"}',
+        b'{"\\ud800": 1}',
+        b'[[[{"a": ["\\ude00\\ud83d"]}]]]',  # a pair in the wrong order is two lone ones
+        b'{"a": "\xed\xa0\x80"}',
+        b'{"a": "\xff"}',
+        b'{"a": NaN}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"",
+    ],
+)
+def test_parse_json_refuses(body: bytes) -> None:
+    with pytest.raises(InvalidJson):
+        parse_json(body)
+
+
+async def test_lone_surrogates_in_json_are_refused_on_every_route(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """They passed validation and made the store raise UnicodeEncodeError: 500 and a
+    traceback. Now every route parses JSON through web.parse_json and answers 4xx."""
+    daemon = Daemon(settings_for(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        assert daemon.api is not None
+        await request(ports.api, "PUT", "/v3/channels/x", body={})
+        status, _, body = await request(ports.api, "POST", "/channels", body={"name": "v2"})
+        v2 = json.loads(body)["channel_id"]
+        headers = [ACCEPT_V3, ("Content-Type", "application/json")]
+
+        # The cases of the report: a v2 channel name, a drain URL on v2 and v3.
+        for method, path, value in (
+            ("POST", "/channels", {"name": "a" + SURROGATE}),
+            ("POST", f"/v2/channels/{v2}/drains", {"url": "syslog://h" + SURROGATE}),
+            ("POST", f"/v2/channels/{v2}/drains", {"host": "h" + SURROGATE}),
+            ("POST", "/v3/channels/x/drains", {"url": "syslog://h" + SURROGATE + ":1/"}),
+            ("PUT", "/v3/channels/y", {"tokens": ["a" + SURROGATE]}),
+            ("POST", "/apps", {"name": "a" + SURROGATE}),
+        ):
+            for raw in _surrogate_bodies(value):
+                status, _, body = await request(ports.api, method, path, body=raw, headers=headers)
+                assert status == 400, (method, path, raw, status, body)
+
+        # Every route, whatever it expects: never 5xx.
+        everything = {
+            key: "a" + SURROGATE
+            for key in ("name", "url", "host", "channel_id", "channel", "email", "token")
+        }
+        everything.update({"port": 514, "tokens": ["a" + SURROGATE], "a" + SURROGATE: 1})
+        checked = 0
+        for route in daemon.api.router._routes:
+            for method in route.endpoints:
+                path = _fill(route.template).replace("/1/", f"/{v2}/")
+                for raw in _surrogate_bodies(everything):
+                    status, _, body = await request(
+                        ports.api, method, path, body=raw, headers=headers
+                    )
+                    assert status < 500, (method, path, status, body)
+                    checked += 1
+        assert checked >= 80
+        assert daemon.store.channel("y") is None
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:59569/",  # was stored as syslog://127.0.0.1:59569/:47815 (port 59569)
+        "127.0.0.1/x",  # connected to port 601
+        "h.example:1",
+        "user@h.example",
+        "h.example/",
+        "h.example?x",
+        "h.example#x",
+        "[::1]:514",
+        "999.1.1.1",
+        "-h.example",
+        "h..example",
+        "fe80::1%eth0",
+        "a" * 64 + ".example",
+    ],
+)
+async def test_v2_drain_host_must_be_a_hostname_or_an_ip(tmp_path: Path, host: str) -> None:
+    api = make_api(str(tmp_path))
+    v2 = (await call(api, "POST", "/channels", {"name": "x"})).json["channel_id"]
+    made = await call(api, "POST", f"/v2/channels/{v2}/drains", {"host": host, "port": 47815})
+    assert made.status == 422, made.body
+    assert made.json["error"].startswith("Invalid drain destination: ")
+    assert api.store.drains_of(str(v2)) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("logs.example.com", "syslog://logs.example.com:47815"),
+        ("logs.example.com.", "syslog://logs.example.com.:47815"),
+        ("my_host-1", "syslog://my_host-1:47815"),
+        ("127.0.0.1", "syslog://127.0.0.1:47815"),
+        ("::1", "syslog://[::1]:47815"),
+        ("[2001:db8::1]", "syslog://[2001:db8::1]:47815"),
+    ],
+)
+async def test_v2_drain_host_forms_that_stay_accepted(tmp_path: Path, host: str, url: str):
+    api = make_api(str(tmp_path))
+    v2 = (await call(api, "POST", "/channels", {"name": "x"})).json["channel_id"]
+    made = await call(api, "POST", f"/v2/channels/{v2}/drains", {"host": host, "port": 47815})
+    assert (made.status, made.json.get("url")) == (201, url), made.body
+
+
+@pytest.mark.parametrize(
+    ("lines", "status"),
+    [
+        (["2", "5"], 400),  # was 204: the first line won
+        (["5", "2"], 400),
+        (["2, 5"], 400),
+        (["2", "2, 5"], 400),
+        (["2", "x"], 400),
+        (["\u00b2"], 400),  # a Latin-1 superscript two: isdigit(), but not a count (was 500)
+        ([""], 400),
+        (["2", "2"], 204),  # one count, stated twice (RFC 9110 8.6 reads "42, 42" as 42)
+        (["2, 2"], 204),  # was 400
+        (["2,,2 "], 204),  # empty list members are ignored (RFC 9110 5.6.1)
+        (["2"], 204),
+    ],
+)
+async def test_duplicate_msg_count_lines_mean_their_joined_value(lines, status) -> None:
+    registry = Registry()
+    token = f"t.{uuid.uuid4()}"
+    registry.add_token("A", token, "app")
+    listener = LogsListener(LogsIngest(registry))
+    headers = [
+        ("authorization", "Basic " + credentials("token", token)),
+        ("content-type", "application/logplex-1"),
+        *(("logplex-msg-count", line) for line in lines),
+    ]
+    body = frame(token, "one") + frame(token, "two")
+    response = await listener.handle(Request("POST", "/logs", tuple(headers), body))
+    assert response.status == status, (lines, response.body)
+    assert len(registry.channel("A").ring) == (2 if status == 204 else 0)

@@ -11,18 +11,24 @@ import logging
 import os
 import struct
 
+import msgpack
 import pytest
 import trio
 
 from logplexd.router import attach_registry
 from logplexd.store import (
     ChannelAdded,
+    ChannelRecord,
+    ChannelUpdated,
+    DrainRecord,
     StoreCorrupt,
     StoreLocked,
     StoreUnavailable,
+    TokenRecord,
     files,
     open_store,
 )
+from logplexd.store._state import State, difference
 from logplexd.store.embedded import JOURNAL_FILE, SNAPSHOT_FILE
 from tests.helpers.store import populate, state_of
 
@@ -222,3 +228,93 @@ async def test_real_registry_loads(tmp_path):
     await store.delete_channel("app")
     assert registry.channel("app") is None and registry.channel_of_token(token.id) is None
     store.close()
+
+
+# -- channel overflow modes (issue 18) -----------------------------------------------------------
+
+
+def _pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _write_pre_overflow_data_dir(path: str) -> None:
+    """A snapshot and a journal as logplexd wrote them before channels had an overflow
+    mode: channel rows ``[name, label, flags]``, channel operations ``["C", name, label,
+    flags]``."""
+    snapshot = b"".join(
+        [
+            _pack({"channel": 1, "drain": 1}),
+            _pack(["channels", 2]),
+            _pack(["1", "legacy", ["no_tail"]]),
+            _pack(["app", None, []]),
+            _pack(["tokens", 1]),
+            _pack(["t.x", "app", "web"]),
+            _pack(["drains", 1]),
+            _pack([1, "1", "d.x", "syslog://h.example"]),
+            _pack(["credentials", 0]),
+            _pack(["sessions", 0]),
+        ]
+    )
+    files.write_snapshot(os.path.join(path, SNAPSHOT_FILE), snapshot)
+    record = _pack([["C", "late", None, []], ["T", "t.y", "late", "app"]])
+    with open(os.path.join(path, JOURNAL_FILE), "wb") as journal:
+        journal.write(files.header(files.JOURNAL_MAGIC) + files.frame(record))
+
+
+def _snapshot_rows(path: str, section: str) -> list:
+    payload = files.read_snapshot(os.path.join(path, SNAPSHOT_FILE))
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(payload)
+    next(unpacker)  # the counters
+    for name, count in unpacker:
+        rows = [next(unpacker) for _ in range(count)]
+        if name == section:
+            return rows
+    raise AssertionError(f"no {section} section")
+
+
+async def test_a_data_dir_from_before_overflow_modes_loads_unchanged(tmp_path):
+    path = str(tmp_path)
+    _write_pre_overflow_data_dir(path)
+    store = open_store(path)
+    assert sorted(store.channels(), key=lambda c: c.name) == [
+        ChannelRecord("1", "legacy", ("no_tail",)),
+        ChannelRecord("app"),
+        ChannelRecord("late"),
+    ]
+    assert all(c.overflow is None for c in store.channels())
+    assert store.tokens_of("app") == [TokenRecord("t.x", "app", "web")]
+    assert store.drain(1) == DrainRecord(1, "1", "d.x", "syslog://h.example")
+    # Setting a mode keeps the channel's label and flags; compaction and reopening keep it.
+    await store.put_channel("1", [], overflow="drop")
+    await store.compact()
+    store.close()
+    store = open_store(path)
+    assert store.channel("1") == ChannelRecord("1", "legacy", ("no_tail",), "drop")
+    assert store.channel("app") == ChannelRecord("app")
+    store.close()
+    # Channels without a mode keep the old row form, which older builds read.
+    rows = sorted(_snapshot_rows(path, "channels"))
+    assert rows == [["1", "legacy", ["no_tail"], "drop"], ["app", None, []], ["late", None, []]]
+
+
+async def test_channel_operations_without_a_mode_keep_the_old_form(tmp_path):
+    store = open_store(str(tmp_path))
+    await store.put_channel("plain", [])
+    await store.put_channel("quiet", [], overflow="pushback")
+    store.close()
+    scan = files.read_journal(journal_path(tmp_path))
+    assert scan is not None
+    ops = [op for record in scan.records for op in msgpack.unpackb(record, raw=False)]
+    assert ops == [["C", "plain", None, []], ["C", "quiet", None, [], "pushback"]]
+
+
+def test_a_reload_publishes_a_changed_overflow_mode():
+    old, new = State(), State()
+    old.channels["a"] = ChannelRecord("a")
+    old.channels["b"] = ChannelRecord("b", overflow="drop")
+    new.channels["a"] = ChannelRecord("a", overflow="drop")
+    new.channels["b"] = ChannelRecord("b", overflow="drop")
+    assert difference(old, new) == [
+        ChannelUpdated(ChannelRecord("a", overflow="drop"), ChannelRecord("a"))
+    ]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 
@@ -25,7 +26,9 @@ from logplexd.store import (
     ChannelAdded,
     ChannelExists,
     ChannelNotFound,
+    ChannelRecord,
     ChannelRemoved,
+    ChannelUpdated,
     CredentialExists,
     CredentialRecord,
     DrainAdded,
@@ -298,6 +301,39 @@ async def test_registry_follows_the_store(backend: Backend) -> None:
         assert "ignored" not in registry.channels
 
 
+async def test_a_channel_overflow_mode_is_stored_published_and_reloaded(backend: Backend) -> None:
+    def modes(registry: Registry) -> dict[str, str | None]:
+        return {name: channel.overflow for name, channel in registry.channels.items()}
+
+    async with backend.open() as store:
+        registry = Registry()
+        attach_registry(store, registry)
+        events: list[Any] = []
+        store.subscribe(events.append)
+        await store.put_channel("quiet", ["a"], overflow="drop")
+        await store.put_channel("loud", ["b"])
+        await store.put_channel("loud", ["b"], overflow="pushback")
+        await store.put_channel("quiet", ["a"], overflow="drop")  # unchanged: no event
+        await store.put_channel("plain", [], overflow="drop")
+        await store.put_channel("plain", [])  # back to the daemon's drain_overflow
+        with pytest.raises(ValueError):
+            await store.put_channel("bad", [], overflow="block")
+        assert store.channel("bad") is None
+        assert [e for e in events if isinstance(e, ChannelUpdated)] == [
+            ChannelUpdated(ChannelRecord("loud", overflow="pushback"), ChannelRecord("loud")),
+            ChannelUpdated(ChannelRecord("plain"), ChannelRecord("plain", overflow="drop")),
+        ]
+        expected = {"quiet": "drop", "loud": "pushback", "plain": None}
+        assert modes(registry) == expected
+        before = state_of(store)
+    async with backend.open() as store:
+        assert state_of(store) == before
+        assert {c.name: c.overflow for c in store.channels()} == expected
+        registry = Registry()
+        attach_registry(store, registry)
+        assert modes(registry) == expected
+
+
 async def test_a_failing_subscriber_does_not_break_writes(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -354,6 +390,29 @@ async def test_two_nodes_see_each_others_changes_within_a_second(shared: Shared)
             ChannelRemoved,
         ]
         assert state_of(a) == state_of(b)
+
+
+@needs_redis
+async def test_channels_stored_without_an_overflow_mode_load_unchanged(shared: Shared) -> None:
+    # A channel as logplexd wrote it before channels had an overflow mode: [label, flags].
+    old = msgpack.packb(["legacy", ["no_tail"]], use_bin_type=True)
+    shared.command("HSET", shared.key("channels"), "old", old)
+    async with shared.running(node_id="a") as a, shared.running(node_id="b") as b:
+        assert a.channel("old") == ChannelRecord("old", "legacy", ("no_tail",))
+        registry = Registry()
+        attach_registry(b, registry)
+        await a.put_channel("plain", ["t"])
+        # Without a mode a channel is written exactly as before, so older nodes read it.
+        plain = shared.command("HGET", shared.key("channels"), "plain")
+        assert bulk_strings(plain) == [msgpack.packb([None, []], use_bin_type=True)]
+        # Setting one keeps the label and flags, and reaches the other node's routing index.
+        await a.put_channel("old", [], overflow="drop")
+        expected = ChannelRecord("old", "legacy", ("no_tail",), "drop")
+        await eventually(lambda: b.channel("old") == expected)
+        live = registry.channel("old")
+        assert live is not None and live.overflow == "drop"
+    async with shared.running() as c:
+        assert c.channel("old") == expected and c.channel("plain") == ChannelRecord("plain")
 
 
 @needs_redis

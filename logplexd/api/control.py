@@ -8,7 +8,6 @@ and the original where both are silent; errors are always ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -19,6 +18,7 @@ from urllib.parse import quote
 
 from ..router import RegistryLike, attach_registry
 from ..store import (
+    OVERFLOW_MODES,
     SESSION_TTL_SECONDS,
     ChannelExists,
     ChannelNotFound,
@@ -33,12 +33,14 @@ from ..store import (
     TokenRecord,
     parse_drain_url,
     redact_url,
+    syslog_url,
 )
 from ..web import (
     FULL_API,
     BasicAuth,
     BasicPassword,
     CredentialChecker,
+    InvalidJson,
     MethodNotAllowed,
     Params,
     Request,
@@ -47,6 +49,7 @@ from ..web import (
     Router,
     key_matches,
     parse_authorization,
+    parse_json,
 )
 
 log = logging.getLogger("logplexd.api")
@@ -67,10 +70,6 @@ def _reject(status: int, message: str) -> _BadRequest:
     return _BadRequest(Response.error(status, message))
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json_object(request: Request) -> dict[str, Any]:
     """The request's JSON object; an empty body means no parameters."""
     if not request.body.strip():
@@ -81,8 +80,8 @@ def _json_object(request: Request) -> dict[str, Any]:
     ):
         raise _reject(415, "Content-Type must be application/json")
     try:
-        value = json.loads(request.body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        value = parse_json(request.body)
+    except InvalidJson:
         raise _reject(400, "invalid JSON") from None
     if not isinstance(value, dict):
         raise _reject(400, "invalid payload")
@@ -367,6 +366,9 @@ class ControlApi:
 
     def _v3_channel_json(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = {"channel": name}
+        channel = self.store.channel(name)
+        if channel is not None and channel.overflow is not None:
+            result["overflow"] = channel.overflow
         tokens = self.store.tokens_of(name)
         if tokens:
             result["tokens"] = _tokens_map(tokens)
@@ -381,7 +383,13 @@ class ControlApi:
             raise _reject(400, "invalid channel name")
         body = _json_object(request)
         token_names = self._token_names(body.get("tokens", []), "invalid payload")
-        result = await self.store.put_channel(name, token_names)
+        # PUT sets the whole channel, as it does its tokens: without "overflow" (or with
+        # null) the channel follows the daemon's drain_overflow again.
+        overflow = body.get("overflow")
+        if overflow is not None and overflow not in OVERFLOW_MODES:
+            modes = " or ".join(f'"{mode}"' for mode in OVERFLOW_MODES)
+            raise _reject(422, f"overflow must be {modes}")
+        result = await self.store.put_channel(name, token_names, overflow=overflow)
         if result.created:
             log.info("api: created channel %s", name)
         return Response.json(201 if result.created else 200, self._v3_channel_json(name))
@@ -448,9 +456,17 @@ class ControlApi:
         if url is None and "host" in body:
             # The original's host/port form: a syslog drain, port 514 unless given.
             host, port = body.get("host"), body.get("port", 514)
-            if not _is_text(host, 255) or not isinstance(port, int) or isinstance(port, bool):
+            if (
+                not isinstance(host, str)
+                or not _is_text(host, 255)
+                or not isinstance(port, int)
+                or isinstance(port, bool)
+            ):
                 raise _reject(422, "Invalid drain destination: bad host or port")
-            url = f"syslog://{host}:{port}"
+            try:
+                url = syslog_url(host, port)
+            except InvalidDrainUrl as exc:
+                raise _reject(422, f"Invalid drain destination: {exc}") from None
         if not isinstance(url, str):
             raise _reject(422, "Invalid drain destination: missing url")
         self._check_url(url, "Invalid drain destination: ")

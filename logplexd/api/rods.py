@@ -21,7 +21,6 @@ time through ``GET/PUT /admin/rods`` (the auth key only, never a stored credenti
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,10 +34,12 @@ from ..web import (
     BasicAuth,
     BasicPassword,
     BasicToken,
+    InvalidJson,
     Request,
     Response,
     key_matches,
     parse_authorization,
+    parse_json,
 )
 
 log = logging.getLogger("logplexd.api.rods")
@@ -208,8 +209,8 @@ class RodsApi:
         if request.body.strip() and request.content_type not in ("application/json", ""):
             return Response.error(415, "Content-Type must be application/json")
         try:
-            raw = json.loads(request.body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+            raw = parse_json(request.body or b"{}")
+        except InvalidJson:
             return Response.error(400, "invalid JSON")
         if not isinstance(raw, dict):
             return Response.error(400, "expected a JSON object of control rods")

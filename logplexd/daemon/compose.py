@@ -43,7 +43,7 @@ from ..cluster import (
     birth_hook,
 )
 from ..config import Settings, ensure_auth_key, load_settings
-from ..drains import GatedDrainManager, attach_drains
+from ..drains import DrainSettings, GatedDrainManager, attach_drains
 from ..ingest import LogsIngest, LogsListener, ServerCertificate, SyslogInput
 from ..router import Registry
 from ..store import EmbeddedStore, RedisStore, Store, StoreError, open_store
@@ -65,6 +65,7 @@ LIVE_SETTINGS = frozenset(
         "public_url",
         "auth_key",
         "syslog_idle_timeout",
+        "syslog_first_byte_timeout",
         "max_syslog_connections",
         "max_drains_per_channel",
         "shutdown_timeout",
@@ -126,8 +127,11 @@ class Daemon:
             max_connections=settings.max_syslog_connections,
             idle_timeout=settings.syslog_idle_timeout,
             threads=settings.ingest_threads,
+            first_byte_timeout=settings.syslog_first_byte_timeout,
         )
-        self.drains = GatedDrainManager(self.registry)
+        self.drains = GatedDrainManager(
+            self.registry, settings=DrainSettings(overflow=settings.drain_overflow)
+        )
         self.cluster_drains: ClusterDrains | None = None
         if self.plane is not None:
             self.cluster_drains = ClusterDrains(
@@ -183,7 +187,12 @@ class Daemon:
                 credential = await credentials.check(cred_id, password)
                 return None if credential is None else frozenset(credential.permissions)
 
-            self.logs = LogsIngest(self.registry, any_channel_permissions, max_frame=s.max_frame)
+            self.logs = LogsIngest(
+                self.registry,
+                any_channel_permissions,
+                max_frame=s.max_frame,
+                hold_timeout=s.logs_hold_timeout,
+            )
             # The store and routing index just loaded live as long as the daemon: keep the
             # cyclic GC from walking them again on every full collection.
             gc.collect()
@@ -437,6 +446,7 @@ class Daemon:
                 config = replace(config, public_url=s.resolved_public_url(bound).rstrip("/"))
             api.config = config
         self.syslog.idle_timeout = s.syslog_idle_timeout
+        self.syslog.first_byte_timeout = s.syslog_first_byte_timeout
         self.syslog.max_connections = s.max_syslog_connections
         if "log_level" in live:
             logging.getLogger().setLevel(s.log_level_number)

@@ -274,6 +274,41 @@ class DaemonCollector(Collector):
         idle = _counter("syslog_connections_idle_closed", "Syslog connections closed when idle.")
         idle.add_metric([], syslog.connections_idle_closed)
         yield idle
+        evicted = _counter(
+            "syslog_connections_evicted",
+            "Idle syslog connections closed at max_syslog_connections to let a new one in.",
+        )
+        evicted.add_metric([], syslog.connections_evicted)
+        yield evicted
+        silent = _counter(
+            "syslog_connections_silent_closed",
+            "Syslog connections closed before their first bytes (syslog_first_byte_timeout).",
+        )
+        silent.add_metric([], syslog.connections_silent_closed)
+        yield silent
+        pushbacks = _counter(
+            "syslog_pushbacks",
+            "Times a syslog connection stopped reading because a channel it fed was held "
+            "(a drain that takes every write was behind: the router was the bottleneck).",
+        )
+        pushbacks.add_metric([], syslog.pushbacks)
+        yield pushbacks
+        held = _gauge("syslog_connections_held", "Syslog connections waiting for a held channel.")
+        held.add_metric([], syslog.connections_held)
+        yield held
+        if logs is not None:
+            waits = _counter(
+                "logs_pushback_waits", "POST /logs requests that waited for a held channel."
+            )
+            waits.add_metric([], logs.waits)
+            yield waits
+            refused = _counter(
+                "logs_pushback_refused",
+                "POST /logs requests answered 503 + Retry-After: their channel stayed held "
+                "for logs_hold_timeout (nothing of them was routed).",
+            )
+            refused.add_metric([], logs.pushed_back)
+            yield refused
 
     # -- drains ----------------------------------------------------------------------------
     def _drains(self, src: MetricsSnapshot) -> Iterator[Metric]:

@@ -43,7 +43,9 @@ class DrainManager:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.pump = DrainPump(
-            linger=self.settings.linger, linger_messages=self.settings.linger_messages
+            linger=self.settings.linger,
+            linger_messages=self.settings.linger_messages,
+            pushback=self.settings.overflow == "pushback",
         )
         self._drains: dict[int, Drain] = {}
         self._nursery: trio.Nursery | None = None

@@ -29,6 +29,7 @@ from .feed import LINGER_ONLY_BELOW_BYTES, DrainFeed, Encoder, LossNotice, Paylo
 from .state import DrainEvent
 
 if TYPE_CHECKING:
+    from ..native import ChannelRing
     from ..router import Channel
 
 # Payloads one drain may write in one pump round before the others get their turn.
@@ -77,10 +78,63 @@ class AttachedWriter:
         self.error: OSError | None = None
 
 
+def high_water(ring: ChannelRing) -> int:
+    """Backlog (messages) at which a drain that takes all it is given holds its channel:
+    a quarter of the ring, in messages or (at the ring's mean message size) in bytes,
+    whichever comes first. The inputs stop after the read they are in, so the other three
+    quarters absorb the reads already under way (8 connections' 128 KB reads of 120-byte
+    messages are about half the default ring) before the ring could lap the drain."""
+    high = ring.max_messages // 4
+    held = ring.head - ring.tail
+    if held > 0:
+        mean = max(1, ring.nbytes // held)
+        high = min(high, ring.max_bytes // 4 // mean)
+    return max(1, high)
+
+
+def pushback_for(channel: Channel, default: bool) -> bool:
+    """Whether drains may hold ``channel``: by the channel's own overflow mode when the
+    operator set one (``"pushback"`` or ``"drop"``), else by the daemon's ``drain_overflow``
+    (``default``: True for pushback). Every hold decision asks this first."""
+    mode = channel.overflow
+    if mode == "pushback":
+        return True
+    if mode == "drop":
+        return False
+    return default
+
+
+def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: bool) -> None:
+    """Hold ``channel`` for ``writer`` (a drain that takes what it is given) once it is
+    ``high`` messages behind; release it once it is back under half of that. A channel
+    that does not push back (``pushback_for``; ``default`` is the daemon's setting) is
+    released instead, whatever the backlog."""
+    if not pushback_for(channel, default):
+        channel.release(writer)
+        return
+    ring = channel.ring
+    backlog = ring.head - max(ring.tail, writer.feed.cursor)
+    if backlog >= high:
+        channel.hold(writer)
+    elif backlog <= high // 2:
+        channel.release(writer)
+
+
 class DrainPump:
-    def __init__(self, *, linger: float, linger_messages: int) -> None:
+    """Writes for every attached drain; also the router's ``ChannelConsumer`` for them.
+
+    With ``pushback`` (the daemon's default; a channel's own overflow mode wins, see
+    ``pushback_for``), a channel whose attached drains fall a
+    ``high_water`` behind while every write of theirs is taken whole is *held*: the router
+    is the bottleneck, not the receivers, so the inputs feeding that channel wait (see
+    ``Channel.hold``) until the drains are back under half of that. A drain whose socket
+    refuses a write is handed back to its own task and never holds anything.
+    """
+
+    def __init__(self, *, linger: float, linger_messages: int, pushback: bool = True) -> None:
         self.linger = linger
         self.linger_messages = max(1, linger_messages)
+        self.pushback = pushback
         # Channels with attached writers and new messages, by when they first became dirty.
         self._dirty: dict[Channel, None] = {}
         self._urgent: dict[Channel, None] = {}
@@ -88,6 +142,8 @@ class DrainPump:
         self._marks: dict[Channel, int] = {}
         # Channels whose last write was large: busy, so they never linger (as in feed.py).
         self._busy: set[Channel] = set()
+        # Per channel, the head at which its drains' backlog must be looked at again.
+        self._looks: dict[Channel, int] = {}
         self._dirty_since = 0.0
         self._work = trio.Event()
         self._urgent_event = trio.Event()
@@ -126,6 +182,10 @@ class DrainPump:
         if channel is None:
             return
         writer.channel = None
+        if writer.partial is None:
+            # Handed back for a partial write, the drain's task finishes it and keeps (or
+            # gives up, if the receiver stalls) the hold; for anything else it is over.
+            channel.release(writer)
         writers: list[AttachedWriter] | None = channel.pumped
         if writers is not None:
             if writer in writers:
@@ -136,9 +196,33 @@ class DrainPump:
                 channel.pump_wake = NEVER
                 channel.rearm()
                 self._marks.pop(channel, None)
+                self._looks.pop(channel, None)
                 self._dirty.pop(channel, None)
                 self._urgent.pop(channel, None)
                 self._busy.discard(channel)
+            else:
+                self._looks[channel] = self._check_hold(channel)
+
+    # -- pushback -------------------------------------------------------------------------------
+    def _check_hold(self, channel: Channel) -> int:
+        """Hold or release ``channel`` for each attached drain by its backlog; returns the
+        head at which the router should call ``mark`` again to look (NEVER: no need)."""
+        writers: list[AttachedWriter] | None = channel.pumped
+        if not writers:
+            return NEVER
+        if not pushback_for(channel, self.pushback):
+            if channel.held:  # its mode became "drop" while its drains held it
+                for writer in writers:
+                    channel.release(writer)
+            return NEVER
+        ring = channel.ring
+        high = high_water(ring)
+        look = NEVER
+        for writer in writers:
+            cursor = max(writer.feed.cursor, ring.tail)
+            check_hold(writer, channel, high, self.pushback)
+            look = min(look, cursor + high)
+        return look
 
     # -- the router side (from Channel.notify: the pump is the router's ChannelConsumer) ------
     def mark(self, channel: Channel) -> None:
@@ -150,19 +234,27 @@ class DrainPump:
         head = channel.ring.head
         base = self._marks.get(channel, head)
         removed = channel.ring.owner is None
+        look = self._looks.get(channel, 0)
+        if channel.held or head >= look:
+            look = self._looks[channel] = self._check_hold(channel)
         if head <= base and not removed:
-            channel.pump_wake = head + 1
+            channel.pump_wake = min(head + 1, look)
             return
-        if removed or channel in self._busy or head - base >= self.linger_messages:
+        if (
+            removed
+            or channel.held
+            or channel in self._busy
+            or head - base >= self.linger_messages
+        ):
             self._urgent[channel] = None
-            channel.pump_wake = NEVER  # until it is written
+            channel.pump_wake = look  # until it is written (or falls behind)
             self._urgent_event.set()
         else:
             if channel not in self._dirty:
                 if not self._dirty:
                     self._dirty_since = trio.current_time()
                 self._dirty[channel] = None
-            channel.pump_wake = base + self.linger_messages
+            channel.pump_wake = min(base + self.linger_messages, look)
         self._work.set()
 
     # -- the task -----------------------------------------------------------------------------
@@ -208,8 +300,11 @@ class DrainPump:
             self._busy.add(channel)
         else:
             self._busy.discard(channel)
+        if channel.held:
+            self._looks[channel] = self._check_hold(channel)
+        look = self._looks.get(channel, 0)
         if channel.pumped is not None and channel not in self._urgent:
-            channel.pump_wake = channel.ring.head + 1
+            channel.pump_wake = min(channel.ring.head + 1, look)
             channel.rearm()
 
     def _write(self, writer: AttachedWriter) -> None:
@@ -238,6 +333,11 @@ class DrainPump:
             self.writes += 1
             if written < len(payload.data):
                 writer.partial = (payload, written)
+                channel = writer.channel
+                if channel is not None and pushback_for(channel, self.pushback):
+                    # Until the drain's task has finished this write (or judged the receiver
+                    # slow), nothing else writes for it: the inputs must wait meanwhile.
+                    channel.hold(writer)
                 self._hand_back(writer)
                 return
             feed.delivered(payload)

@@ -29,5 +29,12 @@ class DrainSettings:
     linger: float = 0.02
     linger_messages: int = 256
     shutdown_grace: float = 5.0
+    # "pushback": a drain that takes every write whole but falls behind holds its channel's
+    # inputs (the router is the bottleneck); "drop": it is lapped and told with an L10, as
+    # the original Logplex does whatever the cause.
+    overflow: str = "pushback"
+    # A write the receiver has not taken whole after this long marks a slow consumer: it
+    # no longer holds its channel's inputs.
+    slow_write_after: float = 0.5
     # A drain failing on a TLS certificate repeats its L14 notice at most this often.
     l14_interval: float = L14_INTERVAL

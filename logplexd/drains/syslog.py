@@ -8,6 +8,8 @@ dying connection loses nothing the drain still holds (a receiver may see that wr
 
 from __future__ import annotations
 
+import os
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -15,7 +17,7 @@ import trio
 from ..native import Batch, l10_syslog, syslog_frames
 from .delivery import DrainHandle
 from .policy import TRANSPORT_ERRORS, syslog_failures_after_drop, syslog_reconnect_backoff
-from .pump import AttachedWriter
+from .pump import AttachedWriter, check_hold, high_water, pushback_for
 from .state import DrainEvent
 from .transport import open_drain_stream
 
@@ -51,9 +53,7 @@ class SyslogDrain:
                 await trio.sleep(delay)
             drain.on(DrainEvent.CONNECT)
             try:
-                stream = await open_drain_stream(
-                    drain.target, drain.tls, connect_timeout=settings.syslog_connect_timeout
-                )
+                stream = await self._connect(hold=failures == 0)
             except TRANSPORT_ERRORS as exc:
                 failures += 1
                 drain.fail(exc, connecting=True)
@@ -75,6 +75,36 @@ class SyslogDrain:
                 drain.fail(exc)
             finally:
                 await trio.aclose_forcefully(stream)
+
+    async def _connect(self, *, hold: bool) -> trio.abc.Stream:
+        """Open the connection. A drain that was delivering holds its channel's inputs while
+        it connects, for at most ``slow_write_after``: a receiver that answers at once will
+        take what arrives meanwhile; one that does not is slow and holds nothing."""
+        drain, settings = self.drain, self.drain.settings
+        connect = partial(
+            open_drain_stream,
+            drain.target,
+            drain.tls,
+            connect_timeout=settings.syslog_connect_timeout,
+        )
+        channel = drain.feed.current_channel()
+        if (
+            not hold
+            or channel is None
+            or drain.pump is None
+            or not pushback_for(channel, drain.pump.pushback)
+        ):
+            return await connect()
+        # Messages arriving meanwhile wait in the ring; only a flood big enough to lap it
+        # holds the inputs.
+        cursor = max(drain.feed.cursor, channel.ring.tail)
+        channel.hold_from(self, cursor + high_water(channel.ring))
+        try:
+            with trio.move_on_after(settings.slow_write_after):
+                return await connect()
+        finally:
+            channel.release(self)
+        return await connect()  # slow to answer: connect without holding anyone
 
     async def _pump(self, stream: trio.abc.Stream) -> None:
         peer_error: list[BaseException] = []
@@ -105,6 +135,18 @@ class SyslogDrain:
                 max_messages=settings.read_max_messages,
                 max_bytes=settings.syslog_batch_bytes,
             )
+        try:
+            await self._write_loop_body(stream, writer)
+        finally:
+            if writer is not None:
+                for channel in (writer.channel, feed.channel):
+                    if channel is not None:
+                        channel.release(writer)
+
+    async def _write_loop_body(
+        self, stream: trio.abc.Stream, writer: AttachedWriter | None
+    ) -> None:
+        drain, feed, settings = self.drain, self.drain.feed, self.drain.settings
         while True:
             channel = feed.current_channel()
             if (
@@ -117,6 +159,11 @@ class SyslogDrain:
             ):
                 await self._parked(writer, channel, stream)
                 continue
+            if writer is not None and channel is not None and drain.pump is not None:
+                # Its own task writes (the rest of a batch, a flush): it holds as the pump
+                # would, by its backlog, until the receiver proves slow (or, for a channel
+                # that does not push back, releases).
+                check_hold(writer, channel, high_water(channel.ring), drain.pump.pushback)
             if not await feed.wait_for_data(settings.linger, settings.linger_messages):
                 return
             payload = feed.build_payload(
@@ -129,7 +176,10 @@ class SyslogDrain:
                 continue
             drain.on(DrainEvent.SEND)
             with trio.fail_after(settings.syslog_send_timeout):
-                await stream.send_all(payload.data)
+                if writer is not None and channel is not None:
+                    await self._finish_write(writer, channel, memoryview(payload.data))
+                else:
+                    await stream.send_all(payload.data)
             feed.delivered(payload)
             drain.on(DrainEvent.SENT)
 
@@ -147,10 +197,44 @@ class SyslogDrain:
         if writer.partial is not None:
             payload, written = writer.partial
             writer.partial = None
-            with trio.fail_after(self.drain.settings.syslog_send_timeout):
-                await stream.send_all(memoryview(payload.data)[written:])
+            settings = self.drain.settings
+            try:
+                with trio.fail_after(settings.syslog_send_timeout):
+                    await self._finish_write(writer, channel, memoryview(payload.data)[written:])
+            except BaseException:
+                channel.release(writer)
+                raise
             self.drain.feed.delivered(payload)
             self.drain.on(DrainEvent.SENT)
+
+    async def _finish_write(
+        self, writer: AttachedWriter, channel: Channel, rest: memoryview
+    ) -> None:
+        """Write ``rest`` (what the pump could not, or a batch of the drain's own task) as
+        the socket takes it.
+
+        A receiver that takes the rest within ``slow_write_after`` is keeping up: a hold of
+        the channel stays. One that does not refuses data: it is slow, holds nothing, and
+        is lapped (L10) if it stays behind.
+        """
+        slow_at = trio.current_time() + self.drain.settings.slow_write_after
+        while rest:
+            try:
+                rest = rest[os.write(writer.fd, rest) :]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError("write failed") from exc
+            if not rest:
+                # As send_all would: a drain that always has data still lets others run.
+                await trio.lowlevel.checkpoint()
+                return
+            if trio.current_time() >= slow_at:
+                channel.release(writer)
+                await trio.lowlevel.wait_writable(writer.fd)
+            else:
+                with trio.move_on_at(slow_at):
+                    await trio.lowlevel.wait_writable(writer.fd)
 
     @staticmethod
     async def _watch_peer(

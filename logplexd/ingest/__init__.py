@@ -1,7 +1,8 @@
 """Ingest: where producers' bytes enter and become routed batches.
 
 - ``SyslogInput`` (``syslog.py``): TCP and TLS syslog, octet-counted or LF framed; a busy
-  plain-TCP connection may be read and framed by a worker thread (``_thread.py``).
+  plain-TCP connection may be read and framed by a worker thread (``_thread.py``); which
+  connection makes room at the connection limit is ``_admission.py``'s choice.
 - ``LogsIngest`` and ``LogsListener`` (``logs.py``): ``POST /logs`` (``application/logplex-1``)
   as a sans-IO core and its HTTP adapter.
 

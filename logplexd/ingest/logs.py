@@ -14,8 +14,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import trio
+
 from ..native import parse_body
-from ..router import Registry
+from ..router import Channel, Registry
 from ..web import BasicPassword, Request, Response, parse_authorization
 
 LOGPLEX_CONTENT_TYPES = frozenset({"application/logplex-1", "application/x-logplex-1"})
@@ -23,6 +25,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_DECOMPRESSED = 32 * 1024 * 1024
 DEFAULT_DEDUP_WINDOW = 600.0
 DEFAULT_DEDUP_ENTRIES = 100_000
+DEFAULT_HOLD_TIMEOUT = 5.0
 
 AUTH_HEADERS = (("www-authenticate", "Basic realm=Logplex"),)
 
@@ -48,6 +51,9 @@ class LogsIngestStats:
     routed: int = 0
     unknown_token: int = 0
     malformed_requests: int = 0
+    # Requests that waited for a held channel, and those answered 503 after the wait.
+    waits: int = 0
+    pushed_back: int = 0
 
 
 def _error(status: int, reason: str, *, auth_header: bool = True) -> LogsResponse:
@@ -95,8 +101,13 @@ class LogsIngest:
         dedup_window: float = DEFAULT_DEDUP_WINDOW,
         dedup_entries: int = DEFAULT_DEDUP_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
     ) -> None:
         self.registry = registry
+        # How long a request waits for a channel a consumer holds (the router is behind)
+        # before it is answered 503 with Retry-After (token auth) or 204 (already routed).
+        self.hold_timeout = hold_timeout
+        self.retry_after = max(1, round(hold_timeout))
         self.check_credential = check_credential
         self.max_frame = max_frame
         self.max_body = max_body
@@ -110,7 +121,8 @@ class LogsIngest:
         self.deny_ingress = denied
 
     async def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> LogsResponse:
-        """``headers`` has lower-case names. Returns the response to send."""
+        """``headers`` has lower-case names, one value each: several lines of one field
+        joined with ", " (``Request.joined_headers``). Returns the response to send."""
         self.stats.requests += 1
         response = await self._handle(method, headers, body)
         if response.status >= 300:
@@ -149,7 +161,7 @@ class LogsIngest:
             self.stats.malformed_requests += 1
             return _error(400, "Malformed log messages")
         count = headers.get("logplex-msg-count")
-        if count is not None and (not count.strip().isdigit() or int(count) != len(batch)):
+        if count is not None and _message_count(count) != len(batch):
             return _error(400, "Message count mismatch")
 
         frame_id = headers.get("logplex-frame-id")
@@ -158,14 +170,28 @@ class LogsIngest:
             self.stats.duplicates += 1
             return self._accepted()
 
-        self.stats.frames += len(batch)
         channel = who[1]
         if channel is None:
+            self.stats.frames += len(batch)
             counts = self.registry.route(batch)
             self.stats.routed += counts.routed
             self.stats.unknown_token += counts.unknown_token
+            if counts.held:
+                # Routed by APP-NAME: which channels it feeds is known only now. The messages
+                # are in their rings; the answer waits (bounded) so the client slows down.
+                await self._wait_released(counts.held)
         else:
             live = self.registry.channel_of_token(who[0])
+            if live is not None and live.held and not await self._wait_released((live,)):
+                # Nothing routed: the client sends it again later, nothing is lost.
+                self.stats.pushed_back += 1
+                return LogsResponse(
+                    503,
+                    "Service Unavailable",
+                    b"channel is behind, retry later",
+                    [("retry-after", str(self.retry_after))],
+                )
+            self.stats.frames += len(batch)
             if live is None:  # token deleted since auth: nowhere to route
                 self.stats.unknown_token += len(batch)
             else:
@@ -174,6 +200,15 @@ class LogsIngest:
             self.frame_ids.remember(dedup_key)
         self.stats.accepted += 1
         return self._accepted()
+
+    async def _wait_released(self, held: tuple[Channel, ...]) -> bool:
+        """Wait at most ``hold_timeout`` for ``held`` to be released; False if not."""
+        self.stats.waits += 1
+        with trio.move_on_after(self.hold_timeout):
+            for channel in held:
+                await channel.wait_released()
+            return True
+        return False
 
     @staticmethod
     def _accepted() -> LogsResponse:
@@ -216,6 +251,24 @@ class _TooLarge(Exception):
     pass
 
 
+def _message_count(value: str) -> int | None:
+    """The count a ``Logplex-Msg-Count`` value states, or None when it states none or more
+    than one. Several field lines arrive joined with ", " (RFC 9110 5.3), so ``2`` then ``5``
+    reads as ``2, 5``: a list of counts that disagree, refused whichever comes first. A list
+    of equal counts (``2, 2``, or the same header twice) states one count and is accepted,
+    as RFC 9110 8.6 lets a recipient take ``Content-Length: 42, 42`` as 42. Empty list
+    members are ignored (RFC 9110 5.6.1); only ASCII digits are a count."""
+    members = [part.strip(" \t") for part in value.split(",")]
+    counts: set[int] = set()
+    for member in members:
+        if not member:
+            continue
+        if not (member.isascii() and member.isdigit()):
+            return None
+        counts.add(int(member))
+    return counts.pop() if len(counts) == 1 else None
+
+
 TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
 
 
@@ -228,8 +281,11 @@ class LogsListener:
     async def handle(self, request: Request) -> Response:
         path = request.path
         if path == "/logs":
-            headers = {name: value for name, value in reversed(request.headers)}
-            result = await self.ingest.handle(request.method, headers, request.body)
+            # Several lines of one field mean their joined value (RFC 9110 5.3): the first
+            # line alone could disagree with what a proxy in front of us read.
+            result = await self.ingest.handle(
+                request.method, request.joined_headers(), request.body
+            )
             return Response(result.status, list(result.headers), result.body, reason=result.reason)
         if path == "/healthcheck":
             if request.method not in ("GET", "HEAD"):

@@ -2,14 +2,19 @@
 
 One read becomes one batch becomes one ``Registry.route`` call: no Python object per
 message. Connections are bounded in number and cut when idle (which also ends half-open
-ones whose peer vanished without a FIN).
+ones whose peer vanished without a FIN) or when their first bytes are late; at the limit a
+new connection evicts one that has sent nothing, else the longest-idle one
+(``_admission.py``), so that idle connections cannot lock producers out.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import ssl
+import struct
+import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +22,17 @@ from typing import Any
 import trio
 
 from ..native import Batch, OctetFramer
-from ..router import Registry
+from ..router import Channel, Registry
+from ._admission import ConnectionTable, Slot
 from ._thread import ConnectionReader, ReaderEnd
 
 log = logging.getLogger("logplexd.syslog")
+
+DEFAULT_FIRST_BYTE_TIMEOUT = 10.0
+# At most one warning this often while connections are evicted or refused at the limit.
+PRESSURE_LOG_INTERVAL = 10.0
+# How long a connection admitted by evicting another waits for it to be gone.
+EVICTION_WAIT = 5.0
 
 READ_SIZE = 128 * 1024
 # A connection whose reads come back this full is busy: its reads and framing move to a
@@ -34,6 +46,10 @@ class SyslogInputStats:
     connections_total: int = 0
     connections_rejected: int = 0
     connections_idle_closed: int = 0
+    # Closed because their first bytes did not come within first_byte_timeout, and closed
+    # to make room for a new connection at max_connections (issue 22).
+    connections_silent_closed: int = 0
+    connections_evicted: int = 0
     bytes_received: int = 0
     frames: int = 0
     malformed: int = 0
@@ -41,6 +57,10 @@ class SyslogInputStats:
     unknown_token: int = 0
     # Reads done (and framed) in a worker thread rather than on the event loop.
     offloaded_reads: int = 0
+    # Times a connection stopped reading because a channel it fed was held, and how many
+    # connections wait so now (pushback: the router, not a consumer, is behind).
+    pushbacks: int = 0
+    connections_held: int = 0
 
 
 class SyslogInput:
@@ -52,11 +72,16 @@ class SyslogInput:
         max_connections: int = 1024,
         idle_timeout: float = 300.0,
         threads: int = 0,
+        first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT,
     ) -> None:
         self.registry = registry
         self.max_frame = max_frame
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        # A new connection's first bytes (for TLS: its ClientHello) must come this soon.
+        self.first_byte_timeout = first_byte_timeout
+        self._conns = ConnectionTable()
+        self._pressure_logged = -PRESSURE_LOG_INTERVAL
         self.stats = SyslogInputStats()
         # Worker threads that read and frame busy plain-TCP connections (0: none).
         self.threads = threads
@@ -97,8 +122,77 @@ class SyslogInput:
         bound = raw.socket.getsockname()[1]
         log.info("syslog input listening on port %d", bound)
         await trio.serve_listeners(
-            self.handle_connection, list(listeners), task_status=_Started(task_status, bound)
+            self._serve_connection, list(listeners), task_status=_Started(task_status, bound)
         )
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        """Admission: at ``max_connections`` the oldest connection that has sent nothing,
+        else the longest-idle one (``_admission.py``), is evicted to let this one in; only
+        when none can be is the new one refused."""
+        conns = self._conns
+        victim: Slot | None = None
+        if len(conns) >= self.max_connections:
+            victim = conns.victim(_kernel_idle)
+            if victim is None:
+                self.stats.connections_rejected += 1
+                self._log_pressure()
+                await trio.aclose_forcefully(stream)
+                return
+            conns.evict(victim)
+            self.stats.connections_evicted += 1
+            self._log_pressure()
+        slot = conns.add(stream)
+        try:
+            if victim is not None:
+                # Its place is ours once it is gone (its read loop's finally has run).
+                with trio.move_on_after(EVICTION_WAIT):
+                    await victim.done.wait()
+            with slot.scope:
+                await self.handle_connection(stream)
+        finally:
+            conns.remove(slot)
+            slot.done.set()
+
+    def _log_pressure(self) -> None:
+        now = trio.current_time()
+        if now - self._pressure_logged < PRESSURE_LOG_INTERVAL:
+            return
+        self._pressure_logged = now
+        stats = self.stats
+        log.warning(
+            "syslog: at max_syslog_connections (%d): %d connections evicted, %d refused, "
+            "%d closed before their first bytes (totals)",
+            self.max_connections,
+            stats.connections_evicted,
+            stats.connections_rejected,
+            stats.connections_silent_closed,
+        )
+
+    async def _first_bytes(self, stream: trio.abc.Stream) -> bool:
+        """Wait until the connection has sent something (its first bytes are then read by
+        the read loop); False when they did not come within ``first_byte_timeout`` or the
+        connection was evicted meanwhile."""
+        slot = self._conns.get(stream)
+        if slot is not None and slot.evicted:
+            return False
+        sock = _raw_socket(stream)
+        if sock is None:  # not a socket (tests with memory streams): nothing to wait on
+            return True
+        with trio.move_on_after(self.first_byte_timeout) as waiting:
+            if slot is not None:
+                slot.first = waiting
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            finally:
+                if slot is not None:
+                    slot.first = None
+        if not waiting.cancelled_caught:
+            if slot is not None:
+                self._conns.activate(slot)
+            return True
+        if slot is None or not slot.evicted:
+            self.stats.connections_silent_closed += 1
+        return False
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         stats = self.stats
@@ -109,6 +203,10 @@ class SyslogInput:
         stats.connections_open += 1
         stats.connections_total += 1
         _enable_keepalive(stream)
+        if not await self._first_bytes(stream):
+            stats.connections_open -= 1
+            await trio.aclose_forcefully(stream)
+            return
         framer = OctetFramer(self.max_frame)
         fd = -1
         if self.threads and isinstance(stream, trio.SocketStream):
@@ -123,7 +221,9 @@ class SyslogInput:
                 if not data:
                     break
                 stats.bytes_received += len(data)
-                self.ingest(framer, data)
+                held = self.ingest(framer, data)
+                if held:
+                    await self._wait_released(held)
                 busy = fd >= 0 and len(data) >= OFFLOAD_READ_BYTES
                 if (
                     busy
@@ -162,7 +262,10 @@ class SyslogInput:
                             if isinstance(item, tuple):
                                 stats.offloaded_reads += 1
                                 stats.bytes_received += item[0]
-                                self._route(item[1])
+                                held = self._route(item[1])
+                                if held:
+                                    # The thread stops at its bounded queue meanwhile.
+                                    await self._wait_released(held)
                             else:
                                 end = item
                 finally:
@@ -180,17 +283,32 @@ class SyslogInput:
     async def _run_reader(self, reader: ConnectionReader) -> None:
         await trio.to_thread.run_sync(reader.run, limiter=self._thread_limiter)
 
-    def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> None:
-        self._route(framer.feed(data))
+    def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> tuple[Channel, ...]:
+        """Frame and route ``data``; returns the channels it fed that a consumer holds."""
+        return self._route(framer.feed(data))
 
-    def _route(self, batch: Batch) -> None:
+    def _route(self, batch: Batch) -> tuple[Channel, ...]:
         stats = self.stats
         stats.malformed += batch.malformed
-        if len(batch):
-            stats.frames += len(batch)
-            counts = self.registry.route(batch)
-            stats.routed += counts.routed
-            stats.unknown_token += counts.unknown_token
+        if not len(batch):
+            return ()
+        stats.frames += len(batch)
+        counts = self.registry.route(batch)
+        stats.routed += counts.routed
+        stats.unknown_token += counts.unknown_token
+        return counts.held
+
+    async def _wait_released(self, held: tuple[Channel, ...]) -> None:
+        """Stop reading this connection until the channels it fed are no longer held: the
+        kernel's receive buffer fills and TCP flow control slows the producer down."""
+        stats = self.stats
+        stats.pushbacks += 1
+        stats.connections_held += 1
+        try:
+            for channel in held:
+                await channel.wait_released()
+        finally:
+            stats.connections_held -= 1
 
 
 class ServerCertificate:
@@ -232,3 +350,36 @@ def _enable_keepalive(stream: trio.abc.Stream) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
     except OSError:
         pass
+
+
+def _raw_socket(stream: Any) -> Any:
+    """The TCP socket under a plain or TLS stream, or None (not a socket stream)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return getattr(stream, "socket", None)
+
+
+# struct tcp_info (linux/tcp.h): __u32 tcpi_last_data_recv, in ms, at byte 52.
+_TCP_INFO_LAST_DATA_RECV = 52
+
+
+def _kernel_idle(stream: Any) -> float | None:
+    """Seconds since the kernel last received data on this connection (Linux), or None:
+    unknown, or bytes wait to be read (it is busy or held by pushback, never idle)."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    sock = _raw_socket(stream)
+    if tcp_info is None or sock is None:
+        return None
+    try:
+        if isinstance(stream, trio.SSLStream) and stream.pending():
+            return None
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        if struct.unpack("i", waiting)[0]:
+            return None
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _TCP_INFO_LAST_DATA_RECV + 4:
+        return None
+    ms: int = struct.unpack_from("I", info, _TCP_INFO_LAST_DATA_RECV)[0]
+    return ms / 1000

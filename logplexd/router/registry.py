@@ -41,13 +41,29 @@ class Channel:
     """
 
     __slots__ = (
-        "name", "ring", "tokens", "pumped", "pump", "pump_wake", "_appended", "_deep", "_deep_at"
+        "name",
+        "ring",
+        "tokens",
+        "overflow",
+        "pumped",
+        "pump",
+        "pump_wake",
+        "_appended",
+        "_deep",
+        "_deep_at",
+        "held",
+        "_holders",
+        "_released",
+        "_pending_holds",
     )
 
     def __init__(self, name: str, ring: ChannelRing) -> None:
         self.name = name
         self.ring = ring
         self.tokens: set[str] = set()
+        # The stored channel's overflow mode ("pushback" or "drop", set by ``sync``); None:
+        # the daemon's ``drain_overflow``. Its consumers read it; the router does not.
+        self.overflow: str | None = None
         # Created by the first waiter only: most channels never have a tail or a drain.
         self._appended: trio.Event | None = None
         # Waiters that only care once the ring's head reaches _deep_at (lingering drains).
@@ -60,6 +76,14 @@ class Channel:
         self.pumped: list[Any] | None = None
         self.pump: ChannelConsumer | None = None
         self.pump_wake = NEVER
+        # Consumers that would take this channel's messages faster than they are written to
+        # them (the router is the bottleneck, not they): while any holds the channel, inputs
+        # that feed it wait instead of letting the ring lap them (see ``hold``).
+        self.held = False
+        self._holders: set[object] | None = None
+        self._released: trio.Event | None = None
+        # Holds that take effect once the head reaches a mark (``hold_from``).
+        self._pending_holds: dict[object, int] | None = None
         ring.wake_at = NEVER
 
     def notify(self) -> None:
@@ -71,16 +95,78 @@ class Channel:
             deep.set()
         if self.pump is not None:
             self.pump.mark(self)
+        pending = self._pending_holds
+        if pending is not None:
+            head = self.ring.head
+            for holder, at in list(pending.items()):
+                if head >= at:
+                    del pending[holder]
+                    self.hold(holder)
+            if not pending:
+                self._pending_holds = None
         self.rearm()
 
     def rearm(self) -> None:
         """Set the ring's ``wake_at`` to what the remaining waiters need."""
-        wake_at = NEVER if self._appended is None else 0
+        # A held channel is reported on every append: the inputs that fed it must learn it.
+        wake_at = NEVER if self._appended is None and self._holders is None else 0
         if self._deep is not None:
             wake_at = min(wake_at, self._deep_at)
         if self.pump is not None:
             wake_at = min(wake_at, self.pump_wake)
+        if self._pending_holds is not None:
+            wake_at = min(wake_at, *self._pending_holds.values())
         self.ring.wake_at = wake_at
+
+    # -- pushback ------------------------------------------------------------------------
+    def hold(self, consumer: object) -> None:
+        """``consumer`` is behind but takes what it is given: inputs feeding this channel
+        should stop reading (TCP flow control reaches the producer) until it ``release``s.
+
+        Only a consumer that would take more (its last write was taken whole) may hold; one
+        that refuses data is slow, and is lapped by the ring and told with an L10 instead.
+        """
+        if self._holders is None:
+            self._holders = set()
+            self.held = True
+        self._holders.add(consumer)
+        self.ring.wake_at = 0
+
+    def hold_from(self, consumer: object, head: int) -> None:
+        """``hold(consumer)`` once the ring's head reaches ``head`` (at once if it has): for
+        a consumer about to take data (a drain connecting) that costs nothing unless a
+        flood arrives meanwhile. ``release`` cancels it."""
+        if self.ring.head >= head:
+            self.hold(consumer)
+            return
+        if self._pending_holds is None:
+            self._pending_holds = {}
+        self._pending_holds[consumer] = head
+        self.ring.wake_at = min(self.ring.wake_at, head)
+
+    def release(self, consumer: object) -> None:
+        pending = self._pending_holds
+        if pending is not None and pending.pop(consumer, None) is not None and not pending:
+            self._pending_holds = None
+            self.rearm()
+        holders = self._holders
+        if holders is None or consumer not in holders:
+            return
+        holders.discard(consumer)
+        if not holders:
+            self._holders = None
+            self.held = False
+            released, self._released = self._released, None
+            if released is not None:
+                released.set()
+            self.rearm()
+
+    async def wait_released(self) -> None:
+        """Return once no consumer holds this channel (at once when none does)."""
+        while self._holders is not None:
+            if self._released is None:
+                self._released = trio.Event()
+            await self._released.wait()
 
     async def wait_head(self, target: int) -> None:
         """Return once the ring's head is at least ``target`` (woken no earlier)."""
@@ -103,6 +189,8 @@ class Channel:
 class RouteCounts:
     routed: int = 0
     unknown_token: int = 0
+    # Channels this batch fed that a consumer holds: the input should wait for them.
+    held: tuple[Channel, ...] = ()
 
 
 class Registry:
@@ -178,10 +266,10 @@ class Registry:
     def route(self, batch: object) -> RouteCounts:
         """Route every frame of ``batch`` by the token in its APP-NAME."""
         routed, unknown, touched = dispatch(batch, self.table)
-        self._wake(touched)
+        held = self._wake(touched)
         self.totals.routed += routed
         self.totals.unknown_token += unknown
-        return RouteCounts(routed, unknown)
+        return RouteCounts(routed, unknown, held)
 
     def route_to(self, batch: object, channel: Channel) -> int:
         """Token auth: every frame goes to ``channel``; sibling tokens are renamed."""
@@ -192,8 +280,14 @@ class Registry:
         return routed
 
     @staticmethod
-    def _wake(rings: list[ChannelRing]) -> None:
+    def _wake(rings: list[ChannelRing]) -> tuple[Channel, ...]:
+        held: list[Channel] | None = None
         for ring in rings:
             channel = ring.owner
             if channel is not None:
                 channel.notify()
+                if channel.held:
+                    if held is None:
+                        held = []
+                    held.append(channel)
+        return () if held is None else tuple(held)

@@ -7,18 +7,23 @@ from typing import Protocol
 
 from ..store import (
     ChannelAdded,
+    ChannelRecord,
     ChannelRemoved,
+    ChannelUpdated,
     Store,
     StoreEvent,
     TokenAdded,
     TokenRemoved,
 )
+from .registry import Channel
 
 
 class RegistryLike(Protocol):
     """The part of ``logplexd.router.registry.Registry`` the store drives."""
 
-    def ensure_channel(self, name: str) -> object: ...
+    # The live channel, whose stored settings (``overflow``) are carried onto it; a
+    # registry that keeps no ``Channel`` objects returns None.
+    def ensure_channel(self, name: str) -> Channel | None: ...
 
     def drop_channel(self, name: str) -> object: ...
 
@@ -27,9 +32,16 @@ class RegistryLike(Protocol):
     def remove_token(self, token: str) -> None: ...
 
 
+def _put_channel(registry: RegistryLike, record: ChannelRecord) -> None:
+    """Make the live channel of ``record`` and carry its stored settings onto it."""
+    live = registry.ensure_channel(record.name)
+    if live is not None:
+        live.overflow = record.overflow
+
+
 def load_registry(store: Store, registry: RegistryLike) -> None:
     for channel in store.channels():
-        registry.ensure_channel(channel.name)
+        _put_channel(registry, channel)
     for token in store.tokens():
         registry.add_token(token.channel, token.id, token.name)
 
@@ -39,8 +51,8 @@ def attach_registry(store: Store, registry: RegistryLike) -> Callable[[], None]:
     load_registry(store, registry)
 
     def follow(event: StoreEvent) -> None:
-        if isinstance(event, ChannelAdded):
-            registry.ensure_channel(event.channel.name)
+        if isinstance(event, (ChannelAdded, ChannelUpdated)):
+            _put_channel(registry, event.channel)
         elif isinstance(event, ChannelRemoved):
             registry.drop_channel(event.channel)
         elif isinstance(event, TokenAdded):

@@ -16,15 +16,24 @@ from . import embedded
 from ._redis_client import DEFAULT_PREFIX, RedisTarget, channel_key, open_redis, parse_redis_url
 from ._redis_client import Client as RedisClient
 from .base import ChannelPut, Store, Subscriber
-from .drain_url import DrainKind, DrainTarget, InvalidDrainUrl, parse_drain_url, redact_url
+from .drain_url import (
+    DrainKind,
+    DrainTarget,
+    InvalidDrainUrl,
+    parse_drain_url,
+    redact_url,
+    syslog_url,
+)
 from .embedded import EmbeddedStore
 from .model import (
+    OVERFLOW_MODES,
     SESSION_TTL_SECONDS,
     ChannelAdded,
     ChannelExists,
     ChannelNotFound,
     ChannelRecord,
     ChannelRemoved,
+    ChannelUpdated,
     CredentialExists,
     CredentialRecord,
     DrainAdded,
@@ -78,6 +87,7 @@ def open_store(data_dir: str, url: str | None = None, **options: Any) -> Embedde
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "OVERFLOW_MODES",
     "SESSION_TTL_SECONDS",
     "Account",
     "App",
@@ -87,6 +97,7 @@ __all__ = [
     "ChannelPut",
     "ChannelRecord",
     "ChannelRemoved",
+    "ChannelUpdated",
     "CredentialExists",
     "CredentialRecord",
     "DrainAdded",
@@ -123,5 +134,6 @@ __all__ = [
     "parse_drain_url",
     "parse_redis_url",
     "redact_url",
+    "syslog_url",
     "utc_timestamp",
 ]

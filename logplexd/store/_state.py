@@ -10,12 +10,15 @@ derives from them, so that both backends publish the same events for the same ch
 
 Operations (journal records and Redis change entries hold them, so their form is fixed)::
 
-    ["C", name, label, flags]          ["c", name]         a channel (``c`` drops its children)
+    ["C", name, label, flags(, overflow)]  ["c", name]     a channel (``c`` drops its children)
     ["T", id, channel, name]           ["t", id]           a token
     ["D", id, channel, token, url]     ["d", id]           a drain (url None: a reservation)
     ["K", id, hash, permissions, name] ["k", id]           a credential
     ["S", id, body, expires_at]        ["s", id]           a session
     ["N", counter, value]                                  raise an id counter to ``value``
+
+A channel's overflow mode is a fifth element only when set, so a channel without one is
+written exactly as before the field existed, and records without it read as None.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .model import (
     ChannelAdded,
     ChannelRecord,
     ChannelRemoved,
+    ChannelUpdated,
     CredentialRecord,
     DrainAdded,
     DrainRecord,
@@ -52,6 +56,18 @@ Plan: TypeAlias = Callable[[], tuple[list[Op], Callable[[], T]]]
 _by_id = attrgetter("id")
 
 
+def channel_op(channel: ChannelRecord) -> Op:
+    """The operation that stores ``channel`` (creates it, or sets its own fields)."""
+    op: Op = ["C", channel.name, channel.label, list(channel.flags)]
+    if channel.overflow is not None:
+        op.append(channel.overflow)
+    return op
+
+
+def _channel_of(op: Op) -> ChannelRecord:
+    return ChannelRecord(op[1], op[2], tuple(op[3]), op[4] if len(op) > 4 else None)
+
+
 class State:
     """The whole store in memory, changed only through ``apply``."""
 
@@ -74,7 +90,7 @@ class State:
     def apply(self, op: Op, now: float) -> None:
         code = op[0]
         if code == "C":
-            self.channels[op[1]] = ChannelRecord(op[1], op[2], tuple(op[3]))
+            self.channels[op[1]] = _channel_of(op)
         elif code == "c":
             self.channels.pop(op[1], None)
             self.tokens_by_channel.pop(op[1], None)
@@ -104,8 +120,13 @@ class State:
     def event_of(self, op: Op) -> StoreEvent | None:
         """The event an operation causes, judged on the state before it is applied."""
         code = op[0]
-        if code == "C" and op[1] not in self.channels:
-            return ChannelAdded(ChannelRecord(op[1], op[2], tuple(op[3])))
+        if code == "C":
+            channel = _channel_of(op)
+            previous_channel = self.channels.get(op[1])
+            if previous_channel is None:
+                return ChannelAdded(channel)
+            if previous_channel != channel:
+                return ChannelUpdated(channel, previous_channel)
         if code == "c" and op[1] in self.channels:
             return ChannelRemoved(op[1])
         if code == "T" and op[1] not in self.tokens:
@@ -176,8 +197,11 @@ def difference(old: State, new: State) -> list[StoreEvent]:
         if token.channel in new.channels and token_id not in new.tokens:
             events.append(TokenRemoved(token))
     for name, channel in new.channels.items():
-        if name not in old.channels:
+        previous_channel = old.channels.get(name)
+        if previous_channel is None:
             events.append(ChannelAdded(channel))
+        elif previous_channel != channel:
+            events.append(ChannelUpdated(channel, previous_channel))
     for token_id, token in new.tokens.items():
         if token_id not in old.tokens:
             events.append(TokenAdded(token))

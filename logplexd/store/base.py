@@ -15,14 +15,15 @@ import abc
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
 
-from ._state import CHANNEL_COUNTER, DRAIN_COUNTER, Op, Plan, State, T
+from ._state import CHANNEL_COUNTER, DRAIN_COUNTER, Op, Plan, State, T, channel_op
 from .drain_url import parse_drain_url
 from .model import (
+    OVERFLOW_MODES,
     SESSION_TTL_SECONDS,
     ChannelExists,
     ChannelNotFound,
@@ -174,15 +175,21 @@ class Store(abc.ABC):
                 raise ChannelExists(chosen)
             channel = ChannelRecord(chosen, label)
             tokens = [TokenRecord(new_token_id(), chosen, t) for t in token_names]
-            ops.append(["C", chosen, label, []])
+            ops.append(channel_op(channel))
             ops.extend(["T", t.id, t.channel, t.name] for t in tokens)
             return ops, lambda: (channel, tokens)
 
         return await self._write(plan)
 
-    async def put_channel(self, name: str, token_names: Sequence[str]) -> ChannelPut:
+    async def put_channel(
+        self, name: str, token_names: Sequence[str], *, overflow: str | None = None
+    ) -> ChannelPut:
         """Create or update: afterwards the channel's token names are exactly ``token_names``
-        (duplicates folded); tokens whose name stays keep their ids."""
+        (duplicates folded); tokens whose name stays keep their ids. Its overflow mode is
+        ``overflow`` (one of OVERFLOW_MODES; None: the daemon's default); label and flags
+        stay. Raises ValueError for another mode."""
+        if overflow is not None and overflow not in OVERFLOW_MODES:
+            raise ValueError(f"unknown overflow mode {overflow!r}")
         wanted = list(dict.fromkeys(token_names))
 
         def plan() -> tuple[list[Op], Callable[[], ChannelPut]]:
@@ -190,8 +197,11 @@ class Store(abc.ABC):
             created = channel is None
             ops: list[Op] = []
             if channel is None:
-                channel = ChannelRecord(name)
-                ops.append(["C", name, None, []])
+                channel = ChannelRecord(name, overflow=overflow)
+                ops.append(channel_op(channel))
+            elif channel.overflow != overflow:
+                channel = replace(channel, overflow=overflow)
+                ops.append(channel_op(channel))
             existing = self.tokens_of(name)
             ops.extend(["t", token.id] for token in existing if token.name not in wanted)
             present = {token.name for token in existing}

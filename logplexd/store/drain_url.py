@@ -11,6 +11,8 @@ and the drains deliver to the ``DrainTarget`` it returns.
 from __future__ import annotations
 
 import base64
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import SplitResult, quote, unquote, urlsplit
@@ -132,6 +134,54 @@ def parse_drain_url(url: str) -> DrainTarget:
         redacted=_redacted(url, parts),
         undeliverable=undeliverable,
     )
+
+
+# A DNS name (RFC 1123 labels; "_" too, as DNS itself allows), after IDNA for a non-ASCII one.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def _is_hostname(host: str) -> bool:
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        return False
+    # All digits and dots is an IPv4 address or nothing (never a name to resolve).
+    return not all(label.isdigit() for label in labels) or _is_ipv4(name)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def syslog_url(host: str, port: int) -> str:
+    """The ``syslog://`` URL of the v2 ``{"host", "port"}`` form of a drain.
+
+    ``host`` must be a hostname or an IP literal (IPv6 with or without brackets); anything
+    else (``"127.0.0.1:59569/"``, ``"h/x"``, a userinfo) raises ``InvalidDrainUrl`` rather
+    than becoming part of a URL that means another host or port. The URL still goes through
+    ``parse_drain_url`` (the port's range is checked there).
+    """
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(literal)
+    except ValueError:
+        if not _is_hostname(host):
+            raise InvalidDrainUrl("host is not a hostname or an IP address") from None
+        return f"syslog://{host}:{port}"
+    if address.version == 6:
+        if "%" in literal:  # a zone is local to this machine's interfaces
+            raise InvalidDrainUrl("host is not a hostname or an IP address")
+        return f"syslog://[{address.compressed}]:{port}"
+    return f"syslog://{address.compressed}:{port}"
 
 
 def _key(kind: DrainKind, host: str, port: int, parts: SplitResult) -> str:

@@ -163,13 +163,22 @@ def write_all(fd: int, data: bytes) -> None:
 # -- snapshot encoding -----------------------------------------------------------------------
 # A snapshot payload is a stream of msgpack objects: the counters, then for each section its
 # name and row count followed by the rows one by one. Loading it row by row keeps the decoded
-# form of the whole snapshot from ever being in memory at once.
+# form of the whole snapshot from ever being in memory at once. A channel row is
+# [name, label, flags], with its overflow mode appended only when one is set (so snapshots
+# written before the field existed load unchanged).
+
+
+def _channel_row(channel: ChannelRecord) -> list[Any]:
+    row: list[Any] = [channel.name, channel.label, list(channel.flags)]
+    if channel.overflow is not None:
+        row.append(channel.overflow)
+    return row
 
 
 def encode_snapshot(state: State) -> bytes:
     packer = msgpack.Packer(use_bin_type=True)
     sections: list[tuple[str, list[list[Any]]]] = [
-        ("channels", [[c.name, c.label, list(c.flags)] for c in state.channels.values()]),
+        ("channels", [_channel_row(c) for c in state.channels.values()]),
         ("tokens", [[t.id, t.channel, t.name] for t in state.tokens.values()]),
         ("drains", [[d.id, d.channel, d.token, d.url] for d in state.drains.values()]),
         (
@@ -200,7 +209,8 @@ def load_snapshot(state: State, payload: bytes, now: float) -> None:
         for _ in range(count):
             row = next(unpacker)
             if name == "channels":
-                channels[row[0]] = ChannelRecord(row[0], row[1], tuple(row[2]))
+                overflow = row[3] if len(row) > 3 else None
+                channels[row[0]] = ChannelRecord(row[0], row[1], tuple(row[2]), overflow)
             elif name == "tokens":
                 channel = channels[row[1]].name if row[1] in channels else row[1]
                 state.put_token(TokenRecord(row[0], channel, names.setdefault(row[2], row[2])))

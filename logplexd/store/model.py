@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 SESSION_TTL_SECONDS = 360.0
+# A channel's overflow modes (``ChannelRecord.overflow``), as the daemon's ``drain_overflow``:
+# "pushback" holds the inputs feeding the channel while a drain that takes every write whole
+# is behind (the router is the bottleneck); "drop" never does, the drain is lapped (L10).
+OVERFLOW_MODES = ("pushback", "drop")
 
 
 def new_token_id() -> str:
@@ -34,6 +38,9 @@ class ChannelRecord:
     label: str | None = None
     # Console-only flags of the original (``no_tail``, ``no_redis``), kept across updates.
     flags: tuple[str, ...] = ()
+    # One of OVERFLOW_MODES, set by the operator for this channel; None: the daemon's
+    # ``drain_overflow`` applies.
+    overflow: str | None = None
 
     @property
     def numeric_id(self) -> int | None:
@@ -80,6 +87,14 @@ class ChannelAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelUpdated:
+    """A stored channel's own fields changed (its overflow mode); not its tokens or drains."""
+
+    channel: ChannelRecord
+    previous: ChannelRecord
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelRemoved:
     """Sent after the DrainRemoved and TokenRemoved events of the channel's children."""
 
@@ -119,6 +134,7 @@ class DrainRemoved:
 
 StoreEvent = (
     ChannelAdded
+    | ChannelUpdated
     | ChannelRemoved
     | TokenAdded
     | TokenRemoved

@@ -14,7 +14,7 @@ uses one ``{ch:<name>}`` tag per channel (``logplexd/cluster``). On Redis Cluste
 ``{cfg}`` slot; coredis follows MOVED/ASK when that slot moves, and after a lost connection
 (a failed master) a new client is built from the seed nodes (see ``maintain``)::
 
-    P:{cfg}:channels       hash  name     -> msgpack [label, flags]
+    P:{cfg}:channels       hash  name     -> msgpack [label, flags(, overflow mode if set)]
     P:{cfg}:tokens         hash  token id -> msgpack [channel, name, creation seq]
     P:{cfg}:drains         hash  drain id -> msgpack [channel, drain token, url or nil]
     P:{cfg}:creds          hash  cred id  -> msgpack [password hash, permissions, name]
@@ -275,7 +275,8 @@ class RedisStore(Store):
         for op in ops:
             code = op[0]
             if code == "C":
-                args += ["H", key("channels"), op[1], _pack([op[2], list(op[3])])]
+                # The overflow mode (op[4]) only when set: older records have none.
+                args += ["H", key("channels"), op[1], _pack([op[2], list(op[3]), *op[4:5]])]
             elif code == "c":
                 args += ["X", key("channels"), op[1], ""]
             elif code == "T":
@@ -353,9 +354,10 @@ class RedisStore(Store):
         # async step per field: 3.1 -> 2.9 s for 100,000 channels, bench_nodes store load).
         async for page in _hash_pages(client, self._keys["channels"]):
             for field, value in page.items():
-                label, flags = _unpack(value)
+                label, flags, *rest = _unpack(value)
                 name = field.decode()
-                state.channels[name] = ChannelRecord(name, label, tuple(flags))
+                overflow = rest[0] if rest else None
+                state.channels[name] = ChannelRecord(name, label, tuple(flags), overflow)
         async for page in _hash_pages(client, self._keys["tokens"]):
             for field, value in page.items():
                 channel, name, seq = _unpack(value)

@@ -20,9 +20,9 @@ from .credentials import (
     parse_authorization,
     verify_password,
 )
-from .messages import JSON_TYPE, Handler, Request, Response
+from .messages import JSON_TYPE, Handler, InvalidJson, Request, Response, parse_json
 from .routing import AddRoute, Endpoint, Match, MethodNotAllowed, Params, RouteHandler, Router
-from .server import ConnectionCount, ServerLimits, serve_http
+from .server import ConnectionCount, ServerLimits, serve_http, serve_stream
 
 __all__ = [
     "AddRoute",
@@ -40,6 +40,7 @@ __all__ = [
     "Endpoint",
     "Handler",
     "InvalidAuthorization",
+    "InvalidJson",
     "Match",
     "MethodNotAllowed",
     "Params",
@@ -53,6 +54,8 @@ __all__ = [
     "hash_password",
     "key_matches",
     "parse_authorization",
+    "parse_json",
     "serve_http",
+    "serve_stream",
     "verify_password",
 ]

@@ -4,14 +4,18 @@ What it guards against, so that no client can stop the daemon or starve other cl
 - a bounded number of open connections (beyond it, new connections wait in the backlog);
 - a deadline for the request head (slowloris), for the body, for each send, and for an idle
   keep-alive connection;
-- bounded head size (431) and body size (413, checked against Content-Length before reading);
-- malformed HTTP: 400 and the connection closes.
+- bounded head size (431) and body size (413, checked against Content-Length before reading,
+  and against the size each chunk header of a chunked body declares as soon as it arrives);
+- malformed HTTP: 400 and the connection closes; so does a request with both Content-Length
+  and Transfer-Encoding (RFC 9112 6.1: a proxy framing it by Content-Length would see a
+  different request boundary than we do, i.e. request smuggling), even when it is pipelined.
 Every response carries a fresh ``Request-Id``; the handler sees the same id on the request.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -82,16 +86,21 @@ _date = _DateHeader()
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream, handler: Handler, limits: ServerLimits) -> None:
+    def __init__(
+        self, stream: trio.abc.HalfCloseableStream, handler: Handler, limits: ServerLimits
+    ) -> None:
         self.stream = stream
         self.handler = handler
         self.limits = limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-        try:
-            peer = stream.socket.getpeername()
-            self.client: tuple[str, int] | None = (peer[0], peer[1])
-        except OSError:
-            self.client = None
+        self.client: tuple[str, int] | None = None
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            try:
+                peer = sock.getpeername()
+                self.client = (peer[0], peer[1])
+            except OSError:
+                pass
 
     # -- the request/response loop -------------------------------------------------------------
     async def run(self) -> None:
@@ -122,11 +131,17 @@ class _Connection:
                 # measured here.
                 await self._send_error(431, "Request header too large", request_id)
                 return False
+            chunked = _has_header(head, b"transfer-encoding")
+            if chunked and _has_header(head, b"content-length"):
+                await self._send_error(
+                    400, "Malformed HTTP request: Content-Length with Transfer-Encoding", request_id
+                )
+                return False
             declared = _content_length(head)
             if declared is not None and declared > self.limits.max_body:
                 await self._send_error(413, "Request body too large", request_id)
                 return False
-            body = await self._read_body()
+            body = await self._read_body(chunked)
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
             message = "Request header too large" if status == 431 else "Malformed HTTP request"
@@ -169,7 +184,8 @@ class _Connection:
     async def _receive(self, deadline: float) -> bytes:
         with trio.move_on_at(deadline):
             try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
+                # bytes() is the same object for a socket's bytes; a memory stream's copied
+                data = bytes(await self.stream.receive_some(RECEIVE_BYTES))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             self.h11.receive_data(data)
@@ -199,8 +215,13 @@ class _Connection:
                 started = True
                 deadline = min(deadline, trio.current_time() + self.limits.header_timeout)
 
-    async def _read_body(self) -> bytes:
+    async def _read_body(self, chunked: bool) -> bytes:
         deadline = trio.current_time() + self.limits.body_timeout
+        # h11 keeps the size a chunk header declares to itself: follow the chunk headers in
+        # the raw bytes too, so a chunk announcing more than the limit is refused at once.
+        sizes = _ChunkSizes(self.limits.max_body) if chunked else None
+        if sizes is not None:
+            sizes.feed(self.h11.trailing_data[0])
         if self.h11.they_are_waiting_for_100_continue:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         chunks: list[bytes] = []
@@ -215,7 +236,9 @@ class _Connection:
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(chunks)
             elif event is h11.NEED_DATA:
-                await self._receive(deadline)
+                data = await self._receive(deadline)
+                if sizes is not None:
+                    sizes.feed(data)
             elif isinstance(event, h11.ConnectionClosed):
                 raise _CloseConnection
             else:
@@ -297,7 +320,7 @@ class _Connection:
                         client_gone = True
                         nursery.cancel_scope.cancel()
                         return
-                    self.h11.receive_data(data)
+                    self.h11.receive_data(bytes(data))
                 await trio.sleep_forever()
 
             nursery.start_soon(watch_for_close)
@@ -375,6 +398,69 @@ def _content_length(head: h11.Request) -> int | None:
         if name == b"content-length":
             return int(value)
     return None
+
+
+def _has_header(head: h11.Request, wanted: bytes) -> bool:
+    return any(name == wanted for name, _ in head.headers)
+
+
+# A chunk header as h11 reads it (at most 20 hex digits; a longer one is h11's 400).
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?![0-9A-Fa-f])")
+# Longer chunk-header lines are h11's to refuse (431 beyond max_header_bytes).
+_MAX_CHUNK_LINE = 64 * 1024
+
+
+class _ChunkSizes:
+    """Adds up the sizes the chunk headers of a chunked body declare, from the raw bytes
+    as they arrive, and raises ``_BodyTooLarge`` once the total exceeds ``limit``.
+
+    It only follows the framing h11 parses; anything malformed ends the scan and is left to
+    h11, which refuses it. It stops at the last chunk, so a pipelined request is not read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.declared = 0
+        self._skip = 0  # bytes of chunk data (and its CRLF) still to pass over
+        self._line = bytearray()
+        self._done = False
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not self._done:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > _MAX_CHUNK_LINE:
+                    self._done = True
+                return
+            self._line += data[pos:newline]
+            pos = newline + 1
+            match = _CHUNK_SIZE.match(bytes(self._line))
+            self._line.clear()
+            size = int(match.group(1), 16) if match else 0
+            if size == 0:  # the last chunk (trailers follow), or not a chunk header
+                self._done = True
+                return
+            self.declared += size
+            if self.declared > self.limit:
+                raise _BodyTooLarge
+            self._skip = size + 2
+
+
+async def serve_stream(
+    stream: trio.abc.HalfCloseableStream, handler: Handler, limits: ServerLimits | None = None
+) -> None:
+    """Serve the requests of one connection on ``stream`` until it ends, then close it.
+
+    ``serve_http`` does this for each accepted socket; any half-closeable stream will do
+    (the HTTP fuzz harness drives it over an in-memory stream)."""
+    await _Connection(stream, handler, limits or ServerLimits()).run()
 
 
 @dataclass(slots=True)

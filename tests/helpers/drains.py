@@ -88,6 +88,7 @@ class SyslogSink(_Notifier):
         self.handshake_failures = 0
         self.port = 0
         self._streams: list[trio.abc.Stream] = []
+        self._resumed = trio.Event()
 
     async def serve(self, port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
@@ -113,13 +114,18 @@ class SyslogSink(_Notifier):
         self.connections += 1
         self.notify()
         if not self.read:
-            await trio.sleep_forever()
+            await self._resumed.wait()
         try:
             while chunk := await stream.receive_some(65536):
                 self.data += chunk
                 self.notify()
         except trio.BrokenResourceError:
             pass
+
+    def resume(self) -> None:
+        """A sink made with ``read=False`` starts reading (the receiver came back)."""
+        self.read = True
+        self._resumed.set()
 
     def frames(self) -> list[bytes]:
         """The received octet-counted frames, checking the framing on the way."""

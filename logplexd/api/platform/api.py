@@ -60,10 +60,12 @@ from ...web import (
     BasicPassword,
     BasicToken,
     BearerToken,
+    InvalidJson,
     Request,
     Response,
     key_matches,
     parse_authorization,
+    parse_json,
 )
 from ..control import ApiConfig
 from .conventions import (
@@ -136,8 +138,8 @@ class Call:
         if not raw.strip():
             return {}
         try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            value = parse_json(raw)
+        except InvalidJson:
             raise ApiError(400, "bad_request", "Request body is not valid JSON.") from None
         if not isinstance(value, dict):
             raise ApiError(422, "invalid_params", "Request body must be a JSON object.")

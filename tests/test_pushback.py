@@ -1,0 +1,264 @@
+"""Delivery under load (issue 18): a consumer that would take more holds its channel's
+inputs instead of being lapped; one that refuses data is lapped and told (L10).
+
+Router level (``Channel.hold``, ``Registry.route``), the ``POST /logs`` core under a held
+channel (MockClock), and real sockets end to end: producers -> ``SyslogInput`` ->
+``DrainManager`` -> TCP receivers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import trio
+import trio.testing
+
+from logplexd.drains import DrainSettings
+from logplexd.ingest import LogsIngest, SyslogInput
+from logplexd.native import parse_body
+from logplexd.router import Registry
+from tests.helpers.drains import SyslogSink, append, message, start_manager, stats_of
+from tests.helpers.http import basic_auth
+from tests.helpers.syslog import frame
+
+# The daemon's default ring (channel_buffer_messages / channel_buffer_bytes).
+RING = {"buffer_messages": 16384, "buffer_bytes": 16 * 1024 * 1024}
+FLOOD = "t.0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+QUIET = "t.1a2b3c4d-5e6f-4071-8293-a4b5c6d7e8f9"
+L10 = re.compile(rb"Error L10 \(output buffer overflow\): (\d+) messages dropped")
+TEXT = re.compile(rb"p(\d+)-(\d+)\n$")
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+def test_hold_is_reported_by_route_until_every_holder_releases() -> None:
+    registry = Registry()
+    registry.add_token("a", FLOOD, "app")
+    registry.add_token("b", QUIET, "app")
+    a, b = registry.channel("a"), registry.channel("b")
+    assert a is not None and b is not None
+    batch = [frame(FLOOD, "one"), frame(QUIET, "two")]
+    assert registry.route(parse_body(b"".join(batch), 10240)).held == ()
+    first, second = object(), object()
+    a.hold(first)
+    a.hold(second)
+    # Every append to a held channel is reported, whatever its readers' wake_at.
+    assert registry.route(parse_body(b"".join(batch), 10240)).held == (a,)
+    assert registry.route(parse_body(frame(QUIET, "b only"), 10240)).held == ()
+    a.release(first)
+    assert a.held
+    a.release(object())  # not a holder: nothing changes
+    assert a.held
+    a.release(second)
+    assert not a.held
+    assert registry.route(parse_body(b"".join(batch), 10240)).held == ()
+
+
+async def test_wait_released_returns_when_the_last_holder_releases() -> None:
+    registry = Registry()
+    channel = registry.ensure_channel("a")
+    await channel.wait_released()  # not held: at once
+    holder = object()
+    channel.hold(holder)
+    done = trio.Event()
+
+    async def waiter() -> None:
+        await channel.wait_released()
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()
+        channel.release(holder)
+    assert done.is_set()
+
+
+# -- POST /logs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def autojump() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def _post(ingest: LogsIngest, body: bytes):
+    headers = {"content-type": "application/logplex-1", "authorization": basic_auth("token", FLOOD)}
+    return await ingest.handle("POST", headers, body)
+
+
+async def test_logs_for_a_held_channel_get_503_with_retry_after_and_nothing_routed(
+    autojump: trio.testing.MockClock,
+) -> None:
+    registry = Registry()
+    registry.add_token("a", FLOOD, "app")
+    channel = registry.channel("a")
+    assert channel is not None
+    ingest = LogsIngest(registry, hold_timeout=2.0)
+    channel.hold(object())
+    started = trio.current_time()
+    response = await _post(ingest, frame(FLOOD, "later"))
+    assert response.status == 503
+    assert ("retry-after", "2") in response.headers
+    assert trio.current_time() - started == pytest.approx(2.0)
+    assert channel.ring.head == 0  # nothing routed: the client sends it again
+    assert ingest.stats.pushed_back == 1
+
+
+async def test_logs_for_a_held_channel_wait_and_get_204_once_released(
+    autojump: trio.testing.MockClock,
+) -> None:
+    registry = Registry()
+    registry.add_token("a", FLOOD, "app")
+    channel = registry.channel("a")
+    assert channel is not None
+    ingest = LogsIngest(registry, hold_timeout=5.0)
+    holder = object()
+    channel.hold(holder)
+
+    async def release_later() -> None:
+        await trio.sleep(1.0)
+        channel.release(holder)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release_later)
+        response = await _post(ingest, frame(FLOOD, "waited"))
+    assert response.status == 204
+    assert trio.current_time() == pytest.approx(1.0)
+    assert channel.ring.head == 1
+
+
+# -- real sockets ----------------------------------------------------------------------------
+
+
+def _producer_data(conn: int, count: int, token: str = FLOOD) -> bytes:
+    return b"".join(frame(token, f"p{conn}-{i}\n") for i in range(count))
+
+
+async def _produce(port: int, data: bytes) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(data)
+    await stream.aclose()
+
+
+class _Count:
+    """Counts the producers' messages a sink received, without rescanning what it counted."""
+
+    PATTERN = b"- - p"  # where a producer's text starts (no L10 has it)
+
+    def __init__(self, sink: SyslogSink) -> None:
+        self.sink, self.seen, self.offset = sink, 0, 0
+
+    def __call__(self) -> int:
+        data = self.sink.data
+        # A match that started before the last end was not counted: it ended after it.
+        self.seen += data.count(self.PATTERN, max(0, self.offset - len(self.PATTERN) + 1))
+        self.offset = len(data)
+        return self.seen
+
+
+def _announced(sink: SyslogSink) -> int:
+    return sum(int(m.group(1)) for m in L10.finditer(bytes(sink.data)))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("overflow", ["pushback", "drop"])
+async def test_a_flood_of_8_connections_to_a_fast_receiver(overflow: str) -> None:
+    # Small drain writes make logplexd itself the bottleneck: the receiver reads at once.
+    conns, per_conn = 8, 20_000
+    registry = Registry(**RING)
+    registry.add_token("flood", FLOOD, "app")
+    sink = SyslogSink()
+    settings = DrainSettings(syslog_batch_bytes=16 * 1024, overflow=overflow)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve)
+        syslog = SyslogInput(registry)
+        port = await nursery.start(syslog.serve, "127.0.0.1", 0)
+        manager = await start_manager(nursery, registry, settings)
+        manager.add_drain("flood", 1, "d.flood", f"syslog://127.0.0.1:{sink.port}")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as producers:
+                for conn in range(conns):
+                    producers.start_soon(_produce, port, _producer_data(conn, per_conn))
+            count = _Count(sink)
+            total = conns * per_conn
+            await sink.wait_for(
+                lambda: count() + stats_of(manager, 1).lost >= total
+                and stats_of(manager, 1).pending_loss == 0
+                and _announced(sink) == stats_of(manager, 1).lost,
+                timeout=60,
+            )
+        nursery.cancel_scope.cancel()
+    stats = stats_of(manager, 1)
+    frames = sink.frames()
+    if overflow == "drop":
+        # The control: the same flood without pushback is lapped (and told so).
+        assert stats.lost > 0
+        assert len(frames) - _announced_frames(frames) + stats.lost == total
+        assert syslog.stats.pushbacks == 0
+        return
+    assert syslog.stats.pushbacks > 0  # the router was behind, and the inputs waited
+    assert stats.lost == 0 and stats.dropped == 0
+    assert not any(L10.search(f) for f in frames)
+    seen: dict[int, list[int]] = {conn: [] for conn in range(conns)}
+    for f in frames:
+        m = TEXT.search(f)
+        assert m is not None, f
+        seen[int(m.group(1))].append(int(m.group(2)))
+    # Every message once, each connection's in the order it was sent.
+    assert seen == {conn: list(range(per_conn)) for conn in range(conns)}
+
+
+@pytest.mark.integration
+async def test_a_receiver_that_stops_reading_is_lapped_and_holds_no_producer() -> None:
+    stalled_count, quiet_count = 150_000, 2_000
+    registry = Registry(**RING)
+    registry.add_token("stalled", FLOOD, "app")
+    registry.add_token("quiet", QUIET, "app")
+    stalled, healthy = SyslogSink(read=False), SyslogSink()
+    settings = DrainSettings(slow_write_after=0.2, syslog_send_timeout=60.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stalled.serve)
+        await nursery.start(healthy.serve)
+        syslog = SyslogInput(registry)
+        port = await nursery.start(syslog.serve, "127.0.0.1", 0)
+        manager = await start_manager(nursery, registry, settings)
+        manager.add_drain("stalled", 1, "d.stalled", f"syslog://127.0.0.1:{stalled.port}")
+        manager.add_drain("quiet", 2, "d.quiet", f"syslog://127.0.0.1:{healthy.port}")
+        # Its own channel's producer and another channel's producer both get through.
+        with trio.fail_after(30):
+            async with trio.open_nursery() as producers:
+                producers.start_soon(_produce, port, _producer_data(0, stalled_count))
+                producers.start_soon(_produce, port, _producer_data(1, quiet_count, QUIET))
+            count = _Count(healthy)
+            await healthy.wait_for(lambda: count() >= quiet_count)
+        assert stats_of(manager, 1).lost > 0  # lapped while its receiver did not read
+        stalled.resume()
+        arrived = _Count(stalled)
+        await stalled.wait_for(
+            lambda: arrived() + _announced(stalled) >= stalled_count, timeout=30
+        )
+        nursery.cancel_scope.cancel()
+    frames = stalled.frames()
+    announced = sum(int(m.group(1)) for f in frames if (m := L10.search(f)))
+    got = [int(m.group(2)) for f in frames if (m := TEXT.search(f))]
+    # Exact: what arrived plus what the L10s announced is everything sent, each once.
+    assert len(got) + announced == stalled_count
+    assert got == sorted(set(got))
+    assert stats_of(manager, 1).lost == announced
+    assert len(healthy.frames()) == quiet_count
+
+
+def _announced_frames(frames: list[bytes]) -> int:
+    return sum(1 for f in frames if L10.search(f))
+
+
+def test_append_helper_still_wakes_readers() -> None:
+    # The router's hold must not stop what routing always did for readers.
+    registry = Registry()
+    channel = registry.ensure_channel("a")
+    channel.hold(object())
+    append(channel, [message(1)])
+    assert channel.ring.head == 1
