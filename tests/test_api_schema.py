@@ -45,7 +45,7 @@ CHECKS = [
     response_headers_conformance,
     unsupported_method,
 ]
-# Per operation: 21 operations x 25 stays well under the 40 s budget. A deeper local run:
+# Per operation: 22 operations x 25 stays well under the 40 s budget. A deeper local run:
 # LOGPLEXD_TEST_SCHEMA_EXAMPLES=500 python -m pytest tests/test_api_schema.py
 MAX_EXAMPLES = int(os.environ.get("LOGPLEXD_TEST_SCHEMA_EXAMPLES", "25"))
 
@@ -189,6 +189,9 @@ def test_api_conforms_to_openapi(
     objects: Objects,
 ) -> None:
     base_url, auth = live
+    if existing and case.path == "/v3/channels/{channel}/drains/status":
+        # A drain to report on (its receiver's name does not resolve: a last error too).
+        objects.bind({"channel": "", "drain_id": ""})
     if existing and case.path_parameters:
         case.path_parameters = objects.bind(case.path_parameters)
     if existing and isinstance(case.body, dict) and "channel_id" in case.body:

@@ -11,7 +11,13 @@ import pytest
 import trio
 
 from logplexd import cli
-from logplexd.cli.client import colour_line, syslog_frame
+from logplexd.cli.client import (
+    colour_line,
+    human_age,
+    human_bytes,
+    status_table,
+    syslog_frame,
+)
 from logplexd.daemon import Daemon
 from tests.helpers.daemon import KEY, settings_for
 from tests.helpers.wait import wait_until
@@ -145,6 +151,94 @@ async def test_tail_follow_streams_until_the_tail_ends(
         assert result == [0]
         assert out.rstrip().endswith("app[web.1]: live line")
         nursery.cancel_scope.cancel()
+
+
+async def test_drains_status_table_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = Daemon(settings_for(tmp_path))
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(daemon.serve)
+        monkeypatch.setenv("LOGPLEXD_URL", f"http://127.0.0.1:{ports.api}")
+        monkeypatch.setenv("LOGPLEX_AUTH_KEY", KEY)
+        code, out, _ = await run(capsys, "channels", "create", "app", "--token", "web")
+        token = json.loads(out)["tokens"]["web"]
+        code, out, _ = await run(capsys, "drains", "status", "app")
+        assert (code, out) == (0, "channel app has no drains\n")
+
+        # Nothing listens on port 1: the drain backs off and the two messages wait for it.
+        code, out, _ = await run(capsys, "drains", "add", "app", "syslog://u:hunter22@127.0.0.1:1/")
+        drain_id = json.loads(out)["id"]
+        lines = syslog_frame(token, "web.1", "one", host="h") + syslog_frame(
+            token, "web.1", "two", host="h"
+        )
+        daemon.syslog.ingest(_framer(), lines)
+
+        def backing_off() -> bool:
+            stats = daemon.drains.drain_stats(drain_id)
+            return stats is not None and stats.state == "backoff" and stats.buffered == 2
+
+        await wait_until(backing_off)
+        code, out, _ = await run(capsys, "drains", "status", "app")
+        assert code == 0 and "hunter22" not in out
+        header, row, error = out.splitlines()
+        assert header.split() == [
+            "ID", "STATE", "BACKLOG", "BYTES", "OLDEST", "DELIVERED", "DROPPED", "RETRIED",
+            "LOST", "URL",
+        ]  # fmt: skip
+        cells = row.split()
+        assert cells[:3] == [str(drain_id), "backoff", "2"]
+        assert cells[3].endswith("B") and cells[4].endswith("s")
+        assert cells[5:] == ["0", "0", "0", "0", "syslog://***@127.0.0.1:1/"]
+        assert error.startswith("    last error ") and "ago): " in error
+
+        code, out, _ = await run(capsys, "drains", "status", "app", "--json")
+        assert code == 0
+        [shown] = json.loads(out)["drains"]
+        assert (shown["id"], shown["state"], shown["buffered"]) == (drain_id, "backoff", 2)
+        assert shown["buffered_bytes"] > 0 and 0 <= shown["oldest_age"] < 60
+        assert shown["last_error"] and shown["url"] == "syslog://***@127.0.0.1:1/"
+
+        code, _, err = await run(capsys, "drains", "status", "nope")
+        assert code == 1 and one_line(err) == "logplexd: 404 channel not found"
+        nursery.cancel_scope.cancel()
+
+
+def test_status_table_formats() -> None:
+    now = 1_700_000_000.0
+    table = status_table(
+        [
+            {
+                "id": 3,
+                "state": "backoff",
+                "url": "https://***@logs.example/",
+                "buffered": 1200,
+                "buffered_bytes": 3 * 1024 * 1024 + 512 * 1024,
+                "oldest_age": 312.7,
+                "delivered": 10,
+                "dropped": 1,
+                "retried": 4,
+                "lost": 0,
+                "last_error": "HTTP 503",
+                "last_error_at": now - 12,
+            },
+            {"id": 14, "state": "not_running", "url": "syslog://h:1/"},
+        ],
+        now,
+    )
+    assert table.splitlines() == [
+        "ID  STATE        BACKLOG  BYTES   OLDEST  DELIVERED  DROPPED  RETRIED  LOST  URL",
+        "3   backoff      1200     3.5MiB  5m12s   10         1        4        0     "
+        "https://***@logs.example/",
+        "    last error 2023-11-14 22:13:08Z (12s ago): HTTP 503",
+        "14  not_running  -        -       -       -          -        -        -     syslog://h:1/",
+    ]
+    assert [human_bytes(n) for n in (0, 1023, 1536, 5 << 30, 1 << 50)] == [
+        "0B", "1023B", "1.5KiB", "5.0GiB", "1048576.0GiB",
+    ]  # fmt: skip
+    assert [human_age(s) for s in (0.4, 59, 312, 11100, 187200)] == [
+        "0s", "59s", "5m12s", "3h05m", "2d04h",
+    ]  # fmt: skip
 
 
 def _framer():  # type: ignore[no-untyped-def]

@@ -84,8 +84,9 @@ async def test_404_drops_at_once_and_a_later_request_carries_l10(nursery):
     assert stats.last_error and "404" in stats.last_error
 
 
-async def test_429_three_times_drops_the_frame_then_l10_once(nursery, autojump_clock):
-    sink, port, channel, manager = await setup(nursery, [429, 429, 429])
+async def test_500_three_times_drops_the_frame_then_l10_once(nursery, autojump_clock):
+    # 429 and 503 keep the batch instead (tests/test_drain_retry_after.py).
+    sink, port, channel, manager = await setup(nursery, [500, 500, 500])
     manager.add_drain("app", 1, TOKEN, f"http://127.0.0.1:{port}/")
     append(channel, [mymsg(i) for i in range(1, 6)])
     await sink.wait_for(lambda: len(sink.requests) == 3)

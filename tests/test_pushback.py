@@ -8,18 +8,21 @@ channel (MockClock), and real sockets end to end: producers -> ``SyslogInput`` -
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 
 import pytest
 import trio
 import trio.testing
 
 from logplexd.drains import DrainSettings
-from logplexd.ingest import LogsIngest, SyslogInput
+from logplexd.ingest import LogsIngest, LogsListener, SyslogInput
 from logplexd.native import parse_body
 from logplexd.router import Registry
+from logplexd.web import serve_http
 from tests.helpers.drains import SyslogSink, append, message, start_manager, stats_of
-from tests.helpers.http import basic_auth
+from tests.helpers.http import basic_auth, credentials, request
 from tests.helpers.syslog import frame
 
 # The daemon's default ring (channel_buffer_messages / channel_buffer_bytes).
@@ -128,6 +131,24 @@ async def test_logs_for_a_held_channel_wait_and_get_204_once_released(
     assert response.status == 204
     assert trio.current_time() == pytest.approx(1.0)
     assert channel.ring.head == 1
+
+
+@pytest.mark.parametrize(
+    ("hold_timeout", "retry_after"), [(0.0, "1"), (0.4, "1"), (2.2, "3"), (2.5, "3")]
+)
+async def test_retry_after_is_the_hold_timeout_rounded_up(
+    autojump: trio.testing.MockClock, hold_timeout: float, retry_after: str
+) -> None:
+    # A client told to come back sooner than the wait it was refused after only comes
+    # back to the same hold.
+    registry = Registry()
+    registry.add_token("a", FLOOD, "app")
+    channel = registry.channel("a")
+    assert channel is not None
+    channel.hold(object())
+    response = await _post(LogsIngest(registry, hold_timeout=hold_timeout), frame(FLOOD, "x"))
+    assert response.status == 503
+    assert ("retry-after", retry_after) in response.headers
 
 
 # -- real sockets ----------------------------------------------------------------------------
@@ -262,3 +283,110 @@ def test_append_helper_still_wakes_readers() -> None:
     channel.hold(object())
     append(channel, [message(1)])
     assert channel.ring.head == 1
+
+
+# -- POST /logs over real sockets ------------------------------------------------------------
+
+# A ring of 4,096 messages: a drain holds its channel 1,024 behind, so one more request of
+# 2,000 (the most that passes before the hold) still fits, while 8 clients' requests in
+# flight (16,000 messages) would lap it four times.
+SMALL_RING = {"history_messages": 1024, "buffer_messages": 4096, "buffer_bytes": 4 * 1024 * 1024}
+POSTED = re.compile(rb"- - p(\d+)\.(\d+)\.(\d+)-(\d+)\n$")
+
+
+def _logs_body(client: int, request_no: int, attempt: int, count: int) -> bytes:
+    """``count`` frames for FLOOD, each naming its client, request, attempt and index."""
+    return b"".join(frame(FLOOD, f"p{client}.{request_no}.{attempt}-{i}\n") for i in range(count))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("overflow", "hold_timeout"),
+    [("pushback", 5.0), ("pushback", 0.0), ("drop", 5.0)],
+    ids=["pushback-wait", "pushback-503", "drop-control"],
+)
+async def test_post_logs_under_router_bound_overload_is_answered_204_or_503_never_lost(
+    overflow: str, hold_timeout: float
+) -> None:
+    # Issue 18: POST /logs gets a later 204 or a 503 with Retry-After, never a 204 for data
+    # that is then dropped without an L10. Small drain writes to a receiver that reads at
+    # once make logplexd itself the bottleneck; 8 clients post 2,000-message requests over
+    # real HTTP (token auth) and send a 503'd request again at once, as a new attempt.
+    # With hold_timeout 0 a request that finds its channel held is refused at once.
+    clients, requests_each, per_request = 8, 6, 2000
+    registry = Registry(**SMALL_RING)
+    registry.add_token("flood", FLOOD, "app")
+    sink = SyslogSink()
+    ingest = LogsIngest(registry, hold_timeout=hold_timeout)
+    settings = DrainSettings(syslog_batch_bytes=16 * 1024, overflow=overflow)
+    auth = credentials("token", FLOOD)
+    accepted: list[tuple[int, int, int]] = []  # (client, request, attempt) answered 204
+    refused: list[tuple[int, int, int]] = []  # answered 503
+    answers: list[tuple[int, str | None]] = []  # every (status, Retry-After)
+
+    async def client(port: int, c: int) -> None:
+        for r in range(requests_each):
+            for attempt in range(10_000):
+                status, headers, _ = await request(
+                    port,
+                    "POST",
+                    "/logs",
+                    body=_logs_body(c, r, attempt, per_request),
+                    headers=[
+                        ("Content-Type", "application/logplex-1"),
+                        ("Logplex-Msg-Count", str(per_request)),
+                    ],
+                    auth=auth,
+                )
+                answers.append((status, headers.get("retry-after")))
+                if status != 503:
+                    if status == 204:
+                        accepted.append((c, r, attempt))
+                    break
+                refused.append((c, r, attempt))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve)
+        manager = await start_manager(nursery, registry, settings)
+        manager.add_drain("flood", 1, "d.flood", f"syslog://127.0.0.1:{sink.port}")
+        port = await nursery.start(serve_http, LogsListener(ingest).handle, "127.0.0.1", 0)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as posters:
+                for c in range(clients):
+                    posters.start_soon(client, port, c)
+            count = _Count(sink)
+            total = len(accepted) * per_request
+            await sink.wait_for(
+                lambda: (
+                    count() + stats_of(manager, 1).lost >= total
+                    and stats_of(manager, 1).pending_loss == 0
+                    and _announced(sink) == stats_of(manager, 1).lost
+                ),
+                timeout=30,
+            )
+        nursery.cancel_scope.cancel()
+
+    retry_after = str(max(1, math.ceil(hold_timeout)))
+    assert set(answers) <= {(204, None), (503, retry_after)}
+    assert len(accepted) == clients * requests_each  # every request got its 204 in the end
+    stats = stats_of(manager, 1)
+    frames = sink.frames()
+    got = Counter(tuple(int(g) for g in m.groups()) for f in frames if (m := POSTED.search(f)))
+    if overflow == "drop":
+        # The control: the same load without pushback laps the drain (told by L10s), so
+        # the exactly-once assertions below would fail.
+        assert ingest.stats.waits == 0 and not refused
+        assert stats.lost > 0 and _announced(sink) == stats.lost
+        assert sum(got.values()) + stats.lost == total
+        assert sum(got.values()) < total
+        return
+    # The router was behind, and POST /logs was held back: it waited, or it was refused.
+    assert ingest.stats.waits > 0
+    if hold_timeout == 0:
+        assert refused
+    assert ingest.stats.pushed_back == len(refused)
+    assert stats.lost == 0 and stats.dropped == 0
+    assert not any(L10.search(f) for f in frames)
+    assert len(frames) == sum(got.values())  # nothing but the posted messages
+    # Every message of every 204'd attempt exactly once; nothing of a 503'd attempt.
+    assert got == Counter((c, r, a, i) for c, r, a in accepted for i in range(per_request))

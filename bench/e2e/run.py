@@ -164,12 +164,13 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def start_sink(
-    sink_exe: Path, expected: int, idle: float, budget: float
+    sink_exe: Path, expected: int, idle: float, budget: float, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, int]:
-    """The C sink on a free port, expecting ``expected`` messages: (process, port)."""
+    """The C sink on a free port, expecting ``expected`` messages: (process, port).
+    ``extra``: more sink flags (e.g. ``-x BYTES``, stop reading; see sink.c)."""
     sink = subprocess.Popen(
         [str(sink_exe), "-p", "0", "-e", str(expected), "-i", str(idle),
-         "-m", str(int(budget + 120))],
+         "-m", str(int(budget + 120)), *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
     )  # fmt: skip
     return sink, json.loads(read_line(sink, 10.0))["port"]
@@ -372,11 +373,15 @@ class Logplexd(Router):
                 reply = call("PUT", f"/v3/channels/{name}", {"tokens": ["app"]})
                 self.tokens.append(reply["tokens"]["app"])
                 for d in range(self.wl.drains):
-                    # Distinct paths: the same URL twice on one channel is a 409.
-                    url = f"syslog://127.0.0.1:{self.sink_port}/{d}"
+                    url = self.drain_url(i, d)
                     call("POST", f"/v3/channels/{name}/drains", {"url": url})
         finally:
             conn.close()
+
+    def drain_url(self, channel: int, drain: int) -> str:
+        """The URL of drain ``drain`` of channel ``channel`` (all go to the one sink)."""
+        # Distinct paths: the same URL twice on one channel is a 409.
+        return f"syslog://127.0.0.1:{self.sink_port}/{drain}"
 
 
 class Rsyslog(Router):

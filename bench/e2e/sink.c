@@ -1,7 +1,7 @@
 /*
  * sink: an octet-counted TCP syslog receiver that checks every stream for loss and duplicates.
  *
- *   sink [-p PORT] [-e EXPECTED] [-i IDLE_SECONDS] [-m MAX_SECONDS]
+ *   sink [-p PORT] [-e EXPECTED] [-i IDLE_SECONDS] [-m MAX_SECONDS] [-x STALL_AFTER_BYTES]
  *
  * Listens on 127.0.0.1:PORT (0 = any free port) and prints {"port": N} once listening.
  * Accepts any number of connections (epoll, one thread), parses `LEN SP MSG` frames and takes
@@ -14,6 +14,12 @@
  * when no data came for IDLE_SECONDS after the first message, after MAX_SECONDS in all, or on
  * SIGTERM/SIGINT. `lost` is EXPECTED - unique when EXPECTED is given, else the gaps.
  * Timestamps are CLOCK_REALTIME seconds (comparable with loadgen's).
+ *
+ * With -x, the sink stops reading once it has read STALL_AFTER_BYTES bytes in all (0: from
+ * the start): it still accepts connections but reads none of them (they leave epoll, so the
+ * stall costs no CPU) until SIGUSR1, then reads on as before (it stalls once). The idle
+ * timeout does not run while stalled. The report gives the bytes read when the stall began
+ * and its length; `max_gap` is the longest time between two counted (seq=) messages.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -58,8 +64,14 @@ static size_t table_cap = 1024, table_used;
 
 static uint64_t received, unique_total, duplicates, out_of_order, l10_notices, l10_dropped;
 static uint64_t warmup, other, malformed, bytes_total, connections;
-static double first_ts, last_ts;
-static volatile sig_atomic_t stop_signal;
+static double first_ts, last_ts, max_gap;
+static volatile sig_atomic_t stop_signal, resume_signal;
+static long long stall_after = -1; /* -x: bytes read before the stall, -1 = never stall */
+static int stalled, stall_done;
+static uint64_t stall_bytes;
+static double stall_started, stall_seconds;
+static struct conn **held; /* connections not read while stalled */
+static size_t nheld, held_cap;
 
 static double now_real(void)
 {
@@ -234,6 +246,8 @@ static void handle_message(const char *m, size_t len, double ts)
         record(s, n);
         if (first_ts == 0)
             first_ts = ts;
+        else if (ts - last_ts > max_gap)
+            max_gap = ts - last_ts; /* longest silence between two counted messages */
         last_ts = ts;
         return;
     }
@@ -287,6 +301,43 @@ static void on_signal(int sig)
     stop_signal = sig;
 }
 
+static void on_resume(int sig)
+{
+    (void)sig;
+    resume_signal = 1;
+}
+
+static void hold_conn(struct conn *c)
+{
+    if (nheld == held_cap) {
+        held_cap = held_cap ? held_cap * 2 : 64;
+        held = xrealloc(held, held_cap * sizeof *held);
+    }
+    held[nheld++] = c;
+}
+
+static void start_stall(void)
+{
+    stalled = 1;
+    stall_bytes = bytes_total;
+    stall_started = now_mono();
+}
+
+/* Ends the stall (or cancels one not begun yet): held connections are read again. */
+static void resume(int ep)
+{
+    if (stalled) {
+        for (size_t i = 0; i < nheld; i++) {
+            struct epoll_event cev = {.events = EPOLLIN, .data.ptr = held[i]};
+            epoll_ctl(ep, EPOLL_CTL_ADD, held[i]->fd, &cev);
+        }
+        nheld = 0;
+        stalled = 0;
+        stall_seconds += now_mono() - stall_started;
+    }
+    stall_done = 1;
+}
+
 static void report(uint64_t expected, const char *reason)
 {
     uint64_t gaps = 0;
@@ -299,14 +350,17 @@ static void report(uint64_t expected, const char *reason)
            "\"gaps\": %llu, \"expected\": %llu, \"out_of_order\": %llu, \"l10_notices\": %llu, "
            "\"l10_dropped\": %llu, \"warmup\": %llu, \"other\": %llu, \"malformed\": %llu, "
            "\"streams\": %zu, \"connections\": %llu, \"bytes\": %llu, \"first_ts\": %.6f, "
-           "\"last_ts\": %.6f, \"rate\": %.1f, \"reason\": \"%s\"}\n",
+           "\"last_ts\": %.6f, \"rate\": %.1f, \"stall_bytes\": %llu, "
+           "\"stall_seconds\": %.3f, \"max_gap\": %.6f, \"reason\": \"%s\"}\n",
            (unsigned long long)received, (unsigned long long)unique_total,
            (unsigned long long)duplicates, (unsigned long long)lost, (unsigned long long)gaps,
            (unsigned long long)expected, (unsigned long long)out_of_order,
            (unsigned long long)l10_notices, (unsigned long long)l10_dropped,
            (unsigned long long)warmup, (unsigned long long)other, (unsigned long long)malformed,
            table_used, (unsigned long long)connections, (unsigned long long)bytes_total,
-           first_ts, last_ts, span > 0 ? (double)received / span : 0.0, reason);
+           first_ts, last_ts, span > 0 ? (double)received / span : 0.0,
+           (unsigned long long)stall_bytes,
+           stall_seconds + (stalled ? now_mono() - stall_started : 0.0), max_gap, reason);
     fflush(stdout);
 }
 
@@ -315,14 +369,16 @@ int main(int argc, char **argv)
     int port = 0, opt;
     uint64_t expected = 0;
     double idle = 5, max_seconds = 600;
-    while ((opt = getopt(argc, argv, "p:e:i:m:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:e:i:m:x:")) != -1) {
         switch (opt) {
         case 'p': port = atoi(optarg); break;
         case 'e': expected = strtoull(optarg, NULL, 10); break;
         case 'i': idle = atof(optarg); break;
         case 'm': max_seconds = atof(optarg); break;
+        case 'x': stall_after = strtoll(optarg, NULL, 10); break;
         default:
-            fprintf(stderr, "usage: sink [-p PORT] [-e EXPECTED] [-i IDLE] [-m MAX_SECONDS]\n");
+            fprintf(stderr, "usage: sink [-p PORT] [-e EXPECTED] [-i IDLE] [-m MAX_SECONDS] "
+                            "[-x STALL_AFTER_BYTES]\n");
             return 2;
         }
     }
@@ -332,6 +388,8 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_resume;
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -361,15 +419,21 @@ int main(int argc, char **argv)
     struct epoll_event events[256];
     double started = now_mono(), last_data = 0;
     const char *reason = "signal";
+    if (stall_after == 0)
+        start_stall();
     for (;;) {
         if (stop_signal)
             break;
+        if (resume_signal && !stall_done) {
+            resume(ep);
+            last_data = now_mono(); /* the idle timeout restarts */
+        }
         double mono = now_mono();
         if (expected && unique_total + l10_dropped >= expected) {
             reason = "expected";
             break;
         }
-        if (last_data && mono - last_data > idle) {
+        if (!stalled && last_data && mono - last_data > idle) {
             reason = "idle";
             break;
         }
@@ -398,10 +462,19 @@ int main(int argc, char **argv)
                     nc->buf = malloc(nc->cap);
                     if (!nc->buf)
                         die("malloc");
+                    connections++;
+                    if (stalled) {
+                        hold_conn(nc);
+                        continue;
+                    }
                     struct epoll_event cev = {.events = EPOLLIN, .data.ptr = nc};
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
-                    connections++;
                 }
+                continue;
+            }
+            if (stalled) {
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                hold_conn(c);
                 continue;
             }
             int closed = 0;
@@ -424,6 +497,11 @@ int main(int argc, char **argv)
                 if (parse_frames(c, ts) < 0) {
                     malformed++;
                     closed = 1;
+                    break;
+                }
+                if (stall_after > 0 && !stall_done && !stalled &&
+                    bytes_total >= (uint64_t)stall_after) {
+                    start_stall();
                     break;
                 }
                 if (r < READ_SIZE)

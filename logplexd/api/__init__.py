@@ -2,6 +2,7 @@
 
 - ``ControlApi`` (``control.py``): Logplex's v2/v3 channels, tokens, drains, sessions.
 - ``ReadRoutes`` (``reads.py``): session streams and channel logs.
+- ``DrainStatusRoutes`` (``drain_status.py``): each drain's health, for operators.
 - ``Rods``/``RodsApi`` (``rods.py``): the control rods and ``/admin/rods``.
 - ``platform/``: the Heroku Platform API's apps, log drains and log sessions.
 """
@@ -14,6 +15,7 @@ import trio
 
 from ..web import serve_http
 from .control import ApiConfig, ControlApi
+from .drain_status import DrainHealth, DrainStatusRoutes
 from .listener import ApiListener
 from .platform import mount_platform
 from .reads import ReadRoutes
@@ -49,6 +51,8 @@ __all__ = [
     "ApiConfig",
     "ApiListener",
     "ControlApi",
+    "DrainHealth",
+    "DrainStatusRoutes",
     "ReadRoutes",
     "RodError",
     "RodState",

@@ -8,8 +8,9 @@ The key, first found of: ``--key-file FILE``, ``$LOGPLEXD_AUTH_KEY`` / ``$LOGPLE
 the auth key as its password; any other login is a stored credential (``logplexd creds
 create``) and is sent as Basic base64 ``login:password``, like ``curl --netrc``.
 
-Output is JSON for objects and one line per item for lists. Errors are one line on stderr
-starting with ``logplexd:`` and exit status 1 (2 for usage errors).
+Output is JSON for objects, one line per item for lists and a table for ``drains status``
+(``--json``: the API's JSON). Errors are one line on stderr starting with ``logplexd:`` and
+exit status 1 (2 for usage errors).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TIMEOUT = 30.0
 
 GROUP_HELP[("channels",)] = "create, show and delete channels on a running daemon"
 GROUP_HELP[("tokens",)] = "create tokens on a running daemon"
-GROUP_HELP[("drains",)] = "add, update, remove and list drains on a running daemon"
+GROUP_HELP[("drains",)] = "add, update, remove, list drains and show their status"
 
 
 class ClientError(Exception):
@@ -385,6 +386,106 @@ command(
     help="list a channel's drains: ID, token, URL (tab-separated)",
     configure=_with(_channel_arg),
 )(_run(_drains_list))
+
+
+STATUS_COLUMNS = (
+    "ID", "STATE", "BACKLOG", "BYTES", "OLDEST", "DELIVERED", "DROPPED", "RETRIED", "LOST", "URL",
+)  # fmt: skip
+
+
+def _drains_status_args(parser: argparse.ArgumentParser) -> None:
+    _channel_arg(parser)
+    parser.add_argument("--json", action="store_true", help="print the API's JSON instead")
+
+
+def _drains_status(args: argparse.Namespace, target: Target) -> int:
+    path = _path("v3", "channels", args.channel, "drains", "status")
+    data = expect(call(target, "GET", path), 200).json()
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    drains = data.get("drains", []) if isinstance(data, dict) else []
+    if not drains:
+        print(f"channel {args.channel} has no drains")
+        return EXIT_OK
+    print(status_table(drains, datetime.datetime.now(datetime.UTC).timestamp()))
+    return EXIT_OK
+
+
+def status_table(drains: list[dict[str, Any]], now: float) -> str:
+    """The drains of ``drains status`` as an aligned table, each drain's last error (if it
+    has one) on the line under it."""
+    rows: list[tuple[list[str], str | None]] = []
+    for drain in drains:
+        cells = [
+            str(drain.get("id", "")),
+            str(drain.get("state", "")),
+            _count(drain.get("buffered")),
+            "-" if drain.get("buffered_bytes") is None else human_bytes(drain["buffered_bytes"]),
+            "-" if drain.get("oldest_age") is None else human_age(drain["oldest_age"]),
+            _count(drain.get("delivered")),
+            _count(drain.get("dropped")),
+            _count(drain.get("retried")),
+            _count(drain.get("lost")),
+            str(drain.get("url", "")),
+        ]
+        error = None
+        if drain.get("last_error"):
+            when = drain.get("last_error_at")
+            if isinstance(when, int | float):
+                stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
+                ago = human_age(max(0.0, now - when))
+                error = f"last error {stamp:%Y-%m-%d %H:%M:%S}Z ({ago} ago): {drain['last_error']}"
+            else:
+                error = f"last error: {drain['last_error']}"
+        rows.append((cells, error))
+    widths = [len(name) for name in STATUS_COLUMNS]
+    for cells, _ in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(STATUS_COLUMNS)]
+    for cells, error in rows:
+        out.append(line(cells))
+        if error is not None:
+            out.append("    " + _one_line(error))
+    return "\n".join(out)
+
+
+def _count(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def human_bytes(n: int) -> str:
+    """1023 -> ``1023B``, 1536 -> ``1.5KiB``, 5 << 20 -> ``5.0MiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(seconds: float) -> str:
+    """42.5 -> ``42s``, 312 -> ``5m12s``, 11100 -> ``3h05m``, 187200 -> ``2d04h``."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+command(
+    "drains",
+    "status",
+    help="show each drain's state, last error, counters and backlog (--json: the API's JSON)",
+    configure=_with(_drains_status_args),
+)(_run(_drains_status))
 
 
 # --- tail -----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ..api import (
     ROD_NAMES,
     ApiListener,
     ControlApi,
+    DrainStatusRoutes,
     ReadRoutes,
     Rods,
     RodsApi,
@@ -179,6 +180,7 @@ class Daemon:
             if self.plane is not None and isinstance(self.registry, ClusterRegistry):
                 cluster_reads = ClusterReads(self.plane, self.registry)
             ReadRoutes(store, self.registry, self.rods, cluster_reads).mount(self.api.add_route)
+            DrainStatusRoutes(store, self.drains.channel_stats).mount(self.api.add_route)
             mount_platform(self.api, store, self.registry, data_dir=s.data_dir)
             RodsApi(self.rods, lambda: self.settings.auth_key or "").mount(self.api.add_route)
             credentials = CredentialChecker(store)

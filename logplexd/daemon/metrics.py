@@ -13,8 +13,10 @@ The exposition itself is ``prometheus_client.generate_latest``: no hand-written 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +46,10 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 # How often the event-loop lag probe wakes up.
 LAG_INTERVAL = 0.5
 DRAIN_STATES = tuple(state.value for state in DrainState)
+# The per-drain families (labels drain_id, channel) show at most this many drains: those
+# with the largest backlog, then those in backoff, then the lowest ids. 100k drains must not
+# make 100k series; the drains_* aggregates count every drain.
+DRAIN_SERIES_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +128,9 @@ class LoopLag:
 class Metrics:
     """The daemon's metrics registry and the few instruments it records into directly."""
 
-    def __init__(self, snapshot: Callable[[], MetricsSnapshot]) -> None:
+    def __init__(
+        self, snapshot: Callable[[], MetricsSnapshot], *, drain_series: int = DRAIN_SERIES_LIMIT
+    ) -> None:
         self.snapshot = snapshot
         reg = self.registry = CollectorRegistry(auto_describe=True)
         self.api_requests = Counter(
@@ -151,7 +159,7 @@ class Metrics:
             registry=reg,
         )
         self._last_lag.set_function(lambda: self.loop_lag.last)
-        reg.register(DaemonCollector(snapshot))
+        reg.register(DaemonCollector(snapshot, drain_series=drain_series))
         ProcessCollector(namespace="", registry=reg)
 
     def observe_api(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -175,6 +183,10 @@ class Metrics:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def _drain_rank(stats: DrainStats) -> tuple[int, bool, int]:
+    return (stats.buffered, stats.state == DrainState.BACKOFF.value, -stats.drain_id)
+
+
 def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
     return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
 
@@ -187,10 +199,16 @@ class DaemonCollector(Collector):
     """Reads the live counters at scrape time."""
 
     def __init__(
-        self, snapshot: Callable[[], MetricsSnapshot], clock: Callable[[], float] = time.time
+        self,
+        snapshot: Callable[[], MetricsSnapshot],
+        clock: Callable[[], float] = time.time,
+        *,
+        drain_series: int = DRAIN_SERIES_LIMIT,
     ) -> None:
         self.snapshot = snapshot
         self.clock = clock
+        # How many drains the per-drain families show (DRAIN_SERIES_LIMIT).
+        self.drain_series = drain_series
 
     def describe(self) -> list[Metric]:
         # Families are known only at scrape time (drains come and go): no up-front describe.
@@ -312,16 +330,75 @@ class DaemonCollector(Collector):
 
     # -- drains ----------------------------------------------------------------------------
     def _drains(self, src: MetricsSnapshot) -> Iterator[Metric]:
+        stats = src.drains
+        yield from self._drain_series(self._listed(stats))
+        running = _gauge("drains_running", "Drains with a running delivery task.")
+        running.add_metric([], len(stats))
+        yield running
+        unlisted = _gauge(
+            "drains_unlisted",
+            f"Running drains left out of the per-drain families (at most {self.drain_series} "
+            "are shown: the largest backlogs first).",
+        )
+        unlisted.add_metric([], max(0, len(stats) - self.drain_series))
+        yield unlisted
+        by_state = _gauge("drains", "Running drains by connection state.", ["state"])
+        counts = Tally(s.state for s in stats)
+        for name in DRAIN_STATES:
+            by_state.add_metric([name], counts[name])
+        yield by_state
+        messages = _gauge(
+            "drains_buffered_messages",
+            "Messages waiting for drains, summed over every drain (a message two drains "
+            "wait for counts twice).",
+        )
+        messages.add_metric([], sum(s.buffered for s in stats))
+        yield messages
+        nbytes = _gauge(
+            "drains_buffered_bytes",
+            "Bytes of the messages waiting for drains, summed over every drain (estimated "
+            "from average message sizes, see drain_buffered_bytes).",
+        )
+        nbytes.add_metric([], sum(s.buffered_bytes for s in stats))
+        yield nbytes
+        oldest = _gauge(
+            "drains_oldest_buffered_age_seconds",
+            "Age of the oldest message any drain waits to deliver, by its own timestamp "
+            "(0 when none waits).",
+        )
+        ages = [s.oldest_age for s in stats if s.oldest_age is not None]
+        oldest.add_metric([], max(ages, default=0.0))
+        yield oldest
+
+    def _listed(self, stats: Sequence[DrainStats]) -> Sequence[DrainStats]:
+        """The drains the per-drain families show: all of them, or the ``drain_series``
+        with the largest backlog (then those in backoff, then the lowest ids)."""
+        if len(stats) <= self.drain_series:
+            return stats
+        return heapq.nlargest(self.drain_series, stats, key=_drain_rank)
+
+    def _drain_series(self, stats: Sequence[DrainStats]) -> Iterator[Metric]:
         labels = ["drain_id", "channel"]
         delivered = _counter("drain_delivered", "Messages a drain delivered.", labels)
         dropped = _counter("drain_dropped", "Messages a drain gave up on.", labels)
         retried = _counter("drain_retried", "Delivery attempts a drain retried.", labels)
         lost = _counter("drain_lost", "Messages lapped before a drain read them.", labels)
         buffered = _gauge("drain_buffered", "Messages waiting for a drain.", labels)
+        nbytes = _gauge(
+            "drain_buffered_bytes",
+            "Bytes of the messages waiting for a drain (exact when the whole ring waits, "
+            "else from the ring's average message size).",
+            labels,
+        )
+        oldest = _gauge(
+            "drain_oldest_buffered_age_seconds",
+            "Age of the oldest message waiting for a drain, by its own RFC 5424 timestamp "
+            "(absent when none waits or it has none).",
+            labels,
+        )
         state = StateSetMetricFamily(
             f"{PREFIX}_drain_state", "Connection state of each drain.", labels=labels
         )
-        stats = src.drains
         for s in stats:
             key = [str(s.drain_id), s.channel]
             delivered.add_metric(key, s.delivered)
@@ -329,11 +406,11 @@ class DaemonCollector(Collector):
             retried.add_metric(key, s.retried)
             lost.add_metric(key, s.lost)
             buffered.add_metric(key, s.buffered)
+            nbytes.add_metric(key, s.buffered_bytes)
+            if s.oldest_age is not None:
+                oldest.add_metric(key, s.oldest_age)
             state.add_metric(key, {name: name == s.state for name in DRAIN_STATES})
-        yield from (delivered, dropped, retried, lost, buffered, state)
-        running = _gauge("drains_running", "Drains with a running delivery task.")
-        running.add_metric([], len(stats))
-        yield running
+        yield from (delivered, dropped, retried, lost, buffered, nbytes, oldest, state)
 
     # -- registry, store, sessions ----------------------------------------------------------
     def _state(self, src: MetricsSnapshot) -> Iterator[Metric]:
@@ -441,6 +518,7 @@ def generate_latest(metrics: Metrics) -> bytes:
 
 __all__ = [
     "CONTENT_TYPE",
+    "DRAIN_SERIES_LIMIT",
     "DaemonCollector",
     "LoopLag",
     "Metrics",

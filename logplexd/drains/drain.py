@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import trio
 
@@ -54,6 +55,15 @@ class DrainStats:
     # those, the ones taken from the ring into the batch being delivered.
     buffered: int
     in_flight: int
+    # Bytes of the ``buffered`` messages. Exact for a batch taken whole and for a drain the
+    # whole ring waits for; otherwise the ring's (or batch's) average message size times
+    # the count: the ring keeps no running sizes, and summing them would cost per message.
+    buffered_bytes: int
+    # The oldest buffered message's own RFC 5424 TIMESTAMP (the sender's clock, seconds
+    # since the epoch) and its age when these stats were taken. None when nothing is
+    # buffered or that message has no usable timestamp (the ring keeps no arrival times).
+    oldest_at: float | None
+    oldest_age: float | None
     # Messages the next L10 notice will announce.
     pending_loss: int
     last_error: str | None
@@ -61,6 +71,20 @@ class DrainStats:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def message_time(raw: bytes | None) -> float | None:
+    """An RFC 5424 TIMESTAMP as seconds since the epoch (UTC when it has no offset); None
+    for the NILVALUE ``-`` or anything that does not parse."""
+    if not raw or raw == b"-":
+        return None
+    try:
+        when = datetime.fromisoformat(raw.decode("ascii"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    except (UnicodeDecodeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def describe(error: BaseException | str) -> str:
@@ -110,6 +134,9 @@ class Drain:
         # When this failing streak last put an L14 notice into the channel (trio clock).
         self._l14_at: float | None = None
         self.l14_notices = 0
+        # The last oldest-buffered-message lookup of ``stats``: (where it was, its time). A
+        # drain that does not move (a receiver that is down) is not looked up again.
+        self._oldest: tuple[tuple[object, ...], float | None] | None = None
 
     @property
     def channel_name(self) -> str:
@@ -200,7 +227,10 @@ class Drain:
             self.done.set()
 
     def stats(self) -> DrainStats:
+        """The drain's figures now; a few reads of the feed and the ring, nothing per message."""
         feed, counters = self.feed, self.feed.counters
+        taken, backlog = feed.pending_messages, feed.backlog
+        nbytes, oldest_at = self._buffered(taken, backlog)
         return DrainStats(
             drain_id=self.drain_id,
             channel=self.channel_name,
@@ -212,9 +242,46 @@ class Drain:
             retried=counters.retried,
             # Losses show as they happen, not only when the drain next reads.
             lost=counters.lost + feed.lapped,
-            buffered=feed.pending_messages + feed.backlog,
-            in_flight=feed.pending_messages,
+            buffered=taken + backlog,
+            in_flight=taken,
+            buffered_bytes=nbytes,
+            oldest_at=oldest_at,
+            oldest_age=None if oldest_at is None else max(0.0, self.wall_clock() - oldest_at),
             pending_loss=feed.loss.count + feed.lapped,
             last_error=counters.last_error,
             last_error_at=counters.last_error_at,
         )
+
+    def _buffered(self, taken: int, backlog: int) -> tuple[int, float | None]:
+        """(bytes, timestamp of the oldest) of the ``taken`` messages of the batch being
+        delivered and the ``backlog`` still in the ring, oldest first."""
+        feed = self.feed
+        batch, channel = feed.pending, feed.channel
+        ring = None if channel is None else channel.ring
+        nbytes = 0
+        where: tuple[object, ...] | None = None
+        if batch is not None and taken > 0:
+            nbytes += batch.nbytes * taken // len(batch)
+            # A batch is read from the ring and ends at the cursor, so the cursor (always
+            # moving forward) tells one taken batch from the next without holding it.
+            where = (ring, feed.cursor, len(batch), feed.pending_start)
+        if ring is not None and backlog > 0:
+            nbytes += ring.nbytes * backlog // len(ring)
+            if where is None:
+                where = (ring, ring.head - backlog)
+        if where is None:
+            return nbytes, None
+        memo = self._oldest
+        # The ring is compared by identity: a replaced channel has a new one.
+        if memo is not None and memo[0][0] is where[0] and memo[0][1:] == where[1:]:
+            return nbytes, memo[1]
+        if len(where) == 4:
+            assert batch is not None
+            raw = batch.fields(feed.pending_start)["timestamp"]
+        else:
+            assert ring is not None
+            first, _, _ = ring.read(ring.head - backlog, 1, 0)
+            raw = first.fields(0)["timestamp"] if len(first) else None
+        oldest_at = message_time(raw)
+        self._oldest = (where, oldest_at)
+        return nbytes, oldest_at

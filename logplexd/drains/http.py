@@ -15,7 +15,14 @@ from ..native import Batch, http_frames, l10_http
 from ..store import DrainTarget
 from .delivery import DrainHandle
 from .feed import Payload
-from .policy import TRANSPORT_ERRORS, Outcome, classify, http_retry_backoff
+from .policy import (
+    TRANSPORT_ERRORS,
+    Outcome,
+    classify,
+    http_retry_backoff,
+    retry_after,
+    retry_later,
+)
 from .state import DrainEvent
 from .transport import open_drain_stream
 
@@ -57,6 +64,8 @@ class HttpExchange:
         self.max_response_body = max_response_body
         self.requests = 0
         self.status: int | None = None
+        # The response's Retry-After (several fields joined: then it parses as nothing).
+        self.retry_after: bytes | None = None
         self.received_any = False
         self._body_bytes = 0
 
@@ -64,6 +73,7 @@ class HttpExchange:
         """The bytes to send for ``request``; must follow a completed (or no) exchange."""
         self.requests += 1
         self.status = None
+        self.retry_after = None
         self.received_any = False
         self._body_bytes = 0
         return (
@@ -87,6 +97,8 @@ class HttpExchange:
                 return False
             if isinstance(event, h11.Response):
                 self.status = event.status_code
+                values = [v for k, v in event.headers if k == b"retry-after"]
+                self.retry_after = b", ".join(values) if values else None
             elif isinstance(event, h11.Data):
                 self._body_bytes += len(event.data)
                 if self._body_bytes > self.max_response_body:
@@ -110,6 +122,11 @@ class HttpDrain:
         self.drain = drain
         self.stream: trio.abc.Stream | None = None
         self.exchange: HttpExchange | None = None
+        # The payload a 429 or 503 turned back: re-sent, same bytes and Frame-Id, until it
+        # is delivered or the drain falls a whole ring behind (``_lapped``).
+        self._held: Payload | None = None
+        # The wait before the next attempt when the receiver said (Retry-After), else None.
+        self._asked: float | None = None
 
     @staticmethod
     def _encode(batch: Batch, start: int, max_bytes: int) -> tuple[bytes, int, int]:
@@ -147,15 +164,18 @@ class HttpDrain:
             payload = self._next_payload()
             if payload is None:
                 continue
-            if failures:
-                await trio.sleep(
-                    http_retry_backoff(
-                        failures,
-                        drain.rng,
-                        base=settings.http_backoff_base,
-                        cap=settings.http_backoff_cap,
-                    )
+            delay, self._asked = self._asked, None
+            if delay is None and failures:
+                delay = http_retry_backoff(
+                    failures,
+                    drain.rng,
+                    base=settings.http_backoff_base,
+                    cap=settings.http_backoff_cap,
                 )
+            if delay:
+                await trio.sleep(delay)
+            if self._lapped(payload):
+                continue
             if self.stream is None:
                 drain.on(DrainEvent.CONNECT)
                 try:
@@ -195,7 +215,9 @@ class HttpDrain:
         except TRANSPORT_ERRORS as exc:
             result = exc
         outcome = classify(result)
-        payload.attempts += 1
+        later = retry_later(result)
+        if not later:
+            payload.attempts += 1
 
         if outcome is Outcome.RETRY and isinstance(result, BaseException):
             stale = reused and not exchange.received_any and not payload.free_retry_used
@@ -208,6 +230,8 @@ class HttpDrain:
                 drain.on(DrainEvent.CLOSED)
                 return failures
 
+        if outcome is not Outcome.RETRY:
+            self._held = None
         if outcome is Outcome.DELIVERED:
             feed.delivered(payload)
             drain.on(DrainEvent.SENT)
@@ -218,16 +242,51 @@ class HttpDrain:
         else:
             # The original closes the connection after any temporary failure.
             await self._close()
-            if payload.attempts >= settings.http_max_attempts:
-                feed.dropped(payload)
-            else:
+            error: BaseException | str
+            if later:
+                # 429/503: the receiver is up and asks for time. The batch keeps its
+                # attempts and is re-sent after what it asked (capped), else the backoff.
+                self._held = payload
+                self._asked = retry_after(
+                    exchange.retry_after, feed.wall_clock(), cap=settings.http_retry_after_cap
+                )
                 feed.counters.retried += 1
-            drain.fail(result if isinstance(result, BaseException) else f"HTTP {result}")
+                error = f"HTTP {result}"
+                if self._asked is not None:
+                    error += f" (Retry-After: {self._asked:g} s)"
+            else:
+                if payload.attempts >= settings.http_max_attempts:
+                    feed.dropped(payload)
+                    self._held = None
+                else:
+                    feed.counters.retried += 1
+                error = result if isinstance(result, BaseException) else f"HTTP {result}"
+            drain.fail(error)
             return failures + 1
         if not keep:
             await self._close()
             drain.on(DrainEvent.CLOSED)
         return 0
+
+    def _lapped(self, payload: Payload) -> bool:
+        """Give up a batch held back by 429/503 once the ring has lapped the drain.
+
+        The ring no longer holds anything as old as the batch: like the messages lapped
+        behind it, its messages are counted and announced by the next request's L10, and
+        the next batch goes out at once (the wait the receiver asked for was served).
+        Nothing else gives such a batch up: it is re-sent until delivered.
+        """
+        feed = self.drain.feed
+        if payload is not self._held or feed.lapped == 0:
+            return False
+        self._held = None
+        feed.dropped(payload)
+        feed.note_error(
+            f"batch of {payload.messages} messages turned back (429/503) until the drain "
+            "fell a whole buffer behind: dropped"
+        )
+        self._asked = 0.0
+        return True
 
     async def _close(self) -> None:
         stream, self.stream, self.exchange = self.stream, None, None

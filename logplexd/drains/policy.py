@@ -5,10 +5,13 @@ No I/O and no clock here, so every rule is tested as a table.
 
 from __future__ import annotations
 
+import calendar
 import os
 import random
+import re
 import socket
 import ssl
+import time
 from enum import Enum
 from typing import TypeVar
 
@@ -71,6 +74,94 @@ def http_retry_backoff(
         return 0.0
     step = min(cap, base * 2.0 ** min(failures - 1, 30))
     return step / 2 + rng.uniform(0, step / 2)
+
+
+# -- Retry-After on 429 and 503 (RFC 9110 10.2.3, 15.5.20, 15.6.4) ---------------------------
+
+# Answers by which a receiver that is up says "not now": the batch is re-sent (after the
+# Retry-After it gives, if any) without using up one of its attempts.
+RETRY_LATER_STATUSES = frozenset({429, 503})
+# The most a Retry-After can make a drain wait: a receiver must not park it for days.
+HTTP_RETRY_AFTER_CAP = HTTP_BACKOFF_CAP
+
+
+def retry_later(result: int | BaseException) -> bool:
+    """Whether ``result`` is a 429 or 503: the receiver asks to come back later."""
+    return not isinstance(result, BaseException) and result in RETRY_LATER_STATUSES
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_LONG_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 5.6.7: the preferred IMF-fixdate and the two obsolete forms a recipient must accept.
+# HTTP-date is case-sensitive.
+_IMF_FIXDATE = re.compile(
+    "(?:" + "|".join(_DAYS) + r"), (\d\d) " + _MONTH + r" (\d{4}) " + _TIME + " GMT", re.ASCII
+)
+_RFC850_DATE = re.compile(
+    "(?:" + "|".join(_LONG_DAYS) + r"), (\d\d)-" + _MONTH + r"-(\d\d) " + _TIME + " GMT", re.ASCII
+)
+_ASCTIME_DATE = re.compile(
+    "(?:" + "|".join(_DAYS) + ") " + _MONTH + r" ([ \d]\d) " + _TIME + r" (\d{4})", re.ASCII
+)
+
+
+def _http_date(text: str, now: float) -> float | None:
+    """An HTTP-date as seconds since the epoch; None when ``text`` is not one.
+
+    ``now`` (seconds since the epoch) places an rfc850-date's two-digit year: one that
+    would be more than 50 years ahead is the most recent such year in the past.
+    """
+    if match := _IMF_FIXDATE.fullmatch(text):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC850_DATE.fullmatch(text):
+        day, month, short_year, hour, minute, second = match.groups()
+        this_year = time.gmtime(now).tm_year
+        candidate = this_year - this_year % 100 + int(short_year)
+        year = str(candidate - 100 if candidate > this_year + 50 else candidate)
+    elif match := _ASCTIME_DATE.fullmatch(text):
+        month, day, hour, minute, second, year = match.groups()
+    else:
+        return None
+    y, m, d = int(year), _MONTHS.index(month) + 1, int(day)
+    # A leap second (60) is allowed by the grammar and counts as the next second.
+    if y < 1 or not 1 <= d <= calendar.monthrange(y, m)[1]:
+        return None
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:
+        return None
+    return float(calendar.timegm((y, m, d, int(hour), int(minute), int(second), 0, 0, 0)))
+
+
+def retry_after(
+    value: bytes | str | None, now: float, *, cap: float = HTTP_RETRY_AFTER_CAP
+) -> float | None:
+    """Seconds a ``Retry-After`` field value asks to wait, within ``[0, cap]``.
+
+    ``value`` is delta-seconds (``120``) or an HTTP-date (``Fri, 31 Dec 1999 23:59:59 GMT``,
+    or one of its two obsolete forms); ``now`` is the wall clock (seconds since the epoch),
+    used only for a date. A date in the past, and ``0``, mean at once (0.0); more than
+    ``cap`` is ``cap``. None when there is no value or it is not valid (a negative or
+    fractional number, a bad date, several values): the caller then uses its own backoff.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    text = value.strip(" \t")
+    if text.isascii() and text.isdigit():
+        # Past ten digits the number is centuries: no need to convert it to know.
+        asked = float(int(text)) if len(text.lstrip("0")) <= 10 else cap
+    else:
+        when = _http_date(text, now)
+        if when is None:
+            return None
+        asked = when - now
+    return min(cap, max(0.0, asked))
 
 
 SYSLOG_BACKOFF_CAP = 300.0

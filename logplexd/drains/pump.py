@@ -51,6 +51,7 @@ class AttachedWriter:
         "wake",
         "partial",
         "error",
+        "slow",
     )
 
     def __init__(
@@ -76,19 +77,23 @@ class AttachedWriter:
         # Set when handed back: the payload and how many of its bytes were written.
         self.partial: tuple[Payload, int] | None = None
         self.error: OSError | None = None
+        # Set when the receiver left a write unfinished for ``slow_write_after``: a slow
+        # consumer holds nothing until it has caught up again.
+        self.slow = False
 
 
 def high_water(ring: ChannelRing) -> int:
     """Backlog (messages) at which a drain that takes all it is given holds its channel:
-    a quarter of the ring, in messages or (at the ring's mean message size) in bytes,
-    whichever comes first. The inputs stop after the read they are in, so the other three
-    quarters absorb the reads already under way (8 connections' 128 KB reads of 120-byte
-    messages are about half the default ring) before the ring could lap the drain."""
-    high = ring.max_messages // 4
+    an eighth of the ring, in messages or (at the ring's mean message size) in bytes,
+    whichever comes first. The inputs stop only after the read they are in, so the other
+    seven eighths absorb the reads already under way: 8 connections' 128 KB reads of
+    85-byte messages are 12,300 of the default ring's 16,384 (a quarter was measured to
+    be too little: the ring lapped by a few thousand)."""
+    high = ring.max_messages // 8
     held = ring.head - ring.tail
     if held > 0:
         mean = max(1, ring.nbytes // held)
-        high = min(high, ring.max_bytes // 4 // mean)
+        high = min(high, ring.max_bytes // 8 // mean)
     return max(1, high)
 
 
@@ -114,10 +119,11 @@ def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: boo
         return
     ring = channel.ring
     backlog = ring.head - max(ring.tail, writer.feed.cursor)
-    if backlog >= high:
-        channel.hold(writer)
-    elif backlog <= high // 2:
+    if backlog <= high // 2:
+        writer.slow = False  # caught up: it may hold again
         channel.release(writer)
+    elif backlog >= high and not writer.slow:
+        channel.hold(writer)
 
 
 class DrainPump:
@@ -334,7 +340,11 @@ class DrainPump:
             if written < len(payload.data):
                 writer.partial = (payload, written)
                 channel = writer.channel
-                if channel is not None and pushback_for(channel, self.pushback):
+                if (
+                    channel is not None
+                    and not writer.slow
+                    and pushback_for(channel, self.pushback)
+                ):
                     # Until the drain's task has finished this write (or judged the receiver
                     # slow), nothing else writes for it: the inputs must wait meanwhile.
                     channel.hold(writer)

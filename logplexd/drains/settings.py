@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .policy import L14_INTERVAL
+from .policy import HTTP_RETRY_AFTER_CAP, L14_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,10 @@ class DrainSettings:
     http_max_attempts: int = 3
     http_backoff_base: float = 0.5
     http_backoff_cap: float = 30.0
+    # A 429 or 503 is retried after the Retry-After it gives (delta-seconds or an HTTP-date),
+    # never longer than this; without one, after the backoff above. Either way it does not
+    # use up one of the batch's ``http_max_attempts``.
+    http_retry_after_cap: float = HTTP_RETRY_AFTER_CAP
     max_response_body: int = 1 << 20
     # Messages taken from the ring at a time (the one batch a drain holds).
     read_max_messages: int = 16384
@@ -33,8 +37,8 @@ class DrainSettings:
     # inputs (the router is the bottleneck); "drop": it is lapped and told with an L10, as
     # the original Logplex does whatever the cause.
     overflow: str = "pushback"
-    # A write the receiver has not taken whole after this long marks a slow consumer: it
-    # no longer holds its channel's inputs.
-    slow_write_after: float = 0.5
+    # A receiver that takes nothing of a pending write for this long (or not all of it in
+    # five times this long) is a slow consumer: it no longer holds its channel's inputs.
+    slow_write_after: float = 0.1
     # A drain failing on a TLS certificate repeats its L14 notice at most this often.
     l14_interval: float = L14_INTERVAL

@@ -213,24 +213,34 @@ class SyslogDrain:
         """Write ``rest`` (what the pump could not, or a batch of the drain's own task) as
         the socket takes it.
 
-        A receiver that takes the rest within ``slow_write_after`` is keeping up: a hold of
-        the channel stays. One that does not refuses data: it is slow, holds nothing, and
-        is lapped (L10) if it stays behind.
+        A receiver that keeps taking it is keeping up, and a hold of the channel stays. One
+        that takes nothing for ``slow_write_after``, or has not taken the whole write after
+        five times that, refuses data: it is slow, holds nothing until it has caught up,
+        and is lapped (L10) if it stays behind. (A busy receiver on a loaded machine still
+        makes progress; a stalled one makes none.)
         """
-        slow_at = trio.current_time() + self.drain.settings.slow_write_after
+        patience = self.drain.settings.slow_write_after
+        now = trio.current_time()
+        give_up_at, slow_at = now + 5 * patience, now + patience
         while rest:
             try:
-                rest = rest[os.write(writer.fd, rest) :]
+                taken = os.write(writer.fd, rest)
             except BlockingIOError:
-                pass
+                taken = 0
             except OSError as exc:
                 raise trio.BrokenResourceError("write failed") from exc
+            rest = rest[taken:]
             if not rest:
                 # As send_all would: a drain that always has data still lets others run.
                 await trio.lowlevel.checkpoint()
                 return
-            if trio.current_time() >= slow_at:
+            now = trio.current_time()
+            if taken:
+                slow_at = min(now + patience, give_up_at)
+            if now >= slow_at and not writer.slow:
+                writer.slow = True
                 channel.release(writer)
+            if writer.slow:
                 await trio.lowlevel.wait_writable(writer.fd)
             else:
                 with trio.move_on_at(slow_at):

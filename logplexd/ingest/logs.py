@@ -8,6 +8,7 @@ window is acknowledged and not routed again.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections import OrderedDict
@@ -107,7 +108,9 @@ class LogsIngest:
         # How long a request waits for a channel a consumer holds (the router is behind)
         # before it is answered 503 with Retry-After (token auth) or 204 (already routed).
         self.hold_timeout = hold_timeout
-        self.retry_after = max(1, round(hold_timeout))
+        # Retry-After: the timeout rounded up to whole seconds, at least 1 (as documented;
+        # round() would give 2 for 2.2 s or 2.5 s, asking for a retry before the wait ends).
+        self.retry_after = max(1, math.ceil(hold_timeout))
         self.check_credential = check_credential
         self.max_frame = max_frame
         self.max_body = max_body

@@ -148,6 +148,8 @@ class Received:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     connection: int
+    # trio.current_time() when the request was complete (under MockClock: virtual seconds).
+    at: float = 0.0
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -156,12 +158,17 @@ class Received:
         return None
 
 
+# What HttpSink answers one request with: a status, (status, extra response headers),
+# "stall" (never answer) or "reset" (close with RST).
+SinkAction = int | str | tuple[int, list[tuple[str, str]]]
+
+
 @dataclass
 class HttpSink(_Notifier):
-    """h11 server answering each request by a script: a status, "stall", or "reset"."""
+    """h11 server answering each request by a script of ``SinkAction``s, then ``default``."""
 
-    script: list[int | str] = field(default_factory=list)
-    default: int | str = 200
+    script: list[SinkAction] = field(default_factory=list)
+    default: SinkAction = 200
     tls: ssl.SSLContext | None = None
     requests: list[Received] = field(default_factory=list)
     connections: int = 0
@@ -203,7 +210,11 @@ class HttpSink(_Notifier):
                 action = self.script.pop(0) if self.script else self.default
                 self.requests.append(
                     Received(
-                        request.target, list(request.headers.raw_items()), bytes(body), connection
+                        request.target,
+                        list(request.headers.raw_items()),
+                        bytes(body),
+                        connection,
+                        trio.current_time(),
                     )
                 )
                 self.notify()
@@ -215,11 +226,15 @@ class HttpSink(_Notifier):
                     )
                     raw.socket.close()
                     return
-                assert isinstance(action, int)
-                response = h11.Response(status_code=action, headers=[("Content-Length", "2")])
+                status, extra = action if isinstance(action, tuple) else (action, [])
+                assert isinstance(status, int)
+                # 204 and 304 have no body (RFC 9110 6.4.1); the others answer "ok".
+                content = b"" if status in (204, 304) else b"ok"
+                length = [("Content-Length", "2")] if content else []
+                response = h11.Response(status_code=status, headers=[*length, *extra])
                 await stream.send_all(
                     conn.send(response)
-                    + conn.send(h11.Data(data=b"ok"))
+                    + (conn.send(h11.Data(data=content)) if content else b"")
                     + conn.send(h11.EndOfMessage())
                 )
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
