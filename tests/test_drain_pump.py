@@ -259,7 +259,7 @@ async def _parked_with(
 async def test_a_drain_holds_its_channel_unless_the_channel_drops(
     nursery, clock, default, mode, held
 ):
-    # A quarter of this ring (16 messages) behind, a drain that takes everything holds.
+    # An eighth of this ring (8 messages) behind, a drain that takes everything holds.
     registry = Registry(history_messages=64, buffer_messages=64)
     channel, pair = await _parked_with(nursery, registry, mode=mode, default=default)
     append(channel, [message(i) for i in range(40)])
@@ -286,7 +286,7 @@ async def test_a_partial_write_holds_only_a_pushback_channel(nursery, clock, mod
     channel, pair = await _parked_with(
         nursery, Registry(), mode=mode, default=mode == "drop", sndbuf=4096
     )
-    # Under a quarter of the ring (375 of 1500), but more than the socket takes at once.
+    # Under an eighth of the ring (187 of 1500), but more than the socket takes at once.
     append(channel, [message(i, "x" * 500) for i in range(300)])
     await trio.testing.wait_all_tasks_blocked()
     assert pair.returned.is_set() and pair.writer.partial is not None
@@ -308,4 +308,20 @@ def test_check_hold_asks_the_channel_mode_before_the_default():
         channel.overflow = mode
         check_hold(pair.writer, channel, 2, default)
         assert channel.held is held, (default, mode)
+    pair.close()
+
+
+async def test_a_slow_drain_holds_nothing_until_it_has_caught_up(nursery, clock):
+    registry = Registry(history_messages=64, buffer_messages=64)
+    channel, pair = await _parked_with(nursery, registry, mode=None, default=True)
+    pair.writer.slow = True  # its receiver left a write unfinished (drains/syslog.py)
+    append(channel, [message(i) for i in range(40)])
+    assert not channel.held  # 40 behind, but a slow consumer never holds its inputs
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(40))
+    assert not pair.writer.slow  # the pump wrote it all: caught up
+    append(channel, [message(i) for i in range(40, 80)])
+    assert channel.held  # behind again, and no longer slow: it holds
+    await trio.testing.wait_all_tasks_blocked()
+    assert not channel.held
     pair.close()

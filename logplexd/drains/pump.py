@@ -176,6 +176,9 @@ class DrainPump:
         self._marks[channel] = cursor if base is None else min(base, cursor)
         if writer.feed.last_payload_bytes >= LINGER_ONLY_BELOW_BYTES:
             self._busy.add(channel)
+        # Whatever it held for itself while its own task wrote (drains/syslog.py) is looked
+        # at again now, not when the channel next passes a mark.
+        check_hold(writer, channel, high_water(channel.ring), self.pushback)
         try:
             self.mark(channel)
             channel.rearm()
@@ -326,6 +329,7 @@ class DrainPump:
                 max_bytes=writer.max_bytes,
             )
             if payload is None:
+                writer.slow = False  # caught up: it may hold again
                 return
             writer.on_event(DrainEvent.SEND)
             try:
@@ -353,6 +357,7 @@ class DrainPump:
             feed.delivered(payload)
             writer.on_event(DrainEvent.SENT)
             if not feed.has_data():
+                writer.slow = False  # caught up: it may hold again
                 return
         # Still more: come back for it in the next round rather than starve the others.
         channel = writer.channel

@@ -163,7 +163,13 @@ class SyslogDrain:
                 # Its own task writes (the rest of a batch, a flush): it holds as the pump
                 # would, by its backlog, until the receiver proves slow (or, for a channel
                 # that does not push back, releases).
-                check_hold(writer, channel, high_water(channel.ring), drain.pump.pushback)
+                high = high_water(channel.ring)
+                check_hold(writer, channel, high, drain.pump.pushback)
+                if not writer.slow and pushback_for(channel, drain.pump.pushback):
+                    # Not attached to the pump, nobody looks at its backlog on each route:
+                    # the router holds the channel by itself should a flood reach the mark.
+                    cursor = max(feed.cursor, channel.ring.tail)
+                    channel.hold_from(writer, cursor + high)
             if not await feed.wait_for_data(settings.linger, settings.linger_messages):
                 return
             payload = feed.build_payload(
