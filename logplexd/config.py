@@ -119,6 +119,11 @@ class Settings:
     # A syslog connection that sends nothing this long after it is accepted is closed.
     syslog_first_byte_timeout: float = 10.0
     max_drains_per_channel: int = 6
+    # Platform log-sessions (issue 20): a URL not yet connected expires after this long; a
+    # connected tail ends after tail_max_duration. Logplex's /v2 and /v3 sessions keep 360 s
+    # and tails that last until the client leaves.
+    session_url_ttl: float = 300.0
+    tail_max_duration: float = 3600.0
     api_max_body: int = 1 * MIB
     api_max_connections: int = 1024
     shutdown_timeout: float = 5.0
@@ -428,6 +433,16 @@ _SPECS: dict[str, _Spec] = {
         "SECONDS",
     ),
     "max_drains_per_channel": _Spec(_int_in(0, 1000), "drains one channel may have", "N"),
+    "session_url_ttl": _Spec(
+        _seconds_in(1, 86400),
+        "a Platform log-session URL not connected within this long expires",
+        "SECONDS",
+    ),
+    "tail_max_duration": _Spec(
+        _seconds_in(1, 604800),
+        "a connected Platform log-session tail ends after this long",
+        "SECONDS",
+    ),
     "api_max_body": _Spec(
         _int_in(1 * KIB, 256 * MIB), "largest HTTP request body accepted, bytes", "BYTES"
     ),

@@ -303,6 +303,12 @@ def test_history_bytes_must_hold_two_frames() -> None:
         ("syslog_idle_timeout", "1", "nan", "expected a number of seconds from 0.01 to 86400"),
         ("shutdown_timeout", "0", "-1", "expected a number of seconds from 0 to 3600"),
         ("shutdown_timeout", "3600", "inf", "expected a number of seconds from 0 to 3600"),
+        ("session_url_ttl", "1", "0.5", "expected a number of seconds from 1 to 86400"),
+        ("session_url_ttl", "86400", "86401", "expected a number of seconds from 1 to 86400"),
+        ("session_url_ttl", "300", "five", "expected a number of seconds from 1 to 86400"),
+        ("tail_max_duration", "1", "0", "expected a number of seconds from 1 to 604800"),
+        ("tail_max_duration", "604800", "604801", "expected a number of seconds from 1 to 604800"),
+        ("tail_max_duration", "3600", "nan", "expected a number of seconds from 1 to 604800"),
         (
             "log_level",
             "WARNING",
@@ -556,3 +562,12 @@ def test_every_setting_is_documented() -> None:
             assert f"`{flag_name(name)}`" in doc, name
     assert "`LOGPLEX_AUTH_KEY`" in doc
     assert "`LOGPLEXD_CONFIG`" in doc
+
+
+def test_session_lifetimes_default_to_the_platform_reference() -> None:
+    # "about 5 minutes after creation or about one hour after connecting"
+    s = load_settings(env={})
+    assert (s.session_url_ttl, s.tail_max_duration) == (300.0, 3600.0)
+    assert (s.sources["session_url_ttl"], s.sources["tail_max_duration"]) == ("default",) * 2
+    s = load_settings({"session_url_ttl": "60"}, env={"LOGPLEXD_TAIL_MAX_DURATION": "7200"})
+    assert (s.session_url_ttl, s.tail_max_duration) == (60.0, 7200.0)

@@ -615,6 +615,7 @@ async def test_log_sessions(env: Env) -> None:
         "tail": True,
         "ps": "web.1",
         "source": "app",
+        "max_duration": 3600.0,  # the tail ends after about an hour (tail_max_duration)
     }
     # heroku3's one-shot read: no tail, lines as a number.
     body = payload(await env.call("POST", "/apps/tailed/log-sessions", {"lines": 5}))
@@ -631,3 +632,192 @@ async def test_log_sessions(env: Env) -> None:
     await env.store.delete_channel("tailed")
     response = await env.call("POST", "/apps/tailed/log-sessions", {})
     assert error(response) == (422, "invalid_params")
+
+
+# -- /users/{user}/apps, add-ons -------------------------------------------------------------------
+
+
+async def test_user_apps_lists_what_the_caller_sees(env: Env) -> None:
+    dev_id, token = await new_account(env, "dev@example.com")
+    auth = basic("dev@example.com", token)
+    await new_account(env, "idle@example.com")
+    assert (await env.call("POST", "/apps", {"name": "dev-app"}, auth=auth)).status == 201
+    assert (await env.call("POST", "/apps", {"name": "ops-app"})).status == 201
+    mine = await env.call("GET", "/apps", auth=auth)
+    for user in ("~", "dev@example.com", "DEV@example.com", dev_id):
+        response = await env.call("GET", f"/users/{quote(user)}/apps", auth=auth)
+        assert response.status == 200, user
+        assert [app["name"] for app in payload(response)] == ["dev-app"]
+        assert payload(response) == payload(mine)
+        assert response.header("Content-Range") == mine.header("Content-Range")
+        assert response.header("Accept-Ranges") == "id, name"
+        assert response.header("Request-Id") == "req-1"
+        assert response.header("RateLimit-Remaining")
+    # `heroku apps` sends the tilde percent-encoded by some clients.
+    response = await env.call("GET", "/users/%7E/apps", auth=auth)
+    assert [app["name"] for app in payload(response)] == ["dev-app"]
+    # Someone else's apps: not for an account.
+    for user in ("idle@example.com", OPERATOR_ID, "nobody@example.com"):
+        response = await env.call("GET", f"/users/{user}/apps", auth=auth)
+        assert error(response) == (404, "not_found"), user
+        assert response.header("RateLimit-Remaining")
+    # The operator sees every app as its own, and any account's by id or email.
+    response = await env.call("GET", "/users/~/apps")
+    # In id order, as GET /apps: ids are random uuids.
+    assert sorted(app["name"] for app in payload(response)) == ["dev-app", "ops-app"]
+    for user in ("dev@example.com", dev_id):
+        response = await env.call("GET", f"/users/{user}/apps")
+        assert [app["name"] for app in payload(response)] == ["dev-app"], user
+    assert payload(await env.call("GET", "/users/idle@example.com/apps")) == []
+    assert error(await env.call("GET", "/users/nobody@example.com/apps")) == (404, "not_found")
+    # The conventions hold: ranges, 406, 401, 405.
+    response = await env.call("GET", "/users/~/apps", headers={"Range": "name ..; max=1"})
+    assert response.status == 206 and [a["name"] for a in payload(response)] == ["dev-app"]
+    assert response.header("Next-Range") == "name ]dev-app..; max=1"
+    assert error(await env.call("GET", "/users/~/apps", accept=None)) == (406, "not_acceptable")
+    assert error(await env.call("GET", "/users/~/apps", auth=None)) == (401, "unauthorized")
+    response = await env.call("POST", "/users/~/apps")
+    assert error(response) == (405, "method_not_allowed")
+    assert response.header("Allow") == "GET, HEAD"
+
+
+async def test_addons_of_an_app_are_an_empty_list(env: Env) -> None:
+    _, token = await new_account(env, "dev@example.com")
+    auth = basic("dev@example.com", token)
+    created = payload(await env.call("POST", "/apps", {"name": "bare"}, auth=auth))
+    for ident in ("bare", created["id"]):
+        response = await env.call("GET", f"/apps/{ident}/addons", auth=auth)
+        assert response.status == 200 and payload(response) == []
+        assert response.header("Content-Range") == "id ..; max=200"
+        assert response.header("Accept-Ranges") == "id, name"
+        assert response.header("Request-Id") == "req-1"
+        assert response.header("RateLimit-Remaining")
+        assert response.header("Last-Modified") is None  # nothing in the list to date
+    response = await env.call("GET", "/apps/nope/addons", auth=auth)
+    assert error(response) == (404, "not_found")
+    assert payload(response)["message"] == "Couldn't find that app."
+    assert response.header("Request-Id") == "req-1" and response.header("RateLimit-Remaining")
+    await env.call("POST", "/apps", {"name": "theirs"})
+    response = await env.call("GET", "/apps/theirs/addons", auth=auth)
+    assert error(response) == (403, "forbidden")
+    response = await env.call("DELETE", "/apps/bare/addons", auth=auth)
+    assert error(response) == (405, "method_not_allowed")
+    assert response.header("Allow") == "GET, HEAD"
+
+
+# -- one error format ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/apps/x/nope",
+        "/apps/x/log-drains/y/z",
+        "/account/features",
+        "/users",
+        "/users/~",
+        "/regions",
+        "/oauth/clients",
+        "/addon-services",
+        "/apps/%ff",  # not UTF-8 once decoded
+    ],
+)
+async def test_unknown_platform_paths_are_platform_404s(env: Env, path: str) -> None:
+    response = await env.call("GET", path)
+    assert error(response) == (404, "not_found")
+    assert response.header("Content-Type") == "application/json"
+    assert response.header("Request-Id") == "req-1"
+    assert response.header("RateLimit-Remaining") == "1200"  # known caller, nothing spent
+    assert re.fullmatch(r'"[0-9a-f]{32}"', response.header("ETag") or "")
+    # Without credentials or the version: still a 404, without RateLimit-Remaining.
+    response = await env.call("GET", path, auth=None, accept=None)
+    assert error(response) == (404, "not_found")
+    assert response.header("Request-Id") == "req-1"
+    assert response.header("RateLimit-Remaining") is None
+
+
+async def test_platform_405_for_any_method(env: Env) -> None:
+    await env.call("POST", "/apps", {"name": "verbs"})
+    for method, path, allowed in [
+        ("OPTIONS", "/apps", "GET, POST, HEAD"),
+        ("TRACE", "/apps/verbs", "GET, PATCH, DELETE, HEAD"),
+        ("PROPFIND", "/apps/verbs/log-drains", "GET, POST, HEAD"),
+        ("PUT", "/account", "GET, HEAD"),
+    ]:
+        response = await env.call(method, path)
+        assert error(response) == (405, "method_not_allowed"), (method, path)
+        assert response.header("Allow") == allowed
+        assert response.header("Request-Id") == "req-1"
+        assert response.header("RateLimit-Remaining")
+    # The method is judged before the version, but nothing is told without credentials.
+    response = await env.call("PUT", "/apps", accept=None)
+    assert error(response) == (405, "method_not_allowed")
+    response = await env.call("PUT", "/apps", auth=None, accept=None)
+    assert error(response) == (401, "unauthorized")
+    assert response.header("RateLimit-Remaining") is None
+    # A 405 spends no token.
+    before = (await env.call("GET", "/account/rate-limits")).header("RateLimit-Remaining")
+    await env.call("OPTIONS", "/apps")
+    after = (await env.call("GET", "/account/rate-limits")).header("RateLimit-Remaining")
+    assert before == after
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v3/nope", 404),
+        ("GET", "/appsx", 404),
+        ("GET", "/", 404),
+        ("OPTIONS", "/v3/channels/c", 405),
+        ("GET", "/channels", 405),
+    ],
+)
+async def test_logplex_paths_keep_their_error_format(
+    env: Env, method: str, path: str, status: int
+) -> None:
+    response = await env.call(method, path)
+    assert response.status == status
+    assert set(payload(response)) == {"error"}
+    assert response.header("RateLimit-Remaining") is None
+
+
+# -- Last-Modified ---------------------------------------------------------------------------------
+
+
+async def test_last_modified_follows_updated_at(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from logplexd.api.platform import api as platform_module
+
+    monkeypatch.setattr(platform_module, "utc_timestamp", lambda: "2012-01-01T12:00:00Z")
+    created = await env.call("POST", "/apps", {"name": "dated"})
+    assert created.status == 201
+    assert created.header("Last-Modified") == "Sun, 01 Jan 2012 12:00:00 GMT"
+    response = await env.call("GET", "/apps/dated")
+    assert response.header("Last-Modified") == "Sun, 01 Jan 2012 12:00:00 GMT"
+    cached = await env.call(
+        "GET", "/apps/dated", headers={"If-None-Match": response.header("ETag") or ""}
+    )
+    assert cached.status == 304
+    assert cached.header("Last-Modified") == "Sun, 01 Jan 2012 12:00:00 GMT"
+    monkeypatch.setattr(platform_module, "utc_timestamp", lambda: "2013-06-30T23:59:58Z")
+    await env.call("POST", "/apps", {"name": "later"})
+    drain = await env.call("POST", "/apps/dated/log-drains", {"url": "syslog://h.example:601"})
+    assert drain.header("Last-Modified") == "Sun, 30 Jun 2013 23:59:58 GMT"
+    # A list: its latest item.
+    listed = await env.call("GET", "/apps")
+    assert listed.header("Last-Modified") == "Sun, 30 Jun 2013 23:59:58 GMT"
+    # A change moves it.
+    monkeypatch.setattr(platform_module, "utc_timestamp", lambda: "2014-02-03T04:05:06Z")
+    patched = await env.call("PATCH", "/apps/dated", {"maintenance": True})
+    assert patched.header("Last-Modified") == "Mon, 03 Feb 2014 04:05:06 GMT"
+    assert (await env.call("GET", "/apps/dated")).header("Last-Modified") == (
+        "Mon, 03 Feb 2014 04:05:06 GMT"
+    )
+    # Nothing to date: errors, an empty list, the operator (no account record), rate limits.
+    assert (await env.call("GET", "/apps/nope")).header("Last-Modified") is None
+    assert (await env.call("GET", "/apps/later/log-drains")).header("Last-Modified") is None
+    assert (await env.call("GET", "/account")).header("Last-Modified") is None
+    assert (await env.call("GET", "/account/rate-limits")).header("Last-Modified") is None
+    # An account's own record is dated.
+    _, token = await new_account(env, "dated@example.com")
+    account = await env.call("GET", "/account", auth=basic("", token))
+    assert account.status == 200 and (account.header("Last-Modified") or "").endswith(" GMT")

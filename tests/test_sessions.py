@@ -43,6 +43,10 @@ def test_params_decoding():
     assert not parse_session_params({"channel_id": "c", "tail": None}).tail
     with pytest.raises(SessionParamError):
         parse_session_params({"num": 1})
+    # A tail's time limit (Platform log-sessions); anything but a positive number: none.
+    assert parse_session_params({"channel_id": "c", "max_duration": 3600}).max_duration == 3600.0
+    for bad in (0, -1, True, "60", None):
+        assert parse_session_params({"channel_id": "c", "max_duration": bad}).max_duration is None
 
 
 async def collect(agen, n_chunks: int) -> list[bytes]:
@@ -130,3 +134,29 @@ async def test_history_is_the_newest_history_messages_of_a_deeper_buffer():
     assert chunks == [b"".join(line(i) for i in range(25, 30))]
     body, count = channel_logs(registry, ch, 100)
     assert count == 5 and body.count(b"\n") == 5
+
+
+async def test_tail_with_max_duration_ends_then(mock_clock):
+    registry = make()
+    ch = registry.channel("ch")
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def reader():
+        params = SessionParams("ch", num=0, tail=True, max_duration=10.0)
+        async for chunk in stream_session(registry, ch, params):
+            got.append(chunk)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(9.9)
+        registry.route(parse_frames([frame(1)]))
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(0.01)  # the tail's linger
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [line(1)] and not done.is_set()
+        mock_clock.jump(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done.is_set()

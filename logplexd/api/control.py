@@ -41,6 +41,7 @@ from ..web import (
     BasicPassword,
     CredentialChecker,
     InvalidJson,
+    Match,
     MethodNotAllowed,
     Params,
     Request,
@@ -58,6 +59,10 @@ WWW_AUTHENTICATE = ("WWW-Authenticate", "Basic realm=Logplex")
 MAX_CHANNEL_NAME = 256
 MAX_TOKEN_NAME = 256
 SESSION_KEYS = ("channel_id", "num", "tail", "ps", "source")
+LOG_SESSION_URL_TTL = 300.0
+LOG_SESSION_TAIL_MAX = 3600.0
+# Answers a request no route matched (404) or whose method no route takes (405).
+Unmatched = Callable[[Request], Awaitable[Response]]
 
 
 class _BadRequest(Exception):
@@ -177,7 +182,12 @@ class ApiConfig:
     auth_key: str
     public_url: str
     max_drains_per_channel: int = 6
+    # Logplex's own sessions (v2/v3): the URL lives 360 s, a tail until the client leaves.
     session_ttl: float = SESSION_TTL_SECONDS
+    # Platform log-sessions (the Platform API reference): the URL lives about 5 minutes
+    # unconnected, a connected tail about an hour (settings session_url_ttl, tail_max_duration).
+    log_session_ttl: float = LOG_SESSION_URL_TTL
+    log_session_tail_max: float = LOG_SESSION_TAIL_MAX
 
 
 class ControlApi:
@@ -192,6 +202,8 @@ class ControlApi:
         public_url: str,
         max_drains_per_channel: int = 6,
         session_ttl: float = SESSION_TTL_SECONDS,
+        log_session_ttl: float = LOG_SESSION_URL_TTL,
+        log_session_tail_max: float = LOG_SESSION_TAIL_MAX,
         credential_checker: CredentialChecker | None = None,
         drain_stats: Callable[[str], Iterable[DrainFigures]] | None = None,
     ) -> None:
@@ -204,12 +216,15 @@ class ControlApi:
             public_url=public_url.rstrip("/"),
             max_drains_per_channel=max_drains_per_channel,
             session_ttl=session_ttl,
+            log_session_ttl=log_session_ttl,
+            log_session_tail_max=log_session_tail_max,
         )
         self.credentials = credential_checker or CredentialChecker(store)
         # The registry is loaded now and follows every durable change from here on.
         self._detach_registry = attach_registry(store, registry) if registry is not None else None
         self._openapi = resources.files("logplexd").joinpath("openapi.json").read_bytes()
         self.router = Router()
+        self._unmatched: list[tuple[str, Unmatched]] = []
         self._add_routes()
 
     def close(self) -> None:
@@ -222,6 +237,19 @@ class ControlApi:
     ) -> None:
         """Serve another route on this listener (e.g. ``GET /sessions/{session_id}``)."""
         self.router.add(method, template, handler, name=name, auth=auth)
+
+    def add_unmatched(self, prefixes: Iterable[str], answer: Unmatched) -> None:
+        """``answer(request)`` replies instead of the Logplex ``{"error"}`` 404 and 405 for a
+        path equal to one of ``prefixes`` or under it (the Platform API's own error format).
+        """
+        for prefix in prefixes:
+            self._unmatched.append((prefix.rstrip("/"), answer))
+
+    def _unmatched_for(self, path: str) -> Unmatched | None:
+        for prefix, answer in self._unmatched:
+            if path == prefix or path.startswith(prefix + "/"):
+                return answer
+        return None
 
     def _add_routes(self) -> None:
         add = self.router.add
@@ -286,7 +314,10 @@ class ControlApi:
         route_name = "-"
         try:
             found = self.router.match(request.method, request.path)
-            if found is None:
+            unmatched = self._unmatched_for(request.path) if not isinstance(found, Match) else None
+            if unmatched is not None:
+                response = await unmatched(request)
+            elif found is None:
                 response = Response.error(404, "Not Found")
             elif isinstance(found, MethodNotAllowed):
                 response = Response.error(

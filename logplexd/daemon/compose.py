@@ -69,6 +69,8 @@ LIVE_SETTINGS = frozenset(
         "syslog_first_byte_timeout",
         "max_syslog_connections",
         "max_drains_per_channel",
+        "session_url_ttl",
+        "tail_max_duration",
         "shutdown_timeout",
         "log_level",
         *ROD_NAMES,
@@ -174,6 +176,8 @@ class Daemon:
                 auth_key=s.auth_key or "",
                 public_url=s.resolved_public_url(),
                 max_drains_per_channel=s.max_drains_per_channel,
+                log_session_ttl=s.session_url_ttl,
+                log_session_tail_max=s.tail_max_duration,
                 drain_stats=self.drains.channel_stats,
             )
             cluster_reads = None
@@ -437,11 +441,20 @@ class Daemon:
     def _apply_live(self, live: Mapping[str, Any]) -> None:
         s = self.settings
         api = self.api
-        if api is not None and live.keys() & {"auth_key", "public_url", "max_drains_per_channel"}:
+        api_settings = {
+            "auth_key",
+            "public_url",
+            "max_drains_per_channel",
+            "session_url_ttl",
+            "tail_max_duration",
+        }
+        if api is not None and live.keys() & api_settings:
             config = replace(
                 api.config,
                 auth_key=s.auth_key or "",
                 max_drains_per_channel=s.max_drains_per_channel,
+                log_session_ttl=s.session_url_ttl,
+                log_session_tail_max=s.tail_max_duration,
             )
             if "public_url" in live and self.ports is not None:
                 bound = (s.api_addr.host, self.ports.api)

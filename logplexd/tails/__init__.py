@@ -7,6 +7,7 @@ open tails and ends them all for the ``kill_tail_sessions`` rod.
 
 from .sessions import (
     DEFAULT_NUM,
+    MAX_DURATION_KEY,
     MAX_NUM,
     SessionParamError,
     SessionParams,
@@ -18,6 +19,7 @@ from .tracking import TailSessions
 
 __all__ = [
     "DEFAULT_NUM",
+    "MAX_DURATION_KEY",
     "MAX_NUM",
     "SessionParamError",
     "SessionParams",

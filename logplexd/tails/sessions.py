@@ -8,6 +8,7 @@ the L11 notice with the exact count it lost. Per-session memory is one read batc
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ class SessionParams:
     tail: bool = False
     ps: bytes | None = None
     source: bytes | None = None
+    # Seconds a tail follows the channel once connected, then ends cleanly; None: until the
+    # client goes away (Logplex's own sessions). Platform log-sessions carry a limit.
+    max_duration: float | None = None
+
+
+# The stored session body key holding ``max_duration``; the v2/v3 session routes keep only
+# the Logplex keys of a client's body, so only the daemon itself sets it.
+MAX_DURATION_KEY = "max_duration"
 
 
 def parse_session_params(body: Mapping[str, object]) -> SessionParams:
@@ -61,12 +70,17 @@ def parse_session_params(body: Mapping[str, object]) -> SessionParams:
     num = max(0, min(MAX_NUM, num))
     tail_raw = body.get("tail", None)
     tail = "tail" in body and tail_raw is not False and tail_raw is not None
+    max_raw = body.get(MAX_DURATION_KEY)
+    max_duration = None
+    if isinstance(max_raw, int | float) and not isinstance(max_raw, bool) and max_raw > 0:
+        max_duration = float(max_raw)
     return SessionParams(
         channel=channel,
         num=num,
         tail=tail,
         ps=_opt_bytes(body.get("ps")),
         source=_opt_bytes(body.get("source")),
+        max_duration=max_duration,
     )
 
 
@@ -89,8 +103,12 @@ async def stream_session(
     Reading the ring and encoding are native batch calls; between two yields the consumer
     (the HTTP writer) may take as long as it likes without holding anything back.
     ``start`` (Redis mode) gives the history and the ring position the tail continues from,
-    read from the channel's stream by ``cluster.reads``.
+    read from the channel's stream by ``cluster.reads``. A tail with ``max_duration`` ends
+    (the generator returns, so the chunked body finishes) that long after it started.
     """
+    deadline = math.inf
+    if params.max_duration is not None:
+        deadline = trio.current_time() + params.max_duration
     ring = channel.ring
     if start is None:
         source, cursor = registry.history(channel), ring.head
@@ -103,6 +121,8 @@ async def stream_session(
         return
     last_read_at = wall_clock()
     while True:
+        if trio.current_time() >= deadline:
+            return  # the tail's time is up (busy or idle): end cleanly
         batch, cursor, lost = ring.read(cursor, TAIL_READ_MESSAGES, TAIL_READ_BYTES)
         now = wall_clock()
         if lost:
@@ -115,9 +135,10 @@ async def stream_session(
             continue
         if registry.channel(params.channel) is not channel:
             return  # channel deleted (or replaced): the tail ends once it has sent the rest
-        await channel.wait_appended()
-        with trio.move_on_after(TAIL_LINGER_SECONDS):
-            await channel.wait_head(cursor + TAIL_LINGER_MESSAGES)
+        with trio.move_on_at(deadline):
+            await channel.wait_appended()
+            with trio.move_on_after(TAIL_LINGER_SECONDS):
+                await channel.wait_head(cursor + TAIL_LINGER_MESSAGES)
 
 
 def channel_logs(

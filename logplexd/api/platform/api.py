@@ -3,9 +3,10 @@
 Sans-IO like the control API: each route is an ``async (Request, params) -> Response``
 added to the control API's router (``mount_platform``), so it is served on the API
 listener. Every route follows the conventions of ``conventions.py`` in this order:
-``X-Http-Method-Override`` (on POST), ``Accept`` version 3 (406), authentication (401),
-method (405), rate limit (429, not for ``/account/rate-limits``), the route itself (404,
-403, 422...), then ``If-Match`` (412) and ``If-None-Match`` (304).
+``X-Http-Method-Override`` (on POST), a method the route does not serve (401 without good
+credentials, else 405), ``Accept`` version 3 (406), authentication (401), rate limit (429,
+not for ``/account/rate-limits``), the route itself (404, 403, 422...), then ``If-Match``
+(412) and ``If-None-Match`` (304).
 
 An app is a Logplex channel of the same name; creating one creates the channel with a token
 named ``app``. What the channel does not hold (uuid, owner, region, stack, maintenance,
@@ -32,6 +33,8 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any, Protocol
 
 import trio
@@ -55,14 +58,17 @@ from ...store import (
     redact_url,
     utc_timestamp,
 )
+from ...tails import MAX_DURATION_KEY
 from ...web import (
     BasicAuth,
     BasicPassword,
     BasicToken,
     BearerToken,
     InvalidJson,
+    Match,
     Request,
     Response,
+    Router,
     key_matches,
     parse_authorization,
     parse_json,
@@ -96,9 +102,19 @@ APP_NAME_MESSAGE = (
 )
 APP_RANGES = ("id", "name")
 DRAIN_RANGES = ("id",)
+ADDON_RANGES = ("id", "name")
 MAX_LINES = 1 << 31
 JSON_HEADER = ("Content-Type", "application/json")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# The Platform API's top-level resources (the seed's and ``/users``): an unknown path or
+# method under one of them is answered in this API's error format, not Logplex's.
+PREFIXES = ("/account", "/addon-services", "/apps", "/oauth", "/regions", "/users")
+ANY_METHOD = "*"
+NOT_FOUND_MESSAGE = (
+    "The requested API endpoint was not found. Are you using the right HTTP verb "
+    "(i.e. `GET` vs. `POST`), and did you specify your intent to use the "
+    "`application/vnd.heroku+json; version=3` media type?"
+)
 
 
 class ChannelLookup(Protocol):
@@ -169,6 +185,23 @@ def drain_uuid(drain: DrainRecord) -> str:
     return str(uuid.uuid5(NAMESPACE, f"drain:{drain.id}:{drain.token}"))
 
 
+def _last_modified(payload: Any) -> str | None:
+    """An HTTP date from a resource's ``updated_at``, the latest of a list's items'; None
+    when there is none (an empty list, a resource without a time)."""
+    items = payload if isinstance(payload, list) else [payload]
+    stamps = [item.get("updated_at") for item in items if isinstance(item, dict)]
+    latest: datetime | None = None
+    for stamp in stamps:
+        if not isinstance(stamp, str):
+            continue
+        try:
+            when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        latest = when if latest is None or when > latest else latest
+    return None if latest is None else format_datetime(latest, usegmt=True)
+
+
 def _invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_params", message)
 
@@ -214,6 +247,8 @@ class PlatformApi:
         self._config = config
         self.registry = registry
         self.buckets = TokenBuckets(clock)
+        # Every template under ANY_METHOD: which route a path is, whatever its method.
+        self._own = Router()
 
     # -- mounting --------------------------------------------------------------------------
     def routes(self) -> list[tuple[str, str, dict[str, Handler], bool]]:
@@ -244,6 +279,18 @@ class PlatformApi:
                 {"POST": self._create_session},
                 True,
             ),
+            (
+                "/apps/{app}/addons",
+                "platform.addons",
+                {"GET": self._list_addons},
+                True,
+            ),
+            (
+                "/users/{user}/apps",
+                "platform.user_apps",
+                {"GET": self._list_user_apps},
+                True,
+            ),
             ("/account", "platform.account", {"GET": self._get_account}, True),
             (
                 "/account/rate-limits",
@@ -264,6 +311,23 @@ class PlatformApi:
             dispatch = self._dispatcher(handlers, counted)
             for method in METHODS:
                 add_route(method, template, dispatch, name=name, auth=False)
+            self._own.add(ANY_METHOD, template, dispatch, name=name, auth=False)
+
+    async def unmatched(self, request: Request) -> Response:
+        """The answer for a Platform path the listener's router did not match: a method
+        outside ``METHODS`` on one of these routes (405 through ``serve``), or no such
+        route (404). ``RateLimit-Remaining`` is sent when the credentials are good.
+        """
+        found = self._own.match(ANY_METHOD, request.path)
+        if isinstance(found, Match):
+            return await found.endpoint.handler(request, found.params)
+        principal: Principal | None = None
+        try:
+            principal = await self._authenticate(request)
+            reply = Reply(404, {"id": "not_found", "message": NOT_FOUND_MESSAGE})
+        except StoreUnavailable:
+            reply = Reply(503, {"id": "unavailable", "message": "The store is unavailable."})
+        return self._render(request, principal, reply, conditional=False)
 
     def _dispatcher(
         self, handlers: dict[str, Handler], counted: bool
@@ -289,17 +353,22 @@ class PlatformApi:
                 method = override.strip().upper()
             if method == "HEAD":
                 method = "GET"
+            handler = handlers.get(method)
+            if handler is None:
+                # Whatever the Accept, but only for good credentials: nothing of a route is
+                # told without them (401 first, as on every other path).
+                principal = await self._authenticate(request)
+                if principal is None:
+                    raise ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE)
+                allowed = ", ".join([*handlers, *(["HEAD"] if "GET" in handlers else [])])
+                raise ApiError(
+                    405, "method_not_allowed", "Method not allowed.", [("Allow", allowed)]
+                )
             if not accepts_version_3(request.header("accept")):
                 raise ApiError(406, "not_acceptable", NOT_ACCEPTABLE_MESSAGE)
             principal = await self._authenticate(request)
             if principal is None:
                 raise ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE)
-            handler = handlers.get(method)
-            if handler is None:
-                allowed = ", ".join([*handlers, *(["HEAD"] if "GET" in handlers else [])])
-                raise ApiError(
-                    405, "method_not_allowed", "Method not allowed.", [("Allow", allowed)]
-                )
             if counted and self.buckets.take(principal.id) is None:
                 raise ApiError(429, "rate_limit", RATE_LIMIT_MESSAGE)
             reply = await handler(Call(request, params, principal, method))
@@ -319,6 +388,9 @@ class PlatformApi:
         body = _dumps(reply.payload)
         etag = etag_of(body)
         headers = [JSON_HEADER, ("ETag", etag), *reply.headers]
+        modified = _last_modified(reply.payload) if 200 <= reply.status < 300 else None
+        if modified is not None:
+            headers.append(("Last-Modified", modified))
         if principal is not None:
             headers.append(("RateLimit-Remaining", str(self.buckets.remaining(principal.id))))
         if request.request_id:
@@ -417,6 +489,31 @@ class PlatformApi:
             if call.principal.operator or app.owner_id == call.principal.id
         ]
         return self._list(call, visible, APP_RANGES)
+
+    async def _list_user_apps(self, call: Call) -> Reply:
+        """``/users/~/apps`` (``heroku apps``): the caller's apps, as ``GET /apps`` shows
+        them. A user named by id or email is the caller, or any account for the operator.
+        """
+        user = call.params["user"]
+        me = call.principal
+        if user == "~" or user == me.id or user.lower() == me.email.lower():
+            return await self._list_apps(call)
+        owner: str | None = None
+        if me.operator:
+            if _is_uuid(user) and any(a.owner_id == user.lower() for a in self.records.apps()):
+                owner = user.lower()
+            else:
+                account = self.records.account_by_email(user)
+                owner = account.id if account is not None else None
+        if owner is None:
+            raise ApiError(404, "not_found", "Couldn't find that user.")
+        owned = [self.app_json(app) for app in self.records.apps() if app.owner_id == owner]
+        return self._list(call, owned, APP_RANGES)
+
+    async def _list_addons(self, call: Call) -> Reply:
+        """An app here has no add-ons: an empty list, once the app is known."""
+        self._app(call)
+        return self._list(call, [], ADDON_RANGES)
 
     async def _get_app(self, call: Call) -> Reply:
         return Reply(200, self.app_json(self._app(call)))
@@ -620,7 +717,10 @@ class PlatformApi:
         if source:
             session_body["source"] = source
         config = self._config()
-        session = await self.store.create_session(session_body, ttl=config.session_ttl)
+        if tail:
+            # The seed's lifetimes: a connected tail ends after about an hour.
+            session_body[MAX_DURATION_KEY] = config.log_session_tail_max
+        session = await self.store.create_session(session_body, ttl=config.log_session_ttl)
         now = utc_timestamp()
         return Reply(
             201,
@@ -662,6 +762,10 @@ class PlatformApi:
 class _Mountable(Protocol):
     config: ApiConfig
 
+    def add_unmatched(
+        self, prefixes: tuple[str, ...], answer: Callable[[Request], Awaitable[Response]]
+    ) -> None: ...
+
     def add_route(
         self,
         method: str,
@@ -698,4 +802,5 @@ def mount_platform(
         store, records, config=lambda: control_api.config, registry=registry, clock=clock
     )
     api.mount(control_api.add_route)
+    control_api.add_unmatched(PREFIXES, api.unmatched)
     return api
