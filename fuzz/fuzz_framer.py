@@ -32,6 +32,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.append(ROOT)  # tests.helpers.reference; a scratch build dir may come first on the path
+if HERE not in sys.path:
+    sys.path.append(HERE)  # _reads, when imported from elsewhere
+
+from _reads import split  # noqa: E402
 
 MAX_FRAMES = (1, 2, 8, 24, 64, 200, 1024, 10240, 65000)
 TOKEN = b"d.0f4e2a"
@@ -41,21 +45,6 @@ def _oracle():
     from tests.helpers import reference
 
     return reference
-
-
-def split(data: bytes, control: bytes) -> list[bytes]:
-    """Cut ``data`` into reads: each control byte is one cut length (0 = 1 byte, 255 = rest)."""
-    chunks = []
-    pos = 0
-    for c in control:
-        if pos >= len(data):
-            break
-        size = len(data) - pos if c == 255 else (c % 64) + 1
-        chunks.append(data[pos : pos + size])
-        pos += size
-    if pos < len(data):
-        chunks.append(data[pos:])
-    return chunks
 
 
 def decode(buf: bytes) -> tuple[int, list[bytes], bytes]:

@@ -33,24 +33,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.append(ROOT)
+if HERE not in sys.path:
+    sys.path.append(HERE)  # _reads, when imported from elsewhere
+
+from _reads import split  # noqa: E402
 
 MAX_BODIES = (16, 1024, 65536)
 BODY_TIMEOUT = 30.0
-
-
-def split(data: bytes, control: bytes) -> list[bytes]:
-    """Cut ``data`` into reads: each control byte is one cut length (0 = 1 byte, 255 = rest)."""
-    chunks = []
-    pos = 0
-    for c in control:
-        if pos >= len(data):
-            break
-        size = len(data) - pos if c == 255 else (c % 64) + 1
-        chunks.append(data[pos : pos + size])
-        pos += size
-    if pos < len(data):
-        chunks.append(data[pos:])
-    return chunks
 
 
 def decode(buf: bytes) -> tuple[int, bool, list[bytes], bytes]:
