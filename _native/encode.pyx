@@ -207,12 +207,44 @@ cdef inline bint _session_match(const MsgRec* r, const char* p, const char* ps_p
     return True
 
 
-def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1):
+cdef Py_ssize_t _breaks(const char* p, Py_ssize_t n) noexcept:
+    """Line breaks in ``p[:n]``: CR, LF, and CRLF counted once."""
+    cdef Py_ssize_t i = 0, count = 0
+    while i < n:
+        if p[i] == CR:
+            count += 1
+            if i + 1 < n and p[i + 1] == LF:
+                i += 1
+        elif p[i] == LF:
+            count += 1
+        i += 1
+    return count
+
+
+cdef void _put_event_data(Out* o, const char* p, Py_ssize_t n) noexcept:
+    """``p[:n]`` with each break (CR, LF, CRLF) made ``LF "data: "``: the next data line of
+    the same server-sent event. Room for ``n + 6 * _breaks(p, n)`` bytes must be reserved."""
+    cdef Py_ssize_t i = 0, start = 0
+    while i < n:
+        if p[i] == CR or p[i] == LF:
+            _put(o, p + start, i - start)
+            _put(o, b"\ndata: ", 7)
+            if p[i] == CR and i + 1 < n and p[i + 1] == LF:
+                i += 1
+            start = i + 1
+        i += 1
+    _put(o, p + start, n - start)
+
+
+def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1,
+                  bint sse=False):
     """Session/tail text ``TS APP[PROCID]: MSG\\n``, optionally filtered: (bytes, count).
 
     ``ps`` matches PROCID exactly or as a prefix before a dot (``web`` matches ``web.1``);
     ``source`` matches APP-NAME exactly. With ``last`` >= 0, only the newest ``last``
-    matching lines are written.
+    matching lines are written. With ``sse`` each line is a server-sent event instead:
+    ``"data: " TS APP[PROCID]: MSG LF LF``, every trailing CR and LF of MSG dropped and every
+    break inside the line (CR, LF, CRLF) written as ``LF "data: "``.
     """
     cdef Out o
     cdef Py_ssize_t i, count = 0, msg_len, ps_len = 0, src_len = 0
@@ -246,6 +278,12 @@ def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1
                 continue
             msg = p + r.fs[F_MSG]
             msg_len = r.fl[F_MSG]
+            if sse:
+                while msg_len and (msg[msg_len - 1] == LF or msg[msg_len - 1] == CR):
+                    msg_len -= 1
+                _session_event(&o, p, r, msg, msg_len)
+                count += 1
+                continue
             if msg_len and msg[msg_len - 1] == LF:
                 msg_len -= 1
                 if msg_len and msg[msg_len - 1] == CR:
@@ -264,6 +302,28 @@ def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1
         PyMem_Free(o.buf)
         raise
     return _finish(&o), count
+
+
+cdef int _session_event(Out* o, const char* p, const MsgRec* r, const char* msg,
+                        Py_ssize_t msg_len) except -1:
+    """One session line as a server-sent event (see ``session_lines``)."""
+    cdef const char* ts = p + r.fs[F_TIMESTAMP]
+    cdef const char* app = p + r.fs[F_APPNAME]
+    cdef const char* procid = p + r.fs[F_PROCID]
+    cdef Py_ssize_t breaks = (_breaks(ts, r.fl[F_TIMESTAMP]) + _breaks(app, r.fl[F_APPNAME])
+                              + _breaks(procid, r.fl[F_PROCID]) + _breaks(msg, msg_len))
+    _out_need(o, r.fl[F_TIMESTAMP] + r.fl[F_APPNAME] + r.fl[F_PROCID] + msg_len
+              + 6 * breaks + 13)
+    _put(o, b"data: ", 6)
+    _put_event_data(o, ts, r.fl[F_TIMESTAMP])
+    _put(o, b" ", 1)
+    _put_event_data(o, app, r.fl[F_APPNAME])
+    _put(o, b"[", 1)
+    _put_event_data(o, procid, r.fl[F_PROCID])
+    _put(o, b"]: ", 3)
+    _put_event_data(o, msg, msg_len)
+    _put(o, b"\n\n", 2)
+    return 0
 
 
 # -- Logplex's own notices (rare: plain Python formatting is fine here) -------------------

@@ -22,6 +22,10 @@ cdef class ChannelRing:
     # what its waiters need (0: every append; 2**64-1: nobody waits), so an append to a
     # ring nobody is waiting on costs no Python call.
     cdef public unsigned long long wake_at
+    # Where the head is also written after each append (a slot of a shared mmap'd file, so
+    # it survives a kill -9): lets a restart count what was only in memory. NULL: nowhere.
+    cdef uint64_t* head_mirror
+    cdef object _mirror_view
 
     cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
                         const unsigned char* name, Py_ssize_t name_len) except -1

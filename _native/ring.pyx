@@ -41,6 +41,8 @@ cdef class ChannelRing:
         self.rejected = 0
         self.epoch = 0
         self.wake_at = 0
+        self.head_mirror = NULL
+        self._mirror_view = None
 
     def __dealloc__(self):
         PyMem_Free(self.slots)
@@ -164,9 +166,29 @@ cdef class ChannelRing:
         self.wpos = pos + length
         self.used += length
         self.head += 1
+        if self.head_mirror != NULL:
+            self.head_mirror[0] = self.head
         return 0
 
     # -- Python API -----------------------------------------------------------------------
+    def mirror_head(self, buffer=None):
+        """Also write the head (a native-endian u64) into ``buffer`` (writable, 8 bytes,
+        8-aligned) after every append, starting now; None stops. The ring keeps a view of
+        the buffer, so an mmap cannot be closed or resized under it."""
+        cdef unsigned char[::1] view
+        if buffer is None:
+            self.head_mirror = NULL
+            self._mirror_view = None
+            return
+        view = buffer
+        if view.shape[0] < 8:
+            raise ValueError("the head mirror needs 8 bytes")
+        if (<size_t>&view[0]) % 8:
+            raise ValueError("the head mirror must be 8-byte aligned")
+        self._mirror_view = view
+        self.head_mirror = <uint64_t*>&view[0]
+        self.head_mirror[0] = self.head
+
     def append_batch(self, Batch batch):
         """Append every frame of ``batch`` unchanged; returns how many."""
         cdef Py_ssize_t i

@@ -3,6 +3,10 @@
 ``TokenTable`` is an open-addressing hash table (linear probing, backward-shift deletion)
 keyed by the token's bytes, so the hot path looks a token up straight from the frame
 buffer without building a Python object per message.
+
+The firehose (Logplex's ``FIREHOSE_*``): a token added with ``firehose=True`` has each of
+its frames also appended raw (APP-NAME as sent) to one ring of a ``Firehose``, taken in
+turn, by the same ``dispatch`` call; a frame of any other token costs one flag test.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -23,6 +27,7 @@ ctypedef struct Entry:
     PyObject* key            # bytes; these three are strong references
     PyObject* ring
     PyObject* name           # bytes
+    int firehose             # 1: frames are also re-posted raw to the firehose
 
 
 cdef inline uint64_t _hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
@@ -34,6 +39,60 @@ cdef inline uint64_t _hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
 
 
 cdef unsigned long long _dispatch_epoch = 0
+
+
+cdef class Firehose:
+    """The rings that frames of firehose tokens are re-posted to, one per frame in turn
+    (round robin: over any run of frames the rings' counts differ by at most one), with
+    how many each was given."""
+    cdef list _rings
+    cdef Py_ssize_t n
+    cdef Py_ssize_t next
+    cdef unsigned long long* counts
+    cdef readonly unsigned long long total
+
+    def __cinit__(self, rings=()):
+        cdef Py_ssize_t i
+        self._rings = list(rings)
+        for ring in self._rings:
+            if not isinstance(ring, ChannelRing):
+                raise TypeError("Firehose takes ChannelRings")
+        self.n = len(self._rings)
+        self.next = 0
+        self.total = 0
+        self.counts = <unsigned long long*>PyMem_Malloc(max(self.n, 1) * sizeof(unsigned long long))
+        if self.counts == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self.counts[i] = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.counts)
+
+    @property
+    def rings(self):
+        return tuple(self._rings)
+
+    def posted(self):
+        """Frames re-posted to each ring so far, in the order of ``rings``."""
+        return [self.counts[i] for i in range(self.n)]
+
+    def __len__(self):
+        return self.n
+
+    cdef inline object post(self, const unsigned char* base, const MsgRec* rec,
+                            ChannelRing own):
+        """Append ``rec`` as it came to the next ring in turn, unless that is ``own`` (a
+        firehose is never fed its own messages); the ring it went to, or None."""
+        cdef Py_ssize_t i = self.next
+        cdef ChannelRing ring = <ChannelRing>self._rings[i]
+        self.next = i + 1 if i + 1 < self.n else 0
+        if ring is own:
+            return None
+        ring.append_rec(base, rec, NULL, -1)
+        self.counts[i] += 1
+        self.total += 1
+        return ring
 
 
 cdef class TokenTable:
@@ -90,8 +149,10 @@ cdef class TokenTable:
             j = (j + 1) & (self.cap - 1)
         return NULL
 
-    def add(self, bytes token not None, ChannelRing ring not None, bytes name not None):
-        """Map ``token`` to ``ring``; frames routed by it get APP-NAME ``name``."""
+    def add(self, bytes token not None, ChannelRing ring not None, bytes name not None,
+            bint firehose=False):
+        """Map ``token`` to ``ring``; frames routed by it get APP-NAME ``name``; with
+        ``firehose`` they are also re-posted raw to the ``Firehose`` given to dispatch."""
         cdef Py_ssize_t n = len(token), j
         cdef Entry* e
         cdef uint64_t h
@@ -107,6 +168,7 @@ cdef class TokenTable:
             Py_DECREF(<object>e.name)
             e.ring = <PyObject*>ring
             e.name = <PyObject*>name
+            e.firehose = firehose
             return
         if (self.count + 1) * 2 > self.cap:
             self._resize(self.cap * 2)
@@ -122,6 +184,7 @@ cdef class TokenTable:
         Py_INCREF(name)
         e.ring = <PyObject*>ring
         e.name = <PyObject*>name
+        e.firehose = firehose
         self.count += 1
 
     def remove(self, bytes token not None):
@@ -154,24 +217,32 @@ cdef class TokenTable:
             return None
         return (<object>e.ring, <object>e.name)
 
+    def firehosed(self, bytes token not None):
+        """Whether ``token``'s frames are re-posted to the firehose (False: unknown)."""
+        cdef Entry* e = self.find(token, len(token))
+        return e != NULL and e.firehose != 0
+
     def __len__(self):
         return self.count
 
 
-def dispatch(Batch batch not None, TokenTable table not None):
+def dispatch(Batch batch not None, TokenTable table not None, Firehose firehose=None):
     """Route each frame by the token in its APP-NAME: (routed, unknown, rings to wake).
 
-    APP-NAME is replaced by the token's name in what the ring stores. The last item lists
-    once, in first-touch order, each ring that received messages and whose head reached
-    its ``wake_at``, for waking its readers.
+    APP-NAME is replaced by the token's name in what the ring stores. A frame of a firehose
+    token is also appended as it came to the next ring of ``firehose`` (never to its own
+    ring). The last item lists once, in first-touch order, each ring that received
+    messages (firehose rings included) and whose head reached its ``wake_at``, for waking
+    its readers.
     """
     global _dispatch_epoch
     cdef Py_ssize_t i, routed = 0, unknown = 0
     cdef MsgRec* rec
     cdef Entry* e
-    cdef ChannelRing ring
+    cdef ChannelRing ring, copy
     cdef bytes name
     cdef list touched = []
+    cdef bint tap = firehose is not None and firehose.n > 0
     _dispatch_epoch += 1
     for i in range(batch.n):
         rec = &batch.recs[i]
@@ -189,6 +260,11 @@ def dispatch(Batch batch not None, TokenTable table not None):
             ring.epoch = _dispatch_epoch
             touched.append(ring)
         routed += 1
+        if e.firehose and tap:
+            copy = firehose.post(batch.buf, rec, ring)
+            if copy is not None and copy.epoch != _dispatch_epoch:
+                copy.epoch = _dispatch_epoch
+                touched.append(copy)
     cdef list wake = []
     for ring in touched:
         if ring.head >= ring.wake_at:
@@ -196,16 +272,22 @@ def dispatch(Batch batch not None, TokenTable table not None):
     return routed, unknown, wake
 
 
-def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing ring not None):
+def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing ring not None,
+                Firehose firehose=None, bint firehosed=False):
     """Token auth: every frame goes to ``ring``.
 
     A frame whose APP-NAME is a token of that same channel shows that token's name; any
-    other APP-NAME is kept as sent.
+    other APP-NAME is kept as sent. With ``firehose``, a frame is also appended as it came
+    to the firehose's next ring when the token it is counted under is a firehose token: the
+    sibling token its APP-NAME names, else the token that authenticated (``firehosed``).
+    The caller wakes the firehose rings (``firehose.total`` tells whether any got one).
     """
     cdef Py_ssize_t i
     cdef MsgRec* rec
     cdef Entry* e
     cdef bytes name
+    cdef bint tap = firehose is not None and firehose.n > 0
+    cdef bint tapped
     for i in range(batch.n):
         rec = &batch.recs[i]
         e = NULL
@@ -214,6 +296,10 @@ def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing rin
         if e != NULL and e.ring == <PyObject*>ring:
             name = <bytes>e.name
             ring.append_rec(batch.buf, rec, <const unsigned char*><char*>name, len(name))
+            tapped = e.firehose != 0
         else:
             ring.append_rec(batch.buf, rec, NULL, -1)
+            tapped = firehosed
+        if tapped and tap:
+            firehose.post(batch.buf, rec, ring)
     return batch.n

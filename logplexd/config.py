@@ -39,6 +39,7 @@ __all__ = [
     "LEGACY_AUTH_KEY_ENV",
     "SETTING_NAMES",
     "Settings",
+    "TLS_PAIRS",
     "default_of",
     "ensure_auth_key",
     "env_var",
@@ -58,6 +59,11 @@ ENV_PREFIX = "LOGPLEXD_"
 # The name Logplex itself reads; kept so existing deployments can switch without edits.
 LEGACY_AUTH_KEY_ENV = "LOGPLEX_AUTH_KEY"
 CONFIG_ENV = "LOGPLEXD_CONFIG"
+# The names the original Logplex reads (no prefix), accepted beside LOGPLEXD_*.
+LEGACY_ENV = {
+    "firehose_channel_ids": "FIREHOSE_CHANNEL_IDS",
+    "firehose_filter_tokens": "FIREHOSE_FILTER_TOKENS",
+}
 AUTH_KEY_FILE = "auth_key"
 MASK = "****"
 
@@ -100,8 +106,15 @@ class Settings:
     tls_syslog_addr: Address = Address("127.0.0.1", 6514)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # HTTPS on the control API and on the /logs input (issue 20): both files of a pair, or
+    # neither (plain HTTP). Re-read on SIGHUP like the syslog listener's.
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    logs_tls_cert: Path | None = None
+    logs_tls_key: Path | None = None
     data_dir: Path = Path("logplexd-data")
-    # None means "http://<api_addr>"; see resolved_public_url() for the port-0 case.
+    # None means "http://<api_addr>" ("https://" with api_tls_cert and api_tls_key); see
+    # resolved_public_url() for the port-0 case.
     public_url: str | None = None
     auth_key: str | None = field(default=None, repr=False)
     max_frame: int = 10240
@@ -115,6 +128,14 @@ class Settings:
     # "pushback" holds the inputs that feed its channel; "drop" is lapped (L10), as Logplex.
     drain_overflow: str = "pushback"
     logs_hold_timeout: float = 5.0
+    # Durable drain backlogs (issue 19): a drain a share of its ring behind spills to
+    # segment files in <data_dir>/backlog, within these budgets (embedded store only).
+    drain_spill: bool = True
+    drain_spill_budget: int = 256 * MIB
+    drain_spill_total: int = 8 * GIB
+    drain_spill_min_free: int = 256 * MIB
+    drain_spill_fsync: str = "interval"
+    drain_spill_fsync_interval: float = 1.0
     syslog_idle_timeout: float = 300.0
     # A syslog connection that sends nothing this long after it is accepted is closed.
     syslog_first_byte_timeout: float = 10.0
@@ -124,6 +145,9 @@ class Settings:
     # and tails that last until the client leaves.
     session_url_ttl: float = 300.0
     tail_max_duration: float = 3600.0
+    # A session streamed as server-sent events (Accept: text/event-stream, the heroku CLI)
+    # sends a keep-alive comment after this long without a line.
+    sse_keepalive: float = 15.0
     api_max_body: int = 1 * MIB
     api_max_connections: int = 1024
     shutdown_timeout: float = 5.0
@@ -133,6 +157,11 @@ class Settings:
     deny_tail_sessions: bool = False
     deny_drain_forwarding: bool = False
     deny_logs_ingress: bool = False
+    # The firehose (REFERENCE.md section 7): every message of a token whose name is in
+    # firehose_filter_tokens is also copied raw to one of firehose_channel_ids, in turn.
+    # Both empty (the default): no firehose.
+    firehose_channel_ids: tuple[str, ...] = ()
+    firehose_filter_tokens: tuple[str, ...] = ()
     # Shared state (issue 11): None = the embedded store in data_dir; redis://HOST:PORT/DB;
     # redis+cluster://HOST:PORT[,HOST:PORT...].
     store_url: str | None = None
@@ -154,6 +183,14 @@ class Settings:
         return self.tls_cert is not None and self.tls_key is not None
 
     @property
+    def api_tls_enabled(self) -> bool:
+        return self.api_tls_cert is not None and self.api_tls_key is not None
+
+    @property
+    def logs_tls_enabled(self) -> bool:
+        return self.logs_tls_cert is not None and self.logs_tls_key is not None
+
+    @property
     def log_level_number(self) -> int:
         return int(getattr(logging, self.log_level.upper()))
 
@@ -169,7 +206,8 @@ class Settings:
         return f"{socket.gethostname()}:{self.api_addr.port}"
 
     def resolved_public_url(self, api_bound: Address | tuple[str, int] | None = None) -> str:
-        """The URL clients reach the API at, without a trailing slash.
+        """The URL clients reach the API at, without a trailing slash: ``public_url``, else
+        ``http://`` (``https://`` when the API has a certificate) and the API's address.
 
         Pass the address the API listener actually bound: with ``api_addr`` port 0 only the
         daemon knows the real port.
@@ -177,7 +215,8 @@ class Settings:
         if self.public_url is not None:
             return self.public_url
         bound = Address(*api_bound) if api_bound is not None else self.api_addr
-        return f"http://{bound}"
+        scheme = "https" if self.api_tls_enabled else "http"
+        return f"{scheme}://{bound}"
 
 
 # --- parsing single values -------------------------------------------------------------------
@@ -335,6 +374,15 @@ def _overflow(raw: object) -> str:
     raise _Invalid("expected one of " + ", ".join(OVERFLOW_MODES))
 
 
+FSYNC_POLICIES = ("interval", "always", "never")
+
+
+def _fsync_policy(raw: object) -> str:
+    if isinstance(raw, str) and raw.strip().lower() in FSYNC_POLICIES:
+        return raw.strip().lower()
+    raise _Invalid("expected one of " + ", ".join(FSYNC_POLICIES))
+
+
 def _api_status(raw: object) -> str:
     if isinstance(raw, str) and raw.strip().lower() in API_STATUSES:
         return raw.strip().lower()
@@ -356,6 +404,29 @@ def parse_bool(raw: object) -> bool:
         if text in _FALSE:
             return False
     raise _Invalid("expected true or false")
+
+
+def _names(raw: object) -> tuple[str, ...]:
+    """Names separated by commas (flags, environment, TOML) or a TOML array of strings;
+    blanks around names and empty names are dropped, duplicates folded."""
+    expected = "expected names separated by commas, or a list of strings"
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, list):
+        items = list(raw)
+    else:
+        raise _Invalid(expected)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise _Invalid(expected)
+        name = item.strip()
+        if not name:
+            continue
+        if len(name) > 256 or not name.isprintable() or "," in name:
+            raise _Invalid("each name must be 1 to 256 printable characters, without a comma")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _auth_key(raw: object) -> str:
@@ -389,8 +460,16 @@ _SPECS: dict[str, _Spec] = {
     ),
     "tls_cert": _Spec(_path, "PEM certificate chain for the TLS syslog listener", "FILE"),
     "tls_key": _Spec(_path, "PEM private key for the TLS syslog listener", "FILE"),
+    "api_tls_cert": _Spec(
+        _path, "PEM certificate chain: the control API speaks HTTPS (needs api_tls_key)", "FILE"
+    ),
+    "api_tls_key": _Spec(_path, "PEM private key for the control API's HTTPS", "FILE"),
+    "logs_tls_cert": _Spec(
+        _path, "PEM certificate chain: POST /logs speaks HTTPS (needs logs_tls_key)", "FILE"
+    ),
+    "logs_tls_key": _Spec(_path, "PEM private key for the HTTP log input's HTTPS", "FILE"),
     "data_dir": _Spec(_path, "directory for durable state and the generated auth key", "DIR"),
-    "public_url": _Spec(_url, "URL clients reach the API at (default http://<api_addr>)", "URL"),
+    "public_url": _Spec(_url, "URL clients reach the API at (default http[s]://<api_addr>)", "URL"),
     "auth_key": _Spec(_auth_key, "API auth key (env or config file only)", "KEY", flag=False),
     "max_frame": _Spec(_int_in(64, 65000), "largest syslog frame accepted, bytes", "BYTES"),
     "history_messages": _Spec(_int_in(1, 100_000), "messages kept per channel", "N"),
@@ -424,6 +503,30 @@ _SPECS: dict[str, _Spec] = {
         "longest a POST /logs waits for a held channel before 503 + Retry-After",
         "SECONDS",
     ),
+    "drain_spill": _Spec(
+        parse_bool, "drains that fall behind keep their backlog on disk (embedded store)", "BOOL"
+    ),
+    "drain_spill_budget": _Spec(
+        _int_in(16 * MIB, 1024 * GIB),
+        "disk one drain's backlog may use; past it the oldest are dropped (L10)",
+        "BYTES",
+    ),
+    "drain_spill_total": _Spec(
+        _int_in(16 * MIB, 64 * 1024 * GIB),
+        "disk all drain backlogs together may use; past it new messages are dropped (L10)",
+        "BYTES",
+    ),
+    "drain_spill_min_free": _Spec(
+        _int_in(0, 1024 * GIB),
+        "free disk space drain backlogs always leave; under it they take nothing more",
+        "BYTES",
+    ),
+    "drain_spill_fsync": _Spec(
+        _fsync_policy, "when backlog segments are fsynced: interval, always or never", "POLICY"
+    ),
+    "drain_spill_fsync_interval": _Spec(
+        _seconds_in(0.01, 3600), "fsync interval of drain backlogs (drain_spill_fsync)", "SECONDS"
+    ),
     "syslog_idle_timeout": _Spec(
         _seconds_in(0.01, 86400), "close syslog connections idle this long", "SECONDS"
     ),
@@ -443,6 +546,11 @@ _SPECS: dict[str, _Spec] = {
         "a connected Platform log-session tail ends after this long",
         "SECONDS",
     ),
+    "sse_keepalive": _Spec(
+        _seconds_in(1, 3600),
+        "an idle session streamed as server-sent events sends a keep-alive comment this often",
+        "SECONDS",
+    ),
     "api_max_body": _Spec(
         _int_in(1 * KIB, 256 * MIB), "largest HTTP request body accepted, bytes", "BYTES"
     ),
@@ -457,6 +565,14 @@ _SPECS: dict[str, _Spec] = {
     "deny_tail_sessions": _Spec(parse_bool, "control rod: no new tail sessions", "BOOL"),
     "deny_drain_forwarding": _Spec(parse_bool, "control rod: no drain delivery", "BOOL"),
     "deny_logs_ingress": _Spec(parse_bool, "control rod: POST /logs answers 503", "BOOL"),
+    "firehose_channel_ids": _Spec(
+        _names,
+        "firehose: channels that get a raw copy of every message of a filtered token, in turn",
+        "CHANNEL,...",
+    ),
+    "firehose_filter_tokens": _Spec(
+        _names, "firehose: names of the tokens whose messages are copied (e.g. heroku)", "NAME,..."
+    ),
     "store_url": _Spec(
         _store_url,
         "shared store, redis://HOST:PORT/DB or redis+cluster://HOST:PORT,... (default: embedded)",
@@ -548,6 +664,14 @@ def _env_layer(env: Mapping[str, str]) -> list[tuple[str, object, str]]:
         layer.append(("auth_key", new, env_var("auth_key")))
     elif legacy:
         layer.append(("auth_key", legacy, LEGACY_AUTH_KEY_ENV))
+    for name, legacy_name in LEGACY_ENV.items():
+        new, legacy = env.get(env_var(name), ""), env.get(legacy_name, "")
+        if new and legacy and new.strip() != legacy.strip():
+            raise ConfigError(
+                f"logplexd: {legacy_name} and {env_var(name)} are both set and differ; set only one"
+            )
+        if legacy and not new:
+            layer.append((name, legacy, legacy_name))
     return layer
 
 
@@ -604,6 +728,14 @@ def load_settings(
     return settings
 
 
+# (certificate setting, key setting, what the pair enables): set both or neither.
+TLS_PAIRS = (
+    ("tls_cert", "tls_key", "the TLS syslog listener"),
+    ("api_tls_cert", "api_tls_key", "HTTPS on the control API"),
+    ("logs_tls_cert", "logs_tls_key", "HTTPS on the HTTP log input"),
+)
+
+
 def _check_combinations(s: Settings) -> None:
     src = s.sources
 
@@ -618,16 +750,28 @@ def _check_combinations(s: Settings) -> None:
             f" (max_frame {s.max_frame} from {where('max_frame')})"
         )
 
-    if (s.tls_cert is None) != (s.tls_key is None):
-        have, missing = ("tls_cert", "tls_key") if s.tls_key is None else ("tls_key", "tls_cert")
-        raise ConfigError(
-            f"logplexd: {have} is set (from {where(have)}) but {missing} is not;"
-            " set both to enable the TLS syslog listener, or neither"
-        )
-    for name in ("tls_cert", "tls_key"):
+    for cert, key, purpose in TLS_PAIRS:
+        if (getattr(s, cert) is None) != (getattr(s, key) is None):
+            have, missing = (cert, key) if getattr(s, key) is None else (key, cert)
+            raise ConfigError(
+                f"logplexd: {have} is set (from {where(have)}) but {missing} is not;"
+                f" set both to enable {purpose}, or neither"
+            )
+    for name in (name for pair in TLS_PAIRS for name in pair[:2]):
         tls_path: Path | None = getattr(s, name)
         if tls_path is not None and not (tls_path.is_file() and os.access(tls_path, os.R_OK)):
             raise _invalid(name, str(tls_path), where(name), "not a readable file")
+
+    if bool(s.firehose_channel_ids) != bool(s.firehose_filter_tokens):
+        have, missing = (
+            ("firehose_channel_ids", "firehose_filter_tokens")
+            if s.firehose_channel_ids
+            else ("firehose_filter_tokens", "firehose_channel_ids")
+        )
+        raise ConfigError(
+            f"logplexd: {have} is set (from {where(have)}) but {missing} is not;"
+            " set both to enable the firehose, or neither"
+        )
 
     # Two listeners on one port fail at bind time with a less helpful message; port 0 is
     # always distinct.
@@ -729,6 +873,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if type(value) is tuple:  # a list of names (an Address is a tuple too, shown as text)
+        return "[" + ", ".join(json.dumps(item, ensure_ascii=False) for item in value) + "]"
     # JSON string escapes are a subset of TOML basic-string escapes.
     return json.dumps(str(value), ensure_ascii=False)
 
@@ -760,7 +906,8 @@ def render_effective(settings: Settings) -> str:
                 )
             continue
         if name == "public_url" and value is None:
-            value, comment = settings.resolved_public_url(), "default: http://<api_addr>"
+            scheme = "https" if settings.api_tls_enabled else "http"
+            value, comment = settings.resolved_public_url(), f"default: {scheme}://<api_addr>"
         if value is None:
             lines.append(f"# {name}: not set")
             continue
@@ -769,4 +916,8 @@ def render_effective(settings: Settings) -> str:
         lines.append(f"{name} = {_toml_value(value)}  # {comment}")
     if not settings.tls_enabled:
         lines.append("# TLS syslog listener disabled (tls_cert and tls_key not set)")
+    if not settings.api_tls_enabled:
+        lines.append("# control API speaks plain HTTP (api_tls_cert and api_tls_key not set)")
+    if not settings.logs_tls_enabled:
+        lines.append("# HTTP log input speaks plain HTTP (logs_tls_cert and logs_tls_key not set)")
     return "\n".join(lines) + "\n"

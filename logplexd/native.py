@@ -21,7 +21,7 @@ try:
     )
     from ._native.framer import OctetFramer, parse_body, parse_frames
     from ._native.ring import ChannelRing
-    from ._native.router import TokenTable, dispatch, dispatch_to
+    from ._native.router import Firehose, TokenTable, dispatch, dispatch_to
     from ._native.wire import octet_frames
 except ImportError as exc:  # pragma: no cover - exercised by the CLI test with a broken path
     raise NativeUnavailable(
@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the CLI test with 
 __all__ = [
     "Batch",
     "ChannelRing",
+    "Firehose",
     "NativeUnavailable",
     "OctetFramer",
     "TokenTable",

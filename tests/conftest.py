@@ -25,10 +25,11 @@ def rng() -> random.Random:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The runner's own logplexd settings and credentials stay out of the CLI and config
-    tests (they must not point them at a real data dir or server): no LOGPLEX* variable,
-    no ~/.netrc, no NO_COLOR; the working directory is the test's tmp dir."""
+    tests (they must not point them at a real data dir or server): no LOGPLEX* or
+    FIREHOSE_* variable (the original's names, read too), no ~/.netrc, no NO_COLOR; the
+    working directory is the test's tmp dir."""
     for name in list(os.environ):
-        if name.startswith("LOGPLEX") or name in ("NETRC", "NO_COLOR"):
+        if name.startswith(("LOGPLEX", "FIREHOSE_")) or name in ("NETRC", "NO_COLOR"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.chdir(tmp_path)

@@ -466,6 +466,65 @@ def test_auth_key_not_in_repr() -> None:
     assert "auth_key" not in repr(s)
 
 
+def test_firehose_settings_from_each_layer(tmp_path: Path) -> None:
+    assert (Settings().firehose_channel_ids, Settings().firehose_filter_tokens) == ((), ())
+    path = write_toml(
+        tmp_path, 'firehose_channel_ids = ["fh-1", "fh-2"]\nfirehose_filter_tokens = "heroku"\n'
+    )
+    s = load_settings(config_file=path, env={})
+    assert (s.firehose_channel_ids, s.firehose_filter_tokens) == (("fh-1", "fh-2"), ("heroku",))
+    # The original's variable names, and ours; blanks and repeats are dropped.
+    env = {"FIREHOSE_CHANNEL_IDS": " a, b,,a ", "LOGPLEXD_FIREHOSE_FILTER_TOKENS": "heroku,app"}
+    s = load_settings(env=env)
+    assert (s.firehose_channel_ids, s.firehose_filter_tokens) == (("a", "b"), ("heroku", "app"))
+    assert s.sources["firehose_channel_ids"] == "FIREHOSE_CHANNEL_IDS"
+    s = load_settings({"firehose_channel_ids": "x", "firehose_filter_tokens": "y"}, env=env)
+    assert (s.firehose_channel_ids, s.firehose_filter_tokens) == (("x",), ("y",))
+    assert load_settings(
+        env={
+            "FIREHOSE_FILTER_TOKENS": "h",
+            "LOGPLEXD_FIREHOSE_FILTER_TOKENS": " h ",
+            "FIREHOSE_CHANNEL_IDS": "c",
+        }
+    ).firehose_filter_tokens == ("h",)
+
+
+def test_firehose_settings_errors(tmp_path: Path) -> None:
+    message = error_of(env={"FIREHOSE_CHANNEL_IDS": "a", "LOGPLEXD_FIREHOSE_CHANNEL_IDS": "b"})
+    assert message == (
+        "logplexd: FIREHOSE_CHANNEL_IDS and LOGPLEXD_FIREHOSE_CHANNEL_IDS are both set and"
+        " differ; set only one"
+    )
+    assert error_of(env={"FIREHOSE_FILTER_TOKENS": "heroku"}) == (
+        "logplexd: firehose_filter_tokens is set (from FIREHOSE_FILTER_TOKENS) but"
+        " firehose_channel_ids is not; set both to enable the firehose, or neither"
+    )
+    assert error_of(flags={"firehose_channel_ids": "fh"}, env={}) == (
+        "logplexd: firehose_channel_ids is set (from --firehose-channel-ids) but"
+        " firehose_filter_tokens is not; set both to enable the firehose, or neither"
+    )
+    path = write_toml(tmp_path, "firehose_channel_ids = [1]\n")
+    assert error_of(config_file=path, env={}).endswith(
+        "expected names separated by commas, or a list of strings"
+    )
+    assert error_of(flags={"firehose_channel_ids": "a\x01b"}, env={}).endswith(
+        "each name must be 1 to 256 printable characters, without a comma"
+    )
+    path = write_toml(tmp_path, 'firehose_filter_tokens = ["a,b"]\n', "comma.toml")
+    assert "without a comma" in error_of(config_file=path, env={})
+
+
+def test_render_effective_shows_firehose_lists_as_toml_arrays(tmp_path: Path) -> None:
+    env = {"FIREHOSE_CHANNEL_IDS": "fh-1,fh-2", "FIREHOSE_FILTER_TOKENS": 'he"roku'}
+    s = load_settings(env=env)
+    text = render_effective(s)
+    assert 'firehose_channel_ids = ["fh-1", "fh-2"]  # from FIREHOSE_CHANNEL_IDS' in text
+    assert 'syslog_addr = "127.0.0.1:6001"  # default' in text
+    data = tomllib.loads(text)
+    assert data["firehose_filter_tokens"] == ['he"roku']
+    assert "firehose_channel_ids = []  # default" in render_effective(Settings())
+
+
 def test_render_effective_masks_auth_key_and_is_valid_toml(tmp_path: Path) -> None:
     s = load_settings({"api_addr": "[::1]:0"}, env={"LOGPLEX_AUTH_KEY": SECRET})
     text = render_effective(s)

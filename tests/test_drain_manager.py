@@ -91,5 +91,8 @@ async def test_stats_snapshot(nursery):
         "pending_loss": 0,
         "last_error": None,
         "last_error_at": None,
+        "spilling": False,
+        "spilled": 0,
+        "spilled_bytes": 0,
     }
     assert {s.drain_id for s in manager.stats()} == {1, 2}

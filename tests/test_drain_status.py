@@ -193,6 +193,9 @@ async def test_status_lists_each_drain_with_its_figures(
         "in_flight": 0,
         "oldest_at": EPOCH_2024 + 30,
         "oldest_age": NOW - (EPOCH_2024 + 30),
+        "spilling": False,
+        "spilled": 0,
+        "spilled_bytes": 0,
     }
     assert shown[second["id"]]["state"] == "disconnected"
     assert shown[second["id"]]["url"] == "syslog://127.0.0.1:1/"

@@ -24,7 +24,6 @@ from logplexd.api.platform import (
 )
 from logplexd.api.platform.conventions import NOT_ACCEPTABLE_MESSAGE, RATE_LIMIT_MESSAGE
 from logplexd.store import EmbeddedStore, open_store
-from logplexd.store.platform_records import open_platform_records
 from logplexd.web.messages import Request, Response
 from tests.helpers.http import basic_auth as basic
 
@@ -82,7 +81,7 @@ def error(response: Response) -> tuple[int, str]:
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     store = open_store(str(tmp_path))
     api = ControlApi(store, None, auth_key=KEY, public_url="http://logplex.test")
-    platform = mount_platform(api, store, data_dir=tmp_path)
+    platform = mount_platform(api, store)
     try:
         yield Env(api, store, platform, tmp_path)
     finally:
@@ -91,9 +90,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 async def new_account(env: Env, email: str) -> tuple[str, str]:
-    # A second handle on the same file, as `logplexd accounts create` would be.
-    records = open_platform_records(env.data_dir)
-    account, token = await records.create_account(email)
+    # In the store, as `logplexd accounts create` makes it.
+    account, token = await env.store.create_account(email)
     return account.id, token
 
 
@@ -206,7 +204,7 @@ async def test_method_override_and_405(env: Env) -> None:
 
 async def test_head_is_get(env: Env) -> None:
     response = await env.call("HEAD", "/apps")
-    assert response.status == 200 and response.header("Content-Range") == "id ..; max=200"
+    assert response.status == 200 and response.header("Content-Range") == "ids ..; max=200"
 
 
 async def test_bad_bodies(env: Env) -> None:
@@ -250,7 +248,7 @@ async def test_app_create_get_update_delete(env: Env) -> None:
         "slug_size": 0,
         "stack": {"id": stack_id, "name": "cedar"},
         "updated_at": app["created_at"],
-        "web_url": None,
+        "web_url": "http://my-app.herokuapp.com",
     }
     # The app is a channel with a token named `app`.
     assert [t.name for t in env.store.tokens_of("my-app")] == ["app"]
@@ -263,7 +261,7 @@ async def test_app_create_get_update_delete(env: Env) -> None:
     assert payload(response) == {**app, "maintenance": True}
     response = await env.call("PATCH", "/apps/my-app", {"name": "my-app"}, auth=auth)
     assert response.status == 200
-    response = await env.call("PATCH", "/apps/my-app", {"name": "renamed"}, auth=auth)
+    response = await env.call("PATCH", "/apps/my-app", {"name": "Renamed"}, auth=auth)
     assert error(response) == (422, "invalid_params")
     response = await env.call("PATCH", "/apps/my-app", {"maintenance": "yes"}, auth=auth)
     assert error(response) == (422, "invalid_params")
@@ -355,6 +353,147 @@ async def test_records_survive_a_restart(tmp_path: Path) -> None:
     store.close()
 
 
+# -- rename ----------------------------------------------------------------------------------------
+
+
+async def test_app_rename(env: Env) -> None:
+    _, token = await new_account(env, "dev@example.com")
+    auth = basic("", token)
+    app = payload(await env.call("POST", "/apps", {"name": "before"}, auth=auth))
+    drain = payload(
+        await env.call("POST", "/apps/before/log-drains", {"url": "syslog://h:1"}, auth=auth)
+    )
+    (app_token,) = env.store.tokens_of("before")
+    response = await env.call("PATCH", "/apps/before", {"name": "after"}, auth=auth)
+    assert response.status == 200
+    renamed = payload(response)
+    assert renamed["name"] == "after" and renamed["id"] == app["id"]
+    assert TIMESTAMP.fullmatch(renamed["updated_at"])
+    assert renamed == {
+        **app,
+        "name": "after",
+        "updated_at": renamed["updated_at"],
+        "web_url": "http://after.herokuapp.com",
+    }
+    # The old name is gone, in the Platform API's error format, on every route.
+    for method, path in [
+        ("GET", "/apps/before"),
+        ("PATCH", "/apps/before"),
+        ("DELETE", "/apps/before"),
+        ("GET", "/apps/before/log-drains"),
+        ("POST", "/apps/before/log-sessions"),
+    ]:
+        response = await env.call(method, path, auth=auth)
+        assert error(response) == (404, "not_found"), path
+        assert payload(response)["message"] == "Couldn't find that app."
+    # The new name and the id answer; drains and the token stay with the app.
+    for ident in ("after", app["id"]):
+        assert payload(await env.call("GET", f"/apps/{ident}", auth=auth)) == renamed
+    assert payload(await env.call("GET", "/apps/after/log-drains", auth=auth)) == [drain]
+    assert [a["name"] for a in payload(await env.call("GET", "/apps", auth=auth))] == ["after"]
+    # Its channel keeps its name: what producers, drains and readers hold is untouched.
+    assert env.store.tokens_of("before") == [app_token]
+    assert env.store.channel("after") is None
+    body = payload(await env.call("POST", "/apps/after/log-sessions", {"lines": 5}, auth=auth))
+    session = env.store.session(body["logplex_url"].rsplit("/", 1)[1])
+    assert session is not None and session.body == {"channel_id": "before", "num": 5}
+    # By id, with the method override heroku-client may use; the same name is a no-op.
+    response = await env.call(
+        "POST",
+        f"/apps/{app['id']}",
+        {"name": "again"},
+        auth=auth,
+        headers={"X-Http-Method-Override": "PATCH"},
+    )
+    assert response.status == 200 and payload(response)["name"] == "again"
+    response = await env.call("PATCH", "/apps/again", {"name": "again"}, auth=auth)
+    assert response.status == 200 and payload(response)["name"] == "again"
+    # Deleting the renamed app deletes its channel.
+    response = await env.call("DELETE", "/apps/again", auth=auth)
+    assert response.status == 200 and payload(response)["name"] == "again"
+    assert env.store.channel("before") is None
+    assert error(await env.call("GET", f"/apps/{app['id']}", auth=auth)) == (404, "not_found")
+
+
+async def test_app_rename_refused(env: Env) -> None:
+    assert (await env.call("POST", "/apps", {"name": "first"})).status == 201
+    assert (await env.call("POST", "/apps", {"name": "second"})).status == 201
+    for bad in ["Caps", "a", "1abc", "ends-", "x" * 31, "under_score", "", 5, ["x"], True]:
+        response = await env.call("PATCH", "/apps/first", {"name": bad})
+        assert error(response) == (422, "invalid_params"), bad
+        assert payload(response)["message"] == (
+            "Name must start with a letter, end with a letter or digit and can only contain "
+            "lowercase letters, digits, and dashes."
+        )
+    response = await env.call("PATCH", "/apps/first", {"name": "second"})
+    assert error(response) == (422, "invalid_params")
+    assert payload(response)["message"] == "Name is already taken"
+    # Nothing changed by a refused rename, maintenance included.
+    response = await env.call("PATCH", "/apps/first", {"name": "second", "maintenance": True})
+    assert error(response) == (422, "invalid_params")
+    first = payload(await env.call("GET", "/apps/first"))
+    assert first["name"] == "first" and first["maintenance"] is False
+    # A stale If-Match is 412 and renames nothing.
+    response = await env.call(
+        "PATCH", "/apps/first", {"name": "third"}, headers={"If-Match": '"stale"'}
+    )
+    assert response.status == 412
+    assert error(await env.call("GET", "/apps/third")) == (404, "not_found")
+    # Another account's app cannot be renamed.
+    _, token = await new_account(env, "other@example.com")
+    response = await env.call("PATCH", "/apps/first", {"name": "mine"}, auth=basic("", token))
+    assert error(response) == (403, "forbidden")
+
+
+async def test_old_name_is_free_after_a_rename(env: Env) -> None:
+    old = payload(await env.call("POST", "/apps", {"name": "reused"}))
+    assert (await env.call("PATCH", "/apps/reused", {"name": "moved"})).status == 200
+    # The name is free again; the renamed app's channel is not: the new app gets its own,
+    # named by its id (the operator would otherwise adopt the other app's channel).
+    _, token = await new_account(env, "dev@example.com")
+    for auth in (basic("", token), OPERATOR_AUTH):
+        response = await env.call("POST", "/apps", {"name": "reused"}, auth=auth)
+        assert response.status == 201
+        new = payload(response)
+        assert new["id"] != old["id"]
+        assert [t.name for t in env.store.tokens_of(new["id"])] == ["app"]
+        assert [t.name for t in env.store.tokens_of("reused")] == ["app"]
+        assert env.store.tokens_of(new["id"]) != env.store.tokens_of("reused")
+        response = await env.call("DELETE", "/apps/reused", auth=auth)
+        assert response.status == 200 and env.store.channel(new["id"]) is None
+    # Renamed back, the first app is what it was.
+    assert (await env.call("PATCH", "/apps/moved", {"name": "reused"})).status == 200
+    assert payload(await env.call("GET", "/apps/reused"))["id"] == old["id"]
+    assert env.store.channel("reused") is not None
+
+
+async def test_rename_is_durable(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    api = ControlApi(store, None, auth_key=KEY, public_url="http://x")
+    mount_platform(api, store)
+    env = Env(api, store, None, tmp_path)  # type: ignore[arg-type]
+    app = payload(await env.call("POST", "/apps", {"name": "durable"}))
+    drain = payload(await env.call("POST", "/apps/durable/log-drains", {"url": "syslog://h:1"}))
+    renamed = payload(await env.call("PATCH", "/apps/durable", {"name": "still-durable"}))
+    assert renamed["web_url"] == "http://still-durable.herokuapp.com"
+    # On disk before the answer: a copy of the journal as it is now (a crash) has it.
+    crashed = tmp_path / "copy"
+    crashed.mkdir()
+    (crashed / "journal.lpj").write_bytes((tmp_path / "journal.lpj").read_bytes())
+    copy = open_store(str(crashed))
+    assert copy.app(app["id"]) == copy.app_by_name("still-durable") is not None
+    copy.close()
+    store.close()
+    store = open_store(str(tmp_path))
+    api = ControlApi(store, None, auth_key=KEY, public_url="http://x")
+    mount_platform(api, store)
+    env = Env(api, store, None, tmp_path)  # type: ignore[arg-type]
+    assert payload(await env.call("GET", f"/apps/{app['id']}")) == renamed
+    assert payload(await env.call("GET", "/apps/still-durable/log-drains")) == [drain]
+    assert error(await env.call("GET", "/apps/durable")) == (404, "not_found")
+    store.close()
+
+
 # -- conditional requests ------------------------------------------------------------------------
 
 
@@ -441,13 +580,13 @@ async def test_list_ranges(env: Env) -> None:
     assert response.header("Accept-Ranges") == "id, name"
     by_id = sorted(ids.values())
     assert [a["id"] for a in payload(response)] == by_id
-    assert response.header("Content-Range") == f"id {by_id[0]}..{by_id[-1]}; max=200"
+    assert response.header("Content-Range") == f"ids {by_id[0]}..{by_id[-1]}; max=200"
     assert response.header("Next-Range") is None
 
     response = await env.call("GET", "/apps", headers={"Range": "name ..; max=2"})
     assert response.status == 206
     assert [a["name"] for a in payload(response)] == ["alpha", "bravo"]
-    assert response.header("Content-Range") == "name alpha..bravo; max=2"
+    assert response.header("Content-Range") == "names alpha..bravo; max=2"
     assert response.header("Next-Range") == "name ]bravo..; max=2"
     response = await env.call("GET", "/apps", headers={"Range": "name ]bravo..; max=2"})
     assert response.status == 206
@@ -462,12 +601,12 @@ async def test_list_ranges(env: Env) -> None:
     response = await env.call("GET", "/apps", headers={"Range": "name ..; max=3, order=desc"})
     assert [a["name"] for a in payload(response)] == ["echo", "delta", "charlie"]
     assert response.header("Next-Range") == "name ]charlie..; max=3, order=desc"
-    assert response.header("Content-Range") == "name echo..charlie; max=3, order=desc"
+    assert response.header("Content-Range") == "names echo..charlie; max=3, order=desc"
     response = await env.call("GET", "/apps", headers={"Range": "name bravo..delta["})
     assert [a["name"] for a in payload(response)] == ["bravo", "charlie"]
     response = await env.call("GET", "/apps", headers={"Range": "name zulu.."})
     assert response.status == 200 and payload(response) == []
-    assert response.header("Content-Range") == "name ..; max=200"
+    assert response.header("Content-Range") == "names ..; max=200"
 
     # What heroku3 and heroku-client send on every request.
     for lenient in ("id ..; ;", "id ..; max=1000", "id ..;", "id ..", "id ..; order=asc,max=10;"):
@@ -488,6 +627,35 @@ async def test_list_ranges(env: Env) -> None:
     assert response.status == 200 and response.header("Content-Range") is None
     response = await env.call("POST", "/apps", {"name": "foxtrot"}, headers={"Range": "x"})
     assert response.status == 201
+
+
+async def test_content_range_is_the_references_form(env: Env) -> None:
+    """Every list in the reference answers ``Content-Range: ids <first id>..<last id>;
+    max=200`` (the unit in the plural); Next-Range is a Range again (``id ]<last>..``)."""
+    first = payload(await env.call("POST", "/apps", {"name": "ranged-one"}))
+    second = payload(await env.call("POST", "/apps", {"name": "ranged-two"}))
+    drain = payload(
+        await env.call("POST", "/apps/ranged-one/log-drains", {"url": "syslog://logs.example:1"})
+    )
+    low, high = sorted([first["id"], second["id"]])
+    seed_form = re.compile(rf"ids {UUID.pattern}\.\.{UUID.pattern}; max=200")
+    for path, expected in (
+        ("/apps", f"ids {low}..{high}; max=200"),
+        ("/users/~/apps", f"ids {low}..{high}; max=200"),
+        ("/apps/ranged-one/log-drains", f"ids {drain['id']}..{drain['id']}; max=200"),
+    ):
+        response = await env.call("GET", path)
+        assert response.status == 200, path
+        assert response.header("Content-Range") == expected, path
+        assert seed_form.fullmatch(expected), path
+    response = await env.call("GET", "/apps", headers={"Range": "id ..; max=1"})
+    assert response.status == 206
+    assert response.header("Content-Range") == f"ids {low}..{low}; max=1"
+    assert response.header("Next-Range") == f"id ]{low}..; max=1"
+    next_range = response.header("Next-Range") or ""
+    response = await env.call("GET", "/apps", headers={"Range": next_range})
+    assert response.status == 200 and [app["id"] for app in payload(response)] == [high]
+    assert response.header("Content-Range") == f"ids {high}..{high}; max=1"
 
 
 # -- log drains --------------------------------------------------------------------------------
@@ -514,7 +682,7 @@ async def test_log_drains(env: Env) -> None:
     response = await env.call("GET", f"/apps/{app['id']}/log-drains")
     assert response.status == 200 and payload(response) == [drain]
     assert response.header("Accept-Ranges") == "id"
-    assert response.header("Content-Range") == f"id {drain['id']}..{drain['id']}; max=200"
+    assert response.header("Content-Range") == f"ids {drain['id']}..{drain['id']}; max=200"
     for ident in (drain["id"], quote(url, safe="")):
         response = await env.call("GET", f"/apps/drained/log-drains/{ident}")
         assert response.status == 200 and payload(response) == drain, ident
@@ -688,7 +856,7 @@ async def test_addons_of_an_app_are_an_empty_list(env: Env) -> None:
     for ident in ("bare", created["id"]):
         response = await env.call("GET", f"/apps/{ident}/addons", auth=auth)
         assert response.status == 200 and payload(response) == []
-        assert response.header("Content-Range") == "id ..; max=200"
+        assert response.header("Content-Range") == "ids ..; max=200"
         assert response.header("Accept-Ranges") == "id, name"
         assert response.header("Request-Id") == "req-1"
         assert response.header("RateLimit-Remaining")

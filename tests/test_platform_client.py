@@ -19,8 +19,8 @@ import pytest
 import trio
 
 from logplexd.daemon import BoundPorts, Daemon
-from logplexd.store.platform_records import open_platform_records
 from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.heroku_cli import NOTHING_CAN_INSTALL
 from tests.helpers.syslog import frame
 
 heroku3 = pytest.importorskip("heroku3")
@@ -78,11 +78,10 @@ def post_logs(running: Running, token: str, *texts: str) -> None:
 
 
 async def test_heroku3_walkthrough(running: Running) -> None:
-    records = open_platform_records(running.data_dir)
-    # Created while the daemon runs, as `logplexd accounts create` would.
-    account, api_token = await records.create_account("dev@example.com")
     store = running.daemon.store
     assert store is not None
+    # Created while the daemon runs, in its store (as `logplexd accounts create` does).
+    account, api_token = await store.create_account("dev@example.com")
 
     def app_token(name: str) -> str:
         (token,) = [t.id for t in store.tokens_of(name) if t.name == "app"]
@@ -151,6 +150,64 @@ async def test_heroku3_walkthrough(running: Running) -> None:
     assert account.email == "dev@example.com"
 
 
+async def test_heroku3_rename(running: Running) -> None:
+    """``app.rename()``: the app keeps its id, token, drains and logs under its new name."""
+    store = running.daemon.store
+    assert store is not None
+    _, api_token = await store.create_account("rename@example.com")
+
+    def walk() -> dict[str, Any]:
+        session = requests.Session()
+        session.mount(HEROKU_URL, ToLogplexd(running.base))
+        heroku = heroku3.from_key(api_token, session=session)
+        seen: dict[str, Any] = {}
+        app = heroku.create_app(name="old-name")
+        drain = app.create_logdrain("syslog://127.0.0.1:9")
+        (token,) = [t.id for t in store.tokens_of("old-name") if t.name == "app"]
+        post_logs(running, token, "before")
+        renamed = app.rename("new-name")
+        seen["renamed"] = (renamed.name, renamed.id == app.id)
+        seen["apps"] = [a.name for a in heroku.apps()]
+        app = heroku.app("new-name")
+        seen["drains"] = [d.id for d in app.logdrains()] == [drain.id]
+        post_logs(running, token, "after")
+        seen["log"] = app.get_log(lines=10, timeout=10)
+        v3 = {"Accept": "application/vnd.heroku+json; version=3"}
+        response = session.get(
+            f"{HEROKU_URL}/apps/old-name", headers=v3, auth=("", api_token), timeout=5
+        )
+        seen["old"] = (response.status_code, response.json())
+        # heroku3 checks the name pattern itself before sending; the server does too.
+        response = session.patch(
+            f"{HEROKU_URL}/apps/new-name",
+            json={"name": "Not Valid"},
+            headers=v3,
+            auth=("", api_token),
+            timeout=5,
+        )
+        seen["invalid"] = (response.status_code, response.json()["id"])
+        heroku.create_app(name="taken-name")
+        try:
+            heroku.app("new-name").rename("taken-name")
+        except requests.HTTPError as exc:
+            seen["taken"] = (exc.response.status_code, exc.response.json()["id"])
+        return seen
+
+    with trio.fail_after(20):
+        seen = await trio.to_thread.run_sync(walk, abandon_on_cancel=True)
+
+    assert seen["renamed"] == ("new-name", True)
+    assert seen["apps"] == ["new-name"]
+    assert seen["drains"] is True
+    assert seen["log"] == (
+        "2012-12-10T03:00:48.123456Z app[web.1]: before\n"
+        "2012-12-10T03:00:48.123456Z app[web.1]: after\n"
+    )
+    assert seen["old"] == (404, {"id": "not_found", "message": "Couldn't find that app."})
+    assert seen["invalid"] == (422, "invalid_params")
+    assert seen["taken"] == (422, "invalid_params")
+
+
 async def test_conventions_over_http(running: Running) -> None:
     """What the HTTP server adds: Request-Id on every answer, HEAD, 304 without a body."""
 
@@ -186,7 +243,7 @@ async def test_conventions_over_http(running: Running) -> None:
 NODE_SCRIPT = r"""
 const Heroku = require('heroku-client')
 const http = require('http')
-const [base, token, phase] = process.argv.slice(2)
+const [base, token, phase, logsUrl, appToken] = process.argv.slice(2)
 const heroku = new Heroku({ token, host: base })
 
 function fetch (url) {
@@ -200,19 +257,63 @@ function fetch (url) {
   })
 }
 
+// One octet-counted frame into the app's channel, as a log shuttle posts it.
+function postLog (text) {
+  const msg = `<134>1 2012-12-10T03:00:48.123456Z host ${appToken} web.1 - - ${text}`
+  const body = `${Buffer.byteLength(msg)} ${msg}`
+  const auth = Buffer.from(`token:${appToken}`).toString('base64')
+  return new Promise((resolve, reject) => {
+    const req = http.request(logsUrl, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/logplex-1', Authorization: `Basic ${auth}` }
+    }, res => { res.resume(); res.on('end', () => resolve(res.statusCode)) })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+// A tailing session: read until `until` arrived, sending `live` once the history is in.
+function tail (url, live, until) {
+  return new Promise((resolve, reject) => {
+    let body = ''
+    let sent = false
+    const req = http.get(url, res => {
+      res.setEncoding('utf8')
+      res.on('data', d => {
+        body += d
+        if (!sent) { sent = true; postLog(live).catch(reject) }
+        if (body.includes(until)) { req.destroy(); resolve(body) }
+      })
+      res.on('end', () => reject(new Error(`tail ended: ${body}`)))
+    })
+    req.on('error', err => { if (!body.includes(until)) reject(err) })
+  })
+}
+
 async function main () {
   const out = {}
   if (phase === 'setup') {
     out.app = await heroku.post('/apps', { body: { name: 'node-app', region: 'us' } })
+    out.info = await heroku.get('/apps/node-app')
     out.drain = await heroku.post('/apps/node-app/log-drains',
       { body: { url: 'syslog://127.0.0.1:9' } })
     out.drains = await heroku.get(`/apps/${out.app.id}/log-drains`)
     out.apps = await heroku.get('/apps')
     out.limits = await heroku.get('/account/rate-limits')
+    out.maintenance = await heroku.patch('/apps/node-app', { body: { maintenance: true } })
+    out.renamed = await heroku.patch('/apps/node-app', { body: { name: 'node-app-renamed' } })
   } else {
-    const session = await heroku.post('/apps/node-app/log-sessions', { body: { lines: 10 } })
+    const app = 'node-app-renamed'
+    const session = await heroku.post(`/apps/${app}/log-sessions`, { body: { lines: 10 } })
     out.log = await fetch(session.logplex_url)
-    out.deleted = await heroku.delete('/apps/node-app')
+    const live = await heroku.post(`/apps/${app}/log-sessions`,
+      { body: { lines: 1, tail: true } })
+    out.tail = await tail(live.logplex_url, 'live from node', 'app[web.1]: live from node')
+    const drains = await heroku.get(`/apps/${app}/log-drains`)
+    out.removed = await heroku.delete(`/apps/${app}/log-drains/${drains[0].id}`)
+    out.drainsAfter = await heroku.get(`/apps/${app}/log-drains`)
+    out.deleted = await heroku.delete(`/apps/${app}`)
+    out.appsAfter = await heroku.get('/apps')
   }
   process.stdout.write(JSON.stringify(out))
 }
@@ -240,16 +341,18 @@ def heroku_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.mark.may_skip(reason=".ci/run installs no node/npm, and npm needs the network")
+@pytest.mark.may_skip(
+    reason="node/npm not installed: nothing can install heroku-client",
+    when=NOTHING_CAN_INSTALL,  # .ci/run installs node and npm: there it must run
+)
 async def test_heroku_client_walkthrough(running: Running, heroku_client: Path) -> None:
-    records = open_platform_records(running.data_dir)
-    _, api_token = await records.create_account("node@example.com")
     store = running.daemon.store
     assert store is not None
+    _, api_token = await store.create_account("node@example.com")
 
-    async def node(phase: str) -> dict[str, Any]:
+    async def node(phase: str, *args: str) -> dict[str, Any]:
         done = await trio.run_process(
-            ["node", str(heroku_client / "walk.js"), running.base, api_token, phase],
+            ["node", str(heroku_client / "walk.js"), running.base, api_token, phase, *args],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -260,17 +363,28 @@ async def test_heroku_client_walkthrough(running: Running, heroku_client: Path) 
 
     with trio.fail_after(20):
         setup = await node("setup")
+        # Renamed since: its channel (and token) kept the name it was created with.
         (token,) = [t.id for t in store.tokens_of("node-app") if t.name == "app"]
         await trio.to_thread.run_sync(post_logs, running, token, "from node")
-        read = await node("read")
+        read = await node("read", f"http://127.0.0.1:{running.ports.logs}/logs", token)
 
     app, drain = setup["app"], setup["drain"]
     assert app["name"] == "node-app" and app["owner"]["email"] == "node@example.com"
     assert app["region"]["name"] == "us"
+    assert setup["info"]["id"] == app["id"] and setup["info"]["web_url"] == (
+        "http://node-app.herokuapp.com"
+    )
     assert drain["url"] == "syslog://127.0.0.1:9"
     assert setup["drains"] == [drain]
     assert [a["id"] for a in setup["apps"]] == [app["id"]]
     assert setup["limits"]["remaining"] > 1190
-    assert read["log"] == "2012-12-10T03:00:48.123456Z app[web.1]: from node\n"
-    assert read["deleted"]["id"] == app["id"]
+    assert setup["maintenance"]["maintenance"] is True
+    renamed = setup["renamed"]
+    assert (renamed["id"], renamed["name"]) == (app["id"], "node-app-renamed")
+    assert renamed["web_url"] == "http://node-app-renamed.herokuapp.com"
+    line = "2012-12-10T03:00:48.123456Z app[web.1]: "
+    assert read["log"] == f"{line}from node\n"
+    assert read["tail"] == f"{line}from node\n{line}live from node\n"
+    assert read["removed"]["id"] == drain["id"] and read["drainsAfter"] == []
+    assert read["deleted"]["id"] == app["id"] and read["appsAfter"] == []
     assert store.channel("node-app") is None

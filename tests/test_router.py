@@ -116,3 +116,169 @@ def test_registry_wakes_only_channels_with_waiters():
         assert len(quiet.ring) == 1 and len(tailed.ring) == 1
 
     trio.run(main)
+
+
+# -- the firehose (REFERENCE.md section 7) ------------------------------------------------------
+
+
+def test_dispatch_copies_firehose_tokens_raw_in_turn():
+    from logplexd.native import Firehose
+
+    app, quiet = ChannelRing(), ChannelRing()
+    hoses = [ChannelRing() for _ in range(3)]
+    table = TokenTable()
+    table.add(b"t.heroku", app, b"heroku", True)
+    table.add(b"t.app", app, b"app")
+    table.add(b"t.quiet", quiet, b"app")
+    assert table.firehosed(b"t.heroku") and not table.firehosed(b"t.app")
+    assert not table.firehosed(b"t.unknown")
+    firehose = Firehose(hoses)
+    frames = [msg(b"t.heroku", b"h%d" % i) for i in range(7)]
+    frames += [msg(b"t.app"), msg(b"t.quiet"), msg(b"t.none")]
+    routed, unknown, touched = dispatch(parse_frames(frames), table, firehose)
+    assert (routed, unknown) == (9, 1)
+    # Its own channel has every frame, cooked; each frame is in exactly one hose, raw.
+    assert app.last(99).frames() == [msg(b"heroku", b"h%d" % i) for i in range(7)] + [msg(b"app")]
+    assert [ring.last(9).frames() for ring in hoses] == [
+        [msg(b"t.heroku", b"h0"), msg(b"t.heroku", b"h3"), msg(b"t.heroku", b"h6")],
+        [msg(b"t.heroku", b"h1"), msg(b"t.heroku", b"h4")],
+        [msg(b"t.heroku", b"h2"), msg(b"t.heroku", b"h5")],
+    ]
+    assert touched == [app, *hoses, quiet]
+    assert firehose.posted() == [3, 2, 2] and firehose.total == 7 and len(firehose) == 3
+    assert firehose.rings == tuple(hoses)
+    # The turn goes on from where it was; without a firehose nothing is copied.
+    dispatch(parse_frames([msg(b"t.heroku")]), table, firehose)
+    assert firehose.posted() == [3, 3, 2]
+    dispatch(parse_frames([msg(b"t.heroku")]), table)
+    dispatch(parse_frames([msg(b"t.heroku")]), table, Firehose())
+    assert firehose.total == 8 and sum(len(ring) for ring in hoses) == 8
+
+
+def test_a_firehose_never_feeds_a_channel_its_own_messages():
+    from logplexd.native import Firehose
+
+    hose, other = ChannelRing(), ChannelRing()
+    table = TokenTable()
+    table.add(b"t.h", hose, b"heroku", True)  # flagged by mistake: still no loop
+    firehose = Firehose([hose, other])
+    dispatch(parse_frames([msg(b"t.h", b"%d" % i) for i in range(4)]), table, firehose)
+    assert len(hose) == 4 and other.last(9).frames() == [msg(b"t.h", b"1"), msg(b"t.h", b"3")]
+    assert firehose.posted() == [0, 2]
+
+
+def test_dispatch_to_copies_by_sibling_token_else_by_the_authenticating_one():
+    from logplexd.native import Firehose
+
+    mine, hose = ChannelRing(), ChannelRing()
+    table = TokenTable()
+    table.add(b"t.web", mine, b"web")
+    table.add(b"t.heroku", mine, b"heroku", True)
+    firehose = Firehose([hose])
+    batch = parse_frames([msg(b"t.web"), msg(b"t.heroku"), msg(b"foreign")])
+    assert dispatch_to(batch, table, mine, firehose, False) == 3
+    assert hose.last(9).frames() == [msg(b"t.heroku")]
+    assert dispatch_to(batch, table, mine, firehose, True) == 3
+    assert hose.last(9).frames()[1:] == [msg(b"t.heroku"), msg(b"foreign")]
+    assert firehose.total == 3 and len(mine) == 6
+
+
+def test_registry_firehose_follows_channels_tokens_and_settings():
+    import trio
+    import trio.testing
+
+    from logplexd.router.registry import Registry
+
+    async def main():
+        registry = Registry()
+        registry.set_firehose(["hose-a", "hose-b", "hose-c"], ["heroku"])
+        registry.add_token("app", "t.heroku", "heroku")
+        registry.add_token("app", "t.app", "app")
+        registry.add_token("hose-a", "t.hose", "heroku")  # a firehose's own: never copied
+        assert registry.firehose is not None and len(registry.firehose) == 1
+        registry.ensure_channel("hose-b")  # joins at once; hose-c does not exist
+        assert registry.table.firehosed(b"t.heroku")
+        assert not registry.table.firehosed(b"t.app") and not registry.table.firehosed(b"t.hose")
+        a, b = registry.channel("hose-a"), registry.channel("hose-b")
+        assert a is not None and b is not None
+        woken = []
+        async with trio.open_nursery() as nursery:
+
+            async def tail():
+                await b.wait_appended()
+                woken.append("hose-b")
+
+            nursery.start_soon(tail)
+            await trio.testing.wait_all_tasks_blocked()
+            frames = [msg(b"t.heroku", b"%d" % i) for i in range(4)]
+            counts = registry.route(parse_frames([*frames, msg(b"t.app"), msg(b"t.hose")]))
+            await trio.testing.wait_all_tasks_blocked()
+        assert counts.routed == 6 and woken == ["hose-b"]
+        assert len(a.ring) == 3 and len(b.ring) == 2  # hose-a's own line, and 2 copies each
+        assert registry.firehose_posted() == {"hose-a": 2, "hose-b": 2, "hose-c": 0}
+        # Token auth: the authenticating token decides for a frame naming no sibling.
+        app = registry.channel("app")
+        assert app is not None
+        registry.route_to(parse_frames([msg(b"anything")]), app, "t.heroku")
+        registry.route_to(parse_frames([msg(b"anything")]), app, "t.app")
+        assert registry.firehose_posted() == {"hose-a": 3, "hose-b": 2, "hose-c": 0}
+        # Counts survive the firehose channels changing; a dropped channel gets nothing.
+        registry.drop_channel("hose-a")
+        registry.route(parse_frames(frames))
+        assert registry.firehose_posted() == {"hose-a": 3, "hose-b": 6, "hose-c": 0}
+        # Reconfigured (SIGHUP): flags follow; empty settings switch it off.
+        registry.set_firehose(["hose-b"], ["app"])
+        assert registry.table.firehosed(b"t.app") and not registry.table.firehosed(b"t.heroku")
+        registry.set_firehose([], [])
+        assert registry.firehose is None and not registry.table.firehosed(b"t.app")
+        registry.route(parse_frames([msg(b"t.app")]))
+        assert registry.firehose_posted() == {"hose-a": 3, "hose-b": 6}
+
+    trio.run(main)
+
+
+def test_firehose_property_copies_exactly_the_filtered_frames_evenly():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from logplexd.native import Firehose
+
+    tokens = [(b"t.h1", 0, True), (b"t.h2", 1, True), (b"t.a", 0, False), (b"t.b", 1, False)]
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        picks=st.lists(st.lists(st.integers(0, 4), max_size=40), max_size=5),
+        hoses=st.integers(1, 4),
+    )
+    def check(picks: list[list[int]], hoses: int) -> None:
+        plain_rings, rings = [ChannelRing(), ChannelRing()], [ChannelRing(), ChannelRing()]
+        plain, table = TokenTable(), TokenTable()
+        for token, ring, flagged in tokens:
+            plain.add(token, plain_rings[ring], b"n")
+            table.add(token, rings[ring], b"n", flagged)
+        firehose = Firehose([ChannelRing() for _ in range(hoses)])
+        expected = []
+        serial = 0
+        for batch_picks in picks:
+            frames = []
+            for pick in batch_picks:
+                token = tokens[pick][0] if pick < len(tokens) else b"t.unknown"
+                frames.append(msg(token, b"%d" % serial))
+                if pick < len(tokens) and tokens[pick][2]:
+                    expected.append(frames[-1])
+                serial += 1
+            assert (
+                dispatch(parse_frames(frames), table, firehose)[:2]
+                == dispatch(parse_frames(frames), plain)[:2]
+            )
+        # Routing itself is unchanged; every filtered frame is in exactly one hose, raw,
+        # each hose in order, and the hoses' counts differ by at most one.
+        assert [r.last(999).frames() for r in rings] == [r.last(999).frames() for r in plain_rings]
+        copies = [ring.last(999).frames() for ring in firehose.rings]
+        assert sorted(f for hose in copies for f in hose) == sorted(expected)
+        for hose in copies:
+            assert hose == [f for f in expected if f in hose]
+        assert max(map(len, copies)) - min(map(len, copies)) <= 1
+        assert firehose.posted() == list(map(len, copies)) and firehose.total == len(expected)
+
+    check()

@@ -76,7 +76,7 @@ async def make_env(tmp_path: Path, **options: Any) -> Env:
     registry = Registry()
     api = ControlApi(store, registry, auth_key=KEY, public_url="http://logplex.test", **options)
     ReadRoutes(store, registry).mount(api.add_route)
-    mount_platform(api, store, registry, data_dir=tmp_path)
+    mount_platform(api, store, registry)
     env = Env(api, store, registry)
     assert (await env.call("POST", "/apps", {"name": APP})).status == 201
     registry.add_token(APP, TOKEN, "app")

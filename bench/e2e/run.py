@@ -15,6 +15,9 @@ of the setup. Routers:
 
 * ``logplexd``: this repository's daemon, fresh data dir, channels and drains created with
   the v3 control API.
+* ``logplexd-nospill``: the same daemon with durable drain backlogs off
+  (``--drain-spill false``): with ``logplexd`` in one run, what spilling costs a healthy drain
+  (issue 19; ``bench/bench_spill.py healthy`` alternates the two and prints the ratio).
 * ``rsyslog``: ``/usr/sbin/rsyslogd -n`` with ``imtcp`` and one ``omfwd`` action (TCP,
   octet-counted, ``RSYSLOG_SyslogProtocol23Format``) per drain.
 * ``syslog-ng``: Debian's ``syslog-ng-core`` unpacked with ``dpkg -x`` into
@@ -81,7 +84,7 @@ WORKLOADS = [
     Workload("c1-ch1-d1-2k", "1 conn, 1 channel, 1 drain, 2 KB", 1, 1, 1, 2048),
     Workload("c8-ch1-d1-2k", "8 conns, 1 channel, 1 drain, 2 KB", 8, 1, 1, 2048),
 ]
-ROUTERS = ["direct", "logplexd", "rsyslog", "syslog-ng"]
+ROUTERS = ["direct", "logplexd", "logplexd-nospill", "rsyslog", "syslog-ng"]
 
 
 class HarnessError(RuntimeError):
@@ -295,6 +298,8 @@ class Direct(Router):
 class Logplexd(Router):
     name = "logplexd"
     extra_args: list[str] = []
+    # Arguments of this variant of the daemon, after ``extra_args`` (``--logplexd-arg``).
+    variant_args: tuple[str, ...] = ()
     # Another checkout of logplexd (extension built in place) to run instead of this one.
     tree: Path | None = None
 
@@ -306,7 +311,7 @@ class Logplexd(Router):
     def start(self) -> int:
         data = self.workdir / "data"
         data.mkdir()
-        _, syslog, _ = self.launch(data, *self.extra_args)
+        _, syslog, _ = self.launch(data, *self.extra_args, *self.variant_args)
         self._provision()
         return syslog
 
@@ -528,9 +533,18 @@ class LogplexdBase(Logplexd):
     extra_args = []
 
 
+class LogplexdNoSpill(Logplexd):
+    """This tree's logplexd with durable drain backlogs off (issue 19): a drain that falls a
+    whole ring behind is lapped (L10) instead of spilling to disk. Takes ``--logplexd-arg``
+    like ``logplexd`` (``extra_args`` is looked up on ``Logplexd``)."""
+
+    name = "logplexd-nospill"
+    variant_args = ("--drain-spill", "false")
+
+
 ROUTER_CLASSES: dict[str, type[Router]] = {
     "direct": Direct, "logplexd": Logplexd, "logplexd-base": LogplexdBase,
-    "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
+    "logplexd-nospill": LogplexdNoSpill, "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
 }  # fmt: skip
 
 

@@ -42,6 +42,7 @@ async def run_api(
         max_body=max_body,
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
+        errors=control_api.error_response,
         task_status=task_status,
     )
 

@@ -40,6 +40,7 @@ from ..web import (
     BasicAuth,
     BasicPassword,
     CredentialChecker,
+    ErrorFormat,
     InvalidJson,
     Match,
     MethodNotAllowed,
@@ -225,6 +226,7 @@ class ControlApi:
         self._openapi = resources.files("logplexd").joinpath("openapi.json").read_bytes()
         self.router = Router()
         self._unmatched: list[tuple[str, Unmatched]] = []
+        self._error_formats: list[tuple[str, ErrorFormat]] = []
         self._add_routes()
 
     def close(self) -> None:
@@ -250,6 +252,22 @@ class ControlApi:
             if path == prefix or path.startswith(prefix + "/"):
                 return answer
         return None
+
+    def add_error_format(self, prefixes: Iterable[str], errors: ErrorFormat) -> None:
+        """``errors(request, status, message)`` words the errors no route writes (the
+        server's 400/408/413/431/500, the control rods' 503) for a path equal to one of
+        ``prefixes`` or under it; other paths keep Logplex's ``{"error": ...}``."""
+        for prefix in prefixes:
+            self._error_formats.append((prefix.rstrip("/"), errors))
+
+    def error_response(self, request: Request, status: int, message: str) -> Response:
+        """An error no route wrote, in the format of the request's path family (the
+        ``ErrorFormat`` the HTTP server and the listener's gate answer with)."""
+        path = request.path
+        for prefix, errors in self._error_formats:
+            if path == prefix or path.startswith(prefix + "/"):
+                return errors(request, status, message)
+        return Response.error(status, message)
 
     def _add_routes(self) -> None:
         add = self.router.add

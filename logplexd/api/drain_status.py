@@ -37,6 +37,9 @@ HEALTH_KEYS = (
     "in_flight",
     "oldest_at",
     "oldest_age",
+    "spilling",
+    "spilled",
+    "spilled_bytes",
 )
 
 
@@ -53,6 +56,12 @@ class DrainHealth(DrainFigures, Protocol):
     def oldest_at(self) -> float | None: ...
     @property
     def oldest_age(self) -> float | None: ...
+    @property
+    def spilling(self) -> bool: ...
+    @property
+    def spilled(self) -> int: ...
+    @property
+    def spilled_bytes(self) -> int: ...
 
 
 ChannelHealth = Callable[[str], Iterable[DrainHealth]]

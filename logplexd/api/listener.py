@@ -2,7 +2,9 @@
 
 The control rods' gate (and, in Redis mode, the data plane's health for
 ``/v3/healthcheck``) may answer before a route runs; every answer is timed per route name.
-Both come in as callbacks, so the API knows neither the rods' owner nor the metrics.
+Both come in as callbacks, so the API knows neither the rods' owner nor the metrics. The
+gate only says why it refuses: the 503 is worded by ``ControlApi.error_response``, in the
+format of the path's family (the Platform API's ``{"id", "message"}`` on its paths).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Callable
 from ..web import Match, Request, Response
 from .control import ControlApi
 
-# ``gate(method, route name)``: a response that answers instead of the route, or None.
-Gate = Callable[[str, str], Response | None]
+# ``gate(method, route name)``: why the request is refused (answered 503), or None.
+Gate = Callable[[str, str], str | None]
 # ``observe(route name, method, status, seconds)``.
 Observe = Callable[[str, str, int, float], None]
 # ``health()``: a 503 while a dependency of the data plane is unreachable, or None.
@@ -43,8 +45,11 @@ class ApiListener:
         started = time.perf_counter()
         found = self.api.router.match(request.method, request.path)
         route = found.endpoint.name if isinstance(found, Match) else UNMATCHED
-        response = self.gate(request.method, route) if self.gate is not None else None
-        if response is None and route == "v3.healthcheck" and self.health is not None:
+        refused = self.gate(request.method, route) if self.gate is not None else None
+        response: Response | None = None
+        if refused is not None:
+            response = self.api.error_response(request, 503, refused)
+        elif route == "v3.healthcheck" and self.health is not None:
             response = self.health()
         if response is None:
             response = await self.api.handle(request)

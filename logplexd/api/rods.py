@@ -152,17 +152,18 @@ class Rods:
             self.drains.set_forwarding_denied(self.state.deny_drain_forwarding)
 
     # -- the API ---------------------------------------------------------------------------
-    def api_gate(self, method: str, route: str | None) -> Response | None:
-        """The 503 that API_STATUS (or deny_tail_sessions) gives this request, or None."""
+    def api_gate(self, method: str, route: str | None) -> str | None:
+        """Why API_STATUS (or deny_tail_sessions) refuses this request, or None. The
+        listener answers it with a 503 in the format of the request's path family."""
         state = self.state
         if route in ALWAYS_OPEN:
             return None
         if state.api_status == DISABLED:
-            return Response.error(503, "API is disabled (control rod api_status)")
+            return "API is disabled (control rod api_status)"
         if state.api_status == READ_ONLY and method not in READ_METHODS:
-            return Response.error(503, "API is read-only (control rod api_status)")
+            return "API is read-only (control rod api_status)"
         if route == "v3.session.create" and state.deny_tail_sessions:
-            return Response.error(503, "tail sessions are denied (control rod deny_tail_sessions)")
+            return "tail sessions are denied (control rod deny_tail_sessions)"
         return None
 
 

@@ -419,7 +419,8 @@ def status_table(drains: list[dict[str, Any]], now: float) -> str:
     for drain in drains:
         cells = [
             str(drain.get("id", "")),
-            str(drain.get("state", "")),
+            # A drain reading its backlog back from disk says so beside its connection.
+            str(drain.get("state", "")) + (",spilling" if drain.get("spilling") else ""),
             _count(drain.get("buffered")),
             "-" if drain.get("buffered_bytes") is None else human_bytes(drain["buffered_bytes"]),
             "-" if drain.get("oldest_age") is None else human_age(drain["oldest_age"]),

@@ -46,6 +46,8 @@ def _settings_args(parser: argparse.ArgumentParser) -> None:
             continue
         default = default_of(name)
         shown = "http://<api-addr>" if name == "public_url" else default
+        if default == ():
+            shown = "none"
         tail = f"env {env_var(name)}" + ("" if default is None else f", default {shown}")
         # SUPPRESS keeps absent flags out of the namespace, so they cannot shadow the env.
         parser.add_argument(

@@ -43,14 +43,14 @@ class ClusterRegistry(Registry):
         self.staging: dict[str, ChannelRing] = {}
 
     def ensure_channel(self, name: str) -> Channel:
-        channel = super().ensure_channel(name)
         if name not in self.staging:
             # As deep as the channel buffer: one routed batch (one read, one POST body)
             # always fits, so nothing is evicted between routing and reading it back.
+            # Made first: a firehose channel's copies are routed to it (_firehose_ring).
             ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
             ring.owner = _Staging(name)
             self.staging[name] = ring
-        return channel
+        return super().ensure_channel(name)
 
     def drop_channel(self, name: str) -> Channel | None:
         self.staging.pop(name, None)
@@ -62,7 +62,12 @@ class ClusterRegistry(Registry):
     def add_token(self, channel_name: str, token: str, name: str) -> None:
         super().add_token(channel_name, token, name)
         encoded = self._names[name]
-        self.table.add(token.encode(), self.staging[channel_name], encoded)
+        firehosed = self._firehosed(channel_name, name)
+        self.table.add(token.encode(), self.staging[channel_name], encoded, firehosed)
+
+    def _firehose_ring(self, channel: Channel) -> ChannelRing:
+        # Copies go through Redis like any routed message: every node's readers see them.
+        return self.staging[channel.name]
 
     def local_history(self, channel: Channel, n: int | None = None) -> Batch:
         """History from what this node holds (Redis unreachable): the followed ring if it
@@ -75,18 +80,26 @@ class ClusterRegistry(Registry):
 
     # -- the hot path --------------------------------------------------------------------
     def route(self, batch: object) -> RouteCounts:
-        routed, unknown, touched = dispatch(batch, self.table)
+        routed, unknown, touched = dispatch(batch, self.table, self.firehose)
         for ring in touched:
             self._send(ring)
         self.totals.routed += routed
         self.totals.unknown_token += unknown
         return RouteCounts(routed, unknown)
 
-    def route_to(self, batch: object, channel: Channel) -> int:
+    def route_to(self, batch: object, channel: Channel, token: str | None = None) -> int:
         ring = self.staging.get(channel.name)
         if ring is None:
             return 0
-        routed = dispatch_to(batch, self.table, ring)
+        firehose = self.firehose
+        if firehose is None:
+            routed = dispatch_to(batch, self.table, ring)
+        else:
+            before = firehose.total
+            routed = dispatch_to(batch, self.table, ring, firehose, self._token_firehosed(token))
+            if firehose.total != before:
+                for copies in firehose.rings:
+                    self._send(copies)  # nothing new in one: nothing sent
         if routed:
             self._send(ring)
         self.totals.routed += routed

@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,6 +36,7 @@ from ..api import (
     RodState,
     mount_platform,
 )
+from ..backlog import BacklogStore, SpillSettings
 from ..cluster import (
     ClusterDrains,
     ClusterReads,
@@ -43,26 +45,56 @@ from ..cluster import (
     OutboundBuffer,
     birth_hook,
 )
-from ..config import Settings, ensure_auth_key, load_settings
+from ..config import TLS_PAIRS, Settings, ensure_auth_key, load_settings
 from ..drains import DrainSettings, GatedDrainManager, attach_drains
-from ..ingest import LogsIngest, LogsListener, ServerCertificate, SyslogInput
+from ..ingest import LogsIngest, LogsListener, SyslogInput
 from ..router import Registry
-from ..store import EmbeddedStore, RedisStore, Store, StoreError, open_store
+from ..store import (
+    EmbeddedStore,
+    RedisStore,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    migrate_platform_journal,
+    open_store,
+    serve_accounts_socket,
+)
 from ..tails import TailSessions
-from ..web import ConnectionCount, CredentialChecker, Request, Response, serve_http
+from ..web import (
+    ConnectionCount,
+    CredentialChecker,
+    Request,
+    Response,
+    ServerCertificate,
+    serve_http,
+)
 from ._logging import configure_logging
-from .metrics import Metrics, MetricsSnapshot, RedisFigures, StoreFigures, TailFigures
+from .metrics import (
+    BacklogFigures,
+    Metrics,
+    MetricsSnapshot,
+    RedisFigures,
+    StoreFigures,
+    TailFigures,
+)
 from .systemd import ActivationError, Notifier, listen_fds, trio_listeners
 
 log = logging.getLogger("logplexd")
 
 # How often STATUS= is refreshed for `systemctl status`.
 STATUS_INTERVAL = 10.0
+# How often the import of an earlier version's platform.lpj is tried while the store (Redis)
+# cannot be reached.
+PLATFORM_MIGRATION_RETRY = 1.0
 # Settings a reload (SIGHUP) applies to the running daemon; the others need a restart.
 LIVE_SETTINGS = frozenset(
     {
         "tls_cert",
         "tls_key",
+        "api_tls_cert",
+        "api_tls_key",
+        "logs_tls_cert",
+        "logs_tls_key",
         "public_url",
         "auth_key",
         "syslog_idle_timeout",
@@ -73,6 +105,8 @@ LIVE_SETTINGS = frozenset(
         "tail_max_duration",
         "shutdown_timeout",
         "log_level",
+        "firehose_channel_ids",
+        "firehose_filter_tokens",
         *ROD_NAMES,
     }
 )
@@ -124,6 +158,7 @@ class Daemon:
                 settings.channel_buffer_messages,
                 settings.channel_buffer_bytes,
             )
+        self.registry.set_firehose(settings.firehose_channel_ids, settings.firehose_filter_tokens)
         self.syslog = SyslogInput(
             self.registry,
             max_frame=settings.max_frame,
@@ -132,8 +167,24 @@ class Daemon:
             threads=settings.ingest_threads,
             first_byte_timeout=settings.syslog_first_byte_timeout,
         )
+        # Disk backlogs for drains (issue 19); in Redis mode the channel's stream is the
+        # backlog and the drain's checkpoint its position (docs/SCALING.md).
+        self.backlogs: BacklogStore | None = None
+        if settings.drain_spill and self.plane is None:
+            self.backlogs = BacklogStore(
+                settings.data_dir / "backlog",
+                SpillSettings(
+                    drain_budget_bytes=settings.drain_spill_budget,
+                    total_budget_bytes=settings.drain_spill_total,
+                    min_free_bytes=settings.drain_spill_min_free,
+                    fsync=settings.drain_spill_fsync,
+                    fsync_interval=settings.drain_spill_fsync_interval,
+                ),
+            )
         self.drains = GatedDrainManager(
-            self.registry, settings=DrainSettings(overflow=settings.drain_overflow)
+            self.registry,
+            settings=DrainSettings(overflow=settings.drain_overflow),
+            backlogs=self.backlogs,
         )
         self.cluster_drains: ClusterDrains | None = None
         if self.plane is not None:
@@ -152,7 +203,9 @@ class Daemon:
         self.store: Store | None = None
         self._core: trio.Nursery | None = None
         self._listeners = trio.CancelScope()
-        self._certificate: ServerCertificate | None = None
+        # The listeners' certificates by their setting ("tls_cert", "api_tls_cert",
+        # "logs_tls_cert"): loaded at start, re-read on reload().
+        self._certificates: dict[str, ServerCertificate] = {}
         self.api: ControlApi | None = None
         self.logs: LogsIngest | None = None
         self.ports: BoundPorts | None = None
@@ -183,9 +236,11 @@ class Daemon:
             cluster_reads = None
             if self.plane is not None and isinstance(self.registry, ClusterRegistry):
                 cluster_reads = ClusterReads(self.plane, self.registry)
-            ReadRoutes(store, self.registry, self.rods, cluster_reads).mount(self.api.add_route)
+            ReadRoutes(
+                store, self.registry, self.rods, cluster_reads, keepalive=s.sse_keepalive
+            ).mount(self.api.add_route)
             DrainStatusRoutes(store, self.drains.channel_stats).mount(self.api.add_route)
-            mount_platform(self.api, store, self.registry, data_dir=s.data_dir)
+            mount_platform(self.api, store, self.registry)
             RodsApi(self.rods, lambda: self.settings.auth_key or "").mount(self.api.add_route)
             credentials = CredentialChecker(store)
 
@@ -208,13 +263,21 @@ class Daemon:
             async with trio.open_nursery() as core:
                 self._core = core
                 await core.start(store.maintain)
+                # Platform records of an earlier version (its platform.lpj) into the store,
+                # before anything is served; then `logplexd accounts` may reach this store.
+                await core.start(self._migrate_platform_records, store)
+                await core.start(serve_accounts_socket, store, s.data_dir)
                 await core.start(self.drains.run)
                 if self.plane is not None and self.cluster_drains is not None:
                     await core.start(self.plane.run)
                     await core.start(self.cluster_drains.run)
                     attach_drains(store, self.cluster_drains)
                 else:
+                    if self.backlogs is not None:
+                        self.backlogs.open()
                     attach_drains(store, self.drains)
+                    if self.backlogs is not None:
+                        self.backlogs.prune({drain.id for drain in store.drains()})
                 core.start_soon(self.metrics.loop_lag.run)
                 self.ports = await core.start(self._serve_listeners, inherited)
                 self.notifier.ready(self.status_line())
@@ -227,6 +290,35 @@ class Daemon:
                     sock.close()
             await self._final_flush()
             self.notifier.close()
+
+    async def _migrate_platform_records(
+        self, store: Store, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Import the data dir's ``platform.lpj`` (``store.migrate_platform_journal``).
+
+        Reports started once it is done, or once the store was found unavailable (Redis
+        not reached yet): then it tries again every ``PLATFORM_MIGRATION_RETRY`` seconds
+        in the background. An unreadable file stops the start, as an unreadable store does.
+        """
+        started = False
+        while True:
+            try:
+                if store.failure is None:
+                    await migrate_platform_journal(store, self.settings.data_dir)
+                    break
+            except StoreUnavailable as exc:
+                log.warning("platform records: import of platform.lpj waits for the store: %s", exc)
+            except (OSError, StoreError) as exc:
+                if not started:
+                    raise
+                log.error("platform records: platform.lpj not imported: %s", exc)
+                break
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(PLATFORM_MIGRATION_RETRY)
+        if not started:
+            task_status.started()
 
     async def _listen(
         self, role: str, inherited: Mapping[str, list[Any]], host: str, port: int
@@ -250,11 +342,13 @@ class Daemon:
                     raise ActivationError(
                         "systemd passed a syslog-tls socket but tls_cert and tls_key are not set"
                     )
-                if s.tls_enabled:
-                    self._certificate = ServerCertificate(str(s.tls_cert), str(s.tls_key))
+                syslog_tls = self._certificate("tls_cert", s.tls_cert, s.tls_key)
+                if syslog_tls is not None:
                     tls_raw = await self._listen("syslog-tls", inherited, *s.tls_syslog_addr)
-                    tls = [trio.SSLListener(ln, self._certificate.context) for ln in tls_raw]
+                    tls = [trio.SSLListener(ln, syslog_tls.context) for ln in tls_raw]
                     self.tls_port = await nursery.start(self.syslog.serve_listeners, tls)
+                api_tls = self._certificate("api_tls_cert", s.api_tls_cert, s.api_tls_key)
+                logs_tls = self._certificate("logs_tls_cert", s.logs_tls_cert, s.logs_tls_key)
                 api_listeners = await self._listen("api", inherited, *s.api_addr)
                 # /metrics is open to a scraper on loopback, as the original's.
                 metrics_open = all(_is_loopback(ln) for ln in api_listeners)
@@ -274,6 +368,9 @@ class Daemon:
                         max_body=s.api_max_body,
                         listeners=api_listeners,
                         connections=self.connections["api"],
+                        # 408/413/431/500 in the Platform API's format on its paths.
+                        errors=api.error_response,
+                        tls=api_tls.context if api_tls is not None else None,
                     )
                 )
                 # With port 0 only now is the session URL known; nothing could have asked yet.
@@ -297,19 +394,32 @@ class Daemon:
                         max_body=logs.max_body,
                         listeners=await self._listen("logs", inherited, *s.logs_addr),
                         connections=self.connections["logs"],
+                        tls=logs_tls.context if logs_tls is not None else None,
                     )
                 )
                 log.info(
-                    "logplexd ready: api %s:%d, logs %s:%d, syslog %s:%d, data dir %s",
+                    "logplexd ready: api %s:%d%s, logs %s:%d%s, syslog %s:%d, data dir %s",
                     api_host,
                     api_port,
+                    " (https)" if api_tls is not None else "",
                     s.logs_addr.host,
                     logs_port,
+                    " (https)" if logs_tls is not None else "",
                     s.syslog_addr.host,
                     syslog_port,
                     s.data_dir,
                 )
                 task_status.started(BoundPorts(api_port, logs_port, syslog_port))
+
+    def _certificate(
+        self, setting: str, cert_file: Path | None, key_file: Path | None
+    ) -> ServerCertificate | None:
+        """The certificate of one listener, loaded now, or None when it has none (plain)."""
+        if cert_file is None or key_file is None:
+            return None
+        certificate = ServerCertificate(str(cert_file), str(key_file))
+        self._certificates[setting] = certificate
+        return certificate
 
     def _data_plane_health(self) -> Response | None:
         """Redis mode: 503 while Redis cannot be reached (and until it first is), for the
@@ -355,6 +465,22 @@ class Daemon:
             tails=TailFigures(self.tails.active, self.tails.started, self.tails.killed),
             rods=self.rods.state,
             redis=redis,
+            firehose=self.registry.firehose_posted(),
+            backlog=self._backlog_figures(),
+        )
+
+    def _backlog_figures(self) -> BacklogFigures | None:
+        backlogs = self.backlogs
+        if backlogs is None:
+            return None
+        return BacklogFigures(
+            disk_bytes=backlogs.disk_bytes,
+            queued_bytes=backlogs.queued_bytes,
+            written_messages=backlogs.written_messages,
+            written_bytes=backlogs.written_bytes,
+            refused_messages=backlogs.refused_messages,
+            cut_bytes=backlogs.cut_bytes,
+            refusing=backlogs.refusing,
         )
 
     # -- systemd STATUS= -----------------------------------------------------------------------
@@ -407,24 +533,31 @@ class Daemon:
         except Exception as exc:
             log.error("reload: configuration not changed: %s", exc)
             return []
-        if new.tls_enabled and self._certificate is not None:
+        # Each listener's certificate is re-read (the files may be new at the same paths);
+        # one that does not load keeps the running one.
+        tls_restart: list[str] = []
+        for cert_name, key_name, _ in TLS_PAIRS:
+            certificate = self._certificates.get(cert_name)
+            cert_file, key_file = getattr(new, cert_name), getattr(new, key_name)
+            if certificate is None or cert_file is None or key_file is None:
+                # Turning TLS on or off for a listener needs a restart.
+                pair = (cert_name, key_name)
+                tls_restart += [n for n in pair if getattr(old, n) != getattr(new, n)]
+                continue
             try:
-                _check_certificate(str(new.tls_cert), str(new.tls_key))
+                certificate.reload(str(cert_file), str(key_file))
             except (OSError, ssl.SSLError) as exc:
-                log.error("reload: TLS certificate not changed: %s", exc)
-                new = replace(new, tls_cert=old.tls_cert, tls_key=old.tls_key)
-            else:
-                self._certificate.cert_file = str(new.tls_cert)
-                self._certificate.key_file = str(new.tls_key)
-                self._certificate.reload()
+                log.error("reload: %s not changed: %s", cert_name, exc)
+                new = replace(
+                    new, **{cert_name: getattr(old, cert_name), key_name: getattr(old, key_name)}
+                )
         changed = [
             f.name
             for f in dataclasses.fields(Settings)
             if f.compare and getattr(old, f.name) != getattr(new, f.name)
         ]
         restart = [name for name in changed if name not in LIVE_SETTINGS]
-        if self._certificate is None and new.tls_enabled and "tls_cert" in changed:
-            restart.append("tls_cert")
+        restart += [name for name in tls_restart if name not in restart]
         live = {name: getattr(new, name) for name in changed if name in LIVE_SETTINGS}
         # What needs a restart keeps its running value, so `settings` says what is in force.
         self.settings = replace(new, **{name: getattr(old, name) for name in restart})
@@ -465,6 +598,8 @@ class Daemon:
         self.syslog.max_connections = s.max_syslog_connections
         if "log_level" in live:
             logging.getLogger().setLevel(s.log_level_number)
+        if live.keys() & {"firehose_channel_ids", "firehose_filter_tokens"}:
+            self.registry.set_firehose(s.firehose_channel_ids, s.firehose_filter_tokens)
         rods = {name: live[name] for name in ROD_NAMES if name in live}
         if rods:
             self.rods.set(rods)
@@ -505,11 +640,6 @@ def _listener_host(listener: trio.SocketListener, default: str) -> str:
     except OSError:
         return default
     return default if host in ("0.0.0.0", "::") else host
-
-
-def _check_certificate(cert_file: str, key_file: str) -> None:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
 
 
 def reload_from_sources(old: Settings) -> Settings:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -83,6 +83,19 @@ class RedisFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class BacklogFigures:
+    """The disk backlogs of drains, all together."""
+
+    disk_bytes: int
+    queued_bytes: int
+    written_messages: int
+    written_bytes: int
+    refused_messages: int
+    cut_bytes: int
+    refusing: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
     """Everything ``/metrics`` shows, read at scrape time."""
 
@@ -97,6 +110,10 @@ class MetricsSnapshot:
     tails: TailFigures
     rods: RodState
     redis: RedisFigures | None = None
+    # Messages the firehose copied to each firehose channel (REFERENCE.md section 7).
+    firehose: Mapping[str, int] = field(default_factory=dict)
+    # Drain backlogs on disk (issue 19); None when spilling is off.
+    backlog: BacklogFigures | None = None
 
 
 class LoopLag:
@@ -369,6 +386,46 @@ class DaemonCollector(Collector):
         ages = [s.oldest_age for s in stats if s.oldest_age is not None]
         oldest.add_metric([], max(ages, default=0.0))
         yield oldest
+        spilling = _gauge("drains_spilling", "Drains reading their backlog from disk.")
+        spilling.add_metric([], sum(1 for s in stats if s.spilling))
+        yield spilling
+        spilled = _gauge(
+            "drains_spilled_messages", "Messages in drains' disk backlogs, not yet delivered."
+        )
+        spilled.add_metric([], sum(s.spilled for s in stats))
+        yield spilled
+        yield from self._backlog(src.backlog)
+
+    def _backlog(self, figures: BacklogFigures | None) -> Iterator[Metric]:
+        if figures is None:
+            return
+        disk = _gauge("backlog_disk_bytes", "Bytes of drain backlog segment files on disk.")
+        disk.add_metric([], figures.disk_bytes)
+        yield disk
+        queued = _gauge(
+            "backlog_queued_bytes", "Bytes copied for drain backlogs, not yet written."
+        )
+        queued.add_metric([], figures.queued_bytes)
+        yield queued
+        refusing = _gauge(
+            "backlog_refusing",
+            "1 while drain backlogs take nothing (total budget reached or disk too full).",
+        )
+        refusing.add_metric([], 1 if figures.refusing else 0)
+        yield refusing
+        for name, value, text in (
+            ("backlog_written_messages_total", figures.written_messages,
+             "Messages written to drain backlogs."),
+            ("backlog_written_bytes_total", figures.written_bytes,
+             "Bytes written to drain backlogs."),
+            ("backlog_refused_messages_total", figures.refused_messages,
+             "Messages drain backlogs refused (budget or free space; each announced by L10)."),
+            ("backlog_cut_bytes_total", figures.cut_bytes,
+             "Damaged bytes cut off drain backlog segments at start."),
+        ):
+            counter = _counter(name.removesuffix("_total"), text)
+            counter.add_metric([], value)
+            yield counter
 
     def _listed(self, stats: Sequence[DrainStats]) -> Sequence[DrainStats]:
         """The drains the per-drain families show: all of them, or the ``drain_series``
@@ -422,6 +479,14 @@ class DaemonCollector(Collector):
         )
         unknown.add_metric([], src.unknown_tokens)
         yield unknown
+        firehose = _counter(
+            "firehose_messages",
+            "Messages of firehose tokens copied to each firehose channel.",
+            ["channel"],
+        )
+        for channel, count in sorted(src.firehose.items()):
+            firehose.add_metric([channel], count)
+        yield firehose
         store = src.store
         if store is not None and store.journal_bytes is not None:
             size = _gauge("store_journal_bytes", "Bytes in the store journal since its snapshot.")

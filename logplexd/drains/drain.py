@@ -19,7 +19,7 @@ import trio
 
 from ..native import format_time, parse_frames
 from ..store import DrainTarget
-from .feed import DrainFeed
+from .feed import CHANNEL_POLL_SECONDS, DrainFeed, spill_share
 from .http import HttpDrain
 from .policy import (
     certificate_failure,
@@ -28,7 +28,7 @@ from .policy import (
     l14_frame,
     unresolved_name,
 )
-from .pump import DrainPump
+from .pump import DrainPump, pushback_for
 from .settings import DrainSettings
 from .state import DrainEvent, DrainState, next_state
 from .syslog import SyslogDrain
@@ -68,6 +68,12 @@ class DrainStats:
     pending_loss: int
     last_error: str | None
     last_error_at: float | None
+    # The drain reads from its disk backlog (it fell a share of its ring behind), and how
+    # much that backlog holds (messages not yet delivered, bytes of its segment files).
+    # Both are also counted in ``buffered`` / ``buffered_bytes``.
+    spilling: bool = False
+    spilled: int = 0
+    spilled_bytes: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -137,6 +143,8 @@ class Drain:
         # The last oldest-buffered-message lookup of ``stats``: (where it was, its time). A
         # drain that does not move (a receiver that is down) is not looked up again.
         self._oldest: tuple[tuple[object, ...], float | None] | None = None
+        # What holds the channel's inputs while the copy to the disk backlog is behind.
+        self._spill_hold = object()
 
     @property
     def channel_name(self) -> str:
@@ -204,33 +212,91 @@ class Drain:
     async def run(self) -> None:
         try:
             with self._scope:
-                while True:
-                    target = self.target
-                    with trio.CancelScope() as self._session:
-                        try:
-                            if target.is_http:
-                                await HttpDrain(self).run()
-                            else:
-                                await SyslogDrain(self).run()
-                            return  # flushed at shutdown
-                        except Exception as exc:
-                            # A bug must not take down the daemon or other drains.
-                            log.exception("drain %d crashed; restarting", self.drain_id)
-                            self.feed.note_error(describe(exc))
-                            self.state = DrainState.BACKOFF
-                            await trio.sleep(CRASH_RESTART_SECONDS)
-                    self._session = None
-                    # New URL (or restart after a crash): the old connection is gone.
-                    self.on(DrainEvent.CLOSED)
+                if self.feed.disk is None:
+                    await self._deliver()
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._spill_guard)
+                    await self._deliver()
+                    nursery.cancel_scope.cancel()
         finally:
             self.state = DrainState.STOPPED
             self.done.set()
+
+    async def _spill_guard(self) -> None:
+        """Copy the ring to the disk backlog once the drain is a share behind, and while the
+        backlog is active, everything new (in chunks, at most ``flush_interval`` late)."""
+        feed = self.feed
+        disk = feed.disk
+        assert disk is not None
+        interval = disk.store.settings.flush_interval
+        while True:
+            channel = feed.current_channel()
+            if channel is None:
+                await trio.sleep(CHANNEL_POLL_SECONDS)
+                continue
+            ring = channel.ring
+            share = spill_share(channel)
+            start = max(feed.cursor, ring.tail)
+            # Copying is logplexd's own work: should the inputs outrun this task, the
+            # router holds them once the drain is a whole share behind (as for a drain
+            # that takes every write), so the ring never laps what the disk would take.
+            hold = self.pump is None or pushback_for(channel, self.pump.pushback)
+            if hold:
+                channel.hold_from(self._spill_hold, start + share)
+            try:
+                if feed.spilling:
+                    await channel.wait_head(start + 1)
+                    with trio.move_on_after(interval):
+                        await channel.wait_head(start + max(1, share // 4))
+                else:
+                    # In steps past the head (never a spin): the share is re-measured
+                    # as the ring learns message sizes.
+                    await channel.wait_head(min(start + share, ring.head + max(1, share // 4)))
+                copied = feed.spill()
+            finally:
+                channel.release(self._spill_hold)
+            if not copied and disk.store.recheck():
+                # The disk takes nothing now (budget, free space, a full queue): look
+                # again later; meanwhile the drain reads from its ring.
+                await trio.sleep(interval)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def _deliver(self) -> None:
+        while True:
+            target = self.target
+            with trio.CancelScope() as self._session:
+                try:
+                    if target.is_http:
+                        await HttpDrain(self).run()
+                    else:
+                        await SyslogDrain(self).run()
+                    return  # flushed at shutdown
+                except Exception as exc:
+                    # A bug must not take down the daemon or other drains.
+                    log.exception("drain %d crashed; restarting", self.drain_id)
+                    self.feed.note_error(describe(exc))
+                    self.state = DrainState.BACKOFF
+                    await trio.sleep(CRASH_RESTART_SECONDS)
+            self._session = None
+            # New URL (or restart after a crash): the old connection is gone.
+            self.on(DrainEvent.CLOSED)
 
     def stats(self) -> DrainStats:
         """The drain's figures now; a few reads of the feed and the ring, nothing per message."""
         feed, counters = self.feed, self.feed.counters
         taken, backlog = feed.pending_messages, feed.backlog
         nbytes, oldest_at = self._buffered(taken, backlog)
+        disk = feed.disk
+        spilling, spilled, spilled_bytes = False, 0, 0
+        if disk is not None and disk.active:
+            spilling, spilled, spilled_bytes = True, disk.messages, disk.disk_bytes
+            # Taken messages came from the disk: the disk's count already has them.
+            backlog += spilled - (taken if feed.reading_disk else 0)
+            nbytes += spilled_bytes + disk.queued_bytes
+            # The backlog keeps arrival times, not the senders' timestamps.
+            oldest_at = disk.oldest_written_at() or oldest_at
         return DrainStats(
             drain_id=self.drain_id,
             channel=self.channel_name,
@@ -250,6 +316,9 @@ class Drain:
             pending_loss=feed.loss.count + feed.lapped,
             last_error=counters.last_error,
             last_error_at=counters.last_error_at,
+            spilling=spilling,
+            spilled=spilled,
+            spilled_bytes=spilled_bytes,
         )
 
     def _buffered(self, taken: int, backlog: int) -> tuple[int, float | None]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..native import Batch
+from ..backlog import DrainBacklog
+from ..native import Batch, octet_frames, parse_body
 from ..router import Channel, Registry
 
 # How often a drain whose channel does not exist (yet, or any more) looks for it again.
@@ -24,6 +25,25 @@ CHANNEL_POLL_SECONDS = 1.0
 
 # Only a drain whose last write was smaller than this lingers (see wait_for_data).
 LINGER_ONLY_BELOW_BYTES = 64 * 1024
+
+# Messages copied from the ring to the disk backlog per ring read.
+SPILL_READ_MESSAGES = 16384
+SPILL_READ_BYTES = 1 << 20
+# Frames in a disk backlog were ring frames: never longer than this.
+SPILL_MAX_FRAME = 65000
+
+
+def spill_share(channel: Channel) -> int:
+    """Unread messages past which a drain moves its backlog to disk: half of what the
+    ring holds, by count or (at the ring's average message size) by bytes, whichever is
+    less, so that the ring cannot lap the drain before the copy."""
+    ring = channel.ring
+    share = ring.max_messages // 2
+    held = len(ring)
+    # An empty ring says nothing of message sizes: assume the largest frame until it does.
+    average = max(1, ring.nbytes // held) if held else SPILL_MAX_FRAME
+    share = min(share, ring.max_bytes // 2 // average)
+    return max(1, share)
 
 @dataclass(slots=True)
 class LossTracker:
@@ -102,6 +122,20 @@ class DrainFeed:
     # Set by ``begin_flush``: deliver up to this sequence of this channel, then stop.
     _flush_until: tuple[Channel | None, int] | None = None
     _wait_scope: trio.CancelScope | None = None
+    # The drain's disk backlog (None: spilling is off, as in Redis mode). While it is
+    # ``active`` the drain reads from it; the ring is copied into it (``spill``).
+    disk: DrainBacklog | None = None
+    # The pending batch came from the backlog: the backlog sequence of its first message.
+    _pending_disk_seq: int | None = None
+    # The ring sequence just past the pending batch when it came from the ring.
+    _ring_batch_end: int = 0
+    # What a previous process lost (only in memory when it ended): announced after the
+    # first batch read back from disk, so that batch goes out as it did before (same
+    # bytes, same HTTP Frame-Id) and a receiver can drop the duplicate.
+    _prior_lost: int = 0
+    # Losses of a previous process go out at once, alone if nothing else is to be sent.
+    _announce_now: bool = False
+    _mirrored: Channel | None = None
 
     def __post_init__(self) -> None:
         # A new drain starts at the channel's present: it never replays history.
@@ -126,6 +160,8 @@ class DrainFeed:
         if latest is not None and latest is not self.channel:
             self.channel = latest
             self.cursor = latest.ring.tail
+            self.pending = None
+            self._mirror()
         # A removed channel is kept until its backlog is read; nothing new will arrive in it.
         return self.channel
 
@@ -160,6 +196,11 @@ class DrainFeed:
     def has_data(self) -> bool:
         if self.pending_messages > 0 or self.cached is not None:
             return True
+        if self.owes_notice and self._flush_until is None:
+            return True
+        backlog = self.disk
+        if backlog is not None and backlog.active:
+            return backlog.readable
         channel = self.current_channel()
         return channel is not None and self._read_limit(channel) > self.cursor
 
@@ -188,6 +229,7 @@ class DrainFeed:
             and self.cached is None
             and self.pending_messages == 0
             and self.backlog < linger_messages
+            and not self.spilling
         ):
             channel = self.channel
             assert channel is not None
@@ -221,7 +263,10 @@ class DrainFeed:
     def _take(self, max_messages: int, max_bytes: int) -> bool:
         if self.pending_messages > 0:
             return True
-        self.pending = None
+        self.pending, self._pending_disk_seq = None, None
+        backlog = self.disk
+        if backlog is not None and backlog.active:
+            return self._take_disk(backlog)
         channel = self.current_channel()
         if channel is None:
             return False
@@ -236,8 +281,35 @@ class DrainFeed:
             self.loss.add(lost, self.wall_clock())
             self.counters.lost += lost
         if len(batch) == 0:
+            self._record()
             return False
         self.pending, self.pending_start = batch, 0
+        self._ring_batch_end = cursor
+        self._record()
+        return True
+
+    def _take_disk(self, backlog: DrainBacklog) -> bool:
+        start = backlog.read_seq
+        # One record at a time: a batch then has the same bounds in every process, so a
+        # batch re-sent after a restart has the same bytes (and HTTP Frame-Id) as before.
+        payloads, first, count, lost = backlog.read(1)
+        if lost:
+            self.loss.add(lost, self.wall_clock())
+            self.counters.lost += lost
+            # Gone and counted: nothing below the first readable message is owed. The
+            # notice goes out now, alone if no message follows (the end of a backlog).
+            backlog.ack(first if payloads else backlog.read_seq)
+            self._announce_now = True
+            self._record()
+        if not payloads:
+            return False
+        batch = parse_body(b"".join(payloads), SPILL_MAX_FRAME)
+        skip = max(0, start - first)
+        if skip >= len(batch):
+            backlog.ack(first + count)
+            return False
+        self.pending, self.pending_start = batch, skip
+        self._pending_disk_seq = first
         return True
 
     def build_payload(
@@ -267,11 +339,26 @@ class DrainFeed:
             self.cached = Payload(data, n, announced, batch, end)
             self.last_payload_bytes = len(data)
             return self.cached
+        if self._announce_now and self.loss.count:
+            # Nothing to send with it: the notice goes alone.
+            announced = self.loss.count
+            data = loss_notice(announced, self.loss.since, self.wall_clock())
+            self.cached = Payload(data, 0, announced, Batch(), 0)
+            self.last_payload_bytes = len(data)
+            return self.cached
         return None
 
     def _settle(self, payload: Payload) -> None:
         if self.pending is payload.batch:
             self.pending_start = max(self.pending_start, payload.end_index)
+            backlog = self.disk
+            if backlog is not None and self._pending_disk_seq is not None:
+                backlog.ack(self._pending_disk_seq + payload.end_index)
+                if self._prior_lost:
+                    self.loss.add(self._prior_lost, self.wall_clock())
+                    self.counters.lost += self._prior_lost
+                    self._prior_lost = 0
+                    self._announce_now = True
         if self.cached is payload:
             self.cached = None
 
@@ -279,6 +366,9 @@ class DrainFeed:
         self._settle(payload)
         self.counters.delivered += payload.messages
         self.loss.settle(payload.loss_announced)
+        if self.loss.count == 0:
+            self._announce_now = False
+        self._record()
         for hook in self.on_settled:
             hook()
 
@@ -287,6 +377,7 @@ class DrainFeed:
         self._settle(payload)
         self.counters.dropped += payload.messages
         self.loss.add(payload.messages, self.wall_clock())
+        self._record()
         for hook in self.on_settled:
             hook()
 
@@ -295,7 +386,138 @@ class DrainFeed:
         channel's stream): counted, and announced by the next L10 notice."""
         self.loss.add(count, since)
         self.counters.lost += count
+        self._record()
 
     def note_error(self, message: str) -> None:
         self.counters.last_error = message
         self.counters.last_error_at = self.wall_clock()
+
+    # -- the disk backlog ---------------------------------------------------------------
+    def attach_backlog(self, backlog: DrainBacklog) -> None:
+        """Spill to ``backlog`` past the in-memory share; read back what it holds first."""
+        self.disk = backlog
+        backlog.on_written = self.kick
+        self._mirror()
+        if backlog.prior_lost:
+            if backlog.active:
+                self._prior_lost = backlog.prior_lost
+            else:
+                self.note_lost(backlog.prior_lost, self.wall_clock())
+                self._announce_now = True
+            backlog.prior_lost = 0
+        self._record()
+
+    def detach_backlog(self) -> DrainBacklog | None:
+        backlog, self.disk = self.disk, None
+        if backlog is not None:
+            backlog.on_written = None
+            self._unmirror(backlog)
+        return backlog
+
+    def _mirror(self) -> None:
+        """Have the channel's ring write its head into the ledger (kill -9 accounting)."""
+        backlog, channel = self.disk, self.channel
+        if backlog is None or channel is None or channel is self._mirrored:
+            return
+        self._unmirror(backlog)
+        channel.ring.mirror_head(backlog.store.ledger.channel_head(self.channel_name))
+        self._mirrored = channel
+
+    def _unmirror(self, backlog: DrainBacklog) -> None:
+        channel, self._mirrored = self._mirrored, None
+        if channel is not None and backlog.store.ledger.release_channel(self.channel_name):
+            channel.ring.mirror_head(None)
+
+    def _record(self) -> None:
+        """Store in the ledger what a kill -9 now would lose: messages neither delivered nor
+        handed to the backlog (from ``ring_settled`` on), and losses not yet announced."""
+        backlog = self.disk
+        if backlog is None:
+            return
+        entry = backlog.entry
+        if self.pending is not None and self._pending_disk_seq is None:
+            entry.ring_settled = self._ring_batch_end - self.pending_messages
+        else:
+            entry.ring_settled = self.cursor
+        entry.unannounced = self.loss.count
+        entry.store()
+
+    @property
+    def owes_notice(self) -> bool:
+        """An L10 is to go out now, alone if need be (losses of a previous process)."""
+        return self._announce_now and self.loss.count > 0
+
+    @property
+    def reading_disk(self) -> bool:
+        """The batch being delivered was read back from the disk backlog."""
+        return self._pending_disk_seq is not None
+
+    @property
+    def spilling(self) -> bool:
+        return self.disk is not None and self.disk.active
+
+    def spill(self, *, force: bool = False) -> int:
+        """Copy the ring's unread messages to the disk backlog once they pass the drain's
+        share (``force``: whatever their number); returns how many were copied.
+
+        Once the backlog is active everything new goes there, in order, until the drain
+        has read it all back. Stops early when the writer's queue is full: the ring may
+        then lap the drain, which is counted as ever.
+        """
+        backlog = self.disk
+        channel = self.current_channel()
+        if backlog is None or channel is None:
+            return 0
+        ring = channel.ring
+        if backlog.store.refusing and not force:
+            # The disk takes nothing now: the ring keeps what follows (the drain reads the
+            # disk to its end, then the ring from here), as it would without a backlog.
+            return 0
+        if (
+            not force
+            and not backlog.active
+            and ring.head - max(self.cursor, ring.tail) < spill_share(channel)
+        ):
+            return 0
+        copied = 0
+        now = self.wall_clock()
+        if (
+            not backlog.active
+            and self.pending is not None
+            and self._pending_disk_seq is None
+            and self.pending_messages > 0
+        ):
+            # The batch being delivered from the ring goes first, so the disk holds every
+            # undelivered message in order; it keeps being delivered from memory, and its
+            # delivery acknowledges it on disk too.
+            batch, start = self.pending, self.pending_start
+            first = backlog.queued_end
+            if not backlog.enqueue(len(batch) - start, octet_frames(batch, start), now):
+                return 0
+            self._pending_disk_seq = first - start
+            backlog.read_seq = backlog.queued_end
+        while True:
+            batch, cursor, lost = ring.read(self.cursor, SPILL_READ_MESSAGES, SPILL_READ_BYTES)
+            if lost:
+                self.loss.add(lost, now)
+                self.counters.lost += lost
+            n = len(batch)
+            if n == 0:
+                self.cursor = cursor
+                break
+            if not backlog.enqueue(n, octet_frames(batch), now):
+                self.cursor = cursor - n
+                break
+            self.cursor = cursor
+            copied += n
+        self._record()
+        if copied:
+            self.kick()
+        return copied
+
+    def spill_rest(self) -> int:
+        """At shutdown: move everything undelivered that is only in memory to the backlog
+        (a batch taken from the ring and not delivered first: see ``spill``)."""
+        if self.disk is None:
+            return 0
+        return self.spill(force=True)

@@ -65,7 +65,7 @@ class GatedDrainManager(DrainManager):
         self.forwarding_denied = denied
         if denied:
             for drain_id in list(self._drains):
-                DrainManager.remove_drain(self, drain_id)
+                self._stop_drain(drain_id)
             log.warning("control rod deny_drain_forwarding on: %d drains stopped", len(self._specs))
         else:
             for drain_id, (channel, token, url) in list(self._specs.items()):

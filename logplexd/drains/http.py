@@ -255,7 +255,10 @@ class HttpDrain:
                 if self._asked is not None:
                     error += f" (Retry-After: {self._asked:g} s)"
             else:
-                if payload.attempts >= settings.http_max_attempts:
+                # With a disk backlog the batch is re-sent until delivered (what follows
+                # it waits on disk; only the budget drops, with an L10); without one it
+                # is given up after http_max_attempts, as the original does.
+                if feed.disk is None and payload.attempts >= settings.http_max_attempts:
                     feed.dropped(payload)
                     self._held = None
                 else:

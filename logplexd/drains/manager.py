@@ -14,6 +14,7 @@ from collections.abc import Callable
 import trio
 
 from .. import __version__
+from ..backlog import BacklogStore
 from ..router import Registry
 from .drain import Drain, DrainStats
 from .feed import DrainFeed
@@ -35,8 +36,11 @@ class DrainManager:
         tls_ca_file: str | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        backlogs: BacklogStore | None = None,
     ) -> None:
         self.registry = registry
+        # Disk backlogs (None: a drain that falls a ring behind is lapped, with an L10).
+        self.backlogs = backlogs
         self.user_agent = user_agent or f"logplexd/{__version__}"
         self.settings = settings or DrainSettings()
         self.tls = TlsContexts(tls_ca_file)
@@ -57,6 +61,8 @@ class DrainManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.pump.run)
+            if self.backlogs is not None:
+                await nursery.start(self.backlogs.run)
             for drain in self._drains.values():
                 nursery.start_soon(drain.run)
             task_status.started()
@@ -79,6 +85,21 @@ class DrainManager:
         self._closing.set()
         for drain in list(self._drains.values()):
             drain.stop()
+        await self.close_backlogs()
+
+    async def close_backlogs(self) -> None:
+        """Move what drains hold only in memory to their disk backlogs, write and sync
+        them (shielded: this is the final flush), bounded by ``shutdown_grace``."""
+        backlogs = self.backlogs
+        if backlogs is None or not backlogs.opened:
+            return
+        moved = 0
+        for drain in self._drains.values():
+            moved += drain.feed.spill_rest()
+        with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_grace):
+            await backlogs.close()
+        if moved:
+            log.info("%d undelivered messages written to drain backlogs", moved)
 
     # -- changes (synchronous; take effect at once) -----------------------------------------
     def add_drain(self, channel_name: str, drain_id: int, token: str, url: str) -> None:
@@ -88,8 +109,10 @@ class DrainManager:
         id that exists replaces that drain.
         """
         target = delivery_target(url)
-        self.remove_drain(drain_id)
+        self._stop_drain(drain_id)
         feed = DrainFeed(self.registry, channel_name, wall_clock=self.wall_clock)
+        if self.backlogs is not None and self.backlogs.opened:
+            feed.attach_backlog(self.backlogs.attach(drain_id, channel_name))
         drain = Drain(
             drain_id=drain_id,
             token=token,
@@ -122,10 +145,25 @@ class DrainManager:
         return True
 
     def remove_drain(self, drain_id: int) -> bool:
+        """The drain was deleted: stop it and delete its disk backlog."""
         drain = self._drains.pop(drain_id, None)
         if drain is None:
             return False
         drain.stop()
+        disk = drain.feed.detach_backlog()
+        if disk is not None and self.backlogs is not None:
+            self.backlogs.destroy(disk)
+        return True
+
+    def _stop_drain(self, drain_id: int) -> bool:
+        """Stop the drain here but keep its disk backlog (it is replaced, or paused)."""
+        drain = self._drains.pop(drain_id, None)
+        if drain is None:
+            return False
+        drain.stop()
+        disk = drain.feed.detach_backlog()
+        if disk is not None and self.backlogs is not None:
+            self.backlogs.detach(disk)
         return True
 
     def remove_channel(self, channel_name: str) -> int:

@@ -156,10 +156,17 @@ class SyslogDrain:
                 and not feed.flushing
                 and feed.cached is None
                 and feed.pending_messages == 0
+                # Reading back from disk, or a notice to send alone: the pump only hears
+                # of the ring's appends.
+                and not feed.spilling
+                and not feed.owes_notice
             ):
                 await self._parked(writer, channel, stream)
                 continue
-            if writer is not None and channel is not None and drain.pump is not None:
+            if writer is not None and channel is not None and feed.spilling:
+                # Its backlog is on disk: the ring cannot lap it, nothing to hold for.
+                channel.release(writer)
+            elif writer is not None and channel is not None and drain.pump is not None:
                 # Its own task writes (the rest of a batch, a flush): it holds as the pump
                 # would, by its backlog, until the receiver proves slow (or, for a channel
                 # that does not push back, releases).

@@ -198,7 +198,7 @@ class LogsIngest:
             if live is None:  # token deleted since auth: nowhere to route
                 self.stats.unknown_token += len(batch)
             else:
-                self.stats.routed += self.registry.route_to(batch, live)
+                self.stats.routed += self.registry.route_to(batch, live, who[0])
         if dedup_key is not None:
             self.frame_ids.remember(dedup_key)
         self.stats.accepted += 1
@@ -277,6 +277,10 @@ TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
 
 class LogsListener:
     """``POST /logs`` and ``GET /healthcheck`` on the HTTP log input listener."""
+
+    # (method, path) of every route ``handle`` serves; ``logplexd/openapi.json`` describes
+    # them under ``x-logs-listener`` (tests/test_api_schema.py checks both).
+    ROUTES = (("POST", "/logs"), ("GET", "/healthcheck"))
 
     def __init__(self, ingest: LogsIngest) -> None:
         self.ingest = ingest

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import socket
-import ssl
 import struct
 import termios
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import trio
 
 from ..native import Batch, OctetFramer
 from ..router import Channel, Registry
+from ..web import ServerCertificate
 from ._admission import ConnectionTable, Slot
 from ._thread import ConnectionReader, ReaderEnd
 
@@ -309,22 +309,6 @@ class SyslogInput:
                 await channel.wait_released()
         finally:
             stats.connections_held -= 1
-
-
-class ServerCertificate:
-    """The TLS listener's certificate; ``reload()`` swaps it for new connections only."""
-
-    def __init__(self, cert_file: str, key_file: str) -> None:
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.reload()
-
-    def reload(self) -> None:
-        # load_cert_chain on the live context: connections already open keep their session.
-        self.context.load_cert_chain(self.cert_file, self.key_file)
-        log.info("TLS certificate loaded from %s", self.cert_file)
 
 
 class _Started:

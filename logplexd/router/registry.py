@@ -4,16 +4,23 @@ The durable store (control API) is the source of truth; it calls these methods w
 loads and after every change it has made durable, so a change is visible to ingestion at
 once. Lookups on the hot path go through the native ``TokenTable`` (a C hash table), never
 through these dicts.
+
+The firehose (Logplex's ``FIREHOSE_CHANNEL_IDS`` and ``FIREHOSE_FILTER_TOKENS``,
+``set_firehose``): a token whose name is filtered, on a channel that is not itself a
+firehose channel, is flagged in the token table, and the same native ``dispatch`` call
+appends each of its frames raw (APP-NAME as sent) to the next firehose channel that exists,
+in turn. Frames of other tokens cost one flag test; no Python runs per message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
-from ..native import Batch, ChannelRing, TokenTable, dispatch, dispatch_to
+from ..native import Batch, ChannelRing, Firehose, TokenTable, dispatch, dispatch_to
 
 DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
@@ -211,6 +218,16 @@ class Registry:
         self._channel_of_token: dict[str, Channel] = {}
         self._names: dict[str, bytes] = {}  # token names are few: share their bytes
         self.totals = RouteCounts()
+        # The firehose (``set_firehose``): the configured channel names, in order, and the
+        # token names whose messages it copies; the native Firehose over the rings of those
+        # channels that exist (None: nothing to copy, or nowhere to), the channels it has,
+        # and what Firehoses replaced since (channels come and go) had posted, by channel.
+        self.firehose_channels: tuple[str, ...] = ()
+        self.firehose_tokens: frozenset[str] = frozenset()
+        self.firehose: Firehose | None = None
+        self._firehose_set: frozenset[str] = frozenset()
+        self._firehose_live: tuple[Channel, ...] = ()
+        self._firehose_posted: dict[str, int] = {}
 
     # -- changes (called by the store after they are durable) --------------------------
     def ensure_channel(self, name: str) -> Channel:
@@ -220,6 +237,8 @@ class Registry:
             channel = Channel(name, ring)
             ring.owner = channel
             self.channels[name] = channel
+            if name in self._firehose_set:
+                self._rebuild_firehose()
         return channel
 
     def drop_channel(self, name: str) -> Channel | None:
@@ -228,6 +247,8 @@ class Registry:
             return None
         for token in list(channel.tokens):
             self.remove_token(token)
+        if name in self._firehose_set:
+            self._rebuild_firehose()
         channel.ring.owner = None
         channel.notify()
         return channel
@@ -242,13 +263,78 @@ class Registry:
         encoded = self._names.get(name)
         if encoded is None:
             encoded = self._names[name] = name.encode()
-        self.table.add(token.encode(), channel.ring, encoded)
+        self.table.add(token.encode(), channel.ring, encoded, self._firehosed(channel_name, name))
 
     def remove_token(self, token: str) -> None:
         channel = self._channel_of_token.pop(token, None)
         if channel is not None:
             channel.tokens.discard(token)
         self.table.remove(token.encode())
+
+    # -- the firehose ---------------------------------------------------------------------
+    def set_firehose(self, channels: Iterable[str], token_names: Iterable[str]) -> None:
+        """Copy every message of a token named one of ``token_names`` (on a channel not in
+        ``channels``) raw to one of ``channels``, each in turn; nothing when either is
+        empty. A channel named here that does not exist (yet) gets nothing; one created
+        later joins at once. May be called again at any time (SIGHUP)."""
+        self.firehose_channels = tuple(dict.fromkeys(channels))
+        self.firehose_tokens = frozenset(token_names)
+        self._firehose_set = frozenset(self.firehose_channels)
+        self._rebuild_firehose()
+        for token, channel in list(self._channel_of_token.items()):
+            found = self.table.lookup(token.encode())
+            if found is not None:
+                self.add_token(channel.name, token, found[1].decode())
+
+    def firehose_posted(self) -> dict[str, int]:
+        """Messages copied to each firehose channel since start (configured ones: 0 if
+        none)."""
+        posted = dict.fromkeys(self.firehose_channels, 0)
+        for name, count in self._firehose_posted.items():
+            posted[name] = posted.get(name, 0) + count
+        if self.firehose is not None:
+            for channel, count in zip(self._firehose_live, self.firehose.posted(), strict=True):
+                posted[channel.name] += count
+        return posted
+
+    def _firehosed(self, channel_name: str, token_name: str) -> bool:
+        """Whether a token's messages are copied: a filtered name, and never a firehose
+        channel's own (a copy is never copied again)."""
+        return (
+            token_name in self.firehose_tokens
+            and bool(self._firehose_set)
+            and channel_name not in self._firehose_set
+        )
+
+    def _firehose_ring(self, channel: Channel) -> ChannelRing:
+        """The ring the router writes a firehose channel's copies to."""
+        return channel.ring
+
+    def _rebuild_firehose(self) -> None:
+        old = self.firehose
+        if old is not None:
+            for channel, count in zip(self._firehose_live, old.posted(), strict=True):
+                if count:
+                    self._firehose_posted[channel.name] = (
+                        self._firehose_posted.get(channel.name, 0) + count
+                    )
+        live: tuple[Channel, ...] = ()
+        if self.firehose_tokens:
+            found = (self.channels.get(name) for name in self.firehose_channels)
+            live = tuple(channel for channel in found if channel is not None)
+        self._firehose_live = live
+        self.firehose = Firehose([self._firehose_ring(c) for c in live]) if live else None
+
+    def _token_firehosed(self, token: str | None) -> bool:
+        return (
+            token is not None and self.firehose is not None and self.table.firehosed(token.encode())
+        )
+
+    def _wake_firehose(self) -> None:
+        """After ``dispatch_to`` copied frames: wake the firehose channels' readers."""
+        for channel in self._firehose_live:
+            if channel.ring.head >= channel.ring.wake_at:
+                channel.notify()
 
     # -- lookups ------------------------------------------------------------------------
     def history(self, channel: Channel, n: int | None = None) -> Batch:
@@ -264,16 +350,28 @@ class Registry:
 
     # -- the hot path: one call per batch ------------------------------------------------
     def route(self, batch: object) -> RouteCounts:
-        """Route every frame of ``batch`` by the token in its APP-NAME."""
-        routed, unknown, touched = dispatch(batch, self.table)
+        """Route every frame of ``batch`` by the token in its APP-NAME (and copy the
+        firehose tokens' frames)."""
+        routed, unknown, touched = dispatch(batch, self.table, self.firehose)
         held = self._wake(touched)
         self.totals.routed += routed
         self.totals.unknown_token += unknown
         return RouteCounts(routed, unknown, held)
 
-    def route_to(self, batch: object, channel: Channel) -> int:
-        """Token auth: every frame goes to ``channel``; sibling tokens are renamed."""
-        routed = dispatch_to(batch, self.table, channel.ring)
+    def route_to(self, batch: object, channel: Channel, token: str | None = None) -> int:
+        """Token auth: every frame goes to ``channel``; sibling tokens are renamed. A frame
+        is copied to the firehose as its sibling token's, else as ``token``'s (the one that
+        authenticated)."""
+        firehose = self.firehose
+        if firehose is None:
+            routed = dispatch_to(batch, self.table, channel.ring)
+        else:
+            before = firehose.total
+            routed = dispatch_to(
+                batch, self.table, channel.ring, firehose, self._token_firehosed(token)
+            )
+            if firehose.total != before:
+                self._wake_firehose()
         if routed:
             channel.notify()
         self.totals.routed += routed

@@ -7,7 +7,10 @@ they differ only in how a change becomes durable. What they hold are records (``
 ``DrainRecord``...), apart from the live objects the router and the drains make of them.
 ``parse_drain_url`` is the one drain-URL parser: the API and the store validate with it, the
 drains deliver to the ``DrainTarget`` it returns. The Redis client helpers are shared with
-the data plane (``cluster``), and ``PlatformRecords`` holds the Platform API's own records.
+the data plane (``cluster``). The Platform API's own records (``Account``, ``App``,
+``DrainMeta``) are held by the same store; ``migrate_platform_journal`` imports the
+``platform.lpj`` of earlier versions, and ``serve_accounts_socket`` lets ``logplexd accounts``
+reach a running daemon's store.
 """
 
 from typing import Any, overload
@@ -15,7 +18,13 @@ from typing import Any, overload
 from . import embedded
 from ._redis_client import DEFAULT_PREFIX, RedisTarget, channel_key, open_redis, parse_redis_url
 from ._redis_client import Client as RedisClient
-from .base import ChannelPut, Store, Subscriber
+from .accounts_socket import SOCKET_FILE as ACCOUNTS_SOCKET
+from .accounts_socket import (
+    answer_accounts_request,
+    call_accounts_socket,
+    serve_accounts_socket,
+)
+from .base import ChannelPut, PlatformImport, Store, Subscriber
 from .drain_url import (
     DrainKind,
     DrainTarget,
@@ -28,6 +37,10 @@ from .embedded import EmbeddedStore
 from .model import (
     OVERFLOW_MODES,
     SESSION_TTL_SECONDS,
+    Account,
+    AccountExists,
+    App,
+    AppNameTaken,
     ChannelAdded,
     ChannelExists,
     ChannelNotFound,
@@ -39,6 +52,7 @@ from .model import (
     DrainAdded,
     DrainExists,
     DrainLimitReached,
+    DrainMeta,
     DrainNotFound,
     DrainRecord,
     DrainRemoved,
@@ -52,14 +66,15 @@ from .model import (
     TokenAdded,
     TokenRecord,
     TokenRemoved,
+    hash_api_token,
+    utc_timestamp,
 )
 from .platform_records import (
-    Account,
-    App,
-    DrainMeta,
-    PlatformRecords,
-    open_platform_records,
-    utc_timestamp,
+    JOURNAL_FILE as PLATFORM_JOURNAL,
+)
+from .platform_records import (
+    migrate_platform_journal,
+    read_platform_journal,
 )
 from .redis_store import RedisStore
 
@@ -86,11 +101,15 @@ def open_store(data_dir: str, url: str | None = None, **options: Any) -> Embedde
 
 
 __all__ = [
+    "ACCOUNTS_SOCKET",
     "DEFAULT_PREFIX",
     "OVERFLOW_MODES",
+    "PLATFORM_JOURNAL",
     "SESSION_TTL_SECONDS",
     "Account",
+    "AccountExists",
     "App",
+    "AppNameTaken",
     "ChannelAdded",
     "ChannelExists",
     "ChannelNotFound",
@@ -112,7 +131,7 @@ __all__ = [
     "DrainUpdated",
     "EmbeddedStore",
     "InvalidDrainUrl",
-    "PlatformRecords",
+    "PlatformImport",
     "RedisClient",
     "RedisStore",
     "RedisTarget",
@@ -127,13 +146,18 @@ __all__ = [
     "TokenAdded",
     "TokenRecord",
     "TokenRemoved",
+    "answer_accounts_request",
+    "call_accounts_socket",
     "channel_key",
-    "open_platform_records",
+    "hash_api_token",
+    "migrate_platform_journal",
     "open_redis",
     "open_store",
     "parse_drain_url",
     "parse_redis_url",
+    "read_platform_journal",
     "redact_url",
+    "serve_accounts_socket",
     "syslog_url",
     "utc_timestamp",
 ]

@@ -17,8 +17,15 @@ Operations (journal records and Redis change entries hold them, so their form is
     ["S", id, body, expires_at]        ["s", id]           a session
     ["N", counter, value]                                  raise an id counter to ``value``
 
+and the Platform API's records (the codes its own journal, ``platform.lpj``, used)::
+
+    ["A", id, email, token_hash, created_at, updated_at]  ["a", id]   an account
+    ["P", app record (a map, ``App.to_record``)]           ["p", id]   an app
+    ["R", drain id, app id, created_at, updated_at]        ["r", id]   a drain's timestamps
+
 A channel's overflow mode is a fifth element only when set, so a channel without one is
-written exactly as before the field existed, and records without it read as None.
+written exactly as before the field existed, and records without it read as None. The
+Platform records cause no events: nothing but the Platform API reads them.
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ from operator import attrgetter
 from typing import Any, TypeAlias, TypeVar
 
 from .model import (
+    Account,
+    App,
     ChannelAdded,
     ChannelRecord,
     ChannelRemoved,
     ChannelUpdated,
     CredentialRecord,
     DrainAdded,
+    DrainMeta,
     DrainRecord,
     DrainRemoved,
     DrainUpdated,
@@ -80,6 +90,14 @@ class State:
         self.credentials: dict[str, CredentialRecord] = {}
         self.sessions: dict[str, SessionRecord] = {}
         self.counters: dict[str, int] = {CHANNEL_COUNTER: 0, DRAIN_COUNTER: 0}
+        # The Platform API's records, with the indexes its look-ups need.
+        self.accounts: dict[str, Account] = {}
+        self.accounts_by_email: dict[str, Account] = {}  # lower-cased email
+        self.accounts_by_token: dict[str, Account] = {}  # token hash
+        self.apps: dict[str, App] = {}
+        self.apps_by_name: dict[str, App] = {}
+        self.apps_by_channel: dict[str, App] = {}
+        self.drain_meta: dict[int, DrainMeta] = {}
 
     def tokens_of(self, channel: str) -> list[TokenRecord]:
         return list(self.tokens_by_channel.get(channel, {}).values())
@@ -114,6 +132,18 @@ class State:
             self.sessions.pop(op[1], None)
         elif code == "N":
             self.counters[op[1]] = max(self.counters.get(op[1], 0), op[2])
+        elif code == "A":
+            self.put_account(Account(op[1], op[2], op[3], op[4], op[5]))
+        elif code == "a":
+            self.drop_account(op[1])
+        elif code == "P":
+            self.put_app(App.from_record(op[1]))
+        elif code == "p":
+            self.drop_app(op[1])
+        elif code == "R":
+            self.drain_meta[op[1]] = DrainMeta(op[1], op[2], op[3], op[4])
+        elif code == "r":
+            self.drain_meta.pop(op[1], None)
         else:
             raise StoreCorrupt(f"unknown operation {code!r} (written by a newer logplexd?)")
 
@@ -180,6 +210,45 @@ class State:
             siblings = self.drains_by_channel.get(old.channel)
             if siblings is not None:
                 siblings.pop(drain_id, None)
+
+    def put_account(self, account: Account) -> None:
+        self.drop_account(account.id)
+        self.accounts[account.id] = account
+        self.accounts_by_email[account.email.lower()] = account
+        self.accounts_by_token[account.token_hash] = account
+
+    def drop_account(self, account_id: str) -> None:
+        old = self.accounts.pop(account_id, None)
+        if old is not None:
+            if self.accounts_by_email.get(old.email.lower()) is old:
+                del self.accounts_by_email[old.email.lower()]
+            if self.accounts_by_token.get(old.token_hash) is old:
+                del self.accounts_by_token[old.token_hash]
+
+    def put_app(self, app: App) -> None:
+        self.drop_app(app.id)
+        self.apps[app.id] = app
+        self.apps_by_name[app.name] = app
+        self.apps_by_channel[app.channel] = app
+
+    def drop_app(self, app_id: str) -> None:
+        old = self.apps.pop(app_id, None)
+        if old is not None:
+            if self.apps_by_name.get(old.name) is old:
+                del self.apps_by_name[old.name]
+            if self.apps_by_channel.get(old.channel) is old:
+                del self.apps_by_channel[old.channel]
+
+
+def account_op(account: Account) -> Op:
+    """The operation that stores ``account``."""
+    a = account
+    return ["A", a.id, a.email, a.token_hash, a.created_at, a.updated_at]
+
+
+def drain_meta_op(meta: DrainMeta) -> Op:
+    """The operation that stores ``meta``."""
+    return ["R", meta.drain_id, meta.app_id, meta.created_at, meta.updated_at]
 
 
 def difference(old: State, new: State) -> list[StoreEvent]:

@@ -14,17 +14,32 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
-from ._state import CHANNEL_COUNTER, DRAIN_COUNTER, Op, Plan, State, T, channel_op
+from ._state import (
+    CHANNEL_COUNTER,
+    DRAIN_COUNTER,
+    Op,
+    Plan,
+    State,
+    T,
+    account_op,
+    channel_op,
+    drain_meta_op,
+)
 from .drain_url import parse_drain_url
 from .model import (
     OVERFLOW_MODES,
     SESSION_TTL_SECONDS,
+    Account,
+    AccountExists,
+    App,
+    AppNameTaken,
     ChannelExists,
     ChannelNotFound,
     ChannelRecord,
@@ -32,14 +47,18 @@ from .model import (
     CredentialRecord,
     DrainExists,
     DrainLimitReached,
+    DrainMeta,
     DrainNotFound,
     DrainRecord,
     SessionRecord,
     StoreEvent,
     TokenRecord,
+    hash_api_token,
+    new_api_token,
     new_drain_token,
     new_session_id,
     new_token_id,
+    utc_timestamp,
 )
 
 log = logging.getLogger("logplexd.store")
@@ -54,6 +73,18 @@ class ChannelPut:
     created: bool
     channel: ChannelRecord
     tokens: list[TokenRecord]
+
+
+@dataclass(slots=True)
+class PlatformImport:
+    """What ``import_platform_records`` stored and what it left out, and why."""
+
+    accounts: int = 0
+    apps: int = 0
+    drain_meta: int = 0
+    # One line each: an app whose name or channel another app has, an account whose email
+    # another account has (its apps go to that account, its token no longer works)...
+    skipped: list[str] = field(default_factory=list)
 
 
 class Store(abc.ABC):
@@ -93,6 +124,11 @@ class Store(abc.ABC):
         A backend may run ``plan`` more than once (the Redis store does after catching up
         with a change it raced against), so a plan only reads the state.
         """
+
+    @abc.abstractmethod
+    async def refresh(self) -> None:
+        """Catch up now with changes other processes stored (the Redis store reads its
+        change stream at once rather than waiting for its follower)."""
 
     async def _drain_born(self, drain: DrainRecord) -> None:
         """Run ``drain_birth_hooks`` for a stored drain; shielded (like the write it
@@ -144,6 +180,36 @@ class Store(abc.ABC):
         if session is None or session.expires_at <= self._clock():
             return None
         return session
+
+    # -- reads: the Platform API's records ---------------------------------------------------
+    def account(self, account_id: str) -> Account | None:
+        return self._state.accounts.get(account_id)
+
+    def account_by_email(self, email: str) -> Account | None:
+        """Emails compare without case."""
+        return self._state.accounts_by_email.get(email.lower())
+
+    def account_by_token(self, token: str) -> Account | None:
+        return self._state.accounts_by_token.get(hash_api_token(token))
+
+    def accounts(self) -> Iterator[Account]:
+        return iter(list(self._state.accounts.values()))
+
+    def app(self, app_id: str) -> App | None:
+        return self._state.apps.get(app_id)
+
+    def app_by_name(self, name: str) -> App | None:
+        return self._state.apps_by_name.get(name)
+
+    def app_by_channel(self, channel: str) -> App | None:
+        """The app whose Logplex channel is ``channel`` (its name may differ)."""
+        return self._state.apps_by_channel.get(channel)
+
+    def apps(self) -> Iterator[App]:
+        return iter(list(self._state.apps.values()))
+
+    def drain_meta(self, drain_id: int) -> DrainMeta | None:
+        return self._state.drain_meta.get(drain_id)
 
     # -- writes (each returns after the change is durable) --------------------------------------
     async def create_channel(
@@ -217,11 +283,7 @@ class Store(abc.ABC):
         def plan() -> tuple[list[Op], Callable[[], bool]]:
             if name not in self._state.channels:
                 return [], lambda: False
-            # Children first: subscribers see DrainRemoved and TokenRemoved before ChannelRemoved.
-            ops: list[Op] = [["d", drain.id] for drain in self.drains_of(name)]
-            ops.extend(["t", token.id] for token in self.tokens_of(name))
-            ops.append(["c", name])
-            return ops, lambda: True
+            return self._channel_deletion(name), lambda: True
 
         return await self._write(plan)
 
@@ -299,7 +361,10 @@ class Store(abc.ABC):
             drain = self._state.drains.get(drain_id)
             if drain is None or drain.channel != channel:
                 return [], lambda: None
-            return [["d", drain_id]], lambda: drain
+            ops: list[Op] = [["d", drain_id]]
+            if drain_id in self._state.drain_meta:
+                ops.append(["r", drain_id])  # its Platform API timestamps go with it
+            return ops, lambda: drain
 
         return await self._write(plan)
 
@@ -339,6 +404,174 @@ class Store(abc.ABC):
             return [["k", cred_id]], lambda: True
 
         return await self._write(plan)
+
+    # -- writes: the Platform API's records ---------------------------------------------------
+    async def create_account(self, email: str) -> tuple[Account, str]:
+        """A new account and its API token in clear (returned this once: only its hash is
+        stored). Raises AccountExists when an account has that email (in any case)."""
+        token = new_api_token()
+        now = utc_timestamp()
+        account = Account(str(uuid.uuid4()), email, hash_api_token(token), now, now)
+
+        def plan() -> tuple[list[Op], Callable[[], tuple[Account, str]]]:
+            if self.account_by_email(email) is not None:
+                raise AccountExists(email)
+            return [account_op(account)], lambda: (account, token)
+
+        return await self._write(plan)
+
+    async def delete_account(self, email: str) -> bool:
+        """False when no account has that email. Its apps stay (the operator sees them)."""
+
+        def plan() -> tuple[list[Op], Callable[[], bool]]:
+            account = self.account_by_email(email)
+            if account is None:
+                return [], lambda: False
+            return [["a", account.id]], lambda: True
+
+        return await self._write(plan)
+
+    async def put_app(self, app: App) -> None:
+        """Store ``app``: a new one, or a change of one (a rename is one such write).
+
+        Raises AppNameTaken when another app has its name or its channel."""
+
+        def plan() -> tuple[list[Op], Callable[[], None]]:
+            self._check_app_slot(app)
+            return [["P", app.to_record()]], lambda: None
+
+        await self._write(plan)
+
+    async def delete_app(self, app_id: str) -> App | None:
+        """Delete the app with its Logplex channel (tokens, drains) and its drains'
+        timestamps, in one change; the deleted app, or None when there was none."""
+
+        def plan() -> tuple[list[Op], Callable[[], App | None]]:
+            app = self._state.apps.get(app_id)
+            if app is None:
+                return [], lambda: None
+            ops = self._channel_deletion(app.channel)
+            gone = {op[1] for op in ops if op[0] == "r"}
+            ops.extend(
+                ["r", meta.drain_id]
+                for meta in self._state.drain_meta.values()
+                if meta.app_id == app_id and meta.drain_id not in gone
+            )
+            ops.append(["p", app_id])
+            return ops, lambda: app
+
+        return await self._write(plan)
+
+    async def put_drain_meta(self, meta: DrainMeta) -> None:
+        """A drain's Platform API timestamps (they go when the drain goes)."""
+
+        def plan() -> tuple[list[Op], Callable[[], None]]:
+            if meta.drain_id not in self._state.drains:
+                return [], lambda: None  # deleted meanwhile
+            return [drain_meta_op(meta)], lambda: None
+
+        await self._write(plan)
+
+    async def delete_drain_meta(self, drain_id: int) -> None:
+        def plan() -> tuple[list[Op], Callable[[], None]]:
+            if drain_id not in self._state.drain_meta:
+                return [], lambda: None
+            return [["r", drain_id]], lambda: None
+
+        await self._write(plan)
+
+    async def import_platform_records(
+        self,
+        accounts: Sequence[Account],
+        apps: Sequence[App],
+        drain_meta: Sequence[DrainMeta],
+    ) -> PlatformImport:
+        """Add records kept elsewhere (a node's ``platform.lpj``, see ``platform_records``)
+        in one change, keeping what the store has where they clash.
+
+        Records the store already has (same id) are left as they are, so importing twice
+        changes nothing. An account whose email another account has is not added: its apps
+        go to that account (the same person, by email); an app whose name or channel
+        another app has is not added, nor its drains' timestamps.
+        """
+
+        def plan() -> tuple[list[Op], Callable[[], PlatformImport]]:
+            state = self._state
+            report = PlatformImport()
+            ops: list[Op] = []
+            owners: dict[str, Account] = {}
+            emails: dict[str, Account] = {}
+            for account in accounts:
+                known = state.accounts.get(account.id)
+                if known is not None:
+                    owners[account.id] = known
+                    continue
+                taken = state.accounts_by_email.get(account.email.lower()) or emails.get(
+                    account.email.lower()
+                )
+                if taken is not None:
+                    owners[account.id] = taken
+                    report.skipped.append(
+                        f"account {account.email} ({account.id}): the email is taken by"
+                        f" account {taken.id}, which gets its apps; its API token no longer"
+                        " works"
+                    )
+                    continue
+                owners[account.id] = emails[account.email.lower()] = account
+                ops.append(account_op(account))
+                report.accounts += 1
+            names: set[str] = set()
+            channels: set[str] = set()
+            added: set[str] = set()
+            for app in apps:
+                if app.id in state.apps:
+                    added.add(app.id)
+                    continue
+                owner = owners.get(app.owner_id)
+                if owner is not None and owner.id != app.owner_id:
+                    app = replace(app, owner_id=owner.id, owner_email=owner.email)
+                clash = (
+                    app.name in state.apps_by_name
+                    or app.channel in state.apps_by_channel
+                    or app.name in names
+                    or app.channel in channels
+                )
+                if clash:
+                    report.skipped.append(
+                        f"app {app.name} ({app.id}): another app has its name or its channel"
+                        f" {app.channel}"
+                    )
+                    continue
+                names.add(app.name)
+                channels.add(app.channel)
+                added.add(app.id)
+                ops.append(["P", app.to_record()])
+                report.apps += 1
+            for meta in drain_meta:
+                if meta.app_id in added and meta.drain_id not in state.drain_meta:
+                    ops.append(drain_meta_op(meta))
+                    report.drain_meta += 1
+            return ops, lambda: report
+
+        return await self._write(plan)
+
+    def _check_app_slot(self, app: App) -> None:
+        for other in (self.app_by_name(app.name), self.app_by_channel(app.channel)):
+            if other is not None and other.id != app.id:
+                raise AppNameTaken(app.name)
+
+    def _channel_deletion(self, name: str) -> list[Op]:
+        """The operations that delete channel ``name`` with its tokens, its drains and their
+        Platform API timestamps (none when there is no such channel)."""
+        if name not in self._state.channels:
+            return []
+        # Children first: subscribers see DrainRemoved and TokenRemoved before ChannelRemoved.
+        drains = self.drains_of(name)
+        ops: list[Op] = [["d", drain.id] for drain in drains]
+        ops.extend(["r", d.id] for d in drains if d.id in self._state.drain_meta)
+        ops.extend(["t", token.id] for token in self.tokens_of(name))
+        ops.append(["c", name])
+        return ops
 
     def _check_drain_slot(
         self, channel: str, url: str, max_drains: int, *, replacing: DrainRecord | None

@@ -323,6 +323,10 @@ class EmbeddedStore(Store):
         self._snapshot_bytes = len(snapshot)
         self._journal_bytes = files.HEADER.size
 
+    async def refresh(self) -> None:
+        """Nothing to catch up with: every write to this store goes through this process
+        (``logplexd accounts`` too, through the daemon's accounts socket)."""
+
     async def compact(self) -> None:
         self._check_writable()
         async with self._commit_lock:

@@ -21,8 +21,11 @@ import msgpack
 
 from ._state import State
 from .model import (
+    Account,
+    App,
     ChannelRecord,
     CredentialRecord,
+    DrainMeta,
     DrainRecord,
     SessionRecord,
     StoreCorrupt,
@@ -165,7 +168,9 @@ def write_all(fd: int, data: bytes) -> None:
 # name and row count followed by the rows one by one. Loading it row by row keeps the decoded
 # form of the whole snapshot from ever being in memory at once. A channel row is
 # [name, label, flags], with its overflow mode appended only when one is set (so snapshots
-# written before the field existed load unchanged).
+# written before the field existed load unchanged). The Platform API's records are three
+# more sections, written only when they hold something (so a store without them writes the
+# snapshot an older logplexd reads).
 
 
 def _channel_row(channel: ChannelRecord) -> list[Any]:
@@ -173,6 +178,9 @@ def _channel_row(channel: ChannelRecord) -> list[Any]:
     if channel.overflow is not None:
         row.append(channel.overflow)
     return row
+
+
+_OPTIONAL = frozenset({"accounts", "apps", "drain_meta"})
 
 
 def encode_snapshot(state: State) -> bytes:
@@ -189,7 +197,20 @@ def encode_snapshot(state: State) -> bytes:
             ],
         ),
         ("sessions", [[s.id, s.body, s.expires_at] for s in state.sessions.values()]),
+        (
+            "accounts",
+            [
+                [a.id, a.email, a.token_hash, a.created_at, a.updated_at]
+                for a in state.accounts.values()
+            ],
+        ),
+        ("apps", [[app.to_record()] for app in state.apps.values()]),
+        (
+            "drain_meta",
+            [[m.drain_id, m.app_id, m.created_at, m.updated_at] for m in state.drain_meta.values()],
+        ),
     ]
+    sections = [(name, rows) for name, rows in sections if rows or name not in _OPTIONAL]
     parts = [packer.pack(state.counters)]
     for name, rows in sections:
         parts.append(packer.pack([name, len(rows)]))
@@ -222,5 +243,11 @@ def load_snapshot(state: State, payload: bytes, now: float) -> None:
             elif name == "sessions":
                 if row[2] > now:
                     state.sessions[row[0]] = SessionRecord(row[0], row[1], row[2])
+            elif name == "accounts":
+                state.put_account(Account(*row))
+            elif name == "apps":
+                state.put_app(App.from_record(row[0]))
+            elif name == "drain_meta":
+                state.drain_meta[row[0]] = DrainMeta(*row)
             else:
                 raise StoreCorrupt(f"unknown snapshot section {name!r}")

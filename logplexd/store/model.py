@@ -1,11 +1,16 @@
 """What the store holds, the change events it publishes and the errors it raises.
 
 The records are named ``...Record`` to keep them apart from the live objects made from them
-(``router.Channel``, ``drains.Drain``).
+(``router.Channel``, ``drains.Drain``). The Platform API's own records (``Account``, ``App``,
+``DrainMeta``) are held by the same store, beside the channels they refer to.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +81,93 @@ class SessionRecord:
     id: str
     body: dict[str, Any]
     expires_at: float  # wall clock (time.time()), so that expiry survives a restart
+
+
+# -- Platform API records ---------------------------------------------------------------------
+
+
+def utc_timestamp(when: float | None = None) -> str:
+    """ISO 8601 in UTC with a ``Z``, to the second (``2012-01-01T12:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if when is None else when))
+
+
+def hash_api_token(token: str) -> str:
+    """API tokens are 122 random bits: a plain SHA-256 is enough to keep them off the disk."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_api_token() -> str:
+    return str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A Platform API account: what ``{email}:{api-token}`` authenticates as."""
+
+    id: str
+    email: str
+    token_hash: str
+    created_at: str
+    updated_at: str
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(self.token_hash, hash_api_token(token))
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    id: str
+    name: str
+    owner_id: str
+    owner_email: str
+    region_id: str
+    region_name: str
+    stack_id: str
+    stack_name: str
+    maintenance: bool
+    created_at: str
+    updated_at: str
+    # The name of its Logplex channel, fixed for the app's life: the app's name when it was
+    # created (empty here means that), or its id when that channel belonged to another app.
+    # Renaming the app changes ``name`` only, so its tokens, drains, history and sessions,
+    # all held by the channel, follow it without being moved.
+    channel: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.channel:
+            object.__setattr__(self, "channel", self.name)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "channel": self.channel,
+            "owner_id": self.owner_id,
+            "owner_email": self.owner_email,
+            "region_id": self.region_id,
+            "region_name": self.region_name,
+            "stack_id": self.stack_id,
+            "stack_name": self.stack_name,
+            "maintenance": self.maintenance,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> App:
+        # Records written before apps could be renamed have no "channel": it is the name.
+        fields = cls.__slots__  # type: ignore[attr-defined]
+        return cls(**{name: record[name] for name in fields if name in record})
+
+
+@dataclass(frozen=True, slots=True)
+class DrainMeta:
+    """What the Platform API remembers of a store drain (keyed by the store's int id)."""
+
+    drain_id: int
+    app_id: str
+    created_at: str
+    updated_at: str
 
 
 # -- change events: published in commit order, after the change is durable ---------------
@@ -173,6 +265,14 @@ class DrainExists(StoreError):
 
 class CredentialExists(StoreError):
     pass
+
+
+class AccountExists(StoreError):
+    """A Platform API account with that email exists."""
+
+
+class AppNameTaken(StoreError):
+    """Another Platform API app has that name."""
 
 
 class StoreUnavailable(StoreError):

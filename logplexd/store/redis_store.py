@@ -19,6 +19,11 @@ uses one ``{ch:<name>}`` tag per channel (``logplexd/cluster``). On Redis Cluste
     P:{cfg}:drains         hash  drain id -> msgpack [channel, drain token, url or nil]
     P:{cfg}:creds          hash  cred id  -> msgpack [password hash, permissions, name]
     P:{cfg}:sessions       hash  uuid     -> msgpack [body, expires at (unix time)]
+    P:{cfg}:accounts       hash  account id -> msgpack [email, API token hash, created_at,
+                                 updated_at]                       (Platform API accounts)
+    P:{cfg}:apps           hash  app id   -> msgpack map (``App.to_record``: name, channel,
+                                 owner, region, stack, maintenance, timestamps)
+    P:{cfg}:drain_meta     hash  drain id -> msgpack [app id, created_at, updated_at]
     P:{cfg}:channel_index  string  the v2 channel id counter (as Logplex's channel_index)
     P:{cfg}:drain_index    string  the drain id counter (drain_index)
     P:{cfg}:token_index    string  creation sequence of tokens (tokens_of keeps that order)
@@ -55,8 +60,11 @@ from ._redis_client import DEFAULT_PREFIX, open_target, parse_redis_url
 from ._state import CHANNEL_COUNTER, DRAIN_COUNTER, Op, Plan, State, T, difference
 from .base import Store
 from .model import (
+    Account,
+    App,
     ChannelRecord,
     CredentialRecord,
+    DrainMeta,
     DrainRecord,
     SessionRecord,
     StoreError,
@@ -86,7 +94,7 @@ CONNECT_TIMEOUT = 2.0
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
 
-_HASHES = ("channels", "tokens", "drains", "creds", "sessions")
+_HASHES = ("channels", "tokens", "drains", "creds", "sessions", "accounts", "apps", "drain_meta")
 _COUNTER_KEYS = {CHANNEL_COUNTER: "channel_index", DRAIN_COUNTER: "drain_index"}
 
 # KEYS: 1 version, 2 changes, 3 token_index, 4.. the hashes and counters named in mutations.
@@ -297,6 +305,18 @@ class RedisStore(Store):
                 args += ["X", key("sessions"), op[1], ""]
             elif code == "N":
                 args += ["M", key(op[1]), "", str(op[2])]
+            elif code == "A":
+                args += ["H", key("accounts"), op[1], _pack(op[2:6])]
+            elif code == "a":
+                args += ["X", key("accounts"), op[1], ""]
+            elif code == "P":
+                args += ["H", key("apps"), op[1]["id"], _pack(op[1])]
+            elif code == "p":
+                args += ["X", key("apps"), op[1], ""]
+            elif code == "R":
+                args += ["H", key("drain_meta"), str(op[1]), _pack(op[2:5])]
+            elif code == "r":
+                args += ["X", key("drain_meta"), str(op[1]), ""]
             else:  # pragma: no cover - the plans above only make these
                 raise AssertionError(f"unknown operation {code!r}")
         return keys, args
@@ -320,6 +340,20 @@ class RedisStore(Store):
                 _unpack(fields[b"ops"]),
                 _text(rid) if rid is not None else None,
             )
+
+    async def refresh(self) -> None:
+        """Apply the change entries this node has not read yet, now: a record another node
+        or ``logplexd accounts create`` stored a moment ago is then known here (an unknown
+        API token is looked up again after this). Quietly nothing while Redis is away."""
+        if self.failure is not None or self._client is None:
+            return
+        errors: tuple[type[BaseException], ...] = (_Lost, *_redis_errors())
+        with trio.move_on_after(self._write_timeout):
+            async with self._write_lock:
+                try:
+                    await self._catch_up()
+                except errors as exc:
+                    log.debug("store: refresh failed: %s", _describe(exc))
 
     async def _catch_up(self) -> None:
         client = self._require_client()
@@ -379,6 +413,19 @@ class RedisStore(Store):
                 if expires_at > now:
                     session_id = field.decode()
                     state.sessions[session_id] = SessionRecord(session_id, body, expires_at)
+        async for page in _hash_pages(client, self._keys["accounts"]):
+            for field, value in page.items():
+                email, token_hash, created_at, updated_at = _unpack(value)
+                state.put_account(
+                    Account(field.decode(), email, token_hash, created_at, updated_at)
+                )
+        async for page in _hash_pages(client, self._keys["apps"]):
+            for value in page.values():
+                state.put_app(App.from_record(_unpack(value)))
+        async for page in _hash_pages(client, self._keys["drain_meta"]):
+            for field, value in page.items():
+                app_id, created_at, updated_at = _unpack(value)
+                state.drain_meta[int(field)] = DrainMeta(int(field), app_id, created_at, updated_at)
         tokens.sort(key=lambda pair: pair[0])
         for _, token in tokens:
             state.put_token(token)
@@ -401,12 +448,13 @@ class RedisStore(Store):
         self.rebuilds += 1
         events = difference(old, state)
         log.info(
-            "store: loaded from Redis %s: %d channels, %d tokens, %d drains in %.3f s"
+            "store: loaded from Redis %s: %d channels, %d tokens, %d drains, %d apps in %.3f s"
             " (%d change events)",
             self._target_text(),
             len(state.channels),
             len(state.tokens),
             len(state.drains),
+            len(state.apps),
             time.monotonic() - started,
             len(events),
         )

@@ -2,7 +2,8 @@
 
 ``stream_session``/``channel_logs`` (``sessions.py``) read a channel's ring with a cursor; a
 tail that is lapped gets an exact ``L11`` line. ``TailSessions`` (``tracking.py``) counts the
-open tails and ends them all for the ``kill_tail_sessions`` rod.
+open tails and ends them all for the ``kill_tail_sessions`` rod. ``sse.py`` is the
+server-sent events form of a session (``Accept: text/event-stream``).
 """
 
 from .sessions import (
@@ -15,16 +16,30 @@ from .sessions import (
     parse_session_params,
     stream_session,
 )
+from .sse import (
+    DEFAULT_KEEPALIVE_SECONDS,
+    EVENT_STREAM,
+    KEEPALIVE,
+    RECONNECT_AT_ONCE,
+    sse_event,
+    sse_events,
+)
 from .tracking import TailSessions
 
 __all__ = [
+    "DEFAULT_KEEPALIVE_SECONDS",
     "DEFAULT_NUM",
+    "EVENT_STREAM",
+    "KEEPALIVE",
     "MAX_DURATION_KEY",
     "MAX_NUM",
+    "RECONNECT_AT_ONCE",
     "SessionParamError",
     "SessionParams",
     "TailSessions",
     "channel_logs",
     "parse_session_params",
+    "sse_event",
+    "sse_events",
     "stream_session",
 ]

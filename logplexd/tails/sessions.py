@@ -17,6 +17,7 @@ import trio
 
 from ..native import Batch, channel_log_frames, l11_line, session_lines
 from ..router import Channel, Registry
+from .sse import KEEPALIVE, sse_event
 
 DEFAULT_NUM = 100
 MAX_NUM = 1500
@@ -97,6 +98,8 @@ async def stream_session(
     *,
     wall_clock: Callable[[], float] = time.time,
     start: tuple[Batch, int] | None = None,
+    events: bool = False,
+    keepalive: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the session's body in chunks: history first, then (tail) new lines as they come.
 
@@ -105,6 +108,8 @@ async def stream_session(
     ``start`` (Redis mode) gives the history and the ring position the tail continues from,
     read from the channel's stream by ``cluster.reads``. A tail with ``max_duration`` ends
     (the generator returns, so the chunked body finishes) that long after it started.
+    With ``events`` the lines are server-sent events (``sse.py``), and a tail that has sent
+    nothing for ``keepalive`` seconds sends the ``KEEPALIVE`` comment.
     """
     deadline = math.inf
     if params.max_duration is not None:
@@ -114,28 +119,38 @@ async def stream_session(
         source, cursor = registry.history(channel), ring.head
     else:
         source, cursor = start
-    history, count = session_lines(source, params.ps, params.source, params.num)
+    history, count = session_lines(source, params.ps, params.source, params.num, sse=events)
     if count:
         yield history
     if not params.tail:
         return
     last_read_at = wall_clock()
+    # When the tail last sent something: an idle one sends KEEPALIVE ``keepalive`` after.
+    sent_at = trio.current_time()
     while True:
-        if trio.current_time() >= deadline:
+        at = trio.current_time()
+        if at >= deadline:
             return  # the tail's time is up (busy or idle): end cleanly
+        if keepalive is not None and at >= sent_at + keepalive:
+            yield KEEPALIVE
+            sent_at = trio.current_time()
         batch, cursor, lost = ring.read(cursor, TAIL_READ_MESSAGES, TAIL_READ_BYTES)
         now = wall_clock()
         if lost:
-            yield l11_line(lost, last_read_at, now)
+            notice = l11_line(lost, last_read_at, now)
+            yield sse_event(notice) if events else notice
+            sent_at = trio.current_time()
         last_read_at = now
         if len(batch):
-            lines, count = session_lines(batch, params.ps, params.source)
+            lines, count = session_lines(batch, params.ps, params.source, sse=events)
             if count:
                 yield lines
+                sent_at = trio.current_time()
             continue
         if registry.channel(params.channel) is not channel:
             return  # channel deleted (or replaced): the tail ends once it has sent the rest
-        with trio.move_on_at(deadline):
+        wake = deadline if keepalive is None else min(deadline, sent_at + keepalive)
+        with trio.move_on_at(wake):
             await channel.wait_appended()
             with trio.move_on_after(TAIL_LINGER_SECONDS):
                 await channel.wait_head(cursor + TAIL_LINGER_MESSAGES)

@@ -1,6 +1,7 @@
 """HTTP plumbing shared by every listener: plain ``Request``/``Response`` values, an
-h11-on-trio server for them, a method+path ``Router``, and the one parser of credentials
-(``credentials.py``: raw key, Basic ``id:password``, ``:token``, Bearer) every listener uses."""
+h11-on-trio server for them (HTTP or HTTPS), a method+path ``Router``, the one parser of
+credentials (``credentials.py``: raw key, Basic ``id:password``, ``:token``, Bearer) every
+listener uses, and the one loader of a listener's TLS certificate (``tls.py``)."""
 
 from .credentials import (
     ANY_CHANNEL,
@@ -20,9 +21,19 @@ from .credentials import (
     parse_authorization,
     verify_password,
 )
-from .messages import JSON_TYPE, Handler, InvalidJson, Request, Response, parse_json
+from .messages import (
+    JSON_TYPE,
+    ErrorFormat,
+    Handler,
+    InvalidJson,
+    Request,
+    Response,
+    json_error,
+    parse_json,
+)
 from .routing import AddRoute, Endpoint, Match, MethodNotAllowed, Params, RouteHandler, Router
 from .server import ConnectionCount, ServerLimits, serve_http, serve_stream
+from .tls import ServerCertificate
 
 __all__ = [
     "AddRoute",
@@ -38,6 +49,7 @@ __all__ = [
     "ConnectionCount",
     "CredentialChecker",
     "Endpoint",
+    "ErrorFormat",
     "Handler",
     "InvalidAuthorization",
     "InvalidJson",
@@ -49,9 +61,11 @@ __all__ = [
     "Response",
     "RouteHandler",
     "Router",
+    "ServerCertificate",
     "ServerLimits",
     "create_credential",
     "hash_password",
+    "json_error",
     "key_matches",
     "parse_authorization",
     "parse_json",

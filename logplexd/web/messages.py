@@ -179,3 +179,14 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+# ``errors(request, status, message)``: how a listener words an error that no route wrote (the
+# server's 400, 408, 413, 431 and 500, the control rods' 503). ``request`` is what is known of
+# it: without a complete head, the method and target of its request line and no headers.
+# The control API answers in the format of the request's path family through one.
+ErrorFormat = Callable[[Request, int, str], Response]
+
+
+def json_error(request: Request, status: int, message: str) -> Response:
+    """The default ``ErrorFormat``: ``{"error": message}``, whatever the path."""
+    return Response.error(status, message)

@@ -84,6 +84,15 @@ class Router:
             raise ValueError(f"{method} {template} is already routed")
         route.endpoints[method] = Endpoint(name, handler, auth)
 
+    def routes(self) -> list[tuple[str, str, str]]:
+        """(method, template, route name) of every route, in the order they were added
+        (what ``logplexd/openapi.json`` must describe; tests/test_api_schema.py checks)."""
+        return [
+            (method, route.template, endpoint.name)
+            for route in self._routes
+            for method, endpoint in route.endpoints.items()
+        ]
+
     def match(self, method: str, path: str) -> Match | MethodNotAllowed | None:
         allowed: list[str] = []
         for route in self._routes:

@@ -10,12 +10,21 @@ What it guards against, so that no client can stop the daemon or starve other cl
   and Transfer-Encoding (RFC 9112 6.1: a proxy framing it by Content-Length would see a
   different request boundary than we do, i.e. request smuggling), even when it is pipelined.
 Every response carries a fresh ``Request-Id``; the handler sees the same id on the request.
+The errors the server answers itself (400, 408, 413, 431, 500) are worded by the listener's
+``ErrorFormat`` callback, given what is known of the request (the control API words them by
+path family).
+
+With a TLS context (``tls=``, a ``ServerCertificate``'s) it serves HTTPS: the handshake has
+the head's deadline; a failed one (plain HTTP, a client refusing the certificate, garbage)
+is one log line and a closed connection, and plain HTTP gets a plain-text 400 first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +35,7 @@ from typing import Any
 import h11
 import trio
 
-from .messages import Handler, Request, Response
+from .messages import ErrorFormat, Handler, Request, Response, json_error
 
 log = logging.getLogger("logplexd.web")
 
@@ -87,14 +96,20 @@ _date = _DateHeader()
 
 class _Connection:
     def __init__(
-        self, stream: trio.abc.HalfCloseableStream, handler: Handler, limits: ServerLimits
+        self,
+        stream: trio.abc.Stream,
+        handler: Handler,
+        limits: ServerLimits,
+        errors: ErrorFormat = json_error,
     ) -> None:
         self.stream = stream
         self.handler = handler
         self.limits = limits
+        self.errors = errors
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.client: tuple[str, int] | None = None
-        sock = getattr(stream, "socket", None)
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        sock = getattr(transport, "socket", None)
         if sock is not None:
             try:
                 peer = sock.getpeername()
@@ -105,6 +120,9 @@ class _Connection:
     # -- the request/response loop -------------------------------------------------------------
     async def run(self) -> None:
         first = True
+        if isinstance(self.stream, trio.SSLStream) and not await self._handshake(self.stream):
+            await trio.aclose_forcefully(self.stream)
+            return
         try:
             while True:
                 if not await self._serve_one(first):
@@ -122,6 +140,7 @@ class _Connection:
     async def _serve_one(self, first: bool) -> bool:
         """Serve one request; False when the connection is to be closed."""
         request_id = str(uuid.uuid4())
+        head: h11.Request | None = None
         try:
             head = await self._read_head(first)
             if head is None:
@@ -129,47 +148,48 @@ class _Connection:
             if _head_size(head) > self.limits.max_header_bytes:
                 # h11 only bounds a head that arrives in pieces; one that came whole is
                 # measured here.
-                await self._send_error(431, "Request header too large", request_id)
+                await self._send_error(431, "Request header too large", head, request_id)
                 return False
             chunked = _has_header(head, b"transfer-encoding")
             if chunked and _has_header(head, b"content-length"):
                 await self._send_error(
-                    400, "Malformed HTTP request: Content-Length with Transfer-Encoding", request_id
+                    400,
+                    "Malformed HTTP request: Content-Length with Transfer-Encoding",
+                    head,
+                    request_id,
                 )
                 return False
             declared = _content_length(head)
             if declared is not None and declared > self.limits.max_body:
-                await self._send_error(413, "Request body too large", request_id)
+                await self._send_error(413, "Request body too large", head, request_id)
                 return False
             body = await self._read_body(chunked)
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
             message = "Request header too large" if status == 431 else "Malformed HTTP request"
-            await self._send_error(status, message, request_id)
+            await self._send_error(status, message, head, request_id)
             return False
         except _BodyTooLarge:
-            await self._send_error(413, "Request body too large", request_id)
+            await self._send_error(413, "Request body too large", head, request_id)
             return False
         except _Timeout as timeout:
             if timeout.started:
-                await self._send_error(408, "Request timeout", request_id)
+                await self._send_error(408, "Request timeout", head, request_id)
             return False
 
-        request = Request(
-            method=head.method.decode("ascii"),
-            target=head.target.decode("latin-1"),
-            headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers),
-            body=body,
-            request_id=request_id,
-            client=self.client,
-            http_version=head.http_version.decode("ascii"),
-        )
+        request = self._request(head, request_id, body)
         started = time.monotonic()
         try:
             response = await self.handler(request)
         except Exception:
-            log.exception("http: handler failed (request_id=%s)", request_id)
-            response = Response.error(500, "Internal Server Error")
+            # The traceback, and of the request only its id and method: its target and
+            # headers may carry credentials, tokens or a session's capability URL.
+            log.exception(
+                "http: handler failed, answered 500 (request_id=%s method=%s)",
+                request_id,
+                request.method,
+            )
+            response = self._error_response(request, 500, "Internal Server Error")
         await self._send_response(request, response)
         log.debug(
             "http: %s status=%d request_id=%s duration_ms=%.1f",
@@ -179,6 +199,71 @@ class _Connection:
             (time.monotonic() - started) * 1000,
         )
         return True
+
+    def _request(self, head: h11.Request, request_id: str, body: bytes = b"") -> Request:
+        return Request(
+            method=head.method.decode("ascii"),
+            target=head.target.decode("latin-1"),
+            headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers),
+            body=body,
+            request_id=request_id,
+            client=self.client,
+            http_version=head.http_version.decode("ascii"),
+        )
+
+    def _known_request(self, head: h11.Request | None, request_id: str) -> Request:
+        """What is known of the request being answered with an error: its head, or the
+        method and target of a complete request line still in the buffer (a head that is
+        too large or too slow), else nothing (an empty target)."""
+        if head is not None:
+            return self._request(head, request_id)
+        method, target = _request_line(self.h11.trailing_data[0])
+        return Request(method, target, (), request_id=request_id, client=self.client)
+
+    def _error_response(self, request: Request, status: int, message: str) -> Response:
+        try:
+            return self.errors(request, status, message)
+        except Exception:
+            log.exception("http: error format failed (request_id=%s)", request.request_id)
+            return Response.error(status, message)
+
+    # -- TLS -----------------------------------------------------------------------------------
+    def _peer(self) -> str:
+        return "unknown" if self.client is None else f"{self.client[0]}:{self.client[1]}"
+
+    async def _handshake(self, stream: trio.SSLStream[Any]) -> bool:
+        """The TLS handshake, within the head's deadline; False (logged) when it fails."""
+        with trio.move_on_after(self.limits.header_timeout):
+            try:
+                await stream.do_handshake()
+                return True
+            except trio.BrokenResourceError as exc:
+                cause = exc.__cause__
+            except trio.ClosedResourceError:
+                return False
+            # Warnings, so the log's repeat limiter keeps a flood of them to a few lines.
+            if isinstance(cause, ssl.SSLError) and cause.reason == "HTTP_REQUEST":
+                log.warning("http: plain HTTP on the TLS port closed (client=%s)", self._peer())
+                await self._refuse_plain_http(stream)
+            else:
+                reason = _tls_failure(cause)
+                log.warning("http: TLS handshake failed (client=%s): %s", self._peer(), reason)
+            return False
+        log.info("http: TLS handshake timed out (client=%s)", self._peer())
+        return False
+
+    async def _refuse_plain_http(self, stream: trio.SSLStream[Any]) -> None:
+        """Tell a plain-HTTP client (curl http://...) what went wrong, in plain HTTP."""
+        body = b"This port speaks HTTPS only: use https://.\n"
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        with (
+            trio.move_on_after(self.limits.send_timeout),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            await stream.transport_stream.send_all(head + body)
 
     # -- reading -----------------------------------------------------------------------------------
     async def _receive(self, deadline: float) -> bytes:
@@ -343,12 +428,15 @@ class _Connection:
             raise _CloseConnection
         await self._send(h11.EndOfMessage())
 
-    async def _send_error(self, status: int, message: str, request_id: str) -> None:
+    async def _send_error(
+        self, status: int, message: str, head: h11.Request | None, request_id: str
+    ) -> None:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        response = Response.error(status, message)
-        body = bytes(response.body)  # type: ignore[arg-type]
+        response = self._error_response(self._known_request(head, request_id), status, message)
+        body = bytes(response.body) if isinstance(response.body, bytes | bytearray) else b""
         headers = self._response_headers(response, request_id, close=True)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(body))))
         try:
             await self._send(
@@ -367,7 +455,10 @@ class _Connection:
             # Half-close, then drain briefly: closing with unread input would send a RST.
             with trio.move_on_after(CLOSE_LINGER_SECONDS):
                 try:
-                    await self.stream.send_eof()
+                    # A TLS stream cannot half-close: its client closes on "Connection: close".
+                    send_eof = getattr(self.stream, "send_eof", None)
+                    if send_eof is not None:
+                        await send_eof()
                     drained = 0
                     while drained < CLOSE_LINGER_BYTES:
                         data = await self.stream.receive_some(RECEIVE_BYTES)
@@ -377,6 +468,26 @@ class _Connection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
         await trio.aclose_forcefully(self.stream)
+
+
+def _tls_failure(cause: BaseException | None) -> str:
+    """One line saying why a handshake failed (never the bytes the client sent)."""
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or cause.__class__.__name__
+    if isinstance(cause, OSError):
+        return cause.strerror or cause.__class__.__name__
+    return "connection closed" if cause is None else cause.__class__.__name__
+
+
+def _request_line(buffer: bytes) -> tuple[str, str]:
+    """(method, target) of the request line at the start of ``buffer`` when its target is
+    complete (followed by a space); ("", "") otherwise."""
+    line = buffer.lstrip(b"\r\n")
+    method, sep, rest = line.partition(b" ")
+    target, sep2, _ = rest.partition(b" ")
+    if not sep or not sep2 or not target or b"\n" in method or b"\n" in target:
+        return "", ""
+    return method.decode("latin-1"), target.decode("latin-1")
 
 
 class _Timeout(Exception):
@@ -454,13 +565,17 @@ class _ChunkSizes:
 
 
 async def serve_stream(
-    stream: trio.abc.HalfCloseableStream, handler: Handler, limits: ServerLimits | None = None
+    stream: trio.abc.Stream,
+    handler: Handler,
+    limits: ServerLimits | None = None,
+    errors: ErrorFormat = json_error,
 ) -> None:
     """Serve the requests of one connection on ``stream`` until it ends, then close it.
 
     ``serve_http`` does this for each accepted socket; any half-closeable stream will do
-    (the HTTP fuzz harness drives it over an in-memory stream)."""
-    await _Connection(stream, handler, limits or ServerLimits()).run()
+    (the HTTP fuzz harness drives it over an in-memory stream), and a ``trio.SSLStream``
+    is handshaken first."""
+    await _Connection(stream, handler, limits or ServerLimits(), errors).run()
 
 
 @dataclass(slots=True)
@@ -472,16 +587,17 @@ class ConnectionCount:
 
 
 async def _serve_connection(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     handler: Handler,
     limits: ServerLimits,
+    errors: ErrorFormat,
     slots: trio.Semaphore,
     count: ConnectionCount,
 ) -> None:
     count.open += 1
     count.total += 1
     try:
-        await _Connection(stream, handler, limits).run()
+        await _Connection(stream, handler, limits, errors).run()
     except Exception:
         log.exception("http: connection failed")
         await trio.aclose_forcefully(stream)
@@ -491,9 +607,10 @@ async def _serve_connection(
 
 
 async def _accept_loop(
-    listener: trio.SocketListener,
+    listener: trio.abc.Listener[Any],
     handler: Handler,
     limits: ServerLimits,
+    errors: ErrorFormat,
     slots: trio.Semaphore,
     nursery: trio.Nursery,
     count: ConnectionCount,
@@ -513,7 +630,7 @@ async def _accept_loop(
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(_serve_connection, stream, handler, limits, slots, count)
+            nursery.start_soon(_serve_connection, stream, handler, limits, errors, slots, count)
 
 
 async def serve_http(
@@ -530,6 +647,8 @@ async def serve_http(
     send_timeout: float = 30.0,
     listeners: list[trio.SocketListener] | None = None,
     connections: ConnectionCount | None = None,
+    errors: ErrorFormat = json_error,
+    tls: ssl.SSLContext | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
@@ -537,6 +656,9 @@ async def serve_http(
     With ``port=0`` the kernel picks a port (give a single-address host such as 127.0.0.1).
     ``listeners`` serves sockets bound elsewhere instead (systemd socket activation); then
     ``host`` and ``port`` only name them in the log. ``connections`` is kept up to date.
+    ``errors`` words the errors the server answers itself (default ``{"error": ...}``).
+    With ``tls`` (a server context, e.g. ``ServerCertificate.context``, which a reload
+    updates in place) every connection speaks HTTPS.
     """
     limits = ServerLimits(
         max_connections=max_connections,
@@ -552,8 +674,15 @@ async def serve_http(
     bound_port = listeners[0].socket.getsockname()[1]
     slots = trio.Semaphore(max_connections)
     count = connections if connections is not None else ConnectionCount()
+    serving: list[trio.abc.Listener[Any]] = list(listeners)
+    if tls is not None:
+        # https_compatible: a client may close without close_notify, as HTTPS clients do.
+        serving = [trio.SSLListener(ln, tls, https_compatible=True) for ln in listeners]
     async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, limits, slots, nursery, count)
-        log.info("http: listening on %s:%d", host, bound_port)
+        for listener in serving:
+            nursery.start_soon(
+                _accept_loop, listener, handler, limits, errors, slots, nursery, count
+            )
+        scheme = "https" if tls is not None else "http"
+        log.info("http: listening on %s:%d (%s)", host, bound_port, scheme)
         task_status.started(bound_port)

@@ -10,12 +10,14 @@
 * ``curl``: the same daemon driven by the real curl.
 * ``api``: the control API without sockets (``make_api``, ``call``, ``FakeRegistry``).
 * ``drains``: receivers for drains (syslog and HTTP sinks) and a running ``DrainManager``.
-* ``tls``: server certificates from a test CA.
+* ``tls``: server certificates (a context, or PEM files) and client contexts from a test CA.
 * ``redis``: real redis-server processes and Redis Clusters.
 * ``cluster``: several daemons on one Redis (node settings, numbered messages, a TCP sink).
 * ``store``: a populated store and a comparable picture of its state.
 * ``reference``: the pure-Python parser the native one is held to (also used by fuzz/, bench/).
 * ``peers``: the real programs the integration tests drive, a skip mark for each.
+* ``heroku_cli``: the real heroku CLI (npm), installed once, and its environment against a
+  daemon.
 * ``strict``: the pytest plugin for ``LOGPLEXD_TEST_STRICT=1`` (.ci/run), under which a skip
   fails unless the test is marked ``may_skip``.
 * ``privileges``: a check run without root's power to read any file.

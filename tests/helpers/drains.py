@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import re
 import socket
 import ssl
 import struct
@@ -32,6 +33,15 @@ def delivered(i: int, text: str = "drain test message") -> bytes:
     """What a syslog drain sends for ``message(i, text)``: octet-counted, the drain token
     as hostname, a newline after the text."""
     return octet_counted(syslog_message("app", f"{text} {i}\n", host=TOKEN))
+
+
+_L10 = re.compile(rb"Error L10 \(output buffer overflow\): (\d+) messages dropped")
+
+
+def l10_count(frame: bytes) -> int | None:
+    """The count an L10 frame (syslog or HTTP) announces; None for any other frame."""
+    found = _L10.search(frame)
+    return None if found is None else int(found.group(1))
 
 
 def append(channel: Channel, frames: list[bytes]) -> None:
@@ -127,19 +137,35 @@ class SyslogSink(_Notifier):
         self.read = True
         self._resumed.set()
 
-    def frames(self) -> list[bytes]:
-        """The received octet-counted frames, checking the framing on the way."""
+    def frames(self, *, arriving: bool = False) -> list[bytes]:
+        """The received octet-counted frames, checking the framing on the way. With
+        ``arriving`` (polling while data still flows) a last frame not yet complete is left
+        out instead of failing."""
         out, data, i = [], bytes(self.data), 0
         while i < len(data):
-            sp = data.index(b" ", i)
+            sp = data.find(b" ", i)
+            if sp < 0 and arriving:
+                break
             n = int(data[i:sp])
+            if arriving and sp + 1 + n > len(data):
+                break
             out.append(data[sp + 1 : sp + 1 + n])
             assert len(out[-1]) == n, "truncated frame"
             i = sp + 1 + n
         return out
 
     def messages(self) -> int:
-        return len(self.frames())
+        """Complete frames received so far (a frame still arriving is not counted)."""
+        data, i, count = self.data, 0, 0
+        while True:
+            sp = data.find(b" ", i)
+            if sp < 0:
+                return count
+            end = sp + 1 + int(data[i:sp])
+            if end > len(data):
+                return count
+            count += 1
+            i = end
 
 
 @dataclass

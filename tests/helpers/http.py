@@ -1,9 +1,10 @@
-"""HTTP/1.1 to a running daemon (an h11 client), and Basic credentials."""
+"""HTTP/1.1 (or HTTPS) to a running daemon (an h11 client), and Basic credentials."""
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import Iterable
 
 import h11
@@ -27,7 +28,7 @@ def basic_auth(user: str, password: str) -> str:
 class Exchange:
     """One HTTP/1.1 request on its own connection; the body can be read chunk by chunk."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT)
         self.status = 0
@@ -44,9 +45,13 @@ class Exchange:
         body: bytes | dict | None = None,
         headers: Iterable[tuple[str, str]] = (),
         auth: str | None = KEY,
+        tls: ssl.SSLContext | None = None,
     ) -> Exchange:
-        """Send the request; ``auth`` is what follows "Basic " (the raw key by default)."""
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        """Send the request; ``auth`` is what follows "Basic " (the raw key by default).
+        With ``tls`` (a client context, helpers/tls.py) the request goes over HTTPS."""
+        stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_hostname="127.0.0.1", https_compatible=True)
         self = cls(stream)
         head = [("Host", f"127.0.0.1:{port}"), ("Connection", "close"), *headers]
         if auth is not None:

@@ -8,14 +8,22 @@ credentials, else 405), ``Accept`` version 3 (406), authentication (401), rate l
 not for ``/account/rate-limits``), the route itself (404, 403, 422...), then ``If-Match``
 (412) and ``If-None-Match`` (304).
 
-An app is a Logplex channel of the same name; creating one creates the channel with a token
-named ``app``. What the channel does not hold (uuid, owner, region, stack, maintenance,
-timestamps) is kept in ``records.PlatformRecords``. Values logplexd cannot know are fixed:
-``archived_at``, ``released_at``, ``git_url``, ``web_url`` and
-``buildpack_provided_description`` are null, ``repo_size`` and ``slug_size`` are 0,
-``acm`` is false; region and stack ids are uuid5 of their names (a uuid given for one is
-kept as both id and name). A log drain's id is a uuid5 of the store's drain id and drain
-token; drains added through the Logplex API show the app's timestamps.
+An app is a Logplex channel; creating one creates the channel with a token named ``app``.
+The channel is named after the app when it is created (or after its id, when a renamed
+app's channel already has that name) and keeps that name for the app's life
+(``App.channel``): a rename (``PATCH /apps/{app}`` with ``name``) is one durable write of
+the app's record, and its tokens, drains, history and sessions, all held by the channel,
+follow it with nothing moved and nothing lost; the old name then answers 404. What the
+channel does not hold (uuid, name, owner, region, stack, maintenance, timestamps), the
+accounts and the log drains' timestamps are Platform records of the same store
+(``store.App``, ``Account``, ``DrainMeta``), so every node sharing a store serves the same
+apps. Values logplexd cannot know are fixed: ``web_url`` is ``http://<name>.herokuapp.com``
+(the reference's form; the real CLI's ``apps:rename`` reads it), ``archived_at``,
+``released_at``, ``git_url`` and ``buildpack_provided_description`` are null,
+``repo_size`` and ``slug_size`` are 0, ``acm`` is false; region and stack ids are uuid5 of
+their names (a uuid given for one is kept as both id and name). A log drain's id is a uuid5
+of the store's drain id and drain token; drains added through the Logplex API show the
+app's timestamps.
 
 Authentication: Basic ``{email}:{api-token}`` of an account made with ``logplexd accounts
 create``, Basic ``:{api-token}`` (what heroku3 and heroku-client send), Bearer
@@ -28,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +49,7 @@ import trio
 from ...store import (
     Account,
     App,
+    AppNameTaken,
     ChannelExists,
     ChannelNotFound,
     DrainExists,
@@ -49,11 +57,9 @@ from ...store import (
     DrainMeta,
     DrainRecord,
     InvalidDrainUrl,
-    PlatformRecords,
     Store,
     StoreError,
     StoreUnavailable,
-    open_platform_records,
     parse_drain_url,
     redact_url,
     utc_timestamp,
@@ -64,6 +70,7 @@ from ...web import (
     BasicPassword,
     BasicToken,
     BearerToken,
+    ErrorFormat,
     InvalidJson,
     Match,
     Request,
@@ -81,6 +88,7 @@ from .conventions import (
     ApiError,
     TokenBuckets,
     accepts_version_3,
+    error_id,
     etag_of,
     match_fails,
     none_match,
@@ -202,6 +210,11 @@ def _last_modified(payload: Any) -> str | None:
     return None if latest is None else format_datetime(latest, usegmt=True)
 
 
+def web_url(name: str) -> str:
+    """An app's ``web_url``, in the Platform reference's form: from its name alone."""
+    return f"http://{name}.herokuapp.com"
+
+
 def _invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_params", message)
 
@@ -236,14 +249,13 @@ class PlatformApi:
     def __init__(
         self,
         store: Store,
-        records: PlatformRecords,
         *,
         config: Callable[[], ApiConfig],
         registry: ChannelLookup | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
+        # The channels and the Platform records (accounts, apps, drain timestamps) alike.
         self.store = store
-        self.records = records
         self._config = config
         self.registry = registry
         self.buckets = TokenBuckets(clock)
@@ -371,6 +383,9 @@ class PlatformApi:
                 raise ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE)
             if counted and self.buckets.take(principal.id) is None:
                 raise ApiError(429, "rate_limit", RATE_LIMIT_MESSAGE)
+            # What another node stored and acknowledged is seen here now, not a moment
+            # later (a client behind a load balancer creates on one node, reads on another).
+            await self.store.refresh()
             reply = await handler(Call(request, params, principal, method))
             return self._render(request, principal, reply, conditional=method == "GET")
         except ApiError as err:
@@ -411,7 +426,8 @@ class PlatformApi:
         if match_fails(call.request.header("if-match"), etag_of(_dumps(current))):
             raise ApiError(412, "precondition_failed", "The resource has changed.")
 
-    async def _authenticate(self, request: Request) -> Principal | None:
+    def _credentials(self, request: Request) -> Principal | tuple[str, str] | None:
+        """OPERATOR for the auth key, (user, secret) of an account to look up, or None."""
         presented = parse_authorization(request.header("authorization"))
         auth_key = self._config().auth_key
         # The raw key, as the Logplex API takes it.
@@ -427,20 +443,46 @@ class PlatformApi:
             return None
         if key_matches(secret, auth_key):
             return OPERATOR
-        account = self._account(user, secret)
+        return user, secret
+
+    async def _authenticate(self, request: Request) -> Principal | None:
+        found = self._credentials(request)
+        if not isinstance(found, tuple):
+            return found
+        account = self._account(*found)
         if account is None:
-            # Perhaps made by `logplexd accounts create` since we last looked.
-            await self.records.refresh()
-            account = self._account(user, secret)
+            # Perhaps just made by `logplexd accounts create` or on another node.
+            await self.store.refresh()
+            account = self._account(*found)
         if account is None:
             return None
         return Principal(account.id, account.email, account.created_at)
 
+    def error_response(self, request: Request, status: int, message: str) -> Response:
+        """An error no route wrote (the HTTP server's 400, 408, 413, 431 and 500, the
+        control rods' 503) in this API's format: ``{"id", "message"}`` with ``Request-Id``,
+        and ``RateLimit-Remaining`` when the credentials are good. The records are read as
+        they are (never refreshed: an error answer does not wait), and no token is spent.
+        """
+        principal: Principal | None = None
+        try:
+            found = self._credentials(request)
+            if isinstance(found, tuple):
+                account = self._account(*found)
+                if account is not None:
+                    principal = Principal(account.id, account.email, account.created_at)
+            else:
+                principal = found
+        except StoreError:
+            principal = None
+        reply = Reply(status, {"id": error_id(status), "message": message})
+        return self._render(request, principal, reply, conditional=False)
+
     def _account(self, user: str, secret: str) -> Account | None:
         if user:
-            account = self.records.account_by_email(user)
+            account = self.store.account_by_email(user)
             return account if account is not None and account.token_matches(secret) else None
-        return self.records.account_by_token(secret)
+        return self.store.account_by_token(secret)
 
     def _list(self, call: Call, items: list[dict[str, Any]], accepted: tuple[str, ...]) -> Reply:
         spec = parse_range(call.request.header("range"), accepted)
@@ -453,7 +495,7 @@ class PlatformApi:
     # -- apps ----------------------------------------------------------------------------------
     def _app(self, call: Call) -> App:
         ident = call.params["app"]
-        app = self.records.app(ident) or self.records.app_by_name(ident)
+        app = self.store.app(ident) or self.store.app_by_name(ident)
         if app is None:
             raise ApiError(404, "not_found", "Couldn't find that app.")
         if not call.principal.operator and app.owner_id != call.principal.id:
@@ -479,13 +521,13 @@ class PlatformApi:
             "slug_size": 0,
             "stack": stack,
             "updated_at": app.updated_at,
-            "web_url": None,
+            "web_url": web_url(app.name),
         }
 
     async def _list_apps(self, call: Call) -> Reply:
         visible = [
             self.app_json(app)
-            for app in self.records.apps()
+            for app in self.store.apps()
             if call.principal.operator or app.owner_id == call.principal.id
         ]
         return self._list(call, visible, APP_RANGES)
@@ -500,14 +542,14 @@ class PlatformApi:
             return await self._list_apps(call)
         owner: str | None = None
         if me.operator:
-            if _is_uuid(user) and any(a.owner_id == user.lower() for a in self.records.apps()):
+            if _is_uuid(user) and any(a.owner_id == user.lower() for a in self.store.apps()):
                 owner = user.lower()
             else:
-                account = self.records.account_by_email(user)
+                account = self.store.account_by_email(user)
                 owner = account.id if account is not None else None
         if owner is None:
             raise ApiError(404, "not_found", "Couldn't find that user.")
-        owned = [self.app_json(app) for app in self.records.apps() if app.owner_id == owner]
+        owned = [self.app_json(app) for app in self.store.apps() if app.owner_id == owner]
         return self._list(call, owned, APP_RANGES)
 
     async def _list_addons(self, call: Call) -> Reply:
@@ -527,24 +569,29 @@ class PlatformApi:
             raise _invalid(APP_NAME_MESSAGE)
         region_id, region_name = _reference(body.get("region"), "region", DEFAULT_REGION)
         stack_id, stack_name = _reference(body.get("stack"), "stack", DEFAULT_STACK)
-        if self.records.app_by_name(name) is not None:
+        if self.store.app_by_name(name) is not None:
             raise _invalid("Name is already taken")
+        app_id = str(uuid.uuid4())
+        channel = name
+        if self.store.app_by_channel(name) is not None:
+            # The channel of an app renamed since: this app gets one named by its id.
+            channel = app_id
         created_channel = False
-        if self.store.channel(name) is not None:
+        if self.store.channel(channel) is not None:
             # A channel made through the Logplex API: only the operator may adopt it.
             if not call.principal.operator:
                 raise _invalid("Name is already taken")
-            if not any(t.name == "app" for t in self.store.tokens_of(name)):
-                await self.store.create_token(name, "app")
+            if not any(t.name == "app" for t in self.store.tokens_of(channel)):
+                await self.store.create_token(channel, "app")
         else:
             try:
-                await self.store.create_channel(name, token_names=["app"])
+                await self.store.create_channel(channel, token_names=["app"])
             except ChannelExists:
                 raise _invalid("Name is already taken") from None
             created_channel = True
         now = utc_timestamp()
         app = App(
-            id=str(uuid.uuid4()),
+            id=app_id,
             name=name,
             owner_id=call.principal.id,
             owner_email=call.principal.email,
@@ -555,17 +602,18 @@ class PlatformApi:
             maintenance=False,
             created_at=now,
             updated_at=now,
+            channel=channel,
         )
         try:
-            await self.records.put_app(app, unless_name_taken=True)
+            await self.store.put_app(app)
         except BaseException as exc:
             if created_channel:
                 with trio.CancelScope(shield=True):
                     try:
-                        await self.store.delete_channel(name)
+                        await self.store.delete_channel(channel)
                     except StoreError:
-                        log.error("platform: channel %s left without its app record", name)
-            if isinstance(exc, ValueError):
+                        log.error("platform: channel %s left without its app record", channel)
+            if isinstance(exc, AppNameTaken):
                 raise _invalid("Name is already taken") from None
             raise
         log.info("platform: created app %s (%s) for %s", app.name, app.id, app.owner_id)
@@ -574,7 +622,7 @@ class PlatformApi:
     def _free_name(self) -> str:
         while True:
             name = f"app-{uuid.uuid4().hex[:8]}"
-            if self.records.app_by_name(name) is None and self.store.channel(name) is None:
+            if self.store.app_by_name(name) is None and self.store.channel(name) is None:
                 return name
 
     async def _update_app(self, call: Call) -> Reply:
@@ -584,31 +632,39 @@ class PlatformApi:
         maintenance = body.get("maintenance", app.maintenance)
         if not isinstance(maintenance, bool):
             raise _invalid("maintenance must be true or false.")
-        name = body.get("name", app.name)
-        if name is not None and name != app.name:
+        name = body.get("name")
+        if name is None:
+            name = app.name
+        elif name != app.name:
             if not isinstance(name, str) or not APP_NAME.fullmatch(name):
                 raise _invalid(APP_NAME_MESSAGE)
-            raise _invalid(
-                "Renaming is not supported: an app's name is the name of its Logplex channel."
-            )
-        if maintenance != app.maintenance:
-            app = replace(app, maintenance=maintenance, updated_at=utc_timestamp())
-            await self.records.put_app(app)
+            if self.store.app_by_name(name) is not None:
+                raise _invalid("Name is already taken")
+        if maintenance != app.maintenance or name != app.name:
+            old_name = app.name
+            # The channel keeps its name: nothing of the data plane changes, so no message
+            # is lost and readers, drains and producers carry on.
+            app = replace(app, name=name, maintenance=maintenance, updated_at=utc_timestamp())
+            try:
+                await self.store.put_app(app)
+            except AppNameTaken:
+                raise _invalid("Name is already taken") from None
+            if name != old_name:
+                log.info("platform: renamed app %s (%s) to %s", old_name, app.id, name)
         return Reply(200, self.app_json(app))
 
     async def _delete_app(self, call: Call) -> Reply:
         app = self._app(call)
         current = self.app_json(app)
         self._precondition(call, current)
-        drains = [d.id for d in self.store.drains_of(app.name)]
-        await self.store.delete_channel(app.name)
-        await self.records.delete_app(app.id, drains)
+        # The app, its channel (tokens, drains) and its drains' timestamps: one change.
+        await self.store.delete_app(app.id)
         log.info("platform: deleted app %s (%s)", app.name, app.id)
         return Reply(200, current)
 
     # -- log drains ----------------------------------------------------------------------------
     def drain_json(self, app: App, drain: DrainRecord) -> dict[str, Any]:
-        meta = self.records.drain_meta(drain.id)
+        meta = self.store.drain_meta(drain.id)
         return {
             "addon": None,
             "created_at": meta.created_at if meta is not None else app.created_at,
@@ -619,7 +675,7 @@ class PlatformApi:
         }
 
     def _drains(self, app: App) -> list[DrainRecord]:
-        return [d for d in self.store.drains_of(app.name) if d.url is not None]
+        return [d for d in self.store.drains_of(app.channel) if d.url is not None]
 
     def _drain(self, call: Call, app: App) -> DrainRecord:
         ident = call.params["drain"]
@@ -659,7 +715,7 @@ class PlatformApi:
             raise _invalid(f"Url is invalid: {exc}.") from None
         try:
             drain = await self.store.create_drain(
-                app.name, url, max_drains=self._config().max_drains_per_channel
+                app.channel, url, max_drains=self._config().max_drains_per_channel
             )
         except ChannelNotFound:
             raise _invalid("The Logplex channel of this app no longer exists.") from None
@@ -668,7 +724,7 @@ class PlatformApi:
         except DrainExists:
             raise _invalid("Url has already been taken.") from None
         now = utc_timestamp()
-        await self.records.put_drain_meta(DrainMeta(drain.id, app.id, now, now))
+        await self.store.put_drain_meta(DrainMeta(drain.id, app.id, now, now))
         log.info(
             "platform: added drain %d to app %s url=%s", drain.id, app.name, redact_url(drain.url)
         )
@@ -679,9 +735,8 @@ class PlatformApi:
         drain = self._drain(call, app)
         current = self.drain_json(app, drain)
         self._precondition(call, current)
-        if await self.store.delete_drain(app.name, drain.id) is None:
+        if await self.store.delete_drain(app.channel, drain.id) is None:
             raise ApiError(404, "not_found", "Couldn't find that log drain.")
-        await self.records.delete_drain_meta(drain.id)
         log.info("platform: removed drain %d from app %s", drain.id, app.name)
         return Reply(200, current)
 
@@ -703,11 +758,11 @@ class PlatformApi:
         tail = body.get("tail")
         if tail is not None and not isinstance(tail, bool | int):
             raise _invalid("tail must be true or false.")
-        if self.store.channel(app.name) is None or (
-            self.registry is not None and self.registry.channel(app.name) is None
+        if self.store.channel(app.channel) is None or (
+            self.registry is not None and self.registry.channel(app.channel) is None
         ):
             raise _invalid("The Logplex channel of this app no longer exists.")
-        session_body: dict[str, Any] = {"channel_id": app.name}
+        session_body: dict[str, Any] = {"channel_id": app.channel}
         if lines is not None:
             session_body["num"] = lines
         if tail:
@@ -766,6 +821,8 @@ class _Mountable(Protocol):
         self, prefixes: tuple[str, ...], answer: Callable[[Request], Awaitable[Response]]
     ) -> None: ...
 
+    def add_error_format(self, prefixes: tuple[str, ...], errors: ErrorFormat) -> None: ...
+
     def add_route(
         self,
         method: str,
@@ -782,25 +839,18 @@ def mount_platform(
     store: Store,
     registry: ChannelLookup | None = None,
     *,
-    data_dir: str | os.PathLike[str] | None = None,
-    records: PlatformRecords | None = None,
     clock: Callable[[], float] = trio.current_time,
 ) -> PlatformApi:
     """Serve the Platform API routes on ``control_api``'s listener.
 
-    Records live in ``data_dir`` (default: the store's own data dir). The auth key, the
-    public URL (for ``logplex_url``), the drain limit and the session lifetime are read from
-    ``control_api.config`` at each request, so the URL the daemon learns once it has bound
-    its port is the one handed out.
+    Its records (accounts, apps, drain timestamps) are in ``store``, as the channels are.
+    The auth key, the public URL (for ``logplex_url``), the drain limit and the session
+    lifetime are read from ``control_api.config`` at each request, so the URL the daemon
+    learns once it has bound its port is the one handed out.
     """
-    if records is None:
-        directory = data_dir if data_dir is not None else getattr(store, "data_dir", None)
-        if directory is None:
-            raise ValueError("mount_platform needs data_dir for a store without one")
-        records = open_platform_records(directory)
-    api = PlatformApi(
-        store, records, config=lambda: control_api.config, registry=registry, clock=clock
-    )
+    api = PlatformApi(store, config=lambda: control_api.config, registry=registry, clock=clock)
     api.mount(control_api.add_route)
     control_api.add_unmatched(PREFIXES, api.unmatched)
+    # The server's and the rods' errors on these paths, in this API's format too.
+    control_api.add_error_format(PREFIXES, api.error_response)
     return api

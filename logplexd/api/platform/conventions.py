@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 
 HEROKU_JSON = "application/vnd.heroku+json"
 
@@ -37,6 +38,27 @@ class ApiError(Exception):
         self.error_id = error_id
         self.message = message
         self.headers = list(headers)
+
+
+# The ids the reference gives where they are not the status's phrase in snake case.
+_ERROR_IDS = {
+    416: "requested_range_not_satisfiable",
+    422: "invalid_params",
+    429: "rate_limit",
+    503: "unavailable",
+}
+
+
+def error_id(status: int) -> str:
+    """The ``id`` of an error answered with ``status`` when nothing more precise is known
+    (``bad_request``, ``request_timeout``, ``internal_server_error``, ``unavailable``...)."""
+    if status in _ERROR_IDS:
+        return _ERROR_IDS[status]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
 NOT_ACCEPTABLE_MESSAGE = (
@@ -177,6 +199,11 @@ class Page:
     next_range: str | None  # None on the last page
 
 
+def content_range_unit(attribute: str) -> str:
+    """The unit a ``Content-Range`` of a list ordered by ``attribute`` names: ``ids``."""
+    return attribute + "s"
+
+
 def paginate(items: Sequence[dict[str, object]], spec: RangeSpec) -> Page:
     """Order ``items`` by the range's attribute, keep those within its bounds, cut a page."""
 
@@ -201,11 +228,15 @@ def paginate(items: Sequence[dict[str, object]], spec: RangeSpec) -> Page:
 
     within = [item for item in ordered if after_start(key(item)) and before_end(key(item))]
     page = within[: spec.max]
+    # Content-Range counts in the attribute's plural, as the reference's examples show
+    # (``Content-Range: ids 0123..4567; max=200``); Next-Range is a Range, whose unit is the
+    # attribute itself (``id ]4567..; max=200``).
+    unit = content_range_unit(spec.attribute)
     if page:
         first, last = key(page[0]), key(page[-1])
-        content_range = f"{spec.attribute} {first}..{last}; {spec.params_text()}"
+        content_range = f"{unit} {first}..{last}; {spec.params_text()}"
     else:
-        content_range = f"{spec.attribute} ..; {spec.params_text()}"
+        content_range = f"{unit} ..; {spec.params_text()}"
     next_range = None
     if len(within) > len(page):
         following = RangeSpec(

@@ -1,0 +1,83 @@
+"""A daemon in a child process (``python -m logplexd``-style, through the CLI), for tests
+that kill it: its ports come from the "ready" line it logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from logplexd.daemon import BoundPorts
+
+from .daemon import KEY
+
+_READY = re.compile(r"api [^ ]+:(\d+)[^,]*, logs [^ ]+:(\d+)[^,]*, syslog [^ ]+:(\d+)")
+
+
+@dataclass
+class DaemonProcess:
+    data_dir: Path
+    args: tuple[str, ...] = ()
+    lines: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> BoundPorts:
+        """Start the daemon; returns its ports once it logged that it is ready (blocking)."""
+        env = {
+            **os.environ,
+            "LOGPLEX_AUTH_KEY": KEY,
+            "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        process = self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from logplexd.cli import main; sys.exit(main())",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--logs-addr",
+                "127.0.0.1:0",
+                "--syslog-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(self.data_dir),
+                *self.args,
+            ],
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        ready = threading.Event()
+        found: list[BoundPorts] = []
+
+        def read() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                self.lines.append(line)
+                match = _READY.search(line)
+                if match and not found:
+                    found.append(BoundPorts(*(int(g) for g in match.groups())))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(timeout) or not found:
+            self.kill(signal.SIGKILL)
+            raise AssertionError("the daemon did not start:\n" + "".join(self.lines))
+        return found[0]
+
+    def kill(self, signum: int = signal.SIGKILL, timeout: float = 30.0) -> int:
+        """Send ``signum`` and wait for the process to end; returns its exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
