@@ -13,7 +13,7 @@ messages / 1 MiB, what ``DrainFeed.spill`` reads), framed with ``native.octet_fr
 queued with ``DrainBacklog.enqueue``; when the writer's queue is full the loop waits for the
 writer (``on_written``), as the drain's spill guard does. The clock stops when the last
 chunk is written (``SegmentLog.end_seq``); "durable" adds the final fsync
-(``write_round(sync=True)``). Read-back: ``DrainBacklog.read`` (1 MiB, ``read_bytes``) ->
+(``write_round(sync=True)``). Read-back: ``DrainBacklog.read`` (1 MiB, ``chunk_bytes``) ->
 ``native.parse_body`` -> ``ack`` (which deletes delivered segments), what
 ``DrainFeed._take_disk`` and ``_settle`` do, every message counted and the first and last
 compared with what was written. Read-back runs twice per write: from the page cache, and
@@ -191,7 +191,7 @@ async def one_rate_run(workdir: Path, size: int, policy: str, total_bytes: int) 
         t0 = time.perf_counter()
         while backlog.read_seq < backlog.queued_end:
             t1 = time.perf_counter()
-            payloads, first, count, lost = backlog.read(settings.read_bytes)
+            payloads, first, count, lost = backlog.read(settings.chunk_bytes)
             assert lost == 0 and payloads, (lost, len(payloads))
             t2 = time.perf_counter()
             batch = parse_body(b"".join(payloads), SPILL_MAX_FRAME)

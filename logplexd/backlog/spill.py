@@ -60,8 +60,9 @@ class SpillSettings:
     # drain stops copying; its ring may then lap it (L10), so this only bites if the disk
     # cannot keep up with ingestion.
     queue_bytes: int = 64 * 1024 * 1024
-    # Bytes read from disk per delivery batch.
-    read_bytes: int = 1024 * 1024
+    # The largest chunk a drain copies at once (one ring read): the writer's queue takes
+    # no more copies once it has less room than this.
+    chunk_bytes: int = 1024 * 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -157,10 +158,6 @@ class DrainBacklog:
         self.read_seq = end
         return payloads, first, count, lost
 
-    def rewind(self, seq: int) -> None:
-        """Read again from ``seq`` (a delivery that failed is re-read from disk)."""
-        self.read_seq = max(self.entry.spill_acked, min(seq, self.read_seq))
-
     def ack(self, seq: int) -> None:
         """Every message below ``seq`` was delivered (or given up and counted)."""
         if seq <= self.entry.spill_acked:
@@ -168,11 +165,6 @@ class DrainBacklog:
         self.entry.spill_acked = seq
         self.entry.store()
         self.log.ack(seq)
-
-    def skip_to(self, seq: int) -> None:
-        """Messages below ``seq`` are accounted for (lost and counted): nothing to re-read."""
-        self.read_seq = max(self.read_seq, seq)
-        self.ack(seq)
 
 
 class BacklogStore:
@@ -340,10 +332,10 @@ class BacklogStore:
     @property
     def blocked(self) -> bool:
         """Nothing can be copied now: the disk refuses, or the writer's queue is full."""
-        # A chunk is up to ``read_bytes``: with less room than that, copying would fail.
+        # A chunk is up to ``chunk_bytes``: with less room than that, copying would fail.
         return (
             self.refusing
-            or self._queued_bytes + self.settings.read_bytes > self.settings.queue_bytes
+            or self._queued_bytes + self.settings.chunk_bytes > self.settings.queue_bytes
         )
 
     @property

@@ -242,13 +242,18 @@ class Drain:
             # router holds them once the drain is a whole share behind (as for a drain
             # that takes every write), so the ring never laps what the disk would take.
             hold = self.pump is None or pushback_for(channel, self.pump.pushback)
+            reached = trio.Event()
             if hold:
-                channel.hold_from(self._spill_hold, start + share)
+                # The router wakes this task itself when the drain is a share behind (no
+                # wake-up shared with the channel's other waiters).
+                channel.hold_from(self._spill_hold, start + share, reached)
             try:
                 if feed.spilling:
                     await channel.wait_head(start + 1)
                     with trio.move_on_after(interval):
                         await channel.wait_head(start + max(1, share // 4))
+                elif hold:
+                    await reached.wait()
                 else:
                     # In steps past the head (never a spin): the share is re-measured
                     # as the ring learns message sizes.

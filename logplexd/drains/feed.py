@@ -28,7 +28,6 @@ LINGER_ONLY_BELOW_BYTES = 64 * 1024
 
 # Messages copied from the ring to the disk backlog per ring read.
 SPILL_READ_MESSAGES = 16384
-SPILL_READ_BYTES = 1 << 20
 # Frames in a disk backlog were ring frames: never longer than this.
 SPILL_MAX_FRAME = 65000
 
@@ -497,7 +496,9 @@ class DrainFeed:
             self._pending_disk_seq = first - start
             backlog.read_seq = backlog.queued_end
         while True:
-            batch, cursor, lost = ring.read(self.cursor, SPILL_READ_MESSAGES, SPILL_READ_BYTES)
+            batch, cursor, lost = ring.read(
+                self.cursor, SPILL_READ_MESSAGES, backlog.store.settings.chunk_bytes
+            )
             if lost:
                 self.loss.add(lost, now)
                 self.counters.lost += lost

@@ -146,24 +146,21 @@ class DrainManager:
 
     def remove_drain(self, drain_id: int) -> bool:
         """The drain was deleted: stop it and delete its disk backlog."""
-        drain = self._drains.pop(drain_id, None)
-        if drain is None:
-            return False
-        drain.stop()
-        disk = drain.feed.detach_backlog()
-        if disk is not None and self.backlogs is not None:
-            self.backlogs.destroy(disk)
-        return True
+        return self._stop_drain(drain_id, forget=True)
 
-    def _stop_drain(self, drain_id: int) -> bool:
-        """Stop the drain here but keep its disk backlog (it is replaced, or paused)."""
+    def _stop_drain(self, drain_id: int, *, forget: bool = False) -> bool:
+        """Stop the drain here; its disk backlog is kept (it is replaced, or paused)
+        unless ``forget``."""
         drain = self._drains.pop(drain_id, None)
         if drain is None:
             return False
         drain.stop()
         disk = drain.feed.detach_backlog()
         if disk is not None and self.backlogs is not None:
-            self.backlogs.detach(disk)
+            if forget:
+                self.backlogs.destroy(disk)
+            else:
+                self.backlogs.detach(disk)
         return True
 
     def remove_channel(self, channel_name: str) -> int:

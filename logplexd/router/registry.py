@@ -62,6 +62,7 @@ class Channel:
         "_holders",
         "_released",
         "_pending_holds",
+        "_reached",
     )
 
     def __init__(self, name: str, ring: ChannelRing) -> None:
@@ -91,6 +92,8 @@ class Channel:
         self._released: trio.Event | None = None
         # Holds that take effect once the head reaches a mark (``hold_from``).
         self._pending_holds: dict[object, int] | None = None
+        # Events ``hold_from`` sets when a pending hold takes effect.
+        self._reached: dict[object, trio.Event] | None = None
         ring.wake_at = NEVER
 
     def notify(self) -> None:
@@ -109,6 +112,7 @@ class Channel:
                 if head >= at:
                     del pending[holder]
                     self.hold(holder)
+                    self._hold_reached(holder)
             if not pending:
                 self._pending_holds = None
         self.rearm()
@@ -139,19 +143,38 @@ class Channel:
         self._holders.add(consumer)
         self.ring.wake_at = 0
 
-    def hold_from(self, consumer: object, head: int) -> None:
+    def hold_from(self, consumer: object, head: int, reached: trio.Event | None = None) -> None:
         """``hold(consumer)`` once the ring's head reaches ``head`` (at once if it has): for
         a consumer about to take data (a drain connecting) that costs nothing unless a
-        flood arrives meanwhile. ``release`` cancels it."""
+        flood arrives meanwhile. ``reached`` is set when the hold takes effect (the
+        consumer then has work to do). ``release`` cancels it."""
+        if reached is not None:
+            if self._reached is None:
+                self._reached = {}
+            self._reached[consumer] = reached
         if self.ring.head >= head:
             self.hold(consumer)
+            self._hold_reached(consumer)
             return
         if self._pending_holds is None:
             self._pending_holds = {}
         self._pending_holds[consumer] = head
         self.ring.wake_at = min(self.ring.wake_at, head)
 
+    def _hold_reached(self, consumer: object) -> None:
+        reached = self._reached
+        if reached is not None:
+            event = reached.pop(consumer, None)
+            if event is not None:
+                event.set()
+            if not reached:
+                self._reached = None
+
     def release(self, consumer: object) -> None:
+        if self._reached is not None:
+            self._reached.pop(consumer, None)
+            if not self._reached:
+                self._reached = None
         pending = self._pending_holds
         if pending is not None and pending.pop(consumer, None) is not None and not pending:
             self._pending_holds = None
