@@ -1,17 +1,15 @@
 """The whole daemon on real sockets, driven by real clients (curl, logger)."""
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 
 import pytest
 import trio
 
 from logplexd.daemon import Daemon
 from logplexd.native import parse_frames
+from tests.helpers.child import DaemonProcess
 from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import KEY, settings_for
 from tests.helpers.drains import HttpSink, SyslogSink
@@ -150,49 +148,21 @@ async def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, signum):
-    env = {**os.environ, "LOGPLEX_AUTH_KEY": KEY}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from logplexd.cli import main; sys.exit(main())",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--logs-addr",
-            "127.0.0.1:0",
-            "--syslog-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
+    daemon = DaemonProcess(tmp_path / "d")
+    ports = daemon.start()
     try:
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "ready" in line:
-                break
-        ready = lines[-1]
-        api_port = int(re.search(r"api 127\.0\.0\.1:(\d+)", ready).group(1))
         out = subprocess.run(
-            ["curl", "-sS", f"http://127.0.0.1:{api_port}/v3/healthcheck"],
+            ["curl", "-sS", f"http://127.0.0.1:{ports.api}/v3/healthcheck"],
             capture_output=True,
             timeout=10,
             check=True,
         )
         assert out.stdout == b"OK"
-        proc.send_signal(signum)
-        rest = proc.stderr.read()
-        assert proc.wait(timeout=15) == 0
-        assert "Traceback" not in rest
-        assert KEY not in "".join(lines) + rest
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        status = daemon.kill(signum, timeout=15)
+    assert status == 0
+    assert "Traceback" not in daemon.log
+    assert KEY not in daemon.log
 
 
 async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):

@@ -399,29 +399,47 @@ class DaemonCollector(Collector):
     def _backlog(self, figures: BacklogFigures | None) -> Iterator[Metric]:
         if figures is None:
             return
-        disk = _gauge("backlog_disk_bytes", "Bytes of drain backlog segment files on disk.")
-        disk.add_metric([], figures.disk_bytes)
-        yield disk
-        queued = _gauge(
-            "backlog_queued_bytes", "Bytes copied for drain backlogs, not yet written."
-        )
-        queued.add_metric([], figures.queued_bytes)
-        yield queued
-        refusing = _gauge(
-            "backlog_refusing",
-            "1 while drain backlogs take nothing (total budget reached or disk too full).",
-        )
-        refusing.add_metric([], 1 if figures.refusing else 0)
-        yield refusing
         for name, value, text in (
-            ("backlog_written_messages_total", figures.written_messages,
-             "Messages written to drain backlogs."),
-            ("backlog_written_bytes_total", figures.written_bytes,
-             "Bytes written to drain backlogs."),
-            ("backlog_refused_messages_total", figures.refused_messages,
-             "Messages drain backlogs refused (budget or free space; each announced by L10)."),
-            ("backlog_cut_bytes_total", figures.cut_bytes,
-             "Damaged bytes cut off drain backlog segments at start."),
+            (
+                "backlog_disk_bytes",
+                figures.disk_bytes,
+                "Bytes of drain backlog segment files on disk.",
+            ),
+            (
+                "backlog_queued_bytes",
+                figures.queued_bytes,
+                "Bytes copied for drain backlogs, not yet written.",
+            ),
+            (
+                "backlog_refusing",
+                1 if figures.refusing else 0,
+                "1 while drain backlogs take nothing (total budget reached or disk too full).",
+            ),
+        ):
+            gauge = _gauge(name, text)
+            gauge.add_metric([], value)
+            yield gauge
+        for name, value, text in (
+            (
+                "backlog_written_messages_total",
+                figures.written_messages,
+                "Messages written to drain backlogs.",
+            ),
+            (
+                "backlog_written_bytes_total",
+                figures.written_bytes,
+                "Bytes written to drain backlogs.",
+            ),
+            (
+                "backlog_refused_messages_total",
+                figures.refused_messages,
+                "Messages drain backlogs refused (budget or free space; each announced by L10).",
+            ),
+            (
+                "backlog_cut_bytes_total",
+                figures.cut_bytes,
+                "Damaged bytes cut off drain backlog segments at start.",
+            ),
         ):
             counter = _counter(name.removesuffix("_total"), text)
             counter.add_metric([], value)

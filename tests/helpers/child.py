@@ -25,6 +25,7 @@ class DaemonProcess:
     args: tuple[str, ...] = ()
     lines: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
+    _reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> BoundPorts:
         """Start the daemon; returns its ports once it logged that it is ready (blocking)."""
@@ -65,7 +66,8 @@ class DaemonProcess:
                     ready.set()
             ready.set()
 
-        threading.Thread(target=read, daemon=True).start()
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
         if not ready.wait(timeout) or not found:
             self.kill(signal.SIGKILL)
             raise AssertionError("the daemon did not start:\n" + "".join(self.lines))
@@ -76,7 +78,10 @@ class DaemonProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        return self.process.wait(timeout)
+        status = self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)  # every line it logged is in ``lines``
+        return status
 
     @property
     def log(self) -> str:
