@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
-from logplexd.drains.pump import AttachedWriter, DrainPump, check_hold
+from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, adaptive_linger, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
 from logplexd.router.registry import Channel, Registry
@@ -325,3 +325,17 @@ async def test_a_slow_drain_holds_nothing_until_it_has_caught_up(nursery, clock)
     await trio.testing.wait_all_tasks_blocked()
     assert not channel.held
     pair.close()
+
+
+def test_adaptive_linger_keeps_a_round_under_a_fifth_of_the_time_and_is_bounded():
+    # Cheap rounds (few channels) keep the configured linger.
+    assert adaptive_linger(0.02, 0.0001) == 0.02
+    # A round of 11 ms (1,000 busy channels) lingers five times that.
+    assert adaptive_linger(0.02, 0.011) == pytest.approx(0.055)
+    # However costly, never past MAX_LINGER; a configured linger above it still wins.
+    assert adaptive_linger(0.02, 5.0) == MAX_LINGER
+    assert adaptive_linger(0.5, 5.0) == 0.5
+    # Monotone in the round's cost.
+    costs = [i / 1000 for i in range(200)]
+    lingers = [adaptive_linger(0.02, c) for c in costs]
+    assert lingers == sorted(lingers)
