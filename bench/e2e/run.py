@@ -18,6 +18,8 @@ of the setup. Routers:
 * ``logplexd-nospill``: the same daemon with durable drain backlogs off
   (``--drain-spill false``): with ``logplexd`` in one run, what spilling costs a healthy drain
   (issue 19; ``bench/bench_spill.py healthy`` alternates the two and prints the ratio).
+* ``logplexd-redis``: the same daemon as one node in Redis mode (issue 21), on a
+  redis-server of its own started for the run (``--save "" --appendonly no``).
 * ``rsyslog``: ``/usr/sbin/rsyslogd -n`` with ``imtcp`` and one ``omfwd`` action (TCP,
   octet-counted, ``RSYSLOG_SyslogProtocol23Format``) per drain.
 * ``syslog-ng``: Debian's ``syslog-ng-core`` unpacked with ``dpkg -x`` into
@@ -84,7 +86,7 @@ WORKLOADS = [
     Workload("c1-ch1-d1-2k", "1 conn, 1 channel, 1 drain, 2 KB", 1, 1, 1, 2048),
     Workload("c8-ch1-d1-2k", "8 conns, 1 channel, 1 drain, 2 KB", 8, 1, 1, 2048),
 ]
-ROUTERS = ["direct", "logplexd", "logplexd-nospill", "rsyslog", "syslog-ng"]
+ROUTERS = ["direct", "logplexd", "logplexd-nospill", "logplexd-redis", "rsyslog", "syslog-ng"]
 
 
 class HarnessError(RuntimeError):
@@ -542,9 +544,39 @@ class LogplexdNoSpill(Logplexd):
     variant_args = ("--drain-spill", "false")
 
 
+class LogplexdRedis(Logplexd):
+    """This tree's logplexd as one node in Redis mode (issue 21): ``--store-url`` to a
+    redis-server of its own on loopback (``--save "" --appendonly no``: the protocol's cost,
+    not this machine's disk), started before and stopped after the daemon. Redis's own CPU
+    is not in the CPU column (that is the daemon's); ``bench/bench_nodes.py`` reports it."""
+
+    name = "logplexd-redis"
+
+    def start(self) -> int:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise Skip("redis-server not found (apt-get install redis-server)")
+        port = free_port()
+        rdir = self.workdir / "redis"
+        rdir.mkdir()
+        self.redis = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
+             "--save", "", "--appendonly", "no", "--logfile", str(rdir / "redis.log")],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_port(port, self.redis, 15.0, "redis-server")
+        self.variant_args = ("--store-url", f"redis://127.0.0.1:{port}/0")
+        return super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        stop_process(getattr(self, "redis", None), wait=5.0)
+
+
 ROUTER_CLASSES: dict[str, type[Router]] = {
     "direct": Direct, "logplexd": Logplexd, "logplexd-base": LogplexdBase,
-    "logplexd-nospill": LogplexdNoSpill, "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
+    "logplexd-nospill": LogplexdNoSpill, "logplexd-redis": LogplexdRedis,
+    "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
 }  # fmt: skip
 
 

@@ -8,11 +8,13 @@ its lease. Sans-IO cores: ``buffer.OutboundBuffer`` and ``lease.Lease``.
 The plane's parts are private modules: ``_stream`` (a channel's keys, the append script,
 the entry codec: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``), ``_link`` (the Redis
 client, reachability, round trips by kind: ``TRIP_KINDS``, ``CLOSE_GRACE``), ``_writer``,
-``_follow`` (``Follow``, ``POLL_IDLE``) and ``_history``.
+``_follow`` (``Follow``, ``POLL_IDLE``), ``_history`` and ``_pushback``
+(``ChannelPushback``: holding a channel's inputs while this node is behind on it).
 """
 
 from ._follow import POLL_IDLE, Follow
 from ._link import CLOSE_GRACE, TRIP_KINDS
+from ._pushback import ChannelPushback
 from ._stream import CHECKPOINT_TTL_MS, EntryBody, Keys, decode_entry
 from .birth import birth_hook
 from .buffer import OutboundBuffer
@@ -27,6 +29,7 @@ __all__ = [
     "CLOSE_GRACE",
     "POLL_IDLE",
     "TRIP_KINDS",
+    "ChannelPushback",
     "ClusterDrains",
     "ClusterReads",
     "ClusterRegistry",

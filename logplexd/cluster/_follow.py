@@ -35,12 +35,26 @@ log = logging.getLogger("logplexd.cluster")
 
 # Entries taken per stream per read (each up to ENTRY_MAX_BYTES).
 READ_COUNT = 64
+# Entries taken per read across every stream it names: the per-stream count shrinks as more
+# streams are followed. With 1,000 busy streams at 64 each one reply was ~800,000 messages
+# (~100 MB), and parsing it held the event loop (and every follower) for 6.5 s
+# (bench/e2e c8-ch1000-d1-120 in Redis mode).
+READ_ENTRIES = 512
+
+
+def read_count(streams: int) -> int:
+    """Entries per stream for one read of ``streams`` streams (``READ_ENTRIES`` in all)."""
+    return max(1, min(READ_COUNT, READ_ENTRIES // max(1, streams)))
 # Redis Cluster: the reader polls every followed stream this often while it finds entries,
 # and this often when the last poll found none (one round trip per shard each time).
 POLL_BUSY = 0.02
 POLL_IDLE = 0.1
 # A reader wanting the stream position a follower has not reached waits at most this long.
 CATCH_UP_WAIT = 2.0
+# While a followed channel is held (its drains would take more than they have been given
+# yet, see ``Channel.hold``), the others are read with this short a block, so that the held
+# one is read again soon after it is released.
+HELD_BLOCK_MS = 10
 
 LossCallback = Callable[[str, int, float], None]
 
@@ -169,6 +183,10 @@ class Followers:
         self.on_loss: LossCallback | None = None
         # Set by the drain leases: a channel's stream started over (Redis lost data).
         self.on_rewind: Callable[[str], None] | None = None
+        # Set by the data plane: a follow read further (its channel's pushback looks again).
+        self.on_applied: Callable[[Follow], None] | None = None
+        # A holder whose holds do not pause the follower (the data plane's pushback).
+        self.exempt: object | None = None
         self.entries_read = 0
         self.messages_read = 0
 
@@ -284,10 +302,17 @@ class Followers:
         connection = self.connection
         await self._resolve(follows)
         self._followed = trio.Event()
+        held = [f for f in follows if self._paused(f)]
+        if held:
+            follows = [f for f in follows if not self._paused(f)]
+            if not follows:
+                await self._wait_released(held)
+                return
+        count = read_count(len(follows))
         with trio.fail_after(CALL_TIMEOUT):
             async with connection.client.pipeline(transaction=False) as pipe:
                 replies = [
-                    (f, pipe.xread({f.key: format_id(f.last)}, count=READ_COUNT)) for f in follows
+                    (f, pipe.xread({f.key: format_id(f.last)}, count=count)) for f in follows
                 ]
         connection.count_trip("follow", connection.servers_of(f.name for f in follows))
         connection.link.ok("lane:" + lane)
@@ -298,7 +323,7 @@ class Followers:
                 for entries in found.values():
                     self._apply(follow, entries)
                     busy = True
-                    full = full or len(entries) >= READ_COUNT
+                    full = full or len(entries) >= count
         if full:
             # A stream had more than one read takes: no pause, or a busy channel would
             # fall behind its trimming.
@@ -309,12 +334,44 @@ class Followers:
             with trio.move_on_after(POLL_IDLE):
                 await self._followed.wait()
 
+    def _paused(self, follow: Follow) -> bool:
+        """Whether a consumer of the follow's ring holds its channel: the follower reads it
+        no further until released. (The data plane's own hold, ``exempt``, is for the
+        inputs: it asks the follower to read on.)"""
+        return follow.channel.held_apart_from(self.exempt)
+
+    async def _wait_released(self, held: list[Follow]) -> None:
+        """Until one of ``held`` is no longer paused or a follow is added."""
+        async with trio.open_nursery() as nursery:
+
+            async def released(follow: Follow) -> None:
+                await follow.channel.wait_released_apart_from(self.exempt)
+                nursery.cancel_scope.cancel()
+
+            async def followed() -> None:
+                await self._followed.wait()
+                nursery.cancel_scope.cancel()
+
+            for follow in held:
+                nursery.start_soon(released, follow)
+            nursery.start_soon(followed)
+
     async def _read_once(self, follows: list[Follow], lane: str) -> None:
         connection = self.connection
         await self._resolve(follows)
+        held = [f for f in follows if self._paused(f)]
+        if held:
+            follows = [f for f in follows if not self._paused(f)]
+            if not follows:
+                self._followed = trio.Event()
+                await self._wait_released(held)
+                return
+        block = HELD_BLOCK_MS if held else READ_BLOCK_MS
         streams = {f.key: format_id(f.last) for f in follows}
         with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
-            found = await connection.client.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
+            found = await connection.client.xread(
+                streams, count=read_count(len(streams)), block=block
+            )
         connection.count_trip("follow")
         connection.link.ok("lane:" + lane)
         if not found:
@@ -327,10 +384,17 @@ class Followers:
             self._apply(read, entries)
 
     def _apply(self, follow: Follow, entries: Any) -> None:
+        """Append ``entries`` to the follow's ring, in order, until its channel is held: a
+        consumer then has more than it takes at once, and what is left is read again from
+        the stream once it is released (the pushback rule of one node, issue 18: the stream
+        keeps what a consumer would take instead of the ring lapping it)."""
         lost_total = 0
         since = self.wall_clock()
         appended = 0
+        channel = follow.channel
         for entry in entries:
+            if self._paused(follow):
+                break
             entry_id = parse_id(entry.identifier)
             if entry_id <= follow.last:
                 continue
@@ -347,6 +411,9 @@ class Followers:
                 lost_total += body.n - len(body.batch)  # frames that would not parse
                 follow.append(entry_id, body.batch)
                 appended += len(body.batch)
+                if len(body.batch):
+                    # Its consumers look at their backlog now (and may hold the channel).
+                    channel.notify()
             else:
                 if body.lost:
                     lost_total += body.lost
@@ -357,7 +424,7 @@ class Followers:
         self.messages_read += appended
         if lost_total and self.on_loss is not None:
             self.on_loss(follow.name, lost_total, since)
-        if appended:
-            follow.channel.notify()
+        if self.on_applied is not None:
+            self.on_applied(follow)
         event, follow.advanced = follow.advanced, trio.Event()
         event.set()

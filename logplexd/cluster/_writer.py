@@ -1,10 +1,12 @@
 """Writing routed batches to the channels' streams.
 
-Ingestion never waits on Redis: routed batches go to ``OutboundBuffer`` (bounded, drops the
-oldest and counts) and one writer task sends everything buffered in one pipeline per round
-trip (one script call per channel and entry, by its SHA1: ``EVALSHA``, so the script's text
-is not sent each time). While a round trip is in flight, new batches accumulate, so the
-number of round trips per message falls as load rises.
+Ingestion never waits on an unreachable Redis: routed batches go to ``OutboundBuffer``
+(bounded, drops the oldest and counts; ``ChannelPushback`` holds a channel's inputs instead
+while Redis answers but this node is behind on it) and one writer task sends everything
+buffered in one pipeline per round trip (one script call per channel and entry, by its
+SHA1: ``EVALSHA``, so the script's text is not sent each time). While a round trip is in
+flight, new batches accumulate, so the number of round trips per message falls as load
+rises.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class Writer:
         self.keep_messages = keep_messages
         self.wall_clock = wall_clock
         self._pending = trio.Event()
+        # Per channel: messages of the flush in flight, and the stream sequence of the last
+        # message this node wrote (what the channel's pushback compares the follower with).
+        self.in_flight: dict[str, int] = {}
+        self.written_seq: dict[str, int] = {}
+        # Called with the channels of each flush once it was written (or given back).
+        self.on_flushed: Callable[[list[str]], None] | None = None
         self.entries_written = 0
         self.messages_written = 0
         self.bytes_written = 0
@@ -74,16 +82,26 @@ class Writer:
                     # 1 / FLUSH_LINGER round trips a second however its batches trickle in.
                     await trio.sleep(FLUSH_LINGER)
             flush = self.buffer.take()
+            in_flight = self.in_flight
+            for entry in flush.taken:
+                in_flight[entry.channel] = in_flight.get(entry.channel, 0) + entry.messages
             try:
                 with trio.fail_after(CALL_TIMEOUT):
                     await self._write(flush)
             except errors as exc:
                 self.buffer.restore(flush, self.wall_clock())
                 connection.link.lost(exc, "writer")
+                self._landed(flush)
                 await connection.back_off(backoff)
                 continue
             backoff.reset()
             connection.link.ok("writer")
+            self._landed(flush)
+
+    def _landed(self, flush: Any) -> None:
+        self.in_flight.clear()
+        if self.on_flushed is not None:
+            self.on_flushed(list(flush.entries))
 
     async def _write(self, flush: Any) -> None:
         keep = self.keep_messages
@@ -102,7 +120,10 @@ class Writer:
                 channels.append(channel)
                 nbytes += len(blob)
                 entries += 1
-        await self.connection.call_scripts(calls, "write", channels)
+        results = await self.connection.call_scripts(calls, "write", channels)
+        written = self.written_seq
+        for channel, last in zip(channels, results, strict=True):
+            written[channel] = int(last)  # in order: a channel's later entries come later
         self.bytes_written += nbytes
         self.entries_written += entries
         self.messages_written += flush.messages

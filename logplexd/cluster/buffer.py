@@ -71,6 +71,8 @@ class OutboundBuffer:
         self.messages = 0
         self.nbytes = 0
         self._losses: dict[str, Loss] = {}
+        # Messages buffered per channel (what a channel's pushback counts as not written).
+        self.queued: dict[str, int] = {}
         # Totals since start, for metrics and tests.
         self.pushed = 0
         self.dropped = 0
@@ -85,6 +87,7 @@ class OutboundBuffer:
         if messages <= 0:
             return
         self._entries.append(Entry(channel, blob, messages))
+        self.queued[channel] = self.queued.get(channel, 0) + messages
         self.messages += messages
         self.nbytes += len(blob)
         self.pushed += messages
@@ -103,9 +106,17 @@ class OutboundBuffer:
     def _trim(self, now: float) -> None:
         while self._entries and (self.messages > self.max_messages or self.nbytes > self.max_bytes):
             old = self._entries.popleft()
+            self._unqueue(old.channel, old.messages)
             self.messages -= old.messages
             self.nbytes -= len(old.blob)
             self.lose(old.channel, old.messages, now)
+
+    def _unqueue(self, channel: str, messages: int) -> None:
+        left = self.queued.get(channel, 0) - messages
+        if left > 0:
+            self.queued[channel] = left
+        else:
+            self.queued.pop(channel, None)
 
     def take(self, max_bytes: int = FLUSH_MAX_BYTES, entry_max: int = ENTRY_MAX_BYTES) -> Flush:
         """Remove the oldest entries (up to ``max_bytes``, at least one) and every pending loss.
@@ -118,6 +129,7 @@ class OutboundBuffer:
         entries = self._entries
         while entries and (not flush.taken or flush.nbytes + len(entries[0].blob) <= max_bytes):
             entry = entries.popleft()
+            self._unqueue(entry.channel, entry.messages)
             flush.taken.append(entry)
             flush.messages += entry.messages
             flush.nbytes += len(entry.blob)
@@ -139,6 +151,8 @@ class OutboundBuffer:
     def restore(self, flush: Flush, now: float) -> None:
         """Give back a flush that was not written: first in line again, then re-bounded."""
         self._entries.extendleft(reversed(flush.taken))
+        for entry in flush.taken:
+            self.queued[entry.channel] = self.queued.get(entry.channel, 0) + entry.messages
         self.messages += flush.messages
         self.nbytes += flush.nbytes
         for channel, loss in flush.losses.items():

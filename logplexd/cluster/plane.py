@@ -27,6 +27,7 @@ from ..store import DEFAULT_PREFIX
 from ._follow import Follow, Followers, LossCallback
 from ._history import CatchUp, History
 from ._link import CALL_TIMEOUT, Connection, describe, redis_errors
+from ._pushback import ChannelPushback
 from ._stream import Keys, Malformed, ScriptCall, StreamId
 from ._writer import Writer
 from .buffer import OutboundBuffer
@@ -74,6 +75,12 @@ class DataPlane:
         self.followers = Followers(
             self.connection, self.keys, self.history, self.malformed, wall_clock
         )
+        self.pushback = ChannelPushback(
+            keep_messages, self._behind, lambda: self.link.failure is None
+        )
+        self.writer.on_flushed = self.pushback.progressed
+        self.followers.on_applied = lambda follow: self.pushback.progressed((follow.name,))
+        self.followers.exempt = self.pushback
         self._nursery: trio.Nursery | None = None
         # Awaited (shielded, CLOSE_GRACE at most) when ``run`` ends, before the connection
         # closes.
@@ -144,6 +151,18 @@ class DataPlane:
     @on_rewind.setter
     def on_rewind(self, callback: Callable[[str], None] | None) -> None:
         self.followers.on_rewind = callback
+
+    def _behind(self, channel: str) -> int:
+        """Messages of ``channel`` this node routed and its local readers do not have yet:
+        not written (buffered or in flight), or written and not read back by the follower
+        (``ChannelPushback``)."""
+        writer = self.writer
+        pending = self.buffer.queued.get(channel, 0) + writer.in_flight.get(channel, 0)
+        follow = self.followers.follow_of(channel)
+        written = writer.written_seq.get(channel)
+        if follow is None or not follow.resolved or written is None:
+            return pending
+        return pending + max(0, written - follow.last_seq)
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
     def enqueue(self, channel: str, batch: Batch) -> None:

@@ -22,11 +22,13 @@ from .plane import DataPlane
 class _Staging:
     """The ``owner`` of a staging ring: which channel it is, and what was already sent."""
 
-    __slots__ = ("name", "cursor")
+    __slots__ = ("name", "cursor", "channel")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.cursor = 0
+        # The readers' channel (set once it exists): whether a consumer holds it.
+        self.channel: Channel | None = None
 
 
 class ClusterRegistry(Registry):
@@ -50,7 +52,9 @@ class ClusterRegistry(Registry):
             ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
             ring.owner = _Staging(name)
             self.staging[name] = ring
-        return super().ensure_channel(name)
+        channel = super().ensure_channel(name)
+        self.staging[name].owner.channel = channel
+        return channel
 
     def drop_channel(self, name: str) -> Channel | None:
         self.staging.pop(name, None)
@@ -80,12 +84,20 @@ class ClusterRegistry(Registry):
 
     # -- the hot path --------------------------------------------------------------------
     def route(self, batch: object) -> RouteCounts:
+        """As on one node; a channel this batch fed that a local consumer holds (its
+        drains would take more than the follower has given them) is reported held, so the
+        input waits: the channel's stream then keeps what its consumers have not taken."""
         routed, unknown, touched = dispatch(batch, self.table, self.firehose)
+        held: list[Channel] | None = None
         for ring in touched:
-            self._send(ring)
+            channel = self._send(ring)
+            if channel is not None and channel.held:
+                if held is None:
+                    held = []
+                held.append(channel)
         self.totals.routed += routed
         self.totals.unknown_token += unknown
-        return RouteCounts(routed, unknown)
+        return RouteCounts(routed, unknown, () if held is None else tuple(held))
 
     def route_to(self, batch: object, channel: Channel, token: str | None = None) -> int:
         ring = self.staging.get(channel.name)
@@ -105,11 +117,16 @@ class ClusterRegistry(Registry):
         self.totals.routed += routed
         return routed
 
-    def _send(self, ring: ChannelRing) -> None:
+    def _send(self, ring: ChannelRing) -> Channel | None:
+        """Buffer what ``ring`` (a staging ring) received for the writer; its channel."""
         staging = ring.owner
         if not isinstance(staging, _Staging):
-            return
+            return None
         out, staging.cursor, lost = ring.read(staging.cursor, ring.max_messages, 1 << 62)
         if lost:
             self.plane.lose(staging.name, int(lost))
         self.plane.enqueue(staging.name, out)
+        channel = staging.channel
+        if channel is not None:
+            self.plane.pushback.routed(channel)
+        return channel

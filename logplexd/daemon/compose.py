@@ -444,6 +444,7 @@ class Daemon:
                 entries_read=plane.entries_read,
                 messages_read=plane.messages_read,
                 malformed_entries=plane.malformed_entries,
+                pushback_holds=plane.pushback.holds,
                 buffer_messages=plane.buffer.messages,
                 buffer_dropped=plane.buffer.dropped,
                 reachable=plane.failure is None,

@@ -77,6 +77,8 @@ class RedisFigures:
     entries_read: int
     messages_read: int
     malformed_entries: int
+    # Times this node held a channel's inputs because it was behind on it (ChannelPushback).
+    pushback_holds: int
     buffer_messages: int
     buffer_dropped: int
     reachable: bool
@@ -590,6 +592,9 @@ _PLANE_COUNTERS = (
      "Messages the data plane read while following channels."),
     ("redis_stream_entries_malformed", "malformed_entries",
      "Stream entries no logplexd wrote, skipped by the data plane."),
+    ("redis_pushback_holds", "pushback_holds",
+     "Times this node held a channel's inputs because it was behind on it (unwritten plus "
+     "not yet read back past half of channel_buffer_messages)."),
 )  # fmt: skip
 
 _API_STATUSES = ("normal", "read_only", "disabled")

@@ -183,17 +183,30 @@ class Channel:
         if holders is None or consumer not in holders:
             return
         holders.discard(consumer)
+        # Every release wakes the waiters: each looks again at the holders it cares about.
+        released, self._released = self._released, None
+        if released is not None:
+            released.set()
         if not holders:
             self._holders = None
             self.held = False
-            released, self._released = self._released, None
-            if released is not None:
-                released.set()
             self.rearm()
 
     async def wait_released(self) -> None:
         """Return once no consumer holds this channel (at once when none does)."""
         while self._holders is not None:
+            if self._released is None:
+                self._released = trio.Event()
+            await self._released.wait()
+
+    def held_apart_from(self, consumer: object | None) -> bool:
+        """Whether a consumer other than ``consumer`` holds this channel."""
+        holders = self._holders
+        return holders is not None and any(h is not consumer for h in holders)
+
+    async def wait_released_apart_from(self, consumer: object | None) -> None:
+        """Return once no consumer other than ``consumer`` holds this channel."""
+        while self.held_apart_from(consumer):
             if self._released is None:
                 self._released = trio.Event()
             await self._released.wait()

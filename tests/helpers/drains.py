@@ -44,6 +44,11 @@ def l10_count(frame: bytes) -> int | None:
     return None if found is None else int(found.group(1))
 
 
+def l10_total(data: bytes) -> int:
+    """The counts of every L10 in ``data`` (a receiver's bytes), summed."""
+    return sum(int(found.group(1)) for found in _L10.finditer(data))
+
+
 def append(channel: Channel, frames: list[bytes]) -> None:
     """What routing does: append to the ring, then wake the channel's readers."""
     channel.ring.append_batch(parse_frames(frames))

@@ -1,0 +1,70 @@
+"""Pushback in Redis mode: hold a channel's local inputs while this node is behind on it.
+
+On one node the ring is the only place a message waits, and a drain that would take more
+holds the channel (``Channel.hold``). In Redis mode a message this node routed waits in two
+more places before a local consumer gets it: the outbound buffer (and the flush in flight),
+then the stream, until the follower has read it. The stream keeps only the newest ``keep``
+messages of a channel (``channel_buffer_messages``), so a writer or follower that falls
+``keep`` behind loses messages however willing the consumers are. ``ChannelPushback`` holds
+the channel once this node's share of that wait passes half of ``keep`` and releases it
+below a quarter: the inputs feeding the channel then stop reading (TCP flow control reaches
+the producer) and ``POST /logs`` waits, as for a drain on one node.
+
+It never holds while Redis is unreachable: an outage is not this node being slow, and the
+outbound buffer then drops its oldest entries with an exact loss marker instead of stalling
+every producer for as long as the outage lasts (docs/SCALING.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..router import Channel
+
+
+class ChannelPushback:
+    """The holder of channels this node is behind on. ``behind(name)`` counts, for one
+    channel, the messages this node routed but has not written yet plus those it wrote
+    that its follower (if it follows the channel) has not read back yet."""
+
+    def __init__(
+        self,
+        keep: int,
+        behind: Callable[[str], int],
+        reachable: Callable[[], bool],
+    ) -> None:
+        self.high = max(1, keep // 2)
+        self.low = keep // 4
+        self._behind = behind
+        self._reachable = reachable
+        self.held: dict[str, Channel] = {}
+        # Times a channel was held (metrics and tests).
+        self.holds = 0
+
+    def routed(self, channel: Channel) -> None:
+        """After this node buffered messages of ``channel`` for the writer."""
+        name = channel.name
+        if name in self.held or not self._reachable():
+            return
+        if self._behind(name) > self.high:
+            self.held[name] = channel
+            self.holds += 1
+            channel.hold(self)
+
+    def progressed(self, names: Iterable[str]) -> None:
+        """After a flush was written (or a follower read further) for ``names``."""
+        if not self.held:
+            return
+        if not self._reachable():
+            self.release_all()
+            return
+        for name in names:
+            channel = self.held.get(name)
+            if channel is not None and self._behind(name) <= self.low:
+                del self.held[name]
+                channel.release(self)
+
+    def release_all(self) -> None:
+        held, self.held = self.held, {}
+        for channel in held.values():
+            channel.release(self)
