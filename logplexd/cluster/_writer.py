@@ -52,6 +52,9 @@ class Writer:
         self.written_seq: dict[str, int] = {}
         # Called with the channels of each flush once it was written (or given back).
         self.on_flushed: Callable[[list[str]], None] | None = None
+        # Called before each flush is taken: buffers what routing left to be collected
+        # (``ClusterRegistry`` collects quiet channels once per flush, not once per batch).
+        self.collect: Callable[[], None] | None = None
         self.entries_written = 0
         self.messages_written = 0
         self.bytes_written = 0
@@ -68,12 +71,18 @@ class Writer:
         self.buffer.lose(channel, n, self.wall_clock())
         self._pending.set()
 
+    def wake(self) -> None:
+        """Something waits to be collected (``collect``)."""
+        self._pending.set()
+
     # -- the task ---------------------------------------------------------------------------------
     async def run(self) -> None:
         connection = self.connection
         errors = redis_errors()
         backoff = Backoff()
         while True:
+            if self.collect is not None:
+                self.collect()
             if not self.buffer:
                 self._pending = trio.Event()
                 await self._pending.wait()
@@ -81,6 +90,10 @@ class Writer:
                     # Light load: gather a little more, so a node sends at most
                     # 1 / FLUSH_LINGER round trips a second however its batches trickle in.
                     await trio.sleep(FLUSH_LINGER)
+                if self.collect is not None:
+                    self.collect()
+                if not self.buffer:
+                    continue
             flush = self.buffer.take()
             in_flight = self.in_flight
             for entry in flush.taken:

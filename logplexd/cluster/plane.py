@@ -172,6 +172,14 @@ class DataPlane:
     def lose(self, channel: str, n: int) -> None:
         self.writer.lose(channel, n)
 
+    def wake_writer(self) -> None:
+        """Routing left messages to be collected before the next flush."""
+        self.writer.wake()
+
+    def collect_with(self, collect: Callable[[], None]) -> None:
+        """Have the writer call ``collect`` before each flush (routing's unsent messages)."""
+        self.writer.collect = collect
+
     def forget(self, channel: str) -> None:
         """The channel was deleted: delete its stream and sequence, so that a channel made
         later under the same name starts empty (every node does it; DEL is idempotent)."""
