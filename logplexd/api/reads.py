@@ -24,6 +24,7 @@ from ..tails import (
     EVENT_STREAM,
     RECONNECT_AT_ONCE,
     SessionParamError,
+    TailHolds,
     channel_logs,
     parse_session_params,
     stream_session,
@@ -74,8 +75,11 @@ class ReadRoutes:
         cluster: SharedHistory | None = None,
         *,
         keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
+        holds: TailHolds | None = None,
     ) -> None:
         self.store = store
+        # Tails that keep up hold their channel rather than be lapped (tails/pushback.py).
+        self.holds = holds
         self.registry = registry
         self.rods = rods
         # Redis mode: history is read from the channel's stream, tails hold a follow on it.
@@ -112,7 +116,12 @@ class ReadRoutes:
         keepalive = self.keepalive if events else None
         if cluster is None:
             body: AsyncIterator[bytes] = stream_session(
-                self.registry, channel, wanted, events=events, keepalive=keepalive
+                self.registry,
+                channel,
+                wanted,
+                events=events,
+                keepalive=keepalive,
+                holds=self.holds,
             )
         else:
             filtered = wanted.ps is not None or wanted.source is not None
@@ -127,6 +136,7 @@ class ReadRoutes:
                     start=(start.history, start.cursor),
                     events=events,
                     keepalive=keepalive,
+                    holds=self.holds,
                 ),
                 lambda: cluster.release(start),
             )

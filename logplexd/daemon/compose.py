@@ -59,7 +59,7 @@ from ..store import (
     open_store,
     serve_accounts_socket,
 )
-from ..tails import TailSessions
+from ..tails import TailHolds, TailSessions
 from ..web import (
     ConnectionCount,
     CredentialChecker,
@@ -192,6 +192,7 @@ class Daemon:
                 self.plane, self.drains, ttl=settings.drain_lease_ttl
             )
         self.tails = TailSessions()
+        self.tail_holds = TailHolds(pushback=settings.drain_overflow == "pushback")
         self.rods = Rods(RodState.from_settings(settings), tails=self.tails, drains=self.drains)
         self.notifier = Notifier(self.environ)
         self.connections: dict[str, ConnectionCount] = {
@@ -237,7 +238,12 @@ class Daemon:
             if self.plane is not None and isinstance(self.registry, ClusterRegistry):
                 cluster_reads = ClusterReads(self.plane, self.registry)
             ReadRoutes(
-                store, self.registry, self.rods, cluster_reads, keepalive=s.sse_keepalive
+                store,
+                self.registry,
+                self.rods,
+                cluster_reads,
+                keepalive=s.sse_keepalive,
+                holds=self.tail_holds,
             ).mount(self.api.add_route)
             DrainStatusRoutes(store, self.drains.channel_stats).mount(self.api.add_route)
             mount_platform(self.api, store, self.registry)
@@ -279,6 +285,7 @@ class Daemon:
                     if self.backlogs is not None:
                         self.backlogs.prune({drain.id for drain in store.drains()})
                 core.start_soon(self.metrics.loop_lag.run)
+                core.start_soon(self.tail_holds.run)
                 self.ports = await core.start(self._serve_listeners, inherited)
                 self.notifier.ready(self.status_line())
                 core.start_soon(self.notifier.run_watchdog)
@@ -463,7 +470,13 @@ class Daemon:
                 healthy=store.failure is None,
                 journal_bytes=store.journal_bytes if isinstance(store, EmbeddedStore) else None,
             ),
-            tails=TailFigures(self.tails.active, self.tails.started, self.tails.killed),
+            tails=TailFigures(
+                self.tails.active,
+                self.tails.started,
+                self.tails.killed,
+                self.tail_holds.holds,
+                self.tail_holds.slow_verdicts,
+            ),
             rods=self.rods.state,
             redis=redis,
             firehose=self.registry.firehose_posted(),

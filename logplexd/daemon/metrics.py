@@ -57,6 +57,9 @@ class TailFigures:
     active: int
     started: int
     killed: int
+    # Pushback (tails/pushback.py): holds that took effect, and readers judged slow.
+    holds: int = 0
+    slow: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +529,20 @@ class DaemonCollector(Collector):
         killed = _counter("tail_sessions_killed", "Tail sessions ended by kill_tail_sessions.")
         killed.add_metric([], tails.killed)
         yield killed
+        holds = _counter(
+            "tail_holds",
+            "Times a tail whose reader keeps up held its channel's inputs instead of being "
+            "lapped.",
+        )
+        holds.add_metric([], tails.holds)
+        yield holds
+        slow = _counter(
+            "tail_slow",
+            "Times a tail's reader left a chunk unsent for 0.1 s (a slow reader: it holds "
+            "nothing until it has caught up).",
+        )
+        slow.add_metric([], tails.slow)
+        yield slow
 
     def _rods(self, src: MetricsSnapshot) -> Iterator[Metric]:
         state = src.rods

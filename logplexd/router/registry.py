@@ -199,6 +199,11 @@ class Channel:
                 self._released = trio.Event()
             await self._released.wait()
 
+    def held_by(self, consumer: object) -> bool:
+        """Whether ``consumer``'s hold is in effect (not only pending)."""
+        holders = self._holders
+        return holders is not None and consumer in holders
+
     def held_apart_from(self, consumer: object | None) -> bool:
         """Whether a consumer other than ``consumer`` holds this channel."""
         holders = self._holders

@@ -3,9 +3,11 @@
 ``stream_session``/``channel_logs`` (``sessions.py``) read a channel's ring with a cursor; a
 tail that is lapped gets an exact ``L11`` line. ``TailSessions`` (``tracking.py``) counts the
 open tails and ends them all for the ``kill_tail_sessions`` rod. ``sse.py`` is the
-server-sent events form of a session (``Accept: text/event-stream``).
+server-sent events form of a session (``Accept: text/event-stream``). ``TailHolds``
+(``pushback.py``) lets a tail whose reader keeps up hold its channel instead of being lapped.
 """
 
+from .pushback import TailHold, TailHolds
 from .sessions import (
     DEFAULT_NUM,
     MAX_DURATION_KEY,
@@ -36,6 +38,8 @@ __all__ = [
     "RECONNECT_AT_ONCE",
     "SessionParamError",
     "SessionParams",
+    "TailHold",
+    "TailHolds",
     "TailSessions",
     "channel_logs",
     "parse_session_params",

@@ -17,6 +17,7 @@ import trio
 
 from ..native import Batch, channel_log_frames, l11_line, session_lines
 from ..router import Channel, Registry
+from .pushback import TailHolds
 from .sse import KEEPALIVE, sse_event
 
 DEFAULT_NUM = 100
@@ -100,6 +101,7 @@ async def stream_session(
     start: tuple[Batch, int] | None = None,
     events: bool = False,
     keepalive: float | None = None,
+    holds: TailHolds | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the session's body in chunks: history first, then (tail) new lines as they come.
 
@@ -109,7 +111,9 @@ async def stream_session(
     read from the channel's stream by ``cluster.reads``. A tail with ``max_duration`` ends
     (the generator returns, so the chunked body finishes) that long after it started.
     With ``events`` the lines are server-sent events (``sse.py``), and a tail that has sent
-    nothing for ``keepalive`` seconds sends the ``KEEPALIVE`` comment.
+    nothing for ``keepalive`` seconds sends the ``KEEPALIVE`` comment. With ``holds`` a
+    tail that falls behind while its reader takes what it is sent holds the channel's
+    inputs instead of being lapped (``pushback.py``).
     """
     deadline = math.inf
     if params.max_duration is not None:
@@ -124,36 +128,53 @@ async def stream_session(
         yield history
     if not params.tail:
         return
-    last_read_at = wall_clock()
-    # When the tail last sent something: an idle one sends KEEPALIVE ``keepalive`` after.
-    sent_at = trio.current_time()
-    while True:
-        at = trio.current_time()
-        if at >= deadline:
-            return  # the tail's time is up (busy or idle): end cleanly
-        if keepalive is not None and at >= sent_at + keepalive:
-            yield KEEPALIVE
-            sent_at = trio.current_time()
-        batch, cursor, lost = ring.read(cursor, TAIL_READ_MESSAGES, TAIL_READ_BYTES)
-        now = wall_clock()
-        if lost:
-            notice = l11_line(lost, last_read_at, now)
-            yield sse_event(notice) if events else notice
-            sent_at = trio.current_time()
-        last_read_at = now
-        if len(batch):
-            lines, count = session_lines(batch, params.ps, params.source, sse=events)
-            if count:
-                yield lines
+    hold = holds.open(channel) if holds is not None else None
+    try:
+        last_read_at = wall_clock()
+        # When the tail last sent something: an idle one sends KEEPALIVE ``keepalive`` after.
+        sent_at = trio.current_time()
+        while True:
+            at = trio.current_time()
+            if at >= deadline:
+                return  # the tail's time is up (busy or idle): end cleanly
+            if keepalive is not None and at >= sent_at + keepalive:
+                yield KEEPALIVE
                 sent_at = trio.current_time()
-            continue
-        if registry.channel(params.channel) is not channel:
-            return  # channel deleted (or replaced): the tail ends once it has sent the rest
-        wake = deadline if keepalive is None else min(deadline, sent_at + keepalive)
-        with trio.move_on_at(wake):
-            await channel.wait_appended()
-            with trio.move_on_after(TAIL_LINGER_SECONDS):
-                await channel.wait_head(cursor + TAIL_LINGER_MESSAGES)
+            if holds is not None and hold is not None:
+                holds.reading(hold, ring.head - cursor)
+            batch, cursor, lost = ring.read(cursor, TAIL_READ_MESSAGES, TAIL_READ_BYTES)
+            now = wall_clock()
+            if lost:
+                notice = l11_line(lost, last_read_at, now)
+                yield sse_event(notice) if events else notice
+                sent_at = trio.current_time()
+            last_read_at = now
+            if len(batch):
+                lines, count = session_lines(batch, params.ps, params.source, sse=events)
+                if count:
+                    if holds is not None and hold is not None:
+                        holds.sending(hold, cursor)
+                        yield lines
+                        holds.sent(hold)
+                    else:
+                        yield lines
+                    sent_at = trio.current_time()
+                continue
+            if registry.channel(params.channel) is not channel:
+                return  # channel deleted (or replaced): the tail ends once it has sent the rest
+            wake = deadline if keepalive is None else min(deadline, sent_at + keepalive)
+            linger_to = cursor + TAIL_LINGER_MESSAGES
+            if holds is not None and hold is not None:
+                # Guarded while it waits too: a flood holds the inputs at the mark, and
+                # the linger ends there instead of waiting for lines that cannot come.
+                linger_to = min(linger_to, holds.waiting(hold, cursor))
+            with trio.move_on_at(wake):
+                await channel.wait_appended()
+                with trio.move_on_after(TAIL_LINGER_SECONDS):
+                    await channel.wait_head(linger_to)
+    finally:
+        if holds is not None and hold is not None:
+            holds.close(hold)
 
 
 def channel_logs(
