@@ -86,7 +86,10 @@ WORKLOADS = [
     Workload("c1-ch1-d1-2k", "1 conn, 1 channel, 1 drain, 2 KB", 1, 1, 1, 2048),
     Workload("c8-ch1-d1-2k", "8 conns, 1 channel, 1 drain, 2 KB", 8, 1, 1, 2048),
 ]
-ROUTERS = ["direct", "logplexd", "logplexd-nospill", "logplexd-redis", "rsyslog", "syslog-ng"]
+ROUTERS = [
+    "direct", "logplexd", "logplexd-nospill", "logplexd-redis", "logplexd-redis-base", "rsyslog",
+    "syslog-ng",
+]  # fmt: skip
 
 
 class HarnessError(RuntimeError):
@@ -573,9 +576,17 @@ class LogplexdRedis(Logplexd):
         stop_process(getattr(self, "redis", None), wait=5.0)
 
 
+class LogplexdRedisBase(LogplexdRedis):
+    """``logplexd-redis`` with the daemon of ``--base-tree`` (before/after in Redis mode)."""
+
+    name = "logplexd-redis-base"
+    extra_args = []
+
+
 ROUTER_CLASSES: dict[str, type[Router]] = {
     "direct": Direct, "logplexd": Logplexd, "logplexd-base": LogplexdBase,
     "logplexd-nospill": LogplexdNoSpill, "logplexd-redis": LogplexdRedis,
+    "logplexd-redis-base": LogplexdRedisBase,
     "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
 }  # fmt: skip
 
@@ -856,10 +867,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:
             ap.error(f"unknown workload {exc}")
     Logplexd.extra_args = list(args.logplexd_arg)
-    if "logplexd-base" in routers:
+    if "logplexd-base" in routers or "logplexd-redis-base" in routers:
         if args.base_tree is None:
-            ap.error("router logplexd-base needs --base-tree")
+            ap.error("routers logplexd-base and logplexd-redis-base need --base-tree")
         LogplexdBase.tree = args.base_tree.resolve()
+        LogplexdRedisBase.tree = LogplexdBase.tree
     write = not (args.quick or args.no_write)
 
     notes: dict[str, str] = {}
