@@ -87,12 +87,17 @@ class TailHolds:
     def reading(self, hold: TailHold, waiting: int) -> None:
         """Before a ring read that finds ``waiting`` messages unread."""
         channel = hold.channel
-        if hold.guarding and not hold.counted and channel.held_by(hold):
-            hold.counted = True
-            self.holds += 1
-        if waiting <= high_water(channel.ring) // 2:
-            hold.slow = False  # caught up: it may hold again
-            self._release(hold)
+        caught_up = waiting <= high_water(channel.ring) // 2
+        if caught_up:
+            hold.slow = False  # it may hold again
+        if hold.guarding and channel.held_by(hold):
+            if not hold.counted:
+                hold.counted = True
+                self.holds += 1
+            if caught_up:
+                self._release(hold)
+        # A guard still pending stays: the next ``sending``/``waiting`` moves its mark (no
+        # await comes between), which costs a tail of a quiet channel one dict store a wake.
 
     def waiting(self, hold: TailHold, cursor: int) -> int:
         """The tail waits for lines past ``cursor`` (or lingers for more): guarded as while
