@@ -129,6 +129,8 @@ async def test_a_flood_of_many_rings_reaches_a_fast_drain_whole_and_in_order(
             assert l10_total(bytes(sink.data)) == 0
             # The input was held, not dropped.
             assert daemon.syslog.stats.pushbacks > 0
+            # ... by the drain (the follower paused) and by the node itself (the stream ahead).
+            assert daemon.plane is not None and daemon.plane.pushback.holds > 0
             nursery.cancel_scope.cancel()
 
 

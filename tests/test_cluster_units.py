@@ -30,6 +30,20 @@ def test_buffer_takes_everything_grouped_per_channel_in_order() -> None:
     assert not buf and (buf.messages, buf.nbytes) == (0, 0)
 
 
+def test_buffer_joins_a_channel_s_blobs_up_to_entry_max_messages_and_counts_queued() -> None:
+    buf = OutboundBuffer(max_messages=100, max_bytes=10_000)
+    for i in range(5):
+        buf.push("a", b"A%d" % i, 3, now=1.0)
+    buf.push("b", b"B", 1, now=1.0)
+    assert buf.queued == {"a": 15, "b": 1}
+    flush = buf.take(entry_max_messages=7)
+    # 3 + 3 = 6 fits, a third would make 9 > 7: an entry never holds more than 7.
+    assert flush.entries == {"a": [(b"A0A1", 6), (b"A2A3", 6), (b"A4", 3)], "b": [(b"B", 1)]}
+    assert buf.queued == {}
+    buf.restore(flush, now=2.0)  # given back: queued again
+    assert buf.queued == {"a": 15, "b": 1}
+
+
 def test_buffer_drops_oldest_when_full_and_counts_per_channel() -> None:
     buf = OutboundBuffer(max_messages=5, max_bytes=10_000)
     buf.push("a", b"a" * 10, 3, now=10.0)

@@ -28,6 +28,11 @@ FLUSH_LINGER = 0.002
 FLUSH_LINGER_MESSAGES = 1000
 
 
+def entry_messages(keep: int) -> int:
+    """The most messages one stream entry holds: a quarter of what the stream keeps."""
+    return max(1, keep // 4)
+
+
 class Writer:
     def __init__(
         self,
@@ -44,6 +49,9 @@ class Writer:
         self.buffer = buffer
         self.node_id = node_id
         self.keep_messages = keep_messages
+        # Messages one stream entry holds at most: a follower appends an entry whole, so
+        # an entry must fit in a ring (as deep as ``keep``) beside a held consumer's eighth.
+        self.entry_messages = entry_messages(keep_messages)
         self.wall_clock = wall_clock
         self._pending = trio.Event()
         # Per channel: messages of the flush in flight, and the stream sequence of the last
@@ -94,7 +102,7 @@ class Writer:
                     self.collect()
                 if not self.buffer:
                     continue
-            flush = self.buffer.take()
+            flush = self.buffer.take(entry_max_messages=self.entry_messages)
             in_flight = self.in_flight
             for entry in flush.taken:
                 in_flight[entry.channel] = in_flight.get(entry.channel, 0) + entry.messages

@@ -118,11 +118,16 @@ class OutboundBuffer:
         else:
             self.queued.pop(channel, None)
 
-    def take(self, max_bytes: int = FLUSH_MAX_BYTES, entry_max: int = ENTRY_MAX_BYTES) -> Flush:
+    def take(
+        self,
+        max_bytes: int = FLUSH_MAX_BYTES,
+        entry_max: int = ENTRY_MAX_BYTES,
+        entry_max_messages: int | None = None,
+    ) -> Flush:
         """Remove the oldest entries (up to ``max_bytes``, at least one) and every pending loss.
 
-        Consecutive blobs of one channel are joined up to ``entry_max`` bytes, so a flush
-        writes few, large stream entries.
+        Consecutive blobs of one channel are joined up to ``entry_max`` bytes (and
+        ``entry_max_messages`` messages), so a flush writes few, large stream entries.
         """
         flush = Flush(losses=self._losses)
         self._losses = {}
@@ -139,7 +144,10 @@ class OutboundBuffer:
         pending: dict[str, tuple[list[bytes], int, int]] = {}
         for entry in flush.taken:
             parts, size, count = pending.get(entry.channel, ([], 0, 0))
-            if parts and size + len(entry.blob) > entry_max:
+            if parts and (
+                size + len(entry.blob) > entry_max
+                or (entry_max_messages is not None and count + entry.messages > entry_max_messages)
+            ):
                 flush.entries.setdefault(entry.channel, []).append((b"".join(parts), count))
                 parts, size, count = [], 0, 0
             parts.append(entry.blob)

@@ -172,6 +172,11 @@ class DataPlane:
     def lose(self, channel: str, n: int) -> None:
         self.writer.lose(channel, n)
 
+    @property
+    def entry_messages(self) -> int:
+        """The most messages one stream entry (hence one routed piece) holds."""
+        return self.writer.entry_messages
+
     def wake_writer(self) -> None:
         """Routing left messages to be collected before the next flush."""
         self.writer.wake()

@@ -161,10 +161,14 @@ class ClusterRegistry(Registry):
             return None
         if ring.head == staging.cursor:
             return staging.channel
-        out, staging.cursor, lost = ring.read(staging.cursor, ring.max_messages, 1 << 62)
-        if lost:
-            self.plane.lose(staging.name, int(lost))
-        self.plane.enqueue(staging.name, out)
+        # In pieces no larger than one stream entry may be (``DataPlane.entry_messages``).
+        while ring.head > staging.cursor:
+            out, staging.cursor, lost = ring.read(
+                staging.cursor, self.plane.entry_messages, 1 << 62
+            )
+            if lost:
+                self.plane.lose(staging.name, int(lost))
+            self.plane.enqueue(staging.name, out)
         channel = staging.channel
         if channel is not None:
             self.plane.pushback.routed(channel)
