@@ -6,8 +6,8 @@ fast drain would have taken (bench/e2e ``logplexd-redis``): the follower appende
 reads of the stream to the ring, lapping the drain, and nothing held the input. Now the
 follower reads no further while a drain holds the channel, the node holds a channel's
 inputs while its unwritten + unread share passes half of what the stream keeps
-(``ChannelPushback``), and a receiver that stops reading is still a slow consumer: it drops
-with an exact L10 and holds nobody.
+(``ChannelPushback``), and a receiver that stops reading is still a slow consumer: what it
+misses is announced (L10) and it holds nobody.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ from tests.helpers.syslog import send_syslog
 
 pytestmark = [pytest.mark.integration, needs_curl]
 
-# An L10 frame: its TIMESTAMP and count (the same notice written twice is counted once).
-L10_NOTICE = re.compile(rb"<\d+>1 (\S+) [^<]*?Error L10 \(output buffer overflow\): (\d+) messages")
+# An L10 notice: its count and "since" (the same notice written again, on a new
+# connection, says the same since; a loss announced later says a later since).
+L10_NOTICE = re.compile(
+    rb"Error L10 \(output buffer overflow\): (\d+) messages dropped since (\S+)"
+)
 
 # A small ring and stream: a flood of a few thousand messages is many rings' worth.
 RING = 2048
@@ -192,12 +195,15 @@ async def test_a_receiver_that_stops_reading_drops_with_an_l10_and_holds_no_prod
             stalled.resume.set()
 
             # A write the drain gave up on (send timeout) is written again whole on its next
-            # connection (at least once: TCP gives no receipt), its L10 included, so messages
-            # and notices are counted once each here; and a message written to the abandoned
-            # connection may reach this sink and still be announced (the drain cannot know):
-            # nothing is missing without being announced, an announcement may cover more.
+            # connection (at least once: TCP gives no receipt), its L10 included, and a
+            # message written to the abandoned connection may reach this sink and still be
+            # announced (the drain cannot know): so this checks that nothing is missing
+            # without being announced, not that the counts are exact (test_drain_* do that
+            # on one connection).
             def announced() -> int:
-                return sum(int(n) for _, n in set(L10_NOTICE.findall(bytes(stalled.data))))
+                # Each distinct notice once; one re-written after more losses (a larger
+                # count, the same since) is counted again: an upper bound on what was lost.
+                return sum(int(n) for n, _ in set(L10_NOTICE.findall(bytes(stalled.data))))
 
             def accounted() -> bool:
                 return len(set(stalled.messages())) + announced() >= 6000
@@ -206,5 +212,5 @@ async def test_a_receiver_that_stops_reading_drops_with_an_l10_and_holds_no_prod
             got = set(stalled.messages())
             assert got <= expected("A", range(6000))
             assert announced() > 0
-            assert 6000 - len(got) <= announced() <= 6000
+            assert 6000 - len(got) <= announced()  # nothing is missing unannounced
             nursery.cancel_scope.cancel()
