@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..native import Batch, l10_syslog, syslog_frames
+from ..router import high_water, pushback_for
 from .delivery import DrainHandle
 from .policy import TRANSPORT_ERRORS, syslog_failures_after_drop, syslog_reconnect_backoff
-from .pump import AttachedWriter, check_hold, high_water, pushback_for
+from .pump import AttachedWriter, check_hold
 from .state import DrainEvent
 from .transport import open_drain_stream
 

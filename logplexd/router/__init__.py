@@ -2,7 +2,8 @@
 
 - ``Registry`` and ``Channel`` (``registry.py``): channels, their ``ChannelRing`` and their
   tokens; ``route``/``route_to`` dispatch a whole batch with one native call and wake the
-  channels' consumers through the ``ChannelConsumer`` protocol.
+  channels' consumers through the ``ChannelConsumer`` protocol; ``high_water`` and
+  ``pushback_for`` are the pushback rule every consumer that holds a channel shares.
 - ``attach_registry``/``load_registry`` (``sync.py``): keep a registry in step with the
   durable store's events.
 """
@@ -15,6 +16,8 @@ from .registry import (
     ChannelConsumer,
     Registry,
     RouteCounts,
+    high_water,
+    pushback_for,
 )
 from .sync import RegistryLike, attach_registry, load_registry
 
@@ -28,5 +31,7 @@ __all__ = [
     "RegistryLike",
     "RouteCounts",
     "attach_registry",
+    "high_water",
     "load_registry",
+    "pushback_for",
 ]

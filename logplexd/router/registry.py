@@ -233,6 +233,35 @@ class Channel:
         await self._appended.wait()
 
 
+# -- the pushback rule every consumer shares (drains, tails) --------------------------
+def high_water(ring: ChannelRing) -> int:
+    """Backlog (messages) at which a consumer that takes all it is given (a drain, a tail)
+    holds its channel:
+    an eighth of the ring, in messages or (at the ring's mean message size) in bytes,
+    whichever comes first. The inputs stop only after the read they are in, so the other
+    seven eighths absorb the reads already under way: 8 connections' 128 KB reads of
+    85-byte messages are 12,300 of the default ring's 16,384 (a quarter was measured to
+    be too little: the ring lapped by a few thousand)."""
+    high = ring.max_messages // 8
+    held = ring.head - ring.tail
+    if held > 0:
+        mean = max(1, ring.nbytes // held)
+        high = min(high, ring.max_bytes // 8 // mean)
+    return max(1, high)
+
+
+def pushback_for(channel: Channel, default: bool) -> bool:
+    """Whether consumers may hold ``channel``: by the channel's own overflow mode when the
+    operator set one (``"pushback"`` or ``"drop"``), else by the daemon's ``drain_overflow``
+    (``default``: True for pushback). Every hold decision asks this first."""
+    mode = channel.overflow
+    if mode == "pushback":
+        return True
+    if mode == "drop":
+        return False
+    return default
+
+
 @dataclass
 class RouteCounts:
     routed: int = 0

@@ -19,24 +19,12 @@ import math
 
 import trio
 
-from ..native import ChannelRing
-from ..router import Channel
+from ..router import Channel, high_water, pushback_for
 
 # As drains (drains/settings.py ``slow_write_after``): a send that takes longer is slow.
 SLOW_AFTER = 0.1
 # ``waiting``'s answer when the tail holds nothing: no head to stop lingering at.
 NO_MARK = 2**64 - 1
-
-
-def high_water(ring: ChannelRing) -> int:
-    """Backlog (messages) at which a fast tail holds its channel: an eighth of the ring,
-    in messages or, at the ring's mean message size, in bytes, whichever comes first."""
-    high = ring.max_messages // 8
-    held = ring.head - ring.tail
-    if held > 0:
-        mean = max(1, ring.nbytes // held)
-        high = min(high, ring.max_bytes // 8 // mean)
-    return max(1, high)
 
 
 class TailHold:
@@ -75,12 +63,6 @@ class TailHolds:
         self.holds = 0
         self.slow_verdicts = 0
 
-    def _may_hold(self, channel: Channel) -> bool:
-        mode = channel.overflow
-        if mode is not None:
-            return mode == "pushback"
-        return self.pushback
-
     def open(self, channel: Channel) -> TailHold:
         return TailHold(channel)
 
@@ -115,7 +97,7 @@ class TailHolds:
 
     def _guard(self, hold: TailHold, cursor: int) -> bool:
         channel = hold.channel
-        if hold.slow or not self._may_hold(channel):
+        if hold.slow or not pushback_for(channel, self.pushback):
             self._release(hold)
             return False
         if not channel.held_by(hold):
