@@ -29,6 +29,7 @@ from logplexd.web import Request, Response, serve_http
 from tests.helpers.api import AUTH_KEY, make_api
 from tests.helpers.daemon import KEY, settings_for
 from tests.helpers.http import basic_auth, request
+from tests.helpers.net import read_until_eof
 
 SHORT = 0.2
 MAX_BODY = 1024
@@ -85,17 +86,12 @@ class Answer:
 async def exchange(port: int, raw: bytes, *, limit: float = 5.0) -> Answer:
     """``raw`` on a fresh connection; the one response the server sends, then closes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    data = b""
     try:
         await stream.send_all(raw)
-        with trio.fail_after(limit):
-            try:
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
-            except trio.BrokenResourceError:
-                pass
-    finally:
+    except BaseException:
         await trio.aclose_forcefully(stream)
+        raise
+    data = await read_until_eof(stream, limit)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])

@@ -28,6 +28,7 @@ from tests.helpers import ROOT
 from tests.helpers.curl import curl
 from tests.helpers.daemon import KEY, settings_for
 from tests.helpers.http import basic_auth, request
+from tests.helpers.net import read_until_eof
 from tests.helpers.peers import needs_curl
 from tests.helpers.syslog import frame
 from tests.helpers.tls import client_context, write_ca, write_certificate
@@ -243,19 +244,6 @@ async def tls_server(
     return port, count
 
 
-async def read_until_eof(stream: trio.abc.Stream, limit: float = 5.0) -> bytes:
-    """What the server sends until it closes (then ``stream`` is closed too)."""
-    data = b""
-    try:
-        with trio.fail_after(limit):
-            try:
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
-            except trio.BrokenResourceError:
-                pass
-    finally:
-        await trio.aclose_forcefully(stream)
-    return data
 
 
 async def test_keep_alive_and_errors_over_tls(

@@ -39,7 +39,7 @@ from logplexd.store import files as store_files
 from logplexd.store.embedded import JOURNAL_FILE
 from tests.helpers.daemon import settings_for
 from tests.helpers.http import request
-from tests.helpers.redis import RedisCluster, RedisServer, require_redis, running
+from tests.helpers.redis import RedisCluster, RedisServer, module_cluster, running
 
 pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py: the CLI tests below
 
@@ -111,13 +111,7 @@ class Backend:
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """One cluster for this module's tests (about 2 s to form): each keeps to its prefix."""
-    require_redis()
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
+    yield from module_cluster(tmp_path_factory)
 
 
 @pytest.fixture(params=["embedded", "redis", "cluster"])

@@ -25,6 +25,7 @@ from logplexd.router import Registry
 from logplexd.store import SESSION_TTL_SECONDS, EmbeddedStore, open_store
 from logplexd.web import Request, Response
 from tests.helpers.http import basic_auth
+from tests.helpers.sessions import settle, start_reading
 from tests.helpers.syslog import message
 
 KEY = "k"
@@ -148,33 +149,6 @@ async def test_logplex_v3_sessions_keep_logplex_360_seconds(
 
 
 # -- the connected tail: about one hour ----------------------------------------------------------
-
-
-@dataclass
-class Reader:
-    chunks: list[bytes]
-    done: trio.Event
-
-
-def start_reading(nursery: trio.Nursery, response: Response) -> Reader:
-    assert response.status == 200 and not isinstance(response.body, bytes | bytearray)
-    body = response.body
-    reader = Reader([], trio.Event())
-
-    async def read() -> None:
-        async for chunk in body:
-            reader.chunks.append(chunk)
-        reader.done.set()
-
-    nursery.start_soon(read)
-    return reader
-
-
-async def settle(clock: trio.testing.MockClock) -> None:
-    """Let a tail take what was sent (it lingers 10 ms after a wake-up to batch lines)."""
-    await trio.testing.wait_all_tasks_blocked()
-    clock.jump(0.011)
-    await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_connected_platform_tail_ends_after_max_duration(

@@ -30,6 +30,7 @@ from logplexd.tails import KEEPALIVE, RECONNECT_AT_ONCE, TailSessions, sse_event
 from logplexd.web import Request, Response
 from tests.helpers.http import basic_auth
 from tests.helpers.reference import reference_session_line, reference_session_match
+from tests.helpers.sessions import settle, start_reading
 from tests.helpers.syslog import TS, message
 
 KEY = "k"
@@ -290,33 +291,6 @@ async def test_unknown_or_expired_session_is_404(
     mock_clock.jump(300)
     response = await env.fetch(session_id, SSE)
     assert (response.status, response.body) == (404, b'{"error":"Not found"}')
-
-
-@dataclass
-class Reader:
-    chunks: list[bytes]
-    done: trio.Event
-
-
-def start_reading(nursery: trio.Nursery, response: Response) -> Reader:
-    assert response.status == 200 and not isinstance(response.body, bytes | bytearray)
-    body = response.body
-    reader = Reader([], trio.Event())
-
-    async def read() -> None:
-        async for chunk in body:
-            reader.chunks.append(chunk)
-        reader.done.set()
-
-    nursery.start_soon(read)
-    return reader
-
-
-async def settle(clock: trio.testing.MockClock, seconds: float = 0.011) -> None:
-    """Let a tail take what was sent (it lingers 10 ms after a wake-up to batch lines)."""
-    await trio.testing.wait_all_tasks_blocked()
-    clock.jump(seconds)
-    await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_idle_tail_sends_keepalive_comments(

@@ -53,8 +53,8 @@ from tests.helpers.redis import (
     RedisServer,
     bulk_strings,
     eventually,
+    module_cluster,
     needs_redis,
-    require_redis,
     running,
 )
 from tests.helpers.store import populate, state_of
@@ -66,13 +66,7 @@ _prefixes = itertools.count()
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """One cluster for the tests of this module that do not stop it: each test keeps to
     its own key prefix (a cluster takes about 2 s to form)."""
-    require_redis()
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
+    yield from module_cluster(tmp_path_factory)
 
 
 class Shared:

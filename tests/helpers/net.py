@@ -1,4 +1,4 @@
-"""Loopback ports."""
+"""Loopback ports, and reading what a server sends until it closes."""
 
 from __future__ import annotations
 
@@ -35,3 +35,18 @@ async def accepting(port: int) -> None:
         else:
             await stream.aclose()
             return
+
+
+async def read_until_eof(stream: trio.abc.Stream, limit: float = 5.0) -> bytes:
+    """What the server sends until it closes (or resets; then ``stream`` is closed too)."""
+    data = b""
+    try:
+        with trio.fail_after(limit):
+            try:
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            except trio.BrokenResourceError:
+                pass
+    finally:
+        await trio.aclose_forcefully(stream)
+    return data

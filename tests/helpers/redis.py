@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +295,18 @@ def require_redis() -> None:
     """Skip (fail, when strict) the test without the binaries or coredis."""
     if REDIS_SERVER is None or REDIS_CLI is None or not HAVE_COREDIS:
         pytest.skip(SKIP_REASON)
+
+
+def module_cluster(tmp_path_factory: Any) -> Iterator[RedisCluster]:
+    """The body of a module-scoped fixture: one Redis Cluster (about 2 s to form) for a
+    module's tests, each keeping to its own key prefix; killed after the last."""
+    require_redis()
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 @contextlib.asynccontextmanager
