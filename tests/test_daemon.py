@@ -93,7 +93,18 @@ async def test_channel_ingest_session_and_channel_logs(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_live_tail_with_curl_n(tmp_path):
+def chunked(lines: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(line), line) for line in lines)
+
+
+# The tail pump writes HTTP/1.1 chunks itself (``--raw``: the bytes on the wire); an
+# HTTP/1.0 client gets the lines unframed, until the connection closes.
+@pytest.mark.parametrize(
+    ("options", "wire"),
+    [(["-sN"], b"".join), (["-sN", "--raw"], chunked), (["-sN", "--http1.0"], b"".join)],
+    ids=["decoded", "raw-chunks", "http1.0"],
+)
+async def test_live_tail_with_curl_n(tmp_path, options, wire):
     daemon = Daemon(settings_for(tmp_path))
     async with trio.open_nursery() as nursery:
         ports = await nursery.start(daemon.serve)
@@ -118,16 +129,16 @@ async def test_live_tail_with_curl_n(tmp_path):
                 api(ports, "/v3/sessions"),
             )
             url = json.loads(body)["url"]
-            proc = await trio.lowlevel.open_process(["curl", "-sN", url], stdout=subprocess.PIPE)
+            proc = await trio.lowlevel.open_process(["curl", *options, url], stdout=subprocess.PIPE)
             try:
                 received = b""
                 sender = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
                 for i in range(3):
                     await sender.send_all(frame(token, f"live {i}"))
-                    while f"live {i}".encode() not in received:
+                    while not received.endswith(b"live %d\n" % i + b"\r\n" * (wire is chunked)):
                         received += await proc.stdout.receive_some(4096)
-                assert received == b"".join(
-                    b"2012-12-10T03:00:48.123456Z web[console.1]: live %d\n" % i for i in range(3)
+                assert received == wire(
+                    [b"2012-12-10T03:00:48.123456Z web[console.1]: live %d\n" % i for i in range(3)]
                 )
                 await sender.aclose()
             finally:

@@ -15,9 +15,10 @@ import trio
 import trio.testing
 
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
-from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, adaptive_linger, check_hold
+from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
+from logplexd.router import adaptive_linger
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
 from tests.helpers.wait import wait_until
@@ -172,7 +173,7 @@ async def test_a_write_error_is_handed_back_and_nothing_is_settled(nursery, cloc
     assert pair.feed.counters.delivered == 0
     # The unsettled messages are still the feed's: the next connection writes them again.
     assert pair.feed.pending_messages == LINGER_MESSAGES
-    assert channel.pumped is None
+    assert pump.writers(channel) == [] and not channel.watched_by(pump)
     pair.ours.close()
 
 
@@ -188,11 +189,11 @@ async def test_a_removed_channel_hands_its_drains_back(nursery, clock):
 
 async def test_a_kick_unparks_and_detaches(nursery, clock):
     registry, channel, pump, pair = await parked(nursery)
-    assert channel.pumped == [pair.writer]
+    assert pump.writers(channel) == [pair.writer] and channel.watched_by(pump)
     pair.feed.begin_flush()
     await trio.testing.wait_all_tasks_blocked()
     assert pair.returned.is_set()
-    assert channel.pumped is None and channel.pump is None
+    assert pump.writers(channel) == [] and not channel.watched_by(pump)
     pair.close()
 
 
@@ -329,13 +330,13 @@ async def test_a_slow_drain_holds_nothing_until_it_has_caught_up(nursery, clock)
 
 def test_adaptive_linger_keeps_a_round_under_a_fifth_of_the_time_and_is_bounded():
     # Cheap rounds (few channels) keep the configured linger.
-    assert adaptive_linger(0.02, 0.0001) == 0.02
+    assert adaptive_linger(0.02, 0.0001, MAX_LINGER) == 0.02
     # A round of 11 ms (1,000 busy channels) lingers five times that.
-    assert adaptive_linger(0.02, 0.011) == pytest.approx(0.055)
+    assert adaptive_linger(0.02, 0.011, MAX_LINGER) == pytest.approx(0.055)
     # However costly, never past MAX_LINGER; a configured linger above it still wins.
-    assert adaptive_linger(0.02, 5.0) == MAX_LINGER
-    assert adaptive_linger(0.5, 5.0) == 0.5
+    assert adaptive_linger(0.02, 5.0, MAX_LINGER) == MAX_LINGER
+    assert adaptive_linger(0.5, 5.0, MAX_LINGER) == 0.5
     # Monotone in the round's cost.
     costs = [i / 1000 for i in range(200)]
-    lingers = [adaptive_linger(0.02, c) for c in costs]
+    lingers = [adaptive_linger(0.02, c, MAX_LINGER) for c in costs]
     assert lingers == sorted(lingers)

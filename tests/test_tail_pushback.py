@@ -24,6 +24,7 @@ from logplexd.router import Channel, Registry
 from logplexd.tails import SessionParams, TailHolds, stream_session
 from tests.helpers.daemon import serve_in, settings_for
 from tests.helpers.http import Exchange, create_channel, request
+from tests.helpers.metrics import scrape, value
 from tests.helpers.syslog import frame, message, send_syslog
 
 TOKEN = "t.aaaa"
@@ -173,5 +174,10 @@ async def test_a_syslog_flood_many_rings_deep_reaches_a_fast_tail_whole(tmp_path
             numbers = [int(n) for n in LINE.findall(got)]
             assert numbers == list(range(total))
             assert daemon.syslog.stats.pushbacks > 0
-            assert daemon.tail_holds.holds > 0
+            # The pump wrote the tail (a plain TCP HTTP/1.1 reader), and its holds held.
+            found = await scrape(ports.api)
+            assert value(found, "logplexd_tail_holds_total") == daemon.tail_holds.holds > 0
+            assert value(found, "logplexd_tail_pumped") == 1
+            assert value(found, "logplexd_tail_pump_writes_total") > 0
+            assert 0.01 <= value(found, "logplexd_tail_pump_linger_seconds") <= 0.015
             nursery.cancel_scope.cancel()

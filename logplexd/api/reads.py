@@ -25,6 +25,7 @@ from ..tails import (
     RECONNECT_AT_ONCE,
     SessionParamError,
     TailHolds,
+    TailPump,
     channel_logs,
     parse_session_params,
     stream_session,
@@ -76,10 +77,13 @@ class ReadRoutes:
         *,
         keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
         holds: TailHolds | None = None,
+        pump: TailPump | None = None,
     ) -> None:
         self.store = store
         # Tails that keep up hold their channel rather than be lapped (tails/pushback.py).
         self.holds = holds
+        # Writes the live lines of tails on plain TCP connections from one task.
+        self.pump = pump
         self.registry = registry
         self.rods = rods
         # Redis mode: history is read from the channel's stream, tails hold a follow on it.
@@ -122,6 +126,8 @@ class ReadRoutes:
                 events=events,
                 keepalive=keepalive,
                 holds=self.holds,
+                pump=self.pump,
+                sink=request.sink,
             )
         else:
             filtered = wanted.ps is not None or wanted.source is not None
@@ -137,6 +143,8 @@ class ReadRoutes:
                     events=events,
                     keepalive=keepalive,
                     holds=self.holds,
+                    pump=self.pump,
+                    sink=request.sink,
                 ),
                 lambda: cluster.release(start),
             )

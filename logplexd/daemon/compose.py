@@ -59,7 +59,7 @@ from ..store import (
     open_store,
     serve_accounts_socket,
 )
-from ..tails import TailHolds, TailSessions
+from ..tails import TailHolds, TailPump, TailSessions
 from ..web import (
     ConnectionCount,
     CredentialChecker,
@@ -193,6 +193,7 @@ class Daemon:
             )
         self.tails = TailSessions()
         self.tail_holds = TailHolds(pushback=settings.drain_overflow == "pushback")
+        self.tail_pump = TailPump(holds=self.tail_holds)
         self.rods = Rods(RodState.from_settings(settings), tails=self.tails, drains=self.drains)
         self.notifier = Notifier(self.environ)
         self.connections: dict[str, ConnectionCount] = {
@@ -244,6 +245,7 @@ class Daemon:
                 cluster_reads,
                 keepalive=s.sse_keepalive,
                 holds=self.tail_holds,
+                pump=self.tail_pump,
             ).mount(self.api.add_route)
             DrainStatusRoutes(store, self.drains.channel_stats).mount(self.api.add_route)
             mount_platform(self.api, store, self.registry)
@@ -286,6 +288,7 @@ class Daemon:
                         self.backlogs.prune({drain.id for drain in store.drains()})
                 core.start_soon(self.metrics.loop_lag.run)
                 core.start_soon(self.tail_holds.run)
+                core.start_soon(self.tail_pump.run)
                 self.ports = await core.start(self._serve_listeners, inherited)
                 self.notifier.ready(self.status_line())
                 core.start_soon(self.notifier.run_watchdog)
@@ -476,6 +479,9 @@ class Daemon:
                 self.tails.killed,
                 self.tail_holds.holds,
                 self.tail_holds.slow_verdicts,
+                self.tail_pump.attached,
+                self.tail_pump.writes,
+                self.tail_pump.rounds.current_linger,
             ),
             rods=self.rods.state,
             redis=redis,

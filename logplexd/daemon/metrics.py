@@ -60,6 +60,10 @@ class TailFigures:
     # Pushback (tails/pushback.py): holds that took effect, and readers judged slow.
     holds: int = 0
     slow: int = 0
+    # The tail pump (tails/pump.py): tails it writes for now, its writes, its linger.
+    pumped: int = 0
+    pump_writes: int = 0
+    pump_linger: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,6 +547,23 @@ class DaemonCollector(Collector):
         )
         slow.add_metric([], tails.slow)
         yield slow
+        pumped = _gauge(
+            "tail_pumped",
+            "Following tails whose lines the tail pump writes (plain TCP, HTTP/1.1); the "
+            "others are written by their own task.",
+        )
+        pumped.add_metric([], tails.pumped)
+        yield pumped
+        writes = _counter("tail_pump_writes", "Chunks the tail pump wrote to tails' sockets.")
+        writes.add_metric([], tails.pump_writes)
+        yield writes
+        linger = _gauge(
+            "tail_pump_linger_seconds",
+            "How long the tail pump gathers lines before a round (grows with a round's cost, "
+            "at most 0.015 s).",
+        )
+        linger.add_metric([], tails.pump_linger)
+        yield linger
 
     def _rods(self, src: MetricsSnapshot) -> Iterator[Metric]:
         state = src.rods

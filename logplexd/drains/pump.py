@@ -19,13 +19,12 @@ the next connection), a flush, a URL change, a removed channel.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from ..router import NEVER, high_water, pushback_for
+from ..router import NEVER, PumpRounds, high_water, pushback_for
 from .feed import LINGER_ONLY_BELOW_BYTES, DrainFeed, Encoder, LossNotice, Payload
 from .state import DrainEvent
 
@@ -35,21 +34,10 @@ if TYPE_CHECKING:
 # Payloads one drain may write in one pump round before the others get their turn.
 MAX_WRITES_PER_ROUND = 4
 
-# A lingering round (every dirty channel written once) may take at most this share of the
-# time between two such rounds: with many quiet channels the per-write cost (a syscall and
-# some Python, ~10 µs) is paid per channel and round whatever the message rate, so the pump
-# lingers longer as a round costs more (1,000 busy channels: ~11 ms a round, ~55 ms linger,
-# measured 1.28 M vs 0.98 M msgs/s at 60 vs 20 ms in bench/e2e c8-ch1000-d1-120).
-ROUND_SHARE = 0.2
-# The longest a drain lingers however costly a round is (the bound on the added latency).
+# The longest a drain lingers however costly a round is (the bound on the added latency;
+# 1,000 busy channels: ~11 ms a round, ~55 ms linger, measured 1.28 M vs 0.98 M msgs/s at
+# 60 vs 20 ms in bench/e2e c8-ch1000-d1-120).
 MAX_LINGER = 0.1
-
-
-def adaptive_linger(base: float, round_seconds: float) -> float:
-    """How long the pump lingers after a round that took ``round_seconds``: ``base`` (the
-    configured linger) unless the round would then take more than ``ROUND_SHARE`` of the
-    time, never past ``MAX_LINGER`` (nor below ``base``)."""
-    return min(max(base, round_seconds / ROUND_SHARE), max(base, MAX_LINGER))
 
 
 class AttachedWriter:
@@ -127,25 +115,27 @@ class DrainPump:
     """
 
     def __init__(self, *, linger: float, linger_messages: int, pushback: bool = True) -> None:
-        self.linger = linger
-        # The linger in force: ``linger``, longer while rounds are costly (adaptive_linger).
-        self.current_linger = linger
+        self.rounds = PumpRounds(linger, MAX_LINGER)
         self.linger_messages = max(1, linger_messages)
         self.pushback = pushback
-        # Channels with attached writers and new messages, by when they first became dirty.
-        self._dirty: dict[Channel, None] = {}
-        self._urgent: dict[Channel, None] = {}
+        # The attached writers of each channel (the pump watches these channels).
+        self._writers: dict[Channel, list[AttachedWriter]] = {}
         # The ring head each channel had when the pump last wrote for it.
         self._marks: dict[Channel, int] = {}
         # Channels whose last write was large: busy, so they never linger (as in feed.py).
         self._busy: set[Channel] = set()
         # Per channel, the head at which its drains' backlog must be looked at again.
         self._looks: dict[Channel, int] = {}
-        self._dirty_since = 0.0
-        self._work = trio.Event()
-        self._urgent_event = trio.Event()
         self.writes = 0
         self.handed_back = 0
+
+    @property
+    def current_linger(self) -> float:
+        return self.rounds.current_linger
+
+    def writers(self, channel: Channel) -> list[AttachedWriter]:
+        """The drains attached on ``channel`` (a copy)."""
+        return list(self._writers.get(channel, ()))
 
     # -- the drain side ---------------------------------------------------------------------
     async def park(self, writer: AttachedWriter, channel: Channel) -> None:
@@ -155,12 +145,7 @@ class DrainPump:
         drain should look at its feed again (a flush, a kick, the channel went away).
         """
         writer.channel = channel
-        # The channel keeps this list for us untyped (the router does not know drains).
-        writers: list[AttachedWriter] | None = channel.pumped
-        if writers is None:
-            writers = channel.pumped = []
-            channel.pump = self
-        writers.append(writer)
+        self._writers.setdefault(channel, []).append(writer)
         # From the drain's own cursor, so a drain that comes back with a backlog is urgent.
         base = self._marks.get(channel)
         cursor = max(writer.feed.cursor, channel.ring.tail)
@@ -186,19 +171,16 @@ class DrainPump:
             # Handed back for a partial write, the drain's task finishes it and keeps (or
             # gives up, if the receiver stalls) the hold; for anything else it is over.
             channel.release(writer)
-        writers: list[AttachedWriter] | None = channel.pumped
+        writers = self._writers.get(channel)
         if writers is not None:
             if writer in writers:
                 writers.remove(writer)
             if not writers:
-                channel.pumped = None
-                channel.pump = None
-                channel.pump_wake = NEVER
-                channel.rearm()
+                del self._writers[channel]
+                channel.unwatch(self)
                 self._marks.pop(channel, None)
                 self._looks.pop(channel, None)
-                self._dirty.pop(channel, None)
-                self._urgent.pop(channel, None)
+                self.rounds.discard(channel)
                 self._busy.discard(channel)
             else:
                 self._looks[channel] = self._check_hold(channel)
@@ -207,7 +189,7 @@ class DrainPump:
     def _check_hold(self, channel: Channel) -> int:
         """Hold or release ``channel`` for each attached drain by its backlog; returns the
         head at which the router should call ``mark`` again to look (NEVER: no need)."""
-        writers: list[AttachedWriter] | None = channel.pumped
+        writers = self._writers.get(channel)
         if not writers:
             return NEVER
         if not pushback_for(channel, self.pushback):
@@ -228,7 +210,7 @@ class DrainPump:
     def mark(self, channel: Channel) -> None:
         """New messages in a channel with attached drains (called by ``Channel.notify``).
 
-        Sets ``channel.pump_wake`` so the router calls again only when it matters: at the
+        Watches the channel so the router calls again only when it matters: at the
         first new message, then once the channel has enough to be written at once.
         """
         head = channel.ring.head
@@ -238,7 +220,7 @@ class DrainPump:
         if channel.held or head >= look:
             look = self._looks[channel] = self._check_hold(channel)
         if head <= base and not removed:
-            channel.pump_wake = min(head + 1, look)
+            channel.watch(self, min(head + 1, look))
             return
         if (
             removed
@@ -246,52 +228,18 @@ class DrainPump:
             or channel in self._busy
             or head - base >= self.linger_messages
         ):
-            self._urgent[channel] = None
-            channel.pump_wake = look  # until it is written (or falls behind)
-            self._urgent_event.set()
+            channel.watch(self, look)  # until it is written (or falls behind)
+            self.rounds.urgent(channel)
         else:
-            if channel not in self._dirty:
-                if not self._dirty:
-                    self._dirty_since = trio.current_time()
-                self._dirty[channel] = None
-            channel.pump_wake = min(base + self.linger_messages, look)
-        self._work.set()
+            channel.watch(self, min(base + self.linger_messages, look))
+            self.rounds.dirty(channel)
 
     # -- the task -----------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            if not self._dirty and not self._urgent:
-                await self._work.wait()
-                self._work = trio.Event()
-                continue
-            if not self._urgent and self._dirty:
-                with trio.move_on_at(self._dirty_since + self.current_linger):
-                    await self._urgent_event.wait()
-            self._urgent_event = trio.Event()
-            self._work = trio.Event()
-            lingered = bool(self._dirty) and (
-                trio.current_time() >= self._dirty_since + self.current_linger
-            )
-            if lingered:
-                channels = list(self._dirty)
-                channels.extend(c for c in self._urgent if c not in self._dirty)
-                self._dirty.clear()
-            else:
-                channels = list(self._urgent)
-            self._urgent.clear()
-            started = time.perf_counter()
-            for channel in channels:
-                self._dirty.pop(channel, None)
-                self._write_channel(channel)
-            if lingered:
-                self.current_linger = adaptive_linger(
-                    self.linger, time.perf_counter() - started
-                )
-            # Let inputs and other tasks run between rounds even when every write succeeded.
-            await trio.lowlevel.checkpoint()
+        await self.rounds.run(self._write_channel)
 
     def _write_channel(self, channel: Channel) -> None:
-        writers: list[AttachedWriter] | None = channel.pumped
+        writers = self._writers.get(channel)
         if not writers:
             return
         self._marks[channel] = channel.ring.head
@@ -311,8 +259,8 @@ class DrainPump:
         if channel.held:
             self._looks[channel] = self._check_hold(channel)
         look = self._looks.get(channel, 0)
-        if channel.pumped is not None and channel not in self._urgent:
-            channel.pump_wake = min(channel.ring.head + 1, look)
+        if channel in self._writers and not self.rounds.is_urgent(channel):
+            channel.watch(self, min(channel.ring.head + 1, look))
             channel.rearm()
 
     def _write(self, writer: AttachedWriter) -> None:
@@ -361,8 +309,7 @@ class DrainPump:
         # Still more: come back for it in the next round rather than starve the others.
         channel = writer.channel
         if channel is not None:
-            self._urgent[channel] = None
-            self._work.set()
+            self.rounds.urgent(channel)
 
     def _hand_back(self, writer: AttachedWriter) -> None:
         self.handed_back += 1

@@ -4,6 +4,8 @@
   tokens; ``route``/``route_to`` dispatch a whole batch with one native call and wake the
   channels' consumers through the ``ChannelConsumer`` protocol; ``high_water`` and
   ``pushback_for`` are the pushback rule every consumer that holds a channel shares.
+- ``PumpRounds`` (``rounds.py``): the linger-and-round schedule of the pumps that write for
+  many channels' consumers from one task (drains, tails).
 - ``attach_registry``/``load_registry`` (``sync.py``): keep a registry in step with the
   durable store's events.
 """
@@ -19,17 +21,21 @@ from .registry import (
     high_water,
     pushback_for,
 )
+from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger
 from .sync import RegistryLike, attach_registry, load_registry
 
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_MESSAGES",
     "NEVER",
+    "ROUND_SHARE",
+    "PumpRounds",
     "Channel",
     "ChannelConsumer",
     "Registry",
     "RegistryLike",
     "RouteCounts",
+    "adaptive_linger",
     "attach_registry",
     "high_water",
     "load_registry",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -32,9 +32,11 @@ NEVER = 2**64 - 1
 class ChannelConsumer(Protocol):
     """What a channel wakes, besides its waiters, when the router appends to it.
 
-    The drain pump is one (``logplexd.drains``): it keeps the channel's ``pump_wake`` at
-    the head it next wants to hear about, and ``Channel.notify`` calls ``mark`` once the
-    ring's head reaches it. The router knows nothing else of its consumers.
+    The drain pump and the tail pump are two (``logplexd.drains``, ``logplexd.tails``):
+    each ``watch``es the channels it serves at the head it next wants to hear about, and
+    ``Channel.notify`` calls its ``mark`` once the ring's head reaches that (and on every
+    append while the channel is held, and when it is removed). The router knows nothing
+    else of its consumers.
     """
 
     def mark(self, channel: Channel) -> None: ...
@@ -52,9 +54,7 @@ class Channel:
         "ring",
         "tokens",
         "overflow",
-        "pumped",
-        "pump",
-        "pump_wake",
+        "_consumers",
         "_appended",
         "_deep",
         "_deep_at",
@@ -77,13 +77,9 @@ class Channel:
         # Waiters that only care once the ring's head reaches _deep_at (lingering drains).
         self._deep: trio.Event | None = None
         self._deep_at = 0
-        # The consumer this channel wakes (the drain pump), the head at which it wants to
-        # hear about this channel, and its own list of what it serves here (its drains'
-        # connections). The list is the consumer's: the router never reads it, so it is
-        # typed by the consumer, not here.
-        self.pumped: list[Any] | None = None
-        self.pump: ChannelConsumer | None = None
-        self.pump_wake = NEVER
+        # The consumers this channel wakes (the pumps), each with the head at which it
+        # wants to hear about this channel (``watch``).
+        self._consumers: dict[ChannelConsumer, int] | None = None
         # Consumers that would take this channel's messages faster than they are written to
         # them (the router is the bottleneck, not they): while any holds the channel, inputs
         # that feed it wait instead of letting the ring lap them (see ``hold``).
@@ -103,8 +99,13 @@ class Channel:
         if self._deep is not None and self.ring.head >= self._deep_at:
             deep, self._deep = self._deep, None
             deep.set()
-        if self.pump is not None:
-            self.pump.mark(self)
+        consumers = self._consumers
+        if consumers is not None:
+            head = self.ring.head
+            always = self.held or self.ring.owner is None
+            for consumer, at in list(consumers.items()):
+                if always or head >= at:
+                    consumer.mark(self)
         pending = self._pending_holds
         if pending is not None:
             head = self.ring.head
@@ -123,11 +124,34 @@ class Channel:
         wake_at = NEVER if self._appended is None and self._holders is None else 0
         if self._deep is not None:
             wake_at = min(wake_at, self._deep_at)
-        if self.pump is not None:
-            wake_at = min(wake_at, self.pump_wake)
+        if self._consumers is not None:
+            wake_at = min(wake_at, *self._consumers.values())
         if self._pending_holds is not None:
             wake_at = min(wake_at, *self._pending_holds.values())
         self.ring.wake_at = wake_at
+
+    # -- consumers ----------------------------------------------------------------------
+    def watch(self, consumer: ChannelConsumer, head: int) -> None:
+        """Call ``consumer.mark(self)`` once the ring's head reaches ``head`` (NEVER: only
+        while held or when removed); replaces what ``consumer`` asked before."""
+        consumers = self._consumers
+        if consumers is None:
+            consumers = self._consumers = {}
+        consumers[consumer] = head
+        if head < self.ring.wake_at:
+            self.ring.wake_at = head
+        # A raised mark leaves wake_at low until the next notify rearms: one spare call.
+
+    def unwatch(self, consumer: ChannelConsumer) -> None:
+        consumers = self._consumers
+        if consumers is not None and consumers.pop(consumer, None) is not None:
+            if not consumers:
+                self._consumers = None
+            self.rearm()
+
+    def watched_by(self, consumer: ChannelConsumer) -> bool:
+        consumers = self._consumers
+        return consumers is not None and consumer in consumers
 
     # -- pushback ------------------------------------------------------------------------
     def hold(self, consumer: object) -> None:

@@ -5,8 +5,11 @@ tail that is lapped gets an exact ``L11`` line. ``TailSessions`` (``tracking.py`
 open tails and ends them all for the ``kill_tail_sessions`` rod. ``sse.py`` is the
 server-sent events form of a session (``Accept: text/event-stream``). ``TailHolds``
 (``pushback.py``) lets a tail whose reader keeps up hold its channel instead of being lapped.
+``TailPump`` (``pump.py``) writes the live lines of every tail on a plain TCP connection from
+one task.
 """
 
+from .pump import PumpedTail, TailPump
 from .pushback import TailHold, TailHolds
 from .sessions import (
     DEFAULT_NUM,
@@ -40,6 +43,8 @@ __all__ = [
     "SessionParams",
     "TailHold",
     "TailHolds",
+    "TailPump",
+    "PumpedTail",
     "TailSessions",
     "channel_logs",
     "parse_session_params",

@@ -17,17 +17,20 @@ import trio
 
 from ..native import Batch, channel_log_frames, l11_line, session_lines
 from ..router import Channel, Registry
+from ..web import DirectSink
+from .pump import (
+    TAIL_LINGER_MESSAGES,
+    TAIL_LINGER_SECONDS,
+    TAIL_READ_BYTES,
+    TAIL_READ_MESSAGES,
+    PumpedTail,
+    TailPump,
+)
 from .pushback import TailHolds
 from .sse import KEEPALIVE, sse_event
 
 DEFAULT_NUM = 100
 MAX_NUM = 1500
-TAIL_READ_MESSAGES = 1024
-TAIL_READ_BYTES = 256 * 1024
-# After a wake-up a tail gathers lines this long (unless this many are already waiting):
-# one chunk of many lines costs little more to send than a chunk of one.
-TAIL_LINGER_SECONDS = 0.01
-TAIL_LINGER_MESSAGES = 256
 
 
 class SessionParamError(ValueError):
@@ -102,6 +105,8 @@ async def stream_session(
     events: bool = False,
     keepalive: float | None = None,
     holds: TailHolds | None = None,
+    pump: TailPump | None = None,
+    sink: DirectSink | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the session's body in chunks: history first, then (tail) new lines as they come.
 
@@ -113,7 +118,9 @@ async def stream_session(
     With ``events`` the lines are server-sent events (``sse.py``), and a tail that has sent
     nothing for ``keepalive`` seconds sends the ``KEEPALIVE`` comment. With ``holds`` a
     tail that falls behind while its reader takes what it is sent holds the channel's
-    inputs instead of being lapped (``pushback.py``).
+    inputs instead of being lapped (``pushback.py``). With a ``pump`` and the server's
+    ``sink`` (a plain TCP connection) the live lines are written by the pump
+    (``pump.py``), not by this generator.
     """
     deadline = math.inf
     if params.max_duration is not None:
@@ -130,6 +137,42 @@ async def stream_session(
         return
     hold = holds.open(channel) if holds is not None else None
     try:
+        if pump is not None and sink is not None:
+            tail = PumpedTail(
+                channel,
+                cursor,
+                sink,
+                ps=params.ps,
+                source=params.source,
+                events=events,
+                hold=hold,
+                last_read_at=wall_clock(),
+            )
+            while True:
+                wake = deadline if keepalive is None else min(deadline, tail.sent_at + keepalive)
+                with trio.move_on_at(wake):
+                    await pump.park(tail)
+                if tail.partial is not None:
+                    # The socket took part of a chunk: the rest under the send timeout; a
+                    # reader that does not take it within ``slow_after`` is slow.
+                    rest, tail.partial = tail.partial, None
+                    if holds is not None and hold is not None:
+                        holds.sending(hold, tail.cursor)
+                    await sink.send_framed(rest)
+                    if holds is not None and hold is not None:
+                        holds.sent(hold)
+                    tail.sent_at = trio.current_time()
+                    continue
+                if tail.error is not None:
+                    raise trio.BrokenResourceError("tail: client gone") from tail.error
+                if tail.removed or registry.channel(params.channel) is not channel:
+                    return  # channel deleted: the tail ends, everything written
+                at = trio.current_time()
+                if at >= deadline:
+                    return
+                if keepalive is not None and at >= tail.sent_at + keepalive:
+                    yield KEEPALIVE
+                    tail.sent_at = trio.current_time()
         last_read_at = wall_clock()
         # When the tail last sent something: an idle one sends KEEPALIVE ``keepalive`` after.
         sent_at = trio.current_time()

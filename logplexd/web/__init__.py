@@ -23,6 +23,7 @@ from .credentials import (
 )
 from .messages import (
     JSON_TYPE,
+    DirectSink,
     ErrorFormat,
     Handler,
     InvalidJson,
@@ -48,6 +49,7 @@ __all__ = [
     "BearerToken",
     "ConnectionCount",
     "CredentialChecker",
+    "DirectSink",
     "Endpoint",
     "ErrorFormat",
     "Handler",

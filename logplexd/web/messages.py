@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 JSON_TYPE = "application/json"
@@ -67,6 +67,26 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+class DirectSink(Protocol):
+    """The server's offer to a streamed response body (``Request.sink``): write chunks to
+    the client's socket without a task switch per chunk.
+
+    Only valid while the body is being iterated (the head is out and the server's task
+    waits in the body's ``__anext__``), and only by whoever iterates it or acts for it
+    meanwhile: the server writes nothing else then. ``fd`` is the connected non-blocking
+    socket; bytes written to it must be ``frame``d; ``send_framed`` sends what a direct
+    write left over (or any framed bytes) under the server's send timeout, and raises
+    ``trio.BrokenResourceError`` when the client is gone or does not take it in time.
+    """
+
+    @property
+    def fd(self) -> int: ...
+
+    def frame(self, data: bytes) -> bytes: ...
+
+    async def send_framed(self, data: bytes) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     method: str
@@ -78,6 +98,9 @@ class Request:
     request_id: str = ""
     client: tuple[str, int] | None = None
     http_version: str = "1.1"
+    # Set by the server on a plain-TCP HTTP/1.1 connection (not TLS: there is no fd to
+    # write to): see ``DirectSink``.
+    sink: DirectSink | None = field(default=None, compare=False, repr=False)
 
     @property
     def path(self) -> str:

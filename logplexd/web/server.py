@@ -116,6 +116,10 @@ class _Connection:
                 self.client = (peer[0], peer[1])
             except OSError:
                 pass
+        # A plain TCP connection's socket, for streamed bodies that write directly.
+        self._sink: _DirectSink | None = None
+        if isinstance(stream, trio.SocketStream):
+            self._sink = _DirectSink(self, stream.socket.fileno())
 
     # -- the request/response loop -------------------------------------------------------------
     async def run(self) -> None:
@@ -209,6 +213,8 @@ class _Connection:
             request_id=request_id,
             client=self.client,
             http_version=head.http_version.decode("ascii"),
+            # HTTP/1.1: h11 frames a streamed response chunked, as ``_DirectSink`` does.
+            sink=self._sink if head.http_version == b"1.1" else None,
         )
 
     def _known_request(self, head: h11.Request | None, request_id: str) -> Request:
@@ -468,6 +474,28 @@ class _Connection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
         await trio.aclose_forcefully(self.stream)
+
+
+class _DirectSink:
+    """``DirectSink`` for a plain TCP connection whose streamed response h11 frames chunked
+    (HTTP/1.1): a chunk is its size in hex, CRLF, the data, CRLF. h11 tracks nothing of a
+    chunked body's contents, so chunks written past it leave it in step."""
+
+    __slots__ = ("_connection", "fd")
+
+    def __init__(self, connection: _Connection, fd: int) -> None:
+        self._connection = connection
+        self.fd = fd
+
+    def frame(self, data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data)
+
+    async def send_framed(self, data: bytes) -> None:
+        connection = self._connection
+        with trio.move_on_after(connection.limits.send_timeout) as scope:
+            await connection.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("send timed out")
 
 
 def _tls_failure(cause: BaseException | None) -> str:
