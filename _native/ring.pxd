@@ -4,8 +4,9 @@ from logplexd._native.records cimport MsgRec
 
 
 cdef class ChannelRing:
-    cdef MsgRec* slots           # record of seq s at slots[s % slot_cap]
-    cdef Py_ssize_t slot_cap
+    cdef MsgRec* slots           # record of seq s at slots[s & slot_mask]
+    cdef Py_ssize_t slot_cap     # a power of two
+    cdef uint64_t slot_mask      # slot_cap - 1
     cdef readonly Py_ssize_t max_messages
     cdef unsigned char* arena    # payloads, FIFO in a circular byte arena
     cdef Py_ssize_t arena_cap

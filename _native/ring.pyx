@@ -32,6 +32,7 @@ cdef class ChannelRing:
         self.slots = NULL
         self.arena = NULL
         self.slot_cap = 0
+        self.slot_mask = 0
         self.arena_cap = 0
         self.wpos = 0
         self.used = 0
@@ -50,18 +51,24 @@ cdef class ChannelRing:
 
     # -- storage management ---------------------------------------------------------------
     cdef int _grow_slots(self) except -1:
-        cdef Py_ssize_t new_cap = min(max(self.slot_cap * 2, FIRST_SLOTS), self.max_messages)
-        cdef MsgRec* fresh = <MsgRec*>PyMem_Malloc(new_cap * sizeof(MsgRec))
+        # A power of two (at most the one at or above max_messages): a slot is s & mask,
+        # not a 64-bit division per message.
+        cdef Py_ssize_t new_cap = max(self.slot_cap * 2, FIRST_SLOTS)
+        cdef MsgRec* fresh
         cdef uint64_t s
+        if self.slot_cap >= self.max_messages:
+            return 0
+        fresh = <MsgRec*>PyMem_Malloc(new_cap * sizeof(MsgRec))
         if fresh == NULL:
             raise MemoryError()
         s = self.tail
         while s < self.head:
-            fresh[s % new_cap] = self.slots[s % self.slot_cap]
+            fresh[s & (new_cap - 1)] = self.slots[s & self.slot_mask]
             s += 1
         PyMem_Free(self.slots)
         self.slots = fresh
         self.slot_cap = new_cap
+        self.slot_mask = <uint64_t>(new_cap - 1)
         return 0
 
     cdef int _grow_arena(self, Py_ssize_t need) except -1:
@@ -80,7 +87,7 @@ cdef class ChannelRing:
             raise MemoryError()
         s = self.tail
         while s < self.head:
-            rec = &self.slots[s % self.slot_cap]
+            rec = &self.slots[s & self.slot_mask]
             memcpy(fresh + pos, self.arena + rec.off, rec.len)
             rec.off = <unsigned int>pos
             pos += rec.len
@@ -92,7 +99,7 @@ cdef class ChannelRing:
         return 0
 
     cdef void _evict_oldest(self) noexcept:
-        cdef MsgRec* rec = &self.slots[self.tail % self.slot_cap]
+        cdef MsgRec* rec = &self.slots[self.tail & self.slot_mask]
         self.used -= rec.len
         self.tail += 1
         self.evicted += 1
@@ -104,7 +111,7 @@ cdef class ChannelRing:
         cdef Py_ssize_t oldest
         if self.head == self.tail:
             return length <= self.arena_cap
-        oldest = self.slots[self.tail % self.slot_cap].off
+        oldest = self.slots[self.tail & self.slot_mask].off
         if self.wpos + length <= self.arena_cap:
             return oldest < self.wpos or oldest >= self.wpos + length
         return oldest < self.wpos and oldest >= length
@@ -120,11 +127,11 @@ cdef class ChannelRing:
             self._grow_arena(self.used + length)
         if self.wpos + length > self.arena_cap:
             # Wrap: first every message ahead of wpos (the oldest), then those in [0, length).
-            while self.head != self.tail and self.slots[self.tail % self.slot_cap].off >= self.wpos:
+            while self.head != self.tail and self.slots[self.tail & self.slot_mask].off >= self.wpos:
                 self._evict_oldest()
             self.wpos = 0
         while self.head != self.tail:
-            oldest = self.slots[self.tail % self.slot_cap].off
+            oldest = self.slots[self.tail & self.slot_mask].off
             if oldest >= self.wpos and oldest < self.wpos + length:
                 self._evict_oldest()
             else:
@@ -146,7 +153,7 @@ cdef class ChannelRing:
             self.rejected += 1
             return 0
         pos = self._place(length)
-        rec = &self.slots[self.head % self.slot_cap]
+        rec = &self.slots[self.head & self.slot_mask]
         rec[0] = src[0]
         rec.off = <unsigned int>pos
         rec.len = <unsigned short>length
@@ -216,7 +223,7 @@ cdef class ChannelRing:
         if self.head > s:
             batch.reserve(0, <Py_ssize_t>min(<uint64_t>max_messages, self.head - s))
         while s < self.head and batch.n < max_messages:
-            rec = &self.slots[s % self.slot_cap]
+            rec = &self.slots[s & self.slot_mask]
             if batch.n and nbytes + rec.len > max_bytes:
                 break
             batch.push_rec(self.arena, rec)
@@ -241,7 +248,7 @@ cdef class ChannelRing:
         if max_bytes >= 0:
             s = self.head
             while s > start:
-                rec = &self.slots[(s - 1) % self.slot_cap]
+                rec = &self.slots[(s - 1) & self.slot_mask]
                 if s < self.head and nbytes + rec.len > max_bytes:
                     break
                 nbytes += rec.len

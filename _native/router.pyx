@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint64_t
-from libc.string cimport memcmp, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from logplexd._native.batch cimport Batch
 from logplexd._native.records cimport F_APPNAME, REC_HAS_APP, MsgRec
@@ -31,10 +31,23 @@ ctypedef struct Entry:
 
 
 cdef inline uint64_t _hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * 1099511628211ULL
+    # FNV-1a over 8-byte words, then a final mix: a token is ~36 bytes, and a chain of 36
+    # dependent multiplies per routed frame was measurable (5 steps now).
+    cdef uint64_t h = 1469598103934665603ULL ^ <uint64_t>n
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h = (h ^ w) * 1099511628211ULL
+        h ^= h >> 29
+        i += 8
+    if i < n:
+        w = 0
+        memcpy(&w, p + i, n - i)
+        h = (h ^ w) * 1099511628211ULL
+    h ^= h >> 32
+    h *= 0x9E3779B97F4A7C15ULL
+    h ^= h >> 29
     return h | 1   # never 0: 0 marks an empty slot
 
 

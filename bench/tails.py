@@ -55,6 +55,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "RESULTS.md"
 HEADING = "## Sessions and tails (bench/tails.py)"
+# Key suffix of the figures of the ``--base-tree`` daemon.
+BASE = "@base"
 
 SEQ = b"seq="
 L11_RE = re.compile(rb"Error L11 \(Tail buffer overflow\) -> This tail session dropped (\d+) ")
@@ -298,6 +300,11 @@ def latency_producer_main(argv: list[str]) -> int:
     ap.add_argument("--tokens", type=Path, required=True)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--base-tree", type=Path, default=None,
+                    help="also run every cell with the daemon of this checkout (built in "
+                    "place), alternating: before/after in one run")  # fmt: skip
+    ap.add_argument("--load-rate", type=float, default=100_000.0,
+                    help="msgs/s of the loaded latency cell, 1,000 channels (100,000)")  # fmt: skip
     ap.add_argument("--per-tick", type=int, default=10)
     ap.add_argument("--size", type=int, default=120)
     args = ap.parse_args(argv)
@@ -594,7 +601,7 @@ class Bench:
         }
 
     # -- latency ------------------------------------------------------------------------------
-    def latency(self, transport: str, channels: int) -> dict:
+    def latency(self, transport: str, channels: int, rate: float) -> dict:
         e2e, a = self.e2e, self.args
         with tempfile.TemporaryDirectory(prefix="tails-lat-") as tmp:
             workdir = Path(tmp)
@@ -606,7 +613,7 @@ class Bench:
                 paths.write_text("\n".join(daemon.sessions(list(range(channels)))) + "\n")
                 tokens = workdir / "tokens"
                 tokens.write_text("\n".join(daemon.tokens) + "\n")
-                expected = int(a.latency_seconds * a.latency_rate / a.per_tick) * a.per_tick
+                expected = int(a.latency_seconds * rate / a.per_tick) * a.per_tick
                 reader = start_helper("_reader", "--port", daemon.api, "--paths", paths,
                                       "--expect", expected, "--idle", 5, "--latency",
                                       "--max", a.latency_seconds + 60)  # fmt: skip
@@ -614,7 +621,7 @@ class Bench:
                 port = daemon.syslog_port if transport == "syslog" else daemon.logs_port
                 producer = start_helper("_latency-producer", "--transport", transport,
                                         "--port", port, "--tokens", tokens,
-                                        "--rate", a.latency_rate, "--seconds", a.latency_seconds,
+                                        "--rate", rate, "--seconds", a.latency_seconds,
                                         "--per-tick", a.per_tick, "--size", a.size,
                                         stdin=subprocess.DEVNULL)  # fmt: skip
                 sent = finish(producer, a.latency_seconds + 60)
@@ -697,6 +704,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--latency-rate", type=float, default=1000.0, help="msgs/s (1,000)")
     ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--base-tree", type=Path, default=None,
+                    help="also run every cell with the daemon of this checkout (built in "
+                    "place), alternating: before/after in one run")  # fmt: skip
+    ap.add_argument("--load-rate", type=float, default=100_000.0,
+                    help="msgs/s of the loaded latency cell, 1,000 channels (100,000)")  # fmt: skip
     ap.add_argument("--per-tick", type=int, default=10, help="messages per latency send (10)")
     ap.add_argument(
         "--idle-tails",
@@ -740,26 +752,33 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[reader alone] {conns} conns: {res['rate']:,.0f} lines/s ({res['received']:,})")
         raw["reader_capacity"] = capacity
 
+        # With --base-tree each cell runs with the base daemon, then with this one.
+        trees = [(BASE, args.base_tree.resolve()), ("", None)] if args.base_tree else [("", None)]
         results: dict[str, dict] = {}
-        for cell in cells:
+        for cell, (suffix, tree) in ((c, t) for c in cells for t in trees):
+            bench.daemon_cls.tree = tree
+            key = cell.key + suffix
             try:
                 res = bench.throughput(cell, messages)
             except (RuntimeError, AssertionError, e2e.HarnessError, OSError) as exc:
                 failed = True
-                log(f"[{cell.key}] FAILED: {exc}")
+                log(f"[{key}] FAILED: {exc}")
                 continue
-            results[cell.key] = res
+            results[key] = res
             failed |= res["unexplained"] != 0
-            log(f"[{cell.key}] {res['rate']:,.0f} msgs/s at the readers, sent "
+            log(f"[{key}] {res['rate']:,.0f} msgs/s at the readers, sent "
                 f"{res['ingest']:,.0f}/s, {res['received']:,}/{res['sent']:,} received, "
                 f"L11 {res['l11_lost']:,}, unexplained {res['unexplained']:,}")  # fmt: skip
         raw["throughput"] = results
 
         latencies = {}
-        for transport, channels in (("syslog", 1), ("logs", 1), ("syslog", 1000)):
-            key = f"{transport}-ch{channels}"
+        paths = [("syslog", 1, args.latency_rate), ("logs", 1, args.latency_rate),
+                 ("syslog", 1000, args.latency_rate), ("syslog", 1000, args.load_rate)]  # fmt: skip
+        for (transport, channels, rate), (suffix, tree) in ((p, t) for p in paths for t in trees):
+            bench.daemon_cls.tree = tree
+            key = f"{transport}-ch{channels}" + ("-load" if rate == args.load_rate else "") + suffix
             try:
-                res = bench.latency(transport, channels)
+                res = bench.latency(transport, channels, rate)
             except (RuntimeError, AssertionError, e2e.HarnessError, OSError) as exc:
                 failed = True
                 log(f"[latency {key}] FAILED: {exc}")
@@ -770,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"max {lat['max']:.2f} ms, {res['received']:,}/{res['sent']:,}")  # fmt: skip
         raw["latency"] = latencies
 
+        bench.daemon_cls.tree = None
         idle = []
         if args.idle_tails:
             for tails, channels in ((1000, 1), (args.idle_tails, args.idle_tails)):
@@ -823,32 +843,40 @@ def render(cells, results, capacity, latencies, idle, args, messages) -> str:
         "| unexplained | CPU s / M | peak RSS |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
-    for cell in cells:
-        r = results.get(cell.key)
+    versions = [(BASE, " (base)"), ("", "")] if args.base_tree else [("", "")]
+    rows = [(cell.key + suffix, cell.label + label) for cell in cells for suffix, label in versions]
+    for key, label in rows:
+        r = results.get(key)
         if r is None:
-            out.append(f"| {cell.label} | failed | | | | | | |")
+            out.append(f"| {label} | failed | | | | | | |")
             continue
         cpu = f"{r['cpu_per_m']:.2f}" if r["cpu_per_m"] is not None else "-"
         out.append(
-            f"| {cell.label} | {fmt_rate(r['rate'])} | {fmt_rate(r['ingest'])} "
+            f"| {label} | {fmt_rate(r['rate'])} | {fmt_rate(r['ingest'])} "
             f"| {r['received']:,} / {r['sent']:,} | {r['l11_lost']:,} ({r['l11_notices']:,}) "
             f"| {r['unexplained']:,} | {cpu} | {r['rss_mb']:.0f} MB |"
         )
     out += [
         "",
         f"Tail delivery latency (wall clock, message stamped when written by the producer -> "
-        f"line read by the tail reader), {args.latency_rate:,.0f} msgs/s for "
-        f"{args.latency_seconds:.0f} s in sends of {args.per_tick}:",
+        f"line read by the tail reader), {args.latency_rate:,.0f} msgs/s (the last row: "
+        f"{args.load_rate:,.0f} msgs/s) for {args.latency_seconds:.0f} s in sends of "
+        f"{args.per_tick}:",
         "",
         "| path | p50 | p99 | max | received / sent |",
         "| --- | --- | --- | --- | --- |",
     ]
     names = {"syslog-ch1": "TCP syslog, 1 channel", "logs-ch1": f"/logs ({args.per_tick}/POST), "
-             "1 channel", "syslog-ch1000": "TCP syslog, 1,000 channels round-robin"}  # fmt: skip
+             "1 channel", "syslog-ch1000": "TCP syslog, 1,000 channels round-robin",
+             "syslog-ch1000-load": f"TCP syslog, 1,000 channels, {args.load_rate:,.0f}/s",
+             }  # fmt: skip
     for key, r in latencies.items():
         lat = r["latency_ms"]
+        name = names.get(key.removesuffix(BASE), key)
+        if key.endswith(BASE):
+            name += " (base)"
         out.append(
-            f"| {names.get(key, key)} | {lat['p50']:.2f} ms | {lat['p99']:.2f} ms "
+            f"| {name} | {lat['p50']:.2f} ms | {lat['p99']:.2f} ms "
             f"| {lat['max']:.2f} ms | {r['received']:,} / {r['sent']:,} |"
         )
     if idle:
