@@ -23,6 +23,10 @@ cdef class ChannelRing:
     # what its waiters need (0: every append; 2**64-1: nobody waits), so an append to a
     # ring nobody is waiting on costs no Python call.
     cdef public unsigned long long wake_at
+    # dispatch_until_held appends nothing more to this ring once head >= hold_at: it stops
+    # there and says where, so the owner can hold the input (0: held now; 2**64-1: never).
+    # The owner keeps it at its consumers' lowest pending hold mark.
+    cdef public unsigned long long hold_at
     # Where the head is also written after each append (a slot of a shared mmap'd file, so
     # it survives a kill -9): lets a restart count what was only in memory. NULL: nowhere.
     cdef uint64_t* head_mirror

@@ -42,6 +42,7 @@ cdef class ChannelRing:
         self.rejected = 0
         self.epoch = 0
         self.wake_at = 0
+        self.hold_at = 0xFFFFFFFFFFFFFFFF
         self.head_mirror = NULL
         self._mirror_view = None
 

@@ -239,8 +239,10 @@ cdef class TokenTable:
         return self.count
 
 
-def dispatch(Batch batch not None, TokenTable table not None, Firehose firehose=None):
-    """Route each frame by the token in its APP-NAME: (routed, unknown, rings to wake).
+def dispatch(Batch batch not None, TokenTable table not None, Firehose firehose=None,
+             Py_ssize_t start=0):
+    """Route each frame from ``start`` on by the token in its APP-NAME: (routed, unknown,
+    rings to wake).
 
     APP-NAME is replaced by the token's name in what the ring stores. A frame of a firehose
     token is also appended as it came to the next ring of ``firehose`` (never to its own
@@ -248,16 +250,35 @@ def dispatch(Batch batch not None, TokenTable table not None, Firehose firehose=
     messages (firehose rings included) and whose head reached its ``wake_at``, for waking
     its readers.
     """
+    routed, unknown, wake, _stop = _dispatch(batch, table, firehose, start, False)
+    return routed, unknown, wake
+
+
+def dispatch_until_held(Batch batch not None, TokenTable table not None,
+                        Firehose firehose=None, Py_ssize_t start=0):
+    """``dispatch``, stopping before the first frame whose ring's head has reached its
+    ``hold_at``: (routed, unknown, rings to wake, stop). ``stop`` is the index of the first
+    frame not routed (-1: all were); the ring it stopped at is among the rings to wake.
+    The caller learns from the ring's owner whether it is held, and routes the rest from
+    ``stop`` once it is not (issue 18: an input stops at the message that reaches a
+    consumer's mark, not a whole read later)."""
+    return _dispatch(batch, table, firehose, start, True)
+
+
+cdef tuple _dispatch(Batch batch, TokenTable table, Firehose firehose, Py_ssize_t start,
+                     bint until_held):
     global _dispatch_epoch
-    cdef Py_ssize_t i, routed = 0, unknown = 0
+    cdef Py_ssize_t i, routed = 0, unknown = 0, stop = -1
     cdef MsgRec* rec
     cdef Entry* e
     cdef ChannelRing ring, copy
     cdef bytes name
     cdef list touched = []
     cdef bint tap = firehose is not None and firehose.n > 0
+    if start < 0 or start > batch.n:
+        raise ValueError("start out of range")
     _dispatch_epoch += 1
-    for i in range(batch.n):
+    for i in range(start, batch.n):
         rec = &batch.recs[i]
         if not (rec.flags & REC_HAS_APP):
             unknown += 1
@@ -267,6 +288,12 @@ def dispatch(Batch batch not None, TokenTable table not None, Firehose firehose=
             unknown += 1
             continue
         ring = <ChannelRing>e.ring
+        if until_held and ring.head >= ring.hold_at:
+            stop = i
+            if ring.epoch != _dispatch_epoch:
+                ring.epoch = _dispatch_epoch
+                touched.append(ring)
+            break
         name = <bytes>e.name
         ring.append_rec(batch.buf, rec, <const unsigned char*><char*>name, len(name))
         if ring.epoch != _dispatch_epoch:
@@ -280,9 +307,9 @@ def dispatch(Batch batch not None, TokenTable table not None, Firehose firehose=
                 touched.append(copy)
     cdef list wake = []
     for ring in touched:
-        if ring.head >= ring.wake_at:
+        if ring.head >= ring.wake_at or ring.head >= ring.hold_at:
             wake.append(ring)
-    return routed, unknown, wake
+    return routed, unknown, wake, stop
 
 
 def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing ring not None,

@@ -21,7 +21,7 @@ try:
     )
     from ._native.framer import OctetFramer, parse_body, parse_frames
     from ._native.ring import ChannelRing
-    from ._native.router import Firehose, TokenTable, dispatch, dispatch_to
+    from ._native.router import Firehose, TokenTable, dispatch, dispatch_to, dispatch_until_held
     from ._native.wire import octet_frames
 except ImportError as exc:  # pragma: no cover - exercised by the CLI test with a broken path
     raise NativeUnavailable(
@@ -39,6 +39,7 @@ __all__ = [
     "channel_log_frames",
     "dispatch",
     "dispatch_to",
+    "dispatch_until_held",
     "format_time",
     "http_frames",
     "l10_http",

@@ -315,7 +315,10 @@ def test_check_hold_asks_the_channel_mode_before_the_default():
 async def test_a_slow_drain_holds_nothing_until_it_has_caught_up(nursery, clock):
     registry = Registry(history_messages=64, buffer_messages=64)
     channel, pair = await _parked_with(nursery, registry, mode=None, default=True)
-    pair.writer.slow = True  # its receiver left a write unfinished (drains/syslog.py)
+    # Its receiver left a write unfinished: the drain's task judged it slow and let go
+    # (drains/syslog.py).
+    pair.writer.slow = True
+    channel.release(pair.writer)
     append(channel, [message(i) for i in range(40)])
     assert not channel.held  # 40 behind, but a slow consumer never holds its inputs
     await trio.testing.wait_all_tasks_blocked()

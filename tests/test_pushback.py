@@ -36,6 +36,38 @@ TEXT = re.compile(rb"p(\d+)-(\d+)\n$")
 # -- the router ------------------------------------------------------------------------------
 
 
+def test_route_stops_at_the_frame_that_reaches_a_mark_and_goes_on_from_there() -> None:
+    registry = Registry()
+    registry.add_token("a", FLOOD, "app")
+    registry.add_token("b", QUIET, "app")
+    a, b = registry.channel("a"), registry.channel("b")
+    assert a is not None and b is not None
+    holder = object()
+    a.hold_from(holder, a.ring.head + 3)  # a consumer 3 messages from its mark
+    texts = [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1), ("a", 3), ("b", 2), ("a", 4)]
+    batch = parse_body(
+        b"".join(frame(FLOOD if ch == "a" else QUIET, f"{ch}{i}") for ch, i in texts), 10240
+    )
+    counts = registry.route(batch)
+    # Up to the mark, then nothing more: not a's 4th message, nor b's after it.
+    assert (counts.held, counts.rest, counts.routed) == ((a,), 5, 5)
+    assert [f.rsplit(b" ", 1)[1] for f in a.ring.last(10).frames()] == [b"a0", b"a1", b"a2"]
+    assert [f.rsplit(b" ", 1)[1] for f in b.ring.last(10).frames()] == [b"b0", b"b1"]
+    # Still held: routing on from there routes nothing.
+    assert registry.route(batch, counts.rest).rest == 5
+    a.release(holder)
+    counts = registry.route(batch, 5)
+    assert (counts.held, counts.rest, counts.routed) == ((), None, 3)
+    assert [f.rsplit(b" ", 1)[1] for f in a.ring.last(10).frames()] == [
+        b"a0", b"a1", b"a2", b"a3", b"a4"
+    ]
+    assert [f.rsplit(b" ", 1)[1] for f in b.ring.last(10).frames()] == [b"b0", b"b1", b"b2"]
+    # ``until_held=False`` routes everything, held or not.
+    a.hold(holder)
+    counts = registry.route(batch, until_held=False)
+    assert (counts.held, counts.rest, counts.routed) == ((a,), None, 8)
+
+
 def test_hold_is_reported_by_route_until_every_holder_releases() -> None:
     registry = Registry()
     registry.add_token("a", FLOOD, "app")
@@ -184,12 +216,21 @@ def _announced(sink: SyslogSink) -> int:
     return sum(int(m.group(1)) for m in L10.finditer(bytes(sink.data)))
 
 
+# A ring smaller than the 8 connections' reads together (8 x 128 KB of ~90-byte messages):
+# an input must stop at the message that reaches its channel's mark, not a read later.
+SMALL_RING = {"history_messages": 2048, "buffer_messages": 2048}
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("overflow", ["pushback", "drop"])
-async def test_a_flood_of_8_connections_to_a_fast_receiver(overflow: str) -> None:
+@pytest.mark.parametrize(
+    ("overflow", "ring"),
+    [("pushback", RING), ("pushback", SMALL_RING), ("drop", RING)],
+    ids=["pushback", "pushback-small-ring", "drop"],
+)
+async def test_a_flood_of_8_connections_to_a_fast_receiver(overflow: str, ring: dict) -> None:
     # Small drain writes make logplexd itself the bottleneck: the receiver reads at once.
     conns, per_conn = 8, 20_000
-    registry = Registry(**RING)
+    registry = Registry(**ring)
     registry.add_token("flood", FLOOD, "app")
     sink = SyslogSink()
     settings = DrainSettings(syslog_batch_bytes=16 * 1024, overflow=overflow)
@@ -221,6 +262,7 @@ async def test_a_flood_of_8_connections_to_a_fast_receiver(overflow: str) -> Non
         assert syslog.stats.pushbacks == 0
         return
     assert syslog.stats.pushbacks > 0  # the router was behind, and the inputs waited
+    assert syslog.stats.frames == syslog.stats.routed == total
     assert stats.lost == 0 and stats.dropped == 0
     assert not any(L10.search(f) for f in frames)
     seen: dict[int, list[int]] = {conn: [] for conn in range(conns)}

@@ -1,6 +1,13 @@
 """Routing in batches: token lookup, APP-NAME rewrite, token-auth semantics."""
 
-from logplexd.native import ChannelRing, TokenTable, dispatch, dispatch_to, parse_frames
+from logplexd.native import (
+    ChannelRing,
+    TokenTable,
+    dispatch,
+    dispatch_to,
+    dispatch_until_held,
+    parse_frames,
+)
 
 
 def msg(app: bytes, text: bytes = b"hello") -> bytes:
@@ -28,6 +35,32 @@ def test_dispatch_routes_by_app_name_and_rewrites_only_that_field():
     assert b.last(5).frames() == [msg(b"heroku-router")]
     fields = a.last(1).fields(0)
     assert fields["app"] == b"app" and fields["sd"] == b'[a b="c"]' and fields["msg"] == b"two"
+
+
+def test_dispatch_until_held_stops_before_a_ring_at_its_hold_mark():
+    a, b = ChannelRing(), ChannelRing()
+    table = TokenTable()
+    table.add(b"t.aaa", a, b"app")
+    table.add(b"t.bbb", b, b"app")
+    a.wake_at = b.wake_at = 2**64 - 1  # nobody waits: only the stop wakes
+    batch = parse_frames([msg(b"t.aaa", b"%d" % i) if i % 2 else msg(b"t.bbb") for i in range(8)])
+    assert a.hold_at == 2**64 - 1  # by default never
+    a.hold_at = 2
+    routed, unknown, wake, stop = dispatch_until_held(batch, table)
+    # b's frames 0, 2, 4 and a's 1, 3 went in; then a's head had reached 2: frame 5 waits.
+    assert (routed, unknown, stop) == (5, 0, 5)
+    assert wake == [a]
+    assert [f[-1:] for f in a.last(9).frames()] == [b"1", b"3"]
+    assert len(b) == 3
+    a.hold_at = 0  # held: nothing more for a, and nothing after it
+    routed, unknown, wake, stop = dispatch_until_held(batch, table, None, 5)
+    assert (routed, stop, wake) == (0, 5, [a])
+    a.hold_at = 2**64 - 1
+    routed, unknown, wake, stop = dispatch_until_held(batch, table, None, 5)
+    assert (routed, stop) == (3, -1) and len(a) == 4 and len(b) == 4
+    # Plain dispatch ignores hold marks; both take a start.
+    a.hold_at = 0
+    assert dispatch(batch, table, None, 7)[:2] == (1, 0) and len(a) == 5
 
 
 def test_invalid_frame_with_a_token_is_still_routed():

@@ -95,11 +95,12 @@ class ClusterRegistry(Registry):
         return staging.last(limit, self.history_bytes) if staging is not None else Batch()
 
     # -- the hot path --------------------------------------------------------------------
-    def route(self, batch: object) -> RouteCounts:
-        """As on one node; a channel this batch fed that a local consumer holds (its
-        drains would take more than the follower has given them) is reported held, so the
-        input waits: the channel's stream then keeps what its consumers have not taken."""
-        routed, unknown, touched = dispatch(batch, self.table, self.firehose)
+    def route(self, batch: Batch, start: int = 0, *, until_held: bool = True) -> RouteCounts:
+        """As on one node (from ``start``), but whole: a channel this batch fed that a
+        local consumer holds (its drains would take more than the follower has given them)
+        is reported held, so the input waits: the channel's stream then keeps what its
+        consumers have not taken."""
+        routed, unknown, touched = dispatch(batch, self.table, self.firehose, start)
         held: list[Channel] | None = None
         unsent = self._unsent
         # While Redis is away the writer collects nothing: the outbound buffer (with its

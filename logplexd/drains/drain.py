@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import trio
 
 from ..native import format_time, parse_frames
+from ..router import Channel
 from ..store import DrainTarget
 from .feed import CHANNEL_POLL_SECONDS, DrainFeed, spill_share
 from .http import HttpDrain
@@ -230,24 +231,34 @@ class Drain:
         disk = feed.disk
         assert disk is not None
         interval = disk.store.settings.flush_interval
-        while True:
-            channel = feed.current_channel()
-            if channel is None:
-                await trio.sleep(CHANNEL_POLL_SECONDS)
-                continue
-            ring = channel.ring
-            share = spill_share(channel)
-            start = max(feed.cursor, ring.tail)
-            # Copying is logplexd's own work: should the inputs outrun this task, the
-            # router holds them once the drain is a whole share behind (as for a drain
-            # that takes every write), so the ring never laps what the disk would take.
-            hold = self.pump is None or pushback_for(channel, self.pump.pushback)
-            reached = trio.Event()
-            if hold:
-                # The router wakes this task itself when the drain is a share behind (no
-                # wake-up shared with the channel's other waiters).
-                channel.hold_from(self._spill_hold, start + share, reached)
-            try:
+        # The channel this task's hold (pending or in effect) is on. It is moved to the next
+        # mark with no await in between: between two marks the inputs are never unheld
+        # (a checkpoint there let a whole read of every connection lap the drain).
+        marked: Channel | None = None
+        try:
+            while True:
+                channel = feed.current_channel()
+                if channel is not marked and marked is not None:
+                    marked.release(self._spill_hold)
+                    marked = None
+                if channel is None:
+                    await trio.sleep(CHANNEL_POLL_SECONDS)
+                    continue
+                ring = channel.ring
+                share = spill_share(channel)
+                start = max(feed.cursor, ring.tail)
+                # Copying is logplexd's own work: should the inputs outrun this task, the
+                # router holds them once the drain is a whole share behind (as for a drain
+                # that takes every write), so the ring never laps what the disk would take.
+                hold = self.pump is None or pushback_for(channel, self.pump.pushback)
+                reached = trio.Event()
+                channel.release(self._spill_hold)
+                marked = None
+                if hold:
+                    # The router wakes this task itself when the drain is a share behind
+                    # (no wake-up shared with the channel's other waiters).
+                    channel.hold_from(self._spill_hold, start + share, reached)
+                    marked = channel
                 if feed.spilling:
                     await channel.wait_head(start + 1)
                     with trio.move_on_after(interval):
@@ -255,18 +266,25 @@ class Drain:
                 elif hold:
                     await reached.wait()
                 else:
-                    # In steps past the head (never a spin): the share is re-measured
-                    # as the ring learns message sizes.
+                    # In steps past the head (never a spin): the share is re-measured as
+                    # the ring learns message sizes.
                     await channel.wait_head(min(start + share, ring.head + max(1, share // 4)))
                 copied = feed.spill()
-            finally:
-                channel.release(self._spill_hold)
-            if not copied and disk.store.recheck():
-                # The disk takes nothing now (budget, free space, a full queue): look
-                # again later; meanwhile the drain reads from its ring.
-                await trio.sleep(interval)
-            else:
-                await trio.lowlevel.checkpoint()
+                if not copied and disk.store.recheck():
+                    if not hold or disk.store.refusing:
+                        # The disk takes nothing now (budget, free space): look again
+                        # later; meanwhile the drain reads from its ring, and a flood
+                        # laps it (L10).
+                        channel.release(self._spill_hold)
+                        marked = None
+                    # Else only the writer's queue is full: logplexd's own work, so the
+                    # inputs keep waiting at the mark meanwhile.
+                    await trio.sleep(interval)
+                else:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            if marked is not None:
+                marked.release(self._spill_hold)
 
     async def _deliver(self) -> None:
         while True:

@@ -95,12 +95,17 @@ def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: boo
         channel.release(writer)
         return
     ring = channel.ring
-    backlog = ring.head - max(ring.tail, writer.feed.cursor)
+    cursor = max(ring.tail, writer.feed.cursor)
+    backlog = ring.head - cursor
     if backlog <= high // 2:
         writer.slow = False  # caught up: it may hold again
         channel.release(writer)
     elif backlog >= high and not writer.slow:
         channel.hold(writer)
+    if not writer.slow and not channel.held_by(writer):
+        # The router stops each input at the very message that puts this drain ``high``
+        # behind (``dispatch_until_held``), not a read later.
+        channel.hold_from(writer, cursor + high)
 
 
 class DrainPump:
@@ -256,8 +261,8 @@ class DrainPump:
             self._busy.add(channel)
         else:
             self._busy.discard(channel)
-        if channel.held:
-            self._looks[channel] = self._check_hold(channel)
+        # Every round: the drains' hold marks follow their cursors.
+        self._looks[channel] = self._check_hold(channel)
         look = self._looks.get(channel, 0)
         if channel in self._writers and not self.rounds.is_urgent(channel):
             channel.watch(self, min(channel.ring.head + 1, look))

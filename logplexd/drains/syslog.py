@@ -47,7 +47,7 @@ class SyslogDrain:
         failures = 0
         while True:
             # Connect only when there is something to send: an idle drain holds no socket.
-            if not await feed.wait_for_data():
+            if not await self._wait_for_data(guard=failures == 0):
                 return
             delay = syslog_reconnect_backoff(failures, drain.rng, cap=settings.syslog_backoff_cap)
             if delay:
@@ -76,6 +76,33 @@ class SyslogDrain:
                 drain.fail(exc)
             finally:
                 await trio.aclose_forcefully(stream)
+
+    async def _wait_for_data(self, *, guard: bool) -> bool:
+        """``feed.wait_for_data``; with ``guard``, a flood that arrives before this task
+        has run holds the inputs at the drain's high-water mark (the router applies it
+        with the very message that reaches it), so the connection that follows, which
+        holds for at most ``slow_write_after``, has a ring that has not lapped it."""
+        drain, feed = self.drain, self.drain.feed
+        channel = feed.current_channel()
+        if (
+            not guard
+            or channel is None
+            or drain.pump is None
+            or not pushback_for(channel, drain.pump.pushback)
+        ):
+            return await feed.wait_for_data()
+        cursor = max(feed.cursor, channel.ring.tail)
+        channel.hold_from(self, cursor + high_water(channel.ring))
+        try:
+            ready = await feed.wait_for_data()
+        except BaseException:
+            channel.release(self)
+            raise
+        if not ready:
+            channel.release(self)
+        # Otherwise kept past the wait on purpose: ``_connect`` takes it over and releases
+        # it once connected (or after ``slow_write_after``).
+        return ready
 
     async def _connect(self, *, hold: bool) -> trio.abc.Stream:
         """Open the connection. A drain that was delivering holds its channel's inputs while

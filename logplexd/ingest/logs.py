@@ -179,10 +179,17 @@ class LogsIngest:
             counts = self.registry.route(batch)
             self.stats.routed += counts.routed
             self.stats.unknown_token += counts.unknown_token
-            if counts.held:
-                # Routed by APP-NAME: which channels it feeds is known only now. The messages
-                # are in their rings; the answer waits (bounded) so the client slows down.
-                await self._wait_released(counts.held)
+            while counts.held:
+                # Routed by APP-NAME: which channels it feeds is known only now. The answer
+                # waits (bounded) so the client slows down; the frames from the first one
+                # for a held channel on are routed once it is released, or after the wait
+                # in any case (what was routed already must not be sent again: no 503).
+                released = await self._wait_released(counts.held)
+                if counts.rest is None:
+                    break
+                counts = self.registry.route(batch, counts.rest, until_held=released)
+                self.stats.routed += counts.routed
+                self.stats.unknown_token += counts.unknown_token
         else:
             live = self.registry.channel_of_token(who[0])
             if live is not None and live.held and not await self._wait_released((live,)):

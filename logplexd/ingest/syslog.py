@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from ..native import Batch, OctetFramer
-from ..router import Channel, Registry
+from ..router import Channel, Registry, RouteCounts
 from ..web import ServerCertificate
 from ._admission import ConnectionTable, Slot
 from ._thread import ConnectionReader, ReaderEnd
@@ -221,9 +221,7 @@ class SyslogInput:
                 if not data:
                     break
                 stats.bytes_received += len(data)
-                held = self.ingest(framer, data)
-                if held:
-                    await self._wait_released(held)
+                await self._route_all(framer.feed(data))
                 busy = fd >= 0 and len(data) >= OFFLOAD_READ_BYTES
                 if (
                     busy
@@ -262,10 +260,8 @@ class SyslogInput:
                             if isinstance(item, tuple):
                                 stats.offloaded_reads += 1
                                 stats.bytes_received += item[0]
-                                held = self._route(item[1])
-                                if held:
-                                    # The thread stops at its bounded queue meanwhile.
-                                    await self._wait_released(held)
+                                # The thread stops at its bounded queue meanwhile.
+                                await self._route_all(item[1])
                             else:
                                 end = item
                 finally:
@@ -284,19 +280,40 @@ class SyslogInput:
         await trio.to_thread.run_sync(reader.run, limiter=self._thread_limiter)
 
     def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> tuple[Channel, ...]:
-        """Frame and route ``data``; returns the channels it fed that a consumer holds."""
-        return self._route(framer.feed(data))
+        """Frame and route ``data`` whole (whatever holds); returns the channels it fed
+        that a consumer holds. The connections use ``_route_all``, which stops at them."""
+        batch = framer.feed(data)
+        self._count(batch)
+        counts = self._route(batch)
+        held = counts.held
+        while counts.rest is not None:
+            counts = self._route(batch, counts.rest, hold=False)
+            held += counts.held
+        return held
 
-    def _route(self, batch: Batch) -> tuple[Channel, ...]:
+    async def _route_all(self, batch: Batch) -> None:
+        """Route ``batch``; at a frame whose channel is held, stop reading this connection
+        until it is released, then route on from that frame (per-connection order kept)."""
+        self._count(batch)
+        counts = self._route(batch)
+        while counts.held:
+            await self._wait_released(counts.held)
+            if counts.rest is None:
+                return
+            counts = self._route(batch, counts.rest)
+
+    def _count(self, batch: Batch) -> None:
+        self.stats.malformed += batch.malformed
+        self.stats.frames += len(batch)
+
+    def _route(self, batch: Batch, start: int = 0, *, hold: bool = True) -> RouteCounts:
         stats = self.stats
-        stats.malformed += batch.malformed
-        if not len(batch):
-            return ()
-        stats.frames += len(batch)
-        counts = self.registry.route(batch)
+        if start >= len(batch):
+            return RouteCounts()
+        counts = self.registry.route(batch, start, until_held=hold)
         stats.routed += counts.routed
         stats.unknown_token += counts.unknown_token
-        return counts.held
+        return counts
 
     async def _wait_released(self, held: tuple[Channel, ...]) -> None:
         """Stop reading this connection until the channels it fed are no longer held: the

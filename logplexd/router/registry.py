@@ -20,7 +20,15 @@ from typing import Protocol
 
 import trio
 
-from ..native import Batch, ChannelRing, Firehose, TokenTable, dispatch, dispatch_to
+from ..native import (
+    Batch,
+    ChannelRing,
+    Firehose,
+    TokenTable,
+    dispatch,
+    dispatch_to,
+    dispatch_until_held,
+)
 
 DEFAULT_HISTORY_MESSAGES = 1500
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
@@ -126,9 +134,14 @@ class Channel:
             wake_at = min(wake_at, self._deep_at)
         if self._consumers is not None:
             wake_at = min(wake_at, *self._consumers.values())
-        if self._pending_holds is not None:
-            wake_at = min(wake_at, *self._pending_holds.values())
+        hold_at = NEVER
+        if self._holders is not None:
+            hold_at = 0
+        elif self._pending_holds is not None:
+            hold_at = min(self._pending_holds.values())
+            wake_at = min(wake_at, hold_at)
         self.ring.wake_at = wake_at
+        self.ring.hold_at = hold_at
 
     # -- consumers ----------------------------------------------------------------------
     def watch(self, consumer: ChannelConsumer, head: int) -> None:
@@ -166,6 +179,7 @@ class Channel:
             self.held = True
         self._holders.add(consumer)
         self.ring.wake_at = 0
+        self.ring.hold_at = 0  # the inputs route nothing more to it (dispatch_until_held)
 
     def hold_from(self, consumer: object, head: int, reached: trio.Event | None = None) -> None:
         """``hold(consumer)`` once the ring's head reaches ``head`` (at once if it has): for
@@ -184,6 +198,7 @@ class Channel:
             self._pending_holds = {}
         self._pending_holds[consumer] = head
         self.ring.wake_at = min(self.ring.wake_at, head)
+        self.ring.hold_at = min(self.ring.hold_at, head)
 
     def _hold_reached(self, consumer: object) -> None:
         reached = self._reached
@@ -200,8 +215,9 @@ class Channel:
             if not self._reached:
                 self._reached = None
         pending = self._pending_holds
-        if pending is not None and pending.pop(consumer, None) is not None and not pending:
-            self._pending_holds = None
+        if pending is not None and pending.pop(consumer, None) is not None:
+            if not pending:
+                self._pending_holds = None
             self.rearm()
         holders = self._holders
         if holders is None or consumer not in holders:
@@ -262,10 +278,9 @@ def high_water(ring: ChannelRing) -> int:
     """Backlog (messages) at which a consumer that takes all it is given (a drain, a tail)
     holds its channel:
     an eighth of the ring, in messages or (at the ring's mean message size) in bytes,
-    whichever comes first. The inputs stop only after the read they are in, so the other
-    seven eighths absorb the reads already under way: 8 connections' 128 KB reads of
-    85-byte messages are 12,300 of the default ring's 16,384 (a quarter was measured to
-    be too little: the ring lapped by a few thousand)."""
+    whichever comes first. An input stops at the message that reaches a consumer's mark
+    (``hold_from`` and ``dispatch_until_held``); what it had read past it waits, so the
+    other seven eighths are slack for the consumers' own writes."""
     high = ring.max_messages // 8
     held = ring.head - ring.tail
     if held > 0:
@@ -292,6 +307,9 @@ class RouteCounts:
     unknown_token: int = 0
     # Channels this batch fed that a consumer holds: the input should wait for them.
     held: tuple[Channel, ...] = ()
+    # Index of the first frame not routed because its channel is held (route the batch on
+    # from there once ``held`` is released); None: every frame was routed.
+    rest: int | None = None
 
 
 class Registry:
@@ -443,14 +461,38 @@ class Registry:
         return self._channel_of_token.get(token)
 
     # -- the hot path: one call per batch ------------------------------------------------
-    def route(self, batch: object) -> RouteCounts:
-        """Route every frame of ``batch`` by the token in its APP-NAME (and copy the
-        firehose tokens' frames)."""
-        routed, unknown, touched = dispatch(batch, self.table, self.firehose)
-        held = self._wake(touched)
+    def route(self, batch: Batch, start: int = 0, *, until_held: bool = True) -> RouteCounts:
+        """Route the frames of ``batch`` from ``start`` on by the token in its APP-NAME (and
+        copy the firehose tokens' frames), up to the first frame whose channel is held:
+        ``rest`` says where to go on once ``held`` is released (issue 18: an input stops
+        at the message that reaches a consumer's mark, not a whole read past it). With
+        ``until_held`` false every frame is routed, held channel or not."""
+        if not until_held:
+            return self._route_whole(batch, start)
+        routed = unknown = 0
+        while True:
+            r, u, touched, stop = dispatch_until_held(batch, self.table, self.firehose, start)
+            routed += r
+            unknown += u
+            held = self._wake(touched)
+            if stop < 0 or held:
+                break
+            if stop == start:
+                # A mark no consumer holds at (notify re-armed nothing): never spin.
+                self.totals.routed += routed
+                self.totals.unknown_token += unknown
+                rest = self._route_whole(batch, start)
+                return RouteCounts(routed + rest.routed, unknown + rest.unknown_token, rest.held)
+            start = stop
         self.totals.routed += routed
         self.totals.unknown_token += unknown
-        return RouteCounts(routed, unknown, held)
+        return RouteCounts(routed, unknown, held, None if stop < 0 else stop)
+
+    def _route_whole(self, batch: Batch, start: int) -> RouteCounts:
+        routed, unknown, touched = dispatch(batch, self.table, self.firehose, start)
+        self.totals.routed += routed
+        self.totals.unknown_token += unknown
+        return RouteCounts(routed, unknown, self._wake(touched))
 
     def route_to(self, batch: object, channel: Channel, token: str | None = None) -> int:
         """Token auth: every frame goes to ``channel``; sibling tokens are renamed. A frame
