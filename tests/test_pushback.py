@@ -165,6 +165,48 @@ async def test_logs_for_a_held_channel_wait_and_get_204_once_released(
     assert channel.ring.head == 1
 
 
+@pytest.mark.parametrize("released", [True, False])
+async def test_logs_routed_by_app_name_stop_at_a_mark_and_go_on_after_the_wait(
+    autojump: trio.testing.MockClock, released: bool
+) -> None:
+    # A credential that may write any channel: frames are routed by their APP-NAME, so
+    # which channel is held is known only while routing.
+    registry = Registry()
+    registry.add_token("a", FLOOD, "app")
+    registry.add_token("b", QUIET, "app")
+    a, b = registry.channel("a"), registry.channel("b")
+    assert a is not None and b is not None
+
+    async def any_channel(user: str, password: str) -> frozenset[str] | None:
+        return frozenset({"any_channel"}) if (user, password) == ("router", "pw") else None
+
+    ingest = LogsIngest(registry, any_channel, hold_timeout=2.0)
+    holder = object()
+    a.hold_from(holder, 2)
+    body = b"".join(frame(FLOOD if i % 2 else QUIET, f"m{i}") for i in range(8))
+    headers = {"content-type": "application/logplex-1", "authorization": basic_auth("router", "pw")}
+
+    midway: list[tuple[int, int]] = []
+
+    async def release_later() -> None:
+        await trio.sleep(1.0)
+        midway.append((a.ring.head, b.ring.head))
+        if released:
+            a.release(holder)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release_later)
+        response = await ingest.handle("POST", headers, body)
+    # It stopped at a's third frame: a had 2, b the 3 before it.
+    assert midway == [(2, 3)]
+    # Once released (1 s) or after the bounded wait (2 s) in any case, the rest went in:
+    # it was accepted, and none of it may be asked for again.
+    assert response.status == 204
+    assert trio.current_time() == pytest.approx(1.0 if released else 2.0)
+    assert (a.ring.head, b.ring.head) == (4, 4)
+    a.release(holder)
+
+
 @pytest.mark.parametrize(
     ("hold_timeout", "retry_after"), [(0.0, "1"), (0.4, "1"), (2.2, "3"), (2.5, "3")]
 )

@@ -190,6 +190,8 @@ class LogsIngest:
                 counts = self.registry.route(batch, counts.rest, until_held=released)
                 self.stats.routed += counts.routed
                 self.stats.unknown_token += counts.unknown_token
+                if not released:
+                    break  # waited its bound: all of it is routed now
         else:
             live = self.registry.channel_of_token(who[0])
             if live is not None and live.held and not await self._wait_released((live,)):
