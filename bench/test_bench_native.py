@@ -90,6 +90,35 @@ def test_dispatch_16_channels(benchmark):
     benchmark.extra_info["messages"] = len(batch)
 
 
+def _round_robin_frames(tokens: list[str], n: int) -> list[bytes]:
+    return [
+        b"<134>1 2024-05-01T12:00:00.000000Z host %s web.1 - - seq=%d %s"
+        % (tokens[i % len(tokens)].encode(), i, b"x" * 60)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.benchmark(group="dispatch")
+def test_dispatch_1000_channels_round_robin_into_fresh_rings(benchmark):
+    # The e2e worst case (a producer taking 1,000 channels in turn, message by message):
+    # each append lands in a ring untouched since the last batch, and the rings grow.
+    tokens = [f"t.{i:08d}-aaaa-bbbb-cccc-dddddddddddd" for i in range(1000)]
+    batches = [parse_frames(_round_robin_frames(tokens, 900)) for _ in range(100)]
+
+    def setup():
+        table = TokenTable()
+        for token in tokens:
+            table.add(token.encode(), ChannelRing(16384, 16 << 20), b"app")
+        return (table,), {}
+
+    def route_all(table):
+        for batch in batches:
+            dispatch(batch, table)
+
+    benchmark.pedantic(route_all, setup=setup, rounds=5)
+    benchmark.extra_info["messages"] = 900 * len(batches)
+
+
 @pytest.mark.benchmark(group="encode")
 def test_encode_syslog_and_http(benchmark):
     batch = parse_frames(FRAMES)
