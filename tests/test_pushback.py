@@ -19,7 +19,7 @@ import trio.testing
 from logplexd.drains import DrainSettings
 from logplexd.ingest import LogsIngest, LogsListener, SyslogInput
 from logplexd.native import parse_body
-from logplexd.router import Registry
+from logplexd.router import Channel, Registry
 from logplexd.web import serve_http
 from tests.helpers.drains import SyslogSink, append, message, start_manager, stats_of
 from tests.helpers.http import basic_auth, credentials, request
@@ -36,12 +36,18 @@ TEXT = re.compile(rb"p(\d+)-(\d+)\n$")
 # -- the router ------------------------------------------------------------------------------
 
 
-def test_route_stops_at_the_frame_that_reaches_a_mark_and_goes_on_from_there() -> None:
+def _two_channels() -> tuple[Registry, Channel, Channel]:
+    """Channels "a" (token FLOOD) and "b" (token QUIET), with the default ring."""
     registry = Registry()
     registry.add_token("a", FLOOD, "app")
     registry.add_token("b", QUIET, "app")
     a, b = registry.channel("a"), registry.channel("b")
     assert a is not None and b is not None
+    return registry, a, b
+
+
+def test_route_stops_at_the_frame_that_reaches_a_mark_and_goes_on_from_there() -> None:
+    registry, a, b = _two_channels()
     holder = object()
     a.hold_from(holder, a.ring.head + 3)  # a consumer 3 messages from its mark
     texts = [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1), ("a", 3), ("b", 2), ("a", 4)]
@@ -69,11 +75,7 @@ def test_route_stops_at_the_frame_that_reaches_a_mark_and_goes_on_from_there() -
 
 
 def test_hold_is_reported_by_route_until_every_holder_releases() -> None:
-    registry = Registry()
-    registry.add_token("a", FLOOD, "app")
-    registry.add_token("b", QUIET, "app")
-    a, b = registry.channel("a"), registry.channel("b")
-    assert a is not None and b is not None
+    registry, a, b = _two_channels()
     batch = [frame(FLOOD, "one"), frame(QUIET, "two")]
     assert registry.route(parse_body(b"".join(batch), 10240)).held == ()
     first, second = object(), object()
@@ -171,11 +173,7 @@ async def test_logs_routed_by_app_name_stop_at_a_mark_and_go_on_after_the_wait(
 ) -> None:
     # A credential that may write any channel: frames are routed by their APP-NAME, so
     # which channel is held is known only while routing.
-    registry = Registry()
-    registry.add_token("a", FLOOD, "app")
-    registry.add_token("b", QUIET, "app")
-    a, b = registry.channel("a"), registry.channel("b")
-    assert a is not None and b is not None
+    registry, a, b = _two_channels()
 
     async def any_channel(user: str, password: str) -> frozenset[str] | None:
         return frozenset({"any_channel"}) if (user, password) == ("router", "pw") else None
