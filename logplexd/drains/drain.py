@@ -271,14 +271,11 @@ class Drain:
                     await channel.wait_head(min(start + share, ring.head + max(1, share // 4)))
                 copied = feed.spill()
                 if not copied and disk.store.recheck():
-                    if not hold or disk.store.refusing:
-                        # The disk takes nothing now (budget, free space): look again
-                        # later; meanwhile the drain reads from its ring, and a flood
-                        # laps it (L10).
-                        channel.release(self._spill_hold)
-                        marked = None
-                    # Else only the writer's queue is full: logplexd's own work, so the
-                    # inputs keep waiting at the mark meanwhile.
+                    # The disk takes nothing now (budget, free space, a full queue): look
+                    # again later; meanwhile the drain reads from its ring, and a flood
+                    # laps it (L10). A stuck disk must not hold the producers.
+                    channel.release(self._spill_hold)
+                    marked = None
                     await trio.sleep(interval)
                 else:
                     await trio.lowlevel.checkpoint()
