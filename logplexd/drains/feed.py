@@ -301,6 +301,15 @@ class DrainFeed:
             self._announce_now = True
             self._record()
         if not payloads:
+            if self._prior_lost:
+                # What the previous process held only in memory came after its backlog:
+                # announced once a backlog payload is delivered (``_settle``), or now when
+                # none is left to deliver (every chunk it had queued was lost with it).
+                self.loss.add(self._prior_lost, self.wall_clock())
+                self.counters.lost += self._prior_lost
+                self._prior_lost = 0
+                self._announce_now = True
+                self._record()
             return False
         batch = parse_body(b"".join(payloads), SPILL_MAX_FRAME)
         skip = max(0, start - first)

@@ -208,7 +208,10 @@ class DrainPump:
         for writer in writers:
             cursor = max(writer.feed.cursor, ring.tail)
             check_hold(writer, channel, high, self.pushback)
-            look = min(look, cursor + high)
+            # Looked at again half way to its hold mark: the mark then moves up with the
+            # cursor before the inputs can reach where it stood (a mark left behind by
+            # the writes would hold them early).
+            look = min(look, cursor + high // 2)
         return look
 
     # -- the router side (from Channel.notify: the pump is the router's ChannelConsumer) ------
@@ -261,8 +264,8 @@ class DrainPump:
             self._busy.add(channel)
         else:
             self._busy.discard(channel)
-        # Every round: the drains' hold marks follow their cursors.
-        self._looks[channel] = self._check_hold(channel)
+        if channel.held:
+            self._looks[channel] = self._check_hold(channel)
         look = self._looks.get(channel, 0)
         if channel in self._writers and not self.rounds.is_urgent(channel):
             channel.watch(self, min(channel.ring.head + 1, look))

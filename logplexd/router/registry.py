@@ -194,11 +194,18 @@ class Channel:
             self.hold(consumer)
             self._hold_reached(consumer)
             return
-        if self._pending_holds is None:
-            self._pending_holds = {}
-        self._pending_holds[consumer] = head
-        self.ring.wake_at = min(self.ring.wake_at, head)
-        self.ring.hold_at = min(self.ring.hold_at, head)
+        pending = self._pending_holds
+        if pending is None:
+            pending = self._pending_holds = {}
+        previous = pending.get(consumer)
+        pending[consumer] = head
+        if previous is not None and previous < head:
+            # A consumer moving its mark up as it reads (every pump round): recompute, so
+            # the router neither stops nor wakes at the old mark.
+            self.rearm()
+        else:
+            self.ring.wake_at = min(self.ring.wake_at, head)
+            self.ring.hold_at = min(self.ring.hold_at, head)
 
     def _hold_reached(self, consumer: object) -> None:
         reached = self._reached
