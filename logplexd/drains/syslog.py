@@ -82,17 +82,10 @@ class SyslogDrain:
         has run holds the inputs at the drain's high-water mark (the router applies it
         with the very message that reaches it), so the connection that follows, which
         holds for at most ``slow_write_after``, has a ring that has not lapped it."""
-        drain, feed = self.drain, self.drain.feed
-        channel = feed.current_channel()
-        if (
-            not guard
-            or channel is None
-            or drain.pump is None
-            or not pushback_for(channel, drain.pump.pushback)
-        ):
+        feed = self.drain.feed
+        channel = self._mark_channel() if guard else None
+        if channel is None:
             return await feed.wait_for_data()
-        cursor = max(feed.cursor, channel.ring.tail)
-        channel.hold_from(self, cursor + high_water(channel.ring))
         try:
             ready = await feed.wait_for_data()
         except BaseException:
@@ -103,6 +96,18 @@ class SyslogDrain:
         # Otherwise kept past the wait on purpose: ``_connect`` takes it over and releases
         # it once connected (or after ``slow_write_after``).
         return ready
+
+    def _mark_channel(self) -> Channel | None:
+        """Hold this drain's channel from its high-water mark past its cursor (pending:
+        the router applies it with the message that reaches it), when the channel pushes
+        back; returns the channel, or None when nothing was marked."""
+        drain = self.drain
+        channel = drain.feed.current_channel()
+        if channel is None or drain.pump is None or not pushback_for(channel, drain.pump.pushback):
+            return None
+        cursor = max(drain.feed.cursor, channel.ring.tail)
+        channel.hold_from(self, cursor + high_water(channel.ring))
+        return channel
 
     async def _connect(self, *, hold: bool) -> trio.abc.Stream:
         """Open the connection. A drain that was delivering holds its channel's inputs while
@@ -115,18 +120,11 @@ class SyslogDrain:
             drain.tls,
             connect_timeout=settings.syslog_connect_timeout,
         )
-        channel = drain.feed.current_channel()
-        if (
-            not hold
-            or channel is None
-            or drain.pump is None
-            or not pushback_for(channel, drain.pump.pushback)
-        ):
+        channel = self._mark_channel() if hold else None
+        if channel is None:
             return await connect()
         # Messages arriving meanwhile wait in the ring; only a flood big enough to lap it
         # holds the inputs.
-        cursor = max(drain.feed.cursor, channel.ring.tail)
-        channel.hold_from(self, cursor + high_water(channel.ring))
         try:
             with trio.move_on_after(settings.slow_write_after):
                 return await connect()

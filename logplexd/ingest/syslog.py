@@ -284,12 +284,7 @@ class SyslogInput:
         that a consumer holds. The connections use ``_route_all``, which stops at them."""
         batch = framer.feed(data)
         self._count(batch)
-        counts = self._route(batch)
-        held = counts.held
-        while counts.rest is not None:
-            counts = self._route(batch, counts.rest, hold=False)
-            held += counts.held
-        return held
+        return self._route(batch, hold=False).held
 
     async def _route_all(self, batch: Batch) -> None:
         """Route ``batch``; at a frame whose channel is held, stop reading this connection
