@@ -25,7 +25,7 @@ def test_buffer_takes_everything_grouped_per_channel_in_order() -> None:
     buf.push("a", b"A2", 3, now=1.0)
     assert (buf.messages, buf.nbytes) == (6, 6)
     flush = buf.take()
-    assert flush.entries == {"a": [(b"A1A2", 4)], "b": [(b"B1", 2)]}
+    assert flush.entries == {"a": [(b"A1A2", 4, None)], "b": [(b"B1", 2, None)]}
     assert flush.messages == 6 and not flush.losses
     assert not buf and (buf.messages, buf.nbytes) == (0, 0)
 
@@ -38,7 +38,10 @@ def test_buffer_joins_a_channel_s_blobs_up_to_entry_max_messages_and_counts_queu
     assert buf.queued == {"a": 15, "b": 1}
     flush = buf.take(entry_max_messages=7)
     # 3 + 3 = 6 fits, a third would make 9 > 7: an entry never holds more than 7.
-    assert flush.entries == {"a": [(b"A0A1", 6), (b"A2A3", 6), (b"A4", 3)], "b": [(b"B", 1)]}
+    assert flush.entries == {
+        "a": [(b"A0A1", 6, None), (b"A2A3", 6, None), (b"A4", 3, None)],
+        "b": [(b"B", 1, None)],
+    }
     assert buf.queued == {}
     buf.restore(flush, now=2.0)  # given back: queued again
     assert buf.queued == {"a": 15, "b": 1}
@@ -52,7 +55,7 @@ def test_buffer_drops_oldest_when_full_and_counts_per_channel() -> None:
     assert buf.messages == 4 and buf.dropped == 3
     flush = buf.take()
     assert flush.losses["a"].count == 3 and flush.losses["a"].since == 12.0
-    assert flush.entries == {"b": [(b"b" * 10, 2)], "a": [(b"c" * 10, 2)]}
+    assert flush.entries == {"b": [(b"b" * 10, 2, None)], "a": [(b"c" * 10, 2, None)]}
     # Losses are handed over once.
     assert not buf.take()
 
@@ -72,7 +75,7 @@ def test_restore_puts_a_failed_flush_back_in_front_and_rebounds() -> None:
     buf.push("a", b"2", 2, now=2.0)
     buf.restore(flush, now=3.0)
     again = buf.take()
-    assert again.entries == {"a": [(b"12", 4)]}
+    assert again.entries == {"a": [(b"12", 4, None)]}
     assert again.losses["a"].count == 5 and again.losses["a"].since == 0.5
     # Restoring past the bound drops the oldest (the restored entry) and counts it.
     buf.push("a", b"3", 3, now=4.0)
@@ -87,8 +90,22 @@ def test_flush_is_bounded_and_entries_split() -> None:
         buf.push("a", b"x" * 100, 1, now=0.0)
     flush = buf.take(max_bytes=350, entry_max=200)
     assert flush.messages == 3
-    assert [n for _, n in flush.entries["a"]] == [2, 1]
+    assert [n for _, n, _ in flush.entries["a"]] == [2, 1]
     assert buf.messages == 7
+
+
+def test_kept_batches_count_twice_and_reach_the_flush_only_when_all_were_kept() -> None:
+    buf = OutboundBuffer(max_messages=100, max_bytes=10_000)
+    first, second = object(), object()
+    buf.push("a", b"A1", 1, now=1.0, kept=first)
+    buf.push("a", b"A2", 1, now=1.0, kept=second)
+    buf.push("b", b"B1", 1, now=1.0, kept=first)
+    buf.push("b", b"B2", 1, now=1.0)  # not kept: the joined entry has no batches
+    assert buf.nbytes == 2 * 2 + 2 * 2 + 2 * 2 + 2
+    assert buf.filled() == 4 / 100  # the larger share: messages
+    flush = buf.take()
+    assert flush.entries == {"a": [(b"A1A2", 2, [first, second])], "b": [(b"B1B2", 2, None)]}
+    assert buf.nbytes == 0 and buf.filled() == 0.0
 
 
 def test_buffer_needs_room() -> None:

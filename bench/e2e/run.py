@@ -288,6 +288,10 @@ class Router:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def loss_counters(self) -> list[str]:
+        """The router's own non-zero loss counters (for a run that lost messages)."""
+        return []
+
     def fake_tokens(self) -> list[str]:
         return [f"t.{uuid.UUID(int=i + 1)}" for i in range(self.wl.channels)]
 
@@ -387,6 +391,27 @@ class Logplexd(Router):
                     call("POST", f"/v3/channels/{name}/drains", {"url": url})
         finally:
             conn.close()
+
+    def loss_counters(self) -> list[str]:
+        """Non-zero ``/metrics`` series summed over their labels whose name says lost,
+        dropped, evicted or held."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=10)
+        try:
+            conn.request("GET", "/metrics", headers={"Authorization": f"Basic {self.key}"})
+            text = conn.getresponse().read().decode(errors="replace")
+        except (OSError, http.client.HTTPException) as exc:
+            return [f"/metrics: {exc}"]
+        finally:
+            conn.close()
+        totals: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            name = line.split("{")[0].split(" ")[0]
+            if any(word in name for word in ("lost", "drop", "evict", "held", "hold", "spill")):
+                with contextlib.suppress(ValueError):
+                    totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return [f"{name} {value:g}" for name, value in sorted(totals.items()) if value]
 
     def drain_url(self, channel: int, drain: int) -> str:
         """The URL of drain ``drain`` of channel ``channel`` (all go to the one sink)."""
@@ -645,6 +670,10 @@ def run_once(
             except subprocess.TimeoutExpired:
                 raise HarnessError("sink did not report") from None
             sk = json.loads(out.decode().strip().splitlines()[-1])
+            if sk["lost"] or sk["l10_dropped"]:
+                # A failed run: say where the router counted the loss, while it still runs.
+                for line in router.loss_counters():
+                    log(f"  {router.name} counted: {line}")
             cpu = cpu_seconds(pid) - cpu0 if pid and cpu0 is not None else None
             rss = peak_rss_kb(pid) if pid else None
             if router is not None and router.proc is not None and router.proc.poll() is not None:

@@ -20,16 +20,25 @@ from __future__ import annotations
 import bisect
 import logging
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from ..native import Batch, ChannelRing
+from ..native import Batch, ChannelRing, parse_body
 from ..router import Channel
 from ._history import History
 from ._link import CALL_TIMEOUT, READ_BLOCK_MS, Backoff, Connection, redis_errors
-from ._stream import Keys, Malformed, StreamId, decode_entry, format_id, parse_id
+from ._stream import (
+    MAX_WIRE_FRAME,
+    EntryBody,
+    Keys,
+    Malformed,
+    StreamId,
+    decode_entry,
+    format_id,
+    parse_id,
+)
 
 log = logging.getLogger("logplexd.cluster")
 
@@ -45,12 +54,25 @@ READ_ENTRIES = 512
 def read_count(streams: int) -> int:
     """Entries per stream for one read of ``streams`` streams (``READ_ENTRIES`` in all)."""
     return max(1, min(READ_COUNT, READ_ENTRIES // max(1, streams)))
+
+
 # Redis Cluster: the reader polls every followed stream this often while it finds entries,
 # and this often when the last poll found none (one round trip per shard each time).
 POLL_BUSY = 0.02
 POLL_IDLE = 0.1
 # A reader wanting the stream position a follower has not reached waits at most this long.
 CATCH_UP_WAIT = 2.0
+# A followed channel this node wrote to within this window, and whose stream had no other
+# node's entry within it, is "solo": the one blocking read leaves it out (this node's own
+# writes would wake that read every time, only for entries the writer appended already,
+# ``Followers.own_written``), and it is read without blocking every ``POLL_IDLE`` instead.
+# Another node's entry found there makes it read by the blocking read again at once.
+SOLO_WINDOW = 1.0
+# Entries this node wrote while their follow's channel was held wait in memory (at most
+# this many bytes of frames, all follows together) to be appended once it is released,
+# instead of being read back from the stream. Past the bound they are read back. (With
+# 1,000 busy channels held in turn, 32 MB was too little: reading back cost ~15 % more CPU.)
+OWN_WAITING_BYTES = 128 * 1024 * 1024
 # While a followed channel is held (its drains would take more than they have been given
 # yet, see ``Channel.hold``), the others are read with this short a block, so that the held
 # one is read again soon after it is released.
@@ -79,6 +101,10 @@ class Follow:
         "seqs",
         "advanced",
         "resolved",
+        "own_at",
+        "foreign_at",
+        "written_through",
+        "waiting",
     )
 
     def __init__(self, name: str, key: str, channel: Channel, after: StreamId | None) -> None:
@@ -97,6 +123,24 @@ class Follow:
         self.heads = array("q")
         self.seqs = array("q")
         self.advanced = trio.Event()
+        # When this node last appended its own entries here without reading them
+        # (``Followers.own_written``), when the follower last read another node's entry,
+        # and the sequence through which this node wrote the stream.
+        self.own_at = -float("inf")
+        self.foreign_at = -float("inf")
+        self.written_through = 0
+        # This node's entries written while the channel was held, not appended yet: runs
+        # of consecutive entries, each with the id of the entry before it.
+        self.waiting: list[tuple[StreamId, list[tuple[StreamId, Any]]]] = []
+
+    def solo(self, now: float) -> bool:
+        """Only this node wrote the stream lately and this follow has all of it
+        (``SOLO_WINDOW``)."""
+        return (
+            now - self.own_at < SOLO_WINDOW
+            and now - self.foreign_at >= SOLO_WINDOW
+            and self.last_seq >= self.written_through
+        )
 
     @property
     def ring(self) -> ChannelRing:
@@ -113,10 +157,17 @@ class Follow:
         self.start_head, self.start_seq = int(self.ring.head), 0
         del self.heads[:], self.seqs[:]
 
-    def append(self, entry_id: StreamId, batch: Batch) -> None:
+    def append(self, entry_id: StreamId, batch: Batch, parts: list[Batch] | None = None) -> int:
+        """Append the messages of entry ``entry_id``: ``batch``, or every batch of ``parts``
+        (one entry may join several routed batches); how many."""
         ring = self.ring
-        if len(batch):
-            ring.append_batch(batch)
+        got = 0
+        if parts is not None:
+            for part in parts:
+                got += ring.append_batch(part)
+        elif len(batch):
+            got = ring.append_batch(batch)
+        if got:
             self.heads.append(int(ring.head))
             self.seqs.append(entry_id[0])
             self.last_seq = entry_id[0]
@@ -126,6 +177,7 @@ class Follow:
             cut = bisect.bisect_left(self.heads, int(ring.tail))
             self.start_head, self.start_seq = self.heads[cut - 1], self.seqs[cut - 1]
             del self.heads[:cut], self.seqs[:cut]
+        return got
 
     def seq_at(self, position: int) -> int:
         """Stream sequence of the last message before ring ``position``."""
@@ -178,6 +230,11 @@ class Followers:
         self._follows: dict[str, Follow] = {}
         # Set when a follow is added: the cluster reader, idle, polls at once.
         self._followed = trio.Event()
+        # Set when a follow has entries of this node's writer to read from the stream (they
+        # could not be appended from the writer): a reader waiting for the next poll of
+        # solo follows reads at once.
+        self._read_wanted = trio.Event()
+        self._next_poll = 0.0
         self._lanes: dict[str, trio.CancelScope] = {}
         # Set by the drain leases: messages of a channel that its drains must announce (L10).
         self.on_loss: LossCallback | None = None
@@ -189,9 +246,16 @@ class Followers:
         self.exempt: object | None = None
         self.entries_read = 0
         self.messages_read = 0
+        # Of those, entries this node wrote itself and appended without reading them back.
+        self.entries_own = 0
+        # Bytes of frames in the follows' ``waiting`` runs (``OWN_WAITING_BYTES``).
+        self.waiting_bytes = 0
 
     def follow_of(self, channel: str) -> Follow | None:
         return self._follows.get(channel)
+
+    def __contains__(self, channel: str) -> bool:
+        return channel in self._follows
 
     def hold(self, channel: Channel, after: StreamId | None) -> Follow:
         """Follow ``channel``'s stream (from ``after`` unless already followed); release it
@@ -210,6 +274,7 @@ class Followers:
         if follow.refs <= 0 and self._follows.get(follow.name) is follow:
             # Its lane stops reading it at its next read (and ends when it has nothing left).
             del self._follows[follow.name]
+            self._drop_waiting(follow)
 
     # -- the lanes ------------------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -286,6 +351,8 @@ class Followers:
                     int(value or 0),
                 )
                 follow.rewind()
+                self._drop_waiting(follow)  # written to the stream Redis lost
+                follow.written_through = 0
                 if self.on_rewind is not None:
                     self.on_rewind(follow.name)
 
@@ -302,6 +369,9 @@ class Followers:
         connection = self.connection
         await self._resolve(follows)
         self._followed = trio.Event()
+        for follow in follows:
+            if follow.waiting:
+                self._take_waiting(follow)
         held = [f for f in follows if self._paused(f)]
         if held:
             follows = [f for f in follows if not self._paused(f)]
@@ -357,8 +427,14 @@ class Followers:
             nursery.start_soon(followed)
 
     async def _read_once(self, follows: list[Follow], lane: str) -> None:
+        """One Redis: one blocking read of every followed stream but the solo ones (what
+        this node alone writes: its writer appended that already), which are read without
+        blocking every ``POLL_IDLE`` with all the others."""
         connection = self.connection
         await self._resolve(follows)
+        for follow in follows:
+            if follow.waiting:
+                self._take_waiting(follow)
         held = [f for f in follows if self._paused(f)]
         if held:
             follows = [f for f in follows if not self._paused(f)]
@@ -366,7 +442,23 @@ class Followers:
                 self._followed = trio.Event()
                 await self._wait_released(held)
                 return
-        block = HELD_BLOCK_MS if held else READ_BLOCK_MS
+        now = trio.current_time()
+        solo = [f for f in follows if f.solo(now)]
+        wait = HELD_BLOCK_MS if held else READ_BLOCK_MS
+        block: int | None = wait
+        if solo and now >= self._next_poll:
+            self._next_poll = now + POLL_IDLE
+            block = None  # every followed stream, without blocking
+        elif solo:
+            follows = [f for f in follows if not f.solo(now)]
+            block = min(wait, max(1, int((self._next_poll - now) * 1000)))
+            if not follows:
+                # Nothing to block on: until the next poll, or a read wanted at once.
+                self._read_wanted = trio.Event()
+                with trio.move_on_at(self._next_poll):
+                    await self._read_wanted.wait()
+                    self._next_poll = trio.current_time()
+                return
         streams = {f.key: format_id(f.last) for f in follows}
         with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
             found = await connection.client.xread(
@@ -383,7 +475,81 @@ class Followers:
                 continue  # released (or replaced) while the read was out
             self._apply(read, entries)
 
+    def own_written(
+        self, channel: str, prev: StreamId | None, written: list[tuple[StreamId, Any]]
+    ) -> None:
+        """This node's writer wrote ``written`` (ids and ``(n, frames, lost, since)``) to
+        ``channel``'s stream right after entry ``prev``: a follow that had read exactly up
+        to ``prev`` appends them from here instead of reading them back from Redis (the
+        stream order is kept: no entry can lie between). Otherwise, or from where its
+        channel is held, the follow reads them from the stream as any other node's."""
+        follow = self._follows.get(channel)
+        if follow is None:
+            return
+        follow.written_through = max(follow.written_through, written[-1][0][0])
+        if prev is not None and follow.resolved:
+            waiting = follow.waiting
+            if not waiting or waiting[-1][1][-1][0] == prev:
+                size = _size(written)
+                if self.waiting_bytes + size <= OWN_WAITING_BYTES:
+                    waiting.append((prev, [_without_frames(item) for item in written]))
+                    self.waiting_bytes += size
+                else:
+                    self._drop_waiting(follow)  # read back from the stream
+            else:
+                self._drop_waiting(follow)  # not consecutive: read back from the stream
+            self._take_waiting(follow)
+        if follow.last_seq < follow.written_through:
+            self._read_wanted.set()  # the lane reads it (from ``waiting`` or the stream)
+
+    def _take_waiting(self, follow: Follow) -> None:
+        """Append what of ``follow.waiting`` comes right after what it has read, until its
+        channel is held; forget what it read from the stream meanwhile."""
+        waiting = follow.waiting
+        while waiting:
+            prev, written = waiting[0]
+            if written[-1][0] <= follow.last:
+                self._forget_waiting(waiting.pop(0)[1])  # read from the stream meanwhile
+                continue
+            if prev != follow.last or self._paused(follow):
+                return
+            self._forget_waiting(waiting.pop(0)[1])
+            read = self.entries_read
+            self._append(follow, written, _own_body)
+            self.entries_own += self.entries_read - read
+            follow.own_at = trio.current_time()
+            if follow.last < written[-1][0]:
+                # Held again part way: the rest waits for the next release.
+                rest = [item for item in written if item[0] > follow.last]
+                waiting.insert(0, (follow.last, rest))
+                self.waiting_bytes += _size(rest)
+                return
+
+    def _forget_waiting(self, written: list[tuple[StreamId, Any]]) -> None:
+        self.waiting_bytes -= _size(written)
+
+    def _drop_waiting(self, follow: Follow) -> None:
+        for _, written in follow.waiting:
+            self._forget_waiting(written)
+        follow.waiting.clear()
+
     def _apply(self, follow: Follow, entries: Any) -> None:
+        """Append ``entries`` (as XREAD gives them) to the follow's ring (``_append``)."""
+        node = self.connection.node_id.encode()
+        for entry in entries:
+            if entry.field_values.get(b"node") != node:
+                follow.foreign_at = trio.current_time()
+                break
+        self._append(
+            follow, ((parse_id(e.identifier), e.field_values) for e in entries), decode_entry
+        )
+
+    def _append(
+        self,
+        follow: Follow,
+        entries: Iterable[tuple[StreamId, Any]],
+        decode: Callable[[Any], EntryBody | None],
+    ) -> None:
         """Append ``entries`` to the follow's ring, in order, until its channel is held: a
         consumer then has more than it takes at once, and what is left is read again from
         the stream once it is released (the pushback rule of one node, issue 18: the stream
@@ -392,13 +558,12 @@ class Followers:
         since = self.wall_clock()
         appended = 0
         channel = follow.channel
-        for entry in entries:
+        for entry_id, raw in entries:
             if self._paused(follow):
                 break
-            entry_id = parse_id(entry.identifier)
             if entry_id <= follow.last:
                 continue
-            body = decode_entry(entry.field_values)
+            body = decode(raw)
             if body is None:
                 self.malformed.skipped(follow.name, entry_id)
                 follow.append(entry_id, Batch())  # read past it
@@ -408,10 +573,10 @@ class Followers:
                 if first > follow.last_seq + 1:
                     # Trimmed before this node read it: the stream ids say exactly how many.
                     lost_total += first - follow.last_seq - 1
-                lost_total += body.n - len(body.batch)  # frames that would not parse
-                follow.append(entry_id, body.batch)
-                appended += len(body.batch)
-                if len(body.batch):
+                got = follow.append(entry_id, body.batch, body.parts)
+                lost_total += body.n - got  # frames that would not parse
+                appended += got
+                if got:
                     # Its consumers look at their backlog now (and may hold the channel).
                     channel.notify()
             else:
@@ -428,3 +593,26 @@ class Followers:
             self.on_applied(follow)
         event, follow.advanced = follow.advanced, trio.Event()
         event.set()
+
+
+def _own_body(sent: tuple[Any, ...]) -> EntryBody:
+    n, frames, lost, since, kept = sent[:5]
+    if n == 0:
+        return EntryBody(0, Batch(), lost, since)
+    if kept is not None:
+        return EntryBody(n, kept[0], parts=kept)
+    return EntryBody(n, parse_body(frames, MAX_WIRE_FRAME))
+
+
+def _size(written: list[tuple[StreamId, Any]]) -> int:
+    """Bytes an own entry's messages take while waiting (its frames' size, kept or not)."""
+    return sum(sent[5] if len(sent) > 5 else len(sent[1]) for _, sent in written)
+
+
+def _without_frames(item: tuple[StreamId, Any]) -> tuple[StreamId, Any]:
+    """An own entry to keep waiting: with its routed batches kept, not its frames too."""
+    entry_id, sent = item
+    n, frames, lost, since, kept = sent[:5]
+    if kept is None:
+        return item
+    return entry_id, (n, b"", lost, since, kept, len(frames))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..store import open_redis, parse_redis_url
-from ._stream import SCRIPTS, Keys, ScriptCall, slot_of
+from ._stream import SCRIPTS, Keys, Script, ScriptCall, slot_of
 
 if TYPE_CHECKING:
     from ..store import RedisClient
@@ -137,6 +137,9 @@ class Connection:
         # reply, or one pipeline, per Redis server it went to. Metrics, tests and the
         # benchmark's round trips per 1,000 messages read them.
         self.trips: dict[str, int] = dict.fromkeys(TRIP_KINDS, 0)
+        # Channels whose part of a per-shard call was refused (on a cluster: a slot that
+        # moved): called alone, routed by their own key, until a call of theirs succeeds.
+        self._alone: set[str] = set()
 
     @property
     def client(self) -> RedisClient:
@@ -191,6 +194,65 @@ class Connection:
             if isinstance(result, BaseException):
                 raise result
         return results
+
+    def groups(self, channels: Iterable[str]) -> list[list[str]]:
+        """Channels served by one script call each (``call_per_shard``): all of them on one
+        Redis; per shard on a cluster (a channel whose shard is not known, or whose part of
+        a call was refused, goes alone: routed by its own key, so a redirection reaches the
+        client and its slot map)."""
+        if not self.cluster:
+            return [list(channels)]
+        by_node: dict[str, list[str]] = {}
+        groups: list[list[str]] = []
+        try:
+            layout = self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
+        except Exception:  # not connected: every channel alone
+            layout = None
+        for channel in channels:
+            node = None
+            if layout is not None and channel not in self._alone:
+                try:
+                    node = layout.node_for_slot(slot_of(self.keys.tag(channel))).name
+                except Exception:  # a slot map in flux
+                    node = None
+            if node is None:
+                groups.append([channel])
+            else:
+                by_node.setdefault(node, []).append(channel)
+        groups.extend(by_node.values())
+        return groups
+
+    async def call_per_shard(
+        self, script: Script, head: Sequence[Any], parts: dict[str, list[Any]], kind: str
+    ) -> dict[str, Any]:
+        """Call ``script`` once per group of channels (``groups``: once in all on one
+        Redis, once per shard on a cluster), whatever the number of channels; one pipeline.
+
+        Its ARGV: ``head``, the number of channels, then each channel's ``parts`` in turn.
+        KEYS[1] only routes the call (a key of the group's first channel): the scripts name
+        every channel's keys in ARGV and run with ``allow-cross-slot-keys``. The script
+        returns one reply per channel, in order; returns them by channel.
+        """
+        groups = self.groups(parts)
+        calls: list[ScriptCall] = []
+        for group in groups:
+            args = [*head, len(group)]
+            for channel in group:
+                args.extend(parts[channel])
+            calls.append((script, [self.keys.tag(group[0]) + "log"], args))
+        results = await self.call_scripts(calls, kind, [group[0] for group in groups])
+        replies: dict[str, Any] = {}
+        for group, result in zip(groups, results, strict=True):
+            replies.update(zip(group, result, strict=True))
+        return replies
+
+    def refused(self, channel: str) -> None:
+        """Part of a per-shard call was refused for ``channel``: call it alone next time."""
+        if self.cluster:
+            self._alone.add(channel)
+
+    def accepted(self, channel: str) -> None:
+        self._alone.discard(channel)
 
     async def _evalsha(
         self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]

@@ -10,6 +10,12 @@ the channel once this node's share of that wait passes half of ``keep`` and rele
 below a quarter: the inputs feeding the channel then stop reading (TCP flow control reaches
 the producer) and ``POST /logs`` waits, as for a drain on one node.
 
+The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_bytes``), and
+with many channels each can be well under its half of ``keep`` while together they fill
+it: a channel is also held when it is routed while the buffer is more than half full, and
+the channels held so are released once it is under a quarter (the writer is then the
+bottleneck of every channel that feeds it).
+
 It never holds while Redis is unreachable: an outage is not this node being slow, and the
 outbound buffer then drops its oldest entries with an exact loss marker instead of stalling
 every producer for as long as the outage lasts (docs/SCALING.md).
@@ -32,11 +38,16 @@ class ChannelPushback:
         keep: int,
         behind: Callable[[str], int],
         reachable: Callable[[], bool],
+        filled: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.high = max(1, keep // 2)
         self.low = keep // 4
         self._behind = behind
         self._reachable = reachable
+        # How full the outbound buffer is, 0 to 1 (the larger of messages and bytes).
+        self._filled = filled
+        # Whether channels were held since the buffer was last under a quarter full.
+        self._by_fill = False
         self.held: dict[str, Channel] = {}
         # Times a channel was held (metrics and tests).
         self.holds = 0
@@ -46,7 +57,9 @@ class ChannelPushback:
         name = channel.name
         if name in self.held or not self._reachable():
             return
-        if self._behind(name) > self.high:
+        full = self._filled() > 0.5
+        if full or self._behind(name) > self.high:
+            self._by_fill = self._by_fill or full
             self.held[name] = channel
             self.holds += 1
             channel.hold(self)
@@ -58,6 +71,12 @@ class ChannelPushback:
         if not self._reachable():
             self.release_all()
             return
+        if self._filled() > 0.25:
+            return  # the writer is behind on every channel it has
+        if self._by_fill:
+            # Under a quarter again: every held channel is looked at once.
+            self._by_fill = False
+            names = list(self.held)
         for name in names:
             channel = self.held.get(name)
             if channel is not None and self._behind(name) <= self.low:

@@ -7,6 +7,8 @@ command::
 
     P:{ch:<name>}:log                 stream  the channel's history, one entry per routed batch
     P:{ch:<name>}:seq                 string  messages ever appended (the message sequence)
+    P:{ch:<name>}:top                 string  id of the newest entry (what the writer's own
+                                              entries follow: ``Followers.own_written``)
     P:{ch:<name>}:drain:<id>:lease    string  node id of the drain's owner, with a TTL
     P:{ch:<name>}:drain:<id>:ckpt     string  sequence of the last message the owner delivered
                                               (expires CHECKPOINT_TTL_MS after it was stored)
@@ -69,6 +71,14 @@ class Keys:
     def sequence(self, channel: str) -> str:
         return self.tag(channel) + "seq"
 
+    def top(self, channel: str) -> str:
+        return self.tag(channel) + "top"
+
+    def appended(self, channel: str) -> list[str]:
+        """The keys ``APPEND`` writes for ``channel``: stream, sequence, top."""
+        tag = self.tag(channel)
+        return [tag + "log", tag + "seq", tag + "top"]
+
     def lease(self, channel: str, drain_id: int) -> str:
         return f"{self.tag(channel)}drain:{drain_id}:lease"
 
@@ -112,33 +122,75 @@ SCRIPTS: list[Script] = []
 
 ScriptCall = tuple[Script, list[str], list[Any]]
 
-# KEYS: 1 stream, 2 sequence. ARGV: 1 messages (0: a loss marker), 2 frames, 3 keep,
-# 4 node, 5 lost, 6 lost since. Returns the sequence of the last message.
-_APPEND_LUA = """
-local n = tonumber(ARGV[1])
-local last = redis.call('INCRBY', KEYS[2], n)
-local function add(seq)
-  local minid = seq - tonumber(ARGV[3]) + 1
+# Appends the entries of one or more channels: one call per flush on one Redis, one per
+# shard on a cluster (``allow-cross-slot-keys``: keys of several slots of one shard; KEYS[1]
+# only routes the call to that shard, every channel's keys come in ARGV).
+# ARGV: 1 keep, 2 node, 3 channels; then per channel: stream, sequence and top keys, and
+# its entries e; then per entry: messages n (0: a loss marker), frames, lost, lost since.
+# Returns per channel {status, prev, last_1, id_1, last_2, id_2, ...}: status 'ok' or the
+# error that stopped this channel (its entries from there on were not written: the writer
+# gives them back); prev the id of the entry before the first one written ('' when not
+# known for sure: no top key, or one the sequence does not agree with); last_k the sequence
+# of entry k's last message and id_k its id.
+_APPEND_LUA = """#!lua flags=allow-cross-slot-keys
+local keep = tonumber(ARGV[1])
+local node = ARGV[2]
+local function failed(r) return type(r) == 'table' and r.err end
+local function add(stream, seq, n, frames, lost, since)
+  local minid = seq - keep + 1
   if minid < 0 then minid = 0 end
   local id = string.format('%d-*', seq)
   if n > 0 then
-    return redis.pcall('XADD', KEYS[1], 'MINID', string.format('%d', minid), id,
-      'n', n, 'f', ARGV[2], 'node', ARGV[4])
+    return redis.pcall('XADD', stream, 'MINID', string.format('%d', minid), id,
+      'n', n, 'f', frames, 'node', node)
   end
-  return redis.pcall('XADD', KEYS[1], 'MINID', string.format('%d', minid), id,
-    'n', 0, 'lost', ARGV[5], 'since', ARGV[6], 'node', ARGV[4])
+  return redis.pcall('XADD', stream, 'MINID', string.format('%d', minid), id,
+    'n', 0, 'lost', lost, 'since', since, 'node', node)
 end
-local r = add(last)
-if type(r) == 'table' and r.err then
-  -- The counter is behind the stream (it was deleted alone): move it past the stream.
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #top == 0 then return redis.error_reply(r.err) end
-  last = tonumber(string.match(top[1][1], '^(%d+)')) + n
-  redis.call('SET', KEYS[2], string.format('%d', last))
-  r = add(last)
-  if type(r) == 'table' and r.err then return redis.error_reply(r.err) end
+local out = {}
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  local stream, seqkey, topkey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local count = tonumber(ARGV[i + 3])
+  i = i + 4
+  local res = {'ok', ''}
+  local top = redis.pcall('GET', topkey)
+  local seq = redis.pcall('GET', seqkey)
+  if failed(top) or failed(seq) then
+    res[1] = failed(top) or failed(seq)
+    count = 0
+  elseif top then
+    local s = string.match(top, '^(%d+)-')
+    if s and tonumber(s) == tonumber(seq or '0') then res[2] = top end
+  end
+  local newest = nil
+  for e = 1, count do
+    local n, frames = tonumber(ARGV[i]), ARGV[i + 1]
+    local lost, since = ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    local last = redis.pcall('INCRBY', seqkey, n)
+    if failed(last) then res[1] = failed(last); i = i + 4 * (count - e); break end
+    local r = add(stream, last, n, frames, lost, since)
+    if failed(r) then
+      -- The counter is behind the stream (it was deleted alone): move it past the stream.
+      res[2] = ''
+      local newest_entry = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      if failed(newest_entry) or #newest_entry == 0 then
+        res[1] = r.err; i = i + 4 * (count - e); break
+      end
+      last = tonumber(string.match(newest_entry[1][1], '^(%d+)')) + n
+      redis.call('SET', seqkey, string.format('%d', last))
+      r = add(stream, last, n, frames, lost, since)
+      if failed(r) then res[1] = r.err; i = i + 4 * (count - e); break end
+    end
+    res[#res + 1] = last
+    res[#res + 1] = r
+    newest = r
+  end
+  if newest then redis.pcall('SET', topkey, newest) end
+  out[c] = res
 end
-return last
+return out
 """
 
 APPEND = Script(_APPEND_LUA)
@@ -148,12 +200,14 @@ APPEND = Script(_APPEND_LUA)
 class EntryBody:
     """One stream entry, decoded: ``n`` messages in ``batch`` (fewer if some frames were
     bad: ``n - len(batch)`` are then lost), or a loss marker (``n`` 0) of ``lost`` messages
-    dropped since ``since``."""
+    dropped since ``since``. An entry this node wrote may come as the routed batches it
+    joined instead (``parts``, in order; ``batch`` is then the first)."""
 
     n: int
     batch: Batch
     lost: int = 0
     since: float | None = None
+    parts: list[Batch] | None = None
 
 
 def decode_entry(fields: Any) -> EntryBody | None:

@@ -3,29 +3,52 @@
 Ingestion never waits on an unreachable Redis: routed batches go to ``OutboundBuffer``
 (bounded, drops the oldest and counts; ``ChannelPushback`` holds a channel's inputs instead
 while Redis answers but this node is behind on it) and one writer task sends everything
-buffered in one pipeline per round trip (one script call per channel and entry, by its
-SHA1: ``EVALSHA``, so the script's text is not sent each time). While a round trip is in
-flight, new batches accumulate, so the number of round trips per message falls as load
-rises.
+buffered in one round trip: one script call (``APPEND``, by its SHA1) for every channel of
+the flush on one Redis, one per shard on a cluster, whatever the number of channels. While
+a round trip is in flight, new batches accumulate, so the number of round trips per
+message falls as load rises.
+
+What was written is handed to ``on_written`` with each channel's entry ids and the id of
+the entry before them: the node's own followers append it from here when they had read
+exactly up to that entry, instead of reading it back from Redis (``Followers.own_written``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from ..native import Batch, octet_frames
+from ..router import adaptive_linger
 from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
-from ._stream import APPEND, Keys, ScriptCall
-from .buffer import OutboundBuffer
+from ._stream import APPEND, Keys, StreamId, parse_id
+from .buffer import Entry, Flush, Loss, OutboundBuffer
+
+log = logging.getLogger("logplexd.cluster")
 
 # The writer, woken by a small backlog, waits this long for more before sending it (at
 # most 2 ms of added latency; under load the backlog of the round trip in flight is sent
 # at once).
 FLUSH_LINGER = 0.002
 FLUSH_LINGER_MESSAGES = 1000
+# A flush costs some Python per channel it writes (its keys, its reply, appending it to the
+# node's own follow), however few messages each has: with 1,000 busy channels a flush right
+# after the last one carried a few messages per channel and took most of the core. The
+# writer then waits before taking the next flush, so that its own work is at most
+# ``ROUND_SHARE`` of the time (``adaptive_linger``), never longer than this, and not while
+# the buffer is a quarter full (pushback would start at half).
+MAX_FLUSH_LINGER = 0.05
+
+
+# One entry as the writer sends it: messages (0: a loss marker), frames, lost, lost since,
+# and the routed batches it joins when they were kept (``Entry.kept``), else None.
+Outgoing = tuple[int, bytes, int, float, "list[object] | None"]
+# One entry as written: its id and what it holds (``Outgoing``).
+Written = tuple[StreamId, Outgoing]
 
 
 def entry_messages(keep: int) -> int:
@@ -63,16 +86,23 @@ class Writer:
         # Called before each flush is taken: buffers what routing left to be collected
         # (``ClusterRegistry`` collects quiet channels once per flush, not once per batch).
         self.collect: Callable[[], None] | None = None
+        # Called per channel with what was written: the id of the entry before (None when
+        # not known for sure) and the entries, in order.
+        self.on_written: Callable[[str, StreamId | None, list[Written]], None] | None = None
+        # This task's own time (not waiting for Redis) since its last flush landed.
+        self._work_seconds = 0.0
         self.entries_written = 0
         self.messages_written = 0
         self.bytes_written = 0
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
-    def enqueue(self, channel: str, batch: Batch) -> None:
-        """Buffer one routed batch of ``channel`` for the writer."""
+    def enqueue(self, channel: str, batch: Batch, keep: bool = False) -> None:
+        """Buffer one routed batch of ``channel`` for the writer (``keep``: the batch too,
+        for this node's follow of the channel, ``on_written``)."""
         n = len(batch)
         if n:
-            self.buffer.push(channel, octet_frames(batch), n, self.wall_clock())
+            kept = batch if keep else None
+            self.buffer.push(channel, octet_frames(batch), n, self.wall_clock(), kept)
             self._pending.set()
 
     def lose(self, channel: str, n: int) -> None:
@@ -102,49 +132,100 @@ class Writer:
                     self.collect()
                 if not self.buffer:
                     continue
+            started = time.perf_counter()
             flush = self.buffer.take(entry_max_messages=self.entry_messages)
+            self._work_seconds += time.perf_counter() - started
             in_flight = self.in_flight
             for entry in flush.taken:
                 in_flight[entry.channel] = in_flight.get(entry.channel, 0) + entry.messages
             try:
                 with trio.fail_after(CALL_TIMEOUT):
-                    await self._write(flush)
+                    given_back = await self._write(flush)
             except errors as exc:
                 self.buffer.restore(flush, self.wall_clock())
                 connection.link.lost(exc, "writer")
                 self._landed(flush)
                 await connection.back_off(backoff)
                 continue
-            backoff.reset()
             connection.link.ok("writer")
             self._landed(flush)
+            work, self._work_seconds = self._work_seconds, 0.0
+            linger = adaptive_linger(0.0, work, MAX_FLUSH_LINGER)
+            if linger > 0.001 and self.buffer.filled() < 0.25:
+                await trio.sleep(linger)
+            if given_back:
+                # Redis answers, but refused some channels' entries (a slot that moved, out
+                # of memory): they are sent again, alone, after a pause that grows.
+                await trio.sleep(backoff.next())
+            else:
+                backoff.reset()
 
     def _landed(self, flush: Any) -> None:
         self.in_flight.clear()
         if self.on_flushed is not None:
             self.on_flushed(list(flush.entries))
 
-    async def _write(self, flush: Any) -> None:
+    async def _write(self, flush: Flush) -> bool:
+        """Write ``flush``; whether some of it was refused (given back to the buffer)."""
+        started = time.perf_counter()
         keep = self.keep_messages
         node = self.node_id
-        calls: list[ScriptCall] = []
-        channels: list[str] = []
+        outgoing: dict[str, list[Outgoing]] = {}
         for channel, loss in flush.losses.items():
-            keys = [self.keys.stream(channel), self.keys.sequence(channel)]
-            calls.append((APPEND, keys, [0, b"", keep, node, loss.count, repr(loss.since)]))
-            channels.append(channel)
+            outgoing[channel] = [(0, b"", loss.count, loss.since, None)]
         nbytes = entries = 0
         for channel, blobs in flush.entries.items():
-            keys = [self.keys.stream(channel), self.keys.sequence(channel)]
-            for blob, n in blobs:
-                calls.append((APPEND, keys, [n, blob, keep, node, 0, 0]))
-                channels.append(channel)
+            mine = outgoing.setdefault(channel, [])
+            for blob, n, kept in blobs:
+                mine.append((n, blob, 0, 0.0, kept))
                 nbytes += len(blob)
                 entries += 1
-        results = await self.connection.call_scripts(calls, "write", channels)
-        written = self.written_seq
-        for channel, last in zip(channels, results, strict=True):
-            written[channel] = int(last)  # in order: a channel's later entries come later
+        parts: dict[str, list[Any]] = {}
+        for channel, sent in outgoing.items():
+            part = parts[channel] = [*self.keys.appended(channel), len(sent)]
+            for n, blob, lost, since, _ in sent:
+                part.extend((n, blob, lost, repr(since)))
+        self._work_seconds += time.perf_counter() - started
+        replies = await self.connection.call_per_shard(APPEND, (keep, node), parts, "write")
+        started = time.perf_counter()
+        written_seq = self.written_seq
+        back = Flush()
+        for channel, reply in replies.items():
+            sent = outgoing[channel]
+            status, prev = reply[0], reply[1]
+            done: list[Written] = []
+            for k in range(2, len(reply) - 1, 2):
+                done.append((parse_id(reply[k + 1]), sent[len(done)]))
+                written_seq[channel] = int(reply[k])
+            if len(done) < len(sent):
+                log.debug(
+                    "data plane: %d entries of %s not written (%s); sent again",
+                    len(sent) - len(done),
+                    channel,
+                    status.decode(errors="replace") if isinstance(status, bytes) else status,
+                )
+                self._give_back(back, channel, sent[len(done) :])
+                self.connection.refused(channel)
+            else:
+                self.connection.accepted(channel)
+            if done and self.on_written is not None:
+                self.on_written(channel, parse_id(prev) if prev else None, done)
+        if back:
+            self.buffer.restore(back, self.wall_clock())
+            nbytes -= back.nbytes
+            entries -= len(back.taken)
         self.bytes_written += nbytes
         self.entries_written += entries
-        self.messages_written += flush.messages
+        self.messages_written += flush.messages - back.messages
+        self._work_seconds += time.perf_counter() - started
+        return bool(back)
+
+    @staticmethod
+    def _give_back(back: Flush, channel: str, unsent: list[Outgoing]) -> None:
+        for n, blob, lost, since, _ in unsent:
+            if n:
+                back.taken.append(Entry(channel, blob, n))
+                back.messages += n
+                back.nbytes += len(blob)
+            else:
+                back.losses[channel] = Loss(lost, since)

@@ -31,9 +31,18 @@ FLUSH_MAX_BYTES = 8 * 1024 * 1024
 
 @dataclass(slots=True)
 class Entry:
+    """One routed batch of a channel: its frames encoded (``blob``), and, for a channel this
+    node follows, the routed batch itself (``kept``: appended to the follow's ring once
+    written, without parsing ``blob`` again; it counts as many bytes again)."""
+
     channel: str
     blob: bytes
     messages: int
+    kept: object = None
+
+    @property
+    def size(self) -> int:
+        return len(self.blob) * (1 if self.kept is None else 2)
 
 
 @dataclass(slots=True)
@@ -47,9 +56,10 @@ class Loss:
 @dataclass(slots=True)
 class Flush:
     """What one round trip writes: per channel the blobs (each at most ENTRY_MAX_BYTES,
-    with its message count) and the losses to announce."""
+    with its message count and the ``kept`` batches it joins, None unless every one was
+    kept) and the losses to announce."""
 
-    entries: dict[str, list[tuple[bytes, int]]] = field(default_factory=dict)
+    entries: dict[str, list[tuple[bytes, int, list[object] | None]]] = field(default_factory=dict)
     losses: dict[str, Loss] = field(default_factory=dict)
     messages: int = 0
     nbytes: int = 0
@@ -83,13 +93,20 @@ class OutboundBuffer:
     def __bool__(self) -> bool:
         return bool(self._entries or self._losses)
 
-    def push(self, channel: str, blob: bytes, messages: int, now: float) -> None:
+    def filled(self) -> float:
+        """How full the buffer is, 0 to 1: the larger of its messages' and bytes' share."""
+        return max(self.messages / self.max_messages, self.nbytes / self.max_bytes)
+
+    def push(
+        self, channel: str, blob: bytes, messages: int, now: float, kept: object = None
+    ) -> None:
         if messages <= 0:
             return
-        self._entries.append(Entry(channel, blob, messages))
+        entry = Entry(channel, blob, messages, kept)
+        self._entries.append(entry)
         self.queued[channel] = self.queued.get(channel, 0) + messages
         self.messages += messages
-        self.nbytes += len(blob)
+        self.nbytes += entry.size
         self.pushed += messages
         self._trim(now)
 
@@ -108,7 +125,7 @@ class OutboundBuffer:
             old = self._entries.popleft()
             self._unqueue(old.channel, old.messages)
             self.messages -= old.messages
-            self.nbytes -= len(old.blob)
+            self.nbytes -= old.size
             self.lose(old.channel, old.messages, now)
 
     def _unqueue(self, channel: str, messages: int) -> None:
@@ -132,28 +149,28 @@ class OutboundBuffer:
         flush = Flush(losses=self._losses)
         self._losses = {}
         entries = self._entries
-        while entries and (not flush.taken or flush.nbytes + len(entries[0].blob) <= max_bytes):
+        while entries and (not flush.taken or flush.nbytes + entries[0].size <= max_bytes):
             entry = entries.popleft()
             self._unqueue(entry.channel, entry.messages)
             flush.taken.append(entry)
             flush.messages += entry.messages
-            flush.nbytes += len(entry.blob)
+            flush.nbytes += entry.size
         self.messages -= flush.messages
         self.nbytes -= flush.nbytes
         # Group per channel, keeping each channel's order; join small blobs.
-        pending: dict[str, tuple[list[bytes], int, int]] = {}
+        pending: dict[str, tuple[list[Entry], int, int]] = {}
         for entry in flush.taken:
             parts, size, count = pending.get(entry.channel, ([], 0, 0))
             if parts and (
                 size + len(entry.blob) > entry_max
                 or (entry_max_messages is not None and count + entry.messages > entry_max_messages)
             ):
-                flush.entries.setdefault(entry.channel, []).append((b"".join(parts), count))
+                flush.entries.setdefault(entry.channel, []).append(_joined(parts, count))
                 parts, size, count = [], 0, 0
-            parts.append(entry.blob)
+            parts.append(entry)
             pending[entry.channel] = (parts, size + len(entry.blob), count + entry.messages)
         for channel, (parts, _, count) in pending.items():
-            flush.entries.setdefault(channel, []).append((b"".join(parts), count))
+            flush.entries.setdefault(channel, []).append(_joined(parts, count))
         return flush
 
     def restore(self, flush: Flush, now: float) -> None:
@@ -171,3 +188,9 @@ class OutboundBuffer:
                 mine.count += loss.count
                 mine.since = min(mine.since, loss.since)
         self._trim(now)
+
+
+def _joined(parts: list[Entry], count: int) -> tuple[bytes, int, list[object] | None]:
+    blob = parts[0].blob if len(parts) == 1 else b"".join(entry.blob for entry in parts)
+    kept = [entry.kept for entry in parts]
+    return blob, count, None if any(k is None for k in kept) else kept

@@ -41,34 +41,72 @@ log = logging.getLogger("logplexd.drains")
 # the bound on what a new owner delivers again after a node died without handing over.
 CHECKPOINT_INTERVAL = 0.5
 
-# KEYS: 1 lease. ARGV: 1 node, 2 ttl ms. SET NX PX; a key this node already holds (it
-# restarted under the same node id, or a start failed after acquiring) counts as acquired.
-_ACQUIRE_LUA = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
+# Every lease of the node's drains in one call per shard (``Connection.call_per_shard``).
+# ARGV: 1 node, 2 ttl ms, 3 channels; per channel: its drains d, then per drain 'a'
+# (acquire) or 'r' (renew) and the lease key. Returns per channel, per drain: 1 acquired or
+# renewed, 0 held by another node (not ours any more), -1 refused (the key is not on this
+# shard: a slot that moved).
+_LEASES_LUA = """#!lua flags=allow-cross-slot-keys
+local node, ttl = ARGV[1], ARGV[2]
+local out = {}
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  local res = {}
+  local drains = tonumber(ARGV[i])
+  i = i + 1
+  for k = 1, drains do
+    local op, key = ARGV[i], ARGV[i + 1]
+    i = i + 2
+    local r = false
+    if op == 'a' then r = redis.pcall('SET', key, node, 'NX', 'PX', ttl) end
+    if type(r) == 'table' and r.err then
+      res[k] = -1
+    elseif r then
+      res[k] = 1
+    else
+      local owner = redis.pcall('GET', key)
+      if type(owner) == 'table' then
+        res[k] = -1
+      elseif owner == node then
+        redis.pcall('PEXPIRE', key, ttl)
+        res[k] = 1
+      else
+        res[k] = 0
+      end
+    end
+  end
+  out[c] = res
 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
+return out
 """
-# KEYS: 1 lease. ARGV: 1 node, 2 ttl ms. 1 = renewed, 0 = not ours (any more).
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+# The checkpoints of every drain that delivered, in one call per shard. ARGV: 1 node,
+# 2 ttl ms, 3 channels; per channel: its drains d, then per drain its lease key, its
+# checkpoint key and the sequence. Only the owner moves a checkpoint. Returns per channel,
+# per drain: 1 stored, 0 not ours, -1 refused (a slot that moved).
+_CHECKPOINTS_LUA = """#!lua flags=allow-cross-slot-keys
+local node, ttl = ARGV[1], ARGV[2]
+local out = {}
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  local res = {}
+  local drains = tonumber(ARGV[i])
+  i = i + 1
+  for k = 1, drains do
+    local lease, key, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    local owner = redis.pcall('GET', lease)
+    if type(owner) == 'table' then
+      res[k] = -1
+    elseif owner == node then
+      local r = redis.pcall('SET', key, seq, 'PX', ttl)
+      if type(r) == 'table' and r.err then res[k] = -1 else res[k] = 1 end
+    else
+      res[k] = 0
+    end
+  end
+  out[c] = res
 end
-return 0
-"""
-# KEYS: 1 lease, 2 checkpoint. ARGV: 1 node, 2 sequence, 3 ttl ms. Only the owner moves the
-# checkpoint.
-_CHECKPOINT_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
+return out
 """
 # KEYS: 1 lease. ARGV: 1 node.
 _RELEASE_LUA = """
@@ -77,9 +115,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-ACQUIRE = Script(_ACQUIRE_LUA)
-RENEW = Script(_RENEW_LUA)
-CHECKPOINT = Script(_CHECKPOINT_LUA)
+LEASES = Script(_LEASES_LUA)
+CHECKPOINTS = Script(_CHECKPOINTS_LUA)
 RELEASE = Script(_RELEASE_LUA)
 
 
@@ -244,25 +281,38 @@ class ClusterDrains:
                 await self._wake.wait()
 
     async def _exchange(self, ids: list[int]) -> dict[int, LeaseEvent]:
+        """Acquire or renew the leases of ``ids``: one script call per shard in all."""
         keys = self.plane.keys
-        commands: list[Command] = []
-        calls: list[ScriptCall] = []
-        channels: list[str] = []
+        commands: dict[int, Command] = {}
+        by_channel: dict[str, list[int]] = {}
         for drain_id in ids:
             wanted = self.wanted[drain_id]
-            command = wanted.lease.command()
-            script = ACQUIRE if command is Command.ACQUIRE else RENEW
-            key = keys.lease(wanted.channel, drain_id)
-            calls.append((script, [key], [self.node_id, wanted.lease.ttl_ms]))
-            commands.append(command)
-            channels.append(wanted.channel)
-        results = await self.plane.call_scripts(calls, "lease", channels)
+            commands[drain_id] = wanted.lease.command()
+            by_channel.setdefault(wanted.channel, []).append(drain_id)
+        parts: dict[str, list[object]] = {}
+        for channel, drain_ids in by_channel.items():
+            part = parts[channel] = [len(drain_ids)]
+            for drain_id in drain_ids:
+                op = "a" if commands[drain_id] is Command.ACQUIRE else "r"
+                part.extend((op, keys.lease(channel, drain_id)))
+        ttl_ms = self.wanted[ids[0]].lease.ttl_ms  # one ttl for every drain of the node
+        replies = await self.plane.call_per_shard(LEASES, (self.node_id, ttl_ms), parts, "lease")
         events: dict[int, LeaseEvent] = {}
-        for drain_id, command, result in zip(ids, commands, results, strict=True):
-            if command is Command.ACQUIRE:
-                events[drain_id] = LeaseEvent.ACQUIRED if result == 1 else LeaseEvent.HELD_ELSEWHERE
+        for channel, drain_ids in by_channel.items():
+            results = replies[channel]
+            if any(result == -1 for result in results):
+                self.plane.connection.refused(channel)
             else:
-                events[drain_id] = LeaseEvent.RENEWED if result == 1 else LeaseEvent.LOST
+                self.plane.connection.accepted(channel)
+            for drain_id, result in zip(drain_ids, results, strict=True):
+                if result == -1:
+                    events[drain_id] = LeaseEvent.UNREACHABLE
+                elif commands[drain_id] is Command.ACQUIRE:
+                    events[drain_id] = (
+                        LeaseEvent.ACQUIRED if result == 1 else LeaseEvent.HELD_ELSEWHERE
+                    )
+                else:
+                    events[drain_id] = LeaseEvent.RENEWED if result == 1 else LeaseEvent.LOST
         return events
 
     async def _start(self, drain_id: int, wanted: Wanted) -> None:
@@ -411,20 +461,36 @@ class ClusterDrains:
             self.plane.link.ok("checkpoints")  # nothing of ours is left to store
             return None
         keys = self.plane.keys
-        calls: list[ScriptCall] = [
-            (
-                CHECKPOINT,
-                [keys.lease(w.channel, i), keys.checkpoint(w.channel, i)],
-                [self.node_id, seq, CHECKPOINT_TTL_MS],
-            )
-            for i, w, seq in batch
-        ]
-        await self.plane.call_scripts(calls, "checkpoint", [w.channel for _, w, _ in batch])
-        for _, wanted, seq in batch:
+        by_channel: dict[str, list[tuple[int, Wanted, int]]] = {}
+        for drain_id, wanted, seq in batch:
             assert seq is not None
-            wanted.stored = max(wanted.stored, seq)
-            if wanted.dirty is not None and wanted.dirty <= wanted.stored:
-                wanted.dirty = None
+            by_channel.setdefault(wanted.channel, []).append((drain_id, wanted, seq))
+        parts: dict[str, list[object]] = {}
+        for channel, items in by_channel.items():
+            part = parts[channel] = [len(items)]
+            for drain_id, _, seq in items:
+                part.extend(
+                    (keys.lease(channel, drain_id), keys.checkpoint(channel, drain_id), seq)
+                )
+        replies = await self.plane.call_per_shard(
+            CHECKPOINTS, (self.node_id, CHECKPOINT_TTL_MS), parts, "checkpoint"
+        )
+        refused = False
+        for channel, items in by_channel.items():
+            results = replies[channel]
+            if any(result == -1 for result in results):
+                self.plane.connection.refused(channel)
+            else:
+                self.plane.connection.accepted(channel)
+            for (_, wanted, seq), result in zip(items, results, strict=True):
+                if result == -1:
+                    refused = True  # stored again with the next pipeline
+                    continue
+                wanted.stored = max(wanted.stored, seq)
+                if wanted.dirty is not None and wanted.dirty <= wanted.stored:
+                    wanted.dirty = None
+        if refused:
+            self._dirty.set()
         return len(batch)
 
     async def _release(

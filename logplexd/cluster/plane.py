@@ -28,7 +28,7 @@ from ._follow import Follow, Followers, LossCallback
 from ._history import CatchUp, History
 from ._link import CALL_TIMEOUT, Connection, describe, redis_errors
 from ._pushback import ChannelPushback
-from ._stream import Keys, Malformed, ScriptCall, StreamId
+from ._stream import Keys, Malformed, Script, ScriptCall, StreamId
 from ._writer import Writer
 from .buffer import OutboundBuffer
 
@@ -76,9 +76,10 @@ class DataPlane:
             self.connection, self.keys, self.history, self.malformed, wall_clock
         )
         self.pushback = ChannelPushback(
-            keep_messages, self._behind, lambda: self.link.failure is None
+            keep_messages, self._behind, lambda: self.link.failure is None, self.buffer.filled
         )
         self.writer.on_flushed = self.pushback.progressed
+        self.writer.on_written = self.followers.own_written
         self.followers.on_applied = lambda follow: self.pushback.progressed((follow.name,))
         self.followers.exempt = self.pushback
         self._nursery: trio.Nursery | None = None
@@ -107,6 +108,13 @@ class DataPlane:
     ) -> list[Any]:
         """Run script calls in one pipeline by SHA1 (``Connection.call_scripts``)."""
         return await self.connection.call_scripts(calls, kind, channels)
+
+    async def call_per_shard(
+        self, script: Script, head: Sequence[Any], parts: dict[str, list[Any]], kind: str
+    ) -> dict[str, Any]:
+        """One call of ``script`` per shard for every channel of ``parts``
+        (``Connection.call_per_shard``); the replies by channel."""
+        return await self.connection.call_per_shard(script, head, parts, kind)
 
     # Counters (metrics read them by these names).
     @property
@@ -166,8 +174,9 @@ class DataPlane:
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
     def enqueue(self, channel: str, batch: Batch) -> None:
-        """Buffer one routed batch of ``channel`` for the writer."""
-        self.writer.enqueue(channel, batch)
+        """Buffer one routed batch of ``channel`` for the writer (with the batch itself
+        when this node follows the channel: appended from there once written)."""
+        self.writer.enqueue(channel, batch, channel in self.followers)
 
     def lose(self, channel: str, n: int) -> None:
         self.writer.lose(channel, n)
@@ -190,9 +199,7 @@ class DataPlane:
         later under the same name starts empty (every node does it; DEL is idempotent)."""
         self.writer.written_seq.pop(channel, None)
         if self._nursery is not None:
-            self._nursery.start_soon(
-                self._delete, [self.keys.stream(channel), self.keys.sequence(channel)]
-            )
+            self._nursery.start_soon(self._delete, self.keys.appended(channel))
 
     async def _delete(self, keys: list[str]) -> None:
         try:

@@ -8,6 +8,12 @@ operations, never one per message. The readers' ring (``Channel.ring``) is fille
 stream follower only, so a tail or drain on any node sees every node's messages once, in
 stream order.
 
+Routing reports a staging ring only when Python has something to do for it (its
+``wake_at``): its first message since it was last sent (it joins the rings the writer
+collects), the message that makes it worth sending at once, and every message while its
+channel is held (the input must learn that it waits). So with 1,000 channels round-robin a
+routed batch costs some Python per channel and flush, not per channel and batch.
+
 The staging ring also is this node's local history: when Redis is unreachable, history
 reads fall back to it (``local_history``).
 """
@@ -24,6 +30,13 @@ from .plane import DataPlane
 # channels round-robin, each batch of a syslog read touches most of them with a message or
 # two, and sending each per batch starved the follower's reads of the event loop).
 SEND_AT_MESSAGES = 256
+# Past this share of the outbound buffer, routed messages wait in their staging rings
+# instead of going to the buffer: with 1,000 channels the staging rings together hold more
+# than the whole buffer, and collecting them at once overflowed it (the buffer drops its
+# oldest: lost, with an L10). The writer is then behind on every channel; the pushback
+# holds (from half full) keep the staging rings, as deep as the stream keeps, from being
+# lapped. Not while Redis is away: the buffer then takes everything and drops its oldest.
+STAGING_WAITS_AT = 0.75
 
 
 class _Staging:
@@ -47,7 +60,9 @@ class ClusterRegistry(Registry):
         buffer_messages: int | None = None,
         buffer_bytes: int | None = None,
     ) -> None:
-        super().__init__(history_messages, history_bytes, buffer_messages, buffer_bytes)
+        super().__init__(
+            history_messages, history_bytes, buffer_messages, buffer_bytes, self._held_changed
+        )
         self.plane = plane
         self.staging: dict[str, ChannelRing] = {}
         # Staging rings with unsent messages, left for the writer to collect.
@@ -63,8 +78,35 @@ class ClusterRegistry(Registry):
             ring.owner = _Staging(name)
             self.staging[name] = ring
         channel = super().ensure_channel(name)
-        self.staging[name].owner.channel = channel
+        ring = self.staging[name]
+        ring.owner.channel = channel
+        self._rearm(ring)
         return channel
+
+    def _held_changed(self, channel: Channel) -> None:
+        ring = self.staging.get(channel.name)
+        if ring is not None:
+            self._rearm(ring)
+
+    def _rearm(self, ring: ChannelRing) -> None:
+        """Set when routing next reports ``ring`` (see the module's docstring)."""
+        staging = ring.owner
+        channel = staging.channel
+        if channel is not None and channel.held:
+            ring.wake_at = 0
+        elif ring in self._unsent:
+            ring.wake_at = staging.cursor + self._send_at(ring)
+        else:
+            ring.wake_at = ring.head + 1
+
+    @staticmethod
+    def _send_at(ring: ChannelRing) -> int:
+        """Unsent messages that make ``ring`` go to the writer at once: SEND_AT_MESSAGES, or
+        fewer that fill an eighth of its bytes."""
+        n = len(ring)
+        if not n:
+            return SEND_AT_MESSAGES
+        return max(1, min(SEND_AT_MESSAGES, (ring.max_bytes // 8) // max(1, ring.nbytes // n)))
 
     def drop_channel(self, name: str) -> Channel | None:
         ring = self.staging.pop(name, None)
@@ -110,22 +152,20 @@ class ClusterRegistry(Registry):
             staging = ring.owner
             if not isinstance(staging, _Staging):
                 continue
-            waiting = ring.head - staging.cursor
-            if (
-                at_once
-                or waiting >= SEND_AT_MESSAGES
-                or waiting * (ring.nbytes // len(ring)) >= ring.max_bytes // 8
-            ):
+            if ring.head - staging.cursor >= self._send_at(ring):
                 self._send(ring)
             elif ring not in unsent:
                 if not unsent:
                     self.plane.wake_writer()
                 unsent[ring] = None
+                self._rearm(ring)
             channel = staging.channel
             if channel is not None and channel.held:
                 if held is None:
                     held = []
                 held.append(channel)
+        if at_once and unsent:
+            self.collect()  # every ring with unsent messages is there
         self.totals.routed += routed
         self.totals.unknown_token += unknown
         return RouteCounts(routed, unknown, () if held is None else tuple(held))
@@ -160,8 +200,16 @@ class ClusterRegistry(Registry):
         staging = ring.owner
         if not isinstance(staging, _Staging):
             return None
+        channel = staging.channel
         if ring.head == staging.cursor:
-            return staging.channel
+            self._rearm(ring)
+            return channel
+        if self.plane.failure is None and self.plane.buffer.filled() >= STAGING_WAITS_AT:
+            self._unsent[ring] = None  # collected with a later flush
+            self._rearm(ring)
+            if channel is not None:
+                self.plane.pushback.routed(channel)
+            return channel
         # In pieces no larger than one stream entry may be (``DataPlane.entry_messages``).
         while ring.head > staging.cursor:
             out, staging.cursor, lost = ring.read(
@@ -170,7 +218,7 @@ class ClusterRegistry(Registry):
             if lost:
                 self.plane.lose(staging.name, int(lost))
             self.plane.enqueue(staging.name, out)
-        channel = staging.channel
+        self._rearm(ring)
         if channel is not None:
             self.plane.pushback.routed(channel)
         return channel

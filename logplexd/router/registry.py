@@ -14,7 +14,7 @@ in turn. Frames of other tokens cost one flag test; no Python runs per message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,11 +71,20 @@ class Channel:
         "_released",
         "_pending_holds",
         "_reached",
+        "_on_held",
     )
 
-    def __init__(self, name: str, ring: ChannelRing) -> None:
+    def __init__(
+        self,
+        name: str,
+        ring: ChannelRing,
+        on_held: Callable[[Channel], None] | None = None,
+    ) -> None:
         self.name = name
         self.ring = ring
+        # Called whenever ``held`` changes (the registry that made the channel: in Redis
+        # mode its inputs route to another ring, which must then report every append).
+        self._on_held = on_held
         self.tokens: set[str] = set()
         # The stored channel's overflow mode ("pushback" or "drop", set by ``sync``); None:
         # the daemon's ``drain_overflow``. Its consumers read it; the router does not.
@@ -174,12 +183,15 @@ class Channel:
         Only a consumer that would take more (its last write was taken whole) may hold; one
         that refuses data is slow, and is lapped by the ring and told with an L10 instead.
         """
-        if self._holders is None:
-            self._holders = set()
-            self.held = True
-        self._holders.add(consumer)
         self.ring.wake_at = 0
         self.ring.hold_at = 0  # the inputs route nothing more to it (dispatch_until_held)
+        if self._holders is None:
+            self._holders = {consumer}
+            self.held = True
+            if self._on_held is not None:
+                self._on_held(self)
+        else:
+            self._holders.add(consumer)
 
     def hold_from(self, consumer: object, head: int, reached: trio.Event | None = None) -> None:
         """``hold(consumer)`` once the ring's head reaches ``head`` (at once if it has): for
@@ -238,6 +250,8 @@ class Channel:
             self._holders = None
             self.held = False
             self.rearm()
+            if self._on_held is not None:
+                self._on_held(self)
 
     async def wait_released(self) -> None:
         """Return once no consumer holds this channel (at once when none does)."""
@@ -326,8 +340,11 @@ class Registry:
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         buffer_messages: int | None = None,
         buffer_bytes: int | None = None,
+        on_held: Callable[[Channel], None] | None = None,
     ) -> None:
         self.history_messages = history_messages
+        # Given to every channel (``Channel``): told when it is held or released.
+        self._on_held = on_held
         self.history_bytes = history_bytes
         # The ring is deeper than the history: drains and tails catch up from it.
         self.buffer_messages = max(buffer_messages or history_messages, history_messages)
@@ -353,7 +370,7 @@ class Registry:
         channel = self.channels.get(name)
         if channel is None:
             ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
-            channel = Channel(name, ring)
+            channel = Channel(name, ring, self._on_held)
             ring.owner = channel
             self.channels[name] = channel
             if name in self._firehose_set:
