@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from logplexd.cluster import ClusterRegistry, DataPlane
+from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer
 from logplexd.cluster._stream import slot_of
 from logplexd.native import parse_body
 from tests.helpers.redis import RedisServer, eventually, needs_redis
@@ -241,3 +241,167 @@ def test_slot_of_follows_redis_cluster_keyslot() -> None:
     # An empty tag, or none closed, is no tag: the whole key is hashed.
     assert slot_of("a{}b") != slot_of("")
     assert slot_of("{x") != slot_of("x")
+
+
+def evalsha_calls(server) -> int:
+    """EVALSHA calls Redis counted (``INFO commandstats``), summed over every master."""
+    total = 0
+    for one in getattr(server, "servers", [server]):
+        for line in one.command("INFO", "commandstats").decode().splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+async def test_one_script_call_per_shard_writes_every_channel_of_a_flush(redis_any) -> None:
+    """Commands per flush do not grow with the channels: 40 channels' batches, routed
+    before the writer runs, are one EVALSHA on one Redis and one per shard on a cluster."""
+    names = [f"c{i}" for i in range(40)]
+    shards = len(getattr(redis_any, "servers", [redis_any]))
+    async with node(redis_any.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            for name in names:
+                one.add_token(name, f"t.{name}", "web")
+            calls, writes = evalsha_calls(redis_any), plane.trips["write"]
+            for name in names:  # no checkpoint between: the writer is not run yet
+                one.route(frames(f"t.{name}", [f"{name}-{i}" for i in range(5)]))
+            await eventually(lambda: plane.messages_written == 5 * len(names), 5)
+            assert plane.entries_written == len(names)
+            assert evalsha_calls(redis_any) - calls == shards
+            assert plane.trips["write"] - writes == shards
+            for name in names:
+                history, top = await plane.read_history(name, 10)
+                assert texts(history) == [f"{name}-{i}".encode() for i in range(5)]
+                assert top == (5, 0)
+
+
+async def test_a_channel_redis_refuses_is_written_later_and_the_others_at_once(
+    redis_any,
+) -> None:
+    """One channel of a flush whose keys Redis refuses (here its sequence key holds a list:
+    WRONGTYPE; on a cluster, a slot that moved) does not fail the flush: the others are
+    written, its entries wait in the buffer (nothing dropped) and go once Redis takes them."""
+    async with node(redis_any.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            for name in ("good", "bad"):
+                one.add_token(name, f"t.{name}", "web")
+            bad_seq = plane.keys.sequence("bad")
+            assert redis_any.command("RPUSH", bad_seq, "x") == b":1\r\n"
+            one.route(frames("t.good", ["g0", "g1"]))
+            one.route(frames("t.bad", ["b0", "b1", "b2"]))
+            await eventually(lambda: plane.messages_written == 2, 5)
+            history, _ = await plane.read_history("good", 10)
+            assert texts(history) == [b"g0", b"g1"]
+            await eventually(lambda: plane.buffer.queued.get("bad") == 3, 5)
+            assert plane.buffer.dropped == 0 and plane.failure is None
+            one.route(frames("t.good", ["g2"]))  # the refused channel holds nobody up
+            await eventually(lambda: plane.messages_written == 3, 5)
+            assert redis_any.command("DEL", bad_seq) == b":1\r\n"
+            await eventually(lambda: plane.messages_written == 6, 10)
+            history, top = await plane.read_history("bad", 10)
+            assert texts(history) == [b"b0", b"b1", b"b2"] and top == (3, 0)
+
+
+async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(
+    redis_server: RedisServer,
+) -> None:
+    """A node following a channel it writes appends its own entries as the writer wrote
+    them, not read back from Redis; entries of another node between them (a loss marker
+    too) are read from the stream, so the ring is the stream, in order, exactly once."""
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        with trio.fail_after(15):
+            p1, p2 = one.plane, two.plane
+            losses: list[tuple[str, int]] = []
+            p1.on_loss = lambda channel, count, since: losses.append((channel, count))
+            ch1 = one.channel("app")
+            assert ch1 is not None
+            follow = p1.hold(ch1, await p1.top("app"))
+            one.route(frames("t.app", ["first"]))  # no entry before it to follow yet
+            await eventually(lambda: len(ch1.ring) == 1, 5)
+            read_back = p1.followers.entries_read - p1.followers.entries_own
+            for i in range(10):
+                one.route(frames("t.app", [f"a{i}-{j}" for j in range(3)]))
+                await eventually(lambda n=1 + 3 * (i + 1): len(ch1.ring) == n, 5)
+            # Read back from Redis: at most one, a read already out when the writer landed.
+            assert p1.followers.entries_read - p1.followers.entries_own - read_back <= 1
+            assert p1.followers.entries_own >= 9
+            # Another node's entries, and its loss marker, come between two of ours.
+            two.route(frames("t.app", ["two-0", "two-1"]))
+            await eventually(lambda: p2.messages_written == 2, 5)
+            p2.lose("app", 7)
+            await eventually(lambda: not p2.buffer, 5)
+            one.route(frames("t.app", ["b0", "b1"]))
+            await eventually(lambda: len(ch1.ring) == 35, 5)
+            await eventually(lambda: losses == [("app", 7)], 5)
+            history, top = await p1.read_history("app", 100)
+            assert texts(ch1.ring.last(100)) == texts(history)
+            assert texts(history)[-4:] == [b"two-0", b"two-1", b"b0", b"b1"]
+            assert follow.last == top and follow.last_seq == 35
+            # Positions map to stream sequences as when read back (drain checkpoints).
+            assert follow.seq_at(int(ch1.ring.head)) == 35
+            assert follow.seq_at(int(ch1.ring.head) - 4) == 31
+            p1.release(follow)
+
+
+async def test_own_entries_written_while_held_wait_and_follow_once_released(
+    redis_server: RedisServer,
+) -> None:
+    """Written while a consumer holds the channel, the node's own entries wait in memory
+    and reach the ring in order once it is released, without being read back."""
+    async with node(redis_server.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            ch = one.channel("app")
+            assert ch is not None
+            follow = plane.hold(ch, await plane.top("app"))
+            one.route(frames("t.app", ["first"]))
+            await eventually(lambda: len(ch.ring) == 1, 5)
+            consumer = object()
+            ch.hold(consumer)
+            for i in range(5):
+                one.route(frames("t.app", [f"h{i}"]), until_held=False)
+                await eventually(lambda n=i + 2: plane.messages_written == n, 5)
+            assert len(ch.ring) == 1 and len(follow.waiting) == 5
+            assert plane.followers.waiting_bytes > 0
+            own = plane.followers.entries_own
+            ch.release(consumer)
+            await eventually(lambda: len(ch.ring) == 6, 5)
+            assert texts(ch.ring.last(6)) == [b"first"] + [f"h{i}".encode() for i in range(5)]
+            assert plane.followers.entries_own - own == 5
+            assert not follow.waiting and plane.followers.waiting_bytes == 0
+            plane.release(follow)
+
+
+async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """Many channels each well under their own bound can fill the outbound buffer
+    together: past half of it a routed channel is held (its input waits), past three
+    quarters routed messages wait in their staging rings; nothing is dropped."""
+    plane = DataPlane(
+        redis_server.url,
+        node_id="one",
+        keep_messages=1000,
+        buffer=OutboundBuffer(max_messages=100),
+    )
+    registry = ClusterRegistry(plane, 100, 1 << 20, 1000)
+    names = [f"c{i}" for i in range(12)]
+    for name in names:
+        registry.add_token(name, f"t.{name}", "web")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        with trio.fail_after(15):
+            await eventually(lambda: plane.failure is None, 5)
+            for name in names:  # 12 x 10 > 100: more than the buffer holds, at once
+                registry.route(frames(f"t.{name}", [f"{name}-{i}" for i in range(10)]))
+            # The writer collects what fits; the rest waits, its channels' inputs held.
+            await eventually(lambda: plane.pushback.holds > 0, 5)
+            await eventually(lambda: plane.messages_written == 120, 10)
+            await eventually(lambda: not plane.pushback.held, 5)
+            assert plane.buffer.dropped == 0
+            for name in names:
+                history, _ = await plane.read_history(name, 10)
+                assert texts(history) == [f"{name}-{i}".encode() for i in range(10)]
+        nursery.cancel_scope.cancel()

@@ -231,3 +231,48 @@ def test_keys_share_the_channel_hash_tag() -> None:
     }
     assert tags == {"ch:app"}
     assert keys.stream("app") == "logplex:{ch:app}:log"
+
+
+def test_deferred_channel_stays_in_order_while_the_others_are_taken() -> None:
+    buf = OutboundBuffer(max_messages=100, max_bytes=10_000)
+    buf.push("a", b"A1", 1, now=0.0)
+    buf.push("b", b"B1", 1, now=0.0)
+    buf.lose("a", 2, now=0.0)
+    buf.defer("a", until=5.0)
+    assert buf.ready(now=1.0) and buf.next_due() == 5.0
+    flush = buf.take(now=1.0)
+    assert flush.entries == {"b": [(b"B1", 1, None)]} and not flush.losses
+    assert not buf.ready(now=1.0) and buf.queued == {"a": 1} and buf.messages == 1
+    buf.push("a", b"A2", 1, now=2.0)
+    assert not buf.ready(now=4.9)
+    assert buf.ready(now=5.0) and buf.next_due() is None
+    flush = buf.take(now=5.0)
+    assert flush.entries == {"a": [(b"A1A2", 2, None)]} and flush.losses["a"].count == 2
+    assert not buf
+
+
+def test_pushback_holds_every_routed_channel_while_the_buffer_is_half_full() -> None:
+    from logplexd.cluster import ChannelPushback
+    from logplexd.native import ChannelRing
+    from logplexd.router import Channel
+
+    filled = [0.0]
+    behind = {"a": 0, "b": 0}
+    pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
+    a, b = Channel("a", ChannelRing(100, 1 << 20)), Channel("b", ChannelRing(100, 1 << 20))
+    pushback.routed(a)
+    assert not a.held  # neither behind nor a full buffer
+    filled[0] = 0.6
+    pushback.routed(a)
+    pushback.routed(b)
+    assert a.held and b.held
+    filled[0] = 0.3
+    pushback.progressed(["a"])
+    assert a.held and b.held  # above a quarter: still held
+    filled[0] = 0.2
+    behind["b"] = 600  # b is behind on its own (over a quarter of keep)
+    pushback.progressed(["a"])  # every channel held by the fill is looked at, b too
+    assert not a.held and b.held
+    behind["b"] = 100
+    pushback.progressed(["b"])
+    assert not b.held and not pushback.held

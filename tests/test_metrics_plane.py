@@ -79,6 +79,10 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         entries = value(found, "logplexd_redis_stream_entries_written_total")
         assert 1 <= entries <= sent
         assert value(found, "logplexd_redis_stream_entries_read_total") >= entries
+        # Its own entries (all of them but those read back) came from its writer.
+        own = value(found, "logplexd_redis_stream_entries_own_total")
+        assert own == plane.followers.entries_own
+        assert 0 <= own <= value(found, "logplexd_redis_stream_entries_read_total")
         assert value(found, "logplexd_redis_stream_entries_malformed_total") == 0
         # Every message's text is in the frames written (plus its octet count and header).
         assert value(found, "logplexd_redis_stream_bytes_written_total") > sum(map(len, texts))

@@ -89,6 +89,8 @@ class Writer:
         # Called per channel with what was written: the id of the entry before (None when
         # not known for sure) and the entries, in order.
         self.on_written: Callable[[str, StreamId | None, list[Written]], None] | None = None
+        # Channels whose entries Redis refused lately: the pause before the next try.
+        self._refusals: dict[str, Backoff] = {}
         # This task's own time (not waiting for Redis) since its last flush landed.
         self._work_seconds = 0.0
         self.entries_written = 0
@@ -121,26 +123,30 @@ class Writer:
         while True:
             if self.collect is not None:
                 self.collect()
-            if not self.buffer:
+            if not self.buffer.ready(trio.current_time()):
                 self._pending = trio.Event()
-                await self._pending.wait()
+                due = self.buffer.next_due()
+                with trio.move_on_at(due if due is not None else float("inf")):
+                    await self._pending.wait()
                 if self.buffer.messages < FLUSH_LINGER_MESSAGES:
                     # Light load: gather a little more, so a node sends at most
                     # 1 / FLUSH_LINGER round trips a second however its batches trickle in.
                     await trio.sleep(FLUSH_LINGER)
                 if self.collect is not None:
                     self.collect()
-                if not self.buffer:
+                if not self.buffer.ready(trio.current_time()):
                     continue
             started = time.perf_counter()
-            flush = self.buffer.take(entry_max_messages=self.entry_messages)
+            flush = self.buffer.take(
+                entry_max_messages=self.entry_messages, now=trio.current_time()
+            )
             self._work_seconds += time.perf_counter() - started
             in_flight = self.in_flight
             for entry in flush.taken:
                 in_flight[entry.channel] = in_flight.get(entry.channel, 0) + entry.messages
             try:
                 with trio.fail_after(CALL_TIMEOUT):
-                    given_back = await self._write(flush)
+                    await self._write(flush)
             except errors as exc:
                 self.buffer.restore(flush, self.wall_clock())
                 connection.link.lost(exc, "writer")
@@ -150,23 +156,20 @@ class Writer:
             connection.link.ok("writer")
             self._landed(flush)
             work, self._work_seconds = self._work_seconds, 0.0
+            backoff.reset()
             linger = adaptive_linger(0.0, work, MAX_FLUSH_LINGER)
             if linger > 0.001 and self.buffer.filled() < 0.25:
                 await trio.sleep(linger)
-            if given_back:
-                # Redis answers, but refused some channels' entries (a slot that moved, out
-                # of memory): they are sent again, alone, after a pause that grows.
-                await trio.sleep(backoff.next())
-            else:
-                backoff.reset()
 
     def _landed(self, flush: Any) -> None:
         self.in_flight.clear()
         if self.on_flushed is not None:
             self.on_flushed(list(flush.entries))
 
-    async def _write(self, flush: Flush) -> bool:
-        """Write ``flush``; whether some of it was refused (given back to the buffer)."""
+    async def _write(self, flush: Flush) -> None:
+        """Write ``flush``. A channel whose entries Redis refused (a slot that moved, its
+        keys of the wrong type, out of memory) gets them back in the buffer, deferred for a
+        pause that grows while it is refused; the others go on meanwhile."""
         started = time.perf_counter()
         keep = self.keep_messages
         node = self.node_id
@@ -206,8 +209,11 @@ class Writer:
                 )
                 self._give_back(back, channel, sent[len(done) :])
                 self.connection.refused(channel)
+                refusals = self._refusals.setdefault(channel, Backoff())
+                self.buffer.defer(channel, trio.current_time() + refusals.next())
             else:
                 self.connection.accepted(channel)
+                self._refusals.pop(channel, None)
             if done and self.on_written is not None:
                 self.on_written(channel, parse_id(prev) if prev else None, done)
         if back:
@@ -218,7 +224,6 @@ class Writer:
         self.entries_written += entries
         self.messages_written += flush.messages - back.messages
         self._work_seconds += time.perf_counter() - started
-        return bool(back)
 
     @staticmethod
     def _give_back(back: Flush, channel: str, unsent: list[Outgoing]) -> None:

@@ -83,6 +83,9 @@ class OutboundBuffer:
         self._losses: dict[str, Loss] = {}
         # Messages buffered per channel (what a channel's pushback counts as not written).
         self.queued: dict[str, int] = {}
+        # Channels whose entries Redis refused, and until when ``take`` leaves theirs be
+        # (monotonic time): in the buffer still, in order, counted, but not taken.
+        self._deferred: dict[str, float] = {}
         # Totals since start, for metrics and tests.
         self.pushed = 0
         self.dropped = 0
@@ -135,19 +138,71 @@ class OutboundBuffer:
         else:
             self.queued.pop(channel, None)
 
+    def defer(self, channel: str, until: float) -> None:
+        """Leave ``channel``'s entries and losses in the buffer, in order, until ``until``
+        (``take``'s ``now``): Redis refused them; the other channels go on."""
+        self._deferred[channel] = until
+
+    def _expire(self, now: float) -> None:
+        for channel, until in list(self._deferred.items()):
+            if until <= now:
+                del self._deferred[channel]
+
+    def ready(self, now: float) -> bool:
+        """Whether ``take(now=now)`` would take anything."""
+        self._expire(now)
+        if not self._deferred:
+            return bool(self)
+        deferred = self._deferred
+        return any(c not in deferred for c in self._losses) or any(
+            e.channel not in deferred for e in self._entries
+        )
+
+    def next_due(self) -> float | None:
+        """When the first deferred channel may be taken again (None: none is deferred)."""
+        return min(self._deferred.values(), default=None)
+
     def take(
         self,
         max_bytes: int = FLUSH_MAX_BYTES,
         entry_max: int = ENTRY_MAX_BYTES,
         entry_max_messages: int | None = None,
+        now: float = float("inf"),
     ) -> Flush:
-        """Remove the oldest entries (up to ``max_bytes``, at least one) and every pending loss.
+        """Remove the oldest entries (up to ``max_bytes``, at least one) and every pending loss,
+        but those of channels deferred past ``now`` (``defer``).
 
         Consecutive blobs of one channel are joined up to ``entry_max`` bytes (and
         ``entry_max_messages`` messages), so a flush writes few, large stream entries.
         """
+        self._expire(now)
+        if self._deferred:
+            return self._take_around(max_bytes, entry_max, entry_max_messages)
         flush = Flush(losses=self._losses)
         self._losses = {}
+        self._take_into(flush, max_bytes)
+        self._group(flush, entry_max, entry_max_messages)
+        return flush
+
+    def _take_around(
+        self, max_bytes: int, entry_max: int, entry_max_messages: int | None
+    ) -> Flush:
+        """``take`` while channels are deferred: theirs stay, in order (rare: a full scan)."""
+        deferred = self._deferred
+        flush = Flush(losses={c: v for c, v in self._losses.items() if c not in deferred})
+        self._losses = {c: v for c, v in self._losses.items() if c in deferred}
+        staying: deque[Entry] = deque()
+        taking: deque[Entry] = deque()
+        for entry in self._entries:
+            (staying if entry.channel in deferred else taking).append(entry)
+        self._entries = taking
+        self._take_into(flush, max_bytes)
+        staying.extend(self._entries)
+        self._entries = staying
+        self._group(flush, entry_max, entry_max_messages)
+        return flush
+
+    def _take_into(self, flush: Flush, max_bytes: int) -> None:
         entries = self._entries
         while entries and (not flush.taken or flush.nbytes + entries[0].size <= max_bytes):
             entry = entries.popleft()
@@ -157,6 +212,9 @@ class OutboundBuffer:
             flush.nbytes += entry.size
         self.messages -= flush.messages
         self.nbytes -= flush.nbytes
+
+    @staticmethod
+    def _group(flush: Flush, entry_max: int, entry_max_messages: int | None) -> None:
         # Group per channel, keeping each channel's order; join small blobs.
         pending: dict[str, tuple[list[Entry], int, int]] = {}
         for entry in flush.taken:
@@ -171,7 +229,6 @@ class OutboundBuffer:
             pending[entry.channel] = (parts, size + len(entry.blob), count + entry.messages)
         for channel, (parts, _, count) in pending.items():
             flush.entries.setdefault(channel, []).append(_joined(parts, count))
-        return flush
 
     def restore(self, flush: Flush, now: float) -> None:
         """Give back a flush that was not written: first in line again, then re-bounded."""

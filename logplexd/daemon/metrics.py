@@ -83,6 +83,8 @@ class RedisFigures:
     bytes_written: int
     entries_read: int
     messages_read: int
+    # Of the entries read, those this node wrote itself, appended from its writer.
+    entries_own: int
     malformed_entries: int
     # Times this node held a channel's inputs because it was behind on it (ChannelPushback).
     pushback_holds: int
@@ -628,6 +630,9 @@ _PLANE_COUNTERS = (
      "Stream entries the data plane read while following channels."),
     ("redis_stream_messages_read", "messages_read",
      "Messages the data plane read while following channels."),
+    ("redis_stream_entries_own", "entries_own",
+     "Of the stream entries read, those this node wrote and appended from its writer "
+     "without reading them back from Redis."),
     ("redis_stream_entries_malformed", "malformed_entries",
      "Stream entries no logplexd wrote, skipped by the data plane."),
     ("redis_pushback_holds", "pushback_holds",
