@@ -40,6 +40,17 @@ def texts(batch) -> list[bytes]:
     return [batch.fields(i)["msg"] for i in range(len(batch))]
 
 
+async def follow_app(registry: ClusterRegistry):
+    """Follow channel "app" on ``registry``'s node from its stream's newest entry; the
+    channel, the follow, and the losses its plane announces (channel, count)."""
+    plane = registry.plane
+    losses: list[tuple[str, int]] = []
+    plane.on_loss = lambda channel, count, since: losses.append((channel, count))
+    channel = registry.channel("app")
+    assert channel is not None
+    return channel, plane.hold(channel, await plane.top("app")), losses
+
+
 async def test_one_round_trip_per_flush_and_every_node_follows_every_message(
     redis_server: RedisServer,
 ) -> None:
@@ -183,11 +194,7 @@ async def test_entries_no_logplexd_wrote_are_skipped_and_following_goes_on(
     async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
         with trio.fail_after(10):
             p1, p2 = one.plane, two.plane
-            losses: list[tuple[str, int]] = []
-            p2.on_loss = lambda channel, count, since: losses.append((channel, count))
-            ch2 = two.channel("app")
-            assert ch2 is not None
-            follow = p2.hold(ch2, await p2.top("app"))
+            ch2, follow, losses = await follow_app(two)
             one.route(frames("t.app", [f"a{i}" for i in range(10)]))
             await eventually(lambda: len(ch2.ring) == 10, 5)
             key = p1.keys.stream("app")
@@ -313,11 +320,7 @@ async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(
     async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
         with trio.fail_after(15):
             p1, p2 = one.plane, two.plane
-            losses: list[tuple[str, int]] = []
-            p1.on_loss = lambda channel, count, since: losses.append((channel, count))
-            ch1 = one.channel("app")
-            assert ch1 is not None
-            follow = p1.hold(ch1, await p1.top("app"))
+            ch1, follow, losses = await follow_app(one)
             one.route(frames("t.app", ["first"]))  # no entry before it to follow yet
             await eventually(lambda: len(ch1.ring) == 1, 5)
             read_back = p1.followers.entries_read - p1.followers.entries_own

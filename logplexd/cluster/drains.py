@@ -41,22 +41,40 @@ log = logging.getLogger("logplexd.drains")
 # the bound on what a new owner delivers again after a node died without handing over.
 CHECKPOINT_INTERVAL = 0.5
 
-# Every lease of the node's drains in one call per shard (``Connection.call_per_shard``).
-# ARGV: 1 node, 2 ttl ms, 3 channels; per channel: its drains d, then per drain 'a'
-# (acquire) or 'r' (renew) and the lease key. Returns per channel, per drain: 1 acquired or
-# renewed, 0 held by another node (not ours any more), -1 refused (the key is not on this
-# shard: a slot that moved).
-_LEASES_LUA = """#!lua flags=allow-cross-slot-keys
+
+def _per_drain(fields: int, body: str) -> Script:
+    """A script over drains of several channels, one call per shard
+    (``Connection.call_per_shard``). ARGV: 1 node, 2 ttl ms, 3 channels; per channel: its
+    drains d, then ``fields`` values per drain (``f[1]``...). ``body`` sets ``res[k]`` for
+    drain k: 1 done, 0 not ours, -1 refused (its key is not on this shard: a slot that
+    moved). Returns per channel the list of ``res``."""
+    return Script(
+        f"""#!lua flags=allow-cross-slot-keys
 local node, ttl = ARGV[1], ARGV[2]
-local out = {}
+local out = {{}}
 local i = 4
 for c = 1, tonumber(ARGV[3]) do
-  local res = {}
+  local res = {{}}
   local drains = tonumber(ARGV[i])
   i = i + 1
   for k = 1, drains do
-    local op, key = ARGV[i], ARGV[i + 1]
-    i = i + 2
+    local f = {{}}
+    for j = 1, {fields} do f[j] = ARGV[i + j - 1] end
+    i = i + {fields}
+{body}
+  end
+  out[c] = res
+end
+return out
+"""
+    )
+
+
+# Every lease of the node's drains: per drain 'a' (acquire) or 'r' (renew) and its lease
+# key. 1 acquired or renewed, 0 held by another node (not ours any more).
+LEASES = _per_drain(
+    2,
+    """    local op, key = f[1], f[2]
     local r = false
     if op == 'a' then r = redis.pcall('SET', key, node, 'NX', 'PX', ttl) end
     if type(r) == 'table' and r.err then
@@ -73,41 +91,22 @@ for c = 1, tonumber(ARGV[3]) do
       else
         res[k] = 0
       end
-    end
-  end
-  out[c] = res
-end
-return out
-"""
-# The checkpoints of every drain that delivered, in one call per shard. ARGV: 1 node,
-# 2 ttl ms, 3 channels; per channel: its drains d, then per drain its lease key, its
-# checkpoint key and the sequence. Only the owner moves a checkpoint. Returns per channel,
-# per drain: 1 stored, 0 not ours, -1 refused (a slot that moved).
-_CHECKPOINTS_LUA = """#!lua flags=allow-cross-slot-keys
-local node, ttl = ARGV[1], ARGV[2]
-local out = {}
-local i = 4
-for c = 1, tonumber(ARGV[3]) do
-  local res = {}
-  local drains = tonumber(ARGV[i])
-  i = i + 1
-  for k = 1, drains do
-    local lease, key, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    i = i + 3
-    local owner = redis.pcall('GET', lease)
+    end""",
+)
+# The checkpoints of every drain that delivered: per drain its lease key, its checkpoint
+# key and the sequence (ttl: the checkpoint's). Only the owner moves a checkpoint.
+CHECKPOINTS = _per_drain(
+    3,
+    """    local owner = redis.pcall('GET', f[1])
     if type(owner) == 'table' then
       res[k] = -1
     elseif owner == node then
-      local r = redis.pcall('SET', key, seq, 'PX', ttl)
+      local r = redis.pcall('SET', f[2], f[3], 'PX', ttl)
       if type(r) == 'table' and r.err then res[k] = -1 else res[k] = 1 end
     else
       res[k] = 0
-    end
-  end
-  out[c] = res
-end
-return out
-"""
+    end""",
+)
 # KEYS: 1 lease. ARGV: 1 node.
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -115,8 +114,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-LEASES = Script(_LEASES_LUA)
-CHECKPOINTS = Script(_CHECKPOINTS_LUA)
 RELEASE = Script(_RELEASE_LUA)
 
 
@@ -299,11 +296,7 @@ class ClusterDrains:
         replies = await self.plane.call_per_shard(LEASES, (self.node_id, ttl_ms), parts, "lease")
         events: dict[int, LeaseEvent] = {}
         for channel, drain_ids in by_channel.items():
-            results = replies[channel]
-            if any(result == -1 for result in results):
-                self.plane.connection.refused(channel)
-            else:
-                self.plane.connection.accepted(channel)
+            results = self._results(channel, replies)
             for drain_id, result in zip(drain_ids, results, strict=True):
                 if result == -1:
                     events[drain_id] = LeaseEvent.UNREACHABLE
@@ -314,6 +307,15 @@ class ClusterDrains:
                 else:
                     events[drain_id] = LeaseEvent.RENEWED if result == 1 else LeaseEvent.LOST
         return events
+
+    def _results(self, channel: str, replies: dict[str, list[int]]) -> list[int]:
+        """``channel``'s results of a per-shard call; -1 (refused) sends it alone next time."""
+        results = replies[channel]
+        if -1 in results:
+            self.plane.connection.refused(channel)
+        else:
+            self.plane.connection.accepted(channel)
+        return results
 
     async def _start(self, drain_id: int, wanted: Wanted) -> None:
         """Just acquired: follow the channel from the checkpoint, then run the drain."""
@@ -477,11 +479,7 @@ class ClusterDrains:
         )
         refused = False
         for channel, items in by_channel.items():
-            results = replies[channel]
-            if any(result == -1 for result in results):
-                self.plane.connection.refused(channel)
-            else:
-                self.plane.connection.accepted(channel)
+            results = self._results(channel, replies)
             for (_, wanted, seq), result in zip(items, results, strict=True):
                 if result == -1:
                     refused = True  # stored again with the next pipeline
