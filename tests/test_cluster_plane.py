@@ -327,9 +327,10 @@ async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(
             for i in range(10):
                 one.route(frames("t.app", [f"a{i}-{j}" for j in range(3)]))
                 await eventually(lambda n=1 + 3 * (i + 1): len(ch1.ring) == n, 5)
-            # Read back from Redis: at most one, a read already out when the writer landed.
-            assert p1.followers.entries_read - p1.followers.entries_own - read_back <= 1
-            assert p1.followers.entries_own >= 9
+            # Read back from Redis: the first at most (the blocking read already out when
+            # the writer landed), and one a 0.1 s poll of solo channels happened to carry.
+            assert p1.followers.entries_read - p1.followers.entries_own - read_back <= 2
+            assert p1.followers.entries_own >= 8
             # Another node's entries, and its loss marker, come between two of ours.
             two.route(frames("t.app", ["two-0", "two-1"]))
             await eventually(lambda: p2.messages_written == 2, 5)

@@ -123,9 +123,9 @@ class Follow:
         self.heads = array("q")
         self.seqs = array("q")
         self.advanced = trio.Event()
-        # When this node last appended its own entries here without reading them
-        # (``Followers.own_written``), when the follower last read another node's entry,
-        # and the sequence through which this node wrote the stream.
+        # When this node last wrote entries here (``Followers.own_written``), when the
+        # follower last read another node's entry, and the sequence through which this
+        # node wrote the stream.
         self.own_at = -float("inf")
         self.foreign_at = -float("inf")
         self.written_through = 0
@@ -487,6 +487,9 @@ class Followers:
         if follow is None:
             return
         follow.written_through = max(follow.written_through, written[-1][0][0])
+        # This node writes the channel: once the follow has it all, its own writes need not
+        # wake the blocking read (``solo``), whether these came from here or were read.
+        follow.own_at = trio.current_time()
         if prev is not None and follow.resolved:
             waiting = follow.waiting
             if not waiting or waiting[-1][1][-1][0] == prev:
@@ -517,7 +520,6 @@ class Followers:
             read = self.entries_read
             self._append(follow, written, _own_body)
             self.entries_own += self.entries_read - read
-            follow.own_at = trio.current_time()
             if follow.last < written[-1][0]:
                 # Held again part way: the rest waits for the next release.
                 rest = [item for item in written if item[0] > follow.last]
