@@ -3,7 +3,8 @@
 In Redis mode a drain runs on the node holding its lease, from its checkpoint. The birth
 checkpoint (``logplexd.cluster.birth``) is written before the 201, so messages sent before
 any node owns the drain are delivered by its first owner. The tests keep the lease held by
-a foreign node id ("ghost") while messages arrive, so that no node can own the drain yet.
+a foreign node ("ghost", alive while its liveness key lasts) while messages arrive, so that
+no node can own the drain yet.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from logplexd.cluster import DataPlane, birth_hook
 from logplexd.daemon import BoundPorts, Daemon
 from tests.helpers.api import AUTH_KEY as UNIT_AUTH_KEY
 from tests.helpers.api import FakeRegistry, call
-from tests.helpers.cluster import Sink, channel_on_every_node, node_settings, numbered, text
+from tests.helpers.cluster import (
+    Sink,
+    channel_on_every_node,
+    hold_lease,
+    node_settings,
+    numbered,
+    text,
+)
 from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
@@ -129,7 +137,7 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
             drain_id = next_drain_id(redis_any)
             lease_key = plane.keys.lease("app", drain_id)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
-            redis_any.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
+            hold_lease(redis_any, lease_key, plane.keys.alive("ghost"), GHOST_MS)
             trips = plane.trips["other"]
 
             status, body = await node.drain_to_sink()
@@ -144,7 +152,8 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
             assert not owned(daemon, drain_id)
             assert bulk(redis_any.command("GET", lease_key)) == b"ghost"
 
-            # The ghost's lease expires; the node takes the drain and starts from its birth.
+            # The ghost dies (its liveness key expires); the node takes the drain over and
+            # starts from its birth.
             await eventually(lambda: owned(daemon, drain_id), 5)
             await eventually(lambda: len(sink.messages()) >= 50, 5)
             await trio.sleep(0.2)  # anything extra (a duplicate, a "P") would show by now
@@ -172,7 +181,7 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
             assert bulk(redis_server.command("GET", ckpt_key)) is None  # not born yet
             await send_and_store(daemon, ports, token, "R", 5)
 
-            redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
+            hold_lease(redis_server, lease_key, plane.keys.alive("ghost"), GHOST_MS)
             status, _ = await node.drain_to_sink("PUT", drain_id)
             assert status == 200
             assert bulk(redis_server.command("GET", ckpt_key)) == b"5"
@@ -229,7 +238,7 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
         with trio.fail_after(60):
             drain_id = next_drain_id(redis_server)
             lease_key = plane.keys.lease("app", drain_id)
-            redis_server.command("SET", lease_key, "ghost", "PX", str(GHOST_MS))
+            hold_lease(redis_server, lease_key, plane.keys.alive("ghost"), GHOST_MS)
             status, _ = await node.drain_to_sink()
             assert status == 201
             await send_and_store(daemon, ports, token, "N", 50)
@@ -261,7 +270,9 @@ async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
         with trio.fail_after(30):
             drain_id = next_drain_id(redis_server)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
-            redis_server.command("SET", plane.keys.lease("app", drain_id), "ghost", "PX", "60000")
+            hold_lease(
+                redis_server, plane.keys.lease("app", drain_id), plane.keys.alive("ghost"), 60_000
+            )
             status, _ = await node.drain_to_sink()
             assert status == 201
             assert bulk(redis_server.command("GET", ckpt_key)) == b"0"
@@ -273,3 +284,6 @@ async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
             assert status == 204
             assert not owned(daemon, drain_id)
             await eventually(lambda: redis_server.command("EXISTS", ckpt_key) == b":0\r\n", 5)
+            # Its lease key too, though a node that is not its holder deleted it.
+            lease_key = plane.keys.lease("app", drain_id)
+            assert redis_server.command("EXISTS", lease_key) == b":0\r\n"

@@ -26,6 +26,7 @@ from tests.helpers.cluster import (
     Sink,
     channel_on_every_node,
     expected,
+    hold_lease,
     numbered,
     send_numbered,
 )
@@ -317,8 +318,8 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             nodes[first].cluster_drains.release_on_stop = False  # type: ignore[union-attr]
             scopes[first].cancel()
             (other,) = [n for n in nodes if n != first]
-            lease = keys.lease("app", drain_id)
-            redis_server.command("SET", lease, "intruder", "PX", "60000")
+            # Another node ("intruder", alive) takes the lease first.
+            hold_lease(redis_server, keys.lease("app", drain_id), keys.alive("intruder"), 60_000)
             plane = nodes[other].plane
             assert plane is not None
             for start in range(0, 100, 10):
@@ -326,7 +327,7 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
                 await send_numbered(ports[other].syslog, token, "H", range(start, start + 10))
                 await eventually(lambda w=written: plane.messages_written >= w + 10, 5)
             assert owner() is None
-            redis_server.command("DEL", lease)
+            redis_server.command("DEL", keys.alive("intruder"))  # it dies
             await eventually(lambda: owner() == other, 5)
             await eventually(lambda: set(sink.counts()) >= expected("H", range(80, 100)), 5)
             assert b"Error L10 (output buffer overflow): 80 messages dropped since" in sink.data

@@ -129,8 +129,9 @@ async def test_scripts_forgotten_by_redis_are_loaded_again(redis_any) -> None:
 async def test_cluster_reader_polls_every_followed_stream_in_one_round_trip_per_shard(
     redis_cluster,
 ) -> None:
-    """On a cluster, 30 followed channels cost one pipelined poll per shard, not one
-    blocking read each; and every channel's messages still reach the follower."""
+    """On a cluster, 30 idle followed channels cost one script call per shard and poll (the
+    streams' newest ids), no read of any stream and no blocking read each; and every
+    channel's messages still reach the follower."""
     from logplexd.cluster import POLL_IDLE
 
     names = [f"c{i}" for i in range(30)]
@@ -147,10 +148,15 @@ async def test_cluster_reader_polls_every_followed_stream_in_one_round_trip_per_
                 follows.append(plane.hold(channel, await plane.top(name)))
             await trio.sleep(0.2)  # the reader has started polling
             polls = plane.trips["follow"]
+            calls = redis_cluster.command_calls()
             await trio.sleep(1.0)  # idle: real servers, a bounded wait
             idle = plane.trips["follow"] - polls
+            after = redis_cluster.command_calls()
             # At most 3 shards per poll, one poll per POLL_IDLE (plus the one in flight).
             assert 0 < idle <= 3 * (1 / POLL_IDLE + 2)
+            ran = {k: after[k] - calls.get(k, 0) for k in after if after[k] != calls.get(k, 0)}
+            assert "xread" not in ran, ran
+            assert 0 < ran.get("evalsha", 0) <= idle, ran
             for name in names:
                 one.route(frames(f"t.{name}", [f"{name}-{i}" for i in range(5)]))
             for name, follow in zip(names, follows, strict=True):

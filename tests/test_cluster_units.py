@@ -6,12 +6,13 @@ import pytest
 
 from logplexd.cluster.buffer import OutboundBuffer
 from logplexd.cluster.lease import (
+    DEFAULT_TTL,
     SAFETY_MARGIN,
     TRANSITIONS,
-    Command,
     Lease,
     LeaseEvent,
     LeaseState,
+    Liveness,
     next_state,
     renew_interval,
 )
@@ -120,49 +121,60 @@ def test_transition_table_is_complete() -> None:
             assert (state, event) in TRANSITIONS
     assert next_state(LeaseState.STANDBY, LeaseEvent.ACQUIRED) is LeaseState.OWNER
     assert next_state(LeaseState.OWNER, LeaseEvent.LOST) is LeaseState.STANDBY
-    assert next_state(LeaseState.OWNER, LeaseEvent.UNREACHABLE) is LeaseState.OWNER
+    assert next_state(LeaseState.OWNER, LeaseEvent.EXPIRED) is LeaseState.STANDBY
 
 
-def test_acquire_renew_and_local_expiry() -> None:
-    lease = Lease(ttl=10.0)
-    assert lease.command() is Command.ACQUIRE and lease.ttl_ms == 10_000
-    assert lease.apply(LeaseEvent.HELD_ELSEWHERE, 0.0) == (LeaseState.STANDBY, LeaseState.STANDBY)
-    assert lease.apply(LeaseEvent.ACQUIRED, 1.0) == (LeaseState.STANDBY, LeaseState.OWNER)
-    assert lease.command() is Command.RENEW
+def test_a_lease_is_tried_while_free_or_held_by_a_dead_holder() -> None:
+    lease = Lease()
+    assert lease.wants(set())  # holder not known: try it
+    assert lease.apply(LeaseEvent.HELD_ELSEWHERE, "n2/b") == (
+        LeaseState.STANDBY,
+        LeaseState.STANDBY,
+    )
+    assert lease.holder == "n2/b"
+    assert not lease.wants(set()) and not lease.wants({"n3/c"})  # n2/b is alive
+    assert lease.wants({"n2/b"})
+    assert lease.apply(LeaseEvent.ACQUIRED, "n1/a") == (LeaseState.STANDBY, LeaseState.OWNER)
+    assert not lease.wants({"n1/a", "n2/b"})  # ours: nothing to try
+    assert lease.apply(LeaseEvent.LOST) == (LeaseState.OWNER, LeaseState.STANDBY)
+    assert lease.holder is None and lease.wants(set())
+
+
+def test_liveness_is_valid_from_the_send_time_of_the_last_confirmed_renewal() -> None:
+    live = Liveness("n1", ttl=10.0)
+    assert live.ttl_ms == 10_000 and not live.confirmed and not live.valid(0.0)
+    assert live.holder.startswith("n1/")
+    live.renewed(1.0)
     deadline = 1.0 + 10.0 * (1 - SAFETY_MARGIN)
-    assert lease.valid_until == pytest.approx(deadline)
-    # Redis silent: still owner until the deadline measured from the last confirmed send.
-    lease.apply(LeaseEvent.UNREACHABLE, 3.5)
-    assert lease.tick(deadline - 0.01) == (LeaseState.OWNER, LeaseState.OWNER)
-    assert lease.tick(deadline) == (LeaseState.OWNER, LeaseState.STANDBY)
-    assert lease.command() is Command.ACQUIRE
+    assert live.confirmed and live.valid_until == pytest.approx(deadline)
+    # An old reply (sent earlier) never shortens it.
+    live.renewed(0.5)
+    assert live.valid_until == pytest.approx(deadline)
+    # Redis silent: valid until the deadline measured from the last confirmed send.
+    assert live.valid(deadline - 0.01) and not live.valid(deadline)
 
 
-def test_renewal_extends_from_send_time_and_a_late_reply_changes_nothing() -> None:
-    lease = Lease(ttl=4.0)
-    lease.apply(LeaseEvent.ACQUIRED, 0.0)
-    lease.apply(LeaseEvent.RENEWED, 1.0)
-    assert lease.valid_until == pytest.approx(1.0 + 4.0 * (1 - SAFETY_MARGIN))
-    # An old reply (sent earlier) never shortens the lease.
-    lease.apply(LeaseEvent.RENEWED, 0.5)
-    assert lease.valid_until == pytest.approx(1.0 + 4.0 * (1 - SAFETY_MARGIN))
-    assert lease.apply(LeaseEvent.LOST, 2.0) == (LeaseState.OWNER, LeaseState.STANDBY)
-    assert lease.valid_until == 0.0
-    assert lease.apply(LeaseEvent.RENEWED, 2.0) == (LeaseState.STANDBY, LeaseState.STANDBY)
+def test_a_liveness_key_found_gone_takes_a_new_incarnation() -> None:
+    live = Liveness("n1", ttl=4.0)
+    live.renewed(0.0)
+    first = live.holder
+    assert live.gone() == first
+    # The old holder is dead for good: what it held may be taken over, by this node too.
+    assert live.holder != first and live.holder.startswith("n1/")
+    assert not live.confirmed and not live.valid(0.0)
 
 
 def test_takeover_bound_is_under_fifteen_seconds_with_the_default() -> None:
-    lease = Lease()
-    # The key expires at most TTL after the dead owner's last renewal; a standby node
-    # tries every renew interval.
-    assert lease.ttl + renew_interval(lease.ttl) < 15.0
+    # A dead owner's liveness key expires at most TTL after its last renewal; a standby
+    # node asks every renew interval.
+    assert DEFAULT_TTL + renew_interval(DEFAULT_TTL) < 15.0
 
 
 def test_release_gives_up_ownership() -> None:
-    lease = Lease(ttl=1.0)
-    lease.apply(LeaseEvent.ACQUIRED, 0.0)
-    assert lease.apply(LeaseEvent.RELEASE, 0.1) == (LeaseState.OWNER, LeaseState.STANDBY)
-    assert not lease.owned
+    lease = Lease()
+    lease.apply(LeaseEvent.ACQUIRED, "n1/a")
+    assert lease.apply(LeaseEvent.RELEASE) == (LeaseState.OWNER, LeaseState.STANDBY)
+    assert not lease.owned and lease.holder is None
 
 
 # -- the wire format and the ring <-> stream map ------------------------------------------------

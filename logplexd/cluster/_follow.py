@@ -31,6 +31,7 @@ from ._history import History
 from ._link import CALL_TIMEOUT, READ_BLOCK_MS, Backoff, Connection, redis_errors
 from ._stream import (
     MAX_WIRE_FRAME,
+    TOPS,
     EntryBody,
     Keys,
     Malformed,
@@ -57,9 +58,13 @@ def read_count(streams: int) -> int:
 
 
 # Redis Cluster: the reader polls every followed stream this often while it finds entries,
-# and this often when the last poll found none (one round trip per shard each time).
+# this often when the last poll found none, and this often once none found anything for
+# QUIET_AFTER (two commands per shard each time: 3 shards at POLL_QUIET is 24 commands/s,
+# within issue 21's 50 per idle node; the first entry after a quiet spell waits that long).
 POLL_BUSY = 0.02
 POLL_IDLE = 0.1
+POLL_QUIET = 0.25
+QUIET_AFTER = 2.0
 # A reader wanting the stream position a follower has not reached waits at most this long.
 CATCH_UP_WAIT = 2.0
 # A followed channel this node wrote to within this window, and whose stream had no other
@@ -235,6 +240,8 @@ class Followers:
         # solo follows reads at once.
         self._read_wanted = trio.Event()
         self._next_poll = 0.0
+        # When a cluster poll last found entries (it polls less often once quiet).
+        self._found_at = 0.0
         self._lanes: dict[str, trio.CancelScope] = {}
         # Set by the drain leases: messages of a channel that its drains must announce (L10).
         self.on_loss: LossCallback | None = None
@@ -364,8 +371,10 @@ class Followers:
                 follow.resolved = True
 
     async def _poll_once(self, follows: list[Follow], lane: str) -> None:
-        """Redis Cluster: one non-blocking read of every followed stream, pipelined (one
-        round trip per shard), then wait ``POLL_BUSY`` or ``POLL_IDLE``."""
+        """Redis Cluster: the newest entry id of every followed stream (one script call per
+        shard), then one non-blocking read of each stream whose newest entry this node has
+        not read, pipelined (one round trip per shard); then wait ``POLL_BUSY``, or
+        ``POLL_IDLE`` (``POLL_QUIET`` once nothing was found for ``QUIET_AFTER``)."""
         connection = self.connection
         await self._resolve(follows)
         self._followed = trio.Event()
@@ -378,22 +387,31 @@ class Followers:
             if not follows:
                 await self._wait_released(held)
                 return
-        count = read_count(len(follows))
         with trio.fail_after(CALL_TIMEOUT):
-            async with connection.client.pipeline(transaction=False) as pipe:
-                replies = [
-                    (f, pipe.xread({f.key: format_id(f.last)}, count=count)) for f in follows
-                ]
-        connection.count_trip("follow", connection.servers_of(f.name for f in follows))
-        connection.link.ok("lane:" + lane)
+            tops = await connection.call_per_shard(
+                TOPS, (), {f.name: [self.keys.top(f.name)] for f in follows}, "follow"
+            )
+        moved = [f for f in follows if _moved(f, tops[f.name])]
         busy = full = False
-        for follow, reply in replies:
-            found = await reply
-            if found and self._follows.get(follow.name) is follow:
-                for entries in found.values():
-                    self._apply(follow, entries)
-                    busy = True
-                    full = full or len(entries) >= count
+        if moved:
+            count = read_count(len(moved))
+            with trio.fail_after(CALL_TIMEOUT):
+                async with connection.client.pipeline(transaction=False) as pipe:
+                    replies = [
+                        (f, pipe.xread({f.key: format_id(f.last)}, count=count)) for f in moved
+                    ]
+            connection.count_trip("follow", connection.servers_of(f.name for f in moved))
+            for follow, reply in replies:
+                found = await reply
+                if found and self._follows.get(follow.name) is follow:
+                    for entries in found.values():
+                        self._apply(follow, entries)
+                        busy = True
+                        full = full or len(entries) >= count
+        connection.link.ok("lane:" + lane)
+        now = trio.current_time()
+        if busy:
+            self._found_at = now
         if full:
             # A stream had more than one read takes: no pause, or a busy channel would
             # fall behind its trimming.
@@ -401,7 +419,8 @@ class Followers:
         elif busy:
             await trio.sleep(POLL_BUSY)
         else:
-            with trio.move_on_after(POLL_IDLE):
+            quiet = now - self._found_at >= QUIET_AFTER
+            with trio.move_on_after(POLL_QUIET if quiet else POLL_IDLE):
                 await self._followed.wait()
 
     def _paused(self, follow: Follow) -> bool:
@@ -595,6 +614,19 @@ class Followers:
             self.on_applied(follow)
         event, follow.advanced = follow.advanced, trio.Event()
         event.set()
+
+
+def _moved(follow: Follow, top: Any) -> bool:
+    """Whether a stream has an entry past what ``follow`` read, by its top key's value
+    (-1: not known, the shard refused: read it)."""
+    if top == -1:
+        return True
+    if not top:
+        return False  # nothing written yet (or only by a node that keeps no top key)
+    try:
+        return parse_id(top) > follow.last
+    except ValueError:
+        return True
 
 
 def _own_body(sent: tuple[Any, ...]) -> EntryBody:

@@ -153,13 +153,17 @@ class Connection:
 
     def servers_of(self, channels: Iterable[str]) -> int:
         """How many Redis servers a pipeline naming these channels' keys goes to."""
+        return self.servers_of_keys(self.keys.tag(channel) for channel in channels)
+
+    def servers_of_keys(self, keys: Iterable[str]) -> int:
+        """How many Redis servers a pipeline naming these keys goes to."""
         if not self.cluster:
             return 1
         names = set()
         try:
             layout = self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
-            for channel in channels:
-                names.add(layout.node_for_slot(slot_of(self.keys.tag(channel))).name)
+            for key in keys:
+                names.add(layout.node_for_slot(slot_of(key)).name)
         except Exception:  # a slot map in flux: counting must never fail the call it counts
             return max(1, len(names))
         return max(1, len(names))

@@ -85,6 +85,11 @@ class Keys:
     def checkpoint(self, channel: str, drain_id: int) -> str:
         return f"{self.tag(channel)}drain:{drain_id}:ckpt"
 
+    def alive(self, holder: str) -> str:
+        """A node incarnation's liveness key (``lease.Liveness``): its leases hold while
+        it exists."""
+        return f"{self.prefix}:alive:{holder}"
+
 
 CLUSTER_SLOTS = 16384
 
@@ -194,6 +199,23 @@ return out
 """
 
 APPEND = Script(_APPEND_LUA)
+
+# The newest entry id of each named stream (its top key; nil: none written by a node that
+# keeps one), for a cluster's poll (one call per shard, ``call_per_shard``): only the
+# streams whose top moved are read then, so an idle poll is one call per shard however many
+# channels are followed. (One GET per key inside: Redis refuses a multi-key MGET across
+# slots even in a script allowed to touch several.) ARGV: 1 channels; then per channel its
+# top key. A refused GET (a slot that moved) gives -1.
+TOPS = Script(
+    """#!lua flags=allow-cross-slot-keys
+local out = {}
+for k = 1, tonumber(ARGV[1]) do
+  local r = redis.pcall('GET', ARGV[k + 1])
+  if type(r) == 'table' and r.err then out[k] = -1 else out[k] = r end
+end
+return out
+"""
+)
 
 
 @dataclass(slots=True)

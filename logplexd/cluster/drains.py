@@ -2,10 +2,14 @@
 
 ``ClusterDrains`` stands between the store's drain events (``drain_sync``) and the local
 ``DrainManager``: it remembers every drain the store holds and runs (adds to the manager)
-only those whose lease this node owns. The lease decisions are ``lease.Lease`` (sans-IO);
-this module is the thin trio adapter: one pipeline per tick acquires or renews every
-drain's lease, and one pipeline at most every ``CHECKPOINT_INTERVAL`` stores the
-checkpoints of every drain that delivered meanwhile (and a last one when the node stops).
+only those whose lease this node owns. The lease decisions are ``lease.Lease`` and
+``lease.Liveness`` (sans-IO); this module is the thin trio adapter. Each tick: one pipeline
+renews the node's liveness key and asks whether the holders of the drains it stands by for
+are alive (one ``EXISTS`` per distinct holder); then
+one script call per shard acquires the drains that are free or whose holder is dead, if
+any. An idle node with 10,000 drains sends a handful of commands per tick, not 10,000. At
+most every ``CHECKPOINT_INTERVAL`` one script call per shard stores the checkpoints of
+every drain that delivered meanwhile (and a last one when the node stops).
 
 A new owner starts from the drain's checkpoint (the sequence of the last message the
 previous owner delivered) by following the channel's stream from there: at-least-once,
@@ -32,7 +36,7 @@ from ._follow import Follow
 from ._history import CatchUp
 from ._link import CALL_TIMEOUT, describe, redis_errors
 from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId
-from .lease import DEFAULT_TTL, Command, Lease, LeaseEvent, LeaseState, renew_interval
+from .lease import DEFAULT_TTL, Lease, LeaseEvent, LeaseState, Liveness, renew_interval
 from .plane import DataPlane
 
 log = logging.getLogger("logplexd.drains")
@@ -70,27 +74,20 @@ return out
     )
 
 
-# Every lease of the node's drains: per drain 'a' (acquire) or 'r' (renew) and its lease
-# key. 1 acquired or renewed, 0 held by another node (not ours any more).
-LEASES = _per_drain(
+# Acquires leases: per drain its lease key and the holder known dead ('' none). Takes the
+# key when free, already ours, or held by that dead holder (compare-and-set: of two standby
+# nodes taking over from one dead holder, one wins). Sets res[k] to the holder after.
+ACQUIRE = _per_drain(
     2,
-    """    local op, key = f[1], f[2]
-    local r = false
-    if op == 'a' then r = redis.pcall('SET', key, node, 'NX', 'PX', ttl) end
-    if type(r) == 'table' and r.err then
+    """    local key, dead = f[1], f[2]
+    local v = redis.pcall('GET', key)
+    if type(v) == 'table' then
       res[k] = -1
-    elseif r then
-      res[k] = 1
+    elseif not v or v == node or (dead ~= '' and v == dead) then
+      local r = redis.pcall('SET', key, node)
+      if type(r) == 'table' and r.err then res[k] = -1 else res[k] = node end
     else
-      local owner = redis.pcall('GET', key)
-      if type(owner) == 'table' then
-        res[k] = -1
-      elseif owner == node then
-        redis.pcall('PEXPIRE', key, ttl)
-        res[k] = 1
-      else
-        res[k] = 0
-      end
+      res[k] = v
     end""",
 )
 # The checkpoints of every drain that delivered: per drain its lease key, its checkpoint
@@ -146,11 +143,14 @@ class ClusterDrains:
         self.ttl = ttl
         self.clock = clock
         self.node_id = plane.node_id
+        self.liveness = Liveness(plane.node_id, ttl)
         self.wanted: dict[int, Wanted] = {}
         self._wake = trio.Event()
         self._dirty = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.takeovers = 0
+        # Lease exchanges with Redis so far (one per tick while there are drains).
+        self.ticks = 0
         # Hand leases back when stopping (a graceful stop moves drains at once). Tests turn
         # it off to stand for a node that died without a word.
         self.release_on_stop = True
@@ -166,7 +166,7 @@ class ClusterDrains:
             self.remove_drain(drain_id)
             old = None
         if old is None:
-            self.wanted[drain_id] = Wanted(channel_name, token, url, Lease(self.ttl))
+            self.wanted[drain_id] = Wanted(channel_name, token, url, Lease())
         else:
             old.token, old.url = token, url
             if old.lease.owned and not old.starting:
@@ -239,73 +239,123 @@ class ClusterDrains:
         interval = renew_interval(self.ttl)
         while True:
             self._wake = trio.Event()
-            now = self.clock()
-            for drain_id, wanted in list(self.wanted.items()):
-                before, after = wanted.lease.tick(now)
-                if before is LeaseState.OWNER and after is LeaseState.STANDBY:
-                    log.warning("drain %d: lease not renewed in time, stopping here", drain_id)
-                    self._stop(drain_id, wanted)
+            if not self.liveness.valid(self.clock()):
+                self._stop_owned(LeaseEvent.EXPIRED, "lease not renewed in time, stopping here")
             # Only while the probe reaches Redis (the leases' own failure must not stop the
             # exchange that would clear it).
             if self.wanted and self.plane.link.reached.is_set():
-                sent_at = self.clock()
-                ids = list(self.wanted)
-                channels = {i: self.wanted[i].channel for i in ids}
                 try:
-                    # Never wait past the next tick: the local expiry below must run on time
+                    # Never wait past the next tick: the local expiry above must run on time
                     # even when Redis stops answering without closing the connection.
                     with trio.fail_after(min(CALL_TIMEOUT, interval)):
-                        replies = await self._exchange(ids)
+                        events = await self._exchange()
                 except errors as exc:
                     self.plane.link.lost(exc, "leases")
-                    replies = {i: LeaseEvent.UNREACHABLE for i in ids}
                 else:
                     self.plane.link.ok("leases")
-                for drain_id, event in replies.items():
-                    current = self.wanted.get(drain_id)
-                    if current is None:
-                        if event is LeaseEvent.ACQUIRED and self._nursery is not None:
-                            # Removed while its lease was being acquired: hand it back.
-                            self._nursery.start_soon(self._release, channels[drain_id], drain_id)
-                        continue
-                    before, after = current.lease.apply(event, sent_at)
-                    if before is LeaseState.STANDBY and after is LeaseState.OWNER:
-                        await self._start(drain_id, current)
-                    elif before is LeaseState.OWNER and after is LeaseState.STANDBY:
-                        log.warning("drain %d: lease lost to another node, stopping", drain_id)
-                        self._stop(drain_id, current)
+                    self.ticks += 1
+                    # Outside the exchange's deadline: starting a drain reads its checkpoint.
+                    await self._apply(events)
             with trio.move_on_after(interval):
                 await self._wake.wait()
 
-    async def _exchange(self, ids: list[int]) -> dict[int, LeaseEvent]:
-        """Acquire or renew the leases of ``ids``: one script call per shard in all."""
+    def _stop_owned(self, event: LeaseEvent, why: str, holder: str | None = None) -> None:
+        """Stop every owned drain; ``holder``: who holds their keys now, if known."""
+        for drain_id, wanted in list(self.wanted.items()):
+            before, after = wanted.lease.apply(event)
+            if before is LeaseState.OWNER and after is LeaseState.STANDBY:
+                log.warning("drain %d: %s", drain_id, why)
+                self._stop(drain_id, wanted)
+                if holder is not None:
+                    wanted.lease.holder = holder
+
+    async def _exchange(self) -> dict[int, tuple[LeaseEvent, str | None, str]]:
+        """One tick: renew the liveness key, look at the holders of the drains this node
+        stands by for, and acquire those that are free or whose holder is dead."""
+        from coredis.tokens import PureToken
+
+        plane, keys, live = self.plane, self.plane.keys, self.liveness
+        sent_at = self.clock()
+        holders = sorted(
+            {
+                w.lease.holder
+                for w in self.wanted.values()
+                if not w.lease.owned and w.lease.holder not in (None, live.holder)
+            }  # type: ignore[misc]
+        )
+        alive_key = keys.alive(live.holder)
+        async with plane.client.pipeline(transaction=False) as pipe:
+            renewal = pipe.set(
+                alive_key,
+                b"1",
+                px=live.ttl_ms,
+                condition=PureToken.XX if live.confirmed else PureToken.NX,
+            )
+            checks = [(h, pipe.exists([keys.alive(h)])) for h in holders]
+        named = [alive_key] + [keys.alive(h) for h in holders]
+        plane.count_trip("lease", plane.connection.servers_of_keys(named))
+        dead = {h for h, check in checks if not await check}
+        if await renewal:
+            live.renewed(sent_at)
+        else:
+            # Gone (cut off for a TTL, or Redis lost it): its drains may be another node's
+            # by now. Stop them, and take them back under a new incarnation if still free.
+            old = live.gone()
+            dead.add(old)
+            self._stop_owned(
+                LeaseEvent.LOST, "this node's liveness key had expired, stopping", holder=old
+            )
+            sent_at = self.clock()
+            if await plane.client.set(
+                keys.alive(live.holder), b"1", px=live.ttl_ms, condition=PureToken.NX
+            ):
+                live.renewed(sent_at)
+            plane.count_trip("lease")
+        if not live.valid(self.clock()):
+            return {}
+        ids = [i for i, w in self.wanted.items() if w.lease.wants(dead)]
+        if not ids:
+            return {}
+        return await self._acquire(ids, dead)
+
+    async def _apply(self, events: dict[int, tuple[LeaseEvent, str | None, str]]) -> None:
+        """Apply a tick's acquisitions: start the drains this node got."""
+        for drain_id, (event, holder, channel) in events.items():
+            current = self.wanted.get(drain_id)
+            if current is None:
+                if event is LeaseEvent.ACQUIRED and self._nursery is not None:
+                    # Removed while its lease was being acquired: hand it back.
+                    self._nursery.start_soon(self._release, channel, drain_id)
+                continue
+            before, after = current.lease.apply(event, holder)
+            if before is LeaseState.STANDBY and after is LeaseState.OWNER:
+                await self._start(drain_id, current)
+
+    async def _acquire(
+        self, ids: list[int], dead: set[str]
+    ) -> dict[int, tuple[LeaseEvent, str | None, str]]:
+        """Acquire the leases of ``ids``: one script call per shard in all."""
         keys = self.plane.keys
-        commands: dict[int, Command] = {}
+        holder = self.liveness.holder
         by_channel: dict[str, list[int]] = {}
         for drain_id in ids:
-            wanted = self.wanted[drain_id]
-            commands[drain_id] = wanted.lease.command()
-            by_channel.setdefault(wanted.channel, []).append(drain_id)
+            by_channel.setdefault(self.wanted[drain_id].channel, []).append(drain_id)
         parts: dict[str, list[object]] = {}
         for channel, drain_ids in by_channel.items():
             part = parts[channel] = [len(drain_ids)]
             for drain_id in drain_ids:
-                op = "a" if commands[drain_id] is Command.ACQUIRE else "r"
-                part.extend((op, keys.lease(channel, drain_id)))
-        ttl_ms = self.wanted[ids[0]].lease.ttl_ms  # one ttl for every drain of the node
-        replies = await self.plane.call_per_shard(LEASES, (self.node_id, ttl_ms), parts, "lease")
-        events: dict[int, LeaseEvent] = {}
+                seen = self.wanted[drain_id].lease.holder
+                part.extend((keys.lease(channel, drain_id), seen if seen in dead else ""))
+        replies = await self.plane.call_per_shard(ACQUIRE, (holder, 0), parts, "lease")
+        events: dict[int, tuple[LeaseEvent, str | None, str]] = {}
         for channel, drain_ids in by_channel.items():
             results = self._results(channel, replies)
             for drain_id, result in zip(drain_ids, results, strict=True):
                 if result == -1:
-                    events[drain_id] = LeaseEvent.UNREACHABLE
-                elif commands[drain_id] is Command.ACQUIRE:
-                    events[drain_id] = (
-                        LeaseEvent.ACQUIRED if result == 1 else LeaseEvent.HELD_ELSEWHERE
-                    )
-                else:
-                    events[drain_id] = LeaseEvent.RENEWED if result == 1 else LeaseEvent.LOST
+                    continue  # refused: tried again next tick
+                now_held = result.decode() if isinstance(result, bytes) else str(result)
+                event = LeaseEvent.ACQUIRED if now_held == holder else LeaseEvent.HELD_ELSEWHERE
+                events[drain_id] = (event, now_held, channel)
         return events
 
     def _results(self, channel: str, replies: dict[str, list[int]]) -> list[int]:
@@ -322,7 +372,7 @@ class ClusterDrains:
         channel = self.manager.registry.channel(wanted.channel)
         if channel is None:
             # Not in this node's index (yet): hand the lease back rather than hold it idle.
-            wanted.lease.apply(LeaseEvent.RELEASE, self.clock())
+            wanted.lease.apply(LeaseEvent.RELEASE)
             if self._nursery is not None:
                 self._nursery.start_soon(self._release, wanted.channel, drain_id)
             return
@@ -341,7 +391,7 @@ class ClusterDrains:
             # Not started: stand by; the next tick acquires again (the key is still ours).
             wanted.starting = False
             log.warning("drain %d: not started, Redis: %s", drain_id, describe(exc))
-            wanted.lease.apply(LeaseEvent.RELEASE, self.clock())
+            wanted.lease.apply(LeaseEvent.RELEASE)
             return
         if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
             wanted.starting = False
@@ -475,14 +525,21 @@ class ClusterDrains:
                     (keys.lease(channel, drain_id), keys.checkpoint(channel, drain_id), seq)
                 )
         replies = await self.plane.call_per_shard(
-            CHECKPOINTS, (self.node_id, CHECKPOINT_TTL_MS), parts, "checkpoint"
+            CHECKPOINTS, (self.liveness.holder, CHECKPOINT_TTL_MS), parts, "checkpoint"
         )
         refused = False
         for channel, items in by_channel.items():
             results = self._results(channel, replies)
-            for (_, wanted, seq), result in zip(items, results, strict=True):
+            for (drain_id, wanted, seq), result in zip(items, results, strict=True):
                 if result == -1:
                     refused = True  # stored again with the next pipeline
+                    continue
+                if result == 0:
+                    # Its lease key names another holder (or none): not ours any more.
+                    before, after = wanted.lease.apply(LeaseEvent.LOST)
+                    if before is LeaseState.OWNER and self.wanted.get(drain_id) is wanted:
+                        log.warning("drain %d: lease lost to another node, stopping", drain_id)
+                        self._stop(drain_id, wanted)
                     continue
                 wanted.stored = max(wanted.stored, seq)
                 if wanted.dirty is not None and wanted.dirty <= wanted.stored:
@@ -494,27 +551,38 @@ class ClusterDrains:
     async def _release(
         self, channel: str, drain_id: int, removed: bool = False, owned: bool = True
     ) -> None:
+        keys = self.plane.keys
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                if owned:
-                    key = self.plane.keys.lease(channel, drain_id)
-                    calls: list[ScriptCall] = [(RELEASE, [key], [self.node_id])]
-                    await self.plane.call_scripts(calls, "other", [channel])
-                if removed:  # drain ids are never reused: its checkpoint is of no more use
-                    await self.plane.client.delete([self.plane.keys.checkpoint(channel, drain_id)])
+                if removed:
+                    # Drain ids are never reused: its lease and checkpoint are of no more use
+                    # to anyone (one slot: one command).
+                    await self.plane.client.delete(
+                        [keys.lease(channel, drain_id), keys.checkpoint(channel, drain_id)]
+                    )
                     self.plane.count_trip("other")
+                elif owned:
+                    calls: list[ScriptCall] = [
+                        (RELEASE, [keys.lease(channel, drain_id)], [self.liveness.holder])
+                    ]
+                    await self.plane.call_scripts(calls, "other", [channel])
         except Exception as exc:
-            # Best effort: the TTL hands the drain over anyway.
+            # Best effort: this node takes it again at its next tick, or, stopped, its
+            # liveness key expires.
             log.debug("drain %d: lease not released: %s", drain_id, describe(exc))
 
     async def _release_all(self) -> None:
-        """Stopping: hand every owned lease back at once so another node takes over now."""
+        """Stopping: give every lease up at once so other nodes take over at their next tick."""
         if not self.release_on_stop:
             return
         # What was delivered since the last checkpoint, so the next owner does not send it
-        # again. Best effort, as the releases (the connection may be gone already).
+        # again. Best effort, as the rest (the connection may be gone already).
         with contextlib.suppress(Exception):
             await self._store_checkpoints()
-        owned = [(i, w) for i, w in self.wanted.items() if w.lease.owned]
-        for drain_id, wanted in owned:
-            await self._release(wanted.channel, drain_id)
+        if not self.liveness.confirmed:
+            return
+        # Its drains stopped with the node's tasks: without its liveness key every lease it
+        # holds is free to take (one command, however many drains).
+        with contextlib.suppress(Exception), trio.fail_after(CALL_TIMEOUT):
+            await self.plane.client.delete([self.plane.keys.alive(self.liveness.holder)])
+            self.plane.count_trip("other")

@@ -1,26 +1,33 @@
-"""Drain ownership: one lease per drain, decided without I/O.
+"""Drain ownership: one liveness key per node, one lease key per drain, decided without I/O.
 
-A node either *stands by* (it would run the drain if it could get the lease) or *owns* the
-drain. Each tick the adapter asks ``Lease.command`` what to send (``SET key node NX PX ttl``
-to acquire, a compare-and-extend script to renew), sends every drain's command in one
-pipeline, and feeds each reply back as a ``LeaseEvent``. ``Lease.tick`` expires the lease
-locally: an owner that has not had a renewal confirmed within the TTL (measured from when
-the confirmed request was *sent*, so a slow reply never stretches it) stops delivering
-before any other node can have acquired the key, so two owners never deliver at once as
-long as clocks run at the same rate.
+A node either *stands by* for a drain (it would run the drain if it could get the lease) or
+*owns* it. A drain's lease key names its holder: a node *incarnation* (``node-id/random``,
+new each time the node starts or finds its liveness key gone). The holder is alive while its
+liveness key exists; the node renews that one key each tick (``SET ... XX PX ttl``), not one
+key per drain, so a node's idle cost does not grow with its drains. A standby node that
+knows a drain's holder asks only whether that holder is still alive (one ``EXISTS`` per
+distinct holder per tick) and takes the drain over, compare-and-set, once it is not.
+
+Why that is safe: a liveness key once gone never comes back (a node that finds its own key
+gone takes a new incarnation), so a holder seen dead stays dead; and an owner stops
+delivering when no renewal of its liveness key has been confirmed within the TTL (measured
+from when the confirmed request was *sent*, so a slow reply never stretches it), before the
+key can expire in Redis and anyone can take its drains over: two owners never deliver at
+once as long as clocks run at the same rate.
 
 Timing (defaults, all configurable): TTL 10 s, one tick every TTL/4 = 2.5 s. A node that
-dies stops renewing; its key expires at most TTL after its last renewal, and a standby
-node tries at its next tick: takeover within TTL + one tick = 12.5 s < 15 s.
+dies stops renewing; its liveness key expires at most TTL after its last renewal, and a
+standby node takes over at its next tick: within TTL + one tick = 12.5 s < 15 s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from enum import Enum
 
 DEFAULT_TTL = 10.0
-# An owner gives the lease up locally this much before the key can expire in Redis.
+# An owner gives its drains up locally this much before its liveness key can expire.
 SAFETY_MARGIN = 0.1  # fraction of the TTL
 
 
@@ -30,33 +37,21 @@ class LeaseState(Enum):
 
 
 class LeaseEvent(Enum):
-    ACQUIRED = "acquired"  # SET NX succeeded
-    HELD_ELSEWHERE = "held_elsewhere"  # SET NX refused: another node owns it
-    RENEWED = "renewed"  # the key was still ours and got a new TTL
-    LOST = "lost"  # renewal found the key gone or someone else's
-    UNREACHABLE = "unreachable"  # no answer from Redis
-    EXPIRED = "expired"  # local deadline passed without a confirmed renewal
+    ACQUIRED = "acquired"  # the lease key was free, or its holder dead: now ours
+    HELD_ELSEWHERE = "held_elsewhere"  # another incarnation holds it (alive, as far as known)
+    LOST = "lost"  # the key is gone or someone else's (found by a checkpoint), or ours lapsed
+    EXPIRED = "expired"  # local deadline passed without a confirmed liveness renewal
     RELEASE = "release"  # the drain is removed or the node stops
-
-
-class Command(Enum):
-    ACQUIRE = "acquire"
-    RENEW = "renew"
 
 
 TRANSITIONS: dict[tuple[LeaseState, LeaseEvent], LeaseState] = {
     (LeaseState.STANDBY, LeaseEvent.ACQUIRED): LeaseState.OWNER,
     (LeaseState.STANDBY, LeaseEvent.HELD_ELSEWHERE): LeaseState.STANDBY,
-    (LeaseState.STANDBY, LeaseEvent.UNREACHABLE): LeaseState.STANDBY,
     (LeaseState.STANDBY, LeaseEvent.EXPIRED): LeaseState.STANDBY,
     (LeaseState.STANDBY, LeaseEvent.RELEASE): LeaseState.STANDBY,
-    # A reply to an old renewal may arrive after the lease was given up: nothing changes.
-    (LeaseState.STANDBY, LeaseEvent.RENEWED): LeaseState.STANDBY,
+    # A late reply may arrive after the lease was given up: nothing changes.
     (LeaseState.STANDBY, LeaseEvent.LOST): LeaseState.STANDBY,
-    (LeaseState.OWNER, LeaseEvent.RENEWED): LeaseState.OWNER,
     (LeaseState.OWNER, LeaseEvent.ACQUIRED): LeaseState.OWNER,
-    # Unreachable: keep delivering until the local deadline (EXPIRED) says otherwise.
-    (LeaseState.OWNER, LeaseEvent.UNREACHABLE): LeaseState.OWNER,
     (LeaseState.OWNER, LeaseEvent.HELD_ELSEWHERE): LeaseState.STANDBY,
     (LeaseState.OWNER, LeaseEvent.LOST): LeaseState.STANDBY,
     (LeaseState.OWNER, LeaseEvent.EXPIRED): LeaseState.STANDBY,
@@ -70,44 +65,78 @@ def next_state(state: LeaseState, event: LeaseEvent) -> LeaseState:
 
 @dataclass(slots=True)
 class Lease:
-    """One drain's lease as this node sees it. Times are monotonic seconds."""
+    """One drain's lease as this node sees it."""
 
-    ttl: float = DEFAULT_TTL
     state: LeaseState = LeaseState.STANDBY
-    valid_until: float = 0.0
+    # Who holds the lease key, as last seen; None: not known (try to acquire it).
+    holder: str | None = None
 
     @property
     def owned(self) -> bool:
         return self.state is LeaseState.OWNER
 
-    @property
-    def ttl_ms(self) -> int:
-        return max(1, int(self.ttl * 1000))
+    def wants(self, dead: set[str]) -> bool:
+        """Whether to try to acquire it now: not ours, and free or held by ``dead``."""
+        return not self.owned and (self.holder is None or self.holder in dead)
 
-    def command(self) -> Command:
-        return Command.RENEW if self.owned else Command.ACQUIRE
-
-    def apply(self, event: LeaseEvent, sent_at: float) -> tuple[LeaseState, LeaseState]:
-        """Apply one event; ``sent_at`` is when the request it answers was sent.
+    def apply(self, event: LeaseEvent, holder: str | None = None) -> tuple[LeaseState, LeaseState]:
+        """Apply one event (``holder``: who holds the key now, when the reply said).
 
         Returns (before, after): the adapter starts the drain on STANDBY -> OWNER and stops
         it on OWNER -> STANDBY.
         """
         before = self.state
         self.state = next_state(before, event)
-        if self.state is LeaseState.OWNER and event in (LeaseEvent.ACQUIRED, LeaseEvent.RENEWED):
-            self.valid_until = max(self.valid_until, sent_at + self.ttl * (1 - SAFETY_MARGIN))
-        if self.state is LeaseState.STANDBY:
-            self.valid_until = 0.0
+        if event in (LeaseEvent.ACQUIRED, LeaseEvent.HELD_ELSEWHERE):
+            self.holder = holder
+        elif event in (LeaseEvent.LOST, LeaseEvent.RELEASE):
+            self.holder = None  # look again at the next tick
         return before, self.state
 
-    def tick(self, now: float) -> tuple[LeaseState, LeaseState]:
-        """Expire the lease locally once its deadline has passed."""
-        if self.owned and now >= self.valid_until:
-            return self.apply(LeaseEvent.EXPIRED, now)
-        return self.state, self.state
+
+def new_incarnation() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(slots=True)
+class Liveness:
+    """This node's liveness key, which keeps every lease it holds. Times are monotonic s."""
+
+    node_id: str
+    ttl: float = DEFAULT_TTL
+    incarnation: str = field(default_factory=new_incarnation)
+    # Whether the key exists, as last confirmed (else it is to be created, ``SET NX``).
+    confirmed: bool = False
+    valid_until: float = 0.0
+
+    @property
+    def holder(self) -> str:
+        """What this node writes into the lease keys it holds."""
+        return f"{self.node_id}/{self.incarnation}"
+
+    @property
+    def ttl_ms(self) -> int:
+        return max(1, int(self.ttl * 1000))
+
+    def valid(self, now: float) -> bool:
+        return now < self.valid_until
+
+    def renewed(self, sent_at: float) -> None:
+        """Created or renewed by a request sent at ``sent_at``."""
+        self.confirmed = True
+        self.valid_until = max(self.valid_until, sent_at + self.ttl * (1 - SAFETY_MARGIN))
+
+    def gone(self) -> str:
+        """The key was not there to renew (it expired: the node was cut off for a TTL, or
+        Redis lost it): every lease of this incarnation may have been taken over. Takes a
+        new incarnation; returns the old holder (dead now, for good)."""
+        old = self.holder
+        self.incarnation = new_incarnation()
+        self.confirmed = False
+        self.valid_until = 0.0
+        return old
 
 
 def renew_interval(ttl: float) -> float:
-    """How often leases are acquired or renewed: four chances per TTL."""
+    """How often liveness is renewed and leases acquired: four chances per TTL."""
     return ttl / 4

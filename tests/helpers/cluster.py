@@ -86,6 +86,19 @@ def node_settings(
     )
 
 
+def hold_lease(
+    server: RedisServer | RedisCluster,
+    lease_key: str,
+    alive_key: str,
+    ms: int,
+    holder: str = "ghost",
+) -> None:
+    """Hold a drain's lease for another node that lives ``ms`` more milliseconds: its lease
+    key names ``holder``, whose liveness key (``Keys.alive(holder)``) then expires."""
+    server.command("SET", alive_key, "1", "PX", str(ms))
+    server.command("SET", lease_key, holder)
+
+
 async def channel_on_every_node(api_ports: BoundPorts, nodes: Iterable[Daemon]) -> str:
     """PUT channel "app" with token name "web" through ``api_ports`` (one node's BoundPorts);
     return the token once every daemon in ``nodes`` routes it."""

@@ -84,6 +84,19 @@ def send(port: int, *args: str | bytes, timeout: float = 2.0) -> bytes:
             return _read_reply(reader)
 
 
+def command_calls(ports: list[int]) -> dict[str, int]:
+    """``INFO commandstats`` calls by command name, summed over the servers at ``ports``."""
+    calls: dict[str, int] = {}
+    for port in ports:
+        for line in send(port, "INFO", "commandstats").decode().splitlines():
+            name, sep, stats = line.partition(":")
+            if sep and name.startswith("cmdstat_"):
+                count = int(stats.split("calls=")[1].split(",")[0])
+                key = name.removeprefix("cmdstat_")
+                calls[key] = calls.get(key, 0) + count
+    return calls
+
+
 def bulk_strings(reply: bytes) -> list[bytes]:
     """The bulk strings of a flat RESP array reply (KEYS, HKEYS)."""
     lines = reply.split(b"\r\n")
@@ -156,6 +169,11 @@ class RedisServer:
 
     def stored_keys(self) -> list[bytes]:
         return bulk_strings(self.command("KEYS", "*"))
+
+    def command_calls(self) -> dict[str, int]:
+        """Commands Redis ran so far, by name (``INFO commandstats``: a script's calls count
+        one each)."""
+        return command_calls([self.port])
 
 
 class RedisCluster:
@@ -289,6 +307,10 @@ class RedisCluster:
     def stored_keys(self) -> list[bytes]:
         """Every key, read from the masters."""
         return [k for p in set(self._owners) for k in bulk_strings(send(p, "KEYS", "*"))]
+
+    def command_calls(self) -> dict[str, int]:
+        """``RedisServer.command_calls`` summed over the servers."""
+        return command_calls([s.port for s in self.servers if s.proc is not None])
 
 
 def require_redis() -> None:
