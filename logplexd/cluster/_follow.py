@@ -35,6 +35,7 @@ from ._stream import (
     EntryBody,
     Keys,
     Malformed,
+    Outgoing,
     StreamId,
     decode_entry,
     format_id,
@@ -136,7 +137,7 @@ class Follow:
         self.written_through = 0
         # This node's entries written while the channel was held, not appended yet: runs
         # of consecutive entries, each with the id of the entry before it.
-        self.waiting: list[tuple[StreamId, list[tuple[StreamId, Any]]]] = []
+        self.waiting: list[tuple[StreamId, list[tuple[StreamId, Outgoing]]]] = []
 
     def solo(self, now: float) -> bool:
         """Only this node wrote the stream lately and this follow has all of it
@@ -495,7 +496,7 @@ class Followers:
             self._apply(read, entries)
 
     def own_written(
-        self, channel: str, prev: StreamId | None, written: list[tuple[StreamId, Any]]
+        self, channel: str, prev: StreamId | None, written: list[tuple[StreamId, Outgoing]]
     ) -> None:
         """This node's writer wrote ``written`` (ids and ``(n, frames, lost, since)``) to
         ``channel``'s stream right after entry ``prev``: a follow that had read exactly up
@@ -546,7 +547,7 @@ class Followers:
                 self.waiting_bytes += _size(rest)
                 return
 
-    def _forget_waiting(self, written: list[tuple[StreamId, Any]]) -> None:
+    def _forget_waiting(self, written: list[tuple[StreamId, Outgoing]]) -> None:
         self.waiting_bytes -= _size(written)
 
     def _drop_waiting(self, follow: Follow) -> None:
@@ -629,24 +630,22 @@ def _moved(follow: Follow, top: Any) -> bool:
         return True
 
 
-def _own_body(sent: tuple[Any, ...]) -> EntryBody:
-    n, frames, lost, since, kept = sent[:5]
-    if n == 0:
-        return EntryBody(0, Batch(), lost, since)
-    if kept is not None:
-        return EntryBody(n, kept[0], parts=kept)
-    return EntryBody(n, parse_body(frames, MAX_WIRE_FRAME))
+def _own_body(sent: Outgoing) -> EntryBody:
+    if sent.n == 0:
+        return EntryBody(0, Batch(), sent.lost, sent.since)
+    if sent.kept is not None:
+        return EntryBody(sent.n, sent.kept[0], parts=sent.kept)
+    return EntryBody(sent.n, parse_body(sent.frames, MAX_WIRE_FRAME))
 
 
-def _size(written: list[tuple[StreamId, Any]]) -> int:
+def _size(written: list[tuple[StreamId, Outgoing]]) -> int:
     """Bytes an own entry's messages take while waiting (its frames' size, kept or not)."""
-    return sum(sent[5] if len(sent) > 5 else len(sent[1]) for _, sent in written)
+    return sum(sent.nbytes for _, sent in written)
 
 
-def _without_frames(item: tuple[StreamId, Any]) -> tuple[StreamId, Any]:
+def _without_frames(item: tuple[StreamId, Outgoing]) -> tuple[StreamId, Outgoing]:
     """An own entry to keep waiting: with its routed batches kept, not its frames too."""
     entry_id, sent = item
-    n, frames, lost, since, kept = sent[:5]
-    if kept is None:
+    if sent.kept is None:
         return item
-    return entry_id, (n, b"", lost, since, kept, len(frames))
+    return entry_id, sent._replace(frames=b"", size=len(sent.frames))

@@ -40,7 +40,7 @@ import functools
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..native import Batch, parse_body
 from ..store import DEFAULT_PREFIX
@@ -216,6 +216,25 @@ end
 return out
 """
 )
+
+
+class Outgoing(NamedTuple):
+    """One entry as this node's writer sends it: ``n`` messages (0: a loss marker of
+    ``lost`` messages dropped since ``since``) in ``frames``, and the routed batches it
+    joins when they were kept for a follow of this node (``kept``), else None. An entry
+    waiting to be appended from ``kept`` drops its ``frames`` and keeps their ``size``."""
+
+    n: int
+    frames: bytes
+    lost: int
+    since: float
+    kept: list[Batch] | None
+    size: int = -1
+
+    @property
+    def nbytes(self) -> int:
+        """Its frames' size, whether they are still held or not."""
+        return self.size if self.size >= 0 else len(self.frames)
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ import trio
 from ..native import Batch, octet_frames
 from ..router import adaptive_linger
 from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
-from ._stream import APPEND, Keys, StreamId, parse_id
+from ._stream import APPEND, Keys, Outgoing, StreamId, parse_id
 from .buffer import Entry, Flush, Loss, OutboundBuffer
 
 log = logging.getLogger("logplexd.cluster")
@@ -44,10 +44,7 @@ FLUSH_LINGER_MESSAGES = 1000
 MAX_FLUSH_LINGER = 0.05
 
 
-# One entry as the writer sends it: messages (0: a loss marker), frames, lost, lost since,
-# and the routed batches it joins when they were kept (``Entry.kept``), else None.
-Outgoing = tuple[int, bytes, int, float, "list[object] | None"]
-# One entry as written: its id and what it holds (``Outgoing``).
+# One entry as written: its id and what it holds.
 Written = tuple[StreamId, Outgoing]
 
 
@@ -175,19 +172,19 @@ class Writer:
         node = self.node_id
         outgoing: dict[str, list[Outgoing]] = {}
         for channel, loss in flush.losses.items():
-            outgoing[channel] = [(0, b"", loss.count, loss.since, None)]
+            outgoing[channel] = [Outgoing(0, b"", loss.count, loss.since, None)]
         nbytes = entries = 0
         for channel, blobs in flush.entries.items():
             mine = outgoing.setdefault(channel, [])
             for blob, n, kept in blobs:
-                mine.append((n, blob, 0, 0.0, kept))
+                mine.append(Outgoing(n, blob, 0, 0.0, kept))
                 nbytes += len(blob)
                 entries += 1
         parts: dict[str, list[Any]] = {}
         for channel, sent in outgoing.items():
             part = parts[channel] = [*self.keys.appended(channel), len(sent)]
-            for n, blob, lost, since, _ in sent:
-                part.extend((n, blob, lost, repr(since)))
+            for entry in sent:
+                part.extend((entry.n, entry.frames, entry.lost, repr(entry.since)))
         self._work_seconds += time.perf_counter() - started
         replies = await self.connection.call_per_shard(APPEND, (keep, node), parts, "write")
         started = time.perf_counter()
@@ -227,10 +224,10 @@ class Writer:
 
     @staticmethod
     def _give_back(back: Flush, channel: str, unsent: list[Outgoing]) -> None:
-        for n, blob, lost, since, _ in unsent:
-            if n:
-                back.taken.append(Entry(channel, blob, n))
-                back.messages += n
-                back.nbytes += len(blob)
+        for entry in unsent:
+            if entry.n:
+                back.taken.append(Entry(channel, entry.frames, entry.n))
+                back.messages += entry.n
+                back.nbytes += len(entry.frames)
             else:
-                back.losses[channel] = Loss(lost, since)
+                back.losses[channel] = Loss(entry.lost, entry.since)
