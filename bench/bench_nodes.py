@@ -500,6 +500,11 @@ def run_nodes(
             except subprocess.TimeoutExpired:
                 raise e2e.HarnessError("sink did not report") from None
             sk = json.loads(out_b.decode().strip().splitlines()[-1])
+            if sk["lost"] or sk["l10_dropped"]:
+                # Where a lossy run lost them (as bench/e2e/run.py prints them).
+                for node in nodes:
+                    counters = node.loss_counters()
+                    e2e.log(f"[{setup}] {node.node_name} loss counters: " + ", ".join(counters))
             node_cpu = sum(e2e.cpu_seconds(n.pid) - c for n, c in zip(nodes, cpu0, strict=True))
             rss = [e2e.peak_rss_kb(n.pid) for n in nodes]
             redis_delta: dict[str, float] = {}

@@ -137,7 +137,7 @@ async def test_messages_sent_before_any_node_owns_a_new_drain_are_delivered(
             drain_id = next_drain_id(redis_any)
             lease_key = plane.keys.lease("app", drain_id)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
-            hold_lease(redis_any, lease_key, plane.keys.alive("ghost"), GHOST_MS)
+            hold_lease(redis_any, plane.keys, "app", drain_id, GHOST_MS)
             trips = plane.trips["other"]
 
             status, body = await node.drain_to_sink()
@@ -171,7 +171,6 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
         daemon, ports, token, plane, sink = node.parts()
         with trio.fail_after(60):
             drain_id = next_drain_id(redis_server)
-            lease_key = plane.keys.lease("app", drain_id)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
 
             status, _, body = await curl(
@@ -181,7 +180,7 @@ async def test_a_reservation_is_born_when_it_gets_its_url(
             assert bulk(redis_server.command("GET", ckpt_key)) is None  # not born yet
             await send_and_store(daemon, ports, token, "R", 5)
 
-            hold_lease(redis_server, lease_key, plane.keys.alive("ghost"), GHOST_MS)
+            hold_lease(redis_server, plane.keys, "app", drain_id, GHOST_MS)
             status, _ = await node.drain_to_sink("PUT", drain_id)
             assert status == 200
             assert bulk(redis_server.command("GET", ckpt_key)) == b"5"
@@ -237,8 +236,7 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
         daemon, ports, token, plane, sink = node.parts()
         with trio.fail_after(60):
             drain_id = next_drain_id(redis_server)
-            lease_key = plane.keys.lease("app", drain_id)
-            hold_lease(redis_server, lease_key, plane.keys.alive("ghost"), GHOST_MS)
+            hold_lease(redis_server, plane.keys, "app", drain_id, GHOST_MS)
             status, _ = await node.drain_to_sink()
             assert status == 201
             await send_and_store(daemon, ports, token, "N", 50)
@@ -270,9 +268,7 @@ async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
         with trio.fail_after(30):
             drain_id = next_drain_id(redis_server)
             ckpt_key = plane.keys.checkpoint("app", drain_id)
-            hold_lease(
-                redis_server, plane.keys.lease("app", drain_id), plane.keys.alive("ghost"), 60_000
-            )
+            hold_lease(redis_server, plane.keys, "app", drain_id, 60_000)
             status, _ = await node.drain_to_sink()
             assert status == 201
             assert bulk(redis_server.command("GET", ckpt_key)) == b"0"

@@ -142,7 +142,11 @@ async def test_three_nodes_share_history_tails_and_drains(
     tail = Tail()
     async with nodes_with_a_drain(tmp_path, redis_any, "ABC") as three:
         nursery, nodes, scopes, ports, sink = (
-            three.nursery, three.nodes, three.scopes, three.ports, three.sink
+            three.nursery,
+            three.nodes,
+            three.scopes,
+            three.ports,
+            three.sink,
         )
         token, drain_id = three.token, three.drain_id
         with trio.fail_after(60):
@@ -319,7 +323,7 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             scopes[first].cancel()
             (other,) = [n for n in nodes if n != first]
             # Another node ("intruder", alive) takes the lease first.
-            hold_lease(redis_server, keys.lease("app", drain_id), keys.alive("intruder"), 60_000)
+            hold_lease(redis_server, keys, "app", drain_id, 60_000, holder="intruder")
             plane = nodes[other].plane
             assert plane is not None
             for start in range(0, 100, 10):
@@ -332,6 +336,50 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             await eventually(lambda: set(sink.counts()) >= expected("H", range(80, 100)), 5)
             assert b"Error L10 (output buffer overflow): 80 messages dropped since" in sink.data
             assert not set(sink.counts()) & expected("H", range(80))
+            assert max(sink.counts().values()) == 1
+
+
+async def test_a_writer_waits_for_a_node_behind_on_the_stream_instead_of_trimming(
+    tmp_path: Path, redis_any: RedisServer | RedisCluster
+) -> None:
+    """The drain's owner is behind on the channel (here: a consumer of its ring holds it, as
+    a drain that would take more does) while the other node takes in 15 times what the
+    stream keeps. Before, the writer trimmed the stream past the owner (L10, lost); now the
+    owner's reported position keeps it, the writer waits once the owner is 4 x keep behind
+    (its inputs wait too), and every message is delivered once, no L10."""
+    keep = 40
+    total = 15 * keep
+    async with nodes_with_a_drain(
+        tmp_path, redis_any, history_messages=keep, channel_buffer_messages=keep
+    ) as pair:
+        nodes, ports, sink, token = pair.nodes, pair.ports, pair.sink, pair.token
+        with trio.fail_after(60):
+            owner = pair.owner()
+            assert owner is not None
+            (other,) = [n for n in nodes if n != owner]
+            channel = nodes[owner].registry.channel("app")
+            assert channel is not None
+            holder = object()
+            reported = redis_any.command("HGETALL", nodes[owner].plane.keys.readers("app"))  # type: ignore[union-attr]
+            channel.hold(holder)
+            # Held, the owner's follower stops reading and says where it stands (again).
+            await eventually(
+                lambda: (
+                    redis_any.command("HGETALL", nodes[owner].plane.keys.readers("app"))  # type: ignore[union-attr]
+                    != reported
+                ),
+                5,
+            )
+            writer = nodes[other].plane.writer  # type: ignore[union-attr]
+            async with trio.open_nursery() as senders:
+                senders.start_soon(send_numbered, ports[other].syslog, token, "W", range(total))
+                await eventually(lambda: writer.deferred > 0, 10)
+                # Waiting, not trimming: the stream still holds the owner's next message.
+                written = nodes[other].plane.messages_written  # type: ignore[union-attr]
+                assert 4 * keep - keep <= written < total
+                channel.release(holder)
+            await eventually(lambda: set(sink.counts()) >= expected("W", range(total)), 20)
+            assert b"L10" not in sink.data
             assert max(sink.counts().values()) == 1
 
 
@@ -365,7 +413,6 @@ async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
             await eventually(lambda: set(sink.counts()) >= every, 10)
             assert set(sink.counts()) == every
             assert max(sink.counts().values()) == 1
-
 
 
 async def test_a_node_stops_promptly_while_redis_is_gone(

@@ -394,7 +394,7 @@ class Logplexd(Router):
 
     def loss_counters(self) -> list[str]:
         """Non-zero ``/metrics`` series summed over their labels whose name says lost,
-        dropped, evicted or held."""
+        dropped, trimmed, evicted or held."""
         conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=10)
         try:
             conn.request("GET", "/metrics", headers={"Authorization": f"Basic {self.key}"})
@@ -408,7 +408,8 @@ class Logplexd(Router):
             if line.startswith("#") or not line.strip():
                 continue
             name = line.split("{")[0].split(" ")[0]
-            if any(word in name for word in ("lost", "drop", "evict", "held", "hold", "spill")):
+            words = ("lost", "drop", "trim", "evict", "held", "hold", "spill")
+            if any(word in name for word in words):
                 with contextlib.suppress(ValueError):
                     totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         return [f"{name} {value:g}" for name, value in sorted(totals.items()) if value]

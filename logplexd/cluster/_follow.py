@@ -31,6 +31,7 @@ from ._history import History
 from ._link import CALL_TIMEOUT, READ_BLOCK_MS, Backoff, Connection, redis_errors
 from ._stream import (
     MAX_WIRE_FRAME,
+    REPORT,
     TOPS,
     EntryBody,
     Keys,
@@ -83,6 +84,15 @@ OWN_WAITING_BYTES = 128 * 1024 * 1024
 # yet, see ``Channel.hold``), the others are read with this short a block, so that the held
 # one is read again soon after it is released.
 HELD_BLOCK_MS = 10
+
+# How often a node reports how far it has read its followed streams (``REPORT``: the
+# writers of every node keep that much in the stream for it, ``APPEND``): positions that
+# moved, at most this often; a held follow's unmoved position again every REPORT_HEARTBEAT.
+# An idle follow reports nothing (its position goes stale: it is caught up); a burst from
+# another node is read and reported within this interval, so only a burst of more than
+# ``keep`` messages (16,384) in it, over 800 k msgs/s on one channel, could outrun it.
+REPORT_INTERVAL = 0.02
+REPORT_HEARTBEAT = 0.5
 
 LossCallback = Callable[[str, int, float], None]
 
@@ -243,6 +253,10 @@ class Followers:
         self._next_poll = 0.0
         # When a cluster poll last found entries (it polls less often once quiet).
         self._found_at = 0.0
+        # Per followed channel, the position last reported and when (``_report``); the
+        # channels no longer followed whose report is to be withdrawn.
+        self._reported: dict[str, tuple[int, float]] = {}
+        self._withdrawn: set[str] = set()
         self._lanes: dict[str, trio.CancelScope] = {}
         # Set by the drain leases: messages of a channel that its drains must announce (L10).
         self.on_loss: LossCallback | None = None
@@ -256,6 +270,8 @@ class Followers:
         self.messages_read = 0
         # Of those, entries this node wrote itself and appended without reading them back.
         self.entries_own = 0
+        # Messages trimmed from a stream before this node read them (announced by L10).
+        self.messages_trimmed = 0
         # Bytes of frames in the follows' ``waiting`` runs (``OWN_WAITING_BYTES``).
         self.waiting_bytes = 0
 
@@ -283,12 +299,52 @@ class Followers:
             # Its lane stops reading it at its next read (and ends when it has nothing left).
             del self._follows[follow.name]
             self._drop_waiting(follow)
+            if self._reported.pop(follow.name, None) is not None:
+                self._withdrawn.add(follow.name)
+
+    # -- positions -----------------------------------------------------------------------------
+    async def _report(self) -> None:
+        """Tell the writers of every node how far this node has read each followed stream
+        (one call per shard), so that none trims what it has not read yet."""
+        errors = redis_errors()
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            now = trio.current_time()
+            parts: dict[str, list[Any]] = {
+                name: [self.keys.readers(name), -1] for name in self._withdrawn
+            }
+            for name, follow in self._follows.items():
+                if not follow.resolved:
+                    continue
+                last = self._reported.get(name)
+                if (
+                    last is None
+                    or last[0] != follow.last_seq
+                    or (now - last[1] >= REPORT_HEARTBEAT and self._paused(follow))
+                ):
+                    parts[name] = [self.keys.readers(name), follow.last_seq]
+            if not parts:
+                continue
+            try:
+                with trio.fail_after(CALL_TIMEOUT):
+                    await self.connection.call_per_shard(
+                        REPORT, (self.connection.node_id,), parts, "follow"
+                    )
+            except errors as exc:
+                log.debug("data plane: read positions not reported: %s", exc)
+                continue
+            for name, (_, seq) in parts.items():
+                if seq == -1:
+                    self._withdrawn.discard(name)
+                elif name in self._follows:
+                    self._reported[name] = (seq, now)
 
     # -- the lanes ------------------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
         """Read in ``nursery`` from now on (the data plane's ``run``), what is held already
         too."""
         self._nursery = nursery
+        nursery.start_soon(self._report)
         for lane in {self._lane_of(name) for name in self._follows}:
             self._wake_lane(lane)
 
@@ -595,6 +651,7 @@ class Followers:
                 if first > follow.last_seq + 1:
                     # Trimmed before this node read it: the stream ids say exactly how many.
                     lost_total += first - follow.last_seq - 1
+                    self.messages_trimmed += first - follow.last_seq - 1
                 got = follow.append(entry_id, body.batch, body.parts)
                 lost_total += body.n - got  # frames that would not parse
                 appended += got

@@ -74,10 +74,14 @@ class Keys:
     def top(self, channel: str) -> str:
         return self.tag(channel) + "top"
 
+    def readers(self, channel: str) -> str:
+        """Where each node following ``channel`` reports how far it has read (``REPORT``)."""
+        return self.tag(channel) + "readers"
+
     def appended(self, channel: str) -> list[str]:
-        """The keys ``APPEND`` writes for ``channel``: stream, sequence, top."""
+        """The keys ``APPEND`` uses for ``channel``: stream, sequence, top, readers."""
         tag = self.tag(channel)
-        return [tag + "log", tag + "seq", tag + "top"]
+        return [tag + "log", tag + "seq", tag + "top", tag + "readers"]
 
     def lease(self, channel: str, drain_id: int) -> str:
         return f"{self.tag(channel)}drain:{drain_id}:lease"
@@ -130,19 +134,41 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # Appends the entries of one or more channels: one call per flush on one Redis, one per
 # shard on a cluster (``allow-cross-slot-keys``: keys of several slots of one shard; KEYS[1]
 # only routes the call to that shard, every channel's keys come in ARGV).
-# ARGV: 1 keep, 2 node, 3 channels; then per channel: stream, sequence and top keys, and
-# its entries e; then per entry: messages n (0: a loss marker), frames, lost, lost since.
-# Returns per channel {status, prev, last_1, id_1, last_2, id_2, ...}: status 'ok' or the
-# error that stopped this channel (its entries from there on were not written: the writer
-# gives them back); prev the id of the entry before the first one written ('' when not
-# known for sure: no top key, or one the sequence does not agree with); last_k the sequence
-# of entry k's last message and id_k its id.
+# ARGV: 1 keep, 2 node, 3 channels; then per channel: stream, sequence, top and readers
+# keys, and its entries e; then per entry: messages n (0: a loss marker), frames, lost, lost
+# since. The stream keeps the newest ``keep`` messages, and never trims what a node
+# following the channel has not read yet (its position, ``REPORT``, counts while at most
+# READER_STALE_MS old, by Redis's clock) as long as that reader is less than
+# READER_SLACK x keep behind. Returns per channel {status, prev, last_1, id_1, last_2, id_2,
+# ...}: status 'ok', 'behind' (one more entry would put a reader READER_SLACK x keep
+# behind: the writer keeps the rest, and the inputs wait, ``ChannelPushback``) or the error
+# that stopped this channel (its entries from there on were not written: the writer gives
+# them back); prev the id of the entry before the first one written ('' when not known for
+# sure: no top key, or one the sequence does not agree with); last_k the sequence of entry
+# k's last message and id_k its id.
 _APPEND_LUA = """#!lua flags=allow-cross-slot-keys
 local keep = tonumber(ARGV[1])
 local node = ARGV[2]
+local limit = keep * READER_SLACK
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local function failed(r) return type(r) == 'table' and r.err end
-local function add(stream, seq, n, frames, lost, since)
+local function slowest(key)
+  local rd = redis.pcall('HGETALL', key)
+  if failed(rd) then return nil end
+  local floor = nil
+  for j = 2, #rd, 2 do
+    local s, t = string.match(rd[j], '^(%d+):(%d+)$')
+    if s and now - tonumber(t) <= READER_STALE_MS then
+      s = tonumber(s)
+      if not floor or s < floor then floor = s end
+    end
+  end
+  return floor
+end
+local function add(stream, seq, n, frames, lost, since, floor)
   local minid = seq - keep + 1
+  if floor and floor + 1 < minid then minid = floor + 1 end
   if minid < 0 then minid = 0 end
   local id = string.format('%d-*', seq)
   if n > 0 then
@@ -155,27 +181,37 @@ end
 local out = {}
 local i = 4
 for c = 1, tonumber(ARGV[3]) do
-  local stream, seqkey, topkey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local count = tonumber(ARGV[i + 3])
-  i = i + 4
+  local stream, seqkey, topkey, readers = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local count = tonumber(ARGV[i + 4])
+  i = i + 5
   local res = {'ok', ''}
   local top = redis.pcall('GET', topkey)
   local seq = redis.pcall('GET', seqkey)
+  local current = 0
   if failed(top) or failed(seq) then
     res[1] = failed(top) or failed(seq)
+    i = i + 4 * count
     count = 0
-  elseif top then
-    local s = string.match(top, '^(%d+)-')
-    if s and tonumber(s) == tonumber(seq or '0') then res[2] = top end
+  else
+    current = tonumber(seq or '0')
+    if top then
+      local s = string.match(top, '^(%d+)-')
+      if s and tonumber(s) == current then res[2] = top end
+    end
   end
+  local floor = nil
+  if count > 0 then floor = slowest(readers) end
   local newest = nil
   for e = 1, count do
     local n, frames = tonumber(ARGV[i]), ARGV[i + 1]
     local lost, since = ARGV[i + 2], ARGV[i + 3]
     i = i + 4
+    if floor and n > 0 and current + n - floor > limit then
+      res[1] = 'behind'; i = i + 4 * (count - e); break
+    end
     local last = redis.pcall('INCRBY', seqkey, n)
     if failed(last) then res[1] = failed(last); i = i + 4 * (count - e); break end
-    local r = add(stream, last, n, frames, lost, since)
+    local r = add(stream, last, n, frames, lost, since, floor)
     if failed(r) then
       -- The counter is behind the stream (it was deleted alone): move it past the stream.
       res[2] = ''
@@ -185,12 +221,13 @@ for c = 1, tonumber(ARGV[3]) do
       end
       last = tonumber(string.match(newest_entry[1][1], '^(%d+)')) + n
       redis.call('SET', seqkey, string.format('%d', last))
-      r = add(stream, last, n, frames, lost, since)
+      r = add(stream, last, n, frames, lost, since, floor)
       if failed(r) then res[1] = r.err; i = i + 4 * (count - e); break end
     end
     res[#res + 1] = last
     res[#res + 1] = r
     newest = r
+    current = last
   end
   if newest then redis.pcall('SET', topkey, newest) end
   out[c] = res
@@ -198,7 +235,44 @@ end
 return out
 """
 
-APPEND = Script(_APPEND_LUA)
+# A follower's reported position counts this long (ms, Redis's clock): a node that stopped
+# reporting (it died, or stopped following) keeps nothing in the stream for longer.
+READER_STALE_MS = 2000
+# How far behind (in multiples of ``keep``) a reader may fall before writers wait for it:
+# the stream then holds at most this many times ``keep`` messages for it. Its reports lag
+# by up to REPORT_INTERVAL (plus a round trip), so this must exceed what the writers write
+# meanwhile (16,384 x 4 at 1 M msgs/s: 65 ms).
+READER_SLACK = 4
+
+APPEND = Script(
+    _APPEND_LUA.replace("READER_STALE_MS", str(READER_STALE_MS)).replace(
+        "READER_SLACK", str(READER_SLACK)
+    )
+)
+
+# Reports how far this node has read the streams it follows (``APPEND`` keeps writers from
+# getting keep/2 ahead of the slowest). ARGV: 1 node, 2 channels; per channel its readers
+# key and the sequence read through (-1: no longer followed, the field is deleted).
+REPORT = Script(
+    """#!lua flags=allow-cross-slot-keys
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local out = {}
+local i = 3
+for c = 1, tonumber(ARGV[2]) do
+  local key, seq = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local r
+  if seq == '-1' then
+    r = redis.pcall('HDEL', key, ARGV[1])
+  else
+    r = redis.pcall('HSET', key, ARGV[1], seq .. ':' .. now)
+  end
+  if type(r) == 'table' and r.err then out[c] = -1 else out[c] = 1 end
+end
+return out
+"""
+)
 
 # The newest entry id of each named stream (its top key; nil: none written by a node that
 # keeps one), for a cluster's poll (one call per shard, ``call_per_shard``): only the

@@ -42,6 +42,8 @@ FLUSH_LINGER_MESSAGES = 1000
 # ``ROUND_SHARE`` of the time (``adaptive_linger``), never longer than this, and not while
 # the buffer is a quarter full (pushback would start at half).
 MAX_FLUSH_LINGER = 0.05
+# A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
+BEHIND_PAUSE = 0.02
 
 
 # One entry as written: its id and what it holds.
@@ -92,6 +94,8 @@ class Writer:
         self._work_seconds = 0.0
         self.entries_written = 0
         self.messages_written = 0
+        # Times a channel waited because a follower of it was behind (APPEND: "behind").
+        self.deferred = 0
         self.bytes_written = 0
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
@@ -197,7 +201,13 @@ class Writer:
             for k in range(2, len(reply) - 1, 2):
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
                 written_seq[channel] = int(reply[k])
-            if len(done) < len(sent):
+            if len(done) < len(sent) and status == b"behind":
+                # A follower of the channel is keep/2 behind: the rest waits here (and the
+                # inputs with it, ``ChannelPushback``) until it has read on.
+                self._give_back(back, channel, sent[len(done) :])
+                self.deferred += 1
+                self.buffer.defer(channel, trio.current_time() + BEHIND_PAUSE)
+            elif len(done) < len(sent):
                 log.debug(
                     "data plane: %d entries of %s not written (%s); sent again",
                     len(sent) - len(done),

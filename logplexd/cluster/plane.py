@@ -138,6 +138,10 @@ class DataPlane:
         return self.followers.messages_read
 
     @property
+    def messages_trimmed(self) -> int:
+        return self.followers.messages_trimmed
+
+    @property
     def malformed_entries(self) -> int:
         """Stream entries no logplexd wrote (skipped); one warning per channel."""
         return self.malformed.count

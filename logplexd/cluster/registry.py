@@ -37,6 +37,12 @@ SEND_AT_MESSAGES = 256
 # holds (from half full) keep the staging rings, as deep as the stream keeps, from being
 # lapped. Not while Redis is away: the buffer then takes everything and drops its oldest.
 STAGING_WAITS_AT = 0.75
+# A staging ring is at least this deep, whatever ``channel_buffer_messages`` is: one routed
+# batch (a 128 KB read, a POST body) goes into it whole, and a ring smaller than that lapped
+# itself before the writer could take anything (lost, with an L10, at 40 messages a
+# channel). Rings grow on demand, so this costs nothing until used.
+STAGING_MIN_MESSAGES = 16384
+STAGING_MIN_BYTES = 4 * 1024 * 1024
 
 
 class _Staging:
@@ -71,10 +77,13 @@ class ClusterRegistry(Registry):
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:
-            # As deep as the channel buffer: one routed batch (one read, one POST body)
-            # always fits, so nothing is evicted between routing and reading it back.
+            # As deep as the channel buffer, and at least one routed batch (one read, one
+            # POST body), so nothing is evicted between routing and reading it back.
             # Made first: a firehose channel's copies are routed to it (_firehose_ring).
-            ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
+            ring = ChannelRing(
+                max(self.buffer_messages, STAGING_MIN_MESSAGES),
+                max(self.buffer_bytes, STAGING_MIN_BYTES),
+            )
             ring.owner = _Staging(name)
             self.staging[name] = ring
         channel = super().ensure_channel(name)
@@ -210,14 +219,18 @@ class ClusterRegistry(Registry):
             if channel is not None:
                 self.plane.pushback.routed(channel)
             return channel
-        # In pieces no larger than one stream entry may be (``DataPlane.entry_messages``).
+        # In pieces no larger than one stream entry may be (``DataPlane.entry_messages``),
+        # and only until the buffer is STAGING_WAITS_AT full: the rest waits here (one ring
+        # holds more than a small buffer, which would drop its oldest to take it all).
+        plane = self.plane
         while ring.head > staging.cursor:
-            out, staging.cursor, lost = ring.read(
-                staging.cursor, self.plane.entry_messages, 1 << 62
-            )
+            if plane.failure is None and plane.buffer.filled() >= STAGING_WAITS_AT:
+                self._unsent[ring] = None  # collected with a later flush
+                break
+            out, staging.cursor, lost = ring.read(staging.cursor, plane.entry_messages, 1 << 62)
             if lost:
-                self.plane.lose(staging.name, int(lost))
-            self.plane.enqueue(staging.name, out)
+                plane.lose(staging.name, int(lost))
+            plane.enqueue(staging.name, out)
         self._rearm(ring)
         if channel is not None:
             self.plane.pushback.routed(channel)

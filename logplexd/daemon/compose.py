@@ -453,6 +453,8 @@ class Daemon:
                 bytes_written=plane.bytes_written,
                 entries_read=plane.entries_read,
                 messages_read=plane.messages_read,
+                messages_trimmed=plane.messages_trimmed,
+                writes_waited=plane.writer.deferred,
                 entries_own=plane.followers.entries_own,
                 malformed_entries=plane.malformed_entries,
                 pushback_holds=plane.pushback.holds,

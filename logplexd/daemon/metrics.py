@@ -83,6 +83,10 @@ class RedisFigures:
     bytes_written: int
     entries_read: int
     messages_read: int
+    # Trimmed from a followed stream before this node read them (its drains say L10).
+    messages_trimmed: int
+    # Times the writer kept a channel's entries because a follower of it was far behind.
+    writes_waited: int
     # Of the entries read, those this node wrote itself, appended from its writer.
     entries_own: int
     malformed_entries: int
@@ -630,6 +634,13 @@ _PLANE_COUNTERS = (
      "Stream entries the data plane read while following channels."),
     ("redis_stream_messages_read", "messages_read",
      "Messages the data plane read while following channels."),
+    ("redis_stream_messages_trimmed", "messages_trimmed",
+     "Messages trimmed from a followed stream before this node read them (its drains "
+     "announce them with L10)."),
+    ("redis_writes_waited", "writes_waited",
+     "Times a channel's entries waited in the outbound buffer because a node following it "
+     "had fallen 4 x channel_buffer_messages behind (instead of trimming what it had not "
+     "read)."),
     ("redis_stream_entries_own", "entries_own",
      "Of the stream entries read, those this node wrote and appended from its writer "
      "without reading them back from Redis."),

@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from logplexd.cluster import Keys
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 
@@ -88,15 +89,16 @@ def node_settings(
 
 def hold_lease(
     server: RedisServer | RedisCluster,
-    lease_key: str,
-    alive_key: str,
+    keys: Keys,
+    channel: str,
+    drain_id: int,
     ms: int,
     holder: str = "ghost",
 ) -> None:
-    """Hold a drain's lease for another node that lives ``ms`` more milliseconds: its lease
-    key names ``holder``, whose liveness key (``Keys.alive(holder)``) then expires."""
-    server.command("SET", alive_key, "1", "PX", str(ms))
-    server.command("SET", lease_key, holder)
+    """Hold drain ``drain_id``'s lease for another node, ``holder``, that lives ``ms`` more
+    milliseconds: the lease key names it, and its liveness key then expires."""
+    server.command("SET", keys.alive(holder), "1", "PX", str(ms))
+    server.command("SET", keys.lease(channel, drain_id), holder)
 
 
 async def channel_on_every_node(api_ports: BoundPorts, nodes: Iterable[Daemon]) -> str:
