@@ -87,7 +87,8 @@ HELD_BLOCK_MS = 10
 
 # How often a node reports how far it has read its followed streams (``REPORT``: the
 # writers of every node keep that much in the stream for it, ``APPEND``): positions that
-# moved, at most this often; a held follow's unmoved position again every REPORT_HEARTBEAT.
+# moved far (``report_step``), at most this often; others that moved, and a held follow's
+# unmoved position, again every REPORT_HEARTBEAT.
 # An idle follow reports nothing (its position goes stale: it is caught up); a burst from
 # another node is read and reported within this interval, so only a burst of more than
 # ``keep`` messages (16,384) in it, over 800 k msgs/s on one channel, could outrun it.
@@ -236,9 +237,16 @@ class Followers:
         history: History,
         malformed: Malformed,
         wall_clock: Callable[[], float],
+        *,
+        report_step: int = 1,
     ) -> None:
         self.connection = connection
         self.keys = keys
+        # A position that moved at least this far is reported at the next REPORT_INTERVAL;
+        # less, only once REPORT_HEARTBEAT has passed (the writers allow 4 x keep: an eighth
+        # of keep more or less changes nothing, and 1,000 busy channels are not 50,000
+        # reports a second).
+        self.report_step = max(1, report_step)
         self.history = history
         self.malformed = malformed
         self.wall_clock = wall_clock
@@ -319,8 +327,11 @@ class Followers:
                 last = self._reported.get(name)
                 if (
                     last is None
-                    or last[0] != follow.last_seq
-                    or (now - last[1] >= REPORT_HEARTBEAT and self._paused(follow))
+                    or abs(follow.last_seq - last[0]) >= self.report_step
+                    or (
+                        now - last[1] >= REPORT_HEARTBEAT
+                        and (last[0] != follow.last_seq or self._paused(follow))
+                    )
                 ):
                     parts[name] = [self.keys.readers(name), follow.last_seq]
             if not parts:

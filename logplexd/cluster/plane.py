@@ -73,7 +73,12 @@ class DataPlane:
             wall_clock=wall_clock,
         )
         self.followers = Followers(
-            self.connection, self.keys, self.history, self.malformed, wall_clock
+            self.connection,
+            self.keys,
+            self.history,
+            self.malformed,
+            wall_clock,
+            report_step=keep_messages // 8,
         )
         self.pushback = ChannelPushback(
             keep_messages, self._behind, lambda: self.link.failure is None, self.buffer.filled
@@ -208,9 +213,10 @@ class DataPlane:
     async def _delete(self, keys: list[str]) -> None:
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                for key in keys:  # one key per command: fine on a cluster whatever the tags
-                    await self.client.delete([key])
-                    self.count_trip("other")
+                # One command: a channel's keys share its hash tag (one slot on a cluster),
+                # and none is seen gone before the others.
+                await self.client.delete(keys)
+                self.count_trip("other")
         except redis_errors() as exc:
             log.debug("data plane: could not delete %s: %s", keys, describe(exc))
 
