@@ -365,6 +365,13 @@ _PLANE_SAMPLES = {
 }
 
 
+def check_alive(nodes: list[Node]) -> None:
+    """Fail the run if a node died during it (with the end of its log)."""
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is not None:
+            raise e2e.HarnessError(f"{node.node_name} died:\n{e2e.tail(node.log_path)}")
+
+
 def plane_counters(nodes: list[Node]) -> dict[str, float] | None:
     """``Node.plane_counters`` summed over the nodes (None if one has none)."""
     total: dict[str, float] = {}
@@ -516,9 +523,7 @@ def run_nodes(
                 redis_delta = difference(after, redis0)
                 memory = after["memory"]
                 growth = after["memory"] - redis0["memory"]
-            for node in nodes:
-                if node.proc is not None and node.proc.poll() is not None:
-                    raise e2e.HarnessError(f"{node.node_name} died:\n{e2e.tail(node.log_path)}")
+            check_alive(nodes)
         finally:
             for node in nodes:
                 node.stop()

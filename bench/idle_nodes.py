@@ -110,9 +110,7 @@ def run_idle(
             time.sleep(window)
             after = redis.counters()
             trips1 = bench_nodes.plane_counters(nodes)
-            for node in nodes:
-                if node.proc is not None and node.proc.poll() is not None:
-                    raise e2e.HarnessError(f"{node.node_name} died:\n{e2e.tail(node.log_path)}")
+            bench_nodes.check_alive(nodes)
         finally:
             for node in nodes:
                 node.stop()
