@@ -315,9 +315,15 @@ class Followers:
         """Tell the writers of every node how far this node has read each followed stream
         (one call per shard), so that none trims what it has not read yet."""
         errors = redis_errors()
+        read = self.entries_read
+        scan_at = 0.0
         while True:
             await trio.sleep(REPORT_INTERVAL)
             now = trio.current_time()
+            if self.entries_read == read and now < scan_at and not self._withdrawn:
+                continue  # nothing read since the last look: no position moved
+            read = self.entries_read
+            scan_at = now + REPORT_HEARTBEAT
             parts: dict[str, list[Any]] = {
                 name: [self.keys.readers(name), -1] for name in self._withdrawn
             }

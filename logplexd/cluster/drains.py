@@ -262,12 +262,13 @@ class ClusterDrains:
     def _stop_owned(self, event: LeaseEvent, why: str, holder: str | None = None) -> None:
         """Stop every owned drain; ``holder``: who holds their keys now, if known."""
         for drain_id, wanted in list(self.wanted.items()):
-            before, after = wanted.lease.apply(event)
-            if before is LeaseState.OWNER and after is LeaseState.STANDBY:
-                log.warning("drain %d: %s", drain_id, why)
-                self._stop(drain_id, wanted)
-                if holder is not None:
-                    wanted.lease.holder = holder
+            if not wanted.lease.owned:
+                continue  # what it knows of others' leases stays as it is
+            wanted.lease.apply(event)
+            log.warning("drain %d: %s", drain_id, why)
+            self._stop(drain_id, wanted)
+            if holder is not None:
+                wanted.lease.holder = holder
 
     async def _exchange(self) -> dict[int, tuple[LeaseEvent, str | None, str]]:
         """One tick: renew the liveness key, look at the holders of the drains this node
@@ -278,10 +279,10 @@ class ClusterDrains:
         sent_at = self.clock()
         holders = sorted(
             {
-                w.lease.holder
+                h
                 for w in self.wanted.values()
-                if not w.lease.owned and w.lease.holder not in (None, live.holder)
-            }  # type: ignore[misc]
+                if not w.lease.owned and (h := w.lease.holder) is not None and h != live.holder
+            }
         )
         alive_key = keys.alive(live.holder)
         async with plane.client.pipeline(transaction=False) as pipe:
