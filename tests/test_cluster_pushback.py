@@ -86,11 +86,12 @@ def test_channel_pushback_holds_past_half_and_releases_under_a_quarter():
 # -- one whole node on a real redis-server --------------------------------------------------------
 
 
-async def one_node(tmp_path: Path, server: RedisServer, nursery: trio.Nursery, sinks: list[Sink]):
+async def one_node(
+    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, sinks: list[Sink], **overrides
+):
     settings = dataclasses.replace(
         node_settings(tmp_path, "A", server),
-        history_messages=RING,
-        channel_buffer_messages=RING,
+        **({"history_messages": RING, "channel_buffer_messages": RING} | overrides),
     )
     daemon = Daemon(settings)
     ports = await nursery.start(serve_in, daemon, trio.CancelScope())
@@ -133,6 +134,36 @@ async def test_a_flood_of_many_rings_reaches_a_fast_drain_whole_and_in_order(
             assert daemon.syslog.stats.pushbacks > 0
             # ... by the drain (the follower paused) and by the node itself (the stream ahead).
             assert daemon.plane is not None and daemon.plane.pushback.holds > 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_tiny_buffers_take_a_flood_whole(tmp_path: Path, redis_server: RedisServer) -> None:
+    """With a channel buffer of 40 messages and an outbound buffer of 150, one read carries
+    many times both. Before, the read lapped the channel's 40-deep staging ring, and one
+    staging ring overfilled the outbound buffer (which dropped its oldest): lost, with an
+    L10. Staging rings are now at least one read deep and feed the buffer only to three
+    quarters of it; the rest waits, and so does the input."""
+    sink = Sink()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            daemon, ports = await one_node(
+                tmp_path,
+                redis_server,
+                nursery,
+                [sink],
+                history_messages=40,
+                channel_buffer_messages=40,
+                redis_buffer_messages=150,
+            )
+            token = await channel_on_every_node(ports, [daemon])
+            await add_drain(ports, "app", await nursery.start(sink.serve))
+            await eventually(
+                lambda: daemon.cluster_drains is not None and daemon.cluster_drains.owned(), 5
+            )
+            await send_syslog(ports.syslog, numbered(token, "T", range(3000)))
+            await eventually(lambda: len(sink.messages()) >= 3000, 40)
+            assert sink.messages() == [text("T", i).encode() for i in range(3000)]
+            assert l10_total(bytes(sink.data)) == 0
             nursery.cancel_scope.cancel()
 
 

@@ -286,6 +286,12 @@ class Followers:
     def follow_of(self, channel: str) -> Follow | None:
         return self._follows.get(channel)
 
+    def read_through(self, channel: str) -> int | None:
+        """The sequence this node has read ``channel``'s stream through (None: it does not
+        follow it, or does not know yet where it starts)."""
+        follow = self._follows.get(channel)
+        return follow.last_seq if follow is not None and follow.resolved else None
+
     def __contains__(self, channel: str) -> bool:
         return channel in self._follows
 

@@ -135,12 +135,13 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # shard on a cluster (``allow-cross-slot-keys``: keys of several slots of one shard; KEYS[1]
 # only routes the call to that shard, every channel's keys come in ARGV).
 # ARGV: 1 keep, 2 node, 3 channels; then per channel: stream, sequence, top and readers
-# keys, and its entries e; then per entry: messages n (0: a loss marker), frames, lost, lost
-# since. The stream keeps the newest ``keep`` messages, and never trims what a node
-# following the channel has not read yet (its position, ``REPORT``, counts while at most
-# READER_STALE_MS old, by Redis's clock) as long as that reader is less than
-# READER_SLACK x keep behind. Returns per channel {status, prev, last_1, id_1, last_2, id_2,
-# ...}: status 'ok', 'behind' (one more entry would put a reader READER_SLACK x keep
+# keys, how far the calling node has read the stream (-1: it does not follow it), and its
+# entries e; then per entry: messages n (0: a loss marker), frames, lost, lost since. The
+# stream keeps the newest ``keep`` messages, and never trims what a node following the
+# channel has not read yet (the calling node's own position, and every node's reported one,
+# ``REPORT``, while at most READER_STALE_MS old by Redis's clock) as long as that reader is
+# less than READER_SLACK x keep behind. Returns per channel {status, prev, last_1, id_1,
+# last_2, id_2, ...}: status 'ok', 'behind' (one more entry would put a reader READER_SLACK x keep
 # behind: the writer keeps the rest, and the inputs wait, ``ChannelPushback``) or the error
 # that stopped this channel (its entries from there on were not written: the writer gives
 # them back); prev the id of the entry before the first one written ('' when not known for
@@ -182,8 +183,9 @@ local out = {}
 local i = 4
 for c = 1, tonumber(ARGV[3]) do
   local stream, seqkey, topkey, readers = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local count = tonumber(ARGV[i + 4])
-  i = i + 5
+  local mine = tonumber(ARGV[i + 4])
+  local count = tonumber(ARGV[i + 5])
+  i = i + 6
   local res = {'ok', ''}
   local top = redis.pcall('GET', topkey)
   local seq = redis.pcall('GET', seqkey)
@@ -200,7 +202,10 @@ for c = 1, tonumber(ARGV[3]) do
     end
   end
   local floor = nil
-  if count > 0 then floor = slowest(readers) end
+  if count > 0 then
+    floor = slowest(readers)
+    if mine >= 0 and (not floor or mine < floor) then floor = mine end
+  end
   local newest = nil
   for e = 1, count do
     local n, frames = tonumber(ARGV[i]), ARGV[i + 1]

@@ -88,6 +88,9 @@ class Writer:
         # Called per channel with what was written: the id of the entry before (None when
         # not known for sure) and the entries, in order.
         self.on_written: Callable[[str, StreamId | None, list[Written]], None] | None = None
+        # How far this node's own follow of a channel has read (None: not followed, or not
+        # yet known): the stream is never trimmed past it, without waiting for a report.
+        self.read_through: Callable[[str], int | None] = lambda channel: None
         # Channels whose entries Redis refused lately: the pause before the next try.
         self._refusals: dict[str, Backoff] = {}
         # This task's own time (not waiting for Redis) since its last flush landed.
@@ -186,7 +189,12 @@ class Writer:
                 entries += 1
         parts: dict[str, list[Any]] = {}
         for channel, sent in outgoing.items():
-            part = parts[channel] = [*self.keys.appended(channel), len(sent)]
+            read = self.read_through(channel)
+            part = parts[channel] = [
+                *self.keys.appended(channel),
+                -1 if read is None else read,
+                len(sent),
+            ]
             for entry in sent:
                 part.extend((entry.n, entry.frames, entry.lost, repr(entry.since)))
         self._work_seconds += time.perf_counter() - started

@@ -85,6 +85,7 @@ class DataPlane:
         )
         self.writer.on_flushed = self.pushback.progressed
         self.writer.on_written = self.followers.own_written
+        self.writer.read_through = self.followers.read_through
         self.followers.on_applied = lambda follow: self.pushback.progressed((follow.name,))
         self.followers.exempt = self.pushback
         self._nursery: trio.Nursery | None = None
