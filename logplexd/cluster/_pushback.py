@@ -3,10 +3,12 @@
 On one node the ring is the only place a message waits, and a drain that would take more
 holds the channel (``Channel.hold``). In Redis mode a message this node routed waits in two
 more places before a local consumer gets it: the outbound buffer (and the flush in flight),
-then the stream, until the follower has read it. The stream keeps only the newest ``keep``
-messages of a channel (``channel_buffer_messages``), so a writer or follower that falls
-``keep`` behind loses messages however willing the consumers are. ``ChannelPushback`` holds
-the channel once this node's share of that wait passes half of ``keep`` and releases it
+then the stream, until the follower has read it. The stream keeps the newest ``keep``
+messages of a channel (``channel_buffer_messages``), and up to 4 x ``keep`` for a follower
+that is behind (``APPEND``, which then answers ``behind`` and the writer keeps the rest).
+``ChannelPushback`` holds the channel once this node's share of that wait passes half of
+``keep`` (or its writer keeps entries for a follower far behind, filling the buffer) and
+releases it
 below a quarter: the inputs feeding the channel then stop reading (TCP flow control reaches
 the producer) and ``POST /logs`` waits, as for a drain on one node.
 

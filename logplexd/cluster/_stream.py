@@ -151,8 +151,7 @@ _APPEND_LUA = """#!lua flags=allow-cross-slot-keys
 local keep = tonumber(ARGV[1])
 local node = ARGV[2]
 local limit = keep * READER_SLACK
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+REDIS_NOW_MS
 local function failed(r) return type(r) == 'table' and r.err end
 local function slowest(key)
   local rd = redis.pcall('HGETALL', key)
@@ -249,19 +248,23 @@ READER_STALE_MS = 2000
 # meanwhile (16,384 x 4 at 1 M msgs/s: 65 ms).
 READER_SLACK = 4
 
+# Lua: ``now``, Redis's clock in ms (the time both REPORT stamps and APPEND compares with).
+_REDIS_NOW_MS = """local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)"""
+
 APPEND = Script(
-    _APPEND_LUA.replace("READER_STALE_MS", str(READER_STALE_MS)).replace(
-        "READER_SLACK", str(READER_SLACK)
-    )
+    _APPEND_LUA.replace("READER_STALE_MS", str(READER_STALE_MS))
+    .replace("READER_SLACK", str(READER_SLACK))
+    .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
 )
 
-# Reports how far this node has read the streams it follows (``APPEND`` keeps writers from
-# getting keep/2 ahead of the slowest). ARGV: 1 node, 2 channels; per channel its readers
-# key and the sequence read through (-1: no longer followed, the field is deleted).
+# Reports how far this node has read the streams it follows (``APPEND`` never trims past
+# the slowest, and keeps writers from getting READER_SLACK x keep ahead of it). ARGV: 1
+# node, 2 channels; per channel its readers key and the sequence read through (-1: no
+# longer followed, the field is deleted).
 REPORT = Script(
     """#!lua flags=allow-cross-slot-keys
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+REDIS_NOW_MS
 local out = {}
 local i = 3
 for c = 1, tonumber(ARGV[2]) do
@@ -276,7 +279,7 @@ for c = 1, tonumber(ARGV[2]) do
   if type(r) == 'table' and r.err then out[c] = -1 else out[c] = 1 end
 end
 return out
-"""
+""".replace("REDIS_NOW_MS", _REDIS_NOW_MS)
 )
 
 # The newest entry id of each named stream (its top key; nil: none written by a node that

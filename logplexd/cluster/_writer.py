@@ -210,8 +210,8 @@ class Writer:
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
                 written_seq[channel] = int(reply[k])
             if len(done) < len(sent) and status == b"behind":
-                # A follower of the channel is keep/2 behind: the rest waits here (and the
-                # inputs with it, ``ChannelPushback``) until it has read on.
+                # A follower of the channel is 4 x keep behind: the rest waits here (and
+                # the inputs with it, ``ChannelPushback``) until it has read on.
                 self._give_back(back, channel, sent[len(done) :])
                 self.deferred += 1
                 self.buffer.defer(channel, trio.current_time() + BEHIND_PAUSE)
