@@ -187,6 +187,9 @@ async def test_three_nodes_share_history_tails_and_drains(
             (reader,) = [n for n in "BC" if n not in owners()][:1]
             plane = nodes[reader].plane
             assert plane is not None and plane.follow_of("app") is None
+            # Reachable (a lease exchange slower than its 0.25 s tick on a loaded machine
+            # counts as a failure until the next one succeeds, and reads are then local).
+            await eventually(lambda: plane.failure is None, 5)
             reads = plane.round_trips
             status, headers, body = await curl(
                 *AUTH, api(ports[reader], "/v3/channels/app/logs?num=200")
