@@ -86,7 +86,9 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(max_messages=st.integers(1, 12), max_bytes=st.integers(256, 3000), script=ops)
+# Up to 70 messages and 12 kB: the slots double in place several times (8 -> 128) and the
+# arena grows both in place and by laying payloads out again, wrapped or not.
+@given(max_messages=st.integers(1, 70), max_bytes=st.integers(256, 12000), script=ops)
 def test_matches_a_deque_model(max_messages, max_bytes, script):
     ring = ChannelRing(max_messages, max_bytes)
     model: deque[tuple[int, bytes]] = deque()  # (seq, payload) the ring must still hold
@@ -152,3 +154,23 @@ def test_history_is_bounded_by_history_bytes_though_the_buffer_is_deeper():
     shown = registry.history(channel).frames()
     assert shown == frames[-len(shown):] and sum(map(len, shown)) <= 4096
     assert len(shown) == 4096 // len(frames[-1])
+
+
+def test_growing_keeps_every_message_whether_or_not_the_ring_has_wrapped():
+    # Young: no eviction yet, so the slots and the arena grow in place (realloc).
+    ring = ChannelRing(4096, 4 * 1024 * 1024)
+    sent = [frame(i, (i * 37) % 300) for i in range(3000)]
+    for payload in sent:
+        ring.append_batch(parse_frames([payload]))
+    assert ring.evicted == 0 and ring.last(4096).frames() == sent
+    # Wrapped: large messages evicted by bytes first (the oldest held is no longer at slot
+    # or offset 0), then small ones make the slots double twice and the arena grow.
+    ring = ChannelRing(64, 8192)
+    big = [frame(i, 900) for i in range(12)]
+    small = [frame(100 + i, 0) for i in range(60)]
+    for payload in big + small:
+        ring.append_batch(parse_frames([payload]))
+    held = ring.last(64).frames()
+    assert held[-60:] == small
+    assert held[:-60] == big[len(big) - (len(held) - 60) :]
+    assert ring.nbytes == sum(map(len, held)) <= 8192
