@@ -152,7 +152,7 @@ def test_history_is_bounded_by_history_bytes_though_the_buffer_is_deeper():
     # The ring keeps all 100 (52 KB) for its readers; history shows what fits in 4 KB.
     assert len(channel.ring) == 100
     shown = registry.history(channel).frames()
-    assert shown == frames[-len(shown):] and sum(map(len, shown)) <= 4096
+    assert shown == frames[-len(shown) :] and sum(map(len, shown)) <= 4096
     assert len(shown) == 4096 // len(frames[-1])
 
 
