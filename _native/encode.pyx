@@ -7,7 +7,7 @@ RFC 5424 are skipped, as the original's drain and session parsers skipped them.
 import time as _time
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from libc.string cimport memcmp, memcpy
 
 from logplexd._native.batch cimport Batch
@@ -19,33 +19,46 @@ DEF LF = 10
 DEF CR = 13
 
 
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize) except -1
+
+
 cdef struct Out:
+    # The output is written straight into a bytes object, resized on demand and to its
+    # length at the end: no buffer of our own to copy from (a payload was written twice).
+    PyObject* obj
     char* buf
     Py_ssize_t n
     Py_ssize_t cap
 
 
 cdef int _out_init(Out* o, Py_ssize_t cap) except -1:
-    o.buf = <char*>PyMem_Malloc(cap if cap > 64 else 64)
-    if o.buf == NULL:
-        raise MemoryError()
+    cdef object fresh
+    if cap < 64:
+        cap = 64
+    fresh = PyBytes_FromStringAndSize(NULL, cap)
+    Py_INCREF(fresh)
+    o.obj = <PyObject*>fresh
+    o.buf = PyBytes_AS_STRING(fresh)
     o.n = 0
-    o.cap = cap if cap > 64 else 64
+    o.cap = cap
     return 0
 
 
 cdef int _out_need(Out* o, Py_ssize_t more) except -1:
     cdef Py_ssize_t want
-    cdef char* p
     if o.n + more <= o.cap:
         return 0
     want = max(o.cap * 2, o.n + more)
-    p = <char*>PyMem_Realloc(o.buf, want)
-    if p == NULL:
-        raise MemoryError()
-    o.buf = p
+    _PyBytes_Resize(&o.obj, want)  # on failure o.obj is NULL and freed
+    o.buf = PyBytes_AS_STRING(<object>o.obj)
     o.cap = want
     return 0
+
+
+cdef void _out_free(Out* o) noexcept:
+    Py_XDECREF(o.obj)
+    o.obj = NULL
 
 
 cdef inline void _put(Out* o, const void* src, Py_ssize_t n) noexcept:
@@ -79,10 +92,13 @@ cdef inline Py_ssize_t _ndigits(Py_ssize_t v) noexcept:
 
 
 cdef object _finish(Out* o):
-    try:
-        return PyBytes_FromStringAndSize(o.buf, o.n)
-    finally:
-        PyMem_Free(o.buf)
+    cdef object result
+    if o.n != o.cap:
+        _PyBytes_Resize(&o.obj, o.n)
+    result = <object>o.obj
+    Py_DECREF(result)  # the reference _out_init took is now the caller's
+    o.obj = NULL
+    return result
 
 
 cdef inline Py_ssize_t _field(const MsgRec* r, int f) noexcept:
@@ -156,7 +172,7 @@ def syslog_frames(Batch batch not None, bytes drain_token not None, Py_ssize_t s
         nxt = _drain_frames(batch, PyBytes_AS_STRING(drain_token), len(drain_token), True,
                             False, start, max_bytes, &count, &o)
     except BaseException:
-        PyMem_Free(o.buf)
+        _out_free(&o)
         raise
     return _finish(&o), count, nxt
 
@@ -169,7 +185,7 @@ def http_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t max_bytes=1
     try:
         nxt = _drain_frames(batch, b"host", 4, False, False, start, max_bytes, &count, &o)
     except BaseException:
-        PyMem_Free(o.buf)
+        _out_free(&o)
         raise
     return _finish(&o), count, nxt
 
@@ -182,7 +198,7 @@ def channel_log_frames(Batch batch not None):
     try:
         _drain_frames(batch, b"host", 4, False, True, 0, <Py_ssize_t>1 << 62, &count, &o)
     except BaseException:
-        PyMem_Free(o.buf)
+        _out_free(&o)
         raise
     return _finish(&o), count
 
@@ -299,7 +315,7 @@ def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1
             _put(&o, b"\n", 1)
             count += 1
     except BaseException:
-        PyMem_Free(o.buf)
+        _out_free(&o)
         raise
     return _finish(&o), count
 
