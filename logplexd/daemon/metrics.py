@@ -219,12 +219,24 @@ def _drain_rank(stats: DrainStats) -> tuple[int, bool, int]:
     return (stats.buffered, stats.state == DrainState.BACKOFF.value, -stats.drain_id)
 
 
-def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
-    return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+def _counter(
+    name: str, doc: str, labels: list[str] | None = None, *, value: float | None = None
+) -> CounterMetricFamily:
+    """A counter family; with ``value``, its one unlabelled sample."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+    if value is not None:
+        family.add_metric([], value)
+    return family
 
 
-def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+def _gauge(
+    name: str, doc: str, labels: list[str] | None = None, *, value: float | None = None
+) -> GaugeMetricFamily:
+    """A gauge family; with ``value``, its one unlabelled sample."""
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+    if value is not None:
+        family.add_metric([], value)
+    return family
 
 
 class DaemonCollector(Collector):
@@ -293,18 +305,16 @@ class DaemonCollector(Collector):
             for status, count in sorted(logs.rejected.items()):
                 requests.add_metric([str(status)], count)
             yield requests
-            malformed_requests = _counter(
+            yield _counter(
                 "logs_malformed_requests",
                 "POST /logs requests refused whole because a frame was malformed.",
+                value=logs.malformed_requests,
             )
-            malformed_requests.add_metric([], logs.malformed_requests)
-            yield malformed_requests
-            duplicates = _counter(
+            yield _counter(
                 "logs_duplicate_requests",
                 "POST /logs retransmissions acknowledged without routing (Logplex-Frame-Id).",
+                value=logs.duplicates,
             )
-            duplicates.add_metric([], logs.duplicates)
-            yield duplicates
         yield from (received, routed, dropped, malformed, unknown, received_bytes)
 
         open_ = _gauge("connections_open", "Open connections, by listener.", ["listener"])
@@ -316,83 +326,78 @@ class DaemonCollector(Collector):
             total.add_metric([name], listener.total)
         yield open_
         yield total
-        rejected = _counter(
-            "syslog_connections_rejected", "Syslog connections refused at max_syslog_connections."
+        yield _counter(
+            "syslog_connections_rejected",
+            "Syslog connections refused at max_syslog_connections.",
+            value=syslog.connections_rejected,
         )
-        rejected.add_metric([], syslog.connections_rejected)
-        yield rejected
-        idle = _counter("syslog_connections_idle_closed", "Syslog connections closed when idle.")
-        idle.add_metric([], syslog.connections_idle_closed)
-        yield idle
-        evicted = _counter(
+        yield _counter(
+            "syslog_connections_idle_closed",
+            "Syslog connections closed when idle.",
+            value=syslog.connections_idle_closed,
+        )
+        yield _counter(
             "syslog_connections_evicted",
             "Idle syslog connections closed at max_syslog_connections to let a new one in.",
+            value=syslog.connections_evicted,
         )
-        evicted.add_metric([], syslog.connections_evicted)
-        yield evicted
-        silent = _counter(
+        yield _counter(
             "syslog_connections_silent_closed",
             "Syslog connections closed before their first bytes (syslog_first_byte_timeout).",
+            value=syslog.connections_silent_closed,
         )
-        silent.add_metric([], syslog.connections_silent_closed)
-        yield silent
-        pushbacks = _counter(
+        yield _counter(
             "syslog_pushbacks",
             "Times a syslog connection stopped reading because a channel it fed was held "
             "(a drain that takes every write was behind: the router was the bottleneck).",
+            value=syslog.pushbacks,
         )
-        pushbacks.add_metric([], syslog.pushbacks)
-        yield pushbacks
-        held = _gauge("syslog_connections_held", "Syslog connections waiting for a held channel.")
-        held.add_metric([], syslog.connections_held)
-        yield held
+        yield _gauge(
+            "syslog_connections_held",
+            "Syslog connections waiting for a held channel.",
+            value=syslog.connections_held,
+        )
         if logs is not None:
-            waits = _counter(
-                "logs_pushback_waits", "POST /logs requests that waited for a held channel."
+            yield _counter(
+                "logs_pushback_waits",
+                "POST /logs requests that waited for a held channel.",
+                value=logs.waits,
             )
-            waits.add_metric([], logs.waits)
-            yield waits
-            refused = _counter(
+            yield _counter(
                 "logs_pushback_refused",
                 "POST /logs requests answered 503 + Retry-After: their channel stayed held "
                 "for logs_hold_timeout (nothing of them was routed).",
+                value=logs.pushed_back,
             )
-            refused.add_metric([], logs.pushed_back)
-            yield refused
 
     # -- drains ----------------------------------------------------------------------------
     def _drains(self, src: MetricsSnapshot) -> Iterator[Metric]:
         stats = src.drains
         yield from self._drain_series(self._listed(stats))
-        running = _gauge("drains_running", "Drains with a running delivery task.")
-        running.add_metric([], len(stats))
-        yield running
-        unlisted = _gauge(
+        yield _gauge("drains_running", "Drains with a running delivery task.", value=len(stats))
+        yield _gauge(
             "drains_unlisted",
             f"Running drains left out of the per-drain families (at most {self.drain_series} "
             "are shown: the largest backlogs first).",
+            value=max(0, len(stats) - self.drain_series),
         )
-        unlisted.add_metric([], max(0, len(stats) - self.drain_series))
-        yield unlisted
         by_state = _gauge("drains", "Running drains by connection state.", ["state"])
         counts = Tally(s.state for s in stats)
         for name in DRAIN_STATES:
             by_state.add_metric([name], counts[name])
         yield by_state
-        messages = _gauge(
+        yield _gauge(
             "drains_buffered_messages",
             "Messages waiting for drains, summed over every drain (a message two drains "
             "wait for counts twice).",
+            value=sum(s.buffered for s in stats),
         )
-        messages.add_metric([], sum(s.buffered for s in stats))
-        yield messages
-        nbytes = _gauge(
+        yield _gauge(
             "drains_buffered_bytes",
             "Bytes of the messages waiting for drains, summed over every drain (estimated "
             "from average message sizes, see drain_buffered_bytes).",
+            value=sum(s.buffered_bytes for s in stats),
         )
-        nbytes.add_metric([], sum(s.buffered_bytes for s in stats))
-        yield nbytes
         oldest = _gauge(
             "drains_oldest_buffered_age_seconds",
             "Age of the oldest message any drain waits to deliver, by its own timestamp "
@@ -401,14 +406,16 @@ class DaemonCollector(Collector):
         ages = [s.oldest_age for s in stats if s.oldest_age is not None]
         oldest.add_metric([], max(ages, default=0.0))
         yield oldest
-        spilling = _gauge("drains_spilling", "Drains reading their backlog from disk.")
-        spilling.add_metric([], sum(1 for s in stats if s.spilling))
-        yield spilling
-        spilled = _gauge(
-            "drains_spilled_messages", "Messages in drains' disk backlogs, not yet delivered."
+        yield _gauge(
+            "drains_spilling",
+            "Drains reading their backlog from disk.",
+            value=sum(1 for s in stats if s.spilling),
         )
-        spilled.add_metric([], sum(s.spilled for s in stats))
-        yield spilled
+        yield _gauge(
+            "drains_spilled_messages",
+            "Messages in drains' disk backlogs, not yet delivered.",
+            value=sum(s.spilled for s in stats),
+        )
         yield from self._backlog(src.backlog)
 
     def _backlog(self, figures: BacklogFigures | None) -> Iterator[Metric]:
@@ -431,9 +438,7 @@ class DaemonCollector(Collector):
                 "1 while drain backlogs take nothing (total budget reached or disk too full).",
             ),
         ):
-            gauge = _gauge(name, text)
-            gauge.add_metric([], value)
-            yield gauge
+            yield _gauge(name, text, value=value)
         for name, value, text in (
             (
                 "backlog_written_messages_total",
@@ -456,9 +461,7 @@ class DaemonCollector(Collector):
                 "Damaged bytes cut off drain backlog segments at start.",
             ),
         ):
-            counter = _counter(name.removesuffix("_total"), text)
-            counter.add_metric([], value)
-            yield counter
+            yield _counter(name.removesuffix("_total"), text, value=value)
 
     def _listed(self, stats: Sequence[DrainStats]) -> Sequence[DrainStats]:
         """The drains the per-drain families show: all of them, or the ``drain_series``
@@ -504,14 +507,12 @@ class DaemonCollector(Collector):
 
     # -- registry, store, sessions ----------------------------------------------------------
     def _state(self, src: MetricsSnapshot) -> Iterator[Metric]:
-        channels = _gauge("channels", "Channels in the registry.")
-        channels.add_metric([], src.channels)
-        yield channels
-        unknown = _counter(
-            "routed_unknown_tokens", "Messages the router found no channel for (all inputs)."
+        yield _gauge("channels", "Channels in the registry.", value=src.channels)
+        yield _counter(
+            "routed_unknown_tokens",
+            "Messages the router found no channel for (all inputs).",
+            value=src.unknown_tokens,
         )
-        unknown.add_metric([], src.unknown_tokens)
-        yield unknown
         firehose = _counter(
             "firehose_messages",
             "Messages of firehose tokens copied to each firehose channel.",
@@ -522,54 +523,51 @@ class DaemonCollector(Collector):
         yield firehose
         store = src.store
         if store is not None and store.journal_bytes is not None:
-            size = _gauge("store_journal_bytes", "Bytes in the store journal since its snapshot.")
-            size.add_metric([], store.journal_bytes)
-            yield size
+            yield _gauge(
+                "store_journal_bytes",
+                "Bytes in the store journal since its snapshot.",
+                value=store.journal_bytes,
+            )
         if store is not None:
-            healthy = _gauge("store_healthy", "1 while the store takes writes, 0 after a failure.")
-            healthy.add_metric([], 1 if store.healthy else 0)
-            yield healthy
+            yield _gauge(
+                "store_healthy",
+                "1 while the store takes writes, 0 after a failure.",
+                value=1 if store.healthy else 0,
+            )
         tails = src.tails
-        active = _gauge("tail_sessions", "Open tail sessions.")
-        active.add_metric([], tails.active)
-        yield active
-        started = _counter("tail_sessions_started", "Tail sessions started.")
-        started.add_metric([], tails.started)
-        yield started
-        killed = _counter("tail_sessions_killed", "Tail sessions ended by kill_tail_sessions.")
-        killed.add_metric([], tails.killed)
-        yield killed
-        holds = _counter(
-            "tail_holds",
-            "Times a tail whose reader keeps up held its channel's inputs instead of being "
-            "lapped.",
+        yield _gauge("tail_sessions", "Open tail sessions.", value=tails.active)
+        yield _counter("tail_sessions_started", "Tail sessions started.", value=tails.started)
+        yield _counter(
+            "tail_sessions_killed", "Tail sessions ended by kill_tail_sessions.", value=tails.killed
         )
-        holds.add_metric([], tails.holds)
-        yield holds
-        slow = _counter(
+        yield _counter(
+            "tail_holds",
+            "Times a tail whose reader keeps up held its channel's inputs instead of being lapped.",
+            value=tails.holds,
+        )
+        yield _counter(
             "tail_slow",
             "Times a tail's reader left a chunk unsent for 0.1 s (a slow reader: it holds "
             "nothing until it has caught up).",
+            value=tails.slow,
         )
-        slow.add_metric([], tails.slow)
-        yield slow
-        pumped = _gauge(
+        yield _gauge(
             "tail_pumped",
             "Following tails whose lines the tail pump writes (plain TCP, HTTP/1.1); the "
             "others are written by their own task.",
+            value=tails.pumped,
         )
-        pumped.add_metric([], tails.pumped)
-        yield pumped
-        writes = _counter("tail_pump_writes", "Chunks the tail pump wrote to tails' sockets.")
-        writes.add_metric([], tails.pump_writes)
-        yield writes
-        linger = _gauge(
+        yield _counter(
+            "tail_pump_writes",
+            "Chunks the tail pump wrote to tails' sockets.",
+            value=tails.pump_writes,
+        )
+        yield _gauge(
             "tail_pump_linger_seconds",
             "How long the tail pump gathers lines before a round (grows with a round's cost, "
             "at most 0.015 s).",
+            value=tails.pump_linger,
         )
-        linger.add_metric([], tails.pump_linger)
-        yield linger
 
     def _rods(self, src: MetricsSnapshot) -> Iterator[Metric]:
         state = src.rods
@@ -598,28 +596,23 @@ class DaemonCollector(Collector):
             trips.add_metric([kind], count)
         yield trips
         for name, attr, doc in _PLANE_COUNTERS:
-            family = _counter(name, doc)
-            family.add_metric([], getattr(plane, attr))
-            yield family
-        buffered = _gauge(
+            yield _counter(name, doc, value=getattr(plane, attr))
+        yield _gauge(
             "redis_buffer_messages",
             "Messages routed on this node waiting in the outbound buffer for Redis.",
+            value=plane.buffer_messages,
         )
-        buffered.add_metric([], plane.buffer_messages)
-        yield buffered
-        dropped = _counter(
+        yield _counter(
             "redis_buffer_dropped",
             "Messages dropped from a full outbound buffer (announced to drains as L10).",
+            value=plane.buffer_dropped,
         )
-        dropped.add_metric([], plane.buffer_dropped)
-        yield dropped
-        reachable = _gauge(
+        yield _gauge(
             "redis_reachable",
             "0 before Redis first answers and from a failed data plane call until that "
             "task's calls succeed again, else 1.",
+            value=1 if plane.reachable else 0,
         )
-        reachable.add_metric([], 1 if plane.reachable else 0)
-        yield reachable
 
 
 # (metric name without prefix and _total, DataPlane attribute, help)
