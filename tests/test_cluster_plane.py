@@ -167,6 +167,73 @@ async def test_cluster_reader_polls_every_followed_stream_in_one_round_trip_per_
                 plane.release(follow)
 
 
+async def test_an_idle_cluster_poll_asks_each_shard_its_beacon_not_every_stream(
+    redis_cluster,
+) -> None:
+    """200 idle followed channels on a 3-master cluster: a poll GETs one beacon per shard
+    and the top keys of ``SWEEP_SLICE`` channels in turn, not all 200 top keys (2,000
+    GETs a second at POLL_IDLE); a write still reaches the follower at the next poll."""
+    from logplexd.cluster import POLL_IDLE, SWEEP_SLICE
+
+    names = [f"b{i}" for i in range(200)]
+    async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
+        with trio.fail_after(30):
+            for reg in (one, two):
+                for name in names:
+                    reg.add_token(name, f"t.{name}", "web")
+            plane = two.plane
+            follows = []
+            for name in names:
+                channel = two.channel(name)
+                assert channel is not None
+                follows.append(plane.hold(channel, await plane.top(name)))
+            await trio.sleep(0.5)  # the reader has polled every follow to its top once
+            calls = redis_cluster.command_calls()
+            await trio.sleep(1.0)  # idle: real servers, a bounded wait
+            after = redis_cluster.command_calls()
+            ran = {k: after[k] - calls.get(k, 0) for k in after if after[k] != calls.get(k, 0)}
+            polls = 1 / POLL_IDLE + 2  # at most, plus the one in flight
+            assert 0 < ran.get("get", 0) <= polls * (3 + SWEEP_SLICE), ran
+            assert "xread" not in ran, ran
+            for name in names[::40]:
+                one.route(frames(f"t.{name}", [f"{name}-late"]))
+                follow = follows[names.index(name)]
+                await eventually(lambda f=follow: len(f.channel.ring) == 1, 2)
+                assert texts(follow.channel.ring.last(1)) == [f"{name}-late".encode()]
+            for follow in follows:
+                plane.release(follow)
+
+
+async def test_a_write_no_beacon_told_of_is_found_by_the_sweep(redis_cluster, monkeypatch) -> None:
+    """A writer whose slot map gives no beacon (as after a resharding it has not seen, or a
+    node of an older version): its entries move no beacon, and the follower's sweep, a few
+    follows a poll, still finds them."""
+    names = [f"s{i}" for i in range(12)]
+    async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
+        with trio.fail_after(30):
+            for reg in (one, two):
+                for name in names:
+                    reg.add_token(name, f"t.{name}", "web")
+            monkeypatch.setattr(one.plane.connection, "beacon", lambda node: None)
+            plane = two.plane
+            follows = []
+            for name in names:
+                channel = two.channel(name)
+                assert channel is not None
+                follows.append(plane.hold(channel, await plane.top(name)))
+            await trio.sleep(0.5)  # polled to their tops once; beacons seen
+            for name in names:
+                one.route(frames(f"t.{name}", [f"{name}-0", f"{name}-1"]))
+            await eventually(lambda: one.plane.messages_written == 2 * len(names), 5)
+            for name, follow in zip(names, follows, strict=True):
+                await eventually(lambda f=follow: len(f.channel.ring) == 2, 10)
+                assert texts(follow.channel.ring.last(2)) == [
+                    f"{name}-{i}".encode() for i in (0, 1)
+                ]
+            for follow in follows:
+                plane.release(follow)
+
+
 async def test_read_range_gives_exact_messages_their_sequences_and_what_was_trimmed(
     redis_server: RedisServer,
 ) -> None:

@@ -8,11 +8,11 @@ its lease. Sans-IO cores: ``buffer.OutboundBuffer`` and ``lease.Lease``.
 The plane's parts are private modules: ``_stream`` (a channel's keys, the append script,
 the entry codec: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``), ``_link`` (the Redis
 client, reachability, round trips by kind: ``TRIP_KINDS``, ``CLOSE_GRACE``), ``_writer``,
-``_follow`` (``Follow``, ``POLL_IDLE``), ``_history`` and ``_pushback``
+``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``), ``_history`` and ``_pushback``
 (``ChannelPushback``: holding a channel's inputs while this node is behind on it).
 """
 
-from ._follow import POLL_IDLE, Follow
+from ._follow import POLL_IDLE, SWEEP_SLICE, Follow
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._pushback import ChannelPushback
 from ._stream import CHECKPOINT_TTL_MS, EntryBody, Keys, decode_entry
@@ -28,6 +28,7 @@ __all__ = [
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",
     "POLL_IDLE",
+    "SWEEP_SLICE",
     "TRIP_KINDS",
     "ChannelPushback",
     "ClusterDrains",

@@ -67,6 +67,12 @@ POLL_BUSY = 0.02
 POLL_IDLE = 0.1
 POLL_QUIET = 0.25
 QUIET_AFTER = 2.0
+# A poll looks at the top keys only of the shards whose beacon (``APPEND``'s change counter,
+# one per shard) moved: an idle poll is one GET per shard however many channels are
+# followed. Each poll also looks at this many follows in turn whatever the beacons say,
+# so a write the beacons missed (a resharding this node's client has not seen) is found
+# within (followed channels / SWEEP_SLICE) polls.
+SWEEP_SLICE = 4
 # A reader wanting the stream position a follower has not reached waits at most this long.
 CATCH_UP_WAIT = 2.0
 # A followed channel this node wrote to within this window, and whose stream had no other
@@ -122,6 +128,7 @@ class Follow:
         "foreign_at",
         "written_through",
         "waiting",
+        "shard",
     )
 
     def __init__(self, name: str, key: str, channel: Channel, after: StreamId | None) -> None:
@@ -149,6 +156,9 @@ class Follow:
         # This node's entries written while the channel was held, not appended yet: runs
         # of consecutive entries, each with the id of the entry before it.
         self.waiting: list[tuple[StreamId, list[tuple[StreamId, Outgoing]]]] = []
+        # Redis Cluster: the node under whose beacon this follow was last polled to its
+        # top (None: poll it whatever the beacons say, ``Followers._changed``).
+        self.shard: str | None = None
 
     def solo(self, now: float) -> bool:
         """Only this node wrote the stream lately and this follow has all of it
@@ -259,6 +269,11 @@ class Followers:
         # solo follows reads at once.
         self._read_wanted = trio.Event()
         self._next_poll = 0.0
+        # Redis Cluster: each shard's beacon as it was when its follows were last polled,
+        # and where the sweep goes on (``_changed``).
+        self._beacons: dict[str, bytes | None] = {}
+        self._sweep_next = 0
+        self._busy = False  # the last poll found entries
         # When a cluster poll last found entries (it polls less often once quiet).
         self._found_at = 0.0
         # Per followed channel, the position last reported and when (``_report``); the
@@ -410,6 +425,7 @@ class Followers:
                     except errors as exc:
                         connection.link.lost(exc, "lane:" + lane)
                         failed = True
+                        self._beacons.clear()  # every follow is polled to its top again
                         await connection.back_off(backoff)
                         continue
                     backoff.reset()
@@ -451,10 +467,11 @@ class Followers:
                 follow.resolved = True
 
     async def _poll_once(self, follows: list[Follow], lane: str) -> None:
-        """Redis Cluster: the newest entry id of every followed stream (one script call per
-        shard), then one non-blocking read of each stream whose newest entry this node has
-        not read, pipelined (one round trip per shard); then wait ``POLL_BUSY``, or
-        ``POLL_IDLE`` (``POLL_QUIET`` once nothing was found for ``QUIET_AFTER``)."""
+        """Redis Cluster: the beacon of every shard (``_changed``), then the newest entry
+        id of the follows on shards whose beacon moved (one script call per shard), then
+        one non-blocking read of each stream whose newest entry this node has not read,
+        pipelined (one round trip per shard); then wait ``POLL_BUSY``, or ``POLL_IDLE``
+        (``POLL_QUIET`` once nothing was found for ``QUIET_AFTER``)."""
         connection = self.connection
         await self._resolve(follows)
         self._followed = trio.Event()
@@ -463,15 +480,23 @@ class Followers:
                 self._take_waiting(follow)
         held = [f for f in follows if self._paused(f)]
         if held:
+            for follow in held:
+                follow.shard = None  # written meanwhile: polled to its top once released
             follows = [f for f in follows if not self._paused(f)]
             if not follows:
                 await self._wait_released(held)
                 return
-        with trio.fail_after(CALL_TIMEOUT):
-            tops = await connection.call_per_shard(
-                TOPS, (), {f.name: [self.keys.top(f.name)] for f in follows}, "follow"
-            )
-        moved = [f for f in follows if _moved(f, tops[f.name])]
+        polled, seen, shard_of = await self._changed(follows)
+        tops: dict[str, Any] = {}
+        if polled:
+            with trio.fail_after(CALL_TIMEOUT):
+                tops = await connection.call_per_shard(
+                    TOPS, (), {f.name: [self.keys.top(f.name)] for f in polled}, "follow"
+                )
+        self._beacons.update(seen)
+        for follow in polled:
+            follow.shard = shard_of.get(follow.name)
+        moved = [f for f in polled if _moved(f, tops[f.name])]
         busy = full = False
         if moved:
             count = read_count(len(moved))
@@ -488,8 +513,13 @@ class Followers:
                         self._apply(follow, entries)
                         busy = True
                         full = full or len(entries) >= count
+                if _moved(follow, tops[follow.name]):
+                    # Not read to the top it had (a read's count, or held part way): its
+                    # beacon may not move again, so it is polled to its top next time.
+                    follow.shard = None
         connection.link.ok("lane:" + lane)
         now = trio.current_time()
+        self._busy = busy
         if busy:
             self._found_at = now
         if full:
@@ -502,6 +532,56 @@ class Followers:
             quiet = now - self._found_at >= QUIET_AFTER
             with trio.move_on_after(POLL_QUIET if quiet else POLL_IDLE):
                 await self._followed.wait()
+
+    async def _changed(
+        self, follows: list[Follow]
+    ) -> tuple[list[Follow], dict[str, bytes | None], dict[str, str | None]]:
+        """Which of ``follows`` to poll to their top: all after a poll that found entries;
+        else those of a shard whose beacon moved
+        since its follows were last polled (or never seen), those polled last under another
+        shard or marked to be (``Follow.shard`` None), those called alone or on a shard with
+        no beacon, and ``SWEEP_SLICE`` more in turn. One GET per shard, pipelined. Returns
+        them, the beacons read (recorded once the poll succeeded) and each follow's shard."""
+        connection = self.connection
+        if self._busy:
+            # The last poll found entries: the beacons have surely moved, and asking them
+            # would cost a round trip more per poll under load. Every follow is polled.
+            self._beacons.clear()
+            return follows, {}, {}
+        by_node = connection.shards(f.name for f in follows)
+        beacons = {node: connection.beacon(node) for node in by_node if node is not None}
+        keys = {node: key for node, key in beacons.items() if key is not None}
+        values: dict[str, bytes | None] = {}
+        if keys:
+            with trio.fail_after(CALL_TIMEOUT):
+                async with connection.client.pipeline(transaction=False) as pipe:
+                    replies = {node: pipe.get(key) for node, key in keys.items()}
+            connection.count_trip("follow", connection.servers_of_keys(keys.values()))
+            for node, reply in replies.items():
+                values[node] = await reply
+        named = {f.name: f for f in follows}
+        shard_of: dict[str, str | None] = {}
+        polled: list[Follow] = []
+        for shard, names in by_node.items():
+            moved = (
+                shard is None
+                or shard not in keys
+                or shard not in self._beacons  # not seen yet
+                or self._beacons[shard] != values[shard]
+            )
+            for name in names:
+                follow = named[name]
+                shard_of[name] = shard
+                if moved or follow.shard != shard:
+                    polled.append(follow)
+        if len(polled) < len(follows):
+            chosen = {id(f) for f in polled}
+            start = self._sweep_next % len(follows)
+            for follow in (follows[start:] + follows[:start])[:SWEEP_SLICE]:
+                if id(follow) not in chosen:
+                    polled.append(follow)
+            self._sweep_next = start + SWEEP_SLICE
+        return polled, values, shard_of
 
     def _paused(self, follow: Follow) -> bool:
         """Whether a consumer of the follow's ring holds its channel: the follower reads it

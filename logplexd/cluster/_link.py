@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..store import open_redis, parse_redis_url
-from ._stream import SCRIPTS, Keys, Script, ScriptCall, slot_of
+from ._stream import CLUSTER_SLOTS, SCRIPTS, Keys, Script, ScriptCall, slot_of
 
 if TYPE_CHECKING:
     from ..store import RedisClient
@@ -140,6 +140,8 @@ class Connection:
         # Channels whose part of a per-shard call was refused (on a cluster: a slot that
         # moved): called alone, routed by their own key, until a call of theirs succeeds.
         self._alone: set[str] = set()
+        # Each cluster node's lowest slot, where its beacon lies (``beacon``).
+        self._beacon_slots: dict[str, int] = {}
 
     @property
     def client(self) -> RedisClient:
@@ -199,48 +201,93 @@ class Connection:
                 raise result
         return results
 
+    def _layout(self) -> Any:
+        """The cluster client's slot map (None: not known now)."""
+        try:
+            return self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
+        except Exception:  # not connected
+            return None
+
+    def shard_of(self, channel: str, layout: Any = None) -> str | None:
+        """The name of the cluster node serving ``channel``'s keys (None: one Redis, or
+        not known now)."""
+        layout = layout if layout is not None else self._layout()
+        if not self.cluster or layout is None:
+            return None
+        try:
+            return str(layout.node_for_slot(slot_of(self.keys.tag(channel))).name)
+        except Exception:  # a slot map in flux
+            return None
+
+    def shards(self, channels: Iterable[str]) -> dict[str | None, list[str]]:
+        """``channels`` by the cluster node serving them; under None the ones called alone
+        (routed by their own key, so a redirection reaches the client and its slot map): a
+        shard not known, or a part of a per-shard call refused. One Redis: all under None."""
+        if not self.cluster:
+            return {None: list(channels)}
+        layout = self._layout()
+        by_node: dict[str | None, list[str]] = {}
+        for channel in channels:
+            node = None if channel in self._alone else self.shard_of(channel, layout)
+            by_node.setdefault(node, []).append(channel)
+        return by_node
+
     def groups(self, channels: Iterable[str]) -> list[list[str]]:
         """Channels served by one script call each (``call_per_shard``): all of them on one
-        Redis; per shard on a cluster (a channel whose shard is not known, or whose part of
-        a call was refused, goes alone: routed by its own key, so a redirection reaches the
-        client and its slot map)."""
+        Redis; per shard on a cluster, and alone those ``shards`` puts under None."""
         if not self.cluster:
             return [list(channels)]
-        by_node: dict[str, list[str]] = {}
-        groups: list[list[str]] = []
+        return [
+            group
+            for node, names in self.shards(channels).items()
+            for group in ([[c] for c in names] if node is None else [names])
+        ]
+
+    def beacon(self, node: str | None) -> str | None:
+        """The key of ``node``'s change counter (``Keys.beacon``: in the lowest slot it
+        serves), None on one Redis or when the slot map does not say."""
+        if not self.cluster or node is None:
+            return None
+        layout = self._layout()
+        if layout is None:
+            return None
+        slot = self._beacon_slots.get(node)
         try:
-            layout = self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
-        except Exception:  # not connected: every channel alone
-            layout = None
-        for channel in channels:
-            node = None
-            if layout is not None and channel not in self._alone:
-                try:
-                    node = layout.node_for_slot(slot_of(self.keys.tag(channel))).name
-                except Exception:  # a slot map in flux
-                    node = None
-            if node is None:
-                groups.append([channel])
-            else:
-                by_node.setdefault(node, []).append(channel)
-        groups.extend(by_node.values())
-        return groups
+            if slot is None or layout.node_for_slot(slot).name != node:
+                # The map changed (or is new): find each node's lowest slot again.
+                self._beacon_slots = {}
+                for s in range(CLUSTER_SLOTS):
+                    self._beacon_slots.setdefault(str(layout.node_for_slot(s).name), s)
+                slot = self._beacon_slots.get(node)
+        except Exception:  # a slot map in flux (or not covering every slot)
+            return None
+        return None if slot is None else self.keys.beacon(slot)
 
     async def call_per_shard(
-        self, script: Script, head: Sequence[Any], parts: dict[str, list[Any]], kind: str
+        self,
+        script: Script,
+        head: Sequence[Any],
+        parts: dict[str, list[Any]],
+        kind: str,
+        *,
+        beacon: bool = False,
     ) -> dict[str, Any]:
         """Call ``script`` once per group of channels (``groups``: once in all on one
         Redis, once per shard on a cluster), whatever the number of channels; one pipeline.
 
-        Its ARGV: ``head``, the number of channels, then each channel's ``parts`` in turn.
-        KEYS[1] only routes the call (a key of the group's first channel): the scripts name
-        every channel's keys in ARGV and run with ``allow-cross-slot-keys``. The script
-        returns one reply per channel, in order; returns them by channel.
+        Its ARGV: ``head``, with ``beacon`` then the group's shard's beacon key ('' none),
+        the number of channels, then each channel's ``parts`` in turn. KEYS[1] only routes
+        the call (a key of the group's first channel): the scripts name every channel's
+        keys in ARGV and run with ``allow-cross-slot-keys``. The script returns one reply
+        per channel, in order; returns them by channel.
         """
         groups = self.groups(parts)
         calls: list[ScriptCall] = []
         for group in groups:
-            args = [*head, len(group)]
+            args = [*head]
+            if beacon:
+                args.append(self.beacon(self.shard_of(group[0])) or "")
+            args.append(len(group))
             for channel in group:
                 args.extend(parts[channel])
             calls.append((script, [self.keys.tag(group[0]) + "log"], args))

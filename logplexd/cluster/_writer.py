@@ -198,7 +198,9 @@ class Writer:
             for entry in sent:
                 part.extend((entry.n, entry.frames, entry.lost, repr(entry.since)))
         self._work_seconds += time.perf_counter() - started
-        replies = await self.connection.call_per_shard(APPEND, (keep, node), parts, "write")
+        replies = await self.connection.call_per_shard(
+            APPEND, (keep, node), parts, "write", beacon=True
+        )
         started = time.perf_counter()
         written_seq = self.written_seq
         back = Flush()
