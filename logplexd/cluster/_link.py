@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ CONNECT_TIMEOUT = 2.0
 CALL_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
+# The slot map is searched for each node's lowest slot (its beacon's) at most this often.
+BEACON_MAP_INTERVAL = 1.0
 # Without traffic the link is still checked this often (health must notice a dead Redis),
 # and a PING unanswered this long means Redis is unreachable (a silent partition too).
 PROBE_INTERVAL = 1.0
@@ -49,6 +52,14 @@ CLOSE_GRACE = 1.0
 # history reads for requests, drain leases, drain checkpoints, the health probe, and the
 # rest (a stream's top when a follow starts, deletes, lease releases, script loads).
 TRIP_KINDS = ("write", "follow", "history", "lease", "checkpoint", "probe", "other")
+
+
+def _owner(layout: Any, slot: int) -> str | None:
+    """The name of the node serving ``slot`` in a cluster client's slot map (None: none)."""
+    try:
+        return str(layout.node_for_slot(slot).name)
+    except Exception:  # a slot no node serves, or a map in flux
+        return None
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -142,6 +153,7 @@ class Connection:
         self._alone: set[str] = set()
         # Each cluster node's lowest slot, where its beacon lies (``beacon``).
         self._beacon_slots: dict[str, int] = {}
+        self._beacon_map_at = -float("inf")
 
     @property
     def client(self) -> RedisClient:
@@ -252,15 +264,20 @@ class Connection:
         if layout is None:
             return None
         slot = self._beacon_slots.get(node)
-        try:
-            if slot is None or layout.node_for_slot(slot).name != node:
-                # The map changed (or is new): find each node's lowest slot again.
-                self._beacon_slots = {}
-                for s in range(CLUSTER_SLOTS):
-                    self._beacon_slots.setdefault(str(layout.node_for_slot(s).name), s)
-                slot = self._beacon_slots.get(node)
-        except Exception:  # a slot map in flux (or not covering every slot)
-            return None
+        if slot is None or _owner(layout, slot) != node:
+            # The map changed (or is new): find each node's lowest slot again, at most
+            # once a second (a map in flux, or one with slots no node serves).
+            now = time.monotonic()
+            if now - self._beacon_map_at < BEACON_MAP_INTERVAL:
+                return None  # meanwhile the shard has no beacon: its follows are polled
+            self._beacon_map_at = now
+            slots: dict[str, int] = {}
+            for s in range(CLUSTER_SLOTS):
+                owner = _owner(layout, s)
+                if owner is not None:
+                    slots.setdefault(owner, s)
+            self._beacon_slots = slots
+            slot = slots.get(node)
         return None if slot is None else self.keys.beacon(slot)
 
     async def call_per_shard(
