@@ -51,6 +51,20 @@ async def follow_app(registry: ClusterRegistry):
     return channel, plane.hold(channel, await plane.top("app")), losses
 
 
+async def follow_channels(one: ClusterRegistry, two: ClusterRegistry, names: list[str]):
+    """Channels ``names`` (token ``t.<name>``) on both nodes, each followed by node two
+    from its stream's newest entry; the follows, in order."""
+    for reg in (one, two):
+        for name in names:
+            reg.add_token(name, f"t.{name}", "web")
+    follows = []
+    for name in names:
+        channel = two.channel(name)
+        assert channel is not None
+        follows.append(two.plane.hold(channel, await two.plane.top(name)))
+    return follows
+
+
 async def test_one_round_trip_per_flush_and_every_node_follows_every_message(
     redis_server: RedisServer,
 ) -> None:
@@ -137,15 +151,8 @@ async def test_cluster_reader_polls_every_followed_stream_in_one_round_trip_per_
     names = [f"c{i}" for i in range(30)]
     async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
         with trio.fail_after(20):
-            for reg in (one, two):
-                for name in names:
-                    reg.add_token(name, f"t.{name}", "web")
             plane = two.plane
-            follows = []
-            for name in names:
-                channel = two.channel(name)
-                assert channel is not None
-                follows.append(plane.hold(channel, await plane.top(name)))
+            follows = await follow_channels(one, two, names)
             await trio.sleep(0.2)  # the reader has started polling
             polls = plane.trips["follow"]
             calls = redis_cluster.command_calls()
@@ -178,15 +185,8 @@ async def test_an_idle_cluster_poll_asks_each_shard_its_beacon_not_every_stream(
     names = [f"b{i}" for i in range(200)]
     async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
         with trio.fail_after(30):
-            for reg in (one, two):
-                for name in names:
-                    reg.add_token(name, f"t.{name}", "web")
             plane = two.plane
-            follows = []
-            for name in names:
-                channel = two.channel(name)
-                assert channel is not None
-                follows.append(plane.hold(channel, await plane.top(name)))
+            follows = await follow_channels(one, two, names)
             await trio.sleep(0.5)  # the reader has polled every follow to its top once
             calls = redis_cluster.command_calls()
             await trio.sleep(1.0)  # idle: real servers, a bounded wait
@@ -211,16 +211,9 @@ async def test_a_write_no_beacon_told_of_is_found_by_the_sweep(redis_cluster, mo
     names = [f"s{i}" for i in range(12)]
     async with node(redis_cluster.url, "one") as one, node(redis_cluster.url, "two") as two:
         with trio.fail_after(30):
-            for reg in (one, two):
-                for name in names:
-                    reg.add_token(name, f"t.{name}", "web")
             monkeypatch.setattr(one.plane.connection, "beacon", lambda node: None)
             plane = two.plane
-            follows = []
-            for name in names:
-                channel = two.channel(name)
-                assert channel is not None
-                follows.append(plane.hold(channel, await plane.top(name)))
+            follows = await follow_channels(one, two, names)
             await trio.sleep(0.5)  # polled to their tops once; beacons seen
             for name in names:
                 one.route(frames(f"t.{name}", [f"{name}-0", f"{name}-1"]))

@@ -19,6 +19,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +39,8 @@ from ..ingest import LogsIngestStats, SyslogInputStats
 from ..web import AddRoute, ConnectionCount, Request, Response
 
 log = logging.getLogger("logplexd.daemon.metrics")
+
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
 
 PREFIX = "logplexd"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -223,17 +226,17 @@ def _counter(
     name: str, doc: str, labels: list[str] | None = None, *, value: float | None = None
 ) -> CounterMetricFamily:
     """A counter family; with ``value``, its one unlabelled sample."""
-    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
-    if value is not None:
-        family.add_metric([], value)
-    return family
+    return _filled(CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels), value)
 
 
 def _gauge(
     name: str, doc: str, labels: list[str] | None = None, *, value: float | None = None
 ) -> GaugeMetricFamily:
     """A gauge family; with ``value``, its one unlabelled sample."""
-    family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+    return _filled(GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels), value)
+
+
+def _filled(family: _Family, value: float | None) -> _Family:
     if value is not None:
         family.add_metric([], value)
     return family
