@@ -173,13 +173,11 @@ class Connection:
         """How many Redis servers a pipeline naming these keys goes to."""
         if not self.cluster:
             return 1
-        names = set()
-        try:
-            layout = self.client.connection_pool.cluster_layout  # type: ignore[union-attr]
-            for key in keys:
-                names.add(layout.node_for_slot(slot_of(key)).name)
-        except Exception:  # a slot map in flux: counting must never fail the call it counts
-            return max(1, len(names))
+        layout = self._layout()
+        if layout is None:
+            return 1
+        # A slot map in flux counts what it can: counting must never fail the call it counts.
+        names = {_owner(layout, slot_of(key)) for key in keys} - {None}
         return max(1, len(names))
 
     async def call_scripts(
@@ -226,10 +224,7 @@ class Connection:
         layout = layout if layout is not None else self._layout()
         if not self.cluster or layout is None:
             return None
-        try:
-            return str(layout.node_for_slot(slot_of(self.keys.tag(channel))).name)
-        except Exception:  # a slot map in flux
-            return None
+        return _owner(layout, slot_of(self.keys.tag(channel)))
 
     def shards(self, channels: Iterable[str]) -> dict[str | None, list[str]]:
         """``channels`` by the cluster node serving them; under None the ones called alone
