@@ -8,8 +8,7 @@ from pathlib import Path
 
 import trio
 
-from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer
-from logplexd.cluster._stream import slot_of
+from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer, slot_of
 from logplexd.native import parse_body
 from tests.helpers.redis import RedisServer, eventually, needs_redis
 

@@ -6,7 +6,8 @@ serves history from the streams; ``ClusterDrains`` runs each drain on the node h
 its lease. Sans-IO cores: ``buffer.OutboundBuffer`` and ``lease.Lease``.
 
 The plane's parts are private modules: ``_stream`` (a channel's keys, the append script,
-the entry codec: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``), ``_link`` (the Redis
+the entry codec, a key's cluster slot: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``,
+``slot_of``), ``_link`` (the Redis
 client, reachability, round trips by kind: ``TRIP_KINDS``, ``CLOSE_GRACE``), ``_writer``,
 ``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``), ``_history`` and ``_pushback``
 (``ChannelPushback``: holding a channel's inputs while this node is behind on it).
@@ -15,7 +16,7 @@ client, reachability, round trips by kind: ``TRIP_KINDS``, ``CLOSE_GRACE``), ``_
 from ._follow import POLL_IDLE, SWEEP_SLICE, Follow
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._pushback import ChannelPushback
-from ._stream import CHECKPOINT_TTL_MS, EntryBody, Keys, decode_entry
+from ._stream import CHECKPOINT_TTL_MS, EntryBody, Keys, decode_entry, slot_of
 from .birth import birth_hook
 from .buffer import OutboundBuffer
 from .drains import ClusterDrains
@@ -45,4 +46,5 @@ __all__ = [
     "ReadStart",
     "birth_hook",
     "decode_entry",
+    "slot_of",
 ]

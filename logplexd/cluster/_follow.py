@@ -536,12 +536,12 @@ class Followers:
     async def _changed(
         self, follows: list[Follow]
     ) -> tuple[list[Follow], dict[str, bytes | None], dict[str, str | None]]:
-        """Which of ``follows`` to poll to their top: all after a poll that found entries;
-        else those of a shard whose beacon moved
-        since its follows were last polled (or never seen), those polled last under another
-        shard or marked to be (``Follow.shard`` None), those called alone or on a shard with
-        no beacon, and ``SWEEP_SLICE`` more in turn. One GET per shard, pipelined. Returns
-        them, the beacons read (recorded once the poll succeeded) and each follow's shard."""
+        """Which of ``follows`` to poll to their top. After a poll that found entries, all.
+        Else those of a shard whose beacon moved since its follows were last polled (or was
+        never seen), those polled last under another shard or marked to be (``Follow.shard``
+        None), those called alone or on a shard with no beacon, and ``SWEEP_SLICE`` more in
+        turn; one GET per shard, pipelined. Returns them, the beacons read (recorded once
+        the poll succeeded) and each follow's shard."""
         connection = self.connection
         if self._busy:
             # The last poll found entries: the beacons have surely moved, and asking them
@@ -577,7 +577,8 @@ class Followers:
         if len(polled) < len(follows):
             chosen = {id(f) for f in polled}
             start = self._sweep_next % len(follows)
-            for follow in (follows[start:] + follows[:start])[:SWEEP_SLICE]:
+            for j in range(min(SWEEP_SLICE, len(follows))):
+                follow = follows[(start + j) % len(follows)]
                 if id(follow) not in chosen:
                     polled.append(follow)
             self._sweep_next = start + SWEEP_SLICE
