@@ -84,6 +84,8 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert own == plane.followers.entries_own
         assert 0 <= own <= value(found, "logplexd_redis_stream_entries_read_total")
         assert value(found, "logplexd_redis_stream_entries_malformed_total") == 0
+        # Its one drain: this node took the lease once and delivers.
+        assert value(found, "logplexd_redis_drain_takeovers_total") == 1
         # Every message's text is in the frames written (plus its octet count and header).
         assert value(found, "logplexd_redis_stream_bytes_written_total") > sum(map(len, texts))
         trips1 = trips(found)

@@ -461,6 +461,9 @@ class Daemon:
                 buffer_messages=plane.buffer.messages,
                 buffer_dropped=plane.buffer.dropped,
                 reachable=plane.failure is None,
+                drain_takeovers=self.cluster_drains.takeovers
+                if self.cluster_drains is not None
+                else 0,
             )
         return MetricsSnapshot(
             syslog=self.syslog.stats,

@@ -98,6 +98,8 @@ class RedisFigures:
     buffer_messages: int
     buffer_dropped: int
     reachable: bool
+    # Drains this node began to deliver after taking their lease (ClusterDrains).
+    drain_takeovers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,6 +644,9 @@ _PLANE_COUNTERS = (
      "without reading them back from Redis."),
     ("redis_stream_entries_malformed", "malformed_entries",
      "Stream entries no logplexd wrote, skipped by the data plane."),
+    ("redis_drain_takeovers", "drain_takeovers",
+     "Drains this node took the lease of and began to deliver (at start-up, when one was "
+     "added, or from a node that died)."),
     ("redis_pushback_holds", "pushback_holds",
      "Times this node held a channel's inputs because it was behind on it (unwritten plus "
      "not yet read back past half of channel_buffer_messages)."),
