@@ -10,7 +10,7 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["batch", "framer", "ring", "router", "encode", "wire"]
+MODULES = ["batch", "framer", "ring", "router", "encode", "wire", "resp"]
 
 CFLAGS = ["-O3"]
 if os.environ.get("LOGPLEXD_NATIVE_CFLAGS"):

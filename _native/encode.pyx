@@ -6,99 +6,19 @@ RFC 5424 are skipped, as the original's drain and session parsers skipped them.
 
 import time as _time
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
-from libc.string cimport memcmp, memcpy
+from cpython.bytes cimport PyBytes_AS_STRING
+from libc.string cimport memcmp
 
 from logplexd._native.batch cimport Batch
+from logplexd._native.out cimport (
+    Out, out_finish, out_free, out_init, out_ndigits, out_need, out_put, out_put_uint,
+)
 from logplexd._native.records cimport (
     F_APPNAME, F_MSG, F_PROCID, F_TIMESTAMP, REC_VALID, MsgRec,
 )
 
 DEF LF = 10
 DEF CR = 13
-
-
-cdef extern from "Python.h":
-    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize) except -1
-
-
-cdef struct Out:
-    # The output is written straight into a bytes object, resized on demand and to its
-    # length at the end: no buffer of our own to copy from (a payload was written twice).
-    PyObject* obj
-    char* buf
-    Py_ssize_t n
-    Py_ssize_t cap
-
-
-cdef int _out_init(Out* o, Py_ssize_t cap) except -1:
-    cdef object fresh
-    if cap < 64:
-        cap = 64
-    fresh = PyBytes_FromStringAndSize(NULL, cap)
-    Py_INCREF(fresh)
-    o.obj = <PyObject*>fresh
-    o.buf = PyBytes_AS_STRING(fresh)
-    o.n = 0
-    o.cap = cap
-    return 0
-
-
-cdef int _out_need(Out* o, Py_ssize_t more) except -1:
-    cdef Py_ssize_t want
-    if o.n + more <= o.cap:
-        return 0
-    want = max(o.cap * 2, o.n + more)
-    _PyBytes_Resize(&o.obj, want)  # on failure o.obj is NULL and freed
-    o.buf = PyBytes_AS_STRING(<object>o.obj)
-    o.cap = want
-    return 0
-
-
-cdef void _out_free(Out* o) noexcept:
-    Py_XDECREF(o.obj)
-    o.obj = NULL
-
-
-cdef inline void _put(Out* o, const void* src, Py_ssize_t n) noexcept:
-    memcpy(o.buf + o.n, src, n)
-    o.n += n
-
-
-cdef inline void _put_uint(Out* o, Py_ssize_t v) noexcept:
-    cdef char tmp[24]
-    cdef int k = 0
-    if v == 0:
-        o.buf[o.n] = b'0'
-        o.n += 1
-        return
-    while v > 0:
-        tmp[k] = <char>(48 + v % 10)
-        v //= 10
-        k += 1
-    while k > 0:
-        k -= 1
-        o.buf[o.n] = tmp[k]
-        o.n += 1
-
-
-cdef inline Py_ssize_t _ndigits(Py_ssize_t v) noexcept:
-    cdef Py_ssize_t d = 1
-    while v >= 10:
-        v //= 10
-        d += 1
-    return d
-
-
-cdef object _finish(Out* o):
-    cdef object result
-    if o.n != o.cap:
-        _PyBytes_Resize(&o.obj, o.n)
-    result = <object>o.obj
-    Py_DECREF(result)  # the reference _out_init took is now the caller's
-    o.obj = NULL
-    return result
 
 
 cdef inline Py_ssize_t _field(const MsgRec* r, int f) noexcept:
@@ -130,30 +50,30 @@ cdef Py_ssize_t _drain_frames(Batch batch, const char* host, Py_ssize_t host_len
         else:
             lf = add_lf_always
         # "<" PRI ">1 " TS " " HOST " " APP " " PROCID (" - - " | " - ") MSG [LF]
-        body = (1 + _ndigits(r.pri) + 3 + r.fl[F_TIMESTAMP] + 1 + host_len + 1
+        body = (1 + out_ndigits(r.pri) + 3 + r.fl[F_TIMESTAMP] + 1 + host_len + 1
                 + r.fl[F_APPNAME] + 1 + r.fl[F_PROCID] + (5 if syslog_style else 3)
                 + msg_len + (1 if lf else 0))
-        if count[0] > 0 and o.n + _ndigits(body) + 1 + body > max_bytes:
+        if count[0] > 0 and o.n + out_ndigits(body) + 1 + body > max_bytes:
             break
-        _out_need(o, _ndigits(body) + 1 + body)
-        _put_uint(o, body)
-        _put(o, b" <", 2)
-        _put_uint(o, r.pri)
-        _put(o, b">1 ", 3)
-        _put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
-        _put(o, b" ", 1)
-        _put(o, host, host_len)
-        _put(o, b" ", 1)
-        _put(o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
-        _put(o, b" ", 1)
-        _put(o, p + r.fs[F_PROCID], r.fl[F_PROCID])
+        out_need(o, out_ndigits(body) + 1 + body)
+        out_put_uint(o, body)
+        out_put(o, b" <", 2)
+        out_put_uint(o, r.pri)
+        out_put(o, b">1 ", 3)
+        out_put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
+        out_put(o, b" ", 1)
+        out_put(o, host, host_len)
+        out_put(o, b" ", 1)
+        out_put(o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
+        out_put(o, b" ", 1)
+        out_put(o, p + r.fs[F_PROCID], r.fl[F_PROCID])
         if syslog_style:
-            _put(o, b" - - ", 5)
+            out_put(o, b" - - ", 5)
         else:
-            _put(o, b" - ", 3)
-        _put(o, p + r.fs[F_MSG], msg_len)
+            out_put(o, b" - ", 3)
+        out_put(o, p + r.fs[F_MSG], msg_len)
         if lf:
-            _put(o, b"\n", 1)
+            out_put(o, b"\n", 1)
         count[0] += 1
         i += 1
     return i
@@ -167,40 +87,40 @@ def syslog_frames(Batch batch not None, bytes drain_token not None, Py_ssize_t s
     """
     cdef Out o
     cdef Py_ssize_t count = 0, nxt
-    _out_init(&o, min(batch.nbytes + batch.n * 64, max_bytes + 16384))
+    out_init(&o, min(batch.nbytes + batch.n * 64, max_bytes + 16384))
     try:
         nxt = _drain_frames(batch, PyBytes_AS_STRING(drain_token), len(drain_token), True,
                             False, start, max_bytes, &count, &o)
     except BaseException:
-        _out_free(&o)
+        out_free(&o)
         raise
-    return _finish(&o), count, nxt
+    return out_finish(&o), count, nxt
 
 
 def http_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t max_bytes=102400):
     """HTTP drain frames (no SD, no LF added): (bytes, count, next_index)."""
     cdef Out o
     cdef Py_ssize_t count = 0, nxt
-    _out_init(&o, min(batch.nbytes + batch.n * 64, max_bytes + 16384))
+    out_init(&o, min(batch.nbytes + batch.n * 64, max_bytes + 16384))
     try:
         nxt = _drain_frames(batch, b"host", 4, False, False, start, max_bytes, &count, &o)
     except BaseException:
-        _out_free(&o)
+        out_free(&o)
         raise
-    return _finish(&o), count, nxt
+    return out_finish(&o), count, nxt
 
 
 def channel_log_frames(Batch batch not None):
     """``GET /v3/channels/:ch/logs`` frames (HTTP drain format plus a counted LF)."""
     cdef Out o
     cdef Py_ssize_t count = 0
-    _out_init(&o, batch.nbytes + batch.n * 64)
+    out_init(&o, batch.nbytes + batch.n * 64)
     try:
         _drain_frames(batch, b"host", 4, False, True, 0, <Py_ssize_t>1 << 62, &count, &o)
     except BaseException:
-        _out_free(&o)
+        out_free(&o)
         raise
-    return _finish(&o), count
+    return out_finish(&o), count
 
 
 cdef inline bint _ps_matches(const char* procid, Py_ssize_t n, const char* ps,
@@ -243,13 +163,13 @@ cdef void _put_event_data(Out* o, const char* p, Py_ssize_t n) noexcept:
     cdef Py_ssize_t i = 0, start = 0
     while i < n:
         if p[i] == CR or p[i] == LF:
-            _put(o, p + start, i - start)
-            _put(o, b"\ndata: ", 7)
+            out_put(o, p + start, i - start)
+            out_put(o, b"\ndata: ", 7)
             if p[i] == CR and i + 1 < n and p[i + 1] == LF:
                 i += 1
             start = i + 1
         i += 1
-    _put(o, p + start, n - start)
+    out_put(o, p + start, n - start)
 
 
 def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1,
@@ -282,7 +202,7 @@ def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1
             if _session_match(r, <const char*>batch.buf + r.off, ps_p, ps_len, src_p, src_len):
                 skip += 1
         skip = skip - last if skip > last else 0
-    _out_init(&o, batch.nbytes + batch.n * 8)
+    out_init(&o, batch.nbytes + batch.n * 8)
     try:
         for i in range(batch.n):
             r = &batch.recs[i]
@@ -304,20 +224,20 @@ def session_lines(Batch batch not None, ps=None, source=None, Py_ssize_t last=-1
                 msg_len -= 1
                 if msg_len and msg[msg_len - 1] == CR:
                     msg_len -= 1
-            _out_need(&o, r.fl[F_TIMESTAMP] + r.fl[F_APPNAME] + r.fl[F_PROCID] + msg_len + 6)
-            _put(&o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
-            _put(&o, b" ", 1)
-            _put(&o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
-            _put(&o, b"[", 1)
-            _put(&o, p + r.fs[F_PROCID], r.fl[F_PROCID])
-            _put(&o, b"]: ", 3)
-            _put(&o, msg, msg_len)
-            _put(&o, b"\n", 1)
+            out_need(&o, r.fl[F_TIMESTAMP] + r.fl[F_APPNAME] + r.fl[F_PROCID] + msg_len + 6)
+            out_put(&o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
+            out_put(&o, b" ", 1)
+            out_put(&o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
+            out_put(&o, b"[", 1)
+            out_put(&o, p + r.fs[F_PROCID], r.fl[F_PROCID])
+            out_put(&o, b"]: ", 3)
+            out_put(&o, msg, msg_len)
+            out_put(&o, b"\n", 1)
             count += 1
     except BaseException:
-        _out_free(&o)
+        out_free(&o)
         raise
-    return _finish(&o), count
+    return out_finish(&o), count
 
 
 cdef int _session_event(Out* o, const char* p, const MsgRec* r, const char* msg,
@@ -328,17 +248,17 @@ cdef int _session_event(Out* o, const char* p, const MsgRec* r, const char* msg,
     cdef const char* procid = p + r.fs[F_PROCID]
     cdef Py_ssize_t breaks = (_breaks(ts, r.fl[F_TIMESTAMP]) + _breaks(app, r.fl[F_APPNAME])
                               + _breaks(procid, r.fl[F_PROCID]) + _breaks(msg, msg_len))
-    _out_need(o, r.fl[F_TIMESTAMP] + r.fl[F_APPNAME] + r.fl[F_PROCID] + msg_len
+    out_need(o, r.fl[F_TIMESTAMP] + r.fl[F_APPNAME] + r.fl[F_PROCID] + msg_len
               + 6 * breaks + 13)
-    _put(o, b"data: ", 6)
+    out_put(o, b"data: ", 6)
     _put_event_data(o, ts, r.fl[F_TIMESTAMP])
-    _put(o, b" ", 1)
+    out_put(o, b" ", 1)
     _put_event_data(o, app, r.fl[F_APPNAME])
-    _put(o, b"[", 1)
+    out_put(o, b"[", 1)
     _put_event_data(o, procid, r.fl[F_PROCID])
-    _put(o, b"]: ", 3)
+    out_put(o, b"]: ", 3)
     _put_event_data(o, msg, msg_len)
-    _put(o, b"\n\n", 2)
+    out_put(o, b"\n\n", 2)
     return 0
 
 

@@ -20,6 +20,14 @@ try:
         syslog_frames,
     )
     from ._native.framer import OctetFramer, parse_body, parse_frames
+    from ._native.resp import (
+        NEED_DATA,
+        RespError,
+        RespProtocolError,
+        RespReader,
+        pack_command,
+        pack_commands,
+    )
     from ._native.ring import ChannelRing
     from ._native.router import Firehose, TokenTable, dispatch, dispatch_to, dispatch_until_held
     from ._native.wire import octet_frames
@@ -30,11 +38,15 @@ except ImportError as exc:  # pragma: no cover - exercised by the CLI test with 
     ) from exc
 
 __all__ = [
+    "NEED_DATA",
     "Batch",
     "ChannelRing",
     "Firehose",
     "NativeUnavailable",
     "OctetFramer",
+    "RespError",
+    "RespProtocolError",
+    "RespReader",
     "TokenTable",
     "channel_log_frames",
     "dispatch",
@@ -46,6 +58,8 @@ __all__ = [
     "l10_syslog",
     "l11_line",
     "octet_frames",
+    "pack_command",
+    "pack_commands",
     "parse_body",
     "parse_frames",
     "session_lines",

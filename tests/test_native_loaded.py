@@ -8,7 +8,7 @@ import importlib.machinery
 
 import pytest
 
-MODULES = ["batch", "framer", "ring", "router", "encode"]
+MODULES = ["batch", "framer", "ring", "router", "encode", "wire", "resp"]
 
 
 @pytest.mark.parametrize("name", MODULES)

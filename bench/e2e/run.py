@@ -41,6 +41,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import re
 import secrets
 import select
 import shlex
@@ -90,6 +91,10 @@ ROUTERS = [
     "direct", "logplexd", "logplexd-nospill", "logplexd-redis", "logplexd-redis-base", "rsyslog",
     "syslog-ng",
 ]  # fmt: skip
+
+
+# ``--metrics``: the /metrics samples shown after each run (a regular expression), or None.
+METRICS_SHOWN: str | None = None
 
 
 class HarnessError(RuntimeError):
@@ -292,6 +297,10 @@ class Router:
         """The router's own non-zero loss counters (for a run that lost messages)."""
         return []
 
+    def metrics_matching(self, pattern: str) -> list[str]:
+        """The router's ``/metrics`` samples whose line matches ``pattern`` (``--metrics``)."""
+        return []
+
     def fake_tokens(self) -> list[str]:
         return [f"t.{uuid.UUID(int=i + 1)}" for i in range(self.wl.channels)]
 
@@ -393,17 +402,30 @@ class Logplexd(Router):
         finally:
             conn.close()
 
-    def loss_counters(self) -> list[str]:
-        """Non-zero ``/metrics`` series summed over their labels whose name says lost,
-        dropped, trimmed, evicted or held."""
+    def _metrics(self) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=10)
         try:
             conn.request("GET", "/metrics", headers={"Authorization": f"Basic {self.key}"})
-            text = conn.getresponse().read().decode(errors="replace")
-        except (OSError, http.client.HTTPException) as exc:
-            return [f"/metrics: {exc}"]
+            return conn.getresponse().read().decode(errors="replace")
         finally:
             conn.close()
+
+    def metrics_matching(self, pattern: str) -> list[str]:
+        try:
+            text = self._metrics()
+        except (OSError, http.client.HTTPException) as exc:
+            return [f"/metrics: {exc}"]
+        found = re.compile(pattern)
+        lines = text.splitlines()
+        return [line for line in lines if not line.startswith("#") and found.search(line)]
+
+    def loss_counters(self) -> list[str]:
+        """Non-zero ``/metrics`` series summed over their labels whose name says lost,
+        dropped, trimmed, evicted or held."""
+        try:
+            text = self._metrics()
+        except (OSError, http.client.HTTPException) as exc:
+            return [f"/metrics: {exc}"]
         totals: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("#") or not line.strip():
@@ -672,6 +694,9 @@ def run_once(
             except subprocess.TimeoutExpired:
                 raise HarnessError("sink did not report") from None
             sk = json.loads(out.decode().strip().splitlines()[-1])
+            if METRICS_SHOWN is not None:
+                for line in router.metrics_matching(METRICS_SHOWN):
+                    log(f"  {router.name} /metrics: {line}")
             if sk["lost"] or sk["l10_dropped"]:
                 # A failed run: say where the router counted the loss, while it still runs.
                 for line in router.loss_counters():
@@ -881,6 +906,12 @@ def main(argv: list[str] | None = None) -> int:
         help="checkout (built in place) that router logplexd-base runs, e.g. "
         "`git worktree add /tmp/base REV && (cd /tmp/base && python setup.py build_ext --inplace)`",
     )
+    ap.add_argument(
+        "--metrics",
+        metavar="REGEX",
+        help="after each run print the router's /metrics samples matching REGEX "
+        "(e.g. 'round_trips|entries_own')",
+    )
     args = ap.parse_args(argv)  # fmt: skip
 
     messages = args.messages or (50_000 if args.quick else 1_000_000)
@@ -898,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:
             ap.error(f"unknown workload {exc}")
     Logplexd.extra_args = list(args.logplexd_arg)
+    global METRICS_SHOWN
+    METRICS_SHOWN = args.metrics
     if "logplexd-base" in routers or "logplexd-redis-base" in routers:
         if args.base_tree is None:
             ap.error("routers logplexd-base and logplexd-redis-base need --base-tree")

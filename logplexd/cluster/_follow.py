@@ -146,7 +146,9 @@ class Follow:
         # per message the ring holds when every entry is a single message.
         self.heads = array("q")
         self.seqs = array("q")
-        self.advanced = trio.Event()
+        # Set when the follow reads further, made only while a reader waits for that
+        # (``wait_reached``): 1,000 busy channels append 1,000 times a flush.
+        self.advanced: trio.Event | None = None
         # When this node last wrote entries here (``Followers.own_written``), when the
         # follower last read another node's entry, and the sequence through which this
         # node wrote the stream.
@@ -168,6 +170,14 @@ class Follow:
             and now - self.foreign_at >= SOLO_WINDOW
             and self.last_seq >= self.written_through
         )
+
+    def gap(self) -> bool:
+        """Whether the stream holds entries of this node's writer that this follow can only
+        read from Redis: not appended yet, and not waiting in memory right after what it
+        has read (``Followers.own_written``)."""
+        if self.last_seq >= self.written_through:
+            return False
+        return not self.waiting or self.waiting[0][0] != self.last
 
     @property
     def ring(self) -> ChannelRing:
@@ -234,6 +244,8 @@ class Follow:
     async def wait_reached(self, seq: int, timeout: float = CATCH_UP_WAIT) -> None:  # noqa: ASYNC109
         with trio.move_on_after(timeout):
             while self.last_seq < seq:
+                if self.advanced is None:
+                    self.advanced = trio.Event()
                 await self.advanced.wait()
 
 
@@ -634,17 +646,16 @@ class Followers:
             block = min(wait, max(1, int((self._next_poll - now) * 1000)))
             if not follows:
                 # Nothing to block on: until the next poll, or a read wanted at once.
+                # Woken, the lane waits for a held channel's release, or reads at once
+                # what only the stream has (such a follow is not solo: the read that
+                # blocks on it returns at once); neither is a poll of the solo ones.
                 self._read_wanted = trio.Event()
                 with trio.move_on_at(self._next_poll):
                     await self._read_wanted.wait()
-                    self._next_poll = trio.current_time()
                 return
         streams = {f.key: format_id(f.last) for f in follows}
         with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
-            found = await connection.client.xread(
-                streams, count=read_count(len(streams)), block=block
-            )
-        connection.count_trip("follow")
+            found = await connection.read_streams(streams, read_count(len(streams)), block)
         connection.link.ok("lane:" + lane)
         if not found:
             return
@@ -672,7 +683,16 @@ class Followers:
         follow.own_at = trio.current_time()
         if prev is not None and follow.resolved:
             waiting = follow.waiting
-            if not waiting or waiting[-1][1][-1][0] == prev:
+            if not waiting and prev == follow.last and not self._paused(follow):
+                # Right after what the follow has read, its channel not held: appended now,
+                # without going through ``waiting`` (with 1,000 busy channels, every flush).
+                self._append_own(follow, written)
+                if follow.last < written[-1][0]:
+                    # Held part way: the rest waits for the release.
+                    rest = [_without_frames(item) for item in written if item[0] > follow.last]
+                    waiting.append((follow.last, rest))
+                    self.waiting_bytes += _size(rest)
+            elif not waiting or waiting[-1][1][-1][0] == prev:
                 size = _size(written)
                 if self.waiting_bytes + size <= OWN_WAITING_BYTES:
                     waiting.append((prev, [_without_frames(item) for item in written]))
@@ -683,7 +703,9 @@ class Followers:
                 self._drop_waiting(follow)  # not consecutive: read back from the stream
             self._take_waiting(follow)
         if follow.last_seq < follow.written_through:
-            self._read_wanted.set()  # the lane reads it (from ``waiting`` or the stream)
+            # The lane takes it: from the stream at once (``gap``), or from ``waiting`` once
+            # the channel is released, without a read.
+            self._read_wanted.set()
 
     def _take_waiting(self, follow: Follow) -> None:
         """Append what of ``follow.waiting`` comes right after what it has read, until its
@@ -697,15 +719,18 @@ class Followers:
             if prev != follow.last or self._paused(follow):
                 return
             self._forget_waiting(waiting.pop(0)[1])
-            read = self.entries_read
-            self._append(follow, written, _own_body)
-            self.entries_own += self.entries_read - read
+            self._append_own(follow, written)
             if follow.last < written[-1][0]:
                 # Held again part way: the rest waits for the next release.
                 rest = [item for item in written if item[0] > follow.last]
                 waiting.insert(0, (follow.last, rest))
                 self.waiting_bytes += _size(rest)
                 return
+
+    def _append_own(self, follow: Follow, written: list[tuple[StreamId, Outgoing]]) -> None:
+        read = self.entries_read
+        self._append(follow, written, _own_body)
+        self.entries_own += self.entries_read - read
 
     def _forget_waiting(self, written: list[tuple[StreamId, Outgoing]]) -> None:
         self.waiting_bytes -= _size(written)
@@ -774,8 +799,9 @@ class Followers:
             self.on_loss(follow.name, lost_total, since)
         if self.on_applied is not None:
             self.on_applied(follow)
-        event, follow.advanced = follow.advanced, trio.Event()
-        event.set()
+        event, follow.advanced = follow.advanced, None
+        if event is not None:
+            event.set()
 
 
 def _moved(follow: Follow, top: Any) -> bool:

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..native import RespError
 from ..store import open_redis, parse_redis_url
-from ._stream import CLUSTER_SLOTS, SCRIPTS, Keys, Script, ScriptCall, slot_of
+from ._direct import Address, DirectLinks, RespUnreachable, parse_address
+from ._stream import CLUSTER_SLOTS, SCRIPTS, Keys, Script, ScriptCall, StreamEntry, slot_of
 
 if TYPE_CHECKING:
     from ..store import RedisClient
@@ -53,6 +55,10 @@ CLOSE_GRACE = 1.0
 # rest (a stream's top when a follow starts, deletes, lease releases, script loads).
 TRIP_KINDS = ("write", "follow", "history", "lease", "checkpoint", "probe", "other")
 
+# Error replies that mean "not on this server" (a slot that moved, or is moving): the call
+# goes again through the client, which follows the redirection and learns the new slot map.
+REDIRECTIONS = frozenset({"MOVED", "ASK", "TRYAGAIN"})
+
 
 def _owner(layout: Any, slot: int) -> str | None:
     """The name of the node serving ``slot`` in a cluster client's slot map (None: none)."""
@@ -65,7 +71,18 @@ def _owner(layout: Any, slot: int) -> str | None:
 def redis_errors() -> tuple[type[BaseException], ...]:
     import coredis.exceptions
 
-    return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+    return (coredis.exceptions.RedisError, RespError, OSError, trio.TooSlowError)
+
+
+def _no_script(result: Any) -> bool:
+    """Whether a script call's result says the server does not know the script."""
+    if isinstance(result, RespError):
+        return result.kind == "NOSCRIPT"
+    if not isinstance(result, BaseException):
+        return False
+    import coredis.exceptions
+
+    return isinstance(result, coredis.exceptions.NoScriptError)
 
 
 def describe(exc: BaseException) -> str:
@@ -85,22 +102,21 @@ class Link:
     def __init__(self, where: str) -> None:
         self.where = where
         self._failures: dict[str, str] = {"start": self.START}
+        # The first failure still standing (None: Redis answers), kept up to date by ``ok``
+        # and ``lost``: routing asks for it with every batch.
+        self.failure: str | None = self.START
         self.changes = 0
         # Set while the probe reaches Redis: tasks backing off retry at once when it does.
         self.reached = trio.Event()
-
-    @property
-    def failure(self) -> str | None:
-        for reason in self._failures.values():
-            return reason
-        return None
 
     def ok(self, source: str) -> None:
         if source == "probe":
             self._failures.pop("start", None)
             if not self.reached.is_set():
                 self.reached.set()
-        if self._failures.pop(source, None) is not None and not self._failures:
+        was = self._failures.pop(source, None)
+        self.failure = next(iter(self._failures.values()), None)
+        if was is not None and self.failure is None:
             log.info("data plane: Redis %s reached; history and drains follow it", self.where)
             self.changes += 1
 
@@ -110,6 +126,7 @@ class Link:
             self.reached = trio.Event()
         healthy = not self._failures or list(self._failures) == ["start"]
         self._failures[source] = reason
+        self.failure = next(iter(self._failures.values()))
         if healthy:
             log.error(
                 "data plane: %s; buffering ingested messages, history from local rings", reason
@@ -144,6 +161,8 @@ class Connection:
         self.keys = keys
         self.link = Link(self.target.describe())
         self._client: RedisClient | None = None
+        # The plane's own connections for its frequent calls (``_direct``), while connected.
+        self._direct: DirectLinks | None = None
         # Round trips to Redis by what they were for (``TRIP_KINDS``): one request and its
         # reply, or one pipeline, per Redis server it went to. Metrics, tests and the
         # benchmark's round trips per 1,000 messages read them.
@@ -191,12 +210,8 @@ class Connection:
         loaded (``SCRIPT LOAD`` goes to every server) and just those calls are sent again,
         in their order. Any other error reply is raised (after the pipeline ran whole).
         """
-        import coredis.exceptions
-
         results = await self._evalsha(calls, kind, channels)
-        missing = [
-            i for i, r in enumerate(results) if isinstance(r, coredis.exceptions.NoScriptError)
-        ]
+        missing = [i for i, r in enumerate(results) if _no_script(r)]
         if missing:
             for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
                 await self.client.script_load(script.text)
@@ -317,7 +332,97 @@ class Connection:
     def accepted(self, channel: str) -> None:
         self._alone.discard(channel)
 
+    def address_of(self, key: str, layout: Any = None) -> Address | None:
+        """The server holding ``key``: the one Redis, or the cluster node the client's slot
+        map names for its slot (None: not known now)."""
+        if not self.cluster:
+            return self.target.nodes[0]
+        layout = layout if layout is not None else self._layout()
+        if layout is None:
+            return None
+        name = _owner(layout, slot_of(key))
+        return None if name is None else parse_address(name)
+
     async def _evalsha(
+        self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
+    ) -> list[Any]:
+        """Script calls over the plane's own connections (``_direct``), one pipeline per
+        server, the servers at once; through the client those whose server is not known,
+        is not reached (nothing was sent), or redirected them."""
+        direct = self._direct
+        if direct is None:
+            return await self._evalsha_client(calls, kind, channels)
+        layout = self._layout() if self.cluster else None
+        by_address: dict[Address, list[int]] = {}
+        via_client: list[int] = []
+        for i, (_, keys, _) in enumerate(calls):
+            address = self.address_of(keys[0], layout)
+            if address is None:
+                via_client.append(i)
+            else:
+                by_address.setdefault(address, []).append(i)
+        results: list[Any] = [None] * len(calls)
+        failures: list[Exception] = []
+
+        async def send(address: Address, indices: list[int]) -> None:
+            commands = [
+                ["EVALSHA", calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2]]
+                for i in indices
+            ]
+            try:
+                replies = await direct.link(address, kind).call(commands)
+            except RespUnreachable:
+                if not self.cluster:
+                    raise
+                # A node that failed over: the client finds the new one (and its map).
+                via_client.extend(indices)
+                return
+            except Exception as exc:  # one error for the caller, not a group
+                failures.append(exc)
+                return
+            self.count_trip(kind)
+            for i, reply in zip(indices, replies, strict=True):
+                results[i] = reply
+
+        if len(by_address) == 1:
+            await send(*next(iter(by_address.items())))
+        elif by_address:
+            async with trio.open_nursery() as nursery:
+                for address, indices in by_address.items():
+                    nursery.start_soon(send, address, indices)
+        if failures:
+            raise failures[0]
+        via_client.extend(
+            i for i, r in enumerate(results) if isinstance(r, RespError) and r.kind in REDIRECTIONS
+        )
+        if via_client:
+            via_client.sort()
+            again = await self._evalsha_client(
+                [calls[i] for i in via_client], kind, [channels[i] for i in via_client]
+            )
+            for i, result in zip(via_client, again, strict=True):
+                results[i] = result
+        return results
+
+    async def read_streams(
+        self, streams: dict[str, str], count: int, block: int | None
+    ) -> dict[bytes, list[StreamEntry]]:
+        """One Redis: ``XREAD`` of ``streams`` (key: id read up to), blocking ``block`` ms
+        (None: not), over the plane's own connection for it; each stream's new entries."""
+        direct = self._direct
+        args: list[Any] = ["XREAD", "COUNT", count]
+        if block is not None:
+            args += ["BLOCK", block]
+        args += ["STREAMS", *streams, *streams.values()]
+        if direct is None or self.cluster:
+            raise trio.TooSlowError()  # not connected (a cluster polls instead)
+        (reply,) = await direct.link(self.target.nodes[0], "read").call([args])
+        self.count_trip("follow")
+        if isinstance(reply, RespError):
+            raise reply
+        return _stream_entries(reply)
+
+    async def _evalsha_client(
         self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
     ) -> list[Any]:
         import coredis.exceptions
@@ -355,9 +460,11 @@ class Connection:
         try:
             async with client:
                 self._client = client
+                self._direct = self._new_direct()
                 yield
         finally:
             self._client = None
+            self._close_direct()
 
     async def last_words(self, hooks: Sequence[Callable[[], Awaitable[None]]]) -> None:
         """Run ``hooks`` (last checkpoints, leases handed back), shielded and bounded by
@@ -368,12 +475,22 @@ class Connection:
             try:
                 async with last:
                     self._client = last
+                    self._direct = self._new_direct()
                     for hook in hooks:
                         await hook()
             except Exception as exc:
                 log.debug("data plane: last words not sent: %s", describe(exc))
             finally:
                 self._client = None
+                self._close_direct()
+
+    def _new_direct(self) -> DirectLinks:
+        return DirectLinks(self.target, f"logplexd-data:{self.node_id}")
+
+    def _close_direct(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
 
     # -- the tasks' helpers ---------------------------------------------------------------------
     async def probe(self) -> None:
@@ -409,3 +526,16 @@ class Connection:
             return
         with trio.move_on_after(delay):
             await self.link.reached.wait()
+
+
+def _stream_entries(reply: Any) -> dict[bytes, list[StreamEntry]]:
+    """An ``XREAD`` reply (RESP2: per stream ``[key, [[id, [field, value, ...]], ...]]``; a
+    null array when nothing came) by stream key."""
+    found: dict[bytes, list[StreamEntry]] = {}
+    for key, entries in reply or ():
+        found[key] = [
+            StreamEntry(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+    return found

@@ -346,6 +346,13 @@ class Outgoing(NamedTuple):
         return self.size if self.size >= 0 else len(self.frames)
 
 
+class StreamEntry(NamedTuple):
+    """A stream entry as read: its id and its fields (what coredis's reads give too)."""
+
+    identifier: bytes
+    field_values: dict[bytes, bytes]
+
+
 @dataclass(slots=True)
 class EntryBody:
     """One stream entry, decoded: ``n`` messages in ``batch`` (fewer if some frames were

@@ -147,7 +147,8 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                if send(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
+                # (A server with ``requirepass`` answers NOAUTH: it is serving too.)
+                if send(self.port, "PING", timeout=0.5).startswith((b"+PONG", b"-NOAUTH")):
                     return
             except OSError:
                 pass

@@ -414,3 +414,75 @@ def reference_l11_line(n: int, since: float, now: float) -> bytes:
         b"This tail session dropped %d messages since %s.\n"
         % (reference_format_time(now), n, reference_format_time(since))
     )
+
+
+# -- RESP (_native/resp.pyx) -----------------------------------------------------------------
+# The oracle parses a whole input at once and recursively; errors are ("error", message)
+# tuples so that comparisons need no exception class.
+
+
+class ReferenceRespError(ValueError):
+    """Input that is not RESP2."""
+
+
+def reference_resp_replies(data: bytes) -> list[object]:
+    """Every complete reply in ``data`` (a trailing incomplete one is left out)."""
+    out: list[object] = []
+    pos = 0
+    while True:
+        parsed = _resp_value(data, pos)
+        if parsed is None:
+            return out
+        value, pos = parsed
+        out.append(value)
+
+
+def _resp_value(data: bytes, pos: int) -> tuple[object, int] | None:
+    end = data.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind, text = data[pos : pos + 1], data[pos + 1 : end]
+    after = end + 2
+    if kind == b"+":
+        return text, after
+    if kind == b"-":
+        return ("error", text.decode("utf-8", "replace")), after
+    if kind == b":":
+        return _resp_int(text), after
+    if kind == b"$":
+        size = _resp_int(text)
+        if size == -1:
+            return None, after
+        if size < -1:
+            raise ReferenceRespError("negative length")
+        if len(data) < after + size + 2:
+            return None
+        if data[after + size : after + size + 2] != b"\r\n":
+            raise ReferenceRespError("bulk longer than said")
+        return data[after : after + size], after + size + 2
+    if kind == b"*":
+        size = _resp_int(text)
+        if size == -1:
+            return None, after
+        if size < -1:
+            raise ReferenceRespError("negative length")
+        items: list[object] = []
+        for _ in range(size):
+            parsed = _resp_value(data, after)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return items, after
+    raise ReferenceRespError(f"type byte {kind!r}")
+
+
+def _resp_int(text: bytes) -> int:
+    digits = text[1:] if text.startswith(b"-") else text
+    if not digits or not digits.isdigit():
+        raise ReferenceRespError(f"not an integer: {text!r}")
+    return int(text)
+
+
+def reference_resp_command(args: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)

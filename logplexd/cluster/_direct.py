@@ -1,0 +1,144 @@
+"""Connections of the data plane's own to each Redis server, for its frequent calls.
+
+Every flush's ``APPEND``, the followers' reads and their position reports went through the
+general client (coredis), which spends ~0.3 ms of Python per round trip (its reader and
+writer tasks, a scope per call): with one busy channel a quarter of a node's CPU. Here a
+``ServerLink`` is one TCP connection to one Redis server, used by one task at a time: a call
+packs its commands at once (``pack_commands``, ``_native/resp.pyx``), sends them in one
+write and reads their replies in the same task (``RespReader``). A call that fails or is
+cancelled part way closes the connection (replies may still be on their way); the next
+call opens a new one (``AUTH``, ``SELECT`` and ``CLIENT SETNAME`` first).
+
+``DirectLinks`` keeps one link per server and purpose (the writer's, the follower's
+blocking read, the position reports...): a blocking read never holds up a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ..native import NEED_DATA, RespError, RespReader, pack_commands
+from ..store import RedisTarget
+
+# Bytes asked of the socket per receive.
+RECEIVE_BYTES = 256 * 1024
+CONNECT_TIMEOUT = 2.0
+
+Address = tuple[str, int]
+
+
+class RespConnectionError(ConnectionError):
+    """The connection to Redis broke, or Redis closed it."""
+
+
+class RespUnreachable(RespConnectionError):
+    """No connection could be made: nothing of the call was sent."""
+
+
+class ServerLink:
+    def __init__(self, address: Address, target: RedisTarget, name: str) -> None:
+        self.address = address
+        self._target = target
+        self._name = name
+        self._stream: trio.SocketStream | None = None
+        self._reader = RespReader()
+        self._lock = trio.Lock()
+        self.opened = 0  # connections made (a test and the metrics of the link look)
+
+    async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, in order (an error
+        reply is a ``RespError`` in its place)."""
+        async with self._lock:
+            try:
+                if self._stream is None:
+                    await self._open()
+                return await self._exchange(pack_commands(commands), len(commands))
+            except BaseException:
+                self.close()
+                raise
+
+    async def _exchange(self, request: bytes, count: int) -> list[Any]:
+        stream = self._stream
+        assert stream is not None
+        reader = self._reader
+        try:
+            await stream.send_all(request)
+            replies: list[Any] = []
+            while len(replies) < count:
+                reply = reader.next_reply()
+                if reply is NEED_DATA:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        raise RespConnectionError(f"Redis {self._where()} closed the connection")
+                    reader.feed(data)
+                else:
+                    replies.append(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise RespConnectionError(
+                f"Redis {self._where()}: {exc or 'connection lost'}"
+            ) from None
+        return replies
+
+    async def _open(self) -> None:
+        host, port = self.address
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise RespUnreachable(f"Redis {self._where()}: {exc or 'no answer in time'}") from None
+        self._stream = stream
+        self._reader = RespReader()
+        self.opened += 1
+        target = self._target
+        hello: list[list[Any]] = []
+        if target.password is not None:
+            login = [target.username, target.password] if target.username else [target.password]
+            hello.append(["AUTH", *login])
+        if target.db:
+            hello.append(["SELECT", target.db])
+        hello.append(["CLIENT", "SETNAME", self._name])
+        for reply in await self._exchange(pack_commands(hello), len(hello)):
+            if isinstance(reply, RespError):
+                raise reply
+
+    def _where(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            # Not awaited: a socket close is immediate, and this runs in cancelled code too.
+            stream.socket.close()
+
+
+class DirectLinks:
+    """One ``ServerLink`` per (server, purpose), opened when first used, closed together."""
+
+    def __init__(self, target: RedisTarget, name: str) -> None:
+        self._target = target
+        self._name = name
+        self._links: dict[tuple[Address, str], ServerLink] = {}
+
+    def link(self, address: Address, purpose: str) -> ServerLink:
+        link = self._links.get((address, purpose))
+        if link is None:
+            link = self._links[address, purpose] = ServerLink(address, self._target, self._name)
+        return link
+
+    @property
+    def opened(self) -> int:
+        return sum(link.opened for link in self._links.values())
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+
+def parse_address(name: str) -> Address:
+    """``host:port`` (a cluster node's name) as an address."""
+    host, _, port = name.rpartition(":")
+    return host.strip("[]"), int(port)
