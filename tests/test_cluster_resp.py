@@ -30,7 +30,7 @@ from logplexd.native import (
 )
 from logplexd.store import parse_redis_url
 
-from .helpers.redis import RedisServer, require_redis
+from .helpers.redis import RedisServer, eventually, require_redis
 from .helpers.reference import reference_resp_command, reference_resp_replies
 
 MAX_ARRAY_ITEMS = 1 << 24
@@ -270,7 +270,7 @@ async def test_a_cancelled_call_leaves_no_reply_behind_for_the_next(
     link.close()
 
 
-async def test_a_server_that_goes_away_is_an_error_and_the_next_call_reconnects(
+async def test_a_connection_the_server_closed_between_calls_is_opened_again(
     tmp_path: Path,
 ) -> None:
     require_redis()
@@ -280,16 +280,35 @@ async def test_a_server_that_goes_away_is_an_error_and_the_next_call_reconnects(
     try:
         with trio.fail_after(5):
             assert await link.call([["PING"]]) == [b"PONG"]
-        server.command("CLIENT", "KILL", "TYPE", "normal")
-        with trio.fail_after(5), pytest.raises(RespConnectionError):
-            await link.call([["PING"]])
+            server.command("CLIENT", "KILL", "TYPE", "normal")
+            # Not an error: the link sees the closed connection before it sends.
+            assert await link.call([["PING"]]) == [b"PONG"]
+        assert link.opened == 2
+        server.kill()
+        with trio.fail_after(5), pytest.raises(RespUnreachable):
+            await link.call([["PING"]])  # nothing listens: nothing was sent
+        server.start()  # restarted on its port: the next call reaches it
         with trio.fail_after(5):
             assert await link.call([["PING"]]) == [b"PONG"]
     finally:
         link.close()
         server.kill()
-    with trio.fail_after(5), pytest.raises(RespUnreachable):
-        await link.call([["PING"]])  # nothing listens: nothing was sent
+
+
+async def test_a_connection_closed_during_a_call_is_an_error(plain_redis: RedisServer) -> None:
+    link = _link(plain_redis)
+
+    async def kill_when_blocked() -> None:
+        await eventually(lambda: b"cmd=xread" in plain_redis.command("CLIENT", "LIST"), 5)
+        plain_redis.command("CLIENT", "KILL", "TYPE", "normal")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kill_when_blocked)
+        with trio.fail_after(5), pytest.raises(RespConnectionError):
+            await link.call([["XREAD", "BLOCK", 4000, "STREAMS", "s", "$"]])
+    with trio.fail_after(5):
+        assert await link.call([["PING"]]) == [b"PONG"]
+    link.close()
 
 
 async def test_links_are_one_per_server_and_purpose(plain_redis: RedisServer) -> None:

@@ -15,6 +15,7 @@ blocking read, the position reports...): a blocking read never holds up a write.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ class ServerLink:
         self._target = target
         self._name = name
         self._stream: trio.SocketStream | None = None
+        self._poll: select.poll | None = None
         self._reader = RespReader()
         self._lock = trio.Lock()
         self.opened = 0  # connections made (a test and the metrics of the link look)
@@ -53,6 +55,10 @@ class ServerLink:
         reply is a ``RespError`` in its place)."""
         async with self._lock:
             try:
+                if self._stream is not None and self._poll is not None and self._poll.poll(0):
+                    # Readable before a call asked anything: the server closed it (it
+                    # restarted, or timed an idle client out) or sent what nobody asked for.
+                    self.close()
                 if self._stream is None:
                     await self._open()
                 return await self._exchange(pack_commands(commands), len(commands))
@@ -90,6 +96,8 @@ class ServerLink:
         except (OSError, trio.TooSlowError) as exc:
             raise RespUnreachable(f"Redis {self._where()}: {exc or 'no answer in time'}") from None
         self._stream = stream
+        self._poll = select.poll()
+        self._poll.register(stream.socket.fileno(), select.POLLIN | select.POLLPRI)
         self._reader = RespReader()
         self.opened += 1
         target = self._target
@@ -109,6 +117,7 @@ class ServerLink:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
+        self._poll = None
         if stream is not None:
             # Not awaited: a socket close is immediate, and this runs in cancelled code too.
             stream.socket.close()
