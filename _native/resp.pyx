@@ -88,56 +88,83 @@ cdef inline void _put_header(Out* o, char kind, long long v) noexcept:
     o.n += 2
 
 
-cdef int _pack_arg(Out* o, object arg) except -1:
-    cdef const char* p
-    cdef Py_ssize_t n
+cdef const char* _arg_bytes(object arg, Py_ssize_t* n, char* digits) except NULL:
+    """The bytes of one argument (``digits``: room for an int's), and their number."""
     cdef long long v
     cdef const unsigned char[::1] view
-    cdef char digits[24]
     kind = type(arg)
     if kind is bytes:
-        p = PyBytes_AS_STRING(arg)
-        n = PyBytes_GET_SIZE(arg)
-    elif kind is str:
-        p = PyUnicode_AsUTF8AndSize(arg, &n)
-    elif kind is int or (isinstance(arg, int) and not isinstance(arg, bool)):
+        n[0] = PyBytes_GET_SIZE(arg)
+        return PyBytes_AS_STRING(arg)
+    if kind is str:
+        return PyUnicode_AsUTF8AndSize(arg, n)
+    if kind is int or (isinstance(arg, int) and not isinstance(arg, bool)):
         v = arg  # OverflowError past 64 bits
-        n = _format(v, digits)
-        p = digits
-    elif isinstance(arg, (bytes, bytearray, memoryview)):
+        n[0] = _format(v, digits)
+        return digits
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        # (A view's memory stays valid while ``arg`` lives: the caller holds it.)
         view = arg
-        n = view.shape[0]
-        p = <const char*>&view[0] if n else digits
-    elif isinstance(arg, str):
-        p = PyUnicode_AsUTF8AndSize(arg, &n)
-    else:
-        raise TypeError(f"a Redis argument cannot be {type(arg).__name__}")
-    out_need(o, n + 32)
-    _put_header(o, b'$', n)
-    out_put(o, p, n)
-    o.buf[o.n] = b'\r'
-    o.buf[o.n + 1] = b'\n'
-    o.n += 2
-    return 0
+        n[0] = view.shape[0]
+        return <const char*>&view[0] if n[0] else digits
+    if isinstance(arg, str):
+        return PyUnicode_AsUTF8AndSize(arg, n)
+    raise TypeError(f"a Redis argument cannot be {type(arg).__name__}")
 
 
-def pack_commands(commands):
-    """Several commands (each a sequence of arguments: bytes-like, str as UTF-8, int) as one
-    pipeline's bytes, every argument copied once. Anything else (a float: its spelling is the
-    caller's; a bool) raises ``TypeError``."""
+cdef inline bint _by_reference(object arg, Py_ssize_t n, Py_ssize_t large) noexcept:
+    return n >= large and type(arg) is not str and type(arg) is not int
+
+
+def pack_pipeline(commands, Py_ssize_t large=65536):
+    """Several commands (each a sequence of arguments: bytes-like, str as UTF-8, int) as
+    the pieces to send in order: the RESP around the arguments, and each bytes-like argument
+    of ``large`` bytes or more as itself (sent from where it is: a flush's frames are not
+    copied once more). The pieces are sized in one pass first, so nothing is reallocated.
+    Anything else (a float: its spelling is the caller's; a bool) raises ``TypeError``."""
     cdef Out o
-    out_init(&o, 4096)
+    cdef Py_ssize_t n, bound = 0
+    cdef const char* p
+    cdef char digits[24]
+    cdef list pieces = []
+    cdef list prepared = []
+    for args in commands:
+        items = args if type(args) is list else list(args)
+        prepared.append(items)
+        bound += 24
+        for arg in items:
+            _arg_bytes(arg, &n, digits)
+            bound += 24 if _by_reference(arg, n, large) else n + 24
+    out_init(&o, bound)
     try:
-        for args in commands:
-            items = args if type(args) is list else list(args)
+        for items in prepared:
             out_need(&o, 24)
-            _put_header(&o, b'*', len(items))
-            for arg in items:
-                _pack_arg(&o, arg)
+            _put_header(&o, b'*', len(<list>items))
+            for arg in <list>items:
+                p = _arg_bytes(arg, &n, digits)
+                out_need(&o, n + 32)
+                _put_header(&o, b'$', n)
+                if _by_reference(arg, n, large):
+                    bound -= o.n
+                    pieces.append(out_finish(&o))
+                    pieces.append(arg)
+                    out_init(&o, bound)
+                else:
+                    out_put(&o, p, n)
+                o.buf[o.n] = b'\r'
+                o.buf[o.n + 1] = b'\n'
+                o.n += 2
     except BaseException:
         out_free(&o)
         raise
-    return out_finish(&o)
+    pieces.append(out_finish(&o))
+    return pieces
+
+
+def pack_commands(commands):
+    """Several commands as one pipeline's bytes (``pack_pipeline`` joined)."""
+    pieces = pack_pipeline(commands, MAX_BULK_BYTES + 1)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def pack_command(args):

@@ -27,6 +27,7 @@ try:
         RespReader,
         pack_command,
         pack_commands,
+        pack_pipeline,
     )
     from ._native.ring import ChannelRing
     from ._native.router import Firehose, TokenTable, dispatch, dispatch_to, dispatch_until_held
@@ -60,6 +61,7 @@ __all__ = [
     "octet_frames",
     "pack_command",
     "pack_commands",
+    "pack_pipeline",
     "parse_body",
     "parse_frames",
     "session_lines",

@@ -27,6 +27,7 @@ from logplexd.native import (
     RespReader,
     pack_command,
     pack_commands,
+    pack_pipeline,
 )
 from logplexd.store import parse_redis_url
 
@@ -54,6 +55,20 @@ def test_a_command_is_an_array_of_bulk_strings() -> None:
         pack_command(["SET", "k", True])
     with pytest.raises(OverflowError):
         pack_command(["SET", "k", 2**64])
+
+
+def test_a_large_argument_is_sent_from_where_it_is() -> None:
+    frames = b"f" * 70_000
+    view = memoryview(b"v" * 100_000)
+    commands = [["EVALSHA", "abc", 1, "k", frames], ["XADD", "s", "*", "f", view, "n", 1]]
+    pieces = pack_pipeline(commands)
+    assert pieces[1] is frames and pieces[3] is view  # by reference, not copied
+    assert len(pieces) == 5
+    assert b"".join(pieces) == pack_commands(commands)
+    assert pieces[0].endswith(b"$70000\r\n") and pieces[2].startswith(b"\r\n")
+    # A str or int is never by reference, whatever its size; below ``large`` nothing is.
+    assert pack_pipeline([["SET", "k", "s" * 70_000]]) == [pack_command(["SET", "k", "s" * 70_000])]
+    assert len(pack_pipeline(commands, large=200_000)) == 1
 
 
 # Replies as the server sends them, and what the reader makes of them.
@@ -154,6 +169,7 @@ def test_any_command_packs_as_the_oracle_and_reads_back(
     # pack_command wrote, however the bytes are cut.
     wire = pack_command(items)
     assert wire == reference_resp_command(items)
+    assert b"".join(pack_pipeline([items, items], large=8)) == wire + wire
     assert _read_all(_splits(wire, rng) if len(wire) > 1 else [wire]) == [items]
 
 

@@ -4,8 +4,9 @@ Every flush's ``APPEND``, the followers' reads and their position reports went t
 general client (coredis), which spends ~0.3 ms of Python per round trip (its reader and
 writer tasks, a scope per call): with one busy channel a quarter of a node's CPU. Here a
 ``ServerLink`` is one TCP connection to one Redis server, used by one task at a time: a call
-packs its commands at once (``pack_commands``, ``_native/resp.pyx``), sends them in one
-write and reads their replies in the same task (``RespReader``). A call that fails or is
+packs its commands at once (``pack_pipeline``, ``_native/resp.pyx``: a flush's frames are
+sent from where they are, not copied into the request), sends them back to back and reads
+their replies in the same task (``RespReader``). A call that fails or is
 cancelled part way closes the connection (replies may still be on their way); the next
 call opens a new one (``AUTH``, ``SELECT`` and ``CLIENT SETNAME`` first).
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import trio
 
-from ..native import NEED_DATA, RespError, RespReader, pack_commands
+from ..native import NEED_DATA, RespError, RespReader, pack_pipeline
 from ..store import RedisTarget
 
 # Bytes asked of the socket per receive.
@@ -61,17 +62,20 @@ class ServerLink:
                     self.close()
                 if self._stream is None:
                     await self._open()
-                return await self._exchange(pack_commands(commands), len(commands))
+                return await self._exchange(pack_pipeline(commands), len(commands))
             except BaseException:
                 self.close()
                 raise
 
-    async def _exchange(self, request: bytes, count: int) -> list[Any]:
+    async def _exchange(self, request: list[Any], count: int) -> list[Any]:
+        """Send ``request`` (``pack_pipeline``'s pieces, in order) and read ``count``
+        replies."""
         stream = self._stream
         assert stream is not None
         reader = self._reader
         try:
-            await stream.send_all(request)
+            for piece in request:
+                await stream.send_all(piece)
             replies: list[Any] = []
             while len(replies) < count:
                 reply = reader.next_reply()
@@ -108,7 +112,7 @@ class ServerLink:
         if target.db:
             hello.append(["SELECT", target.db])
         hello.append(["CLIENT", "SETNAME", self._name])
-        for reply in await self._exchange(pack_commands(hello), len(hello)):
+        for reply in await self._exchange(pack_pipeline(hello), len(hello)):
             if isinstance(reply, RespError):
                 raise reply
 
