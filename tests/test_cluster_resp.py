@@ -340,4 +340,9 @@ async def test_links_are_one_per_server_and_purpose(plain_redis: RedisServer) ->
         with trio.fail_after(0.5):
             assert await links.link(address, "write").call([["PING"]]) == [b"PONG"]
         nursery.cancel_scope.cancel()
+    assert len(links) == 2
+    links.forget(("127.0.0.1", 1))  # no such server: nothing changes
+    assert len(links) == 2
+    links.forget(address)
+    assert len(links) == 0
     links.close()

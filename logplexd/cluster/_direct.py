@@ -141,6 +141,16 @@ class DirectLinks:
             link = self._links[address, purpose] = ServerLink(address, self._target, self._name)
         return link
 
+    def forget(self, address: Address) -> None:
+        """Close and drop the links to ``address`` (a server not reached: on a cluster, a
+        node that failed over and may never come back), so that links are only ever kept
+        to servers that answered lately."""
+        for key in [key for key in self._links if key[0] == address]:
+            self._links.pop(key).close()
+
+    def __len__(self) -> int:
+        return len(self._links)
+
     @property
     def opened(self) -> int:
         return sum(link.opened for link in self._links.values())

@@ -372,6 +372,7 @@ class Connection:
             try:
                 replies = await direct.link(address, kind).call(commands)
             except RespUnreachable:
+                direct.forget(address)
                 if not self.cluster:
                     raise
                 # A node that failed over: the client finds the new one (and its map).
