@@ -134,6 +134,7 @@ class DirectLinks:
         self._target = target
         self._name = name
         self._links: dict[tuple[Address, str], ServerLink] = {}
+        self._forgotten = 0  # connections the links dropped by ``forget`` had opened
 
     def link(self, address: Address, purpose: str) -> ServerLink:
         link = self._links.get((address, purpose))
@@ -146,14 +147,17 @@ class DirectLinks:
         node that failed over and may never come back), so that links are only ever kept
         to servers that answered lately."""
         for key in [key for key in self._links if key[0] == address]:
-            self._links.pop(key).close()
+            link = self._links.pop(key)
+            self._forgotten += link.opened
+            link.close()
 
     def __len__(self) -> int:
         return len(self._links)
 
     @property
     def opened(self) -> int:
-        return sum(link.opened for link in self._links.values())
+        """Connections opened so far, by every link, forgotten ones too."""
+        return self._forgotten + sum(link.opened for link in self._links.values())
 
     def close(self) -> None:
         for link in self._links.values():

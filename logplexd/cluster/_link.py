@@ -161,8 +161,10 @@ class Connection:
         self.keys = keys
         self.link = Link(self.target.describe())
         self._client: RedisClient | None = None
-        # The plane's own connections for its frequent calls (``_direct``), while connected.
+        # The plane's own connections for its frequent calls (``_direct``), while connected,
+        # and how many such connections the ones before opened.
         self._direct: DirectLinks | None = None
+        self._opened_before = 0
         # Round trips to Redis by what they were for (``TRIP_KINDS``): one request and its
         # reply, or one pipeline, per Redis server it went to. Metrics, tests and the
         # benchmark's round trips per 1,000 messages read them.
@@ -491,7 +493,15 @@ class Connection:
     def _close_direct(self) -> None:
         direct, self._direct = self._direct, None
         if direct is not None:
+            self._opened_before += direct.opened
             direct.close()
+
+    @property
+    def connections_opened(self) -> int:
+        """Connections opened for the plane's own calls so far (``_direct``): a number that
+        keeps growing under steady traffic means connections keep breaking."""
+        now = self._direct.opened if self._direct is not None else 0
+        return self._opened_before + now
 
     # -- the tasks' helpers ---------------------------------------------------------------------
     async def probe(self) -> None:

@@ -124,6 +124,10 @@ class DataPlane:
 
     # Counters (metrics read them by these names).
     @property
+    def connections_opened(self) -> int:
+        return self.connection.connections_opened
+
+    @property
     def entries_written(self) -> int:
         return self.writer.entries_written
 

@@ -464,6 +464,7 @@ class Daemon:
                 drain_takeovers=self.cluster_drains.takeovers
                 if self.cluster_drains is not None
                 else 0,
+                connections_opened=plane.connections_opened,
             )
         return MetricsSnapshot(
             syslog=self.syslog.stats,

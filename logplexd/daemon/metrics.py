@@ -100,6 +100,8 @@ class RedisFigures:
     reachable: bool
     # Drains this node began to deliver after taking their lease (ClusterDrains).
     drain_takeovers: int = 0
+    # Connections the data plane opened for its own calls (cluster/_direct.py).
+    connections_opened: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,6 +649,9 @@ _PLANE_COUNTERS = (
     ("redis_drain_takeovers", "drain_takeovers",
      "Drains this node took the lease of and began to deliver (at start-up, when one was "
      "added, or from a node that died)."),
+    ("redis_connections_opened", "connections_opened",
+     "Connections the data plane opened to Redis servers for its frequent calls (one per "
+     "server and purpose; one that keeps growing means connections keep breaking)."),
     ("redis_pushback_holds", "pushback_holds",
      "Times this node held a channel's inputs because it was behind on it (unwritten plus "
      "not yet read back past half of channel_buffer_messages)."),
