@@ -1,8 +1,9 @@
 """The data plane's link to Redis: one client, whether Redis answers, round trips counted.
 
-``Connection`` holds the client while the plane runs, calls scripts by SHA1 (loading them
-where a server lost them), counts every round trip by what it was for (``TRIP_KINDS``) and
-runs the probe.
+``Connection`` holds the client while the plane runs, and beside it the plane's own
+connections for its frequent calls (``_direct``: scripts, the one-Redis follower's read);
+it calls scripts by SHA1 (loading them where a server lost them), counts every round trip
+by what it was for (``TRIP_KINDS``) and runs the probe.
 
 Faults. Every failed Redis call marks the plane unreachable (``Link.failure``; the health
 checks answer 503) with one log line per change of state, and the tasks retry with capped
