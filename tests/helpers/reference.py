@@ -449,23 +449,19 @@ def _resp_value(data: bytes, pos: int) -> tuple[object, int] | None:
         return ("error", text.decode("utf-8", "replace")), after
     if kind == b":":
         return _resp_int(text), after
-    if kind == b"$":
+    if kind in (b"$", b"*"):
         size = _resp_int(text)
-        if size == -1:
-            return None, after
         if size < -1:
             raise ReferenceRespError("negative length")
+        if size == -1:
+            return None, after
+    if kind == b"$":
         if len(data) < after + size + 2:
             return None
         if data[after + size : after + size + 2] != b"\r\n":
             raise ReferenceRespError("bulk longer than said")
         return data[after : after + size], after + size + 2
     if kind == b"*":
-        size = _resp_int(text)
-        if size == -1:
-            return None, after
-        if size < -1:
-            raise ReferenceRespError("negative length")
         items: list[object] = []
         for _ in range(size):
             parsed = _resp_value(data, after)
