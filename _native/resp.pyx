@@ -29,8 +29,10 @@ MAX_ARRAY_ITEMS = 1 << 24
 # garbage; arrays nested deeper than MAX_DEPTH too (an XREAD reply is 4 deep).
 MAX_LINE_BYTES = 64 * 1024
 MAX_DEPTH = 32
-# Consumed input kept before the buffer is compacted.
+# Consumed input kept before the buffer is compacted, and the most a reader keeps of its
+# buffer once everything in it was parsed.
 DEF COMPACT_AFTER = 262144
+DEF KEEP_BUFFER = 4194304
 DEF DEPTH = 32
 
 
@@ -202,12 +204,23 @@ cdef class RespReader:
         """Bytes received and not yet parsed into part of a reply."""
         return self._len - self._pos
 
+    @property
+    def capacity(self):
+        """Bytes of buffer the reader holds (what a large reply grew it to, until the next
+        feed after it was parsed)."""
+        return self._cap
+
     def feed(self, const unsigned char[::1] data not None):
         cdef Py_ssize_t n = data.shape[0]
         cdef Py_ssize_t want
         cdef char* grown
         if n == 0:
             return
+        if self._pos == self._len and self._cap > KEEP_BUFFER:
+            # All parsed: a buffer grown by one large reply is not kept for the next.
+            PyMem_Free(self._buf)
+            self._buf = NULL
+            self._len = self._cap = self._pos = 0
         if self._pos and (self._pos >= COMPACT_AFTER or self._pos == self._len):
             memmove(self._buf, self._buf + self._pos, self._len - self._pos)
             self._len -= self._pos

@@ -161,6 +161,17 @@ def test_a_large_reply_in_pieces_is_parsed_as_it_comes() -> None:
     assert reply == items
 
 
+def test_a_buffer_grown_by_one_large_reply_is_not_kept() -> None:
+    reader = RespReader()
+    big = b"b" * (6 * 1024 * 1024)
+    reader.feed(pack_command([big]))
+    assert reader.next_reply() == [big]
+    assert reader.capacity > 6 * 1024 * 1024
+    reader.feed(b"+OK\r\n")
+    assert reader.next_reply() == b"OK"
+    assert reader.capacity <= 4 * 1024 * 1024
+
+
 @given(st.lists(st.binary(max_size=40), max_size=8), st.randoms(use_true_random=False))
 def test_any_command_packs_as_the_oracle_and_reads_back(
     items: list[bytes], rng: random.Random

@@ -690,10 +690,13 @@ class Followers:
                 # without going through ``waiting`` (with 1,000 busy channels, every flush).
                 self._append_own(follow, written)
                 if follow.last < written[-1][0]:
-                    # Held part way: the rest waits for the release.
+                    # Held part way: the rest waits for the release (or, past the bound,
+                    # is read back from the stream).
                     rest = [_without_frames(item) for item in written if item[0] > follow.last]
-                    waiting.append((follow.last, rest))
-                    self.waiting_bytes += _size(rest)
+                    size = _size(rest)
+                    if self.waiting_bytes + size <= OWN_WAITING_BYTES:
+                        waiting.append((follow.last, rest))
+                        self.waiting_bytes += size
             elif not waiting or waiting[-1][1][-1][0] == prev:
                 size = _size(written)
                 if self.waiting_bytes + size <= OWN_WAITING_BYTES:
