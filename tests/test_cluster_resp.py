@@ -284,6 +284,24 @@ async def test_a_link_logs_in_and_selects_its_database(tmp_path: Path) -> None:
         server.kill()
 
 
+async def test_a_pipeline_larger_than_the_socket_takes_arrives_whole(
+    plain_redis: RedisServer,
+) -> None:
+    # 3,000 values of 2 KB packed into the request and one of 8 MB sent from where it is
+    # (more than the socket takes at once): every byte arrives, in order.
+    link = _link(plain_redis)
+    values = [bytes([65 + i % 26]) * 2048 + b"%d" % i for i in range(3000)]
+    big = bytes(range(256)) * (32 * 1024)
+    commands: list[list[object]] = [["SET", f"k{i}", v] for i, v in enumerate(values)]
+    commands.append(["SET", "big", memoryview(big)])
+    with trio.fail_after(30):
+        assert await link.call(commands) == [b"OK"] * 3001
+        got = await link.call([["GET", f"k{i}"] for i in range(0, 3000, 7)] + [["GET", "big"]])
+    assert got[:-1] == values[::7]
+    assert got[-1] == big
+    link.close()
+
+
 async def test_a_cancelled_call_leaves_no_reply_behind_for_the_next(
     plain_redis: RedisServer,
 ) -> None:
