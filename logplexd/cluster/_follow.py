@@ -171,14 +171,6 @@ class Follow:
             and self.last_seq >= self.written_through
         )
 
-    def gap(self) -> bool:
-        """Whether the stream holds entries of this node's writer that this follow can only
-        read from Redis: not appended yet, and not waiting in memory right after what it
-        has read (``Followers.own_written``)."""
-        if self.last_seq >= self.written_through:
-            return False
-        return not self.waiting or self.waiting[0][0] != self.last
-
     @property
     def ring(self) -> ChannelRing:
         return self.channel.ring
@@ -708,8 +700,8 @@ class Followers:
                 self._drop_waiting(follow)  # not consecutive: read back from the stream
             self._take_waiting(follow)
         if follow.last_seq < follow.written_through:
-            # The lane takes it: from the stream at once (``gap``), or from ``waiting`` once
-            # the channel is released, without a read.
+            # The lane takes it: from ``waiting`` once the channel is released (no read),
+            # or from the stream at once when it is not waiting right after ``last``.
             self._read_wanted.set()
 
     def _take_waiting(self, follow: Follow) -> None:

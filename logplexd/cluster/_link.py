@@ -414,12 +414,12 @@ class Connection:
         """One Redis: ``XREAD`` of ``streams`` (key: id read up to), blocking ``block`` ms
         (None: not), over the plane's own connection for it; each stream's new entries."""
         direct = self._direct
+        if direct is None or self.cluster:
+            raise trio.TooSlowError()  # not connected (a cluster polls instead)
         args: list[Any] = ["XREAD", "COUNT", count]
         if block is not None:
             args += ["BLOCK", block]
         args += ["STREAMS", *streams, *streams.values()]
-        if direct is None or self.cluster:
-            raise trio.TooSlowError()  # not connected (a cluster polls instead)
         (reply,) = await direct.link(self.target.nodes[0], "read").call([args])
         self.count_trip("follow")
         if isinstance(reply, RespError):
