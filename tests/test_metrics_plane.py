@@ -87,9 +87,9 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         # Its one drain: this node took the lease once and delivers.
         assert value(found, "logplexd_redis_drain_takeovers_total") == 1
         # Its own connections: at least the writer's and the follower's, and no more than
-        # one per purpose (nothing broke).
+        # one per purpose (nothing broke); a purpose's first call may open one since.
         opened = value(found, "logplexd_redis_connections_opened_total")
-        assert 2 <= opened == plane.connections_opened <= 8
+        assert 2 <= opened <= plane.connections_opened <= 8
         # Every message's text is in the frames written (plus its octet count and header).
         assert value(found, "logplexd_redis_stream_bytes_written_total") > sum(map(len, texts))
         trips1 = trips(found)
