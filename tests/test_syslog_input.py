@@ -187,6 +187,27 @@ async def test_idle_connection_is_closed(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
+async def test_a_connection_held_longer_than_the_idle_timeout_is_not_idle(autojump_clock):
+    # Waiting for a held channel is pushback, not idleness: the connection stays open, its
+    # message is routed once released, and only then does the idle timeout count again.
+    async with trio.open_nursery() as nursery:
+        syslog, port = await start(nursery, idle_timeout=300)
+        channel = syslog.registry.channel("app-123")
+        holder = object()
+        channel.hold(holder)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(frame(TOKEN, b"while held"))
+        await trio.sleep(1000)  # over three idle timeouts, held all along
+        assert syslog.stats.connections_idle_closed == 0
+        assert syslog.stats.connections_held == 1 and len(channel.ring) == 0
+        channel.release(holder)
+        assert (await wait_for_lines(syslog.registry, 1))[0].endswith(b"while held")
+        with trio.fail_after(1000):
+            assert await stream.receive_some(10) == b""  # now idle: closed
+        assert syslog.stats.connections_idle_closed == 1
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.integration
 @needs_logger
 @pytest.mark.parametrize("octet_count", [True, False])
