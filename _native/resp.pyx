@@ -114,8 +114,9 @@ cdef const char* _arg_bytes(object arg, Py_ssize_t* n, char* digits) except NULL
     raise TypeError(f"a Redis argument cannot be {type(arg).__name__}")
 
 
-cdef inline bint _by_reference(object arg, Py_ssize_t n, Py_ssize_t large) noexcept:
-    return n >= large and type(arg) is not str and type(arg) is not int
+cdef inline bint _by_reference(object arg, Py_ssize_t n, Py_ssize_t large):
+    # Only what can be sent as it is: bytes-like (a str, or a str subclass, is encoded).
+    return n >= large and isinstance(arg, (bytes, bytearray, memoryview))
 
 
 def pack_pipeline(commands, Py_ssize_t large=65536):

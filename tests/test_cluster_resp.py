@@ -66,7 +66,14 @@ def test_a_large_argument_is_sent_from_where_it_is() -> None:
     assert len(pieces) == 5
     assert b"".join(pieces) == pack_commands(commands)
     assert pieces[0].endswith(b"$70000\r\n") and pieces[2].startswith(b"\r\n")
-    # A str or int is never by reference, whatever its size; below ``large`` nothing is.
+
+    # A str (a str subclass too) or an int is never by reference, whatever its size;
+    # below ``large`` nothing is.
+    class Name(str):
+        pass
+
+    named = Name("n" * 70_000)
+    assert pack_pipeline([["SET", "k", named]]) == [pack_command(["SET", "k", "n" * 70_000])]
     assert pack_pipeline([["SET", "k", "s" * 70_000]]) == [pack_command(["SET", "k", "s" * 70_000])]
     assert len(pack_pipeline(commands, large=200_000)) == 1
 
