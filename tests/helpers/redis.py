@@ -84,6 +84,33 @@ def send(port: int, *args: str | bytes, timeout: float = 2.0) -> bytes:
             return _read_reply(reader)
 
 
+def replicated(port: int, replicas: int = 1, timeout: float = 10.0) -> None:
+    """Wait until ``replicas`` replicas of the master at ``port`` have acknowledged all it
+    has written so far. ``WAIT`` cannot tell this from a new connection: it counts the
+    acknowledgements of that connection's own writes, and a connection that wrote nothing
+    is acknowledged at once."""
+    deadline = time.monotonic() + timeout
+    target: int | None = None
+    while True:
+        info = dict(
+            line.split(":", 1)
+            for line in send(port, "INFO", "replication").decode().splitlines()
+            if ":" in line
+        )
+        if target is None:
+            target = int(info["master_repl_offset"])
+        acked = [
+            int(value.split("offset=")[1].split(",")[0])
+            for key, value in info.items()
+            if key.startswith("slave") and key[5:].isdigit() and "offset=" in value
+        ]
+        if sum(1 for offset in acked if offset >= target) >= replicas:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replicas of :{port} acknowledged {acked}, not {target}")
+        time.sleep(0.01)
+
+
 def command_calls(ports: list[int]) -> dict[str, int]:
     """``INFO commandstats`` calls by command name, summed over the servers at ``ports``."""
     calls: dict[str, int] = {}
