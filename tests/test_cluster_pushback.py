@@ -5,7 +5,7 @@ Before: one node on Redis flooded over one TCP connection lost 46-49 % of the me
 fast drain would have taken (bench/e2e ``logplexd-redis``): the follower appended whole
 reads of the stream to the ring, lapping the drain, and nothing held the input. Now the
 follower reads no further while a drain holds the channel, the node holds a channel's
-inputs while its unwritten + unread share passes half of what the stream keeps
+inputs while its unwritten + unread share passes what the stream keeps
 (``ChannelPushback``), and a receiver that stops reading is still a slow consumer: it drops
 with an exact L10 and holds nobody.
 """
@@ -53,27 +53,27 @@ RING = 2048
 # -- the sans-IO rule -----------------------------------------------------------------------------
 
 
-def test_channel_pushback_holds_past_half_and_releases_under_a_quarter():
+def test_channel_pushback_holds_past_keep_and_releases_under_half():
     behind = {"a": 0}
     reachable = [True]
     pushback = ChannelPushback(1000, lambda name: behind[name], lambda: reachable[0])
     channel = Channel("a", ChannelRing(16, 4096))
 
-    behind["a"] = 500  # exactly half: not yet
+    behind["a"] = 1000  # exactly what the stream keeps: not yet
     pushback.routed(channel)
     assert not channel.held
-    behind["a"] = 501
+    behind["a"] = 1001
     pushback.routed(channel)
     assert channel.held and pushback.holds == 1
-    behind["a"] = 251  # over a quarter: still held
+    behind["a"] = 501  # over half: still held
     pushback.progressed(["a"])
     assert channel.held
-    behind["a"] = 250
+    behind["a"] = 500
     pushback.progressed(["a"])
     assert not channel.held
 
     # Redis unreachable: an outage never holds producers, and releases what was held.
-    behind["a"] = 900
+    behind["a"] = 1800
     pushback.routed(channel)
     assert channel.held
     reachable[0] = False

@@ -282,7 +282,7 @@ def test_pushback_holds_every_routed_channel_while_the_buffer_is_half_full() -> 
     pushback.progressed(["a"])
     assert a.held and b.held  # above a quarter: still held
     filled[0] = 0.2
-    behind["b"] = 600  # b is behind on its own (over a quarter of keep)
+    behind["b"] = 600  # b is behind on its own (over half of keep)
     pushback.progressed(["a"])  # every channel held by the fill is looked at, b too
     assert not a.held and b.held
     behind["b"] = 100

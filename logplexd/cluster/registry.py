@@ -77,12 +77,15 @@ class ClusterRegistry(Registry):
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:
-            # As deep as the channel buffer, and at least one routed batch (one read, one
-            # POST body), so nothing is evicted between routing and reading it back.
+            # Twice as deep as the channel buffer (the pushback holds a channel once this
+            # node is that buffer behind on it, ``ChannelPushback``; the rest is room for
+            # the routed batch that passed the mark), and at least one routed batch (one
+            # read, one POST body), so nothing is evicted between routing and reading it
+            # back. Rings grow on demand: the depth costs nothing until used.
             # Made first: a firehose channel's copies are routed to it (_firehose_ring).
             ring = ChannelRing(
-                max(self.buffer_messages, STAGING_MIN_MESSAGES),
-                max(self.buffer_bytes, STAGING_MIN_BYTES),
+                max(2 * self.buffer_messages, STAGING_MIN_MESSAGES),
+                max(2 * self.buffer_bytes, STAGING_MIN_BYTES),
             )
             ring.owner = _Staging(name)
             self.staging[name] = ring
