@@ -231,6 +231,23 @@ cdef class ChannelRing:
             self.append_rec(batch.buf, &batch.recs[i], NULL, -1)
         return batch.n
 
+    def discard(self, unsigned long long seq):
+        """Let go of every message before ``seq`` (at most up to the head); how many.
+
+        For a ring whose only reader is its owner (a Redis-mode staging ring): what was
+        read is freed, so the ring stays as deep as what is still unread (and its storage,
+        which never shrinks, only as large as that has been). Not counted as ``evicted``:
+        nothing was lost."""
+        cdef unsigned long long before = self.evicted
+        cdef uint64_t n = 0
+        if seq > self.head:
+            seq = self.head
+        while self.tail < seq:
+            self._evict_oldest()
+            n += 1
+        self.evicted = before
+        return n
+
     def read(self, unsigned long long cursor, Py_ssize_t max_messages=1024,
              Py_ssize_t max_bytes=1 << 20):
         """Copy messages from ``cursor`` on: (Batch, next_cursor, lost).

@@ -474,3 +474,25 @@ async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(
                 history, _ = await plane.read_history(name, 10)
                 assert texts(history) == [f"{name}-{i}".encode() for i in range(10)]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_staging_ring_keeps_only_what_is_unsent_and_the_local_history(
+    redis_server: RedisServer,
+) -> None:
+    """What a node has written to the stream is let go from its staging ring but for the
+    newest ``history_messages`` (read while Redis is away): the ring stays that deep, not
+    a second channel buffer (1,000 here) beside the channel's own ring."""
+    async with node(redis_server.url, "one") as one:
+        sent = [f"m{i}" for i in range(1500)]
+        for start in range(0, len(sent), 50):
+            one.route(frames("t.app", sent[start : start + 50]))
+            await trio.lowlevel.checkpoint()
+        with trio.fail_after(10):
+            await eventually(lambda: one.plane.messages_written == len(sent), 10)
+        staging = one.staging["app"]
+        assert staging.head == len(sent) and len(staging) == 100  # history_messages
+        channel = one.channel("app")
+        assert channel is not None and len(channel.ring) == 0  # not followed here
+        assert texts(one.local_history(channel)) == [m.encode() for m in sent[-100:]]
+        history, _ = await one.plane.read_history("app", 1000)
+        assert texts(history) == [m.encode() for m in sent[-1000:]]

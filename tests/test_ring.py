@@ -174,3 +174,28 @@ def test_growing_keeps_every_message_whether_or_not_the_ring_has_wrapped():
     assert held[-60:] == small
     assert held[:-60] == big[len(big) - (len(held) - 60) :]
     assert ring.nbytes == sum(map(len, held)) <= 8192
+
+
+def test_discard_lets_go_of_what_was_read_and_reuses_the_storage():
+    ring = ChannelRing(4096, 4 * 1024 * 1024)
+    sent = [frame(i, 100) for i in range(1000)]
+    ring.append_batch(parse_frames(sent[:10]))
+    assert ring.discard(4) == 4 and ring.tail == 4 and ring.evicted == 0
+    assert ring.discard(2) == 0  # already gone
+    assert ring.discard(10**9) == 6 and ring.tail == ring.head == 10 and len(ring) == 0
+    # A reader from before the discard learns how many it missed, as for an eviction.
+    ring.append_batch(parse_frames(sent[10:12]))
+    batch, cursor, lost = ring.read(3)
+    assert (lost, cursor, batch.frames()) == (7, 12, sent[10:12])
+    # Appending and discarding what was read keeps the storage as large as what is held,
+    # never as large as the ring may be: it wraps in place.
+    ring.discard(ring.head)
+    allocated = None
+    for i in range(12, 1000, 8):
+        ring.append_batch(parse_frames(sent[i : i + 8]))
+        got, cursor, lost = ring.read(ring.tail, 100)
+        assert not lost and got.frames() == sent[i : i + 8]
+        ring.discard(cursor)
+        if i == 100:
+            allocated = ring.allocated
+    assert allocated is not None and ring.allocated == allocated < 64 * 1024

@@ -10,11 +10,11 @@ that is behind (``APPEND``, which then answers ``behind`` and the writer keeps t
 (or its writer keeps entries for a follower far behind, filling the buffer) and releases
 it below half of that: the inputs feeding the channel then stop reading (TCP flow control
 reaches the producer) and ``POST /logs`` waits, as for a drain on one node. The unwritten
-part waits in the channel's staging ring, twice as deep as ``keep`` (``ClusterRegistry``),
-so a routed batch past the mark does not lap it.
+part waits in the channel's staging ring (``ClusterRegistry``), which may be twice as deep
+as ``keep``: room for the routed batch that passes the mark.
 
 The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_bytes``), and
-with many channels each can be well under its own ``keep`` while together they fill
+with many channels each can be well under its own share of ``keep`` while together they fill
 it: a channel is also held when it is routed while the buffer is more than half full, and
 the channels held so are released once it is under a quarter (the writer is then the
 bottleneck of every channel that feeds it).
@@ -44,9 +44,9 @@ class ChannelPushback:
         filled: Callable[[], float] = lambda: 0.0,
     ) -> None:
         # The stream never trims what this node's follower has not read (APPEND's floor),
-        # so up to ``keep`` behind loses nothing; holding at half of it instead stopped a
-        # one-channel flood twice per flush round trip (bench/e2e c1 on Redis: 1.81 M
-        # msgs/s at 0.46 s/M with ``keep // 2``, 2.01 M at 0.41 with ``keep``).
+        # and the staging ring the unwritten part waits in is twice ``keep`` deep, so up to
+        # ``keep`` behind loses nothing. Holding at half of it stopped a one-channel flood
+        # about twice per flush round trip (bench/RESULTS.md, "Session of 2026-12-04").
         self.high = max(1, keep)
         self.low = keep // 2
         self._behind = behind

@@ -77,12 +77,14 @@ class ClusterRegistry(Registry):
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:
-            # Twice as deep as the channel buffer (the pushback holds a channel once this
-            # node is that buffer behind on it, ``ChannelPushback``; the rest is room for
-            # the routed batch that passed the mark), and at least one routed batch (one
-            # read, one POST body), so nothing is evicted between routing and reading it
-            # back. Rings grow on demand: the depth costs nothing until used.
-            # Made first: a firehose channel's copies are routed to it (_firehose_ring).
+            # It holds what was not sent yet (up to the channel buffer while the pushback
+            # holds, ``ChannelPushback``, plus the routed batch that passed the mark) and
+            # the newest ``history_messages`` (``local_history``); what is older is let go
+            # as it is sent (``_send``). May be twice as deep as the channel buffer, and
+            # at least one routed batch (one read, one POST body), so nothing is evicted
+            # between routing and reading it back; rings grow on demand, so that costs
+            # only what is held. Made first: a firehose channel's copies are routed to it
+            # (_firehose_ring).
             ring = ChannelRing(
                 max(2 * self.buffer_messages, STAGING_MIN_MESSAGES),
                 max(2 * self.buffer_bytes, STAGING_MIN_BYTES),
@@ -234,6 +236,11 @@ class ClusterRegistry(Registry):
             if lost:
                 plane.lose(staging.name, int(lost))
             plane.enqueue(staging.name, out)
+        # Sent is kept only as local history: a staging ring that kept a whole channel
+        # buffer of it was as large as the channel's own ring, and cold (1,000 channels).
+        history_start = ring.head - self.history_messages
+        if ring.tail < min(staging.cursor, history_start):
+            ring.discard(min(staging.cursor, history_start))
         self._rearm(ring)
         if channel is not None:
             self.plane.pushback.routed(channel)
