@@ -79,6 +79,26 @@ def test_ring_append_and_three_cursors(benchmark):
     benchmark.extra_info["messages"] = n
 
 
+@pytest.mark.benchmark(group="ring")
+def test_ring_read_200_from_a_deep_ring(benchmark):
+    """A drain's read: 200 messages from somewhere in a 16,000-message ring."""
+    ring = ChannelRing(16384, 4 << 20)
+    for _ in range(8):
+        ring.append_batch(parse_frames(FRAMES[:2000]))
+    starts = [ring.tail + (i * 37) % 8000 for i in range(1000)]
+
+    def run() -> int:
+        n = 0
+        for start in starts:
+            got, _, _ = ring.read(start, 200, 1 << 20)
+            n += len(got)
+        return n
+
+    n = benchmark(run)
+    assert n == 200 * len(starts)
+    benchmark.extra_info["messages"] = n
+
+
 @pytest.mark.benchmark(group="route")
 def test_dispatch_16_channels(benchmark):
     table = TokenTable()
