@@ -157,6 +157,20 @@ async def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path):
         nursery.cancel_scope.cancel()
 
 
+async def test_the_gc_thresholds_are_the_daemons_while_it_runs_and_given_back(tmp_path):
+    import gc
+
+    from logplexd.daemon.compose import GC_THRESHOLDS
+
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLDS
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Daemon(settings_for(tmp_path)).serve)
+        assert gc.get_threshold() == GC_THRESHOLDS
+        nursery.cancel_scope.cancel()
+    assert gc.get_threshold() == before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, signum):
     daemon = DaemonProcess(tmp_path / "d")

@@ -226,6 +226,9 @@ class Daemon:
         if self.plane is not None and isinstance(store, RedisStore):
             # A new drain's start point is stored before the API answers (cluster.birth).
             store.drain_birth_hooks.append(birth_hook(self.plane))
+        # The GC's settings are the process's: given back when the daemon stops (tests and
+        # embedders run it in a process of theirs).
+        thresholds = gc.get_threshold()
         try:
             self.api = ControlApi(
                 store,
@@ -304,6 +307,7 @@ class Daemon:
             for socks in inherited.values():
                 for sock in socks:
                     sock.close()
+            gc.set_threshold(*thresholds)
             await self._final_flush()
             self.notifier.close()
 
