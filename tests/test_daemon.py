@@ -11,7 +11,7 @@ from logplexd.daemon import Daemon
 from logplexd.native import parse_frames
 from tests.helpers.child import DaemonProcess
 from tests.helpers.curl import AUTH, JSON, api, curl
-from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.daemon import KEY, serve_in, settings_for
 from tests.helpers.drains import HttpSink, SyslogSink
 from tests.helpers.peers import logger_command, needs_curl
 from tests.helpers.syslog import frame
@@ -164,10 +164,17 @@ async def test_the_gc_thresholds_are_the_daemons_while_it_runs_and_given_back(tm
 
     before = gc.get_threshold()
     assert before != GC_THRESHOLDS
-    async with trio.open_nursery() as nursery:
-        await nursery.start(Daemon(settings_for(tmp_path)).serve)
-        assert gc.get_threshold() == GC_THRESHOLDS
-        nursery.cancel_scope.cancel()
+    # Daemons of one process overlap (several nodes in a test): the first started stops
+    # first and leaves the thresholds to the other; the last to stop gives them back.
+    first, second = trio.CancelScope(), trio.CancelScope()
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as inner:
+            await inner.start(serve_in, Daemon(settings_for(tmp_path / "first")), first)
+            assert gc.get_threshold() == GC_THRESHOLDS
+            await outer.start(serve_in, Daemon(settings_for(tmp_path / "second")), second)
+            first.cancel()
+        assert gc.get_threshold() == GC_THRESHOLDS  # the second still runs
+        second.cancel()
     assert gc.get_threshold() == before
 
 

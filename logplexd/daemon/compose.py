@@ -85,6 +85,30 @@ log = logging.getLogger("logplexd")
 STATUS_INTERVAL = 10.0
 # The cyclic GC's thresholds once the daemon runs (Python's defaults: 700, 10, 10).
 GC_THRESHOLDS = (20_000, 50, 50)
+
+
+class _GcThresholds:
+    """The process's GC thresholds are ``GC_THRESHOLDS`` while any daemon of it runs, and
+    what they were before once the last one stops (tests and embedders run several
+    daemons in a process of theirs, which overlap)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._before = gc.get_threshold()
+
+    def enter(self) -> None:
+        if self._running == 0:
+            self._before = gc.get_threshold()
+            gc.set_threshold(*GC_THRESHOLDS)
+        self._running += 1
+
+    def leave(self) -> None:
+        self._running -= 1
+        if self._running == 0:
+            gc.set_threshold(*self._before)
+
+
+_GC = _GcThresholds()
 # How often the import of an earlier version's platform.lpj is tried while the store (Redis)
 # cannot be reached.
 PLATFORM_MIGRATION_RETRY = 1.0
@@ -226,9 +250,7 @@ class Daemon:
         if self.plane is not None and isinstance(store, RedisStore):
             # A new drain's start point is stored before the API answers (cluster.birth).
             store.drain_birth_hooks.append(birth_hook(self.plane))
-        # The GC's settings are the process's: given back when the daemon stops (tests and
-        # embedders run it in a process of theirs).
-        thresholds = gc.get_threshold()
+        gc_tuned = False
         try:
             self.api = ControlApi(
                 store,
@@ -274,7 +296,8 @@ class Daemon:
             # The event loop makes and drops container objects (tasks, scopes, frames) at
             # a high rate, and 1,000 drains connecting at once set off collections of a
             # heap of as many channels: young collections 28 times rarer (GC_THRESHOLDS).
-            gc.set_threshold(*GC_THRESHOLDS)
+            _GC.enter()
+            gc_tuned = True
             logs = self.logs
             self.rods.watch(lambda state: logs.set_ingress_denied(state.deny_logs_ingress))
             async with trio.open_nursery() as core:
@@ -307,7 +330,8 @@ class Daemon:
             for socks in inherited.values():
                 for sock in socks:
                     sock.close()
-            gc.set_threshold(*thresholds)
+            if gc_tuned:
+                _GC.leave()
             await self._final_flush()
             self.notifier.close()
 
