@@ -24,12 +24,14 @@ from ..native import Batch, ChannelRing, dispatch, dispatch_to
 from ..router import Channel, Registry, RouteCounts
 from .plane import DataPlane
 
-# A channel whose staging ring has this many unsent messages after a routed batch is sent
-# to the writer's buffer at once; a quieter one waits to be collected with the next flush
-# (one read and one encode per channel and flush instead of per routed batch: with 1,000
-# channels round-robin, each batch of a syslog read touches most of them with a message or
-# two, and sending each per batch starved the follower's reads of the event loop).
-SEND_AT_MESSAGES = 256
+# A channel whose staging ring has one stream entry's worth of unsent messages after a
+# routed batch (``DataPlane.entry_messages``, a quarter of ``keep``) is sent to the writer's
+# buffer at once; a quieter one waits to be collected with the next flush (one read and one
+# encode per channel and flush instead of per routed batch: with 1,000 channels
+# round-robin, each batch of a syslog read touches most of them with a message or two, and
+# sending each per batch starved the follower's reads of the event loop). It was 256
+# messages: a busy channel then cost a read, an encode and a buffer entry per 256 messages,
+# which the flush joined again (bench/RESULTS.md, "Session of 2026-12-04").
 # Past this share of the outbound buffer, routed messages wait in their staging rings
 # instead of going to the buffer: with 1,000 channels the staging rings together hold more
 # than the whole buffer, and collecting them at once overflowed it (the buffer drops its
@@ -113,14 +115,14 @@ class ClusterRegistry(Registry):
         else:
             ring.wake_at = ring.head + 1
 
-    @staticmethod
-    def _send_at(ring: ChannelRing) -> int:
-        """Unsent messages that make ``ring`` go to the writer at once: SEND_AT_MESSAGES, or
-        fewer that fill an eighth of its bytes."""
+    def _send_at(self, ring: ChannelRing) -> int:
+        """Unsent messages that make ``ring`` go to the writer at once: a stream entry's
+        worth, or fewer that fill an eighth of its bytes."""
+        entry = self.plane.entry_messages
         n = len(ring)
         if not n:
-            return SEND_AT_MESSAGES
-        return max(1, min(SEND_AT_MESSAGES, (ring.max_bytes // 8) // max(1, ring.nbytes // n)))
+            return entry
+        return max(1, min(entry, (ring.max_bytes // 8) // max(1, ring.nbytes // n)))
 
     def drop_channel(self, name: str) -> Channel | None:
         ring = self.staging.pop(name, None)
