@@ -24,20 +24,12 @@ from ..native import Batch, ChannelRing, dispatch, dispatch_to
 from ..router import Channel, Registry, RouteCounts
 from .plane import DataPlane
 
-# A channel whose staging ring has one stream entry's worth of unsent messages after a
-# routed batch (``DataPlane.entry_messages``, a quarter of ``keep``) is sent to the writer's
-# buffer at once; a quieter one waits to be collected with the next flush (one read and one
-# encode per channel and flush instead of per routed batch: with 1,000 channels
-# round-robin, each batch of a syslog read touches most of them with a message or two, and
-# sending each per batch starved the follower's reads of the event loop). It was 256
-# messages: a busy channel then cost a read, an encode and a buffer entry per 256 messages,
-# which the flush joined again (bench/RESULTS.md, "Session of 2026-12-04").
 # Past this share of the outbound buffer, routed messages wait in their staging rings
 # instead of going to the buffer: with 1,000 channels the staging rings together hold more
 # than the whole buffer, and collecting them at once overflowed it (the buffer drops its
 # oldest: lost, with an L10). The writer is then behind on every channel; the pushback
-# holds (from half full) keep the staging rings, as deep as the stream keeps, from being
-# lapped. Not while Redis is away: the buffer then takes everything and drops its oldest.
+# holds (from half full) keep the staging rings, up to twice what the stream keeps, from
+# being lapped. Not while Redis is away: the buffer then takes everything and drops its oldest.
 STAGING_WAITS_AT = 0.75
 # A staging ring is at least this deep, whatever ``channel_buffer_messages`` is: one routed
 # batch (a 128 KB read, a POST body) goes into it whole, and a ring smaller than that lapped
@@ -117,7 +109,14 @@ class ClusterRegistry(Registry):
 
     def _send_at(self, ring: ChannelRing) -> int:
         """Unsent messages that make ``ring`` go to the writer at once: a stream entry's
-        worth, or fewer that fill an eighth of its bytes."""
+        worth (``DataPlane.entry_messages``, a quarter of ``keep``), or fewer that fill an
+        eighth of its bytes. A quieter ring waits to be collected with the next flush: one
+        read and one encode per channel and flush, not per routed batch (with 1,000
+        channels round-robin each syslog read touches most of them with a message or two,
+        and sending each per batch starved the follower's reads of the event loop). It was
+        256 messages: a busy channel then cost a read, an encode and a buffer entry per 256
+        messages, which the flush joined again (bench/RESULTS.md, "Session of
+        2026-12-04")."""
         entry = self.plane.entry_messages
         n = len(ring)
         if not n:

@@ -85,30 +85,6 @@ log = logging.getLogger("logplexd")
 STATUS_INTERVAL = 10.0
 # The cyclic GC's thresholds once the daemon runs (Python's defaults: 700, 10, 10).
 GC_THRESHOLDS = (20_000, 50, 50)
-
-
-class _GcThresholds:
-    """The process's GC thresholds are ``GC_THRESHOLDS`` while any daemon of it runs, and
-    what they were before once the last one stops (tests and embedders run several
-    daemons in a process of theirs, which overlap)."""
-
-    def __init__(self) -> None:
-        self._running = 0
-        self._before = gc.get_threshold()
-
-    def enter(self) -> None:
-        if self._running == 0:
-            self._before = gc.get_threshold()
-            gc.set_threshold(*GC_THRESHOLDS)
-        self._running += 1
-
-    def leave(self) -> None:
-        self._running -= 1
-        if self._running == 0:
-            gc.set_threshold(*self._before)
-
-
-_GC = _GcThresholds()
 # How often the import of an earlier version's platform.lpj is tried while the store (Redis)
 # cannot be reached.
 PLATFORM_MIGRATION_RETRY = 1.0
@@ -143,6 +119,30 @@ class BoundPorts:
     api: int
     logs: int
     syslog: int
+
+
+class _GcThresholds:
+    """The process's GC thresholds are ``GC_THRESHOLDS`` while any daemon of it runs, and
+    what they were before once the last one stops (tests and embedders run several
+    daemons in a process of theirs, which overlap)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._before = gc.get_threshold()
+
+    def enter(self) -> None:
+        if self._running == 0:
+            self._before = gc.get_threshold()
+            gc.set_threshold(*GC_THRESHOLDS)
+        self._running += 1
+
+    def leave(self) -> None:
+        self._running -= 1
+        if self._running == 0:
+            gc.set_threshold(*self._before)
+
+
+_GC = _GcThresholds()
 
 
 class Daemon:
