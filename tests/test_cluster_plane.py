@@ -351,7 +351,7 @@ async def test_one_script_call_per_shard_writes_every_channel_of_a_flush(redis_a
 async def test_a_channel_redis_refuses_is_written_later_and_the_others_at_once(
     redis_any,
 ) -> None:
-    """One channel of a flush whose keys Redis refuses (here its sequence key holds a list:
+    """One channel of a flush whose keys Redis refuses (here its stream key holds a list:
     WRONGTYPE; on a cluster, a slot that moved) does not fail the flush: the others are
     written, its entries wait in the buffer (nothing dropped) and go once Redis takes them."""
     async with node(redis_any.url, "one") as one:
@@ -359,8 +359,8 @@ async def test_a_channel_redis_refuses_is_written_later_and_the_others_at_once(
             plane = one.plane
             for name in ("good", "bad"):
                 one.add_token(name, f"t.{name}", "web")
-            bad_seq = plane.keys.sequence("bad")
-            assert redis_any.command("RPUSH", bad_seq, "x") == b":1\r\n"
+            bad_stream = plane.keys.stream("bad")
+            assert redis_any.command("RPUSH", bad_stream, "x") == b":1\r\n"
             one.route(frames("t.good", ["g0", "g1"]))
             one.route(frames("t.bad", ["b0", "b1", "b2"]))
             await eventually(lambda: plane.messages_written == 2, 5)
@@ -370,10 +370,32 @@ async def test_a_channel_redis_refuses_is_written_later_and_the_others_at_once(
             assert plane.buffer.dropped == 0 and plane.failure is None
             one.route(frames("t.good", ["g2"]))  # the refused channel holds nobody up
             await eventually(lambda: plane.messages_written == 3, 5)
-            assert redis_any.command("DEL", bad_seq) == b":1\r\n"
+            assert redis_any.command("DEL", bad_stream) == b":1\r\n"
             await eventually(lambda: plane.messages_written == 6, 10)
             history, top = await plane.read_history("bad", 10)
             assert texts(history) == [b"b0", b"b1", b"b2"] and top == (3, 0)
+
+
+async def test_a_sequence_that_is_no_integer_refuses_its_channel_until_mended(
+    redis_server: RedisServer,
+) -> None:
+    """``APPEND`` numbers entries from the channel's sequence key: one that holds no
+    integer refuses that channel (its messages wait, none is numbered from a guess), and
+    once it is mended the entries go on from it, ids counting messages."""
+    async with node(redis_server.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            one.add_token("odd", "t.odd", "web")
+            seq = plane.keys.sequence("odd")
+            assert redis_server.command("SET", seq, "many") == b"+OK\r\n"
+            one.route(frames("t.odd", ["o0", "o1"]))
+            await eventually(lambda: plane.buffer.queued.get("odd") == 2, 5)
+            assert plane.messages_written == 0 and plane.buffer.dropped == 0
+            assert redis_server.command("SET", seq, "40") == b"+OK\r\n"
+            await eventually(lambda: plane.messages_written == 2, 10)
+            history, top = await plane.read_history("odd", 10)
+            assert texts(history) == [b"o0", b"o1"] and top == (42, 0)
+            assert redis_server.command("GET", seq) == b"$2\r\n42\r\n"
 
 
 async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(
