@@ -10,7 +10,7 @@ import trio
 
 from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer, slot_of
 from logplexd.native import parse_body
-from tests.helpers.redis import RedisServer, eventually, needs_redis
+from tests.helpers.redis import RedisServer, bulk_strings, eventually, needs_redis
 
 pytestmark = needs_redis
 
@@ -396,6 +396,141 @@ async def test_a_sequence_that_is_no_integer_refuses_its_channel_until_mended(
             history, top = await plane.read_history("odd", 10)
             assert texts(history) == [b"o0", b"o1"] and top == (42, 0)
             assert redis_server.command("GET", seq) == b"$2\r\n42\r\n"
+
+
+async def test_a_channel_this_node_wrote_last_is_written_with_its_frames_outside_lua(
+    redis_any,
+) -> None:
+    """On one Redis, once the writer knows where a channel's stream ends (its own last
+    write), it proposes the next ids and sends the frames in plain XADDs (``PROPOSE``):
+    the stream is the same as ``APPEND`` makes it, ids counting messages, sequence and top
+    in step, nothing left aside. A cluster keeps ``APPEND`` (a MULTI there is one slot)."""
+    async with node(redis_any.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            one.route(frames("t.app", ["a0", "a1", "a2"]))
+            await eventually(lambda: plane.messages_written == 3, 5)
+            assert plane.writer.entries_proposed == 0  # nothing known of the stream yet
+            for i in range(3):
+                one.route(frames("t.app", [f"b{i}-{j}" for j in range(i + 1)]))
+                total = 3 + (i + 1) * (i + 2) // 2
+                await eventually(lambda n=total: plane.messages_written == n, 5)
+            history, top = await plane.read_history("app", 100)
+            later = [b"b0-0", b"b1-0", b"b1-1", b"b2-0", b"b2-1", b"b2-2"]
+            assert texts(history) == [b"a0", b"a1", b"a2", *later]
+            assert top == (9, 0)
+            if isinstance(redis_any, RedisServer):
+                assert plane.writer.entries_proposed == 3
+                keys = plane.keys
+                assert redis_any.command("GET", keys.sequence("app")) == b"$1\r\n9\r\n"
+                assert redis_any.command("GET", keys.top("app")) == b"$3\r\n9-0\r\n"
+                assert redis_any.command("EXISTS", keys.fence("app")) == b":0\r\n"
+                assert redis_any.command("EXISTS", keys.fenced("one")) == b":0\r\n"
+            else:
+                assert plane.writer.entries_proposed == 0
+
+
+async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_append(
+    redis_server: RedisServer,
+) -> None:
+    """Node one proposes ids from its last write, but node two wrote the channel since:
+    ``PROPOSE`` refuses, the stream is moved aside for the rest of the MULTI so that the
+    XADDs add nothing, and put back; the entries go again with ``APPEND``, after two's,
+    each message once, and one keeps using ``APPEND`` on that channel for a while."""
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        with trio.fail_after(15):
+            p1, p2 = one.plane, two.plane
+            one.route(frames("t.app", ["a0", "a1"]))
+            await eventually(lambda: p1.messages_written == 2, 5)
+            two.route(frames("t.app", ["b0"]))
+            await eventually(lambda: p2.messages_written == 1, 5)
+            # Proposed as 5-0, above two's 3-0: only the fence keeps the XADD from adding it.
+            one.route(frames("t.app", ["a2", "a3", "a4"]))
+            await eventually(lambda: p1.messages_written == 5, 5)
+            assert p1.writer.proposals_moved == 1 and p1.writer.entries_proposed == 0
+            one.route(frames("t.app", ["a5"]))
+            await eventually(lambda: p1.messages_written == 6, 5)
+            assert p1.writer.entries_proposed == 0  # shared lately: APPEND
+            history, top = await p1.read_history("app", 100)
+            assert texts(history) == [b"a0", b"a1", b"b0", b"a2", b"a3", b"a4", b"a5"]
+            assert top == (7, 0)
+            keys = p1.keys
+            assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n7\r\n"
+            assert redis_server.command("EXISTS", keys.fence("app")) == b":0\r\n"
+            assert redis_server.command("EXISTS", keys.fenced("one")) == b":0\r\n"
+
+
+async def test_a_proposal_for_a_stream_that_is_gone_goes_by_append(
+    redis_server: RedisServer,
+) -> None:
+    """A stream deleted behind the writer's back (its sequence kept) is not recreated by
+    the plain XADDs (NOMKSTREAM): ``PROPOSE`` answers 'missing' and ``APPEND`` writes the
+    entries, numbered after the sequence."""
+    async with node(redis_server.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            one.route(frames("t.app", ["a0", "a1"]))
+            await eventually(lambda: plane.messages_written == 2, 5)
+            assert redis_server.command("DEL", plane.keys.stream("app")) == b":1\r\n"
+            one.route(frames("t.app", ["a2"]))
+            await eventually(lambda: plane.messages_written == 3, 5)
+            assert plane.writer.proposals_moved == 1
+            history, top = await plane.read_history("app", 100)
+            assert texts(history) == [b"a2"] and top == (3, 0)
+
+
+def test_a_writer_is_held_back_by_other_readers_not_by_its_own_old_report(
+    redis_server: RedisServer,
+) -> None:
+    """``APPEND`` and ``PROPOSE`` answer 'behind' once an entry would put a reader more
+    than READER_SLACK x keep behind: another node's fresh report counts, a stale one does
+    not, and the calling node's own report gives way to the position it passes along (its
+    report is up to a report interval older: taken instead, it held a node back on itself)."""
+    from logplexd.cluster import APPEND, PROPOSE, READER_STALE_MS, SETTLE, Keys
+
+    keys = Keys()
+    stream, seq, top, readers = keys.appended("app")
+    for args in (("XADD", stream, "100-0", "n", "100", "f", "x"), ("SET", seq, "100"),
+                 ("SET", top, "100-0")):  # fmt: skip
+        redis_server.command(*args)
+    seconds, micros = (int(v) for v in bulk_strings(redis_server.command("TIME")))
+    now = seconds * 1000 + micros // 1000
+
+    def report(node: str, position: int, age_ms: int = 0) -> None:
+        redis_server.command("HSET", readers, node, f"{position}:{now - age_ms}")
+
+    def answers(n: int) -> tuple[bytes, bytes]:
+        """What APPEND and PROPOSE say to an entry of ``n`` messages from node "one", whose
+        follow has read through 100 (keep 10: a reader may be 40 behind)."""
+        appended = redis_server.command(
+            "EVAL", APPEND.text, "0", "10", "one", "", "1", stream, seq, top, readers, "100",
+            "1", str(n), "x" * n, "0", "0.0",
+        )  # fmt: skip
+        if b"ok" in appended:  # written: undone, so that both see the same stream
+            last = 100 + n
+            redis_server.command("XDEL", stream, f"{last}-0")
+            redis_server.command("SET", seq, "100")
+            redis_server.command("SET", top, "100-0")
+        proposed = redis_server.command(
+            "EVAL", PROPOSE.text, "0", "10", "one", keys.fenced("one"), "1", stream, seq, top,
+            readers, keys.fence("app"), "100", "100", "1", str(n),
+        )  # fmt: skip
+        # Outside a MULTI here: what SETTLE would do after the XADDs (none sent).
+        redis_server.command("EVAL", SETTLE.text, "0", keys.fenced("one"))
+        if b"ok" in proposed:
+            redis_server.command("SET", seq, "100")
+            redis_server.command("SET", top, "100-0")
+        return (b"behind" if b"behind" in appended else b"ok"), (
+            b"behind" if b"behind" in proposed else b"ok"
+        )
+
+    report("one", 0)  # its own report, older than what it passes along
+    assert answers(40) == (b"ok", b"ok")
+    report("two", 0, age_ms=READER_STALE_MS + 1000)  # stale: two stopped reporting
+    assert answers(40) == (b"ok", b"ok")
+    report("two", 70)  # fresh: two has read through 70
+    assert answers(10) == (b"ok", b"ok")
+    assert answers(11) == (b"behind", b"behind")
 
 
 async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from logplexd.cluster.buffer import OutboundBuffer
+from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
     SAFETY_MARGIN,
@@ -83,6 +83,26 @@ def test_restore_puts_a_failed_flush_back_in_front_and_rebounds() -> None:
     buf.restore(again, now=5.0)
     assert buf.messages == 3 and buf.take().losses["a"].count == 5 + 4
     assert buf.dropped == 5 + 4
+
+
+def test_entries_redis_answered_for_come_back_whole_up_to_twice_the_bound() -> None:
+    """A flush Redis answered but did not take (a reader behind, a refusal) comes back
+    whole while the buffer is under twice its bound (the inputs are held meanwhile); past
+    that the oldest go, counted, as for any overflow."""
+    buf = OutboundBuffer(max_messages=4, max_bytes=10_000)
+    buf.push("a", b"1", 3, now=1.0)
+    flush = buf.take()
+    buf.push("a", b"2", 3, now=2.0)
+    buf.restore(flush, now=3.0, slack=2)
+    assert buf.messages == 6 and buf.dropped == 0
+    assert buf.take().entries == {"a": [(b"12", 6, None)]}
+    buf.push("a", b"3", 3, now=4.0)
+    big = Flush()
+    big.taken = [Entry("a", b"0", 6)]
+    big.messages = 6
+    big.nbytes = 1
+    buf.restore(big, now=5.0, slack=2)
+    assert buf.messages == 3 and buf.dropped == 6  # 9 > 8: the oldest went
 
 
 def test_flush_is_bounded_and_entries_split() -> None:

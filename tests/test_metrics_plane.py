@@ -84,6 +84,10 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert own == plane.followers.entries_own
         assert 0 <= own <= value(found, "logplexd_redis_stream_entries_read_total")
         assert value(found, "logplexd_redis_stream_entries_malformed_total") == 0
+        # One Redis: after its first write of the channel, the writer proposes the ids.
+        proposed = value(found, "logplexd_redis_stream_entries_proposed_total")
+        assert proposed == plane.writer.entries_proposed and proposed <= entries
+        assert value(found, "logplexd_redis_proposals_moved_total") == 0
         # Its one drain: this node took the lease once and delivers.
         assert value(found, "logplexd_redis_drain_takeovers_total") == 1
         # Its own connections: at least the writer's and the follower's, and no more than

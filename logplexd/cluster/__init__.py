@@ -5,18 +5,29 @@ streams local readers need; ``ClusterRegistry`` routes ingestion into it; ``Clus
 serves history from the streams; ``ClusterDrains`` runs each drain on the node holding
 its lease. Sans-IO cores: ``buffer.OutboundBuffer`` and ``lease.Lease``.
 
-The plane's parts are private modules: ``_stream`` (a channel's keys, the append script,
-the entry codec, a key's cluster slot: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``,
-``slot_of``), ``_link`` (the Redis
-client, reachability, round trips by kind: ``TRIP_KINDS``, ``CLOSE_GRACE``), ``_writer``,
-``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``), ``_history`` and ``_pushback``
-(``ChannelPushback``: holding a channel's inputs while this node is behind on it).
+The plane's parts are private modules: ``_stream`` (a channel's keys, the scripts that
+append (``APPEND``; ``PROPOSE`` and ``SETTLE`` around plain XADDs), the entry codec, a
+key's cluster slot: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``, ``slot_of``),
+``_link`` (the Redis client, reachability, round trips by kind: ``TRIP_KINDS``,
+``CLOSE_GRACE``), ``_writer``, ``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``),
+``_history`` and ``_pushback`` (``ChannelPushback``: holding a channel's inputs while this
+node is behind on it).
 """
 
 from ._follow import POLL_IDLE, SWEEP_SLICE, Follow
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._pushback import ChannelPushback
-from ._stream import CHECKPOINT_TTL_MS, EntryBody, Keys, decode_entry, slot_of
+from ._stream import (
+    APPEND,
+    CHECKPOINT_TTL_MS,
+    PROPOSE,
+    READER_STALE_MS,
+    SETTLE,
+    EntryBody,
+    Keys,
+    decode_entry,
+    slot_of,
+)
 from .birth import birth_hook
 from .buffer import OutboundBuffer
 from .drains import ClusterDrains
@@ -26,9 +37,13 @@ from .reads import ClusterReads, ReadStart
 from .registry import ClusterRegistry
 
 __all__ = [
+    "APPEND",
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",
     "POLL_IDLE",
+    "PROPOSE",
+    "READER_STALE_MS",
+    "SETTLE",
     "SWEEP_SLICE",
     "TRIP_KINDS",
     "ChannelPushback",

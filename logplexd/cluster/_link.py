@@ -426,6 +426,30 @@ class Connection:
             raise reply
         return _stream_entries(reply)
 
+    @property
+    def transactions(self) -> bool:
+        """Whether ``transaction`` can be called: one Redis (not a cluster: a MULTI there
+        must stay in one slot), over the plane's own connection (while connected)."""
+        return self._direct is not None and not self.cluster
+
+    async def transaction(self, commands: Sequence[Sequence[Any]], kind: str) -> list[Any]:
+        """One Redis: ``commands`` in one MULTI/EXEC, one round trip; their replies in
+        order (an error reply is a ``RespError`` in its place). Raises the error of a
+        transaction Redis refused whole (EXECABORT, OOM): nothing of it ran."""
+        direct = self._direct
+        if direct is None or self.cluster:
+            raise trio.TooSlowError()  # not connected: callers treat it as unreachable
+        replies = await direct.link(self.target.nodes[0], kind).call(
+            [["MULTI"], *commands, ["EXEC"]]
+        )
+        self.count_trip(kind)
+        result = replies[-1]
+        if isinstance(result, RespError):
+            raise result
+        if not isinstance(result, list) or len(result) != len(commands):
+            raise RespError(f"ERR MULTI answered {result!r}")
+        return result
+
     async def _evalsha_client(
         self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]
     ) -> list[Any]:

@@ -9,6 +9,9 @@ command::
     P:{ch:<name>}:seq                 string  messages ever appended (the message sequence)
     P:{ch:<name>}:top                 string  id of the newest entry (what the writer's own
                                               entries follow: ``Followers.own_written``)
+    P:{ch:<name>}:fence               stream  the stream, moved aside for the rest of a MULTI
+                                              whose ``PROPOSE`` refused the channel (never
+                                              seen outside one)
     P:{ch:<name>}:drain:<id>:lease    string  node id of the drain's owner, with a TTL
     P:{ch:<name>}:drain:<id>:ckpt     string  sequence of the last message the owner delivered
                                               (expires CHECKPOINT_TTL_MS after it was stored)
@@ -16,7 +19,8 @@ command::
 Stream entries. An entry holds a whole routed batch of one channel: ``n`` (messages),
 ``f`` (the frames, octet-counted, as ``_native.wire.octet_frames`` writes them), ``node``.
 Its id is ``S-k`` where ``S`` is the channel's message sequence number of the entry's last
-message (``INCRBY seq n`` in the same script, so ids are dense in messages) and ``k`` is 0
+message (the sequence moves by ``n`` with the XADD, atomically: in one script, ``APPEND``,
+or one MULTI, ``PROPOSE``; so ids are dense in messages) and ``k`` is 0
 for messages. A loss marker (``n`` 0, ``lost``, ``since``) announces messages a node had to
 drop before they reached Redis; it takes id ``S-*`` (the sequence does not move).
 
@@ -83,6 +87,14 @@ class Keys:
         """The keys ``APPEND`` uses for ``channel``: stream, sequence, top, readers."""
         tag = self.tag(channel)
         return [tag + "log", tag + "seq", tag + "top", tag + "readers"]
+
+    def fence(self, channel: str) -> str:
+        """Where ``PROPOSE`` moves a channel's stream for the rest of a MULTI it refused."""
+        return self.tag(channel) + "fence"
+
+    def fenced(self, node: str) -> str:
+        """The streams a node's ``PROPOSE`` fenced, for its ``SETTLE`` (within one MULTI)."""
+        return f"{self.prefix}:fenced:{node}"
 
     def lease(self, channel: str, drain_id: int) -> str:
         return f"{self.tag(channel)}drain:{drain_id}:lease"
@@ -171,30 +183,18 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # a beacon that is not on this shard, after a resharding, is left alone). Per channel the
 # script makes four calls whatever it writes: one MGET of the top and sequence keys, one
 # HGETALL of the readers, an XADD per entry, one MSET of the sequence and top after them
-# (numbering the entries itself: a GET, an INCRBY per entry and a SET more made Redis spend
-# 0.52 s per million messages with 1,000 channels, bench/RESULTS.md, 2026-12-04 (second)).
+# (it numbers the entries itself). Every byte of the frames becomes a Lua string here,
+# which Redis 7 hashes byte by byte: on one Redis a channel whose sequence the writer knows
+# goes by ``PROPOSE`` instead, the frames outside Lua.
 _APPEND_LUA = """#!lua flags=allow-cross-slot-keys
 local keep = tonumber(ARGV[1])
 local node = ARGV[2]
 local limit = keep * READER_SLACK
 REDIS_NOW_MS
-local function failed(r) return type(r) == 'table' and r.err end
-local function slowest(key)
-  local rd = redis.pcall('HGETALL', key)
-  if failed(rd) then return nil end
-  local floor = nil
-  for j = 2, #rd, 2 do
-    local s, t = string.match(rd[j], '^(%d+):(%d+)$')
-    if s and now - tonumber(t) <= READER_STALE_MS then
-      s = tonumber(s)
-      if not floor or s < floor then floor = s end
-    end
-  end
-  return floor
-end
-local function add(stream, seq, n, frames, lost, since, floor)
+SLOWEST_READER
+local function add(stream, seq, n, frames, lost, since, low)
   local minid = seq - keep + 1
-  if floor and floor + 1 < minid then minid = floor + 1 end
+  if low and low + 1 < minid then minid = low + 1 end
   if minid < 0 then minid = 0 end
   local id = string.format('%d-*', seq)
   if n > 0 then
@@ -224,21 +224,18 @@ for c = 1, tonumber(ARGV[4]) do
     local s = string.match(state[1], '^(%d+)-')
     if s and tonumber(s) == current then res[2] = state[1] end
   end
-  local floor = nil
-  if count > 0 then
-    floor = slowest(readers)
-    if mine >= 0 and (not floor or mine < floor) then floor = mine end
-  end
+  local low = nil
+  if count > 0 then low = floor(readers, node, mine) end
   local newest = nil
   for e = 1, count do
     local n, frames = tonumber(ARGV[i]), ARGV[i + 1]
     local lost, since = ARGV[i + 2], ARGV[i + 3]
     i = i + 4
-    if floor and n > 0 and current + n - floor > limit then
+    if low and n > 0 and current + n - low > limit then
       res[1] = 'behind'; i = i + 4 * (count - e); break
     end
     local last = current + n
-    local r = add(stream, last, n, frames, lost, since, floor)
+    local r = add(stream, last, n, frames, lost, since, low)
     if failed(r) then
       -- The counter is behind the stream (it was deleted alone): move it past the stream.
       res[2] = ''
@@ -247,7 +244,7 @@ for c = 1, tonumber(ARGV[4]) do
         res[1] = r.err; i = i + 4 * (count - e); break
       end
       last = tonumber(string.match(newest_entry[1][1], '^(%d+)')) + n
-      r = add(stream, last, n, frames, lost, since, floor)
+      r = add(stream, last, n, frames, lost, since, low)
       if failed(r) then res[1] = r.err; i = i + 4 * (count - e); break end
     end
     res[#res + 1] = last
@@ -278,8 +275,30 @@ READER_SLACK = 4
 _REDIS_NOW_MS = """local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)"""
 
+# Lua: ``floor(key, node, mine)``, the lowest position among those nodes reported in a
+# readers key within READER_STALE_MS and the calling node's own, ``mine`` (-1: it does not
+# follow the channel; nil: no reader). The calling node's own report is older than
+# ``mine``: taken instead of it, it held the node back on itself (a writer 'behind' its own
+# follower's report of 20 ms ago). And ``failed(r)``, the error of a ``redis.pcall``.
+_SLOWEST_READER = """local function failed(r) return type(r) == 'table' and r.err end
+local function floor(key, node, mine)
+  local rd = redis.pcall('HGETALL', key)
+  local low = nil
+  if mine >= 0 then low = mine end
+  if failed(rd) then return low end
+  for j = 2, #rd, 2 do
+    local s, t = string.match(rd[j], '^(%d+):(%d+)$')
+    if s and now - tonumber(t) <= READER_STALE_MS and (mine < 0 or rd[j - 1] ~= node) then
+      s = tonumber(s)
+      if not low or s < low then low = s end
+    end
+  end
+  return low
+end"""
+
 APPEND = Script(
-    _APPEND_LUA.replace("READER_STALE_MS", str(READER_STALE_MS))
+    _APPEND_LUA.replace("SLOWEST_READER", _SLOWEST_READER)
+    .replace("READER_STALE_MS", str(READER_STALE_MS))
     .replace("READER_SLACK", str(READER_SLACK))
     .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
 )
@@ -322,6 +341,96 @@ for k = 1, tonumber(ARGV[1]) do
   if type(r) == 'table' and r.err then out[k] = -1 else out[k] = r end
 end
 return out
+"""
+)
+
+
+# The frames of a flush outside Lua (one Redis, not a cluster): Redis 7 hashes every Lua
+# string it makes over all its bytes (redis/redis#9449), so ``APPEND``, which gets the
+# frames in ARGV, cost Redis 0.21 s per million messages more than the XADDs alone
+# (``python bench/redis_lua_args.py``: 4.2x their CPU for one busy channel's entries, 3.4x
+# for 1,000 channels'). The writer sends, in one MULTI/EXEC (nothing of another client runs
+# in between):
+#
+#   EVAL PROPOSE    checks each channel's part, numbers its entries, trims, sets seq and top
+#   XADD stream NOMKSTREAM <S-0> n <n> f <frames> node <node>     per entry, plain
+#   EVAL SETTLE     puts back the streams PROPOSE fenced
+#
+# The writer proposes the ids from the sequence its last write of the channel ended at
+# (``Writer``). PROPOSE accepts a channel only when its stream exists, its sequence is that
+# one and its top agrees (nobody else wrote since), and no reader would fall READER_SLACK x
+# keep behind; else it *fences* the channel: it renames the stream to the fence key, so that
+# the channel's XADDs (NOMKSTREAM) find no stream and add nothing, and SETTLE renames it
+# back. A channel refused so is sent again with ``APPEND``. PROPOSE never raises: an error
+# in a channel's part fences that channel.
+#
+# PROPOSE ARGV: 1 keep, 2 node, 3 the fenced list key (SETTLE's), 4 channels; per channel: stream,
+# sequence, top, readers and fence keys, how far the calling node has read it (-1: not
+# followed), the sequence proposed to follow, entries e, then each entry's messages.
+# Returns per channel {status, prev}: 'ok' and the top before, or why not: 'moved' (the
+# sequence or the top is not what was proposed), 'missing' (no stream), 'behind', an error.
+PROPOSE = Script(
+    """#!lua flags=allow-cross-slot-keys
+local keep = tonumber(ARGV[1])
+local node = ARGV[2]
+local limit = keep * READER_SLACK
+REDIS_NOW_MS
+SLOWEST_READER
+local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
+  if redis.call('EXISTS', stream) == 0 then
+    if redis.call('EXISTS', fencekey) == 0 then return {'missing', ''} end
+    redis.call('RENAME', fencekey, stream)  -- fenced by a call that never settled
+  end
+  local state = redis.call('MGET', topkey, seqkey)
+  local current = tonumber(state[2] or '')
+  local top = state[1]
+  if current ~= expected or not top then return {'moved', ''} end
+  local s = string.match(top, '^(%d+)-')
+  if not s or tonumber(s) ~= current then return {'moved', ''} end
+  local low = floor(readers, node, mine)
+  local last = current
+  for e = first, first + count - 1 do
+    local n = tonumber(ARGV[e])
+    if low and last + n - low > limit then return {'behind', ''} end
+    last = last + n
+  end
+  local minid = last - keep + 1
+  if low and low + 1 < minid then minid = low + 1 end
+  if minid > 0 then redis.call('XTRIM', stream, 'MINID', string.format('%d', minid)) end
+  redis.call('MSET', seqkey, string.format('%d', last), topkey, string.format('%d-0', last))
+  return {'ok', top}
+end
+local out = {}
+local i = 5
+for c = 1, tonumber(ARGV[4]) do
+  local stream, fencekey = ARGV[i], ARGV[i + 4]
+  local count = tonumber(ARGV[i + 7])
+  local ok, res = pcall(check, stream, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], fencekey,
+    tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), i + 8, count)
+  i = i + 8 + count
+  if not ok then
+    res = {type(res) == 'table' and res.err or tostring(res), ''}
+  end
+  if res[1] ~= 'ok' and redis.pcall('EXISTS', stream) == 1 then
+    redis.pcall('RENAME', stream, fencekey)
+    redis.pcall('RPUSH', ARGV[3], fencekey, stream)
+  end
+  out[c] = res
+end
+return out
+""".replace("SLOWEST_READER", _SLOWEST_READER)
+    .replace("READER_STALE_MS", str(READER_STALE_MS))
+    .replace("READER_SLACK", str(READER_SLACK))
+    .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
+)
+
+# Puts back the streams PROPOSE fenced (ARGV: 1 the fenced list key); returns how many.
+SETTLE = Script(
+    """#!lua flags=allow-cross-slot-keys
+local fenced = redis.call('LRANGE', ARGV[1], 0, -1)
+for k = 1, #fenced, 2 do redis.pcall('RENAME', fenced[k], fenced[k + 1]) end
+if #fenced > 0 then redis.call('DEL', ARGV[1]) end
+return #fenced / 2
 """
 )
 

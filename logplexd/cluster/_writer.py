@@ -25,7 +25,7 @@ import trio
 from ..native import Batch, octet_frames
 from ..router import adaptive_linger
 from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
-from ._stream import APPEND, Keys, Outgoing, StreamId, parse_id
+from ._stream import APPEND, PROPOSE, SETTLE, Keys, Outgoing, StreamId, parse_id
 from .buffer import Entry, Flush, Loss, OutboundBuffer
 
 log = logging.getLogger("logplexd.cluster")
@@ -44,6 +44,10 @@ FLUSH_LINGER_MESSAGES = 1000
 MAX_FLUSH_LINGER = 0.05
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
+# A channel another node wrote since this node's last write of it (``PROPOSE`` answered
+# 'moved') is written with ``APPEND`` for this long: while two nodes take turns on a
+# channel, a proposal would be refused every other flush.
+SHARED_FOR = 1.0
 
 
 # One entry as written: its id and what it holds.
@@ -93,6 +97,17 @@ class Writer:
         self.read_through: Callable[[str], int | None] = lambda channel: None
         # Channels whose entries Redis refused lately: the pause before the next try.
         self._refusals: dict[str, Backoff] = {}
+        # One Redis: per channel, the stream sequence this node's last write of it ended at
+        # (its next entries are proposed from there, ``PROPOSE``), and until when it is
+        # written with ``APPEND`` instead because another node wrote it too.
+        self._next_seq: dict[str, int] = {}
+        self._shared_until: dict[str, float] = {}
+        # Channels PROPOSE found a reader behind on: their next write goes by APPEND.
+        self._append_next: set[str] = set()
+        # Entries written by PROPOSE + XADD (the frames outside Lua), and channels refused
+        # by PROPOSE because another node had written them since (or the stream was gone).
+        self.entries_proposed = 0
+        self.proposals_moved = 0
         # This task's own time (not waiting for Redis) since its last flush landed.
         self._work_seconds = 0.0
         self.entries_written = 0
@@ -187,8 +202,11 @@ class Writer:
                 mine.append(Outgoing(n, blob, 0, 0.0, kept))
                 nbytes += len(blob)
                 entries += 1
+        proposed = self._proposable(outgoing)
         parts: dict[str, list[Any]] = {}
         for channel, sent in outgoing.items():
+            if channel in proposed:
+                continue
             read = self.read_through(channel)
             part = parts[channel] = [
                 *self.keys.appended(channel),
@@ -198,11 +216,16 @@ class Writer:
             for entry in sent:
                 part.extend((entry.n, entry.frames, entry.lost, repr(entry.since)))
         self._work_seconds += time.perf_counter() - started
-        replies = await self.connection.call_per_shard(
-            APPEND, (keep, node), parts, "write", beacon=True
-        )
+        if proposed:
+            # Everything in one MULTI: all of it or none ran (a flush never half written).
+            replies = await self._transact(parts, proposed, outgoing)
+        else:
+            replies = await self.connection.call_per_shard(
+                APPEND, (keep, node), parts, "write", beacon=True
+            )
         started = time.perf_counter()
         written_seq = self.written_seq
+        next_seq = self._next_seq
         back = Flush()
         for channel, reply in replies.items():
             sent = outgoing[channel]
@@ -210,14 +233,27 @@ class Writer:
             done: list[Written] = []
             for k in range(2, len(reply) - 1, 2):
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
-                written_seq[channel] = int(reply[k])
-            if len(done) < len(sent) and status == b"behind":
+                written_seq[channel] = next_seq[channel] = int(reply[k])
+            if len(done) < len(sent) and status in (b"moved", b"missing"):
+                # Another node wrote the channel since this node last did (or its stream is
+                # gone): ``APPEND`` numbers these entries in the next flush.
+                self._give_back(back, channel, sent[len(done) :])
+                next_seq.pop(channel, None)
+                self._shared_until[channel] = trio.current_time() + SHARED_FOR
+                self.proposals_moved += 1
+            elif len(done) < len(sent) and status == b"behind" and channel in proposed:
+                # PROPOSE takes a channel's part whole or not at all: APPEND, in the next
+                # flush, writes what fits before the follower that is behind.
+                self._give_back(back, channel, sent[len(done) :])
+                self._append_next.add(channel)
+            elif len(done) < len(sent) and status == b"behind":
                 # A follower of the channel is 4 x keep behind: the rest waits here (and
                 # the inputs with it, ``ChannelPushback``) until it has read on.
                 self._give_back(back, channel, sent[len(done) :])
                 self.deferred += 1
                 self.buffer.defer(channel, trio.current_time() + BEHIND_PAUSE)
             elif len(done) < len(sent):
+                next_seq.pop(channel, None)
                 log.debug(
                     "data plane: %d entries of %s not written (%s); sent again",
                     len(sent) - len(done),
@@ -234,13 +270,138 @@ class Writer:
             if done and self.on_written is not None:
                 self.on_written(channel, parse_id(prev) if prev else None, done)
         if back:
-            self.buffer.restore(back, self.wall_clock())
+            # Redis answered: what it did not take waits, and the inputs with it (a reader
+            # behind, a refusal), up to a flush over the buffer's bound before the oldest
+            # is dropped (given back whole, a refused 'behind' lost the oldest routed).
+            self.buffer.restore(back, self.wall_clock(), slack=2)
             nbytes -= back.nbytes
             entries -= len(back.taken)
         self.bytes_written += nbytes
         self.entries_written += entries
         self.messages_written += flush.messages - back.messages
         self._work_seconds += time.perf_counter() - started
+
+    def forget(self, channel: str) -> None:
+        """The channel was deleted: what this writer knew of its stream is void."""
+        self.written_seq.pop(channel, None)
+        self._next_seq.pop(channel, None)
+        self._shared_until.pop(channel, None)
+        self._append_next.discard(channel)
+
+    def _proposable(self, outgoing: dict[str, list[Outgoing]]) -> set[str]:
+        """The channels of a flush whose entries go by ``PROPOSE`` (the frames outside
+        Lua): on one Redis, those whose sequence this node's last write of them gave,
+        unless another node wrote them lately; never a loss marker (its id is ``S-*``)."""
+        if not self.connection.transactions or not self._next_seq:
+            return set()
+        now = trio.current_time()
+        shared = self._shared_until
+        proposed: set[str] = set()
+        for channel, sent in outgoing.items():
+            if channel not in self._next_seq or not all(entry.n for entry in sent):
+                continue
+            if channel in self._append_next:
+                self._append_next.discard(channel)
+                continue
+            until = shared.get(channel)
+            if until is not None:
+                if until > now:
+                    continue
+                del shared[channel]
+            proposed.add(channel)
+        return proposed
+
+    async def _transact(
+        self,
+        parts: dict[str, list[Any]],
+        channels: set[str],
+        outgoing: dict[str, list[Outgoing]],
+    ) -> dict[str, list[Any]]:
+        """One Redis: write a flush in one MULTI: ``APPEND`` for the channels of ``parts``,
+        then for ``channels`` ``PROPOSE``, a plain XADD per entry and ``SETTLE`` (see
+        ``_stream.PROPOSE``); the scripts by EVAL (a MULTI must not meet NOSCRIPT: the
+        XADDs would run without their check). Returns each channel's reply as ``APPEND``
+        gives it: {status, prev, last_1, id_1, ...}."""
+        keys = self.keys
+        node = self.node_id
+        commands: list[list[Any]] = []
+        if parts:
+            appended: list[Any] = ["EVAL", APPEND.text, 0, self.keep_messages, node, "", len(parts)]
+            for part in parts.values():
+                appended += part
+            commands.append(appended)
+        args: list[Any] = [self.keep_messages, node, keys.fenced(node), len(channels)]
+        xadds: list[list[Any]] = []
+        plan: list[tuple[str, list[int]]] = []
+        for channel in channels:
+            sent = outgoing[channel]
+            stream = keys.stream(channel)
+            read = self.read_through(channel)
+            seq = self._next_seq[channel]
+            args += [
+                *keys.appended(channel),
+                keys.fence(channel),
+                -1 if read is None else read,
+                seq,
+                len(sent),
+            ]
+            lasts: list[int] = []
+            for entry in sent:
+                args.append(entry.n)
+                seq += entry.n
+                lasts.append(seq)
+                xadds.append(
+                    ["XADD", stream, "NOMKSTREAM", f"{seq}-0", "n", entry.n, "f", entry.frames,
+                     "node", node]
+                )  # fmt: skip
+            plan.append((channel, lasts))
+        commands += [["EVAL", PROPOSE.text, 0, *args], *xadds]
+        commands.append(["EVAL", SETTLE.text, 0, keys.fenced(node)])
+        results = await self.connection.transaction(commands, "write")
+        # The transaction ran whole: from here nothing raises, or the flush would be
+        # given back whole and what it wrote written twice.
+        replies: dict[str, list[Any]] = {}
+        if parts:
+            appended = results[0]
+            results = results[1:]
+            if isinstance(appended, BaseException):
+                replies.update((channel, [str(appended).encode(), b""]) for channel in parts)
+            else:
+                replies.update(zip(parts, appended, strict=True))
+        checks = results[0]
+        unchecked = isinstance(checks, BaseException)
+        if unchecked:
+            # Never seen (the script cannot raise): the XADDs ran unchecked. What they
+            # added counts as written; the next write of these channels goes by APPEND,
+            # whose numbering mends the sequence from the stream.
+            log.error("data plane: PROPOSE failed (%s); its XADDs ran unchecked", checks)
+        k = 1
+        for i, (channel, lasts) in enumerate(plan):
+            reply = [str(checks).encode(), b""] if unchecked else list(checks[i])
+            added = results[k : k + len(lasts)]
+            k += len(lasts)
+            if reply[0] != b"ok" and not unchecked:
+                replies[channel] = reply
+                continue
+            for last, added_id in zip(lasts, added, strict=True):
+                if added_id != f"{last}-0".encode():
+                    if not unchecked:
+                        # Accepted, yet not added: never seen; said, and the rest goes
+                        # back (APPEND writes it after whatever is there).
+                        log.warning(
+                            "data plane: an entry of %s was accepted but not added (%r)",
+                            channel,
+                            added_id,
+                        )
+                        reply[0] = b"not added"
+                    break
+                reply += [last, added_id]
+                self.entries_proposed += 1
+            if unchecked:
+                self._next_seq.pop(channel, None)
+                self._shared_until[channel] = trio.current_time() + SHARED_FOR
+            replies[channel] = reply
+        return replies
 
     @staticmethod
     def _give_back(back: Flush, channel: str, unsent: list[Outgoing]) -> None:

@@ -123,8 +123,9 @@ class OutboundBuffer:
         loss.count += messages
         self.dropped += messages
 
-    def _trim(self, now: float) -> None:
-        while self._entries and (self.messages > self.max_messages or self.nbytes > self.max_bytes):
+    def _trim(self, now: float, slack: int = 1) -> None:
+        max_messages, max_bytes = slack * self.max_messages, slack * self.max_bytes
+        while self._entries and (self.messages > max_messages or self.nbytes > max_bytes):
             old = self._entries.popleft()
             self._unqueue(old.channel, old.messages)
             self.messages -= old.messages
@@ -230,8 +231,13 @@ class OutboundBuffer:
         for channel, (parts, _, count) in pending.items():
             flush.entries.setdefault(channel, []).append(_joined(parts, count))
 
-    def restore(self, flush: Flush, now: float) -> None:
-        """Give back a flush that was not written: first in line again, then re-bounded."""
+    def restore(self, flush: Flush, now: float, slack: int = 1) -> None:
+        """Give back a flush that was not written: first in line again, then re-bounded
+        to ``slack`` times the buffer's bounds (the oldest dropped past them, counted).
+        A flush Redis did not answer is bounded as routed batches are (1); entries it
+        answered for (a reader behind, a refusal) may take up to one buffer more, 2: the
+        inputs are held meanwhile (``ChannelPushback``), and dropping them was a loss the
+        node made itself."""
         self._entries.extendleft(reversed(flush.taken))
         for entry in flush.taken:
             self.queued[entry.channel] = self.queued.get(entry.channel, 0) + entry.messages
@@ -244,7 +250,7 @@ class OutboundBuffer:
             else:
                 mine.count += loss.count
                 mine.since = min(mine.since, loss.since)
-        self._trim(now)
+        self._trim(now, slack)
 
 
 def _joined(parts: list[Entry], count: int) -> tuple[bytes, int, list[object] | None]:

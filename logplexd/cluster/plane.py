@@ -211,7 +211,7 @@ class DataPlane:
     def forget(self, channel: str) -> None:
         """The channel was deleted: delete its stream and sequence, so that a channel made
         later under the same name starts empty (every node does it; DEL is idempotent)."""
-        self.writer.written_seq.pop(channel, None)
+        self.writer.forget(channel)
         if self._nursery is not None:
             self._nursery.start_soon(self._delete, self.keys.appended(channel))
 

@@ -490,6 +490,8 @@ class Daemon:
                 messages_trimmed=plane.messages_trimmed,
                 writes_waited=plane.writer.deferred,
                 entries_own=plane.followers.entries_own,
+                entries_proposed=plane.writer.entries_proposed,
+                proposals_moved=plane.writer.proposals_moved,
                 malformed_entries=plane.malformed_entries,
                 pushback_holds=plane.pushback.holds,
                 buffer_messages=plane.buffer.messages,

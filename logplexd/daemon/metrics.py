@@ -92,6 +92,10 @@ class RedisFigures:
     writes_waited: int
     # Of the entries read, those this node wrote itself, appended from its writer.
     entries_own: int
+    # Of the entries written, those written by PROPOSE and plain XADDs (frames outside Lua),
+    # and the times PROPOSE found that another node had written the channel since.
+    entries_proposed: int
+    proposals_moved: int
     malformed_entries: int
     # Times this node held a channel's inputs because it was behind on it (ChannelPushback).
     pushback_holds: int
@@ -644,6 +648,12 @@ _PLANE_COUNTERS = (
     ("redis_stream_entries_own", "entries_own",
      "Of the stream entries read, those this node wrote and appended from its writer "
      "without reading them back from Redis."),
+    ("redis_stream_entries_proposed", "entries_proposed",
+     "Of the stream entries written, those written as plain XADDs behind the PROPOSE "
+     "script (one Redis: the frames never become Lua strings)."),
+    ("redis_proposals_moved", "proposals_moved",
+     "Times a channel's proposed entries were refused because another node had written "
+     "the channel since (they are written with the APPEND script instead)."),
     ("redis_stream_entries_malformed", "malformed_entries",
      "Stream entries no logplexd wrote, skipped by the data plane."),
     ("redis_drain_takeovers", "drain_takeovers",
@@ -654,7 +664,7 @@ _PLANE_COUNTERS = (
      "server and purpose; one that keeps growing means connections keep breaking)."),
     ("redis_pushback_holds", "pushback_holds",
      "Times this node held a channel's inputs because it was behind on it (unwritten plus "
-     "not yet read back past half of channel_buffer_messages)."),
+     "not yet read back past channel_buffer_messages, or its outbound buffer past half full)."),
 )  # fmt: skip
 
 _API_STATUSES = ("normal", "read_only", "disabled")
