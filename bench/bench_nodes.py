@@ -362,6 +362,11 @@ _PLANE_SAMPLES = {
     "logplexd_redis_stream_messages_written_total": "written",
     "logplexd_redis_stream_entries_written_total": "entries",
     "logplexd_redis_stream_messages_read_total": "read",
+    # One Redis: entries written as plain XADDs behind PROPOSE, and proposals refused
+    # because another node wrote the channel since (docs/SCALING.md, "The frames outside
+    # Lua"); absent from a tree older than them.
+    "logplexd_redis_stream_entries_proposed_total": "proposed",
+    "logplexd_redis_proposals_moved_total": "moved",
 }
 
 
@@ -915,6 +920,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"[{wl_key} {name} run {i + 1}] {run.rate:,.0f} msgs/s, "
                         f"cpu {run.per_million(run.node_cpu):.2f} s/M, "
                         f"round trips/1k {fmt(trips, 2)}, "
+                        f"entries/1k {fmt(run.plane_per_thousand('entries'), 2)} "
+                        f"(proposed {fmt(run.plane_per_thousand('proposed'), 2)}, "
+                        f"refused {fmt(run.plane_per_thousand('moved'), 2)}), "
                         f"Redis read events/1k {run.per_thousand('read_events'):.2f}, "
                         f"lost {run.lost} dup {run.duplicates} L10 {run.l10}"
                     )

@@ -401,10 +401,11 @@ async def test_a_sequence_that_is_no_integer_refuses_its_channel_until_mended(
 async def test_a_channel_this_node_wrote_last_is_written_with_its_frames_outside_lua(
     redis_any,
 ) -> None:
-    """On one Redis, once the writer knows where a channel's stream ends (its own last
-    write), it proposes the next ids and sends the frames in plain XADDs (``PROPOSE``):
-    the stream is the same as ``APPEND`` makes it, ids counting messages, sequence and top
-    in step, nothing left aside. A cluster keeps ``APPEND`` (a MULTI there is one slot)."""
+    """On one Redis, once two of the writer's writes followed each other in a channel's
+    stream (nobody else writes it), it proposes the next ids and sends the frames in plain
+    XADDs (``PROPOSE``): the stream is the same as ``APPEND`` makes it, ids counting
+    messages, sequence and top in step, nothing left aside. A cluster keeps ``APPEND`` (a
+    MULTI there is one slot)."""
     async with node(redis_any.url, "one") as one:
         with trio.fail_after(15):
             plane = one.plane
@@ -420,7 +421,7 @@ async def test_a_channel_this_node_wrote_last_is_written_with_its_frames_outside
             assert texts(history) == [b"a0", b"a1", b"a2", *later]
             assert top == (9, 0)
             if isinstance(redis_any, RedisServer):
-                assert plane.writer.entries_proposed == 3
+                assert plane.writer.entries_proposed == 2  # b1 and b2: b0 showed "solo"
                 keys = plane.keys
                 assert redis_any.command("GET", keys.sequence("app")) == b"$1\r\n9\r\n"
                 assert redis_any.command("GET", keys.top("app")) == b"$3\r\n9-0\r\n"
@@ -440,7 +441,9 @@ async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_appe
     async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
         with trio.fail_after(15):
             p1, p2 = one.plane, two.plane
-            one.route(frames("t.app", ["a0", "a1"]))
+            one.route(frames("t.app", ["a0"]))
+            await eventually(lambda: p1.messages_written == 1, 5)
+            one.route(frames("t.app", ["a1"]))  # right after its own: one may propose
             await eventually(lambda: p1.messages_written == 2, 5)
             two.route(frames("t.app", ["b0"]))
             await eventually(lambda: p2.messages_written == 1, 5)
@@ -460,6 +463,27 @@ async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_appe
             assert redis_server.command("EXISTS", keys.fenced("one")) == b":0\r\n"
 
 
+async def test_a_channel_two_nodes_take_turns_on_is_never_proposed_for(
+    redis_server: RedisServer,
+) -> None:
+    """Nodes that take turns writing a channel never propose for it (each would be refused
+    and its entries sent twice): a node proposes only after two of its writes followed each
+    other in the stream, and APPEND's replies tell it when they do not."""
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        with trio.fail_after(15):
+            p1, p2 = one.plane, two.plane
+            for i in range(6):
+                one.route(frames("t.app", [f"a{i}"]))
+                await eventually(lambda n=i + 1: p1.messages_written == n, 5)
+                two.route(frames("t.app", [f"b{i}"]))
+                await eventually(lambda n=i + 1: p2.messages_written == n, 5)
+            for plane in (p1, p2):
+                assert plane.writer.entries_proposed == plane.writer.proposals_moved == 0
+            history, top = await p1.read_history("app", 100)
+            assert texts(history) == [t.encode() for i in range(6) for t in (f"a{i}", f"b{i}")]
+            assert top == (12, 0)
+
+
 async def test_a_proposal_for_a_stream_that_is_gone_goes_by_append(
     redis_server: RedisServer,
 ) -> None:
@@ -469,7 +493,9 @@ async def test_a_proposal_for_a_stream_that_is_gone_goes_by_append(
     async with node(redis_server.url, "one") as one:
         with trio.fail_after(15):
             plane = one.plane
-            one.route(frames("t.app", ["a0", "a1"]))
+            one.route(frames("t.app", ["a0"]))
+            await eventually(lambda: plane.messages_written == 1, 5)
+            one.route(frames("t.app", ["a1"]))
             await eventually(lambda: plane.messages_written == 2, 5)
             assert redis_server.command("DEL", plane.keys.stream("app")) == b":1\r\n"
             one.route(frames("t.app", ["a2"]))

@@ -45,9 +45,11 @@ MAX_FLUSH_LINGER = 0.05
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
 # A channel another node wrote since this node's last write of it (``PROPOSE`` answered
-# 'moved') is written with ``APPEND`` for this long: while two nodes take turns on a
-# channel, a proposal would be refused every other flush.
-SHARED_FOR = 1.0
+# 'moved', or ``APPEND``'s entries did not follow this node's last one) is written with
+# ``APPEND`` for this long: while two nodes take turns on a channel, a proposal would be
+# refused every other flush, and its entries sent twice (bench_nodes redis-2 with 1 s:
+# 5 % more bytes to Redis than without proposals).
+SHARED_FOR = 10.0
 
 
 # One entry as written: its id and what it holds.
@@ -104,6 +106,10 @@ class Writer:
         self._shared_until: dict[str, float] = {}
         # Channels PROPOSE found a reader behind on: their next write goes by APPEND.
         self._append_next: set[str] = set()
+        # Per channel, the id of the last entry this node wrote, and the channels whose
+        # last two writes by this node followed each other in the stream (``_note_shared``).
+        self._last_id: dict[str, StreamId] = {}
+        self._solo: set[str] = set()
         # Entries written by PROPOSE + XADD (the frames outside Lua), and channels refused
         # by PROPOSE because another node had written them since (or the stream was gone).
         self.entries_proposed = 0
@@ -234,11 +240,14 @@ class Writer:
             for k in range(2, len(reply) - 1, 2):
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
                 written_seq[channel] = next_seq[channel] = int(reply[k])
+            if done:
+                self._note_shared(channel, prev, done[-1][0])
             if len(done) < len(sent) and status in (b"moved", b"missing"):
                 # Another node wrote the channel since this node last did (or its stream is
                 # gone): ``APPEND`` numbers these entries in the next flush.
                 self._give_back(back, channel, sent[len(done) :])
                 next_seq.pop(channel, None)
+                self._solo.discard(channel)
                 self._shared_until[channel] = trio.current_time() + SHARED_FOR
                 self.proposals_moved += 1
             elif len(done) < len(sent) and status == b"behind" and channel in proposed:
@@ -281,8 +290,27 @@ class Writer:
         self.messages_written += flush.messages - back.messages
         self._work_seconds += time.perf_counter() - started
 
+    def _note_shared(self, channel: str, prev: bytes | None, last: StreamId) -> None:
+        """After a write of ``channel`` whose first entry came after ``prev`` (the top
+        before it; empty: not known) and whose last is ``last``. A channel is proposed for
+        only once two of this node's writes followed each other in its stream (no guess
+        that comes back refused for every channel another node writes too); when ``prev``
+        is not this node's own last entry, another node wrote in between, and the channel
+        goes by ``APPEND`` for ``SHARED_FOR`` more."""
+        mine = self._last_id.get(channel)
+        self._last_id[channel] = last
+        if mine is None:
+            return
+        if prev and parse_id(prev) == mine:
+            self._solo.add(channel)
+        else:
+            self._solo.discard(channel)
+            self._shared_until[channel] = trio.current_time() + SHARED_FOR
+
     def forget(self, channel: str) -> None:
         """The channel was deleted: what this writer knew of its stream is void."""
+        self._last_id.pop(channel, None)
+        self._solo.discard(channel)
         self.written_seq.pop(channel, None)
         self._next_seq.pop(channel, None)
         self._shared_until.pop(channel, None)
@@ -292,13 +320,15 @@ class Writer:
         """The channels of a flush whose entries go by ``PROPOSE`` (the frames outside
         Lua): on one Redis, those whose sequence this node's last write of them gave,
         unless another node wrote them lately; never a loss marker (its id is ``S-*``)."""
-        if not self.connection.transactions or not self._next_seq:
+        if not self.connection.transactions or not self._solo:
             return set()
         now = trio.current_time()
         shared = self._shared_until
         proposed: set[str] = set()
         for channel, sent in outgoing.items():
-            if channel not in self._next_seq or not all(entry.n for entry in sent):
+            if channel not in self._solo or channel not in self._next_seq:
+                continue
+            if not all(entry.n for entry in sent):
                 continue
             if channel in self._append_next:
                 self._append_next.discard(channel)
