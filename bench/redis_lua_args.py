@@ -27,13 +27,11 @@ and the ratio to ``xadd`` in the same run.
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
+
+from redis_calls import free_port, start_redis  # bench/: a scratch redis-server
 
 MESSAGE = b"<134>1 2026-12-04T00:00:00.000000+00:00 host app web.1 - " + b"x" * 62
 FRAME = b"%d %s" % (len(MESSAGE), MESSAGE)  # an octet-counted frame, as entries hold them
@@ -118,29 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    server = shutil.which("redis-server")
-    if server is None:
-        print("redis-server not found (apt-get install redis-server)", file=sys.stderr)
-        return 2
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--logfile", str(Path(workdir) / "log")],
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc = start_redis(port, workdir)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    link = Link(port)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            link = Link(port)
             ways = ("lua", "multi", "xadd")
             for shape in args.flushes.split(","):
                 messages, channels = (int(part) for part in shape.split("x"))
