@@ -14,11 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logplexd.cluster._direct import (
+    SEND_BUFFERS,
     DirectLinks,
     RespConnectionError,
     RespUnreachable,
     ServerLink,
     parse_address,
+    send_gathered,
 )
 from logplexd.native import (
     NEED_DATA,
@@ -294,10 +296,11 @@ async def test_a_link_logs_in_and_selects_its_database(tmp_path: Path) -> None:
 async def test_a_pipeline_larger_than_the_socket_takes_arrives_whole(
     plain_redis: RedisServer,
 ) -> None:
-    # 3,000 values of 2 KB packed into the request and one of 8 MB sent from where it is
-    # (more than the socket takes at once): every byte arrives, in order.
+    # 3,000 values, 1 KB ones packed into the request and 2 KB ones sent from where they
+    # are (several ``sendmsg`` of 512 buffers, each cut where the socket stopped taking),
+    # and one of 8 MB (more than the socket takes at once): every byte arrives, in order.
     link = _link(plain_redis)
-    values = [bytes([65 + i % 26]) * 2048 + b"%d" % i for i in range(3000)]
+    values = [bytes([65 + i % 26]) * (1024 << (i % 2)) + b"%d" % i for i in range(3000)]
     big = bytes(range(256)) * (32 * 1024)
     commands: list[list[object]] = [["SET", f"k{i}", v] for i, v in enumerate(values)]
     commands.append(["SET", "big", memoryview(big)])
@@ -307,6 +310,33 @@ async def test_a_pipeline_larger_than_the_socket_takes_arrives_whole(
     assert got[:-1] == values[::7]
     assert got[-1] == big
     link.close()
+
+
+async def test_gathered_pieces_arrive_whole_and_in_order_however_the_socket_takes_them() -> None:
+    """``send_gathered``: more pieces than one ``sendmsg`` takes (SEND_BUFFERS), of every
+    size, some empty, over a socket that takes a few KB at a time: the peer gets exactly
+    their bytes, in order."""
+    rng = random.Random(7)
+    pieces: list[Any] = []
+    for i in range(3 * SEND_BUFFERS + 17):
+        size = rng.choice((0, 1, 5, 300, 2048, 70_000))
+        pieces.append(bytes([i % 251]) * size if i % 3 else bytearray(rng.randbytes(size)))
+    expected = b"".join(bytes(p) for p in pieces)
+    a, b = trio.socket.socketpair()
+    a.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4096)
+    got = bytearray()
+
+    async def read() -> None:
+        while len(got) < len(expected):
+            got.extend(await b.recv(rng.choice((1, 100, 5000))))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await send_gathered(a, pieces)
+    assert bytes(got) == expected
+    a.close()
+    b.close()
 
 
 async def test_a_cancelled_call_leaves_no_reply_behind_for_the_next(
