@@ -99,17 +99,13 @@ class Writer:
         self.read_through: Callable[[str], int | None] = lambda channel: None
         # Channels whose entries Redis refused lately: the pause before the next try.
         self._refusals: dict[str, Backoff] = {}
-        # One Redis: per channel, the stream sequence this node's last write of it ended at
-        # (its next entries are proposed from there, ``PROPOSE``), and until when it is
-        # written with ``APPEND`` instead because another node wrote it too.
-        self._next_seq: dict[str, int] = {}
-        self._shared_until: dict[str, float] = {}
-        # Channels PROPOSE found a reader behind on: their next write goes by APPEND.
-        self._append_next: set[str] = set()
-        # Per channel, the id of the last entry this node wrote, and the channels whose
-        # last two writes by this node followed each other in the stream (``_note_shared``).
+        # One Redis: per channel, the id of the last entry this node wrote; the channels
+        # whose last two writes by this node followed each other in the stream, proposed
+        # for (``PROPOSE``: from ``written_seq``); and until when a channel goes by
+        # ``APPEND`` because another node wrote it too (``_note_shared``).
         self._last_id: dict[str, StreamId] = {}
         self._solo: set[str] = set()
+        self._shared_until: dict[str, float] = {}
         # Entries written by PROPOSE + XADD (the frames outside Lua), and channels refused
         # by PROPOSE because another node had written them since (or the stream was gone).
         self.entries_proposed = 0
@@ -231,7 +227,7 @@ class Writer:
             )
         started = time.perf_counter()
         written_seq = self.written_seq
-        next_seq = self._next_seq
+        solo = self._solo
         back = Flush()
         for channel, reply in replies.items():
             sent = outgoing[channel]
@@ -239,22 +235,22 @@ class Writer:
             done: list[Written] = []
             for k in range(2, len(reply) - 1, 2):
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
-                written_seq[channel] = next_seq[channel] = int(reply[k])
+                written_seq[channel] = int(reply[k])
             if done:
                 self._note_shared(channel, prev, done[-1][0])
             if len(done) < len(sent) and status in (b"moved", b"missing"):
                 # Another node wrote the channel since this node last did (or its stream is
                 # gone): ``APPEND`` numbers these entries in the next flush.
                 self._give_back(back, channel, sent[len(done) :])
-                next_seq.pop(channel, None)
-                self._solo.discard(channel)
+                solo.discard(channel)
                 self._shared_until[channel] = trio.current_time() + SHARED_FOR
                 self.proposals_moved += 1
             elif len(done) < len(sent) and status == b"behind" and channel in proposed:
                 # PROPOSE takes a channel's part whole or not at all: APPEND, in the next
-                # flush, writes what fits before the follower that is behind.
+                # flush, writes what fits before the follower that is behind (and makes it
+                # "solo" again, ``_note_shared``).
                 self._give_back(back, channel, sent[len(done) :])
-                self._append_next.add(channel)
+                solo.discard(channel)
             elif len(done) < len(sent) and status == b"behind":
                 # A follower of the channel is 4 x keep behind: the rest waits here (and
                 # the inputs with it, ``ChannelPushback``) until it has read on.
@@ -262,7 +258,7 @@ class Writer:
                 self.deferred += 1
                 self.buffer.defer(channel, trio.current_time() + BEHIND_PAUSE)
             elif len(done) < len(sent):
-                next_seq.pop(channel, None)
+                solo.discard(channel)
                 log.debug(
                     "data plane: %d entries of %s not written (%s); sent again",
                     len(sent) - len(done),
@@ -312,26 +308,22 @@ class Writer:
         self._last_id.pop(channel, None)
         self._solo.discard(channel)
         self.written_seq.pop(channel, None)
-        self._next_seq.pop(channel, None)
         self._shared_until.pop(channel, None)
-        self._append_next.discard(channel)
 
     def _proposable(self, outgoing: dict[str, list[Outgoing]]) -> set[str]:
         """The channels of a flush whose entries go by ``PROPOSE`` (the frames outside
-        Lua): on one Redis, those whose sequence this node's last write of them gave,
-        unless another node wrote them lately; never a loss marker (its id is ``S-*``)."""
+        Lua), numbered from where this node's last write of them ended: on one Redis, the
+        "solo" ones, unless another node wrote them lately; never a loss marker (its id is
+        ``S-*``)."""
         if not self.connection.transactions or not self._solo:
             return set()
         now = trio.current_time()
         shared = self._shared_until
         proposed: set[str] = set()
         for channel, sent in outgoing.items():
-            if channel not in self._solo or channel not in self._next_seq:
+            if channel not in self._solo or channel not in self.written_seq:
                 continue
             if not all(entry.n for entry in sent):
-                continue
-            if channel in self._append_next:
-                self._append_next.discard(channel)
                 continue
             until = shared.get(channel)
             if until is not None:
@@ -367,7 +359,7 @@ class Writer:
             sent = outgoing[channel]
             stream = keys.stream(channel)
             read = self.read_through(channel)
-            seq = self._next_seq[channel]
+            seq = self.written_seq[channel]
             args += [
                 *keys.appended(channel),
                 keys.fence(channel),
@@ -428,7 +420,7 @@ class Writer:
                 reply += [last, added_id]
                 self.entries_proposed += 1
             if unchecked:
-                self._next_seq.pop(channel, None)
+                self._solo.discard(channel)
                 self._shared_until[channel] = trio.current_time() + SHARED_FOR
             replies[channel] = reply
         return replies
