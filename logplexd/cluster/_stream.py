@@ -191,7 +191,7 @@ local keep = tonumber(ARGV[1])
 local node = ARGV[2]
 local limit = keep * READER_SLACK
 REDIS_NOW_MS
-SLOWEST_READER
+READER_FLOOR
 local function add(stream, seq, n, frames, lost, since, low)
   local minid = seq - keep + 1
   if low and low + 1 < minid then minid = low + 1 end
@@ -280,7 +280,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)"""
 # follow the channel; nil: no reader). The calling node's own report is older than
 # ``mine``: taken instead of it, it held the node back on itself (a writer 'behind' its own
 # follower's report of 20 ms ago). And ``failed(r)``, the error of a ``redis.pcall``.
-_SLOWEST_READER = """local function failed(r) return type(r) == 'table' and r.err end
+_READER_FLOOR = """local function failed(r) return type(r) == 'table' and r.err end
 local function floor(key, node, mine)
   local rd = redis.pcall('HGETALL', key)
   local low = nil
@@ -297,7 +297,7 @@ local function floor(key, node, mine)
 end"""
 
 APPEND = Script(
-    _APPEND_LUA.replace("SLOWEST_READER", _SLOWEST_READER)
+    _APPEND_LUA.replace("READER_FLOOR", _READER_FLOOR)
     .replace("READER_STALE_MS", str(READER_STALE_MS))
     .replace("READER_SLACK", str(READER_SLACK))
     .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
@@ -375,7 +375,7 @@ local keep = tonumber(ARGV[1])
 local node = ARGV[2]
 local limit = keep * READER_SLACK
 REDIS_NOW_MS
-SLOWEST_READER
+READER_FLOOR
 local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
   if redis.call('EXISTS', stream) == 0 then
     if redis.call('EXISTS', fencekey) == 0 then return {'missing', ''} end
@@ -418,7 +418,7 @@ for c = 1, tonumber(ARGV[4]) do
   out[c] = res
 end
 return out
-""".replace("SLOWEST_READER", _SLOWEST_READER)
+""".replace("READER_FLOOR", _READER_FLOOR)
     .replace("READER_STALE_MS", str(READER_STALE_MS))
     .replace("READER_SLACK", str(READER_SLACK))
     .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
