@@ -11,6 +11,10 @@ cdef class ChannelRing:
     cdef unsigned char* arena    # payloads, FIFO in a circular byte arena
     cdef Py_ssize_t arena_cap
     cdef readonly Py_ssize_t max_bytes
+    # Whether slots / arena are pages mapped for this ring alone (large storage grows by
+    # mremap instead of a heap copy; ring.pyx, ring_storage_grow).
+    cdef int slots_mapped
+    cdef int arena_mapped
     cdef Py_ssize_t wpos
     cdef Py_ssize_t used
     # slots[tail & slot_mask].off while the ring holds anything: the oldest record is cold

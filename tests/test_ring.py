@@ -176,6 +176,27 @@ def test_growing_keeps_every_message_whether_or_not_the_ring_has_wrapped():
     assert ring.nbytes == sum(map(len, held)) <= 8192
 
 
+def test_storage_past_64_kb_keeps_every_message_as_it_grows_wrapped_or_not():
+    # Past 64 kB, slots and arena are pages of their own, grown by mremap: young (in place),
+    # and wrapped with ever larger messages (laid out again into fresh storage), the ring
+    # still holds exactly the newest ``max_messages`` in order.
+    ring = ChannelRing(300, 8 * 1024 * 1024)
+    model: deque[bytes] = deque(maxlen=300)
+    for i in range(3000):
+        payload = frame(i, 20 + i)  # 20 B to 3 kB: the arena grows from 2 kB to 1 MB
+        ring.append_batch(parse_frames([payload]))
+        model.append(payload)
+        if i % 97 == 0:
+            assert ring.last(300).frames() == list(model)
+    assert ring.last(300).frames() == list(model) and ring.allocated > 512 * 1024
+    young = ChannelRing(100_000, 64 * 1024 * 1024)
+    sent = [frame(i, 100) for i in range(20_000)]  # 4 MB of slots and payload, unwrapped
+    young.append_batch(parse_frames(sent))
+    assert young.evicted == 0 and young.last(100_000).frames() == sent
+    batch, cursor, lost = young.read(19_990, 100)
+    assert (batch.frames(), cursor, lost) == (sent[19_990:], 20_000, 0)
+
+
 def test_discard_lets_go_of_what_was_read_and_reuses_the_storage():
     ring = ChannelRing(4096, 4 * 1024 * 1024)
     sent = [frame(i, 100) for i in range(1000)]
