@@ -659,6 +659,33 @@ async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_followed_channels_staging_ring_keeps_only_what_is_unsent(
+    redis_server: RedisServer,
+) -> None:
+    """Once the channel's own ring holds its history (a local reader follows it), the
+    staging ring lets go of all it sent, and history read while Redis is away comes from
+    the followed ring, newest last."""
+    async with node(redis_server.url, "one") as one:
+        channel, follow, losses = await follow_app(one)
+        sent = [f"m{i}" for i in range(600)]  # the ring holds 1,000
+        for start in range(0, len(sent), 50):
+            one.route(frames("t.app", sent[start : start + 50]))
+            await trio.lowlevel.checkpoint()
+            if start == 300:
+                # The followed ring has the first half: from here the staging ring lets
+                # go of everything it sends.
+                with trio.fail_after(10):
+                    await eventually(lambda: len(channel.ring) == 350, 10)
+        with trio.fail_after(10):
+            await eventually(lambda: len(channel.ring) == len(sent), 10)
+        staging = one.staging["app"]
+        assert staging.head == len(sent) and len(staging) == 0
+        assert texts(one.local_history(channel)) == [m.encode() for m in sent[-100:]]
+        assert texts(channel.ring.last(1000)) == [m.encode() for m in sent]
+        assert losses == []
+        one.plane.release(follow)
+
+
 async def test_a_staging_ring_keeps_only_what_is_unsent_and_the_local_history(
     redis_server: RedisServer,
 ) -> None:

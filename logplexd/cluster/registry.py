@@ -14,8 +14,9 @@ collects), the message that makes it worth sending at once, and every message wh
 channel is held (the input must learn that it waits). So with 1,000 channels round-robin a
 routed batch costs some Python per channel and flush, not per channel and batch.
 
-The staging ring also is this node's local history: when Redis is unreachable, history
-reads fall back to it (``local_history``).
+The staging ring also is this node's local history of a channel it does not follow: when
+Redis is unreachable, history reads fall back to it (``local_history``). A followed
+channel's own ring is that history; its staging ring keeps only what is unsent.
 """
 
 from __future__ import annotations
@@ -239,7 +240,13 @@ class ClusterRegistry(Registry):
             plane.enqueue(staging.name, out)
         # Sent is kept only as local history: a staging ring that kept a whole channel
         # buffer of it was as large as the channel's own ring, and cold (1,000 channels).
-        history_start = ring.head - self.history_messages
+        # Not even that once the channel's own ring holds anything (it is followed here):
+        # ``local_history`` then reads that ring, and a staging ring that let go of all it
+        # sent stays as small as one flush and warm (1,000 followed channels: it doubled
+        # the memory the node touched per message).
+        history_start = ring.head
+        if channel is None or not len(channel.ring):
+            history_start -= self.history_messages
         if ring.tail < min(staging.cursor, history_start):
             ring.discard(min(staging.cursor, history_start))
         self._rearm(ring)
