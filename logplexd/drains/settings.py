@@ -39,6 +39,10 @@ class DrainSettings:
     overflow: str = "pushback"
     # A receiver that takes nothing of a pending write for this long (or not all of it in
     # five times this long) is a slow consumer: it no longer holds its channel's inputs.
-    slow_write_after: float = 0.1
+    # While it is judged, a connection that also carries other channels waits: 0.1 s cost
+    # the other channel 35 % of its rate over 500,000 messages (bench/e2e/stall.py); a
+    # receiver that keeps up takes some of a write far sooner, even loaded, and one misjudged
+    # slow only stops holding (its backlog waits in the ring, then on disk).
+    slow_write_after: float = 0.02
     # A drain failing on a TLS certificate repeats its L14 notice at most this often.
     l14_interval: float = L14_INTERVAL

@@ -21,7 +21,8 @@ import trio
 
 from ..router import Channel, high_water, pushback_for
 
-# As drains (drains/settings.py ``slow_write_after``): a send that takes longer is slow.
+# A send that takes longer is slow. Longer than a drain's ``slow_write_after``: a tail's
+# reader is often a terminal across the Internet, and what a slow tail loses is lost (L11).
 SLOW_AFTER = 0.1
 # ``waiting``'s answer when the tail holds nothing: no head to stop lingering at.
 NO_MARK = 2**64 - 1
