@@ -10,7 +10,13 @@ import trio
 
 from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer, slot_of
 from logplexd.native import parse_body
-from tests.helpers.redis import RedisServer, bulk_strings, eventually, needs_redis
+from tests.helpers.redis import (
+    RedisServer,
+    ReplyLosingProxy,
+    bulk_strings,
+    eventually,
+    needs_redis,
+)
 
 pytestmark = needs_redis
 
@@ -461,6 +467,40 @@ async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_appe
             assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n7\r\n"
             assert redis_server.command("EXISTS", keys.fence("app")) == b":0\r\n"
             assert redis_server.command("EXISTS", keys.fenced("one")) == b":0\r\n"
+
+
+async def test_a_transaction_whose_reply_was_lost_is_not_written_twice(
+    redis_server: RedisServer,
+) -> None:
+    """The connection is cut after Redis ran the writer's MULTI and before its reply came
+    back: the writer sends the flush again, grouped the same, and ``PROPOSE`` finds those
+    entries already there, written by this node right after the sequence proposed. Each
+    message is in the stream, and in the follow's ring, once."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.serve)
+        async with node(f"redis://127.0.0.1:{port}", "one") as one:
+            with trio.fail_after(20):
+                plane = one.plane
+                channel, follow, losses = await follow_app(one)
+                for n, text in enumerate(["a0", "a1"], 1):  # two in a row: "solo"
+                    one.route(frames("t.app", [text]))
+                    await eventually(lambda n=n: plane.messages_written == n, 5)
+                proxy.lose_next()
+                one.route(frames("t.app", ["b0", "b1", "b2"]))
+                await eventually(lambda: proxy.lost == 1, 5)
+                await eventually(lambda: plane.messages_written == 5, 15)
+                assert plane.writer.entries_landed == 1
+                sent = [b"a0", b"a1", b"b0", b"b1", b"b2"]
+                history, top = await plane.read_history("app", 100)
+                assert texts(history) == sent and top == (5, 0)
+                await eventually(lambda: len(channel.ring) == 5, 5)
+                assert texts(channel.ring.last(100)) == sent and losses == []
+                keys = plane.keys
+                assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n5\r\n"
+                assert redis_server.command("EXISTS", keys.fence("app")) == b":0\r\n"
+                plane.release(follow)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_channel_two_nodes_take_turns_on_is_never_proposed_for(

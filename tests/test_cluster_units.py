@@ -85,6 +85,40 @@ def test_restore_puts_a_failed_flush_back_in_front_and_rebounds() -> None:
     assert buf.dropped == 5 + 4
 
 
+def test_a_flush_that_may_have_run_is_sent_again_as_the_same_entries() -> None:
+    """Given back after its reply was lost (``regroup=False``), a flush's entries are
+    joined again exactly as before and never with newer ones: if it had run, Redis finds
+    the same stream entries (``PROPOSE``) instead of a different cut of the messages."""
+    buf = OutboundBuffer(max_messages=100, max_bytes=10_000)
+    buf.push("a", b"1", 2, now=1.0)
+    buf.push("a", b"2", 2, now=1.0)
+    buf.push("b", b"x", 1, now=1.0)
+    buf.push("a", b"3", 2, now=1.0)
+    flush = buf.take(entry_max_messages=4)
+    assert flush.entries["a"] == [(b"12", 4, None), (b"3", 2, None)]
+    buf.push("a", b"4", 1, now=2.0)
+    buf.restore(flush, now=3.0, regroup=False)
+    again = buf.take(entry_max_messages=4)
+    assert again.entries == {
+        "a": [(b"12", 4, None), (b"3", 2, None), (b"4", 1, None)],
+        "b": [(b"x", 1, None)],
+    }
+    # Lost again with a newer entry in it: each keeps its own cut.
+    buf.push("a", b"5", 1, now=4.0)
+    buf.restore(again, now=5.0, regroup=False)
+    third = buf.take(entry_max_messages=4)
+    assert third.entries["a"] == [
+        (b"12", 4, None),
+        (b"3", 2, None),
+        (b"4", 1, None),
+        (b"5", 1, None),
+    ]
+    # Given back by Redis's answer instead, entries are joined as usual.
+    buf.restore(third, now=6.0)
+    buf.push("c", b"y", 1, now=7.0)
+    assert buf.take(entry_max_messages=100).entries["a"] == [(b"12345", 8, None)]
+
+
 def test_entries_redis_answered_for_come_back_whole_up_to_twice_the_bound() -> None:
     """A flush Redis answered but did not take (a reader behind, a refusal) comes back
     whole while the buffer is under twice its bound (the inputs are held meanwhile); past

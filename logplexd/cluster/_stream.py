@@ -369,6 +369,11 @@ return out
 # followed), the sequence proposed to follow, entries e, then each entry's messages.
 # Returns per channel {status, prev}: 'ok' and the top before, or why not: 'moved' (the
 # sequence or the top is not what was proposed), 'missing' (no stream), 'behind', an error.
+# A proposal whose first entries are in the stream already, right after the sequence
+# proposed and written by this node (a MULTI that ran but whose reply never came back: the
+# writer sends those entries again, grouped the same, ``OutboundBuffer.restore``), is
+# not a move: the reply then says so, {status, prev, last_1, id_1, ...} for those
+# entries, their XADDs fail (ids not above the top) and the rest go on as proposed.
 PROPOSE = Script(
     """#!lua flags=allow-cross-slot-keys
 local keep = tonumber(ARGV[1])
@@ -376,6 +381,28 @@ local node = ARGV[2]
 local limit = keep * READER_SLACK
 REDIS_NOW_MS
 READER_FLOOR
+local function landed(stream, expected, current, first, count)
+  -- How many of the proposed entries are in the stream already, right after ``expected``,
+  -- written by this node (a MULTI that ran, its reply lost): exactly those, or none.
+  local got = redis.call('XRANGE', stream, string.format('%d-1', expected),
+    string.format('%d-0', current), 'COUNT', count + 1)
+  local s = expected
+  for j = 1, count do
+    local entry = got[j]
+    if not entry then return 0 end
+    s = s + tonumber(ARGV[first + j - 1])
+    local by = nil
+    for k = 1, #entry[2], 2 do
+      if entry[2][k] == 'node' then by = entry[2][k + 1] end
+    end
+    if entry[1] ~= string.format('%d-0', s) or by ~= node then return 0 end
+    if s == current then
+      if #got == j then return j end
+      return 0
+    end
+  end
+  return 0
+end
 local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
   if redis.call('EXISTS', stream) == 0 then
     if redis.call('EXISTS', fencekey) == 0 then return {'missing', ''} end
@@ -384,21 +411,35 @@ local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, 
   local state = redis.call('MGET', topkey, seqkey)
   local current = tonumber(state[2] or '')
   local top = state[1]
-  if current ~= expected or not top then return {'moved', ''} end
+  if not current or not top then return {'moved', ''} end
   local s = string.match(top, '^(%d+)-')
   if not s or tonumber(s) ~= current then return {'moved', ''} end
+  local out = {'ok', top}
+  local done = 0
+  if current ~= expected then
+    done = current > expected and landed(stream, expected, current, first, count) or 0
+    if done == 0 then return {'moved', ''} end
+    out[2] = string.format('%d-0', expected)
+  end
   local low = floor(readers, node, mine)
-  local last = current
+  local last = expected
   for e = first, first + count - 1 do
     local n = tonumber(ARGV[e])
-    if low and last + n - low > limit then return {'behind', ''} end
+    if e >= first + done and low and last + n - low > limit then
+      out[1] = 'behind'
+      return out
+    end
     last = last + n
+    if e < first + done then
+      out[#out + 1] = last
+      out[#out + 1] = string.format('%d-0', last)
+    end
   end
   local minid = last - keep + 1
   if low and low + 1 < minid then minid = low + 1 end
   if minid > 0 then redis.call('XTRIM', stream, 'MINID', string.format('%d', minid)) end
   redis.call('MSET', seqkey, string.format('%d', last), topkey, string.format('%d-0', last))
-  return {'ok', top}
+  return out
 end
 local out = {}
 local i = 5

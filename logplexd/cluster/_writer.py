@@ -110,6 +110,8 @@ class Writer:
         # by PROPOSE because another node had written them since (or the stream was gone).
         self.entries_proposed = 0
         self.proposals_moved = 0
+        # Entries PROPOSE found written by a transaction whose reply was lost.
+        self.entries_landed = 0
         # This task's own time (not waiting for Redis) since its last flush landed.
         self._work_seconds = 0.0
         self.entries_written = 0
@@ -169,7 +171,9 @@ class Writer:
                 with trio.fail_after(CALL_TIMEOUT):
                     await self._write(flush)
             except errors as exc:
-                self.buffer.restore(flush, self.wall_clock())
+                # Grouped into the same entries when sent again: if this flush did run
+                # (its reply lost), PROPOSE recognises its entries (``_stream.PROPOSE``).
+                self.buffer.restore(flush, self.wall_clock(), regroup=False)
                 connection.link.lost(exc, "writer")
                 self._landed(flush)
                 await connection.back_off(backoff)
@@ -405,7 +409,18 @@ class Writer:
             if reply[0] != b"ok" and not unchecked:
                 replies[channel] = reply
                 continue
-            for last, added_id in zip(lasts, added, strict=True):
+            # Entries a MULTI had written whose reply was lost: reported by PROPOSE, their
+            # XADDs refused (not above the top); the others are checked as added.
+            landed = (len(reply) - 2) // 2
+            if landed:
+                self.entries_landed += landed
+                log.warning(
+                    "data plane: %d entries of %s were written by a transaction whose reply "
+                    "was lost; not written again",
+                    landed,
+                    channel,
+                )
+            for last, added_id in zip(lasts[landed:], added[landed:], strict=True):
                 if added_id != f"{last}-0".encode():
                     if not unchecked:
                         # Accepted, yet not added: never seen; said, and the rest goes

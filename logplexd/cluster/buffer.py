@@ -39,6 +39,9 @@ class Entry:
     blob: bytes
     messages: int
     kept: object = None
+    # Nonzero: given back by a flush that may have run (``restore(regroup=False)``); joined
+    # only with entries of the same group, so that it is sent as the same stream entries.
+    group: int = 0
 
     @property
     def size(self) -> int:
@@ -89,6 +92,7 @@ class OutboundBuffer:
         # Totals since start, for metrics and tests.
         self.pushed = 0
         self.dropped = 0
+        self._groups = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -221,7 +225,8 @@ class OutboundBuffer:
         for entry in flush.taken:
             parts, size, count = pending.get(entry.channel, ([], 0, 0))
             if parts and (
-                size + len(entry.blob) > entry_max
+                parts[-1].group != entry.group
+                or size + len(entry.blob) > entry_max
                 or (entry_max_messages is not None and count + entry.messages > entry_max_messages)
             ):
                 flush.entries.setdefault(entry.channel, []).append(_joined(parts, count))
@@ -231,13 +236,22 @@ class OutboundBuffer:
         for channel, (parts, _, count) in pending.items():
             flush.entries.setdefault(channel, []).append(_joined(parts, count))
 
-    def restore(self, flush: Flush, now: float, slack: int = 1) -> None:
+    def restore(self, flush: Flush, now: float, slack: int = 1, *, regroup: bool = True) -> None:
         """Give back a flush that was not written: first in line again, then re-bounded
         to ``slack`` times the buffer's bounds (the oldest dropped past them, counted).
         A flush Redis did not answer is bounded as routed batches are (1); entries it
         answered for (a reader behind, a refusal) may take up to one buffer more, 2: the
         inputs are held meanwhile (``ChannelPushback``), and dropping them was a loss the
-        node made itself."""
+        node made itself. Without ``regroup`` (a flush that may have run, its reply lost),
+        its entries are joined again exactly as they were, never with newer ones."""
+        if regroup:
+            for entry in flush.taken:
+                entry.group = 0
+        else:
+            self._groups += 1
+            for entry in flush.taken:
+                if not entry.group:
+                    entry.group = self._groups
         self._entries.extendleft(reversed(flush.taken))
         for entry in flush.taken:
             self.queued[entry.channel] = self.queued.get(entry.channel, 0) + entry.messages

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import trio
 
+from logplexd.native import NEED_DATA, RespReader
 from logplexd.store import RedisStore
 
 from .net import bindable, free_port
@@ -375,3 +376,64 @@ async def running(url: str, **options: Any) -> AsyncIterator[RedisStore]:
 async def eventually(check: Callable[[], object], timeout: float = PROPAGATION) -> None:
     """Poll ``check`` until true, failing after ``timeout`` seconds (``PROPAGATION``)."""
     await wait_until(check, timeout)
+
+
+class ReplyLosingProxy:
+    """TCP proxy to Redis that, once ``lose_next`` was called, forwards the next request
+    holding ``marker`` (``EXEC``), waits until Redis has answered it, and then closes the
+    client's connection without forwarding the answer: a transaction that ran and whose
+    reply never came back (a connection cut at the worst moment)."""
+
+    def __init__(self, target: int, marker: bytes = b"EXEC\r\n") -> None:
+        self.target = target
+        self.marker = marker
+        self.armed = False
+        self.lost = 0
+
+    def lose_next(self) -> None:
+        self.armed = True
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
+        except OSError:
+            await client.aclose()
+            return
+        cut = trio.Event()
+        async with client, upstream, trio.open_nursery() as nursery:
+
+            async def requests() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while data := await client.receive_some(65536):
+                        if self.armed and self.marker in data:
+                            self.armed = False
+                            cut.set()
+                        await upstream.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            async def replies() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while data := await upstream.receive_some(65536):
+                        if cut.is_set():
+                            # Whatever Redis answers from here goes nowhere, up to EXEC's
+                            # reply (the one array: the transaction ran), then the cut.
+                            reader = RespReader()
+                            while data:
+                                reader.feed(data)
+                                while (reply := reader.next_reply()) is not NEED_DATA:
+                                    if isinstance(reply, list):
+                                        self.lost += 1
+                                        nursery.cancel_scope.cancel()
+                                        return
+                                data = await upstream.receive_some(65536)
+                            break
+                        await client.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(requests)
+            nursery.start_soon(replies)
