@@ -85,6 +85,23 @@ def test_restore_puts_a_failed_flush_back_in_front_and_rebounds() -> None:
     assert buf.dropped == 5 + 4
 
 
+def test_a_flush_takes_at_most_half_the_buffer_s_byte_bound() -> None:
+    """Enough to bring a buffer that holds its inputs (half full) under the quarter that
+    releases them in one round trip; never the whole of a full buffer."""
+    mib = 1024 * 1024
+    buf = OutboundBuffer(max_messages=10_000, max_bytes=8 * mib)
+    for i in range(7):
+        buf.push("a", bytes([65 + i]) * (mib - 100), 1, now=1.0)
+    assert buf.filled() > 0.75
+    flush = buf.take(entry_max=2 * mib)
+    assert flush.messages == 4 and buf.messages == 3 and buf.filled() < 0.5
+    assert [n for _, n, _ in flush.entries["a"]] == [2, 2]
+    small = OutboundBuffer(max_messages=10, max_bytes=1000)
+    small.push("a", b"x" * 600, 1, now=1.0)
+    small.push("a", b"y" * 300, 1, now=1.0)
+    assert small.take().messages == 2  # never under one stream entry's worth (1 MB)
+
+
 def test_a_flush_that_may_have_run_is_sent_again_as_the_same_entries() -> None:
     """Given back after its reply was lost (``regroup=False``), a flush's entries are
     joined again exactly as before and never with newer ones: if it had run, Redis finds
