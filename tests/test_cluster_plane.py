@@ -503,41 +503,6 @@ async def test_a_transaction_whose_reply_was_lost_is_not_written_twice(
         nursery.cancel_scope.cancel()
 
 
-async def test_channels_held_for_the_buffers_fill_route_again_while_redis_works(
-    redis_server: RedisServer,
-) -> None:
-    """A channel routed while the outbound buffer is over half full is held; once the
-    writer has taken a flush that leaves the buffer under a quarter, it is released at
-    once, not when Redis answers: the node routes while Redis works (1,000 busy channels
-    otherwise stood held through every round trip)."""
-    proxy = ReplyLosingProxy(redis_server.port)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(proxy.serve)
-        plane = DataPlane(
-            f"redis://127.0.0.1:{port}",
-            node_id="one",
-            keep_messages=200,  # entries of 50: the batch goes to the buffer as routed
-            buffer=OutboundBuffer(max_messages=100),
-        )
-        registry = ClusterRegistry(plane, 100, 1 << 20, 1000)
-        registry.add_token("app", "t.app", "web")
-        await nursery.start(plane.run)
-        with trio.fail_after(15):
-            await eventually(lambda: plane.failure is None, 5)
-            channel = registry.channel("app")
-            assert channel is not None
-            proxy.hold_replies()
-            counts = registry.route(frames("t.app", [f"m{i}" for i in range(60)]))
-            assert counts.held == (channel,) and channel.held
-            await eventually(lambda: plane.writer.in_flight.get("app") == 60, 5)
-            assert not channel.held and plane.messages_written == 0
-            proxy.release_replies()
-            await eventually(lambda: plane.messages_written == 60, 5)
-            history, _ = await plane.read_history("app", 100)
-            assert texts(history) == [f"m{i}".encode() for i in range(60)]
-        nursery.cancel_scope.cancel()
-
-
 async def test_a_channel_two_nodes_take_turns_on_is_never_proposed_for(
     redis_server: RedisServer,
 ) -> None:

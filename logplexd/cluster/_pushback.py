@@ -17,9 +17,7 @@ The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_byte
 with many channels each can be well under its own share of ``keep`` while together they fill
 it: a channel is also held when it is routed while the buffer is more than half full, and
 the channels held so are released once it is under a quarter (the writer is then the
-bottleneck of every channel that feeds it): as soon as the writer has taken a flush that
-leaves it there (a flush takes up to half the buffer), not when Redis answers, so that the
-node routes while Redis works.
+bottleneck of every channel that feeds it).
 
 It never holds while Redis is unreachable: an outage is not this node being slow, and the
 outbound buffer then drops its oldest entries with an exact loss marker instead of stalling

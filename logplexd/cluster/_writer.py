@@ -167,10 +167,6 @@ class Writer:
             in_flight = self.in_flight
             for entry in flush.taken:
                 in_flight[entry.channel] = in_flight.get(entry.channel, 0) + entry.messages
-            if self.on_flushed is not None and self.buffer.filled() <= 0.25:
-                # What this flush took left the buffer low: channels held for its fill (and
-                # not behind by what is in flight) route again while Redis works on it.
-                self.on_flushed([])
             try:
                 with trio.fail_after(CALL_TIMEOUT):
                     await self._write(flush)

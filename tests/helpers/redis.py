@@ -382,26 +382,16 @@ class ReplyLosingProxy:
     """TCP proxy to Redis that, once ``lose_next`` was called, forwards the next request
     holding ``marker`` (``EXEC``), waits until Redis has answered it, and then closes the
     client's connection without forwarding the answer: a transaction that ran and whose
-    reply never came back (a connection cut at the worst moment). ``hold_replies`` keeps
-    Redis's answers back (a slow round trip) until ``release_replies``."""
+    reply never came back (a connection cut at the worst moment)."""
 
     def __init__(self, target: int, marker: bytes = b"EXEC\r\n") -> None:
         self.target = target
         self.marker = marker
         self.armed = False
         self.lost = 0
-        self.replies_flow = trio.Event()
-        self.replies_flow.set()
 
     def lose_next(self) -> None:
         self.armed = True
-
-    def hold_replies(self) -> None:
-        if self.replies_flow.is_set():
-            self.replies_flow = trio.Event()
-
-    def release_replies(self) -> None:
-        self.replies_flow.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -442,7 +432,6 @@ class ReplyLosingProxy:
                                         return
                                 data = await upstream.receive_some(65536)
                             break
-                        await self.replies_flow.wait()
                         await client.send_all(data)
                 nursery.cancel_scope.cancel()
 
