@@ -503,6 +503,37 @@ async def test_a_transaction_whose_reply_was_lost_is_not_written_twice(
         nursery.cancel_scope.cancel()
 
 
+async def test_an_append_whose_reply_was_lost_is_not_written_twice(
+    redis_server: RedisServer,
+) -> None:
+    """As for a MULTI, for ``APPEND`` (a channel's second write, not proposed yet; every
+    write on a cluster): sent again grouped the same, with the sequence this node's last
+    write ended at, the entries found there right after it are answered as written."""
+    from logplexd.cluster import APPEND
+
+    proxy = ReplyLosingProxy(redis_server.port, marker=APPEND.sha.encode())
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.serve)
+        async with node(f"redis://127.0.0.1:{port}", "one") as one:
+            with trio.fail_after(20):
+                plane = one.plane
+                channel, follow, losses = await follow_app(one)
+                one.route(frames("t.app", ["a0"]))
+                await eventually(lambda: plane.messages_written == 1, 5)
+                proxy.lose_next()
+                one.route(frames("t.app", ["b0", "b1", "b2"]))
+                await eventually(lambda: proxy.lost == 1, 5)
+                await eventually(lambda: plane.messages_written == 4, 15)
+                assert plane.writer.entries_proposed == 0  # APPEND all along
+                sent = [b"a0", b"b0", b"b1", b"b2"]
+                history, top = await plane.read_history("app", 100)
+                assert texts(history) == sent and top == (4, 0)
+                await eventually(lambda: len(channel.ring) == 4, 5)
+                assert texts(channel.ring.last(100)) == sent and losses == []
+                plane.release(follow)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_channel_two_nodes_take_turns_on_is_never_proposed_for(
     redis_server: RedisServer,
 ) -> None:
@@ -570,7 +601,7 @@ def test_a_writer_is_held_back_by_other_readers_not_by_its_own_old_report(
         follow has read through 100 (keep 10: a reader may be 40 behind)."""
         appended = redis_server.command(
             "EVAL", APPEND.text, "0", "10", "one", "", "1", stream, seq, top, readers, "100",
-            "1", str(n), "x" * n, "0", "0.0",
+            "-1", "1", str(n), "x" * n, "0", "0.0",
         )  # fmt: skip
         if b"ok" in appended:  # written: undone, so that both see the same stream
             last = 100 + n

@@ -167,8 +167,12 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # only routes the call to that shard, every channel's keys come in ARGV).
 # ARGV: 1 keep, 2 node, 3 the shard's beacon key ('' none: one Redis, or not known), 4
 # channels; then per channel: stream, sequence, top and readers
-# keys, how far the calling node has read the stream (-1: it does not follow it), and its
-# entries e; then per entry: messages n (0: a loss marker), frames, lost, lost since. The
+# keys, how far the calling node has read the stream (-1: it does not follow it), the
+# sequence its own last write of the channel ended at (-1: not known), and its entries e;
+# then per entry: messages n (0: a loss marker), frames, lost, lost since. Entries found
+# in the stream already right after that sequence, written by this node with the ids they
+# would get (a call that ran, its reply lost: the writer sends them again grouped the
+# same), are answered as written and not added again (``landed``). The
 # stream keeps the newest ``keep`` messages, and never trims what a node following the
 # channel has not read yet (the calling node's own position, and every node's reported one,
 # ``REPORT``, while at most READER_STALE_MS old by Redis's clock) as long as that reader is
@@ -192,6 +196,7 @@ local node = ARGV[2]
 local limit = keep * READER_SLACK
 REDIS_NOW_MS
 READER_FLOOR
+LANDED
 local function add(stream, seq, n, frames, lost, since, low)
   local minid = seq - keep + 1
   if low and low + 1 < minid then minid = low + 1 end
@@ -210,8 +215,9 @@ local i = 5
 for c = 1, tonumber(ARGV[4]) do
   local stream, seqkey, topkey, readers = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local mine = tonumber(ARGV[i + 4])
-  local count = tonumber(ARGV[i + 5])
-  i = i + 6
+  local expected = tonumber(ARGV[i + 5])
+  local count = tonumber(ARGV[i + 6])
+  i = i + 7
   local res = {'ok', ''}
   local state = redis.pcall('MGET', topkey, seqkey)
   local current = nil
@@ -223,6 +229,20 @@ for c = 1, tonumber(ARGV[4]) do
   elseif state[1] then
     local s = string.match(state[1], '^(%d+)-')
     if s and tonumber(s) == current then res[2] = state[1] end
+  end
+  if current and expected >= 0 and current > expected and count > 0 then
+    local done = landed(stream, expected, current, i, 4, count)
+    if done > 0 then
+      res[2] = string.format('%d-0', expected)
+      local s = expected
+      for e = 1, done do
+        s = s + tonumber(ARGV[i])
+        i = i + 4
+        res[#res + 1] = s
+        res[#res + 1] = string.format('%d-0', s)
+      end
+      count = count - done
+    end
   end
   local low = nil
   if count > 0 then low = floor(readers, node, mine) end
@@ -296,8 +316,35 @@ local function floor(key, node, mine)
   return low
 end"""
 
+_LANDED = """local function landed(stream, expected, current, first, stride, count)
+  -- How many of the entries a call was given (entry j's message count at
+  -- ARGV[first + stride * (j - 1)]) are in the stream already, right after the sequence
+  -- ``expected``, each with the id it would get and written by this node (a call that ran,
+  -- its reply lost, sent again grouped the same): exactly those, up to ``current``, or none.
+  local got = redis.call('XRANGE', stream, string.format('%d-1', expected),
+    string.format('%d-0', current), 'COUNT', count + 1)
+  local s = expected
+  for j = 1, count do
+    local entry = got[j]
+    local n = tonumber(ARGV[first + stride * (j - 1)])
+    if not entry or n == 0 then return 0 end
+    s = s + n
+    local by = nil
+    for k = 1, #entry[2], 2 do
+      if entry[2][k] == 'node' then by = entry[2][k + 1] end
+    end
+    if entry[1] ~= string.format('%d-0', s) or by ~= node then return 0 end
+    if s == current then
+      if #got == j then return j end
+      return 0
+    end
+  end
+  return 0
+end"""
+
 APPEND = Script(
     _APPEND_LUA.replace("READER_FLOOR", _READER_FLOOR)
+    .replace("LANDED", _LANDED)
     .replace("READER_STALE_MS", str(READER_STALE_MS))
     .replace("READER_SLACK", str(READER_SLACK))
     .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
@@ -381,28 +428,7 @@ local node = ARGV[2]
 local limit = keep * READER_SLACK
 REDIS_NOW_MS
 READER_FLOOR
-local function landed(stream, expected, current, first, count)
-  -- How many of the proposed entries are in the stream already, right after ``expected``,
-  -- written by this node (a MULTI that ran, its reply lost): exactly those, or none.
-  local got = redis.call('XRANGE', stream, string.format('%d-1', expected),
-    string.format('%d-0', current), 'COUNT', count + 1)
-  local s = expected
-  for j = 1, count do
-    local entry = got[j]
-    if not entry then return 0 end
-    s = s + tonumber(ARGV[first + j - 1])
-    local by = nil
-    for k = 1, #entry[2], 2 do
-      if entry[2][k] == 'node' then by = entry[2][k + 1] end
-    end
-    if entry[1] ~= string.format('%d-0', s) or by ~= node then return 0 end
-    if s == current then
-      if #got == j then return j end
-      return 0
-    end
-  end
-  return 0
-end
+LANDED
 local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
   if redis.call('EXISTS', stream) == 0 then
     if redis.call('EXISTS', fencekey) == 0 then return {'missing', ''} end
@@ -417,7 +443,7 @@ local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, 
   local out = {'ok', top}
   local done = 0
   if current ~= expected then
-    done = current > expected and landed(stream, expected, current, first, count) or 0
+    done = current > expected and landed(stream, expected, current, first, 1, count) or 0
     if done == 0 then return {'moved', ''} end
     out[2] = string.format('%d-0', expected)
   end
@@ -460,6 +486,7 @@ for c = 1, tonumber(ARGV[4]) do
 end
 return out
 """.replace("READER_FLOOR", _READER_FLOOR)
+    .replace("LANDED", _LANDED)
     .replace("READER_STALE_MS", str(READER_STALE_MS))
     .replace("READER_SLACK", str(READER_SLACK))
     .replace("REDIS_NOW_MS", _REDIS_NOW_MS)

@@ -217,6 +217,7 @@ class Writer:
             part = parts[channel] = [
                 *self.keys.appended(channel),
                 -1 if read is None else read,
+                self.written_seq.get(channel, -1),
                 len(sent),
             ]
             for entry in sent:
