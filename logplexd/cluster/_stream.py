@@ -321,25 +321,29 @@ _LANDED = """local function landed(stream, expected, current, first, stride, cou
   -- ARGV[first + stride * (j - 1)]) are in the stream already, right after the sequence
   -- ``expected``, each with the id it would get and written by this node (a call that ran,
   -- its reply lost, sent again grouped the same): exactly those, up to ``current``, or none.
-  local got = redis.call('XRANGE', stream, string.format('%d-1', expected),
-    string.format('%d-0', current), 'COUNT', count + 1)
-  local s = expected
-  for j = 1, count do
-    local entry = got[j]
-    local n = tonumber(ARGV[first + stride * (j - 1)])
-    if not entry or n == 0 then return 0 end
+  -- The counts first: a stream another node wrote since rarely ends where a prefix of
+  -- these entries would, and only then are the entries read (frames and all).
+  local s, j = expected, 0
+  while s < current and j < count do
+    local n = tonumber(ARGV[first + stride * j])
+    if n == 0 then return 0 end
     s = s + n
-    local by = nil
-    for k = 1, #entry[2], 2 do
-      if entry[2][k] == 'node' then by = entry[2][k + 1] end
-    end
-    if entry[1] ~= string.format('%d-0', s) or by ~= node then return 0 end
-    if s == current then
-      if #got == j then return j end
-      return 0
-    end
+    j = j + 1
   end
-  return 0
+  if s ~= current then return 0 end
+  local got = redis.call('XRANGE', stream, string.format('%d-1', expected),
+    string.format('%d-0', current), 'COUNT', j + 1)
+  if #got ~= j then return 0 end
+  s = expected
+  for k = 1, j do
+    s = s + tonumber(ARGV[first + stride * (k - 1)])
+    local by = nil
+    for f = 1, #got[k][2], 2 do
+      if got[k][2][f] == 'node' then by = got[k][2][f + 1] end
+    end
+    if got[k][1] ~= string.format('%d-0', s) or by ~= node then return 0 end
+  end
+  return j
 end"""
 
 APPEND = Script(
