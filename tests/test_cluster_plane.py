@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer, slot_of
@@ -469,67 +470,47 @@ async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_appe
             assert redis_server.command("EXISTS", keys.fenced("one")) == b":0\r\n"
 
 
-async def test_a_transaction_whose_reply_was_lost_is_not_written_twice(
-    redis_server: RedisServer,
+@pytest.mark.parametrize("script", ["PROPOSE", "APPEND"])
+async def test_a_write_whose_reply_was_lost_is_not_written_twice(
+    redis_server: RedisServer, script: str
 ) -> None:
-    """The connection is cut after Redis ran the writer's MULTI and before its reply came
-    back: the writer sends the flush again, grouped the same, and ``PROPOSE`` finds those
-    entries already there, written by this node right after the sequence proposed. Each
-    message is in the stream, and in the follow's ring, once."""
-    proxy = ReplyLosingProxy(redis_server.port)
+    """The connection is cut after Redis ran a write and before its reply came back: the
+    writer sends the flush again, grouped the same, and finds those entries already there,
+    written by this node right after the sequence its last write ended at. ``PROPOSE``: a
+    channel written twice in a row goes in a MULTI; ``APPEND``: its second write (and every
+    write on a cluster). Each message is in the stream, and in the follow's ring, once."""
+    from logplexd.cluster import APPEND
+
+    before = ["a0", "a1"] if script == "PROPOSE" else ["a0"]  # two in a row: "solo"
+    proxy = ReplyLosingProxy(
+        redis_server.port, marker=b"EXEC\r\n" if script == "PROPOSE" else APPEND.sha.encode()
+    )
     async with trio.open_nursery() as nursery:
         port = await nursery.start(proxy.serve)
         async with node(f"redis://127.0.0.1:{port}", "one") as one:
             with trio.fail_after(20):
                 plane = one.plane
                 channel, follow, losses = await follow_app(one)
-                for n, text in enumerate(["a0", "a1"], 1):  # two in a row: "solo"
+                for n, text in enumerate(before, 1):
                     one.route(frames("t.app", [text]))
                     await eventually(lambda n=n: plane.messages_written == n, 5)
                 proxy.lose_next()
                 one.route(frames("t.app", ["b0", "b1", "b2"]))
                 await eventually(lambda: proxy.lost == 1, 5)
-                await eventually(lambda: plane.messages_written == 5, 15)
-                assert plane.writer.entries_landed == 1
-                sent = [b"a0", b"a1", b"b0", b"b1", b"b2"]
+                total = len(before) + 3
+                await eventually(lambda: plane.messages_written == total, 15)
+                if script == "PROPOSE":
+                    assert plane.writer.entries_landed == 1
+                else:
+                    assert plane.writer.entries_proposed == 0
+                sent = [t.encode() for t in [*before, "b0", "b1", "b2"]]
                 history, top = await plane.read_history("app", 100)
-                assert texts(history) == sent and top == (5, 0)
-                await eventually(lambda: len(channel.ring) == 5, 5)
+                assert texts(history) == sent and top == (total, 0)
+                await eventually(lambda: len(channel.ring) == total, 5)
                 assert texts(channel.ring.last(100)) == sent and losses == []
                 keys = plane.keys
-                assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n5\r\n"
+                assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n%d\r\n" % total
                 assert redis_server.command("EXISTS", keys.fence("app")) == b":0\r\n"
-                plane.release(follow)
-        nursery.cancel_scope.cancel()
-
-
-async def test_an_append_whose_reply_was_lost_is_not_written_twice(
-    redis_server: RedisServer,
-) -> None:
-    """As for a MULTI, for ``APPEND`` (a channel's second write, not proposed yet; every
-    write on a cluster): sent again grouped the same, with the sequence this node's last
-    write ended at, the entries found there right after it are answered as written."""
-    from logplexd.cluster import APPEND
-
-    proxy = ReplyLosingProxy(redis_server.port, marker=APPEND.sha.encode())
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(proxy.serve)
-        async with node(f"redis://127.0.0.1:{port}", "one") as one:
-            with trio.fail_after(20):
-                plane = one.plane
-                channel, follow, losses = await follow_app(one)
-                one.route(frames("t.app", ["a0"]))
-                await eventually(lambda: plane.messages_written == 1, 5)
-                proxy.lose_next()
-                one.route(frames("t.app", ["b0", "b1", "b2"]))
-                await eventually(lambda: proxy.lost == 1, 5)
-                await eventually(lambda: plane.messages_written == 4, 15)
-                assert plane.writer.entries_proposed == 0  # APPEND all along
-                sent = [b"a0", b"b0", b"b1", b"b2"]
-                history, top = await plane.read_history("app", 100)
-                assert texts(history) == sent and top == (4, 0)
-                await eventually(lambda: len(channel.ring) == 4, 5)
-                assert texts(channel.ring.last(100)) == sent and losses == []
                 plane.release(follow)
         nursery.cancel_scope.cancel()
 
