@@ -100,6 +100,11 @@ def test_a_flush_takes_at_most_half_the_buffer_s_byte_bound() -> None:
     small.push("a", b"x" * 600, 1, now=1.0)
     small.push("a", b"y" * 300, 1, now=1.0)
     assert small.take().messages == 2  # never under one stream entry's worth (1 MB)
+    huge = OutboundBuffer(max_messages=10_000, max_bytes=1024 * mib)
+    blob = bytes(mib - 100)  # one object pushed 72 times: 72 MB counted, 1 MB held
+    for _ in range(72):
+        huge.push("a", blob, 1, now=1.0)
+    assert huge.take(entry_max=1).messages == 64  # at most 64 MB whatever the bound
 
 
 def test_a_flush_that_may_have_run_is_sent_again_as_the_same_entries() -> None:

@@ -31,6 +31,9 @@ ENTRY_MAX_BYTES = 1024 * 1024
 # default 64), 1,000 busy channels stayed held through two round trips, the node idle
 # while Redis worked (e2e c8-ch1000 on Redis: 1.24x the rate at 0.85x the CPU with half).
 FLUSH_SHARE = 2
+# And never more than this, whatever the buffer's bound: Redis holds a MULTI's commands in
+# memory until EXEC and then runs it whole, every other client waiting meanwhile.
+FLUSH_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -179,15 +182,15 @@ class OutboundBuffer:
         now: float = float("inf"),
     ) -> Flush:
         """Remove the oldest entries (up to ``max_bytes``, by default half the buffer's byte
-        bound, ``FLUSH_SHARE``; at least one) and every pending loss, but those of channels
-        deferred past ``now`` (``defer``).
+        bound, ``FLUSH_SHARE``, at most ``FLUSH_MAX_BYTES``; at least one) and every pending
+        loss, but those of channels deferred past ``now`` (``defer``).
 
         Consecutive blobs of one channel are joined up to ``entry_max`` bytes (and
         ``entry_max_messages`` messages), so a flush writes few, large stream entries.
         """
         self._expire(now)
         if max_bytes is None:
-            max_bytes = max(ENTRY_MAX_BYTES, self.max_bytes // FLUSH_SHARE)
+            max_bytes = max(ENTRY_MAX_BYTES, min(FLUSH_MAX_BYTES, self.max_bytes // FLUSH_SHARE))
         if self._deferred:
             return self._take_around(max_bytes, entry_max, entry_max_messages)
         flush = Flush(losses=self._losses)
@@ -196,9 +199,7 @@ class OutboundBuffer:
         self._group(flush, entry_max, entry_max_messages)
         return flush
 
-    def _take_around(
-        self, max_bytes: int, entry_max: int, entry_max_messages: int | None
-    ) -> Flush:
+    def _take_around(self, max_bytes: int, entry_max: int, entry_max_messages: int | None) -> Flush:
         """``take`` while channels are deferred: theirs stay, in order (rare: a full scan)."""
         deferred = self._deferred
         flush = Flush(losses={c: v for c, v in self._losses.items() if c not in deferred})
