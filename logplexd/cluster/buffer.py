@@ -29,7 +29,8 @@ ENTRY_MAX_BYTES = 1024 * 1024
 # and yet one flush takes a buffer that holds its channels' inputs (half full,
 # ``ChannelPushback``) under the quarter that releases them: with an eighth (8 MB of the
 # default 64), 1,000 busy channels stayed held through two round trips, the node idle
-# while Redis worked (e2e c8-ch1000 on Redis: 1.24x the rate at 0.85x the CPU with half).
+# while Redis worked (e2e c8-ch1000 on Redis, 1 M messages: 1.30x the rate at 0.79x the CPU
+# with half; over 3 M messages even: the gain is in the first million).
 FLUSH_SHARE = 2
 # And never more than this, whatever the buffer's bound: Redis holds a MULTI's commands in
 # memory until EXEC and then runs it whole, every other client waiting meanwhile.
