@@ -68,6 +68,7 @@ from ..web import (
     ServerCertificate,
     serve_http,
 )
+from ._allocator import keep_heap
 from ._logging import configure_logging
 from .metrics import (
     BacklogFigures,
@@ -743,7 +744,10 @@ async def run_until_signalled(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> int:
+    """The daemon as a process of its own (``logplexd serve``): logging, the allocator,
+    then ``run_until_signalled`` until a signal stops it."""
     configure_logging(getattr(logging, settings.log_level.upper(), logging.INFO))
+    keep_heap()
     try:
         trio.run(run_until_signalled, settings)
     except BaseException as exc:
