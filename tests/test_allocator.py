@@ -1,4 +1,4 @@
-"""The daemon process keeps the C heap it grew (``logplexd.daemon._allocator``): blocks of a
+"""The daemon process keeps the C heap it grew (``logplexd.daemon.keep_heap``): blocks of a
 flush's size come from the heap, and freeing them does not hand the pages back to the
 kernel, so the next flush does not fault them in again. Checked in a fresh interpreter
 (the settings are process-wide) through glibc's own account, ``mallinfo2``."""
@@ -13,7 +13,7 @@ import pytest
 
 PROBE = r"""
 import ctypes, json, sys
-from logplexd.daemon._allocator import keep_heap
+from logplexd.daemon import keep_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

@@ -190,14 +190,7 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # (it numbers the entries itself). Every byte of the frames becomes a Lua string here,
 # which Redis 7 hashes byte by byte: on one Redis a channel whose sequence the writer knows
 # goes by ``PROPOSE`` instead, the frames outside Lua.
-_APPEND_LUA = """#!lua flags=allow-cross-slot-keys
-local keep = tonumber(ARGV[1])
-local node = ARGV[2]
-local limit = keep * READER_SLACK
-REDIS_NOW_MS
-READER_FLOOR
-LANDED
-local function add(stream, seq, n, frames, lost, since, low)
+_APPEND_LUA = """local function add(stream, seq, n, frames, lost, since, low)
   local minid = seq - keep + 1
   if low and low + 1 < minid then minid = low + 1 end
   if minid < 0 then minid = 0 end
@@ -346,13 +339,28 @@ _LANDED = """local function landed(stream, expected, current, first, stride, cou
   return j
 end"""
 
-APPEND = Script(
-    _APPEND_LUA.replace("READER_FLOOR", _READER_FLOOR)
-    .replace("LANDED", _LANDED)
-    .replace("READER_STALE_MS", str(READER_STALE_MS))
-    .replace("READER_SLACK", str(READER_SLACK))
-    .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
-)
+
+def _writer_script(body: str) -> Script:
+    """A script that writes streams (``APPEND``, ``PROPOSE``): ``body`` after what both
+    start with (ARGV 1 keep and 2 node, Redis's clock, ``floor`` and ``landed``)."""
+    prologue = (
+        "#!lua flags=allow-cross-slot-keys\n"
+        "local keep = tonumber(ARGV[1])\n"
+        "local node = ARGV[2]\n"
+        "local limit = keep * READER_SLACK\n"
+        "REDIS_NOW_MS\nREADER_FLOOR\nLANDED\n"
+    )
+    return Script(
+        (prologue + body)
+        .replace("READER_FLOOR", _READER_FLOOR)
+        .replace("LANDED", _LANDED)
+        .replace("READER_STALE_MS", str(READER_STALE_MS))
+        .replace("READER_SLACK", str(READER_SLACK))
+        .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
+    )
+
+
+APPEND = _writer_script(_APPEND_LUA)
 
 # Reports how far this node has read the streams it follows (``APPEND`` never trims past
 # the slowest, and keeps writers from getting READER_SLACK x keep ahead of it). ARGV: 1
@@ -425,15 +433,8 @@ return out
 # writer sends those entries again, grouped the same, ``OutboundBuffer.restore``), is
 # not a move: the reply then says so, {status, prev, last_1, id_1, ...} for those
 # entries, their XADDs fail (ids not above the top) and the rest go on as proposed.
-PROPOSE = Script(
-    """#!lua flags=allow-cross-slot-keys
-local keep = tonumber(ARGV[1])
-local node = ARGV[2]
-local limit = keep * READER_SLACK
-REDIS_NOW_MS
-READER_FLOOR
-LANDED
-local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
+PROPOSE = _writer_script(
+    """local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
   if redis.call('EXISTS', stream) == 0 then
     if redis.call('EXISTS', fencekey) == 0 then return {'missing', ''} end
     redis.call('RENAME', fencekey, stream)  -- fenced by a call that never settled
@@ -489,11 +490,7 @@ for c = 1, tonumber(ARGV[4]) do
   out[c] = res
 end
 return out
-""".replace("READER_FLOOR", _READER_FLOOR)
-    .replace("LANDED", _LANDED)
-    .replace("READER_STALE_MS", str(READER_STALE_MS))
-    .replace("READER_SLACK", str(READER_SLACK))
-    .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
+"""
 )
 
 # Puts back the streams PROPOSE fenced (ARGV: 1 the fenced list key); returns how many.

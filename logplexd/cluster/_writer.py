@@ -110,7 +110,8 @@ class Writer:
         # by PROPOSE because another node had written them since (or the stream was gone).
         self.entries_proposed = 0
         self.proposals_moved = 0
-        # Entries PROPOSE found written by a transaction whose reply was lost.
+        # Entries PROPOSE found written by a transaction whose reply was lost (APPEND
+        # answers such entries as it writes them, uncounted here).
         self.entries_landed = 0
         # This task's own time (not waiting for Redis) since its last flush landed.
         self._work_seconds = 0.0
@@ -172,7 +173,7 @@ class Writer:
                     await self._write(flush)
             except errors as exc:
                 # Grouped into the same entries when sent again: if this flush did run
-                # (its reply lost), PROPOSE recognises its entries (``_stream.PROPOSE``).
+                # (its reply lost), PROPOSE and APPEND recognise its entries (``LANDED``).
                 self.buffer.restore(flush, self.wall_clock(), regroup=False)
                 connection.link.lost(exc, "writer")
                 self._landed(flush)

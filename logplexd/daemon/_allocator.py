@@ -4,9 +4,10 @@ In Redis mode a flush holds tens of MB of frames and routed batches for one roun
 then frees them. glibc gives the top of its heap back to the kernel past a threshold, and
 moves that threshold and the one above which a block gets pages of its own as the process
 frees large blocks: the next flush then faulted those pages in and had them cleared again
-(perf: page faults and ``clear_page`` 7 % of a Redis-mode node with 1,000 busy channels,
-``_int_malloc`` 3 %). Fixed thresholds keep freed memory for the next flush instead. The
-process's peak memory stays mapped: what the bounds (ring, buffer, flush) allow anyway.
+(perf: page faults, ``clear_page`` and their accounting about 6 % of a Redis-mode node with
+1,000 busy channels, ``_int_malloc`` 3 %). Fixed thresholds keep freed memory for the
+next flush instead. The process's peak memory stays mapped: what the bounds (ring, buffer,
+flush) allow anyway.
 """
 
 from __future__ import annotations
