@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 
 import pytest
 import trio
@@ -18,7 +19,7 @@ from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
-from logplexd.router import adaptive_linger
+from logplexd.router import PumpRounds, adaptive_linger, idle_after
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
 from tests.helpers.wait import wait_until
@@ -343,3 +344,75 @@ def test_adaptive_linger_keeps_a_round_under_a_fifth_of_the_time_and_is_bounded(
     costs = [i / 1000 for i in range(200)]
     lingers = [adaptive_linger(0.02, c, MAX_LINGER) for c in costs]
     assert lingers == sorted(lingers)
+
+
+# Real time from here: trio measures idleness in real seconds, whatever the clock.
+IDLE_LINGER = 0.5
+
+
+async def rounds_writing(nursery: trio.Nursery) -> tuple[PumpRounds, list[str], trio.Event]:
+    rounds = PumpRounds(IDLE_LINGER, IDLE_LINGER)
+    written: list[str] = []
+    done = trio.Event()
+
+    def write(channel: str) -> None:
+        written.append(channel)
+        done.set()
+
+    nursery.start_soon(rounds.run, write)
+    await trio.testing.wait_all_tasks_blocked()
+    return rounds, written, done
+
+
+async def busy_for(seconds: float) -> None:
+    """Keep a task runnable (the loop never idle) for ``seconds`` of real time."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_flood_that_ends_is_written_without_waiting_out_the_linger(nursery):
+    rounds, written, done = await rounds_writing(nursery)
+    rounds.dirty("a")
+    rounds.dirty("b")
+    await busy_for(IDLE_LINGER * 0.2)
+    with trio.fail_after(IDLE_LINGER * 0.6):  # well before the linger is out
+        await done.wait()
+    assert written == ["a", "b"]  # one round, oldest first
+    assert rounds.idle_rounds == 1
+
+
+async def test_a_daemon_idle_all_along_lingers(nursery):
+    # A steady trickle leaves the loop idle between messages: writing at every idle
+    # moment would cost a write per message or two.
+    rounds, written, done = await rounds_writing(nursery)
+    rounds.dirty("a")
+    await trio.testing.wait_all_tasks_blocked(3 * idle_after(IDLE_LINGER))
+    assert written == []
+    with trio.fail_after(IDLE_LINGER):
+        await done.wait()
+    assert written == ["a"] and rounds.idle_rounds == 0
+
+
+async def test_a_busy_daemon_still_lingers(nursery):
+    rounds, written, done = await rounds_writing(nursery)
+    rounds.dirty("a")
+    # Some task always runnable for three times what counts as idle: nothing is written.
+    await busy_for(3 * idle_after(IDLE_LINGER))
+    assert written == []
+    with trio.fail_after(IDLE_LINGER):
+        await done.wait()
+    assert written == ["a"]
+
+
+async def test_an_urgent_channel_ends_the_linger_at_once(nursery, clock):
+    rounds, written, done = await rounds_writing(nursery)
+    rounds.dirty("a")
+    rounds.urgent("b")
+    await done.wait()
+    assert written == ["b"] and trio.current_time() == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert written == ["b"]  # "a" still lingers
+    clock.jump(IDLE_LINGER)
+    await trio.testing.wait_all_tasks_blocked()
+    assert written == ["b", "a"]

@@ -9,6 +9,14 @@ passes a checkpoint, so inputs and other tasks run even when every write succeed
 
 With many quiet channels a round costs about a syscall and some Python per channel whatever
 the message rate, so the linger grows with the cost of a round (``adaptive_linger``).
+
+A flood's end is not worth a linger: once a daemon that was busy (its loop's thread on the
+CPU ``BUSY_SHARE`` of the time since the linger before began) has had nothing to do for a
+fiftieth of the linger (``idle_after``, at least 1 ms), the dirty channels are written at
+once. 1,000 channels' last messages otherwise waited out a 55-100 ms linger on an idle
+loop, a tenth of a 1 M-message run (bench/e2e c8-ch1000-d1-120: 1.10x the rate with this).
+Under a steady load that leaves the loop idle now and then a pump still lingers: writing at
+every idle moment doubled the CPU per message of 1,000 channels at 200,000 msgs/s.
 """
 
 from __future__ import annotations
@@ -17,11 +25,30 @@ import time
 from collections.abc import Callable
 
 import trio
+import trio.testing
 
 from .registry import Channel
 
 # A lingering round may take at most this share of the time between two such rounds.
 ROUND_SHARE = 0.2
+
+# The share of a linger, and the least real time, every task of the daemon must have been
+# blocked (no input arrived, nothing runnable) before a linger ends early; and the share of
+# the time before that its loop must have been on the CPU.
+IDLE_SHARE = 0.02
+MIN_IDLE = 0.001
+BUSY_SHARE = 0.75
+
+
+def idle_after(linger: float) -> float:
+    """How long the daemon must have been idle before a linger of ``linger`` ends early."""
+    return max(MIN_IDLE, linger * IDLE_SHARE)
+
+
+async def _wait_idle(cushion: float) -> None:
+    # trio's own idle detection (public, if filed under testing): it costs the loop nothing
+    # while tasks are runnable or I/O arrives.
+    await trio.testing.wait_all_tasks_blocked(cushion)
 
 
 def adaptive_linger(base: float, round_seconds: float, max_linger: float) -> float:
@@ -44,8 +71,13 @@ class PumpRounds:
         self._urgent: dict[Channel, None] = {}
         self._dirty_since = 0.0
         self._work = trio.Event()
-        self._urgent_event = trio.Event()
+        # The scope of the pump's linger, cancelled by ``urgent``.
+        self._linger_scope: trio.CancelScope | None = None
+        # When the last linger began: (real time, the loop thread's CPU time).
+        self._since = (time.perf_counter(), time.thread_time())
         self.rounds = 0
+        # Rounds written because the daemon was idle before the linger was out.
+        self.idle_rounds = 0
 
     def dirty(self, channel: Channel) -> None:
         """``channel`` has new messages: write it with the next lingering round."""
@@ -58,7 +90,8 @@ class PumpRounds:
     def urgent(self, channel: Channel) -> None:
         """Write ``channel`` in the next round, without lingering."""
         self._urgent[channel] = None
-        self._urgent_event.set()
+        if self._linger_scope is not None:
+            self._linger_scope.cancel()
         self._work.set()
 
     def is_urgent(self, channel: Channel) -> bool:
@@ -75,14 +108,29 @@ class PumpRounds:
                 await self._work.wait()
                 self._work = trio.Event()
                 continue
+            idle = False
             if not self._urgent and self._dirty:
-                with trio.move_on_at(self._dirty_since + self.current_linger):
-                    await self._urgent_event.wait()
-            self._urgent_event = trio.Event()
+                cushion = idle_after(self.current_linger)
+                # Busy since the linger before this one began: a flood that ends right
+                # after a round still counts as one.
+                wall, cpu = self._since
+                self._since = (time.perf_counter(), time.thread_time())
+                with trio.move_on_at(self._dirty_since + self.current_linger) as scope:
+                    self._linger_scope = scope
+                    try:
+                        await _wait_idle(cushion)
+                        span = time.perf_counter() - wall - cushion
+                        idle = time.thread_time() - cpu >= BUSY_SHARE * span
+                        if not idle:
+                            await trio.sleep_forever()  # the linger's deadline ends it
+                    finally:
+                        self._linger_scope = None
             self._work = trio.Event()
             lingered = bool(self._dirty) and (
-                trio.current_time() >= self._dirty_since + self.current_linger
+                idle or trio.current_time() >= self._dirty_since + self.current_linger
             )
+            if idle:
+                self.idle_rounds += 1
             if lingered:
                 channels = list(self._dirty)
                 channels.extend(c for c in self._urgent if c not in self._dirty)
