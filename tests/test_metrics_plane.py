@@ -88,6 +88,8 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         proposed = value(found, "logplexd_redis_stream_entries_proposed_total")
         assert proposed == plane.writer.entries_proposed and proposed <= entries
         assert value(found, "logplexd_redis_proposals_moved_total") == 0
+        # No reply was lost: nothing was found written already.
+        assert value(found, "logplexd_redis_stream_entries_landed_total") == 0
         # Its one drain: this node took the lease once and delivers.
         assert value(found, "logplexd_redis_drain_takeovers_total") == 1
         # Its own connections: at least the writer's and the follower's, and no more than

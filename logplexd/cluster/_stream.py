@@ -182,7 +182,8 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # that stopped this channel (its entries from there on were not written: the writer gives
 # them back); prev the id of the entry before the first one written ('' when not known for
 # sure: no top key, or one the sequence does not agree with); last_k the sequence of entry
-# k's last message and id_k its id. A call that wrote an entry increments the beacon (a
+# k's last message and id_k its id; then, when some entries had landed already, how many
+# (the reply's length is odd only then). A call that wrote an entry increments the beacon (a
 # cluster's followers poll the beacons, one per shard, instead of every stream's top key;
 # a beacon that is not on this shard, after a resharding, is left alone). Per channel the
 # script makes four calls whatever it writes: one MGET of the top and sequence keys, one
@@ -223,8 +224,9 @@ for c = 1, tonumber(ARGV[4]) do
     local s = string.match(state[1], '^(%d+)-')
     if s and tonumber(s) == current then res[2] = state[1] end
   end
+  local done = 0
   if current and expected >= 0 and current > expected and count > 0 then
-    local done = landed(stream, expected, current, i, 4, count)
+    done = landed(stream, expected, current, i, 4, count)
     if done > 0 then
       res[2] = string.format('%d-0', expected)
       local s = expected
@@ -269,6 +271,7 @@ for c = 1, tonumber(ARGV[4]) do
     redis.pcall('MSET', seqkey, string.format('%d', current), topkey, newest)
     wrote = true
   end
+  if done > 0 then res[#res + 1] = done end
   out[c] = res
 end
 if wrote and ARGV[3] ~= '' then redis.pcall('INCR', ARGV[3]) end

@@ -242,6 +242,9 @@ class Writer:
             for k in range(2, len(reply) - 1, 2):
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
                 written_seq[channel] = int(reply[k])
+            if len(reply) % 2:
+                # APPEND found the first of these entries in the stream already.
+                self._count_landed(channel, int(reply[-1]))
             if done:
                 self._note_shared(channel, prev, done[-1][0])
             if len(done) < len(sent) and status in (b"moved", b"missing"):
@@ -415,13 +418,7 @@ class Writer:
             # XADDs refused (not above the top); the others are checked as added.
             landed = (len(reply) - 2) // 2
             if landed:
-                self.entries_landed += landed
-                log.warning(
-                    "data plane: %d entries of %s were written by a transaction whose reply "
-                    "was lost; not written again",
-                    landed,
-                    channel,
-                )
+                self._count_landed(channel, landed)
             for last, added_id in zip(lasts[landed:], added[landed:], strict=True):
                 if added_id != f"{last}-0".encode():
                     if not unchecked:
@@ -441,6 +438,15 @@ class Writer:
                 self._shared_until[channel] = trio.current_time() + SHARED_FOR
             replies[channel] = reply
         return replies
+
+    def _count_landed(self, channel: str, landed: int) -> None:
+        self.entries_landed += landed
+        log.warning(
+            "data plane: %d entries of %s were written by a call whose reply was lost; "
+            "not written again",
+            landed,
+            channel,
+        )
 
     @staticmethod
     def _give_back(back: Flush, channel: str, unsent: list[Outgoing]) -> None:

@@ -493,6 +493,7 @@ class Daemon:
                 entries_own=plane.followers.entries_own,
                 entries_proposed=plane.writer.entries_proposed,
                 proposals_moved=plane.writer.proposals_moved,
+                entries_landed=plane.writer.entries_landed,
                 malformed_entries=plane.malformed_entries,
                 pushback_holds=plane.pushback.holds,
                 buffer_messages=plane.buffer.messages,

@@ -96,6 +96,9 @@ class RedisFigures:
     # and the times PROPOSE found that another node had written the channel since.
     entries_proposed: int
     proposals_moved: int
+    # Entries a write whose reply was lost had written: found in the stream when the
+    # writer sent them again, and not written twice.
+    entries_landed: int
     malformed_entries: int
     # Times this node held a channel's inputs because it was behind on it (ChannelPushback).
     pushback_holds: int
@@ -654,6 +657,10 @@ _PLANE_COUNTERS = (
     ("redis_proposals_moved", "proposals_moved",
      "Times a channel's proposed entries were refused because another node had written "
      "the channel since (they are written with the APPEND script instead)."),
+    ("redis_stream_entries_landed", "entries_landed",
+     "Stream entries the writer sent again after a call whose reply was lost, found "
+     "already written by that call (right after this node's last entry) and not written "
+     "twice."),
     ("redis_stream_entries_malformed", "malformed_entries",
      "Stream entries no logplexd wrote, skipped by the data plane."),
     ("redis_drain_takeovers", "drain_takeovers",
