@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -416,3 +418,10 @@ async def test_an_urgent_channel_ends_the_linger_at_once(nursery, clock):
     clock.jump(IDLE_LINGER)
     await trio.testing.wait_all_tasks_blocked()
     assert written == ["b", "a"]
+
+
+def test_idle_detection_brings_no_test_framework_into_the_daemon():
+    # trio.testing imports pytest whenever it is installed (as it is here).
+    code = "import sys, logplexd.daemon; print(sorted(m for m in sys.modules if 'pytest' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,9 +25,16 @@ import time
 from collections.abc import Callable
 
 import trio
-import trio.testing
 
 from .registry import Channel
+
+try:
+    # trio's own idle detection, public as trio.testing.wait_all_tasks_blocked; imported
+    # from where it lives because trio.testing imports pytest when it is installed (70 ms
+    # and a test framework in a daemon's process).
+    from trio._core import wait_all_tasks_blocked as _wait_all_tasks_blocked
+except ImportError:  # pragma: no cover - a trio that moved it
+    from trio.testing import wait_all_tasks_blocked as _wait_all_tasks_blocked
 
 # A lingering round may take at most this share of the time between two such rounds.
 ROUND_SHARE = 0.2
@@ -46,9 +53,8 @@ def idle_after(linger: float) -> float:
 
 
 async def _wait_idle(cushion: float) -> None:
-    # trio's own idle detection (public, if filed under testing): it costs the loop nothing
-    # while tasks are runnable or I/O arrives.
-    await trio.testing.wait_all_tasks_blocked(cushion)
+    # Costs the loop nothing while tasks are runnable or I/O arrives.
+    await _wait_all_tasks_blocked(cushion)
 
 
 def adaptive_linger(base: float, round_seconds: float, max_linger: float) -> float:
