@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -21,7 +22,7 @@ from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
-from logplexd.router import PumpRounds, adaptive_linger, idle_after
+from logplexd.router import PumpRounds, adaptive_linger, flood_ended, idle_after
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
 from tests.helpers.wait import wait_until
@@ -352,8 +353,16 @@ def test_adaptive_linger_keeps_a_round_under_a_fifth_of_the_time_and_is_bounded(
 IDLE_LINGER = 0.5
 
 
-async def rounds_writing(nursery: trio.Nursery) -> tuple[PumpRounds, list[str], trio.Event]:
-    rounds = PumpRounds(IDLE_LINGER, IDLE_LINGER)
+def always_on_cpu() -> float:
+    """A loop thread's CPU clock for a loop that is never preempted: it runs whenever real
+    time passes (the test's busy loop does, whatever else the machine runs)."""
+    return time.perf_counter()
+
+
+async def rounds_writing(
+    nursery: trio.Nursery, cpu_clock: Callable[[], float] = always_on_cpu
+) -> tuple[PumpRounds, list[str], trio.Event]:
+    rounds = PumpRounds(IDLE_LINGER, IDLE_LINGER, cpu_clock=cpu_clock)
     written: list[str] = []
     done = trio.Event()
 
@@ -377,11 +386,24 @@ async def test_a_flood_that_ends_is_written_without_waiting_out_the_linger(nurse
     rounds, written, done = await rounds_writing(nursery)
     rounds.dirty("a")
     rounds.dirty("b")
-    await busy_for(IDLE_LINGER * 0.2)
-    with trio.fail_after(IDLE_LINGER * 0.6):  # well before the linger is out
+    await busy_for(IDLE_LINGER * 0.4)
+    with trio.fail_after(IDLE_LINGER * 0.3):  # well before the linger is out
         await done.wait()
     assert written == ["a", "b"]  # one round, oldest first
     assert rounds.idle_rounds == 1
+
+
+async def test_a_loop_that_was_not_on_the_cpu_lingers(nursery):
+    # Runnable as much as above, but (by its CPU clock) hardly ever running: idle moments
+    # of a light load, not the end of a flood.
+    rounds, written, done = await rounds_writing(nursery, cpu_clock=lambda: 0.0)
+    rounds.dirty("a")
+    await busy_for(IDLE_LINGER * 0.4)
+    await trio.testing.wait_all_tasks_blocked(3 * idle_after(IDLE_LINGER))
+    assert written == []
+    with trio.fail_after(IDLE_LINGER):
+        await done.wait()
+    assert written == ["a"] and rounds.idle_rounds == 0
 
 
 async def test_a_daemon_idle_all_along_lingers(nursery):
@@ -418,6 +440,14 @@ async def test_an_urgent_channel_ends_the_linger_at_once(nursery, clock):
     clock.jump(IDLE_LINGER)
     await trio.testing.wait_all_tasks_blocked()
     assert written == ["b", "a"]
+
+
+def test_a_flood_ended_only_after_a_busy_while():
+    cushion = idle_after(0.1)  # 2 ms
+    assert flood_ended(0.1, 0.09, cushion)  # busy 90 % of 100 ms
+    assert not flood_ended(0.1, 0.05, cushion)  # half the time: a steady load's pause
+    assert not flood_ended(0.005, 0.005, cushion)  # 5 ms of work: a burst, not a flood
+    assert flood_ended(10 * cushion, 0.75 * 10 * cushion, cushion)  # both bounds included
 
 
 def test_idle_detection_brings_no_test_framework_into_the_daemon():

@@ -21,7 +21,7 @@ from .registry import (
     high_water,
     pushback_for,
 )
-from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, idle_after
+from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, flood_ended, idle_after
 from .sync import RegistryLike, attach_registry, load_registry
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "RegistryLike",
     "RouteCounts",
     "adaptive_linger",
+    "flood_ended",
     "idle_after",
     "attach_registry",
     "high_water",
