@@ -10,14 +10,15 @@ passes a checkpoint, so inputs and other tasks run even when every write succeed
 With many quiet channels a round costs about a syscall and some Python per channel whatever
 the message rate, so the linger grows with the cost of a round (``adaptive_linger``).
 
-A flood's end is not worth a linger: once a daemon that was busy (its loop's thread on the
-CPU ``BUSY_SHARE`` of the time since the linger before began, for ``BUSY_SPAN`` times the
-idle cushion at least) has had nothing to do for a fiftieth of the linger (``idle_after``,
-at least 1 ms), the dirty channels are written at once. 1,000 channels' last messages
-otherwise waited out a 55-100 ms linger on an idle loop, a tenth of a 1 M-message run
-(bench/e2e c8-ch1000-d1-120: 1.10x the rate with this). Under a steady load that leaves
-the loop idle now and then a pump still lingers: writing at every idle moment doubled the
-CPU per message of 1,000 channels at 200,000 msgs/s.
+A flood's end is not worth a linger. While it lingers a pump looks, every twentieth of the
+linger (``idle_after``, at least 1 ms), at the CPU time the loop's thread used meanwhile:
+when it used next to none the daemon is idle, and if before that it was busy (on the CPU
+``BUSY_SHARE`` of the time since the linger before began, over ``BUSY_SPAN`` such looks at
+least: ``flood_ended``) the dirty channels are written at once. 1,000 channels' last
+messages otherwise waited out a 55-100 ms linger on an idle loop, a tenth of a 1 M-message
+run (bench/e2e c8-ch1000-d1-120: 1.10x the rate with this). Under a steady load that
+leaves the loop idle now and then a pump still lingers: writing at every idle moment
+doubled the CPU per message of 1,000 channels at 200,000 msgs/s.
 """
 
 from __future__ import annotations
@@ -29,42 +30,31 @@ import trio
 
 from .registry import Channel
 
-try:
-    # trio's own idle detection, public as trio.testing.wait_all_tasks_blocked; imported
-    # from where it lives because trio.testing imports pytest when it is installed (70 ms
-    # and a test framework in a daemon's process).
-    from trio._core import wait_all_tasks_blocked as _wait_all_tasks_blocked
-except ImportError:  # pragma: no cover - a trio that moved it
-    from trio.testing import wait_all_tasks_blocked as _wait_all_tasks_blocked
-
 # A lingering round may take at most this share of the time between two such rounds.
 ROUND_SHARE = 0.2
 
-# The share of a linger, and the least real time, every task of the daemon must have been
-# blocked (no input arrived, nothing runnable) before a linger ends early; and the share of
-# the time before that its loop must have been on the CPU.
-IDLE_SHARE = 0.02
+# How often a lingering pump looks whether the daemon went idle: this share of the linger,
+# never more often than MIN_IDLE (a look is a timer and a task step, ~10 us). A look that
+# finds the loop's thread used at most IDLE_CPU of it finds the daemon idle.
+IDLE_SHARE = 0.05
 MIN_IDLE = 0.001
+IDLE_CPU = 0.1
+# Busy: on the CPU this share of the time since the linger before began, and that for at
+# least this many looks (a few busy milliseconds, a burst or a connection's set-up, before
+# an idle moment are not a flood that ended).
 BUSY_SHARE = 0.75
-# ... over at least this many times the idle cushion: a few busy milliseconds (a burst, the
-# setting up of a connection) before an idle moment are not a flood that ended.
-BUSY_SPAN = 10
+BUSY_SPAN = 5
 
 
 def idle_after(linger: float) -> float:
-    """How long the daemon must have been idle before a linger of ``linger`` ends early."""
+    """How often a pump lingering ``linger`` looks whether the daemon went idle."""
     return max(MIN_IDLE, linger * IDLE_SHARE)
 
 
-async def _wait_idle(cushion: float) -> None:
-    # Costs the loop nothing while tasks are runnable or I/O arrives.
-    await _wait_all_tasks_blocked(cushion)
-
-
-def flood_ended(span: float, cpu: float, cushion: float) -> bool:
-    """Whether a loop that used ``cpu`` seconds of ``span`` before being idle for
-    ``cushion`` was busy: a flood that ended, not a steady load's idle moment."""
-    return span >= BUSY_SPAN * cushion and cpu >= BUSY_SHARE * span
+def flood_ended(span: float, cpu: float, look: float) -> bool:
+    """Whether a loop that used ``cpu`` seconds of ``span`` before an idle ``look`` was
+    busy: a flood that ended, not a steady load's idle moment."""
+    return span >= BUSY_SPAN * look and cpu >= BUSY_SHARE * span
 
 
 def adaptive_linger(base: float, round_seconds: float, max_linger: float) -> float:
@@ -104,6 +94,16 @@ class PumpRounds:
         # Rounds written because the daemon was idle before the linger was out.
         self.idle_rounds = 0
 
+    async def _flood_ended(self, look: float, since: tuple[float, float]) -> bool:
+        """Look every ``look`` seconds until the loop's thread used (next to) no CPU in one;
+        then whether it was busy before that, since ``since`` (real time, CPU time)."""
+        clock = self._cpu_clock
+        while True:
+            started, used = time.perf_counter(), clock()
+            await trio.sleep(look)
+            if clock() - used <= IDLE_CPU * look:
+                return flood_ended(started - since[0], used - since[1], look)
+
     def dirty(self, channel: Channel) -> None:
         """``channel`` has new messages: write it with the next lingering round."""
         if channel not in self._dirty:
@@ -135,17 +135,14 @@ class PumpRounds:
                 continue
             idle = False
             if not self._urgent and self._dirty:
-                cushion = idle_after(self.current_linger)
                 # Busy since the linger before this one began: a flood that ends right
                 # after a round still counts as one.
-                wall, cpu = self._since
+                since = self._since
                 self._since = (time.perf_counter(), self._cpu_clock())
                 with trio.move_on_at(self._dirty_since + self.current_linger) as scope:
                     self._linger_scope = scope
                     try:
-                        await _wait_idle(cushion)
-                        span = time.perf_counter() - wall - cushion
-                        idle = flood_ended(span, self._cpu_clock() - cpu, cushion)
+                        idle = await self._flood_ended(idle_after(self.current_linger), since)
                         if not idle:
                             await trio.sleep_forever()  # the linger's deadline ends it
                     finally:
