@@ -21,7 +21,7 @@ from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames
-from logplexd.router import PumpRounds, adaptive_linger, flood_ended, idle_after
+from logplexd.router import PumpRounds, adaptive_linger, flood_ended, look_interval
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
 from tests.helpers.wait import wait_until
@@ -449,7 +449,7 @@ async def test_an_urgent_channel_ends_the_linger_at_once(nursery, clock):
 
 
 def test_a_flood_ended_only_after_a_busy_while():
-    look = idle_after(0.1)  # 5 ms
+    look = look_interval(0.1)  # 5 ms
     assert flood_ended(0.1, 0.09, look)  # busy 90 % of 100 ms
     assert not flood_ended(0.1, 0.05, look)  # half the time: a steady load's pause
     assert not flood_ended(0.01, 0.01, look)  # 10 ms of work: a burst, not a flood

@@ -21,7 +21,7 @@ from .registry import (
     high_water,
     pushback_for,
 )
-from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, flood_ended, idle_after
+from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, flood_ended, look_interval
 from .sync import RegistryLike, attach_registry, load_registry
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "RouteCounts",
     "adaptive_linger",
     "flood_ended",
-    "idle_after",
+    "look_interval",
     "attach_registry",
     "high_water",
     "load_registry",

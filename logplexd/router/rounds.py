@@ -11,12 +11,12 @@ With many quiet channels a round costs about a syscall and some Python per chann
 the message rate, so the linger grows with the cost of a round (``adaptive_linger``).
 
 A flood's end is not worth a linger. While it lingers a pump looks, every twentieth of the
-linger (``idle_after``, at least 1 ms), at the CPU time the loop's thread used meanwhile:
+linger (``look_interval``, at least 1 ms), at the CPU time the loop's thread used meanwhile:
 when it used next to none the daemon is idle, and if before that it was busy (on the CPU
 ``BUSY_SHARE`` of the time since the linger before began, over ``BUSY_SPAN`` such looks at
 least: ``flood_ended``) the dirty channels are written at once. 1,000 channels' last
 messages otherwise waited out a 55-100 ms linger on an idle loop, a tenth of a 1 M-message
-run (bench/e2e c8-ch1000-d1-120: 1.10x the rate with this). Under a steady load that
+run (bench/e2e c8-ch1000-d1-120: 1.07x the rate with this). Under a steady load that
 leaves the loop idle now and then a pump still lingers: writing at every idle moment
 doubled the CPU per message of 1,000 channels at 200,000 msgs/s.
 """
@@ -46,7 +46,7 @@ BUSY_SHARE = 0.75
 BUSY_SPAN = 5
 
 
-def idle_after(linger: float) -> float:
+def look_interval(linger: float) -> float:
     """How often a pump lingering ``linger`` looks whether the daemon went idle."""
     return max(MIN_IDLE, linger * IDLE_SHARE)
 
@@ -142,7 +142,7 @@ class PumpRounds:
                 with trio.move_on_at(self._dirty_since + self.current_linger) as scope:
                     self._linger_scope = scope
                     try:
-                        idle = await self._flood_ended(idle_after(self.current_linger), since)
+                        idle = await self._flood_ended(look_interval(self.current_linger), since)
                         if not idle:
                             await trio.sleep_forever()  # the linger's deadline ends it
                     finally:
