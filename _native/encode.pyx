@@ -7,6 +7,7 @@ RFC 5424 are skipped, as the original's drain and session parsers skipped them.
 import time as _time
 
 from cpython.bytes cimport PyBytes_AS_STRING
+from libc.stdint cimport uint64_t
 from libc.string cimport memcmp
 
 from logplexd._native.batch cimport Batch
@@ -16,6 +17,7 @@ from logplexd._native.out cimport (
 from logplexd._native.records cimport (
     F_APPNAME, F_MSG, F_PROCID, F_TIMESTAMP, REC_VALID, MsgRec,
 )
+from logplexd._native.ring cimport ChannelRing
 
 DEF LF = 10
 DEF CR = 13
@@ -25,56 +27,63 @@ cdef inline Py_ssize_t _field(const MsgRec* r, int f) noexcept:
     return r.fl[f]
 
 
-cdef Py_ssize_t _drain_frames(Batch batch, const char* host, Py_ssize_t host_len,
-                              bint syslog_style, bint add_lf_always, Py_ssize_t start,
-                              Py_ssize_t max_bytes, Py_ssize_t* count, Out* o) except -2:
-    """Shared writer of the drain-style formats; returns the next unread index.
+cdef inline int _put_frame(Out* o, const char* p, const MsgRec* r, const char* host,
+                           Py_ssize_t host_len, bint syslog_style, bint add_lf_always,
+                           Py_ssize_t max_bytes, Py_ssize_t* count) except -1:
+    """Write one valid frame (payload at ``p``); 0 when it would pass ``max_bytes`` after
+    at least one frame (nothing written), else 1.
 
     syslog_style: ``<PRI>1 TS HOST APP PROCID - - MSG`` plus LF when MSG lacks one;
     otherwise ``<PRI>1 TS HOST APP PROCID - MSG`` (no SD), with LF only if add_lf_always.
     """
-    cdef Py_ssize_t i, body, msg_len
-    cdef const MsgRec* r
-    cdef const char* p
+    cdef Py_ssize_t body, msg_len = r.fl[F_MSG]
     cdef bint lf
-    i = start
+    if syslog_style:
+        lf = msg_len == 0 or p[r.fs[F_MSG] + msg_len - 1] != LF
+    else:
+        lf = add_lf_always
+    # "<" PRI ">1 " TS " " HOST " " APP " " PROCID (" - - " | " - ") MSG [LF]
+    body = (1 + out_ndigits(r.pri) + 3 + r.fl[F_TIMESTAMP] + 1 + host_len + 1
+            + r.fl[F_APPNAME] + 1 + r.fl[F_PROCID] + (5 if syslog_style else 3)
+            + msg_len + (1 if lf else 0))
+    if count[0] > 0 and o.n + out_ndigits(body) + 1 + body > max_bytes:
+        return 0
+    out_need(o, out_ndigits(body) + 1 + body)
+    out_put_uint(o, body)
+    out_put(o, b" <", 2)
+    out_put_uint(o, r.pri)
+    out_put(o, b">1 ", 3)
+    out_put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
+    out_put(o, b" ", 1)
+    out_put(o, host, host_len)
+    out_put(o, b" ", 1)
+    out_put(o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
+    out_put(o, b" ", 1)
+    out_put(o, p + r.fs[F_PROCID], r.fl[F_PROCID])
+    if syslog_style:
+        out_put(o, b" - - ", 5)
+    else:
+        out_put(o, b" - ", 3)
+    out_put(o, p + r.fs[F_MSG], msg_len)
+    if lf:
+        out_put(o, b"\n", 1)
+    count[0] += 1
+    return 1
+
+
+cdef Py_ssize_t _drain_frames(Batch batch, const char* host, Py_ssize_t host_len,
+                              bint syslog_style, bint add_lf_always, Py_ssize_t start,
+                              Py_ssize_t max_bytes, Py_ssize_t* count, Out* o) except -2:
+    """Shared writer of the drain-style formats (``_put_frame``); returns the next unread
+    index."""
+    cdef Py_ssize_t i = start
+    cdef const MsgRec* r
     while i < batch.n:
         r = &batch.recs[i]
-        if not (r.flags & REC_VALID):
-            i += 1
-            continue
-        p = <const char*>batch.buf + r.off
-        msg_len = r.fl[F_MSG]
-        if syslog_style:
-            lf = msg_len == 0 or p[r.fs[F_MSG] + msg_len - 1] != LF
-        else:
-            lf = add_lf_always
-        # "<" PRI ">1 " TS " " HOST " " APP " " PROCID (" - - " | " - ") MSG [LF]
-        body = (1 + out_ndigits(r.pri) + 3 + r.fl[F_TIMESTAMP] + 1 + host_len + 1
-                + r.fl[F_APPNAME] + 1 + r.fl[F_PROCID] + (5 if syslog_style else 3)
-                + msg_len + (1 if lf else 0))
-        if count[0] > 0 and o.n + out_ndigits(body) + 1 + body > max_bytes:
-            break
-        out_need(o, out_ndigits(body) + 1 + body)
-        out_put_uint(o, body)
-        out_put(o, b" <", 2)
-        out_put_uint(o, r.pri)
-        out_put(o, b">1 ", 3)
-        out_put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
-        out_put(o, b" ", 1)
-        out_put(o, host, host_len)
-        out_put(o, b" ", 1)
-        out_put(o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
-        out_put(o, b" ", 1)
-        out_put(o, p + r.fs[F_PROCID], r.fl[F_PROCID])
-        if syslog_style:
-            out_put(o, b" - - ", 5)
-        else:
-            out_put(o, b" - ", 3)
-        out_put(o, p + r.fs[F_MSG], msg_len)
-        if lf:
-            out_put(o, b"\n", 1)
-        count[0] += 1
+        if r.flags & REC_VALID:
+            if not _put_frame(o, <const char*>batch.buf + r.off, r, host, host_len,
+                              syslog_style, add_lf_always, max_bytes, count):
+                break
         i += 1
     return i
 
@@ -95,6 +104,47 @@ def syslog_frames(Batch batch not None, bytes drain_token not None, Py_ssize_t s
         out_free(&o)
         raise
     return out_finish(&o), count, nxt
+
+
+def syslog_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
+                            Py_ssize_t max_messages, bytes drain_token not None,
+                            Py_ssize_t max_bytes=4096):
+    """``syslog_frames`` of the ring's messages from ``cursor`` on (at most
+    ``max_messages``), read where they lie: no batch is copied out of the ring first.
+
+    Returns (bytes, count, next_cursor, lost): ``lost`` counts messages the ring dropped
+    before ``cursor`` was read (as ``ChannelRing.read``); frames that are not valid RFC 5424
+    are passed over (``next_cursor`` is past them, ``count`` does not include them).
+    """
+    cdef Out o
+    cdef Py_ssize_t count = 0, avg
+    cdef uint64_t s = cursor, end
+    cdef unsigned long long lost = 0
+    cdef const MsgRec* r
+    cdef const char* host = PyBytes_AS_STRING(drain_token)
+    cdef Py_ssize_t host_len = len(drain_token)
+    if s > ring.head:
+        s = ring.head
+    if s < ring.tail:
+        lost = ring.tail - s
+        s = ring.tail
+    end = ring.head
+    if max_messages >= 0 and end - s > <uint64_t>max_messages:
+        end = s + max_messages
+    avg = ring.used // (ring.head - ring.tail) if ring.head > ring.tail else 0
+    out_init(&o, min(<Py_ssize_t>(end - s) * (avg + host_len + 16), max_bytes + 16384))
+    try:
+        while s < end:
+            r = &ring.slots[s & ring.slot_mask]
+            if r.flags & REC_VALID:
+                if not _put_frame(&o, <const char*>ring.arena + r.off, r, host, host_len,
+                                  True, False, max_bytes, &count):
+                    break
+            s += 1
+    except BaseException:
+        out_free(&o)
+        raise
+    return out_finish(&o), count, s, lost
 
 
 def http_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t max_bytes=102400):

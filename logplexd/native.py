@@ -18,6 +18,7 @@ try:
         l11_line,
         session_lines,
         syslog_frames,
+        syslog_frames_from_ring,
     )
     from ._native.framer import OctetFramer, parse_body, parse_frames
     from ._native.resp import (
@@ -66,4 +67,5 @@ __all__ = [
     "parse_frames",
     "session_lines",
     "syslog_frames",
+    "syslog_frames_from_ring",
 ]

@@ -20,7 +20,7 @@ import trio.testing
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
-from logplexd.native import l10_syslog, parse_frames, syslog_frames
+from logplexd.native import l10_syslog, parse_frames, syslog_frames, syslog_frames_from_ring
 from logplexd.router import PumpRounds, adaptive_linger, flood_ended, look_interval
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
@@ -51,6 +51,10 @@ class Pair:
             self.events.append,
             max_messages=16384,
             max_bytes=1 << 20,
+            # As SyslogDrain does: what the pump writes whole is encoded in the ring.
+            encode_ring=lambda ring, cursor, n, max_bytes: syslog_frames_from_ring(
+                ring, cursor, n, token, max_bytes
+            ),
         )
         self.returned = trio.Event()
 
@@ -163,6 +167,14 @@ async def test_a_full_socket_hands_the_rest_of_the_write_back(nursery, clock):
     # Not settled: the drain's task writes the rest, then reports it.
     assert pair.feed.counters.delivered == 0 and pair.feed.cached is payload
     assert pair.events == [DrainEvent.SEND]
+    # Encoded in the ring, its messages are now the feed's pending batch: a ring that
+    # moves on meanwhile (here: laps them all) takes nothing from the drain.
+    assert pair.feed.pending_messages == 400
+    channel.ring.append_batch(parse_frames([message(1000 + i) for i in range(2000)]))
+    assert channel.ring.tail > 400
+    pair.feed.delivered(payload)
+    assert pair.feed.counters.delivered == 400 and pair.feed.counters.lost == 0
+    assert pair.feed.pending_messages == 0
     pair.close()
 
 
@@ -174,9 +186,21 @@ async def test_a_write_error_is_handed_back_and_nothing_is_settled(nursery, cloc
     assert pair.returned.is_set()
     assert isinstance(pair.writer.error, OSError)
     assert pair.feed.counters.delivered == 0
-    # The unsettled messages are still the feed's: the next connection writes them again.
+    # The unsettled messages are still the feed's: the next connection writes them again,
+    # the same bytes, even once the ring has lapped them.
     assert pair.feed.pending_messages == LINGER_MESSAGES
     assert pump.writers(channel) == [] and not channel.watched_by(pump)
+    channel.ring.append_batch(parse_frames([message(100 + i) for i in range(2000)]))
+    again = pair.feed.build_payload(
+        pair.writer.encode,
+        pair.writer.loss_notice,
+        max_messages=16384,
+        max_bytes=1 << 20,
+        encode_ring=pair.writer.encode_ring,
+    )
+    assert again is not None
+    assert again.data == b"".join(delivered(i) for i in range(LINGER_MESSAGES))
+    assert again.batch is not None and pair.feed.counters.lost == 0
     pair.ours.close()
 
 

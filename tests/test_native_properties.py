@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
 from logplexd._native import encode
-from logplexd.native import OctetFramer, parse_body, parse_frames
+from logplexd.native import ChannelRing, OctetFramer, parse_body, parse_frames
 from tests.helpers.reference import (
     ReferenceFramer,
     reference_channel_log_frame,
@@ -380,6 +380,67 @@ def test_drain_encoders_agree_with_oracle(
     logs = [reference_channel_log_frame(p) for p in payloads]
     assert encode.channel_log_frames(batch) == (b"".join(f for f in logs if f is not None), valid)
 
+
+
+@SETTINGS
+@given(
+    payloads=st.lists(st.one_of(valid_payloads(), PAYLOADS), max_size=25),
+    token=TOKENS,
+    max_bytes=st.integers(1, 600),
+    capacity=st.integers(1, 30),
+    max_messages=st.integers(1, 8),
+    cursor=st.integers(0, 30),
+)
+def test_ring_encoder_agrees_with_batch_encoder(
+    payloads: list[bytes],
+    token: bytes,
+    max_bytes: int,
+    capacity: int,
+    max_messages: int,
+    cursor: int,
+) -> None:
+    """``syslog_frames_from_ring`` (the drain pump's encoder, reading the ring in place)
+    writes what ``syslog_frames`` writes of the same messages read out of the ring, in the
+    same chunks, and counts a lapped cursor's loss as ``ChannelRing.read`` does."""
+    ring = ChannelRing(capacity, 1 << 20)
+    ring.append_batch(parse_frames(payloads))
+    held, end, lost = ring.read(cursor, 1 << 20, 1 << 62)
+    assert end == ring.head
+    expected = reference_chunks_of(
+        lambda start, limit: encode.syslog_frames(held, token, start, limit), max_bytes
+    )
+    chunks = []
+    at, first = cursor, True
+    while True:
+        data, count, nxt, gone = encode.syslog_frames_from_ring(
+            ring, at, max_messages, token, max_bytes
+        )
+        assert gone == (lost if first else 0)
+        assert nxt - max(min(at, ring.head), ring.tail) <= max_messages
+        if nxt == max(min(at, ring.head), ring.tail):
+            assert data == b"" and count == 0
+            break
+        if count > 1:
+            assert len(data) <= max_bytes
+        chunks.append((data, count))
+        at, first = nxt, False
+    assert max(min(at, ring.head), ring.tail) == ring.head
+    assert b"".join(d for d, _ in chunks) == b"".join(d for d, _ in expected)
+    assert sum(c for _, c in chunks) == sum(c for _, c in expected)
+
+
+def reference_chunks_of(
+    encode_from: Callable[[int, int], tuple[bytes, int, int]], max_bytes: int
+) -> list[tuple[bytes, int]]:
+    """Every chunk ``encode_from(start, max_bytes)`` gives from the start to the end."""
+    out, start = [], 0
+    while True:
+        data, count, nxt = encode_from(start, max_bytes)
+        if nxt == start:
+            return out
+        if count:
+            out.append((data, count))
+        start = nxt
 
 @SETTINGS
 @given(

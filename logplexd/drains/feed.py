@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..backlog import DrainBacklog
-from ..native import Batch, octet_frames, parse_body
+from ..native import Batch, ChannelRing, octet_frames, parse_body
 from ..router import Channel, Registry
 
 # How often a drain whose channel does not exist (yet, or any more) looks for it again.
@@ -82,13 +82,18 @@ class Payload:
     messages: int
     # The count the L10 frame at the head announces (0: no L10 frame).
     loss_announced: int
-    batch: Batch
+    # The batch its messages came from and the index just past them. None: they were
+    # encoded where they lie in the ring (``ring_span``, the sequences they span; the
+    # cursor is already past them) and nothing of them is pending, until
+    # ``DrainFeed.keep_unsettled`` takes them as the pending batch.
+    batch: Batch | None
     end_index: int
     # HTTP only: the Frame-Id, and how many attempts have been made.
     frame_id: str = ""
     attempts: int = 0
     # HTTP only: a stale keep-alive connection gets one free retry per payload.
     free_retry_used: bool = False
+    ring_span: tuple[int, int] | None = None
 
     @property
     def frames(self) -> int:
@@ -96,6 +101,9 @@ class Payload:
 
 
 Encoder = Callable[[Batch, int, int], tuple[bytes, int, int]]
+# (ring, cursor, max_messages, max_bytes) -> (data, count, next_cursor, lost): an encoder
+# that reads the ring in place (``syslog_frames_from_ring``).
+RingEncoder = Callable[[ChannelRing, int, int, int], tuple[bytes, int, int, int]]
 LossNotice = Callable[[int, float, float], bytes]
 
 
@@ -327,13 +335,20 @@ class DrainFeed:
         *,
         max_messages: int,
         max_bytes: int,
+        encode_ring: RingEncoder | None = None,
     ) -> Payload | None:
         """Encode the next messages (up to ``max_bytes``), after an L10 notice if any were lost.
 
         Returns None when there is nothing deliverable (frames the drain formats cannot
-        express are skipped, as the original does).
+        express are skipped, as the original does). With ``encode_ring``, messages with
+        nothing pending before them are encoded where they lie in the ring: the caller
+        settles the payload, or calls ``keep_unsettled``, before the ring can move on.
         """
         self.cached = None
+        if encode_ring is not None and self.pending_messages == 0:
+            payload = self._payload_in_place(encode_ring, loss_notice, max_messages, max_bytes)
+            if payload is not None:
+                return payload
         while self._take(max_messages, max_bytes):
             batch, start = self.pending, self.pending_start
             assert batch is not None
@@ -356,8 +371,63 @@ class DrainFeed:
             return self.cached
         return None
 
+    def _payload_in_place(
+        self, encode_ring: RingEncoder, loss_notice: LossNotice, max_messages: int, max_bytes: int
+    ) -> Payload | None:
+        """``build_payload`` straight from the ring: no batch copied out first (with 1,000
+        channels the copy was as costly as the encoding). None: nothing there, or the
+        drain reads its disk backlog first (the batch path does that)."""
+        backlog = self.disk
+        if backlog is not None and backlog.active:
+            return None
+        channel = self.current_channel()
+        if channel is None:
+            return None
+        ring = channel.ring
+        limit = self._read_limit(channel)
+        self.pending, self._pending_disk_seq = None, None
+        while limit > self.cursor:
+            start = self.cursor
+            data, n, end, lost = encode_ring(
+                ring, start, min(max_messages, limit - start), max_bytes
+            )
+            self.cursor = end
+            if lost:
+                self.loss.add(lost, self.wall_clock())
+                self.counters.lost += lost
+            if n == 0:
+                self._record()  # passed over: nothing in it to deliver
+                continue
+            first = start + lost
+            if lost:
+                self._record(ring_settled=first)
+            announced = self.loss.count
+            if announced:
+                data = loss_notice(announced, self.loss.since, self.wall_clock()) + data
+            self.cached = Payload(data, n, announced, None, end, ring_span=(first, end))
+            self.last_payload_bytes = len(data)
+            return self.cached
+        return None
+
+    def keep_unsettled(self, payload: Payload) -> None:
+        """``payload`` was encoded in place and is not delivered yet (a partial write, an
+        error): its messages become the pending batch, as if taken from the ring, so they
+        are kept when the ring moves on and are sent again on the next connection. Called
+        before anything is routed to the ring after ``build_payload``."""
+        span = payload.ring_span
+        if payload.batch is not None or span is None or self.channel is None:
+            return
+        first, end = span
+        batch, cursor, lost = self.channel.ring.read(first, end - first, 1 << 62)
+        if lost or cursor != end:  # the ring moved: a caller broke the contract above
+            raise RuntimeError("keep_unsettled: the ring moved since the payload was built")
+        payload.batch, payload.end_index = batch, len(batch)
+        self.pending, self.pending_start, self._pending_disk_seq = batch, 0, None
+        self._ring_batch_end = end
+        self._record()
+
     def _settle(self, payload: Payload) -> None:
-        if self.pending is payload.batch:
+        if payload.batch is not None and self.pending is payload.batch:
             self.pending_start = max(self.pending_start, payload.end_index)
             backlog = self.disk
             if backlog is not None and self._pending_disk_seq is not None:
@@ -436,14 +506,16 @@ class DrainFeed:
         if channel is not None and backlog.store.ledger.release_channel(self.channel_name):
             channel.ring.mirror_head(None)
 
-    def _record(self) -> None:
+    def _record(self, *, ring_settled: int | None = None) -> None:
         """Store in the ledger what a kill -9 now would lose: messages neither delivered nor
         handed to the backlog (from ``ring_settled`` on), and losses not yet announced."""
         backlog = self.disk
         if backlog is None:
             return
         entry = backlog.entry
-        if self.pending is not None and self._pending_disk_seq is None:
+        if ring_settled is not None:
+            entry.ring_settled = ring_settled
+        elif self.pending is not None and self._pending_disk_seq is None:
             entry.ring_settled = self._ring_batch_end - self.pending_messages
         else:
             entry.ring_settled = self.cursor

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..router import NEVER, PumpRounds, high_water, pushback_for
-from .feed import LINGER_ONLY_BELOW_BYTES, DrainFeed, Encoder, LossNotice, Payload
+from .feed import (
+    LINGER_ONLY_BELOW_BYTES,
+    DrainFeed,
+    Encoder,
+    LossNotice,
+    Payload,
+    RingEncoder,
+)
 from .state import DrainEvent
 
 if TYPE_CHECKING:
@@ -47,6 +54,7 @@ class AttachedWriter:
         "feed",
         "fd",
         "encode",
+        "encode_ring",
         "loss_notice",
         "on_event",
         "max_messages",
@@ -68,10 +76,14 @@ class AttachedWriter:
         *,
         max_messages: int,
         max_bytes: int,
+        encode_ring: RingEncoder | None = None,
     ) -> None:
         self.feed = feed
         self.fd = fd
         self.encode = encode
+        # Encodes where the messages lie in the ring: a payload the pump writes whole is
+        # never copied out of the ring first.
+        self.encode_ring = encode_ring
         self.loss_notice = loss_notice
         self.on_event = on_event
         self.max_messages = max_messages
@@ -282,6 +294,7 @@ class DrainPump:
                 writer.loss_notice,
                 max_messages=writer.max_messages,
                 max_bytes=writer.max_bytes,
+                encode_ring=writer.encode_ring,
             )
             if payload is None:
                 writer.slow = False  # caught up: it may hold again
@@ -292,11 +305,13 @@ class DrainPump:
             except BlockingIOError:
                 written = 0
             except OSError as exc:
+                feed.keep_unsettled(payload)
                 writer.error = exc
                 self._hand_back(writer)
                 return
             self.writes += 1
             if written < len(payload.data):
+                feed.keep_unsettled(payload)
                 writer.partial = (payload, written)
                 channel = writer.channel
                 if (

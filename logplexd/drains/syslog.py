@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..native import Batch, l10_syslog, syslog_frames
+from ..native import Batch, ChannelRing, l10_syslog, syslog_frames, syslog_frames_from_ring
 from ..router import high_water, pushback_for
 from .delivery import DrainHandle
 from .policy import TRANSPORT_ERRORS, syslog_failures_after_drop, syslog_reconnect_backoff
@@ -37,6 +37,11 @@ class SyslogDrain:
 
     def _encode(self, batch: Batch, start: int, max_bytes: int) -> tuple[bytes, int, int]:
         return syslog_frames(batch, self.token, start, max_bytes)
+
+    def _encode_ring(
+        self, ring: ChannelRing, cursor: int, max_messages: int, max_bytes: int
+    ) -> tuple[bytes, int, int, int]:
+        return syslog_frames_from_ring(ring, cursor, max_messages, self.token, max_bytes)
 
     def _loss_notice(self, n: int, since: float, now: float) -> bytes:
         return l10_syslog(self.token, n, since, now)
@@ -160,6 +165,7 @@ class SyslogDrain:
                 drain.on,
                 max_messages=settings.read_max_messages,
                 max_bytes=settings.syslog_batch_bytes,
+                encode_ring=self._encode_ring,
             )
         try:
             await self._write_loop_body(stream, writer)
