@@ -46,21 +46,30 @@ cdef inline Py_ssize_t _word_end(const unsigned char* p, Py_ssize_t i, Py_ssize_
 
 cdef void parse_fields(const unsigned char* p, Py_ssize_t n, MsgRec* rec) noexcept nogil:
     cdef Py_ssize_t i, j, k, start
-    cdef int pri, digits, f
+    cdef int pri, digits, f, words = 0
     cdef int field_ids[5]
+    # Where each of the first six SP-separated words ends (its SP, or n for the last): the
+    # routing look-up needs words 0-3, the strict header 1-5, found in one pass (six
+    # memchr, not nine; the framer was 7 % memchr with 1,000 channels).
+    cdef Py_ssize_t ends[6]
     rec.flags = 0
     rec.pri = -1
     memset(rec.fs, 0, sizeof(rec.fs))
     memset(rec.fl, 0, sizeof(rec.fl))
+    i = 0
+    while words < 6:
+        j = _word_end(p, i, n)
+        ends[words] = j
+        words += 1
+        if j >= n:
+            break
+        i = j + 1
 
     # APP-NAME for routing: the 4th piece when splitting on single SP, valid frame or not.
-    i = 0
-    for k in range(3):
-        j = _word_end(p, i, n)
-        if j >= n:
-            return
-        i = j + 1
-    j = _word_end(p, i, n)
+    if words < 4:
+        return
+    i = ends[2] + 1
+    j = ends[3]
     if j > i:
         rec.flags = REC_HAS_APP
         rec.fs[F_APPNAME] = <unsigned short>i
@@ -80,14 +89,16 @@ cdef void parse_fields(const unsigned char* p, Py_ssize_t n, MsgRec* rec) noexce
         return
     if i + 2 >= n or p[i] != b'>' or p[i + 1] != b'1' or p[i + 2] != SP:
         return
-    i += 3
+    i += 3   # just past word 0 ("<PRI>1" holds no SP): ends[0] + 1
     field_ids[0] = F_TIMESTAMP
     field_ids[1] = F_HOSTNAME
     field_ids[2] = F_APPNAME
     field_ids[3] = F_PROCID
     field_ids[4] = F_MSGID
     for k in range(5):
-        j = _word_end(p, i, n)
+        if k + 1 >= words:
+            return                # no SP before SD
+        j = ends[k + 1]
         if j == i or j >= n:      # empty word, or no SP before SD
             return
         f = field_ids[k]
