@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 import h11
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logplexd import __version__
 from logplexd.drains import (
@@ -29,10 +32,17 @@ from logplexd.drains import (
     next_state,
     syslog_reconnect_backoff,
 )
-from logplexd.native import http_frames, l10_http, l10_syslog, parse_frames, syslog_frames
+from logplexd.native import (
+    http_frames,
+    l10_http,
+    l10_syslog,
+    parse_frames,
+    syslog_frames,
+    syslog_frames_from_ring,
+)
 from logplexd.router.registry import Registry
 from logplexd.store import DrainKind, parse_drain_url
-from tests.helpers.drains import TOKEN, append, message
+from tests.helpers.drains import TOKEN, append, delivered, l10_total, message
 
 # -- targets ------------------------------------------------------------------------------
 
@@ -304,6 +314,75 @@ def test_feed_splits_a_batch_by_bytes_and_skips_invalid_frames():
         sizes.append(payload.messages)
         feed.delivered(payload)
     assert sum(sizes) == 40 and len(sizes) > 5
+
+
+def _syslog_ring(ring, cursor, max_messages, max_bytes):
+    return syslog_frames_from_ring(ring, cursor, max_messages, TOKEN.encode(), max_bytes)
+
+
+# One pump round for a drain: how many messages were routed before it, and what became of
+# its payload ("whole": written; "partial": the drain's task finished it; "error": not
+# written, the next connection writes it again).
+ROUNDS = st.lists(
+    st.tuples(st.integers(0, 25), st.sampled_from(["whole", "partial", "error"])), max_size=25
+)
+
+
+def _run_rounds(
+    rounds: list[tuple[int, str]], *, in_place: bool, history: int, max_bytes: int
+) -> tuple[bytes, DrainFeed, int]:
+    """What a drain written as the pump writes it sends over ``rounds``, then drained out:
+    (the bytes its receiver got, its feed, how many messages were routed)."""
+    registry = Registry(history_messages=history, buffer_messages=history)
+    channel = registry.ensure_channel("app")
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
+    encode_ring = _syslog_ring if in_place else None
+    sent, routed = [], 0
+    # Then written out whole until nothing is left (at most one payload per message).
+    for appended, outcome in [*rounds, *[(0, "whole")] * (25 * len(rounds) + 1)]:
+        frames = [message(routed + k) for k in range(appended)]
+        if frames:
+            append(channel, frames)
+        routed += appended
+        payload = feed.build_payload(
+            _syslog, _l10, max_messages=7, max_bytes=max_bytes, encode_ring=encode_ring
+        )
+        if payload is None:
+            continue
+        if outcome == "error":
+            feed.keep_unsettled(payload)  # as DrainPump does before handing the drain back
+            continue
+        if outcome == "partial":
+            feed.keep_unsettled(payload)
+        sent.append(payload.data)
+        feed.delivered(payload)
+    return b"".join(sent), feed, routed
+
+
+@settings(max_examples=300, deadline=None)
+@given(rounds=ROUNDS, max_bytes=st.integers(1, 900))
+def test_encoding_in_the_ring_sends_what_a_taken_batch_sends(rounds, max_bytes):
+    """A ring that never laps the drain: the same bytes, payload by payload, either way."""
+    ours, feed, routed = _run_rounds(rounds, in_place=True, history=2000, max_bytes=max_bytes)
+    theirs, other, _ = _run_rounds(rounds, in_place=False, history=2000, max_bytes=max_bytes)
+    assert ours == theirs == b"".join(delivered(i) for i in range(routed))
+    assert feed.counters.delivered == other.counters.delivered == routed
+    assert feed.counters.lost == 0 and not feed.has_data()
+
+
+@settings(max_examples=300, deadline=None)
+@given(rounds=ROUNDS, history=st.integers(1, 12), max_bytes=st.integers(1, 900))
+def test_encoding_in_the_ring_delivers_or_counts_every_message(rounds, history, max_bytes):
+    """A small ring that laps the drain: every routed message is delivered once, in order,
+    or counted lost and announced by an exact L10, and the rest of a payload not written
+    whole is never lapped."""
+    data, feed, routed = _run_rounds(rounds, in_place=True, history=history, max_bytes=max_bytes)
+    numbers = [int(n) for n in re.findall(rb"drain test message (\d+)\n", data)]
+    assert numbers == sorted(set(numbers))
+    assert feed.counters.delivered == len(numbers)
+    assert feed.counters.delivered + feed.counters.lost == routed
+    assert l10_total(data) == feed.counters.lost
+    assert not feed.has_data()
 
 
 def test_feed_follows_a_replaced_channel():
