@@ -356,20 +356,28 @@ class DrainFeed:
             if n == 0:
                 self.pending_start = end
                 continue
-            announced = self.loss.count
-            if announced:
-                data = loss_notice(announced, self.loss.since, self.wall_clock()) + data
-            self.cached = Payload(data, n, announced, batch, end)
-            self.last_payload_bytes = len(data)
-            return self.cached
+            return self._payload(loss_notice, data, n, batch, end)
         if self._announce_now and self.loss.count:
             # Nothing to send with it: the notice goes alone.
-            announced = self.loss.count
-            data = loss_notice(announced, self.loss.since, self.wall_clock())
-            self.cached = Payload(data, 0, announced, Batch(), 0)
-            self.last_payload_bytes = len(data)
-            return self.cached
+            return self._payload(loss_notice, b"", 0, Batch(), 0)
         return None
+
+    def _payload(
+        self,
+        loss_notice: LossNotice,
+        data: bytes,
+        n: int,
+        batch: Batch | None,
+        end: int,
+        ring_span: tuple[int, int] | None = None,
+    ) -> Payload:
+        """The payload of ``n`` encoded messages, after an L10 if any were lost (cached)."""
+        announced = self.loss.count
+        if announced:
+            data = loss_notice(announced, self.loss.since, self.wall_clock()) + data
+        self.cached = Payload(data, n, announced, batch, end, ring_span=ring_span)
+        self.last_payload_bytes = len(data)
+        return self.cached
 
     def _payload_in_place(
         self, encode_ring: RingEncoder, loss_notice: LossNotice, max_messages: int, max_bytes: int
@@ -401,12 +409,7 @@ class DrainFeed:
             first = start + lost
             if lost:
                 self._record(ring_settled=first)
-            announced = self.loss.count
-            if announced:
-                data = loss_notice(announced, self.loss.since, self.wall_clock()) + data
-            self.cached = Payload(data, n, announced, None, end, ring_span=(first, end))
-            self.last_payload_bytes = len(data)
-            return self.cached
+            return self._payload(loss_notice, data, n, None, end, ring_span=(first, end))
         return None
 
     def keep_unsettled(self, payload: Payload) -> None:
