@@ -894,6 +894,13 @@ def main(argv: list[str] | None = None) -> int:
         help="extra argument for `logplexd serve` (repeatable)",
     )
     ap.add_argument(
+        "--base-arg",
+        action="append",
+        default=[],
+        help="extra argument for the --base-tree daemon's `logplexd serve` (repeatable; "
+        "by default it gets none: an older tree may not know a newer flag)",
+    )
+    ap.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -929,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:
             ap.error(f"unknown workload {exc}")
     Logplexd.extra_args = list(args.logplexd_arg)
+    LogplexdBase.extra_args = LogplexdRedisBase.extra_args = list(args.base_arg)
     global METRICS_SHOWN
     METRICS_SHOWN = args.metrics
     if "logplexd-base" in routers or "logplexd-redis-base" in routers:
