@@ -21,7 +21,14 @@ from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.native import l10_syslog, parse_frames, syslog_frames, syslog_frames_from_ring
-from logplexd.router import PumpRounds, adaptive_linger, flood_ended, look_interval
+from logplexd.router import (
+    PumpRounds,
+    adaptive_linger,
+    flood_ended,
+    high_water,
+    linger_limit,
+    look_interval,
+)
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
 from tests.helpers.wait import wait_until
@@ -287,7 +294,7 @@ async def _parked_with(
 async def test_a_drain_holds_its_channel_unless_the_channel_drops(
     nursery, clock, default, mode, held
 ):
-    # An eighth of this ring (8 messages) behind, a drain that takes everything holds.
+    # A quarter of this ring (16 messages) behind, a drain that takes everything holds.
     registry = Registry(history_messages=64, buffer_messages=64)
     channel, pair = await _parked_with(nursery, registry, mode=mode, default=default)
     append(channel, [message(i) for i in range(40)])
@@ -314,12 +321,63 @@ async def test_a_partial_write_holds_only_a_pushback_channel(nursery, clock, mod
     channel, pair = await _parked_with(
         nursery, Registry(), mode=mode, default=mode == "drop", sndbuf=4096
     )
-    # Under an eighth of the ring (187 of 1500), but more than the socket takes at once.
+    # Under a quarter of the ring (375 of 1500), but more than the socket takes at once.
     append(channel, [message(i, "x" * 500) for i in range(300)])
     await trio.testing.wait_all_tasks_blocked()
     assert pair.returned.is_set() and pair.writer.partial is not None
     assert channel.held is held
     pair.close()
+
+
+def test_a_linger_waits_for_at_most_half_the_hold_mark():
+    small = Registry(history_messages=64, buffer_messages=64).ensure_channel("app").ring
+    assert high_water(small) == 16
+    assert linger_limit(small, 256) == 8  # half the mark, not the 256 asked
+    assert linger_limit(small, 4) == 4
+    history = Registry().ensure_channel("app").ring  # 1,500 messages: the mark is 375
+    assert linger_limit(history, 256) == 187
+    # The daemon's default channel buffer (16,384 messages): the mark is 4,096.
+    buffer = Registry(buffer_messages=16384).ensure_channel("app").ring
+    assert linger_limit(buffer, 256) == 256
+
+
+async def test_a_small_ring_is_written_before_its_mark_not_after_the_linger(nursery, clock):
+    # Gathering 256 messages in a ring whose mark is 16 behind: the inputs would be held at
+    # 16 and the pump would wait out its linger every time. It writes at half the mark.
+    registry = Registry(history_messages=64, buffer_messages=64)
+    channel = registry.ensure_channel("app")
+    pump = DrainPump(linger=LINGER, linger_messages=256)
+    nursery.start_soon(pump.run)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    for i in range(7):
+        append(channel, [message(i)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b""  # under the limit: it lingers
+    append(channel, [message(7)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(8))
+    assert trio.current_time() == 0 and not channel.held
+    pair.close()
+
+
+async def test_a_drain_on_its_own_task_stops_lingering_at_half_the_mark(clock):
+    # The same bound for a drain its own task writes (TLS, HTTP: ``wait_for_data``).
+    clock.autojump_threshold = 0
+    registry = Registry(history_messages=64, buffer_messages=64)
+    channel = registry.ensure_channel("app")
+    quiet = DrainFeed(registry, "app")  # starts at the head, as a new drain does
+    append(channel, [message(0)])
+    with trio.fail_after(1):
+        assert await quiet.wait_for_data(LINGER, 256)
+    assert trio.current_time() == LINGER  # one message: it gathered for the whole linger
+    busy = DrainFeed(registry, "app")
+    start = trio.current_time()
+    append(channel, [message(i) for i in range(1, 9)])
+    with trio.fail_after(1):
+        assert await busy.wait_for_data(LINGER, 256)
+    assert trio.current_time() == start  # 8 waiting, half the mark of 16: at once
 
 
 def test_check_hold_asks_the_channel_mode_before_the_default():

@@ -1,7 +1,8 @@
 """Tails hold their channel instead of being lapped while their reader keeps up (issue 18).
 
-``stream_session`` with ``TailHolds``: a tail an eighth of its ring behind holds the
-channel (routing reports it held, so the inputs wait); back under a sixteenth it releases.
+``stream_session`` with ``TailHolds``: a tail ``high_water`` (a quarter of its ring) behind
+holds the channel (routing reports it held, so the inputs wait); back under half of that it
+releases.
 A chunk its reader has not taken ``slow_after`` after it was handed over makes the tail
 slow: ``TailHolds.run`` releases the hold, and the tail is lapped with its exact L11 as
 before. Through a whole daemon: a syslog flood many rings deep reaches a fast tail reader
@@ -20,7 +21,7 @@ import trio.testing
 
 from logplexd.daemon import Daemon
 from logplexd.native import Batch, parse_frames
-from logplexd.router import Channel, Registry
+from logplexd.router import Channel, Registry, high_water
 from logplexd.tails import SessionParams, TailHolds, stream_session
 from tests.helpers.daemon import serve_in, settings_for
 from tests.helpers.http import Exchange, create_channel, request
@@ -28,7 +29,8 @@ from tests.helpers.metrics import scrape, value
 from tests.helpers.syslog import frame, message, send_syslog
 
 TOKEN = "t.aaaa"
-RING = 64  # high water 8, released at 4
+RING = 64
+HIGH = 16  # high_water of an empty ring of 64: held 16 behind, released at 8
 
 
 def routed(i: int) -> bytes:
@@ -40,6 +42,7 @@ def registry_with_ring() -> tuple[Registry, Channel]:
     registry.add_token("ch", TOKEN, "app")
     channel = registry.channel("ch")
     assert channel is not None
+    assert high_water(channel.ring) == HIGH
     return registry, channel
 
 
@@ -58,16 +61,16 @@ async def test_a_tail_sending_holds_its_channel_once_the_inputs_pass_its_mark():
     with trio.fail_after(5):
         chunk = await tail.__anext__()  # 3 lines; now "being sent" (the generator waits)
     assert chunk.count(b"\n") == 3
-    # While it is sent, the inputs add 7 (under the mark of 8): nothing held.
-    assert route(registry, 3, 7) == ()
-    # The 8th crosses the mark: the batch that crosses it learns it at once.
-    assert route(registry, 10, 1) == (channel,)
+    # While it is sent, the inputs add HIGH - 1 (under the mark): nothing held.
+    assert route(registry, 3, HIGH - 1) == ()
+    # The next crosses the mark: the batch that crosses it learns it at once.
+    assert route(registry, 2 + HIGH, 1) == (channel,)
     assert channel.held
-    # The chunk went out; the tail reads the 8 waiting (8 > 4: still behind, still held),
-    # and its next chunk goes out.
+    # The chunk went out; the tail reads the HIGH waiting (over half the mark: still
+    # behind, still held), and its next chunk goes out.
     with trio.fail_after(5):
         chunk = await tail.__anext__()
-    assert chunk.count(b"\n") == 8 and channel.held
+    assert chunk.count(b"\n") == HIGH and channel.held
     # Caught up at its next read (nothing waiting): released.
     with trio.move_on_after(0.05):
         await tail.__anext__()  # reads nothing, releases, then waits for lines
@@ -81,32 +84,37 @@ async def test_hold_marks_and_overflow_modes():
     holds = TailHolds()
     hold = holds.open(channel)
     holds.sending(hold, channel.ring.head)
-    assert route(registry, 0, 7) == ()
-    assert route(registry, 7, 1) == (channel,)
+    assert route(registry, 0, HIGH - 1) == ()
+    assert route(registry, HIGH - 1, 1) == (channel,)
     holds.sent(hold)
-    holds.reading(hold, 5)
+    holds.reading(hold, HIGH // 2 + 1)
     assert channel.held  # over half of the mark: still behind
-    holds.reading(hold, 4)
+    holds.reading(hold, HIGH // 2)
     assert not channel.held
-    assert route(registry, 8, 1) == ()
+    n = HIGH
+    assert route(registry, n, 1) == ()
+    n += 1
     # A channel whose overflow mode is "drop" is never held.
     channel.overflow = "drop"
     holds.sending(hold, channel.ring.head)
-    assert route(registry, 9, 20) == ()
+    assert route(registry, n, HIGH + 4) == ()
+    n += HIGH + 4
     holds.sent(hold)
     channel.overflow = None
     holds.sending(hold, channel.ring.head)
-    assert route(registry, 29, 20) == (channel,)
+    assert route(registry, n, HIGH + 4) == (channel,)
+    n += HIGH + 4
     holds.close(hold)
     assert not channel.held
     # With pushback off for the daemon, only a channel set to "pushback" holds.
     off = TailHolds(pushback=False)
     hold = off.open(channel)
     off.sending(hold, channel.ring.head)
-    assert route(registry, 49, 20) == ()
+    assert route(registry, n, HIGH + 4) == ()
+    n += HIGH + 4
     channel.overflow = "pushback"
     off.sending(hold, channel.ring.head)
-    assert route(registry, 69, 20) == (channel,)
+    assert route(registry, n, HIGH + 4) == (channel,)
     off.close(hold)
 
 
@@ -119,19 +127,22 @@ async def test_a_reader_that_does_not_take_a_chunk_is_judged_slow_and_holds_noth
         nursery.start_soon(holds.run)
         hold = holds.open(channel)
         holds.sending(hold, channel.ring.head)  # its reader takes nothing
-        assert route(registry, 0, 10) == (channel,)
+        assert route(registry, 0, HIGH + 2) == (channel,)
         await trio.sleep(0.05)
         assert channel.held  # not yet slow
         await trio.sleep(0.06)
         assert not channel.held and hold.slow and holds.slow_verdicts == 1
-        assert route(registry, 10, 1) == ()  # the producer goes on: the ring laps the tail
+        n = HIGH + 2
+        assert route(registry, n, 1) == ()  # the producer goes on: the ring laps the tail
+        n += 1
         holds.sent(hold)
         holds.sending(hold, channel.ring.head)  # still behind and slow: no hold
-        assert route(registry, 11, 20) == ()
+        assert route(registry, n, 2 * HIGH) == ()
+        n += 2 * HIGH
         holds.sent(hold)
         holds.reading(hold, 0)  # caught up: it may hold again
         holds.sending(hold, channel.ring.head)
-        assert route(registry, 31, 10) == (channel,)
+        assert route(registry, n, HIGH + 2) == (channel,)
         holds.sent(hold)  # this chunk went out at once: never judged
         await trio.sleep(1)
         assert channel.held and holds.slow_verdicts == 1

@@ -78,7 +78,7 @@ class Writer:
         self.node_id = node_id
         self.keep_messages = keep_messages
         # Messages one stream entry holds at most: a follower appends an entry whole, so
-        # an entry must fit in a ring (as deep as ``keep``) beside a held consumer's eighth.
+        # an entry must fit in a ring (as deep as ``keep``) beside a held consumer's quarter.
         self.entry_messages = entry_messages(keep_messages)
         self.wall_clock = wall_clock
         self._pending = trio.Event()

@@ -17,7 +17,7 @@ import trio
 
 from ..backlog import DrainBacklog
 from ..native import Batch, ChannelRing, octet_frames, parse_body
-from ..router import Channel, Registry
+from ..router import Channel, Registry, linger_limit
 
 # How often a drain whose channel does not exist (yet, or any more) looks for it again.
 CHANNEL_POLL_SECONDS = 1.0
@@ -229,6 +229,9 @@ class DrainFeed:
                 else:
                     await channel.wait_appended()
             self._wait_scope = None
+        channel = self.channel
+        if channel is not None:
+            linger_messages = linger_limit(channel.ring, linger_messages)
         if (
             linger > 0
             and self.last_payload_bytes < LINGER_ONLY_BELOW_BYTES
@@ -238,10 +241,10 @@ class DrainFeed:
             and self.backlog < linger_messages
             and not self.spilling
         ):
-            channel = self.channel
             assert channel is not None
             with trio.CancelScope() as self._wait_scope, trio.move_on_after(linger):
-                # A burst ends the wait at once: lingering must never cost a lapped ring.
+                # A burst ends the wait at once: lingering must never cost a lapped ring
+                # nor reach the mark that holds the channel's inputs (``linger_limit``).
                 await channel.wait_head(max(self.cursor, channel.ring.tail) + linger_messages)
             self._wait_scope = None
         return True

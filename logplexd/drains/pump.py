@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..router import NEVER, PumpRounds, high_water, pushback_for
+from ..router import NEVER, PumpRounds, high_water, linger_limit, pushback_for
 from .feed import (
     LINGER_ONLY_BELOW_BYTES,
     DrainFeed,
@@ -242,16 +242,12 @@ class DrainPump:
         if head <= base and not removed:
             channel.watch(self, min(head + 1, look))
             return
-        if (
-            removed
-            or channel.held
-            or channel in self._busy
-            or head - base >= self.linger_messages
-        ):
+        enough = linger_limit(channel.ring, self.linger_messages)
+        if removed or channel.held or channel in self._busy or head - base >= enough:
             channel.watch(self, look)  # until it is written (or falls behind)
             self.rounds.urgent(channel)
         else:
-            channel.watch(self, min(base + self.linger_messages, look))
+            channel.watch(self, min(base + enough, look))
             self.rounds.dirty(channel)
 
     # -- the task -----------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 - ``Registry`` and ``Channel`` (``registry.py``): channels, their ``ChannelRing`` and their
   tokens; ``route``/``route_to`` dispatch a whole batch with one native call and wake the
-  channels' consumers through the ``ChannelConsumer`` protocol; ``high_water`` and
-  ``pushback_for`` are the pushback rule every consumer that holds a channel shares.
+  channels' consumers through the ``ChannelConsumer`` protocol; ``high_water``,
+  ``linger_limit`` and ``pushback_for`` are the pushback rule every consumer that holds a
+  channel shares.
 - ``PumpRounds`` (``rounds.py``): the linger-and-round schedule of the pumps that write for
   many channels' consumers from one task (drains, tails).
 - ``attach_registry``/``load_registry`` (``sync.py``): keep a registry in step with the
@@ -19,6 +20,7 @@ from .registry import (
     Registry,
     RouteCounts,
     high_water,
+    linger_limit,
     pushback_for,
 )
 from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, flood_ended, look_interval
@@ -40,6 +42,7 @@ __all__ = [
     "look_interval",
     "attach_registry",
     "high_water",
+    "linger_limit",
     "load_registry",
     "pushback_for",
 ]
