@@ -370,8 +370,8 @@ cdef tuple _dispatch(Batch batch, TokenTable table, Firehose firehose, Py_ssize_
 
 
 def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing ring not None,
-                Firehose firehose=None, bint firehosed=False):
-    """Token auth: every frame goes to ``ring``.
+                Firehose firehose=None, bint firehosed=False, Py_ssize_t start=0):
+    """Token auth: every frame from ``start`` on goes to ``ring``; how many.
 
     A frame whose APP-NAME is a token of that same channel shows that token's name; any
     other APP-NAME is kept as sent. With ``firehose``, a frame is also appended as it came
@@ -379,12 +379,32 @@ def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing rin
     sibling token its APP-NAME names, else the token that authenticated (``firehosed``).
     The caller wakes the firehose rings (``firehose.total`` tells whether any got one).
     """
-    cdef Py_ssize_t i
+    return _dispatch_to(batch, table, ring, firehose, firehosed, start, False)[0]
+
+
+def dispatch_to_until_held(Batch batch not None, TokenTable table not None,
+                           ChannelRing ring not None, Firehose firehose=None,
+                           bint firehosed=False, Py_ssize_t start=0):
+    """``dispatch_to``, stopping before the first frame once ``ring``'s head has reached
+    its ``hold_at``: (routed, stop), ``stop`` the index of the first frame not routed (-1:
+    all were). A token-authenticated body then stops at the message that reaches a
+    consumer's mark, as a syslog read does (``dispatch_until_held``)."""
+    return _dispatch_to(batch, table, ring, firehose, firehosed, start, True)
+
+
+cdef tuple _dispatch_to(Batch batch, TokenTable table, ChannelRing ring, Firehose firehose,
+                        bint firehosed, Py_ssize_t start, bint until_held):
+    cdef Py_ssize_t i, stop = -1
     cdef MsgRec* rec
     cdef Entry* e
     cdef bint tap = firehose is not None and firehose.n > 0
     cdef bint tapped
-    for i in range(batch.n):
+    if start < 0 or start > batch.n:
+        raise ValueError("start out of range")
+    for i in range(start, batch.n):
+        if until_held and ring.head >= ring.hold_at:
+            stop = i
+            break
         rec = &batch.recs[i]
         e = NULL
         if rec.flags & REC_HAS_APP:
@@ -397,4 +417,4 @@ def dispatch_to(Batch batch not None, TokenTable table not None, ChannelRing rin
             tapped = firehosed
         if tapped and tap:
             firehose.post(batch.buf, rec, ring)
-    return batch.n
+    return (batch.n if stop < 0 else stop) - start, stop

@@ -31,7 +31,14 @@ try:
         pack_pipeline,
     )
     from ._native.ring import ChannelRing
-    from ._native.router import Firehose, TokenTable, dispatch, dispatch_to, dispatch_until_held
+    from ._native.router import (
+        Firehose,
+        TokenTable,
+        dispatch,
+        dispatch_to,
+        dispatch_to_until_held,
+        dispatch_until_held,
+    )
     from ._native.wire import octet_frames
 except ImportError as exc:  # pragma: no cover - exercised by the CLI test with a broken path
     raise NativeUnavailable(
@@ -53,6 +60,7 @@ __all__ = [
     "channel_log_frames",
     "dispatch",
     "dispatch_to",
+    "dispatch_to_until_held",
     "dispatch_until_held",
     "format_time",
     "http_frames",

@@ -20,6 +20,7 @@ import trio.testing
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
 from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
+from logplexd.ingest import LogsIngest
 from logplexd.native import l10_syslog, parse_frames, syslog_frames, syslog_frames_from_ring
 from logplexd.router import (
     PumpRounds,
@@ -31,6 +32,8 @@ from logplexd.router import (
 )
 from logplexd.router.registry import Channel, Registry
 from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
+from tests.helpers.http import basic_auth
+from tests.helpers.syslog import octet_counted
 from tests.helpers.wait import wait_until
 
 LINGER = 0.05
@@ -378,6 +381,33 @@ async def test_a_drain_on_its_own_task_stops_lingering_at_half_the_mark(clock):
     with trio.fail_after(1):
         assert await busy.wait_for_data(LINGER, 256)
     assert trio.current_time() == start  # 8 waiting, half the mark of 16: at once
+
+
+async def test_a_token_authenticated_body_larger_than_the_ring_reaches_a_drain_whole(
+    nursery, clock
+):
+    # 200 messages in one POST /logs body, a ring of 64: the body stops at the drain's mark
+    # and goes on as the pump writes, instead of lapping a drain that takes everything.
+    clock.autojump_threshold = 0
+    registry = Registry(history_messages=64, buffer_messages=64)
+    channel_token = "t.5d1c9a52-3a4f-4f0e-9a61-2f4b3c1d0e9f"
+    registry.add_token("app", channel_token, "app")
+    pump = await start_pump(nursery)
+    pair = Pair(registry, "app")
+    nursery.start_soon(pair.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+    ingest = LogsIngest(registry, hold_timeout=5.0)
+    headers = {
+        "content-type": "application/logplex-1",
+        "authorization": basic_auth("token", channel_token),
+    }
+    body = b"".join(octet_counted(message(i)) for i in range(200))
+    response = await ingest.handle("POST", headers, body)
+    assert response.status == 204
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(200))  # no L10
+    assert ingest.stats.waits > 0 and pair.feed.counters.delivered == 200
+    pair.close()
 
 
 def test_check_hold_asks_the_channel_mode_before_the_default():

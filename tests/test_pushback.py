@@ -205,6 +205,56 @@ async def test_logs_routed_by_app_name_stop_at_a_mark_and_go_on_after_the_wait(
     a.release(holder)
 
 
+@pytest.mark.parametrize("released", [True, False])
+async def test_a_token_authenticated_body_stops_at_a_mark_and_goes_on_after_the_wait(
+    autojump: trio.testing.MockClock, released: bool
+) -> None:
+    # Routed whole, a body larger than the ring's slack lapped a drain that took it all.
+    registry, a, _ = _two_channels()
+    ingest = LogsIngest(registry, hold_timeout=2.0)
+    holder = object()
+    a.hold_from(holder, 3)
+    body = b"".join(frame(FLOOD, f"m{i}") for i in range(8))
+    midway: list[int] = []
+
+    async def release_later() -> None:
+        await trio.sleep(1.0)
+        midway.append(a.ring.head)
+        if released:
+            a.release(holder)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release_later)
+        response = await _post(ingest, body)
+    assert midway == [3]  # it stopped at the mark
+    # Once released (1 s) or after the bounded wait (2 s) in any case, the rest went in:
+    # it was accepted, and none of it may be asked for again.
+    assert response.status == 204
+    assert trio.current_time() == pytest.approx(1.0 if released else 2.0)
+    assert a.ring.head == 8
+    assert ingest.stats.routed == 8 and ingest.stats.waits == 1
+    a.release(holder)
+
+
+async def test_a_token_authenticated_body_whose_channel_goes_while_it_waits(
+    autojump: trio.testing.MockClock,
+) -> None:
+    registry, a, _ = _two_channels()
+    ingest = LogsIngest(registry, hold_timeout=2.0)
+    a.hold_from(object(), 3)
+
+    async def delete_later() -> None:
+        await trio.sleep(1.0)
+        registry.remove_token(FLOOD)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(delete_later)
+        response = await _post(ingest, b"".join(frame(FLOOD, f"m{i}") for i in range(8)))
+    assert response.status == 204
+    assert a.ring.head == 3
+    assert (ingest.stats.routed, ingest.stats.unknown_token) == (3, 5)
+
+
 @pytest.mark.parametrize(
     ("hold_timeout", "retry_after"), [(0.0, "1"), (0.4, "1"), (2.2, "3"), (2.5, "3")]
 )

@@ -5,6 +5,7 @@ from logplexd.native import (
     TokenTable,
     dispatch,
     dispatch_to,
+    dispatch_to_until_held,
     dispatch_until_held,
     parse_frames,
 )
@@ -82,6 +83,23 @@ def test_dispatch_to_keeps_foreign_app_names_and_renames_siblings():
     assert dispatch_to(batch, table, mine) == 4
     assert mine.last(9).frames() == [msg(b"web"), msg(b"worker"), msg(b"t.other"), msg(b"myapp")]
     assert len(other) == 0
+
+
+def test_dispatch_to_until_held_stops_at_the_mark_and_goes_on_from_there():
+    mine = ChannelRing()
+    table = TokenTable()
+    table.add(b"t.web", mine, b"web")
+    frames = [msg(b"t.web", b"m%d" % i) for i in range(6)]
+    batch = parse_frames(frames)
+    mine.hold_at = 2
+    assert dispatch_to_until_held(batch, table, mine) == (2, 2)
+    assert dispatch_to_until_held(batch, table, mine, None, False, 2) == (0, 2)  # still held
+    mine.hold_at = 5
+    assert dispatch_to_until_held(batch, table, mine, None, False, 2) == (3, 5)
+    assert dispatch_to(batch, table, mine, None, False, 5) == 1  # the rest, whole
+    assert mine.last(9).frames() == [f.replace(b"t.web", b"web") for f in frames]
+    mine.hold_at = 2**64 - 1
+    assert dispatch_to_until_held(batch, table, mine) == (6, -1)
 
 
 def test_table_add_replace_remove_and_many_tokens():

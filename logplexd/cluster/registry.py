@@ -186,23 +186,36 @@ class ClusterRegistry(Registry):
         self.totals.unknown_token += unknown
         return RouteCounts(routed, unknown, () if held is None else tuple(held))
 
-    def route_to(self, batch: object, channel: Channel, token: str | None = None) -> int:
+    def route_to(
+        self,
+        batch: Batch,
+        channel: Channel,
+        token: str | None = None,
+        start: int = 0,
+        *,
+        until_held: bool = True,
+    ) -> RouteCounts:
+        """As on one node, but whole, as ``route``: a channel a local consumer holds is
+        reported held once the body is routed (its consumers hold the channel, not the
+        staging ring)."""
         ring = self.staging.get(channel.name)
         if ring is None:
-            return 0
+            return RouteCounts()
         firehose = self.firehose
         if firehose is None:
-            routed = dispatch_to(batch, self.table, ring)
+            routed = dispatch_to(batch, self.table, ring, None, False, start)
         else:
             before = firehose.total
-            routed = dispatch_to(batch, self.table, ring, firehose, self._token_firehosed(token))
+            routed = dispatch_to(
+                batch, self.table, ring, firehose, self._token_firehosed(token), start
+            )
             if firehose.total != before:
                 for copies in firehose.rings:
                     self._send(copies)  # nothing new in one: nothing sent
         if routed:
             self._send(ring)
         self.totals.routed += routed
-        return routed
+        return RouteCounts(routed, 0, (channel,) if channel.held else ())
 
     def collect(self) -> None:
         """Send every staging ring's unsent messages to the writer (before each flush)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..native import parse_body
+from ..native import Batch, parse_body
 from ..router import Channel, Registry
 from ..web import BasicPassword, Request, Response, parse_authorization
 
@@ -207,11 +207,34 @@ class LogsIngest:
             if live is None:  # token deleted since auth: nowhere to route
                 self.stats.unknown_token += len(batch)
             else:
-                self.stats.routed += self.registry.route_to(batch, live, who[0])
+                await self._route_to(batch, live, who[0])
         if dedup_key is not None:
             self.frame_ids.remember(dedup_key)
         self.stats.accepted += 1
         return self._accepted()
+
+    async def _route_to(self, batch: Batch, channel: Channel, token: str) -> None:
+        """A token-authenticated body, into its channel: as a body routed by APP-NAME, it
+        stops at the message that reaches a consumer's mark and goes on once the channel is
+        released or after the bounded wait (what was routed is accepted: no 503 then).
+        Routed whole, a body larger than the ring's slack lapped a drain that would have
+        taken it all."""
+        counts = self.registry.route_to(batch, channel, token)
+        self.stats.routed += counts.routed
+        while counts.held:
+            released = await self._wait_released(counts.held)
+            if counts.rest is None:
+                break
+            if self.registry.channel_of_token(token) is not channel:
+                # The token or its channel went away while this waited: nowhere to route.
+                self.stats.unknown_token += len(batch) - counts.rest
+                break
+            counts = self.registry.route_to(
+                batch, channel, token, counts.rest, until_held=released
+            )
+            self.stats.routed += counts.routed
+            if not released:
+                break  # waited its bound: all of it is routed now
 
     async def _wait_released(self, held: tuple[Channel, ...]) -> bool:
         """Wait at most ``hold_timeout`` for ``held`` to be released; False if not."""

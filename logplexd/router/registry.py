@@ -27,6 +27,7 @@ from ..native import (
     TokenTable,
     dispatch,
     dispatch_to,
+    dispatch_to_until_held,
     dispatch_until_held,
 )
 
@@ -301,12 +302,13 @@ def high_water(ring: ChannelRing) -> int:
     a quarter of the ring, in messages or (at the ring's mean message size) in bytes,
     whichever comes first. An input stops at the message that reaches a consumer's mark
     (``hold_from`` and ``dispatch_until_held``); what it had read past it waits. The other
-    three quarters are slack for what cannot stop at a message: a token-authenticated
-    ``POST /logs`` body routed whole, a stream entry a Redis-mode follower appends whole (at
-    most a quarter of the ring), firehose copies. It was an eighth while inputs stopped
-    only after the read they were in; with a small ring (``channel_buffer_messages``
-    1,500) that made every channel stop and go: 1,000 channels 0.70 M messages/s, one
-    channel 1.05 M, against 1.30 M and 1.74 M now (bench/RESULTS.md, 2026-12-05)."""
+    three quarters are slack for what does not stop at a message: the rest of a
+    ``POST /logs`` body whose bounded wait ran out, a stream entry a Redis-mode follower
+    appends whole (at most a quarter of the ring), firehose copies. It was an eighth while
+    inputs stopped only after the read they were in; with a small ring
+    (``channel_buffer_messages`` 1,500) that made every channel stop and go: 1,000
+    channels 0.75 M messages/s, one channel 1.05 M, against 1.31 M and 1.74 M now
+    (bench/RESULTS.md, 2026-12-05)."""
     high = ring.max_messages // 4
     held = ring.head - ring.tail
     if held > 0:
@@ -533,24 +535,58 @@ class Registry:
         self.totals.unknown_token += unknown
         return RouteCounts(routed, unknown, self._wake(touched))
 
-    def route_to(self, batch: object, channel: Channel, token: str | None = None) -> int:
-        """Token auth: every frame goes to ``channel``; sibling tokens are renamed. A frame
-        is copied to the firehose as its sibling token's, else as ``token``'s (the one that
-        authenticated)."""
-        firehose = self.firehose
-        if firehose is None:
-            routed = dispatch_to(batch, self.table, channel.ring)
-        else:
-            before = firehose.total
-            routed = dispatch_to(
-                batch, self.table, channel.ring, firehose, self._token_firehosed(token)
-            )
-            if firehose.total != before:
-                self._wake_firehose()
-        if routed:
-            channel.notify()
+    def route_to(
+        self,
+        batch: Batch,
+        channel: Channel,
+        token: str | None = None,
+        start: int = 0,
+        *,
+        until_held: bool = True,
+    ) -> RouteCounts:
+        """Token auth: every frame from ``start`` on goes to ``channel``; sibling tokens are
+        renamed. A frame is copied to the firehose as its sibling token's, else as
+        ``token``'s (the one that authenticated). As ``route``: up to the frame that
+        reaches a consumer's mark on the channel's ring while that consumer holds it
+        (``rest``: where to go on once released), every frame with ``until_held`` false;
+        ``held`` says whether the channel is held."""
+        routed = 0
+        while True:
+            r, stop = self._dispatch_to(batch, channel, token, start, until_held)
+            routed += r
+            if r or stop >= 0:
+                channel.notify()  # the consumer whose mark it reached looks (and holds)
+            if stop < 0:
+                break
+            if channel.held:
+                self.totals.routed += routed
+                return RouteCounts(routed, 0, (channel,), stop)
+            if stop == start:
+                # A mark no consumer holds at (notify re-armed nothing): never spin.
+                r, _ = self._dispatch_to(batch, channel, token, start, False)
+                routed += r
+                if r:
+                    channel.notify()
+                break
+            start = stop
         self.totals.routed += routed
-        return routed
+        return RouteCounts(routed, 0, (channel,) if channel.held else ())
+
+    def _dispatch_to(
+        self, batch: Batch, channel: Channel, token: str | None, start: int, until_held: bool
+    ) -> tuple[int, int]:
+        firehose = self.firehose
+        tapped = firehose is not None and self._token_firehosed(token)
+        before = firehose.total if firehose is not None else 0
+        if until_held:
+            routed, stop = dispatch_to_until_held(
+                batch, self.table, channel.ring, firehose, tapped, start
+            )
+        else:
+            routed, stop = dispatch_to(batch, self.table, channel.ring, firehose, tapped, start), -1
+        if firehose is not None and firehose.total != before:
+            self._wake_firehose()
+        return routed, stop
 
     @staticmethod
     def _wake(rings: list[ChannelRing]) -> tuple[Channel, ...]:
