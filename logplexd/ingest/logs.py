@@ -194,7 +194,10 @@ class LogsIngest:
                     break  # waited its bound: all of it is routed now
         else:
             live = self.registry.channel_of_token(who[0])
-            if live is not None and live.held and not await self._wait_released((live,)):
+            if live is None:  # token deleted since auth: nowhere to route
+                self.stats.frames += len(batch)
+                self.stats.unknown_token += len(batch)
+            elif not await self._route_to(batch, live, who[0]):
                 # Nothing routed: the client sends it again later, nothing is lost.
                 self.stats.pushed_back += 1
                 return LogsResponse(
@@ -203,24 +206,23 @@ class LogsIngest:
                     b"channel is behind, retry later",
                     [("retry-after", str(self.retry_after))],
                 )
-            self.stats.frames += len(batch)
-            if live is None:  # token deleted since auth: nowhere to route
-                self.stats.unknown_token += len(batch)
-            else:
-                await self._route_to(batch, live, who[0])
         if dedup_key is not None:
             self.frame_ids.remember(dedup_key)
         self.stats.accepted += 1
         return self._accepted()
 
-    async def _route_to(self, batch: Batch, channel: Channel, token: str) -> None:
-        """A token-authenticated body, into its channel: as a body routed by APP-NAME, it
-        stops at the message that reaches a consumer's mark and goes on once the channel is
-        released or after the bounded wait (what was routed is accepted: no 503 then).
-        Routed whole, a body larger than the ring's slack lapped a drain that would have
-        taken it all."""
+    async def _route_to(self, batch: Batch, channel: Channel, token: str) -> bool:
+        """A token-authenticated body, into its channel; False when none of it went in: its
+        channel was held and stayed held for the bounded wait (the answer is a 503).
+
+        As a body routed by APP-NAME, it stops at the message that reaches a consumer's
+        mark and goes on once the channel is released, or after the bounded wait in any case
+        (what was routed is accepted: no 503 then). Routed whole, a body larger than the
+        ring's slack lapped a drain that would have taken it all."""
+        if channel.held and not await self._wait_released((channel,)):
+            return False
         counts = self.registry.route_to(batch, channel, token)
-        self.stats.routed += counts.routed
+        routed = counts.routed
         while counts.held:
             released = await self._wait_released(counts.held)
             if counts.rest is None:
@@ -232,9 +234,12 @@ class LogsIngest:
             counts = self.registry.route_to(
                 batch, channel, token, counts.rest, until_held=released
             )
-            self.stats.routed += counts.routed
+            routed += counts.routed
             if not released:
                 break  # waited its bound: all of it is routed now
+        self.stats.frames += len(batch)
+        self.stats.routed += routed
+        return True
 
     async def _wait_released(self, held: tuple[Channel, ...]) -> bool:
         """Wait at most ``hold_timeout`` for ``held`` to be released; False if not."""
