@@ -14,11 +14,12 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from ..native import Batch, parse_body
-from ..router import Channel, Registry
+from ..router import Channel, Registry, RouteCounts
 from ..web import BasicPassword, Request, Response, parse_authorization
 
 LOGPLEX_CONTENT_TYPES = frozenset({"application/logplex-1", "application/x-logplex-1"})
@@ -175,29 +176,14 @@ class LogsIngest:
 
         channel = who[1]
         if channel is None:
+            # Routed by APP-NAME: which channels it feeds is known only while routing.
             self.stats.frames += len(batch)
-            counts = self.registry.route(batch)
-            self.stats.routed += counts.routed
-            self.stats.unknown_token += counts.unknown_token
-            while counts.held:
-                # Routed by APP-NAME: which channels it feeds is known only now. The answer
-                # waits (bounded) so the client slows down; the frames from the first one
-                # for a held channel on are routed once it is released, or after the wait
-                # in any case (what was routed already must not be sent again: no 503).
-                released = await self._wait_released(counts.held)
-                if counts.rest is None:
-                    break
-                counts = self.registry.route(batch, counts.rest, until_held=released)
-                self.stats.routed += counts.routed
-                self.stats.unknown_token += counts.unknown_token
-                if not released:
-                    break  # waited its bound: all of it is routed now
+            await self._route_in_turns(
+                lambda start, until_held: self.registry.route(batch, start, until_held=until_held)
+            )
         else:
             live = self.registry.channel_of_token(who[0])
-            if live is None:  # token deleted since auth: nowhere to route
-                self.stats.frames += len(batch)
-                self.stats.unknown_token += len(batch)
-            elif not await self._route_to(batch, live, who[0]):
+            if live is not None and live.held and not await self._wait_released((live,)):
                 # Nothing routed: the client sends it again later, nothing is lost.
                 self.stats.pushed_back += 1
                 return LogsResponse(
@@ -206,40 +192,45 @@ class LogsIngest:
                     b"channel is behind, retry later",
                     [("retry-after", str(self.retry_after))],
                 )
+            self.stats.frames += len(batch)
+            if live is None:  # token deleted since auth: nowhere to route
+                self.stats.unknown_token += len(batch)
+            else:
+                await self._route_in_turns(partial(self._route_to, batch, live, who[0]))
         if dedup_key is not None:
             self.frame_ids.remember(dedup_key)
         self.stats.accepted += 1
         return self._accepted()
 
-    async def _route_to(self, batch: Batch, channel: Channel, token: str) -> bool:
-        """A token-authenticated body, into its channel; False when none of it went in: its
-        channel was held and stayed held for the bounded wait (the answer is a 503).
-
-        As a body routed by APP-NAME, it stops at the message that reaches a consumer's
-        mark and goes on once the channel is released, or after the bounded wait in any case
-        (what was routed is accepted: no 503 then). Routed whole, a body larger than the
-        ring's slack lapped a drain that would have taken it all."""
-        if channel.held and not await self._wait_released((channel,)):
-            return False
-        counts = self.registry.route_to(batch, channel, token)
-        routed = counts.routed
+    async def _route_in_turns(self, route: Callable[[int, bool], RouteCounts]) -> None:
+        """Route a body with ``route(start, until_held)``: up to the message that reaches a
+        held channel's mark, then (the answer waits, bounded, so the client slows down) on
+        from there once it is released, or all of the rest after the wait in any case:
+        what was routed must not be sent again, so no 503 then."""
+        counts = route(0, True)
+        self._count(counts)
         while counts.held:
             released = await self._wait_released(counts.held)
             if counts.rest is None:
                 break
-            if self.registry.channel_of_token(token) is not channel:
-                # The token or its channel went away while this waited: nowhere to route.
-                self.stats.unknown_token += len(batch) - counts.rest
-                break
-            counts = self.registry.route_to(
-                batch, channel, token, counts.rest, until_held=released
-            )
-            routed += counts.routed
+            counts = route(counts.rest, released)
+            self._count(counts)
             if not released:
                 break  # waited its bound: all of it is routed now
-        self.stats.frames += len(batch)
-        self.stats.routed += routed
-        return True
+
+    def _route_to(
+        self, batch: Batch, channel: Channel, token: str, start: int, until_held: bool
+    ) -> RouteCounts:
+        """A token-authenticated body, into its channel (``_route_in_turns``: a body larger
+        than the ring's slack, routed whole, lapped a drain that would have taken it all)."""
+        if self.registry.channel_of_token(token) is not channel:
+            # The token or its channel went away while the body waited: nowhere to route.
+            return RouteCounts(0, len(batch) - start)
+        return self.registry.route_to(batch, channel, token, start, until_held=until_held)
+
+    def _count(self, counts: RouteCounts) -> None:
+        self.stats.routed += counts.routed
+        self.stats.unknown_token += counts.unknown_token
 
     async def _wait_released(self, held: tuple[Channel, ...]) -> bool:
         """Wait at most ``hold_timeout`` for ``held`` to be released; False if not."""

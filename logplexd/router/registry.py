@@ -576,7 +576,7 @@ class Registry:
         self, batch: Batch, channel: Channel, token: str | None, start: int, until_held: bool
     ) -> tuple[int, int]:
         firehose = self.firehose
-        tapped = firehose is not None and self._token_firehosed(token)
+        tapped = self._token_firehosed(token)
         before = firehose.total if firehose is not None else 0
         if until_held:
             routed, stop = dispatch_to_until_held(
