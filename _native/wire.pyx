@@ -3,15 +3,16 @@
 ``octet_frames`` writes every frame of a batch, unchanged and whether valid or not, as
 RFC 6587 ``LEN SP payload``: ``parse_body`` reads that back into an equal batch (fields are
 located again from the payload). One call per batch, one output buffer: the per-channel
-history stream in Redis stores a routed batch as one such blob.
+history stream in Redis stores a routed batch as one such blob, and a drain's disk backlog
+stores its messages so (``octet_frames_from_ring``, read where they lie in the ring).
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.string cimport memcpy
+from libc.stdint cimport uint64_t
 
 from logplexd._native.batch cimport Batch
+from logplexd._native.out cimport Out, out_finish, out_init, out_put
 from logplexd._native.records cimport MsgRec
+from logplexd._native.ring cimport ChannelRing
 
 
 cdef inline Py_ssize_t _put_len(char* out, Py_ssize_t value) noexcept:
@@ -33,9 +34,9 @@ cdef inline Py_ssize_t _put_len(char* out, Py_ssize_t value) noexcept:
 
 def octet_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t end=-1):
     """Frames ``start`` to ``end`` (default: all) of ``batch`` as ``LEN SP payload`` bytes."""
-    cdef Py_ssize_t i, total = 0, pos = 0
+    cdef Py_ssize_t i, total = 0
     cdef MsgRec* rec
-    cdef char* out
+    cdef Out o
     if end < 0 or end > batch.n:
         end = batch.n
     if start < 0:
@@ -44,17 +45,52 @@ def octet_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t end=-1):
         total += batch.recs[i].len + 7   # at most 5 digits (len <= 65535) + SP, and a margin
     if total == 0:
         return b""
-    out = <char*>PyMem_Malloc(total)
-    if out == NULL:
-        raise MemoryError()
-    try:
-        for i in range(start, end):
-            rec = &batch.recs[i]
-            if rec.len == 0:
-                continue   # LEN never starts with 0: an empty frame cannot be written
-            pos += _put_len(out + pos, rec.len)
-            memcpy(out + pos, batch.buf + rec.off, rec.len)
-            pos += rec.len
-        return PyBytes_FromStringAndSize(out, pos)
-    finally:
-        PyMem_Free(out)
+    # Written straight into the bytes object returned (a Redis-mode node encodes every
+    # message it routes here once): no buffer of our own to copy from.
+    out_init(&o, total)
+    for i in range(start, end):
+        rec = &batch.recs[i]
+        if rec.len == 0:
+            continue   # LEN never starts with 0: an empty frame cannot be written
+        o.n += _put_len(o.buf + o.n, rec.len)
+        out_put(&o, batch.buf + rec.off, rec.len)
+    return out_finish(&o)
+
+
+def octet_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
+                           Py_ssize_t max_messages, Py_ssize_t max_bytes):
+    """``octet_frames(ring.read(cursor, max_messages, max_bytes)[0])`` without the batch:
+    (bytes, count, next_cursor, lost), the messages taken and ``lost`` exactly as
+    ``ChannelRing.read`` takes and counts them (at least one message when any is there,
+    whatever ``max_bytes``). A drain spilling its backlog to disk copies each message once
+    instead of twice."""
+    cdef uint64_t s = cursor, end
+    cdef unsigned long long lost = 0
+    cdef const MsgRec* rec
+    cdef Py_ssize_t nbytes = 0, total = 0
+    cdef Out o
+    if s > ring.head:
+        s = ring.head
+    if s < ring.tail:
+        lost = ring.tail - s
+        s = ring.tail
+    end = s
+    while end < ring.head and <Py_ssize_t>(end - s) < max_messages:
+        rec = &ring.slots[end & ring.slot_mask]
+        if end > s and nbytes + rec.len > max_bytes:
+            break
+        nbytes += rec.len
+        total += rec.len + 7   # at most 5 digits + SP, and a margin
+        end += 1
+    if total == 0:
+        return b"", <Py_ssize_t>(end - s), end, lost
+    out_init(&o, total)
+    cursor = s
+    while s < end:
+        rec = &ring.slots[s & ring.slot_mask]
+        s += 1
+        if rec.len == 0:
+            continue   # LEN never starts with 0: an empty frame cannot be written
+        o.n += _put_len(o.buf + o.n, rec.len)
+        out_put(&o, ring.arena + rec.off, rec.len)
+    return out_finish(&o), <Py_ssize_t>(end - cursor), end, lost

@@ -484,3 +484,51 @@ def test_many_frames_and_large_batches() -> None:
     out = drain_chunks(lambda s, m: encode.syslog_frames(batch, b"d.x", s, m), syslog, 4096)
     assert out == b"".join(f for f in syslog if f is not None)
     assert encode.session_lines(batch) == reference_session_lines(payloads)
+
+
+@given(
+    payloads=st.lists(
+        st.one_of(PAYLOADS, st.binary(min_size=9990, max_size=10010)), max_size=12
+    ),
+    start=st.integers(-2, 14),
+    end=st.integers(-2, 14),
+)
+def test_octet_frames_are_len_sp_payload_and_parse_back(payloads, start, end):
+    # As the Redis stream and the disk backlog store a batch: every non-empty frame of
+    # [start, end) as RFC 6587 LEN SP payload, read back into the same frames.
+    from logplexd.native import octet_frames
+
+    batch = parse_frames(payloads)
+    frames = batch.frames()
+    lo = max(start, 0)
+    hi = len(frames) if end < 0 or end > len(frames) else end
+    expected = b"".join(b"%d %s" % (len(f), f) for f in frames[lo:hi] if f)
+    wire = octet_frames(batch, start, end)
+    assert wire == expected
+    assert parse_body(wire, 65000).frames() == [f for f in frames[lo:hi] if f]
+
+
+@SETTINGS
+@given(
+    payloads=st.lists(st.one_of(valid_payloads(), PAYLOADS), max_size=25),
+    max_bytes=st.integers(0, 600),
+    capacity=st.integers(1, 30),
+    max_messages=st.integers(0, 8),
+    cursor=st.integers(0, 30),
+)
+def test_octet_frames_from_the_ring_are_those_of_the_batch_read_out(
+    payloads: list[bytes], max_bytes: int, capacity: int, max_messages: int, cursor: int
+) -> None:
+    """A drain's disk backlog encodes its messages where they lie in the ring: the same
+    bytes, count, next cursor and loss as ``octet_frames`` of ``ChannelRing.read``."""
+    from logplexd.native import octet_frames, octet_frames_from_ring
+
+    ring = ChannelRing(capacity, 1 << 20)
+    ring.append_batch(parse_frames(payloads))
+    batch, nxt, lost = ring.read(cursor, max_messages, max_bytes)
+    assert octet_frames_from_ring(ring, cursor, max_messages, max_bytes) == (
+        octet_frames(batch),
+        len(batch),
+        nxt,
+        lost,
+    )

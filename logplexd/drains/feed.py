@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..backlog import DrainBacklog
-from ..native import Batch, ChannelRing, octet_frames, parse_body
+from ..native import Batch, ChannelRing, octet_frames, octet_frames_from_ring, parse_body
 from ..router import Channel, Registry, linger_limit
 
 # How often a drain whose channel does not exist (yet, or any more) looks for it again.
@@ -583,17 +583,17 @@ class DrainFeed:
             self._pending_disk_seq = first - start
             backlog.read_seq = backlog.queued_end
         while True:
-            batch, cursor, lost = ring.read(
-                self.cursor, SPILL_READ_MESSAGES, backlog.store.settings.chunk_bytes
+            # Encoded where the messages lie in the ring: no batch copied out first.
+            data, n, cursor, lost = octet_frames_from_ring(
+                ring, self.cursor, SPILL_READ_MESSAGES, backlog.store.settings.chunk_bytes
             )
             if lost:
                 self.loss.add(lost, now)
                 self.counters.lost += lost
-            n = len(batch)
             if n == 0:
                 self.cursor = cursor
                 break
-            if not backlog.enqueue(n, octet_frames(batch), now):
+            if not backlog.enqueue(n, data, now):
                 self.cursor = cursor - n
                 break
             self.cursor = cursor
