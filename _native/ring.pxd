@@ -40,6 +40,8 @@ cdef class ChannelRing:
     cdef uint64_t* head_mirror
     cdef object _mirror_view
 
+    cdef uint64_t read_end(self, uint64_t s, Py_ssize_t max_messages, Py_ssize_t max_bytes,
+                           Py_ssize_t* nbytes) noexcept
     cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
                         const unsigned char* name, Py_ssize_t name_len) except -1
     cdef int _grow_slots(self) except -1

@@ -64,28 +64,21 @@ def octet_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
     ``ChannelRing.read`` takes and counts them (at least one message when any is there,
     whatever ``max_bytes``). A drain spilling its backlog to disk copies each message once
     instead of twice."""
-    cdef uint64_t s = cursor, end
+    cdef uint64_t s = cursor, end, first
     cdef unsigned long long lost = 0
     cdef const MsgRec* rec
-    cdef Py_ssize_t nbytes = 0, total = 0
+    cdef Py_ssize_t nbytes = 0
     cdef Out o
     if s > ring.head:
         s = ring.head
     if s < ring.tail:
         lost = ring.tail - s
         s = ring.tail
-    end = s
-    while end < ring.head and <Py_ssize_t>(end - s) < max_messages:
-        rec = &ring.slots[end & ring.slot_mask]
-        if end > s and nbytes + rec.len > max_bytes:
-            break
-        nbytes += rec.len
-        total += rec.len + 7   # at most 5 digits + SP, and a margin
-        end += 1
-    if total == 0:
+    end = ring.read_end(s, max_messages, max_bytes, &nbytes)
+    if nbytes == 0:
         return b"", <Py_ssize_t>(end - s), end, lost
-    out_init(&o, total)
-    cursor = s
+    out_init(&o, nbytes + 7 * <Py_ssize_t>(end - s))   # at most 5 digits + SP a frame
+    first = s
     while s < end:
         rec = &ring.slots[s & ring.slot_mask]
         s += 1
@@ -93,4 +86,4 @@ def octet_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
             continue   # LEN never starts with 0: an empty frame cannot be written
         o.n += _put_len(o.buf + o.n, rec.len)
         out_put(&o, ring.arena + rec.off, rec.len)
-    return out_finish(&o), <Py_ssize_t>(end - cursor), end, lost
+    return out_finish(&o), <Py_ssize_t>(end - first), end, lost
