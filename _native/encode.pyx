@@ -123,11 +123,7 @@ def syslog_frames_from_ring(ChannelRing ring not None, unsigned long long cursor
     cdef const MsgRec* r
     cdef const char* host = PyBytes_AS_STRING(drain_token)
     cdef Py_ssize_t host_len = len(drain_token)
-    if s > ring.head:
-        s = ring.head
-    if s < ring.tail:
-        lost = ring.tail - s
-        s = ring.tail
+    s = ring.read_start(s, &lost)
     end = ring.head
     if max_messages >= 0 and end - s > <uint64_t>max_messages:
         end = s + max_messages

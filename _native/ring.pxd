@@ -40,6 +40,7 @@ cdef class ChannelRing:
     cdef uint64_t* head_mirror
     cdef object _mirror_view
 
+    cdef uint64_t read_start(self, uint64_t cursor, unsigned long long* lost) noexcept
     cdef uint64_t read_end(self, uint64_t s, Py_ssize_t max_messages, Py_ssize_t max_bytes,
                            Py_ssize_t* nbytes) noexcept
     cdef int append_rec(self, const unsigned char* base, const MsgRec* src,

@@ -313,6 +313,17 @@ cdef class ChannelRing:
         self.evicted = before
         return n
 
+    cdef uint64_t read_start(self, uint64_t cursor, unsigned long long* lost) noexcept:
+        """Where a reader at ``cursor`` reads from: the head at most, the tail at least, and
+        in ``lost`` the messages the ring dropped before it saw them (0 otherwise)."""
+        lost[0] = 0
+        if cursor > self.head:
+            return self.head
+        if cursor < self.tail:
+            lost[0] = self.tail - cursor
+            return self.tail
+        return cursor
+
     cdef uint64_t read_end(self, uint64_t s, Py_ssize_t max_messages, Py_ssize_t max_bytes,
                            Py_ssize_t* nbytes) noexcept:
         """Where a read from ``s`` (held: tail <= s <= head) stops: at most ``max_messages``,
@@ -341,11 +352,7 @@ cdef class ChannelRing:
         cdef uint64_t end
         cdef unsigned long long lost = 0
         cdef Py_ssize_t nbytes = 0
-        if s > self.head:
-            s = self.head
-        if s < self.tail:
-            lost = self.tail - s
-            s = self.tail
+        s = self.read_start(s, &lost)
         # Sized first, then copied: one allocation of the batch, not a doubling per few
         # messages (growing it was 3-4 % of the daemon with 1,000 drains).
         end = self.read_end(s, max_messages, max_bytes, &nbytes)

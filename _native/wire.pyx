@@ -69,11 +69,7 @@ def octet_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
     cdef const MsgRec* rec
     cdef Py_ssize_t nbytes = 0
     cdef Out o
-    if s > ring.head:
-        s = ring.head
-    if s < ring.tail:
-        lost = ring.tail - s
-        s = ring.tail
+    s = ring.read_start(s, &lost)
     end = ring.read_end(s, max_messages, max_bytes, &nbytes)
     if nbytes == 0:
         return b"", <Py_ssize_t>(end - s), end, lost

@@ -1,5 +1,7 @@
 """Routing in batches: token lookup, APP-NAME rewrite, token-auth semantics."""
 
+import pytest
+
 from logplexd.native import (
     ChannelRing,
     TokenTable,
@@ -100,6 +102,9 @@ def test_dispatch_to_until_held_stops_at_the_mark_and_goes_on_from_there():
     assert mine.last(9).frames() == [f.replace(b"t.web", b"web") for f in frames]
     mine.hold_at = 2**64 - 1
     assert dispatch_to_until_held(batch, table, mine) == (6, -1)
+    for bad in (-1, 7):
+        with pytest.raises(ValueError, match="start out of range"):
+            dispatch_to_until_held(batch, table, mine, None, False, bad)
 
 
 def test_table_add_replace_remove_and_many_tokens():
