@@ -94,5 +94,6 @@ async def test_stats_snapshot(nursery):
         "spilling": False,
         "spilled": 0,
         "spilled_bytes": 0,
+        "judged_slow": 0,
     }
     assert {s.drain_id for s in manager.stats()} == {1, 2}

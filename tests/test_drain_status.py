@@ -196,6 +196,7 @@ async def test_status_lists_each_drain_with_its_figures(
         "spilling": False,
         "spilled": 0,
         "spilled_bytes": 0,
+        "judged_slow": 0,
     }
     assert shown[second["id"]]["state"] == "disconnected"
     assert shown[second["id"]]["url"] == "syslog://127.0.0.1:1/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -183,6 +184,9 @@ def test_per_drain_series_are_bounded() -> None:
         stats[i - 1] = drain_stats(i, i)
     for i in (7, 8, 9):
         stats[i - 1] = drain_stats(i, 0, "backoff")
+    # Two receivers were judged slow: one listed (510), one not (100, twice).
+    stats[509] = replace(stats[509], judged_slow=1)
+    stats[99] = replace(stats[99], judged_slow=2)
     snapshot = MetricsSnapshot(
         syslog=SyslogInputStats(),
         logs=None,
@@ -208,7 +212,7 @@ def test_per_drain_series_are_bounded() -> None:
     # The 20 largest backlogs, then the drains in backoff by id: 7 and 8, not 9.
     assert listed(found) == {*range(500, 520), 7, 8}
     per_drain = [key for key in found if "drain_id" in dict(key[1])]
-    assert len(per_drain) <= 22 * (7 + len(DRAIN_STATES))
+    assert len(per_drain) <= 22 * (8 + len(DRAIN_STATES))
     assert value(found, "logplexd_drains_unlisted") == 978
     # The aggregates count every drain.
     assert value(found, "logplexd_drains_running") == 1000
@@ -218,6 +222,9 @@ def test_per_drain_series_are_bounded() -> None:
     assert value(found, "logplexd_drains_buffered_bytes") == 100 * sum(range(500, 520))
     assert value(found, "logplexd_drains_oldest_buffered_age_seconds") == 519.0
     assert value(found, "logplexd_drain_buffered", drain_id="519", channel="c1") == 519
+    assert value(found, "logplexd_drains_judged_slow_total") == 3
+    assert value(found, "logplexd_drain_judged_slow_total", drain_id="510", channel="c6") == 1
+    assert value(found, "logplexd_drain_judged_slow_total", drain_id="519", channel="c1") == 0
 
     assert listed(render(0)) == set()
     assert len(listed(render(DRAIN_SERIES_LIMIT))) == DRAIN_SERIES_LIMIT

@@ -402,6 +402,9 @@ async def test_a_receiver_that_stops_reading_is_lapped_and_holds_no_producer() -
     assert got == sorted(set(got))
     assert stats_of(manager, 1).lost == announced
     assert len(healthy.frames()) == quiet_count
+    # Counted (logplexd_drain_judged_slow_total): the stalled receiver, not the healthy one.
+    assert stats_of(manager, 1).judged_slow >= 1
+    assert stats_of(manager, 2).judged_slow == 0
 
 
 def _announced_frames(frames: list[bytes]) -> int:

@@ -40,6 +40,7 @@ HEALTH_KEYS = (
     "spilling",
     "spilled",
     "spilled_bytes",
+    "judged_slow",
 )
 
 
@@ -62,6 +63,8 @@ class DrainHealth(DrainFigures, Protocol):
     def spilled(self) -> int: ...
     @property
     def spilled_bytes(self) -> int: ...
+    @property
+    def judged_slow(self) -> int: ...
 
 
 ChannelHealth = Callable[[str], Iterable[DrainHealth]]

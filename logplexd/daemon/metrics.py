@@ -430,6 +430,12 @@ class DaemonCollector(Collector):
             "Messages in drains' disk backlogs, not yet delivered.",
             value=sum(s.spilled for s in stats),
         )
+        yield _counter(
+            "drains_judged_slow",
+            "Times running drains' receivers were judged slow (drain_judged_slow_total summed "
+            "over every running drain).",
+            value=sum(s.judged_slow for s in stats),
+        )
         yield from self._backlog(src.backlog)
 
     def _backlog(self, figures: BacklogFigures | None) -> Iterator[Metric]:
@@ -490,6 +496,12 @@ class DaemonCollector(Collector):
         dropped = _counter("drain_dropped", "Messages a drain gave up on.", labels)
         retried = _counter("drain_retried", "Delivery attempts a drain retried.", labels)
         lost = _counter("drain_lost", "Messages lapped before a drain read them.", labels)
+        judged_slow = _counter(
+            "drain_judged_slow",
+            "Times a drain's receiver was judged slow: it took nothing of a pending write "
+            "for slow_write_after (it then holds no input until it has caught up).",
+            labels,
+        )
         buffered = _gauge("drain_buffered", "Messages waiting for a drain.", labels)
         nbytes = _gauge(
             "drain_buffered_bytes",
@@ -512,12 +524,13 @@ class DaemonCollector(Collector):
             dropped.add_metric(key, s.dropped)
             retried.add_metric(key, s.retried)
             lost.add_metric(key, s.lost)
+            judged_slow.add_metric(key, s.judged_slow)
             buffered.add_metric(key, s.buffered)
             nbytes.add_metric(key, s.buffered_bytes)
             if s.oldest_age is not None:
                 oldest.add_metric(key, s.oldest_age)
             state.add_metric(key, {name: name == s.state for name in DRAIN_STATES})
-        yield from (delivered, dropped, retried, lost, buffered, nbytes, oldest, state)
+        yield from (delivered, dropped, retried, lost, judged_slow, buffered, nbytes, oldest, state)
 
     # -- registry, store, sessions ----------------------------------------------------------
     def _state(self, src: MetricsSnapshot) -> Iterator[Metric]:

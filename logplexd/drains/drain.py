@@ -75,6 +75,8 @@ class DrainStats:
     spilling: bool = False
     spilled: int = 0
     spilled_bytes: int = 0
+    # Times its receiver was judged slow (syslog drains: ``DrainCounters.judged_slow``).
+    judged_slow: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -338,6 +340,7 @@ class Drain:
             last_error_at=counters.last_error_at,
             spilling=spilling,
             spilled=spilled,
+            judged_slow=counters.judged_slow,
             spilled_bytes=spilled_bytes,
         )
 

@@ -69,6 +69,9 @@ class DrainCounters:
     dropped: int = 0
     retried: int = 0
     lost: int = 0
+    # Times a syslog receiver was judged slow (it took nothing of a pending write for
+    # ``slow_write_after``): from then until it catches up it holds no input.
+    judged_slow: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
 

@@ -260,13 +260,15 @@ class SyslogDrain:
 
         A receiver that keeps taking it is keeping up, and a hold of the channel stays. One
         that takes nothing for ``slow_write_after``, or has not taken the whole write after
-        five times that, refuses data: it is slow, holds nothing until it has caught up,
-        and is lapped (L10) if it stays behind. (A busy receiver on a loaded machine still
-        makes progress; a stalled one makes none.)
+        ``slow_write_whole_after``, refuses data: it is slow, holds nothing until it has
+        caught up, and is lapped (L10) if it stays behind. (A busy receiver on a loaded
+        machine still makes progress; a stalled one makes none.)
         """
-        patience = self.drain.settings.slow_write_after
+        settings = self.drain.settings
+        patience = settings.slow_write_after
         now = trio.current_time()
-        give_up_at, slow_at = now + 5 * patience, now + patience
+        give_up_at = now + settings.slow_write_whole_after
+        slow_at = min(now + patience, give_up_at)
         while rest:
             try:
                 taken = os.write(writer.fd, rest)
@@ -284,6 +286,7 @@ class SyslogDrain:
                 slow_at = min(now + patience, give_up_at)
             if now >= slow_at and not writer.slow:
                 writer.slow = True
+                self.drain.feed.counters.judged_slow += 1
                 channel.release(writer)
             if writer.slow:
                 await trio.lowlevel.wait_writable(writer.fd)
