@@ -418,33 +418,41 @@ def test_a_record_damaged_on_disk_is_skipped_and_counted_on_reading(
     assert log.take_dropped() == 0
 
 
+@pytest.mark.parametrize("first", ["short", "full"], ids=["short-then-full", "full-at-once"])
 def test_a_failed_write_leaves_no_partial_record(
-    make_log: Callable[..., SegmentLog], monkeypatch: pytest.MonkeyPatch
+    make_log: Callable[..., SegmentLog], monkeypatch: pytest.MonkeyPatch, first: str
 ) -> None:
+    # A record goes out as one writev (header, payload); a short one is finished by write.
     log = make_log(segment_bytes=3 * len(record_of(0, 3)))
     fill(log, 2)
-    real_write = os.write
-    calls = 0
+    real_write, real_writev = os.write, os.writev
 
-    def half_then_full_disk(fd: int, data: bytes | memoryview) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return real_write(fd, bytes(data)[:10])
+    def disk_full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_full_disk)
+    def short(fd: int, buffers: list[bytes]) -> int:
+        # The first 10 bytes reach the file, then the disk is full.
+        monkeypatch.setattr(os, "write", disk_full)
+        return real_write(fd, b"".join(buffers)[:10])
+
+    def failing() -> None:
+        monkeypatch.setattr(os, "writev", short if first == "short" else disk_full)
+
+    def healthy() -> None:
+        monkeypatch.undo()
+
+    failing()
     with pytest.raises(OSError):
         log.append(6, 3, payload_of(6, 3), 0.0)
-    monkeypatch.setattr(os, "write", real_write)
+    healthy()
+    assert os.writev is real_writev
     assert disk_bytes(log.directory) == log.size_bytes == 2 * len(record_of(0, 3))
     log.append(6, 3, payload_of(6, 3), 0.0)
     # The first record of a new segment fails: no empty segment is left behind.
-    calls = 0
-    monkeypatch.setattr(os, "write", half_then_full_disk)
+    failing()
     with pytest.raises(OSError):
         log.append(9, 3, payload_of(9, 3), 0.0)
-    monkeypatch.setattr(os, "write", real_write)
+    healthy()
     assert list(segment_files(log.directory)) == [segment_name(0)]
     log.append(12, 3, payload_of(12, 3), 0.0)
     log.sync()

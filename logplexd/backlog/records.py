@@ -76,6 +76,13 @@ class ScanResult:
 
 
 def encode_record(first_seq: int, count: int, payload: bytes, written_at: float) -> bytes:
+    return record_header(first_seq, count, payload, written_at) + payload
+
+
+def record_header(first_seq: int, count: int, payload: bytes, written_at: float) -> bytes:
+    """The header of the record that holds ``payload``, its crc included: written before
+    the payload (``os.writev``), a record is never assembled in memory (a spilling drain's
+    records are megabytes; joining them was a fresh allocation and a copy each)."""
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be between 1 and {MAX_COUNT}, not {count}")
     if not first_seq >= 0 or first_seq + count >= _SEQ_LIMIT:
@@ -87,7 +94,7 @@ def encode_record(first_seq: int, count: int, payload: bytes, written_at: float)
     )
     crc = zlib.crc32(payload, zlib.crc32(header[_CRC_FIELDS]))
     struct.pack_into("<I", header, HEADER_SIZE - 4, crc)
-    return bytes(header) + payload
+    return bytes(header)
 
 
 def parse_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> RecordInfo | Damage:

@@ -39,7 +39,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import HEADER_SIZE, Damage, RecordInfo, ScanResult, encode_record, parse_header, scan
+from .records import HEADER_SIZE, Damage, RecordInfo, ScanResult, parse_header, record_header, scan
 
 DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
@@ -354,8 +354,8 @@ class SegmentLog:
         ``first_seq`` may skip ahead of ``end_seq`` (messages lost before the disk) but not
         go back (ValueError). No fsync: see ``sync``.
         """
-        record = encode_record(first_seq, count, payload, written_at)
-        length = len(record)
+        header = record_header(first_seq, count, payload, written_at)
+        length = HEADER_SIZE + len(payload)
         with self._lock:
             self._require_open()
             if self._writer_busy:
@@ -379,9 +379,11 @@ class SegmentLog:
             self._writer_busy = True
         written = 0
         try:
-            view = memoryview(record)
-            while written < length:
-                written += os.write(fd, view[written:])
+            written = os.writev(fd, (header, payload))
+            if written < length:  # a short write: the rest in order
+                rest = memoryview(header + payload)
+                while written < length:
+                    written += os.write(fd, rest[written:])
         except BaseException:
             with self._lock:
                 self._writer_busy = False
