@@ -1,6 +1,8 @@
 """Routing in batches: token lookup, APP-NAME rewrite, token-auth semantics."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logplexd.native import (
     ChannelRing,
@@ -338,3 +340,34 @@ def test_firehose_property_copies_exactly_the_filtered_frames_evenly():
         assert firehose.posted() == list(map(len, copies)) and firehose.total == len(expected)
 
     check()
+
+
+# Tokens of every length a table takes (1..64 bytes), and APP-NAMEs no token has: one too
+# long to be a token (65 bytes), one unknown, and the NILVALUE.
+_TOKENS = [b"t", b"t.1234567", b"t.%034d" % 7, b"t." + b"x" * 62]
+_STRANGERS = [b"t." + b"x" * 63, b"t.unknown", b"-"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(_TOKENS) + len(_STRANGERS) - 1), max_size=300),
+    start=st.integers(0, 10),
+)
+def test_dispatch_matches_a_model_of_one_look_up_per_frame(picks: list[int], start: int) -> None:
+    # The look-ups run in passes ahead of the appends (hashes, then entries): whatever the
+    # batch, each frame from ``start`` on lands in its token's ring, in order, exactly once.
+    rings = [ChannelRing(4096) for _ in _TOKENS]
+    table = TokenTable()
+    for i, (token, ring) in enumerate(zip(_TOKENS, rings, strict=True)):
+        table.add(token, ring, b"n%d" % i)
+    names = _TOKENS + _STRANGERS
+    batch = parse_frames([msg(names[p], b"m%d" % k) for k, p in enumerate(picks)])
+    start = min(start, len(picks))
+    routed, unknown, _ = dispatch(batch, table, None, start)
+    expected: list[list[bytes]] = [[] for _ in rings]
+    for k, p in enumerate(picks[start:], start):
+        if p < len(_TOKENS):
+            expected[p].append(msg(b"n%d" % p, b"m%d" % k))
+    assert routed == sum(map(len, expected))
+    assert unknown == len(picks) - start - routed
+    assert [ring.last(4096).frames() for ring in rings] == expected
