@@ -9,6 +9,49 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcpy, memset
 
 from logplexd._native.batch cimport Batch
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+
+    /* Offsets of the first ``want`` SP bytes of p[0:n] into ends; how many there are.
+       A syslog header's six words are short: one compare of 16 bytes at a time and the
+       set bits of its mask, instead of a memchr call per word (six calls a frame were 7 %
+       of the daemon with 1,000 channels, perf). */
+    static inline int framer_spaces(const unsigned char *p, Py_ssize_t n, Py_ssize_t *ends,
+                                    int want) {
+        int found = 0;
+        Py_ssize_t base = 0;
+    #if defined(__SSE2__)
+        const __m128i sp = _mm_set1_epi8(' ');
+        while (base + 16 <= n) {
+            unsigned m = (unsigned)_mm_movemask_epi8(
+                _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + base)), sp));
+            while (m) {
+                ends[found++] = base + __builtin_ctz(m);
+                if (found == want)
+                    return found;
+                m &= m - 1;
+            }
+            base += 16;
+        }
+    #endif
+        while (base < n) {
+            const unsigned char *q = memchr(p + base, ' ', (size_t)(n - base));
+            if (q == NULL)
+                break;
+            ends[found++] = q - p;
+            if (found == want)
+                return found;
+            base = (q - p) + 1;
+        }
+        return found;
+    }
+    """
+    int framer_spaces(const unsigned char* p, Py_ssize_t n, Py_ssize_t* ends, int want) nogil
 from logplexd._native.records cimport (
     F_APPNAME, F_HOSTNAME, F_MSG, F_MSGID, F_PROCID, F_SD, F_TIMESTAMP, MAX_FRAME_LIMIT,
     REC_HAS_APP, REC_VALID, MsgRec,
@@ -36,34 +79,21 @@ DEFAULT_MAX_FRAME = 10240
 cdef unsigned char EMPTY[1]
 
 
-cdef inline Py_ssize_t _word_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """Index of the SP ending the word at ``i`` (``n`` if none); the word is p[i:result]."""
-    cdef const unsigned char* q = <const unsigned char*>memchr(p + i, SP, n - i)
-    if q == NULL:
-        return n
-    return q - p
-
-
 cdef void parse_fields(const unsigned char* p, Py_ssize_t n, MsgRec* rec) noexcept nogil:
     cdef Py_ssize_t i, j, k, start
     cdef int pri, digits, f, words = 0
     cdef int field_ids[5]
     # Where each of the first six SP-separated words ends (its SP, or n for the last): the
-    # routing look-up needs words 0-3, the strict header 1-5, found in one pass (six
-    # memchr, not nine; the framer was 7 % memchr with 1,000 channels).
+    # routing look-up needs words 0-3, the strict header 1-5, found in one pass.
     cdef Py_ssize_t ends[6]
     rec.flags = 0
     rec.pri = -1
     memset(rec.fs, 0, sizeof(rec.fs))
     memset(rec.fl, 0, sizeof(rec.fl))
-    i = 0
-    while words < 6:
-        j = _word_end(p, i, n)
-        ends[words] = j
+    words = framer_spaces(p, n, ends, 6)
+    if words < 6:
+        ends[words] = n   # the last word ends with the frame
         words += 1
-        if j >= n:
-            break
-        i = j + 1
 
     # APP-NAME for routing: the 4th piece when splitting on single SP, valid frame or not.
     if words < 4:
