@@ -15,7 +15,7 @@ from logplexd._native.out cimport (
     Out, out_finish, out_free, out_init, out_ndigits, out_need, out_put, out_put_uint,
 )
 from logplexd._native.records cimport (
-    F_APPNAME, F_MSG, F_PROCID, F_TIMESTAMP, REC_VALID, MsgRec,
+    F_APPNAME, F_HOSTNAME, F_MSG, F_PROCID, F_TIMESTAMP, REC_VALID, MsgRec,
 )
 from logplexd._native.ring cimport ChannelRing
 
@@ -50,16 +50,20 @@ cdef inline int _put_frame(Out* o, const char* p, const MsgRec* r, const char* h
         return 0
     out_need(o, out_ndigits(body) + 1 + body)
     out_put_uint(o, body)
-    out_put(o, b" <", 2)
-    out_put_uint(o, r.pri)
-    out_put(o, b">1 ", 3)
-    out_put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
     out_put(o, b" ", 1)
+    if r.fs[F_TIMESTAMP] == 4 + out_ndigits(r.pri):
+        # "<" PRI ">1 " TS " " as it came (no leading zero in PRI): one copy, and
+        # "APP SP PROCID" another (a copy call per field was most of this function).
+        out_put(o, p, r.fs[F_HOSTNAME])
+    else:
+        out_put(o, b"<", 1)
+        out_put_uint(o, r.pri)
+        out_put(o, b">1 ", 3)
+        out_put(o, p + r.fs[F_TIMESTAMP], r.fl[F_TIMESTAMP])
+        out_put(o, b" ", 1)
     out_put(o, host, host_len)
     out_put(o, b" ", 1)
-    out_put(o, p + r.fs[F_APPNAME], r.fl[F_APPNAME])
-    out_put(o, b" ", 1)
-    out_put(o, p + r.fs[F_PROCID], r.fl[F_PROCID])
+    out_put(o, p + r.fs[F_APPNAME], r.fs[F_PROCID] + r.fl[F_PROCID] - r.fs[F_APPNAME])
     if syslog_style:
         out_put(o, b" - - ", 5)
     else:

@@ -492,6 +492,19 @@ def test_syslog_drain_format(enc: Encoders) -> None:
     assert enc.syslog([p1, b"garbage", p2, p3], token) == (expected, 3)
 
 
+@pytest.mark.parametrize(("pri", "shown"), [(b"013", b"13"), (b"00", b"0"), (b"7", b"7")])
+def test_syslog_drain_writes_pri_without_leading_zeros(
+    enc: Encoders, pri: bytes, shown: bytes
+) -> None:
+    # The encoder copies "<PRI>1 TS " whole when PRI has no leading zero, and writes it
+    # field by field when it has: either way the drain sees the number as the original
+    # writes it.
+    token = b"d.x"
+    payload = b"<" + pri + b">1 2012-12-10T03:00:48Z host app web.1 - - hi"
+    expected = octet(b"<" + shown + b">1 2012-12-10T03:00:48Z " + token + b" app web.1 - - hi\n")
+    assert enc.syslog([payload], token) == (expected, 1)
+
+
 def test_http_drain_format_keeps_input_bytes(enc: Encoders) -> None:
     p = b"<190>1 ts h app web.1 id [x] a\r\nb \x00\xff"
     assert enc.http([p]) == (octet(b"<190>1 ts host app web.1 - a\r\nb \x00\xff"), 1)
