@@ -9,6 +9,10 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcpy, memset
 
 from logplexd._native.batch cimport Batch
+from logplexd._native.records cimport (
+    F_APPNAME, F_HOSTNAME, F_MSG, F_MSGID, F_PROCID, F_SD, F_TIMESTAMP, MAX_FRAME_LIMIT,
+    REC_HAS_APP, REC_VALID, MsgRec,
+)
 
 cdef extern from *:
     """
@@ -52,10 +56,6 @@ cdef extern from *:
     }
     """
     int framer_spaces(const unsigned char* p, Py_ssize_t n, Py_ssize_t* ends, int want) nogil
-from logplexd._native.records cimport (
-    F_APPNAME, F_HOSTNAME, F_MSG, F_MSGID, F_PROCID, F_SD, F_TIMESTAMP, MAX_FRAME_LIMIT,
-    REC_HAS_APP, REC_VALID, MsgRec,
-)
 
 DEF SP = 32
 DEF LF = 10

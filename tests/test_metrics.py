@@ -222,7 +222,7 @@ def test_per_drain_series_are_bounded() -> None:
     assert value(found, "logplexd_drains_buffered_bytes") == 100 * sum(range(500, 520))
     assert value(found, "logplexd_drains_oldest_buffered_age_seconds") == 519.0
     assert value(found, "logplexd_drain_buffered", drain_id="519", channel="c1") == 519
-    assert value(found, "logplexd_drains_judged_slow_total") == 3
+    assert value(found, "logplexd_drains_judged_slow") == 3
     assert value(found, "logplexd_drain_judged_slow_total", drain_id="510", channel="c6") == 1
     assert value(found, "logplexd_drain_judged_slow_total", drain_id="519", channel="c1") == 0
 

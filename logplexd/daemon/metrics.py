@@ -430,10 +430,10 @@ class DaemonCollector(Collector):
             "Messages in drains' disk backlogs, not yet delivered.",
             value=sum(s.spilled for s in stats),
         )
-        yield _counter(
+        yield _gauge(
             "drains_judged_slow",
-            "Times running drains' receivers were judged slow (drain_judged_slow_total summed "
-            "over every running drain).",
+            "Times the running drains' receivers were judged slow (drain_judged_slow_total "
+            "summed over them: it falls when a drain is removed).",
             value=sum(s.judged_slow for s in stats),
         )
         yield from self._backlog(src.backlog)
