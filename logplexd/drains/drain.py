@@ -340,8 +340,8 @@ class Drain:
             last_error_at=counters.last_error_at,
             spilling=spilling,
             spilled=spilled,
-            judged_slow=counters.judged_slow,
             spilled_bytes=spilled_bytes,
+            judged_slow=counters.judged_slow,
         )
 
     def _buffered(self, taken: int, backlog: int) -> tuple[int, float | None]:

@@ -41,7 +41,7 @@ class DrainSettings:
     # ``slow_write_whole_after``) is a slow consumer: it no longer holds its channel's inputs.
     # While it is judged, a connection that also carries other channels waits: 0.1 s cost
     # the other channel 35 % of its rate over 500,000 messages (bench/e2e/stall.py), 20 ms
-    # 9-15 %, 5 ms 3-6 %. A receiver that keeps up takes some of a write far sooner, even
+    # 9-25 %, 5 ms 2-9 %. A receiver that keeps up takes some of a write far sooner, even
     # loaded (bench/e2e/run.py --metrics judged_slow: none judged in any run), and one
     # misjudged slow only stops holding (its backlog waits in the ring, then on disk).
     slow_write_after: float = 0.005
