@@ -11,10 +11,6 @@ cdef class ChannelRing:
     cdef unsigned char* arena    # payloads, FIFO in a circular byte arena
     cdef Py_ssize_t arena_cap
     cdef readonly Py_ssize_t max_bytes
-    # Whether slots / arena are pages mapped for this ring alone (large storage grows by
-    # mremap instead of a heap copy; ring.pyx, ring_storage_grow).
-    cdef int slots_mapped
-    cdef int arena_mapped
     cdef Py_ssize_t wpos
     cdef Py_ssize_t used
     # slots[tail & slot_mask].off while the ring holds anything: the oldest record is cold
@@ -39,13 +35,21 @@ cdef class ChannelRing:
     # it survives a kill -9): lets a restart count what was only in memory. NULL: nowhere.
     cdef uint64_t* head_mirror
     cdef object _mirror_view
+    # Once the ring outgrows its first heap blocks: the address space its slots and arena
+    # lie in, all they may ever use, touched only as they grow (ring.pyx, ring_reserve).
+    # NULL: slots and arena are heap blocks (heap_only: the kernel refused a reservation).
+    cdef void* reserved
+    cdef size_t reserved_size
+    cdef int heap_only
 
     cdef uint64_t read_start(self, uint64_t cursor, unsigned long long* lost) noexcept
     cdef uint64_t read_end(self, uint64_t s, Py_ssize_t max_messages, Py_ssize_t max_bytes,
                            Py_ssize_t* nbytes) noexcept
     cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
                         const unsigned char* name, Py_ssize_t name_len) except -1
+    cdef int _reserve(self) except -1
     cdef int _grow_slots(self) except -1
+    cdef Py_ssize_t _pack(self, unsigned char* dest) noexcept
     cdef int _grow_arena(self, Py_ssize_t need) except -1
     cdef void _evict_oldest(self) noexcept
     cdef bint _fits(self, Py_ssize_t length) noexcept

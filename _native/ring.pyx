@@ -3,9 +3,12 @@
 Cursors are sequence numbers, so readers hold nothing inside the ring and never block the
 writer: a reader that falls more than the capacity behind learns exactly how many messages
 it lost (``tail - cursor``) on its next read. Storage grows on demand up to the limits, so
-an idle channel costs a few hundred bytes.
+an idle channel costs a few hundred bytes: a young ring is on the heap, and one that
+outgrows its first blocks reserves address space for all it may ever hold, which it then
+grows into without copying (``ring_reserve``).
 """
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
@@ -14,66 +17,49 @@ cdef extern from *:
     #include <string.h>
     #include <sys/mman.h>
 
-    /* Storage this large or larger is pages mapped for the ring alone, grown by mremap:
-       realloc of a heap block copies it, and with 1,000 channels filling their history
-       that copy took 11 % of the event loop (py-spy, e2e c8-ch1000). Smaller storage, or
-       storage the kernel would not map (vm.max_map_count), comes from the heap. */
-    #define RING_MAPPED_FROM (64 * 1024)
-
-    static void *ring_map(size_t size) {
-        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* Address space for all the storage a ring may ever use, its pages untouched (so not
+       resident) until the ring writes to them: growing is then a larger bound, never a
+       copy nor a system call. Copying rings as they grew (heap realloc, then mremap past
+       64 KB) cost 1,000 filling channels 15 % of routing (bench/RESULTS.md, 2026-12-05).
+       NULL when the kernel will not give it (strict overcommit, no address space left):
+       the ring then grows on the heap. */
+    static void *ring_reserve(size_t size) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         return p == MAP_FAILED ? NULL : p;
     }
 
-    /* ``old`` (``old_size`` bytes, mapped or not as ``*mapped`` says) enlarged to
-       ``new_size``, its content kept; NULL (``old`` untouched) when out of memory. */
-    static void *ring_storage_grow(void *old, size_t old_size, size_t new_size, int *mapped) {
-        void *fresh = NULL;
-        if (*mapped) {
-    #if defined(__linux__) && defined(MREMAP_MAYMOVE)
-            fresh = mremap(old, old_size, new_size, MREMAP_MAYMOVE);
-            if (fresh != MAP_FAILED)
-                return fresh;
-    #endif
-            fresh = ring_map(new_size);
-            if (fresh == NULL) {
-                fresh = PyMem_Malloc(new_size);
-                if (fresh == NULL)
-                    return NULL;
-                *mapped = 0;
-            }
-            memcpy(fresh, old, old_size);
-            munmap(old, old_size);
-            return fresh;
-        }
-        if (new_size >= RING_MAPPED_FROM && (fresh = ring_map(new_size)) != NULL) {
-            if (old != NULL) {
-                memcpy(fresh, old, old_size);
-                PyMem_Free(old);
-            }
-            *mapped = 1;
-            return fresh;
-        }
-        return PyMem_Realloc(old, new_size);
-    }
-
-    static void ring_storage_free(void *p, size_t size, int mapped) {
-        if (p == NULL)
-            return;
-        if (mapped)
+    static void ring_release(void *p, size_t size) {
+        if (p != NULL)
             munmap(p, size);
-        else
-            PyMem_Free(p);
     }
     """
-    void* ring_storage_grow(void* old, size_t old_size, size_t new_size, int* mapped)
-    void ring_storage_free(void* p, size_t size, int mapped)
+    void* ring_reserve(size_t size)
+    void ring_release(void* p, size_t size)
 
 from logplexd._native.batch cimport Batch
 from logplexd._native.records cimport F_APPNAME, NFIELDS, MsgRec
 
 DEF FIRST_SLOTS = 8
 DEF FIRST_ARENA = 2048
+# A ring whose slots or arena would grow past these moves them into its reservation: a
+# channel that only ever holds a few messages costs two small heap blocks, not pages.
+DEF RESERVE_SLOTS_FROM = 8
+DEF RESERVE_ARENA_FROM = 2048
+DEF PAGE = 4096
+
+
+cdef inline size_t _pages(size_t n) noexcept:
+    return (n + PAGE - 1) & ~(<size_t>PAGE - 1)
+
+
+cdef inline Py_ssize_t _slot_limit(Py_ssize_t max_messages) noexcept:
+    """The most slots a ring of ``max_messages`` has: the first power of two at or above it
+    (doubling from FIRST_SLOTS, as ``_grow_slots`` does)."""
+    cdef Py_ssize_t cap = FIRST_SLOTS
+    while cap < max_messages:
+        cap *= 2
+    return cap
 
 DEFAULT_MAX_MESSAGES = 1500
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
@@ -93,8 +79,9 @@ cdef class ChannelRing:
         self.slot_cap = 0
         self.slot_mask = 0
         self.arena_cap = 0
-        self.slots_mapped = 0
-        self.arena_mapped = 0
+        self.reserved = NULL
+        self.reserved_size = 0
+        self.heap_only = 0
         self.wpos = 0
         self.used = 0
         self.tail_off = 0
@@ -109,14 +96,38 @@ cdef class ChannelRing:
         self._mirror_view = None
 
     def __dealloc__(self):
-        ring_storage_free(self.slots, self.slot_cap * sizeof(MsgRec), self.slots_mapped)
-        ring_storage_free(self.arena, self.arena_cap, self.arena_mapped)
+        if self.reserved != NULL:
+            ring_release(self.reserved, self.reserved_size)
+        else:
+            PyMem_Free(self.slots)
+            PyMem_Free(self.arena)
 
     # -- storage management ---------------------------------------------------------------
+    cdef int _reserve(self) except -1:
+        """Move the slots and the arena into one reservation of all they may ever use; if
+        the kernel refuses it, they stay on the heap for good (``heap_only``)."""
+        cdef size_t slots_size = _pages(_slot_limit(self.max_messages) * sizeof(MsgRec))
+        cdef size_t size = slots_size + _pages(self.max_bytes)
+        cdef unsigned char* base = <unsigned char*>ring_reserve(size)
+        if base == NULL:
+            self.heap_only = 1
+            return 0
+        if self.slot_cap:
+            memcpy(base, self.slots, self.slot_cap * sizeof(MsgRec))
+        if self.arena_cap:
+            memcpy(base + slots_size, self.arena, self.arena_cap)
+        PyMem_Free(self.slots)
+        PyMem_Free(self.arena)
+        self.slots = <MsgRec*>base
+        self.arena = base + slots_size
+        self.reserved = base
+        self.reserved_size = size
+        return 0
+
     cdef int _grow_slots(self) except -1:
         # A power of two (at most the one at or above max_messages): a slot is s & mask,
-        # not a 64-bit division per message. Doubled in place (realloc): a record keeps its
-        # slot unless its sequence has the old capacity's bit set, and a ring that has not
+        # not a 64-bit division per message. Doubled in place: a record keeps its slot
+        # unless its sequence has the old capacity's bit set, and a ring that has not
         # wrapped yet (every young channel) moves none (copying them all was 1.6 % of the
         # daemon while 1,000 channels filled).
         cdef Py_ssize_t old_cap = self.slot_cap
@@ -125,10 +136,13 @@ cdef class ChannelRing:
         cdef uint64_t s
         if old_cap >= self.max_messages:
             return 0
-        fresh = <MsgRec*>ring_storage_grow(
-            self.slots, old_cap * sizeof(MsgRec), new_cap * sizeof(MsgRec), &self.slots_mapped)
-        if fresh == NULL:
-            raise MemoryError()
+        if self.reserved == NULL and not self.heap_only and new_cap > RESERVE_SLOTS_FROM:
+            self._reserve()
+        fresh = self.slots
+        if self.reserved == NULL:
+            fresh = <MsgRec*>PyMem_Realloc(self.slots, new_cap * sizeof(MsgRec))
+            if fresh == NULL:
+                raise MemoryError()
         s = self.tail
         while s < self.head:
             if s & <uint64_t>old_cap:
@@ -139,49 +153,65 @@ cdef class ChannelRing:
         self.slot_mask = <uint64_t>(new_cap - 1)
         return 0
 
+    cdef Py_ssize_t _pack(self, unsigned char* dest) noexcept:
+        """Copy the held payloads, oldest first, to ``dest`` one after the other and point
+        their records there (offsets from ``dest``); their total length."""
+        cdef uint64_t s = self.tail
+        cdef MsgRec* rec
+        cdef Py_ssize_t pos = 0
+        while s < self.head:
+            rec = &self.slots[s & self.slot_mask]
+            memcpy(dest + pos, self.arena + rec.off, rec.len)
+            rec.off = <unsigned int>pos
+            pos += rec.len
+            s += 1
+        return pos
+
     cdef int _grow_arena(self, Py_ssize_t need) except -1:
         """Enlarge the arena to at least ``need`` bytes (``used`` + the next message).
 
         Payloads that lie in one piece ending at ``wpos`` keep their offsets and the arena
-        grows in place (realloc), if the next message then fits after them; otherwise live
-        payloads are laid out again from 0.
+        grows in place, if the next message then fits after them; otherwise live payloads
+        are laid out again from 0.
         """
         cdef Py_ssize_t new_cap = max(self.arena_cap * 2, FIRST_ARENA)
         cdef Py_ssize_t length = need - self.used
         cdef unsigned char* fresh
-        cdef uint64_t s
-        cdef MsgRec* rec
-        cdef Py_ssize_t pos = 0
-        cdef int mapped = 0
+        cdef Py_ssize_t pos
         while new_cap < need:
             new_cap *= 2
         if new_cap > self.max_bytes:
             new_cap = self.max_bytes
+        if self.reserved == NULL and not self.heap_only and new_cap > RESERVE_ARENA_FROM:
+            self._reserve()
         if self.head == self.tail or (
                 self.tail_off < self.wpos and self.wpos + length <= new_cap):
-            fresh = <unsigned char*>ring_storage_grow(
-                self.arena, self.arena_cap, new_cap, &self.arena_mapped)
-            if fresh == NULL:
-                raise MemoryError()
-            self.arena = fresh
+            if self.reserved == NULL:
+                fresh = <unsigned char*>PyMem_Realloc(self.arena, new_cap)
+                if fresh == NULL:
+                    raise MemoryError()
+                self.arena = fresh
             self.arena_cap = new_cap
             if self.head == self.tail:
                 self.wpos = 0
                 self.tail_off = 0
             return 0
-        fresh = <unsigned char*>ring_storage_grow(NULL, 0, new_cap, &mapped)
-        if fresh == NULL:
-            raise MemoryError()
-        s = self.tail
-        while s < self.head:
-            rec = &self.slots[s & self.slot_mask]
-            memcpy(fresh + pos, self.arena + rec.off, rec.len)
-            rec.off = <unsigned int>pos
-            pos += rec.len
-            s += 1
-        ring_storage_free(self.arena, self.arena_cap, self.arena_mapped)
-        self.arena = fresh
-        self.arena_mapped = mapped
+        if self.reserved == NULL:
+            fresh = <unsigned char*>PyMem_Malloc(new_cap)
+            if fresh == NULL:
+                raise MemoryError()
+            pos = self._pack(fresh)
+            PyMem_Free(self.arena)
+            self.arena = fresh
+        else:
+            # In place, through a copy of what is held (rare: a wrapped ring whose
+            # messages outgrow its arena).
+            fresh = <unsigned char*>PyMem_Malloc(max(self.used, 1))
+            if fresh == NULL:
+                raise MemoryError()
+            pos = self._pack(fresh)
+            memcpy(self.arena, fresh, pos)
+            PyMem_Free(fresh)
         self.arena_cap = new_cap
         self.wpos = pos
         self.tail_off = 0
@@ -400,4 +430,11 @@ cdef class ChannelRing:
     def allocated(self):
         """Bytes of storage currently allocated (records and payload arena)."""
         return self.slot_cap * sizeof(MsgRec) + self.arena_cap
+
+    @property
+    def reserved_bytes(self):
+        """Address space reserved for the ring's storage; 0 while it is on the heap (a
+        young ring, or one the kernel refused a reservation). Only the pages of it the ring
+        has written to are resident (at most ``allocated`` and a page each side)."""
+        return self.reserved_size
 

@@ -1,6 +1,10 @@
 """ChannelRing against a plain-Python model: bounds, eviction order, cursors and losses."""
 
+import os
+import subprocess
+import sys
 from collections import deque
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -176,10 +180,10 @@ def test_growing_keeps_every_message_whether_or_not_the_ring_has_wrapped():
     assert ring.nbytes == sum(map(len, held)) <= 8192
 
 
-def test_storage_past_64_kb_keeps_every_message_as_it_grows_wrapped_or_not():
-    # Past 64 kB, slots and arena are pages of their own, grown by mremap: young (in place),
-    # and wrapped with ever larger messages (laid out again into fresh storage), the ring
-    # still holds exactly the newest ``max_messages`` in order.
+def test_reserved_storage_keeps_every_message_as_it_grows_wrapped_or_not():
+    # Past its first heap blocks a ring's storage lies in its reservation: young, it grows
+    # in place; wrapped with ever larger messages, it is laid out again in place (through a
+    # copy). Either way the ring still holds exactly the newest ``max_messages`` in order.
     ring = ChannelRing(300, 8 * 1024 * 1024)
     model: deque[bytes] = deque(maxlen=300)
     for i in range(3000):
@@ -220,3 +224,60 @@ def test_discard_lets_go_of_what_was_read_and_reuses_the_storage():
         if i == 100:
             allocated = ring.allocated
     assert allocated is not None and ring.allocated == allocated < 64 * 1024
+
+
+def test_a_young_ring_is_on_the_heap_and_reserves_once_it_outgrows_it():
+    ring = ChannelRing(16384, 16 << 20)
+    sent = [frame(i, 100) for i in range(9)]
+    ring.append_batch(parse_frames(sent[:8]))
+    assert ring.reserved_bytes == 0  # eight records: a channel that says little costs little
+    ring.append_batch(parse_frames(sent[8:]))
+    assert ring.reserved_bytes >= 16 << 20
+    assert ring.last(100).frames() == sent
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_reserved_storage_is_resident_only_where_the_ring_wrote():
+    rings = [ChannelRing(16384, 16 << 20) for _ in range(200)]
+    batch = parse_frames([frame(i, 60) for i in range(60)])  # ~8 kB a ring
+    before = _resident_bytes()
+    for ring in rings:
+        ring.append_batch(batch)
+    grown = _resident_bytes() - before
+    assert sum(ring.reserved_bytes for ring in rings) >= 200 * (16 << 20)  # 3.2 GB reserved
+    assert grown < 200 * 64 * 1024, grown  # what they hold, a few pages each
+    assert all(ring.last(100).frames() == batch.frames() for ring in rings)
+
+
+_REFUSED = """
+import resource
+from collections import deque
+from logplexd.native import ChannelRing, parse_frames
+from tests.test_ring import frame
+
+# Less address space than one reservation: the ring must grow on the heap instead.
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (256 << 20), resource.RLIM_INFINITY))
+ring = ChannelRing(300, 1 << 30)
+model = deque(maxlen=300)
+for i in range(3000):
+    payload = frame(i, 20 + i)
+    ring.append_batch(parse_frames([payload]))
+    model.append(payload)
+assert ring.reserved_bytes == 0, ring.reserved_bytes
+assert ring.last(300).frames() == list(model)
+print("heap", ring.allocated)
+"""
+
+
+def test_a_ring_refused_its_reservation_grows_on_the_heap():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _REFUSED], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("heap ") and int(out.stdout.split()[1]) > 512 * 1024
