@@ -31,7 +31,15 @@ from logplexd.router import (
     look_interval,
 )
 from logplexd.router.registry import Channel, Registry
-from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
+from tests.helpers.drains import (
+    TOKEN,
+    SyslogSink,
+    append,
+    append_routed,
+    delivered,
+    message,
+    stats_of,
+)
 from tests.helpers.http import basic_auth
 from tests.helpers.syslog import octet_counted
 from tests.helpers.wait import wait_until
@@ -129,6 +137,47 @@ async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
     assert pair.events == [DrainEvent.SEND, DrainEvent.SENT]
     assert pair.feed.counters.delivered == 3
     assert not pair.returned.is_set()  # still parked: the pump keeps writing for it
+    pair.close()
+
+
+async def test_a_channel_written_in_a_round_is_in_the_next_one_without_being_told(nursery, clock):
+    registry, channel, pump, pair = await parked(nursery)
+    assert append_routed(channel, [message(i) for i in range(3)])  # its first: told
+    clock.jump(LINGER)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(3))
+    # Just written: what comes next costs routing no call into the pump, and still goes
+    # out within one linger.
+    assert not append_routed(channel, [message(3), message(4)])
+    clock.jump(LINGER)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == delivered(3) + delivered(4)
+    # A round with nothing for it: from then on it is told of its next message again.
+    clock.jump(LINGER)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"" and pump.writes == 2
+    assert append_routed(channel, [message(5)])
+    clock.jump(LINGER)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == delivered(5) and pump.writes == 3
+    # Enough for a write at once is still written at once, told or not.
+    append_routed(channel, [message(i) for i in range(6, 6 + LINGER_MESSAGES)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(6, 6 + LINGER_MESSAGES))
+    pair.close()
+
+
+async def test_a_channel_whose_writes_are_large_is_told_of_its_next_message(nursery, clock):
+    # Large writes never linger: its next message makes it urgent (written at once), so it
+    # is not put in the next lingering round.
+    registry, channel, pump, pair = await parked(nursery)
+    text = "x" * 9000
+    append_routed(channel, [message(i, text) for i in range(LINGER_MESSAGES)])  # 72 kB
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(pair.received()) > 64 * 1024 and pump.writes == 1
+    assert append_routed(channel, [message(100)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == delivered(100) and trio.current_time() == 0
     pair.close()
 
 
