@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 # Payloads one drain may write in one pump round before the others get their turn.
 MAX_WRITES_PER_ROUND = 4
 
+# A round that writes at least this many channels keeps those it wrote with lingering
+# writes in the next round (``_write_channel``).
+PRE_DIRTY_ROUND = 16
+
 # The longest a drain lingers however costly a round is (the bound on the added latency;
 # 1,000 busy channels: ~11 ms a round, ~55 ms linger, measured 1.28 M vs 0.98 M msgs/s at
 # 60 vs 20 ms in bench/e2e c8-ch1000-d1-120).
@@ -280,13 +284,16 @@ class DrainPump:
         look = self._looks.get(channel, 0)
         if channel in self._writers and not self.rounds.is_urgent(channel):
             head = channel.ring.head
-            if self.writes > writes and not busy:
+            if self.writes > writes and not busy and self.rounds.round_size >= PRE_DIRTY_ROUND:
                 # It had messages, so it will likely have more by the next round: it is in
                 # that round already rather than told of its next message (1,000 busy
                 # channels: a notify and a mark each, every round; e2e c8-ch1000 1.03x). One
                 # that then has none is looked at once and waits for its next message again.
-                # A channel whose writes are large never lingers: its next message makes it
-                # urgent, as before (dirty, it would wait for a linger it has no use for).
+                # Only in a round of many channels: a round of a few lingers at once for
+                # them, a cost per round that telling them does not have (two channels at
+                # 1 M msgs/s each, told at their first message, are urgent by then: 0.92x
+                # the rate in bench/e2e/stall.py's baseline when they lingered). A channel
+                # whose writes are large never lingers: its next message makes it urgent.
                 channel.watch(
                     self, min(head + linger_limit(channel.ring, self.linger_messages), look)
                 )
