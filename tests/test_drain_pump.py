@@ -18,13 +18,7 @@ import trio
 import trio.testing
 
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
-from logplexd.drains.pump import (
-    MAX_LINGER,
-    PRE_DIRTY_ROUND,
-    AttachedWriter,
-    DrainPump,
-    check_hold,
-)
+from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
 from logplexd.drains.state import DrainEvent
 from logplexd.ingest import LogsIngest
 from logplexd.native import l10_syslog, parse_frames, syslog_frames, syslog_frames_from_ring
@@ -37,15 +31,7 @@ from logplexd.router import (
     look_interval,
 )
 from logplexd.router.registry import Channel, Registry
-from tests.helpers.drains import (
-    TOKEN,
-    SyslogSink,
-    append,
-    append_routed,
-    delivered,
-    message,
-    stats_of,
-)
+from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
 from tests.helpers.http import basic_auth
 from tests.helpers.syslog import octet_counted
 from tests.helpers.wait import wait_until
@@ -143,81 +129,6 @@ async def test_a_quiet_channel_lingers_then_gets_one_write(nursery, clock):
     assert pair.events == [DrainEvent.SEND, DrainEvent.SENT]
     assert pair.feed.counters.delivered == 3
     assert not pair.returned.is_set()  # still parked: the pump keeps writing for it
-    pair.close()
-
-
-async def test_channels_written_in_a_round_of_many_are_in_the_next_without_being_told(
-    nursery, clock
-):
-    registry = Registry()
-    pump = await start_pump(nursery)
-    pairs = []
-    for n in range(PRE_DIRTY_ROUND):
-        registry.ensure_channel(f"app{n}")
-        pairs.append(Pair(registry, f"app{n}"))
-        nursery.start_soon(pairs[-1].park, pump)
-    await trio.testing.wait_all_tasks_blocked()
-    channels = [registry.channels[f"app{n}"] for n in range(PRE_DIRTY_ROUND)]
-
-    def each(frames: list[bytes]) -> list[bool]:
-        return [append_routed(channel, frames) for channel in channels]
-
-    def received() -> list[bytes]:
-        return [pair.received() for pair in pairs]
-
-    assert all(each([message(i) for i in range(3)]))  # their first: told
-    clock.jump(LINGER)
-    await trio.testing.wait_all_tasks_blocked()
-    assert received() == [b"".join(delivered(i) for i in range(3))] * PRE_DIRTY_ROUND
-    # Just written in one round: what comes next costs routing no call into the pump, and
-    # still goes out within one linger.
-    assert not any(each([message(3), message(4)]))
-    clock.jump(LINGER)
-    await trio.testing.wait_all_tasks_blocked()
-    assert received() == [delivered(3) + delivered(4)] * PRE_DIRTY_ROUND
-    # A round with nothing for them: from then on they are told of their next message.
-    clock.jump(LINGER)
-    await trio.testing.wait_all_tasks_blocked()
-    assert received() == [b""] * PRE_DIRTY_ROUND and pump.writes == 2 * PRE_DIRTY_ROUND
-    assert all(each([message(5)]))
-    clock.jump(LINGER)
-    await trio.testing.wait_all_tasks_blocked()
-    assert received() == [delivered(5)] * PRE_DIRTY_ROUND
-    # Enough for a write at once is still written at once, told or not.
-    each([message(i) for i in range(6, 6 + LINGER_MESSAGES)])
-    await trio.testing.wait_all_tasks_blocked()
-    assert received() == [b"".join(delivered(i) for i in range(6, 6 + LINGER_MESSAGES))] * (
-        PRE_DIRTY_ROUND
-    )
-    for pair in pairs:
-        pair.close()
-
-
-async def test_a_channel_written_in_a_round_of_a_few_is_told_of_its_next_message(nursery, clock):
-    # A round of a few channels would linger for them at once: they are told instead.
-    registry, channel, pump, pair = await parked(nursery)
-    assert append_routed(channel, [message(i) for i in range(3)])
-    clock.jump(LINGER)
-    await trio.testing.wait_all_tasks_blocked()
-    assert pair.received() == b"".join(delivered(i) for i in range(3))
-    assert append_routed(channel, [message(3)])
-    clock.jump(LINGER)
-    await trio.testing.wait_all_tasks_blocked()
-    assert pair.received() == delivered(3) and pump.writes == 2
-    pair.close()
-
-
-async def test_a_channel_whose_writes_are_large_is_told_of_its_next_message(nursery, clock):
-    # Large writes never linger: its next message makes it urgent (written at once), so it
-    # is not put in the next lingering round.
-    registry, channel, pump, pair = await parked(nursery)
-    text = "x" * 9000
-    append_routed(channel, [message(i, text) for i in range(LINGER_MESSAGES)])  # 72 kB
-    await trio.testing.wait_all_tasks_blocked()
-    assert len(pair.received()) > 64 * 1024 and pump.writes == 1
-    assert append_routed(channel, [message(100)])
-    await trio.testing.wait_all_tasks_blocked()
-    assert pair.received() == delivered(100) and trio.current_time() == 0
     pair.close()
 
 

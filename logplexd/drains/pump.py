@@ -5,9 +5,7 @@ send timeout and a trip through trio's socket wrapper: about 10 µs of Python pe
 a thousand drains of quiet channels spent most of a core being scheduled (py-spy, 1,000
 channels x 1 drain: ``Deadlines.expire``, ``CancelScope`` and ``_nonblocking_helper`` were
 over half of the samples). Here a connected drain parks its task and *attaches* its socket;
-channels with attached drains mark themselves dirty when the router appends to them (a
-channel the pump has just written is dirty already: it is looked at in the next round without
-the router telling it of the next message), and the
+channels with attached drains mark themselves dirty when the router appends to them, and the
 pump, once per linger interval (at once for a channel that gathered ``linger_messages``),
 reads each dirty drain's messages, encodes them and writes them with one non-blocking
 ``os.write``. A write the kernel takes whole costs no task switch at all.
@@ -42,10 +40,6 @@ if TYPE_CHECKING:
 
 # Payloads one drain may write in one pump round before the others get their turn.
 MAX_WRITES_PER_ROUND = 4
-
-# A round that writes at least this many channels keeps those it wrote with lingering
-# writes in the next round (``_write_channel``).
-PRE_DIRTY_ROUND = 16
 
 # The longest a drain lingers however costly a round is (the bound on the added latency;
 # 1,000 busy channels: ~11 ms a round, ~55 ms linger, measured 1.28 M vs 0.98 M msgs/s at
@@ -271,7 +265,6 @@ class DrainPump:
                 self._hand_back(writer)
             return
         busy = False
-        writes = self.writes
         for writer in list(writers):
             self._write(writer)
             busy = busy or writer.feed.last_payload_bytes >= LINGER_ONLY_BELOW_BYTES
@@ -283,23 +276,7 @@ class DrainPump:
             self._looks[channel] = self._check_hold(channel)
         look = self._looks.get(channel, 0)
         if channel in self._writers and not self.rounds.is_urgent(channel):
-            head = channel.ring.head
-            if self.writes > writes and not busy and self.rounds.round_size >= PRE_DIRTY_ROUND:
-                # It had messages, so it will likely have more by the next round: it is in
-                # that round already rather than told of its next message (1,000 busy
-                # channels: a notify and a mark each, every round; e2e c8-ch1000 1.03x). One
-                # that then has none is looked at once and waits for its next message again.
-                # Only in a round of many channels: a round of a few lingers at once for
-                # them, a cost per round that telling them does not have (two channels at
-                # 1 M msgs/s each, told at their first message, are urgent by then: 0.92x
-                # the rate in bench/e2e/stall.py's baseline when they lingered). A channel
-                # whose writes are large never lingers: its next message makes it urgent.
-                channel.watch(
-                    self, min(head + linger_limit(channel.ring, self.linger_messages), look)
-                )
-                self.rounds.dirty(channel)
-            else:
-                channel.watch(self, min(head + 1, look))
+            channel.watch(self, min(channel.ring.head + 1, look))
             channel.rearm()
 
     def _write(self, writer: AttachedWriter) -> None:
@@ -333,7 +310,11 @@ class DrainPump:
                 feed.keep_unsettled(payload)
                 writer.partial = (payload, written)
                 channel = writer.channel
-                if channel is not None and not writer.slow and pushback_for(channel, self.pushback):
+                if (
+                    channel is not None
+                    and not writer.slow
+                    and pushback_for(channel, self.pushback)
+                ):
                     # Until the drain's task has finished this write (or judged the receiver
                     # slow), nothing else writes for it: the inputs must wait meanwhile.
                     channel.hold(writer)

@@ -93,8 +93,6 @@ class PumpRounds:
         self.rounds = 0
         # Rounds written because the daemon was idle before the linger was out.
         self.idle_rounds = 0
-        # How many channels the round in progress (or the last one) writes.
-        self.round_size = 0
 
     async def _flood_ended(self, look: float, since: tuple[float, float]) -> bool:
         """Look every ``look`` seconds until the loop's thread used (next to) no CPU in one;
@@ -163,7 +161,6 @@ class PumpRounds:
                 channels = list(self._urgent)
             self._urgent.clear()
             started = time.perf_counter()
-            self.round_size = len(channels)
             for channel in channels:
                 self._dirty.pop(channel, None)
                 write(channel)

@@ -55,16 +55,6 @@ def append(channel: Channel, frames: list[bytes]) -> None:
     channel.notify()
 
 
-def append_routed(channel: Channel, frames: list[bytes]) -> bool:
-    """``append`` as ``dispatch`` does it: the channel is notified only if its ring's head
-    reached the ``wake_at`` its consumers asked for. Whether it was."""
-    channel.ring.append_batch(parse_frames(frames))
-    if channel.ring.head < channel.ring.wake_at:
-        return False
-    channel.notify()
-    return True
-
-
 def stats_of(manager: DrainManager, drain_id: int) -> DrainStats:
     stats = manager.drain_stats(drain_id)
     assert stats is not None, f"no drain {drain_id}"
