@@ -1,7 +1,7 @@
 """Native hot path vs the pure-Python reference (pytest-benchmark; run with --benchmark-enable).
 
-    pytest bench/test_bench_native.py --benchmark-enable --benchmark-json=bench/native.json
-    python bench/report_native.py bench/native.json
+pytest bench/test_bench_native.py --benchmark-enable --benchmark-json=bench/native.json
+python bench/report_native.py bench/native.json
 """
 
 import pytest

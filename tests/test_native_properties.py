@@ -487,9 +487,7 @@ def test_many_frames_and_large_batches() -> None:
 
 
 @given(
-    payloads=st.lists(
-        st.one_of(PAYLOADS, st.binary(min_size=9990, max_size=10010)), max_size=12
-    ),
+    payloads=st.lists(st.one_of(PAYLOADS, st.binary(min_size=9990, max_size=10010)), max_size=12),
     start=st.integers(-2, 14),
     end=st.integers(-2, 14),
 )

@@ -65,7 +65,11 @@ def test_route_stops_at_the_frame_that_reaches_a_mark_and_goes_on_from_there() -
     counts = registry.route(batch, 5)
     assert (counts.held, counts.rest, counts.routed) == ((), None, 3)
     assert [f.rsplit(b" ", 1)[1] for f in a.ring.last(10).frames()] == [
-        b"a0", b"a1", b"a2", b"a3", b"a4"
+        b"a0",
+        b"a1",
+        b"a2",
+        b"a3",
+        b"a4",
     ]
     assert [f.rsplit(b" ", 1)[1] for f in b.ring.last(10).frames()] == [b"b0", b"b1", b"b2"]
     # ``until_held=False`` routes everything, held or not.
@@ -337,9 +341,11 @@ async def test_a_flood_of_8_connections_to_a_fast_receiver(overflow: str, ring: 
             count = _Count(sink)
             total = conns * per_conn
             await sink.wait_for(
-                lambda: count() + stats_of(manager, 1).lost >= total
-                and stats_of(manager, 1).pending_loss == 0
-                and _announced(sink) == stats_of(manager, 1).lost,
+                lambda: (
+                    count() + stats_of(manager, 1).lost >= total
+                    and stats_of(manager, 1).pending_loss == 0
+                    and _announced(sink) == stats_of(manager, 1).lost
+                ),
                 timeout=60,
             )
         nursery.cancel_scope.cancel()
@@ -390,9 +396,7 @@ async def test_a_receiver_that_stops_reading_is_lapped_and_holds_no_producer() -
         assert stats_of(manager, 1).lost > 0  # lapped while its receiver did not read
         stalled.resume()
         arrived = _Count(stalled)
-        await stalled.wait_for(
-            lambda: arrived() + _announced(stalled) >= stalled_count, timeout=30
-        )
+        await stalled.wait_for(lambda: arrived() + _announced(stalled) >= stalled_count, timeout=30)
         nursery.cancel_scope.cancel()
     frames = stalled.frames()
     announced = sum(int(m.group(1)) for f in frames if (m := L10.search(f)))

@@ -177,9 +177,7 @@ async def test_a_client_gone_ends_the_tail_with_a_broken_stream():
     pump = TailPump()
     sink = PairSink()
     params = SessionParams("ch", tail=True, num=0)
-    body = stream_session(
-        registry, channel, params, start=(Batch(), 0), pump=pump, sink=sink
-    )
+    body = stream_session(registry, channel, params, start=(Batch(), 0), pump=pump, sink=sink)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump.run)
         await sink.peer.aclose()

@@ -175,7 +175,6 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
     return buf.decode()
 
 
-
 def start_sink(
     sink_exe: Path, expected: int, idle: float, budget: float, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, int]:
@@ -187,6 +186,7 @@ def start_sink(
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
     )  # fmt: skip
     return sink, json.loads(read_line(sink, 10.0))["port"]
+
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a router may spread over worker processes)."""
@@ -830,9 +830,7 @@ def write_results(path: Path, section: str, heading: str = HEADING) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_chart(
-    path: Path, workloads: list[Workload], routers: list[str], summaries: dict
-) -> bool:
+def write_chart(path: Path, workloads: list[Workload], routers: list[str], summaries: dict) -> bool:
     """Grouped bars of delivered msgs/s (log scale) per workload and router; needs matplotlib."""
     try:
         import matplotlib

@@ -264,6 +264,3 @@ def _creds_revoke(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"revoked {args.id}", file=sys.stderr)
     return EXIT_OK
-
-
-

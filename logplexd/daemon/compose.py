@@ -167,9 +167,7 @@ class Daemon:
                 settings.store_url,
                 node_id=settings.resolved_node_id(),
                 keep_messages=max(settings.channel_buffer_messages, settings.history_messages),
-                buffer=OutboundBuffer(
-                    settings.redis_buffer_messages, settings.redis_buffer_bytes
-                ),
+                buffer=OutboundBuffer(settings.redis_buffer_messages, settings.redis_buffer_bytes),
             )
             self.registry = ClusterRegistry(
                 self.plane,

@@ -44,6 +44,7 @@ def spill_share(channel: Channel) -> int:
     share = min(share, ring.max_bytes // 2 // average)
     return max(1, share)
 
+
 @dataclass(slots=True)
 class LossTracker:
     """Messages this drain never delivered (lapped or dropped) since the last L10 went out."""

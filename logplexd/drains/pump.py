@@ -310,11 +310,7 @@ class DrainPump:
                 feed.keep_unsettled(payload)
                 writer.partial = (payload, written)
                 channel = writer.channel
-                if (
-                    channel is not None
-                    and not writer.slow
-                    and pushback_for(channel, self.pushback)
-                ):
+                if channel is not None and not writer.slow and pushback_for(channel, self.pushback):
                     # Until the drain's task has finished this write (or judged the receiver
                     # slow), nothing else writes for it: the inputs must wait meanwhile.
                     channel.hold(writer)
