@@ -20,9 +20,9 @@ cdef extern from *:
     /* Address space for all the storage a ring may ever use, its pages untouched (so not
        resident) until the ring writes to them: growing is then a larger bound, never a
        copy nor a system call. Copying rings as they grew (heap realloc, then mremap past
-       64 KB) cost 1,000 filling channels 15 % of routing (bench/RESULTS.md, 2026-12-05).
-       NULL when the kernel will not give it (strict overcommit, no address space left):
-       the ring then grows on the heap. */
+       64 KB) made routing into 1,000 filling channels 163-175 ns a message against
+       154-157 now (bench/RESULTS.md, 2026-12-05 (third)). NULL when the kernel will not
+       give it (strict overcommit, no address space left): the ring then grows on the heap. */
     static void *ring_reserve(size_t size) {
         void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -40,12 +40,11 @@ cdef extern from *:
 from logplexd._native.batch cimport Batch
 from logplexd._native.records cimport F_APPNAME, NFIELDS, MsgRec
 
+# A young ring's heap blocks. One whose slots or arena would grow past them moves both into
+# its reservation: a channel that only ever holds a few messages costs two small heap
+# blocks, not pages.
 DEF FIRST_SLOTS = 8
 DEF FIRST_ARENA = 2048
-# A ring whose slots or arena would grow past these moves them into its reservation: a
-# channel that only ever holds a few messages costs two small heap blocks, not pages.
-DEF RESERVE_SLOTS_FROM = 8
-DEF RESERVE_ARENA_FROM = 2048
 DEF PAGE = 4096
 
 
@@ -136,7 +135,7 @@ cdef class ChannelRing:
         cdef uint64_t s
         if old_cap >= self.max_messages:
             return 0
-        if self.reserved == NULL and not self.heap_only and new_cap > RESERVE_SLOTS_FROM:
+        if self.reserved == NULL and not self.heap_only and new_cap > FIRST_SLOTS:
             self._reserve()
         fresh = self.slots
         if self.reserved == NULL:
@@ -182,7 +181,7 @@ cdef class ChannelRing:
             new_cap *= 2
         if new_cap > self.max_bytes:
             new_cap = self.max_bytes
-        if self.reserved == NULL and not self.heap_only and new_cap > RESERVE_ARENA_FROM:
+        if self.reserved == NULL and not self.heap_only and new_cap > FIRST_ARENA:
             self._reserve()
         if self.head == self.tail or (
                 self.tail_off < self.wpos and self.wpos + length <= new_cap):
@@ -435,6 +434,6 @@ cdef class ChannelRing:
     def reserved_bytes(self):
         """Address space reserved for the ring's storage; 0 while it is on the heap (a
         young ring, or one the kernel refused a reservation). Only the pages of it the ring
-        has written to are resident (at most ``allocated`` and a page each side)."""
+        has written to are resident: about ``allocated``, in whole pages."""
         return self.reserved_size
 
