@@ -51,6 +51,9 @@ needs_redis = pytest.mark.skipif(
 PROPAGATION = 1.0
 # A server (or a whole cluster) that is not serving within this fails the test.
 START_TIMEOUT = 15.0
+# A cluster's nodes agreeing on its state after they serve: gossip, slower while the suite
+# keeps both cores busy and every node fsyncs its AOF (a CI run once saw 15 s pass).
+CLUSTER_READY_TIMEOUT = 45.0
 
 
 def cluster_port() -> int:
@@ -266,15 +269,24 @@ class RedisCluster:
     def _wait_ready(self) -> None:
         """Until every running node says the cluster is ok and all agree on who owns every
         slot (a killed node is left out: the others may have failed over without it)."""
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + CLUSTER_READY_TIMEOUT
+        seen = "no node answered"
         while True:
             ports = [s.port for s in self.servers if s.proc is not None]
             try:
-                if all(b"cluster_state:ok" in send(p, "CLUSTER", "INFO") for p in ports):
+                states = {p: send(p, "CLUSTER", "INFO") for p in ports}
+                seen = "not ok on " + ", ".join(
+                    str(p) for p, info in states.items() if b"cluster_state:ok" not in info
+                )
+                if all(b"cluster_state:ok" in info for info in states.values()):
                     owners = [self._slot_owners(p) for p in ports]
                     replicas_up = all(
                         b"role:master" in info or b"master_link_status:up" in info
                         for info in (send(p, "INFO", "replication") for p in ports)
+                    )
+                    seen = (
+                        f"slot owners agree: {all(o == owners[0] for o in owners)}, "
+                        f"masters {len(set(owners[0]))}/{self.masters}, replicas up: {replicas_up}"
                     )
                     if (
                         all(o == owners[0] for o in owners)
@@ -283,10 +295,10 @@ class RedisCluster:
                     ):
                         self._owners = owners[0]
                         return
-            except OSError:
-                pass
+            except OSError as exc:
+                seen = f"a node did not answer: {exc!r}"
             if time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster did not become ready")
+                raise RuntimeError(f"the Redis Cluster did not become ready ({seen})")
             time.sleep(0.02)
 
     @staticmethod
