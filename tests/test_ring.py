@@ -257,7 +257,12 @@ _REFUSED = """
 import resource
 from collections import deque
 from logplexd.native import ChannelRing, parse_frames
-from tests.test_ring import frame
+from tests.helpers.syslog import message
+
+
+def frame(i, size):
+    text = b"msg %d %s" % (i, b"x" * size)
+    return message("t.a", text, pri=13, ts="2024-01-01T00:00:00Z", host="host", ps="web.1")
 
 # Less address space than one reservation: the ring must grow on the heap instead.
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()

@@ -81,8 +81,9 @@ def encode_record(first_seq: int, count: int, payload: bytes, written_at: float)
 
 def record_header(first_seq: int, count: int, payload: bytes, written_at: float) -> bytes:
     """The header of the record that holds ``payload``, its crc included: written before
-    the payload (``os.writev``), a record is never assembled in memory (a spilling drain's
-    records are megabytes; joining them was a fresh allocation and a copy each)."""
+    the payload (``os.writev``), a record is not assembled in memory (a spilling drain's
+    records are megabytes; joining them was a fresh allocation and a copy each). Only a
+    short ``writev``, rare, joins the two to finish (``SegmentLog.append``)."""
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be between 1 and {MAX_COUNT}, not {count}")
     if not first_seq >= 0 or first_seq + count >= _SEQ_LIMIT:
