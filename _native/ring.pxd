@@ -21,7 +21,7 @@ cdef class ChannelRing:
     cdef readonly uint64_t tail  # oldest seq held
     cdef public unsigned long long evicted
     cdef public unsigned long long rejected
-    cdef public unsigned long long epoch   # router bookkeeping: last dispatch that touched it
+    cdef public unsigned long long epoch   # router bookkeeping: last dispatch that listed it due
     cdef public object owner               # the registry's Channel, to wake its readers
     # dispatch lists the ring as touched only once head >= wake_at: the owner sets it to
     # what its waiters need (0: every append; 2**64-1: nobody waits), so an append to a
