@@ -137,9 +137,20 @@ def log(msg: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: each socket stays bound until all are picked (one
+    at a time, the kernel gave the same port twice: a daemon then refused its api and
+    syslog addresses, and the run failed)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: float = 15.0):
@@ -339,7 +350,7 @@ class Logplexd(Router):
     ) -> tuple[int, int, int]:
         """Starts ``logplexd serve`` on ``data`` (loopback ports, a fresh auth key) and
         returns its (api, syslog, logs) ports once ``/v3/healthcheck`` answers 200."""
-        api, syslog, logs = free_port(), free_port(), free_port()
+        api, syslog, logs = free_ports(3)
         self.key = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPLEXD_")}
         env["LOGPLEX_AUTH_KEY"] = self.key
