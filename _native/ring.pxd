@@ -1,6 +1,7 @@
 from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 
-from logplexd._native.records cimport MsgRec
+from logplexd._native.records cimport F_APPNAME, NFIELDS, MsgRec
 
 
 cdef class ChannelRing:
@@ -45,12 +46,93 @@ cdef class ChannelRing:
     cdef uint64_t read_start(self, uint64_t cursor, unsigned long long* lost) noexcept
     cdef uint64_t read_end(self, uint64_t s, Py_ssize_t max_messages, Py_ssize_t max_bytes,
                            Py_ssize_t* nbytes) noexcept
-    cdef int append_rec(self, const unsigned char* base, const MsgRec* src,
-                        const unsigned char* name, Py_ssize_t name_len) except -1
     cdef int _reserve(self) except -1
     cdef int _grow_slots(self) except -1
     cdef Py_ssize_t _pack(self, unsigned char* dest) noexcept
     cdef int _grow_arena(self, Py_ssize_t need) except -1
-    cdef void _evict_oldest(self) noexcept
-    cdef bint _fits(self, Py_ssize_t length) noexcept
-    cdef Py_ssize_t _place(self, Py_ssize_t length) except -1
+
+    # The append path, here so that dispatch compiles it into its own loop (a call through
+    # the type's method table per routed frame, and two more inside, otherwise); the rare
+    # growth and reservation stay in ring.pyx.
+    cdef inline void _evict_oldest(self) noexcept:
+        cdef MsgRec* rec = &self.slots[self.tail & self.slot_mask]
+        self.used -= rec.len
+        self.tail += 1
+        self.evicted += 1
+        if self.tail == self.head:
+            self.wpos = 0
+        else:
+            self.tail_off = self.slots[self.tail & self.slot_mask].off
+
+    cdef inline bint _fits(self, Py_ssize_t length) noexcept:
+        """Can ``length`` bytes be placed without evicting anything?"""
+        cdef Py_ssize_t oldest
+        if self.head == self.tail:
+            return length <= self.arena_cap
+        oldest = self.tail_off
+        if self.wpos + length <= self.arena_cap:
+            return oldest < self.wpos or oldest >= self.wpos + length
+        return oldest < self.wpos and oldest >= length
+
+    cdef inline Py_ssize_t _place(self, Py_ssize_t length) except -1:
+        """Reserve ``length`` contiguous bytes, evicting the oldest messages as needed."""
+        cdef Py_ssize_t oldest
+        if self.head - self.tail >= <uint64_t>self.max_messages:
+            self._evict_oldest()
+        if self.head - self.tail >= <uint64_t>self.slot_cap:
+            self._grow_slots()
+        if self.arena_cap < self.max_bytes and not self._fits(length):
+            self._grow_arena(self.used + length)
+        if self.wpos + length > self.arena_cap:
+            # Wrap: first every message ahead of wpos (the oldest), then those in [0, length).
+            while self.head != self.tail and self.tail_off >= self.wpos:
+                self._evict_oldest()
+            self.wpos = 0
+        while self.head != self.tail:
+            oldest = self.tail_off
+            if oldest >= self.wpos and oldest < self.wpos + length:
+                self._evict_oldest()
+            else:
+                break
+        return self.wpos
+
+    cdef inline int append_rec(self, const unsigned char* base, const MsgRec* src,
+                               const unsigned char* name, Py_ssize_t name_len) except -1:
+        """Append one parsed frame; with ``name`` (len >= 0), APP-NAME becomes ``name``."""
+        cdef Py_ssize_t length, pos, app_start, app_len, delta, cut
+        cdef MsgRec* rec
+        cdef int f
+        if name_len < 0:
+            length = src.len
+        else:
+            app_len = src.fl[F_APPNAME]
+            length = src.len - app_len + name_len
+        if length > self.max_bytes:
+            self.rejected += 1
+            return 0
+        pos = self._place(length)
+        if self.head == self.tail:
+            self.tail_off = pos
+        rec = &self.slots[self.head & self.slot_mask]
+        rec[0] = src[0]
+        rec.off = <unsigned int>pos
+        rec.len = <unsigned short>length
+        if name_len < 0:
+            memcpy(self.arena + pos, base + src.off, length)
+        else:
+            app_start = src.fs[F_APPNAME]
+            cut = app_start + app_len
+            memcpy(self.arena + pos, base + src.off, app_start)
+            memcpy(self.arena + pos + app_start, name, name_len)
+            memcpy(self.arena + pos + app_start + name_len, base + src.off + cut, src.len - cut)
+            delta = name_len - app_len
+            rec.fl[F_APPNAME] = <unsigned short>name_len
+            for f in range(NFIELDS):
+                if f != F_APPNAME and rec.fs[f] > app_start:
+                    rec.fs[f] = <unsigned short>(rec.fs[f] + delta)
+        self.wpos = pos + length
+        self.used += length
+        self.head += 1
+        if self.head_mirror != NULL:
+            self.head_mirror[0] = self.head
+        return 0
