@@ -145,6 +145,26 @@ def test_dispatch_wakes_a_ring_only_once_its_head_reaches_wake_at():
     assert len(never) == 2  # appended all the same, only never woken
 
 
+def test_dispatch_lists_a_ring_once_in_the_order_rings_became_due():
+    # A ring is listed when an append makes it due, not when it is first touched: `b` is
+    # touched first but due only at its second message, after `a` became due.
+    a, b, c = ChannelRing(), ChannelRing(), ChannelRing()
+    b.wake_at = 2
+    c.wake_at = 2**64 - 1
+    table = TokenTable()
+    for token, ring in ((b"t.a", a), (b"t.b", b), (b"t.c", c)):
+        table.add(token, ring, b"app")
+    frames = [msg(b"t.b"), msg(b"t.c"), msg(b"t.a"), msg(b"t.b"), msg(b"t.a"), msg(b"t.b")]
+    routed, _unknown, wake = dispatch(parse_frames(frames), table)
+    assert routed == 6 and wake == [a, b]
+    assert (len(a), len(b), len(c)) == (2, 3, 1)
+    # Stopped at a held ring: listed once, whether it was due before or not.
+    b.hold_at = 4
+    routed, _unknown, wake, stop = dispatch_until_held(parse_frames(frames), table)
+    assert (routed, stop) == (3, 3) and wake == [b, a]
+    assert (len(a), len(b), len(c)) == (3, 4, 2)
+
+
 def test_registry_wakes_only_channels_with_waiters():
     import trio
     import trio.testing
