@@ -24,6 +24,9 @@ DEF MAX_NAME = 255
 # How many frames ahead dispatch prefetches the slot and arena line a frame will be written
 # to: with 1,000 channels taken in turn every append lands in cold memory.
 DEF PREFETCH_AHEAD = 4
+# And how many ahead it asks for the ring object itself, whose fields those addresses come
+# from (asked for in the look-up pass, all of a batch's were out of the cache again by the
+# time their appends came).
 DEF RING_AHEAD = 12
 
 cdef extern from *:
@@ -321,6 +324,12 @@ cdef int _reserve_found(Py_ssize_t n) except -1:
     return 0
 
 
+cdef inline bint _due(ChannelRing ring) noexcept:
+    """Whether dispatch lists ``ring`` for its owner: its head reached ``wake_at`` (a
+    waiter's mark) or ``hold_at`` (a consumer's hold mark)."""
+    return ring.head >= ring.wake_at or ring.head >= ring.hold_at
+
+
 cdef inline void _prefetch_ring(Entry* e) noexcept:
     """Ask for the ring object ``e`` routes to (its fields span three cache lines)."""
     if e != NULL:
@@ -404,15 +413,13 @@ cdef tuple _dispatch(Batch batch, TokenTable table, Firehose firehose, Py_ssize_
         # one append is due at the end): with 1,000 channels taken in turn, listing every
         # touched ring and filtering it afterwards was a list append, a reference and a
         # second visit per message for rings nobody waits on.
-        if ring.epoch != _dispatch_epoch and (
-                ring.head >= ring.wake_at or ring.head >= ring.hold_at):
+        if ring.epoch != _dispatch_epoch and _due(ring):
             ring.epoch = _dispatch_epoch
             wake.append(ring)
         routed += 1
         if e.firehose and tap:
             copy = firehose.post(batch.buf, rec, ring)
-            if copy is not None and copy.epoch != _dispatch_epoch and (
-                    copy.head >= copy.wake_at or copy.head >= copy.hold_at):
+            if copy is not None and copy.epoch != _dispatch_epoch and _due(copy):
                 copy.epoch = _dispatch_epoch
                 wake.append(copy)
     return routed, unknown, wake, stop
