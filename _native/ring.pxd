@@ -24,7 +24,7 @@ cdef class ChannelRing:
     cdef public unsigned long long rejected
     cdef public unsigned long long epoch   # router bookkeeping: last dispatch that listed it due
     cdef public object owner               # the registry's Channel, to wake its readers
-    # dispatch lists the ring as touched only once head >= wake_at: the owner sets it to
+    # dispatch lists the ring for its owner only once head >= wake_at: the owner sets it to
     # what its waiters need (0: every append; 2**64-1: nobody waits), so an append to a
     # ring nobody is waiting on costs no Python call.
     cdef public unsigned long long wake_at

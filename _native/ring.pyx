@@ -38,7 +38,7 @@ cdef extern from *:
     void ring_release(void* p, size_t size)
 
 from logplexd._native.batch cimport Batch
-from logplexd._native.records cimport F_APPNAME, NFIELDS, MsgRec
+from logplexd._native.records cimport MsgRec
 
 # A young ring's heap blocks. One whose slots or arena would grow past them moves both into
 # its reservation: a channel that only ever holds a few messages costs two small heap
