@@ -26,6 +26,7 @@ from logplexd.daemon.metrics import (
 from logplexd.drains import DrainStats
 from logplexd.ingest import SyslogInputStats
 from tests.helpers.daemon import KEY, settings_for
+from tests.helpers.drains import SyslogSink
 from tests.helpers.http import create_channel, request
 from tests.helpers.metrics import samples, scrape, value
 from tests.helpers.syslog import TS, frame, send_syslog
@@ -151,6 +152,35 @@ async def test_drain_aggregates(tmp_path: Path) -> None:
         quiet = tuple(sorted({"drain_id": "2", "channel": "quiet"}.items()))
         assert ("logplexd_drain_buffered_bytes", quiet) in found
         assert ("logplexd_drain_oldest_buffered_age_seconds", quiet) not in found
+        nursery.cancel_scope.cancel()
+
+
+async def test_drain_pump_figures(tmp_path: Path) -> None:
+    daemon = Daemon(settings_for(tmp_path))
+    sink = SyslogSink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve)
+        ports = await nursery.start(daemon.serve)
+        token = await create_channel(ports)
+        status, _, _ = await request(
+            ports.api,
+            "POST",
+            "/v3/channels/app/drains",
+            body={"url": f"syslog://127.0.0.1:{sink.port}/"},
+        )
+        assert status == 201
+        await send_syslog(ports.syslog, frame(token, "first"))
+        await sink.wait_for(lambda: sink.messages() == 1)
+        # Connected and caught up: the drain's task parks and the pump writes from now on.
+        await wait_until(lambda: daemon.drains.pump.attached == 1)
+        await send_syslog(ports.syslog, b"".join(frame(token, f"m{i}") for i in range(50)))
+        await sink.wait_for(lambda: sink.messages() == 51)
+        found = await scrape(ports.api)
+        assert value(found, "logplexd_drain_pump_attached") == 1
+        writes = value(found, "logplexd_drain_pump_writes_total")
+        assert 1 <= writes == daemon.drains.pump.writes
+        assert value(found, "logplexd_drain_pump_handed_back_total") == 0
+        assert 0 < value(found, "logplexd_drain_pump_linger_seconds") <= 0.1
         nursery.cancel_scope.cancel()
 
 

@@ -72,6 +72,7 @@ from ._allocator import keep_heap
 from ._logging import configure_logging
 from .metrics import (
     BacklogFigures,
+    DrainPumpFigures,
     Metrics,
     MetricsSnapshot,
     RedisFigures,
@@ -502,6 +503,7 @@ class Daemon:
                 else 0,
                 connections_opened=plane.connections_opened,
             )
+        pump = self.drains.pump
         return MetricsSnapshot(
             syslog=self.syslog.stats,
             logs=self.logs.stats if self.logs is not None else None,
@@ -530,6 +532,9 @@ class Daemon:
             redis=redis,
             firehose=self.registry.firehose_posted(),
             backlog=self._backlog_figures(),
+            drain_pump=DrainPumpFigures(
+                pump.attached, pump.writes, pump.handed_back, pump.current_linger
+            ),
         )
 
     def _backlog_figures(self) -> BacklogFigures | None:

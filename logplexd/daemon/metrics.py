@@ -70,6 +70,17 @@ class TailFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class DrainPumpFigures:
+    """The drain pump (drains/pump.py): the plain-TCP syslog drains it writes for now, its
+    writes, the writes it handed back to a drain's own task, and its linger."""
+
+    attached: int
+    writes: int
+    handed_back: int
+    linger: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoreFigures:
     healthy: bool
     # Bytes in the journal since the last snapshot (the embedded store only).
@@ -143,6 +154,7 @@ class MetricsSnapshot:
     firehose: Mapping[str, int] = field(default_factory=dict)
     # Drain backlogs on disk (issue 19); None when spilling is off.
     backlog: BacklogFigures | None = None
+    drain_pump: DrainPumpFigures | None = None
 
 
 class LoopLag:
@@ -436,7 +448,35 @@ class DaemonCollector(Collector):
             "summed over them: it falls when a drain is removed).",
             value=sum(s.judged_slow for s in stats),
         )
+        yield from self._drain_pump(src.drain_pump)
         yield from self._backlog(src.backlog)
+
+    def _drain_pump(self, figures: DrainPumpFigures | None) -> Iterator[Metric]:
+        if figures is None:
+            return
+        yield _gauge(
+            "drain_pump_attached",
+            "Connected plain-TCP syslog drains the drain pump writes for; the others are "
+            "written by their own task.",
+            value=figures.attached,
+        )
+        yield _counter(
+            "drain_pump_writes",
+            "Payloads the drain pump wrote to drains' sockets (each one write call).",
+            value=figures.writes,
+        )
+        yield _counter(
+            "drain_pump_handed_back",
+            "Times the drain pump handed a drain back to its own task (a write the socket did "
+            "not take whole, an error, a flush, a removed channel).",
+            value=figures.handed_back,
+        )
+        yield _gauge(
+            "drain_pump_linger_seconds",
+            "How long the drain pump gathers messages before a round (grows with a round's "
+            "cost, at most 0.1 s).",
+            value=figures.linger,
+        )
 
     def _backlog(self, figures: BacklogFigures | None) -> Iterator[Metric]:
         if figures is None:
@@ -698,6 +738,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DRAIN_SERIES_LIMIT",
     "DaemonCollector",
+    "DrainPumpFigures",
     "LoopLag",
     "Metrics",
     "MetricsSnapshot",

@@ -150,6 +150,11 @@ class DrainPump:
     def current_linger(self) -> float:
         return self.rounds.current_linger
 
+    @property
+    def attached(self) -> int:
+        """Drains the pump writes for now."""
+        return sum(len(writers) for writers in self._writers.values())
+
     def writers(self, channel: Channel) -> list[AttachedWriter]:
         """The drains attached on ``channel`` (a copy)."""
         return list(self._writers.get(channel, ()))
