@@ -11,6 +11,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -18,7 +19,14 @@ import trio
 import trio.testing
 
 from logplexd.drains import DrainFeed, DrainManager, DrainSettings
-from logplexd.drains.pump import MAX_LINGER, AttachedWriter, DrainPump, check_hold
+from logplexd.drains.pump import (
+    MAX_LINGER,
+    THREAD_MIN_WRITES,
+    AttachedWriter,
+    DrainPump,
+    check_hold,
+    write_payloads,
+)
 from logplexd.drains.state import DrainEvent
 from logplexd.ingest import LogsIngest
 from logplexd.native import l10_syslog, parse_frames, syslog_frames, syslog_frames_from_ring
@@ -92,6 +100,13 @@ class Pair:
         self.peer.close()
 
 
+async def settle() -> None:
+    """Until the pump's worker thread (a round of many drains) is done and settled."""
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_threads_completed()
+    await trio.testing.wait_all_tasks_blocked()
+
+
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock()
@@ -155,12 +170,14 @@ async def test_one_round_serves_many_drains_in_order(nursery, clock):
         for n, _pair in enumerate(pairs):
             append(registry.channels[f"app{n}"], [message(round_ * 100 + n)])
         clock.jump(LINGER)
-        await trio.testing.wait_all_tasks_blocked()
+        await settle()
     for n, pair in enumerate(pairs):
         assert pair.received() == b"".join(delivered(r * 100 + n) for r in range(3))
         pair.close()
-    # One write per drain per linger interval, and not one task of theirs woke.
+    # One write per drain per linger interval, from the worker thread (50 drains a round),
+    # and not one task of theirs woke.
     assert pump.writes == 150 and pump.handed_back == 0
+    assert pump.threaded_rounds == 3
     assert not any(p.returned.is_set() for p in pairs)
 
 
@@ -288,6 +305,131 @@ async def _parked_with(
     nursery.start_soon(pair.park, pump)
     await trio.testing.wait_all_tasks_blocked()
     return channel, pair
+
+
+# -- rounds written from the worker thread ----------------------------------------------------
+class HeldWrites:
+    """The pump's worker-thread writes, held until ``go`` is set: a round in flight. With
+    ``partial_at``, the first drain's write takes only that many bytes."""
+
+    def __init__(self, partial_at: int | None = None) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.partial_at = partial_at
+
+    def __call__(self, jobs: list[tuple[int, bytes]]) -> list[int | OSError]:
+        self.started.set()
+        assert self.go.wait(10)
+        if self.partial_at is not None:
+            fd, data = jobs[0]
+            jobs[0] = (fd, data[: self.partial_at])
+        return write_payloads(jobs)
+
+
+async def threaded_round(
+    nursery: trio.Nursery, clock, registry: Registry, held: HeldWrites, *, drop: bool = False
+) -> tuple[DrainPump, list[Pair], list[trio.CancelScope]]:
+    """THREAD_MIN_WRITES drains (channels app0...), one message each, their round in the
+    worker thread, held there; app0 drops (``drop``) instead of pushing back."""
+    pump = DrainPump(linger=LINGER, linger_messages=LINGER_MESSAGES, write_all=held)
+    nursery.start_soon(pump.run)
+    pairs, scopes = [], []
+    for n in range(THREAD_MIN_WRITES):
+        registry.ensure_channel(f"app{n}").overflow = "drop" if drop and n == 0 else None
+        pair, scope = Pair(registry, f"app{n}"), trio.CancelScope()
+        pairs.append(pair)
+        scopes.append(scope)
+
+        async def park(pair: Pair = pair, scope: trio.CancelScope = scope) -> None:
+            with scope:
+                await pair.park(pump)
+
+        nursery.start_soon(park)
+    await trio.testing.wait_all_tasks_blocked()
+    for n in range(THREAD_MIN_WRITES):
+        append(registry.channels[f"app{n}"], [message(i) for i in range(10)])
+    clock.jump(LINGER)
+    await trio.to_thread.run_sync(held.started.wait, 10)
+    assert all(pair.writer.in_flight is not None for pair in pairs)
+    return pump, pairs, scopes
+
+
+async def test_a_drain_kicked_while_the_worker_writes_for_it_waits_for_that_write(nursery, clock):
+    held = HeldWrites()
+    pump, pairs, _ = await threaded_round(nursery, clock, Registry(), held)
+    first = pairs[0]
+    first.feed.begin_flush()  # a kick: its task would take its feed (and socket) back
+    await trio.testing.wait_all_tasks_blocked()
+    assert not first.returned.is_set()
+    held.go.set()
+    await settle()
+    assert first.returned.is_set() and first.writer.in_flight is None
+    everything = b"".join(delivered(i) for i in range(10))
+    assert [pair.received() for pair in pairs] == [everything] * THREAD_MIN_WRITES
+    assert first.feed.counters.delivered == 10 and first.feed.cached is None
+    assert first.events == [DrainEvent.SEND, DrainEvent.SENT]
+    assert pump.threaded_rounds == 1 and pump.writes == THREAD_MIN_WRITES
+    for pair in pairs:
+        pair.close()
+
+
+async def test_a_drain_cancelled_while_the_worker_writes_never_has_its_fd_reused(nursery, clock):
+    held = HeldWrites()
+    pump, pairs, scopes = await threaded_round(nursery, clock, Registry(), held)
+    first = pairs[0]
+    scopes[0].cancel()  # the drain removed: its task leaves and closes its socket
+    await trio.testing.wait_all_tasks_blocked()
+    assert first.returned.is_set()
+    fd = first.ours.fileno()
+    first.ours.close()
+    other = socket.socketpair()  # takes the lowest free numbers: the one just closed
+    assert fd in (other[0].fileno(), other[1].fileno())
+    held.go.set()
+    await settle()
+    # The worker wrote to its own duplicate: the message reached the drain's connection,
+    # nothing reached the new one.
+    assert first.received() == b"".join(delivered(i) for i in range(10))
+    for end in other:
+        end.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            end.recv(1)
+    for end in other:
+        end.close()
+    assert first.feed.counters.delivered == 10 and pump.writes == THREAD_MIN_WRITES
+    first.peer.close()
+    for pair in pairs[1:]:
+        pair.close()
+
+
+@pytest.mark.parametrize("lapped", [False, True])
+async def test_a_partial_threaded_write_the_ring_lapped_meanwhile_is_counted_lost(
+    nursery, clock, lapped
+):
+    registry = Registry(history_messages=64, buffer_messages=64)
+    held = HeldWrites(partial_at=10)
+    pump, pairs, _ = await threaded_round(nursery, clock, registry, held, drop=True)
+    first = pairs[0]
+    if lapped:  # a dropping channel's ring moves on over the messages in flight
+        append(registry.channels["app0"], [message(100 + i) for i in range(200)])
+    held.go.set()
+    await settle()
+    assert first.returned.is_set()
+    feed = first.feed
+    if lapped:
+        # Given up whole, the connection with it (its receiver has 10 bytes of a frame):
+        # the next one starts with an L10 for exactly these 10.
+        assert isinstance(first.writer.error, OSError) and first.writer.partial is None
+        assert "lapped" in str(first.writer.error)
+        assert feed.counters.lost == 10 and feed.pending_messages == 0
+    else:
+        # As a partial write of the loop's own: the drain's task finishes it.
+        assert first.writer.error is None and first.writer.partial is not None
+        assert first.writer.partial[1] == 10
+        assert feed.counters.lost == 0 and feed.pending_messages == 10
+    assert feed.counters.delivered == 0
+    assert first.received() == b"".join(delivered(i) for i in range(10))[:10]
+    for pair in pairs:
+        pair.close()
 
 
 @pytest.mark.parametrize(

@@ -419,22 +419,34 @@ class DrainFeed:
             return self._payload(loss_notice, data, n, None, end, ring_span=(first, end))
         return None
 
-    def keep_unsettled(self, payload: Payload) -> None:
+    def keep_unsettled(self, payload: Payload, *, lapped_ok: bool = False) -> int:
         """``payload`` was encoded in place and is not delivered yet (a partial write, an
         error): its messages become the pending batch, as if taken from the ring, so they
         are kept when the ring moves on and are sent again on the next connection. Called
-        before anything is routed to the ring after ``build_payload``."""
+        before anything is routed to the ring after ``build_payload``, unless
+        ``lapped_ok`` (the drain pump's threaded writes: the loop routes while the worker
+        writes): then those the ring has evicted meanwhile are counted lost, for the next
+        L10, and the rest are kept. Returns how many were lost so."""
         span = payload.ring_span
         if payload.batch is not None or span is None or self.channel is None:
-            return
+            return 0
         first, end = span
-        batch, cursor, lost = self.channel.ring.read(first, end - first, 1 << 62)
-        if lost or cursor != end:  # the ring moved: a caller broke the contract above
+        ring = self.channel.ring
+        kept = end - max(first, ring.tail) if lapped_ok else end - first
+        if kept > 0:
+            batch, cursor, lost = ring.read(first, kept, 1 << 62)
+        else:  # all of them evicted meanwhile
+            batch, cursor, lost = Batch(), end, end - first
+        if cursor != end or (lost and not lapped_ok):
             raise RuntimeError("keep_unsettled: the ring moved since the payload was built")
+        if lost:
+            self.loss.add(lost, self.wall_clock())
+            self.counters.lost += lost
         payload.batch, payload.end_index = batch, len(batch)
         self.pending, self.pending_start, self._pending_disk_seq = batch, 0, None
         self._ring_batch_end = end
         self._record()
+        return lost
 
     def _settle(self, payload: Payload) -> None:
         if payload.batch is not None and self.pending is payload.batch:

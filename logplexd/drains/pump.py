@@ -10,6 +10,13 @@ pump, once per linger interval (at once for a channel that gathered ``linger_mes
 reads each dirty drain's messages, encodes them and writes them with one non-blocking
 ``os.write``. A write the kernel takes whole costs no task switch at all.
 
+A round that writes for many drains (``THREAD_MIN_WRITES``) is encoded by the loop, then
+written from a worker thread, one ``os.write`` per drain: the loop goes on reading and
+routing on the other core meanwhile (1,000 channels: the loop's thread was on the CPU 95 %
+of the time, the machine idle 17 %). Until its write is settled a drain's task may not take
+its feed back (``park`` waits), and the worker writes to a duplicate of the drain's socket,
+so a drain cancelled meanwhile cannot have its descriptor's number reused under the write.
+
 Anything that is not that fast path goes back to the drain's own task, which does what it
 always did: a partial write (the receiver is slow: the task finishes it under the send
 timeout), an error (the task reconnects; the unsettled messages are written again whole on
@@ -18,6 +25,7 @@ the next connection), a flush, a URL change, a removed channel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -40,6 +48,15 @@ if TYPE_CHECKING:
 
 # Payloads one drain may write in one pump round before the others get their turn.
 MAX_WRITES_PER_ROUND = 4
+
+# A round that writes for at least this many drains writes from a worker thread: the
+# loop goes on reading and routing meanwhile, on the other core (measured in
+# bench/RESULTS.md, 2026-12-05 (fifth)). Fewer are written by the loop itself, where a
+# thread's hand-over would cost more than it frees.
+THREAD_MIN_WRITES = 8
+# The most payload bytes one threaded round gathers before it writes them (the drains
+# past it are written in the next round): what a round holds in memory at once.
+THREAD_MAX_BYTES = 32 * 1024 * 1024
 
 # The longest a drain lingers however costly a round is (the bound on the added latency;
 # 1,000 busy channels: ~11 ms a round, ~55 ms linger, measured 1.28 M vs 0.98 M msgs/s at
@@ -64,6 +81,8 @@ class AttachedWriter:
         "partial",
         "error",
         "slow",
+        "in_flight",
+        "settled",
     )
 
     def __init__(
@@ -96,6 +115,11 @@ class AttachedWriter:
         # Set when the receiver left a write unfinished for ``slow_write_after``: a slow
         # consumer holds nothing until it has caught up again.
         self.slow = False
+        # The payload a worker thread is writing for it (a threaded round), and what its
+        # task waits on should it be kicked meanwhile: until that write is settled, nothing
+        # else may touch its feed or its socket.
+        self.in_flight: Payload | None = None
+        self.settled: trio.Event | None = None
 
 
 def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: bool) -> None:
@@ -131,10 +155,29 @@ class DrainPump:
     refuses a write is handed back to its own task and never holds anything.
     """
 
-    def __init__(self, *, linger: float, linger_messages: int, pushback: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        linger: float,
+        linger_messages: int,
+        pushback: bool = True,
+        threads: bool = True,
+        write_all: Callable[[list[tuple[int, bytes]]], list[int | OSError]] | None = None,
+    ) -> None:
         self.rounds = PumpRounds(linger, MAX_LINGER)
         self.linger_messages = max(1, linger_messages)
         self.pushback = pushback
+        # Whether rounds of many drains are written from a worker thread (THREAD_MIN_WRITES).
+        self.threads = threads
+        # In a threaded round: the payloads gathered so far, with a duplicate of their
+        # drain's socket (a drain cancelled meanwhile closes its own; the worker's stays
+        # open until written, so the number can never be another connection's).
+        self._gathered: list[tuple[AttachedWriter, Payload, int]] | None = None
+        self._gathered_bytes = 0
+        self._limiter = trio.CapacityLimiter(1)
+        # What the worker thread runs (tests hold it to see a round in flight).
+        self._write_all = write_all or write_payloads
+        self.threaded_rounds = 0
         # The attached writers of each channel (the pump watches these channels).
         self._writers: dict[Channel, list[AttachedWriter]] = {}
         # The ring head each channel had when the pump last wrote for it.
@@ -181,7 +224,12 @@ class DrainPump:
             self.mark(channel)
             channel.rearm()
             await writer.feed.wait_for(writer.wake)
+            if writer.in_flight is not None:
+                # Kicked (a flush, a URL change) while a worker thread writes for it.
+                writer.settled = trio.Event()
+                await writer.settled.wait()
         finally:
+            writer.settled = None
             self._detach(writer)
 
     def _detach(self, writer: AttachedWriter) -> None:
@@ -257,7 +305,38 @@ class DrainPump:
 
     # -- the task -----------------------------------------------------------------------------
     async def run(self) -> None:
-        await self.rounds.run(self._write_channel)
+        await self.rounds.run(
+            self._write_channel, started=self._round_started, finish=self._finish_round
+        )
+
+    def _round_started(self, channels: int) -> None:
+        self._gathered = [] if self.threads and channels >= THREAD_MIN_WRITES else None
+        self._gathered_bytes = 0
+
+    async def _finish_round(self) -> None:
+        """Write what the round gathered: from a worker thread when there is enough of it."""
+        jobs, self._gathered = self._gathered, None
+        if not jobs:
+            return
+        data = [(fd, payload.data) for _, payload, fd in jobs]
+        if len(jobs) < THREAD_MIN_WRITES:
+            results = write_payloads(data)
+        else:
+            try:
+                # Not abandoned on cancel: the writes are non-blocking, so this returns
+                # soon, and the loop must settle them before it can be cancelled.
+                results = await trio.to_thread.run_sync(
+                    self._write_all, data, limiter=self._limiter
+                )
+            except BaseException:
+                # Cancelled before the thread ran: nothing was written.
+                for writer, payload, fd in jobs:
+                    _close(fd)
+                    self._settle(writer, payload, OSError("not written: the pump stopped"))
+                raise
+            self.threaded_rounds += 1
+        for (writer, payload, _), written in zip(jobs, results, strict=True):
+            self._settle(writer, payload, written)
 
     def _write_channel(self, channel: Channel) -> None:
         writers = self._writers.get(channel)
@@ -290,6 +369,11 @@ class DrainPump:
             if feed.channel is not writer.channel:
                 self._hand_back(writer)
                 return
+            gathered = self._gathered
+            if gathered is not None and self._gathered_bytes >= THREAD_MAX_BYTES:
+                if writer.channel is not None:
+                    self.rounds.urgent(writer.channel)  # the next round writes for it
+                return
             payload = feed.build_payload(
                 writer.encode,
                 writer.loss_notice,
@@ -301,37 +385,101 @@ class DrainPump:
                 writer.slow = False  # caught up: it may hold again
                 return
             writer.on_event(DrainEvent.SEND)
-            try:
-                written = os.write(writer.fd, payload.data)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                feed.keep_unsettled(payload)
-                writer.error = exc
-                self._hand_back(writer)
-                return
-            self.writes += 1
-            if written < len(payload.data):
-                feed.keep_unsettled(payload)
-                writer.partial = (payload, written)
-                channel = writer.channel
-                if channel is not None and not writer.slow and pushback_for(channel, self.pushback):
-                    # Until the drain's task has finished this write (or judged the receiver
-                    # slow), nothing else writes for it: the inputs must wait meanwhile.
-                    channel.hold(writer)
-                self._hand_back(writer)
-                return
-            feed.delivered(payload)
-            writer.on_event(DrainEvent.SENT)
-            if not feed.has_data():
-                writer.slow = False  # caught up: it may hold again
+            if gathered is not None:
+                try:
+                    fd = os.dup(writer.fd)
+                except OSError as exc:
+                    self._settle(writer, payload, exc)
+                    return
+                gathered.append((writer, payload, fd))
+                self._gathered_bytes += len(payload.data)
+                writer.in_flight = payload
+                return  # settled at the round's end; one payload a round
+            written = write_payload(writer.fd, payload.data)
+            if not self._settle(writer, payload, written):
                 return
         # Still more: come back for it in the next round rather than starve the others.
         channel = writer.channel
         if channel is not None:
             self.rounds.urgent(channel)
 
+    def _settle(self, writer: AttachedWriter, payload: Payload, written: int | OSError) -> bool:
+        """Account for a write of ``payload`` that took ``written`` bytes (or failed): True
+        when it was taken whole and the drain has more to write."""
+        threaded = writer.in_flight is payload
+        writer.in_flight = None
+        try:
+            return self._settle_write(writer, payload, written, threaded)
+        finally:
+            if threaded and writer.settled is not None:
+                writer.settled.set()
+
+    def _settle_write(
+        self, writer: AttachedWriter, payload: Payload, written: int | OSError, threaded: bool
+    ) -> bool:
+        feed = writer.feed
+        attached = writer.channel is not None
+        if isinstance(written, int):
+            self.writes += 1
+            if written == len(payload.data):
+                feed.delivered(payload)
+                if not attached:
+                    return False  # its task was cancelled meanwhile (a removed drain)
+                writer.on_event(DrainEvent.SENT)
+                if not feed.has_data():
+                    writer.slow = False  # caught up: it may hold again
+                    return False
+                if threaded and writer.channel is not None:
+                    self.rounds.urgent(writer.channel)
+                return True
+        # A threaded write is settled after the loop routed on: the ring may have lapped
+        # it meanwhile (a channel that drops). Those messages are counted lost (the next
+        # L10 tells them), and the connection is given up so that the rest of the payload
+        # is sent again whole, not finished with messages the count already says are lost.
+        lapped = feed.keep_unsettled(payload, lapped_ok=threaded)
+        if lapped and isinstance(written, int):
+            written = OSError(f"{lapped} messages of a partial write were lapped meanwhile")
+        if not attached:
+            return False
+        if isinstance(written, OSError):
+            writer.error = written
+            self._hand_back(writer)
+            return False
+        writer.partial = (payload, written)
+        channel = writer.channel
+        if channel is not None and not writer.slow and pushback_for(channel, self.pushback):
+            # Until the drain's task has finished this write (or judged the receiver
+            # slow), nothing else writes for it: the inputs must wait meanwhile.
+            channel.hold(writer)
+        self._hand_back(writer)
+        return False
+
     def _hand_back(self, writer: AttachedWriter) -> None:
         self.handed_back += 1
         self._detach(writer)
         writer.wake.set()
+
+
+def write_payload(fd: int, data: bytes) -> int | OSError:
+    """One non-blocking write: the bytes it took, or the error."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        return exc
+
+
+def write_payloads(jobs: list[tuple[int, bytes]]) -> list[int | OSError]:
+    """``write_payload`` for each (fd, data), closing each fd after (they are the pump's
+    duplicates); runs in the pump's worker thread."""
+    results: list[int | OSError] = []
+    for fd, data in jobs:
+        results.append(write_payload(fd, data))
+        _close(fd)
+    return results
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

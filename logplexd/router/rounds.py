@@ -24,7 +24,7 @@ doubled the CPU per message of 1,000 channels at 200,000 msgs/s.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -126,8 +126,16 @@ class PumpRounds:
         self._dirty.pop(channel, None)
         self._urgent.pop(channel, None)
 
-    async def run(self, write: Callable[[Channel], None]) -> None:
-        """Call ``write(channel)`` for the channels of each round, forever."""
+    async def run(
+        self,
+        write: Callable[[Channel], None],
+        *,
+        started: Callable[[int], None] | None = None,
+        finish: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Call ``write(channel)`` for the channels of each round, forever: after
+        ``started(n)`` (a round of ``n`` channels), before ``finish()`` (what a pump
+        gathered in the round and writes at its end)."""
         while True:
             if not self._dirty and not self._urgent:
                 await self._work.wait()
@@ -160,13 +168,17 @@ class PumpRounds:
             else:
                 channels = list(self._urgent)
             self._urgent.clear()
-            started = time.perf_counter()
+            began = time.perf_counter()
+            if started is not None:
+                started(len(channels))
             for channel in channels:
                 self._dirty.pop(channel, None)
                 write(channel)
+            if finish is not None:
+                await finish()
             self.rounds += 1
             if lingered:
                 self.current_linger = adaptive_linger(
-                    self.linger, time.perf_counter() - started, self.max_linger
+                    self.linger, time.perf_counter() - began, self.max_linger
                 )
             await trio.lowlevel.checkpoint()
