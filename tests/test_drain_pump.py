@@ -7,6 +7,7 @@ test_drain_syslog.py and below.
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 import subprocess
@@ -308,6 +309,37 @@ async def _parked_with(
 
 
 # -- rounds written from the worker thread ----------------------------------------------------
+def test_write_payloads_reports_what_each_socket_took():
+    full_ours, full_peer = socket.socketpair()
+    ours, peer = socket.socketpair()
+    for sock in (full_ours, ours):
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    while True:  # fill one socket up: its next write takes nothing
+        try:
+            full_ours.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+    closed, _ = socket.socketpair()
+    closed_fd = closed.fileno()
+    closed.close()
+    big = b"y" * (4 << 20)
+    results = write_payloads(
+        [
+            (ours.fileno(), b"hello"),
+            (full_ours.fileno(), b"z"),
+            (closed_fd, b"w"),
+            (ours.fileno(), big),
+        ]
+    )
+    assert results[0] == 5 and results[1] == 0
+    assert isinstance(results[2], OSError) and results[2].errno == errno.EBADF
+    assert isinstance(results[3], int) and 0 < results[3] < len(big)  # a partial write
+    assert peer.recv(5) == b"hello"
+    for sock in (full_ours, full_peer, ours, peer):
+        sock.close()
+
+
 class HeldWrites:
     """The pump's worker-thread writes, held until ``go`` is set: a round in flight. With
     ``partial_at``, the first drain's write takes only that many bytes."""
@@ -369,6 +401,9 @@ async def test_a_drain_kicked_while_the_worker_writes_for_it_waits_for_that_writ
     assert first.feed.counters.delivered == 10 and first.feed.cached is None
     assert first.events == [DrainEvent.SEND, DrainEvent.SENT]
     assert pump.threaded_rounds == 1 and pump.writes == THREAD_MIN_WRITES
+    # The worker's duplicate of a socket lives while its drain is parked, no longer.
+    assert first.writer.worker_fd == -1
+    assert all(pair.writer.worker_fd >= 0 for pair in pairs[1:])
     for pair in pairs:
         pair.close()
 
@@ -396,6 +431,7 @@ async def test_a_drain_cancelled_while_the_worker_writes_never_has_its_fd_reused
     for end in other:
         end.close()
     assert first.feed.counters.delivered == 10 and pump.writes == THREAD_MIN_WRITES
+    assert first.writer.worker_fd == -1  # closed once its write was settled
     first.peer.close()
     for pair in pairs[1:]:
         pair.close()

@@ -14,8 +14,9 @@ A round that writes for many drains (``THREAD_MIN_WRITES``) is encoded by the lo
 written from a worker thread, one ``os.write`` per drain: the loop goes on reading and
 routing on the other core meanwhile (1,000 channels: the loop's thread was on the CPU 95 %
 of the time, the machine idle 17 %). Until its write is settled a drain's task may not take
-its feed back (``park`` waits), and the worker writes to a duplicate of the drain's socket,
-so a drain cancelled meanwhile cannot have its descriptor's number reused under the write.
+its feed back (``park`` waits), and the worker writes to a duplicate of the drain's socket
+(``worker_fd``), so a drain cancelled meanwhile cannot have its descriptor's number reused
+under the write.
 
 Anything that is not that fast path goes back to the drain's own task, which does what it
 always did: a partial write (the receiver is slow: the task finishes it under the send
@@ -83,6 +84,7 @@ class AttachedWriter:
         "slow",
         "in_flight",
         "settled",
+        "worker_fd",
     )
 
     def __init__(
@@ -120,6 +122,10 @@ class AttachedWriter:
         # else may touch its feed or its socket.
         self.in_flight: Payload | None = None
         self.settled: trio.Event | None = None
+        # The duplicate of ``fd`` the worker thread writes to (-1: none yet), closed once
+        # detached with nothing in flight: a drain whose task left meanwhile closes its own
+        # socket, and its number could then be another connection's.
+        self.worker_fd = -1
 
 
 def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: bool) -> None:
@@ -169,10 +175,8 @@ class DrainPump:
         self.pushback = pushback
         # Whether rounds of many drains are written from a worker thread (THREAD_MIN_WRITES).
         self.threads = threads
-        # In a threaded round: the payloads gathered so far, with a duplicate of their
-        # drain's socket (a drain cancelled meanwhile closes its own; the worker's stays
-        # open until written, so the number can never be another connection's).
-        self._gathered: list[tuple[AttachedWriter, Payload, int]] | None = None
+        # In a threaded round: the payloads gathered so far.
+        self._gathered: list[tuple[AttachedWriter, Payload]] | None = None
         self._gathered_bytes = 0
         self._limiter = trio.CapacityLimiter(1)
         # What the worker thread runs (tests hold it to see a round in flight).
@@ -237,6 +241,8 @@ class DrainPump:
         if channel is None:
             return
         writer.channel = None
+        if writer.in_flight is None:
+            _close_worker_fd(writer)  # else once the worker's write is settled
         if writer.partial is None:
             # Handed back for a partial write, the drain's task finishes it and keeps (or
             # gives up, if the receiver stalls) the hold; for anything else it is over.
@@ -318,7 +324,7 @@ class DrainPump:
         jobs, self._gathered = self._gathered, None
         if not jobs:
             return
-        data = [(fd, payload.data) for _, payload, fd in jobs]
+        data = [(writer.worker_fd, payload.data) for writer, payload in jobs]
         if len(jobs) < THREAD_MIN_WRITES:
             results = write_payloads(data)
         else:
@@ -330,12 +336,11 @@ class DrainPump:
                 )
             except BaseException:
                 # Cancelled before the thread ran: nothing was written.
-                for writer, payload, fd in jobs:
-                    _close(fd)
+                for writer, payload in jobs:
                     self._settle(writer, payload, OSError("not written: the pump stopped"))
                 raise
             self.threaded_rounds += 1
-        for (writer, payload, _), written in zip(jobs, results, strict=True):
+        for (writer, payload), written in zip(jobs, results, strict=True):
             self._settle(writer, payload, written)
 
     def _write_channel(self, channel: Channel) -> None:
@@ -386,12 +391,13 @@ class DrainPump:
                 return
             writer.on_event(DrainEvent.SEND)
             if gathered is not None:
-                try:
-                    fd = os.dup(writer.fd)
-                except OSError as exc:
-                    self._settle(writer, payload, exc)
-                    return
-                gathered.append((writer, payload, fd))
+                if writer.worker_fd < 0:
+                    try:
+                        writer.worker_fd = os.dup(writer.fd)
+                    except OSError as exc:
+                        self._settle(writer, payload, exc)
+                        return
+                gathered.append((writer, payload))
                 self._gathered_bytes += len(payload.data)
                 writer.in_flight = payload
                 return  # settled at the round's end; one payload a round
@@ -411,6 +417,8 @@ class DrainPump:
         try:
             return self._settle_write(writer, payload, written, threaded)
         finally:
+            if writer.channel is None:
+                _close_worker_fd(writer)  # detached meanwhile: its task may close its own
             if threaded and writer.settled is not None:
                 writer.settled.set()
 
@@ -471,15 +479,13 @@ def write_payload(fd: int, data: bytes) -> int | OSError:
 
 
 def write_payloads(jobs: list[tuple[int, bytes]]) -> list[int | OSError]:
-    """``write_payload`` for each (fd, data), closing each fd after (they are the pump's
-    duplicates); runs in the pump's worker thread."""
-    results: list[int | OSError] = []
-    for fd, data in jobs:
-        results.append(write_payload(fd, data))
-        _close(fd)
-    return results
+    """``write_payload`` for each (fd, data); runs in the pump's worker thread. (One native
+    call that let the GIL go for all of them made the daemon slower: bench/RESULTS.md.)"""
+    return [write_payload(fd, data) for fd, data in jobs]
 
 
-def _close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
+def _close_worker_fd(writer: AttachedWriter) -> None:
+    fd, writer.worker_fd = writer.worker_fd, -1
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
