@@ -288,6 +288,7 @@ async def test_many_tcp_drains_through_the_manager_are_written_by_the_pump(nurse
             assert bytes(sink.data) == b"".join(delivered(i) for i in range(50))
             await wait_until(lambda n=n: stats_of(manager, n + 1).delivered == 50)
     assert manager.pump.writes > 0
+    assert manager.pump.threaded_rounds > 0  # 20 drains a round: from the worker thread
 
 
 # -- a channel's own overflow mode (issue 18) -----------------------------------------------------

@@ -180,6 +180,7 @@ async def test_drain_pump_figures(tmp_path: Path) -> None:
         writes = value(found, "logplexd_drain_pump_writes_total")
         assert 1 <= writes == daemon.drains.pump.writes
         assert value(found, "logplexd_drain_pump_handed_back_total") == 0
+        assert value(found, "logplexd_drain_pump_threaded_rounds_total") == 0  # one drain
         assert 0 < value(found, "logplexd_drain_pump_linger_seconds") <= 0.1
         nursery.cancel_scope.cancel()
 

@@ -533,7 +533,11 @@ class Daemon:
             firehose=self.registry.firehose_posted(),
             backlog=self._backlog_figures(),
             drain_pump=DrainPumpFigures(
-                pump.attached, pump.writes, pump.handed_back, pump.current_linger
+                pump.attached,
+                pump.writes,
+                pump.handed_back,
+                pump.current_linger,
+                pump.threaded_rounds,
             ),
         )
 

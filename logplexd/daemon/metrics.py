@@ -72,12 +72,14 @@ class TailFigures:
 @dataclass(frozen=True, slots=True)
 class DrainPumpFigures:
     """The drain pump (drains/pump.py): the plain-TCP syslog drains it writes for now, its
-    writes, the writes it handed back to a drain's own task, and its linger."""
+    writes, the writes it handed back to a drain's own task, its linger, and its rounds
+    written from its worker thread."""
 
     attached: int
     writes: int
     handed_back: int
     linger: float
+    threaded_rounds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +472,12 @@ class DaemonCollector(Collector):
             "Times the drain pump handed a drain back to its own task (a write the socket did "
             "not take whole, an error, a flush, a removed channel).",
             value=figures.handed_back,
+        )
+        yield _counter(
+            "drain_pump_threaded_rounds",
+            "Drain pump rounds written from its worker thread (rounds of 8 drains or more), "
+            "while the event loop went on routing.",
+            value=figures.threaded_rounds,
         )
         yield _gauge(
             "drain_pump_linger_seconds",
