@@ -371,6 +371,47 @@ async def test_a_flood_of_8_connections_to_a_fast_receiver(overflow: str, ring: 
 
 
 @pytest.mark.integration
+async def test_a_flood_of_8_connections_over_16_channels_reaches_every_drain_whole() -> None:
+    # Each connection takes the channels in turn, message by message: the drain pump's
+    # rounds write for 8 drains or more, from its worker thread, while the loop routes on.
+    conns, per_conn, channels = 8, 4_000, 16
+    registry = Registry(**SMALL_RING)
+    tokens = [f"t.0f1e2d3c-4b5a-4978-8695-{n:012d}" for n in range(channels)]
+    sinks = [SyslogSink() for _ in range(channels)]
+    async with trio.open_nursery() as nursery:
+        syslog = SyslogInput(registry)
+        port = await nursery.start(syslog.serve, "127.0.0.1", 0)
+        manager = await start_manager(nursery, registry, DrainSettings(overflow="pushback"))
+        for n, (token, sink) in enumerate(zip(tokens, sinks, strict=True)):
+            await nursery.start(sink.serve)
+            registry.add_token(f"app{n}", token, f"app{n}")
+            manager.add_drain(f"app{n}", n + 1, f"d.app{n}", f"syslog://127.0.0.1:{sink.port}")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as producers:
+                for conn in range(conns):
+                    data = b"".join(
+                        frame(tokens[i % channels], f"p{conn}-{i}\n") for i in range(per_conn)
+                    )
+                    producers.start_soon(_produce, port, data)
+            counts = [_Count(sink) for sink in sinks]
+            for count, sink in zip(counts, sinks, strict=True):
+                await sink.wait_for(lambda c=count: c() >= conns * per_conn // channels)
+        nursery.cancel_scope.cancel()
+    assert manager.pump.threaded_rounds > 0
+    for n, sink in enumerate(sinks):
+        assert stats_of(manager, n + 1).lost == 0
+        seen: dict[int, list[int]] = {conn: [] for conn in range(conns)}
+        for f in sink.frames():
+            assert not L10.search(f)
+            m = TEXT.search(f)
+            assert m is not None, f
+            seen[int(m.group(1))].append(int(m.group(2)))
+        # This channel's messages, each once, each connection's in the order it sent them.
+        mine = list(range(n, per_conn, channels))
+        assert seen == {conn: mine for conn in range(conns)}
+
+
+@pytest.mark.integration
 async def test_a_receiver_that_stops_reading_is_lapped_and_holds_no_producer() -> None:
     stalled_count, quiet_count = 150_000, 2_000
     registry = Registry(**RING)
