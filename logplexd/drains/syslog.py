@@ -300,6 +300,10 @@ class SyslogDrain:
     ) -> None:
         """Notice a closed connection while idle, instead of on the next write."""
         try:
+            if isinstance(stream, trio.SocketStream):
+                # A receiver seldom sends: wait before the first read, which would
+                # otherwise fail (and raise inside trio) on every connection.
+                await trio.lowlevel.wait_readable(stream.socket)
             while await stream.receive_some(65536):
                 pass
             error.append(PeerClosed("connection closed by the receiver"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -39,6 +41,7 @@ class TlsContexts:
 DRAIN_SEND_BUFFER = 4 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=4096)
 def _numeric_family(host: str) -> int | None:
     try:
         address = ipaddress.ip_address(host)
@@ -51,24 +54,27 @@ async def _open_tcp(host: str, port: int) -> trio.SocketStream:
     """A TCP connection; a literal address connects directly. ``trio.open_tcp_stream``
     (resolution, happy eyeballs: a nursery and timers per attempt) cost ~0.7 ms of CPU per
     connect, most of the CPU of 1,000 drains connecting at once (py-spy, bench/e2e's
-    warm-up), and a literal address has nothing to resolve or race."""
+    warm-up), and a literal address has nothing to resolve or race. Nor does it go
+    through ``trio.socket``'s ``connect`` (an address resolution and a raised
+    ``BlockingIOError`` per connect): ``connect_ex``, then wait until writable."""
     family = _numeric_family(host)
     if family is None:
         return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    raw = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await sock.connect((host, port))
-    except OSError as exc:
-        sock.close()
-        # Worded as trio's own failure (drain status and logs read the same either way).
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConnectionError(
-            exc.errno or 0, f"connecting to {host}:{port} failed: {reason}"
-        ) from exc
+        raw.setblocking(False)
+        code = raw.connect_ex((host, port))
+        if code == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(raw)
+            code = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            # Worded as trio's own failure (drain status and logs read the same either way).
+            raise ConnectionError(code, f"connecting to {host}:{port} failed: {os.strerror(code)}")
     except BaseException:
-        sock.close()
+        trio.lowlevel.notify_closing(raw)
+        raw.close()
         raise
-    return trio.SocketStream(sock)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(raw))
 
 
 async def open_drain_stream(
