@@ -27,7 +27,7 @@ from logplexd.drains import DrainStats
 from logplexd.ingest import SyslogInputStats
 from tests.helpers.daemon import KEY, settings_for
 from tests.helpers.drains import SyslogSink
-from tests.helpers.http import create_channel, request
+from tests.helpers.http import create_channel, create_drain, request
 from tests.helpers.metrics import samples, scrape, value
 from tests.helpers.syslog import TS, frame, send_syslog
 from tests.helpers.wait import wait_until
@@ -162,13 +162,7 @@ async def test_drain_pump_figures(tmp_path: Path) -> None:
         await nursery.start(sink.serve)
         ports = await nursery.start(daemon.serve)
         token = await create_channel(ports)
-        status, _, _ = await request(
-            ports.api,
-            "POST",
-            "/v3/channels/app/drains",
-            body={"url": f"syslog://127.0.0.1:{sink.port}/"},
-        )
-        assert status == 201
+        await create_drain(ports, f"syslog://127.0.0.1:{sink.port}/")
         await send_syslog(ports.syslog, frame(token, "first"))
         await sink.wait_for(lambda: sink.messages() == 1)
         # Connected and caught up: the drain's task parks and the pump writes from now on.

@@ -16,7 +16,7 @@ from logplexd.cluster import TRIP_KINDS
 from logplexd.daemon import Daemon
 from tests.helpers.cluster import Sink
 from tests.helpers.daemon import settings_for
-from tests.helpers.http import create_channel, request
+from tests.helpers.http import create_channel, create_drain
 from tests.helpers.metrics import scrape, value
 from tests.helpers.redis import RedisServer, eventually
 from tests.helpers.syslog import frame, send_syslog
@@ -50,13 +50,7 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert plane is not None
         await eventually(lambda: plane.failure is None, 5)
         token = await create_channel(ports)
-        status, _, _ = await request(
-            ports.api,
-            "POST",
-            "/v3/channels/app/drains",
-            body={"url": f"syslog://127.0.0.1:{sink_port}/"},
-        )
-        assert status == 201
+        await create_drain(ports, f"syslog://127.0.0.1:{sink_port}/")
 
         before = await scrape(ports.api)
         assert value(before, "logplexd_redis_reachable") == 1

@@ -115,3 +115,12 @@ async def create_channel(ports: BoundPorts, name: str = "app") -> str:
     )
     assert status == 201, body
     return json.loads(body)["tokens"]["app"]
+
+
+async def create_drain(ports: BoundPorts, url: str, channel: str = "app") -> dict:
+    """POST a drain of ``url`` on ``channel`` through the daemon's API; the created drain."""
+    status, _, body = await request(
+        ports.api, "POST", f"/v3/channels/{channel}/drains", body={"url": url}
+    )
+    assert status == 201, body
+    return json.loads(body)
