@@ -15,6 +15,7 @@ from tests.helpers.daemon import KEY, serve_in, settings_for
 from tests.helpers.drains import HttpSink, SyslogSink
 from tests.helpers.peers import logger_command, needs_curl
 from tests.helpers.syslog import frame
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.integration, needs_curl]
 
@@ -289,6 +290,40 @@ async def test_shutdown_flushes_drains_within_the_deadline(tmp_path):
             await daemon.shutdown()
         # Every message the ring held was delivered before the daemon let go.
         assert sink.messages() == 1000
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_flushes_16_parked_drains_once_each(tmp_path):
+    # Parked drains are written by the pump, rounds of 8 or more from its worker thread:
+    # the flush at shutdown kicks them, maybe while a write of theirs is in flight.
+    daemon = Daemon(settings_for(tmp_path))
+    sinks = [SyslogSink() for _ in range(16)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.serve)
+        with trio.fail_after(30):
+            for n, sink in enumerate(sinks):
+                await nursery.start(sink.serve)
+                daemon.registry.add_token(f"ch{n}", f"t.x{n}", f"app{n}")
+                daemon.drains.add_drain(f"ch{n}", n + 1, "d.x", f"syslog://127.0.0.1:{sink.port}")
+
+            def lines(first: int, count: int) -> list[bytes]:
+                return [
+                    f"<134>1 2012-12-10T03:00:48Z h t.x{i % 16} p - - m{i}".encode()
+                    for i in range(first, first + count)
+                ]
+
+            daemon.registry.route(parse_frames(lines(0, 16)))
+            await wait_until(lambda: daemon.drains.pump.attached == 16)
+            for start in range(16, 16_016, 2_000):
+                # Whole, as an input that waited for its held channel would (no ring laps).
+                daemon.registry.route(parse_frames(lines(start, 2_000)), until_held=False)
+                await trio.lowlevel.checkpoint()
+            await daemon.shutdown()
+        for n, sink in enumerate(sinks):
+            assert [f.rsplit(b" ", 1)[1].rstrip(b"\n") for f in sink.frames()] == [
+                b"m%d" % i for i in range(n, 16_016, 16)
+            ]
+        assert daemon.drains.pump.threaded_rounds > 0
         nursery.cancel_scope.cancel()
 
 
