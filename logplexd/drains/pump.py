@@ -167,14 +167,11 @@ class DrainPump:
         linger: float,
         linger_messages: int,
         pushback: bool = True,
-        threads: bool = True,
         write_all: Callable[[list[tuple[int, bytes]]], list[int | OSError]] | None = None,
     ) -> None:
         self.rounds = PumpRounds(linger, MAX_LINGER)
         self.linger_messages = max(1, linger_messages)
         self.pushback = pushback
-        # Whether rounds of many drains are written from a worker thread (THREAD_MIN_WRITES).
-        self.threads = threads
         # In a threaded round: the payloads gathered so far.
         self._gathered: list[tuple[AttachedWriter, Payload]] | None = None
         self._gathered_bytes = 0
@@ -316,7 +313,7 @@ class DrainPump:
         )
 
     def _round_started(self, channels: int) -> None:
-        self._gathered = [] if self.threads and channels >= THREAD_MIN_WRITES else None
+        self._gathered = [] if channels >= THREAD_MIN_WRITES else None
         self._gathered_bytes = 0
 
     async def _finish_round(self) -> None:
