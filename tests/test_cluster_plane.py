@@ -621,9 +621,10 @@ async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(
         with trio.fail_after(15):
             p1, p2 = one.plane, two.plane
             ch1, follow, losses = await follow_app(one)
-            one.route(frames("t.app", ["first"]))  # no entry before it to follow yet
+            one.route(frames("t.app", ["first"]))  # the stream's first entry: after "0-0"
             await eventually(lambda: len(ch1.ring) == 1, 5)
             read_back = p1.followers.entries_read - p1.followers.entries_own
+            assert read_back == 0
             for i in range(10):
                 one.route(frames("t.app", [f"a{i}-{j}" for j in range(3)]))
                 await eventually(lambda n=1 + 3 * (i + 1): len(ch1.ring) == n, 5)
@@ -647,6 +648,39 @@ async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(
             assert follow.seq_at(int(ch1.ring.head)) == 35
             assert follow.seq_at(int(ch1.ring.head) - 4) == 31
             p1.release(follow)
+
+
+async def test_own_entries_a_read_finds_before_the_writers_reply_come_from_the_writer(
+    redis_server: RedisServer,
+) -> None:
+    """Redis answers a follower's XREAD as soon as a write lands, and the writer reads its
+    own reply later (here 0.3 s later): the follow leaves those entries to the writer's
+    reply, which appends them from memory, instead of parsing them back from the stream;
+    then it reads on. Stream order and sequence positions are as if read back."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    proxy.slow_replies((b"EVALSHA", b"EXEC\r\n"), 0.3)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.serve)
+        async with node(f"redis://127.0.0.1:{port}", "one") as one:
+            with trio.fail_after(20):
+                plane = one.plane
+                channel, follow, losses = await follow_app(one)
+                sent: list[bytes] = []
+                for i in range(6):
+                    sent += [f"m{i}-{j}".encode() for j in range(i + 1)]
+                    one.route(frames("t.app", [t.decode() for t in sent[-(i + 1) :]]))
+                    total = len(sent)
+                    await eventually(lambda n=total: len(channel.ring) == n, 5)
+                assert proxy.slowed >= 6
+                # The follower's reads found each entry first (a blocking read, then the
+                # polls of a solo channel), and left it to the writer.
+                assert plane.followers.entries_own == plane.followers.entries_read == 6
+                history, top = await plane.read_history("app", 100)
+                assert texts(channel.ring.last(100)) == texts(history) == sent
+                assert follow.last == top and follow.seq_at(int(channel.ring.head)) == 21
+                assert losses == []
+                plane.release(follow)
+        nursery.cancel_scope.cancel()
 
 
 async def test_own_entries_written_while_held_wait_and_follow_once_released(

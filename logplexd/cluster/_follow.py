@@ -128,6 +128,7 @@ class Follow:
         "foreign_at",
         "written_through",
         "waiting",
+        "own_due",
         "shard",
     )
 
@@ -158,6 +159,9 @@ class Follow:
         # This node's entries written while the channel was held, not appended yet: runs
         # of consecutive entries, each with the id of the entry before it.
         self.waiting: list[tuple[StreamId, list[tuple[StreamId, Outgoing]]]] = []
+        # Until when a read that found this node's own entries, ahead of the writer's
+        # reply for them, leaves the follow to that reply (``Followers._apply``): 0, not.
+        self.own_due = 0.0
         # Redis Cluster: the node under whose beacon this follow was last polled to its
         # top (None: poll it whatever the beacons say, ``Followers._changed``).
         self.shard: str | None = None
@@ -168,7 +172,19 @@ class Follow:
         return (
             now - self.own_at < SOLO_WINDOW
             and now - self.foreign_at >= SOLO_WINDOW
-            and self.last_seq >= self.written_through
+            and self.holds_own()
+        )
+
+    def holds_own(self) -> bool:
+        """Whether every entry this node wrote here is appended, or waits in memory right
+        after what is (``waiting``): nothing of its own is left to read from the stream."""
+        if self.last_seq >= self.written_through:
+            return True
+        waiting = self.waiting
+        return (
+            bool(waiting)
+            and waiting[0][0] == self.last
+            and waiting[-1][1][-1][0][0] >= self.written_through
         )
 
     @property
@@ -293,6 +309,9 @@ class Followers:
         self.on_applied: Callable[[Follow], None] | None = None
         # A holder whose holds do not pause the follower (the data plane's pushback).
         self.exempt: object | None = None
+        # Set by the data plane: whether this node's writer has entries of a channel in a
+        # write Redis has not answered yet (``_apply`` leaves them to ``own_written``).
+        self.writing: Callable[[str], bool] = lambda name: False
         self.entries_read = 0
         self.messages_read = 0
         # Of those, entries this node wrote itself and appended without reading them back.
@@ -492,6 +511,15 @@ class Followers:
             if not follows:
                 await self._wait_released(held)
                 return
+        now = trio.current_time()
+        if any(f.own_due > now for f in follows):
+            for follow in follows:
+                if follow.own_due > now:
+                    follow.shard = None  # polled to its top once the writer has answered
+            follows = [f for f in follows if f.own_due <= now]
+            if not follows:
+                await trio.sleep(POLL_BUSY)
+                return
         polled, seen, shard_of = await self._changed(follows)
         tops: dict[str, Any] = {}
         if polled:
@@ -629,8 +657,16 @@ class Followers:
                 await self._wait_released(held)
                 return
         now = trio.current_time()
+        due = [f.own_due for f in follows if f.own_due > now]
+        if due:
+            follows = [f for f in follows if f.own_due <= now]
+            if not follows:
+                self._read_wanted = trio.Event()
+                with trio.move_on_at(min(due)):
+                    await self._read_wanted.wait()
+                return
         solo = [f for f in follows if f.solo(now)]
-        wait = HELD_BLOCK_MS if held else READ_BLOCK_MS
+        wait = HELD_BLOCK_MS if held or due else READ_BLOCK_MS
         block: int | None = wait
         if solo and now >= self._next_poll:
             self._next_poll = now + POLL_IDLE
@@ -671,6 +707,7 @@ class Followers:
         follow = self._follows.get(channel)
         if follow is None:
             return
+        follow.own_due = 0.0
         follow.written_through = max(follow.written_through, written[-1][0][0])
         # This node writes the channel: once the follow has it all, its own writes need not
         # wake the blocking read (``solo``), whether these came from here or were read.
@@ -703,6 +740,15 @@ class Followers:
             # The lane takes it: from ``waiting`` once the channel is released (no read),
             # or from the stream at once when it is not waiting right after ``last``.
             self._read_wanted.set()
+
+    def flushed(self, channels: Iterable[str]) -> None:
+        """The writer's write of ``channels`` ended (answered or failed): a follow left to
+        its reply (``own_due``) is read again if the reply did not append what it found."""
+        for name in channels:
+            follow = self._follows.get(name)
+            if follow is not None and follow.own_due:
+                follow.own_due = 0.0
+                self._read_wanted.set()
 
     def _take_waiting(self, follow: Follow) -> None:
         """Append what of ``follow.waiting`` comes right after what it has read, until its
@@ -738,8 +784,29 @@ class Followers:
         follow.waiting.clear()
 
     def _apply(self, follow: Follow, entries: Any) -> None:
-        """Append ``entries`` (as XREAD gives them) to the follow's ring (``_append``)."""
+        """Append ``entries`` (as XREAD gives them) to the follow's ring (``_append``).
+
+        This node's own entries are taken from memory where they can be: first what waits
+        there (``waiting``), and a read that reaches entries of a write whose reply the
+        writer has not had yet (Redis serves a blocked XREAD as soon as the write lands,
+        often before the writer's reply is read) stops before them: the reply follows at
+        once and appends them without parsing their frames (``own_written``); the follow
+        is read no further until then (``own_due``). Reading them back instead cost a
+        one-channel flood of 8 connections a third of its rate whenever the channel had
+        been held once (the follow was then in the blocking read for good)."""
         node = self.connection.node_id.encode()
+        if follow.waiting:
+            self._take_waiting(follow)
+        if self.writing(follow.name):
+            written_through = follow.written_through
+            for k, entry in enumerate(entries):
+                if (
+                    entry.field_values.get(b"node") == node
+                    and parse_id(entry.identifier)[0] > written_through
+                ):
+                    entries = entries[:k]
+                    follow.own_due = trio.current_time() + CALL_TIMEOUT
+                    break
         for entry in entries:
             if entry.field_values.get(b"node") != node:
                 follow.foreign_at = trio.current_time()

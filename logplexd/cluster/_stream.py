@@ -180,8 +180,9 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # last_2, id_2, ...}: status 'ok', 'behind' (one more entry would put a reader READER_SLACK x keep
 # behind: the writer keeps the rest, and the inputs wait, ``ChannelPushback``) or the error
 # that stopped this channel (its entries from there on were not written: the writer gives
-# them back); prev the id of the entry before the first one written ('' when not known for
-# sure: no top key, or one the sequence does not agree with); last_k the sequence of entry
+# them back); prev the id of the entry before the first one written ('0-0' before a
+# stream's first entry; '' when not known for sure: no top key, or one the sequence does
+# not agree with); last_k the sequence of entry
 # k's last message and id_k its id; then, when some entries had landed already, how many
 # (the reply's length is odd only then). A call that wrote an entry increments the beacon (a
 # cluster's followers poll the beacons, one per shard, instead of every stream's top key;
@@ -223,6 +224,8 @@ for c = 1, tonumber(ARGV[4]) do
   elseif state[1] then
     local s = string.match(state[1], '^(%d+)-')
     if s and tonumber(s) == current then res[2] = state[1] end
+  elseif current == 0 and redis.pcall('XLEN', stream) == 0 then
+    res[2] = '0-0'
   end
   local done = 0
   if current and expected >= 0 and current > expected and count > 0 then

@@ -83,8 +83,9 @@ class DataPlane:
         self.pushback = ChannelPushback(
             keep_messages, self._behind, lambda: self.link.failure is None, self.buffer.filled
         )
-        self.writer.on_flushed = self.pushback.progressed
+        self.writer.on_flushed = self._flushed
         self.writer.on_written = self.followers.own_written
+        self.followers.writing = self.writer.in_flight.__contains__
         self.writer.read_through = self.followers.read_through
         self.followers.on_applied = lambda follow: self.pushback.progressed((follow.name,))
         self.followers.exempt = self.pushback
@@ -92,6 +93,10 @@ class DataPlane:
         # Awaited (shielded, CLOSE_GRACE at most) when ``run`` ends, before the connection
         # closes.
         self.before_close: list[Callable[[], Awaitable[None]]] = []
+
+    def _flushed(self, channels: list[str]) -> None:
+        self.pushback.progressed(channels)
+        self.followers.flushed(channels)
 
     # -- state ------------------------------------------------------------------------------
     @property

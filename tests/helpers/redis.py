@@ -394,16 +394,25 @@ class ReplyLosingProxy:
     """TCP proxy to Redis that, once ``lose_next`` was called, forwards the next request
     holding ``marker`` (``EXEC``), waits until Redis has answered it, and then closes the
     client's connection without forwarding the answer: a transaction that ran and whose
-    reply never came back (a connection cut at the worst moment)."""
+    reply never came back (a connection cut at the worst moment). After ``slow_replies``,
+    every answer on a connection that has sent one of its markers reaches the client that
+    much later (the writer's, not the follower's XREADs: each has its own connection)."""
 
     def __init__(self, target: int, marker: bytes = b"EXEC\r\n") -> None:
         self.target = target
         self.marker = marker
         self.armed = False
         self.lost = 0
+        self.slow_markers: tuple[bytes, ...] = ()
+        self.slow_seconds = 0.0
+        self.slowed = 0
 
     def lose_next(self) -> None:
         self.armed = True
+
+    def slow_replies(self, markers: tuple[bytes, ...], seconds: float) -> None:
+        self.slow_markers = markers
+        self.slow_seconds = seconds
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -417,6 +426,7 @@ class ReplyLosingProxy:
             await client.aclose()
             return
         cut = trio.Event()
+        slow = trio.Event()
         async with client, upstream, trio.open_nursery() as nursery:
 
             async def requests() -> None:
@@ -425,6 +435,8 @@ class ReplyLosingProxy:
                         if self.armed and self.marker in data:
                             self.armed = False
                             cut.set()
+                        if any(marker in data for marker in self.slow_markers):
+                            slow.set()
                         await upstream.send_all(data)
                 nursery.cancel_scope.cancel()
 
@@ -444,6 +456,9 @@ class ReplyLosingProxy:
                                         return
                                 data = await upstream.receive_some(65536)
                             break
+                        if slow.is_set():
+                            self.slowed += 1
+                            await trio.sleep(self.slow_seconds)
                         await client.send_all(data)
                 nursery.cancel_scope.cancel()
 
