@@ -242,6 +242,22 @@ cdef class ChannelRing:
             self.append_rec(batch.buf, &batch.recs[i], NULL, -1)
         return batch.n
 
+    def append_range(self, ChannelRing source not None, unsigned long long start,
+                     unsigned long long end):
+        """Append messages ``start`` to ``end`` of ``source`` (another ring) unchanged; how
+        many. Raises ValueError unless ``source`` holds them all: a caller that kept a
+        range checks ``source.tail <= start`` first, and never gets part of one."""
+        cdef uint64_t s
+        if source is self:
+            raise ValueError("a ring cannot append its own messages")
+        if start > end or start < source.tail or end > source.head:
+            raise ValueError(
+                f"messages {start} to {end} are not in the ring ({source.tail} to {source.head})"
+            )
+        for s in range(start, end):
+            self.append_rec(source.arena, &source.slots[s & source.slot_mask], NULL, -1)
+        return <Py_ssize_t>(end - start)
+
     def discard(self, unsigned long long seq):
         """Let go of every message before ``seq`` (at most up to the head); how many.
 

@@ -683,6 +683,46 @@ async def test_own_entries_a_read_finds_before_the_writers_reply_come_from_the_w
         nursery.cancel_scope.cancel()
 
 
+async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
+    redis_server: RedisServer,
+) -> None:
+    """Own entries are appended from where routing put them (the staging ring) once
+    written; written while the channel is held for longer than that ring holds (40,000
+    here), the oldest are no longer there: they are read back from the stream instead,
+    with what waited behind them, every message once and in order, nothing lost, and the
+    staging ring lets go of all."""
+    async with node(redis_server.url, "one", keep=20_000) as one:
+        with trio.fail_after(30):
+            plane = one.plane
+            channel, follow, losses = await follow_app(one)
+            one.route(frames("t.app", ["first"]))
+            await eventually(lambda: len(channel.ring) == 1, 5)
+            consumer = object()
+            channel.hold(consumer)
+            sent = [f"h{i}" for i in range(45_000)]
+            for start in range(0, len(sent), 1000):
+                one.route(frames("t.app", sent[start : start + 1000]), until_held=False)
+                await trio.lowlevel.checkpoint()
+            await eventually(lambda: plane.messages_written == 1 + len(sent), 10)
+            staging = one.staging["app"]
+            assert len(channel.ring) == 1 and follow.waiting
+            assert staging.tail > 1  # it lapped the oldest of what waits
+            own, read = plane.followers.entries_own, plane.followers.entries_read
+            channel.release(consumer)
+            await eventually(lambda: follow.last_seq == 1 + len(sent), 10)
+            # Read back, with what waited behind them (the follow reads on from there).
+            assert plane.followers.entries_read > read and plane.followers.entries_own == own
+            # The ring holds the newest (its 1 MB), in stream order, each once.
+            held = len(channel.ring)
+            history, top = await plane.read_history("app", held)
+            expected = [t.encode() for t in sent[-held:]]
+            assert held > 15_000 and texts(channel.ring.last(held)) == texts(history) == expected
+            assert follow.last == top and losses == []
+            assert not follow.waiting and plane.followers.waiting_bytes == 0
+            assert len(staging) == 0
+            plane.release(follow)
+
+
 async def test_own_entries_written_while_held_wait_and_follow_once_released(
     redis_server: RedisServer,
 ) -> None:

@@ -6,6 +6,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,24 @@ def test_fields_survive_storage():
     ring.append_batch(parse_frames([frame(7)]))
     fields = ring.last(1).fields(0)
     assert fields["app"] == b"t.a" and fields["procid"] == b"web.1" and fields["msg"] == b"msg 7 "
+
+
+def test_append_range_copies_another_rings_messages_whole_or_refuses():
+    source = ChannelRing(4, 1 << 20)
+    source.append_batch(parse_frames([frame(i) for i in range(6)]))  # holds 2 to 5
+    target = ChannelRing(10, 1 << 20)
+    assert target.append_range(source, 3, 5) == 2
+    last = target.last(10)
+    assert [last.fields(k)["msg"] for k in range(len(last))] == [b"msg 3 ", b"msg 4 "]
+    assert last.fields(0)["app"] == b"t.a" and last.fields(0)["procid"] == b"web.1"
+    # A range the source no longer holds (lapped), or not yet, or its own messages: refused,
+    # nothing appended.
+    for start, end in ((1, 3), (4, 7), (5, 4)):
+        with pytest.raises(ValueError, match="not in the ring"):
+            target.append_range(source, start, end)
+    with pytest.raises(ValueError, match="its own"):
+        target.append_range(target, 0, 1)
+    assert len(target) == 2 and target.append_range(source, 5, 5) == 0
 
 
 ops = st.lists(

@@ -34,6 +34,7 @@ from ._stream import (
     REPORT,
     TOPS,
     EntryBody,
+    KeptRange,
     Keys,
     Malformed,
     Outgoing,
@@ -202,14 +203,14 @@ class Follow:
         self.start_head, self.start_seq = int(self.ring.head), 0
         del self.heads[:], self.seqs[:]
 
-    def append(self, entry_id: StreamId, batch: Batch, parts: list[Batch] | None = None) -> int:
-        """Append the messages of entry ``entry_id``: ``batch``, or every batch of ``parts``
-        (one entry may join several routed batches); how many."""
+    def append(self, entry_id: StreamId, batch: Batch, parts: list[KeptRange] | None = None) -> int:
+        """Append the messages of entry ``entry_id``: ``batch``, or every routed range of
+        ``parts`` (one entry may join several); how many."""
         ring = self.ring
         got = 0
         if parts is not None:
             for part in parts:
-                got += ring.append_batch(part)
+                got += part.append_to(ring)
         elif len(batch):
             got = ring.append_batch(batch)
         if got:
@@ -706,6 +707,7 @@ class Followers:
         channel is held, the follow reads them from the stream as any other node's."""
         follow = self._follows.get(channel)
         if follow is None:
+            _release(written)
             return
         follow.own_due = 0.0
         follow.written_through = max(follow.written_through, written[-1][0][0])
@@ -714,7 +716,12 @@ class Followers:
         follow.own_at = trio.current_time()
         if prev is not None and follow.resolved:
             waiting = follow.waiting
-            if not waiting and prev == follow.last and not self._paused(follow):
+            if (
+                not waiting
+                and prev == follow.last
+                and not self._paused(follow)
+                and _at_hand(written)
+            ):
                 # Right after what the follow has read, its channel not held: appended now,
                 # without going through ``waiting`` (with 1,000 busy channels, every flush).
                 self._append_own(follow, written)
@@ -726,6 +733,8 @@ class Followers:
                     if self.waiting_bytes + size <= OWN_WAITING_BYTES:
                         waiting.append((follow.last, rest))
                         self.waiting_bytes += size
+                    else:
+                        _release(rest)  # read back from the stream
             elif not waiting or waiting[-1][1][-1][0] == prev:
                 size = _size(written)
                 if self.waiting_bytes + size <= OWN_WAITING_BYTES:
@@ -733,9 +742,13 @@ class Followers:
                     self.waiting_bytes += size
                 else:
                     self._drop_waiting(follow)  # read back from the stream
+                    _release(written)
             else:
                 self._drop_waiting(follow)  # not consecutive: read back from the stream
+                _release(written)
             self._take_waiting(follow)
+        else:
+            _release(written)  # read back from the stream
         if follow.last_seq < follow.written_through:
             # The lane takes it: from ``waiting`` once the channel is released (no read),
             # or from the stream at once when it is not waiting right after ``last``.
@@ -761,7 +774,11 @@ class Followers:
                 continue
             if prev != follow.last or self._paused(follow):
                 return
-            self._forget_waiting(waiting.pop(0)[1])
+            if not _at_hand(written):
+                self._drop_waiting(follow)  # read back from the stream
+                return
+            waiting.pop(0)
+            self.waiting_bytes -= _size(written)  # released as they are appended
             self._append_own(follow, written)
             if follow.last < written[-1][0]:
                 # Held again part way: the rest waits for the next release.
@@ -777,6 +794,7 @@ class Followers:
 
     def _forget_waiting(self, written: list[tuple[StreamId, Outgoing]]) -> None:
         self.waiting_bytes -= _size(written)
+        _release(written)
 
     def _drop_waiting(self, follow: Follow) -> None:
         for _, written in follow.waiting:
@@ -885,8 +903,24 @@ def _own_body(sent: Outgoing) -> EntryBody:
     if sent.n == 0:
         return EntryBody(0, Batch(), sent.lost, sent.since)
     if sent.kept is not None:
-        return EntryBody(sent.n, sent.kept[0], parts=sent.kept)
+        return EntryBody(sent.n, Batch(), parts=sent.kept)
     return EntryBody(sent.n, parse_body(sent.frames, MAX_WIRE_FRAME))
+
+
+def _release(written: list[tuple[StreamId, Outgoing]]) -> None:
+    """This node's entries ``written`` are appended, or will be read back from the stream:
+    where routing kept them may let go of them."""
+    for _, sent in written:
+        if sent.kept is not None:
+            for part in sent.kept:
+                part.release()
+
+
+def _at_hand(written: list[tuple[StreamId, Outgoing]]) -> bool:
+    """Whether every one of this node's entries ``written`` can be appended from memory:
+    their routed ranges still where routing put them (a staging ring laps, or lets go of
+    what waited too long), or their frames."""
+    return all(sent.kept is None or all(part.held() for part in sent.kept) for _, sent in written)
 
 
 def _size(written: list[tuple[StreamId, Outgoing]]) -> int:

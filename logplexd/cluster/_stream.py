@@ -45,9 +45,9 @@ import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from ..native import Batch, parse_body
+from ..native import Batch, ChannelRing, parse_body
 from ..store import DEFAULT_PREFIX
 
 log = logging.getLogger("logplexd.cluster")
@@ -510,9 +510,29 @@ return #fenced / 2
 )
 
 
+class KeptRange(Protocol):
+    """Routed messages an entry was encoded from, still where routing put them (the
+    channel's staging ring, ``ClusterRegistry``), so that this node's follow appends them
+    from there once written, without parsing the entry's frames again."""
+
+    def held(self) -> bool:
+        """Whether they are all still there."""
+        ...
+
+    def append_to(self, ring: ChannelRing) -> int:
+        """Append them to ``ring`` and let them go (``release``); how many (all of them,
+        when ``held``)."""
+        ...
+
+    def release(self) -> None:
+        """They are not needed any more (appended, or read back from the stream), nor is
+        anything routed before them."""
+        ...
+
+
 class Outgoing(NamedTuple):
     """One entry as this node's writer sends it: ``n`` messages (0: a loss marker of
-    ``lost`` messages dropped since ``since``) in ``frames``, and the routed batches it
+    ``lost`` messages dropped since ``since``) in ``frames``, and the routed ranges it
     joins when they were kept for a follow of this node (``kept``), else None. An entry
     waiting to be appended from ``kept`` drops its ``frames`` and keeps their ``size``."""
 
@@ -520,7 +540,7 @@ class Outgoing(NamedTuple):
     frames: bytes
     lost: int
     since: float
-    kept: list[Batch] | None
+    kept: list[KeptRange] | None
     size: int = -1
 
     @property
@@ -540,14 +560,14 @@ class StreamEntry(NamedTuple):
 class EntryBody:
     """One stream entry, decoded: ``n`` messages in ``batch`` (fewer if some frames were
     bad: ``n - len(batch)`` are then lost), or a loss marker (``n`` 0) of ``lost`` messages
-    dropped since ``since``. An entry this node wrote may come as the routed batches it
-    joined instead (``parts``, in order; ``batch`` is then the first)."""
+    dropped since ``since``. An entry this node wrote may come as the routed ranges it
+    joined instead (``parts``, in order; ``batch`` is then empty)."""
 
     n: int
     batch: Batch
     lost: int = 0
     since: float | None = None
-    parts: list[Batch] | None = None
+    parts: list[KeptRange] | None = None
 
 
 def decode_entry(fields: Any) -> EntryBody | None:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
-from ..native import Batch, octet_frames
 from ..router import adaptive_linger
 from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
-from ._stream import APPEND, PROPOSE, SETTLE, Keys, Outgoing, StreamId, parse_id
+from ._stream import APPEND, PROPOSE, SETTLE, KeptRange, Keys, Outgoing, StreamId, parse_id
 from .buffer import Entry, Flush, Loss, OutboundBuffer
 
 log = logging.getLogger("logplexd.cluster")
@@ -122,13 +121,12 @@ class Writer:
         self.bytes_written = 0
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
-    def enqueue(self, channel: str, batch: Batch, keep: bool = False) -> None:
-        """Buffer one routed batch of ``channel`` for the writer (``keep``: the batch too,
-        for this node's follow of the channel, ``on_written``)."""
-        n = len(batch)
+    def enqueue(self, channel: str, frames: bytes, n: int, kept: KeptRange | None = None) -> None:
+        """Buffer ``n`` routed messages of ``channel``, octet-counted in ``frames``, for the
+        writer (``kept``: where they lie, for this node's follow of the channel,
+        ``on_written``)."""
         if n:
-            kept = batch if keep else None
-            self.buffer.push(channel, octet_frames(batch), n, self.wall_clock(), kept)
+            self.buffer.push(channel, frames, n, self.wall_clock(), kept)
             self._pending.set()
 
     def lose(self, channel: str, n: int) -> None:
@@ -206,7 +204,8 @@ class Writer:
         for channel, blobs in flush.entries.items():
             mine = outgoing.setdefault(channel, [])
             for blob, n, kept in blobs:
-                mine.append(Outgoing(n, blob, 0, 0.0, kept))
+                # The buffer holds what routing kept as it is (``KeptRange``s).
+                mine.append(Outgoing(n, blob, 0, 0.0, cast("list[KeptRange] | None", kept)))
                 nbytes += len(blob)
                 entries += 1
         proposed = self._proposable(outgoing)

@@ -28,7 +28,7 @@ from ._follow import Follow, Followers, LossCallback
 from ._history import CatchUp, History
 from ._link import CALL_TIMEOUT, Connection, describe, redis_errors
 from ._pushback import ChannelPushback
-from ._stream import Keys, Malformed, Script, ScriptCall, StreamId
+from ._stream import KeptRange, Keys, Malformed, Script, ScriptCall, StreamId
 from ._writer import Writer
 from .buffer import OutboundBuffer
 
@@ -192,10 +192,15 @@ class DataPlane:
         return pending + max(0, written - follow.last_seq)
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
-    def enqueue(self, channel: str, batch: Batch) -> None:
-        """Buffer one routed batch of ``channel`` for the writer (with the batch itself
-        when this node follows the channel: appended from there once written)."""
-        self.writer.enqueue(channel, batch, channel in self.followers)
+    def enqueue(self, channel: str, frames: bytes, n: int, kept: KeptRange | None = None) -> None:
+        """Buffer ``n`` routed messages of ``channel`` (octet-counted ``frames``) for the
+        writer; ``kept``, where they lie, when this node follows the channel (appended from
+        there once written, ``follows``)."""
+        self.writer.enqueue(channel, frames, n, kept)
+
+    def follows(self, channel: str) -> bool:
+        """Whether this node reads ``channel``'s stream (a tail, a drain, a session)."""
+        return channel in self.followers
 
     def lose(self, channel: str, n: int) -> None:
         self.writer.lose(channel, n)

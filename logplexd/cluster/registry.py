@@ -21,7 +21,7 @@ channel's own ring is that history; its staging ring keeps only what is unsent.
 
 from __future__ import annotations
 
-from ..native import Batch, ChannelRing, dispatch, dispatch_to
+from ..native import Batch, ChannelRing, dispatch, dispatch_to, octet_frames_from_ring
 from ..router import Channel, Registry, RouteCounts
 from .plane import DataPlane
 
@@ -43,13 +43,46 @@ STAGING_MIN_BYTES = 4 * 1024 * 1024
 class _Staging:
     """The ``owner`` of a staging ring: which channel it is, and what was already sent."""
 
-    __slots__ = ("name", "cursor", "channel")
+    __slots__ = ("name", "cursor", "channel", "appended")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.cursor = 0
         # The readers' channel (set once it exists): whether a consumer holds it.
         self.channel: Channel | None = None
+        # Where the last range this node's follow appended from here ended: what lies
+        # before it is no longer needed for that.
+        self.appended = 0
+
+
+class _StagedRange:
+    """Messages ``first`` to ``end`` of a staging ring, sent to the writer and kept there
+    until this node's follow appends them to the channel's ring once written (a
+    ``KeptRange``): one copy, ring to ring, instead of copying them out into a batch to
+    keep and then into the ring."""
+
+    __slots__ = ("ring", "first", "end")
+
+    def __init__(self, ring: ChannelRing, first: int, end: int) -> None:
+        self.ring = ring
+        self.first = first
+        self.end = end
+
+    def held(self) -> bool:
+        return bool(self.ring.tail <= self.first)
+
+    def append_to(self, ring: ChannelRing) -> int:
+        got = int(ring.append_range(self.ring, self.first, self.end))
+        self.release()
+        return got
+
+    def release(self) -> None:
+        # Let go of them at once (what comes before went the same way, or was read back):
+        # the staging ring holds what is unsent, or sent and not appended yet.
+        staging = self.ring.owner
+        if staging.appended < self.end:
+            staging.appended = self.end
+            self.ring.discard(min(self.end, staging.cursor))
 
 
 class ClusterRegistry(Registry):
@@ -243,23 +276,31 @@ class ClusterRegistry(Registry):
         # and only until the buffer is STAGING_WAITS_AT full: the rest waits here (one ring
         # holds more than a small buffer, which would drop its oldest to take it all).
         plane = self.plane
+        followed = plane.follows(staging.name)
         while ring.head > staging.cursor:
             if plane.failure is None and plane.buffer.filled() >= STAGING_WAITS_AT:
                 self._unsent[ring] = None  # collected with a later flush
                 break
-            out, staging.cursor, lost = ring.read(staging.cursor, plane.entry_messages, 1 << 62)
+            frames, n, staging.cursor, lost = octet_frames_from_ring(
+                ring, staging.cursor, plane.entry_messages, 1 << 62
+            )
             if lost:
                 plane.lose(staging.name, int(lost))
-            plane.enqueue(staging.name, out)
-        # Sent is kept only as local history: a staging ring that kept a whole channel
-        # buffer of it was as large as the channel's own ring, and cold (1,000 channels).
-        # Not even that once the channel's own ring holds anything (it is followed here):
-        # ``local_history`` then reads that ring, and a staging ring that let go of all it
-        # sent stays as small as one flush and warm (1,000 followed channels: it doubled
-        # the memory the node touched per message).
+            kept = _StagedRange(ring, staging.cursor - n, staging.cursor) if followed else None
+            plane.enqueue(staging.name, frames, n, kept)
+        # Sent is kept as local history, and for a followed channel until its follow has
+        # appended it or read it back (``_StagedRange``), as far as the ring holds it
+        # (what it laps is read back). Once the channel's own ring holds anything (it is
+        # followed here), ``local_history`` reads that ring, and a staging ring that keeps
+        # only what its follow has yet to take stays as small as a flush or two and warm
+        # (1,000 followed channels: a staging ring that kept a whole channel buffer of
+        # history was as large as the channel's own ring, and doubled the memory the node
+        # touched per message).
         history_start = ring.head
         if channel is None or not len(channel.ring):
             history_start -= self.history_messages
+        elif followed:
+            history_start = staging.appended
         if ring.tail < min(staging.cursor, history_start):
             ring.discard(min(staging.cursor, history_start))
         self._rearm(ring)
