@@ -128,6 +128,43 @@ async def test_redis_back_without_its_data_is_followed_from_the_start(tmp_path: 
         server.kill()
 
 
+async def test_a_followed_channels_staging_ring_keeps_nothing_sent_while_redis_is_away(
+    tmp_path: Path,
+) -> None:
+    """While Redis is away the writer cannot move, so what a followed channel sends is not
+    kept in its staging ring for its follow (it would fill every channel's staging ring):
+    once written it is read back from the stream, every message once and in order."""
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    try:
+        async with node(server.url, "one") as one:
+            with trio.fail_after(30):
+                plane = one.plane
+                channel, follow, losses = await follow_app(one)
+                one.route(frames("t.app", ["first"]))
+                await eventually(lambda: len(channel.ring) == 1, 5)
+                server.command("SAVE")
+                server.kill()
+                await eventually(lambda: plane.failure is not None, 5)
+                sent = [f"away{i}" for i in range(3000)]
+                for start in range(0, len(sent), 100):
+                    one.route(frames("t.app", sent[start : start + 100]))
+                    await trio.lowlevel.checkpoint()
+                staging = one.staging["app"]
+                assert len(plane.buffer) and len(staging) == 0
+                read = plane.followers.entries_read - plane.followers.entries_own
+                server.start()
+                await eventually(lambda: follow.last_seq == 1 + len(sent), 15)
+                # The ring (1,000 deep here) holds the newest, in order, each once.
+                expected = [b"first"] + [t.encode() for t in sent]
+                assert texts(channel.ring.last(1000)) == expected[-1000:] and losses == []
+                assert plane.followers.entries_read - plane.followers.entries_own > read
+                assert len(staging) == 0
+                plane.release(follow)
+    finally:
+        server.kill()
+
+
 async def test_scripts_forgotten_by_redis_are_loaded_again(redis_any) -> None:
     """Writes call their script by SHA1; a server that lost its script cache (restart,
     SCRIPT FLUSH, a new shard) answers NOSCRIPT and the plane loads it and writes anyway."""

@@ -78,11 +78,14 @@ class _StagedRange:
 
     def release(self) -> None:
         # Let go of them at once (what comes before went the same way, or was read back):
-        # the staging ring holds what is unsent, or sent and not appended yet.
+        # the staging ring holds what is unsent, or sent and not appended yet. Not while
+        # the channel's own ring is empty: the staging ring is then its local history.
         staging = self.ring.owner
         if staging.appended < self.end:
             staging.appended = self.end
-            self.ring.discard(min(self.end, staging.cursor))
+            channel = staging.channel
+            if channel is not None and len(channel.ring):
+                self.ring.discard(min(self.end, staging.cursor))
 
 
 class ClusterRegistry(Registry):
@@ -290,7 +293,9 @@ class ClusterRegistry(Registry):
             plane.enqueue(staging.name, frames, n, kept)
         # Sent is kept as local history, and for a followed channel until its follow has
         # appended it or read it back (``_StagedRange``), as far as the ring holds it
-        # (what it laps is read back). Once the channel's own ring holds anything (it is
+        # (what it laps is read back), while Redis answers: what is sent during an outage
+        # is read back once it is written (kept, it would fill every channel's staging
+        # ring while the writer cannot move). Once the channel's own ring holds anything (it is
         # followed here), ``local_history`` reads that ring, and a staging ring that keeps
         # only what its follow has yet to take stays as small as a flush or two and warm
         # (1,000 followed channels: a staging ring that kept a whole channel buffer of
@@ -299,7 +304,7 @@ class ClusterRegistry(Registry):
         history_start = ring.head
         if channel is None or not len(channel.ring):
             history_start -= self.history_messages
-        elif followed:
+        elif followed and plane.failure is None:
             history_start = staging.appended
         if ring.tail < min(staging.cursor, history_start):
             ring.discard(min(staging.cursor, history_start))
