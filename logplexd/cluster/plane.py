@@ -85,7 +85,7 @@ class DataPlane:
         )
         self.writer.on_flushed = self._flushed
         self.writer.on_written = self.followers.own_written
-        self.followers.writing = self.writer.in_flight.__contains__
+        self.followers.writing = lambda name: name in self.writer.in_flight
         self.writer.read_through = self.followers.read_through
         self.followers.on_applied = lambda follow: self.pushback.progressed((follow.name,))
         self.followers.exempt = self.pushback
