@@ -42,6 +42,16 @@ async def node(url: str, name: str, keep: int = 1000) -> AsyncIterator[ClusterRe
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def node_behind(proxy: ReplyLosingProxy, name: str) -> AsyncIterator[ClusterRegistry]:
+    """``node`` whose plane reaches Redis through ``proxy`` (served meanwhile)."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.serve)
+        async with node(f"redis://127.0.0.1:{port}", name) as registry:
+            yield registry
+        nursery.cancel_scope.cancel()
+
+
 def texts(batch) -> list[bytes]:
     return [batch.fields(i)["msg"] for i in range(len(batch))]
 
@@ -522,34 +532,31 @@ async def test_a_write_whose_reply_was_lost_is_not_written_twice(
     proxy = ReplyLosingProxy(
         redis_server.port, marker=b"EXEC\r\n" if script == "PROPOSE" else APPEND.sha.encode()
     )
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(proxy.serve)
-        async with node(f"redis://127.0.0.1:{port}", "one") as one:
-            with trio.fail_after(20):
-                plane = one.plane
-                channel, follow, losses = await follow_app(one)
-                for n, text in enumerate(before, 1):
-                    one.route(frames("t.app", [text]))
-                    await eventually(lambda n=n: plane.messages_written == n, 5)
-                proxy.lose_next()
-                one.route(frames("t.app", ["b0", "b1", "b2"]))
-                await eventually(lambda: proxy.lost == 1, 5)
-                total = len(before) + 3
-                await eventually(lambda: plane.messages_written == total, 15)
-                # The flush was one entry: found in the stream, not written again.
-                assert plane.writer.entries_landed == 1
-                if script == "APPEND":
-                    assert plane.writer.entries_proposed == 0
-                sent = [t.encode() for t in [*before, "b0", "b1", "b2"]]
-                history, top = await plane.read_history("app", 100)
-                assert texts(history) == sent and top == (total, 0)
-                await eventually(lambda: len(channel.ring) == total, 5)
-                assert texts(channel.ring.last(100)) == sent and losses == []
-                keys = plane.keys
-                assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n%d\r\n" % total
-                assert redis_server.command("EXISTS", keys.fence("app")) == b":0\r\n"
-                plane.release(follow)
-        nursery.cancel_scope.cancel()
+    async with node_behind(proxy, "one") as one:
+        with trio.fail_after(20):
+            plane = one.plane
+            channel, follow, losses = await follow_app(one)
+            for n, text in enumerate(before, 1):
+                one.route(frames("t.app", [text]))
+                await eventually(lambda n=n: plane.messages_written == n, 5)
+            proxy.lose_next()
+            one.route(frames("t.app", ["b0", "b1", "b2"]))
+            await eventually(lambda: proxy.lost == 1, 5)
+            total = len(before) + 3
+            await eventually(lambda: plane.messages_written == total, 15)
+            # The flush was one entry: found in the stream, not written again.
+            assert plane.writer.entries_landed == 1
+            if script == "APPEND":
+                assert plane.writer.entries_proposed == 0
+            sent = [t.encode() for t in [*before, "b0", "b1", "b2"]]
+            history, top = await plane.read_history("app", 100)
+            assert texts(history) == sent and top == (total, 0)
+            await eventually(lambda: len(channel.ring) == total, 5)
+            assert texts(channel.ring.last(100)) == sent and losses == []
+            keys = plane.keys
+            assert redis_server.command("GET", keys.sequence("app")) == b"$1\r\n%d\r\n" % total
+            assert redis_server.command("EXISTS", keys.fence("app")) == b":0\r\n"
+            plane.release(follow)
 
 
 async def test_a_channel_two_nodes_take_turns_on_is_never_proposed_for(
@@ -696,28 +703,25 @@ async def test_own_entries_a_read_finds_before_the_writers_reply_come_from_the_w
     then it reads on. Stream order and sequence positions are as if read back."""
     proxy = ReplyLosingProxy(redis_server.port)
     proxy.slow_replies((b"EVALSHA", b"EXEC\r\n"), 0.3)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(proxy.serve)
-        async with node(f"redis://127.0.0.1:{port}", "one") as one:
-            with trio.fail_after(20):
-                plane = one.plane
-                channel, follow, losses = await follow_app(one)
-                sent: list[bytes] = []
-                for i in range(6):
-                    sent += [f"m{i}-{j}".encode() for j in range(i + 1)]
-                    one.route(frames("t.app", [t.decode() for t in sent[-(i + 1) :]]))
-                    total = len(sent)
-                    await eventually(lambda n=total: len(channel.ring) == n, 5)
-                assert proxy.slowed >= 6
-                # The follower's reads found each entry first (a blocking read, then the
-                # polls of a solo channel), and left it to the writer.
-                assert plane.followers.entries_own == plane.followers.entries_read == 6
-                history, top = await plane.read_history("app", 100)
-                assert texts(channel.ring.last(100)) == texts(history) == sent
-                assert follow.last == top and follow.seq_at(int(channel.ring.head)) == 21
-                assert losses == []
-                plane.release(follow)
-        nursery.cancel_scope.cancel()
+    async with node_behind(proxy, "one") as one:
+        with trio.fail_after(20):
+            plane = one.plane
+            channel, follow, losses = await follow_app(one)
+            sent: list[bytes] = []
+            for i in range(6):
+                sent += [f"m{i}-{j}".encode() for j in range(i + 1)]
+                one.route(frames("t.app", [t.decode() for t in sent[-(i + 1) :]]))
+                total = len(sent)
+                await eventually(lambda n=total: len(channel.ring) == n, 5)
+            assert proxy.slowed >= 6
+            # The follower's reads found each entry first (a blocking read, then the
+            # polls of a solo channel), and left it to the writer.
+            assert plane.followers.entries_own == plane.followers.entries_read == 6
+            history, top = await plane.read_history("app", 100)
+            assert texts(channel.ring.last(100)) == texts(history) == sent
+            assert follow.last == top and follow.seq_at(int(channel.ring.head)) == 21
+            assert losses == []
+            plane.release(follow)
 
 
 async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
