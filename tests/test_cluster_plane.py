@@ -724,6 +724,25 @@ async def test_own_entries_a_read_finds_before_the_writers_reply_come_from_the_w
             plane.release(follow)
 
 
+async def test_a_followed_channels_first_write_is_appended_from_memory_whatever_its_size(
+    redis_server: RedisServer,
+) -> None:
+    """Before the channel's own ring holds anything its staging ring is its local history
+    (the newest ``history_messages``, 100 here), and it also keeps what the follow has yet
+    to append: a first write of 300 messages is not read back from the stream."""
+    async with node(redis_server.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            channel, follow, losses = await follow_app(one)
+            sent = [f"m{i}" for i in range(300)]
+            one.route(frames("t.app", sent))
+            await eventually(lambda: len(channel.ring) == len(sent), 5)
+            assert plane.followers.entries_read == plane.followers.entries_own >= 1
+            assert texts(channel.ring.last(300)) == [t.encode() for t in sent] and losses == []
+            assert len(one.staging["app"]) == 0
+            plane.release(follow)
+
+
 async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
     redis_server: RedisServer,
 ) -> None:

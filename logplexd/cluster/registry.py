@@ -291,21 +291,19 @@ class ClusterRegistry(Registry):
                 plane.lose(staging.name, int(lost))
             kept = _StagedRange(ring, staging.cursor - n, staging.cursor) if followed else None
             plane.enqueue(staging.name, frames, n, kept)
-        # Sent is kept as local history, and for a followed channel until its follow has
-        # appended it or read it back (``_StagedRange``), as far as the ring holds it
-        # (what it laps is read back), while Redis answers: what is sent during an outage
-        # is read back once it is written (kept, it would fill every channel's staging
-        # ring while the writer cannot move). Once the channel's own ring holds anything (it is
-        # followed here), ``local_history`` reads that ring, and a staging ring that keeps
-        # only what its follow has yet to take stays as small as a flush or two and warm
-        # (1,000 followed channels: a staging ring that kept a whole channel buffer of
-        # history was as large as the channel's own ring, and doubled the memory the node
-        # touched per message).
+        # Sent is kept as local history until the channel's own ring holds anything (it is
+        # followed here: ``local_history`` then reads that ring), and for a followed
+        # channel until its follow has appended it or read it back (``_StagedRange``; what
+        # the ring laps is read back), but not while Redis is away: kept, what is sent
+        # during an outage would fill every channel's staging ring while the writer cannot
+        # move. A staging ring that keeps only what its follow has yet to take stays as
+        # small as a flush or two and warm (with 1,000 followed channels, keeping a whole
+        # channel buffer of history doubled the memory the node touched per message).
         history_start = ring.head
         if channel is None or not len(channel.ring):
             history_start -= self.history_messages
-        elif followed and plane.failure is None:
-            history_start = staging.appended
+        if followed and plane.failure is None:
+            history_start = min(history_start, staging.appended)
         if ring.tail < min(staging.cursor, history_start):
             ring.discard(min(staging.cursor, history_start))
         self._rearm(ring)
