@@ -396,7 +396,11 @@ class ReplyLosingProxy:
     client's connection without forwarding the answer: a transaction that ran and whose
     reply never came back (a connection cut at the worst moment). After ``slow_replies``,
     every answer on a connection that has sent one of its markers reaches the client that
-    much later (the writer's, not the follower's XREADs: each has its own connection)."""
+    much later (the writer's, not the follower's XREADs: each has its own connection).
+    ``read_replies`` holds what Redis answered on connections that sent an ``XREAD`` (the
+    first ``READ_REPLIES_KEPT`` bytes)."""
+
+    READ_REPLIES_KEPT = 4 << 20
 
     def __init__(self, target: int, marker: bytes = b"EXEC\r\n") -> None:
         self.target = target
@@ -406,6 +410,7 @@ class ReplyLosingProxy:
         self.slow_markers: tuple[bytes, ...] = ()
         self.slow_seconds = 0.0
         self.slowed = 0
+        self.read_replies = bytearray()
 
     def lose_next(self) -> None:
         self.armed = True
@@ -427,6 +432,7 @@ class ReplyLosingProxy:
             return
         cut = trio.Event()
         slow = trio.Event()
+        reader_connection = trio.Event()
         async with client, upstream, trio.open_nursery() as nursery:
 
             async def requests() -> None:
@@ -437,6 +443,8 @@ class ReplyLosingProxy:
                             cut.set()
                         if any(marker in data for marker in self.slow_markers):
                             slow.set()
+                        if b"XREAD" in data:
+                            reader_connection.set()
                         await upstream.send_all(data)
                 nursery.cancel_scope.cancel()
 
@@ -459,6 +467,9 @@ class ReplyLosingProxy:
                         if slow.is_set():
                             self.slowed += 1
                             await trio.sleep(self.slow_seconds)
+                        if reader_connection.is_set():
+                            room = self.READ_REPLIES_KEPT - len(self.read_replies)
+                            self.read_replies += data[: max(0, room)]
                         await client.send_all(data)
                 nursery.cancel_scope.cancel()
 
