@@ -681,8 +681,11 @@ class Followers:
         if due:
             follows = [f for f in follows if f.own_due <= now]
             if not follows:
+                # Until a reply wakes a follow of the blocking read, or the next poll
+                # (every follow is due: its reply may come without a wake).
                 self._read_wanted = trio.Event()
-                with trio.move_on_at(min(due)):
+                poll_at = self._next_poll if self._next_poll > now else now + POLL_IDLE
+                with trio.move_on_at(min(*due, poll_at)):
                     await self._read_wanted.wait()
                 return
         solo = [f for f in follows if f.solo(now)]
@@ -728,11 +731,11 @@ class Followers:
         if follow is None:
             _release(written)
             return
-        if follow.own_due:
-            # The lane may be asleep until ``own_due``: it reads on at once (a poll of
-            # a solo channel comes at its time, not a ``CALL_TIMEOUT`` later).
-            follow.own_due = 0.0
-            self._read_wanted.set()
+        # The lane may be asleep until ``own_due``: a follow it left to this reply is read
+        # on at once if it is in the blocking read (not solo); a solo one at its next poll
+        # (the lane wakes for that: ``_read_once``), not a ``CALL_TIMEOUT`` later.
+        left_to_reply = follow.own_due > 0
+        follow.own_due = 0.0
         follow.written_through = max(follow.written_through, written[-1][0][0])
         # This node writes the channel: once the follow has it all, its own writes need not
         # wake the blocking read (``solo``), whether these came from here or were read.
@@ -775,6 +778,8 @@ class Followers:
         if follow.last_seq < follow.written_through:
             # The lane takes it: from ``waiting`` once the channel is released (no read),
             # or from the stream at once when it is not waiting right after ``last``.
+            self._read_wanted.set()
+        elif left_to_reply and not follow.solo(follow.own_at):
             self._read_wanted.set()
 
     def flushed(self, channels: Iterable[str]) -> None:
