@@ -84,6 +84,10 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert value(found, "logplexd_redis_proposals_moved_total") == 0
         # No reply was lost: nothing was found written already.
         assert value(found, "logplexd_redis_stream_entries_landed_total") == 0
+        # A first write may land while the follower's blocking read waits: at most that
+        # one is read ahead of its reply.
+        early = value(found, "logplexd_redis_stream_entries_early_total")
+        assert early == plane.followers.entries_early <= 1
         # Its one drain: this node took the lease once and delivers.
         assert value(found, "logplexd_redis_drain_takeovers_total") == 1
         # Its own connections: at least the writer's and the follower's, and no more than

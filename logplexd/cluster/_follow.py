@@ -317,6 +317,9 @@ class Followers:
         self.messages_read = 0
         # Of those, entries this node wrote itself and appended without reading them back.
         self.entries_own = 0
+        # Entries a read carried past this node's own entries of a write not answered yet,
+        # and left (the reply appends them): bytes Redis sent for nothing.
+        self.entries_early = 0
         # Messages trimmed from a stream before this node read them (announced by L10).
         self.messages_trimmed = 0
         # Bytes of frames in the follows' ``waiting`` runs (``OWN_WAITING_BYTES``).
@@ -850,6 +853,7 @@ class Followers:
                     entry.field_values.get(b"node") == node
                     and parse_id(entry.identifier)[0] > written_through
                 ):
+                    self.entries_early += len(entries) - k
                     entries = entries[:k]
                     follow.own_due = trio.current_time() + CALL_TIMEOUT
                     break

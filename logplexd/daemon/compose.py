@@ -490,6 +490,7 @@ class Daemon:
                 messages_trimmed=plane.messages_trimmed,
                 writes_waited=plane.writer.deferred,
                 entries_own=plane.followers.entries_own,
+                entries_early=plane.followers.entries_early,
                 entries_proposed=plane.writer.entries_proposed,
                 proposals_moved=plane.writer.proposals_moved,
                 entries_landed=plane.writer.entries_landed,

@@ -105,6 +105,8 @@ class RedisFigures:
     writes_waited: int
     # Of the entries read, those this node wrote itself, appended from its writer.
     entries_own: int
+    # Entries a read carried ahead of this node's writer's reply for them, and left.
+    entries_early: int
     # Of the entries written, those written by PROPOSE and plain XADDs (frames outside Lua),
     # and the times PROPOSE found that another node had written the channel since.
     entries_proposed: int
@@ -712,6 +714,10 @@ _PLANE_COUNTERS = (
     ("redis_stream_entries_own", "entries_own",
      "Of the stream entries read, those this node wrote and appended from its writer "
      "without reading them back from Redis."),
+    ("redis_stream_entries_early", "entries_early",
+     "Stream entries a read carried before this node's writer had the reply for its own "
+     "entries among them, and left to that reply (read for nothing; a follow is left out "
+     "of the reads while its channel is being written)."),
     ("redis_stream_entries_proposed", "entries_proposed",
      "Of the stream entries written, those written as plain XADDs behind the PROPOSE "
      "script (one Redis: the frames never become Lua strings)."),
