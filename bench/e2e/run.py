@@ -93,7 +93,8 @@ ROUTERS = [
 ]  # fmt: skip
 
 
-# ``--metrics``: the /metrics samples shown after each run (a regular expression), or None.
+# ``--metrics``: the /metrics samples shown after each run (a regular expression), or None;
+# for logplexd-redis also redis-server's byte counters (``--metrics redis-server``).
 METRICS_SHOWN: str | None = None
 
 
@@ -607,6 +608,14 @@ class LogplexdNoSpill(Logplexd):
     variant_args = ("--drain-spill", "false")
 
 
+def _bulk_end(reply: bytes) -> int:
+    """Where a RESP bulk string (``$<n>\\r\\n<n bytes>\\r\\n``) that ``reply`` starts with ends."""
+    header, _, _ = reply.partition(b"\r\n")
+    if not header.startswith(b"$") or not header[1:].isdigit():
+        return len(reply)  # an error or a null reply: all there is
+    return len(header) + 2 + int(header[1:]) + 2
+
+
 class LogplexdRedis(Logplexd):
     """This tree's logplexd as one node in Redis mode (issue 21): ``--store-url`` to a
     redis-server of its own on loopback (``--save "" --appendonly no``: the protocol's cost,
@@ -628,8 +637,34 @@ class LogplexdRedis(Logplexd):
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         wait_port(port, self.redis, 15.0, "redis-server")
+        self.redis_port = port
         self.variant_args = ("--store-url", f"redis://127.0.0.1:{port}/0")
         return super().start()
+
+    def metrics_matching(self, pattern: str) -> list[str]:
+        """Also redis-server's own byte counters (``INFO stats``), as ``redis-server
+        total_net_input_bytes N`` and ``redis-server total_net_output_bytes N``: what it sent
+        the node is what the node's followers read (its own entries should not be among
+        them: docs/SCALING.md, "A node's own entries")."""
+        lines = super().metrics_matching(pattern)
+        found = re.compile(pattern)
+        try:
+            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=5.0) as conn:
+                conn.sendall(b"INFO stats\r\n")
+                reply = b""
+                while b"\r\n" not in reply or len(reply) < _bulk_end(reply):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError as exc:
+            return [*lines, f"redis-server INFO: {exc}"]
+        for info_line in reply.decode(errors="replace").splitlines():
+            if info_line.startswith(("total_net_input_bytes:", "total_net_output_bytes:")):
+                line = "redis-server " + info_line.replace(":", " ", 1)
+                if found.search(line):
+                    lines.append(line)
+        return lines
 
     def stop(self) -> None:
         super().stop()
