@@ -961,7 +961,8 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics",
         metavar="REGEX",
         help="after each run print the router's /metrics samples matching REGEX "
-        "(e.g. 'round_trips|entries_own')",
+        "(e.g. 'round_trips|entries_own'; for logplexd-redis also redis-server's byte "
+        "counters: 'redis-server')",
     )
     args = ap.parse_args(argv)  # fmt: skip
 
