@@ -119,18 +119,8 @@ KEEP = _keep()
 # Redis
 
 
-def resp(port: int, *args: str, timeout: float = 5.0) -> bytes:
-    """One command; the reply's payload (simple or bulk string; enough for INFO, PING)."""
-    parts = [a.encode() for a in args]
-    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        with sock.makefile("rb") as reader:
-            line = reader.readline()
-            if line.startswith(b"$"):
-                size = int(line[1:])
-                return reader.read(size + 2)[:-2] if size >= 0 else b""
-            return line[1:].rstrip(b"\r\n")
+# One command to a redis-server; its reply's payload (``bench/e2e/run.py``).
+resp = e2e.resp
 
 
 class Redis:

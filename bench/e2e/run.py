@@ -608,12 +608,19 @@ class LogplexdNoSpill(Logplexd):
     variant_args = ("--drain-spill", "false")
 
 
-def _bulk_end(reply: bytes) -> int:
-    """Where a RESP bulk string (``$<n>\\r\\n<n bytes>\\r\\n``) that ``reply`` starts with ends."""
-    header, _, _ = reply.partition(b"\r\n")
-    if not header.startswith(b"$") or not header[1:].isdigit():
-        return len(reply)  # an error or a null reply: all there is
-    return len(header) + 2 + int(header[1:]) + 2
+def resp(port: int, *args: str, timeout: float = 5.0) -> bytes:
+    """One command to the redis-server on loopback ``port``; the reply's payload (simple or
+    bulk string; enough for INFO, PING). Also what ``bench_nodes.py`` and ``soak.py`` use."""
+    parts = [a.encode() for a in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        with sock.makefile("rb") as reader:
+            line = reader.readline()
+            if line.startswith(b"$"):
+                size = int(line[1:])
+                return reader.read(size + 2)[:-2] if size >= 0 else b""
+            return line[1:].rstrip(b"\r\n")
 
 
 class LogplexdRedis(Logplexd):
@@ -649,14 +656,7 @@ class LogplexdRedis(Logplexd):
         lines = super().metrics_matching(pattern)
         found = re.compile(pattern)
         try:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=5.0) as conn:
-                conn.sendall(b"INFO stats\r\n")
-                reply = b""
-                while b"\r\n" not in reply or len(reply) < _bulk_end(reply):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
+            reply = resp(self.redis_port, "INFO", "stats")
         except OSError as exc:
             return [*lines, f"redis-server INFO: {exc}"]
         for info_line in reply.decode(errors="replace").splitlines():
