@@ -366,6 +366,30 @@ def test_pushback_holds_every_routed_channel_while_the_buffer_is_half_full() -> 
     assert not b.held and not pushback.held
 
 
+def test_pushback_releases_a_channel_whose_last_progress_came_while_the_buffer_was_full() -> None:
+    # A channel held for being behind caught up in a progress call that came while the
+    # buffer was over a quarter full (other channels' messages): nothing of its own comes
+    # again to release it. Found by bench/soak.py --redis single: the channel's inputs
+    # stayed held for good with the node caught up on it (behind 0, buffer empty).
+    from logplexd.cluster import ChannelPushback
+    from logplexd.native import ChannelRing
+    from logplexd.router import Channel
+
+    filled = [0.0]
+    behind = {"a": 0, "b": 0}
+    pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
+    a = Channel("a", ChannelRing(100, 1 << 20))
+    behind["a"] = 1001
+    pushback.routed(a)
+    assert a.held
+    behind["a"], filled[0] = 0, 0.3
+    pushback.progressed(["a"])  # caught up, but the buffer is over a quarter full
+    assert a.held
+    filled[0] = 0.1
+    pushback.progressed(["b"])  # the flush that drained it was another channel's
+    assert not a.held and not pushback.held
+
+
 def test_a_shard_beacon_lies_in_the_slot_it_is_named_for() -> None:
     # APPEND increments it from a script on the shard serving that slot, so the key must
     # hash there (CLUSTER KEYSLOT's rule, ``slot_of``).

@@ -17,7 +17,8 @@ The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_byte
 with many channels each can be well under its own share of ``keep`` while together they fill
 it: a channel is also held when it is routed while the buffer is more than half full, and
 the channels held so are released once it is under a quarter (the writer is then the
-bottleneck of every channel that feeds it).
+bottleneck of every channel that feeds it). While it is over a quarter nothing is released;
+a channel that caught up meanwhile is looked at again with the rest once it is under.
 
 It never holds while Redis is unreachable: an outage is not this node being slow, and the
 outbound buffer then drops its oldest entries with an exact loss marker instead of stalling
@@ -53,8 +54,9 @@ class ChannelPushback:
         self._reachable = reachable
         # How full the outbound buffer is, 0 to 1 (the larger of messages and bytes).
         self._filled = filled
-        # Whether channels were held since the buffer was last under a quarter full.
-        self._by_fill = False
+        # Whether every held channel is to be looked at once the buffer is under a quarter
+        # full: channels were held by the fill, or progress came while it was fuller.
+        self._look_at_all = False
         self.held: dict[str, Channel] = {}
         # Times a channel was held (metrics and tests).
         self.holds = 0
@@ -66,7 +68,7 @@ class ChannelPushback:
             return
         full = self._filled() > 0.5
         if full or self._behind(name) > self.high:
-            self._by_fill = self._by_fill or full
+            self._look_at_all = self._look_at_all or full
             self.held[name] = channel
             self.holds += 1
             channel.hold(self)
@@ -79,10 +81,15 @@ class ChannelPushback:
             self.release_all()
             return
         if self._filled() > 0.25:
-            return  # the writer is behind on every channel it has
-        if self._by_fill:
+            # The writer is behind on every channel it has. ``names`` may have caught up
+            # meanwhile and see no progress of their own again (their last flush landed):
+            # looked at with the rest once the buffer is under a quarter, or they would
+            # stay held for good.
+            self._look_at_all = True
+            return
+        if self._look_at_all:
             # Under a quarter again: every held channel is looked at once.
-            self._by_fill = False
+            self._look_at_all = False
             names = list(self.held)
         for name in names:
             channel = self.held.get(name)
