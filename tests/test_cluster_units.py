@@ -1,9 +1,13 @@
-"""Sans-IO cores of the data plane across nodes: the outbound buffer and the drain lease."""
+"""Sans-IO cores of the data plane across nodes: the outbound buffer, the drain lease, the
+writer's linger."""
 
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
+from logplexd.cluster import DataPlane
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
@@ -16,6 +20,7 @@ from logplexd.cluster.lease import (
     next_state,
     renew_interval,
 )
+from logplexd.router import look_interval
 
 
 # -- the outbound buffer ------------------------------------------------------------------------
@@ -399,3 +404,72 @@ def test_a_shard_beacon_lies_in_the_slot_it_is_named_for() -> None:
     for slot in (0, 1, 5461, 10923, 16383):
         assert slot_of(keys.beacon(slot)) == slot
     assert keys.beacon(0) != keys.beacon(1)
+
+
+# -- the writer's linger after a flush --------------------------------------------------------
+def _lingering_plane(routed: list[int], cpu: list[float]) -> DataPlane:
+    # Never connects: only its writer's linger runs.
+    plane = DataPlane("redis://127.0.0.1:1", node_id="n", keep_messages=1000)
+    plane.collect_with(lambda: None, lambda: routed[0])
+    plane.writer.cpu_clock = lambda: cpu[0]
+    return plane
+
+
+async def test_a_flush_linger_ends_at_the_first_look_that_finds_the_node_quiet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    writer = _lingering_plane([7], [0.0]).writer
+    started = trio.current_time()
+    await writer.linger(0.05)
+    assert trio.current_time() - started == pytest.approx(look_interval(0.05))
+    assert writer.quiet_flushes == 1
+
+
+async def test_a_flush_linger_lasts_while_messages_are_routed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    routed = [0]
+    writer = _lingering_plane(routed, [0.0]).writer
+
+    async def ingest() -> None:
+        while True:
+            routed[0] += 1
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ingest)
+        started = trio.current_time()
+        await writer.linger(0.05)
+        assert trio.current_time() - started == pytest.approx(0.05)
+        nursery.cancel_scope.cancel()
+    assert writer.quiet_flushes == 0
+
+
+async def test_a_flush_linger_lasts_while_the_event_loop_is_busy_routing_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A drain's round or a long reply: nothing routed, yet the node is not idle.
+    cpu = [0.0]
+    writer = _lingering_plane([3], cpu).writer
+
+    async def busy() -> None:
+        while True:
+            cpu[0] += 1.0  # more than any look's real span
+            await trio.sleep(0.0005)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        started = trio.current_time()
+        await writer.linger(0.05)
+        assert trio.current_time() - started == pytest.approx(0.05)
+        nursery.cancel_scope.cancel()
+    assert writer.quiet_flushes == 0
+
+
+async def test_a_flush_linger_without_a_routing_count_is_a_plain_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    writer = DataPlane("redis://127.0.0.1:1", node_id="n", keep_messages=1000).writer
+    started = trio.current_time()
+    await writer.linger(0.05)
+    assert trio.current_time() - started == pytest.approx(0.05)

@@ -84,6 +84,8 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert value(found, "logplexd_redis_proposals_moved_total") == 0
         # No reply was lost: nothing was found written already.
         assert value(found, "logplexd_redis_stream_entries_landed_total") == 0
+        quiet = value(found, "logplexd_redis_flushes_quiet_total")
+        assert quiet == plane.writer.quiet_flushes
         # A first write may land while the follower's blocking read waits: at most that
         # one is read ahead of its reply.
         early = value(found, "logplexd_redis_stream_entries_early_total")

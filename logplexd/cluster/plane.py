@@ -214,9 +214,11 @@ class DataPlane:
         """Routing left messages to be collected before the next flush."""
         self.writer.wake()
 
-    def collect_with(self, collect: Callable[[], None]) -> None:
-        """Have the writer call ``collect`` before each flush (routing's unsent messages)."""
+    def collect_with(self, collect: Callable[[], None], routed: Callable[[], int]) -> None:
+        """Have the writer call ``collect`` before each flush (routing's unsent messages),
+        and look at ``routed`` (messages routed so far) while it lingers."""
         self.writer.collect = collect
+        self.writer.routed = routed
 
     def forget(self, channel: str) -> None:
         """The channel was deleted: delete its stream and sequence, so that a channel made

@@ -104,7 +104,7 @@ class ClusterRegistry(Registry):
         self.staging: dict[str, ChannelRing] = {}
         # Staging rings with unsent messages, left for the writer to collect.
         self._unsent: dict[ChannelRing, None] = {}
-        plane.collect_with(self.collect)
+        plane.collect_with(self.collect, lambda: self.totals.routed)
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:

@@ -495,6 +495,7 @@ class Daemon:
                 proposals_moved=plane.writer.proposals_moved,
                 entries_landed=plane.writer.entries_landed,
                 malformed_entries=plane.malformed_entries,
+                flushes_quiet=plane.writer.quiet_flushes,
                 pushback_holds=plane.pushback.holds,
                 buffer_messages=plane.buffer.messages,
                 buffer_dropped=plane.buffer.dropped,

@@ -115,6 +115,8 @@ class RedisFigures:
     # writer sent them again, and not written twice.
     entries_landed: int
     malformed_entries: int
+    # Flushes taken before their linger was out because the node had gone quiet.
+    flushes_quiet: int
     # Times this node held a channel's inputs because it was behind on it (ChannelPushback).
     pushback_holds: int
     buffer_messages: int
@@ -728,6 +730,9 @@ _PLANE_COUNTERS = (
      "Stream entries the writer sent again after a call whose reply was lost, found "
      "already written by that call (right after this node's last entry) and not written "
      "twice."),
+    ("redis_flushes_quiet", "flushes_quiet",
+     "Flushes the writer took before its linger after the last one was out, because "
+     "nothing was routed and the node was idle (a flood had ended)."),
     ("redis_stream_entries_malformed", "malformed_entries",
      "Stream entries no logplexd wrote, skipped by the data plane."),
     ("redis_drain_takeovers", "drain_takeovers",

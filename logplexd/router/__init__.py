@@ -23,12 +23,20 @@ from .registry import (
     linger_limit,
     pushback_for,
 )
-from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, flood_ended, look_interval
+from .rounds import (
+    IDLE_CPU,
+    ROUND_SHARE,
+    PumpRounds,
+    adaptive_linger,
+    flood_ended,
+    look_interval,
+)
 from .sync import RegistryLike, attach_registry, load_registry
 
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_MESSAGES",
+    "IDLE_CPU",
     "NEVER",
     "ROUND_SHARE",
     "PumpRounds",
