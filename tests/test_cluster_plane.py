@@ -882,6 +882,39 @@ async def test_own_entries_written_while_held_wait_and_follow_once_released(
             plane.release(follow)
 
 
+async def test_a_channel_followed_while_the_other_one_is_held_is_read_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """A reader waiting for its one followed channel's release takes a follow added
+    meanwhile: another node's messages reach the new channel's ring while the first stays
+    held."""
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        for reg in (one, two):
+            reg.add_token("b", "t.b", "web")
+        with trio.fail_after(15):
+            plane = one.plane
+            held = one.channel("app")
+            assert held is not None
+            follow = plane.hold(held, await plane.top("app"))
+            consumer = object()
+            held.hold(consumer)
+            # The reader waits for "app" to be released (nothing else to read).
+            await eventually(lambda: plane.followers.waiting_for_release == 1, 5)
+            added = one.channel("b")
+            assert added is not None
+            added_follow = plane.hold(added, await plane.top("b"))
+            two.route(frames("t.b", ["to b"]))
+            await eventually(lambda: len(added.ring) == 1, 5)
+            assert texts(added.ring.last(1)) == [b"to b"]
+            two.route(frames("t.app", ["to app"]))
+            await eventually(lambda: two.plane.messages_written == 2, 5)
+            assert len(held.ring) == 0  # held: read once released
+            held.release(consumer)
+            await eventually(lambda: len(held.ring) == 1, 5)
+            plane.release(follow)
+            plane.release(added_follow)
+
+
 async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(
     redis_server: RedisServer,
 ) -> None:
