@@ -199,7 +199,9 @@ class Writer:
     async def linger(self, seconds: float) -> None:
         """Wait ``seconds`` for ingestion to fill the next flush, or until a look finds the
         node quiet: nothing routed (``routed``), and the event loop's thread next to idle
-        (``IDLE_CPU``: a long step of another task, a drain's round, is not quiet)."""
+        (``IDLE_CPU``: a long step of another task, a drain's round, is not quiet). The
+        CPU clock is a system call: read only over a look that follows one that found
+        nothing routed."""
         routed = self.routed
         if routed is None:
             await trio.sleep(seconds)
@@ -207,15 +209,23 @@ class Writer:
         deadline = trio.current_time() + seconds
         look = look_interval(seconds)
         clock = self.cpu_clock
+        before = routed()
+        used: tuple[float, float] | None = None
         while True:
             left = deadline - trio.current_time()
             if left <= 0:
                 return
-            before, used, started = routed(), clock(), time.perf_counter()
             await trio.sleep(min(look, left))
-            if routed() == before and clock() - used <= IDLE_CPU * (time.perf_counter() - started):
+            now = routed()
+            if now != before:
+                before, used = now, None
+            elif used is None:
+                used = (clock(), time.perf_counter())
+            elif clock() - used[0] <= IDLE_CPU * (time.perf_counter() - used[1]):
                 self.quiet_flushes += 1
                 return
+            else:
+                used = (clock(), time.perf_counter())
 
     def _landed(self, flush: Any) -> None:
         self.in_flight.clear()
