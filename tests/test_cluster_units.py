@@ -474,3 +474,35 @@ async def test_a_flush_linger_without_a_routing_count_is_a_plain_wait(
     started = trio.current_time()
     await writer.linger(0.05)
     assert trio.current_time() - started == pytest.approx(0.05)
+
+
+async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Its inputs now wait for what the writer has: lingering for more only idles them.
+    from logplexd.native import ChannelRing
+    from logplexd.router import Channel
+
+    routed = [0]
+    plane = _lingering_plane(routed, [0.0])
+    plane.link.ok("probe")  # Redis answers: the pushback holds (it never does in an outage)
+    channel = Channel("a", ChannelRing(100, 1 << 20))
+
+    async def ingest() -> None:
+        # As routing does: 100 messages buffered for the writer, then the pushback asked.
+        while True:
+            routed[0] += 100
+            plane.enqueue("a", b"frames", 100)
+            plane.pushback.routed(channel)
+            if channel.held:
+                return
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        nursery.start_soon(ingest)
+        await plane.writer.linger(0.05)
+        # Held once more than keep (1,000) waits for the writer: the 11th routed batch.
+        assert channel.held and plane.buffer.queued["a"] == 1100
+        assert trio.current_time() - started == pytest.approx(0.010)
+    assert plane.writer.quiet_flushes == 0

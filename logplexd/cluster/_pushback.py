@@ -58,6 +58,9 @@ class ChannelPushback:
         # full: channels were held by the fill, or progress came while it was fuller.
         self._look_at_all = False
         self.held: dict[str, Channel] = {}
+        # Called when a channel is held: its inputs now wait for the writer (which then
+        # ends its linger, ``Writer.hurry``).
+        self.on_hold: Callable[[], None] | None = None
         # Times a channel was held (metrics and tests).
         self.holds = 0
 
@@ -72,6 +75,8 @@ class ChannelPushback:
             self.held[name] = channel
             self.holds += 1
             channel.hold(self)
+            if self.on_hold is not None:
+                self.on_hold()
 
     def progressed(self, names: Iterable[str]) -> None:
         """After a flush was written (or a follower read further) for ``names``."""

@@ -44,7 +44,8 @@ MAX_FLUSH_LINGER = 0.05
 # That linger is there for ingestion to fill the next flush: it ends at a look (every
 # twentieth of it, ``look_interval``) that finds nothing routed and the node idle. A
 # flood's last flushes otherwise waited out the whole linger on an idle node: e2e c8-ch1000
-# on Redis spent 0.15 s of a 3 s run so.
+# on Redis spent 0.15 s of a 3 s run so. It also ends when the pushback holds a channel
+# (``hurry``).
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
 # A channel another node wrote since this node's last write of it (``PROPOSE`` answered
@@ -125,6 +126,8 @@ class Writer:
         # machine's load).
         self.quiet_flushes = 0
         self.cpu_clock: Callable[[], float] = time.thread_time
+        # The linger in progress (``hurry`` cancels it).
+        self._linger_scope: trio.CancelScope | None = None
         self.entries_written = 0
         self.messages_written = 0
         # Times a channel waited because a follower of it was behind (APPEND: "behind").
@@ -196,12 +199,26 @@ class Writer:
             if linger > 0.001 and self.buffer.filled() < 0.25:
                 await self.linger(linger)
 
+    def hurry(self) -> None:
+        """End the linger now: inputs wait for what this writer has (the pushback held
+        a channel), so lingering for more only idles them."""
+        if self._linger_scope is not None:
+            self._linger_scope.cancel()
+
     async def linger(self, seconds: float) -> None:
-        """Wait ``seconds`` for ingestion to fill the next flush, or until a look finds the
-        node quiet: nothing routed (``routed``), and the event loop's thread next to idle
-        (``IDLE_CPU``: a long step of another task, a drain's round, is not quiet). The
-        CPU clock is a system call: read only over a look that follows one that found
-        nothing routed."""
+        """Wait ``seconds`` for ingestion to fill the next flush, until ``hurry``, or until
+        a look finds the node quiet: nothing routed (``routed``), and the event loop's
+        thread next to idle (``IDLE_CPU``: a long step of another task, a drain's round, is
+        not quiet). The CPU clock is a system call: read only over a look that follows one
+        that found nothing routed."""
+        with trio.CancelScope() as scope:
+            self._linger_scope = scope
+            try:
+                await self._linger(seconds)
+            finally:
+                self._linger_scope = None
+
+    async def _linger(self, seconds: float) -> None:
         routed = self.routed
         if routed is None:
             await trio.sleep(seconds)
