@@ -3,6 +3,8 @@ writer's linger."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
@@ -426,24 +428,34 @@ async def test_a_flush_linger_ends_once_a_look_finds_the_node_quiet(
     assert writer.quiet_flushes == 1
 
 
+async def _linger_beside(plane: DataPlane, step: Callable[[], None], every: float) -> float:
+    """How long the writer's linger of 0.05 s lasted while another task calls ``step``
+    every ``every`` seconds."""
+
+    async def other() -> None:
+        while True:
+            step()
+            await trio.sleep(every)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        started = trio.current_time()
+        await plane.writer.linger(0.05)
+        nursery.cancel_scope.cancel()
+    return trio.current_time() - started
+
+
 async def test_a_flush_linger_lasts_while_messages_are_routed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     routed = [0]
-    writer = _lingering_plane(routed, [0.0]).writer
+    plane = _lingering_plane(routed, [0.0])
 
-    async def ingest() -> None:
-        while True:
-            routed[0] += 1
-            await trio.sleep(0.001)
+    def ingest() -> None:
+        routed[0] += 1
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ingest)
-        started = trio.current_time()
-        await writer.linger(0.05)
-        assert trio.current_time() - started == pytest.approx(0.05)
-        nursery.cancel_scope.cancel()
-    assert writer.quiet_flushes == 0
+    assert await _linger_beside(plane, ingest, 0.001) == pytest.approx(0.05)
+    assert plane.writer.quiet_flushes == 0
 
 
 async def test_a_flush_linger_lasts_while_the_event_loop_is_busy_routing_nothing(
@@ -451,20 +463,13 @@ async def test_a_flush_linger_lasts_while_the_event_loop_is_busy_routing_nothing
 ) -> None:
     # A drain's round or a long reply: nothing routed, yet the node is not idle.
     cpu = [0.0]
-    writer = _lingering_plane([3], cpu).writer
+    plane = _lingering_plane([3], cpu)
 
-    async def busy() -> None:
-        while True:
-            cpu[0] += 1.0  # more than any look's real span
-            await trio.sleep(0.0005)
+    def busy() -> None:
+        cpu[0] += 1.0  # more than any look's real span
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(busy)
-        started = trio.current_time()
-        await writer.linger(0.05)
-        assert trio.current_time() - started == pytest.approx(0.05)
-        nursery.cancel_scope.cancel()
-    assert writer.quiet_flushes == 0
+    assert await _linger_beside(plane, busy, 0.0005) == pytest.approx(0.05)
+    assert plane.writer.quiet_flushes == 0
 
 
 async def test_a_flush_linger_without_a_routing_count_is_a_plain_wait(
