@@ -236,13 +236,12 @@ class Writer:
             now = routed()
             if now != before:
                 before, used = now, None
-            elif used is None:
-                used = (clock(), time.perf_counter())
-            elif clock() - used[0] <= IDLE_CPU * (time.perf_counter() - used[1]):
+                continue
+            cpu, wall = clock(), time.perf_counter()
+            if used is not None and cpu - used[0] <= IDLE_CPU * (wall - used[1]):
                 self.quiet_flushes += 1
                 return
-            else:
-                used = (clock(), time.perf_counter())
+            used = (cpu, wall)
 
     def _landed(self, flush: Any) -> None:
         self.in_flight.clear()
