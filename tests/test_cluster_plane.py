@@ -882,23 +882,27 @@ async def test_own_entries_written_while_held_wait_and_follow_once_released(
             plane.release(follow)
 
 
-async def test_a_channel_followed_while_the_other_one_is_held_is_read_at_once(
-    redis_server: RedisServer,
+@pytest.mark.parametrize("held_names", [["app"], ["app", "c"]])
+async def test_a_channel_followed_while_the_others_are_held_is_read_at_once(
+    redis_server: RedisServer, held_names: list[str]
 ) -> None:
-    """A reader waiting for its one followed channel's release takes a follow added
-    meanwhile: another node's messages reach the new channel's ring while the first stays
-    held."""
+    """A reader waiting for its followed channels' release (one: in its own task; more: a
+    task each) takes a follow added meanwhile: another node's messages reach the new
+    channel's ring while the others stay held."""
     async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
         for reg in (one, two):
             reg.add_token("b", "t.b", "web")
+            reg.add_token("c", "t.c", "web")
         with trio.fail_after(15):
             plane = one.plane
-            held = one.channel("app")
-            assert held is not None
-            follow = plane.hold(held, await plane.top("app"))
             consumer = object()
-            held.hold(consumer)
-            # The reader waits for "app" to be released (nothing else to read).
+            held = []
+            for name in held_names:
+                channel = one.channel(name)
+                assert channel is not None
+                held.append((channel, plane.hold(channel, await plane.top(name))))
+                channel.hold(consumer)
+            # The reader waits for them to be released (nothing else to read).
             await eventually(lambda: plane.followers.waiting_for_release == 1, 5)
             added = one.channel("b")
             assert added is not None
@@ -908,10 +912,12 @@ async def test_a_channel_followed_while_the_other_one_is_held_is_read_at_once(
             assert texts(added.ring.last(1)) == [b"to b"]
             two.route(frames("t.app", ["to app"]))
             await eventually(lambda: two.plane.messages_written == 2, 5)
-            assert len(held.ring) == 0  # held: read once released
-            held.release(consumer)
-            await eventually(lambda: len(held.ring) == 1, 5)
-            plane.release(follow)
+            assert len(held[0][0].ring) == 0  # held: read once released
+            for channel, _ in held:
+                channel.release(consumer)
+            await eventually(lambda: len(held[0][0].ring) == 1, 5)
+            for _, follow in held:
+                plane.release(follow)
             plane.release(added_follow)
 
 

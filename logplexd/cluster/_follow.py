@@ -284,7 +284,7 @@ class Followers:
         self._nursery: trio.Nursery | None = None
         self._follows: dict[str, Follow] = {}
         # Set when a follow is added: the cluster reader, idle, polls at once. Cancelled
-        # then: a lane's wait for its one held channel's release (``_wait_released``).
+        # then: a lane's wait for its held channels' release (``_wait_released``).
         self._followed = trio.Event()
         self._released_waits: set[trio.CancelScope] = set()
         # Set when a follow has entries of this node's writer to read from the stream (they
@@ -341,7 +341,7 @@ class Followers:
 
     @property
     def waiting_for_release(self) -> int:
-        """Readers waiting for their one followed channel to be released (tests)."""
+        """Readers waiting for a held channel to be released (tests)."""
         return len(self._released_waits)
 
     def hold(self, channel: Channel, after: StreamId | None) -> Follow:
@@ -656,33 +656,28 @@ class Followers:
         return follow.channel.held_apart_from(self.exempt)
 
     async def _wait_released(self, held: list[Follow]) -> None:
-        """Until one of ``held`` is no longer paused or a follow is added."""
-        if len(held) == 1:
-            # One busy channel whose drain holds it now and then: waited for in this task
-            # (a nursery and two tasks per hold were 6 % of the daemon, e2e c1-ch1 on Redis);
-            # ``hold`` cancels the wait when a follow is added.
-            if self._followed.is_set():
-                return
-            with trio.CancelScope() as scope:
-                self._released_waits.add(scope)
-                try:
-                    await held[0].channel.wait_released_apart_from(self.exempt)
-                finally:
-                    self._released_waits.discard(scope)
+        """Until one of ``held`` is no longer paused or a follow is added (``hold`` cancels
+        the wait then). One held channel, the common case (a busy channel whose drain holds
+        it now and then), is waited for in this task: a nursery and two tasks per hold were
+        6 % of the daemon (e2e c1-ch1 on Redis)."""
+        if self._followed.is_set():
             return
-        async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            self._released_waits.add(scope)
+            try:
+                if len(held) == 1:
+                    await held[0].channel.wait_released_apart_from(self.exempt)
+                    return
+                async with trio.open_nursery() as nursery:
 
-            async def released(follow: Follow) -> None:
-                await follow.channel.wait_released_apart_from(self.exempt)
-                nursery.cancel_scope.cancel()
+                    async def released(follow: Follow) -> None:
+                        await follow.channel.wait_released_apart_from(self.exempt)
+                        nursery.cancel_scope.cancel()
 
-            async def followed() -> None:
-                await self._followed.wait()
-                nursery.cancel_scope.cancel()
-
-            for follow in held:
-                nursery.start_soon(released, follow)
-            nursery.start_soon(followed)
+                    for follow in held:
+                        nursery.start_soon(released, follow)
+            finally:
+                self._released_waits.discard(scope)
 
     async def _read_once(self, follows: list[Follow], lane: str) -> None:
         """One Redis: one blocking read of every followed stream but the solo ones (what
