@@ -118,6 +118,10 @@ class RunResult:
     out_of_order: int
     cpu_s: float | None  # router CPU seconds (user + system) during the run
     peak_rss_kb: int | None
+    # CPU seconds and minor page faults of the router's peers (logplexd-redis: its
+    # redis-server) during the run: on a shared machine they take the same cores.
+    peer_cpu_s: float | None = None
+    peer_minor_faults: int | None = None
     sink: dict = field(default_factory=dict)
     loadgen: dict = field(default_factory=dict)
     router: dict = field(default_factory=dict)  # the router's own figures (Router.figures)
@@ -127,6 +131,12 @@ class RunResult:
         if self.cpu_s is None or not self.delivered:
             return None
         return self.cpu_s / (self.delivered / 1e6)
+
+    @property
+    def peer_cpu_per_million(self) -> float | None:
+        if self.peer_cpu_s is None or not self.delivered:
+            return None
+        return self.peer_cpu_s / (self.delivered / 1e6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,14 +231,20 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    total = 0
+    return usage(pid)[0]
+
+
+def usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and minor page faults of ``pid`` and its children."""
+    ticks = faults = 0
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        faults += int(fields[7])  # minflt
+    return ticks / CLK_TCK, faults
 
 
 def peak_rss_kb(pid: int) -> int:
@@ -308,6 +324,11 @@ class Router:
     def loss_counters(self) -> list[str]:
         """The router's own non-zero loss counters (for a run that lost messages)."""
         return []
+
+    def peer_usage(self) -> tuple[float, int] | None:
+        """CPU seconds and minor page faults of the processes the router needs beside it
+        (a redis-server) so far; None: it has none."""
+        return None
 
     def metrics_matching(self, pattern: str) -> list[str]:
         """The router's ``/metrics`` samples whose line matches ``pattern`` (``--metrics``)."""
@@ -626,8 +647,9 @@ def resp(port: int, *args: str, timeout: float = 5.0) -> bytes:
 class LogplexdRedis(Logplexd):
     """This tree's logplexd as one node in Redis mode (issue 21): ``--store-url`` to a
     redis-server of its own on loopback (``--save "" --appendonly no``: the protocol's cost,
-    not this machine's disk), started before and stopped after the daemon. Redis's own CPU
-    is not in the CPU column (that is the daemon's); ``bench/bench_nodes.py`` reports it."""
+    not this machine's disk), started before and stopped after the daemon. The CPU column
+    is the daemon's; redis-server's own CPU and minor page faults during the run are shown
+    beside it (``peer_usage``: the two share this machine's cores)."""
 
     name = "logplexd-redis"
 
@@ -665,6 +687,9 @@ class LogplexdRedis(Logplexd):
                 if found.search(line):
                     lines.append(line)
         return lines
+
+    def peer_usage(self) -> tuple[float, int] | None:
+        return usage(self.redis.pid)
 
     def stop(self) -> None:
         super().stop()
@@ -720,6 +745,7 @@ def run_once(
             token_file.write_text("\n".join(router.tokens) + "\n")
             pid = router.pid
             cpu0 = cpu_seconds(pid) if pid else None
+            peer0 = router.peer_usage()
             cmd = [str(loadgen), "-H", "127.0.0.1", "-p", str(port), "-c", str(wl.conns),
                    "-n", str(messages), "-s", str(wl.size), "-T", str(token_file)]  # fmt: skip
             if rate:
@@ -748,6 +774,8 @@ def run_once(
                 for line in router.loss_counters():
                     log(f"  {router.name} counted: {line}")
             cpu = cpu_seconds(pid) - cpu0 if pid and cpu0 is not None else None
+            peer1 = router.peer_usage()
+            peer = (peer1[0] - peer0[0], peer1[1] - peer0[1]) if peer0 and peer1 else None
             rss = peak_rss_kb(pid) if pid else None
             if router is not None and router.proc is not None and router.proc.poll() is not None:
                 raise HarnessError(f"{router.name} died during the run")
@@ -762,8 +790,9 @@ def run_once(
     return RunResult(
         rate=rate, ingest_rate=ingest, delivered=sk["received"], expected=expected, lost=sk["lost"],
         duplicates=sk["duplicates"], l10_dropped=sk["l10_dropped"],
-        out_of_order=sk["out_of_order"], cpu_s=cpu, peak_rss_kb=rss, sink=sk, loadgen=lg,
-        router=router.figures,
+        out_of_order=sk["out_of_order"], cpu_s=cpu, peak_rss_kb=rss,
+        peer_cpu_s=peer[0] if peer else None, peer_minor_faults=peer[1] if peer else None,
+        sink=sk, loadgen=lg, router=router.figures,
     )  # fmt: skip
 
 
@@ -778,6 +807,7 @@ def fmt_rate(r: float) -> str:
 def summarize(results: list[RunResult]) -> dict:
     rates = [r.rate for r in results]
     cpus = [c for r in results if (c := r.cpu_per_million) is not None]
+    peer_cpus = [c for r in results if (c := r.peer_cpu_per_million) is not None]
     rss = [r.peak_rss_kb for r in results if r.peak_rss_kb is not None]
     return {
         "rate": statistics.median(rates),
@@ -786,6 +816,7 @@ def summarize(results: list[RunResult]) -> dict:
         "ingest": statistics.median(r.ingest_rate for r in results),
         "expected": max(r.expected for r in results),
         "cpu": statistics.median(cpus) if cpus else None,
+        "peer_cpu": statistics.median(peer_cpus) if peer_cpus else None,
         "rss_mb": max(rss) / 1024 if rss else None,
         "lost": max(r.lost for r in results),
         "dups": max(r.duplicates for r in results),
@@ -816,6 +847,8 @@ def table(
             if name == "direct":
                 pct = "(ceiling)"
             cpu = f"{s['cpu']:.2f}" if s["cpu"] is not None else "-"
+            if s["peer_cpu"] is not None:
+                cpu += f" (+{s['peer_cpu']:.2f} Redis)"
             rss = f"{s['rss_mb']:.0f} MB" if s["rss_mb"] is not None else "-"
             lost = f"{s['lost']:,}"
             if s["lost"]:
@@ -1017,11 +1050,17 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     collected.setdefault((name, wl.key), []).append(res)
                     cpu = res.cpu_per_million
+                    peer_cpu = res.peer_cpu_per_million
                     log(
                         f"[{name}] {wl.key} run {i + 1}/{runs}: {res.rate:,.0f} msgs/s, "
                         f"{res.delivered:,}/{res.expected:,} delivered, lost {res.lost:,}, "
                         f"dup {res.duplicates:,}, L10-dropped {res.l10_dropped:,}"
                         + (f", cpu {cpu:.2f} s/M" if cpu is not None else "")
+                        + (
+                            f" (+{peer_cpu:.2f} Redis, {res.peer_minor_faults:,} page faults)"
+                            if peer_cpu is not None
+                            else ""
+                        )
                         + (f", peak RSS {res.peak_rss_kb / 1024:.0f} MB" if res.peak_rss_kb else "")
                     )
                     if name == "direct" and (res.lost or res.duplicates):
