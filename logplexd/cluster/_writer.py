@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import trio
 
-from ..router import IDLE_CPU, adaptive_linger, look_interval
+from ..router import adaptive_linger, idle_over, look_interval
 from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
 from ._stream import APPEND, PROPOSE, SETTLE, KeptRange, Keys, Outgoing, StreamId, parse_id
 from .buffer import Entry, Flush, Loss, OutboundBuffer
@@ -208,7 +208,7 @@ class Writer:
     async def linger(self, seconds: float) -> None:
         """Wait ``seconds`` for ingestion to fill the next flush, until ``hurry``, or until
         a look finds the node quiet: nothing routed (``routed``), and the event loop's
-        thread next to idle (``IDLE_CPU``: a long step of another task, a drain's round, is
+        thread next to idle (``idle_over``: a long step of another task, a drain's round, is
         not quiet). The CPU clock is a system call: read only over a look that follows one
         that found nothing routed."""
         with trio.CancelScope() as scope:
@@ -238,7 +238,7 @@ class Writer:
                 before, used = now, None
                 continue
             cpu, wall = clock(), time.perf_counter()
-            if used is not None and cpu - used[0] <= IDLE_CPU * (wall - used[1]):
+            if used is not None and idle_over(cpu - used[0], wall - used[1]):
                 self.quiet_flushes += 1
                 return
             used = (cpu, wall)

@@ -23,20 +23,12 @@ from .registry import (
     linger_limit,
     pushback_for,
 )
-from .rounds import (
-    IDLE_CPU,
-    ROUND_SHARE,
-    PumpRounds,
-    adaptive_linger,
-    flood_ended,
-    look_interval,
-)
+from .rounds import ROUND_SHARE, PumpRounds, adaptive_linger, flood_ended, idle_over, look_interval
 from .sync import RegistryLike, attach_registry, load_registry
 
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_MESSAGES",
-    "IDLE_CPU",
     "NEVER",
     "ROUND_SHARE",
     "PumpRounds",
@@ -47,6 +39,7 @@ __all__ = [
     "RouteCounts",
     "adaptive_linger",
     "flood_ended",
+    "idle_over",
     "look_interval",
     "attach_registry",
     "high_water",

@@ -51,6 +51,11 @@ def look_interval(linger: float) -> float:
     return max(MIN_IDLE, linger * IDLE_SHARE)
 
 
+def idle_over(cpu: float, span: float) -> bool:
+    """Whether a loop whose thread used ``cpu`` seconds of the last ``span`` was idle."""
+    return cpu <= IDLE_CPU * span
+
+
 def flood_ended(span: float, cpu: float, look: float) -> bool:
     """Whether a loop that used ``cpu`` seconds of ``span`` before an idle ``look`` was
     busy: a flood that ended, not a steady load's idle moment."""
@@ -101,7 +106,7 @@ class PumpRounds:
         while True:
             started, used = time.perf_counter(), clock()
             await trio.sleep(look)
-            if clock() - used <= IDLE_CPU * look:
+            if idle_over(clock() - used, look):
                 return flood_ended(started - since[0], used - since[1], look)
 
     def dirty(self, channel: Channel) -> None:
