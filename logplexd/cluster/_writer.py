@@ -39,13 +39,12 @@ FLUSH_LINGER_MESSAGES = 1000
 # after the last one carried a few messages per channel and took most of the core. The
 # writer then waits before taking the next flush, so that its own work is at most
 # ``ROUND_SHARE`` of the time (``adaptive_linger``), never longer than this, and not while
-# the buffer is a quarter full (pushback would start at half).
+# the buffer is a quarter full (pushback would start at half). That linger is there for
+# ingestion to fill the next flush: it ends at a look (every twentieth of it,
+# ``look_interval``) that finds nothing routed and the node idle. A flood's last flushes
+# otherwise waited out the whole linger on an idle node: e2e c8-ch1000 on Redis spent
+# 0.15 s of a 3 s run so. It also ends when the pushback holds a channel (``hurry``).
 MAX_FLUSH_LINGER = 0.05
-# That linger is there for ingestion to fill the next flush: it ends at a look (every
-# twentieth of it, ``look_interval``) that finds nothing routed and the node idle. A
-# flood's last flushes otherwise waited out the whole linger on an idle node: e2e c8-ch1000
-# on Redis spent 0.15 s of a 3 s run so. It also ends when the pushback holds a channel
-# (``hurry``).
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
 # A channel another node wrote since this node's last write of it (``PROPOSE`` answered
