@@ -689,7 +689,7 @@ class LogplexdRedis(Logplexd):
         return lines
 
     def peer_usage(self) -> tuple[float, int] | None:
-        return usage(self.redis.pid)
+        return usage(self.redis.pid) if self.redis.poll() is None else None
 
     def stop(self) -> None:
         super().stop()
