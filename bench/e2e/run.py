@@ -40,7 +40,6 @@ import contextlib
 import datetime as dt
 import http.client
 import json
-import mmap
 import os
 import re
 import secrets
@@ -259,31 +258,6 @@ def peak_rss_kb(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 total += int(line.split()[1])
     return total
-
-
-# Memory written and given back right before each run (``--warm-memory``, MB; off by
-# default). On the VMs these benchmarks run on, the first write to a page the host does not
-# back yet costs 6-8 us (a 4 GB block; written again at once ~2 us, and cold again within
-# 30 s); a router whose run fills fresh memory pays that in ``clear_page_erms``, by how much
-# depending on what ran before it: 592 ms of a Redis-mode node's 4.29 s in one 6 M-message,
-# 1,000-channel run, 64 ms after 3 GB written and given back. Both routers then spent ~10 %
-# less CPU per message, and their ratio stayed within the noise (bench/RESULTS.md, "Session
-# of 2026-12-06 (sixth)"). For profiles that should show the routers, not the hypervisor.
-WARM_MEMORY_MB = 3072
-
-
-def warm_memory(megabytes: int) -> float:
-    """Write one byte in every page of ``megabytes`` of fresh memory and unmap it, so that
-    the processes of the run that follows are given pages the host already backs; the
-    seconds it took."""
-    if megabytes <= 0:
-        return 0.0
-    started = time.monotonic()
-    size = megabytes * 1024 * 1024
-    with mmap.mmap(-1, size) as block:
-        for offset in range(0, size, PAGE):
-            block[offset] = 1
-    return time.monotonic() - started
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -751,14 +725,11 @@ def run_once(
     *,
     expected: int | None = None,
     warmup: float | None = 1.0,
-    warm_mb: int = 0,
 ) -> RunResult:
     """One run; ``expected`` (default: every message once per drain) is what the sink
     waits for, ``warmup`` the seconds loadgen waits after one message per token (None: no
-    warm-up, the router did its own in ``start``), ``warm_mb`` the memory written and given
-    back first (``warm_memory``)."""
+    warm-up, the router did its own in ``start``)."""
     loadgen, sink_exe = tools
-    warm_memory(warm_mb)
     if expected is None:
         expected = messages * (wl.drains if router_cls is not Direct else 1)
     # Generous bounds: a router at 20,000 messages/s still finishes.
@@ -1026,14 +997,6 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. 'round_trips|entries_own'; for logplexd-redis also redis-server's byte "
         "counters: 'redis-server')",
     )
-    ap.add_argument(
-        "--warm-memory",
-        type=int,
-        default=0,
-        metavar="MB",
-        help="memory written and given back before each run, so that the router is given "
-        f"pages the hypervisor already backs (0, none; e.g. {WARM_MEMORY_MB})",
-    )
     args = ap.parse_args(argv)  # fmt: skip
 
     messages = args.messages or (50_000 if args.quick else 1_000_000)
@@ -1075,9 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     cls = ROUTER_CLASSES[name]
                     try:
-                        res = run_once(
-                            cls, wl, messages, tools, args.idle, args.rate, warm_mb=args.warm_memory
-                        )
+                        res = run_once(cls, wl, messages, tools, args.idle, args.rate)
                     except Skip as exc:
                         notes[name] = f"skipped: {exc}"
                         log(f"[{name}] SKIPPED: {exc}")
