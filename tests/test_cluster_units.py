@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from logplexd.cluster import DataPlane
+from logplexd.cluster import ChannelPushback, DataPlane, Follow, Keys, slot_of
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
@@ -22,7 +22,8 @@ from logplexd.cluster.lease import (
     next_state,
     renew_interval,
 )
-from logplexd.router import look_interval
+from logplexd.native import ChannelRing, octet_frames, parse_body, parse_frames
+from logplexd.router import Channel, look_interval
 
 
 # -- the outbound buffer ------------------------------------------------------------------------
@@ -262,18 +263,12 @@ def test_release_gives_up_ownership() -> None:
 
 # -- the wire format and the ring <-> stream map ------------------------------------------------
 def _batch(*texts: str):
-    from logplexd.native import parse_frames
-
     return parse_frames(
         [f"<134>1 2024-01-01T00:00:00Z host app web.1 - - {t}".encode() for t in texts]
     )
 
 
 def test_octet_frames_round_trip_keeps_every_frame_and_field() -> None:
-    from logplexd._native.wire import octet_frames
-
-    from logplexd.native import parse_body, parse_frames
-
     frames = [b"<134>1 t h app p - - hi", b"not syslog at all", b"<1>1 t h a p m [x\\]] m\n"]
     batch = parse_frames(frames)
     wire = octet_frames(batch)
@@ -286,10 +281,6 @@ def test_octet_frames_round_trip_keeps_every_frame_and_field() -> None:
 
 
 def test_follow_maps_ring_positions_to_stream_sequences() -> None:
-    from logplexd.cluster import Follow
-    from logplexd.native import ChannelRing
-    from logplexd.router.registry import Channel
-
     channel = Channel("app", ChannelRing(100, 1 << 20))
     follow = Follow("app", "k", channel, (10, 0))
     assert follow.seq_at(0) == 10 and follow.position_after(10) == (0, 0)
@@ -312,8 +303,6 @@ def test_follow_maps_ring_positions_to_stream_sequences() -> None:
 
 
 def test_keys_share_the_channel_hash_tag() -> None:
-    from logplexd.cluster import Keys
-
     keys = Keys("logplex")
     tags = {
         k.split("{", 1)[1].split("}", 1)[0]
@@ -347,10 +336,6 @@ def test_deferred_channel_stays_in_order_while_the_others_are_taken() -> None:
 
 
 def test_pushback_holds_every_routed_channel_while_the_buffer_is_half_full() -> None:
-    from logplexd.cluster import ChannelPushback
-    from logplexd.native import ChannelRing
-    from logplexd.router import Channel
-
     filled = [0.0]
     behind = {"a": 0, "b": 0}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
@@ -378,10 +363,6 @@ def test_pushback_releases_a_channel_whose_last_progress_came_while_the_buffer_w
     # buffer was over a quarter full (other channels' messages): nothing of its own comes
     # again to release it. Found by bench/soak.py --redis single: the channel's inputs
     # stayed held for good with the node caught up on it (behind 0, buffer empty).
-    from logplexd.cluster import ChannelPushback
-    from logplexd.native import ChannelRing
-    from logplexd.router import Channel
-
     filled = [0.0]
     behind = {"a": 0, "b": 0}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
@@ -400,8 +381,6 @@ def test_pushback_releases_a_channel_whose_last_progress_came_while_the_buffer_w
 def test_a_shard_beacon_lies_in_the_slot_it_is_named_for() -> None:
     # APPEND increments it from a script on the shard serving that slot, so the key must
     # hash there (CLUSTER KEYSLOT's rule, ``slot_of``).
-    from logplexd.cluster import Keys, slot_of
-
     keys = Keys("P")
     for slot in (0, 1, 5461, 10923, 16383):
         assert slot_of(keys.beacon(slot)) == slot
@@ -485,9 +464,6 @@ async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Its inputs now wait for what the writer has: lingering for more only idles them.
-    from logplexd.native import ChannelRing
-    from logplexd.router import Channel
-
     routed = [0]
     plane = _lingering_plane(routed, [0.0])
     plane.link.ok("probe")  # Redis answers: the pushback holds (it never does in an outage)
