@@ -19,6 +19,7 @@ from logplexd.drains import DrainSettings
 from logplexd.router import Registry
 from tests.helpers.drains import (
     TOKEN,
+    HeldWrites,
     HttpSink,
     SyslogSink,
     append,
@@ -267,3 +268,101 @@ async def test_after_a_restart_an_http_drain_resends_its_batch_with_the_same_fra
     assert sink.requests[0].header("Logplex-Frame-Id") == first_id
     lines = [line for body in sink.bodies() for line in split_http(body)]
     assert lines == [f"drain test message {i}" for i in range(3000)]
+
+
+async def _shutdown_with_a_pump_write_in_flight(
+    nursery: trio.Nursery, tmp_path: Path, held: HeldWrites
+) -> list[SyslogSink]:
+    """Eight parked drains (channels app0...; the pump writes for them from its worker
+    thread) and a shutdown that stops them while that write, messages 1-10 of each, is held
+    in flight: released only once every drain's task has left. Returns the sinks."""
+    registry = Registry(**SMALL_RING)
+    manager = await start_manager(
+        nursery,
+        registry,
+        DrainSettings(shutdown_grace=0.2),
+        backlogs=backlogs(tmp_path),
+        pump_writes=held,
+    )
+    sinks = []
+    for n in range(8):
+        registry.ensure_channel(f"app{n}")
+        sink = SyslogSink()
+        await nursery.start(sink.serve)
+        sinks.append(sink)
+        manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{sink.port}")
+    held.go.set()  # the first message connects each drain, then it parks
+    for n in range(8):
+        append(registry.channels[f"app{n}"], [message(0)])
+    await wait_until(lambda: manager.pump.attached == 8)
+    for sink in sinks:
+        await sink.wait_for(lambda sink=sink: sink.messages() == 1)
+    held.go.clear()
+    held.started.clear()
+    for n in range(8):
+        append(registry.channels[f"app{n}"], [message(i) for i in range(1, 11)])
+    await trio.to_thread.run_sync(held.started.wait, 10)
+    stopped = trio.Event()
+
+    async def shutdown() -> None:
+        await manager.shutdown()
+        stopped.set()
+
+    nursery.start_soon(shutdown)
+    # The grace runs out (the drains wait for the write), and their tasks are cancelled.
+    await wait_until(lambda: manager.pump.attached == 0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not stopped.is_set()  # the ledger and backlogs stay open for the write
+    held.go.set()
+    with trio.fail_after(10):
+        await stopped.wait()
+    return sinks
+
+
+async def _after_restart(nursery: trio.Nursery, tmp_path: Path) -> list[SyslogSink]:
+    """The next process: the same eight drains on the same directory, each channel with one
+    new message (11); returns the new sinks once each has that one."""
+    registry = Registry(**SMALL_RING)
+    manager = await start_manager(nursery, registry, FAST, backlogs=backlogs(tmp_path))
+    sinks = []
+    for n in range(8):
+        registry.ensure_channel(f"app{n}")
+        sink = SyslogSink()
+        await nursery.start(sink.serve)
+        sinks.append(sink)
+        manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{sink.port}")
+    for n in range(8):
+        append(registry.channels[f"app{n}"], [message(11)])
+    for sink in sinks:
+        await sink.wait_for(lambda sink=sink: expected(11, 12)[0] in sink.frames(arriving=True))
+    return sinks
+
+
+async def test_shutdown_settles_the_write_in_flight_before_closing_the_ledger(nursery, tmp_path):
+    # CI once failed here: the ledger was closed under a write the pump's worker still had
+    # in flight, and settling it afterwards raised in the pump and took the daemon down.
+    held = HeldWrites()
+    sinks = await _shutdown_with_a_pump_write_in_flight(nursery, tmp_path, held)
+    for sink in sinks:
+        await sink.wait_for(lambda sink=sink: sink.messages() == 11)
+        assert sink.frames() == expected(0, 11)
+    # The ledger says they were delivered: the next process sends only what is new, no L10.
+    for sink in await _after_restart(nursery, tmp_path):
+        assert sink.frames() == expected(11, 12)
+
+
+async def test_a_write_in_flight_cut_short_at_shutdown_goes_to_the_backlog(nursery, tmp_path):
+    held = HeldWrites(partial_at=5)  # the round's first drain: five bytes taken, no more
+    sinks = await _shutdown_with_a_pump_write_in_flight(nursery, tmp_path, held)
+    first = len(delivered(0))
+    whole = first + len(b"".join(delivered(i) for i in range(1, 11)))
+    for sink in sinks:
+        await sink.wait_for(lambda sink=sink: len(sink.data) in (first + 5, whole))
+    short = [n for n, sink in enumerate(sinks) if len(sink.data) == first + 5]
+    assert len(short) == 1, [len(sink.data) for sink in sinks]
+    # Its ten messages were moved to its backlog: the next process sends them whole, once.
+    after = await _after_restart(nursery, tmp_path)
+    for n, sink in enumerate(after):
+        want = expected(1, 12) if n == short[0] else expected(11, 12)
+        await sink.wait_for(lambda sink=sink, want=want: sink.messages() == len(want))
+        assert sink.frames() == want

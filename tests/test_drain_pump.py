@@ -12,7 +12,6 @@ import random
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -40,7 +39,15 @@ from logplexd.router import (
     look_interval,
 )
 from logplexd.router.registry import Channel, Registry
-from tests.helpers.drains import TOKEN, SyslogSink, append, delivered, message, stats_of
+from tests.helpers.drains import (
+    TOKEN,
+    HeldWrites,
+    SyslogSink,
+    append,
+    delivered,
+    message,
+    stats_of,
+)
 from tests.helpers.http import basic_auth
 from tests.helpers.syslog import octet_counted
 from tests.helpers.wait import wait_until
@@ -339,24 +346,6 @@ def test_write_payloads_reports_what_each_socket_took():
     assert peer.recv(5) == b"hello"
     for sock in (full_ours, full_peer, ours, peer):
         sock.close()
-
-
-class HeldWrites:
-    """The pump's worker-thread writes, held until ``go`` is set: a round in flight. With
-    ``partial_at``, the first drain's write takes only that many bytes."""
-
-    def __init__(self, partial_at: int | None = None) -> None:
-        self.started = threading.Event()
-        self.go = threading.Event()
-        self.partial_at = partial_at
-
-    def __call__(self, jobs: list[tuple[int, bytes]]) -> list[int | OSError]:
-        self.started.set()
-        assert self.go.wait(10)
-        if self.partial_at is not None:
-            fd, data = jobs[0]
-            jobs[0] = (fd, data[: self.partial_at])
-        return write_payloads(jobs)
 
 
 async def threaded_round(

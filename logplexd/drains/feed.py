@@ -532,7 +532,9 @@ class DrainFeed:
         """Store in the ledger what a kill -9 now would lose: messages neither delivered nor
         handed to the backlog (from ``ring_settled`` on), and losses not yet announced."""
         backlog = self.disk
-        if backlog is None:
+        if backlog is None or backlog.closed:
+            # Closed (the daemon is ending): its slot says what was settled before, and the
+            # next start counts the rest as lost; never fewer than were.
             return
         entry = backlog.entry
         if ring_settled is not None:

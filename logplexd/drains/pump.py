@@ -176,6 +176,8 @@ class DrainPump:
         self._gathered: list[tuple[AttachedWriter, Payload]] | None = None
         self._gathered_bytes = 0
         self._limiter = trio.CapacityLimiter(1)
+        # Set once the threaded round in flight is settled (None: no round in flight).
+        self._round_settled: trio.Event | None = None
         # What the worker thread runs (tests hold it to see a round in flight).
         self._write_all = write_all or write_payloads
         self.threaded_rounds = 0
@@ -306,6 +308,13 @@ class DrainPump:
             channel.watch(self, min(base + enough, look))
             self.rounds.dirty(channel)
 
+    async def wait_settled(self) -> None:
+        """Until no threaded round is in flight. At shutdown, a drain whose task was stopped
+        while the worker wrote for it is settled only then: its feed and its ledger slot must
+        not be closed before (the writes are non-blocking, so this is soon)."""
+        while self._round_settled is not None:
+            await self._round_settled.wait()
+
     # -- the task -----------------------------------------------------------------------------
     async def run(self) -> None:
         await self.rounds.run(
@@ -324,7 +333,11 @@ class DrainPump:
         data = [(writer.worker_fd, payload.data) for writer, payload in jobs]
         if len(jobs) < THREAD_MIN_WRITES:
             results = write_payloads(data)
-        else:
+            for (writer, payload), written in zip(jobs, results, strict=True):
+                self._settle(writer, payload, written)
+            return
+        settled = self._round_settled = trio.Event()
+        try:
             try:
                 # Not abandoned on cancel: the writes are non-blocking, so this returns
                 # soon, and the loop must settle them before it can be cancelled.
@@ -337,8 +350,11 @@ class DrainPump:
                     self._settle(writer, payload, OSError("not written: the pump stopped"))
                 raise
             self.threaded_rounds += 1
-        for (writer, payload), written in zip(jobs, results, strict=True):
-            self._settle(writer, payload, written)
+            for (writer, payload), written in zip(jobs, results, strict=True):
+                self._settle(writer, payload, written)
+        finally:
+            self._round_settled = None
+            settled.set()
 
     def _write_channel(self, channel: Channel) -> None:
         writers = self._writers.get(channel)

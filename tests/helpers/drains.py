@@ -8,6 +8,7 @@ import re
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import h11
 import trio
 
 from logplexd.drains import DrainManager, DrainSettings, DrainStats
+from logplexd.drains.pump import write_payloads
 from logplexd.native import parse_frames
 from logplexd.router.registry import Channel, Registry
 
@@ -75,6 +77,24 @@ async def start_manager(
     manager = DrainManager(registry, rng=random.Random(seed), **kwargs)  # type: ignore[arg-type]
     await nursery.start(manager.run)
     return manager
+
+
+class HeldWrites:
+    """The pump's worker-thread writes, held until ``go`` is set: a round in flight. With
+    ``partial_at``, the first drain's write takes only that many bytes."""
+
+    def __init__(self, partial_at: int | None = None) -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.partial_at = partial_at
+
+    def __call__(self, jobs: list[tuple[int, bytes]]) -> list[int | OSError]:
+        self.started.set()
+        assert self.go.wait(10)
+        if self.partial_at is not None:
+            fd, data = jobs[0]
+            jobs[0] = (fd, data[: self.partial_at])
+        return write_payloads(jobs)
 
 
 class _Notifier:
