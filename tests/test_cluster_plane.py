@@ -817,7 +817,7 @@ async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
     redis_server: RedisServer,
 ) -> None:
     """Own entries are appended from where routing put them (the staging ring) once
-    written; written while the channel is held for longer than that ring holds (40,000
+    written; written while the channel is held for longer than that ring holds (60,000
     here), the oldest are no longer there: they are read back from the stream instead,
     with what waited behind them, every message once and in order, nothing lost, and the
     staging ring lets go of all."""
@@ -829,7 +829,7 @@ async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
             await eventually(lambda: len(channel.ring) == 1, 5)
             consumer = object()
             channel.hold(consumer)
-            sent = [f"h{i}" for i in range(45_000)]
+            sent = [f"h{i}" for i in range(70_000)]
             for start in range(0, len(sent), 1000):
                 one.route(frames("t.app", sent[start : start + 1000]), until_held=False)
                 await trio.lowlevel.checkpoint()

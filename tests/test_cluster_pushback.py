@@ -53,27 +53,27 @@ RING = 2048
 # -- the sans-IO rule -----------------------------------------------------------------------------
 
 
-def test_channel_pushback_holds_past_keep_and_releases_under_half():
+def test_channel_pushback_holds_past_twice_keep_and_releases_under_half():
     behind = {"a": 0}
     reachable = [True]
     pushback = ChannelPushback(1000, lambda name: behind[name], lambda: reachable[0])
     channel = Channel("a", ChannelRing(16, 4096))
 
-    behind["a"] = 1000  # exactly what the stream keeps: not yet
+    behind["a"] = 2000  # twice what the stream keeps (HOLD_KEEPS): not yet
     pushback.routed(channel)
     assert not channel.held
-    behind["a"] = 1001
+    behind["a"] = 2001
     pushback.routed(channel)
     assert channel.held and pushback.holds == 1
-    behind["a"] = 501  # over half: still held
+    behind["a"] = 1001  # over half: still held
     pushback.progressed(["a"])
     assert channel.held
-    behind["a"] = 500
+    behind["a"] = 1000
     pushback.progressed(["a"])
     assert not channel.held
 
     # Redis unreachable: an outage never holds producers, and releases what was held.
-    behind["a"] = 1800
+    behind["a"] = 3600
     pushback.routed(channel)
     assert channel.held
     reachable[0] = False

@@ -350,10 +350,10 @@ def test_pushback_holds_every_routed_channel_while_the_buffer_is_half_full() -> 
     pushback.progressed(["a"])
     assert a.held and b.held  # above a quarter: still held
     filled[0] = 0.2
-    behind["b"] = 600  # b is behind on its own (over half of keep)
+    behind["b"] = 1100  # b is behind on its own (over half of the hold mark, 2 x keep)
     pushback.progressed(["a"])  # every channel held by the fill is looked at, b too
     assert not a.held and b.held
-    behind["b"] = 100
+    behind["b"] = 1000
     pushback.progressed(["b"])
     assert not b.held and not pushback.held
 
@@ -367,7 +367,10 @@ def test_pushback_releases_a_channel_whose_last_progress_came_while_the_buffer_w
     behind = {"a": 0, "b": 0}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
     a = Channel("a", ChannelRing(100, 1 << 20))
-    behind["a"] = 1001
+    behind["a"] = 2000
+    pushback.routed(a)
+    assert not a.held  # at the mark (2 x keep), not past it
+    behind["a"] = 2001
     pushback.routed(a)
     assert a.held
     behind["a"], filled[0] = 0, 0.3
@@ -483,7 +486,7 @@ async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
         started = trio.current_time()
         nursery.start_soon(ingest)
         await plane.writer.linger(0.05)
-        # Held once more than keep (1,000) waits for the writer: the 11th routed batch.
-        assert channel.held and plane.buffer.queued["a"] == 1100
-        assert trio.current_time() - started == pytest.approx(0.010)
+        # Held once more than 2 x keep (2,000) waits for the writer: the 21st routed batch.
+        assert channel.held and plane.buffer.queued["a"] == 2100
+        assert trio.current_time() - started == pytest.approx(0.020)
     assert plane.writer.quiet_flushes == 0

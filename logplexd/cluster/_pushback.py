@@ -6,12 +6,13 @@ more places before a local consumer gets it: the outbound buffer (and the flush 
 then the stream, until the follower has read it. The stream keeps the newest ``keep``
 messages of a channel (``channel_buffer_messages``), and up to 4 x ``keep`` for a follower
 that is behind (``APPEND``, which then answers ``behind`` and the writer keeps the rest).
-``ChannelPushback`` holds the channel once this node's share of that wait passes ``keep``
-(or its writer keeps entries for a follower far behind, filling the buffer) and releases
-it below half of that: the inputs feeding the channel then stop reading (TCP flow control
-reaches the producer) and ``POST /logs`` waits, as for a drain on one node. The unwritten
-part waits in the channel's staging ring (``ClusterRegistry``), which may be twice as deep
-as ``keep``: room for the routed batch that passes the mark.
+``ChannelPushback`` holds the channel once this node's share of that wait passes
+``HOLD_KEEPS`` x ``keep`` (or its writer keeps entries for a follower far behind, filling
+the buffer) and releases it below half of that: the inputs feeding the channel then stop
+reading (TCP flow control reaches the producer) and ``POST /logs`` waits, as for a drain
+on one node. The unwritten
+part waits in the channel's staging ring (``ClusterRegistry``), ``STAGING_KEEPS`` x ``keep``
+deep: room for the routed batches that pass the mark.
 
 The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_bytes``), and
 with many channels each can be well under its own share of ``keep`` while together they fill
@@ -31,6 +32,15 @@ from collections.abc import Callable, Iterable
 
 from ..router import Channel
 
+# A channel is held once this node is this many ``keep``s behind on it (released at half).
+# A one-connection flood's flush carries about one ``keep`` (~17,000 messages against
+# 16,384): against holding at one, two delivered 1.1-1.2x the messages a second at
+# 0.87-0.96x the CPU, three 1.07x (bench/RESULTS.md, "Session of 2026-12-06 (seventh)").
+HOLD_KEEPS = 2
+# How deep a channel's staging ring is, in ``keep``s: the hold mark, plus room for the
+# routed batches that pass it.
+STAGING_KEEPS = HOLD_KEEPS + 1
+
 
 class ChannelPushback:
     """The holder of channels this node is behind on. ``behind(name)`` counts, for one
@@ -44,12 +54,12 @@ class ChannelPushback:
         reachable: Callable[[], bool],
         filled: Callable[[], float] = lambda: 0.0,
     ) -> None:
-        # The stream never trims what this node's follower has not read (APPEND's floor),
-        # and the staging ring the unwritten part waits in is twice ``keep`` deep, so up to
-        # ``keep`` behind loses nothing. Holding at half of it stopped a one-channel flood
-        # about twice per flush round trip (bench/RESULTS.md, "Session of 2026-12-04").
-        self.high = max(1, keep)
-        self.low = keep // 2
+        # The stream never trims what this node's follower has not read (APPEND's floor,
+        # up to 4 x ``keep``), and the staging ring the unwritten part waits in is
+        # ``STAGING_KEEPS`` x ``keep`` deep, so up to ``HOLD_KEEPS`` x ``keep`` behind loses
+        # nothing.
+        self.high = max(1, HOLD_KEEPS * keep)
+        self.low = self.high // 2
         self._behind = behind
         self._reachable = reachable
         # How full the outbound buffer is, 0 to 1 (the larger of messages and bytes).

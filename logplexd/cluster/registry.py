@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from ..native import Batch, ChannelRing, dispatch, dispatch_to, octet_frames_from_ring
 from ..router import Channel, Registry, RouteCounts
+from ._pushback import STAGING_KEEPS
 from .plane import DataPlane
 
 # Past this share of the outbound buffer, routed messages wait in their staging rings
@@ -108,17 +109,17 @@ class ClusterRegistry(Registry):
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:
-            # It holds what was not sent yet (up to the channel buffer while the pushback
-            # holds, ``ChannelPushback``, plus the routed batch that passed the mark) and
-            # the newest ``history_messages`` (``local_history``); what is older is let go
-            # as it is sent (``_send``). May be twice as deep as the channel buffer, and
-            # at least one routed batch (one read, one POST body), so nothing is evicted
-            # between routing and reading it back; rings grow on demand, so that costs
-            # only what is held. Made first: a firehose channel's copies are routed to it
-            # (_firehose_ring).
+            # It holds what was not sent yet (up to ``HOLD_KEEPS`` x the channel buffer
+            # while the pushback holds, ``ChannelPushback``, plus the routed batches that
+            # pass the mark) and the newest ``history_messages`` (``local_history``); what
+            # is older is let go as it is sent (``_send``). ``STAGING_KEEPS`` x as deep as
+            # the channel buffer, and at least one routed batch (one read, one POST body),
+            # so nothing is evicted between routing and reading it back; rings grow on
+            # demand, so that costs only what is held. Made first: a firehose channel's
+            # copies are routed to it (_firehose_ring).
             ring = ChannelRing(
-                max(2 * self.buffer_messages, STAGING_MIN_MESSAGES),
-                max(2 * self.buffer_bytes, STAGING_MIN_BYTES),
+                max(STAGING_KEEPS * self.buffer_messages, STAGING_MIN_MESSAGES),
+                max(STAGING_KEEPS * self.buffer_bytes, STAGING_MIN_BYTES),
             )
             ring.owner = _Staging(name)
             self.staging[name] = ring
