@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable
 from ..router import Channel
 
 # A channel is held once this node is this many ``keep``s behind on it (released at half).
-# A one-connection flood's flush carries about one ``keep`` (~17,000 messages against
-# 16,384): against holding at one, two delivered 1.1-1.2x the messages a second at
-# 0.87-0.96x the CPU, three 1.07x (bench/RESULTS.md, "Session of 2026-12-06 (seventh)").
+# Against holding at one, two took a one-connection flood at 1.11x the messages a second
+# (15 of 20 pairs faster) and 0.95x the CPU (bench/RESULTS.md, "Session of 2026-12-06
+# (seventh)").
 HOLD_KEEPS = 2
 # How deep a channel's staging ring is, in ``keep``s: the hold mark, plus room for the
 # routed batches that pass it.
