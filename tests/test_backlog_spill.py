@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from logplexd.backlog import BacklogStore, SpillSettings
-from logplexd.drains import DrainSettings
+from logplexd.drains import DrainManager, DrainSettings
 from logplexd.router import Registry
 from tests.helpers.drains import (
     TOKEN,
@@ -270,19 +270,14 @@ async def test_after_a_restart_an_http_drain_resends_its_batch_with_the_same_fra
     assert lines == [f"drain test message {i}" for i in range(3000)]
 
 
-async def _shutdown_with_a_pump_write_in_flight(
-    nursery: trio.Nursery, tmp_path: Path, held: HeldWrites
-) -> list[SyslogSink]:
-    """Eight parked drains (channels app0...; the pump writes for them from its worker
-    thread) and a shutdown that stops them while that write, messages 1-10 of each, is held
-    in flight: released only once every drain's task has left. Returns the sinks."""
+async def _eight_drains(
+    nursery: trio.Nursery, tmp_path: Path, settings: DrainSettings, **manager_options: object
+) -> tuple[Registry, DrainManager, list[SyslogSink]]:
+    """A manager with the backlogs of ``tmp_path`` and drains 1-8 of channels app0-app7,
+    each to a sink of its own."""
     registry = Registry(**SMALL_RING)
     manager = await start_manager(
-        nursery,
-        registry,
-        DrainSettings(shutdown_grace=0.2),
-        backlogs=backlogs(tmp_path),
-        pump_writes=held,
+        nursery, registry, settings, backlogs=backlogs(tmp_path), **manager_options
     )
     sinks = []
     for n in range(8):
@@ -291,6 +286,18 @@ async def _shutdown_with_a_pump_write_in_flight(
         await nursery.start(sink.serve)
         sinks.append(sink)
         manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{sink.port}")
+    return registry, manager, sinks
+
+
+async def _shutdown_with_a_pump_write_in_flight(
+    nursery: trio.Nursery, tmp_path: Path, held: HeldWrites
+) -> list[SyslogSink]:
+    """Eight parked drains (channels app0...; the pump writes for them from its worker
+    thread) and a shutdown that stops them while that write, messages 1-10 of each, is held
+    in flight: released only once every drain's task has left. Returns the sinks."""
+    registry, manager, sinks = await _eight_drains(
+        nursery, tmp_path, DrainSettings(shutdown_grace=0.2), pump_writes=held
+    )
     held.go.set()  # the first message connects each drain, then it parks
     for n in range(8):
         append(registry.channels[f"app{n}"], [message(0)])
@@ -322,15 +329,7 @@ async def _shutdown_with_a_pump_write_in_flight(
 async def _after_restart(nursery: trio.Nursery, tmp_path: Path) -> list[SyslogSink]:
     """The next process: the same eight drains on the same directory, each channel with one
     new message (11); returns the new sinks once each has that one."""
-    registry = Registry(**SMALL_RING)
-    manager = await start_manager(nursery, registry, FAST, backlogs=backlogs(tmp_path))
-    sinks = []
-    for n in range(8):
-        registry.ensure_channel(f"app{n}")
-        sink = SyslogSink()
-        await nursery.start(sink.serve)
-        sinks.append(sink)
-        manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{sink.port}")
+    registry, _, sinks = await _eight_drains(nursery, tmp_path, FAST)
     for n in range(8):
         append(registry.channels[f"app{n}"], [message(11)])
     for sink in sinks:
