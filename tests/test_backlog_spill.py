@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from logplexd.backlog import BacklogStore, SpillSettings
-from logplexd.drains import DrainManager, DrainSettings
+from logplexd.drains import DrainSettings
 from logplexd.router import Registry
 from tests.helpers.drains import (
     TOKEN,
@@ -25,7 +25,9 @@ from tests.helpers.drains import (
     append,
     delivered,
     l10_count,
+    manager_with_sinks,
     message,
+    shut_down_during_a_held_write,
     start_manager,
     stats_of,
 )
@@ -270,66 +272,29 @@ async def test_after_a_restart_an_http_drain_resends_its_batch_with_the_same_fra
     assert lines == [f"drain test message {i}" for i in range(3000)]
 
 
-async def _eight_drains(
-    nursery: trio.Nursery, tmp_path: Path, settings: DrainSettings, **manager_options: object
-) -> tuple[Registry, DrainManager, list[SyslogSink]]:
-    """A manager with the backlogs of ``tmp_path`` and drains 1-8 of channels app0-app7,
-    each to a sink of its own."""
-    registry = Registry(**SMALL_RING)
-    manager = await start_manager(
-        nursery, registry, settings, backlogs=backlogs(tmp_path), **manager_options
-    )
-    sinks = []
-    for n in range(8):
-        registry.ensure_channel(f"app{n}")
-        sink = SyslogSink()
-        await nursery.start(sink.serve)
-        sinks.append(sink)
-        manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{sink.port}")
-    return registry, manager, sinks
-
-
 async def _shutdown_with_a_pump_write_in_flight(
     nursery: trio.Nursery, tmp_path: Path, held: HeldWrites
 ) -> list[SyslogSink]:
-    """Eight parked drains (channels app0...; the pump writes for them from its worker
-    thread) and a shutdown that stops them while that write, messages 1-10 of each, is held
-    in flight: released only once every drain's task has left. Returns the sinks."""
-    registry, manager, sinks = await _eight_drains(
-        nursery, tmp_path, DrainSettings(shutdown_grace=0.2), pump_writes=held
+    """Eight drains with disk backlogs, shut down while the pump's worker thread has a
+    write of theirs in flight (``shut_down_during_a_held_write``). Returns the sinks."""
+    registry = Registry(**SMALL_RING)
+    manager, sinks = await manager_with_sinks(
+        nursery,
+        registry,
+        8,
+        DrainSettings(shutdown_grace=0.2),
+        backlogs=backlogs(tmp_path),
+        pump_writes=held,
     )
-    held.go.set()  # the first message connects each drain, then it parks
-    for n in range(8):
-        append(registry.channels[f"app{n}"], [message(0)])
-    await wait_until(lambda: manager.pump.attached == 8)
-    for sink in sinks:
-        await sink.wait_for(lambda sink=sink: sink.messages() == 1)
-    held.go.clear()
-    held.started.clear()
-    for n in range(8):
-        append(registry.channels[f"app{n}"], [message(i) for i in range(1, 11)])
-    await trio.to_thread.run_sync(held.started.wait, 10)
-    stopped = trio.Event()
-
-    async def shutdown() -> None:
-        await manager.shutdown()
-        stopped.set()
-
-    nursery.start_soon(shutdown)
-    # The grace runs out (the drains wait for the write), and their tasks are cancelled.
-    await wait_until(lambda: manager.pump.attached == 0)
-    await trio.testing.wait_all_tasks_blocked()
-    assert not stopped.is_set()  # the ledger and backlogs stay open for the write
-    held.go.set()
-    with trio.fail_after(10):
-        await stopped.wait()
+    await shut_down_during_a_held_write(nursery, registry, manager, sinks, held)
     return sinks
 
 
 async def _after_restart(nursery: trio.Nursery, tmp_path: Path) -> list[SyslogSink]:
     """The next process: the same eight drains on the same directory, each channel with one
     new message (11); returns the new sinks once each has that one."""
-    registry, _, sinks = await _eight_drains(nursery, tmp_path, FAST)
+    registry = Registry(**SMALL_RING)
+    _, sinks = await manager_with_sinks(nursery, registry, 8, FAST, backlogs=backlogs(tmp_path))
     for n in range(8):
         append(registry.channels[f"app{n}"], [message(11)])
     for sink in sinks:

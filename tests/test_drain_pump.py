@@ -45,7 +45,9 @@ from tests.helpers.drains import (
     SyslogSink,
     append,
     delivered,
+    manager_with_sinks,
     message,
+    shut_down_during_a_held_write,
     stats_of,
 )
 from tests.helpers.http import basic_auth
@@ -741,3 +743,19 @@ def test_idle_detection_brings_no_test_framework_into_the_daemon():
     code = "import sys, logplexd.daemon; print(sorted(m for m in sys.modules if 'pytest' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_shutdown_counts_the_write_in_flight_as_delivered(nursery):
+    # Without disk backlogs too: the worker's last write is settled before the shutdown
+    # returns (in Redis mode, so that the last checkpoints hold it: the next owner would
+    # otherwise send it again).
+    held = HeldWrites()
+    registry = Registry()
+    manager, sinks = await manager_with_sinks(
+        nursery, registry, THREAD_MIN_WRITES, DrainSettings(shutdown_grace=0.2), pump_writes=held
+    )
+    await shut_down_during_a_held_write(nursery, registry, manager, sinks, held)
+    assert [stats_of(manager, n + 1).delivered for n in range(THREAD_MIN_WRITES)] == [11] * 8
+    for sink in sinks:
+        await sink.wait_for(lambda sink=sink: sink.messages() == 11)
+        assert bytes(sink.data) == b"".join(delivered(i) for i in range(11))

@@ -88,6 +88,11 @@ class DrainManager:
         self._closing.set()
         for drain in list(self._drains.values()):
             drain.stop()
+        with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_grace):
+            # A write the pump's worker had in flight when the drains stopped is settled
+            # first: delivered (so counted, and in Redis mode in the last checkpoints), or
+            # kept, to be moved to the backlog with the rest.
+            await self.pump.wait_settled()
         await self.close_backlogs()
 
     async def close_backlogs(self) -> None:
@@ -96,17 +101,11 @@ class DrainManager:
         backlogs = self.backlogs
         if backlogs is None or not backlogs.opened:
             return
-        grace = self.settings.shutdown_grace
         moved = 0
-        with trio.CancelScope(shield=True):
-            # A write the pump's worker had in flight when the drains stopped is settled
-            # first: delivered, or kept to be moved to the backlog with the rest.
-            with trio.move_on_after(grace):
-                await self.pump.wait_settled()
-            for drain in self._drains.values():
-                moved += drain.feed.spill_rest()
-            with trio.move_on_after(grace):
-                await backlogs.close()
+        for drain in self._drains.values():
+            moved += drain.feed.spill_rest()
+        with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_grace):
+            await backlogs.close()
         if moved:
             log.info("%d undelivered messages written to drain backlogs", moved)
 

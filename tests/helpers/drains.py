@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import h11
 import trio
+import trio.testing
 
 from logplexd.drains import DrainManager, DrainSettings, DrainStats
 from logplexd.drains.pump import write_payloads
@@ -22,6 +23,7 @@ from logplexd.router.registry import Channel, Registry
 
 from .syslog import message as syslog_message
 from .syslog import octet_counted
+from .wait import wait_until
 
 TOKEN = "d.2b0fa2d1-76b4-4b8a-9e0b-8f6a0b0c1d2e"
 
@@ -79,6 +81,26 @@ async def start_manager(
     return manager
 
 
+async def manager_with_sinks(
+    nursery: trio.Nursery,
+    registry: Registry,
+    count: int,
+    settings: DrainSettings | None = None,
+    **manager_options: object,
+) -> tuple[DrainManager, list[SyslogSink]]:
+    """A running manager (``start_manager``) with drains 1..``count`` of channels
+    app0, app1..., each to a ``SyslogSink`` of its own."""
+    manager = await start_manager(nursery, registry, settings, **manager_options)
+    sinks = []
+    for n in range(count):
+        registry.ensure_channel(f"app{n}")
+        sink = SyslogSink()
+        await nursery.start(sink.serve)
+        sinks.append(sink)
+        manager.add_drain(f"app{n}", n + 1, TOKEN, f"syslog://127.0.0.1:{sink.port}")
+    return manager, sinks
+
+
 class HeldWrites:
     """The pump's worker-thread writes, held until ``go`` is set: a round in flight. With
     ``partial_at``, the first drain's write takes only that many bytes."""
@@ -95,6 +117,45 @@ class HeldWrites:
             fd, data = jobs[0]
             jobs[0] = (fd, data[: self.partial_at])
         return write_payloads(jobs)
+
+
+async def shut_down_during_a_held_write(
+    nursery: trio.Nursery,
+    registry: Registry,
+    manager: DrainManager,
+    sinks: list[SyslogSink],
+    held: HeldWrites,
+) -> None:
+    """``manager_with_sinks``' drains, the manager's pump writing with ``held``: message 0
+    of each channel connects each drain (it parks, the pump writes for it), then messages
+    1-10 of each go out in one round from the pump's worker thread, held there while
+    ``manager.shutdown`` stops the drains, and released once every drain's task has left.
+    Returns once the shutdown has; asserts that it waited for the write."""
+    held.go.set()
+    for n in range(len(sinks)):
+        append(registry.channels[f"app{n}"], [message(0)])
+    await wait_until(lambda: manager.pump.attached == len(sinks))
+    for sink in sinks:
+        await sink.wait_for(lambda sink=sink: sink.messages() == 1)
+    held.go.clear()
+    held.started.clear()
+    for n in range(len(sinks)):
+        append(registry.channels[f"app{n}"], [message(i) for i in range(1, 11)])
+    await trio.to_thread.run_sync(held.started.wait, 10)
+    stopped = trio.Event()
+
+    async def shutdown() -> None:
+        await manager.shutdown()
+        stopped.set()
+
+    nursery.start_soon(shutdown)
+    # The grace runs out (the drains wait for the write), and their tasks are cancelled.
+    await wait_until(lambda: manager.pump.attached == 0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not stopped.is_set()  # the shutdown waits for the write
+    held.go.set()
+    with trio.fail_after(10):
+        await stopped.wait()
 
 
 class _Notifier:
