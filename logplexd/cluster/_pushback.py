@@ -10,9 +10,8 @@ that is behind (``APPEND``, which then answers ``behind`` and the writer keeps t
 ``HOLD_KEEPS`` x ``keep`` (or its writer keeps entries for a follower far behind, filling
 the buffer) and releases it below half of that: the inputs feeding the channel then stop
 reading (TCP flow control reaches the producer) and ``POST /logs`` waits, as for a drain
-on one node. The unwritten
-part waits in the channel's staging ring (``ClusterRegistry``), ``STAGING_KEEPS`` x ``keep``
-deep: room for the routed batches that pass the mark.
+on one node. The unwritten part waits in the channel's staging ring (``ClusterRegistry``),
+``STAGING_KEEPS`` x ``keep`` deep: room for the routed batches that pass the mark.
 
 The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_bytes``), and
 with many channels each can be well under its own share of ``keep`` while together they fill

@@ -332,9 +332,7 @@ class DrainPump:
             return
         data = [(writer.worker_fd, payload.data) for writer, payload in jobs]
         if len(jobs) < THREAD_MIN_WRITES:
-            results = write_payloads(data)
-            for (writer, payload), written in zip(jobs, results, strict=True):
-                self._settle(writer, payload, written)
+            self._settle_round(jobs, write_payloads(data))
             return
         settled = self._round_settled = trio.Event()
         try:
@@ -350,11 +348,16 @@ class DrainPump:
                     self._settle(writer, payload, OSError("not written: the pump stopped"))
                 raise
             self.threaded_rounds += 1
-            for (writer, payload), written in zip(jobs, results, strict=True):
-                self._settle(writer, payload, written)
+            self._settle_round(jobs, results)
         finally:
             self._round_settled = None
             settled.set()
+
+    def _settle_round(
+        self, jobs: list[tuple[AttachedWriter, Payload]], results: list[int | OSError]
+    ) -> None:
+        for (writer, payload), written in zip(jobs, results, strict=True):
+            self._settle(writer, payload, written)
 
     def _write_channel(self, channel: Channel) -> None:
         writers = self._writers.get(channel)
