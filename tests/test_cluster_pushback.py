@@ -167,6 +167,30 @@ async def test_tiny_buffers_take_a_flood_whole(tmp_path: Path, redis_server: Red
             nursery.cancel_scope.cancel()
 
 
+async def test_a_loss_with_nothing_after_it_is_told_at_once_by_an_l10_alone(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A loss marker read from the stream (here: 7 messages this node's outbound buffer
+    dropped) is the last thing on the channel. Before, the drain counted it and left the L10
+    for the next message, which never came: the loss went untold."""
+    sink = Sink()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            daemon, ports = await one_node(tmp_path, redis_server, nursery, [sink])
+            token = await channel_on_every_node(ports, [daemon])
+            await add_drain(ports, "app", await nursery.start(sink.serve))
+            await eventually(
+                lambda: daemon.cluster_drains is not None and daemon.cluster_drains.owned(), 5
+            )
+            await send_syslog(ports.syslog, numbered(token, "L", range(10)))
+            await eventually(lambda: len(sink.messages()) >= 10, 20)
+            assert daemon.plane is not None
+            daemon.plane.lose("app", 7)
+            await eventually(lambda: l10_total(bytes(sink.data)) == 7, 20)
+            assert sink.messages() == [text("L", i).encode() for i in range(10)]
+            nursery.cancel_scope.cancel()
+
+
 class StalledSink(Sink):
     """Accepts, reads ``first`` bytes, then reads nothing until ``resume`` is set."""
 

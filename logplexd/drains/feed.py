@@ -483,10 +483,14 @@ class DrainFeed:
 
     def note_lost(self, count: int, since: float) -> None:
         """Messages lost before they reached this drain's ring (Redis mode: trimmed from the
-        channel's stream): counted, and announced by the next L10 notice."""
+        channel's stream, or dropped by a node's outbound buffer): counted, and announced
+        now, by an L10 notice alone if nothing else comes (a loss can be the last thing
+        that happened on a channel: left for the next message, it went untold)."""
         self.loss.add(count, since)
         self.counters.lost += count
+        self._announce_now = True
         self._record()
+        self.kick()
 
     def note_error(self, message: str) -> None:
         self.counters.last_error = message
