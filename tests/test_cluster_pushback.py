@@ -167,6 +167,53 @@ async def test_tiny_buffers_take_a_flood_whole(tmp_path: Path, redis_server: Red
             nursery.cancel_scope.cancel()
 
 
+async def test_many_channels_over_a_full_outbound_buffer_wait_at_one_gate_and_lose_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """20 channels, each with its own drain, fed in turn over one connection through an
+    outbound buffer of 200 messages, less than one stream entry (512 messages here): the
+    buffer is past half full again and again, and the node's one gate (``OutboundGate``)
+    closes instead of a hold per channel. Every drain gets its channel whole and in order.
+    Before, each routed piece (up to a stream entry) was larger than the whole buffer, which
+    dropped every one of them as it was pushed: nothing reached a drain."""
+    names = [f"c{i:02d}" for i in range(20)]
+    sinks = [Sink() for _ in names]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            daemon, ports = await one_node(
+                tmp_path, redis_server, nursery, sinks, redis_buffer_messages=200
+            )
+            tokens = []
+            for name, sink in zip(names, sinks, strict=True):
+                status, _, body = await curl(
+                    "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}',
+                    api(ports, f"/v3/channels/{name}"),
+                )  # fmt: skip
+                assert status == 201
+                tokens.append(json.loads(body)["tokens"]["web"])
+                await add_drain(ports, name, await nursery.start(sink.serve))
+            await eventually(
+                lambda: (
+                    daemon.cluster_drains is not None
+                    and len(daemon.cluster_drains.owned()) == len(names)
+                ),
+                10,
+            )
+            plane = daemon.plane
+            assert plane is not None
+            data = b"".join(numbered(token, "G", [i]) for i in range(300) for token in tokens)
+            await send_syslog(ports.syslog, data)
+            for sink in sinks:
+                await eventually(lambda sink=sink: len(sink.messages()) >= 300, 40)
+            for sink in sinks:
+                assert sink.messages() == [text("G", i).encode() for i in range(300)]
+                assert l10_total(bytes(sink.data)) == 0
+            assert plane.pushback.gate.closings > 0
+            await eventually(lambda: not plane.pushback.gate.closed, 5)
+            assert plane.buffer.dropped == 0
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_loss_with_nothing_after_it_is_told_at_once_by_an_l10_alone(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from logplexd.cluster import ChannelPushback, DataPlane, Follow, Keys, slot_of
+from logplexd.cluster import ChannelPushback, ClusterRegistry, DataPlane, Follow, Keys, slot_of
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
@@ -24,6 +24,7 @@ from logplexd.cluster.lease import (
 )
 from logplexd.native import ChannelRing, octet_frames, parse_body, parse_frames
 from logplexd.router import Channel, look_interval
+from tests.helpers.syslog import frame
 
 
 # -- the outbound buffer ------------------------------------------------------------------------
@@ -335,27 +336,94 @@ def test_deferred_channel_stays_in_order_while_the_others_are_taken() -> None:
     assert not buf
 
 
-def test_pushback_holds_every_routed_channel_while_the_buffer_is_half_full() -> None:
+def test_pushback_closes_one_gate_for_every_input_while_the_buffer_is_half_full() -> None:
     filled = [0.0]
     behind = {"a": 0, "b": 0}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
+    hurried = []
+    pushback.on_hold = lambda: hurried.append(1)
     a, b = Channel("a", ChannelRing(100, 1 << 20)), Channel("b", ChannelRing(100, 1 << 20))
     pushback.routed(a)
-    assert not a.held  # neither behind nor a full buffer
+    assert not pushback.gate.closed and not a.held  # neither behind nor a full buffer
     filled[0] = 0.6
     pushback.routed(a)
     pushback.routed(b)
-    assert a.held and b.held
+    # One gate, closed once, whatever the number of channels routed: no channel is held.
+    assert pushback.gate.closed and pushback.holds == 1 and len(hurried) == 1
+    assert not a.held and not b.held and not pushback.held
     filled[0] = 0.3
     pushback.progressed(["a"])
-    assert a.held and b.held  # above a quarter: still held
+    assert pushback.gate.closed  # above a quarter: still closed
     filled[0] = 0.2
-    behind["b"] = 1100  # b is behind on its own (over half of the hold mark, 2 x keep)
-    pushback.progressed(["a"])  # every channel held by the fill is looked at, b too
-    assert not a.held and b.held
-    behind["b"] = 1000
-    pushback.progressed(["b"])
+    pushback.progressed(["a"])
+    assert not pushback.gate.closed
+
+
+def test_pushback_looks_at_every_held_channel_once_the_gate_opens() -> None:
+    # A channel behind on its own, whose progress came while the buffer was over a
+    # quarter full, is looked at when the gate opens, whichever channel progressed then.
+    filled = [0.0]
+    behind = {"a": 0, "b": 2001}
+    pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
+    b = Channel("b", ChannelRing(100, 1 << 20))
+    pushback.routed(b)
+    assert b.held and pushback.holds == 1
+    filled[0] = 0.6
+    pushback.routed(b)
+    assert pushback.gate.closed and pushback.holds == 2
+    behind["b"] = 1100  # over half the hold mark (2 x keep): stays held
+    filled[0] = 0.2
+    pushback.progressed(["a"])
+    assert not pushback.gate.closed and b.held
+    behind["b"], filled[0] = 900, 0.3
+    pushback.progressed(["b"])  # caught up while the buffer is over a quarter
+    assert b.held
+    filled[0] = 0.1
+    pushback.progressed(["a"])
     assert not b.held and not pushback.held
+
+
+def test_an_unreachable_redis_opens_the_gate_and_releases_every_channel() -> None:
+    filled, reachable = [0.1], [True]
+    behind = {"a": 2001}
+    pushback = ChannelPushback(1000, behind.__getitem__, lambda: reachable[0], lambda: filled[0])
+    a = Channel("a", ChannelRing(100, 1 << 20))
+    pushback.routed(a)
+    assert a.held and not pushback.gate.closed
+    filled[0] = 0.9
+    pushback.routed(a)
+    assert pushback.gate.closed
+    reachable[0] = False
+    pushback.progressed([])
+    assert not pushback.gate.closed and not a.held
+    pushback.routed(a)  # an outage is not this node being slow: nothing holds
+    assert not pushback.gate.closed and not a.held
+
+
+async def test_an_input_waiting_on_the_gate_goes_on_once_it_opens() -> None:
+    filled = [0.6]
+    pushback = ChannelPushback(1000, lambda name: 0, lambda: True, lambda: filled[0])
+    pushback.routed(Channel("a", ChannelRing(100, 1 << 20)))
+    woke: list[float] = []
+
+    async def input_task() -> None:
+        await pushback.gate.wait_released()
+        woke.append(trio.current_time())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(input_task)
+            nursery.start_soon(input_task)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []
+            filled[0] = 0.3
+            pushback.progressed(["a"])
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []  # over a quarter: still closed
+            filled[0] = 0.1
+            pushback.progressed(["a"])
+    assert len(woke) == 2
+    await pushback.gate.wait_released()  # open: returns at once
 
 
 def test_pushback_releases_a_channel_whose_last_progress_came_while_the_buffer_was_full() -> None:
@@ -490,3 +558,56 @@ async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
         assert channel.held and plane.buffer.queued["a"] == 2100
         assert trio.current_time() - started == pytest.approx(0.020)
     assert plane.writer.quiet_flushes == 0
+
+
+# -- routing into a node whose outbound buffer is full -----------------------------------------
+def _answering_plane(buffer: OutboundBuffer) -> tuple[DataPlane, ClusterRegistry]:
+    plane = DataPlane("redis://127.0.0.1:1", node_id="n", keep_messages=2048, buffer=buffer)
+    plane.link.ok("probe")  # Redis answers: the pushback holds (it never does in an outage)
+    registry = ClusterRegistry(plane, 100, 1 << 20, 2048)
+    for name in ("a", "b"):
+        registry.add_token(name, f"t.{name}", "web")
+    return plane, registry
+
+
+def test_routing_while_the_outbound_gate_is_closed_reports_the_gate_alone() -> None:
+    plane, registry = _answering_plane(OutboundBuffer(max_messages=100))
+    gate = plane.pushback.gate
+    a = registry.channel("a")
+    assert a is not None
+    body = parse_body(b"".join(frame("t.a", f"m{i}") for i in range(10)), 10240)
+    assert registry.route(body).held == () and registry.waits_for(a) == ()
+    registry.collect()  # 10 of 100: not half full
+    assert not gate.closed
+    registry.route(parse_body(b"".join(frame("t.b", f"m{i}") for i in range(60)), 10240))
+    registry.collect()  # past half full: the gate closes, and no channel is held for it
+    assert gate.closed and plane.pushback.holds == 1
+    assert not a.held and not plane.pushback.held
+    assert registry.route(body).held == (gate,)
+    assert registry.route_to(body, a, "t.a").held == (gate,)
+    assert registry.waits_for(a) == (gate,)  # POST /logs waits before it routes
+    unknown = parse_body(frame("t.nobody", "m"), 10240)
+    assert registry.route(unknown).held == ()  # fed nothing: nothing to wait for
+    a.hold("drain")
+    assert registry.route(body).held == (a, gate)
+
+
+def test_routing_hands_the_writer_pieces_of_at_most_a_quarter_of_the_outbound_buffer() -> None:
+    # Smaller than one stream entry (512 messages with keep 2,048): before, each piece was
+    # pushed whole and the buffer dropped it at once.
+    for buffer in (OutboundBuffer(max_messages=200), OutboundBuffer(max_bytes=64 * 1024)):
+        plane, registry = _answering_plane(buffer)
+        messages, nbytes = plane.piece_limits()
+        texts = [f"{i:05d}-" + "x" * 100 for i in range(1000)]
+        registry.route(parse_body(b"".join(frame("t.a", t) for t in texts), 10240))
+        registry.collect()
+        assert buffer.dropped == 0 and 0 < buffer.filled() < 1
+        pieces = list(buffer._entries)
+        assert pieces and all(
+            piece.messages <= messages and len(piece.blob) <= buffer.max_bytes // 4
+            for piece in pieces
+        )
+        got = parse_body(b"".join(piece.blob for piece in pieces), 10240)
+        sent = [got.fields(i)["msg"] for i in range(len(got))]
+        assert sent == [t.encode() for t in texts[: len(sent)]]
+        assert nbytes > 0

@@ -16,7 +16,7 @@ node is behind on it).
 
 from ._follow import POLL_IDLE, SWEEP_SLICE, Follow
 from ._link import CLOSE_GRACE, TRIP_KINDS
-from ._pushback import ChannelPushback
+from ._pushback import ChannelPushback, OutboundGate
 from ._stream import (
     APPEND,
     CHECKPOINT_TTL_MS,
@@ -58,6 +58,7 @@ __all__ = [
     "LeaseEvent",
     "LeaseState",
     "OutboundBuffer",
+    "OutboundGate",
     "ReadStart",
     "birth_hook",
     "decode_entry",

@@ -15,10 +15,13 @@ on one node. The unwritten part waits in the channel's staging ring (``ClusterRe
 
 The outbound buffer is bounded as a whole too (``redis_buffer_messages``/``_bytes``), and
 with many channels each can be well under its own share of ``keep`` while together they fill
-it: a channel is also held when it is routed while the buffer is more than half full, and
-the channels held so are released once it is under a quarter (the writer is then the
-bottleneck of every channel that feeds it). While it is over a quarter nothing is released;
-a channel that caught up meanwhile is looked at again with the rest once it is under.
+it. Once something is routed while it is more than half full, the writer is the bottleneck
+of every channel that feeds it: ``OutboundGate`` closes, and every input that routes waits
+on it (``RouteCounts.held``) until the buffer is under a quarter again. One gate instead of
+a hold per routed channel: with 1,000 busy channels each routed batch then reported hundreds
+of held channels to Python, and each input waited on each of them (bench/RESULTS.md,
+"Session of 2026-12-06 (eighth)"). While the buffer is over a quarter no channel is released
+either; a channel that caught up meanwhile is looked at again with the rest once it is under.
 
 It never holds while Redis is unreachable: an outage is not this node being slow, and the
 outbound buffer then drops its oldest entries with an exact loss marker instead of stalling
@@ -28,6 +31,8 @@ every producer for as long as the outage lasts (docs/SCALING.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
+import trio
 
 from ..router import Channel
 
@@ -39,6 +44,34 @@ HOLD_KEEPS = 2
 # How deep a channel's staging ring is, in ``keep``s: the hold mark, plus room for the
 # routed batches that pass it.
 STAGING_KEEPS = HOLD_KEEPS + 1
+
+
+class OutboundGate:
+    """Closed while this node's outbound buffer is over half full: every input that routes
+    anything then waits (``wait_released``, as on a held channel) until it is opened."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._opened: trio.Event | None = None
+        self.closings = 0  # times it closed (tests)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.closings += 1
+
+    def open(self) -> None:
+        self.closed = False
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.set()
+
+    async def wait_released(self) -> None:
+        """Return once the gate is open (at once when it is)."""
+        while self.closed:
+            if self._opened is None:
+                self._opened = trio.Event()
+            await self._opened.wait()
 
 
 class ChannelPushback:
@@ -67,29 +100,37 @@ class ChannelPushback:
         # full: channels were held by the fill, or progress came while it was fuller.
         self._look_at_all = False
         self.held: dict[str, Channel] = {}
-        # Called when a channel is held: its inputs now wait for the writer (which then
-        # ends its linger, ``Writer.hurry``).
+        # Closed while the outbound buffer is over half full (the inputs wait on it).
+        self.gate = OutboundGate()
+        # Called when a channel is held or the gate closes: inputs now wait for the writer
+        # (which then ends its linger, ``Writer.hurry``).
         self.on_hold: Callable[[], None] | None = None
-        # Times a channel was held (metrics and tests).
+        # Times a channel was held or the gate closed (metrics and tests).
         self.holds = 0
 
     def routed(self, channel: Channel) -> None:
         """After this node buffered messages of ``channel`` for the writer."""
-        name = channel.name
-        if name in self.held or not self._reachable():
+        if not self._reachable():
             return
-        full = self._filled() > 0.5
-        if full or self._behind(name) > self.high:
-            self._look_at_all = self._look_at_all or full
+        if self._filled() > 0.5:
+            if not self.gate.closed:
+                self.gate.close()
+                self._held_now()
+            return
+        name = channel.name
+        if name not in self.held and self._behind(name) > self.high:
             self.held[name] = channel
-            self.holds += 1
             channel.hold(self)
-            if self.on_hold is not None:
-                self.on_hold()
+            self._held_now()
+
+    def _held_now(self) -> None:
+        self.holds += 1
+        if self.on_hold is not None:
+            self.on_hold()
 
     def progressed(self, names: Iterable[str]) -> None:
         """After a flush was written (or a follower read further) for ``names``."""
-        if not self.held:
+        if not self.held and not self.gate.closed:
             return
         if not self._reachable():
             self.release_all()
@@ -101,6 +142,7 @@ class ChannelPushback:
             # stay held for good.
             self._look_at_all = True
             return
+        self.gate.open()
         if self._look_at_all:
             # Under a quarter again: every held channel is looked at once.
             self._look_at_all = False
@@ -112,6 +154,7 @@ class ChannelPushback:
                 channel.release(self)
 
     def release_all(self) -> None:
+        self.gate.open()
         held, self.held = self.held, {}
         for channel in held.values():
             channel.release(self)

@@ -211,6 +211,20 @@ class DataPlane:
         """The most messages one stream entry (hence one routed piece) holds."""
         return self.writer.entry_messages
 
+    def piece_limits(self) -> tuple[int, int]:
+        """The most messages and payload bytes routing hands the writer at once: a stream
+        entry's worth (``entry_messages``), and with their octet counts (at most 6 bytes a
+        frame) no more than a quarter of the outbound buffer. Routing pushes a piece only
+        while the buffer is under three quarters full, so a piece never makes it drop its
+        oldest. Before, a buffer configured smaller than one entry (``redis_buffer_messages``
+        under a quarter of ``channel_buffer_messages``, or ``redis_buffer_bytes`` under
+        ~500 KB with the defaults) dropped every piece whole as it was pushed."""
+        buffer = self.buffer
+        quarter = max(1, buffer.max_bytes // 4)
+        messages = min(self.writer.entry_messages, max(1, buffer.max_messages // 4))
+        messages = min(messages, max(1, quarter // 12))
+        return messages, max(1, quarter - 6 * messages)
+
     def wake_writer(self) -> None:
         """Routing left messages to be collected before the next flush."""
         self.writer.wake()

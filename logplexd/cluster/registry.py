@@ -22,7 +22,7 @@ channel's own ring is that history; its staging ring keeps only what is unsent.
 from __future__ import annotations
 
 from ..native import Batch, ChannelRing, dispatch, dispatch_to, octet_frames_from_ring
-from ..router import Channel, Registry, RouteCounts
+from ..router import Channel, Registry, Releasable, RouteCounts
 from ._pushback import STAGING_KEEPS
 from .plane import DataPlane
 
@@ -105,6 +105,7 @@ class ClusterRegistry(Registry):
         self.staging: dict[str, ChannelRing] = {}
         # Staging rings with unsent messages, left for the writer to collect.
         self._unsent: dict[ChannelRing, None] = {}
+        self._piece_limits = plane.piece_limits()
         plane.collect_with(self.collect, lambda: self.totals.routed)
 
     def ensure_channel(self, name: str) -> Channel:
@@ -194,9 +195,10 @@ class ClusterRegistry(Registry):
         """As on one node (from ``start``), but whole: a channel this batch fed that a
         local consumer holds (its drains would take more than the follower has given them)
         is reported held, so the input waits: the channel's stream then keeps what its
-        consumers have not taken."""
+        consumers have not taken. So is the outbound gate while it is closed (the writer is
+        behind on every channel, ``OutboundGate``), for a batch that routed anything."""
         routed, unknown, touched = dispatch(batch, self.table, self.firehose, start)
-        held: list[Channel] | None = None
+        held: list[Releasable] | None = None
         unsent = self._unsent
         # While Redis is away the writer collects nothing: the outbound buffer (with its
         # bound and its exact loss count) takes every batch at once, as it always did.
@@ -221,6 +223,9 @@ class ClusterRegistry(Registry):
             self.collect()  # every ring with unsent messages is there
         self.totals.routed += routed
         self.totals.unknown_token += unknown
+        gate = self.plane.pushback.gate
+        if gate.closed and routed:
+            held = [gate] if held is None else [*held, gate]
         return RouteCounts(routed, unknown, () if held is None else tuple(held))
 
     def route_to(
@@ -252,7 +257,14 @@ class ClusterRegistry(Registry):
         if routed:
             self._send(ring)
         self.totals.routed += routed
-        return RouteCounts(routed, 0, (channel,) if channel.held else ())
+        return RouteCounts(routed, 0, self.waits_for(channel))
+
+    def waits_for(self, channel: Channel) -> tuple[Releasable, ...]:
+        """The channel while a consumer holds it, and the outbound gate while it is closed
+        (``OutboundGate``: the buffer is over half full)."""
+        gate = self.plane.pushback.gate
+        held = super().waits_for(channel)
+        return (*held, gate) if gate.closed else held
 
     def collect(self) -> None:
         """Send every staging ring's unsent messages to the writer (before each flush)."""
@@ -276,17 +288,19 @@ class ClusterRegistry(Registry):
             if channel is not None:
                 self.plane.pushback.routed(channel)
             return channel
-        # In pieces no larger than one stream entry may be (``DataPlane.entry_messages``),
-        # and only until the buffer is STAGING_WAITS_AT full: the rest waits here (one ring
-        # holds more than a small buffer, which would drop its oldest to take it all).
+        # In pieces no larger than one stream entry may be, nor than a quarter of the buffer
+        # (``DataPlane.piece_limits``), and only until the buffer is STAGING_WAITS_AT full:
+        # the rest waits here (one ring holds more than a small buffer, which would drop its
+        # oldest to take it all).
         plane = self.plane
         followed = plane.follows(staging.name)
+        piece_messages, piece_bytes = self._piece_limits
         while ring.head > staging.cursor:
             if plane.failure is None and plane.buffer.filled() >= STAGING_WAITS_AT:
                 self._unsent[ring] = None  # collected with a later flush
                 break
             frames, n, staging.cursor, lost = octet_frames_from_ring(
-                ring, staging.cursor, plane.entry_messages, 1 << 62
+                ring, staging.cursor, piece_messages, piece_bytes
             )
             if lost:
                 plane.lose(staging.name, int(lost))

@@ -743,7 +743,8 @@ _PLANE_COUNTERS = (
      "server and purpose; one that keeps growing means connections keep breaking)."),
     ("redis_pushback_holds", "pushback_holds",
      "Times this node held a channel's inputs because it was behind on it (unwritten plus "
-     "not yet read back past channel_buffer_messages, or its outbound buffer past half full)."),
+     "not yet read back past channel_buffer_messages), or every input because its outbound "
+     "buffer was past half full (one count each time)."),
 )  # fmt: skip
 
 _API_STATUSES = ("normal", "read_only", "disabled")

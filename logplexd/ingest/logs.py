@@ -19,7 +19,7 @@ from functools import partial
 import trio
 
 from ..native import Batch, parse_body
-from ..router import Channel, Registry, RouteCounts
+from ..router import Channel, Registry, Releasable, RouteCounts
 from ..web import BasicPassword, Request, Response, parse_authorization
 
 LOGPLEX_CONTENT_TYPES = frozenset({"application/logplex-1", "application/x-logplex-1"})
@@ -183,7 +183,8 @@ class LogsIngest:
             )
         else:
             live = self.registry.channel_of_token(who[0])
-            if live is not None and live.held and not await self._wait_released((live,)):
+            waits = () if live is None else self.registry.waits_for(live)
+            if waits and not await self._wait_released(waits):
                 # Nothing routed: the client sends it again later, nothing is lost.
                 self.stats.pushed_back += 1
                 return LogsResponse(
@@ -232,7 +233,7 @@ class LogsIngest:
         self.stats.routed += counts.routed
         self.stats.unknown_token += counts.unknown_token
 
-    async def _wait_released(self, held: tuple[Channel, ...]) -> bool:
+    async def _wait_released(self, held: tuple[Releasable, ...]) -> bool:
         """Wait at most ``hold_timeout`` for ``held`` to be released; False if not."""
         self.stats.waits += 1
         with trio.move_on_after(self.hold_timeout):

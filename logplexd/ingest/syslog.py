@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from ..native import Batch, OctetFramer
-from ..router import Channel, Registry, RouteCounts
+from ..router import Registry, Releasable, RouteCounts
 from ..web import ServerCertificate
 from ._admission import ConnectionTable, Slot
 from ._thread import ConnectionReader, ReaderEnd
@@ -282,7 +282,7 @@ class SyslogInput:
     async def _run_reader(self, reader: ConnectionReader) -> None:
         await trio.to_thread.run_sync(reader.run, limiter=self._thread_limiter)
 
-    def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> tuple[Channel, ...]:
+    def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> tuple[Releasable, ...]:
         """Frame and route ``data`` whole (whatever holds); returns the channels it fed
         that a consumer holds. The connections use ``_route_all``, which stops at them."""
         batch = framer.feed(data)
@@ -316,7 +316,7 @@ class SyslogInput:
         stats.unknown_token += counts.unknown_token
         return counts
 
-    async def _wait_released(self, held: tuple[Channel, ...]) -> None:
+    async def _wait_released(self, held: tuple[Releasable, ...]) -> None:
         """Stop reading this connection until the channels it fed are no longer held: the
         kernel's receive buffer fills and TCP flow control slows the producer down."""
         stats = self.stats

@@ -51,6 +51,14 @@ class ChannelConsumer(Protocol):
     def mark(self, channel: Channel) -> None: ...
 
 
+class Releasable(Protocol):
+    """What an input that routed into a held channel waits on: the ``Channel`` itself, or
+    whatever else a registry holds inputs with (``RouteCounts.held``, ``Registry.waits_for``;
+    in Redis mode the node's full outbound buffer, ``cluster.OutboundGate``)."""
+
+    async def wait_released(self) -> None: ...
+
+
 class Channel:
     """A channel as the data plane sees it: its ring, its token ids, and its waiters.
 
@@ -343,8 +351,9 @@ def pushback_for(channel: Channel, default: bool) -> bool:
 class RouteCounts:
     routed: int = 0
     unknown_token: int = 0
-    # Channels this batch fed that a consumer holds: the input should wait for them.
-    held: tuple[Channel, ...] = ()
+    # Channels this batch fed that a consumer holds (or whatever else holds the inputs,
+    # ``Releasable``): the input should wait for them.
+    held: tuple[Releasable, ...] = ()
     # Index of the first frame not routed because its channel is held (route the batch on
     # from there once ``held`` is released); None: every frame was routed.
     rest: int | None = None
@@ -500,6 +509,11 @@ class Registry:
 
     def channel_of_token(self, token: str) -> Channel | None:
         return self._channel_of_token.get(token)
+
+    def waits_for(self, channel: Channel) -> tuple[Releasable, ...]:
+        """What an input about to route into ``channel`` would wait on now: the channel
+        while a consumer holds it."""
+        return (channel,) if channel.held else ()
 
     # -- the hot path: one call per batch ------------------------------------------------
     def route(self, batch: Batch, start: int = 0, *, until_held: bool = True) -> RouteCounts:
