@@ -47,8 +47,9 @@ STAGING_KEEPS = HOLD_KEEPS + 1
 
 
 class OutboundGate:
-    """Closed while this node's outbound buffer is over half full: every input that routes
-    anything then waits (``wait_released``, as on a held channel) until it is opened."""
+    """Closed by ``ChannelPushback`` once something is routed while this node's outbound
+    buffer is over half full, opened once it is under a quarter: meanwhile every input that
+    routes anything waits (``wait_released``, as on a held channel)."""
 
     def __init__(self) -> None:
         self.closed = False
@@ -97,7 +98,7 @@ class ChannelPushback:
         # How full the outbound buffer is, 0 to 1 (the larger of messages and bytes).
         self._filled = filled
         # Whether every held channel is to be looked at once the buffer is under a quarter
-        # full: channels were held by the fill, or progress came while it was fuller.
+        # full: progress came while it was fuller, and was not looked at then.
         self._look_at_all = False
         self.held: dict[str, Channel] = {}
         # Closed while the outbound buffer is over half full (the inputs wait on it).

@@ -222,6 +222,7 @@ class DataPlane:
         buffer = self.buffer
         quarter = max(1, buffer.max_bytes // 4)
         messages = min(self.writer.entry_messages, max(1, buffer.max_messages // 4))
+        # Octet counts take at most half of the quarter; the payloads the rest.
         messages = min(messages, max(1, quarter // 12))
         return messages, max(1, quarter - 6 * messages)
 

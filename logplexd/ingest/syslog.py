@@ -283,8 +283,9 @@ class SyslogInput:
         await trio.to_thread.run_sync(reader.run, limiter=self._thread_limiter)
 
     def ingest(self, framer: OctetFramer, data: bytes | bytearray) -> tuple[Releasable, ...]:
-        """Frame and route ``data`` whole (whatever holds); returns the channels it fed
-        that a consumer holds. The connections use ``_route_all``, which stops at them."""
+        """Frame and route ``data`` whole (whatever holds); returns what holds it: the
+        channels it fed that a consumer holds (and in Redis mode the node's outbound gate,
+        while closed). The connections use ``_route_all``, which stops at them."""
         batch = framer.feed(data)
         self._count(batch)
         return self._route(batch, hold=False).held
