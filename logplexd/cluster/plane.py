@@ -218,7 +218,8 @@ class DataPlane:
         while the buffer is under three quarters full, so a piece never makes it drop its
         oldest. Before, a buffer configured smaller than one entry (``redis_buffer_messages``
         under a quarter of ``channel_buffer_messages``, or ``redis_buffer_bytes`` under
-        ~500 KB with the defaults) dropped every piece whole as it was pushed."""
+        ~516 KB with the defaults) dropped every piece whole as it was pushed, and one
+        under four entries could drop its oldest."""
         buffer = self.buffer
         quarter = max(1, buffer.max_bytes // 4)
         messages = min(self.writer.entry_messages, max(1, buffer.max_messages // 4))
