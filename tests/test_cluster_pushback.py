@@ -108,18 +108,25 @@ async def add_drain(ports, channel: str, sink_port: int) -> None:
     assert status == 201
 
 
+async def app_with_a_drain(
+    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, sink: Sink, **overrides
+):
+    """One node (``one_node``) with channel "app" drained to ``sink``, once it owns that
+    drain; the daemon, its ports and the channel's token."""
+    daemon, ports = await one_node(tmp_path, server, nursery, [sink], **overrides)
+    token = await channel_on_every_node(ports, [daemon])
+    await add_drain(ports, "app", await nursery.start(sink.serve))
+    await eventually(lambda: daemon.cluster_drains is not None and daemon.cluster_drains.owned(), 5)
+    return daemon, ports, token
+
+
 async def test_a_flood_of_many_rings_reaches_a_fast_drain_whole_and_in_order(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     sink = Sink()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            daemon, ports = await one_node(tmp_path, redis_server, nursery, [sink])
-            token = await channel_on_every_node(ports, [daemon])
-            await add_drain(ports, "app", await nursery.start(sink.serve))
-            await eventually(
-                lambda: daemon.cluster_drains is not None and daemon.cluster_drains.owned(), 5
-            )
+            daemon, ports, token = await app_with_a_drain(tmp_path, redis_server, nursery, sink)
             # 24,000 messages (about 12 rings) on one connection, in four numbered series.
             series = "ABCD"
             data = b"".join(numbered(token, tag, range(6000)) for tag in series)
@@ -146,19 +153,14 @@ async def test_tiny_buffers_take_a_flood_whole(tmp_path: Path, redis_server: Red
     sink = Sink()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            daemon, ports = await one_node(
+            daemon, ports, token = await app_with_a_drain(
                 tmp_path,
                 redis_server,
                 nursery,
-                [sink],
+                sink,
                 history_messages=40,
                 channel_buffer_messages=40,
                 redis_buffer_messages=150,
-            )
-            token = await channel_on_every_node(ports, [daemon])
-            await add_drain(ports, "app", await nursery.start(sink.serve))
-            await eventually(
-                lambda: daemon.cluster_drains is not None and daemon.cluster_drains.owned(), 5
             )
             await send_syslog(ports.syslog, numbered(token, "T", range(3000)))
             await eventually(lambda: len(sink.messages()) >= 3000, 40)
@@ -223,12 +225,7 @@ async def test_a_loss_with_nothing_after_it_is_told_at_once_by_an_l10_alone(
     sink = Sink()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            daemon, ports = await one_node(tmp_path, redis_server, nursery, [sink])
-            token = await channel_on_every_node(ports, [daemon])
-            await add_drain(ports, "app", await nursery.start(sink.serve))
-            await eventually(
-                lambda: daemon.cluster_drains is not None and daemon.cluster_drains.owned(), 5
-            )
+            daemon, ports, token = await app_with_a_drain(tmp_path, redis_server, nursery, sink)
             await send_syslog(ports.syslog, numbered(token, "L", range(10)))
             await eventually(lambda: len(sink.messages()) >= 10, 20)
             assert daemon.plane is not None
