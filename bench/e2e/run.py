@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +125,9 @@ class RunResult:
     sink: dict = field(default_factory=dict)
     loadgen: dict = field(default_factory=dict)
     router: dict = field(default_factory=dict)  # the router's own figures (Router.figures)
+    # Which run of its workload this was (0, 1, ...): runs of the same number of different
+    # routers ran one after the other, and are compared as a pair (``pair_ratios``).
+    run: int = 0
 
     @property
     def cpu_per_million(self) -> float | None:
@@ -826,6 +829,89 @@ def summarize(results: list[RunResult]) -> dict:
     }
 
 
+def pair_ratios(a: list[RunResult], b: list[RunResult]) -> dict | None:
+    """``a`` against ``b`` run by run: the runs of one number ran one after the other, so
+    each pair saw about the same machine (this one's noise between runs minutes apart is
+    larger than most effects measured). The median, least and greatest of the per-pair
+    ratios of msgs/s, the median of those of CPU per message, how many pairs, how many of
+    them ``a`` was the faster, and the runs of either that lost or duplicated a message."""
+    by_run = {r.run: r for r in b}
+    pairs = [(x, by_run[x.run]) for x in a if x.run in by_run]
+    if not pairs:
+        return None
+    rates = [x.rate / y.rate for x, y in pairs if y.rate]
+    cpus = [
+        cx / cy
+        for x, y in pairs
+        if (cx := x.cpu_per_million) is not None and (cy := y.cpu_per_million)
+    ]
+    if not rates:
+        return None
+    return {
+        "rate": statistics.median(rates),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "cpu": statistics.median(cpus) if cpus else None,
+        "pairs": len(rates),
+        "faster": sum(1 for r in rates if r > 1),
+        "lossy": sum(1 for x, y in pairs for r in (x, y) if r.lost or r.duplicates),
+    }
+
+
+def ratios_table(
+    workloads: list[Workload],
+    comparisons: list[tuple[str, str]],
+    collected: dict[tuple[str, str], list[RunResult]],
+) -> str:
+    """Markdown: per workload and comparison, ``pair_ratios``."""
+    lines = [
+        "| workload | routers | msgs/s ratio, median of pairs (min-max) | faster | "
+        "CPU per message ratio | pairs | runs that lost or duplicated |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for wl in workloads:
+        for a, b in comparisons:
+            got = pair_ratios(collected.get((a, wl.key), []), collected.get((b, wl.key), []))
+            if got is None:
+                continue
+            cpu = f"{got['cpu']:.2f}x" if got["cpu"] is not None else "-"
+            lines.append(
+                f"| {wl.label} | {a} / {b} | {got['rate']:.2f}x "
+                f"({got['rate_min']:.2f}-{got['rate_max']:.2f}) | {got['faster']} | {cpu} | "
+                f"{got['pairs']} | {got['lossy']} |"
+            )
+    return "\n".join(lines)
+
+
+def parse_comparisons(text: str, routers: list[str] | None) -> list[tuple[str, str]]:
+    """``A/B,C/D`` as router pairs (each router one of ``routers``, when given)."""
+    comparisons = []
+    for item in text.split(","):
+        a, sep, b = item.strip().partition("/")
+        if not sep or not a or not b:
+            raise ValueError(f"{item!r} is not ROUTER/ROUTER")
+        for name in (a, b):
+            if routers is not None and name not in routers:
+                raise ValueError(f"router {name!r} does not run here")
+        comparisons.append((a, b))
+    return comparisons
+
+
+def load_runs(path: Path) -> dict[tuple[str, str], list[RunResult]]:
+    """The runs ``--json`` wrote (a file from before runs were numbered pairs its runs in
+    order)."""
+    known = {f.name for f in fields(RunResult)}
+    collected: dict[tuple[str, str], list[RunResult]] = {}
+    for key, runs in json.loads(path.read_text()).items():
+        router, _, workload = key.partition("/")
+        results = collected.setdefault((router, workload), [])
+        for i, raw in enumerate(runs):
+            figures = {k: v for k, v in raw.items() if k in known}
+            figures.setdefault("run", i)
+            results.append(RunResult(**figures))
+    return collected
+
+
 def table(
     workloads: list[Workload], routers: list[str], summaries: dict, notes: dict[str, str]
 ) -> str:
@@ -985,6 +1071,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="also write every run's raw figures here")
     ap.add_argument(
+        "--ratios",
+        metavar="A/B[,C/D]",
+        help="also print (and write) same-run ratios of router A against router B, per "
+        "workload: the median of per-pair ratios of msgs/s and of CPU per message, e.g. "
+        "logplexd-redis/logplexd,logplexd-redis/logplexd-redis-base",
+    )
+    ap.add_argument(
+        "--ratios-from",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: print --ratios of the runs a --json file holds",
+    )
+    ap.add_argument(
         "--base-tree",
         type=Path,
         help="checkout (built in place) that router logplexd-base runs, e.g. "
@@ -999,6 +1098,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)  # fmt: skip
 
+    if args.ratios_from is not None:
+        if not args.ratios:
+            ap.error("--ratios-from needs --ratios")
+        saved = load_runs(args.ratios_from)
+        keys = {w for _, w in saved}
+        try:
+            comparisons = parse_comparisons(args.ratios, sorted({r for r, _ in saved}))
+        except ValueError as exc:
+            ap.error(str(exc))
+        print(ratios_table([w for w in WORKLOADS if w.key in keys], comparisons, saved))
+        return 0
     messages = args.messages or (50_000 if args.quick else 1_000_000)
     runs = args.runs or (1 if args.quick else 3)
     routers = ["direct"] + [r for r in args.routers.split(",") if r and r != "direct"]
@@ -1013,6 +1123,10 @@ def main(argv: list[str] | None = None) -> int:
             workloads = [by_key[k] for k in args.workloads.split(",")]
         except KeyError as exc:
             ap.error(f"unknown workload {exc}")
+    try:
+        comparisons = parse_comparisons(args.ratios, routers) if args.ratios else []
+    except ValueError as exc:
+        ap.error(str(exc))
     Logplexd.extra_args = list(args.logplexd_arg)
     LogplexdBase.extra_args = LogplexdRedisBase.extra_args = list(args.base_arg)
     global METRICS_SHOWN
@@ -1048,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
                         notes[f"{name}/{wl.key}"] = "failed (see log)"
                         log(f"[{name}] {wl.key} run {i + 1}/{runs}: FAILED: {exc}")
                         continue
+                    res.run = i
                     collected.setdefault((name, wl.key), []).append(res)
                     cpu = res.cpu_per_million
                     peer_cpu = res.peer_cpu_per_million
@@ -1068,6 +1183,8 @@ def main(argv: list[str] | None = None) -> int:
                         log("[direct] the harness itself lost or duplicated messages")
     summaries = {k: summarize(v) for k, v in collected.items()}
     md = table(workloads, routers, summaries, notes)
+    if comparisons:
+        md += "\n\nSame-run ratios:\n\n" + ratios_table(workloads, comparisons, collected)
     elapsed = time.monotonic() - started
     print(md)
     for name, note in notes.items():

@@ -1,0 +1,67 @@
+"""The e2e harness's same-run ratios (``bench/e2e/run.py --ratios``): the figures quoted in
+bench/RESULTS.md come from them, so they are checked here on made-up runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parent.parent / "bench" / "e2e" / "run.py"
+_spec = importlib.util.spec_from_file_location("e2e_run", RUN_PY)
+assert _spec is not None and _spec.loader is not None
+e2e = importlib.util.module_from_spec(_spec)
+sys.modules["e2e_run"] = e2e  # dataclasses look their module up
+_spec.loader.exec_module(e2e)
+
+
+def result(run: int, rate: float, cpu_s: float, lost: int = 0) -> object:
+    return e2e.RunResult(
+        rate=rate, ingest_rate=rate, delivered=1_000_000, expected=1_000_000, lost=lost,
+        duplicates=0, l10_dropped=0, out_of_order=0, cpu_s=cpu_s, peak_rss_kb=None, run=run,
+    )  # fmt: skip
+
+
+def test_runs_are_compared_by_their_number_not_their_place() -> None:
+    # Run 1 of b failed (missing): a's run 1 has no pair, and run 2 pairs with run 2.
+    a = [result(0, 100, 2.0), result(1, 999, 9.0), result(2, 300, 3.0)]
+    b = [result(2, 200, 2.0), result(0, 200, 1.0)]
+    got = e2e.pair_ratios(a, b)
+    assert got == {
+        "rate": pytest.approx(1.0),  # median of 0.5 and 1.5
+        "rate_min": pytest.approx(0.5),
+        "rate_max": pytest.approx(1.5),
+        "cpu": pytest.approx(1.75),  # median of 2.0 and 1.5
+        "pairs": 2,
+        "faster": 1,
+        "lossy": 0,
+    }
+    assert e2e.pair_ratios(a, []) is None
+
+
+def test_a_lossy_run_on_either_side_is_counted() -> None:
+    got = e2e.pair_ratios([result(0, 1, 1.0, lost=3)], [result(0, 1, 1.0)])
+    assert got is not None and got["lossy"] == 1
+
+
+def test_ratios_from_a_saved_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = {
+        "logplexd-redis/c1-ch1-d1-120": [vars(result(0, 2.0, 3.0)), vars(result(1, 3.0, 3.0))],
+        "logplexd/c1-ch1-d1-120": [vars(result(0, 4.0, 2.0)), vars(result(1, 4.0, 2.0))],
+    }
+    for runs in saved.values():
+        for run in runs:
+            del run["run"]  # a file from before runs were numbered: paired in order
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(saved))
+    assert e2e.main(["--ratios-from", str(path), "--ratios", "logplexd-redis/logplexd"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row == (
+        "| 1 conn, 1 channel, 1 drain, 120 B | logplexd-redis / logplexd | 0.62x (0.50-0.75) "
+        "| 0 | 1.50x | 2 | 0 |"
+    )
+    with pytest.raises(SystemExit):
+        e2e.main(["--ratios-from", str(path), "--ratios", "logplexd/rsyslog"])
