@@ -732,6 +732,22 @@ def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def versus_embedded(numbered: dict[str, dict[int, NodesRun]], name: str) -> dict | None:
+    """Same-run ratios (``e2e.ratios_of``) of set-up ``name`` against the embedded node,
+    repetition by repetition (each repetition ran every set-up in turn); None for the
+    embedded node itself or without it."""
+    embedded = numbered.get("embedded")
+    if name == "embedded" or not embedded:
+        return None
+
+    def figures(run: NodesRun) -> e2e.RunFigures:
+        return run.rate, run.per_million(run.node_cpu), bool(run.lost or run.duplicates)
+
+    return e2e.ratios_of(
+        [(figures(run), figures(embedded[i])) for i, run in numbered[name].items() if i in embedded]
+    )
+
+
 def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> str:
     lines = [
         HEADING,
@@ -779,6 +795,21 @@ def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> st
             f"| {fmt(s['bytes_out'], 0) if redis else '-'} "
             f"| {s['lost']} / {s['dups']} / {s['l10']} | {fmt(s['rss_mb'], 0)} MB |"
         )
+    against = [(k, s["vs_embedded"]) for k, s in results.items() if "vs_embedded" in s]
+    if against:
+        lines += [
+            "",
+            "Against the embedded node, repetition by repetition (each ran every set-up in "
+            "turn): the median of per-pair ratios (`e2e.ratios_of`; node CPU only, Redis's "
+            "own not included):",
+            "",
+            f"| workload | set-up | {e2e.RATIO_HEAD} |",
+            "| --- " * 7 + "|",
+        ]
+        lines += [
+            f"| {WORKLOADS[wl_key].label} | {label(setup)} | {e2e.ratio_cells(got)} |"
+            for (wl_key, setup), got in against
+        ]
     lines += [
         "",
         "Round trips per 1,000 messages by kind and stream entries written per 1,000 "
@@ -890,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             # Repetition by repetition, every variant in turn: a base tree and this one are
             # measured alternately, under the same conditions of the machine.
             collected: dict[str, list[NodesRun]] = {name: [] for name, _ in variants}
+            numbered: dict[str, dict[int, NodesRun]] = {name: {} for name, _ in variants}
             errors: dict[str, str] = {}
             for i in range(args.runs):
                 for name, base in variants:
@@ -917,11 +949,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"lost {run.lost} dup {run.duplicates} L10 {run.l10}"
                     )
                     collected[name].append(run)
+                    numbered[name][i] = run
             for name, _ in variants:
                 if name in errors:
                     results[(wl_key, name)] = {"error": errors[name]}
                 else:
                     results[(wl_key, name)] = summarize(collected[name])
+                    against = versus_embedded(numbered, name)
+                    if against is not None:
+                        results[(wl_key, name)]["vs_embedded"] = against
         if args.load_channels:
             try:
                 results[("load", "load")] = store_load(args.load_channels)

@@ -65,3 +65,38 @@ def test_ratios_from_a_saved_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     with pytest.raises(SystemExit):
         e2e.main(["--ratios-from", str(path), "--ratios", "logplexd/rsyslog"])
+
+
+def test_bench_nodes_compares_each_set_up_with_the_embedded_node_run_by_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # bench_nodes.py puts bench/ on sys.path and loads run.py again: both undone after.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("bench_nodes", "tails", "e2e_run"):
+        if name in sys.modules:
+            monkeypatch.setitem(sys.modules, name, sys.modules[name])
+        else:
+            monkeypatch.delitem(sys.modules, name, raising=False)
+    path = RUN_PY.parent.parent / "bench_nodes.py"
+    spec = importlib.util.spec_from_file_location("bench_nodes", path)
+    assert spec is not None and spec.loader is not None
+    nodes = importlib.util.module_from_spec(spec)
+    sys.modules["bench_nodes"] = nodes
+    spec.loader.exec_module(nodes)
+
+    def run(rate: float, cpu_s: float, lost: int = 0) -> object:
+        return nodes.NodesRun(
+            rate=rate, delivered=1_000_000, expected=1_000_000, lost=lost, duplicates=0,
+            l10=0, node_cpu=cpu_s,
+        )  # fmt: skip
+
+    numbered = {
+        "embedded": {0: run(4.0, 1.0), 2: run(2.0, 1.0)},  # its run 1 failed
+        "redis-1": {0: run(2.0, 1.5), 1: run(9.0, 9.0), 2: run(2.0, 2.0, lost=1)},
+    }
+    got = nodes.versus_embedded(numbered, "redis-1")
+    assert got is not None
+    assert (got["rate"], got["rate_min"], got["rate_max"]) == (0.75, 0.5, 1.0)
+    assert (got["cpu"], got["pairs"], got["faster"], got["lossy"]) == (1.75, 2, 0, 1)
+    assert nodes.versus_embedded(numbered, "embedded") is None
+    assert nodes.versus_embedded({"redis-1": numbered["redis-1"]}, "redis-1") is None

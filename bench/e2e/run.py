@@ -829,24 +829,22 @@ def summarize(results: list[RunResult]) -> dict:
     }
 
 
-def pair_ratios(a: list[RunResult], b: list[RunResult]) -> dict | None:
-    """``a`` against ``b`` run by run: the runs of one number ran one after the other, so
-    each pair saw about the same machine (this one's noise between runs minutes apart is
-    larger than most effects measured). The median, least and greatest of the per-pair
-    ratios of msgs/s, the median of those of CPU per message, how many pairs, how many of
-    them ``a`` was the faster, and the runs of either that lost or duplicated a message."""
-    by_run = {r.run: r for r in b}
-    pairs = [(x, by_run[x.run]) for x in a if x.run in by_run]
-    if not pairs:
-        return None
-    rates = [x.rate / y.rate for x, y in pairs if y.rate]
-    cpus = [
-        cx / cy
-        for x, y in pairs
-        if (cx := x.cpu_per_million) is not None and (cy := y.cpu_per_million)
-    ]
+# One run as ``ratios_of`` compares it: msgs/s, CPU seconds per million messages (None: not
+# measured), and whether it lost or duplicated a message.
+RunFigures = tuple[float, float | None, bool]
+
+
+def ratios_of(pairs: list[tuple[RunFigures, RunFigures]]) -> dict | None:
+    """Runs of one router (or set-up) against another, pair by pair: the runs of a pair ran
+    one after the other, so each pair saw about the same machine (this one's noise between
+    runs minutes apart is larger than most effects measured). The median, least and
+    greatest of the per-pair ratios of msgs/s, the median of those of CPU per message, how
+    many pairs, in how many the first was the faster, and the runs of either that lost or
+    duplicated a message. None without a pair."""
+    rates = [x[0] / y[0] for x, y in pairs if y[0]]
     if not rates:
         return None
+    cpus = [x[1] / y[1] for x, y in pairs if x[1] is not None and y[1]]
     return {
         "rate": statistics.median(rates),
         "rate_min": min(rates),
@@ -854,8 +852,33 @@ def pair_ratios(a: list[RunResult], b: list[RunResult]) -> dict | None:
         "cpu": statistics.median(cpus) if cpus else None,
         "pairs": len(rates),
         "faster": sum(1 for r in rates if r > 1),
-        "lossy": sum(1 for x, y in pairs for r in (x, y) if r.lost or r.duplicates),
+        "lossy": sum(1 for x, y in pairs for side in (x, y) if side[2]),
     }
+
+
+def pair_ratios(a: list[RunResult], b: list[RunResult]) -> dict | None:
+    """``ratios_of`` the runs of ``a`` and ``b`` that have the same number (``run``)."""
+    by_run = {r.run: r for r in b}
+
+    def figures(r: RunResult) -> RunFigures:
+        return r.rate, r.cpu_per_million, bool(r.lost or r.duplicates)
+
+    return ratios_of([(figures(x), figures(by_run[x.run])) for x in a if x.run in by_run])
+
+
+def ratio_cells(got: dict) -> str:
+    """``ratios_of``'s figures as the cells of a markdown row."""
+    cpu = f"{got['cpu']:.2f}x" if got["cpu"] is not None else "-"
+    return (
+        f"{got['rate']:.2f}x ({got['rate_min']:.2f}-{got['rate_max']:.2f}) | {got['faster']} | "
+        f"{cpu} | {got['pairs']} | {got['lossy']}"
+    )
+
+
+RATIO_HEAD = (
+    "msgs/s ratio, median of pairs (min-max) | faster | CPU per message ratio | pairs | "
+    "runs that lost or duplicated"
+)
 
 
 def ratios_table(
@@ -864,22 +887,12 @@ def ratios_table(
     collected: dict[tuple[str, str], list[RunResult]],
 ) -> str:
     """Markdown: per workload and comparison, ``pair_ratios``."""
-    lines = [
-        "| workload | routers | msgs/s ratio, median of pairs (min-max) | faster | "
-        "CPU per message ratio | pairs | runs that lost or duplicated |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = [f"| workload | routers | {RATIO_HEAD} |", "| --- " * 7 + "|"]
     for wl in workloads:
         for a, b in comparisons:
             got = pair_ratios(collected.get((a, wl.key), []), collected.get((b, wl.key), []))
-            if got is None:
-                continue
-            cpu = f"{got['cpu']:.2f}x" if got["cpu"] is not None else "-"
-            lines.append(
-                f"| {wl.label} | {a} / {b} | {got['rate']:.2f}x "
-                f"({got['rate_min']:.2f}-{got['rate_max']:.2f}) | {got['faster']} | {cpu} | "
-                f"{got['pairs']} | {got['lossy']} |"
-            )
+            if got is not None:
+                lines.append(f"| {wl.label} | {a} / {b} | {ratio_cells(got)} |")
     return "\n".join(lines)
 
 
