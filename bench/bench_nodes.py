@@ -920,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
             wl = WORKLOADS[wl_key]
             # Repetition by repetition, every variant in turn: a base tree and this one are
             # measured alternately, under the same conditions of the machine.
-            collected: dict[str, list[NodesRun]] = {name: [] for name, _ in variants}
+            # Per variant, its runs by repetition number (``versus_embedded`` pairs them).
             numbered: dict[str, dict[int, NodesRun]] = {name: {} for name, _ in variants}
             errors: dict[str, str] = {}
             for i in range(args.runs):
@@ -948,13 +948,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"Redis read events/1k {run.per_thousand('read_events'):.2f}, "
                         f"lost {run.lost} dup {run.duplicates} L10 {run.l10}"
                     )
-                    collected[name].append(run)
                     numbered[name][i] = run
             for name, _ in variants:
                 if name in errors:
                     results[(wl_key, name)] = {"error": errors[name]}
                 else:
-                    results[(wl_key, name)] = summarize(collected[name])
+                    results[(wl_key, name)] = summarize(list(numbered[name].values()))
                     against = versus_embedded(numbered, name)
                     if against is not None:
                         results[(wl_key, name)]["vs_embedded"] = against

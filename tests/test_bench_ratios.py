@@ -7,15 +7,24 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-RUN_PY = Path(__file__).resolve().parent.parent / "bench" / "e2e" / "run.py"
-_spec = importlib.util.spec_from_file_location("e2e_run", RUN_PY)
-assert _spec is not None and _spec.loader is not None
-e2e = importlib.util.module_from_spec(_spec)
-sys.modules["e2e_run"] = e2e  # dataclasses look their module up
-_spec.loader.exec_module(e2e)
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """A bench script as module ``name`` (registered first: dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+e2e = load_script("e2e_run", BENCH / "e2e" / "run.py")
 
 
 def result(run: int, rate: float, cpu_s: float, lost: int = 0) -> object:
@@ -77,12 +86,7 @@ def test_bench_nodes_compares_each_set_up_with_the_embedded_node_run_by_run(
             monkeypatch.setitem(sys.modules, name, sys.modules[name])
         else:
             monkeypatch.delitem(sys.modules, name, raising=False)
-    path = RUN_PY.parent.parent / "bench_nodes.py"
-    spec = importlib.util.spec_from_file_location("bench_nodes", path)
-    assert spec is not None and spec.loader is not None
-    nodes = importlib.util.module_from_spec(spec)
-    sys.modules["bench_nodes"] = nodes
-    spec.loader.exec_module(nodes)
+    nodes = load_script("bench_nodes", BENCH / "bench_nodes.py")
 
     def run(rate: float, cpu_s: float, lost: int = 0) -> object:
         return nodes.NodesRun(
