@@ -478,6 +478,30 @@ async def test_a_drain_holds_its_channel_unless_the_channel_drops(
     pair.close()
 
 
+async def test_past_half_its_mark_a_drain_is_not_reported_on_every_message(nursery, clock):
+    # A ring of 64 messages: its drain holds at 16 behind and is looked at again half way,
+    # at 8 (where it also becomes urgent). Until the pump has written, nothing changes
+    # between the two marks: the router reports the channel again at the hold mark, not on
+    # every message routed meanwhile (1,000 channels of 1,024 messages, a busy pump: a
+    # report every 3 messages routed, 2.8 CPU s per million).
+    registry = Registry(history_messages=64, buffer_messages=64)
+    _, channel, _, pair = await parked(nursery, registry)
+    ring = channel.ring
+    for i in range(8):
+        append(channel, [message(i)])  # no checkpoint: the pump cannot write meanwhile
+    for i in range(8, 15):
+        append(channel, [message(i)])
+        assert ring.wake_at == 16 > ring.head  # routing i + 1 would not report it
+    assert not channel.held
+    append(channel, [message(15)])  # the hold mark: 16 behind the drain's cursor
+    assert channel.held
+    await trio.testing.wait_all_tasks_blocked()
+    assert pair.received() == b"".join(delivered(i) for i in range(16))
+    # Written: the drain's cursor and its marks moved up, the channel is released.
+    assert not channel.held and ring.wake_at > ring.head
+    pair.close()
+
+
 async def test_a_channel_switched_to_drop_is_released_at_once(nursery, clock):
     registry = Registry(history_messages=64, buffer_messages=64)
     channel, pair = await _parked_with(nursery, registry, mode=None, default=True)

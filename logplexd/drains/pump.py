@@ -275,13 +275,21 @@ class DrainPump:
         ring = channel.ring
         high = high_water(ring)
         look = NEVER
+        head = ring.head
         for writer in writers:
             cursor = max(writer.feed.cursor, ring.tail)
             check_hold(writer, channel, high, self.pushback)
             # Looked at again half way to its hold mark: the mark then moves up with the
             # cursor before the inputs can reach where it stood (a mark left behind by
-            # the writes would hold them early).
-            look = min(look, cursor + high // 2)
+            # the writes would hold them early). Past half way already, it is looked at
+            # the hold mark itself: nothing changes before the drain writes or the inputs
+            # reach the mark (the router stops them there, reports the channel, and this
+            # look moves the mark up if the drain has written meanwhile). Looked at half
+            # way, the router reported the channel on every append until then: with a
+            # small ring, most of the time (1,000 channels of 1,024 messages: a report
+            # every 3 messages routed, 2.8 CPU s per million messages).
+            half = cursor + high // 2
+            look = min(look, half if half > head else cursor + high)
         return look
 
     # -- the router side (from Channel.notify: the pump is the router's ChannelConsumer) ------
