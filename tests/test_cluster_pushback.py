@@ -212,6 +212,8 @@ async def test_many_channels_over_a_full_outbound_buffer_wait_at_one_gate_and_lo
                 assert l10_total(bytes(sink.data)) == 0
             assert plane.pushback.gate.closings > 0
             await eventually(lambda: not plane.pushback.gate.closed, 5)
+            # The inputs' wait is counted (``redis_inputs_gated_seconds_total``).
+            assert plane.pushback.gate.closed_seconds > 0
             assert plane.buffer.dropped == 0
             nursery.cancel_scope.cancel()
 

@@ -359,6 +359,33 @@ def test_pushback_closes_one_gate_for_every_input_while_the_buffer_is_half_full(
     assert not pushback.gate.closed
 
 
+def test_the_gate_counts_how_long_it_held_every_input() -> None:
+    # What ``redis_inputs_gated_seconds_total`` reports: the closings so far, and the one
+    # in progress; not the time it stood open.
+    now, filled = [10.0], [0.6]
+    pushback = ChannelPushback(
+        1000, lambda name: 0, lambda: True, lambda: filled[0], clock=lambda: now[0]
+    )
+    gate = pushback.gate
+    a = Channel("a", ChannelRing(100, 1 << 20))
+    assert gate.closed_seconds == 0
+    pushback.routed(a)  # closes at 10
+    now[0] = 12.5
+    assert gate.closed and gate.closed_seconds == 2.5
+    filled[0] = 0.2
+    pushback.progressed(["a"])  # opens at 12.5
+    now[0] = 20.0
+    assert not gate.closed and gate.closed_seconds == 2.5
+    filled[0] = 0.6
+    pushback.routed(a)  # closes at 20
+    now[0] = 20.5
+    pushback.routed(a)  # closed already: the closing goes on from 20
+    now[0] = 21.0
+    filled[0] = 0.1
+    pushback.progressed([])
+    assert not gate.closed and gate.closed_seconds == 3.5 and gate.closings == 2
+
+
 def test_pushback_looks_at_every_held_channel_once_the_gate_opens() -> None:
     # A channel behind on its own, whose progress came while the buffer was over a
     # quarter full, is looked at when the gate opens, whichever channel progressed then.

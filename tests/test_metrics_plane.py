@@ -7,6 +7,7 @@ the messages sent, followed by a drain, and then held (and dropped) while Redis 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
 
         sent = 300
         texts = [f"msg-{i:04d}" for i in range(sent)]
+        started = time.monotonic()
         await send_syslog(ports.syslog, b"".join(frame(token, t) for t in texts))
         # Written to the stream, then read back by the drain's follower and delivered.
         await eventually(lambda: plane.messages_written == sent, 10)
@@ -106,6 +108,16 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert value(found, "logplexd_redis_buffer_messages") == 0
         assert value(found, "logplexd_redis_buffer_dropped_total") == 0
         assert value(found, "logplexd_redis_reachable") == 1
+        # Every flush was answered, and the wait for the answers lies within the test's.
+        elapsed = time.monotonic() - started
+        flushes = value(found, "logplexd_redis_flushes_total")
+        assert flushes == plane.writer.flushes and 1 <= flushes <= writes
+        waited = value(found, "logplexd_redis_flush_wait_seconds_total")
+        assert 0 < waited < elapsed
+        # 300 messages at once fill this buffer past half: the inputs may have waited.
+        assert 0 <= value(found, "logplexd_redis_inputs_gated_seconds_total") < elapsed
+        await eventually(lambda: not plane.pushback.gate.closed, 5)
+        gated = plane.pushback.gate.closed_seconds
 
         # Redis gone: the gauge says so, routed messages wait in the bounded buffer and the
         # oldest are dropped past its size; no write round trip is counted for them.
@@ -128,6 +140,10 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         assert dropped >= held - BUFFER_MESSAGES
         assert buffered + dropped == held
         assert value(down, "logplexd_redis_stream_messages_written_total") == sent
+        # An outage is not this node being slow: the gate held no input meanwhile.
+        assert value(down, "logplexd_redis_inputs_gated_seconds_total") == pytest.approx(gated)
+        # Nor did a flush get an answer.
+        assert value(down, "logplexd_redis_flushes_total") == flushes
         nursery.cancel_scope.cancel()
 
 

@@ -30,6 +30,7 @@ every producer for as long as the outage lasts (docs/SCALING.md).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import trio
@@ -51,21 +52,35 @@ class OutboundGate:
     buffer is over half full, opened once it is under a quarter: meanwhile every input that
     routes anything waits (``wait_released``, as on a held channel)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.closed = False
         self._opened: trio.Event | None = None
-        self.closings = 0  # times it closed (tests)
+        self.closings = 0  # times it closed (metrics and tests)
+        self._clock = clock
+        self._closed_at = 0.0
+        self._closed_for = 0.0
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.closings += 1
+            self._closed_at = self._clock()
 
     def open(self) -> None:
+        if self.closed:
+            self._closed_for += self._clock() - self._closed_at
         self.closed = False
         opened, self._opened = self._opened, None
         if opened is not None:
             opened.set()
+
+    @property
+    def closed_seconds(self) -> float:
+        """How long the gate has been closed in all, the closing in progress included:
+        the time every input of this node waited for its writer."""
+        if self.closed:
+            return self._closed_for + self._clock() - self._closed_at
+        return self._closed_for
 
     async def wait_released(self) -> None:
         """Return once the gate is open (at once when it is)."""
@@ -86,6 +101,7 @@ class ChannelPushback:
         behind: Callable[[str], int],
         reachable: Callable[[], bool],
         filled: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # The stream never trims what this node's follower has not read (APPEND's floor,
         # up to 4 x ``keep``), and the staging ring the unwritten part waits in is
@@ -102,7 +118,7 @@ class ChannelPushback:
         self._look_at_all = False
         self.held: dict[str, Channel] = {}
         # Closed while the outbound buffer is over half full (the inputs wait on it).
-        self.gate = OutboundGate()
+        self.gate = OutboundGate(clock)
         # Called when a channel is held or the gate closes: inputs now wait for the writer
         # (which then ends its linger, ``Writer.hurry``).
         self.on_hold: Callable[[], None] | None = None

@@ -129,6 +129,11 @@ class Writer:
         self._linger_scope: trio.CancelScope | None = None
         self.entries_written = 0
         self.messages_written = 0
+        # Flushes Redis answered, and how long their round trips took in all (from sending
+        # a flush to having read its reply: what Redis took, the transfer both ways, and on
+        # a busy node the wait for the event loop to come back to this task).
+        self.flushes = 0
+        self.flush_wait_seconds = 0.0
         # Times a channel waited because a follower of it was behind (APPEND: "behind").
         self.deferred = 0
         self.bytes_written = 0
@@ -284,9 +289,12 @@ class Writer:
             # Everything in one MULTI: all of it or none ran (a flush never half written).
             replies = await self._transact(parts, proposed, outgoing)
         else:
+            started = time.perf_counter()
             replies = await self.connection.call_per_shard(
                 APPEND, (keep, node), parts, "write", beacon=True
             )
+            self.flush_wait_seconds += time.perf_counter() - started
+        self.flushes += 1
         started = time.perf_counter()
         written_seq = self.written_seq
         solo = self._solo
@@ -444,7 +452,9 @@ class Writer:
             plan.append((channel, lasts))
         commands += [["EVAL", PROPOSE.text, 0, *args], *xadds]
         commands.append(["EVAL", SETTLE.text, 0, keys.fenced(node)])
+        started = time.perf_counter()
         results = await self.connection.transaction(commands, "write")
+        self.flush_wait_seconds += time.perf_counter() - started
         # The transaction ran whole: from here nothing raises, or the flush would be
         # given back whole and what it wrote written twice.
         replies: dict[str, list[Any]] = {}

@@ -504,6 +504,9 @@ class Daemon:
                 if self.cluster_drains is not None
                 else 0,
                 connections_opened=plane.connections_opened,
+                flushes=plane.writer.flushes,
+                flush_wait_seconds=plane.writer.flush_wait_seconds,
+                inputs_gated_seconds=plane.pushback.gate.closed_seconds,
             )
         pump = self.drains.pump
         return MetricsSnapshot(

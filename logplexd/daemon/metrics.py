@@ -126,6 +126,11 @@ class RedisFigures:
     drain_takeovers: int = 0
     # Connections the data plane opened for its own calls (cluster/_direct.py).
     connections_opened: int = 0
+    # Flushes Redis answered, and the seconds the writer waited for those answers.
+    flushes: int = 0
+    flush_wait_seconds: float = 0.0
+    # Seconds every input waited on the outbound gate (the writer behind on everything).
+    inputs_gated_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,6 +746,16 @@ _PLANE_COUNTERS = (
     ("redis_connections_opened", "connections_opened",
      "Connections the data plane opened to Redis servers for its frequent calls (one per "
      "server and purpose; one that keeps growing means connections keep breaking)."),
+    ("redis_flushes", "flushes",
+     "Flushes of the outbound buffer Redis answered (one write of every channel with "
+     "something buffered: one round trip per Redis server)."),
+    ("redis_flush_wait_seconds", "flush_wait_seconds",
+     "Seconds the writer spent on its flushes' round trips, from sending one to having read "
+     "its reply (Redis's time, the transfer both ways, and, on a busy node, the wait for the "
+     "event loop); divided by redis_flushes_total, the mean time a flush takes."),
+    ("redis_inputs_gated_seconds", "inputs_gated_seconds",
+     "Seconds every input of this node waited because its outbound buffer was past half "
+     "full: Redis (or this node's writer) was not keeping up with what the node routed."),
     ("redis_pushback_holds", "pushback_holds",
      "Times this node held a channel's inputs because it was behind on it (unwritten plus "
      "not yet read back past channel_buffer_messages), or every input because its outbound "
