@@ -1,11 +1,14 @@
-"""The e2e harness's same-run ratios (``bench/e2e/run.py --ratios``): the figures quoted in
-bench/RESULTS.md come from them, so they are checked here on made-up runs."""
+"""The e2e harness's figures quoted in bench/RESULTS.md: its same-run ratios
+(``bench/e2e/run.py --ratios``) and each run's busiest thread and idle machine, checked here
+on made-up runs and samples (and the /proc reads behind the latter on this process)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -104,3 +107,53 @@ def test_bench_nodes_compares_each_set_up_with_the_embedded_node_run_by_run(
     assert (got["cpu"], got["pairs"], got["faster"], got["lossy"]) == (1.75, 2, 0, 1)
     assert nodes.versus_embedded(numbered, "embedded") is None
     assert nodes.versus_embedded({"redis-1": numbered["redis-1"]}, "redis-1") is None
+
+
+def sample(at: float, threads: dict[str, float], idle: int, total: int) -> object:
+    return e2e.Sample(at, threads, (idle, total))
+
+
+def test_a_runs_busiest_thread_and_idle_machine_come_from_the_samples_inside_its_span() -> None:
+    samples = [
+        sample(9.0, {"1/1": 0.0}, 0, 0),  # warm-up: before the timed span
+        sample(10.1, {"1/1": 1.0, "1/2": 5.0}, 100, 400),
+        sample(10.6, {"1/1": 1.2, "1/2": 5.1}, 150, 600),
+        sample(11.1, {"1/1": 1.9, "1/2": 5.2, "1/3": 0.3}, 210, 800),
+        sample(14.0, {"1/1": 2.0, "1/2": 5.2, "1/3": 0.3}, 500, 1400),  # after it: idle
+    ]
+    first, last = e2e.within(samples, 10.0, 11.5)
+    assert (first.at, last.at) == (10.1, 11.1)
+    busiest, idle = e2e.busiest_and_idle(first, last)
+    # Thread 1/1 used 0.9 s of the 1.0 s; 1/3, started meanwhile, 0.3 s; 1/2 0.2 s.
+    assert busiest == pytest.approx(0.9)
+    assert idle == pytest.approx(110 / 400)
+    assert e2e.within(samples, 10.2, 10.7) is None  # one sample inside: no figure
+
+
+def test_the_cpu_line_of_proc_stat_gives_idle_and_total_ticks() -> None:
+    stat = "cpu  100 5 50 800 20 3 7 11 0 0\ncpu0 50 2 25 400 10 1 3 5 0 0\nintr 12345\n"
+    # idle + iowait, and user..steal (guest time is inside user already).
+    assert e2e.cpu_ticks(stat) == (820, 996)
+    with pytest.raises(ValueError):
+        e2e.cpu_ticks("intr 1\n")
+
+
+def test_thread_seconds_reads_every_thread_of_a_process() -> None:
+    started, stop = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        started.set()
+        stop.wait()
+
+    helper = threading.Thread(target=wait)
+    helper.start()
+    try:
+        started.wait()
+        seen = e2e.thread_seconds([os.getpid()])
+        tids = {key.split("/")[1] for key in seen}
+        assert str(threading.get_native_id()) in tids and str(helper.native_id) in tids
+        assert all(seconds >= 0 for seconds in seen.values())
+        assert e2e.thread_seconds([2**22 + 12345]) == {}  # gone: nothing, no error
+    finally:
+        stop.set()
+        helper.join()

@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -128,6 +129,11 @@ class RunResult:
     # Which run of its workload this was (0, 1, ...): runs of the same number of different
     # routers ran one after the other, and are compared as a pair (``pair_ratios``).
     run: int = 0
+    # Cores used by the router's busiest thread over the timed part (logplexd: its event
+    # loop; near 1, the node is bound by it), and the machine's idle share of all its cores
+    # over the same span (warm-up included in both: a little over and under the truth).
+    busiest_thread: float | None = None
+    machine_idle: float | None = None
 
     @property
     def cpu_per_million(self) -> float | None:
@@ -248,6 +254,106 @@ def usage(pid: int) -> tuple[float, int]:
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
         faults += int(fields[7])  # minflt
     return ticks / CLK_TCK, faults
+
+
+def thread_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) of every thread of ``pids``, by ``pid/tid``."""
+    out: dict[str, float] = {}
+    for p in pids:
+        tasks = Path(f"/proc/{p}/task")
+        try:
+            tids = os.listdir(tasks)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fields = (tasks / tid / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            out[f"{p}/{tid}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_ticks(stat: str) -> tuple[int, int]:
+    """(idle, total) ticks of all cores from the text of /proc/stat (idle includes
+    iowait; guest time is already counted in user)."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(x) for x in fields[1:]]
+            return ticks[3] + ticks[4], sum(ticks[:8])
+    raise ValueError("no cpu line in /proc/stat")
+
+
+@dataclass
+class Sample:
+    at: float  # wall clock (CLOCK_REALTIME, as loadgen's and the sink's timestamps)
+    threads: dict[str, float]
+    ticks: tuple[int, int]
+
+
+def busiest_and_idle(first: Sample, last: Sample) -> tuple[float | None, float | None]:
+    """Between two samples: the cores the busiest thread used (one that started meanwhile
+    counts from 0), and the machine's idle share of all its cores."""
+    span = last.at - first.at
+    busiest = None
+    if span > 0 and last.threads:
+        busiest = max(sec - first.threads.get(tid, 0.0) for tid, sec in last.threads.items()) / span
+    total = last.ticks[1] - first.ticks[1]
+    idle = (last.ticks[0] - first.ticks[0]) / total if total > 0 else None
+    return busiest, idle
+
+
+def within(samples: list[Sample], start: float, end: float) -> tuple[Sample, Sample] | None:
+    """The first and the last sample inside [start, end]: figures between them are all of
+    the timed part (the warm-up before it and the wind-down after it are idle, and would
+    dilute a short run's). None when fewer than two fall inside."""
+    inside = [x for x in samples if start <= x.at <= end]
+    if len(inside) < 2:
+        return None
+    return inside[0], inside[-1]
+
+
+class Sampler:
+    """Samples the router's threads and the machine's CPU ticks every ``interval`` from a
+    thread of the harness, so that a run's figures cover its timed span only (loadgen's
+    first timed send to the sink's last receive, ``within``), not the warm-up and the
+    wind-down. Its own cost is a few /proc reads per sample."""
+
+    def __init__(self, pid: int | None, interval: float = 0.05) -> None:
+        # No router process (``direct``): the machine's figures only.
+        self.pids = process_tree(pid) if pid else []
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        ticks = cpu_ticks(Path("/proc/stat").read_text())
+        self.samples.append(Sample(time.time(), thread_seconds(self.pids), ticks))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> Sampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def figures(self, start: float, end: float) -> tuple[float | None, float | None]:
+        """(busiest thread's cores or None without a router process, idle share) over
+        [start, end]."""
+        pair = within(self.samples, start, end)
+        if pair is None:
+            return None, None
+        busiest, idle = busiest_and_idle(*pair)
+        return (busiest if self.pids else None), idle
 
 
 def peak_rss_kb(pid: int) -> int:
@@ -755,19 +861,20 @@ def run_once(
                 cmd += ["-r", str(rate)]
             if router_cls is not Direct and warmup is not None:
                 cmd += ["-w", str(warmup)]  # one message per channel first: drains connect
-            try:
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
-            except subprocess.TimeoutExpired:
-                raise HarnessError(
-                    f"loadgen did not finish within {budget:.0f} s (router stopped reading?)"
-                ) from None
-            if res.returncode != 0:
-                raise HarnessError(f"loadgen failed rc={res.returncode}: {res.stderr.strip()}")
-            lg = json.loads(res.stdout.strip().splitlines()[-1])
-            try:
-                out, _ = sink.communicate(timeout=budget + 150)
-            except subprocess.TimeoutExpired:
-                raise HarnessError("sink did not report") from None
+            with Sampler(pid) as sampler:
+                try:
+                    res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
+                except subprocess.TimeoutExpired:
+                    raise HarnessError(
+                        f"loadgen did not finish within {budget:.0f} s (router stopped reading?)"
+                    ) from None
+                if res.returncode != 0:
+                    raise HarnessError(f"loadgen failed rc={res.returncode}: {res.stderr.strip()}")
+                lg = json.loads(res.stdout.strip().splitlines()[-1])
+                try:
+                    out, _ = sink.communicate(timeout=budget + 150)
+                except subprocess.TimeoutExpired:
+                    raise HarnessError("sink did not report") from None
             sk = json.loads(out.decode().strip().splitlines()[-1])
             if METRICS_SHOWN is not None:
                 for line in router.metrics_matching(METRICS_SHOWN):
@@ -777,6 +884,7 @@ def run_once(
                 for line in router.loss_counters():
                     log(f"  {router.name} counted: {line}")
             cpu = cpu_seconds(pid) - cpu0 if pid and cpu0 is not None else None
+            busiest, machine_idle = sampler.figures(lg["start_ts"], sk["last_ts"])
             peer1 = router.peer_usage()
             peer = (peer1[0] - peer0[0], peer1[1] - peer0[1]) if peer0 and peer1 else None
             rss = peak_rss_kb(pid) if pid else None
@@ -795,7 +903,8 @@ def run_once(
         duplicates=sk["duplicates"], l10_dropped=sk["l10_dropped"],
         out_of_order=sk["out_of_order"], cpu_s=cpu, peak_rss_kb=rss,
         peer_cpu_s=peer[0] if peer else None, peer_minor_faults=peer[1] if peer else None,
-        sink=sk, loadgen=lg, router=router.figures,
+        sink=sk, loadgen=lg, router=router.figures, busiest_thread=busiest,
+        machine_idle=machine_idle,
     )  # fmt: skip
 
 
@@ -1190,6 +1299,16 @@ def main(argv: list[str] | None = None) -> int:
                             else ""
                         )
                         + (f", peak RSS {res.peak_rss_kb / 1024:.0f} MB" if res.peak_rss_kb else "")
+                        + (
+                            f", busiest thread {res.busiest_thread:.2f} core"
+                            if res.busiest_thread is not None
+                            else ""
+                        )
+                        + (
+                            f", machine idle {res.machine_idle:.0%}"
+                            if res.machine_idle is not None
+                            else ""
+                        )
                     )
                     if name == "direct" and (res.lost or res.duplicates):
                         failed = True
