@@ -131,7 +131,8 @@ class RunResult:
     run: int = 0
     # Cores used by the router's busiest thread over the timed part (logplexd: its event
     # loop; near 1, the node is bound by it), and the machine's idle share of all its cores
-    # over the same span (warm-up included in both: a little over and under the truth).
+    # over the same span (``Sampler``: between its samples inside loadgen's first timed
+    # send and the sink's last receive).
     busiest_thread: float | None = None
     machine_idle: float | None = None
 
@@ -225,18 +226,24 @@ def process_tree(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        fields = stat_fields(Path(f"/proc/{entry}/stat"))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))  # ppid
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def stat_fields(path: Path) -> list[str] | None:
+    """The fields of a /proc ``stat`` file after the command name (``state`` first), or
+    None for a process or thread that is gone."""
+    try:
+        return path.read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -247,9 +254,8 @@ def usage(pid: int) -> tuple[float, int]:
     """CPU seconds (user + system) and minor page faults of ``pid`` and its children."""
     ticks = faults = 0
     for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
+        fields = stat_fields(Path(f"/proc/{p}/stat"))
+        if fields is None:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
         faults += int(fields[7])  # minflt
@@ -266,11 +272,9 @@ def thread_seconds(pids: list[int]) -> dict[str, float]:
         except OSError:
             continue
         for tid in tids:
-            try:
-                fields = (tasks / tid / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            out[f"{p}/{tid}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            fields = stat_fields(tasks / tid / "stat")
+            if fields is not None:
+                out[f"{p}/{tid}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return out
 
 
