@@ -517,6 +517,99 @@ async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_appe
             assert redis_server.command("EXISTS", keys.fenced("one")) == b":0\r\n"
 
 
+def mixed(texts_by_token: dict[str, list[str]]):
+    """One routed body holding, token after token, ``frames``' messages of each."""
+    raw = b""
+    for token, lines in texts_by_token.items():
+        for text in lines:
+            msg = f"<134>1 2024-01-01T00:00:00Z host {token} web.1 - - {text}".encode()
+            raw += b"%d %s" % (len(msg), msg)
+    return parse_body(raw)
+
+
+GROUPED = ["app", "b", "c", "d"]
+
+
+async def proposed_channels(one: ClusterRegistry) -> dict[str, object]:
+    """Channels ``GROUPED`` on ``one``, followed, each written twice in a row by it (so
+    that its next write is proposed for, in a MULTI); their rings by name."""
+    plane = one.plane
+    rings = {}
+    for name in GROUPED[1:]:
+        one.add_token(name, f"t.{name}", "web")
+    for name in GROUPED:
+        channel = one.channel(name)
+        assert channel is not None
+        plane.hold(channel, await plane.top(name))
+        rings[name] = channel.ring
+    for k in range(2):
+        one.route(mixed({f"t.{name}": [f"{name}{k}"] for name in GROUPED}))
+        written = (k + 1) * len(GROUPED)
+        await eventually(lambda n=written: plane.messages_written == n, 5)
+    return rings
+
+
+async def assert_grouped_once(one: ClusterRegistry, rings: dict[str, object]) -> None:
+    """Each channel of ``GROUPED`` holds its five messages once, in order, in its stream
+    and in its follow's ring."""
+    plane = one.plane
+    for name in GROUPED:
+        sent = [f"{name}{k}".encode() for k in range(5)]
+        history, top = await plane.read_history(name, 100)
+        assert texts(history) == sent and top == (5, 0)
+        await eventually(lambda ring=rings[name]: len(ring) == 5, 5)
+        assert texts(rings[name].last(100)) == sent
+
+
+async def test_a_flush_is_written_as_one_request_of_several_transactions(
+    redis_server: RedisServer,
+) -> None:
+    """On one Redis a flush goes as one request of MULTIs, each of about the writer's
+    ``group_bytes`` of frames and each channel whole in one: with a group per channel, one
+    EXEC per channel, one round trip, and every message once in its stream and ring."""
+    async with node(redis_server.url, "one") as one:
+        with trio.fail_after(20):
+            plane = one.plane
+            rings = await proposed_channels(one)
+            before = redis_server.command_calls().get("exec", 0)
+            trips = plane.connection.trips["write"]
+            plane.writer.group_bytes = 1
+            one.route(mixed({f"t.{name}": [f"{name}{k}" for k in (2, 3, 4)] for name in GROUPED}))
+            await eventually(lambda: plane.messages_written == 5 * len(GROUPED), 5)
+            assert redis_server.command_calls()["exec"] - before == len(GROUPED)
+            assert plane.connection.trips["write"] - trips == 1
+            assert plane.writer.entries_proposed == len(GROUPED)
+            await assert_grouped_once(one, rings)
+
+
+async def test_a_flush_cut_after_its_first_transaction_sends_only_the_rest_again(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection is cut once the first MULTI of a flush was answered and the second
+    ran: the first group's channel was settled from its answer and is not sent again; the
+    rest is sent again and found written (``LANDED``) where it ran. Every message is in its
+    stream and ring once."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    async with node_behind(proxy, "one") as one:
+        with trio.fail_after(20):
+            plane = one.plane
+            rings = await proposed_channels(one)
+            plane.writer.group_bytes = 1
+            proxy.lose_next(after=1)
+            one.route(mixed({f"t.{name}": [f"{name}{k}" for k in (2, 3, 4)] for name in GROUPED}))
+            await eventually(lambda: proxy.lost == 1, 5)
+            await eventually(lambda: plane.messages_written == 5 * len(GROUPED), 15)
+            landed = {
+                record.args[1]
+                for record in caplog.records
+                if isinstance(record.args, tuple) and "reply was lost" in record.msg
+            }
+            # At least the second group ran before the cut; the first was not sent again.
+            assert 1 <= len(landed) <= len(GROUPED) - 1
+            assert plane.writer.entries_landed == len(landed)
+            await assert_grouped_once(one, rings)
+
+
 @pytest.mark.parametrize("script", ["PROPOSE", "APPEND"])
 async def test_a_write_whose_reply_was_lost_is_not_written_twice(
     redis_server: RedisServer, script: str

@@ -17,7 +17,7 @@ blocking read, the position reports...): a blocking read never holds up a write.
 from __future__ import annotations
 
 import select
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -60,6 +60,19 @@ class ServerLink:
     async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write and return their replies, in order (an error
         reply is a ``RespError`` in its place)."""
+        got: list[list[Any]] = []
+        await self.call_parts([commands], lambda _, replies: got.append(replies))
+        return got[0]
+
+    async def call_parts(
+        self,
+        parts: Sequence[Sequence[Sequence[Any]]],
+        on_part: Callable[[int, list[Any]], None],
+    ) -> None:
+        """Send the commands of every part in one write, and hand each part's replies to
+        ``on_part`` (its index, the replies in order) as soon as they are all read: the
+        caller works on one part's replies while Redis runs the next part. What ``on_part``
+        raises ends the call (and closes the connection: replies may still be coming)."""
         async with self._lock:
             try:
                 if self._stream is not None and self._poll is not None and self._poll.poll(0):
@@ -68,36 +81,47 @@ class ServerLink:
                     self.close()
                 if self._stream is None:
                     await self._open()
-                return await self._exchange(pack_pipeline(commands, BY_REFERENCE), len(commands))
+                commands = [command for part in parts for command in part]
+                await self._exchange(
+                    pack_pipeline(commands, BY_REFERENCE), [len(part) for part in parts], on_part
+                )
             except BaseException:
                 self.close()
                 raise
 
-    async def _exchange(self, request: list[Any], count: int) -> list[Any]:
-        """Send ``request`` (``pack_pipeline``'s pieces, in order) and read ``count``
-        replies."""
+    async def _exchange(
+        self,
+        request: list[Any],
+        counts: Sequence[int],
+        on_part: Callable[[int, list[Any]], None],
+    ) -> None:
+        """Send ``request`` (``pack_pipeline``'s pieces, in order), then read ``counts[i]``
+        replies for each part ``i`` in turn and hand them to ``on_part``."""
         stream = self._stream
         assert stream is not None
         reader = self._reader
         try:
             await send_gathered(stream.socket, request)
-            replies: list[Any] = []
-            while len(replies) < count:
-                reply = reader.next_reply()
-                if reply is NEED_DATA:
-                    data = await stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        raise RespConnectionError(f"Redis {self._where()} closed the connection")
-                    reader.feed(data)
-                else:
-                    replies.append(reply)
+            for index, count in enumerate(counts):
+                replies: list[Any] = []
+                while len(replies) < count:
+                    reply = reader.next_reply()
+                    if reply is NEED_DATA:
+                        data = await stream.receive_some(RECEIVE_BYTES)
+                        if not data:
+                            raise RespConnectionError(
+                                f"Redis {self._where()} closed the connection"
+                            )
+                        reader.feed(data)
+                    else:
+                        replies.append(reply)
+                on_part(index, replies)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if isinstance(exc, RespConnectionError):
                 raise
             raise RespConnectionError(
                 f"Redis {self._where()}: {exc or 'connection lost'}"
             ) from None
-        return replies
 
     async def _open(self) -> None:
         host, port = self.address
@@ -119,9 +143,7 @@ class ServerLink:
         if target.db:
             hello.append(["SELECT", target.db])
         hello.append(["CLIENT", "SETNAME", self._name])
-        for reply in await self._exchange(pack_pipeline(hello), len(hello)):
-            if isinstance(reply, RespError):
-                raise reply
+        await self._exchange(pack_pipeline(hello), [len(hello)], _raise_errors)
 
     def _where(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
@@ -186,6 +208,12 @@ async def send_gathered(sock: trio.socket.SocketType, pieces: Sequence[Any]) -> 
                 break
             sent -= size
             first += 1
+
+
+def _raise_errors(_: int, replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, RespError):
+            raise reply
 
 
 def parse_address(name: str) -> Address:

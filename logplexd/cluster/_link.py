@@ -69,6 +69,16 @@ def _owner(layout: Any, slot: int) -> str | None:
         return None
 
 
+def _executed(result: Any, count: int) -> list[Any]:
+    """The replies of a MULTI's ``count`` commands from its EXEC's ``result``; raises the
+    error of a transaction Redis refused whole."""
+    if isinstance(result, RespError):
+        raise result
+    if not isinstance(result, list) or len(result) != count:
+        raise RespError(f"ERR MULTI answered {result!r}")
+    return result
+
+
 def redis_errors() -> tuple[type[BaseException], ...]:
     import coredis.exceptions
 
@@ -428,27 +438,32 @@ class Connection:
 
     @property
     def transactions(self) -> bool:
-        """Whether ``transaction`` can be called: one Redis (not a cluster: a MULTI there
+        """Whether ``transaction_groups`` can be called: one Redis (not a cluster: a MULTI there
         must stay in one slot), over the plane's own connection (while connected)."""
         return self._direct is not None and not self.cluster
 
-    async def transaction(self, commands: Sequence[Sequence[Any]], kind: str) -> list[Any]:
-        """One Redis: ``commands`` in one MULTI/EXEC, one round trip; their replies in
-        order (an error reply is a ``RespError`` in its place). Raises the error of a
-        transaction Redis refused whole (EXECABORT, OOM): nothing of it ran."""
+    async def transaction_groups(
+        self,
+        groups: Sequence[Sequence[Sequence[Any]]],
+        kind: str,
+        on_group: Callable[[int, list[Any]], None],
+    ) -> None:
+        """One Redis: each group of commands in a MULTI/EXEC of its own, all sent in one
+        write (one round trip); each group's replies go to ``on_group`` as soon as its EXEC
+        is read, while Redis runs the next groups. Raises the error of a transaction Redis
+        refused whole (EXECABORT, OOM): nothing of that group ran; the groups before it
+        were handed over, those after it may have run."""
         direct = self._direct
         if direct is None or self.cluster:
             raise trio.TooSlowError()  # not connected: callers treat it as unreachable
-        replies = await direct.link(self.target.nodes[0], kind).call(
-            [["MULTI"], *commands, ["EXEC"]]
+
+        def executed(index: int, replies: list[Any]) -> None:
+            on_group(index, _executed(replies[-1], len(groups[index])))
+
+        await direct.link(self.target.nodes[0], kind).call_parts(
+            [[["MULTI"], *group, ["EXEC"]] for group in groups], executed
         )
         self.count_trip(kind)
-        result = replies[-1]
-        if isinstance(result, RespError):
-            raise result
-        if not isinstance(result, list) or len(result) != len(commands):
-            raise RespError(f"ERR MULTI answered {result!r}")
-        return result
 
     async def _evalsha_client(
         self, calls: Sequence[ScriptCall], kind: str, channels: Sequence[str]

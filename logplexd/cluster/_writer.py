@@ -3,8 +3,9 @@
 Ingestion never waits on an unreachable Redis: routed batches go to ``OutboundBuffer``
 (bounded, drops the oldest and counts; ``ChannelPushback`` holds a channel's inputs instead
 while Redis answers but this node is behind on it) and one writer task sends everything
-buffered in one round trip: one script call (``APPEND``, by its SHA1) for every channel of
-the flush on one Redis, one per shard on a cluster, whatever the number of channels. While
+buffered in one round trip, whatever the number of channels: on one Redis one request of
+MULTIs of a few MB each (``_transact``), each settled as soon as its EXEC is read; on a
+cluster one script call (``APPEND``, by its SHA1) per shard. While
 a round trip is in flight, new batches accumulate, so the number of round trips per
 message falls as load rises.
 
@@ -53,10 +54,29 @@ BEHIND_PAUSE = 0.02
 # refused every other flush, and its entries sent twice (bench_nodes redis-2 with 1 s:
 # 5 % more bytes to Redis than without proposals).
 SHARED_FOR = 10.0
+# On one Redis a flush is written as MULTIs of about this many bytes of frames each, sent
+# in one request: the node settles each group's reply (appending its entries to its own
+# follows, waking their drains) while Redis runs the next, and Redis frees a group's
+# arguments before it reads the next instead of holding the whole flush until one EXEC.
+GROUP_BYTES = 4 * 1024 * 1024
 
 
 # One entry as written: its id and what it holds.
 Written = tuple[StreamId, Outgoing]
+
+
+def unsettled(flush: Flush, settled: set[str]) -> Flush:
+    """What of ``flush`` belongs to channels not in ``settled``: the part to send again
+    when a write failed after some of its groups were answered."""
+    if not settled:
+        return flush
+    rest = Flush(losses={c: loss for c, loss in flush.losses.items() if c not in settled})
+    for entry in flush.taken:
+        if entry.channel not in settled:
+            rest.taken.append(entry)
+            rest.messages += entry.messages
+            rest.nbytes += entry.size
+    return rest
 
 
 def entry_messages(keep: int) -> int:
@@ -137,6 +157,12 @@ class Writer:
         # Times a channel waited because a follower of it was behind (APPEND: "behind").
         self.deferred = 0
         self.bytes_written = 0
+        # Channels of the flush in flight whose replies were handled (``_settle``), and
+        # what of theirs Redis did not take.
+        self._settled: set[str] = set()
+        self._given_back = Flush()
+        # Frames per MULTI of a flush on one Redis (``_transact``; tests make it small).
+        self.group_bytes = GROUP_BYTES
 
     # -- ingestion side (synchronous, never waits) --------------------------------------------
     def enqueue(self, channel: str, frames: bytes, n: int, kept: KeptRange | None = None) -> None:
@@ -184,13 +210,19 @@ class Writer:
             in_flight = self.in_flight
             for entry in flush.taken:
                 in_flight[entry.channel] = in_flight.get(entry.channel, 0) + entry.messages
+            self._settled = set()
             try:
                 with trio.fail_after(CALL_TIMEOUT):
                     await self._write(flush)
             except errors as exc:
                 # Grouped into the same entries when sent again: if this flush did run
                 # (its reply lost), PROPOSE and APPEND recognise its entries (``LANDED``).
-                self.buffer.restore(flush, self.wall_clock(), regroup=False)
+                # Channels whose group's reply came back were settled: not sent again.
+                self.buffer.restore(
+                    unsettled(flush, self._settled), self.wall_clock(), regroup=False
+                )
+                # What the groups answered before the failure gave back waits as well.
+                self._give_back_answered()
                 connection.link.lost(exc, "writer")
                 self._landed(flush)
                 await connection.back_off(backoff)
@@ -262,14 +294,11 @@ class Writer:
         outgoing: dict[str, list[Outgoing]] = {}
         for channel, loss in flush.losses.items():
             outgoing[channel] = [Outgoing(0, b"", loss.count, loss.since, None)]
-        nbytes = entries = 0
         for channel, blobs in flush.entries.items():
             mine = outgoing.setdefault(channel, [])
             for blob, n, kept in blobs:
                 # The buffer holds what routing kept as it is (``KeptRange``s).
                 mine.append(Outgoing(n, blob, 0, 0.0, cast("list[KeptRange] | None", kept)))
-                nbytes += len(blob)
-                entries += 1
         proposed = self._proposable(outgoing)
         parts: dict[str, list[Any]] = {}
         for channel, sent in outgoing.items():
@@ -285,21 +314,42 @@ class Writer:
             for entry in sent:
                 part.extend((entry.n, entry.frames, entry.lost, repr(entry.since)))
         self._work_seconds += time.perf_counter() - started
+        back = self._given_back = Flush()
         if proposed:
-            # Everything in one MULTI: all of it or none ran (a flush never half written).
-            replies = await self._transact(parts, proposed, outgoing)
+            await self._transact(parts, proposed, outgoing, back)
         else:
             started = time.perf_counter()
             replies = await self.connection.call_per_shard(
                 APPEND, (keep, node), parts, "write", beacon=True
             )
             self.flush_wait_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            self._settle(replies, outgoing, proposed, back)
+            self._work_seconds += time.perf_counter() - started
         self.flushes += 1
-        started = time.perf_counter()
+        self._give_back_answered()
+
+    def _give_back_answered(self) -> None:
+        """Redis answered: what it did not take waits, and the inputs with it (a reader
+        behind, a refusal), up to a flush over the buffer's bound before the oldest is
+        dropped (given back whole, a refused 'behind' lost the oldest routed)."""
+        back, self._given_back = self._given_back, Flush()
+        if back:
+            self.buffer.restore(back, self.wall_clock(), slack=2)
+
+    def _settle(
+        self,
+        replies: dict[str, list[Any]],
+        outgoing: dict[str, list[Outgoing]],
+        proposed: set[str],
+        back: Flush,
+    ) -> None:
+        """Act on Redis's reply for each channel of ``replies`` (``APPEND``'s form):
+        hand what was written to ``on_written``, and give back to ``back`` what was not."""
         written_seq = self.written_seq
         solo = self._solo
-        back = Flush()
         for channel, reply in replies.items():
+            self._settled.add(channel)
             sent = outgoing[channel]
             status, prev = reply[0], reply[1]
             done: list[Written] = []
@@ -345,19 +395,12 @@ class Writer:
             else:
                 self.connection.accepted(channel)
                 self._refusals.pop(channel, None)
+            for _, entry in done:
+                self.bytes_written += len(entry.frames)
+                self.messages_written += entry.n
+            self.entries_written += sum(1 for _, entry in done if entry.n)
             if done and self.on_written is not None:
                 self.on_written(channel, parse_id(prev) if prev else None, done)
-        if back:
-            # Redis answered: what it did not take waits, and the inputs with it (a reader
-            # behind, a refusal), up to a flush over the buffer's bound before the oldest
-            # is dropped (given back whole, a refused 'behind' lost the oldest routed).
-            self.buffer.restore(back, self.wall_clock(), slack=2)
-            nbytes -= back.nbytes
-            entries -= len(back.taken)
-        self.bytes_written += nbytes
-        self.entries_written += entries
-        self.messages_written += flush.messages - back.messages
-        self._work_seconds += time.perf_counter() - started
 
     def _note_shared(self, channel: str, prev: bytes | None, last: StreamId) -> None:
         """After a write of ``channel`` whose first entry came after ``prev`` (the top
@@ -411,12 +454,58 @@ class Writer:
         parts: dict[str, list[Any]],
         channels: set[str],
         outgoing: dict[str, list[Outgoing]],
-    ) -> dict[str, list[Any]]:
-        """One Redis: write a flush in one MULTI: ``APPEND`` for the channels of ``parts``,
-        then for ``channels`` ``PROPOSE``, a plain XADD per entry and ``SETTLE`` (see
-        ``_stream.PROPOSE``); the scripts by EVAL (a MULTI must not meet NOSCRIPT: the
-        XADDs would run without their check). Returns each channel's reply as ``APPEND``
-        gives it: {status, prev, last_1, id_1, ...}."""
+        back: Flush,
+    ) -> None:
+        """One Redis: write a flush in one request of MULTIs, each of a group of channels
+        (``_groups``): ``APPEND`` for its channels of ``parts``, then for its ``channels``
+        ``PROPOSE``, a plain XADD per entry and ``SETTLE`` (see ``_stream.PROPOSE``); the
+        scripts by EVAL (a MULTI must not meet NOSCRIPT: the XADDs would run without their
+        check). Each group is settled (``_settle``) as soon as its EXEC is read, while
+        Redis runs the next."""
+        groups = self._groups(parts, channels, outgoing)
+        built = [self._group_commands(appended, group, outgoing) for appended, group in groups]
+        settling = 0.0
+
+        def settle(index: int, results: list[Any]) -> None:
+            nonlocal settling
+            started = time.perf_counter()
+            replies = self._group_replies(results, groups[index][0], built[index][1])
+            self._settle(replies, outgoing, channels, back)
+            settling += time.perf_counter() - started
+
+        started = time.perf_counter()
+        await self.connection.transaction_groups([c for c, _ in built], "write", settle)
+        self.flush_wait_seconds += time.perf_counter() - started - settling
+        self._work_seconds += settling
+
+    def _groups(
+        self, parts: dict[str, list[Any]], channels: set[str], outgoing: dict[str, list[Outgoing]]
+    ) -> list[tuple[dict[str, list[Any]], list[str]]]:
+        """The channels of a flush in groups of about ``group_bytes`` of frames, in the
+        flush's order (each channel whole in one group): per group, its parts for ``APPEND``
+        and its channels for ``PROPOSE``."""
+        groups: list[tuple[dict[str, list[Any]], list[str]]] = []
+        group_parts: dict[str, list[Any]] = {}
+        group: list[str] = []
+        size = 0
+        for channel, sent in outgoing.items():
+            if channel in channels:
+                group.append(channel)
+            else:
+                group_parts[channel] = parts[channel]
+            size += sum(len(entry.frames) for entry in sent)
+            if size >= self.group_bytes:
+                groups.append((group_parts, group))
+                group_parts, group, size = {}, [], 0
+        if group_parts or group:
+            groups.append((group_parts, group))
+        return groups
+
+    def _group_commands(
+        self, parts: dict[str, list[Any]], channels: list[str], outgoing: dict[str, list[Outgoing]]
+    ) -> tuple[list[list[Any]], list[tuple[str, list[int]]]]:
+        """One group's commands, and per channel of ``channels`` the sequence each of its
+        entries ends at (what its XADD must answer)."""
         keys = self.keys
         node = self.node_id
         commands: list[list[Any]] = []
@@ -425,9 +514,11 @@ class Writer:
             for part in parts.values():
                 appended += part
             commands.append(appended)
+        plan: list[tuple[str, list[int]]] = []
+        if not channels:
+            return commands, plan
         args: list[Any] = [self.keep_messages, node, keys.fenced(node), len(channels)]
         xadds: list[list[Any]] = []
-        plan: list[tuple[str, list[int]]] = []
         for channel in channels:
             sent = outgoing[channel]
             stream = keys.stream(channel)
@@ -452,11 +543,14 @@ class Writer:
             plan.append((channel, lasts))
         commands += [["EVAL", PROPOSE.text, 0, *args], *xadds]
         commands.append(["EVAL", SETTLE.text, 0, keys.fenced(node)])
-        started = time.perf_counter()
-        results = await self.connection.transaction(commands, "write")
-        self.flush_wait_seconds += time.perf_counter() - started
-        # The transaction ran whole: from here nothing raises, or the flush would be
-        # given back whole and what it wrote written twice.
+        return commands, plan
+
+    def _group_replies(
+        self, results: list[Any], parts: dict[str, list[Any]], plan: list[tuple[str, list[int]]]
+    ) -> dict[str, list[Any]]:
+        """Each channel's reply in a group's EXEC ``results``, as ``APPEND`` gives it:
+        {status, prev, last_1, id_1, ...}. The transaction ran whole: from here nothing
+        raises, or the group would be given back and what it wrote written twice."""
         replies: dict[str, list[Any]] = {}
         if parts:
             appended = results[0]
@@ -465,6 +559,8 @@ class Writer:
                 replies.update((channel, [str(appended).encode(), b""]) for channel in parts)
             else:
                 replies.update(zip(parts, appended, strict=True))
+        if not plan:
+            return replies
         checks = results[0]
         unchecked = isinstance(checks, BaseException)
         if unchecked:

@@ -394,7 +394,9 @@ class ReplyLosingProxy:
     """TCP proxy to Redis that, once ``lose_next`` was called, forwards the next request
     holding ``marker`` (``EXEC``), waits until Redis has answered it, and then closes the
     client's connection without forwarding the answer: a transaction that ran and whose
-    reply never came back (a connection cut at the worst moment). After ``slow_replies``,
+    reply never came back (a connection cut at the worst moment). ``lose_next(after=k)``
+    forwards the first ``k`` transactions' answers of that request (byte for byte up to the
+    end of the k-th EXEC's) and loses the next one's. After ``slow_replies``,
     every answer on a connection that has sent one of its markers reaches the client that
     much later (the writer's, not the follower's XREADs: each has its own connection).
     ``read_replies`` holds what Redis answered on connections that sent an ``XREAD`` (the
@@ -406,14 +408,16 @@ class ReplyLosingProxy:
         self.target = target
         self.marker = marker
         self.armed = False
+        self.after = 0
         self.lost = 0
         self.slow_markers: tuple[bytes, ...] = ()
         self.slow_seconds = 0.0
         self.slowed = 0
         self.read_replies = bytearray()
 
-    def lose_next(self) -> None:
+    def lose_next(self, after: int = 0) -> None:
         self.armed = True
+        self.after = after
 
     def slow_replies(self, markers: tuple[bytes, ...], seconds: float) -> None:
         self.slow_markers = markers
@@ -452,16 +456,30 @@ class ReplyLosingProxy:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     while data := await upstream.receive_some(65536):
                         if cut.is_set():
-                            # Whatever Redis answers from here goes nowhere, up to EXEC's
-                            # reply (the one array: the transaction ran), then the cut.
+                            # The first ``after`` EXECs' answers are forwarded, byte for
+                            # byte; whatever Redis answers after them goes nowhere, up to
+                            # the next EXEC's reply (the one array: the transaction ran),
+                            # then the cut.
                             reader = RespReader()
+                            passed = 0
                             while data:
-                                reader.feed(data)
-                                while (reply := reader.next_reply()) is not NEED_DATA:
-                                    if isinstance(reply, list):
+                                forward = 0
+                                for i in range(len(data)):
+                                    reader.feed(data[i : i + 1])
+                                    while (reply := reader.next_reply()) is not NEED_DATA:
+                                        if not isinstance(reply, list):
+                                            continue
+                                        if passed < self.after:
+                                            passed += 1
+                                            forward = i + 1
+                                            continue
+                                        await client.send_all(data[:forward])
                                         self.lost += 1
                                         nursery.cancel_scope.cancel()
                                         return
+                                if passed < self.after:
+                                    forward = len(data)
+                                await client.send_all(data[:forward])
                                 data = await upstream.receive_some(65536)
                             break
                         if slow.is_set():
