@@ -157,3 +157,19 @@ def test_thread_seconds_reads_every_thread_of_a_process() -> None:
     finally:
         stop.set()
         helper.join()
+
+
+def test_a_prefill_reaches_the_sink_before_the_timed_part_and_is_not_counted_in_it(
+    tmp_path: Path,
+) -> None:
+    """``run_once(prefill=N)``: loadgen first sends N messages as streams of their own
+    (``-C``), the sink says when it has them (``-P``), then the timed part runs. The run's
+    delivered count and rate are the timed part's; the sink checked both for loss and
+    duplicates (the timed part's sequences start at 0 again on other streams)."""
+    tools = e2e.build_tools(tmp_path)
+    workload = next(w for w in e2e.WORKLOADS if w.key == "c1-ch1-d1-120")
+    res = e2e.run_once(e2e.Direct, workload, 2_000, tools, idle=5.0, prefill=3_000)
+    assert res.delivered == res.expected == 2_000
+    assert (res.lost, res.duplicates, res.out_of_order) == (0, 0, 0)
+    assert res.sink["unique"] == 5_000 and res.loadgen["sent"] == 2_000
+    assert res.sink["streams"] == 2  # connection 0, and the prefill's connection 1024

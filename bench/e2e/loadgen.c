@@ -2,7 +2,7 @@
  * loadgen: a fast octet-counted RFC 5424 syslog producer for the end-to-end benchmarks.
  *
  *   loadgen -H HOST -p PORT [-c CONNS] [-n TOTAL] [-s SIZE] (-t TOKEN | -T TOKENFILE)
- *           [-b BUFSIZE] [-w WARMUP_SECONDS] [-r RATE]
+ *           [-b BUFSIZE] [-w WARMUP_SECONDS] [-r RATE] [-C FIRST_CONN]
  *
  * Opens CONNS TCP connections (all connected before the clock starts), then each connection
  * (one thread each) sends its share of TOTAL frames `LEN SP MSG` in BUFSIZE writes, where MSG
@@ -19,6 +19,10 @@
  *
  * With -r, the connections together send at most RATE messages/s (paced per buffer), to find
  * the highest rate a router delivers without loss.
+ *
+ * With -C, the C of seq=C:N counts from FIRST_CONN instead of 0: a second run against the
+ * same router and sink (the timed one after a prefill) sends streams of its own, whose N
+ * start at 0 again without colliding with the first run's.
  *
  * Prints one JSON line: {"sent":..,"bytes":..,"start_ts":..,"end_ts":..,"elapsed":..}
  * (timestamps are CLOCK_REALTIME seconds, comparable with the sink's).
@@ -48,6 +52,7 @@ static size_t msg_size = 120;
 static size_t buf_size = 65536;
 static double rate_per_conn; /* messages/s per connection, 0 = as fast as possible */
 static double start_mono;
+static uint64_t first_conn; /* the C of the first connection's seq=C:N (-C) */
 
 struct conn {
     int fd;
@@ -131,7 +136,7 @@ static size_t build_frame(char *out, size_t tok, int conn_id, uint64_t n)
     m += token_lens[tok];
     memcpy(msg + m, AFTER_TOKEN, sizeof(AFTER_TOKEN) - 1);
     m += sizeof(AFTER_TOKEN) - 1;
-    m += put_u64(msg + m, (uint64_t)conn_id);
+    m += put_u64(msg + m, first_conn + (uint64_t)conn_id);
     msg[m++] = ':';
     m += put_u64(msg + m, n);
     msg[m++] = ' ';
@@ -240,7 +245,8 @@ static int connect_to(const char *host, int port)
 static void usage(void)
 {
     fprintf(stderr, "usage: loadgen -H HOST -p PORT [-c CONNS] [-n TOTAL] [-s SIZE] "
-                    "(-t TOKEN | -T TOKENFILE) [-b BUFSIZE] [-w WARMUP_SECONDS] [-r RATE]\n");
+                    "(-t TOKEN | -T TOKENFILE) [-b BUFSIZE] [-w WARMUP_SECONDS] [-r RATE] "
+                    "[-C FIRST_CONN]\n");
     exit(2);
 }
 
@@ -250,7 +256,7 @@ int main(int argc, char **argv)
     int port = 0, nconns = 1, opt;
     uint64_t total = 1000000;
     double warmup = -1, rate = 0;
-    while ((opt = getopt(argc, argv, "H:p:c:n:s:t:T:b:w:r:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:c:n:s:t:T:b:w:r:C:")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -262,6 +268,7 @@ int main(int argc, char **argv)
         case 'b': buf_size = strtoul(optarg, NULL, 10); break;
         case 'w': warmup = atof(optarg); break;
         case 'r': rate = atof(optarg); break;
+        case 'C': first_conn = strtoull(optarg, NULL, 10); break;
         default: usage();
         }
     }

@@ -207,6 +207,32 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
     return buf.decode()
 
 
+# The first connection number (the C of seq=C:N) of the messages loadgen sends before a
+# run's timed part (``run_once``'s ``prefill``): above any connection of the timed part
+# (loadgen's MAX_CONNS), so the sink checks them as streams of their own.
+PREFILL_FIRST_CONN = 1024
+
+
+def send_prefill(loadgen: list[str], messages: int, sink: subprocess.Popen, budget: float) -> None:
+    """Send ``messages`` with ``loadgen`` (its command without ``-n``), numbered from
+    connection ``PREFILL_FIRST_CONN``, and return once the sink says it has them all
+    (``sink -P``)."""
+    try:
+        res = subprocess.run(
+            [*loadgen, "-n", str(messages), "-C", str(PREFILL_FIRST_CONN)],
+            capture_output=True,
+            text=True,
+            timeout=budget,
+        )
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"the prefill did not finish within {budget:.0f} s") from None
+    if res.returncode != 0:
+        raise HarnessError(f"loadgen (prefill) failed rc={res.returncode}: {res.stderr.strip()}")
+    line = json.loads(read_line(sink, budget))
+    if "prefilled" not in line:
+        raise HarnessError(f"the sink said {line} instead of the prefill's end")
+
+
 def start_sink(
     sink_exe: Path, expected: int, idle: float, budget: float, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, int]:
@@ -838,33 +864,47 @@ def run_once(
     *,
     expected: int | None = None,
     warmup: float | None = 1.0,
+    prefill: int = 0,
 ) -> RunResult:
     """One run; ``expected`` (default: every message once per drain) is what the sink
     waits for, ``warmup`` the seconds loadgen waits after one message per token (None: no
-    warm-up, the router did its own in ``start``)."""
+    warm-up, the router did its own in ``start``). With ``prefill``, loadgen first sends
+    that many messages (streams of their own at the sink, ``send_prefill``) and the
+    timed part starts once the sink has them all: the router's rings (and in Redis mode
+    its streams) are then as full as a long-running one's, not filling from empty. The
+    CPU, the threads and the rate cover the timed part only."""
     loadgen, sink_exe = tools
     if expected is None:
         expected = messages * (wl.drains if router_cls is not Direct else 1)
+    prefill_expected = prefill * (wl.drains if router_cls is not Direct else 1)
     # Generous bounds: a router at 20,000 messages/s still finishes.
     budget = 60.0 + max(expected, messages) / 20_000 + (warmup or 0.0)
+    prefill_budget = 60.0 + max(prefill_expected, prefill) / 20_000 + (warmup or 0.0)
     with tempfile.TemporaryDirectory(prefix=f"e2e-{router_cls.name}-") as tmp:
         workdir = Path(tmp)
         sink = router = None
         try:
-            sink, sink_port = start_sink(sink_exe, expected, idle, budget)
+            prefilled = ("-P", str(prefill_expected)) if prefill_expected else ()
+            sink, sink_port = start_sink(
+                sink_exe, expected + prefill_expected, idle, budget + prefill_budget, prefilled
+            )
             router = router_cls(workdir, wl, sink_port)
             port = router.start()
             token_file = workdir / "tokens"
             token_file.write_text("\n".join(router.tokens) + "\n")
             pid = router.pid
+            base = [str(loadgen), "-H", "127.0.0.1", "-p", str(port), "-c", str(wl.conns),
+                    "-s", str(wl.size), "-T", str(token_file)]  # fmt: skip
+            # One message per channel first: drains connect (before the prefill, if any).
+            warm = ["-w", str(warmup)] if router_cls is not Direct and warmup is not None else []
+            if prefill:
+                send_prefill([*base, *warm], prefill, sink, prefill_budget)
+                warm = []
             cpu0 = cpu_seconds(pid) if pid else None
             peer0 = router.peer_usage()
-            cmd = [str(loadgen), "-H", "127.0.0.1", "-p", str(port), "-c", str(wl.conns),
-                   "-n", str(messages), "-s", str(wl.size), "-T", str(token_file)]  # fmt: skip
+            cmd = [*base, *warm, "-n", str(messages)]
             if rate:
                 cmd += ["-r", str(rate)]
-            if router_cls is not Direct and warmup is not None:
-                cmd += ["-w", str(warmup)]  # one message per channel first: drains connect
             with Sampler(pid) as sampler:
                 try:
                     res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
@@ -900,10 +940,11 @@ def run_once(
             stop_process(sink, wait=5.0)
     assert router is not None
     span = sk["last_ts"] - lg["start_ts"]
-    rate = sk["received"] / span if span > 0 and sk["received"] else 0.0
+    delivered = sk["received"] - prefill_expected
+    rate = delivered / span if span > 0 and delivered > 0 else 0.0
     ingest = lg["sent"] / lg["elapsed"] if lg["elapsed"] > 0 else 0.0
     return RunResult(
-        rate=rate, ingest_rate=ingest, delivered=sk["received"], expected=expected, lost=sk["lost"],
+        rate=rate, ingest_rate=ingest, delivered=delivered, expected=expected, lost=sk["lost"],
         duplicates=sk["duplicates"], l10_dropped=sk["l10_dropped"],
         out_of_order=sk["out_of_order"], cpu_s=cpu, peak_rss_kb=rss,
         peer_cpu_s=peer[0] if peer else None, peer_minor_faults=peer[1] if peer else None,
@@ -1166,6 +1207,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=None, help="messages sent per run (1M)")
     ap.add_argument("--runs", type=int, default=None, help="runs per cell, median (3)")
     ap.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before each run's timed part, send N messages and wait for the sink to have "
+        "them: a router as full as a long-running one (rings, Redis streams at their bound: "
+        "with 1,000 channels, 1,000 x channel_buffer_messages and more); not timed",
+    )
+    ap.add_argument(
         "--quick", action="store_true", help="smoke run: 50,000 messages, 1 run, no RESULTS.md"
     )
     ap.add_argument(
@@ -1278,7 +1328,9 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     cls = ROUTER_CLASSES[name]
                     try:
-                        res = run_once(cls, wl, messages, tools, args.idle, args.rate)
+                        res = run_once(
+                            cls, wl, messages, tools, args.idle, args.rate, prefill=args.prefill
+                        )
                     except Skip as exc:
                         notes[name] = f"skipped: {exc}"
                         log(f"[{name}] SKIPPED: {exc}")

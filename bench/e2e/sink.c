@@ -2,6 +2,7 @@
  * sink: an octet-counted TCP syslog receiver that checks every stream for loss and duplicates.
  *
  *   sink [-p PORT] [-e EXPECTED] [-i IDLE_SECONDS] [-m MAX_SECONDS] [-x STALL_AFTER_BYTES]
+ *        [-P PREFILL]
  *
  * Listens on 127.0.0.1:PORT (0 = any free port) and prints {"port": N} once listening.
  * Accepts any number of connections (epoll, one thread), parses `LEN SP MSG` frames and takes
@@ -20,6 +21,10 @@
  * stall costs no CPU) until SIGUSR1, then reads on as before (it stalls once). The idle
  * timeout does not run while stalled. The report gives the bytes read when the stall began
  * and its length; `max_gap` is the longest time between two counted (seq=) messages.
+ *
+ * With -P, the sink also prints {"prefilled": N, "ts": T} once unique messages + L10-dropped
+ * first reach PREFILL (T: the last one's arrival): a harness that sent PREFILL messages before
+ * its timed run learns that the router delivered them, and goes on.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -367,18 +372,19 @@ static void report(uint64_t expected, const char *reason)
 int main(int argc, char **argv)
 {
     int port = 0, opt;
-    uint64_t expected = 0;
+    uint64_t expected = 0, prefill = 0;
     double idle = 5, max_seconds = 600;
-    while ((opt = getopt(argc, argv, "p:e:i:m:x:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:e:i:m:x:P:")) != -1) {
         switch (opt) {
         case 'p': port = atoi(optarg); break;
         case 'e': expected = strtoull(optarg, NULL, 10); break;
         case 'i': idle = atof(optarg); break;
         case 'm': max_seconds = atof(optarg); break;
         case 'x': stall_after = strtoll(optarg, NULL, 10); break;
+        case 'P': prefill = strtoull(optarg, NULL, 10); break;
         default:
             fprintf(stderr, "usage: sink [-p PORT] [-e EXPECTED] [-i IDLE] [-m MAX_SECONDS] "
-                            "[-x STALL_AFTER_BYTES]\n");
+                            "[-x STALL_AFTER_BYTES] [-P PREFILL]\n");
             return 2;
         }
     }
@@ -429,6 +435,12 @@ int main(int argc, char **argv)
             last_data = now_mono(); /* the idle timeout restarts */
         }
         double mono = now_mono();
+        if (prefill && unique_total + l10_dropped >= prefill) {
+            printf("{\"prefilled\": %llu, \"ts\": %.6f}\n",
+                   (unsigned long long)(unique_total + l10_dropped), last_ts);
+            fflush(stdout);
+            prefill = 0;
+        }
         if (expected && unique_total + l10_dropped >= expected) {
             reason = "expected";
             break;
