@@ -5,9 +5,9 @@ Ingestion never waits on an unreachable Redis: routed batches go to ``OutboundBu
 while Redis answers but this node is behind on it) and one writer task sends everything
 buffered in one round trip, whatever the number of channels: on one Redis one request of
 MULTIs of a few MB each (``_transact``), each settled as soon as its EXEC is read; on a
-cluster one script call (``APPEND``, by its SHA1) per shard. While
-a round trip is in flight, new batches accumulate, so the number of round trips per
-message falls as load rises.
+cluster one script call (``APPEND``, by its SHA1) per shard. While a round trip is in
+flight, new batches accumulate, so the number of round trips per message falls as load
+rises.
 
 What was written is handed to ``on_written`` with each channel's entry ids and the id of
 the entry before them: the node's own followers append it from here when they had read
@@ -314,9 +314,9 @@ class Writer:
             for entry in sent:
                 part.extend((entry.n, entry.frames, entry.lost, repr(entry.since)))
         self._work_seconds += time.perf_counter() - started
-        back = self._given_back = Flush()
+        self._given_back = Flush()
         if proposed:
-            await self._transact(parts, proposed, outgoing, back)
+            await self._transact(parts, proposed, outgoing)
         else:
             started = time.perf_counter()
             replies = await self.connection.call_per_shard(
@@ -324,7 +324,7 @@ class Writer:
             )
             self.flush_wait_seconds += time.perf_counter() - started
             started = time.perf_counter()
-            self._settle(replies, outgoing, proposed, back)
+            self._settle(replies, outgoing, proposed)
             self._work_seconds += time.perf_counter() - started
         self.flushes += 1
         self._give_back_answered()
@@ -342,10 +342,11 @@ class Writer:
         replies: dict[str, list[Any]],
         outgoing: dict[str, list[Outgoing]],
         proposed: set[str],
-        back: Flush,
     ) -> None:
         """Act on Redis's reply for each channel of ``replies`` (``APPEND``'s form):
-        hand what was written to ``on_written``, and give back to ``back`` what was not."""
+        hand what was written to ``on_written``; what was not waits in ``_given_back``
+        (``_give_back_answered``)."""
+        back = self._given_back
         written_seq = self.written_seq
         solo = self._solo
         for channel, reply in replies.items():
@@ -454,7 +455,6 @@ class Writer:
         parts: dict[str, list[Any]],
         channels: set[str],
         outgoing: dict[str, list[Outgoing]],
-        back: Flush,
     ) -> None:
         """One Redis: write a flush in one request of MULTIs, each of a group of channels
         (``_groups``): ``APPEND`` for its channels of ``parts``, then for its ``channels``
@@ -470,7 +470,7 @@ class Writer:
             nonlocal settling
             started = time.perf_counter()
             replies = self._group_replies(results, groups[index][0], built[index][1])
-            self._settle(replies, outgoing, channels, back)
+            self._settle(replies, outgoing, channels)
             settling += time.perf_counter() - started
 
         started = time.perf_counter()
