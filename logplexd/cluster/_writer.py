@@ -150,8 +150,9 @@ class Writer:
         self.entries_written = 0
         self.messages_written = 0
         # Flushes Redis answered, and how long their round trips took in all (from sending
-        # a flush to having read its reply: what Redis took, the transfer both ways, and on
-        # a busy node the wait for the event loop to come back to this task).
+        # a flush to having read its reply, less the time spent settling the groups
+        # answered before its last: what Redis took, the transfer both ways, and on a busy
+        # node the wait for the event loop to come back to this task).
         self.flushes = 0
         self.flush_wait_seconds = 0.0
         # Times a channel waited because a follower of it was behind (APPEND: "behind").

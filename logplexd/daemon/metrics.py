@@ -751,8 +751,9 @@ _PLANE_COUNTERS = (
      "something buffered: one round trip per Redis server)."),
     ("redis_flush_wait_seconds", "flush_wait_seconds",
      "Seconds the writer spent on its flushes' round trips, from sending one to having read "
-     "its reply (Redis's time, the transfer both ways, and, on a busy node, the wait for the "
-     "event loop); divided by redis_flushes_total, the mean time a flush takes."),
+     "its reply, its own work on the replies of a flush's first groups left out (Redis's "
+     "time, the transfer both ways, and, on a busy node, the wait for the event loop); "
+     "divided by redis_flushes_total, the mean time a flush takes."),
     ("redis_inputs_gated_seconds", "inputs_gated_seconds",
      "Seconds every input of this node waited because its outbound buffer was past half "
      "full: Redis (or this node's writer) was not keeping up with what the node routed."),
