@@ -1273,6 +1273,8 @@ def main(argv: list[str] | None = None) -> int:
         "counters: 'redis-server')",
     )
     args = ap.parse_args(argv)  # fmt: skip
+    if args.prefill < 0:
+        ap.error("--prefill takes a number of messages, 0 or more")
 
     if args.ratios_from is not None:
         if not args.ratios:
