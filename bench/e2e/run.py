@@ -874,12 +874,17 @@ def run_once(
     its streams) are then as full as a long-running one's, not filling from empty. The
     CPU, the threads and the rate cover the timed part only."""
     loadgen, sink_exe = tools
+    copies = wl.drains if router_cls is not Direct else 1  # what the sink gets per message
     if expected is None:
-        expected = messages * (wl.drains if router_cls is not Direct else 1)
-    prefill_expected = prefill * (wl.drains if router_cls is not Direct else 1)
-    # Generous bounds: a router at 20,000 messages/s still finishes.
-    budget = 60.0 + max(expected, messages) / 20_000 + (warmup or 0.0)
-    prefill_budget = 60.0 + max(prefill_expected, prefill) / 20_000 + (warmup or 0.0)
+        expected = messages * copies
+    prefill_expected = prefill * copies
+
+    def seconds_for(sent: int, received: int) -> float:
+        # Generous bounds: a router at 20,000 messages/s still finishes.
+        return 60.0 + max(sent, received) / 20_000 + (warmup or 0.0)
+
+    budget = seconds_for(messages, expected)
+    prefill_budget = seconds_for(prefill, prefill_expected)
     with tempfile.TemporaryDirectory(prefix=f"e2e-{router_cls.name}-") as tmp:
         workdir = Path(tmp)
         sink = router = None
