@@ -843,7 +843,9 @@ async def test_a_write_answered_wakes_its_follow_to_read_another_nodes_entry(
                 await eventually(lambda n=i + 1: len(channel.ring) == n, 5)
         assert proxy.slowed >= 3
         two.route(frames("t.app", ["two"]))
-        with trio.fail_after(2.5):  # a poll's time is 0.1-0.25 s
+        # At most two polls' time: the poll right after this node's last write leaves the
+        # channel out (``POLL_IDLE``, 0.1 s, plus the slowed reply, 0.3 s).
+        with trio.fail_after(2.5):
             await eventually(lambda: len(channel.ring) == 4, 2.5)
         assert texts(channel.ring.last(4)) == [b"one-0", b"one-1", b"one-2", b"two"]
         assert losses == []
@@ -885,6 +887,59 @@ async def test_a_channel_written_flush_after_flush_still_reads_another_nodes_ent
         assert [t for t in got if t != b"two"] == [f"one-{i}".encode() for i in range(routed)]
         assert losses == []
         one.plane.release(follow)
+
+
+async def test_polls_leave_out_a_solo_channel_this_node_wrote_since_the_last_poll(
+    redis_server: RedisServer,
+) -> None:
+    """A followed channel only this node writes is "solo": read without blocking every
+    ``POLL_IDLE`` in case another node writes it too. While this node writes it flush after
+    flush those polls leave its stream out (the next write's reply would show another
+    node's entry in between) and read the other followed streams only; another node's
+    entry still reaches the follow, in the stream's order, while the writes go on."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    async with node_behind(proxy, "one") as one, node(redis_server.url, "two") as two:
+        channel, follow, losses = await follow_app(one)
+        one.add_token("quiet", "t.quiet", "web")
+        quiet = one.channel("quiet")
+        assert quiet is not None
+        quiet_follow = one.plane.hold(quiet, await one.plane.top("quiet"))
+        app_key = one.plane.keys.stream("app").encode()
+        quiet_key = one.plane.keys.stream("quiet").encode()
+        stop = trio.Event()
+        routed = 0
+
+        async def flood() -> None:
+            nonlocal routed
+            while not stop.is_set():
+                one.route(frames("t.app", [f"one-{routed}"]))
+                routed += 1
+                await trio.sleep(0.005)
+
+        def polls() -> list[bytes]:
+            # The reads without BLOCK: the polls of the solo follows.
+            return [r for r in proxy.read_requests if b"XREAD" in r and b"BLOCK" not in r]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            with trio.fail_after(10):
+                await eventually(lambda: len(channel.ring) >= 20, 5)
+                before = len(polls())
+                await eventually(lambda: len(polls()) >= before + 5, 5)
+                recent = polls()[before:]
+                assert all(quiet_key in r for r in recent)
+                # A poll may still carry it right after a write's reply was late.
+                assert sum(app_key in r for r in recent) <= 1, recent
+                two.route(frames("t.app", ["two"]))
+                await eventually(lambda: b"two" in texts(channel.ring.last(1000)), 3)
+            stop.set()
+        with trio.fail_after(10):
+            await eventually(lambda: len(channel.ring) == routed + 1, 5)
+        got = texts(channel.ring.last(routed + 1))
+        assert [t for t in got if t != b"two"] == [f"one-{i}".encode() for i in range(routed)]
+        assert losses == []
+        one.plane.release(follow)
+        one.plane.release(quiet_follow)
 
 
 async def test_a_followed_channels_first_write_is_appended_from_memory_whatever_its_size(

@@ -400,7 +400,8 @@ class ReplyLosingProxy:
     every answer on a connection that has sent one of its markers reaches the client that
     much later (the writer's, not the follower's XREADs: each has its own connection).
     ``read_replies`` holds what Redis answered on connections that sent an ``XREAD`` (the
-    first ``READ_REPLIES_KEPT`` bytes)."""
+    first ``READ_REPLIES_KEPT`` bytes), ``read_requests`` each read of those connections
+    as it came (a read arrives in one piece: the follower sends it in one write)."""
 
     READ_REPLIES_KEPT = 4 << 20
 
@@ -414,6 +415,7 @@ class ReplyLosingProxy:
         self.slow_seconds = 0.0
         self.slowed = 0
         self.read_replies = bytearray()
+        self.read_requests: list[bytes] = []
 
     def lose_next(self, after: int = 0) -> None:
         self.armed = True
@@ -449,6 +451,7 @@ class ReplyLosingProxy:
                             slow.set()
                         if b"XREAD" in data:
                             reader_connection.set()
+                            self.read_requests.append(data)
                         await upstream.send_all(data)
                 nursery.cancel_scope.cancel()
 
