@@ -70,9 +70,10 @@ class ServerLink:
         on_part: Callable[[int, list[Any]], None],
     ) -> None:
         """Send the commands of every part in one write, and hand each part's replies to
-        ``on_part`` (its index, the replies in order) as soon as they are all read: the
-        caller works on one part's replies while Redis runs the next part. What ``on_part``
-        raises ends the call (and closes the connection: replies may still be coming)."""
+        ``on_part`` (its index, the replies in order) as soon as they are all read, once
+        the whole request is written (Redis may still be running the last parts then).
+        What ``on_part`` raises ends the call (and closes the connection: replies may still
+        be coming)."""
         async with self._lock:
             try:
                 if self._stream is not None and self._poll is not None and self._poll.poll(0):

@@ -450,9 +450,9 @@ class Connection:
     ) -> None:
         """One Redis: each group of commands in a MULTI/EXEC of its own, all sent in one
         write (one round trip); each group's replies go to ``on_group`` as soon as its EXEC
-        is read, while Redis runs the next groups. Raises the error of a transaction Redis
-        refused whole (EXECABORT, OOM): nothing of that group ran; the groups before it
-        were handed over, those after it may have run."""
+        is read (Redis may still be running the last groups). Raises the error of a
+        transaction Redis refused whole (EXECABORT, OOM): nothing of that group ran; the
+        groups before it were handed over, those after it may have run."""
         direct = self._direct
         if direct is None or self.cluster:
             raise trio.TooSlowError()  # not connected: callers treat it as unreachable
