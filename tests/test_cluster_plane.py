@@ -11,6 +11,7 @@ import trio
 
 from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer, slot_of
 from logplexd.native import parse_body
+from logplexd.router import Channel
 from tests.helpers.redis import (
     RedisServer,
     ReplyLosingProxy,
@@ -65,6 +66,31 @@ async def follow_app(registry: ClusterRegistry):
     channel = registry.channel("app")
     assert channel is not None
     return channel, plane.hold(channel, await plane.top("app")), losses
+
+
+class AppFlood:
+    """Routes "one-0", "one-1", ... to channel "app" of ``registry``, one every 5 ms, until
+    ``stop`` is set (``run``); ``routed`` counts them."""
+
+    def __init__(self, registry: ClusterRegistry) -> None:
+        self.registry = registry
+        self.stop = trio.Event()
+        self.routed = 0
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            self.registry.route(frames("t.app", [f"one-{self.routed}"]))
+            self.routed += 1
+            await trio.sleep(0.005)
+
+    async def check_delivered_with(self, channel: Channel, other: bytes) -> None:
+        """Once stopped: ``channel``'s ring ends with every message routed, in order, and
+        ``other`` (another node's message) once, somewhere among them."""
+        with trio.fail_after(10):
+            await eventually(lambda: len(channel.ring) == self.routed + 1, 5)
+        got = texts(channel.ring.last(self.routed + 1))
+        assert got.count(other) == 1
+        assert [t for t in got if t != other] == [f"one-{i}".encode() for i in range(self.routed)]
 
 
 async def follow_channels(one: ClusterRegistry, two: ClusterRegistry, names: list[str]):
@@ -862,29 +888,16 @@ async def test_a_channel_written_flush_after_flush_still_reads_another_nodes_ent
     proxy.slow_replies((b"EVALSHA", b"EXEC\r\n"), 0.05)
     async with node_behind(proxy, "one") as one, node(redis_server.url, "two") as two:
         channel, follow, losses = await follow_app(one)
-        stop = trio.Event()
-        routed = 0
-
-        async def flood() -> None:
-            nonlocal routed
-            while not stop.is_set():
-                one.route(frames("t.app", [f"one-{routed}"]))
-                routed += 1
-                await trio.sleep(0.005)
-
+        flood = AppFlood(one)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(flood)
+            nursery.start_soon(flood.run)
             with trio.fail_after(10):
                 await eventually(lambda: len(channel.ring) >= 20, 5)
                 two.route(frames("t.app", ["two"]))
                 await eventually(lambda: b"two" in texts(channel.ring.last(1000)), 3)
-            assert not stop.is_set() and routed > len(channel.ring) - 1
-            stop.set()
-        with trio.fail_after(10):
-            await eventually(lambda: len(channel.ring) == routed + 1, 5)
-        got = texts(channel.ring.last(routed + 1))
-        assert sorted(got) == sorted([f"one-{i}".encode() for i in range(routed)] + [b"two"])
-        assert [t for t in got if t != b"two"] == [f"one-{i}".encode() for i in range(routed)]
+            assert flood.routed > len(channel.ring) - 1
+            flood.stop.set()
+        await flood.check_delivered_with(channel, b"two")
         assert losses == []
         one.plane.release(follow)
 
@@ -906,22 +919,14 @@ async def test_polls_leave_out_a_solo_channel_this_node_wrote_since_the_last_pol
         quiet_follow = one.plane.hold(quiet, await one.plane.top("quiet"))
         app_key = one.plane.keys.stream("app").encode()
         quiet_key = one.plane.keys.stream("quiet").encode()
-        stop = trio.Event()
-        routed = 0
-
-        async def flood() -> None:
-            nonlocal routed
-            while not stop.is_set():
-                one.route(frames("t.app", [f"one-{routed}"]))
-                routed += 1
-                await trio.sleep(0.005)
+        flood = AppFlood(one)
 
         def polls() -> list[bytes]:
             # The reads without BLOCK: the polls of the solo follows.
             return [r for r in proxy.read_requests if b"XREAD" in r and b"BLOCK" not in r]
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(flood)
+            nursery.start_soon(flood.run)
             with trio.fail_after(10):
                 await eventually(lambda: len(channel.ring) >= 20, 5)
                 before = len(polls())
@@ -932,11 +937,8 @@ async def test_polls_leave_out_a_solo_channel_this_node_wrote_since_the_last_pol
                 assert sum(app_key in r for r in recent) <= 1, recent
                 two.route(frames("t.app", ["two"]))
                 await eventually(lambda: b"two" in texts(channel.ring.last(1000)), 3)
-            stop.set()
-        with trio.fail_after(10):
-            await eventually(lambda: len(channel.ring) == routed + 1, 5)
-        got = texts(channel.ring.last(routed + 1))
-        assert [t for t in got if t != b"two"] == [f"one-{i}".encode() for i in range(routed)]
+            flood.stop.set()
+        await flood.check_delivered_with(channel, b"two")
         assert losses == []
         one.plane.release(follow)
         one.plane.release(quiet_follow)
