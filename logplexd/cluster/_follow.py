@@ -716,11 +716,11 @@ class Followers:
         if solo and now >= self._next_poll:
             self._next_poll = now + POLL_IDLE
             block = None  # every followed stream, without blocking
-            # But a solo follow this node wrote since the last poll: another node's entry
-            # that came before that write was its reply's ``prev`` (``own_written``: read
-            # from the stream at once), and one after it is found by the next write or the
-            # next poll (with 1,000 busy channels these reads of streams that had nothing
-            # new were ~3 % of the node).
+            # Except the solo follows this node wrote since the last poll: another node's
+            # entry that came before such a write was its reply's ``prev`` (``own_written``
+            # then reads from the stream at once), and one after it is found by the next
+            # write or the next poll (with 1,000 busy channels these reads of streams that
+            # had nothing new were ~3 % of the node).
             polled, self._polled_at = self._polled_at, now
             follows = [f for f in follows if not (f.own_at > polled and f.solo(now))]
             if not follows:

@@ -400,10 +400,12 @@ class ReplyLosingProxy:
     every answer on a connection that has sent one of its markers reaches the client that
     much later (the writer's, not the follower's XREADs: each has its own connection).
     ``read_replies`` holds what Redis answered on connections that sent an ``XREAD`` (the
-    first ``READ_REPLIES_KEPT`` bytes), ``read_requests`` each read of those connections
-    as it came (a read arrives in one piece: the follower sends it in one write)."""
+    first ``READ_REPLIES_KEPT`` bytes), ``read_requests`` each piece received on them that
+    holds an ``XREAD`` (the first ``READ_REQUESTS_KEPT``; a read of a few streams arrives
+    whole)."""
 
     READ_REPLIES_KEPT = 4 << 20
+    READ_REQUESTS_KEPT = 4096
 
     def __init__(self, target: int, marker: bytes = b"EXEC\r\n") -> None:
         self.target = target
@@ -451,7 +453,8 @@ class ReplyLosingProxy:
                             slow.set()
                         if b"XREAD" in data:
                             reader_connection.set()
-                            self.read_requests.append(data)
+                            if len(self.read_requests) < self.READ_REQUESTS_KEPT:
+                                self.read_requests.append(data)
                         await upstream.send_all(data)
                 nursery.cancel_scope.cancel()
 
