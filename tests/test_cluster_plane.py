@@ -23,12 +23,17 @@ from tests.helpers.redis import (
 pytestmark = needs_redis
 
 
-def frames(token: str, texts: list[str]):
+def framed(token: str, texts: list[str]) -> bytes:
+    """``texts`` as octet-counted frames of ``token``."""
     raw = b""
     for text in texts:
         msg = f"<134>1 2024-01-01T00:00:00Z host {token} web.1 - - {text}".encode()
         raw += b"%d %s" % (len(msg), msg)
-    return parse_body(raw)
+    return raw
+
+
+def frames(token: str, texts: list[str]):
+    return parse_body(framed(token, texts))
 
 
 @asynccontextmanager
@@ -545,12 +550,7 @@ async def test_a_proposal_after_another_node_wrote_is_fenced_and_written_by_appe
 
 def mixed(texts_by_token: dict[str, list[str]]):
     """One routed body holding, token after token, ``frames``' messages of each."""
-    raw = b""
-    for token, lines in texts_by_token.items():
-        for text in lines:
-            msg = f"<134>1 2024-01-01T00:00:00Z host {token} web.1 - - {text}".encode()
-            raw += b"%d %s" % (len(msg), msg)
-    return parse_body(raw)
+    return parse_body(b"".join(framed(token, lines) for token, lines in texts_by_token.items()))
 
 
 GROUPED = ["app", "b", "c", "d"]
