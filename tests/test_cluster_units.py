@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from logplexd.cluster import ChannelPushback, ClusterRegistry, DataPlane, Follow, Keys, slot_of
+from logplexd.cluster.registry import COLLECT_SKIPS
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
@@ -588,13 +589,76 @@ async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
 
 
 # -- routing into a node whose outbound buffer is full -----------------------------------------
-def _answering_plane(buffer: OutboundBuffer) -> tuple[DataPlane, ClusterRegistry]:
+def _answering_plane(
+    buffer: OutboundBuffer, names: tuple[str, ...] = ("a", "b")
+) -> tuple[DataPlane, ClusterRegistry]:
     plane = DataPlane("redis://127.0.0.1:1", node_id="n", keep_messages=2048, buffer=buffer)
     plane.link.ok("probe")  # Redis answers: the pushback holds (it never does in an outage)
     registry = ClusterRegistry(plane, 100, 1 << 20, 2048)
-    for name in ("a", "b"):
+    for name in names:
         registry.add_token(name, f"t.{name}", "web")
     return plane, registry
+
+
+def _route_to(registry: ClusterRegistry, name: str, n: int) -> None:
+    registry.route(parse_body(b"".join(frame(f"t.{name}", f"{name}-{i}") for i in range(n)), 10240))
+
+
+_SMALL = tuple(f"s{i}" for i in range(20))
+
+
+def test_a_collect_under_the_flush_bound_sends_every_channel_at_once() -> None:
+    # 300 + 300 + 20 x 10 = 800 unsent, the buffer takes 750 (three quarters of 1,000).
+    buffer = OutboundBuffer(max_messages=1000)
+    plane, registry = _answering_plane(buffer, ("big1", "big2", *_SMALL))
+    for name in _SMALL[:10]:
+        _route_to(registry, name, 10)
+    _route_to(registry, "big1", 300)
+    _route_to(registry, "big2", 300)
+    registry.collect()  # 700: all of it, in the order it was routed
+    assert buffer.messages == 700 and set(buffer.queued) == {"big1", "big2", *_SMALL[:10]}
+
+
+def test_a_saturated_collect_sends_the_fullest_and_leaves_the_few_for_a_later_flush() -> None:
+    """Past what a flush takes, a channel with few unsent messages (under an eighth of a
+    stream entry: 64 with keep 2,048) waits once the buffer is a quarter full, so a flush
+    carries fewer, fuller channels; it waits at most COLLECT_SKIPS flushes in a row, and
+    goes as soon as everything fits again."""
+    buffer = OutboundBuffer(max_messages=1000)
+    plane, registry = _answering_plane(buffer, ("big1", "big2", *_SMALL))
+    for name in _SMALL:
+        _route_to(registry, name, 10)
+    for _ in range(COLLECT_SKIPS):
+        _route_to(registry, "big1", 300)
+        _route_to(registry, "big2", 300)
+        registry.collect()  # 800 unsent: the two full channels alone
+        assert buffer.messages == 600 and set(buffer.queued) == {"big1", "big2"}
+        buffer.take()  # the flush
+    _route_to(registry, "big1", 300)
+    _route_to(registry, "big2", 300)
+    registry.collect()  # they waited COLLECT_SKIPS flushes: they go now, up to 750
+    assert buffer.messages == 750 and buffer.dropped == 0
+    assert {"big1", "big2"} <= set(buffer.queued) and len(buffer.queued) == 2 + 15
+    buffer.take()
+    registry.collect()  # the 5 left, 50 messages: everything fits
+    assert buffer.messages == 50 and len(buffer.queued) == 5
+    sent = parse_body(b"".join(entry.blob for entry in buffer._entries), 10240)
+    assert sorted(sent.fields(i)["msg"] for i in range(len(sent)))[:3] == [
+        b"s15-0",
+        b"s15-1",
+        b"s15-2",
+    ]
+
+
+def test_a_saturated_collect_fills_a_quarter_of_the_buffer_before_it_leaves_any_out() -> None:
+    names = tuple(f"s{i}" for i in range(100))
+    buffer = OutboundBuffer(max_messages=1000)
+    plane, registry = _answering_plane(buffer, ("big", *names))
+    for name in names:
+        _route_to(registry, name, 10)
+    _route_to(registry, "big", 100)
+    registry.collect()  # 1,100 unsent: the fullest, then the few until a quarter (250)
+    assert buffer.messages == 250 and buffer.queued["big"] == 100
 
 
 def test_routing_while_the_outbound_gate_is_closed_reports_the_gate_alone() -> None:
