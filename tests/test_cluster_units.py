@@ -10,7 +10,6 @@ import trio
 import trio.testing
 
 from logplexd.cluster import ChannelPushback, ClusterRegistry, DataPlane, Follow, Keys, slot_of
-from logplexd.cluster.registry import COLLECT_SKIPS
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
@@ -23,6 +22,7 @@ from logplexd.cluster.lease import (
     next_state,
     renew_interval,
 )
+from logplexd.cluster.registry import COLLECT_SKIPS
 from logplexd.native import ChannelRing, octet_frames, parse_body, parse_frames
 from logplexd.router import Channel, look_interval
 from tests.helpers.syslog import frame
@@ -648,6 +648,20 @@ def test_a_saturated_collect_sends_the_fullest_and_leaves_the_few_for_a_later_fl
         b"s15-1",
         b"s15-2",
     ]
+
+
+def test_a_saturated_collect_counts_few_by_what_sends_a_ring_at_once_bytes_too() -> None:
+    # 20 messages of 4 KB: a staging ring (4 MB) goes at once from 128 of them, so 20 are
+    # not few (an eighth: 16); 20 of 100 bytes are (512 go at once: an eighth is 64).
+    buffer = OutboundBuffer(max_messages=1000)
+    plane, registry = _answering_plane(buffer, ("big1", "big2", "wide", *_SMALL))
+    for name in _SMALL:
+        _route_to(registry, name, 10)
+    registry.route(parse_body(b"".join(frame("t.wide", "w" * 4000) for _ in range(20)), 10240))
+    _route_to(registry, "big1", 300)
+    _route_to(registry, "big2", 300)
+    registry.collect()  # 820 unsent: the two full channels, and the wide one
+    assert set(buffer.queued) == {"big1", "big2", "wide"} and buffer.messages == 620
 
 
 def test_a_saturated_collect_fills_a_quarter_of_the_buffer_before_it_leaves_any_out() -> None:

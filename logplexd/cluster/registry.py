@@ -40,14 +40,15 @@ STAGING_WAITS_AT = 0.75
 STAGING_MIN_MESSAGES = 16384
 STAGING_MIN_BYTES = 4 * 1024 * 1024
 # When the staging rings hold more unsent messages than a flush takes (the writer is the
-# bottleneck), a ring with fewer than this share of a stream entry (512 messages with the
-# defaults) is left for a later flush once the buffer is COLLECT_FLOOR full, at most
-# COLLECT_SKIPS flushes in a row: each flush then carries fewer, fuller channels, and what
-# a flush costs per channel (its command part, reply, settle, append, the drains' wake-up
-# and write) is paid less often. With 1,000 busy channels a flush carried ~250 messages a
-# channel; this took it to ~450, at 1.16x the rate and 0.88x the CPU (bench/RESULTS.md,
-# "Session of 2026-12-06 (thirteenth)"). Under the bound everything goes at once, so a node
-# that keeps up delays nothing.
+# bottleneck), a ring with less than this share of what sends it at once (``_send_at``: a
+# stream entry, 4,096 messages with the defaults, so 512) is left for a later flush once
+# the buffer is COLLECT_FLOOR full, at most COLLECT_SKIPS flushes in a row (like any ring,
+# it is sent at once when it reaches ``_send_at``). Each flush then carries fewer, fuller
+# channels, and what a flush costs per channel (its command part, reply, settle, append,
+# the drains' wake-up and write) is paid less often: with 1,000 busy channels a flush
+# carried ~200 messages a channel, now ~460, at 1.21x the rate and 0.87x the CPU
+# (bench/RESULTS.md, "Session of 2026-12-06 (thirteenth)"). Under the bound everything
+# goes at once, so a node that keeps up delays nothing.
 COLLECT_MIN_SHARE = 8
 COLLECT_FLOOR = 0.25
 COLLECT_SKIPS = 4
@@ -300,14 +301,13 @@ class ClusterRegistry(Registry):
             for ring in unsent:
                 self._send(ring)
             return
-        few = max(1, plane.entry_messages // COLLECT_MIN_SHARE)
         for ring in sorted(unsent, key=backlog.__getitem__, reverse=True):
             staging = ring.owner
             if (
                 isinstance(staging, _Staging)
-                and backlog[ring] < few
                 and staging.skipped < COLLECT_SKIPS
                 and buffer.filled() >= COLLECT_FLOOR
+                and 0 < backlog[ring] < self._send_at(ring) // COLLECT_MIN_SHARE
             ):
                 staging.skipped += 1
                 self._unsent[ring] = None  # its wake_at stays where _rearm set it
