@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.cluster import ClusterRegistry, DataPlane, OutboundBuffer, slot_of
+from logplexd.cluster import READER_STALE_MS, ClusterRegistry, DataPlane, OutboundBuffer, slot_of
 from logplexd.native import parse_body
 from logplexd.router import Channel
 from tests.helpers.redis import (
@@ -1104,6 +1104,37 @@ async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(
                 history, _ = await plane.read_history(name, 10)
                 assert texts(history) == [f"{name}-{i}".encode() for i in range(10)]
         nursery.cancel_scope.cancel()
+
+
+async def test_read_positions_are_reported_as_they_move_far_and_again_while_held(
+    redis_server: RedisServer,
+) -> None:
+    """A follow that read ``report_step`` (an eighth of keep: 125 here) or more says so
+    soon, and one whose channel a consumer holds says again where it stands (every
+    REPORT_HEARTBEAT) while the writers still count it (READER_STALE_MS, 2 s), though it
+    reads nothing: they keep the stream for it instead of trimming what it has not read."""
+    async with node(redis_server.url, "one") as one:
+        channel, follow, losses = await follow_app(one)
+        key = one.plane.keys.readers("app")
+
+        def reported() -> tuple[int, int]:
+            raw = redis_server.command("HGET", key, "one")
+            if not raw.startswith(b"$") or raw.startswith(b"$-1"):
+                return -1, 0
+            seq, _, ms = raw.split(b"\r\n")[1].partition(b":")
+            return int(seq), int(ms)
+
+        with trio.fail_after(10):
+            one.route(frames("t.app", [f"m{i}" for i in range(200)]))
+            await eventually(lambda: reported()[0] == 200, 2)
+            _, at = reported()
+            channel.hold("consumer")
+            started = trio.current_time()
+            await eventually(lambda: reported()[1] > at, 2)
+            assert trio.current_time() - started < READER_STALE_MS / 1000
+            assert reported()[0] == 200 and losses == []
+            channel.release("consumer")
+        one.plane.release(follow)
 
 
 async def test_a_followed_channels_staging_ring_keeps_only_what_is_unsent(
