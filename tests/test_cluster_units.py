@@ -9,7 +9,15 @@ import pytest
 import trio
 import trio.testing
 
-from logplexd.cluster import ChannelPushback, ClusterRegistry, DataPlane, Follow, Keys, slot_of
+from logplexd.cluster import (
+    COLLECT_SKIPS,
+    ChannelPushback,
+    ClusterRegistry,
+    DataPlane,
+    Follow,
+    Keys,
+    slot_of,
+)
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
     DEFAULT_TTL,
@@ -22,7 +30,6 @@ from logplexd.cluster.lease import (
     next_state,
     renew_interval,
 )
-from logplexd.cluster.registry import COLLECT_SKIPS
 from logplexd.native import ChannelRing, octet_frames, parse_body, parse_frames
 from logplexd.router import Channel, look_interval
 from tests.helpers.syslog import frame

@@ -34,12 +34,13 @@ from .drains import ClusterDrains
 from .lease import Lease, LeaseEvent, LeaseState
 from .plane import DataPlane
 from .reads import ClusterReads, ReadStart
-from .registry import ClusterRegistry
+from .registry import COLLECT_SKIPS, ClusterRegistry
 
 __all__ = [
     "APPEND",
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",
+    "COLLECT_SKIPS",
     "POLL_IDLE",
     "PROPOSE",
     "READER_STALE_MS",
