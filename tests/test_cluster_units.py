@@ -627,10 +627,10 @@ def test_a_collect_under_the_flush_bound_sends_every_channel_at_once() -> None:
 
 
 def test_a_saturated_collect_sends_the_fullest_and_leaves_the_few_for_a_later_flush() -> None:
-    """Past what a flush takes, a channel with few unsent messages (under an eighth of a
-    stream entry: 64 with keep 2,048) waits once the buffer is a quarter full, so a flush
-    carries fewer, fuller channels; it waits at most COLLECT_SKIPS flushes in a row, and
-    goes as soon as everything fits again."""
+    """Past what a flush takes, a channel with few unsent messages (under an eighth of what
+    sends its ring at once, here a stream entry: 64 of 512 with keep 2,048) waits once the
+    buffer is a quarter full, so a flush carries fewer, fuller channels; it waits at most
+    COLLECT_SKIPS flushes in a row, and goes as soon as everything fits again."""
     buffer = OutboundBuffer(max_messages=1000)
     plane, registry = _answering_plane(buffer, ("big1", "big2", *_SMALL))
     for name in _SMALL:
@@ -649,7 +649,8 @@ def test_a_saturated_collect_sends_the_fullest_and_leaves_the_few_for_a_later_fl
     buffer.take()
     registry.collect()  # the 5 left, 50 messages: everything fits
     assert buffer.messages == 50 and len(buffer.queued) == 5
-    sent = parse_body(b"".join(entry.blob for entry in buffer._entries), 10240)
+    assert set(buffer.queued) == set(_SMALL[15:])  # the last routed, left by the bound
+    sent = parse_body(b"".join(entry.blob for entry in buffer.take().taken), 10240)
     assert sorted(sent.fields(i)["msg"] for i in range(len(sent)))[:3] == [
         b"s15-0",
         b"s15-1",
