@@ -163,7 +163,7 @@ class Settings:
     firehose_channel_ids: tuple[str, ...] = ()
     firehose_filter_tokens: tuple[str, ...] = ()
     # Shared state (issue 11): None = the embedded store in data_dir; redis://HOST:PORT/DB;
-    # redis+cluster://HOST:PORT[,HOST:PORT...].
+    # unix:///PATH/TO/redis.sock?db=DB; redis+cluster://HOST:PORT[,HOST:PORT...].
     store_url: str | None = None
     # This node's name in Redis; None = "<hostname>:<api port>" (see resolved_node_id()).
     node_id: str | None = None
@@ -291,7 +291,7 @@ def _url(raw: object) -> str:
 
 
 def _store_url(raw: object) -> str | None:
-    from .store import StoreError, parse_redis_url
+    from .store import REDIS_URL_FORMS, StoreError, parse_redis_url
 
     if not isinstance(raw, str):
         raise _Invalid("expected a string URL")
@@ -302,9 +302,7 @@ def _store_url(raw: object) -> str | None:
         parse_redis_url(url)  # the same parser the store uses: one set of accepted URLs
     except StoreError:
         # The parser's text quotes the URL (password masked); the value stays out of here.
-        raise _Invalid(
-            "expected redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT...]"
-        ) from None
+        raise _Invalid(f"expected {REDIS_URL_FORMS}") from None
     return url
 
 
@@ -575,7 +573,8 @@ _SPECS: dict[str, _Spec] = {
     ),
     "store_url": _Spec(
         _store_url,
-        "shared store, redis://HOST:PORT/DB or redis+cluster://HOST:PORT,... (default: embedded)",
+        "shared store, redis://HOST:PORT/DB, unix:///PATH?db=DB or redis+cluster://HOST:PORT,... "
+        "(default: embedded)",
         "URL",
     ),
     "node_id": _Spec(_node_id, "this node's name in the shared store", "NAME"),

@@ -611,6 +611,30 @@ def test_redis_url_parsing() -> None:
     )
     assert cluster.describe() == "cluster a:7000,b:6379,::1:7002"  # no password in logs
     assert parse_redis_url("redis+cluster://a:1/0").nodes == (("a", 1),)
+    local = parse_redis_url("unix://:p%40ss@/run/redis/redis.sock?db=3")
+    assert (local.cluster, local.socket_path, local.nodes, local.db, local.password) == (
+        False,
+        "/run/redis/redis.sock",
+        (("/run/redis/redis.sock", 0),),
+        3,
+        "p@ss",
+    )
+    assert local.describe() == "unix:/run/redis/redis.sock/3"  # no password in logs
+    assert parse_redis_url("UNIX:///tmp/r%20s.sock").socket_path == "/tmp/r s.sock"
+    assert parse_redis_url("unix:///tmp/r.sock").db == 0
+    assert parse_redis_url("redis://h:1/0").socket_path is None
+    for bad in (
+        "unix://localhost/tmp/r.sock",  # a path, not a host
+        "unix://relative.sock",
+        "unix:///",
+        "unix:///tmp/dir/",
+        "unix:///tmp/r.sock?db=x",
+        "unix:///tmp/r.sock?timeout=1",
+        "unix:///tmp/r.sock?db=1&db=2",
+        "unix:///tmp/r.sock#x",
+    ):
+        with pytest.raises(StoreError, match="invalid store URL"):
+            parse_redis_url(bad)
     for bad in (
         "http://h:1",
         "redis://:1",
@@ -640,6 +664,11 @@ def test_open_redis_gives_the_right_client() -> None:
     assert type(cluster) is coredis.RedisCluster
     with pytest.raises(StoreError):
         open_redis("tcp://127.0.0.1:1")
+    local = open_redis("unix:///tmp/no-such-redis.sock?db=2", client_name="x")
+    assert type(local) is coredis.Redis
+    pool = local.connection_pool
+    assert pool.connection_class is coredis.connection.UnixDomainSocketConnection
+    assert str(pool.location) == "/tmp/no-such-redis.sock" and pool.connection_kwargs["db"] == 2
 
 
 def test_store_settings() -> None:
@@ -652,10 +681,17 @@ def test_store_settings() -> None:
     assert default.resolved_node_id() == f"{socket.gethostname()}:{default.api_addr.port}"
     cluster = load_settings(env={"LOGPLEXD_STORE_URL": "redis+cluster://a:1,b:2"})
     assert cluster.store_url == "redis+cluster://a:1,b:2"
-    for bad in ("redis://:hunter2@h:1/x", "redis+cluster://:hunter2@a:1/5"):
+    local = load_settings(env={"LOGPLEXD_STORE_URL": "unix:///run/redis.sock?db=1"})
+    assert local.store_url == "unix:///run/redis.sock?db=1"
+    for bad in (
+        "redis://:hunter2@h:1/x",
+        "redis+cluster://:hunter2@a:1/5",
+        "unix://:hunter2@host/run/redis.sock",
+    ):
         with pytest.raises(ConfigError) as info:
             load_settings(env={"LOGPLEXD_STORE_URL": bad})
         assert "hunter2" not in str(info.value)
+        assert "unix:///PATH/TO/redis.sock?db=DB" in str(info.value)  # what it may be
     with pytest.raises(ConfigError):
         load_settings(env={"LOGPLEXD_NODE_ID": "a b"})
 

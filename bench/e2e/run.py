@@ -89,8 +89,8 @@ WORKLOADS = [
     Workload("c8-ch1-d1-2k", "8 conns, 1 channel, 1 drain, 2 KB", 8, 1, 1, 2048),
 ]
 ROUTERS = [
-    "direct", "logplexd", "logplexd-nospill", "logplexd-redis", "logplexd-redis-base", "rsyslog",
-    "syslog-ng",
+    "direct", "logplexd", "logplexd-nospill", "logplexd-redis", "logplexd-redis-base",
+    "logplexd-redis-unix", "rsyslog", "syslog-ng",
 ]  # fmt: skip
 
 
@@ -791,6 +791,8 @@ class LogplexdRedis(Logplexd):
     beside it (``peer_usage``: the two share this machine's cores)."""
 
     name = "logplexd-redis"
+    # The node reaches redis-server through its Unix socket (``unix://``), not loopback TCP.
+    unix = False
 
     def start(self) -> int:
         server = shutil.which("redis-server")
@@ -799,14 +801,17 @@ class LogplexdRedis(Logplexd):
         port = free_port()
         rdir = self.workdir / "redis"
         rdir.mkdir()
+        sock = rdir / "redis.sock"
         self.redis = subprocess.Popen(
             [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
-             "--save", "", "--appendonly", "no", "--logfile", str(rdir / "redis.log")],
+             "--save", "", "--appendonly", "no", "--logfile", str(rdir / "redis.log"),
+             *(("--unixsocket", str(sock), "--unixsocketperm", "700") if self.unix else ())],
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         wait_port(port, self.redis, 15.0, "redis-server")
         self.redis_port = port
-        self.variant_args = ("--store-url", f"redis://127.0.0.1:{port}/0")
+        url = f"unix://{sock}?db=0" if self.unix else f"redis://127.0.0.1:{port}/0"
+        self.variant_args = ("--store-url", url)
         return super().start()
 
     def metrics_matching(self, pattern: str) -> list[str]:
@@ -842,10 +847,18 @@ class LogplexdRedisBase(LogplexdRedis):
     extra_args = []
 
 
+class LogplexdRedisUnix(LogplexdRedis):
+    """``logplexd-redis`` through redis-server's Unix socket (``unix:///PATH?db=0``): a
+    Redis on the node's own host, without the TCP stack on either side."""
+
+    name = "logplexd-redis-unix"
+    unix = True
+
+
 ROUTER_CLASSES: dict[str, type[Router]] = {
     "direct": Direct, "logplexd": Logplexd, "logplexd-base": LogplexdBase,
     "logplexd-nospill": LogplexdNoSpill, "logplexd-redis": LogplexdRedis,
-    "logplexd-redis-base": LogplexdRedisBase,
+    "logplexd-redis-base": LogplexdRedisBase, "logplexd-redis-unix": LogplexdRedisUnix,
     "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
 }  # fmt: skip
 

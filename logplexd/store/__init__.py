@@ -17,6 +17,7 @@ from typing import Any, overload
 
 from . import embedded
 from ._redis_client import DEFAULT_PREFIX, RedisTarget, channel_key, open_redis, parse_redis_url
+from ._redis_client import URL_FORMS as REDIS_URL_FORMS
 from ._redis_client import Client as RedisClient
 from .accounts_socket import SOCKET_FILE as ACCOUNTS_SOCKET
 from .accounts_socket import (
@@ -134,6 +135,7 @@ __all__ = [
     "PlatformImport",
     "RedisClient",
     "RedisStore",
+    "REDIS_URL_FORMS",
     "RedisTarget",
     "SessionRecord",
     "Store",

@@ -1,10 +1,12 @@
 """One place that turns a store URL into a coredis client (issue 11).
 
-``redis://[[user]:password@]HOST[:PORT][/DB]`` is one Redis; ``redis+cluster://[[user]:password@]
-HOST:PORT[,HOST:PORT...]`` is a Redis Cluster reached through any of the listed seed nodes
-(coredis discovers the others with CLUSTER SLOTS and follows MOVED/ASK redirections and
-failovers itself). Both the configuration store and the history/tail/drain code open their
-connections here, so the two accept exactly the same URLs.
+``redis://[[user]:password@]HOST[:PORT][/DB]`` is one Redis; ``unix://[[user]:password@]/PATH
+[?db=DB]`` is one Redis on this host, reached through its Unix socket (redis-py's form; several
+nodes on one machine share a local Redis so, and skip the TCP stack); ``redis+cluster://
+[[user]:password@]HOST:PORT[,HOST:PORT...]`` is a Redis Cluster reached through any of the
+listed seed nodes (coredis discovers the others with CLUSTER SLOTS and follows MOVED/ASK
+redirections and failovers itself). Both the configuration store and the history/tail/drain
+code open their connections here, so the two accept exactly the same URLs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ DEFAULT_PREFIX = "logplex"
 
 SCHEME_SINGLE = "redis"
 SCHEME_CLUSTER = "redis+cluster"
+SCHEME_UNIX = "unix"
 DEFAULT_PORT = 6379
 
 # Options of coredis.Redis that RedisCluster (coredis 6.x) does not take: dropped for a
@@ -36,16 +39,21 @@ _SINGLE_ONLY = frozenset({"client_name", "db", "max_idle_time", "unix_socket_pat
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    """What a store URL names; ``nodes`` has one entry for a single Redis."""
+    """What a store URL names; ``nodes`` has one entry for a single Redis. For one reached
+    through a Unix socket (``socket_path``) that entry is ``(socket_path, 0)``: the one
+    server's name wherever servers are told apart by address."""
 
     cluster: bool
     nodes: tuple[tuple[str, int], ...]
     db: int
     username: str | None
     password: str | None
+    socket_path: str | None = None
 
     def describe(self) -> str:
         """For log lines: never includes the credentials."""
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}/{self.db}"
         where = ",".join(f"{host}:{port}" for host, port in self.nodes)
         return f"cluster {where}" if self.cluster else f"{where}/{self.db}"
 
@@ -81,26 +89,32 @@ def _safe(url: str) -> str:
     return f"{scheme}://{user}:***@{tail}"
 
 
+# What a store URL may be, for error messages (the configuration's too).
+URL_FORMS = (
+    "redis://HOST:PORT/DB, unix:///PATH/TO/redis.sock?db=DB or "
+    "redis+cluster://HOST:PORT[,HOST:PORT...]"
+)
+
+
 def parse_redis_url(url: str) -> RedisTarget:
     """Parse a store URL; raises StoreError saying what is wrong."""
     scheme, sep, _ = url.partition("://")
-    if not sep or scheme.lower() not in (SCHEME_SINGLE, SCHEME_CLUSTER):
-        raise StoreError(
-            f"invalid store URL {_safe(url)}: expected redis://HOST:PORT/DB or "
-            "redis+cluster://HOST:PORT[,HOST:PORT...]"
-        )
+    if not sep or scheme.lower() not in (SCHEME_SINGLE, SCHEME_CLUSTER, SCHEME_UNIX):
+        raise StoreError(f"invalid store URL {_safe(url)}: expected {URL_FORMS}")
     cluster = scheme.lower() == SCHEME_CLUSTER
     try:
         parts = urlsplit(url)
     except ValueError as exc:
         raise StoreError(f"invalid store URL {_safe(url)}: {exc}") from None
-    if parts.query or parts.fragment:
-        raise StoreError(f"invalid store URL {_safe(url)}: no query or fragment allowed")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username = password = None
     if userinfo:
         user, _, secret = userinfo.partition(":")
         username, password = unquote(user) or None, unquote(secret) or None
+    if scheme.lower() == SCHEME_UNIX:
+        return _unix_target(url, parts.path, hosts, parts.query, parts.fragment, username, password)
+    if parts.query or parts.fragment:
+        raise StoreError(f"invalid store URL {_safe(url)}: no query or fragment allowed")
     if not hosts:
         raise StoreError(f"invalid store URL {_safe(url)}: the URL has no host")
     path = parts.path.strip("/")
@@ -117,6 +131,41 @@ def parse_redis_url(url: str) -> RedisTarget:
             f"invalid store URL {_safe(url)}: the database (the path) must be a number"
         )
     return RedisTarget(False, (_host_port(hosts, url),), int(path or 0), username, password)
+
+
+def _unix_target(
+    url: str,
+    path: str,
+    host: str,
+    query: str,
+    fragment: str,
+    username: str | None,
+    password: str | None,
+) -> RedisTarget:
+    """``unix://[[user]:password@]/PATH[?db=DB]``: the socket's absolute path, and the
+    database in the query (redis-py's form), 0 without one."""
+    if host:
+        raise StoreError(
+            f"invalid store URL {_safe(url)}: a unix:// URL names a socket's path, not a "
+            "host (unix:///PATH/TO/redis.sock)"
+        )
+    path = unquote(path)
+    if not path.startswith("/") or path.endswith("/") or "\0" in path:
+        raise StoreError(
+            f"invalid store URL {_safe(url)}: the socket's path must be absolute "
+            "(unix:///PATH/TO/redis.sock)"
+        )
+    if fragment:
+        raise StoreError(f"invalid store URL {_safe(url)}: no fragment allowed")
+    db = 0
+    if query:
+        name, eq, value = query.partition("=")
+        if name != "db" or not eq or "&" in value:
+            raise StoreError(f"invalid store URL {_safe(url)}: the only query is db=DB")
+        if not (value.isdigit() and value.isascii()):
+            raise StoreError(f"invalid store URL {_safe(url)}: the database must be a number")
+        db = int(value)
+    return RedisTarget(False, ((path, 0),), db, username, password, path)
 
 
 def open_redis(url: str, **options: Any) -> coredis.Redis[Any] | coredis.RedisCluster[Any]:
@@ -144,6 +193,8 @@ def open_target(
             startup_nodes=[coredis.connection.TCPLocation(h, p) for h, p in target.nodes],
             **options,
         )
+    if target.socket_path is not None:
+        return coredis.Redis(unix_socket_path=target.socket_path, db=target.db, **options)
     host, port = target.nodes[0]
     return coredis.Redis(host, port, target.db, **options)
 

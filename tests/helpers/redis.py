@@ -19,8 +19,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,22 @@ def _read_reply(reader: Any) -> bytes:
     return line
 
 
-def send(port: int, *args: str | bytes, timeout: float = 2.0) -> bytes:
-    """One command as a RESP array; the raw reply."""
+def send(port: int | str, *args: str | bytes, timeout: float = 2.0) -> bytes:
+    """One command as a RESP array (to ``port`` on loopback, or to the Unix socket at that
+    path); the raw reply."""
     parts = [a.encode() if isinstance(a, str) else a for a in args]
     request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    if isinstance(port, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(port)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    with sock:
         sock.sendall(request)
         with sock.makefile("rb") as reader:
             return _read_reply(reader)
@@ -115,8 +127,9 @@ def replicated(port: int, replicas: int = 1, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def command_calls(ports: list[int]) -> dict[str, int]:
-    """``INFO commandstats`` calls by command name, summed over the servers at ``ports``."""
+def command_calls(ports: Sequence[int | str]) -> dict[str, int]:
+    """``INFO commandstats`` calls by command name, summed over the servers at ``ports``
+    (loopback ports or Unix sockets' paths)."""
     calls: dict[str, int] = {}
     for port in ports:
         for line in send(port, "INFO", "commandstats").decode().splitlines():
@@ -142,7 +155,8 @@ def integer(reply: bytes) -> int:
 
 
 class RedisServer:
-    """One redis-server process on loopback, started and stopped by pid."""
+    """One redis-server process on loopback, started and stopped by pid. ``unix_only``: it
+    listens on a Unix socket only (``--port 0``), which ``url`` and ``command`` then use."""
 
     def __init__(
         self,
@@ -151,6 +165,7 @@ class RedisServer:
         persistent: bool = False,
         port: int | None = None,
         extra: tuple[str, ...] = (),
+        unix_only: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.dir = base / f"redis-{self.port}"
@@ -158,14 +173,32 @@ class RedisServer:
         self.persistent = persistent
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
+        self.socket_path: str | None = None
+        if unix_only:
+            # A socket's path has at most 107 bytes: a test's tmp dir may be longer.
+            short = Path(tempfile.mkdtemp(prefix="redis-"))
+            self._socket_dir: Path | None = short
+            self.socket_path = str(short / "redis.sock")
+        else:
+            self._socket_dir = None
 
     @property
     def url(self) -> str:
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def _address(self) -> int | str:
+        return self.socket_path if self.socket_path is not None else self.port
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.socket_path is not None:
+            args = [REDIS_SERVER, "--port", "0", "--unixsocket", self.socket_path]
+            args += ["--unixsocketperm", "700"]
+        else:
+            args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--dir", str(self.dir), "--save", "", "--daemonize", "no"]
         args += ["--logfile", str(self.dir / "redis.log")]
         if self.persistent:
@@ -179,7 +212,7 @@ class RedisServer:
         while True:
             try:
                 # (A server with ``requirepass`` answers NOAUTH: it is serving too.)
-                if send(self.port, "PING", timeout=0.5).startswith((b"+PONG", b"-NOAUTH")):
+                if send(self._address, "PING", timeout=0.5).startswith((b"+PONG", b"-NOAUTH")):
                     return
             except OSError:
                 pass
@@ -195,9 +228,16 @@ class RedisServer:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
+    def remove(self) -> None:
+        """Kill it, and remove the Unix socket's directory (``kill`` alone keeps it, for a
+        restart on the same path)."""
+        self.kill()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
     def command(self, *args: str | bytes) -> bytes:
         """One command; the raw RESP reply."""
-        return send(self.port, *args)
+        return send(self._address, *args)
 
     def stored_keys(self) -> list[bytes]:
         return bulk_strings(self.command("KEYS", "*"))
@@ -205,7 +245,7 @@ class RedisServer:
     def command_calls(self) -> dict[str, int]:
         """Commands Redis ran so far, by name (``INFO commandstats``: a script's calls count
         one each)."""
-        return command_calls([self.port])
+        return command_calls([self._address])
 
 
 class RedisCluster:
