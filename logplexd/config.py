@@ -628,8 +628,10 @@ def _show(raw: object) -> str:
 
 def _invalid(name: str, raw: object, source: str, reason: str) -> ConfigError:
     shown = "" if name in SECRET_NAMES else f" {_show(raw)}"
-    if name == "store_url" and "@" in str(raw):  # a Redis password in the userinfo
-        shown = f" {_show('****@' + str(raw).rpartition('@')[2])}"
+    if name == "store_url" and isinstance(raw, str):
+        from .store import redact_store_url  # a Redis password in the userinfo or the query
+
+        shown = f" {_show(redact_store_url(raw))}"
     return ConfigError(f"logplexd: invalid {name}{shown} (from {source}): {reason}")
 
 

@@ -635,6 +635,9 @@ def test_redis_url_parsing() -> None:
     ):
         with pytest.raises(StoreError, match="invalid store URL"):
             parse_redis_url(bad)
+    with pytest.raises(StoreError) as info:
+        parse_redis_url("unix://u:hunter2@/tmp/r.sock?db=1&password=hunter2")
+    assert "hunter2" not in str(info.value) and "unix://u:***@/tmp/r.sock?..." in str(info.value)
     for bad in (
         "http://h:1",
         "redis://:1",
@@ -687,6 +690,8 @@ def test_store_settings() -> None:
         "redis://:hunter2@h:1/x",
         "redis+cluster://:hunter2@a:1/5",
         "unix://:hunter2@host/run/redis.sock",
+        "unix:///run/redis.sock?password=hunter2",  # redis-py takes it; refused, not echoed
+        "redis://h:1/0?password=hunter2",
     ):
         with pytest.raises(ConfigError) as info:
             load_settings(env={"LOGPLEXD_STORE_URL": bad})

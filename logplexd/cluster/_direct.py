@@ -37,7 +37,7 @@ SEND_BUFFERS = 512
 CONNECT_TIMEOUT = 2.0
 # A Unix socket's send buffer is ~200 KB by default (loopback TCP's grows to 4 MB): a flush
 # of 1,000 busy channels (~30 MB) then went to Redis in ~200 KB steps, a wake-up of each
-# side per step, at 0.92x the rate of TCP; with this, 1.03x (bench/RESULTS.md).
+# side per step, at 0.90x the rate of TCP; with this, 1.01-1.03x (bench/RESULTS.md).
 UNIX_SEND_BUFFER = 4 * 1024 * 1024
 
 Address = tuple[str, int]

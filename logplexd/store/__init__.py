@@ -16,7 +16,14 @@ reach a running daemon's store.
 from typing import Any, overload
 
 from . import embedded
-from ._redis_client import DEFAULT_PREFIX, RedisTarget, channel_key, open_redis, parse_redis_url
+from ._redis_client import (
+    DEFAULT_PREFIX,
+    RedisTarget,
+    channel_key,
+    open_redis,
+    parse_redis_url,
+    redact_store_url,
+)
 from ._redis_client import URL_FORMS as REDIS_URL_FORMS
 from ._redis_client import Client as RedisClient
 from .accounts_socket import SOCKET_FILE as ACCOUNTS_SOCKET
@@ -157,6 +164,7 @@ __all__ = [
     "open_store",
     "parse_drain_url",
     "parse_redis_url",
+    "redact_store_url",
     "read_platform_journal",
     "redact_url",
     "serve_accounts_socket",

@@ -62,7 +62,7 @@ def _port(text: str, url: str) -> int:
     if not text:
         return DEFAULT_PORT
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise StoreError(f"invalid store URL {_safe(url)}: port {text!r} is not 1-65535")
+        raise _invalid(url, f"port {text!r} is not 1-65535")
     return int(text)
 
 
@@ -71,16 +71,24 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     if item.startswith("["):  # [v6 address]:port
         host, bracket, rest = item[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
-            raise StoreError(f"invalid store URL {_safe(url)}: bad address {item!r}")
+            raise _invalid(url, f"bad address {item!r}")
         return host, _port(rest[1:], url)
     host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
     if not host:
-        raise StoreError(f"invalid store URL {_safe(url)}: a node has no host")
+        raise _invalid(url, "a node has no host")
     return host, _port(port, url)
 
 
-def _safe(url: str) -> str:
-    """The URL with any password replaced, for error messages."""
+def _invalid(url: str, reason: str) -> StoreError:
+    return StoreError(f"invalid store URL {redact_store_url(url)}: {reason}")
+
+
+def redact_store_url(url: str) -> str:
+    """The URL with any password replaced, for error messages; without its query (other
+    clients take ``?password=``, refused here but not to be echoed)."""
+    url, query, _ = url.partition("?")
+    if query:
+        url += "?..."
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest.split("/", 1)[0]:
         return url
@@ -100,12 +108,12 @@ def parse_redis_url(url: str) -> RedisTarget:
     """Parse a store URL; raises StoreError saying what is wrong."""
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in (SCHEME_SINGLE, SCHEME_CLUSTER, SCHEME_UNIX):
-        raise StoreError(f"invalid store URL {_safe(url)}: expected {URL_FORMS}")
+        raise _invalid(url, f"expected {URL_FORMS}")
     cluster = scheme.lower() == SCHEME_CLUSTER
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise StoreError(f"invalid store URL {_safe(url)}: {exc}") from None
+        raise _invalid(url, str(exc)) from None
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username = password = None
     if userinfo:
@@ -114,22 +122,20 @@ def parse_redis_url(url: str) -> RedisTarget:
     if scheme.lower() == SCHEME_UNIX:
         return _unix_target(url, parts.path, hosts, parts.query, parts.fragment, username, password)
     if parts.query or parts.fragment:
-        raise StoreError(f"invalid store URL {_safe(url)}: no query or fragment allowed")
+        raise _invalid(url, "no query or fragment allowed")
     if not hosts:
-        raise StoreError(f"invalid store URL {_safe(url)}: the URL has no host")
+        raise _invalid(url, "the URL has no host")
     path = parts.path.strip("/")
     if cluster:
         # Redis Cluster has only database 0.
         if path not in ("", "0"):
-            raise StoreError(f"invalid store URL {_safe(url)}: a cluster has only database 0")
+            raise _invalid(url, "a cluster has only database 0")
         nodes = tuple(_host_port(item, url) for item in hosts.split(","))
         return RedisTarget(True, nodes, 0, username, password)
     if "," in hosts:
-        raise StoreError(f"invalid store URL {_safe(url)}: several hosts need redis+cluster://")
+        raise _invalid(url, "several hosts need redis+cluster://")
     if path and not (path.isdigit() and path.isascii()):
-        raise StoreError(
-            f"invalid store URL {_safe(url)}: the database (the path) must be a number"
-        )
+        raise _invalid(url, "the database (the path) must be a number")
     return RedisTarget(False, (_host_port(hosts, url),), int(path or 0), username, password)
 
 
@@ -145,25 +151,21 @@ def _unix_target(
     """``unix://[[user]:password@]/PATH[?db=DB]``: the socket's absolute path, and the
     database in the query (redis-py's form), 0 without one."""
     if host:
-        raise StoreError(
-            f"invalid store URL {_safe(url)}: a unix:// URL names a socket's path, not a "
-            "host (unix:///PATH/TO/redis.sock)"
+        raise _invalid(
+            url, "a unix:// URL names a socket's path, not a host (unix:///PATH/TO/redis.sock)"
         )
     path = unquote(path)
     if not path.startswith("/") or path.endswith("/") or "\0" in path:
-        raise StoreError(
-            f"invalid store URL {_safe(url)}: the socket's path must be absolute "
-            "(unix:///PATH/TO/redis.sock)"
-        )
+        raise _invalid(url, "the socket's path must be absolute (unix:///PATH/TO/redis.sock)")
     if fragment:
-        raise StoreError(f"invalid store URL {_safe(url)}: no fragment allowed")
+        raise _invalid(url, "no fragment allowed")
     db = 0
     if query:
         name, eq, value = query.partition("=")
         if name != "db" or not eq or "&" in value:
-            raise StoreError(f"invalid store URL {_safe(url)}: the only query is db=DB")
+            raise _invalid(url, "the only query is db=DB")
         if not (value.isdigit() and value.isascii()):
-            raise StoreError(f"invalid store URL {_safe(url)}: the database must be a number")
+            raise _invalid(url, "the database must be a number")
         db = int(value)
     return RedisTarget(False, ((path, 0),), db, username, password, path)
 
