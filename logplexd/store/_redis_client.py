@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .model import StoreError
 
@@ -120,7 +120,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         user, _, secret = userinfo.partition(":")
         username, password = unquote(user) or None, unquote(secret) or None
     if scheme.lower() == SCHEME_UNIX:
-        return _unix_target(url, parts.path, hosts, parts.query, parts.fragment, username, password)
+        return _unix_target(url, parts, hosts, username, password)
     if parts.query or parts.fragment:
         raise _invalid(url, "no query or fragment allowed")
     if not hosts:
@@ -140,13 +140,7 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 
 def _unix_target(
-    url: str,
-    path: str,
-    host: str,
-    query: str,
-    fragment: str,
-    username: str | None,
-    password: str | None,
+    url: str, parts: SplitResult, host: str, username: str | None, password: str | None
 ) -> RedisTarget:
     """``unix://[[user]:password@]/PATH[?db=DB]``: the socket's absolute path, and the
     database in the query (redis-py's form), 0 without one."""
@@ -154,14 +148,14 @@ def _unix_target(
         raise _invalid(
             url, "a unix:// URL names a socket's path, not a host (unix:///PATH/TO/redis.sock)"
         )
-    path = unquote(path)
+    path = unquote(parts.path)
     if not path.startswith("/") or path.endswith("/") or "\0" in path:
         raise _invalid(url, "the socket's path must be absolute (unix:///PATH/TO/redis.sock)")
-    if fragment:
+    if parts.fragment:
         raise _invalid(url, "no fragment allowed")
     db = 0
-    if query:
-        name, eq, value = query.partition("=")
+    if parts.query:
+        name, eq, value = parts.query.partition("=")
         if name != "db" or not eq or "&" in value:
             raise _invalid(url, "the only query is db=DB")
         if not (value.isdigit() and value.isascii()):
