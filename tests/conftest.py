@@ -54,6 +54,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_unix_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """One redis-server with no TCP port: only a Unix socket (``url`` is ``unix://...``)."""
+    require_redis()
+    server = RedisServer(tmp_path, unix_only=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """Three masters, no replicas, AOF fsync always on each."""
     require_redis()

@@ -34,7 +34,7 @@ from tests.helpers.cluster import node_settings as shared_node_settings
 from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import serve_in
 from tests.helpers.peers import needs_curl
-from tests.helpers.redis import RedisCluster, RedisServer, eventually, require_redis
+from tests.helpers.redis import RedisCluster, RedisServer, eventually
 
 pytestmark = [pytest.mark.integration, needs_curl]
 
@@ -419,35 +419,30 @@ async def test_a_graceful_stop_hands_the_drain_over_without_duplicates(
 
 
 async def test_two_nodes_share_a_redis_reached_only_through_its_unix_socket(
-    tmp_path: Path,
+    tmp_path: Path, redis_unix_server: RedisServer
 ) -> None:
     """``unix:///PATH?db=0``: a redis-server with no TCP port at all (``--port 0``) serves
     the configuration, the streams and the drain's lease of two nodes; messages into both
     reach the drain once each, through the channel's stream."""
-    require_redis()
-    server = RedisServer(tmp_path, unix_only=True)
-    server.start()
-    try:
-        assert server.url.startswith("unix:///")
-        async with nodes_with_a_drain(tmp_path, server, "AB") as two:
-            with trio.fail_after(30):
-                await send_numbered(two.ports["A"].syslog, two.token, "A", range(200))
-                await send_numbered(two.ports["B"].syslog, two.token, "B", range(200))
-                both = expected("A", range(200)) | expected("B", range(200))
-                await eventually(lambda: set(two.sink.counts()) >= both, 10)
-                assert set(two.sink.counts()) == both and set(two.sink.counts().values()) == {1}
-                # Through Redis: each node wrote its 200 to the channel's stream.
-                assert int(server.command("XLEN", "logplex:{ch:app}:log")[1:-2]) > 0
-                planes = [two.nodes[name].plane for name in "AB"]
-                assert [p.messages_written if p else None for p in planes] == [200, 200]
-                reply = server.command("CLIENT", "LIST").decode()
-                clients = reply.split("\r\n", 1)[1].split()  # past the bulk's $size
-                # Both nodes' store and data-plane connections, all on the socket.
-                addresses = [field for field in clients if field.startswith("addr=")]
-                assert len(addresses) > 4
-                assert set(addresses) == {f"addr={server.socket_path}:0"}
-    finally:
-        server.remove()
+    server = redis_unix_server
+    assert server.url.startswith("unix:///")
+    async with nodes_with_a_drain(tmp_path, server, "AB") as two:
+        with trio.fail_after(30):
+            await send_numbered(two.ports["A"].syslog, two.token, "A", range(200))
+            await send_numbered(two.ports["B"].syslog, two.token, "B", range(200))
+            both = expected("A", range(200)) | expected("B", range(200))
+            await eventually(lambda: set(two.sink.counts()) >= both, 10)
+            assert set(two.sink.counts()) == both and set(two.sink.counts().values()) == {1}
+            # Through Redis: each node wrote its 200 to the channel's stream.
+            assert int(server.command("XLEN", "logplex:{ch:app}:log")[1:-2]) > 0
+            planes = [two.nodes[name].plane for name in "AB"]
+            assert [p.messages_written if p else None for p in planes] == [200, 200]
+            reply = server.command("CLIENT", "LIST").decode()
+            clients = reply.split("\r\n", 1)[1].split()  # past the bulk's $size
+            # Both nodes' store and data-plane connections, all on the socket.
+            addresses = [field for field in clients if field.startswith("addr=")]
+            assert len(addresses) > 4
+            assert set(addresses) == {f"addr={server.socket_path}:0"}
 
 
 async def test_a_node_stops_promptly_while_redis_is_gone(

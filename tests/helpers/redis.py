@@ -173,14 +173,9 @@ class RedisServer:
         self.persistent = persistent
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
-        self.socket_path: str | None = None
-        if unix_only:
-            # A socket's path has at most 107 bytes: a test's tmp dir may be longer.
-            short = Path(tempfile.mkdtemp(prefix="redis-"))
-            self._socket_dir: Path | None = short
-            self.socket_path = str(short / "redis.sock")
-        else:
-            self._socket_dir = None
+        # A socket's path has at most 107 bytes: a test's tmp dir may be longer.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="redis-")) if unix_only else None
+        self.socket_path = str(self._socket_dir / "redis.sock") if self._socket_dir else None
 
     @property
     def url(self) -> str:
