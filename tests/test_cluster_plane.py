@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.cluster import READER_STALE_MS, ClusterRegistry, DataPlane, OutboundBuffer, slot_of
+from logplexd.cluster import (
+    FLUSH_INTERVAL,
+    READER_STALE_MS,
+    ClusterRegistry,
+    DataPlane,
+    OutboundBuffer,
+    slot_of,
+)
 from logplexd.native import parse_body
 from logplexd.router import Channel
 from tests.helpers.redis import (
@@ -145,6 +152,34 @@ async def test_one_round_trip_per_flush_and_every_node_follows_every_message(
             one.drop_channel("app")
             await eventually(lambda: redis_server.command("EXISTS", key) == b":0\r\n", 5)
             assert redis_server.command("EXISTS", p1.keys.sequence("app")) == b":0\r\n"
+
+
+async def test_a_node_routing_a_trickle_takes_a_flush_at_most_every_flush_interval(
+    redis_server: RedisServer,
+) -> None:
+    # One message every half millisecond: the writer took a flush as soon as the last one was
+    # answered and a short wait was over (~1 every 2.5 ms here, each costing the node and
+    # Redis the same whatever it carries); now at most one per FLUSH_INTERVAL, each message
+    # still written, in order.
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        with trio.fail_after(10):
+            p1 = one.plane
+            ch2 = two.channel("app")
+            assert ch2 is not None
+            two.plane.hold(ch2, await two.plane.top("app"))
+            writes = p1.trips["write"]
+            started = trio.current_time()
+            sent = 0
+            while trio.current_time() - started < 0.3:
+                one.route(frames("t.app", [f"m{sent}"]))
+                sent += 1
+                await trio.sleep(0.0005)
+            await eventually(lambda: p1.messages_written == sent, 5)
+            elapsed = trio.current_time() - started
+            flushes = p1.trips["write"] - writes
+            assert 1 < flushes <= elapsed / FLUSH_INTERVAL + 2, (flushes, elapsed, sent)
+            await eventually(lambda: len(ch2.ring) == sent, 5)
+            assert texts(ch2.ring.last(sent)) == [f"m{i}".encode() for i in range(sent)]
 
 
 async def test_redis_back_without_its_data_is_followed_from_the_start(tmp_path: Path) -> None:

@@ -11,11 +11,13 @@ import trio.testing
 
 from logplexd.cluster import (
     COLLECT_SKIPS,
+    FLUSH_INTERVAL,
     ChannelPushback,
     ClusterRegistry,
     DataPlane,
     Follow,
     Keys,
+    flush_linger,
     slot_of,
 )
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
@@ -31,7 +33,7 @@ from logplexd.cluster.lease import (
     renew_interval,
 )
 from logplexd.native import ChannelRing, octet_frames, parse_body, parse_frames
-from logplexd.router import Channel, look_interval
+from logplexd.router import ROUND_SHARE, Channel, look_interval
 from tests.helpers.syslog import frame
 
 
@@ -593,6 +595,17 @@ async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
         assert channel.held and plane.buffer.queued["a"] == 2100
         assert trio.current_time() - started == pytest.approx(0.020)
     assert plane.writer.quiet_flushes == 0
+
+
+def test_the_writer_takes_no_flush_sooner_than_its_interval_after_the_last() -> None:
+    # A cheap flush (little work) answered at once: it waits out the rest of the interval.
+    assert flush_linger(0.0001, 0.001) == pytest.approx(FLUSH_INTERVAL - 0.001)
+    # The interval already passed during the round trip: only the adaptive linger is left
+    # (here under the millisecond the writer skips).
+    assert flush_linger(0.0001, FLUSH_INTERVAL + 0.001) == pytest.approx(0.0001 / ROUND_SHARE)
+    # A costly flush lingers for what its work asks, past the interval, up to the cap.
+    assert flush_linger(0.004, 0.001) == pytest.approx(0.004 / ROUND_SHARE)
+    assert flush_linger(1.0, 0.001) == pytest.approx(0.05)
 
 
 # -- routing into a node whose outbound buffer is full -----------------------------------------

@@ -28,6 +28,7 @@ from ._stream import (
     decode_entry,
     slot_of,
 )
+from ._writer import FLUSH_INTERVAL, flush_linger
 from .birth import birth_hook
 from .buffer import OutboundBuffer
 from .drains import ClusterDrains
@@ -41,6 +42,7 @@ __all__ = [
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",
     "COLLECT_SKIPS",
+    "FLUSH_INTERVAL",
     "POLL_IDLE",
     "PROPOSE",
     "READER_STALE_MS",
@@ -63,5 +65,6 @@ __all__ = [
     "ReadStart",
     "birth_hook",
     "decode_entry",
+    "flush_linger",
     "slot_of",
 ]

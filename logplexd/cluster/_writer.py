@@ -46,6 +46,16 @@ FLUSH_LINGER_MESSAGES = 1000
 # otherwise waited out the whole linger on an idle node: e2e c8-ch1000 on Redis spent
 # 0.15 s of a 3 s run so. It also ends when the pushback holds a channel (``hurry``).
 MAX_FLUSH_LINGER = 0.05
+# Nor does the writer take a flush sooner than this after the last one it took (it
+# lingers for the rest, ``flush_linger``). Without it, a node below its limit flushed as
+# soon as each reply came back: one busy channel at 1.5 M msgs/s paced sent ~1,700 flushes
+# a second of ~900 messages each, and each costs the same writer, follower and drain
+# wake-ups whatever it carries. With it, 0.75x the node's CPU and half Redis's at that
+# load, 0.88x at 2.2 M msgs/s, and flat out 1.03-1.05x the rate at 0.97-0.98x the CPU
+# (bench/RESULTS.md, "Session of 2026-12-06 (fifteenth)"; 10 ms was slower flat out with
+# one channel). At most this much latency is added, and only under load: a linger ends
+# at once when the node goes quiet or the pushback holds a channel.
+FLUSH_INTERVAL = 0.005
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
 # A channel another node wrote since this node's last write of it (``PROPOSE`` answered
@@ -79,6 +89,14 @@ def unsettled(flush: Flush, settled: set[str]) -> Flush:
             rest.messages += entry.messages
             rest.nbytes += entry.size
     return rest
+
+
+def flush_linger(work: float, since_taken: float) -> float:
+    """How long the writer lingers after a flush it took ``since_taken`` seconds ago and
+    whose own work took ``work`` seconds: long enough that its work is at most
+    ``ROUND_SHARE`` of its time (``adaptive_linger``, at most MAX_FLUSH_LINGER), and at
+    least the rest of FLUSH_INTERVAL."""
+    return max(adaptive_linger(0.0, work, MAX_FLUSH_LINGER), FLUSH_INTERVAL - since_taken)
 
 
 def entry_messages(keep: int) -> int:
@@ -206,9 +224,8 @@ class Writer:
                 if not self.buffer.ready(trio.current_time()):
                     continue
             started = time.perf_counter()
-            flush = self.buffer.take(
-                entry_max_messages=self.entry_messages, now=trio.current_time()
-            )
+            taken_at = trio.current_time()
+            flush = self.buffer.take(entry_max_messages=self.entry_messages, now=taken_at)
             self._work_seconds += time.perf_counter() - started
             in_flight = self.in_flight
             for entry in flush.taken:
@@ -234,7 +251,7 @@ class Writer:
             self._landed(flush)
             work, self._work_seconds = self._work_seconds, 0.0
             backoff.reset()
-            linger = adaptive_linger(0.0, work, MAX_FLUSH_LINGER)
+            linger = flush_linger(work, trio.current_time() - taken_at)
             if linger > 0.001 and self.buffer.filled() < 0.25:
                 await self.linger(linger)
 
