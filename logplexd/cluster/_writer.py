@@ -50,11 +50,12 @@ MAX_FLUSH_LINGER = 0.05
 # lingers for the rest, ``flush_linger``). Without it, a node below its limit flushed as
 # soon as each reply came back: one busy channel at 1.5 M msgs/s paced sent ~1,700 flushes
 # a second of ~900 messages each, and each costs the same writer, follower and drain
-# wake-ups whatever it carries. With it, 0.75x the node's CPU and half Redis's at that
-# load, 0.88x at 2.2 M msgs/s, and flat out 1.03-1.05x the rate at 0.97-0.98x the CPU
-# (bench/RESULTS.md, "Session of 2026-12-06 (fifteenth)"; 10 ms was slower flat out with
-# one channel). At most this much latency is added, and only under load: a linger ends
-# at once when the node goes quiet or the pushback holds a channel.
+# wake-ups whatever it carries. With it, 0.74-0.78x the node's CPU and half Redis's at
+# that load, 0.86-0.88x at 2.2 M msgs/s; flat out, one connection 1.03x the rate at
+# 0.97-0.98x the CPU, the other workloads within noise (bench/RESULTS.md, "Session of
+# 2026-12-06 (fifteenth)"; 10 ms was slower flat out with 8 connections). At most this
+# much latency is added, and only under load: a linger ends at once when the node goes
+# quiet or the pushback holds a channel.
 FLUSH_INTERVAL = 0.005
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
