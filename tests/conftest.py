@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trustme
@@ -41,40 +42,37 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """One redis-server with an fsync-always AOF (kill -9 loses no acknowledged write)."""
+S = TypeVar("S", RedisServer, RedisCluster)
+
+
+def _running(make: Callable[[], S], stop: Callable[[S], None]) -> Iterator[S]:
+    """A server made (once redis-server is known to be there) and started for a test,
+    then stopped with ``stop`` whatever the test did."""
     require_redis()
-    server = RedisServer(tmp_path, persistent=True)
+    server = make()
     server.start()
     try:
         yield server
     finally:
-        server.kill()
+        stop(server)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """One redis-server with an fsync-always AOF (kill -9 loses no acknowledged write)."""
+    yield from _running(lambda: RedisServer(tmp_path, persistent=True), RedisServer.kill)
 
 
 @pytest.fixture
 def redis_unix_server(tmp_path: Path) -> Iterator[RedisServer]:
     """One redis-server with no TCP port: only a Unix socket (``url`` is ``unix://...``)."""
-    require_redis()
-    server = RedisServer(tmp_path, unix_only=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.remove()
+    yield from _running(lambda: RedisServer(tmp_path, unix_only=True), RedisServer.remove)
 
 
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """Three masters, no replicas, AOF fsync always on each."""
-    require_redis()
-    cluster = RedisCluster(tmp_path, persistent=True)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
+    yield from _running(lambda: RedisCluster(tmp_path, persistent=True), RedisCluster.kill)
 
 
 @pytest.fixture(params=["single", "cluster"])
