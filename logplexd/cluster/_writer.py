@@ -54,8 +54,8 @@ MAX_FLUSH_LINGER = 0.05
 # that load, 0.86-0.88x at 2.2 M msgs/s; flat out, one connection 1.03x the rate at
 # 0.97-0.98x the CPU, the other workloads within noise (bench/RESULTS.md, "Session of
 # 2026-12-06 (fifteenth)"; 10 ms was slower flat out with 8 connections). At most this
-# much latency is added, and only under load: a linger ends at once when the node goes
-# quiet or the pushback holds a channel.
+# much latency is added, and only under load: a linger ends early when the node goes
+# quiet (two looks, ``linger``) and at once when the pushback holds a channel.
 FLUSH_INTERVAL = 0.005
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
