@@ -158,7 +158,7 @@ class ServerLink:
 
     def _where(self) -> str:
         if self._target.socket_path is not None:
-            return f"unix:{self._target.socket_path}"
+            return self._target.describe()  # the one server: as the store's log lines say
         return f"{self.address[0]}:{self.address[1]}"
 
     def close(self) -> None:
