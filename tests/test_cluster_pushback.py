@@ -37,7 +37,7 @@ from tests.helpers.daemon import serve_in
 from tests.helpers.drains import l10_total
 from tests.helpers.peers import needs_curl
 from tests.helpers.redis import RedisServer, eventually
-from tests.helpers.syslog import send_syslog
+from tests.helpers.syslog import frame, send_syslog
 
 pytestmark = [pytest.mark.integration, needs_curl]
 
@@ -307,4 +307,82 @@ async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_n
             assert stalled.connections == 1  # one connection: nothing written twice
             assert announced() > 0
             assert len(got) + announced() == 6000  # every message delivered or announced
+            nursery.cancel_scope.cancel()
+
+
+# -- a drain the ring laps reads on from the stream ------------------------------------------------
+
+# The readers' ring, a cache of the stream (``redis_ring_messages``), far smaller than what
+# the stream keeps (``channel_buffer_messages`` = RING).
+SMALL_RING = 256
+
+
+async def stalled_drain(tmp_path: Path, server: RedisServer, nursery: trio.Nursery, stalled):
+    """One node whose rings hold SMALL_RING messages and whose streams keep RING, with
+    channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain."""
+    daemon, ports = await one_node(
+        tmp_path,
+        server,
+        nursery,
+        [stalled],
+        history_messages=100,
+        redis_ring_messages=SMALL_RING,
+    )
+    token = await channel_on_every_node(ports, [daemon])
+    await add_drain(ports, "app", await nursery.start(stalled.serve))
+    drains = daemon.cluster_drains
+    await eventually(lambda: drains is not None and len(drains.owned()) == 1, 5)
+    assert drains is not None and daemon.drains is not None
+    drain = daemon.drains.drain(drains.owned()[0])
+    assert drain is not None
+    assert daemon.registry.channels["app"].ring.max_messages == SMALL_RING
+    return daemon, ports, token, drain
+
+
+# Messages this large fill the sockets' buffers between the node and the stalled receiver
+# (a few MB on loopback) with a few hundred messages, so the ring laps the drain.
+PAD = b" " + b"x" * 8000
+
+
+def padded(token: str, tag: str, numbers: range) -> bytes:
+    return b"".join(frame(token, text(tag, i).encode() + PAD) for i in numbers)
+
+
+@pytest.mark.parametrize("sent", [1800, 4000])
+async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_what_it_trimmed(
+    tmp_path: Path, redis_server: RedisServer, sent: int
+) -> None:
+    """The receiver stops reading while ``sent`` messages of 8 KB arrive: the ring (256)
+    laps its drain many times over. 1,800 fit in what the stream keeps (2,048): all of them
+    arrive, in order, on one connection, with no L10. Of 4,000, the drain gets the first
+    ones it had taken, then what the stream still keeps, and an L10 for exactly the rest."""
+    stalled = StalledSink(first=4096)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _, ports, token, drain = await stalled_drain(tmp_path, redis_server, nursery, stalled)
+            with trio.fail_after(20):
+                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+            # The ring let go of what the drain had not read.
+            await eventually(lambda: drain.feed.lapped > 0, 10)
+            stalled.resume.set()
+
+            def announced() -> int:
+                return sum(int(n) for n, _ in L10_NOTICE.findall(bytes(stalled.data)))
+
+            await eventually(lambda: len(stalled.messages()) + announced() >= sent, 30)
+            got = stalled.messages()
+            refill = drain.feed.refill
+            assert refill is not None and refill.reads > 0  # type: ignore[attr-defined]
+            assert stalled.connections == 1
+            assert len(got) + announced() == sent  # every message delivered or announced
+            # In order, none twice: a run from the start, then one up to the end.
+            numbers = [int(m[6:10]) for m in got]
+            assert numbers == sorted(set(numbers))
+            assert numbers[-1] == sent - 1
+            if sent <= RING:
+                assert got == [text("A", i).encode() for i in range(sent)]
+                assert announced() == 0
+            else:
+                assert announced() > 0
+                assert len(got) >= RING  # what the stream kept, at least
             nursery.cancel_scope.cancel()

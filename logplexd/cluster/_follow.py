@@ -132,9 +132,17 @@ class Follow:
         "waiting",
         "own_due",
         "shard",
+        "map_messages",
     )
 
-    def __init__(self, name: str, key: str, channel: Channel, after: StreamId | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        key: str,
+        channel: Channel,
+        after: StreamId | None,
+        map_messages: int = 0,
+    ) -> None:
         self.name = name
         self.key = key
         self.channel = channel
@@ -146,7 +154,10 @@ class Follow:
         self.start_head = channel.ring.head
         self.start_seq = self.last_seq
         # Machine integers (16 bytes an entry, not ~72 as Python ints in a list): up to one
-        # per message the ring holds when every entry is a single message.
+        # per message of the last ``map_messages`` (or of the ring, if deeper) when every
+        # entry is a single message. Kept past the ring's tail for as far back as the stream
+        # keeps: a drain the ring lapped reads on from the stream (``StreamRefill``).
+        self.map_messages = map_messages
         self.heads = array("q")
         self.seqs = array("q")
         # Set when the follow reads further, made only while a reader waits for that
@@ -219,9 +230,10 @@ class Follow:
             self.seqs.append(entry_id[0])
             self.last_seq = entry_id[0]
         self.last = entry_id
-        # Forget positions the ring has evicted (amortised: in chunks).
-        if len(self.heads) > 64 and self.heads[32] < ring.tail:
-            cut = bisect.bisect_left(self.heads, int(ring.tail))
+        # Forget positions older than the ring and the stream keep (amortised: in chunks).
+        low = min(int(ring.tail), int(ring.head) - self.map_messages)
+        if len(self.heads) > 64 and self.heads[32] < low:
+            cut = bisect.bisect_left(self.heads, low)
             self.start_head, self.start_seq = self.heads[cut - 1], self.seqs[cut - 1]
             del self.heads[:cut], self.seqs[:cut]
         return got
@@ -271,9 +283,12 @@ class Followers:
         wall_clock: Callable[[], float],
         *,
         report_step: int = 1,
+        keep_messages: int = 0,
     ) -> None:
         self.connection = connection
         self.keys = keys
+        # How far back a follow maps ring positions to stream sequences (``Follow``).
+        self.keep_messages = keep_messages
         # A position that moved at least this far is reported at the next REPORT_INTERVAL;
         # less, only once REPORT_HEARTBEAT has passed (the writers allow 4 x keep: an eighth
         # of keep more or less changes nothing, and 1,000 busy channels are not 50,000
@@ -351,7 +366,9 @@ class Followers:
         with ``release``. ``after`` None: from whatever is newest once Redis answers."""
         follow = self._follows.get(channel.name)
         if follow is None or follow.channel is not channel:
-            follow = Follow(channel.name, self.keys.stream(channel.name), channel, after)
+            follow = Follow(
+                channel.name, self.keys.stream(channel.name), channel, after, self.keep_messages
+            )
             self._follows[channel.name] = follow
             self._followed.set()
             for scope in self._released_waits:

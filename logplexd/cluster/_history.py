@@ -26,6 +26,9 @@ class CatchUp:
     batch: Batch
     seqs: list[int]
     lost: int
+    # The last sequence the read covers: ``through``, or the last message taken when
+    # ``max_bytes`` ended it sooner.
+    through: int = 0
 
 
 class History:
@@ -78,13 +81,23 @@ class History:
             ring.append_batch(batch)
         return ring.last(messages), top if top is not None else (0, 0)
 
-    async def read_range(self, channel: str, after: int, through: int) -> CatchUp:
+    async def read_range(
+        self,
+        channel: str,
+        after: int,
+        through: int,
+        *,
+        max_bytes: int | None = None,
+        page: int = HISTORY_PAGE,
+    ) -> CatchUp:
         """The messages of sequence ``after`` + 1 to ``through`` from the stream, oldest
-        first, for a drain whose node follows the channel from later than its checkpoint.
+        first, for a drain whose node follows the channel from later than its checkpoint,
+        or that its ring lapped (``StreamRefill``).
 
-        Bounded: the stream holds at most ``keep_messages``. What it no longer holds
-        (trimmed, or announced by a loss marker) is counted in ``lost``. A rare path (a
-        takeover), so the messages are copied one by one into a new batch.
+        Bounded: the stream holds at most ``keep_messages``, and with ``max_bytes`` the read
+        ends after the message that reaches it (``CatchUp.through`` says where). What the
+        stream no longer holds (trimmed, or announced by a loss marker) is counted in
+        ``lost``. A rare path, so the messages are copied one by one into a new batch.
         """
         connection = self.connection
         key = self.keys.stream(channel)
@@ -94,9 +107,10 @@ class History:
         expected = after + 1
         start = f"{after + 1}-0"
         done = False
+        taken = 0
         while expected <= through and not done:
             with trio.fail_after(CALL_TIMEOUT):
-                entries = await connection.client.xrange(key, start, "+", count=HISTORY_PAGE)
+                entries = await connection.client.xrange(key, start, "+", count=page)
             connection.count_trip("history")
             for entry in entries:
                 entry_id = parse_id(entry.identifier)
@@ -119,13 +133,21 @@ class History:
                 lost += n - len(batch)  # frames that would not parse
                 # An entry may straddle either end of the range.
                 for i in range(max(0, expected - first), min(len(batch), through - first + 1)):
-                    frames.append(batch.frame(i))
+                    frame = batch.frame(i)
+                    frames.append(frame)
                     seqs.append(first + i)
+                    taken += len(frame)
+                    if max_bytes is not None and taken >= max_bytes and first + i < through:
+                        through = first + i  # the rest is for the next read
+                        done = True
+                        break
                 expected = min(entry_id[0], through) + 1
-            if len(entries) < HISTORY_PAGE:
+                if done:
+                    break
+            if len(entries) < page:
                 break
             start = "(" + format_id(parse_id(entries[-1].identifier))
         if expected <= through:
             lost += through - expected + 1
         joined = b"".join(b"%d %s" % (len(frame), frame) for frame in frames)
-        return CatchUp(parse_body(joined, MAX_WIRE_FRAME), seqs, lost)
+        return CatchUp(parse_body(joined, MAX_WIRE_FRAME), seqs, lost, through)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -35,6 +35,7 @@ from ..store import redact_url
 from ._follow import Follow
 from ._history import CatchUp
 from ._link import CALL_TIMEOUT, describe, redis_errors
+from ._refill import StreamRefill
 from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId
 from .lease import DEFAULT_TTL, Lease, LeaseEvent, LeaseState, Liveness, renew_interval
 from .plane import DataPlane
@@ -441,6 +442,8 @@ class ClusterDrains:
         feed = drain.feed
         # What was read from the stream is delivered first, before the ring from ``position`` on.
         feed.resume_at(position, catch_up.batch if catch_up is not None else None)
+        # Lapped by the ring (a small cache of the stream), it reads on from the stream.
+        feed.refill = StreamRefill(self.plane.read_range, follow, self._spawn, feed.kick, drain_id)
         if gap:
             feed.note_lost(gap, self.plane.wall_clock())
         wanted.stored = after[0] if raw is not None else -1
@@ -464,13 +467,21 @@ class ClusterDrains:
         follow = wanted.follow
         assert follow is not None
 
+        refill = feed.refill
+        assert isinstance(refill, StreamRefill)
+
         def settled() -> None:
-            if catch_up is not None and feed.pending is catch_up.batch:
+            from_stream = catch_up
+            if refill.current is not None and feed.pending is refill.current.batch:
+                from_stream = refill.current
+            if from_stream is not None and feed.pending is from_stream.batch:
                 # Still in the messages read from the stream: their own sequences.
                 done = feed.pending_start
                 if not done:
                     return
-                seq = catch_up.seqs[done - 1]
+                seq = from_stream.seqs[done - 1]
+            elif refill.reading:
+                return  # between two reads of the stream: the last batch's said where
             else:
                 seq = follow.seq_at(feed.cursor - feed.pending_messages)
             if seq > wanted.stored and (wanted.dirty is None or seq > wanted.dirty):
@@ -478,6 +489,13 @@ class ClusterDrains:
                 self._dirty.set()
 
         feed.on_settled.append(settled)
+
+    def _spawn(self, read: Callable[..., Awaitable[None]], *args: object) -> bool:
+        """Run a drain's read of its stream in this component's nursery (False: stopping)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(read, *args)
+        return True
 
     def _stop(self, drain_id: int, wanted: Wanted) -> None:
         self.manager.remove_drain(drain_id)

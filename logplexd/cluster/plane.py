@@ -25,7 +25,7 @@ from ..native import Batch
 from ..router import Channel
 from ..store import DEFAULT_PREFIX
 from ._follow import Follow, Followers, LossCallback
-from ._history import CatchUp, History
+from ._history import HISTORY_PAGE, CatchUp, History
 from ._link import CALL_TIMEOUT, Connection, describe, redis_errors
 from ._pushback import ChannelPushback
 from ._stream import KeptRange, Keys, Malformed, Script, ScriptCall, StreamId
@@ -47,6 +47,7 @@ class DataPlane:
         *,
         node_id: str,
         keep_messages: int,
+        ring_messages: int | None = None,
         buffer: OutboundBuffer | None = None,
         prefix: str = DEFAULT_PREFIX,
         wall_clock: Callable[[], float] = time.time,
@@ -71,6 +72,7 @@ class DataPlane:
             node_id=node_id,
             keep_messages=keep_messages,
             wall_clock=wall_clock,
+            ring_messages=ring_messages,
         )
         self.followers = Followers(
             self.connection,
@@ -79,6 +81,7 @@ class DataPlane:
             self.malformed,
             wall_clock,
             report_step=keep_messages // 8,
+            keep_messages=keep_messages,
         )
         self.pushback = ChannelPushback(
             keep_messages, self._behind, lambda: self.link.failure is None, self.buffer.filled
@@ -275,9 +278,19 @@ class DataPlane:
         """The newest ``messages`` messages of the stream (oldest first) and the newest id."""
         return await self.history.read_history(channel, messages)
 
-    async def read_range(self, channel: str, after: int, through: int) -> CatchUp:
+    async def read_range(
+        self,
+        channel: str,
+        after: int,
+        through: int,
+        *,
+        max_bytes: int | None = None,
+        page: int = HISTORY_PAGE,
+    ) -> CatchUp:
         """The messages of sequence ``after`` + 1 to ``through`` (``History.read_range``)."""
-        return await self.history.read_range(channel, after, through)
+        return await self.history.read_range(
+            channel, after, through, max_bytes=max_bytes, page=page
+        )
 
     # -- the tasks ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

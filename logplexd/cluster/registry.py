@@ -118,10 +118,20 @@ class ClusterRegistry(Registry):
         history_bytes: int,
         buffer_messages: int | None = None,
         buffer_bytes: int | None = None,
+        *,
+        ring_messages: int | None = None,
     ) -> None:
+        """``buffer_messages`` is what the stream keeps of a channel (``keep``): the
+        staging rings' depth follows it. ``ring_messages`` (``redis_ring_messages``) is
+        the depth of the readers' rings, a cache of the stream (at least the history, at
+        most ``buffer_messages``): a drain they lap reads on from the stream
+        (``StreamRefill``)."""
         super().__init__(
             history_messages, history_bytes, buffer_messages, buffer_bytes, self._held_changed
         )
+        self.keep_messages = self.buffer_messages
+        if ring_messages is not None:
+            self.buffer_messages = max(min(ring_messages, self.keep_messages), history_messages)
         self.plane = plane
         self.staging: dict[str, ChannelRing] = {}
         # Staging rings with unsent messages, left for the writer to collect.
@@ -140,7 +150,7 @@ class ClusterRegistry(Registry):
             # demand, so that costs only what is held. Made first: a firehose channel's
             # copies are routed to it (_firehose_ring).
             ring = ChannelRing(
-                max(STAGING_KEEPS * self.buffer_messages, STAGING_MIN_MESSAGES),
+                max(STAGING_KEEPS * self.keep_messages, STAGING_MIN_MESSAGES),
                 max(STAGING_KEEPS * self.buffer_bytes, STAGING_MIN_BYTES),
             )
             ring.owner = _Staging(name)

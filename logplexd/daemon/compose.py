@@ -164,10 +164,14 @@ class Daemon:
         self.plane: DataPlane | None = None
         self.registry: Registry
         if settings.store_url:
+            keep = max(settings.channel_buffer_messages, settings.history_messages)
+            # The readers' rings: a cache of the streams, at most as deep as they keep.
+            ring = max(min(settings.redis_ring_messages or keep, keep), settings.history_messages)
             self.plane = DataPlane(
                 settings.store_url,
                 node_id=settings.resolved_node_id(),
-                keep_messages=max(settings.channel_buffer_messages, settings.history_messages),
+                keep_messages=keep,
+                ring_messages=ring,
                 buffer=OutboundBuffer(settings.redis_buffer_messages, settings.redis_buffer_bytes),
             )
             self.registry = ClusterRegistry(
@@ -176,6 +180,7 @@ class Daemon:
                 settings.history_bytes,
                 settings.channel_buffer_messages,
                 settings.channel_buffer_bytes,
+                ring_messages=ring,
             )
         else:
             self.registry = Registry(

@@ -7,7 +7,7 @@ control API calls ``add_drain`` / ``update_drain`` / ``remove_drain`` / ``remove
 from ..store import InvalidDrainUrl  # raised by the managers' add_drain and update_drain
 from .delivery import DrainHandle
 from .drain import Drain, DrainStats
-from .feed import DrainCounters, DrainFeed, LossTracker, Payload
+from .feed import DrainCounters, DrainFeed, LossTracker, Payload, Refilled, RingRefill
 from .gated import GatedDrainManager
 from .http import HttpDrain, HttpExchange, build_request, frame_id
 from .manager import DrainManager
@@ -38,6 +38,8 @@ __all__ = [
     "InvalidTransition",
     "LossTracker",
     "Outcome",
+    "Refilled",
+    "RingRefill",
     "Payload",
     "SyslogDrain",
     "TlsContexts",

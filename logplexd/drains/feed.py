@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -104,6 +105,36 @@ class Payload:
         return self.messages + (1 if self.loss_announced else 0)
 
 
+@dataclass(slots=True)
+class Refilled:
+    """What a ``RingRefill`` gives a lapped drain: messages the ring let go (``batch``, None
+    for none), the ring position to read on from, and how many are gone for good."""
+
+    batch: Batch | None
+    cursor: int
+    lost: int
+
+
+class RingRefill(Protocol):
+    """Where a drain that its channel's ring lapped reads what the ring let go, instead of
+    losing it (Redis mode: the channel's stream, which keeps ``channel_buffer_messages``
+    while the ring is a smaller cache; ``cluster.StreamRefill``)."""
+
+    @property
+    def reading(self) -> bool:
+        """The drain is past the ring's tail: its next messages come from ``take``."""
+
+    @property
+    def waiting(self) -> bool:
+        """A read for it is under way (the feed has nothing to deliver until then: it is
+        kicked when the read is done)."""
+
+    def take(self, cursor: int, ring: ChannelRing) -> Refilled | None:
+        """The next messages of a drain at ``cursor``, a position ``ring`` has let go (or
+        that ``reading`` says to take from here); None: a read is under way. Without a
+        batch, ``reading`` is over: the drain reads the ring from the cursor given."""
+
+
 Encoder = Callable[[Batch, int, int], tuple[bytes, int, int]]
 # (ring, cursor, max_messages, max_bytes) -> (data, count, next_cursor, lost): an encoder
 # that reads the ring in place (``syslog_frames_from_ring``).
@@ -147,6 +178,9 @@ class DrainFeed:
     # Losses of a previous process go out at once, alone if nothing else is to be sent.
     _announce_now: bool = False
     _mirrored: Channel | None = None
+    # Where the drain reads what its ring lapped (None: nowhere, it is lost and told by an
+    # L10, as on one node without a disk backlog).
+    refill: RingRefill | None = None
 
     def __post_init__(self) -> None:
         # A new drain starts at the channel's present: it never replays history.
@@ -209,6 +243,9 @@ class DrainFeed:
             return True
         if self.owes_notice and self._flush_until is None:
             return True
+        refill = self.refill
+        if refill is not None and refill.waiting:
+            return False
         backlog = self.disk
         if backlog is not None and backlog.active:
             return backlog.readable
@@ -287,6 +324,23 @@ class DrainFeed:
         limit = self._read_limit(channel)
         if limit <= self.cursor:
             return False
+        refill = self.refill
+        if refill is not None and (refill.reading or channel.ring.tail > self.cursor):
+            got = refill.take(self.cursor, channel.ring)
+            if got is None:
+                return False  # kicked once the read is done
+            self.cursor = got.cursor
+            if got.lost:
+                self.loss.add(got.lost, self.wall_clock())
+                self.counters.lost += got.lost
+            if got.batch is not None and len(got.batch):
+                self.pending, self.pending_start = got.batch, 0
+                self._record()
+                return True
+            # Back in the ring (or the stream could not be read: the ring counts the lapped).
+            if limit <= self.cursor:
+                self._record()
+                return False
         batch, cursor, lost = channel.ring.read(
             self.cursor, min(max_messages, limit - self.cursor), max_bytes
         )
@@ -399,6 +453,9 @@ class DrainFeed:
         if channel is None:
             return None
         ring = channel.ring
+        refill = self.refill
+        if refill is not None and (refill.reading or ring.tail > self.cursor):
+            return None  # lapped: the batch path reads what the ring let go
         limit = self._read_limit(channel)
         self.pending, self._pending_disk_seq = None, None
         while limit > self.cursor:
