@@ -8,11 +8,11 @@ time, and hands it to the drain's feed (``DrainFeed.refill``) until the drain is
 inside the ring. Only what the stream no longer holds is lost, counted exactly from the
 stream's sequences and told by an L10, as the ring would have told it.
 
-Why a small ring: with 1,000 busy channels the rings of a node that has run for a while
-(16,384 messages each, 2.75 GB) were out of every cache, and copying this node's own
-entries into them was a quarter of its loop; with 2,048-message rings the same node ran at
-1.48x the messages a second, at 0.69x the CPU per message (bench/RESULTS.md, "Session of
-2026-12-07").
+A small ring saves memory: with 1,000 busy channels, rings of 2,048 messages instead of
+16,384 took a full node's peak RSS from 2.8-3.6 GB to ~0.56 GB (bench/RESULTS.md, "Session
+of 2026-12-07"). With the default (rings as deep as the stream keeps) this still matters
+for a stream that holds more than ``keep`` for a follower behind, and for a drain whose
+receiver stalls: its budget is the stream's, not the ring's.
 """
 
 from __future__ import annotations
