@@ -443,14 +443,15 @@ class ClusterDrains:
         # What was read from the stream is delivered first, before the ring from ``position`` on.
         feed.resume_at(position, catch_up.batch if catch_up is not None else None)
         # Lapped by the ring (a small cache of the stream), it reads on from the stream.
-        feed.refill = StreamRefill(self.plane.read_range, follow, self._spawn, feed.kick, drain_id)
+        refill = StreamRefill(self.plane.read_range, follow, self._spawn, feed.kick, drain_id)
+        feed.refill_from(refill)
         if gap:
             feed.note_lost(gap, self.plane.wall_clock())
         wanted.stored = after[0] if raw is not None else -1
         if raw is None:
             wanted.dirty = after[0]
             self._dirty.set()
-        self._hook_checkpoints(drain_id, wanted, feed, catch_up)
+        self._hook_checkpoints(drain_id, wanted, feed, catch_up, refill)
         self.takeovers += 1
         log.info(
             "drain %d of %s: owned by this node (%s), from message %d",
@@ -461,14 +462,16 @@ class ClusterDrains:
         )
 
     def _hook_checkpoints(
-        self, drain_id: int, wanted: Wanted, feed: DrainFeed, catch_up: CatchUp | None
+        self,
+        drain_id: int,
+        wanted: Wanted,
+        feed: DrainFeed,
+        catch_up: CatchUp | None,
+        refill: StreamRefill,
     ) -> None:
         """After each settled payload, note the stream sequence delivered through."""
         follow = wanted.follow
         assert follow is not None
-
-        refill = feed.refill
-        assert isinstance(refill, StreamRefill)
 
         def settled() -> None:
             from_stream = catch_up

@@ -179,8 +179,8 @@ class DrainFeed:
     _announce_now: bool = False
     _mirrored: Channel | None = None
     # Where the drain reads what its ring lapped (None: nowhere, it is lost and told by an
-    # L10, as on one node without a disk backlog).
-    refill: RingRefill | None = None
+    # L10, as on one node without a disk backlog). Given by ``refill_from``.
+    _refill: RingRefill | None = None
 
     def __post_init__(self) -> None:
         # A new drain starts at the channel's present: it never replays history.
@@ -197,6 +197,15 @@ class DrainFeed:
         self.cursor = position
         if first is not None and len(first):
             self.pending, self.pending_start = first, 0
+
+    def refill_from(self, source: RingRefill) -> None:
+        """Read what the ring laps from ``source`` instead of losing it (Redis mode: the
+        channel's stream, ``cluster.StreamRefill``)."""
+        self._refill = source
+
+    @property
+    def refill(self) -> RingRefill | None:
+        return self._refill
 
     # -- the channel --------------------------------------------------------------------
     def current_channel(self) -> Channel | None:
@@ -243,7 +252,7 @@ class DrainFeed:
             return True
         if self.owes_notice and self._flush_until is None:
             return True
-        refill = self.refill
+        refill = self._refill
         if refill is not None and refill.waiting:
             return False
         backlog = self.disk
@@ -324,7 +333,7 @@ class DrainFeed:
         limit = self._read_limit(channel)
         if limit <= self.cursor:
             return False
-        refill = self.refill
+        refill = self._refill
         if refill is not None and (refill.reading or channel.ring.tail > self.cursor):
             got = refill.take(self.cursor, channel.ring)
             if got is None:
@@ -453,7 +462,7 @@ class DrainFeed:
         if channel is None:
             return None
         ring = channel.ring
-        refill = self.refill
+        refill = self._refill
         if refill is not None and (refill.reading or ring.tail > self.cursor):
             return None  # lapped: the batch path reads what the ring let go
         limit = self._read_limit(channel)
