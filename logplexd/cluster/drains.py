@@ -443,7 +443,9 @@ class ClusterDrains:
         # What was read from the stream is delivered first, before the ring from ``position`` on.
         feed.resume_at(position, catch_up.batch if catch_up is not None else None)
         # Lapped by the ring (a small cache of the stream), it reads on from the stream.
-        refill = StreamRefill(self.plane.read_range, follow, self._spawn, feed.kick, drain_id)
+        refill = StreamRefill(
+            self.plane.history.read_range, follow, self._spawn, feed.kick, drain_id
+        )
         feed.refill_from(refill)
         if gap:
             feed.note_lost(gap, self.plane.wall_clock())

@@ -25,7 +25,7 @@ from ..native import Batch
 from ..router import Channel
 from ..store import DEFAULT_PREFIX
 from ._follow import Follow, Followers, LossCallback
-from ._history import HISTORY_PAGE, CatchUp, History
+from ._history import CatchUp, History
 from ._link import CALL_TIMEOUT, Connection, describe, redis_errors
 from ._pushback import ChannelPushback
 from ._stream import KeptRange, Keys, Malformed, Script, ScriptCall, StreamId
@@ -278,19 +278,9 @@ class DataPlane:
         """The newest ``messages`` messages of the stream (oldest first) and the newest id."""
         return await self.history.read_history(channel, messages)
 
-    async def read_range(
-        self,
-        channel: str,
-        after: int,
-        through: int,
-        *,
-        max_bytes: int | None = None,
-        page: int = HISTORY_PAGE,
-    ) -> CatchUp:
+    async def read_range(self, channel: str, after: int, through: int) -> CatchUp:
         """The messages of sequence ``after`` + 1 to ``through`` (``History.read_range``)."""
-        return await self.history.read_range(
-            channel, after, through, max_bytes=max_bytes, page=page
-        )
+        return await self.history.read_range(channel, after, through)
 
     # -- the tasks ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
