@@ -9,6 +9,8 @@ cdef class ChannelRing:
     cdef Py_ssize_t slot_cap     # a power of two
     cdef uint64_t slot_mask      # slot_cap - 1
     cdef readonly Py_ssize_t max_messages
+    # What ``deepen`` may raise max_messages to (the storage is reserved for it).
+    cdef readonly Py_ssize_t ceiling_messages
     cdef unsigned char* arena    # payloads, FIFO in a circular byte arena
     cdef Py_ssize_t arena_cap
     cdef readonly Py_ssize_t max_bytes

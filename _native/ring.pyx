@@ -66,12 +66,16 @@ DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
 cdef class ChannelRing:
     def __cinit__(self, Py_ssize_t max_messages=DEFAULT_MAX_MESSAGES,
-                  Py_ssize_t max_bytes=DEFAULT_MAX_BYTES):
+                  Py_ssize_t max_bytes=DEFAULT_MAX_BYTES, Py_ssize_t ceiling_messages=0):
+        """``ceiling_messages`` (0: ``max_messages``): how deep ``deepen`` may make it."""
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         if max_bytes < 256:
             raise ValueError("max_bytes must be at least 256")
+        if ceiling_messages and ceiling_messages < max_messages:
+            raise ValueError("ceiling_messages must be at least max_messages")
         self.max_messages = max_messages
+        self.ceiling_messages = ceiling_messages or max_messages
         self.max_bytes = max_bytes
         self.slots = NULL
         self.arena = NULL
@@ -105,7 +109,7 @@ cdef class ChannelRing:
     cdef int _reserve(self) except -1:
         """Move the slots and the arena into one reservation of all they may ever use; if
         the kernel refuses it, they stay on the heap for good (``heap_only``)."""
-        cdef size_t slots_size = _pages(_slot_limit(self.max_messages) * sizeof(MsgRec))
+        cdef size_t slots_size = _pages(_slot_limit(self.ceiling_messages) * sizeof(MsgRec))
         cdef size_t size = slots_size + _pages(self.max_bytes)
         cdef unsigned char* base = <unsigned char*>ring_reserve(size)
         if base == NULL:
@@ -234,6 +238,15 @@ cdef class ChannelRing:
         self._mirror_view = view
         self.head_mirror = <uint64_t*>&view[0]
         self.head_mirror[0] = self.head
+
+    def deepen(self, Py_ssize_t max_messages):
+        """Hold up to ``max_messages`` from now on (at most ``ceiling_messages``; never
+        less than now); the new depth. What it holds stays where it is."""
+        if max_messages > self.ceiling_messages:
+            max_messages = self.ceiling_messages
+        if max_messages > self.max_messages:
+            self.max_messages = max_messages
+        return self.max_messages
 
     def append_batch(self, Batch batch):
         """Append every frame of ``batch`` unchanged; returns how many."""

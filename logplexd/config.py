@@ -171,10 +171,11 @@ class Settings:
     # drain lease TTL (a dead owner's drains move within TTL * 1.25; at most 12 s -> < 15 s).
     redis_buffer_messages: int = 200_000
     redis_buffer_bytes: int = 64 * MIB
-    # Redis mode: a channel's ring on each node is a cache of its stream this deep (0: as
-    # deep as channel_buffer_messages; at least history_messages); drains it laps read on
-    # from the stream, which keeps channel_buffer_messages (docs/SCALING.md).
-    redis_ring_messages: int = 0
+    # Redis mode: a channel's ring on each node is a cache of its stream, this deep at
+    # first (0: as deep as channel_buffer_messages; at least history_messages), deepened up
+    # to channel_buffer_messages for a channel of large stream entries; drains it laps read
+    # on from the stream, which keeps channel_buffer_messages (docs/SCALING.md).
+    redis_ring_messages: int = 2048
     drain_lease_ttl: float = 10.0
     # Where the values came from; not configuration itself.
     config_file: Path | None = None
@@ -595,7 +596,7 @@ _SPECS: dict[str, _Spec] = {
     "redis_ring_messages": _Spec(
         _int_in(0, 1_000_000),
         "Redis mode: messages of a channel each node keeps in memory for its tails and "
-        "drains (0: channel_buffer_messages; drains further behind read the stream)",
+        "drains at first (0: channel_buffer_messages; drains further behind read the stream)",
         "N",
     ),
     "drain_lease_ttl": _Spec(

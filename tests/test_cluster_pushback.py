@@ -120,13 +120,26 @@ async def app_with_a_drain(
     return daemon, ports, token
 
 
+@pytest.mark.parametrize("ring", [0, 128])
 async def test_a_flood_of_many_rings_reaches_a_fast_drain_whole_and_in_order(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, ring: int
 ) -> None:
+    """``ring`` (``redis_ring_messages``) 128: the channel's ring starts at 128 messages and
+    deepens, up to what the stream keeps, to four times the largest entry the follow
+    appends whole (up to 512 here), so that no entry laps the drain."""
     sink = Sink()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            daemon, ports, token = await app_with_a_drain(tmp_path, redis_server, nursery, sink)
+            daemon, ports, token = await app_with_a_drain(
+                tmp_path,
+                redis_server,
+                nursery,
+                sink,
+                redis_ring_messages=ring,
+                history_messages=100,
+            )
+            readers = daemon.registry.channels["app"].ring
+            assert readers.max_messages == (ring or RING)
             # 24,000 messages (about 12 rings) on one connection, in four numbered series.
             series = "ABCD"
             data = b"".join(numbered(token, tag, range(6000)) for tag in series)
@@ -141,6 +154,7 @@ async def test_a_flood_of_many_rings_reaches_a_fast_drain_whole_and_in_order(
             assert daemon.syslog.stats.pushbacks > 0
             # ... by the drain (the follower paused) and by the node itself (the stream ahead).
             assert daemon.plane is not None and daemon.plane.pushback.holds > 0
+            assert readers.max_messages == RING  # deepened for entries of RING / 4
             nursery.cancel_scope.cancel()
 
 
@@ -312,13 +326,13 @@ async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_n
 
 # -- a drain the ring laps reads on from the stream ------------------------------------------------
 
-# The readers' ring, a cache of the stream (``redis_ring_messages``), far smaller than what
-# the stream keeps (``channel_buffer_messages`` = RING).
-SMALL_RING = 256
+# The readers' ring holds 1 MiB (``channel_buffer_bytes``): ~128 of the 8 KB messages below,
+# where the stream keeps RING (2,048) messages whatever their size.
+RING_BYTES = 1024 * 1024
 
 
 async def stalled_drain(tmp_path: Path, server: RedisServer, nursery: trio.Nursery, stalled):
-    """One node whose rings hold SMALL_RING messages and whose streams keep RING, with
+    """One node whose rings hold RING_BYTES and whose streams keep RING messages, with
     channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain."""
     daemon, ports = await one_node(
         tmp_path,
@@ -326,7 +340,8 @@ async def stalled_drain(tmp_path: Path, server: RedisServer, nursery: trio.Nurse
         nursery,
         [stalled],
         history_messages=100,
-        redis_ring_messages=SMALL_RING,
+        history_bytes=64 * 1024,
+        channel_buffer_bytes=RING_BYTES,
     )
     token = await channel_on_every_node(ports, [daemon])
     await add_drain(ports, "app", await nursery.start(stalled.serve))
@@ -335,7 +350,7 @@ async def stalled_drain(tmp_path: Path, server: RedisServer, nursery: trio.Nurse
     assert drains is not None and daemon.drains is not None
     drain = daemon.drains.drain(drains.owned()[0])
     assert drain is not None
-    assert daemon.registry.channels["app"].ring.max_messages == SMALL_RING
+    assert daemon.registry.channels["app"].ring.max_bytes == RING_BYTES
     return daemon, ports, token, drain
 
 
@@ -352,7 +367,7 @@ def padded(token: str, tag: str, numbers: range) -> bytes:
 async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_what_it_trimmed(
     tmp_path: Path, redis_server: RedisServer, sent: int
 ) -> None:
-    """The receiver stops reading while ``sent`` messages of 8 KB arrive: the ring (256)
+    """The receiver stops reading while ``sent`` messages of 8 KB arrive: the ring (1 MiB)
     laps its drain many times over. 1,800 fit in what the stream keeps (2,048): all of them
     arrive, in order, on one connection, with no L10. Of 4,000, the drain gets the first
     ones it had taken, then what the stream still keeps, and an L10 for exactly the rest."""

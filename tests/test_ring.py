@@ -305,3 +305,19 @@ def test_a_ring_refused_its_reservation_grows_on_the_heap():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("heap ") and int(out.stdout.split()[1]) > 512 * 1024
+
+
+def test_a_ring_deepens_up_to_its_ceiling_and_keeps_what_it_holds():
+    ring = ChannelRing(4, 1 << 20, 16)
+    assert (ring.max_messages, ring.ceiling_messages) == (4, 16)
+    ring.append_batch(parse_frames([frame(i) for i in range(6)]))
+    assert (ring.tail, ring.head) == (2, 6)  # 4 deep: the oldest two evicted
+    assert ring.deepen(10) == 10
+    ring.append_batch(parse_frames([frame(i) for i in range(6, 12)]))
+    assert (ring.tail, ring.head) == (2, 12)  # 10 held, none evicted
+    batch = ring.read(2, 100, 1 << 20)[0]
+    assert [bytes(batch.frame(i)) for i in range(len(batch))] == [frame(i) for i in range(2, 12)]
+    assert ring.deepen(100) == 16  # at most the ceiling
+    assert ring.deepen(3) == 16  # never shallower
+    with pytest.raises(ValueError):
+        ChannelRing(8, 1 << 20, 4)

@@ -940,6 +940,7 @@ class Followers:
                     # Trimmed before this node read it: the stream ids say exactly how many.
                     lost_total += first - follow.last_seq - 1
                     self.messages_trimmed += first - follow.last_seq - 1
+                _deepen(follow.ring, body.n)
                 got = follow.append(entry_id, body.batch, body.parts)
                 lost_total += body.n - got  # frames that would not parse
                 appended += got
@@ -961,6 +962,15 @@ class Followers:
         event, follow.advanced = follow.advanced, None
         if event is not None:
             event.set()
+
+
+def _deepen(ring: ChannelRing, entry: int) -> None:
+    """Make ``ring`` hold at least four entries of ``entry`` messages before one is appended
+    whole (up to its ceiling, ``keep``): its consumers hold the channel at a quarter of the
+    ring (``high_water``), and the rest must take a whole entry without lapping them. A
+    channel of small entries keeps a small ring (``redis_ring_messages``)."""
+    if 4 * entry > ring.max_messages:
+        ring.deepen(4 * entry)
 
 
 def _moved(follow: Follow, top: Any) -> bool:

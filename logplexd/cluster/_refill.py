@@ -1,18 +1,17 @@
 """A drain that its channel's ring lapped reads on from the channel's stream (Redis mode).
 
 In Redis mode a node's ring of a channel is a cache of the stream: ``redis_ring_messages``
-(2,048) deep, where the stream keeps ``channel_buffer_messages`` (16,384). A drain the ring
+(2,048) deep at first, where the stream keeps ``channel_buffer_messages`` (16,384), and
+bounded by ``channel_buffer_bytes`` as well. A drain the ring
 laps (its receiver refused data, or its channel drops instead of pushing back) does not
 lose what the ring let go: ``StreamRefill`` reads it from the stream, a bounded part at a
 time, and hands it to the drain's feed (``DrainFeed.refill``) until the drain is back
 inside the ring. Only what the stream no longer holds is lost, counted exactly from the
 stream's sequences and told by an L10, as the ring would have told it.
 
-A small ring saves memory: with 1,000 busy channels, rings of 2,048 messages instead of
-16,384 took a full node's peak RSS from 2.8-3.6 GB to ~0.56 GB (bench/RESULTS.md, "Session
-of 2026-12-07"). With the default (rings as deep as the stream keeps) this still matters
-for a stream that holds more than ``keep`` for a follower behind, and for a drain whose
-receiver stalls: its budget is the stream's, not the ring's.
+Small rings are what let a node with 1,000 busy channels that has run for a while go
+1.47x faster (its rings were 2.75 GB, out of every cache; bench/RESULTS.md, "Session of
+2026-12-07"); this keeps them from shrinking a slow drain's budget.
 """
 
 from __future__ import annotations

@@ -100,10 +100,9 @@ def flush_linger(work: float, since_taken: float) -> float:
     return max(adaptive_linger(0.0, work, MAX_FLUSH_LINGER), FLUSH_INTERVAL - since_taken)
 
 
-def entry_messages(ring: int) -> int:
-    """The most messages one stream entry holds: a quarter of the readers' rings (as deep
-    as what the stream keeps, unless ``redis_ring_messages`` makes them smaller)."""
-    return max(1, ring // 4)
+def entry_messages(keep: int) -> int:
+    """The most messages one stream entry holds: a quarter of what the stream keeps."""
+    return max(1, keep // 4)
 
 
 class Writer:
@@ -116,7 +115,6 @@ class Writer:
         node_id: str,
         keep_messages: int,
         wall_clock: Callable[[], float],
-        ring_messages: int | None = None,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -124,9 +122,9 @@ class Writer:
         self.node_id = node_id
         self.keep_messages = keep_messages
         # Messages one stream entry holds at most: a follower appends an entry whole, so
-        # an entry must fit in a readers' ring (``ring_messages``, at most ``keep``) beside
-        # a held consumer's quarter.
-        self.entry_messages = entry_messages(min(keep_messages, ring_messages or keep_messages))
+        # an entry must fit in a ring (deepened up to ``keep`` for it) beside a held
+        # consumer's quarter.
+        self.entry_messages = entry_messages(keep_messages)
         self.wall_clock = wall_clock
         self._pending = trio.Event()
         # Per channel: messages of the flush in flight, and the stream sequence of the last

@@ -47,7 +47,6 @@ class DataPlane:
         *,
         node_id: str,
         keep_messages: int,
-        ring_messages: int | None = None,
         buffer: OutboundBuffer | None = None,
         prefix: str = DEFAULT_PREFIX,
         wall_clock: Callable[[], float] = time.time,
@@ -72,7 +71,6 @@ class DataPlane:
             node_id=node_id,
             keep_messages=keep_messages,
             wall_clock=wall_clock,
-            ring_messages=ring_messages,
         )
         self.followers = Followers(
             self.connection,

@@ -123,9 +123,10 @@ class ClusterRegistry(Registry):
     ) -> None:
         """``buffer_messages`` is what the stream keeps of a channel (``keep``): the
         staging rings' depth follows it. ``ring_messages`` (``redis_ring_messages``) is
-        the depth of the readers' rings, a cache of the stream (at least the history, at
-        most ``buffer_messages``): a drain they lap reads on from the stream
-        (``StreamRefill``)."""
+        the depth a readers' ring starts at, a cache of the stream (at least the history,
+        at most ``buffer_messages``); the follow deepens it up to ``keep`` to hold four of
+        the largest entries it appends (``Follow.append``). A drain it laps reads on from
+        the stream (``StreamRefill``)."""
         super().__init__(
             history_messages, history_bytes, buffer_messages, buffer_bytes, self._held_changed
         )
@@ -138,6 +139,9 @@ class ClusterRegistry(Registry):
         self._unsent: dict[ChannelRing, None] = {}
         self._piece_limits = plane.piece_limits()
         plane.collect_with(self.collect, lambda: self.totals.routed)
+
+    def _new_ring(self) -> ChannelRing:
+        return ChannelRing(self.buffer_messages, self.buffer_bytes, self.keep_messages)
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:

@@ -164,14 +164,10 @@ class Daemon:
         self.plane: DataPlane | None = None
         self.registry: Registry
         if settings.store_url:
-            keep = max(settings.channel_buffer_messages, settings.history_messages)
-            # The readers' rings: a cache of the streams, at most as deep as they keep.
-            ring = max(min(settings.redis_ring_messages or keep, keep), settings.history_messages)
             self.plane = DataPlane(
                 settings.store_url,
                 node_id=settings.resolved_node_id(),
-                keep_messages=keep,
-                ring_messages=ring,
+                keep_messages=max(settings.channel_buffer_messages, settings.history_messages),
                 buffer=OutboundBuffer(settings.redis_buffer_messages, settings.redis_buffer_bytes),
             )
             self.registry = ClusterRegistry(
@@ -180,7 +176,7 @@ class Daemon:
                 settings.history_bytes,
                 settings.channel_buffer_messages,
                 settings.channel_buffer_bytes,
-                ring_messages=ring,
+                ring_messages=settings.redis_ring_messages or None,
             )
         else:
             self.registry = Registry(

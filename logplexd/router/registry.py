@@ -391,11 +391,15 @@ class Registry:
         self._firehose_live: tuple[Channel, ...] = ()
         self._firehose_posted: dict[str, int] = {}
 
+    def _new_ring(self) -> ChannelRing:
+        """A new channel's ring (a subclass may size it otherwise: ``ClusterRegistry``)."""
+        return ChannelRing(self.buffer_messages, self.buffer_bytes)
+
     # -- changes (called by the store after they are durable) --------------------------
     def ensure_channel(self, name: str) -> Channel:
         channel = self.channels.get(name)
         if channel is None:
-            ring = ChannelRing(self.buffer_messages, self.buffer_bytes)
+            ring = self._new_ring()
             channel = Channel(name, ring, self._on_held)
             ring.owner = channel
             self.channels[name] = channel
