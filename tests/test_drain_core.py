@@ -24,6 +24,7 @@ from logplexd.drains import (
     LossTracker,
     Outcome,
     Payload,
+    Refilled,
     build_request,
     classify,
     delivery_target,
@@ -401,3 +402,58 @@ def test_feed_follows_a_replaced_channel():
     payload = feed.build_payload(_syslog, _l10, max_messages=100, max_bytes=1 << 20)
     assert payload is not None and payload.data.endswith(b"message 2\n")
     assert payload.loss_announced == 0
+
+
+class ListRefill:
+    """A stand-in for the channel's stream (``drains.RingRefill``): every message ever
+    routed, by ring position, handed to a lapped drain a few at a time."""
+
+    def __init__(self, per_take: int) -> None:
+        self.stream: list[bytes] = []
+        self.per_take = per_take
+        self.reading = False
+        self.waiting = False
+
+    def take(self, cursor: int, ring) -> Refilled:
+        end = min(cursor + self.per_take, int(ring.tail))
+        self.reading = end < ring.tail
+        if end <= cursor:
+            return Refilled(None, cursor, 0)
+        return Refilled(parse_frames(self.stream[cursor:end]), end, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rounds=ROUNDS, per_take=st.integers(1, 9))
+def test_a_drain_with_a_refill_loses_nothing_its_ring_laps(rounds, per_take):
+    """A ring of 8 lapping a drain, also under the pump's threaded writes (``lapped_ok``:
+    the ring moves on while the payload is written): with a refill, what it let go is read
+    again from there, and nothing is lost (an error or a partial write may send a message
+    twice). Without one, the same rounds lose messages whenever the ring laps."""
+    registry = Registry(history_messages=8, buffer_messages=8)
+    channel = registry.ensure_channel("app")
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
+    refill = ListRefill(per_take)
+    feed.refill_from(refill)
+    sent, routed = [], 0
+    for appended, outcome in [*rounds, *[(0, "whole")] * (40 * len(rounds) + 1)]:
+        payload = feed.build_payload(
+            _syslog, _l10, max_messages=5, max_bytes=1 << 20, encode_ring=_syslog_ring
+        )
+        frames = [message(routed + k) for k in range(appended)]
+        if frames:  # routed while the payload is written (a threaded pump round)
+            refill.stream.extend(frames)
+            append(channel, frames)
+        routed += appended
+        if payload is None:
+            continue
+        if outcome != "whole" and feed.keep_unsettled(payload, lapped_ok=True):
+            continue  # lapped meanwhile: the connection is given up, nothing was delivered
+        if outcome == "error":
+            continue
+        sent.append(payload.data)
+        feed.delivered(payload)
+    out = b"".join(sent)
+    assert feed.counters.lost == 0 and l10_total(out) == 0
+    got = re.findall(rb"drain test message (\d+)", out)
+    assert sorted({int(n) for n in got}) == list(range(routed))
+    assert [int(n) for n in got] == sorted(int(n) for n in got)  # in order

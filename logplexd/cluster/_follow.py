@@ -97,6 +97,15 @@ HELD_BLOCK_MS = 10
 # writers of every node keep that much in the stream for it, ``APPEND``): positions that
 # moved far (``report_step``), at most this often; others that moved, and a held follow's
 # unmoved position, again every REPORT_HEARTBEAT.
+# A readers' ring holds at least this many of the largest entries its follow appended
+# whole. Its consumers hold the channel a quarter of the ring behind (``high_water``) and the
+# follow appends no entry while it is held, so a consumer is at most a quarter plus one
+# entry behind: half a ring with two. A drain the ring laps anyway (a threaded write of the
+# drain pump in flight meanwhile, a receiver that refuses data) reads on from the stream
+# (``StreamRefill``); a tail is told by an L11. Four made the rings of 1,000 busy channels
+# 2,100-6,000 messages deep after a flood (entries of up to ~1,500), two ~2,048-3,000.
+RING_ENTRIES = 2
+
 # An idle follow reports nothing (its position goes stale: it is caught up); a burst from
 # another node is read and reported within this interval, so only a burst of more than
 # ``keep`` messages (16,384) in it, over 800 k msgs/s on one channel, could outrun it.
@@ -965,12 +974,11 @@ class Followers:
 
 
 def _deepen(ring: ChannelRing, entry: int) -> None:
-    """Make ``ring`` hold at least four entries of ``entry`` messages before one is appended
-    whole (up to its ceiling, ``keep``): its consumers hold the channel at a quarter of the
-    ring (``high_water``), and the rest must take a whole entry without lapping them. A
-    channel of small entries keeps a small ring (``redis_ring_messages``)."""
-    if 4 * entry > ring.max_messages:
-        ring.deepen(4 * entry)
+    """Make ``ring`` hold at least ``RING_ENTRIES`` entries of ``entry`` messages before one
+    is appended whole (up to its ceiling, ``keep``). A channel of small entries keeps a
+    small ring (``redis_ring_messages``)."""
+    if RING_ENTRIES * entry > ring.max_messages:
+        ring.deepen(RING_ENTRIES * entry)
 
 
 def _moved(follow: Follow, top: Any) -> bool:

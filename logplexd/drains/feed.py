@@ -492,12 +492,21 @@ class DrainFeed:
         before anything is routed to the ring after ``build_payload``, unless
         ``lapped_ok`` (the drain pump's threaded writes: the loop routes while the worker
         writes): then those the ring has evicted meanwhile are counted lost, for the next
-        L10, and the rest are kept. Returns how many were lost so."""
+        L10, and the rest are kept. Returns how many were lost so. With a ``refill`` (Redis
+        mode) none is lost: the whole payload is read again from where it began (the refill
+        reads what the ring let go), and how many the ring had let go is returned all the
+        same (the caller gives the connection up: the rest is sent again whole)."""
         span = payload.ring_span
         if payload.batch is not None or span is None or self.channel is None:
             return 0
         first, end = span
         ring = self.channel.ring
+        if lapped_ok and self._refill is not None and first < ring.tail:
+            self.cursor = first
+            payload.batch, payload.end_index = Batch(), 0
+            self.pending, self.pending_start, self._pending_disk_seq = None, 0, None
+            self._record()
+            return int(ring.tail) - first
         kept = end - max(first, ring.tail) if lapped_ok else end - first
         if kept > 0:
             batch, cursor, lost = ring.read(first, kept, 1 << 62)
