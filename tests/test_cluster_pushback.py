@@ -389,8 +389,6 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
 
             await eventually(lambda: len(stalled.messages()) + announced() >= sent, 30)
             got = stalled.messages()
-            refill = drain.feed.refill
-            assert refill is not None and refill.reads > 0  # type: ignore[attr-defined]
             assert stalled.connections == 1
             assert len(got) + announced() == sent  # every message delivered or announced
             # In order, none twice: a run from the start, then one up to the end.
@@ -403,4 +401,6 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
             else:
                 assert announced() > 0
                 assert len(got) >= RING  # what the stream kept, at least
+            refill = drain.feed.refill
+            assert refill is not None and refill.reads > 0  # type: ignore[attr-defined]
             nursery.cancel_scope.cancel()

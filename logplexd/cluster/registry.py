@@ -124,9 +124,9 @@ class ClusterRegistry(Registry):
         """``buffer_messages`` is what the stream keeps of a channel (``keep``): the
         staging rings' depth follows it. ``ring_messages`` (``redis_ring_messages``) is
         the depth a readers' ring starts at, a cache of the stream (at least the history,
-        at most ``buffer_messages``); the follow deepens it up to ``keep`` to hold four of
-        the largest entries it appends (``Follow.append``). A drain it laps reads on from
-        the stream (``StreamRefill``)."""
+        at most ``buffer_messages``); the follow deepens it up to ``keep`` to hold two of
+        the largest entries it appends (``_deepen`` in ``_follow.py``). A drain it laps
+        reads on from the stream (``StreamRefill``)."""
         super().__init__(
             history_messages, history_bytes, buffer_messages, buffer_bytes, self._held_changed
         )
