@@ -93,10 +93,6 @@ OWN_WAITING_BYTES = 128 * 1024 * 1024
 # one is read again soon after it is released.
 HELD_BLOCK_MS = 10
 
-# How often a node reports how far it has read its followed streams (``REPORT``: the
-# writers of every node keep that much in the stream for it, ``APPEND``): positions that
-# moved far (``report_step``), at most this often; others that moved, and a held follow's
-# unmoved position, again every REPORT_HEARTBEAT.
 # A readers' ring holds at least this many of the largest entries its follow appended
 # whole. Its consumers hold the channel a quarter of the ring behind (``high_water``) and the
 # follow appends no entry while it is held, so a consumer is at most a quarter plus one
@@ -106,6 +102,10 @@ HELD_BLOCK_MS = 10
 # 2,100-6,000 messages deep after a flood (entries of up to ~1,500), two ~2,048-3,000.
 RING_ENTRIES = 2
 
+# How often a node reports how far it has read its followed streams (``REPORT``: the
+# writers of every node keep that much in the stream for it, ``APPEND``): positions that
+# moved far (``report_step``), at most this often; others that moved, and a held follow's
+# unmoved position, again every REPORT_HEARTBEAT.
 # An idle follow reports nothing (its position goes stale: it is caught up); a burst from
 # another node is read and reported within this interval, so only a burst of more than
 # ``keep`` messages (16,384) in it, over 800 k msgs/s on one channel, could outrun it.

@@ -2,15 +2,15 @@
 
 In Redis mode a node's ring of a channel is a cache of the stream: ``redis_ring_messages``
 (2,048) deep at first, where the stream keeps ``channel_buffer_messages`` (16,384), and
-bounded by ``channel_buffer_bytes`` as well. A drain the ring
-laps (its receiver refused data, or its channel drops instead of pushing back) does not
-lose what the ring let go: ``StreamRefill`` reads it from the stream, a bounded part at a
-time, and hands it to the drain's feed (``DrainFeed.refill``) until the drain is back
-inside the ring. Only what the stream no longer holds is lost, counted exactly from the
-stream's sequences and told by an L10, as the ring would have told it.
+bounded by ``channel_buffer_bytes`` as well. A drain the ring laps (its receiver refused
+data, its channel drops instead of pushing back, or the ring moved on under a threaded
+write of the drain pump) does not lose what the ring let go: ``StreamRefill`` reads it from
+the stream, a bounded part at a time, and hands it to the drain's feed
+(``DrainFeed.refill_from``) until the drain is back inside the ring. Only what the stream
+no longer holds is lost, counted exactly and told by an L10, as the ring would have told it.
 
 Small rings are what let a node with 1,000 busy channels that has run for a while go
-1.47x faster (its rings were 2.75 GB, out of every cache; bench/RESULTS.md, "Session of
+1.43x faster (its rings were ~3 GB, out of every cache; bench/RESULTS.md, "Session of
 2026-12-07"); this keeps them from shrinking a slow drain's budget.
 """
 
