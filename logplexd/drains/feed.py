@@ -207,6 +207,11 @@ class DrainFeed:
     def refill(self) -> RingRefill | None:
         return self._refill
 
+    def _refilling(self, refill: RingRefill, ring: ChannelRing) -> bool:
+        """The next messages come from ``refill``: the ring has lapped the cursor, or the
+        drain is still reading what it let go."""
+        return refill.reading or ring.tail > self.cursor
+
     # -- the channel --------------------------------------------------------------------
     def current_channel(self) -> Channel | None:
         """Follow the registry: a channel replaced under the same name is read from its start."""
@@ -334,7 +339,7 @@ class DrainFeed:
         if limit <= self.cursor:
             return False
         refill = self._refill
-        if refill is not None and (refill.reading or channel.ring.tail > self.cursor):
+        if refill is not None and self._refilling(refill, channel.ring):
             got = refill.take(self.cursor, channel.ring)
             if got is None:
                 return False  # kicked once the read is done
@@ -463,7 +468,7 @@ class DrainFeed:
             return None
         ring = channel.ring
         refill = self._refill
-        if refill is not None and (refill.reading or ring.tail > self.cursor):
+        if refill is not None and self._refilling(refill, ring):
             return None  # lapped: the batch path reads what the ring let go
         limit = self._read_limit(channel)
         self.pending, self._pending_disk_seq = None, None
