@@ -403,4 +403,6 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
                 assert len(got) >= RING  # what the stream kept, at least
             refill = drain.feed.refill
             assert refill is not None and refill.reads > 0  # type: ignore[attr-defined]
+            # Back in the ring, it keeps no batch read from the stream.
+            assert not refill.reading and refill.current is None  # type: ignore[attr-defined]
             nursery.cancel_scope.cancel()

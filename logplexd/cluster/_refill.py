@@ -88,13 +88,17 @@ class StreamRefill:
         position = follow.position_after(self.after)[0]
         if position >= ring.tail or self._failed:
             # Back inside the ring; or the stream could not be read, and the ring counts
-            # what it let go from there (an L10, as without a stream).
+            # what it let go from there (an L10, as without a stream). The last batch read
+            # is delivered and settled by now (the feed asks only once it has none
+            # pending): it is not kept (up to REFILL_BYTES per drain).
             self.reading = self._failed = False
+            self.current = None
             lost, self._lost = self._lost, 0
             return Refilled(None, position, lost)
         through = min(follow.seq_at(int(ring.tail)), self.after + REFILL_MESSAGES)
         if through <= self.after or not self._spawn(self._read, self.after, position, through):
             self.reading = False
+            self.current = None
             lost, self._lost = self._lost, 0
             return Refilled(None, position, lost)
         self.waiting = True
