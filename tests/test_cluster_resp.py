@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from logplexd.cluster._direct import (
     SEND_BUFFERS,
+    THREAD_SEND_BYTES,
     DirectLinks,
     RespConnectionError,
     RespUnreachable,
@@ -312,10 +313,14 @@ async def test_a_pipeline_larger_than_the_socket_takes_arrives_whole(
     link.close()
 
 
-async def test_gathered_pieces_arrive_whole_and_in_order_however_the_socket_takes_them() -> None:
+@pytest.mark.parametrize("thread_bytes", [0, 1, THREAD_SEND_BYTES])
+async def test_gathered_pieces_arrive_whole_and_in_order_however_the_socket_takes_them(
+    thread_bytes: int,
+) -> None:
     """``send_gathered``: more pieces than one ``sendmsg`` takes (SEND_BUFFERS), of every
     size, some empty, over a socket that takes a few KB at a time: the peer gets exactly
-    their bytes, in order."""
+    their bytes, in order, whether the event loop writes them all (``thread_bytes`` 0) or
+    a worker thread writes what the socket takes first and the loop the rest."""
     rng = random.Random(7)
     pieces: list[Any] = []
     for i in range(3 * SEND_BUFFERS + 17):
@@ -333,8 +338,42 @@ async def test_gathered_pieces_arrive_whole_and_in_order_however_the_socket_take
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
-            await send_gathered(a, pieces)
+            await send_gathered(a, pieces, thread_bytes)
     assert bytes(got) == expected
+    a.close()
+    b.close()
+
+
+class _LoopSendRefused:
+    """A socket whose event-loop ``sendmsg`` must not be used."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    async def sendmsg(self, *_: Any) -> int:
+        raise AssertionError("the event loop sent what the worker thread could")
+
+
+async def test_a_large_request_the_socket_takes_at_once_is_written_by_the_worker_thread() -> None:
+    """A request of THREAD_SEND_BYTES or more that fits in the socket's buffer is written
+    whole from the worker thread (the loop's ``sendmsg`` is never called), in order; the
+    socket the caller holds stays open and usable after it."""
+    pieces = [b"*3\r\n", bytes(range(256)) * 400, b"", b"tail" * 1000]
+    expected = b"".join(pieces)
+    assert len(expected) >= THREAD_SEND_BYTES
+    a, b = trio.socket.socketpair()
+    a.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 * len(expected))
+    with trio.fail_after(10):
+        await send_gathered(_LoopSendRefused(a), pieces)  # type: ignore[arg-type]
+        got = bytearray()
+        while len(got) < len(expected):
+            got.extend(await b.recv(65536))
+        assert bytes(got) == expected
+        await send_gathered(a, [b"after"])  # the thread closed only its own descriptor
+        assert await b.recv(100) == b"after"
     a.close()
     b.close()
 

@@ -16,6 +16,7 @@ blocking read, the position reports...): a blocking read never holds up a write.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 from collections.abc import Callable, Sequence
@@ -34,6 +35,13 @@ RECEIVE_BYTES = 256 * 1024
 # into the request, 11 % of the writer task's time (py-spy, bench/RESULTS.md 2026-12-04).
 BY_REFERENCE = 2048
 SEND_BUFFERS = 512
+# A request at least this large is written from a worker thread first: the kernel's copy
+# into the socket and, to a Redis on loopback, the receive work it runs in the sender's
+# context (~8 % of a one-channel node's event loop, py-spy) then leave the loop's thread,
+# which routes on meanwhile. One busy channel: 1.10x and 1.06x the messages a second at
+# 0.95-0.98x the CPU; 1,000 channels, whose loop waits on Redis rather than on itself:
+# 0.99x (bench/RESULTS.md, "Session of 2026-12-07 (second)").
+THREAD_SEND_BYTES = 64 * 1024
 CONNECT_TIMEOUT = 2.0
 # A Unix socket's send buffer is ~200 KB by default (loopback TCP's grows to 4 MB): a flush
 # of 1,000 busy channels (~30 MB) then went to Redis in ~200 KB steps, a wake-up of each
@@ -207,20 +215,53 @@ class DirectLinks:
         self._links.clear()
 
 
-async def send_gathered(sock: trio.socket.SocketType, pieces: Sequence[Any]) -> None:
+async def send_gathered(
+    sock: trio.socket.SocketType, pieces: Sequence[Any], thread_bytes: int = THREAD_SEND_BYTES
+) -> None:
     """Send ``pieces`` in order, SEND_BUFFERS at a time per ``sendmsg``, whatever part of
-    them each call takes."""
+    them each call takes. A request of ``thread_bytes`` or more (0: none) is first written
+    from a worker thread, as far as the socket takes it at once (``_write_while_taken``);
+    the event loop sends the rest."""
     views = [memoryview(piece) for piece in pieces if len(piece)]
     first = 0
+    if thread_bytes and sum(len(view) for view in views) >= thread_bytes:
+        sent = await trio.to_thread.run_sync(_write_while_taken, sock.fileno(), list(views))
+        first = _advance(views, first, sent)
     while first < len(views):
         sent = await sock.sendmsg(views[first : first + SEND_BUFFERS])
-        while sent:
-            size = len(views[first])
-            if sent < size:
-                views[first] = views[first][sent:]
+        first = _advance(views, first, sent)
+
+
+def _advance(views: list[memoryview], first: int, sent: int) -> int:
+    """Drop ``sent`` bytes from the front of ``views[first:]``; the first view not sent
+    whole (it keeps only its unsent part)."""
+    while sent:
+        size = len(views[first])
+        if sent < size:
+            views[first] = views[first][sent:]
+            break
+        sent -= size
+        first += 1
+    return first
+
+
+def _write_while_taken(fd: int, views: list[memoryview]) -> int:
+    """In a worker thread: write ``views`` to the (non-blocking) socket ``fd`` until it
+    takes no more; the bytes written. Through a duplicate of ``fd``: a link closed
+    meanwhile (shutdown, another task) cannot have its number reused under this write."""
+    own = os.dup(fd)
+    try:
+        written = first = 0
+        while first < len(views):
+            try:
+                sent = os.writev(own, views[first : first + SEND_BUFFERS])
+            except BlockingIOError:
                 break
-            sent -= size
-            first += 1
+            written += sent
+            first = _advance(views, first, sent)
+        return written
+    finally:
+        os.close(own)
 
 
 def _raise_errors(_: int, replies: list[Any]) -> None:
