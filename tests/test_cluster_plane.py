@@ -1004,10 +1004,11 @@ async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
     redis_server: RedisServer,
 ) -> None:
     """Own entries are appended from where routing put them (the staging ring) once
-    written; written while the channel is held for longer than that ring holds (60,000
-    here), the oldest are no longer there: they are read back from the stream instead,
-    with what waited behind them, every message once and in order, nothing lost, and the
-    staging ring lets go of all."""
+    written; written while the channel is held for longer than that ring holds (4 MiB
+    here, where the stream keeps 80,000 messages behind the follow), the oldest are no
+    longer there: they are read back from the stream instead, with what waited behind
+    them, every message once and in order, nothing lost, and the staging ring lets go of
+    all."""
     async with node(redis_server.url, "one", keep=20_000) as one:
         with trio.fail_after(30):
             plane = one.plane
@@ -1016,7 +1017,8 @@ async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
             await eventually(lambda: len(channel.ring) == 1, 5)
             consumer = object()
             channel.hold(consumer)
-            sent = [f"h{i}" for i in range(70_000)]
+            # ~75 bytes a message: 70,000 fill more than the staging ring's 4 MiB.
+            sent = [f"h{i}-{'x' * 30}" for i in range(70_000)]
             for start in range(0, len(sent), 1000):
                 one.route(frames("t.app", sent[start : start + 1000]), until_held=False)
                 await trio.lowlevel.checkpoint()
@@ -1033,7 +1035,7 @@ async def test_own_entries_whose_staging_ring_lapped_them_are_read_back_whole(
             held = len(channel.ring)
             history, top = await plane.read_history("app", held)
             expected = [t.encode() for t in sent[-held:]]
-            assert held > 15_000 and texts(channel.ring.last(held)) == texts(history) == expected
+            assert held > 10_000 and texts(channel.ring.last(held)) == texts(history) == expected
             assert follow.last == top and losses == []
             assert not follow.waiting and plane.followers.waiting_bytes == 0
             assert len(staging) == 0

@@ -12,6 +12,7 @@ import trio.testing
 from logplexd.cluster import (
     COLLECT_SKIPS,
     FLUSH_INTERVAL,
+    HOLD_KEEPS,
     ChannelPushback,
     ClusterRegistry,
     DataPlane,
@@ -35,6 +36,9 @@ from logplexd.cluster.lease import (
 from logplexd.native import ChannelRing, octet_frames, parse_body, parse_frames
 from logplexd.router import ROUND_SHARE, Channel, look_interval
 from tests.helpers.syslog import frame
+
+# Where ChannelPushback holds a channel with a keep of 1,000 (the tests' keep).
+MARK = HOLD_KEEPS * 1000
 
 
 # -- the outbound buffer ------------------------------------------------------------------------
@@ -400,7 +404,7 @@ def test_pushback_looks_at_every_held_channel_once_the_gate_opens() -> None:
     # A channel behind on its own, whose progress came while the buffer was over a
     # quarter full, is looked at when the gate opens, whichever channel progressed then.
     filled = [0.0]
-    behind = {"a": 0, "b": 2001}
+    behind = {"a": 0, "b": MARK + 1}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
     b = Channel("b", ChannelRing(100, 1 << 20))
     pushback.routed(b)
@@ -408,11 +412,11 @@ def test_pushback_looks_at_every_held_channel_once_the_gate_opens() -> None:
     filled[0] = 0.6
     pushback.routed(b)
     assert pushback.gate.closed and pushback.holds == 2
-    behind["b"] = 1100  # over half the hold mark (2 x keep): stays held
+    behind["b"] = MARK // 2 + 100  # over half the hold mark: stays held
     filled[0] = 0.2
     pushback.progressed(["a"])
     assert not pushback.gate.closed and b.held
-    behind["b"], filled[0] = 900, 0.3
+    behind["b"], filled[0] = MARK // 2 - 100, 0.3
     pushback.progressed(["b"])  # caught up while the buffer is over a quarter
     assert b.held
     filled[0] = 0.1
@@ -422,7 +426,7 @@ def test_pushback_looks_at_every_held_channel_once_the_gate_opens() -> None:
 
 def test_an_unreachable_redis_opens_the_gate_and_releases_every_channel() -> None:
     filled, reachable = [0.1], [True]
-    behind = {"a": 2001}
+    behind = {"a": MARK + 1}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: reachable[0], lambda: filled[0])
     a = Channel("a", ChannelRing(100, 1 << 20))
     pushback.routed(a)
@@ -472,10 +476,10 @@ def test_pushback_releases_a_channel_whose_last_progress_came_while_the_buffer_w
     behind = {"a": 0, "b": 0}
     pushback = ChannelPushback(1000, behind.__getitem__, lambda: True, lambda: filled[0])
     a = Channel("a", ChannelRing(100, 1 << 20))
-    behind["a"] = 2000
+    behind["a"] = MARK
     pushback.routed(a)
-    assert not a.held  # at the mark (2 x keep), not past it
-    behind["a"] = 2001
+    assert not a.held  # at the mark, not past it
+    behind["a"] = MARK + 1
     pushback.routed(a)
     assert a.held
     behind["a"], filled[0] = 0, 0.3
@@ -591,9 +595,10 @@ async def test_a_flush_linger_ends_when_the_pushback_holds_a_channel(
         started = trio.current_time()
         nursery.start_soon(ingest)
         await plane.writer.linger(0.05)
-        # Held once more than 2 x keep (2,000) waits for the writer: the 21st routed batch.
-        assert channel.held and plane.buffer.queued["a"] == 2100
-        assert trio.current_time() - started == pytest.approx(0.020)
+        # Held once more than HOLD_KEEPS x keep waits for the writer: with a keep of 1,000,
+        # the routed batch after MARK // 100, a millisecond apart.
+        assert channel.held and plane.buffer.queued["a"] == MARK + 100
+        assert trio.current_time() - started == pytest.approx(MARK // 100 * 0.001)
     assert plane.writer.quiet_flushes == 0
 
 

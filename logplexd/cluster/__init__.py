@@ -11,16 +11,18 @@ key's cluster slot: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``, ``slot_of
 ``_link`` (the Redis client, reachability, round trips by kind: ``TRIP_KINDS``,
 ``CLOSE_GRACE``), ``_writer``, ``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``),
 ``_history`` and ``_pushback`` (``ChannelPushback``: holding a channel's inputs while this
-node is behind on it).
+node is behind on it, ``HOLD_KEEPS`` x ``keep``, under the ``READER_SLACK`` x ``keep``
+the stream keeps for a follower behind).
 """
 
 from ._follow import POLL_IDLE, SWEEP_SLICE, Follow
 from ._link import CLOSE_GRACE, TRIP_KINDS
-from ._pushback import ChannelPushback, OutboundGate
+from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
 from ._stream import (
     APPEND,
     CHECKPOINT_TTL_MS,
     PROPOSE,
+    READER_SLACK,
     READER_STALE_MS,
     SETTLE,
     EntryBody,
@@ -43,8 +45,10 @@ __all__ = [
     "CLOSE_GRACE",
     "COLLECT_SKIPS",
     "FLUSH_INTERVAL",
+    "HOLD_KEEPS",
     "POLL_IDLE",
     "PROPOSE",
+    "READER_SLACK",
     "READER_STALE_MS",
     "SETTLE",
     "SWEEP_SLICE",

@@ -40,8 +40,11 @@ from ..router import Channel
 # A channel is held once this node is this many ``keep``s behind on it (released at half).
 # Against holding at one, two took a one-connection flood at 1.11x the messages a second
 # (15 of 20 pairs faster) and 0.95x the CPU (bench/RESULTS.md, "Session of 2026-12-06
-# (seventh)").
-HOLD_KEEPS = 2
+# (seventh)"); three against two, 1.05x with one connection and 1.03x with eight on one
+# channel, a third fewer holds ("Session of 2026-12-07 (second)"). It stays under what the
+# stream keeps for a follower behind (``READER_SLACK``, 4): what a routed batch passes the
+# mark by must fit in between.
+HOLD_KEEPS = 3
 # How deep a channel's staging ring is, in ``keep``s: the hold mark, plus room for the
 # routed batches that pass it.
 STAGING_KEEPS = HOLD_KEEPS + 1
