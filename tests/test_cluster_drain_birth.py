@@ -10,11 +10,13 @@ no node can own the drain yet.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -228,12 +230,21 @@ async def test_birth_write_failing_still_answers_201_and_logs_no_secret(
 
 
 async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_stream(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The node that takes the drain already follows the channel (a tail) from later than
-    the drain's checkpoint: what lies between is read from the stream, not called lost."""
+    the drain's checkpoint: what lies between is read from the stream, not called lost;
+    once delivered, the node keeps nothing of that read."""
     async with node_with_sink(tmp_path, redis_server) as node:
         daemon, ports, token, plane, sink = node.parts()
+        reads: list[Any] = []  # the catch-up reads, and nothing else referring to them
+        read_range = plane.read_range
+
+        async def read_and_keep(*args: Any) -> Any:
+            reads.append(await read_range(*args))
+            return reads[-1]
+
+        monkeypatch.setattr(plane, "read_range", read_and_keep)
         with trio.fail_after(60):
             drain_id = next_drain_id(redis_server)
             hold_lease(redis_server, plane.keys, "app", drain_id, GHOST_MS)
@@ -253,6 +264,9 @@ async def test_a_drain_taken_on_a_node_already_following_reads_its_gap_from_the_
             assert b"L10" not in sink.data
             ckpt_key = plane.keys.checkpoint("app", drain_id)
             await eventually(lambda: bulk(redis_server.command("GET", ckpt_key)) == b"60", 5)
+            assert len(reads) == 1 and len(reads[0].batch) == 50
+            gc.collect()
+            assert gc.get_referrers(reads[0]) == [reads]
             plane.release(follow)
 
 
