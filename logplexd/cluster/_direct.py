@@ -5,8 +5,9 @@ general client (coredis), which spends ~0.3 ms of Python per round trip (its rea
 writer tasks, a scope per call): with one busy channel a quarter of a node's CPU. Here a
 ``ServerLink`` is one TCP connection to one Redis server, used by one task at a time: a call
 packs its commands at once (``pack_pipeline``, ``_native/resp.pyx``: a flush's frames are
-sent from where they are, not copied into the request), sends them back to back and reads
-their replies in the same task (``RespReader``). A call that fails or is
+sent from where they are, not copied into the request), sends them back to back (a large
+request first from a worker thread, ``THREAD_SEND_BYTES``) and reads their replies in the
+same task (``RespReader``). A call that fails or is
 cancelled part way closes the connection (replies may still be on their way); the next
 call opens a new one (``AUTH``, ``SELECT`` and ``CLIENT SETNAME`` first).
 
