@@ -57,6 +57,33 @@ def octet_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t end=-1):
     return out_finish(&o)
 
 
+def octet_frames_upto(Batch batch not None, Py_ssize_t start, Py_ssize_t end,
+                      Py_ssize_t max_bytes):
+    """``octet_frames(batch, start, end)``, but ending after the frame whose payload bytes
+    reach ``max_bytes`` (at least one frame): (bytes, frames taken, their payload bytes)."""
+    cdef Py_ssize_t i, stop, payload = 0
+    cdef MsgRec* rec
+    cdef Out o
+    if end < 0 or end > batch.n:
+        end = batch.n
+    if start < 0:
+        start = 0
+    stop = start
+    while stop < end and (stop == start or payload < max_bytes):
+        payload += batch.recs[stop].len
+        stop += 1
+    if payload == 0:
+        return b"", stop - start, 0
+    out_init(&o, payload + 7 * (stop - start))   # at most 5 digits + SP a frame
+    for i in range(start, stop):
+        rec = &batch.recs[i]
+        if rec.len == 0:
+            continue   # LEN never starts with 0: an empty frame cannot be written
+        o.n += _put_len(o.buf + o.n, rec.len)
+        out_put(&o, batch.buf + rec.off, rec.len)
+    return out_finish(&o), stop - start, payload
+
+
 def octet_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
                            Py_ssize_t max_messages, Py_ssize_t max_bytes):
     """``octet_frames(ring.read(cursor, max_messages, max_bytes)[0])`` without the batch:

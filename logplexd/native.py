@@ -39,7 +39,7 @@ try:
         dispatch_to_until_held,
         dispatch_until_held,
     )
-    from ._native.wire import octet_frames, octet_frames_from_ring
+    from ._native.wire import octet_frames, octet_frames_from_ring, octet_frames_upto
 except ImportError as exc:  # pragma: no cover - exercised by the CLI test with a broken path
     raise NativeUnavailable(
         "logplexd: the compiled module logplexd._native is missing or failed to load "
@@ -69,6 +69,7 @@ __all__ = [
     "l11_line",
     "octet_frames",
     "octet_frames_from_ring",
+    "octet_frames_upto",
     "pack_command",
     "pack_commands",
     "pack_pipeline",

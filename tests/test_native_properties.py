@@ -506,6 +506,36 @@ def test_octet_frames_are_len_sp_payload_and_parse_back(payloads, start, end):
     assert parse_body(wire, 65000).frames() == [f for f in frames[lo:hi] if f]
 
 
+@given(
+    payloads=st.lists(PAYLOADS, max_size=12),
+    start=st.integers(0, 12),
+    end=st.integers(0, 12),
+    max_bytes=st.integers(-1, 600),
+)
+def test_octet_frames_upto_ends_after_the_frame_that_reaches_its_bound(
+    payloads: list[bytes], start: int, end: int, max_bytes: int
+) -> None:
+    """A stream read for a lapped drain (``History.read_range``) takes frames of an entry
+    up to a byte budget: those of ``octet_frames`` from ``start``, through the first whose
+    payload bytes reach ``max_bytes`` (at least one), with their count and payload bytes."""
+    from logplexd.native import octet_frames, octet_frames_upto
+
+    batch = parse_frames(payloads)
+    frames = batch.frames()
+    end = min(end, len(frames))
+    count, payload = 0, 0
+    for frame in frames[start:end]:
+        if count and payload >= max_bytes:
+            break
+        count += 1
+        payload += len(frame)
+    assert octet_frames_upto(batch, start, end, max_bytes) == (
+        octet_frames(batch, start, start + count) if count else b"",
+        count,
+        payload,
+    )
+
+
 @SETTINGS
 @given(
     payloads=st.lists(st.one_of(valid_payloads(), PAYLOADS), max_size=25),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..native import Batch, ChannelRing, parse_body
+from ..native import Batch, ChannelRing, octet_frames, octet_frames_upto, parse_body
 from ._link import CALL_TIMEOUT, Connection
 from ._stream import MAX_WIRE_FRAME, Keys, Malformed, StreamId, decode_entry, format_id, parse_id
 
@@ -97,11 +97,12 @@ class History:
         Bounded: the stream holds at most ``keep_messages``, and with ``max_bytes`` the read
         ends after the message that reaches it (``CatchUp.through`` says where). What the
         stream no longer holds (trimmed, or announced by a loss marker) is counted in
-        ``lost``. A rare path, so the messages are copied one by one into a new batch.
+        ``lost``. Each entry's part is encoded in one native call (``octet_frames``) and the
+        read parsed once into its batch.
         """
         connection = self.connection
         key = self.keys.stream(channel)
-        frames: list[bytes] = []
+        blobs: list[bytes] = []  # each entry's part, octet-counted
         seqs: list[int] = []
         lost = 0
         expected = after + 1
@@ -132,15 +133,19 @@ class History:
                 batch = body.batch
                 lost += n - len(batch)  # frames that would not parse
                 # An entry may straddle either end of the range.
-                for i in range(max(0, expected - first), min(len(batch), through - first + 1)):
-                    frame = batch.frame(i)
-                    frames.append(frame)
-                    seqs.append(first + i)
-                    taken += len(frame)
-                    if max_bytes is not None and taken >= max_bytes and first + i < through:
-                        through = first + i  # the rest is for the next read
+                low, high = max(0, expected - first), min(len(batch), through - first + 1)
+                if low < high:
+                    if max_bytes is None:
+                        blob, count = octet_frames(batch, low, high), high - low
+                    else:
+                        blob, count, size = octet_frames_upto(batch, low, high, max_bytes - taken)
+                        taken += size
+                    blobs.append(blob)
+                    last = first + low + count - 1
+                    seqs.extend(range(first + low, last + 1))
+                    if max_bytes is not None and taken >= max_bytes and last < through:
+                        through = last  # the rest is for the next read
                         done = True
-                        break
                 expected = min(entry_id[0], through) + 1
                 if done:
                     break
@@ -149,5 +154,4 @@ class History:
             start = "(" + format_id(parse_id(entries[-1].identifier))
         if expected <= through:
             lost += through - expected + 1
-        joined = b"".join(b"%d %s" % (len(frame), frame) for frame in frames)
-        return CatchUp(parse_body(joined, MAX_WIRE_FRAME), seqs, lost, through)
+        return CatchUp(parse_body(b"".join(blobs), MAX_WIRE_FRAME), seqs, lost, through)
