@@ -474,15 +474,14 @@ class ClusterDrains:
         """After each settled payload, note the stream sequence delivered through."""
         follow = wanted.follow
         assert follow is not None
-        # The takeover's catch-up, until the feed is past it: then let go (it may be all the
-        # stream held between the checkpoint and the ring, kept for the drain's life before).
-        first = [catch_up] if catch_up is not None else []
 
         def settled() -> None:
-            from_stream = first[0] if first else None
-            if from_stream is not None and feed.pending is not from_stream.batch:
-                first.clear()  # delivered (a feed never goes back to it)
-                from_stream = None
+            # The takeover's catch-up is let go once the feed is past it (a feed never goes
+            # back to it): it may be all the stream held between the checkpoint and the ring.
+            nonlocal catch_up
+            if catch_up is not None and feed.pending is not catch_up.batch:
+                catch_up = None
+            from_stream = catch_up
             if refill.current is not None and feed.pending is refill.current.batch:
                 from_stream = refill.current
             if from_stream is not None and feed.pending is from_stream.batch:

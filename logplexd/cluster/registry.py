@@ -130,9 +130,10 @@ class ClusterRegistry(Registry):
         super().__init__(
             history_messages, history_bytes, buffer_messages, buffer_bytes, self._held_changed
         )
-        self.keep_messages = self.buffer_messages
+        # ``buffer_messages`` stays ``keep`` (the rings' ceiling, the staging rings' unit).
+        self.ring_messages = self.buffer_messages
         if ring_messages is not None:
-            self.buffer_messages = max(min(ring_messages, self.keep_messages), history_messages)
+            self.ring_messages = max(min(ring_messages, self.buffer_messages), history_messages)
         self.plane = plane
         self.staging: dict[str, ChannelRing] = {}
         # Staging rings with unsent messages, left for the writer to collect.
@@ -141,7 +142,7 @@ class ClusterRegistry(Registry):
         plane.collect_with(self.collect, lambda: self.totals.routed)
 
     def _new_ring(self) -> ChannelRing:
-        return ChannelRing(self.buffer_messages, self.buffer_bytes, self.keep_messages)
+        return ChannelRing(self.ring_messages, self.buffer_bytes, self.buffer_messages)
 
     def ensure_channel(self, name: str) -> Channel:
         if name not in self.staging:
@@ -154,7 +155,7 @@ class ClusterRegistry(Registry):
             # demand, so that costs only what is held. Made first: a firehose channel's
             # copies are routed to it (_firehose_ring).
             ring = ChannelRing(
-                max(STAGING_KEEPS * self.keep_messages, STAGING_MIN_MESSAGES),
+                max(STAGING_KEEPS * self.buffer_messages, STAGING_MIN_MESSAGES),
                 max(STAGING_KEEPS * self.buffer_bytes, STAGING_MIN_BYTES),
             )
             ring.owner = _Staging(name)
