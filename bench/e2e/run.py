@@ -469,6 +469,10 @@ class Router:
         (a redis-server) so far; None: it has none."""
         return None
 
+    def timed_start(self) -> None:
+        """The timed part of a run begins (what ``metrics_matching`` counts from, where it
+        can)."""
+
     def metrics_matching(self, pattern: str) -> list[str]:
         """The router's ``/metrics`` samples whose line matches ``pattern`` (``--metrics``)."""
         return []
@@ -810,6 +814,7 @@ class LogplexdRedis(Logplexd):
         )  # fmt: skip
         wait_port(port, self.redis, 15.0, "redis-server")
         self.redis_port = port
+        self._commands_at_start: dict[str, tuple[int, int]] = {}
         url = f"unix://{sock}?db=0" if self.unix else f"redis://127.0.0.1:{port}/0"
         self.variant_args = ("--store-url", url)
         return super().start()
@@ -818,7 +823,8 @@ class LogplexdRedis(Logplexd):
         """Also redis-server's own byte counters (``INFO stats``), as ``redis-server
         total_net_input_bytes N`` and ``redis-server total_net_output_bytes N``: what it sent
         the node is what the node's followers read (its own entries should not be among
-        them: docs/SCALING.md, "A node's own entries")."""
+        them: docs/SCALING.md, "A node's own entries"); and its time per command in the timed
+        part (``_command_stats``)."""
         lines = super().metrics_matching(pattern)
         found = re.compile(pattern)
         try:
@@ -830,7 +836,33 @@ class LogplexdRedis(Logplexd):
                 line = "redis-server " + info_line.replace(":", " ", 1)
                 if found.search(line):
                     lines.append(line)
+        try:
+            now = self._command_stats()
+        except OSError as exc:
+            return [*lines, f"redis-server INFO: {exc}"]
+        for name, (calls, usec) in sorted(now.items(), key=lambda item: -item[1][1]):
+            calls0, usec0 = self._commands_at_start.get(name, (0, 0))
+            line = f"redis-server {name} calls={calls - calls0} usec={usec - usec0}"
+            if calls > calls0 and found.search(line):
+                lines.append(line)
         return lines
+
+    def timed_start(self) -> None:
+        self._commands_at_start = self._command_stats()
+
+    def _command_stats(self) -> dict[str, tuple[int, int]]:
+        """redis-server's calls and microseconds so far per command (``INFO commandstats``):
+        ``metrics_matching`` shows those of the timed part, as ``redis-server cmdstat_xadd
+        calls=N usec=N``, the costliest first (scripts' commands count both in the script
+        and on their own; EXEC counts what it ran)."""
+        reply = resp(self.redis_port, "INFO", "commandstats")
+        stats: dict[str, tuple[int, int]] = {}
+        for info_line in reply.decode(errors="replace").splitlines():
+            name, _, fields = info_line.partition(":")
+            if name.startswith("cmdstat_"):
+                values = dict(field.split("=", 1) for field in fields.split(","))
+                stats[name] = (int(values["calls"]), int(values["usec"]))
+        return stats
 
     def peer_usage(self) -> tuple[float, int] | None:
         return usage(self.redis.pid) if self.redis.poll() is None else None
@@ -920,6 +952,7 @@ def run_once(
                 warm = []
             cpu0 = cpu_seconds(pid) if pid else None
             peer0 = router.peer_usage()
+            router.timed_start()
             cmd = [*base, *warm, "-n", str(messages)]
             if rate:
                 cmd += ["-r", str(rate)]
@@ -1288,7 +1321,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REGEX",
         help="after each run print the router's /metrics samples matching REGEX "
         "(e.g. 'round_trips|entries_own'; for logplexd-redis also redis-server's byte "
-        "counters: 'redis-server')",
+        "counters and its time per command in the timed part: 'redis-server')",
     )
     args = ap.parse_args(argv)  # fmt: skip
     if args.prefill < 0:
