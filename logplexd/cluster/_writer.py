@@ -53,10 +53,14 @@ MAX_FLUSH_LINGER = 0.05
 # wake-ups whatever it carries. With it, 0.74-0.78x the node's CPU and half Redis's at
 # that load, 0.86-0.88x at 2.2 M msgs/s; flat out, one connection 1.03x the rate at
 # 0.97-0.98x the CPU, the other workloads within noise (bench/RESULTS.md, "Session of
-# 2026-12-06 (fifteenth)"; 10 ms was slower flat out with 8 connections). At most this
-# much latency is added, and only under load: a linger ends early when the node goes
-# quiet (two looks, ``linger``) and at once when the pushback holds a channel.
-FLUSH_INTERVAL = 0.005
+# 2026-12-06 (fifteenth)"). 8 ms against 5, flat out, two invocations: one connection
+# 1.02x and 1.04x the rate at 0.94x and 0.95x the CPU, 8 connections on one channel 1.02x
+# and 1.03x at 1.00x and 0.97x, 1,000 channels 1.01x at 0.98x; 12 ms was 0.90x with one
+# connection (its flushes reach the pushback's mark), 10 ms slower with 8 (bench/RESULTS.md,
+# "Session of 2026-12-07 (third)"). At most this much latency is added, and only under
+# load: a linger ends early when the node goes quiet (two looks, ``linger``) and at once
+# when the pushback holds a channel.
+FLUSH_INTERVAL = 0.008
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
 # A channel another node wrote since this node's last write of it (``PROPOSE`` answered
