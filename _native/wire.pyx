@@ -7,6 +7,7 @@ history stream in Redis stores a routed batch as one such blob, and a drain's di
 stores its messages so (``octet_frames_from_ring``, read where they lie in the ring).
 """
 
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport uint64_t
 
 from logplexd._native.batch cimport Batch
@@ -32,56 +33,59 @@ cdef inline Py_ssize_t _put_len(char* out, Py_ssize_t value) noexcept:
     return k + 1
 
 
-def octet_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t end=-1):
-    """Frames ``start`` to ``end`` (default: all) of ``batch`` as ``LEN SP payload`` bytes."""
-    cdef Py_ssize_t i, total = 0
+cdef inline void _put_frames(Out* o, Batch batch, Py_ssize_t start,
+                             Py_ssize_t stop) noexcept:
+    """Frames ``start`` to ``stop`` of ``batch`` as ``LEN SP payload`` into ``o`` (sized
+    for them by the caller)."""
+    cdef Py_ssize_t i
     cdef MsgRec* rec
-    cdef Out o
-    if end < 0 or end > batch.n:
-        end = batch.n
-    if start < 0:
-        start = 0
-    for i in range(start, end):
-        total += batch.recs[i].len + 7   # at most 5 digits (len <= 65535) + SP, and a margin
-    if total == 0:
-        return b""
-    # Written straight into the bytes object returned (a Redis-mode node encodes every
-    # message it routes here once): no buffer of our own to copy from.
-    out_init(&o, total)
-    for i in range(start, end):
+    for i in range(start, stop):
         rec = &batch.recs[i]
         if rec.len == 0:
             continue   # LEN never starts with 0: an empty frame cannot be written
         o.n += _put_len(o.buf + o.n, rec.len)
-        out_put(&o, batch.buf + rec.off, rec.len)
-    return out_finish(&o)
+        out_put(o, batch.buf + rec.off, rec.len)
 
 
-def octet_frames_upto(Batch batch not None, Py_ssize_t start, Py_ssize_t end,
-                      Py_ssize_t max_bytes):
-    """``octet_frames(batch, start, end)``, but ending after the frame whose payload bytes
-    reach ``max_bytes`` (at least one frame): (bytes, frames taken, their payload bytes)."""
-    cdef Py_ssize_t i, stop, payload = 0
-    cdef MsgRec* rec
+cdef object _octet_frames(Batch batch, Py_ssize_t start, Py_ssize_t end,
+                          Py_ssize_t max_bytes, Py_ssize_t* taken, Py_ssize_t* payload):
+    """Frames ``start`` to ``end`` (-1: the last) of ``batch`` as ``LEN SP payload`` bytes,
+    ending after the frame whose payload bytes reach ``max_bytes`` (at least one frame);
+    the frames taken and their payload bytes in ``taken`` and ``payload``."""
+    cdef Py_ssize_t stop
     cdef Out o
     if end < 0 or end > batch.n:
         end = batch.n
     if start < 0:
         start = 0
     stop = start
-    while stop < end and (stop == start or payload < max_bytes):
-        payload += batch.recs[stop].len
+    payload[0] = 0
+    while stop < end and (stop == start or payload[0] < max_bytes):
+        payload[0] += batch.recs[stop].len
         stop += 1
-    if payload == 0:
-        return b"", stop - start, 0
-    out_init(&o, payload + 7 * (stop - start))   # at most 5 digits + SP a frame
-    for i in range(start, stop):
-        rec = &batch.recs[i]
-        if rec.len == 0:
-            continue   # LEN never starts with 0: an empty frame cannot be written
-        o.n += _put_len(o.buf + o.n, rec.len)
-        out_put(&o, batch.buf + rec.off, rec.len)
-    return out_finish(&o), stop - start, payload
+    taken[0] = max(0, stop - start)
+    if payload[0] == 0:
+        return b""
+    # Written straight into the bytes object returned (a Redis-mode node encodes every
+    # message it routes here once): no buffer of our own to copy from.
+    out_init(&o, payload[0] + 7 * (stop - start))   # at most 5 digits + SP a frame
+    _put_frames(&o, batch, start, stop)
+    return out_finish(&o)
+
+
+def octet_frames(Batch batch not None, Py_ssize_t start=0, Py_ssize_t end=-1):
+    """Frames ``start`` to ``end`` (default: all) of ``batch`` as ``LEN SP payload`` bytes."""
+    cdef Py_ssize_t taken, payload
+    return _octet_frames(batch, start, end, PY_SSIZE_T_MAX, &taken, &payload)
+
+
+def octet_frames_upto(Batch batch not None, Py_ssize_t start, Py_ssize_t end,
+                      Py_ssize_t max_bytes):
+    """``octet_frames(batch, start, end)``, but ending after the frame whose payload bytes
+    reach ``max_bytes`` (at least one frame): (bytes, frames taken, their payload bytes)."""
+    cdef Py_ssize_t taken, payload
+    frames = _octet_frames(batch, start, end, max_bytes, &taken, &payload)
+    return frames, taken, payload
 
 
 def octet_frames_from_ring(ChannelRing ring not None, unsigned long long cursor,
