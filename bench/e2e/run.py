@@ -597,7 +597,8 @@ class Logplexd(Router):
 
     def loss_counters(self) -> list[str]:
         """Non-zero ``/metrics`` series summed over their labels whose name says lost,
-        dropped, trimmed, evicted or held."""
+        dropped, trimmed, evicted, held or spilled, and drains judged slow (a receiver that
+        refused data may lose past its budget, with an L10)."""
         try:
             text = self._metrics()
         except (OSError, http.client.HTTPException) as exc:
@@ -607,7 +608,7 @@ class Logplexd(Router):
             if line.startswith("#") or not line.strip():
                 continue
             name = line.split("{")[0].split(" ")[0]
-            words = ("lost", "drop", "trim", "evict", "held", "hold", "spill")
+            words = ("lost", "drop", "trim", "evict", "held", "hold", "spill", "slow")
             if any(word in name for word in words):
                 with contextlib.suppress(ValueError):
                     totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
