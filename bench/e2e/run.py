@@ -849,7 +849,11 @@ class LogplexdRedis(Logplexd):
         return lines
 
     def timed_start(self) -> None:
-        self._commands_at_start = self._command_stats()
+        # Only when --metrics asks: otherwise no call to redis-server in the timed part.
+        self._commands_at_start = {}
+        if METRICS_SHOWN is not None:
+            with contextlib.suppress(OSError):
+                self._commands_at_start = self._command_stats()
 
     def _command_stats(self) -> dict[str, tuple[int, int]]:
         """redis-server's calls and microseconds so far per command (``INFO commandstats``):

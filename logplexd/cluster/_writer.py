@@ -53,13 +53,16 @@ MAX_FLUSH_LINGER = 0.05
 # wake-ups whatever it carries. With it, 0.74-0.78x the node's CPU and half Redis's at
 # that load, 0.86-0.88x at 2.2 M msgs/s; flat out, one connection 1.03x the rate at
 # 0.97-0.98x the CPU, the other workloads within noise (bench/RESULTS.md, "Session of
-# 2026-12-06 (fifteenth)"). 8 ms against 5, flat out, two invocations: one connection
-# 1.02x and 1.04x the rate at 0.94x and 0.95x the CPU, 8 connections on one channel 1.02x
-# and 1.03x at 1.00x and 0.97x, 1,000 channels 1.01x at 0.98x; 12 ms was 0.90x with one
-# connection (its flushes reach the pushback's mark), 10 ms slower with 8 (bench/RESULTS.md,
-# "Session of 2026-12-07 (third)"). At most this much latency is added, and only under
-# load: a linger ends early when the node goes quiet (two looks, ``linger``) and at once
-# when the pushback holds a channel.
+# 2026-12-06 (fifteenth)"). 8 ms against 5, flat out, three invocations: one connection
+# 1.02x, 1.04x and 1.04x the rate at 0.94-0.95x the CPU; 8 connections on one channel
+# 1.02x, 1.03x and 0.96x, 1,000 channels 1.01x and 0.98x (within the spread); 12 ms was
+# 0.90x with one connection (its flushes come near the pushback's mark), 10 ms slower with
+# 8 (bench/RESULTS.md, "Session of 2026-12-07 (third)"). A flush of one busy channel is
+# then about ``keep`` (16,000-22,000 messages): a drain judged slow, whose budget in Redis
+# mode is what the stream keeps, has little of it left when one lands (seen twice under
+# py-spy, told with an exact L10; same file). At most this much latency is added, and only
+# under load: a linger ends early when the node goes quiet (two looks, ``linger``) and at
+# once when the pushback holds a channel.
 FLUSH_INTERVAL = 0.008
 # A channel a follower is behind on (``APPEND`` answered 'behind') is tried again after this.
 BEHIND_PAUSE = 0.02
