@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 
+from logplexd.cluster import READER_SLACK
 from logplexd.cluster.drains import CHECKPOINT_INTERVAL
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
@@ -301,7 +302,9 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """A new owner whose checkpoint the stream no longer holds announces exactly what it
-    cannot deliver (counted from the stream ids), then delivers what is left."""
+    cannot deliver (counted from the stream ids), then delivers what is left. The dead
+    owner's report of its drain's position still counts (``DRAIN_STALE_MS``): the writer
+    kept READER_SLACK x keep (80) behind the newest message for it, not keep (20)."""
     keep = 20
     async with nodes_with_a_drain(
         tmp_path, redis_server, history_messages=10, channel_buffer_messages=keep
@@ -320,8 +323,17 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
                 ),
                 5,
             )
+            # Its report of where the drain is (every REPORT_INTERVAL) has landed too.
+            await eventually(
+                lambda: (
+                    f"{first}/drains".encode() + b"\r\n$"
+                    in redis_server.command("HGETALL", keys.readers("app"))
+                ),
+                5,
+            )
             # The owner dies and, before anyone else can take the drain, 100 more messages
-            # arrive in ten entries: the stream keeps the newest 20.
+            # arrive in ten entries: the stream keeps the newest 80 for the drain (its
+            # checkpoint, 10, is further behind than that).
             nodes[first].cluster_drains.release_on_stop = False  # type: ignore[union-attr]
             scopes[first].cancel()
             (other,) = [n for n in nodes if n != first]
@@ -336,9 +348,10 @@ async def test_checkpoint_trimmed_away_gives_l10_with_the_exact_count(
             assert owner() is None
             redis_server.command("DEL", keys.alive("intruder"))  # it dies
             await eventually(lambda: owner() == other, 5)
-            await eventually(lambda: set(sink.counts()) >= expected("H", range(80, 100)), 5)
-            assert b"Error L10 (output buffer overflow): 80 messages dropped since" in sink.data
-            assert not set(sink.counts()) & expected("H", range(80))
+            await eventually(lambda: set(sink.counts()) >= expected("H", range(20, 100)), 5)
+            assert READER_SLACK * keep == 80
+            assert b"Error L10 (output buffer overflow): 20 messages dropped since" in sink.data
+            assert not set(sink.counts()) & expected("H", range(20))
             assert max(sink.counts().values()) == 1
 
 

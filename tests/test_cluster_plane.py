@@ -782,7 +782,7 @@ def test_a_writer_is_held_back_by_other_readers_not_by_its_own_old_report(
         follow has read through 100 (keep 10: a reader may be 40 behind)."""
         appended = redis_server.command(
             "EVAL", APPEND.text, "0", "10", "one", "", "1", stream, seq, top, readers, "100",
-            "-1", "1", str(n), "x" * n, "0", "0.0",
+            "-1", "-1", "1", str(n), "x" * n, "0", "0.0",
         )  # fmt: skip
         if b"ok" in appended:  # written: undone, so that both see the same stream
             last = 100 + n
@@ -791,7 +791,7 @@ def test_a_writer_is_held_back_by_other_readers_not_by_its_own_old_report(
             redis_server.command("SET", top, "100-0")
         proposed = redis_server.command(
             "EVAL", PROPOSE.text, "0", "10", "one", keys.fenced("one"), "1", stream, seq, top,
-            readers, keys.fence("app"), "100", "100", "1", str(n),
+            readers, keys.fence("app"), "100", "-1", "100", "1", str(n),
         )  # fmt: skip
         # Outside a MULTI here: what SETTLE would do after the XADDs (none sent).
         redis_server.command("EVAL", SETTLE.text, "0", keys.fenced("one"))
@@ -809,6 +809,126 @@ def test_a_writer_is_held_back_by_other_readers_not_by_its_own_old_report(
     report("two", 70)  # fresh: two has read through 70
     assert answers(10) == (b"ok", b"ok")
     assert answers(11) == (b"behind", b"behind")
+
+
+@pytest.mark.parametrize("script", ["APPEND", "PROPOSE"])
+def test_a_drains_delivered_position_keeps_the_stream_up_to_reader_slack_keeps_behind(
+    redis_server: RedisServer, script: str
+) -> None:
+    """Writers trim the stream at ``keep`` messages but not past what a drain has yet to
+    deliver: the calling node's own drains (the position it passes along) and other nodes'
+    (their ``<node>/drains`` reports of the last DRAIN_STALE_MS), by at most READER_SLACK x
+    keep behind the newest message. A drain never makes a writer wait ('ok' however far
+    behind it is), a stale report keeps nothing, and the calling node's own report gives
+    way to what it passes along."""
+    from logplexd.cluster import APPEND, DRAIN_STALE_MS, PROPOSE, READER_SLACK, SETTLE, Keys
+
+    keys = Keys()
+    stream, seq, top, readers = keys.appended("app")
+    keep = 10
+    assert READER_SLACK * keep == 40
+    seconds, micros = (int(v) for v in bulk_strings(redis_server.command("TIME")))
+    now = seconds * 1000 + micros // 1000
+
+    def oldest_after_write(kept: int, reports: dict[str, tuple[int, int]]) -> tuple[bytes, int]:
+        """A stream of messages 1 to 100 (one an entry), ``reports`` (node: delivered
+        position, age in ms) in its readers key; node "one" writes an entry of 5 (the
+        newest message is then 105) with its own drains at ``kept``: its answer, and the
+        sequence of the oldest message left."""
+        for key in (stream, seq, top, readers):
+            redis_server.command("DEL", key)
+        redis_server.command(
+            "EVAL",
+            "for s = 1, 100 do redis.call('XADD', KEYS[1], s .. '-0', 'n', 1, 'f', 'x') end",
+            "1",
+            stream,
+        )
+        redis_server.command("SET", seq, "100")
+        redis_server.command("SET", top, "100-0")
+        for node, (position, age) in reports.items():
+            redis_server.command("HSET", readers, f"{node}/drains", f"d{position}:{now - age}")
+        if script == "APPEND":
+            reply = redis_server.command(
+                "EVAL", APPEND.text, "0", str(keep), "one", "", "1", stream, seq, top, readers,
+                "-1", str(kept), "100", "1", "5", "x" * 5, "0", "0.0",
+            )  # fmt: skip
+        else:
+            # PROPOSE trims; the XADD it checks for would follow in the MULTI (not needed).
+            reply = redis_server.command(
+                "EVAL", PROPOSE.text, "0", str(keep), "one", keys.fenced("one"), "1", stream,
+                seq, top, readers, keys.fence("app"), "-1", str(kept), "100", "1", "5",
+            )  # fmt: skip
+            redis_server.command("EVAL", SETTLE.text, "0", keys.fenced("one"))
+        status = b"ok" if b"$2\r\nok" in reply else reply
+        oldest = bulk_strings(redis_server.command("XRANGE", stream, "-", "+", "COUNT", "1"))[0]
+        return status, int(oldest.split(b"-")[0])
+
+    # A drain's report counts longer than a reader's (a caught-up drain is not reported
+    # again on a quiet channel), but not for ever.
+    assert DRAIN_STALE_MS > READER_STALE_MS
+    assert oldest_after_write(-1, {"two": (70, READER_STALE_MS + 1000)}) == (b"ok", 71)
+    stale = DRAIN_STALE_MS + 1000
+    # keep alone: the newest 10 of 105 (96 on; 101-105 are the entry PROPOSE checked).
+    assert oldest_after_write(-1, {}) == (b"ok", 96)
+    # This node's drain delivered through 75: kept from 76 on; through 90: 91.
+    assert oldest_after_write(75, {}) == (b"ok", 76)
+    assert oldest_after_write(90, {}) == (b"ok", 91)
+    # Through 20, 85 behind: kept only 40 behind the newest (66 on), and no wait.
+    assert oldest_after_write(20, {}) == (b"ok", 66)
+    # Another node's drain, reported fresh: through 70, kept from 71; with this node's at 90
+    # too, the slowest counts.
+    assert oldest_after_write(-1, {"two": (70, 0)}) == (b"ok", 71)
+    assert oldest_after_write(90, {"two": (70, 0)}) == (b"ok", 71)
+    # A stale report keeps nothing; nor does this node's own (it passed along -1: none).
+    assert oldest_after_write(-1, {"two": (70, stale)}) == (b"ok", 96)
+    assert oldest_after_write(-1, {"one": (70, 0)}) == (b"ok", 96)
+
+
+async def test_a_node_reports_its_slowest_drains_delivered_position_and_lets_it_go_stale(
+    redis_server: RedisServer,
+) -> None:
+    """A node reports, beside how far it has read a followed stream, how far its slowest
+    drain of it has delivered (``<node>/drains``, in a form an older node's floor passes
+    over), and passes it along with its writes. Once it runs no drain there, or stops
+    following the channel, it reports the drains no more (the field goes stale,
+    ``DRAIN_STALE_MS``: a drain that stopped there resumes elsewhere from its checkpoint);
+    its reader's field is deleted with the follow."""
+    from logplexd.cluster import Keys
+
+    async with node(redis_server.url, "one", keep=80) as one:
+        with trio.fail_after(10):
+            plane = one.plane
+            channel, follow, _ = await follow_app(one)
+            readers = Keys().readers("app")
+
+            def fields() -> dict[bytes, bytes]:
+                values = bulk_strings(redis_server.command("HGETALL", readers))
+                return dict(zip(values[::2], values[1::2], strict=True))
+
+            one.route(frames("t.app", [f"m{i}" for i in range(30)]))
+            await eventually(lambda: follow.last_seq == 30, 5)
+            assert plane.writer.delivered_through("app") is None
+            plane.note_delivered(follow, 12)  # a drain began here
+            assert plane.writer.delivered_through("app") == 12
+            await eventually(lambda: b"one/drains" in fields(), 5)
+            assert fields()[b"one/drains"].startswith(b"d12:")
+            assert fields()[b"one"].startswith(b"30:")
+            # One that moves by report_step (keep / 8 = 10) or more goes at the next report.
+            plane.note_delivered(follow, 25)
+            await eventually(lambda: fields()[b"one/drains"].startswith(b"d25:"), 5)
+            # Runs no drain there: not reported again, however far the stream moves.
+            plane.note_delivered(follow, -1)
+            assert plane.writer.delivered_through("app") is None
+            one.route(frames("t.app", [f"n{i}" for i in range(30)]))
+            await eventually(lambda: fields()[b"one"].startswith(b"60:"), 5)
+            assert fields()[b"one/drains"].startswith(b"d25:")
+            # Runs one again: reported at once.
+            plane.note_delivered(follow, 50)
+            await eventually(lambda: fields()[b"one/drains"].startswith(b"d50:"), 5)
+            plane.release(follow)
+            await eventually(lambda: b"one" not in fields(), 5)
+            assert fields()[b"one/drains"].startswith(b"d50:")
+            assert channel is not None
 
 
 async def test_own_entries_reach_the_follow_from_the_writer_in_stream_order(

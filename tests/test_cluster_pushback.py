@@ -377,16 +377,17 @@ def padded(token: str, tag: str, numbers: range) -> bytes:
     return b"".join(frame(token, text(tag, i).encode() + PAD) for i in numbers)
 
 
-@pytest.mark.parametrize(("sent", "keep"), [(1800, RING), (4000, 512)])
+@pytest.mark.parametrize(("sent", "keep"), [(1800, RING), (1800, 512), (4000, 512)])
 async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_what_it_trimmed(
     tmp_path: Path, redis_server: RedisServer, sent: int, keep: int
 ) -> None:
     """The receiver stops reading while ``sent`` messages of 8 KB arrive: the ring (1 MiB)
-    laps its drain many times over. 1,800 fit in what the stream keeps (2,048): all of them
-    arrive, in order, on one connection, with no L10. Of 4,000 with a stream that keeps 512
-    (and at most 4 x 512 for a follower behind, so some are trimmed whatever the timing),
-    the drain gets the first ones it had taken, then what the stream still keeps, and an
-    L10 for exactly the rest."""
+    laps its drain many times over. 1,800 fit in what the stream keeps (2,048), and in what
+    it keeps for a drain behind when it keeps 512 (READER_SLACK x 512: the drain's
+    delivered position holds the trim): all of them arrive, in order, on one connection,
+    with no L10. Of 4,000 with a stream that keeps 512 (and at most 4 x 512 for a reader or
+    drain behind, so some are trimmed whatever the timing), the drain gets the first ones
+    it had taken, then what the stream still keeps, and an L10 for exactly the rest."""
     stalled = StalledSink(first=4096)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -410,14 +411,57 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
             numbers = [int(m[6:10]) for m in got]
             assert numbers == sorted(set(numbers))
             assert numbers[-1] == sent - 1
-            if sent <= keep:
+            if sent <= READER_SLACK * keep:
                 assert got == [text("A", i).encode() for i in range(sent)]
                 assert announced() == 0
             else:
                 assert announced() > 0
-                assert len(got) >= keep  # what the stream kept, at least
+                # What the stream kept for the drain, at least.
+                assert len(got) >= READER_SLACK * keep
             refill = drain.feed.refill
             assert refill is not None and refill.reads > 0  # type: ignore[attr-defined]
             # Back in the ring, it keeps no batch read from the stream.
             assert not refill.reading and refill.current is None  # type: ignore[attr-defined]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would_trim(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Node A runs the drain, whose receiver stops reading; node B takes the input and
+    writes the stream. B's writer trims at ``keep`` (512) but not past what A reported its
+    drain has yet to deliver, up to READER_SLACK x keep: all 1,800 messages of 8 KB arrive,
+    in order, on one connection, with no L10 (before, the stream kept 512 for it, and the
+    rest of what A's ring lapped was lost)."""
+    keep, sent = 512, 1800
+    assert keep < sent <= READER_SLACK * keep
+    stalled = StalledSink(first=4096)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a, ports_a, token, drain = await stalled_drain(
+                tmp_path, redis_server, nursery, stalled, keep
+            )
+            settings = dataclasses.replace(
+                node_settings(tmp_path, "B", redis_server),
+                history_messages=100,
+                history_bytes=64 * 1024,
+                channel_buffer_messages=keep,
+                channel_buffer_bytes=RING_BYTES,
+            )
+            b = Daemon(settings)
+            ports_b = await nursery.start(serve_in, b, trio.CancelScope())
+            await eventually(lambda: b.plane is not None and b.plane.failure is None, 5)
+            await eventually(lambda: b.registry.channel_of_token(token) is not None, 5)
+            with trio.fail_after(20):
+                await send_syslog(ports_b.syslog, padded(token, "A", range(sent)))
+            await eventually(lambda: drain.feed.lapped > 0, 10)
+            stalled.resume.set()
+            await eventually(lambda: len(stalled.messages()) >= sent, 30)
+            assert stalled.messages() == [text("A", i).encode() for i in range(sent)]
+            assert not L10_NOTICE.findall(bytes(stalled.data))
+            assert stalled.connections == 1
+            # B wrote every message; the drain ran on A, which wrote none.
+            assert b.plane is not None and a.plane is not None
+            assert b.plane.messages_written == sent and a.plane.messages_written == 0
+            assert b.cluster_drains is not None and not b.cluster_drains.owned()
             nursery.cancel_scope.cancel()

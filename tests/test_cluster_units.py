@@ -317,6 +317,29 @@ def test_follow_maps_ring_positions_to_stream_sequences() -> None:
     assert follow.valid_messages() == 5
 
 
+def test_follow_maps_a_run_of_entries_without_a_gap_with_one_point() -> None:
+    """Entries that follow each other without a gap extend one line of the map, so a follow
+    mapping READER_SLACK x keep back (a drain's budget) costs a point per gap, not per
+    entry; the positions map as before."""
+    channel = Channel("app", ChannelRing(1000, 1 << 20))
+    follow = Follow("app", "k", channel, (0, 0), 4000)
+    for k in range(100):  # 200 messages, entries of two, sequences 1..200 at ring 0..199
+        follow.append((2 * k + 2, 0), _batch(f"a{k}", f"b{k}"))
+    assert len(follow.heads) == 1
+    follow.append((210, 0), _batch("c", "d"))  # 201..208 trimmed: 209..210 at ring 200..201
+    follow.append((212, 0), _batch("e", "f"))
+    assert len(follow.heads) == 2
+    assert [follow.seq_at(p) for p in (0, 1, 2, 150, 199, 200, 201, 202, 203)] == [
+        0, 1, 2, 150, 199, 200, 209, 210, 211,
+    ]  # fmt: skip
+    assert follow.position_after(0) == (0, 0)
+    assert follow.position_after(150) == (150, 0)
+    assert follow.position_after(200) == (200, 8)
+    assert follow.position_after(205) == (200, 3)
+    assert follow.position_after(210) == (202, 0)
+    assert follow.position_after(212) == (204, 0)
+
+
 def test_keys_share_the_channel_hash_tag() -> None:
     keys = Keys("logplex")
     tags = {

@@ -21,6 +21,7 @@ from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
 from ._stream import (
     APPEND,
     CHECKPOINT_TTL_MS,
+    DRAIN_STALE_MS,
     PROPOSE,
     READER_SLACK,
     READER_STALE_MS,
@@ -44,6 +45,7 @@ __all__ = [
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",
     "COLLECT_SKIPS",
+    "DRAIN_STALE_MS",
     "FLUSH_INTERVAL",
     "HOLD_KEEPS",
     "POLL_IDLE",

@@ -31,6 +31,7 @@ from ._history import History
 from ._link import CALL_TIMEOUT, READ_BLOCK_MS, Backoff, Connection, redis_errors
 from ._stream import (
     MAX_WIRE_FRAME,
+    READER_SLACK,
     REPORT,
     TOPS,
     EntryBody,
@@ -142,6 +143,7 @@ class Follow:
         "own_due",
         "shard",
         "map_messages",
+        "delivered",
     )
 
     def __init__(
@@ -162,10 +164,12 @@ class Follow:
         self.last_seq = self.last[0]
         self.start_head = channel.ring.head
         self.start_seq = self.last_seq
-        # Machine integers (16 bytes an entry, not ~72 as Python ints in a list): up to one
+        # Machine integers (16 bytes a point, not ~72 as Python ints in a list): one per
+        # run of entries that follow each other without a gap (``append``), so at most one
         # per message of the last ``map_messages`` (or of the ring, if deeper) when every
-        # entry is a single message. Kept past the ring's tail for as far back as the stream
-        # keeps: a drain the ring lapped reads on from the stream (``StreamRefill``).
+        # message came after a gap. Kept past the ring's tail for as far back as the stream
+        # keeps for a drain (READER_SLACK x keep): a drain the ring lapped reads on from
+        # the stream (``StreamRefill``).
         self.map_messages = map_messages
         self.heads = array("q")
         self.seqs = array("q")
@@ -187,6 +191,11 @@ class Follow:
         # Redis Cluster: the node under whose beacon this follow was last polled to its
         # top (None: poll it whatever the beacons say, ``Followers._changed``).
         self.shard: str | None = None
+        # How far the slowest drain of the channel running on this node has delivered (the
+        # stream sequence of its last settled message; -1: none runs here), kept by the
+        # drain leases (``ClusterDrains``): no writer trims the stream past it, up to
+        # READER_SLACK x keep behind (``Writer``, ``Followers._report``).
+        self.delivered = -1
 
     def solo(self, now: float) -> bool:
         """Only this node wrote the stream lately and this follow has all of it
@@ -235,9 +244,17 @@ class Follow:
         elif len(batch):
             got = ring.append_batch(batch)
         if got:
-            self.heads.append(int(ring.head))
-            self.seqs.append(entry_id[0])
-            self.last_seq = entry_id[0]
+            head, seq = int(ring.head), entry_id[0]
+            heads, seqs = self.heads, self.seqs
+            if heads and head - heads[-1] == seq - seqs[-1]:
+                # Right after the last entry, every message of it appended: one line maps
+                # both, so the map grows only at a gap (trimmed before this node read it,
+                # frames that would not parse), not with every entry.
+                heads[-1], seqs[-1] = head, seq
+            else:
+                heads.append(head)
+                seqs.append(seq)
+            self.last_seq = seq
         self.last = entry_id
         # Forget positions older than the ring and the stream keep (amortised: in chunks).
         low = min(int(ring.tail), int(ring.head) - self.map_messages)
@@ -329,6 +346,15 @@ class Followers:
         # channels no longer followed whose report is to be withdrawn.
         self._reported: dict[str, tuple[int, float]] = {}
         self._withdrawn: set[str] = set()
+        # Per followed channel with a drain here, its drains' position last reported
+        # (``Follow.delivered``, beside the read position, so that no node's writer trims
+        # what the drain has yet to deliver; never withdrawn: a report goes stale,
+        # DRAIN_STALE_MS), and when.
+        self._reported_delivered: dict[str, tuple[int, float]] = {}
+        # Followed channels appended to since the last report: the ones it looks at, but
+        # for a look at every follow each REPORT_HEARTBEAT (with 1,000 busy channels, a
+        # look at each every REPORT_INTERVAL was 2-3 % of the node).
+        self._moved: set[str] = set()
         self._lanes: dict[str, trio.CancelScope] = {}
         # Set by the drain leases: messages of a channel that its drains must announce (L10).
         self.on_loss: LossCallback | None = None
@@ -356,6 +382,14 @@ class Followers:
     def follow_of(self, channel: str) -> Follow | None:
         return self._follows.get(channel)
 
+    def delivered_through(self, channel: str) -> int | None:
+        """How far this node's slowest drain of ``channel`` has delivered (None: none runs
+        here)."""
+        follow = self._follows.get(channel)
+        if follow is None or follow.delivered < 0:
+            return None
+        return follow.delivered
+
     def read_through(self, channel: str) -> int | None:
         """The sequence this node has read ``channel``'s stream through (None: it does not
         follow it, or does not know yet where it starts)."""
@@ -376,7 +410,11 @@ class Followers:
         follow = self._follows.get(channel.name)
         if follow is None or follow.channel is not channel:
             follow = Follow(
-                channel.name, self.keys.stream(channel.name), channel, after, self.keep_messages
+                channel.name,
+                self.keys.stream(channel.name),
+                channel,
+                after,
+                READER_SLACK * self.keep_messages,
             )
             self._follows[channel.name] = follow
             self._followed.set()
@@ -394,37 +432,77 @@ class Followers:
             self._drop_waiting(follow)
             if self._reported.pop(follow.name, None) is not None:
                 self._withdrawn.add(follow.name)
+            # Its drains' report is left to go stale (DRAIN_STALE_MS), as when a drain stops
+            # here (``_report``): a drain that stopped (the node stops, its lease moved)
+            # resumes elsewhere from its checkpoint, which the stream keeps meanwhile.
+            self._reported_delivered.pop(follow.name, None)
 
     # -- positions -----------------------------------------------------------------------------
+    def note_delivered(self, follow: Follow, position: int) -> None:
+        """The slowest drain of ``follow``'s channel running here has delivered through
+        stream sequence ``position`` (-1: none runs here any more). A drain that began,
+        or moved by ``report_step``, is looked at by the next report; any other change
+        within a REPORT_HEARTBEAT."""
+        before, follow.delivered = follow.delivered, position
+        if position >= 0 and (before < 0 or abs(position - before) >= self.report_step):
+            self._moved.add(follow.name)
+
     async def _report(self) -> None:
-        """Tell the writers of every node how far this node has read each followed stream
-        (one call per shard), so that none trims what it has not read yet."""
+        """Tell the writers of every node how far this node has read each followed stream,
+        and how far its drains of it have delivered (one call per shard), so that none
+        trims what this node has not read or delivered yet."""
         errors = redis_errors()
-        read = self.entries_read
         scan_at = 0.0
+        step = self.report_step
+        reported, delivered_reported = self._reported, self._reported_delivered
         while True:
             await trio.sleep(REPORT_INTERVAL)
             now = trio.current_time()
-            if self.entries_read == read and now < scan_at and not self._withdrawn:
+            full = now >= scan_at
+            if not self._moved and not full and not self._withdrawn:
                 continue  # nothing read since the last look: no position moved
-            read = self.entries_read
-            scan_at = now + REPORT_HEARTBEAT
+            moved, self._moved = self._moved, set()
+            follows = self._follows
+            if full:
+                scan_at = now + REPORT_HEARTBEAT
             parts: dict[str, list[Any]] = {
-                name: [self.keys.readers(name), -1] for name in self._withdrawn
+                name: [self.keys.readers(name), -1, -2] for name in self._withdrawn
             }
-            for name, follow in self._follows.items():
-                if not follow.resolved:
+            for name in list(follows) if full else moved:
+                follow = follows.get(name)
+                if follow is None or not follow.resolved:
                     continue
-                last = self._reported.get(name)
+                seq = follow.last_seq
+                position = -2
+                last = reported.get(name)
                 if (
                     last is None
-                    or abs(follow.last_seq - last[0]) >= self.report_step
+                    or abs(seq - last[0]) >= step
                     or (
                         now - last[1] >= REPORT_HEARTBEAT
-                        and (last[0] != follow.last_seq or self._paused(follow))
+                        and (last[0] != seq or self._paused(follow))
                     )
                 ):
-                    parts[name] = [self.keys.readers(name), follow.last_seq]
+                    position = seq
+                delivered = follow.delivered
+                shown = -2
+                if delivered < 0:
+                    # No drain of it runs here (any more): its last report goes stale.
+                    if name in delivered_reported:
+                        del delivered_reported[name]
+                else:
+                    last = delivered_reported.get(name)
+                    if (
+                        last is None
+                        or abs(delivered - last[0]) >= step
+                        or (
+                            now - last[1] >= REPORT_HEARTBEAT
+                            and (last[0] != delivered or seq - delivered >= step)
+                        )
+                    ):
+                        shown = delivered
+                if position != -2 or shown != -2:
+                    parts[name] = [self.keys.readers(name), position, shown]
             if not parts:
                 continue
             try:
@@ -434,12 +512,18 @@ class Followers:
                     )
             except errors as exc:
                 log.debug("data plane: read positions not reported: %s", exc)
+                self._moved |= moved
                 continue
-            for name, (_, seq) in parts.items():
-                if seq == -1:
+            for name, (_, position, delivered) in parts.items():
+                if position == -1:
                     self._withdrawn.discard(name)
-                elif name in self._follows:
-                    self._reported[name] = (seq, now)
+                    continue
+                if name not in follows:
+                    continue
+                if position >= 0:
+                    reported[name] = (position, now)
+                if delivered >= 0:
+                    delivered_reported[name] = (delivered, now)
 
     # -- the lanes ------------------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -964,6 +1048,7 @@ class Followers:
                 follow.append(entry_id, Batch())
             self.entries_read += 1
         self.messages_read += appended
+        self._moved.add(follow.name)
         if lost_total and self.on_loss is not None:
             self.on_loss(follow.name, lost_total, since)
         if self.on_applied is not None:

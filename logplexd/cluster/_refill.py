@@ -7,7 +7,8 @@ data, its channel drops instead of pushing back, or the ring moved on under a th
 write of the drain pump) does not lose what the ring let go: ``StreamRefill`` reads it from
 the stream, a bounded part at a time, and hands it to the drain's feed
 (``DrainFeed.refill_from``) until the drain is back inside the ring. Only what the stream
-no longer holds is lost, counted exactly and told by an L10, as the ring would have told it.
+no longer holds is lost, counted exactly and told by an L10, as the ring would have told it;
+the writers keep up to READER_SLACK x keep for a drain behind (``Follow.delivered``).
 
 Small rings are what let a node with 1,000 busy channels that has run for a while go
 1.43x faster (its rings were ~3 GB, out of every cache; bench/RESULTS.md, "Session of

@@ -167,8 +167,9 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # only routes the call to that shard, every channel's keys come in ARGV).
 # ARGV: 1 keep, 2 node, 3 the shard's beacon key ('' none: one Redis, or not known), 4
 # channels; then per channel: stream, sequence, top and readers
-# keys, how far the calling node has read the stream (-1: it does not follow it), the
-# sequence its own last write of the channel ended at (-1: not known), and its entries e;
+# keys, how far the calling node has read the stream (-1: it does not follow it), how far
+# its slowest drain of the channel has delivered (-1: it runs none), the sequence its own
+# last write of the channel ended at (-1: not known), and its entries e;
 # then per entry: messages n (0: a loss marker), frames, lost, lost since. Entries found
 # in the stream already right after that sequence, written by this node with the ids they
 # would get (a call that ran, its reply lost: the writer sends them again grouped the
@@ -176,7 +177,9 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # stream keeps the newest ``keep`` messages, and never trims what a node following the
 # channel has not read yet (the calling node's own position, and every node's reported one,
 # ``REPORT``, while at most READER_STALE_MS old by Redis's clock) as long as that reader is
-# less than READER_SLACK x keep behind. Returns per channel {status, prev, last_1, id_1,
+# less than READER_SLACK x keep behind; nor what a drain has not delivered yet (the calling
+# node's own drains, and those other nodes report), up to READER_SLACK x keep behind
+# (``min_id``). Returns per channel {status, prev, last_1, id_1,
 # last_2, id_2, ...}: status 'ok', 'behind' (one more entry would put a reader READER_SLACK x keep
 # behind: the writer keeps the rest, and the inputs wait, ``ChannelPushback``) or the error
 # that stopped this channel (its entries from there on were not written: the writer gives
@@ -192,10 +195,8 @@ ScriptCall = tuple[Script, list[str], list[Any]]
 # (it numbers the entries itself). Every byte of the frames becomes a Lua string here,
 # which Redis 7 hashes byte by byte: on one Redis a channel whose sequence the writer knows
 # goes by ``PROPOSE`` instead, the frames outside Lua.
-_APPEND_LUA = """local function add(stream, seq, n, frames, lost, since, low)
-  local minid = seq - keep + 1
-  if low and low + 1 < minid then minid = low + 1 end
-  if minid < 0 then minid = 0 end
+_APPEND_LUA = """local function add(stream, seq, n, frames, lost, since, low, held)
+  local minid = min_id(seq, low, held)
   local id = string.format('%d-*', seq)
   if n > 0 then
     return redis.pcall('XADD', stream, 'MINID', string.format('%d', minid), id,
@@ -210,9 +211,10 @@ local i = 5
 for c = 1, tonumber(ARGV[4]) do
   local stream, seqkey, topkey, readers = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local mine = tonumber(ARGV[i + 4])
-  local expected = tonumber(ARGV[i + 5])
-  local count = tonumber(ARGV[i + 6])
-  i = i + 7
+  local kept = tonumber(ARGV[i + 5])
+  local expected = tonumber(ARGV[i + 6])
+  local count = tonumber(ARGV[i + 7])
+  i = i + 8
   local res = {'ok', ''}
   local state = redis.pcall('MGET', topkey, seqkey)
   local current = nil
@@ -242,8 +244,8 @@ for c = 1, tonumber(ARGV[4]) do
       count = count - done
     end
   end
-  local low = nil
-  if count > 0 then low = floor(readers, node, mine) end
+  local low, held = nil, nil
+  if count > 0 then low, held = floor(readers, node, mine, kept) end
   local newest = nil
   for e = 1, count do
     local n, frames = tonumber(ARGV[i]), ARGV[i + 1]
@@ -253,7 +255,7 @@ for c = 1, tonumber(ARGV[4]) do
       res[1] = 'behind'; i = i + 4 * (count - e); break
     end
     local last = current + n
-    local r = add(stream, last, n, frames, lost, since, low)
+    local r = add(stream, last, n, frames, lost, since, low, held)
     if failed(r) then
       -- The counter is behind the stream (it was deleted alone): move it past the stream.
       res[2] = ''
@@ -262,7 +264,7 @@ for c = 1, tonumber(ARGV[4]) do
         res[1] = r.err; i = i + 4 * (count - e); break
       end
       last = tonumber(string.match(newest_entry[1][1], '^(%d+)')) + n
-      r = add(stream, last, n, frames, lost, since, low)
+      r = add(stream, last, n, frames, lost, since, low, held)
       if failed(r) then res[1] = r.err; i = i + 4 * (count - e); break end
     end
     res[#res + 1] = last
@@ -284,6 +286,13 @@ return out
 # A follower's reported position counts this long (ms, Redis's clock): a node that stopped
 # reporting (it died, or stopped following) keeps nothing in the stream for longer.
 READER_STALE_MS = 2000
+# A drain's reported position (``<node>/drains``) counts this long. A node reports it when
+# it moves, and again every REPORT_HEARTBEAT while the drain is behind; one caught up on a
+# quiet channel is not reported again (10,000 idle channels cost nothing), so it must still
+# count when the next burst comes: the burst's first report lands a REPORT_INTERVAL after
+# that node reads it, and another node's writes meanwhile would be trimmed at ``keep``
+# alone. A dead node's report keeps at most READER_SLACK x keep for this long.
+DRAIN_STALE_MS = 60000
 # How far behind (in multiples of ``keep``) a reader may fall before writers wait for it:
 # the stream then holds at most this many times ``keep`` messages for it. Its reports lag
 # by up to REPORT_INTERVAL (plus a round trip), so this must exceed what the writers write
@@ -294,25 +303,52 @@ READER_SLACK = 4
 _REDIS_NOW_MS = """local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)"""
 
-# Lua: ``floor(key, node, mine)``, the lowest position among those nodes reported in a
-# readers key within READER_STALE_MS and the calling node's own, ``mine`` (-1: it does not
-# follow the channel; nil: no reader). The calling node's own report is older than
-# ``mine``: taken instead of it, it held the node back on itself (a writer 'behind' its own
-# follower's report of 20 ms ago). And ``failed(r)``, the error of a ``redis.pcall``.
+# Lua: ``floor(key, node, mine, kept)``, two positions from a readers key: the lowest
+# among those nodes reported reading within READER_STALE_MS and the calling node's own,
+# ``mine`` (-1: it does not follow the channel; nil: no reader); and the lowest among the
+# drains' delivered positions reported within DRAIN_STALE_MS (field ``<node>/drains``,
+# value ``d<seq>:<ms>``: a node of an older version, which parses ``<seq>:<ms>`` only,
+# passes it over) and the calling node's own, ``kept`` (-1: none; nil: no drain). The
+# calling node's own reports are older than what it passes along: taken instead, its
+# reader's held the node back on itself (a writer 'behind' its own follower's report of
+# 20 ms ago). A drain's position never makes a writer wait (a receiver that refuses data
+# must not stall producers): it only keeps the stream from being trimmed past it, by at
+# most READER_SLACK x keep (``min_id``). And ``failed(r)``, the error of a ``redis.pcall``.
 _READER_FLOOR = """local function failed(r) return type(r) == 'table' and r.err end
-local function floor(key, node, mine)
+local function floor(key, node, mine, kept)
   local rd = redis.pcall('HGETALL', key)
-  local low = nil
+  local low, held = nil, nil
   if mine >= 0 then low = mine end
-  if failed(rd) then return low end
+  if kept >= 0 then held = kept end
+  if failed(rd) then return low, held end
+  local drains = node .. '/drains'
   for j = 2, #rd, 2 do
     local s, t = string.match(rd[j], '^(%d+):(%d+)$')
-    if s and now - tonumber(t) <= READER_STALE_MS and (mine < 0 or rd[j - 1] ~= node) then
-      s = tonumber(s)
-      if not low or s < low then low = s end
+    if s then
+      if now - tonumber(t) <= READER_STALE_MS and (mine < 0 or rd[j - 1] ~= node) then
+        s = tonumber(s)
+        if not low or s < low then low = s end
+      end
+    else
+      s, t = string.match(rd[j], '^d(%d+):(%d+)$')
+      if s and now - tonumber(t) <= DRAIN_STALE_MS and rd[j - 1] ~= drains then
+        s = tonumber(s)
+        if not held or s < held then held = s end
+      end
     end
   end
-  return low
+  return low, held
+end
+local function min_id(last, low, held)
+  local minid = last - keep + 1
+  if low and low + 1 < minid then minid = low + 1 end
+  if held then
+    local h = held + 1
+    if h < last - limit + 1 then h = last - limit + 1 end
+    if h < minid then minid = h end
+  end
+  if minid < 0 then minid = 0 end
+  return minid
 end"""
 
 _LANDED = """local function landed(stream, expected, current, first, stride, count)
@@ -361,6 +397,7 @@ def _writer_script(body: str) -> Script:
         .replace("READER_FLOOR", _READER_FLOOR)
         .replace("LANDED", _LANDED)
         .replace("READER_STALE_MS", str(READER_STALE_MS))
+        .replace("DRAIN_STALE_MS", str(DRAIN_STALE_MS))
         .replace("READER_SLACK", str(READER_SLACK))
         .replace("REDIS_NOW_MS", _REDIS_NOW_MS)
     )
@@ -369,24 +406,33 @@ def _writer_script(body: str) -> Script:
 APPEND = _writer_script(_APPEND_LUA)
 
 # Reports how far this node has read the streams it follows (``APPEND`` never trims past
-# the slowest, and keeps writers from getting READER_SLACK x keep ahead of it). ARGV: 1
-# node, 2 channels; per channel its readers key and the sequence read through (-1: no
-# longer followed, the field is deleted).
+# the slowest, and keeps writers from getting READER_SLACK x keep ahead of it), and how far
+# its slowest drain of each has delivered (never trimmed past either, up to READER_SLACK x
+# keep behind; writers do not wait for it). ARGV: 1 node, 2 channels; per channel its
+# readers key, the sequence read through (-1: its field is deleted) and the one delivered
+# through (a drain's report is never deleted: it goes stale, ``DRAIN_STALE_MS``); either
+# -2: left as it is.
 REPORT = Script(
     """#!lua flags=allow-cross-slot-keys
 REDIS_NOW_MS
 local out = {}
 local i = 3
+local drains = ARGV[1] .. '/drains'
+local function put(key, field, value, prefix)
+  if value == '-2' then return 1 end
+  if value == '-1' then return redis.pcall('HDEL', key, field) end
+  return redis.pcall('HSET', key, field, prefix .. value .. ':' .. now)
+end
 for c = 1, tonumber(ARGV[2]) do
-  local key, seq = ARGV[i], ARGV[i + 1]
-  i = i + 2
-  local r
-  if seq == '-1' then
-    r = redis.pcall('HDEL', key, ARGV[1])
+  local key = ARGV[i]
+  local r = put(key, ARGV[1], ARGV[i + 1], '')
+  local d = put(key, drains, ARGV[i + 2], 'd')
+  i = i + 3
+  if (type(r) == 'table' and r.err) or (type(d) == 'table' and d.err) then
+    out[c] = -1
   else
-    r = redis.pcall('HSET', key, ARGV[1], seq .. ':' .. now)
+    out[c] = 1
   end
-  if type(r) == 'table' and r.err then out[c] = -1 else out[c] = 1 end
 end
 return out
 """.replace("REDIS_NOW_MS", _REDIS_NOW_MS)
@@ -431,7 +477,8 @@ return out
 #
 # PROPOSE ARGV: 1 keep, 2 node, 3 the fenced list key (SETTLE's), 4 channels; per channel: stream,
 # sequence, top, readers and fence keys, how far the calling node has read it (-1: not
-# followed), the sequence proposed to follow, entries e, then each entry's messages.
+# followed), how far its slowest drain of it has delivered (-1: none), the sequence
+# proposed to follow, entries e, then each entry's messages.
 # Returns per channel {status, prev}: 'ok' and the top before, or why not: 'moved' (the
 # sequence or the top is not what was proposed), 'missing' (no stream), 'behind', an error.
 # A proposal whose first entries are in the stream already, right after the sequence
@@ -440,7 +487,8 @@ return out
 # not a move: the reply then says so, {status, prev, last_1, id_1, ...} for those
 # entries, their XADDs fail (ids not above the top) and the rest go on as proposed.
 PROPOSE = _writer_script(
-    """local function check(stream, seqkey, topkey, readers, fencekey, mine, expected, first, count)
+    """local function check(stream, seqkey, topkey, readers, fencekey, mine, kept, expected, first,
+    count)
   if redis.call('EXISTS', stream) == 0 then
     if redis.call('EXISTS', fencekey) == 0 then return {'missing', ''} end
     redis.call('RENAME', fencekey, stream)  -- fenced by a call that never settled
@@ -458,7 +506,7 @@ PROPOSE = _writer_script(
     if done == 0 then return {'moved', ''} end
     out[2] = string.format('%d-0', expected)
   end
-  local low = floor(readers, node, mine)
+  local low, held = floor(readers, node, mine, kept)
   local last = expected
   for e = first, first + count - 1 do
     local n = tonumber(ARGV[e])
@@ -472,8 +520,7 @@ PROPOSE = _writer_script(
       out[#out + 1] = string.format('%d-0', last)
     end
   end
-  local minid = last - keep + 1
-  if low and low + 1 < minid then minid = low + 1 end
+  local minid = min_id(last, low, held)
   if minid > 0 then redis.call('XTRIM', stream, 'MINID', string.format('%d', minid)) end
   redis.call('MSET', seqkey, string.format('%d', last), topkey, string.format('%d-0', last))
   return out
@@ -482,10 +529,10 @@ local out = {}
 local i = 5
 for c = 1, tonumber(ARGV[4]) do
   local stream, fencekey = ARGV[i], ARGV[i + 4]
-  local count = tonumber(ARGV[i + 7])
+  local count = tonumber(ARGV[i + 8])
   local ok, res = pcall(check, stream, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], fencekey,
-    tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), i + 8, count)
-  i = i + 8 + count
+    tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), i + 9, count)
+  i = i + 9 + count
   if not ok then
     res = {type(res) == 'table' and res.err or tostring(res), ''}
   end

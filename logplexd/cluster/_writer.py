@@ -58,9 +58,10 @@ MAX_FLUSH_LINGER = 0.05
 # 1.02x, 1.03x and 0.96x, 1,000 channels 1.01x and 0.98x (within the spread); 12 ms was
 # 0.90x with one connection (its flushes come near the pushback's mark), 10 ms slower with
 # 8 (bench/RESULTS.md, "Session of 2026-12-07 (third)"). A flush of one busy channel is
-# then about ``keep`` (16,000-22,000 messages): a drain judged slow, whose budget in Redis
-# mode is what the stream keeps, has little of it left when one lands (seen twice under
-# py-spy, told with an exact L10; same file). At most this much latency is added, and only
+# then about ``keep`` (16,000-22,000 messages): with ``keep`` as its budget, a drain judged
+# slow had little of it left when one landed (seen twice under py-spy, told with an exact
+# L10; same file); its budget is READER_SLACK x keep since (``_stream.APPEND``,
+# docs/SCALING.md "Durable drain backlogs"). At most this much latency is added, and only
 # under load: a linger ends early when the node goes quiet (two looks, ``linger``) and at
 # once when the pushback holds a channel.
 FLUSH_INTERVAL = 0.008
@@ -151,6 +152,9 @@ class Writer:
         # How far this node's own follow of a channel has read (None: not followed, or not
         # yet known): the stream is never trimmed past it, without waiting for a report.
         self.read_through: Callable[[str], int | None] = lambda channel: None
+        # How far this node's slowest drain of a channel has delivered (None: it runs
+        # none): the stream is not trimmed past it either, up to READER_SLACK x keep behind.
+        self.delivered_through: Callable[[str], int | None] = lambda channel: None
         # Channels whose entries Redis refused lately: the pause before the next try.
         self._refusals: dict[str, Backoff] = {}
         # One Redis: per channel, the id of the last entry this node wrote; the channels
@@ -334,9 +338,11 @@ class Writer:
             if channel in proposed:
                 continue
             read = self.read_through(channel)
+            delivered = self.delivered_through(channel)
             part = parts[channel] = [
                 *self.keys.appended(channel),
                 -1 if read is None else read,
+                -1 if delivered is None else delivered,
                 self.written_seq.get(channel, -1),
                 len(sent),
             ]
@@ -551,11 +557,13 @@ class Writer:
             sent = outgoing[channel]
             stream = keys.stream(channel)
             read = self.read_through(channel)
+            delivered = self.delivered_through(channel)
             seq = self.written_seq[channel]
             args += [
                 *keys.appended(channel),
                 keys.fence(channel),
                 -1 if read is None else read,
+                -1 if delivered is None else delivered,
                 seq,
                 len(sent),
             ]

@@ -126,6 +126,9 @@ class Wanted:
     stored: int = -1
     dirty: int | None = None
     starting: bool = False
+    # The stream sequence delivered through while it runs here (-1: not running): the
+    # stream is not trimmed past the slowest of its channel (``_note_delivered``).
+    delivered: int = -1
 
 
 class ClusterDrains:
@@ -146,6 +149,8 @@ class ClusterDrains:
         self.node_id = plane.node_id
         self.liveness = Liveness(plane.node_id, ttl)
         self.wanted: dict[int, Wanted] = {}
+        # Per channel, the drains running here (``_note_delivered``).
+        self._running: dict[str, dict[int, Wanted]] = {}
         self._wake = trio.Event()
         self._dirty = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -203,6 +208,22 @@ class ClusterDrains:
             self.remove_drain(drain_id)
         return len(ids)
 
+    def _note_delivered(self, channel: str, follow: Follow) -> None:
+        """Tell the data plane how far the slowest drain of ``channel`` running here has
+        delivered (its last settled message's stream sequence; -1: none runs here). The
+        writers keep the stream from there on, up to READER_SLACK x keep behind its
+        newest message: a drain whose receiver refused data for a while (judged slow,
+        lapped by its ring) reads on from the stream instead of losing what ``keep``
+        alone would have trimmed."""
+        running = self._running.get(channel)
+        if not running:
+            self.plane.note_delivered(follow, -1)
+        elif len(running) == 1:
+            (wanted,) = running.values()
+            self.plane.note_delivered(follow, wanted.delivered)
+        else:
+            self.plane.note_delivered(follow, min(w.delivered for w in running.values()))
+
     def owned(self) -> list[int]:
         return [i for i, w in self.wanted.items() if w.lease.owned and not w.starting]
 
@@ -223,6 +244,10 @@ class ClusterDrains:
         for wanted in self.wanted.values():
             if wanted.channel == channel:
                 wanted.stored, wanted.dirty = -1, None
+                if wanted.delivered >= 0:
+                    wanted.delivered = 0
+                    if wanted.follow is not None:
+                        self._note_delivered(channel, wanted.follow)
 
     # -- the task -----------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -454,6 +479,9 @@ class ClusterDrains:
             wanted.dirty = after[0]
             self._dirty.set()
         self._hook_checkpoints(drain_id, wanted, feed, catch_up, refill)
+        wanted.delivered = after[0]
+        self._running.setdefault(wanted.channel, {})[drain_id] = wanted
+        self._note_delivered(wanted.channel, follow)
         self.takeovers += 1
         log.info(
             "drain %d of %s: owned by this node (%s), from message %d",
@@ -494,6 +522,9 @@ class ClusterDrains:
                 return  # between two reads of the stream: the last batch's said where
             else:
                 seq = follow.seq_at(feed.cursor - feed.pending_messages)
+            if seq != wanted.delivered:
+                wanted.delivered = seq
+                self._note_delivered(wanted.channel, follow)
             if seq > wanted.stored and (wanted.dirty is None or seq > wanted.dirty):
                 wanted.dirty = seq
                 self._dirty.set()
@@ -508,6 +539,13 @@ class ClusterDrains:
         return True
 
     def _stop(self, drain_id: int, wanted: Wanted) -> None:
+        running = self._running.get(wanted.channel)
+        if running is not None and running.pop(drain_id, None) is not None:
+            if not running:
+                del self._running[wanted.channel]
+            if wanted.follow is not None:
+                self._note_delivered(wanted.channel, wanted.follow)
+        wanted.delivered = -1
         self.manager.remove_drain(drain_id)
         if wanted.follow is not None:
             self.plane.release(wanted.follow)

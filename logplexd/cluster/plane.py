@@ -89,6 +89,7 @@ class DataPlane:
         self.writer.on_written = self.followers.own_written
         self.followers.writing = lambda name: name in self.writer.in_flight
         self.writer.read_through = self.followers.read_through
+        self.writer.delivered_through = self.followers.delivered_through
         self.followers.on_applied = lambda follow: self.pushback.progressed((follow.name,))
         self.followers.exempt = self.pushback
         self._nursery: trio.Nursery | None = None
@@ -172,6 +173,13 @@ class DataPlane:
     @on_loss.setter
     def on_loss(self, callback: LossCallback | None) -> None:
         self.followers.on_loss = callback
+
+    def note_delivered(self, follow: Follow, position: int) -> None:
+        """How far the slowest drain of ``follow``'s channel running on this node has
+        delivered (-1: none runs here any more): the writer passes it along with each
+        write, the follower reports it for other nodes' writers, and none trims the
+        stream past it, up to READER_SLACK x keep behind (``_stream.APPEND``)."""
+        self.followers.note_delivered(follow, position)
 
     @property
     def on_rewind(self) -> Callable[[str], None] | None:
