@@ -97,6 +97,12 @@ ROUTERS = [
 # ``--metrics``: the /metrics samples shown after each run (a regular expression), or None;
 # for logplexd-redis also redis-server's byte counters (``--metrics redis-server``).
 METRICS_SHOWN: str | None = None
+# ``--sink-pauses COUNT:SECONDS``: the sink is stopped (SIGSTOP) COUNT times for SECONDS
+# each during the timed part, a receiver that refuses data now and then; (0, 0.0): never.
+SINK_PAUSES: tuple[int, float] = (0, 0.0)
+# When the first pause begins after the timed part starts, and how far apart they begin.
+SINK_PAUSE_START = 0.5
+SINK_PAUSE_EVERY = 0.25
 
 
 class HarnessError(RuntimeError):
@@ -342,6 +348,43 @@ def within(samples: list[Sample], start: float, end: float) -> tuple[Sample, Sam
     if len(inside) < 2:
         return None
     return inside[0], inside[-1]
+
+
+class SinkPauser:
+    """Stops the sink process ``count`` times for ``seconds`` each (SIGSTOP, then SIGCONT),
+    the first SINK_PAUSE_START after entering, one every SINK_PAUSE_EVERY, in a thread;
+    ``done`` counts the pauses made. Leaving stops it and never leaves the sink stopped."""
+
+    def __init__(self, sink: subprocess.Popen, count: int, seconds: float) -> None:
+        self.sink, self.count, self.seconds = sink, count, seconds
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self._stop.wait(SINK_PAUSE_START):
+            return
+        for _ in range(self.count):
+            if self.sink.poll() is not None:
+                return
+            try:
+                os.kill(self.sink.pid, signal.SIGSTOP)
+                time.sleep(self.seconds)
+            finally:
+                os.kill(self.sink.pid, signal.SIGCONT)
+            self.done += 1
+            if self._stop.wait(SINK_PAUSE_EVERY):
+                return
+
+    def __enter__(self) -> SinkPauser:
+        if self.count:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 class Sampler:
@@ -961,7 +1004,7 @@ def run_once(
             cmd = [*base, *warm, "-n", str(messages)]
             if rate:
                 cmd += ["-r", str(rate)]
-            with Sampler(pid) as sampler:
+            with Sampler(pid) as sampler, SinkPauser(sink, *SINK_PAUSES) as pauser:
                 try:
                     res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
                 except subprocess.TimeoutExpired:
@@ -979,6 +1022,8 @@ def run_once(
             if METRICS_SHOWN is not None:
                 for line in router.metrics_matching(METRICS_SHOWN):
                     log(f"  {router.name} /metrics: {line}")
+            if pauser.count:
+                log(f"  sink paused {pauser.done} times for {pauser.seconds * 1000:g} ms")
             if sk["lost"] or sk["l10_dropped"]:
                 # A failed run: say where the router counted the loss, while it still runs.
                 for line in router.loss_counters():
@@ -1328,6 +1373,13 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. 'round_trips|entries_own'; for logplexd-redis also redis-server's byte "
         "counters and its time per command in the timed part: 'redis-server')",
     )
+    ap.add_argument(
+        "--sink-pauses",
+        metavar="COUNT:SECONDS",
+        help="stop the sink COUNT times for SECONDS each during the timed part (SIGSTOP, "
+        f"the first {SINK_PAUSE_START:g} s in, one every {SINK_PAUSE_EVERY:g} s): a receiver "
+        "that refuses data now and then (its drain is judged slow); loss must be told by L10",
+    )
     args = ap.parse_args(argv)  # fmt: skip
     if args.prefill < 0:
         ap.error("--prefill takes a number of messages, 0 or more")
@@ -1363,8 +1415,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     Logplexd.extra_args = list(args.logplexd_arg)
     LogplexdBase.extra_args = LogplexdRedisBase.extra_args = list(args.base_arg)
-    global METRICS_SHOWN
+    global METRICS_SHOWN, SINK_PAUSES
     METRICS_SHOWN = args.metrics
+    if args.sink_pauses:
+        try:
+            count, seconds = args.sink_pauses.split(":")
+            SINK_PAUSES = (int(count), float(seconds))
+        except ValueError:
+            ap.error("--sink-pauses takes COUNT:SECONDS, e.g. 12:0.008")
     if "logplexd-base" in routers or "logplexd-redis-base" in routers:
         if args.base_tree is None:
             ap.error("routers logplexd-base and logplexd-redis-base need --base-tree")
