@@ -36,7 +36,7 @@ from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import serve_in
 from tests.helpers.drains import l10_total
 from tests.helpers.peers import needs_curl
-from tests.helpers.redis import RedisServer, eventually
+from tests.helpers.redis import RedisCluster, RedisServer, eventually
 from tests.helpers.syslog import frame, send_syslog
 
 pytestmark = [pytest.mark.integration, needs_curl]
@@ -90,7 +90,11 @@ def test_channel_pushback_holds_past_three_keeps_and_releases_under_half():
 
 
 async def one_node(
-    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, sinks: list[Sink], **overrides
+    tmp_path: Path,
+    server: RedisServer | RedisCluster,
+    nursery: trio.Nursery,
+    sinks: list[Sink],
+    **overrides,
 ):
     settings = dataclasses.replace(
         node_settings(tmp_path, "A", server),
@@ -343,7 +347,11 @@ RING_BYTES = 1024 * 1024
 
 
 async def stalled_drain(
-    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, stalled, keep: int = RING
+    tmp_path: Path,
+    server: RedisServer | RedisCluster,
+    nursery: trio.Nursery,
+    stalled,
+    keep: int = RING,
 ):
     """One node whose rings hold RING_BYTES and whose streams keep ``keep`` messages, with
     channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain."""
@@ -426,7 +434,7 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
 
 
 async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would_trim(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_any: RedisServer | RedisCluster
 ) -> None:
     """Node A runs the drain, whose receiver stops reading; node B takes the input and
     writes the stream. B's writer trims at ``keep`` (512) but not past what A reported its
@@ -439,10 +447,10 @@ async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             a, ports_a, token, drain = await stalled_drain(
-                tmp_path, redis_server, nursery, stalled, keep
+                tmp_path, redis_any, nursery, stalled, keep
             )
             settings = dataclasses.replace(
-                node_settings(tmp_path, "B", redis_server),
+                node_settings(tmp_path, "B", redis_any),
                 history_messages=100,
                 history_bytes=64 * 1024,
                 channel_buffer_messages=keep,
