@@ -286,16 +286,24 @@ class StalledSink(Sink):
 async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_no_producer(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    # More than the stream keeps behind this node's follower (READER_SLACK x keep, in one
-    # write): some of it is trimmed before the drain resumes, however the writes fall.
-    # (Under 10,000: ``text`` numbers messages with four digits.)
-    TOTAL = 9_900
-    assert TOTAL > READER_SLACK * RING
+    # Far more than the stream keeps for the stalled drain (READER_SLACK x keep behind the
+    # newest message, from where it had delivered: what the sockets' buffers took before
+    # it stalled counts as delivered): some of it is trimmed before the drain resumes,
+    # however the writes fall. (Under 10,000: ``text`` numbers messages with four digits.)
+    TOTAL, KEEP = 9_900, 512
+    assert TOTAL > 4 * READER_SLACK * KEEP
     stalled = StalledSink(first=4096)
     other = Sink()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            daemon, ports = await one_node(tmp_path, redis_server, nursery, [stalled, other])
+            daemon, ports = await one_node(
+                tmp_path,
+                redis_server,
+                nursery,
+                [stalled, other],
+                history_messages=KEEP,
+                channel_buffer_messages=KEEP,
+            )
             token = await channel_on_every_node(ports, [daemon])
             await add_drain(ports, "app", await nursery.start(stalled.serve))
             status, _, body = await curl(
