@@ -13,12 +13,14 @@ from logplexd.cluster import (
     COLLECT_SKIPS,
     FLUSH_INTERVAL,
     HOLD_KEEPS,
+    REPORT_HEARTBEAT,
     ChannelPushback,
     ClusterRegistry,
     DataPlane,
     Follow,
     Keys,
     flush_linger,
+    report_due,
     slot_of,
 )
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
@@ -315,6 +317,20 @@ def test_follow_maps_ring_positions_to_stream_sequences() -> None:
     assert follow.position_after(19) == (4, 0)
     assert follow.position_after(20) == (5, 0)
     assert follow.valid_messages() == 5
+
+
+def test_a_position_is_reported_again_when_it_moved_far_or_at_the_heartbeat() -> None:
+    """``report_due``: never reported, or moved by the step: now; moved less, or not at all
+    but behind (a held reader, a drain behind what the node read): once REPORT_HEARTBEAT has
+    passed; unmoved and not behind: never (its report goes stale)."""
+    beat = REPORT_HEARTBEAT
+    assert report_due(None, 5, 0.0, 10, False)
+    assert report_due((5, 0.0), 15, 0.0, 10, False)  # moved by the step
+    assert not report_due((5, 0.0), 14, beat / 2, 10, False)
+    assert report_due((5, 0.0), 14, beat, 10, False)  # moved a little: at the heartbeat
+    assert not report_due((5, 0.0), 5, beat * 10, 10, False)  # unmoved, not behind
+    assert not report_due((5, 0.0), 5, beat / 2, 10, True)
+    assert report_due((5, 0.0), 5, beat, 10, True)  # unmoved but behind: kept fresh
 
 
 def test_follow_maps_a_run_of_entries_without_a_gap_with_one_point() -> None:

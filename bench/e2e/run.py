@@ -369,9 +369,13 @@ class SinkPauser:
                 return
             try:
                 os.kill(self.sink.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                return  # the sink ended
+            try:
                 time.sleep(self.seconds)
             finally:
-                os.kill(self.sink.pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.sink.pid, signal.SIGCONT)
             self.done += 1
             if self._stop.wait(SINK_PAUSE_EVERY):
                 return

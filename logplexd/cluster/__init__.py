@@ -15,7 +15,7 @@ node is behind on it, ``HOLD_KEEPS`` x ``keep``, under the ``READER_SLACK`` x ``
 the stream keeps for a follower behind).
 """
 
-from ._follow import POLL_IDLE, SWEEP_SLICE, Follow
+from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
 from ._stream import (
@@ -52,6 +52,7 @@ __all__ = [
     "PROPOSE",
     "READER_SLACK",
     "READER_STALE_MS",
+    "REPORT_HEARTBEAT",
     "SETTLE",
     "SWEEP_SLICE",
     "TRIP_KINDS",
@@ -72,5 +73,6 @@ __all__ = [
     "birth_hook",
     "decode_entry",
     "flush_linger",
+    "report_due",
     "slot_of",
 ]

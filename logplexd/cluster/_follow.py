@@ -113,14 +113,29 @@ RING_ENTRIES = 2
 REPORT_INTERVAL = 0.02
 REPORT_HEARTBEAT = 0.5
 
+
+def report_due(
+    last: tuple[int, float] | None, position: int, now: float, step: int, behind: bool
+) -> bool:
+    """Whether a position reported as ``last`` (position, when; None: never) is reported
+    again at ``now``: it moved by ``step`` or more, or REPORT_HEARTBEAT has passed since and
+    it moved at all or is ``behind`` (its report must not go stale while it is)."""
+    return (
+        last is None
+        or abs(position - last[0]) >= step
+        or (now - last[1] >= REPORT_HEARTBEAT and (last[0] != position or behind))
+    )
+
+
 LossCallback = Callable[[str, int, float], None]
 
 
 class Follow:
     """One followed channel: where its stream was read up to, and ring <-> stream positions.
 
-    ``heads[k]`` is the ring head after entry ``k`` was appended and ``seqs[k]`` the stream
-    sequence of that entry's last message: a position inside an entry maps linearly.
+    ``heads[k]`` is the ring head after the ``k``-th run of entries that followed each other
+    without a gap was appended, and ``seqs[k]`` the stream sequence of that run's last
+    message: a position inside a run maps linearly.
     """
 
     __slots__ = (
@@ -474,33 +489,17 @@ class Followers:
                     continue
                 seq = follow.last_seq
                 position = -2
-                last = reported.get(name)
-                if (
-                    last is None
-                    or abs(seq - last[0]) >= step
-                    or (
-                        now - last[1] >= REPORT_HEARTBEAT
-                        and (last[0] != seq or self._paused(follow))
-                    )
-                ):
+                if report_due(reported.get(name), seq, now, step, self._paused(follow)):
                     position = seq
                 delivered = follow.delivered
                 shown = -2
                 if delivered < 0:
                     # No drain of it runs here (any more): its last report goes stale.
-                    if name in delivered_reported:
-                        del delivered_reported[name]
-                else:
-                    last = delivered_reported.get(name)
-                    if (
-                        last is None
-                        or abs(delivered - last[0]) >= step
-                        or (
-                            now - last[1] >= REPORT_HEARTBEAT
-                            and (last[0] != delivered or seq - delivered >= step)
-                        )
-                    ):
-                        shown = delivered
+                    delivered_reported.pop(name, None)
+                elif report_due(
+                    delivered_reported.get(name), delivered, now, step, seq - delivered >= step
+                ):
+                    shown = delivered
                 if position != -2 or shown != -2:
                     parts[name] = [self.keys.readers(name), position, shown]
             if not parts:

@@ -215,14 +215,8 @@ class ClusterDrains:
         newest message: a drain whose receiver refused data for a while (judged slow,
         lapped by its ring) reads on from the stream instead of losing what ``keep``
         alone would have trimmed."""
-        running = self._running.get(channel)
-        if not running:
-            self.plane.note_delivered(follow, -1)
-        elif len(running) == 1:
-            (wanted,) = running.values()
-            self.plane.note_delivered(follow, wanted.delivered)
-        else:
-            self.plane.note_delivered(follow, min(w.delivered for w in running.values()))
+        running = self._running.get(channel, {})
+        self.plane.note_delivered(follow, min((w.delivered for w in running.values()), default=-1))
 
     def owned(self) -> list[int]:
         return [i for i, w in self.wanted.items() if w.lease.owned and not w.starting]
