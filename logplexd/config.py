@@ -176,6 +176,11 @@ class Settings:
     # to channel_buffer_messages for a channel of large stream entries; drains it laps read
     # on from the stream, which keeps channel_buffer_messages (docs/SCALING.md).
     redis_ring_messages: int = 2048
+    # Redis mode: the TCP congestion control of the data plane's own connections to Redis
+    # ("": the system's). Not BBR's pacing: a flush is megabytes sent at once over a
+    # short, fast path, and pacing it cost one kernel timer per few packets
+    # (docs/SCALING.md, "The links to Redis: no pacing").
+    redis_tcp_congestion: str = "cubic"
     drain_lease_ttl: float = 10.0
     # Where the values came from; not configuration itself.
     config_file: Path | None = None
@@ -319,6 +324,16 @@ def _node_id(raw: object) -> str:
         raise _Invalid("expected 1 to 200 printable ASCII characters")
     if " " in name:
         raise _Invalid("must not contain spaces")
+    return name
+
+
+def _congestion(raw: object) -> str:
+    # A name as the kernel knows it (TCP_CA_NAME_MAX is 16 with its NUL), or "".
+    if not isinstance(raw, str):
+        raise _Invalid("expected a string")
+    name = raw.strip()
+    if len(name) > 15 or not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
+        raise _Invalid("expected a TCP congestion control name (e.g. cubic), or empty")
     return name
 
 
@@ -598,6 +613,12 @@ _SPECS: dict[str, _Spec] = {
         "Redis mode: messages of a channel each node keeps in memory for its tails and "
         "drains at first (0: channel_buffer_messages; drains further behind read the stream)",
         "N",
+    ),
+    "redis_tcp_congestion": _Spec(
+        _congestion,
+        "Redis mode: TCP congestion control of the data plane's connections to Redis "
+        "(empty: the system's)",
+        "NAME",
     ),
     "drain_lease_ttl": _Spec(
         _seconds_in(0.05, 12),

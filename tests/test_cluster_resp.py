@@ -273,6 +273,43 @@ async def test_a_pipeline_gets_every_reply_in_order_and_errors_in_place(
     link.close()
 
 
+def _system_congestion_control() -> str:
+    return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic", ""])
+async def test_the_links_to_redis_use_the_configured_tcp_congestion_control(
+    plain_redis: RedisServer, name: str
+) -> None:
+    """``redis_tcp_congestion``: every link of the data plane gets it (reno and cubic are
+    always allowed to unprivileged sockets); "" keeps the system's."""
+    target = parse_redis_url(plain_redis.url)
+    links = DirectLinks(target, "logplexd-data:test", tcp_congestion=name)
+    with trio.fail_after(5):
+        for purpose in ("write", "follow"):
+            link = links.link(target.nodes[0], purpose)
+            assert link.congestion_control is None  # nothing open yet
+            assert await link.call([["PING"]]) == [b"PONG"]
+            assert link.congestion_control == (name or _system_congestion_control())
+    links.close()
+
+
+async def test_a_congestion_control_the_kernel_refuses_leaves_the_systems_said_once(
+    plain_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = parse_redis_url(plain_redis.url)
+    links = DirectLinks(target, "logplexd-data:test", tcp_congestion="nosuchcc")
+    with trio.fail_after(5):
+        for purpose in ("write", "follow", "report"):
+            link = links.link(target.nodes[0], purpose)
+            assert await link.call([["PING"]]) == [b"PONG"]
+            assert link.congestion_control == _system_congestion_control()
+    refused = [r for r in caplog.records if "nosuchcc" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+    assert "keep the system's" in refused[0].getMessage()
+    links.close()
+
+
 async def test_a_link_logs_in_and_selects_its_database(tmp_path: Path) -> None:
     require_redis()
     server = RedisServer(tmp_path, extra=("--requirepass", "s3cret"))

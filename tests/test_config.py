@@ -623,6 +623,17 @@ def test_every_setting_is_documented() -> None:
     assert "`LOGPLEXD_CONFIG`" in doc
 
 
+def test_the_links_to_redis_congestion_control_is_a_kernel_name_or_empty() -> None:
+    assert load_settings(env={}).redis_tcp_congestion == "cubic"
+    s = load_settings(env={"LOGPLEXD_REDIS_TCP_CONGESTION": " "})
+    assert s.redis_tcp_congestion == ""  # the system's
+    assert load_settings({"redis_tcp_congestion": "reno"}, env={}).redis_tcp_congestion == "reno"
+    for bad in ("cu bic", "a" * 16, "bbr;rm", "é"):
+        with pytest.raises(ConfigError) as info:
+            load_settings({"redis_tcp_congestion": bad}, env={})
+        assert "TCP congestion control name" in str(info.value)
+
+
 def test_session_lifetimes_default_to_the_platform_reference() -> None:
     # "about 5 minutes after creation or about one hour after connecting"
     s = load_settings(env={})

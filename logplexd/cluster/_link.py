@@ -164,8 +164,9 @@ class Connection:
     """The Redis client of the data plane (while ``connected``), and what every task of the
     plane does with it: count round trips, call scripts, back off, probe."""
 
-    def __init__(self, url: str, *, node_id: str, keys: Keys) -> None:
+    def __init__(self, url: str, *, node_id: str, keys: Keys, tcp_congestion: str = "") -> None:
         self.url = url
+        self.tcp_congestion = tcp_congestion
         self.target = parse_redis_url(url)
         self.cluster = self.target.cluster
         self.node_id = node_id
@@ -528,7 +529,9 @@ class Connection:
                 self._close_direct()
 
     def _new_direct(self) -> DirectLinks:
-        return DirectLinks(self.target, f"logplexd-data:{self.node_id}")
+        return DirectLinks(
+            self.target, f"logplexd-data:{self.node_id}", tcp_congestion=self.tcp_congestion
+        )
 
     def _close_direct(self) -> None:
         direct, self._direct = self._direct, None

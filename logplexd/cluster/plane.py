@@ -50,14 +50,19 @@ class DataPlane:
         buffer: OutboundBuffer | None = None,
         prefix: str = DEFAULT_PREFIX,
         wall_clock: Callable[[], float] = time.time,
+        tcp_congestion: str = "",
     ) -> None:
+        """``tcp_congestion``: the congestion control of the plane's own TCP connections
+        to Redis ("": the system's; ``redis_tcp_congestion``)."""
         self.url = url
         self.node_id = node_id
         self.keep_messages = keep_messages
         self.buffer = buffer if buffer is not None else OutboundBuffer()
         self.keys = Keys(prefix)
         self.wall_clock = wall_clock
-        self.connection = Connection(url, node_id=node_id, keys=self.keys)
+        self.connection = Connection(
+            url, node_id=node_id, keys=self.keys, tcp_congestion=tcp_congestion
+        )
         self.cluster = self.connection.cluster
         self.link = self.connection.link
         # Round trips to Redis by what they were for (``TRIP_KINDS``; ``Connection.trips``).

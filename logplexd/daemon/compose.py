@@ -169,6 +169,7 @@ class Daemon:
                 node_id=settings.resolved_node_id(),
                 keep_messages=max(settings.channel_buffer_messages, settings.history_messages),
                 buffer=OutboundBuffer(settings.redis_buffer_messages, settings.redis_buffer_bytes),
+                tcp_congestion=settings.redis_tcp_congestion,
             )
             self.registry = ClusterRegistry(
                 self.plane,
