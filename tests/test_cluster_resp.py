@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from logplexd.cluster._direct import (
     SEND_BUFFERS,
     THREAD_SEND_BYTES,
+    CongestionControl,
     DirectLinks,
     RespConnectionError,
     RespUnreachable,
@@ -284,7 +285,7 @@ async def test_the_links_to_redis_use_the_configured_tcp_congestion_control(
     """``redis_tcp_congestion``: every link of the data plane gets it (reno and cubic are
     always allowed to unprivileged sockets); "" keeps the system's."""
     target = parse_redis_url(plain_redis.url)
-    links = DirectLinks(target, "logplexd-data:test", tcp_congestion=name)
+    links = DirectLinks(target, "logplexd-data:test", congestion=CongestionControl(name))
     with trio.fail_after(5):
         for purpose in ("write", "follow"):
             link = links.link(target.nodes[0], purpose)
@@ -297,17 +298,21 @@ async def test_the_links_to_redis_use_the_configured_tcp_congestion_control(
 async def test_a_congestion_control_the_kernel_refuses_leaves_the_systems_said_once(
     plain_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Said once for all the links of a data plane, those of its next connection too (a
+    Redis restarted: new links)."""
     target = parse_redis_url(plain_redis.url)
-    links = DirectLinks(target, "logplexd-data:test", tcp_congestion="nosuchcc")
+    congestion = CongestionControl("nosuchcc")
     with trio.fail_after(5):
-        for purpose in ("write", "follow", "report"):
-            link = links.link(target.nodes[0], purpose)
-            assert await link.call([["PING"]]) == [b"PONG"]
-            assert link.congestion_control == _system_congestion_control()
+        for _ in range(2):
+            links = DirectLinks(target, "logplexd-data:test", congestion=congestion)
+            for purpose in ("write", "follow", "report"):
+                link = links.link(target.nodes[0], purpose)
+                assert await link.call([["PING"]]) == [b"PONG"]
+                assert link.congestion_control == _system_congestion_control()
+            links.close()
     refused = [r for r in caplog.records if "nosuchcc" in r.getMessage()]
     assert len(refused) == 1, [r.getMessage() for r in caplog.records]
     assert "keep the system's" in refused[0].getMessage()
-    links.close()
 
 
 async def test_a_link_logs_in_and_selects_its_database(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ log = logging.getLogger("logplexd.cluster")
 
 class CongestionControl:
     """The TCP congestion control a link's socket is given (``redis_tcp_congestion``; ""
-    leaves the system's). Under BBR, the kernel paces what a socket sends, arming a timer
+    leaves the system's), one for all of a data plane's links, whichever connection they
+    came with. Under BBR, the kernel paces what a socket sends, arming a timer
     every few packets; a flush of megabytes to a Redis nearby then cost a timer per ~64 KB,
     on a VM a trap to the hypervisor each: with one busy channel the writer's worker thread
     armed 930 per million messages, 106 under CUBIC, at 1.07-1.11x the messages a second
@@ -230,10 +231,12 @@ class ServerLink:
 class DirectLinks:
     """One ``ServerLink`` per (server, purpose), opened when first used, closed together."""
 
-    def __init__(self, target: RedisTarget, name: str, *, tcp_congestion: str = "") -> None:
+    def __init__(
+        self, target: RedisTarget, name: str, *, congestion: CongestionControl | None = None
+    ) -> None:
         self._target = target
         self._name = name
-        self._congestion = CongestionControl(tcp_congestion)
+        self._congestion = congestion if congestion is not None else CongestionControl("")
         self._links: dict[tuple[Address, str], ServerLink] = {}
         self._forgotten = 0  # connections the links dropped by ``forget`` had opened
 

@@ -25,7 +25,7 @@ import trio
 
 from ..native import RespError
 from ..store import open_redis, parse_redis_url
-from ._direct import Address, DirectLinks, RespUnreachable, parse_address
+from ._direct import Address, CongestionControl, DirectLinks, RespUnreachable, parse_address
 from ._stream import CLUSTER_SLOTS, SCRIPTS, Keys, Script, ScriptCall, StreamEntry, slot_of
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class Connection:
 
     def __init__(self, url: str, *, node_id: str, keys: Keys, tcp_congestion: str = "") -> None:
         self.url = url
-        self.tcp_congestion = tcp_congestion
+        self._congestion = CongestionControl(tcp_congestion)
         self.target = parse_redis_url(url)
         self.cluster = self.target.cluster
         self.node_id = node_id
@@ -530,7 +530,7 @@ class Connection:
 
     def _new_direct(self) -> DirectLinks:
         return DirectLinks(
-            self.target, f"logplexd-data:{self.node_id}", tcp_congestion=self.tcp_congestion
+            self.target, f"logplexd-data:{self.node_id}", congestion=self._congestion
         )
 
     def _close_direct(self) -> None:
