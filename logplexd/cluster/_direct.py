@@ -60,8 +60,9 @@ class CongestionControl:
     leaves the system's), one for all of a data plane's links, whichever connection they
     came with. Under BBR, the kernel paces what a socket sends, arming a timer
     every few packets; a flush of megabytes to a Redis nearby then cost a timer per ~64 KB,
-    on a VM a trap to the hypervisor each: with one busy channel the writer's worker thread
-    armed 930 per million messages, 106 under CUBIC, at 1.07-1.11x the messages a second
+    on a VM a trap to the hypervisor each, and the worker thread's write took less of the
+    request at once (the loop sent the rest): with one busy channel the worker thread armed
+    930 timers per million messages, 106 under CUBIC, at 1.07-1.11x the messages a second
     and 0.93-0.96x the node's CPU (bench/RESULTS.md). Where the name is refused (unknown to
     the kernel, or not in ``net.ipv4.tcp_allowed_congestion_control``) the socket keeps the
     system's, said once in the log."""
