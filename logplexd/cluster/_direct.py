@@ -54,6 +54,9 @@ Address = tuple[str, int]
 
 log = logging.getLogger("logplexd.cluster")
 
+# Linux's socket option (None where the platform has none).
+_TCP_CONGESTION: int | None = getattr(socket, "TCP_CONGESTION", None)
+
 
 class CongestionControl:
     """The TCP congestion control a link's socket is given (``redis_tcp_congestion``; ""
@@ -72,10 +75,10 @@ class CongestionControl:
         self._refused = False
 
     def apply(self, sock: Any) -> None:
-        if not self.name or self._refused:
-            return
+        if not self.name or self._refused or _TCP_CONGESTION is None:
+            return  # (a platform without the option, not Linux: the system's, silently)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.name.encode())
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, self.name.encode())
         except OSError as exc:
             self._refused = True
             log.warning(
@@ -116,9 +119,9 @@ class ServerLink:
     def congestion_control(self) -> str | None:
         """The TCP congestion control of the open connection (None: none open, or not TCP)."""
         stream = self._stream
-        if stream is None or self._target.socket_path is not None:
+        if stream is None or self._target.socket_path is not None or _TCP_CONGESTION is None:
             return None
-        raw = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+        raw = stream.socket.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16)
         return bytes(raw).split(b"\0", 1)[0].decode()
 
     async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
