@@ -41,6 +41,8 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         store_url=redis_server.url,
         node_id="n1",
         redis_buffer_messages=BUFFER_MESSAGES,
+        # Neither the default (cubic) nor a system's usual one: the setting took effect.
+        redis_tcp_congestion="reno",
     )
     daemon = Daemon(settings)
     sink = Sink()
@@ -98,6 +100,10 @@ async def test_redis_metrics_follow_the_messages(tmp_path: Path, redis_server: R
         # one per purpose (nothing broke); a purpose's first call may open one since.
         opened = value(found, "logplexd_redis_connections_opened_total")
         assert 2 <= opened <= plane.connections_opened <= 8
+        # Every one of them open is on the configured congestion control.
+        links = {k[1]: v for k, v in found.items() if k[0] == "logplexd_redis_links"}
+        assert set(links) == {(("congestion", "reno"),)}, links
+        assert 2 <= links[(("congestion", "reno"),)] <= opened
         # Every message's text is in the frames written (plus its octet count and header).
         assert value(found, "logplexd_redis_stream_bytes_written_total") > sum(map(len, texts))
         trips1 = trips(found)

@@ -264,6 +264,15 @@ class DirectLinks:
     def __len__(self) -> int:
         return len(self._links)
 
+    def congestion_controls(self) -> dict[str, int]:
+        """The open TCP links by their congestion control (``redis_links``)."""
+        found: dict[str, int] = {}
+        for link in self._links.values():
+            name = link.congestion_control
+            if name is not None:
+                found[name] = found.get(name, 0) + 1
+        return found
+
     @property
     def opened(self) -> int:
         """Connections opened so far, by every link, forgotten ones too."""

@@ -546,6 +546,11 @@ class Connection:
         now = self._direct.opened if self._direct is not None else 0
         return self._opened_before + now
 
+    def link_congestion(self) -> dict[str, int]:
+        """The plane's own open TCP connections by congestion control (what
+        ``redis_tcp_congestion`` took effect as)."""
+        return self._direct.congestion_controls() if self._direct is not None else {}
+
     # -- the tasks' helpers ---------------------------------------------------------------------
     async def probe(self) -> None:
         """Notice a lost or returned Redis even when nothing else is talking to it."""

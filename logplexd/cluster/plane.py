@@ -140,6 +140,9 @@ class DataPlane:
     def connections_opened(self) -> int:
         return self.connection.connections_opened
 
+    def link_congestion(self) -> dict[str, int]:
+        return self.connection.link_congestion()
+
     @property
     def entries_written(self) -> int:
         return self.writer.entries_written

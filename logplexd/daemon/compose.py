@@ -509,6 +509,7 @@ class Daemon:
                 flushes=plane.writer.flushes,
                 flush_wait_seconds=plane.writer.flush_wait_seconds,
                 inputs_gated_seconds=plane.pushback.gate.closed_seconds,
+                link_congestion=plane.link_congestion(),
             )
         pump = self.drains.pump
         return MetricsSnapshot(

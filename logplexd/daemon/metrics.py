@@ -131,6 +131,8 @@ class RedisFigures:
     flush_wait_seconds: float = 0.0
     # Seconds every input waited on the outbound gate (the writer behind on everything).
     inputs_gated_seconds: float = 0.0
+    # The data plane's open TCP connections to Redis by congestion control.
+    link_congestion: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -691,6 +693,15 @@ class DaemonCollector(Collector):
             "Messages dropped from a full outbound buffer (announced to drains as L10).",
             value=plane.buffer_dropped,
         )
+        links = _gauge(
+            "redis_links",
+            "The data plane's open TCP connections to Redis, by the congestion control they "
+            "use (redis_tcp_congestion; a name the kernel refused leaves the system's).",
+            ["congestion"],
+        )
+        for name, count in sorted(plane.link_congestion.items()):
+            links.add_metric([name], count)
+        yield links
         yield _gauge(
             "redis_reachable",
             "0 before Redis first answers and from a failed data plane call until that "
