@@ -121,7 +121,10 @@ class ServerLink:
         stream = self._stream
         if stream is None or self._target.socket_path is not None or _TCP_CONGESTION is None:
             return None
-        raw = stream.socket.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16)
+        try:
+            raw = stream.socket.getsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, 16)
+        except OSError:
+            return None  # closed under it meanwhile: a scrape must not fail for that
         return bytes(raw).split(b"\0", 1)[0].decode()
 
     async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
