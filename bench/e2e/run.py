@@ -90,7 +90,7 @@ WORKLOADS = [
 ]
 ROUTERS = [
     "direct", "logplexd", "logplexd-nospill", "logplexd-redis", "logplexd-redis-base",
-    "logplexd-redis-unix", "rsyslog", "syslog-ng",
+    "logplexd-redis-unix", "logplexd-redis-unix-base", "rsyslog", "syslog-ng",
 ]  # fmt: skip
 
 
@@ -939,10 +939,18 @@ class LogplexdRedisUnix(LogplexdRedis):
     unix = True
 
 
+class LogplexdRedisUnixBase(LogplexdRedisUnix):
+    """``logplexd-redis-unix`` with the daemon of ``--base-tree``."""
+
+    name = "logplexd-redis-unix-base"
+    extra_args = []
+
+
 ROUTER_CLASSES: dict[str, type[Router]] = {
     "direct": Direct, "logplexd": Logplexd, "logplexd-base": LogplexdBase,
     "logplexd-nospill": LogplexdNoSpill, "logplexd-redis": LogplexdRedis,
     "logplexd-redis-base": LogplexdRedisBase, "logplexd-redis-unix": LogplexdRedisUnix,
+    "logplexd-redis-unix-base": LogplexdRedisUnixBase,
     "rsyslog": Rsyslog, "syslog-ng": SyslogNg,
 }  # fmt: skip
 
@@ -1418,7 +1426,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     Logplexd.extra_args = list(args.logplexd_arg)
-    LogplexdBase.extra_args = LogplexdRedisBase.extra_args = list(args.base_arg)
+    for base_class in (LogplexdBase, LogplexdRedisBase, LogplexdRedisUnixBase):
+        base_class.extra_args = list(args.base_arg)
     global METRICS_SHOWN, SINK_PAUSES
     METRICS_SHOWN = args.metrics
     if args.sink_pauses:
@@ -1427,11 +1436,11 @@ def main(argv: list[str] | None = None) -> int:
             SINK_PAUSES = (int(count), float(seconds))
         except ValueError:
             ap.error("--sink-pauses takes COUNT:SECONDS, e.g. 12:0.008")
-    if "logplexd-base" in routers or "logplexd-redis-base" in routers:
+    if any(router.endswith("-base") for router in routers):
         if args.base_tree is None:
-            ap.error("routers logplexd-base and logplexd-redis-base need --base-tree")
+            ap.error("routers logplexd-base and logplexd-redis[-unix]-base need --base-tree")
         LogplexdBase.tree = args.base_tree.resolve()
-        LogplexdRedisBase.tree = LogplexdBase.tree
+        LogplexdRedisBase.tree = LogplexdRedisUnixBase.tree = LogplexdBase.tree
     write = not (args.quick or args.no_write)
 
     notes: dict[str, str] = {}
