@@ -14,7 +14,8 @@ follow their channels, but never connect), waits until every node knows the last
 ``--settle`` seconds more (leases acquired, follows started), and then reads Redis ``INFO``
 before and after ``--window`` seconds. Reported per node and per second: the commands Redis
 counted (``INFO commandstats``: what a script calls is counted too, per call), by name, and
-the round trips the nodes counted (``logplexd_redis_round_trips_total``).
+the round trips the nodes counted (``logplexd_redis_round_trips_total``), and the CPU each
+node's process used (a share of one core).
 
 The target of issue 21: at most 50 commands per second per node with 10,000 channels.
 """
@@ -75,6 +76,15 @@ def provision(node: bench_nodes.Node, channels: int, sink_port: int, threads: in
         raise e2e.HarnessError("provisioning failed: " + "; ".join(errors))
 
 
+def nodes_cpu(nodes: list[bench_nodes.Node]) -> float:
+    """CPU seconds (user + system) the nodes' processes have used so far, summed."""
+    total = 0.0
+    for node in nodes:
+        assert node.proc is not None
+        total += e2e.cpu_seconds(node.proc.pid)
+    return total
+
+
 def run_idle(
     setup: str, channels: int, settle: float, window: float, base: bool
 ) -> dict[str, float]:
@@ -107,8 +117,10 @@ def run_idle(
             time.sleep(settle)
             before = redis.counters()
             trips0 = bench_nodes.plane_counters(nodes)
+            node_cpu0 = nodes_cpu(nodes)
             time.sleep(window)
             after = redis.counters()
+            node_cpu1 = nodes_cpu(nodes)
             trips1 = bench_nodes.plane_counters(nodes)
             bench_nodes.check_alive(nodes)
         finally:
@@ -120,6 +132,7 @@ def run_idle(
         k: v / window / count for k, v in delta.items() if k.startswith("cmd:") or k == "commands"
     }
     out["cpu"] = delta["cpu"] / window
+    out["node_cpu"] = (node_cpu1 - node_cpu0) / window / count
     trips = bench_nodes.counters_delta(trips1, trips0)
     if trips is not None:
         out["trips"] = trips["trips"] / window / count
@@ -155,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
             trips = figures.get("trips")
             rows.append(
                 f"| {label} | {args.channels:,} | {figures['commands']:.1f} | {by} "
-                f"| {'-' if trips is None else f'{trips:.1f}'} | {100 * figures['cpu']:.2f} % |"
+                f"| {'-' if trips is None else f'{trips:.1f}'} | {100 * figures['cpu']:.2f} % "
+                f"| {100 * figures['node_cpu']:.2f} % |"
             )
             if not base and figures["commands"] > TARGET_PER_NODE:
                 e2e.log(f"[{label}] {figures['commands']:.1f} commands/s per node "
                         f"(target <= {TARGET_PER_NODE:.0f})")  # fmt: skip
     print("| set-up | channels (1 drain each) | Redis commands/s per node | by name "
-          "| round trips/s per node | Redis CPU |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| round trips/s per node | Redis CPU | node CPU, per node |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     return 1 if failed else 0
 
