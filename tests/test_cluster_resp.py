@@ -21,6 +21,7 @@ from logplexd.cluster._direct import (
     RespConnectionError,
     RespUnreachable,
     ServerLink,
+    paced,
     parse_address,
     send_gathered,
 )
@@ -292,6 +293,44 @@ async def test_the_links_to_redis_use_the_configured_tcp_congestion_control(
             assert link.congestion_control is None  # nothing open yet
             assert await link.call([["PING"]]) == [b"PONG"]
             assert link.congestion_control == (name or _system_congestion_control())
+    links.close()
+
+
+def test_only_bbr_paces_a_links_sends() -> None:
+    assert paced("bbr") and paced("bbr2")
+    assert not paced("cubic") and not paced("reno") and not paced("") and not paced(None)
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic", "bbr"])
+async def test_a_large_request_goes_through_a_worker_thread_only_on_a_paced_link(
+    plain_redis: RedisServer, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush-sized request is written from a worker thread on a link the kernel paces
+    (BBR: its timers leave the loop), and by the event loop itself on any other: there the
+    thread's hand-offs cost more than the copy (bench/RESULTS.md). Redis gets it whole
+    either way. (bbr where the kernel has it; refused, the link keeps the system's and
+    goes by that.)"""
+    threaded: list[int] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(1)
+        return await run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+    target = parse_redis_url(plain_redis.url)
+    links = DirectLinks(target, "logplexd-data:test", congestion=CongestionControl(name))
+    value = bytes(range(256)) * (4 * THREAD_SEND_BYTES // 256)
+    with trio.fail_after(10):
+        link = links.link(target.nodes[0], "write")
+        assert await link.call([["PING"]]) == [b"PONG"]
+        threaded.clear()
+        assert await link.call([["SET", "big", value], ["STRLEN", "big"]]) == [b"OK", len(value)]
+        assert await link.call([["GET", "big"]]) == [value]
+    effective = link.congestion_control
+    if name != "bbr":
+        assert effective == name
+    assert threaded == ([1] if paced(effective) else [])
     links.close()
 
 

@@ -5,11 +5,11 @@ general client (coredis), which spends ~0.3 ms of Python per round trip (its rea
 writer tasks, a scope per call): with one busy channel a quarter of a node's CPU. Here a
 ``ServerLink`` is one TCP connection to one Redis server, used by one task at a time: a call
 packs its commands at once (``pack_pipeline``, ``_native/resp.pyx``: a flush's frames are
-sent from where they are, not copied into the request), sends them back to back (a large
-request first from a worker thread, ``THREAD_SEND_BYTES``) and reads their replies in the
-same task (``RespReader``). A call that fails or is
-cancelled part way closes the connection (replies may still be on their way); the next
-call opens a new one (``AUTH``, ``SELECT`` and ``CLIENT SETNAME`` first).
+sent from where they are, not copied into the request), sends them back to back (on a
+paced link a large request first from a worker thread, ``THREAD_SEND_BYTES``) and reads
+their replies in the same task (``RespReader``). A call that fails or is cancelled part
+way closes the connection (replies may still be on their way); the next call opens a new
+one (``AUTH``, ``SELECT`` and ``CLIENT SETNAME`` first).
 
 ``DirectLinks`` keeps one link per server and purpose (the writer's, the follower's
 blocking read, the position reports...): a blocking read never holds up a write.
@@ -37,12 +37,15 @@ RECEIVE_BYTES = 256 * 1024
 # into the request, 11 % of the writer task's time (py-spy, bench/RESULTS.md 2026-12-04).
 BY_REFERENCE = 2048
 SEND_BUFFERS = 512
-# A request at least this large is written from a worker thread first: the kernel's copy
-# into the socket and, to a Redis on loopback, the receive work it runs in the sender's
-# context (~8 % of a one-channel node's event loop, py-spy) then leave the loop's thread,
-# which routes on meanwhile. One busy channel: 1.10x and 1.06x the messages a second at
-# 0.95-0.98x the CPU; 1,000 channels, whose loop waits on Redis rather than on itself:
-# 0.99x (bench/RESULTS.md, "Session of 2026-12-07 (second)").
+# On a link the kernel paces (``paced``: BBR), a request at least this large is written from
+# a worker thread first: the kernel's copy into the socket, its pacing timers and, to a Redis
+# on loopback, the receive work it runs in the sender's context then leave the loop's
+# thread, which routes on meanwhile. Under BBR, against the loop writing it all: one busy
+# channel 1.05x and 1.03x the messages a second at 0.97-0.99x the CPU, 1,000 channels 1.02x.
+# On an unpaced link (CUBIC, the default: ``redis_tcp_congestion``) the thread's hand-offs
+# cost more than the copy it takes off the loop: without it 0.97-0.98x the CPU at 1.04x the
+# rate with 8 connections on one channel, 1.01-1.03x with 1,000 channels, 0.98x with one
+# connection (bench/RESULTS.md, "Session of 2026-12-07 (sixth)").
 THREAD_SEND_BYTES = 64 * 1024
 CONNECT_TIMEOUT = 2.0
 # A Unix socket's send buffer is ~200 KB by default (loopback TCP's grows to 4 MB): a flush
@@ -89,6 +92,12 @@ class CongestionControl:
             )
 
 
+def paced(congestion_control: str | None) -> bool:
+    """Whether the kernel paces what a socket of this congestion control sends (BBR and its
+    versions), with a timer every few packets."""
+    return congestion_control is not None and congestion_control.startswith("bbr")
+
+
 class RespConnectionError(ConnectionError):
     """The connection to Redis broke, or Redis closed it."""
 
@@ -114,6 +123,9 @@ class ServerLink:
         self._reader = RespReader()
         self._lock = trio.Lock()
         self.opened = 0  # connections made (a test and the metrics of the link look)
+        # What the open connection sends from a worker thread first (``send_gathered``):
+        # THREAD_SEND_BYTES on a paced link, 0 (the loop sends it all) otherwise.
+        self.thread_bytes = 0
 
     @property
     def congestion_control(self) -> str | None:
@@ -172,7 +184,7 @@ class ServerLink:
         assert stream is not None
         reader = self._reader
         try:
-            await send_gathered(stream.socket, request)
+            await send_gathered(stream.socket, request, self.thread_bytes)
             for index, count in enumerate(counts):
                 replies: list[Any] = []
                 while len(replies) < count:
@@ -208,6 +220,7 @@ class ServerLink:
         except (OSError, trio.TooSlowError) as exc:
             raise RespUnreachable(f"Redis {self._where()}: {exc or 'no answer in time'}") from None
         self._stream = stream
+        self.thread_bytes = THREAD_SEND_BYTES if paced(self.congestion_control) else 0
         self._poll = select.poll()
         self._poll.register(stream.socket.fileno(), select.POLLIN | select.POLLPRI)
         self._reader = RespReader()
