@@ -766,11 +766,16 @@ class Followers:
         (``own_written``'s ``prev``). A follow with something of its own still to read
         from the stream is read as before (a writer that writes its channel flush after
         flush would otherwise keep it from reading on)."""
-        writing = self.writing
         until = now + CALL_TIMEOUT
         for follow in follows:
-            if follow.own_due <= now and follow.holds_own() and writing(follow.name):
-                follow.own_due = until
+            self._left_to_writer(follow, now, until)
+
+    def _left_to_writer(self, follow: Follow, now: float, until: float) -> bool:
+        """``_leave_to_writer`` for one follow (left until ``until``): whether it waits for
+        the writer's reply now."""
+        if follow.own_due <= now and follow.holds_own() and self.writing(follow.name):
+            follow.own_due = until
+        return follow.own_due > now
 
     def _paused(self, follow: Follow) -> bool:
         """Whether a consumer of the follow's ring holds its channel: the follower reads it
@@ -817,27 +822,17 @@ class Followers:
         due: list[float] = []
         ready: list[Follow] = []
         solo: list[bool] = []
-        exempt, writing, until = self.exempt, self.writing, now + CALL_TIMEOUT
+        until = now + CALL_TIMEOUT
         for follow in follows:
             if follow.waiting:
                 self._take_waiting(follow)
-            if follow.channel.held_apart_from(exempt):
+            if self._paused(follow):
                 held.append(follow)
-                continue
-            if follow.own_due > now:
+            elif self._left_to_writer(follow, now, until):
                 due.append(follow.own_due)
-                continue
-            holds_own = follow.holds_own()
-            if holds_own and writing(follow.name):
-                follow.own_due = until
-                due.append(until)
-                continue
-            ready.append(follow)
-            solo.append(
-                holds_own
-                and now - follow.own_at < SOLO_WINDOW
-                and now - follow.foreign_at >= SOLO_WINDOW
-            )
+            else:
+                ready.append(follow)
+                solo.append(follow.solo(now))
         if held and not due and not ready:
             self._followed = trio.Event()
             await self._wait_released(held)
