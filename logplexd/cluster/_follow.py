@@ -673,9 +673,7 @@ class Followers:
             count = read_count(len(moved))
             with trio.fail_after(CALL_TIMEOUT):
                 async with connection.client.pipeline(transaction=False) as pipe:
-                    replies = [
-                        (f, pipe.xread({f.key: format_id(f.last)}, count=count)) for f in moved
-                    ]
+                    replies = [(f, pipe.xread({f.key: f.last_id()}, count=count)) for f in moved]
             connection.count_trip("follow", connection.servers_of(f.name for f in moved))
             for follow, reply in replies:
                 found = await reply
