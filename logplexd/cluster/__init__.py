@@ -10,9 +10,10 @@ append (``APPEND``; ``PROPOSE`` and ``SETTLE`` around plain XADDs), the entry co
 key's cluster slot: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``, ``slot_of``),
 ``_link`` (the Redis client, reachability, round trips by kind: ``TRIP_KINDS``,
 ``CLOSE_GRACE``), ``_writer``, ``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``),
-``_history`` and ``_pushback`` (``ChannelPushback``: holding a channel's inputs while this
+``_history``, ``_pushback`` (``ChannelPushback``: holding a channel's inputs while this
 node is behind on it, ``HOLD_KEEPS`` x ``keep``, under the ``READER_SLACK`` x ``keep``
-the stream keeps for a follower behind).
+the stream keeps for a follower behind) and ``_unsent`` (``UnsentLedger``: what a
+``kill -9`` took before Redis had it, told at the next start).
 """
 
 from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
@@ -31,6 +32,7 @@ from ._stream import (
     decode_entry,
     slot_of,
 )
+from ._unsent import UnsentLedger
 from ._writer import FLUSH_INTERVAL, flush_linger
 from .birth import birth_hook
 from .buffer import OutboundBuffer
@@ -56,6 +58,7 @@ __all__ = [
     "SETTLE",
     "SWEEP_SLICE",
     "TRIP_KINDS",
+    "UnsentLedger",
     "ChannelPushback",
     "ClusterDrains",
     "ClusterReads",

@@ -146,6 +146,9 @@ class Writer:
         self.collect: Callable[[], None] | None = None
         # Messages routed so far (None: a linger is not cut short, ``linger``).
         self.routed: Callable[[], int] | None = None
+        # Called per channel with how many of its messages Redis stored in a write: those
+        # written, and those its loss markers told (``UnsentLedger``).
+        self.on_accounted: Callable[[str, int], None] | None = None
         # Called per channel with what was written: the id of the entry before (None when
         # not known for sure) and the entries, in order.
         self.on_written: Callable[[str, StreamId | None, list[Written]], None] | None = None
@@ -207,8 +210,10 @@ class Writer:
             self.buffer.push(channel, frames, n, self.wall_clock(), kept)
             self._pending.set()
 
-    def lose(self, channel: str, n: int) -> None:
-        self.buffer.lose(channel, n, self.wall_clock())
+    def lose(self, channel: str, n: int, since: float | None = None) -> None:
+        """``n`` messages of ``channel`` are lost (since ``since``; None: now): the next
+        flush writes a loss marker for them."""
+        self.buffer.lose(channel, n, self.wall_clock() if since is None else since)
         self._pending.set()
 
     def wake(self) -> None:
@@ -431,9 +436,13 @@ class Writer:
             else:
                 self.connection.accepted(channel)
                 self._refusals.pop(channel, None)
+            stored = 0
             for _, entry in done:
                 self.bytes_written += len(entry.frames)
                 self.messages_written += entry.n
+                stored += entry.n or entry.lost
+            if stored and self.on_accounted is not None:
+                self.on_accounted(channel, stored)
             self.entries_written += sum(1 for _, entry in done if entry.n)
             if done and self.on_written is not None:
                 self.on_written(channel, parse_id(prev) if prev else None, done)

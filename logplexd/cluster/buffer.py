@@ -133,6 +133,7 @@ class OutboundBuffer:
         if loss is None:
             loss = self._losses[channel] = Loss(0, now)
         loss.count += messages
+        loss.since = min(loss.since, now)
         self.dropped += messages
 
     def _trim(self, now: float, slack: int = 1) -> None:

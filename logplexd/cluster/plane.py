@@ -220,8 +220,8 @@ class DataPlane:
         """Whether this node reads ``channel``'s stream (a tail, a drain, a session)."""
         return channel in self.followers
 
-    def lose(self, channel: str, n: int) -> None:
-        self.writer.lose(channel, n)
+    def lose(self, channel: str, n: int, since: float | None = None) -> None:
+        self.writer.lose(channel, n, since)
 
     @property
     def entry_messages(self) -> int:
@@ -253,6 +253,11 @@ class DataPlane:
         and look at ``routed`` (messages routed so far) while it lingers."""
         self.writer.collect = collect
         self.writer.routed = routed
+
+    def account_with(self, accounted: Callable[[str, int], None]) -> None:
+        """Have the writer call ``accounted`` with each channel and how many of its
+        messages a write stored (written, or told lost by a marker)."""
+        self.writer.on_accounted = accounted
 
     def forget(self, channel: str) -> None:
         """The channel was deleted: delete its stream and sequence, so that a channel made

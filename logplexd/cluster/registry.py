@@ -17,6 +17,10 @@ routed batch costs some Python per channel and flush, not per channel and batch.
 The staging ring also is this node's local history of a channel it does not follow: when
 Redis is unreachable, history reads fall back to it (``local_history``). A followed
 channel's own ring is that history; its staging ring keeps only what is unsent.
+
+With an ``UnsentLedger`` each staging ring mirrors its head into a slot of a file, and the
+writer adds what Redis stored of the channel: what the previous process routed and never
+wrote (a ``kill -9``) is written as a loss marker when the channel is made again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from ..native import Batch, ChannelRing, dispatch, dispatch_to, octet_frames_from_ring
 from ..router import Channel, Registry, Releasable, RouteCounts
 from ._pushback import STAGING_KEEPS
+from ._unsent import UnsentLedger, UnsentSlot
 from .plane import DataPlane
 
 # Past this share of the outbound buffer, routed messages wait in their staging rings
@@ -57,10 +62,12 @@ COLLECT_SKIPS = 4
 class _Staging:
     """The ``owner`` of a staging ring: which channel it is, and what was already sent."""
 
-    __slots__ = ("name", "cursor", "channel", "appended", "skipped")
+    __slots__ = ("name", "cursor", "channel", "appended", "skipped", "unsent")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, unsent: UnsentSlot | None = None) -> None:
         self.name = name
+        # Where the ring's head and what Redis stored of it are kept across a kill -9.
+        self.unsent = unsent
         self.cursor = 0
         # Flushes in a row that left this ring's few unsent messages for later (``collect``).
         self.skipped = 0
@@ -120,6 +127,7 @@ class ClusterRegistry(Registry):
         buffer_bytes: int | None = None,
         *,
         ring_messages: int | None = None,
+        unsent: UnsentLedger | None = None,
     ) -> None:
         """``buffer_messages`` is what the stream keeps of a channel (``keep``): the
         staging rings' depth follows it. ``ring_messages`` (``redis_ring_messages``) is
@@ -140,6 +148,10 @@ class ClusterRegistry(Registry):
         self._unsent: dict[ChannelRing, None] = {}
         self._piece_limits = plane.piece_limits()
         plane.collect_with(self.collect, lambda: self.totals.routed)
+        # An opened ledger (``UnsentLedger.open``): what a kill -9 took is told.
+        self.unsent = unsent
+        if unsent is not None:
+            plane.account_with(self._accounted)
 
     def _new_ring(self) -> ChannelRing:
         return ChannelRing(self.ring_messages, self.buffer_bytes, self.buffer_messages)
@@ -158,13 +170,30 @@ class ClusterRegistry(Registry):
                 max(STAGING_KEEPS * self.buffer_messages, STAGING_MIN_MESSAGES),
                 max(STAGING_KEEPS * self.buffer_bytes, STAGING_MIN_BYTES),
             )
-            ring.owner = _Staging(name)
+            ring.owner = _Staging(name, self._unsent_slot(name, ring))
             self.staging[name] = ring
         channel = super().ensure_channel(name)
         ring = self.staging[name]
         ring.owner.channel = channel
         self._rearm(ring)
         return channel
+
+    def _unsent_slot(self, name: str, ring: ChannelRing) -> UnsentSlot | None:
+        """The new staging ring's slot in the ledger; what the previous process routed to
+        the channel and never wrote goes to the writer as lost (a marker: an L10)."""
+        if self.unsent is None:
+            return None
+        slot, lost, since = self.unsent.slot(name, self.plane.wall_clock())
+        if slot is not None:
+            ring.mirror_head(slot.head)
+        if lost:
+            self.plane.lose(name, lost, since)
+        return slot
+
+    def _accounted(self, channel: str, messages: int) -> None:
+        ring = self.staging.get(channel)
+        if ring is not None and isinstance(ring.owner, _Staging) and ring.owner.unsent:
+            ring.owner.unsent.account(messages, self.plane.wall_clock())
 
     def _held_changed(self, channel: Channel) -> None:
         ring = self.staging.get(channel.name)
@@ -202,6 +231,10 @@ class ClusterRegistry(Registry):
         ring = self.staging.pop(name, None)
         if ring is not None:
             self._unsent.pop(ring, None)  # deleted with the channel, as its stream is
+            staging = ring.owner
+            if self.unsent is not None and isinstance(staging, _Staging) and staging.unsent:
+                ring.mirror_head(None)
+                self.unsent.release(name, staging.unsent)
         dropped = super().drop_channel(name)
         if dropped is not None:
             self.plane.forget(name)

@@ -43,6 +43,7 @@ from ..cluster import (
     ClusterRegistry,
     DataPlane,
     OutboundBuffer,
+    UnsentLedger,
     birth_hook,
 )
 from ..config import TLS_PAIRS, Settings, ensure_auth_key, load_settings
@@ -162,6 +163,7 @@ class Daemon:
         self._reload_settings = reload_settings or reload_from_sources
         # Redis mode (issue 11): history, tails and drains go through Redis streams.
         self.plane: DataPlane | None = None
+        self.unsent: UnsentLedger | None = None
         self.registry: Registry
         if settings.store_url:
             self.plane = DataPlane(
@@ -171,6 +173,18 @@ class Daemon:
                 buffer=OutboundBuffer(settings.redis_buffer_messages, settings.redis_buffer_bytes),
                 tcp_congestion=settings.redis_tcp_congestion,
             )
+            # What a kill -9 took before Redis had it: told (a loss marker, an L10) as each
+            # channel is made again.
+            unsent = self.unsent = UnsentLedger(settings.data_dir)
+            lost, channels = unsent.open()
+            if lost:
+                log.warning(
+                    "data plane: %d messages of %d channels routed before the last stop "
+                    "never reached Redis (the process was killed); their channels' drains "
+                    "announce them",
+                    lost,
+                    channels,
+                )
             self.registry = ClusterRegistry(
                 self.plane,
                 settings.history_messages,
@@ -178,6 +192,7 @@ class Daemon:
                 settings.channel_buffer_messages,
                 settings.channel_buffer_bytes,
                 ring_messages=settings.redis_ring_messages or None,
+                unsent=unsent,
             )
         else:
             self.registry = Registry(
@@ -311,6 +326,8 @@ class Daemon:
                 await core.start(serve_accounts_socket, store, s.data_dir)
                 await core.start(self.drains.run)
                 if self.plane is not None and self.cluster_drains is not None:
+                    if self.unsent is not None and isinstance(store, RedisStore):
+                        core.start_soon(self._forget_unclaimed, store, self.unsent)
                     await core.start(self.plane.run)
                     await core.start(self.cluster_drains.run)
                     attach_drains(store, self.cluster_drains)
@@ -336,6 +353,16 @@ class Daemon:
                 _GC.leave()
             await self._final_flush()
             self.notifier.close()
+
+    @staticmethod
+    async def _forget_unclaimed(store: RedisStore, unsent: UnsentLedger) -> None:
+        """Once the store has loaded every channel (each took over its slot of what the
+        previous process left unwritten), let go of those of channels deleted meanwhile."""
+        await store.loaded.wait()
+        gone = unsent.forget_unclaimed()
+        if gone:
+            log.info("data plane: %d channels deleted since the last stop had unwritten "
+                     "messages; not told", gone)  # fmt: skip
 
     async def _migrate_platform_records(
         self, store: Store, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

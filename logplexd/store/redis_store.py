@@ -197,6 +197,9 @@ class RedisStore(Store):
         # Set when Redis comes (back), so that waiting code (tests, health) can tell.
         self.connected = trio.Event()
         self.rebuilds = 0
+        # Set once the first load from Redis is done and published: every channel there is
+        # is then known to the subscribers.
+        self.loaded = trio.Event()
         self._backoff = BACKOFF_FIRST
 
     @property
@@ -459,6 +462,7 @@ class RedisStore(Store):
             len(events),
         )
         self._publish(events)
+        self.loaded.set()
 
     # -- the background task ---------------------------------------------------------------------
     def _target_text(self) -> str:

@@ -1,0 +1,187 @@
+"""``UnsentLedger``: what a Redis-mode node routed but Redis does not have, kept where a
+``kill -9`` cannot take it.
+
+A node routes each message into its channel's staging ring and writes it to the channel's
+stream a flush later; a message dropped before it reached Redis (a full outbound buffer, a
+staging ring that lapped) is told by a loss marker in the stream, from which every drain
+sends an L10. A process that is killed between the two takes the messages it held with
+it, and nothing would tell. So each staging ring mirrors its head (the messages routed
+into it, ``ChannelRing.mirror_head``) into a slot of one file mapped into memory
+(``MAP_SHARED``: a store is in the page cache at once, so it survives the process), and the
+writer adds to the slot what Redis stored of the channel: its messages and the losses its
+markers told (``account``). At the next start the difference, per channel, is exactly
+what was only in memory: the node writes it to the channel's stream as a loss marker
+(``DataPlane.lose``), and every drain of the channel, on any node, announces it with one
+L10.
+
+Nothing is forgotten before it is told: a channel's slot from the previous process stays
+in the file until the channel's new staging ring takes it over, carrying the loss
+(``carried``) until a marker told it; the slots of channels that no longer exist are let
+go once the store has loaded every channel there is (``forget_unclaimed``). A node killed
+again meanwhile, even before Redis came back, tells the same at its next start.
+
+One file per data directory (``redis-unsent.bin``); sparse: untouched slots cost no disk
+and no memory. A slot names its channel by a digest of its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import struct
+import time
+from pathlib import Path
+
+FILE_NAME = "redis-unsent.bin"
+# Slots are never moved under a live ring (a staging ring keeps a view of its slot's head),
+# so the capacity is fixed when the file is created; the file is sparse.
+DEFAULT_MAX_CHANNELS = 1 << 20
+# routed (the staging ring's mirrored head, first: 8-byte aligned), accounted, carried,
+# since (ms, wall clock), digest of the channel's name (zero: a free slot).
+SLOT = struct.Struct("=QQQQ16s")
+# magic, version, slots ever used; padded to 64 bytes so that every slot stays aligned.
+HEADER = struct.Struct("=8sQQ")
+HEADER_BYTES = 64
+MAGIC = b"LPUNSENT"
+VERSION = 1
+_FREE = bytes(16)
+
+log = logging.getLogger("logplexd.cluster")
+
+
+def digest(channel: str) -> bytes:
+    return hashlib.blake2b(channel.encode(), digest_size=16).digest()
+
+
+class UnsentSlot:
+    """One channel's slot: its staging ring's head (``head``, for ``mirror_head``) and what
+    Redis stored of it."""
+
+    __slots__ = ("_map", "_offset", "head", "accounted", "carried")
+
+    def __init__(
+        self, file: mmap.mmap, offset: int, name: bytes, carried: int, since: float
+    ) -> None:
+        self._map = file
+        self._offset = offset
+        self.head = memoryview(file)[offset : offset + 8]
+        self.accounted = 0
+        self.carried = carried
+        SLOT.pack_into(file, offset, 0, 0, carried, int(since * 1000), name)
+
+    def account(self, messages: int, now: float) -> None:
+        """Redis stored ``messages`` of the channel: written ones, and lost ones a marker
+        told (those of an earlier run first, ``carried``)."""
+        take = min(self.carried, messages)
+        self.carried -= take
+        self.accounted += messages - take
+        struct.pack_into("=QQQ", self._map, self._offset + 8, self.accounted, self.carried,
+                         int(now * 1000))  # fmt: skip
+
+    def free(self) -> None:
+        self.head.release()
+        self._map[self._offset : self._offset + SLOT.size] = bytes(SLOT.size)
+
+
+class UnsentLedger:
+    def __init__(self, directory: Path, *, max_channels: int = DEFAULT_MAX_CHANNELS) -> None:
+        self.path = directory / FILE_NAME
+        self.max_channels = max_channels
+        self._map: mmap.mmap | None = None
+        self._slots: dict[str, int] = {}
+        self._free: list[int] = []
+        self._used = 0
+        # From the previous process: per name digest, (its slot, messages lost, since when).
+        self._prior: dict[bytes, tuple[int, int, float]] = {}
+        self._full_logged = False
+
+    def open(self) -> tuple[int, int]:
+        """Map the file and find what the previous process left unwritten; (messages,
+        channels) so found. Their slots stay as they are until taken over (``slot``) or
+        let go (``forget_unclaimed``)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = HEADER_BYTES + self.max_channels * SLOT.size
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        magic, version, used = HEADER.unpack_from(self._map, 0)
+        if magic != MAGIC or version != VERSION:
+            used = 0
+        self._used = min(used, self.max_channels)
+        for index in range(self._used):
+            offset = HEADER_BYTES + index * SLOT.size
+            routed, accounted, carried, since_ms, name = SLOT.unpack_from(self._map, offset)
+            lost = carried + max(0, routed - accounted)
+            if lost and name != _FREE and name not in self._prior:
+                self._prior[name] = (index, lost, since_ms / 1000)
+                continue
+            if lost and name != _FREE:
+                # Two slots of one channel (never made so; a file edited by hand): the
+                # first carries both before the second goes.
+                first, before, since = self._prior[name]
+                since = min(since, since_ms / 1000)
+                self._prior[name] = (first, before + lost, since)
+                at = HEADER_BYTES + first * SLOT.size
+                SLOT.pack_into(self._map, at, 0, 0, before + lost, int(since * 1000), name)
+            self._map[offset : offset + SLOT.size] = bytes(SLOT.size)
+            self._free.append(index)
+        self._free.reverse()  # the lowest first
+        HEADER.pack_into(self._map, 0, MAGIC, VERSION, self._used)
+        return sum(lost for _, lost, _ in self._prior.values()), len(self._prior)
+
+    def slot(self, channel: str, now: float | None = None) -> tuple[UnsentSlot | None, int, float]:
+        """A slot for ``channel``'s new staging ring, and what the previous process lost of
+        it (messages, since when; 0: nothing), which the slot carries until a marker told
+        it. None: no slot left (the channel goes untracked; said once)."""
+        assert self._map is not None, "open() first"
+        name = digest(channel)
+        index, lost, since = self._prior.pop(name, (-1, 0, 0.0))
+        if index < 0:
+            index = self._take()
+            if index < 0:
+                return None, 0, 0.0
+        self._slots[channel] = index
+        offset = HEADER_BYTES + index * SLOT.size
+        since = since or (time.time() if now is None else now)
+        return UnsentSlot(self._map, offset, name, lost, since), lost, since
+
+    def _take(self) -> int:
+        assert self._map is not None
+        if self._free:
+            return self._free.pop()
+        if self._used < self.max_channels:
+            self._used += 1
+            HEADER.pack_into(self._map, 0, MAGIC, VERSION, self._used)
+            return self._used - 1
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning(
+                "data plane: more than %d channels: a kill -9 loses the unwritten "
+                "messages of the others without an L10",
+                self.max_channels,
+            )
+        return -1
+
+    def release(self, channel: str, slot: UnsentSlot) -> None:
+        """The channel was deleted: what it had unwritten goes with it."""
+        index = self._slots.pop(channel, None)
+        slot.free()
+        if index is not None:
+            self._free.append(index)
+
+    def forget_unclaimed(self) -> int:
+        """Every channel there is has its staging ring: what the previous process left of
+        channels that no longer exist goes (nobody to tell). How many channels."""
+        assert self._map is not None
+        for index, _, _ in self._prior.values():
+            offset = HEADER_BYTES + index * SLOT.size
+            self._map[offset : offset + SLOT.size] = bytes(SLOT.size)
+            self._free.append(index)
+        gone, self._prior = len(self._prior), {}
+        return gone

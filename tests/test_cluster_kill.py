@@ -1,0 +1,122 @@
+"""A Redis-mode node killed (``kill -9``) with messages Redis does not have yet: at its
+next start their channel's drain announces them with one L10 of the exact count, and a
+node killed with nothing unwritten announces nothing. The daemon runs in a child process
+on a real redis-server; Redis is made to hold every write (``CLIENT PAUSE ... WRITE``)
+while the messages come in, so none of them reaches it before the kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from logplexd.cluster import Keys
+from tests.helpers.child import DaemonProcess
+from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.drains import SyslogSink, l10_count
+from tests.helpers.net import free_port
+from tests.helpers.peers import needs_curl
+from tests.helpers.redis import RedisServer
+from tests.helpers.syslog import frame
+from tests.helpers.wait import wait_until
+
+pytestmark = [pytest.mark.integration, needs_curl]
+
+UNWRITTEN = 500
+
+
+def daemon(tmp_path: Path, server: RedisServer) -> DaemonProcess:
+    return DaemonProcess(
+        tmp_path / "data",
+        ("--store-url", server.url, "--node-id", "A", "--drain-lease-ttl", "1"),
+    )
+
+
+async def routed(ports) -> int:
+    _, _, body = await curl(api(ports, "/metrics"))
+    for line in body.decode().splitlines():
+        if line.startswith('logplexd_messages_routed_total{input="syslog"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+async def send(ports, token: str, label: str, n: int) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", ports.syslog)
+    await stream.send_all(b"".join(frame(token, f"{label} {i}") for i in range(n)))
+    await stream.aclose()
+
+
+def seen(sink: SyslogSink) -> tuple[list[str], list[int]]:
+    """(the texts the sink received, the counts of its L10s)."""
+    texts, losses = [], []
+    for f in sink.frames():
+        count = l10_count(f)
+        if count is not None:
+            losses.append(count)
+        else:
+            texts.append(f.rstrip(b"\n").rsplit(b" - - ", 1)[1].decode())
+    return texts, losses
+
+
+async def test_a_killed_node_announces_what_redis_never_had_and_nothing_more(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    sink_port = free_port()
+    first = daemon(tmp_path, redis_server)
+    ports = await trio.to_thread.run_sync(first.start)
+    try:
+        _, _, body = await curl(
+            "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}', api(ports, "/v3/channels/app")
+        )
+        token = json.loads(body)["tokens"]["app"]
+        status, _, _ = await curl(
+            "-X", "POST", *AUTH, *JSON,
+            "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}/"}),
+            api(ports, "/v3/channels/app/drains"),
+        )  # fmt: skip
+        assert status == 201
+        # From here Redis holds every write: the node routes, and cannot write.
+        redis_server.command("CLIENT", "PAUSE", "60000", "WRITE")
+        await send(ports, token, "lost", UNWRITTEN)
+        with trio.fail_after(20):
+            while await routed(ports) < UNWRITTEN:
+                await trio.sleep(0.05)
+    finally:
+        status = await trio.to_thread.run_sync(first.kill, signal.SIGKILL)
+        redis_server.command("CLIENT", "UNPAUSE")
+    assert status == -signal.SIGKILL, first.log
+    stream = Keys().stream("app")
+    assert redis_server.command("XLEN", stream) == b":0\r\n"  # Redis never had any
+
+    sink = SyslogSink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve, sink_port)
+        second = daemon(tmp_path, redis_server)
+        ports = await trio.to_thread.run_sync(second.start)
+        try:
+            # Told once, exactly, by the drain (whichever node runs it reads the marker).
+            await wait_until(lambda: seen(sink)[1], timeout=30)
+            assert "never reached Redis" in second.log
+            # What comes next is delivered as usual; and with everything written, a kill
+            # leaves nothing to announce.
+            await send(ports, token, "kept", 10)
+            await wait_until(lambda: len(seen(sink)[0]) == 10, timeout=30)
+        finally:
+            status = await trio.to_thread.run_sync(second.kill, signal.SIGKILL)
+        assert status == -signal.SIGKILL
+        third = daemon(tmp_path, redis_server)
+        ports = await trio.to_thread.run_sync(third.start)
+        try:
+            await send(ports, token, "after", 5)
+            await wait_until(lambda: len(seen(sink)[0]) == 15, timeout=30)
+        finally:
+            await trio.to_thread.run_sync(third.kill, signal.SIGTERM)
+        nursery.cancel_scope.cancel()
+
+    texts, losses = seen(sink)
+    assert losses == [UNWRITTEN]
+    assert texts == [f"kept {i}" for i in range(10)] + [f"after {i}" for i in range(5)]
+    assert "never reached Redis" not in third.log
