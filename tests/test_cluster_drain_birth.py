@@ -297,3 +297,38 @@ async def test_a_drain_deleted_before_any_node_owns_it_leaves_no_key_behind(
             # Its lease key too, though a node that is not its holder deleted it.
             lease_key = plane.keys.lease("app", drain_id)
             assert redis_server.command("EXISTS", lease_key) == b":0\r\n"
+
+
+async def test_deleting_a_channel_stops_its_drains_and_no_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A channel deleted in Redis mode takes its drains with it (stopped, their checkpoints
+    deleted); another channel's drain runs on."""
+    async with node_with_sink(tmp_path, redis_server) as node:
+        daemon, ports, _, plane, _ = node.parts()
+        with trio.fail_after(30):
+            other = api(ports, "/v3/channels/other")
+            status, _, _ = await curl("-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["x"]}', other)
+            assert status == 201
+            made: dict[str, list[int]] = {"app": [], "other": []}
+            for channel, path in (("app", "a"), ("app", "b"), ("other", "c")):
+                url = json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}/{path}"})
+                status, _, body = await curl(
+                    "-X", "POST", *AUTH, *JSON, "-d", url,
+                    api(ports, f"/v3/channels/{channel}/drains"),
+                )  # fmt: skip
+                assert status == 201
+                made[channel].append(json.loads(body)["id"])
+            ids, (kept,) = made["app"], made["other"]
+            await eventually(lambda: all(owned(daemon, i) for i in [*ids, kept]), 10)
+            status, _, _ = await curl("-X", "DELETE", *AUTH, api(ports, "/v3/channels/app"))
+            assert status == 204
+            await eventually(lambda: not any(owned(daemon, i) for i in ids), 5)
+            assert owned(daemon, kept)
+            drains = daemon.cluster_drains
+            assert drains is not None and sorted(drains.wanted) == [kept]
+            for drain_id in ids:
+                key = plane.keys.checkpoint("app", drain_id)
+                await eventually(lambda k=key: redis_server.command("EXISTS", k) == b":0\r\n", 5)
+            key = plane.keys.checkpoint("other", kept)
+            assert redis_server.command("EXISTS", key) == b":1\r\n"

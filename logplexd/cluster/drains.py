@@ -153,6 +153,9 @@ class ClusterDrains:
         # looks at (with 10,000 drains, a look at every one per tick, and a tick per drain
         # added, made adding them quadratic). Kept by ``_lease_event``.
         self._standby: set[int] = set()
+        # The drains of ``wanted`` per channel (deleting 10,000 channels looked at every
+        # drain for each).
+        self._of_channel: dict[str, set[int]] = {}
         # Per channel, the drains running here (``_note_delivered``).
         self._running: dict[str, dict[int, Wanted]] = {}
         self._wake = trio.Event()
@@ -178,6 +181,7 @@ class ClusterDrains:
         if old is None:
             self.wanted[drain_id] = Wanted(channel_name, token, url, Lease())
             self._standby.add(drain_id)
+            self._of_channel.setdefault(channel_name, set()).add(drain_id)
         else:
             old.token, old.url = token, url
             if old.lease.owned and not old.starting:
@@ -198,6 +202,11 @@ class ClusterDrains:
         if wanted is None:
             return False
         self._standby.discard(drain_id)
+        ids = self._of_channel.get(wanted.channel)
+        if ids is not None:
+            ids.discard(drain_id)
+            if not ids:
+                del self._of_channel[wanted.channel]
         if wanted.lease.owned:
             self._stop(drain_id, wanted)
         if self._nursery is not None:
@@ -209,7 +218,7 @@ class ClusterDrains:
         return True
 
     def remove_channel(self, channel_name: str) -> int:
-        ids = [i for i, w in self.wanted.items() if w.channel == channel_name]
+        ids = list(self._of_channel.get(channel_name, ()))
         for drain_id in ids:
             self.remove_drain(drain_id)
         return len(ids)
@@ -242,13 +251,13 @@ class ClusterDrains:
 
     def _rewound(self, channel: str) -> None:
         # The stream's sequence started over: checkpoints restart from it too.
-        for wanted in self.wanted.values():
-            if wanted.channel == channel:
-                wanted.stored, wanted.dirty = -1, None
-                if wanted.delivered >= 0:
-                    wanted.delivered = 0
-                    if wanted.follow is not None:
-                        self._note_delivered(channel, wanted.follow)
+        for drain_id in self._of_channel.get(channel, ()):
+            wanted = self.wanted[drain_id]
+            wanted.stored, wanted.dirty = -1, None
+            if wanted.delivered >= 0:
+                wanted.delivered = 0
+                if wanted.follow is not None:
+                    self._note_delivered(channel, wanted.follow)
 
     # -- the task -----------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
