@@ -84,7 +84,7 @@ def test_nothing_is_counted_for_what_was_stored_or_a_deleted_channel(tmp_path: P
     ring, slot, _, _ = staging(ledger, "gone")
     ring.append_batch(batch(5))
     ring.mirror_head(None)
-    ledger.release("gone", slot)
+    ledger.release(slot)
     reused, slot, _, _ = staging(ledger, "reused")  # takes the freed slot
     reused.append_batch(batch(2))
     slot.account(2, now=102.0)

@@ -59,13 +59,14 @@ class UnsentSlot:
     """One channel's slot: its staging ring's head (``head``, for ``mirror_head``) and what
     Redis stored of it."""
 
-    __slots__ = ("_map", "_offset", "head", "accounted", "carried")
+    __slots__ = ("_map", "index", "_offset", "head", "accounted", "carried")
 
     def __init__(
-        self, file: mmap.mmap, offset: int, name: bytes, carried: int, since: float
+        self, file: mmap.mmap, index: int, name: bytes, carried: int, since: float
     ) -> None:
         self._map = file
-        self._offset = offset
+        self.index = index
+        offset = self._offset = HEADER_BYTES + index * SLOT.size
         self.head = memoryview(file)[offset : offset + 8]
         self.accounted = 0
         self.carried = carried
@@ -90,7 +91,6 @@ class UnsentLedger:
         self.path = directory / FILE_NAME
         self.max_channels = max_channels
         self._map: mmap.mmap | None = None
-        self._slots: dict[str, int] = {}
         self._free: list[int] = []
         self._used = 0
         # From the previous process: per name digest, (its slot, messages lost, since when).
@@ -146,10 +146,8 @@ class UnsentLedger:
             index = self._take()
             if index < 0:
                 return None, 0, 0.0
-        self._slots[channel] = index
-        offset = HEADER_BYTES + index * SLOT.size
         since = since or (time.time() if now is None else now)
-        return UnsentSlot(self._map, offset, name, lost, since), lost, since
+        return UnsentSlot(self._map, index, name, lost, since), lost, since
 
     def _take(self) -> int:
         assert self._map is not None
@@ -168,12 +166,10 @@ class UnsentLedger:
             )
         return -1
 
-    def release(self, channel: str, slot: UnsentSlot) -> None:
-        """The channel was deleted: what it had unwritten goes with it."""
-        index = self._slots.pop(channel, None)
+    def release(self, slot: UnsentSlot) -> None:
+        """Its channel was deleted: what it had unwritten goes with it."""
         slot.free()
-        if index is not None:
-            self._free.append(index)
+        self._free.append(slot.index)
 
     def forget_unclaimed(self) -> int:
         """Every channel there is has its staging ring: what the previous process left of

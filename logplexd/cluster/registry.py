@@ -62,12 +62,12 @@ COLLECT_SKIPS = 4
 class _Staging:
     """The ``owner`` of a staging ring: which channel it is, and what was already sent."""
 
-    __slots__ = ("name", "cursor", "channel", "appended", "skipped", "unsent")
+    __slots__ = ("name", "cursor", "channel", "appended", "skipped", "slot")
 
-    def __init__(self, name: str, unsent: UnsentSlot | None = None) -> None:
+    def __init__(self, name: str, slot: UnsentSlot | None = None) -> None:
         self.name = name
         # Where the ring's head and what Redis stored of it are kept across a kill -9.
-        self.unsent = unsent
+        self.slot = slot
         self.cursor = 0
         # Flushes in a row that left this ring's few unsent messages for later (``collect``).
         self.skipped = 0
@@ -127,7 +127,7 @@ class ClusterRegistry(Registry):
         buffer_bytes: int | None = None,
         *,
         ring_messages: int | None = None,
-        unsent: UnsentLedger | None = None,
+        ledger: UnsentLedger | None = None,
     ) -> None:
         """``buffer_messages`` is what the stream keeps of a channel (``keep``): the
         staging rings' depth follows it. ``ring_messages`` (``redis_ring_messages``) is
@@ -149,8 +149,8 @@ class ClusterRegistry(Registry):
         self._piece_limits = plane.piece_limits()
         plane.collect_with(self.collect, lambda: self.totals.routed)
         # An opened ledger (``UnsentLedger.open``): what a kill -9 took is told.
-        self.unsent = unsent
-        if unsent is not None:
+        self.ledger = ledger
+        if ledger is not None:
             plane.account_with(self._accounted)
 
     def _new_ring(self) -> ChannelRing:
@@ -170,7 +170,7 @@ class ClusterRegistry(Registry):
                 max(STAGING_KEEPS * self.buffer_messages, STAGING_MIN_MESSAGES),
                 max(STAGING_KEEPS * self.buffer_bytes, STAGING_MIN_BYTES),
             )
-            ring.owner = _Staging(name, self._unsent_slot(name, ring))
+            ring.owner = _Staging(name, self._ledger_slot(name, ring))
             self.staging[name] = ring
         channel = super().ensure_channel(name)
         ring = self.staging[name]
@@ -178,12 +178,12 @@ class ClusterRegistry(Registry):
         self._rearm(ring)
         return channel
 
-    def _unsent_slot(self, name: str, ring: ChannelRing) -> UnsentSlot | None:
+    def _ledger_slot(self, name: str, ring: ChannelRing) -> UnsentSlot | None:
         """The new staging ring's slot in the ledger; what the previous process routed to
         the channel and never wrote goes to the writer as lost (a marker: an L10)."""
-        if self.unsent is None:
+        if self.ledger is None:
             return None
-        slot, lost, since = self.unsent.slot(name, self.plane.wall_clock())
+        slot, lost, since = self.ledger.slot(name, self.plane.wall_clock())
         if slot is not None:
             ring.mirror_head(slot.head)
         if lost:
@@ -192,8 +192,8 @@ class ClusterRegistry(Registry):
 
     def _accounted(self, channel: str, messages: int) -> None:
         ring = self.staging.get(channel)
-        if ring is not None and isinstance(ring.owner, _Staging) and ring.owner.unsent:
-            ring.owner.unsent.account(messages, self.plane.wall_clock())
+        if ring is not None and isinstance(ring.owner, _Staging) and ring.owner.slot:
+            ring.owner.slot.account(messages, self.plane.wall_clock())
 
     def _held_changed(self, channel: Channel) -> None:
         ring = self.staging.get(channel.name)
@@ -232,9 +232,9 @@ class ClusterRegistry(Registry):
         if ring is not None:
             self._unsent.pop(ring, None)  # deleted with the channel, as its stream is
             staging = ring.owner
-            if self.unsent is not None and isinstance(staging, _Staging) and staging.unsent:
+            if self.ledger is not None and isinstance(staging, _Staging) and staging.slot:
                 ring.mirror_head(None)
-                self.unsent.release(name, staging.unsent)
+                self.ledger.release(staging.slot)
         dropped = super().drop_channel(name)
         if dropped is not None:
             self.plane.forget(name)

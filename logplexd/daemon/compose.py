@@ -163,7 +163,7 @@ class Daemon:
         self._reload_settings = reload_settings or reload_from_sources
         # Redis mode (issue 11): history, tails and drains go through Redis streams.
         self.plane: DataPlane | None = None
-        self.unsent: UnsentLedger | None = None
+        self.ledger: UnsentLedger | None = None
         self.registry: Registry
         if settings.store_url:
             self.plane = DataPlane(
@@ -175,8 +175,8 @@ class Daemon:
             )
             # What a kill -9 took before Redis had it: told (a loss marker, an L10) as each
             # channel is made again.
-            unsent = self.unsent = UnsentLedger(settings.data_dir)
-            lost, channels = unsent.open()
+            ledger = self.ledger = UnsentLedger(settings.data_dir)
+            lost, channels = ledger.open()
             if lost:
                 log.warning(
                     "data plane: %d messages of %d channels routed before the last stop "
@@ -192,7 +192,7 @@ class Daemon:
                 settings.channel_buffer_messages,
                 settings.channel_buffer_bytes,
                 ring_messages=settings.redis_ring_messages or None,
-                unsent=unsent,
+                ledger=ledger,
             )
         else:
             self.registry = Registry(
@@ -326,8 +326,8 @@ class Daemon:
                 await core.start(serve_accounts_socket, store, s.data_dir)
                 await core.start(self.drains.run)
                 if self.plane is not None and self.cluster_drains is not None:
-                    if self.unsent is not None and isinstance(store, RedisStore):
-                        core.start_soon(self._forget_unclaimed, store, self.unsent)
+                    if self.ledger is not None and isinstance(store, RedisStore):
+                        core.start_soon(self._forget_unclaimed, store, self.ledger)
                     await core.start(self.plane.run)
                     await core.start(self.cluster_drains.run)
                     attach_drains(store, self.cluster_drains)
@@ -355,11 +355,11 @@ class Daemon:
             self.notifier.close()
 
     @staticmethod
-    async def _forget_unclaimed(store: RedisStore, unsent: UnsentLedger) -> None:
+    async def _forget_unclaimed(store: RedisStore, ledger: UnsentLedger) -> None:
         """Once the store has loaded every channel (each took over its slot of what the
         previous process left unwritten), let go of those of channels deleted meanwhile."""
         await store.loaded.wait()
-        gone = unsent.forget_unclaimed()
+        gone = ledger.forget_unclaimed()
         if gone:
             log.info("data plane: %d channels deleted since the last stop had unwritten "
                      "messages; not told", gone)  # fmt: skip
