@@ -332,3 +332,39 @@ async def test_deleting_a_channel_stops_its_drains_and_no_other(
                 await eventually(lambda k=key: redis_server.command("EXISTS", k) == b":0\r\n", 5)
             key = plane.keys.checkpoint("other", kept)
             assert redis_server.command("EXISTS", key) == b":1\r\n"
+
+
+async def test_drains_taken_over_together_start_in_two_round_trips(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A node that takes over many drains at once (their holder died) reads where each
+    resumes for all of them together: one round trip for the checkpoints, one for the
+    stream tops of those without one, however many drains (one or two each, before: a
+    node taking over 10,000 drains started ~2,000 a second)."""
+    async with node_with_sink(tmp_path, redis_server) as node:
+        daemon, ports, _, plane, _ = node.parts()
+        with trio.fail_after(30):
+            first = next_drain_id(redis_server)
+            drains = {f"c{k}": first + k for k in range(20)}
+            for channel, drain_id in drains.items():
+                hold_lease(redis_server, plane.keys, channel, drain_id, GHOST_MS)
+                path = api(ports, f"/v3/channels/{channel}")
+                status, _, _ = await curl("-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["x"]}', path)
+                assert status == 201
+                url = json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}/{channel}"})
+                status, _, body = await curl(
+                    "-X", "POST", *AUTH, *JSON, "-d", url, path + "/drains"
+                )  # fmt: skip
+                assert status == 201 and json.loads(body)["id"] == drain_id
+            # Half of them without a checkpoint (as if it had expired): they start from their
+            # stream's top.
+            expired = list(drains.items())[::2]
+            for channel, drain_id in expired:
+                redis_server.command("DEL", plane.keys.checkpoint(channel, drain_id))
+            before = plane.trips["other"]
+            await eventually(lambda: all(owned(daemon, i) for i in drains.values()), 10)
+            assert plane.trips["other"] - before == 2
+            running = daemon.cluster_drains
+            assert running is not None
+            stored = {i: running.wanted[i].stored for i in drains.values()}
+            assert stored == {i: -1 if (c, i) in expired else 0 for c, i in drains.items()}
