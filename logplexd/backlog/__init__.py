@@ -6,6 +6,7 @@ acknowledged and measured from the event loop (no trio in either: callers pick t
 threads). ``spill`` puts them to work for the drains (``BacklogStore``, ``DrainBacklog``).
 """
 
+from .ledger import map_shared
 from .records import (
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -41,6 +42,7 @@ __all__ = [
     "SegmentLog",
     "SpillSettings",
     "encode_record",
+    "map_shared",
     "parse_header",
     "scan",
     "segment_name",

@@ -39,6 +39,19 @@ MAGIC = b"LPLEDGER"
 VERSION = 2
 
 
+def map_shared(path: Path, size: int) -> mmap.mmap:
+    """``path`` (made if missing, mode 0600, sized to ``size``: sparse) mapped ``MAP_SHARED``
+    read-write: what is stored into it is in the page cache at once, so a ``kill -9`` of
+    the process does not take it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
 class LedgerFull(RuntimeError):
     """More drains or channels than the ledger has slots for (``max_drains``)."""
 
@@ -130,14 +143,7 @@ class Ledger:
 
     # -- files --------------------------------------------------------------------------
     def _map(self, name: str, size: int) -> mmap.mmap:
-        path = self.directory / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, size)
-            return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+        return map_shared(self.directory / name, size)
 
     def _slot_offset(self, slot: int) -> int:
         return HEADER.size + slot * DRAIN_SLOT.size

@@ -39,11 +39,20 @@ class History:
 
     async def top(self, channel: str) -> StreamId:
         """Id of the newest entry of the channel's stream ((0, 0) if it has none)."""
+        return (await self.tops([channel]))[0]
+
+    async def tops(self, channels: list[str]) -> list[StreamId]:
+        """``top`` of each of ``channels``, in one round trip (a pipeline)."""
         connection = self.connection
         with trio.fail_after(CALL_TIMEOUT):
-            found = await connection.client.xrevrange(self.keys.stream(channel), "+", "-", count=1)
+            async with connection.client.pipeline(transaction=False) as pipe:
+                pending = [
+                    pipe.xrevrange(self.keys.stream(channel), "+", "-", count=1)
+                    for channel in channels
+                ]
+            found = [await reply for reply in pending]
         connection.count_trip("other")
-        return parse_id(found[0].identifier) if found else (0, 0)
+        return [parse_id(entries[0].identifier) if entries else (0, 0) for entries in found]
 
     async def read_history(self, channel: str, messages: int) -> tuple[Batch, StreamId]:
         """The newest ``messages`` messages of the stream (oldest first) and the newest id."""

@@ -29,10 +29,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
-import os
 import struct
 import time
 from pathlib import Path
+
+from ..backlog import map_shared
 
 FILE_NAME = "redis-unsent.bin"
 # Slots are never moved under a live ring (a staging ring keeps a view of its slot's head),
@@ -102,14 +103,7 @@ class UnsentLedger:
         channels) so found. Their slots stay as they are until taken over (``slot``) or
         let go (``forget_unclaimed``)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        size = HEADER_BYTES + self.max_channels * SLOT.size
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+        self._map = map_shared(self.path, HEADER_BYTES + self.max_channels * SLOT.size)
         magic, version, used = HEADER.unpack_from(self._map, 0)
         if magic != MAGIC or version != VERSION:
             used = 0
@@ -118,17 +112,11 @@ class UnsentLedger:
             offset = HEADER_BYTES + index * SLOT.size
             routed, accounted, carried, since_ms, name = SLOT.unpack_from(self._map, offset)
             lost = carried + max(0, routed - accounted)
-            if lost and name != _FREE and name not in self._prior:
+            # (A channel has one slot: a deleted one's is zeroed, a new staging ring takes
+            # over its channel's.)
+            if lost and name != _FREE:
                 self._prior[name] = (index, lost, since_ms / 1000)
                 continue
-            if lost and name != _FREE:
-                # Two slots of one channel (never made so; a file edited by hand): the
-                # first carries both before the second goes.
-                first, before, since = self._prior[name]
-                since = min(since, since_ms / 1000)
-                self._prior[name] = (first, before + lost, since)
-                at = HEADER_BYTES + first * SLOT.size
-                SLOT.pack_into(self._map, at, 0, 0, before + lost, int(since * 1000), name)
             self._map[offset : offset + SLOT.size] = bytes(SLOT.size)
             self._free.append(index)
         self._free.reverse()  # the lowest first

@@ -36,7 +36,7 @@ from ._follow import Follow
 from ._history import CatchUp
 from ._link import CALL_TIMEOUT, describe, redis_errors
 from ._refill import StreamRefill
-from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId, parse_id
+from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId
 from .lease import DEFAULT_TTL, Lease, LeaseEvent, LeaseState, Liveness, renew_interval
 from .plane import DataPlane
 
@@ -413,14 +413,9 @@ class ClusterDrains:
             else:
                 points[drain_id] = ((int(raw), 0), True)
         if missing:
-            async with plane.client.pipeline(transaction=False) as pipe:
-                tops = [
-                    pipe.xrevrange(keys.stream(w.channel), "+", "-", count=1) for _, w in missing
-                ]
-            plane.count_trip("other")
+            tops = await plane.tops([w.channel for _, w in missing])
             for (drain_id, _), top in zip(missing, tops, strict=True):
-                found = await top
-                points[drain_id] = (parse_id(found[0].identifier) if found else (0, 0), False)
+                points[drain_id] = (top, False)
         return points
 
     async def _acquire(

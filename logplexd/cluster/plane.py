@@ -293,6 +293,10 @@ class DataPlane:
         """Id of the newest entry of the channel's stream ((0, 0) if it has none)."""
         return await self.history.top(channel)
 
+    async def tops(self, channels: list[str]) -> list[StreamId]:
+        """``top`` of each of ``channels``, in one round trip."""
+        return await self.history.tops(channels)
+
     async def read_history(self, channel: str, messages: int) -> tuple[Batch, StreamId]:
         """The newest ``messages`` messages of the stream (oldest first) and the newest id."""
         return await self.history.read_history(channel, messages)
