@@ -422,6 +422,51 @@ class ListRefill:
         return Refilled(parse_frames(self.stream[cursor:end]), end, 0)
 
 
+def _send_all(feed: DrainFeed) -> bytes:
+    sent = []
+    while True:
+        payload = feed.build_payload(
+            _syslog, _l10, max_messages=5, max_bytes=1 << 20, encode_ring=_syslog_ring
+        )
+        if payload is None:
+            return b"".join(sent)
+        sent.append(payload.data)
+        feed.delivered(payload)
+
+
+@pytest.mark.parametrize("written", [True, False])
+def test_a_partial_write_with_a_refill_copies_nothing_and_is_sent_again_if_it_fails(written):
+    """Redis mode (a refill): a payload not written whole is not copied out of the ring.
+    Written to its end, nothing of it is sent again; failed, it is sent again from its first
+    message, from the refill where the ring let it go meanwhile, and nothing is lost."""
+    registry = Registry(history_messages=8, buffer_messages=8)
+    channel = registry.ensure_channel("app")
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
+    refill = ListRefill(per_take=3)
+    feed.refill_from(refill)
+    frames = [message(k) for k in range(5)]
+    refill.stream.extend(frames)
+    append(channel, frames)
+    payload = feed.build_payload(
+        _syslog, _l10, max_messages=5, max_bytes=1 << 20, encode_ring=_syslog_ring
+    )
+    assert payload is not None and payload.messages == 5
+    assert feed.keep_unsettled(payload) == 0
+    assert feed.pending is None and payload.batch is None  # nothing copied
+    assert feed.backlog == 5 and feed.has_data()  # still the drain's to deliver
+    # The ring (8 deep) lets the five go while the rest of the write is finished.
+    more = [message(k) for k in range(5, 20)]
+    refill.stream.extend(more)
+    append(channel, more)
+    if written:
+        feed.delivered(payload)
+    rest = _send_all(feed)
+    numbers = [int(n) for n in re.findall(rb"drain test message (\d+)\n", rest)]
+    assert numbers == list(range(5 if written else 0, 20))
+    assert feed.counters.lost == 0 and l10_total(rest) == 0
+    assert feed.counters.delivered == 20 and not feed.has_data()
+
+
 @settings(max_examples=200, deadline=None)
 @given(rounds=ROUNDS, per_take=st.integers(1, 9))
 def test_a_drain_with_a_refill_loses_nothing_its_ring_laps(rounds, per_take):

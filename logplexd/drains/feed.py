@@ -181,6 +181,11 @@ class DrainFeed:
     # Where the drain reads what its ring lapped (None: nowhere, it is lost and told by an
     # L10, as on one node without a disk backlog). Given by ``refill_from``.
     _refill: RingRefill | None = None
+    # A payload encoded in place whose write the drain's task is finishing, kept by
+    # ``keep_unsettled`` without a copy (there is a ``refill``), and the ring position of its
+    # first message: read again from there unless it is settled.
+    _unsettled: Payload | None = None
+    _unsettled_first: int = 0
 
     def __post_init__(self) -> None:
         # A new drain starts at the channel's present: it never replays history.
@@ -220,6 +225,7 @@ class DrainFeed:
             self.channel = latest
             self.cursor = latest.ring.tail
             self.pending = None
+            self._unsettled = None
             self._mirror()
         # A removed channel is kept until its backlog is read; nothing new will arrive in it.
         return self.channel
@@ -237,12 +243,14 @@ class DrainFeed:
 
     @property
     def backlog(self) -> int:
-        """Messages in the channel's ring this drain has not read yet (what it can still get)."""
+        """Messages in the channel's ring this drain has not read yet (what it can still get),
+        a write being finished of messages not copied out of the ring included."""
         channel = self.channel
         if channel is None:
             return 0
         ring = channel.ring
-        return max(0, ring.head - max(self.cursor, ring.tail))
+        start = self._unsettled_first if self._unsettled is not None else self.cursor
+        return max(0, ring.head - max(start, ring.tail))
 
     @property
     def lapped(self) -> int:
@@ -253,7 +261,7 @@ class DrainFeed:
         return max(0, channel.ring.tail - self.cursor)
 
     def has_data(self) -> bool:
-        if self.pending_messages > 0 or self.cached is not None:
+        if self.pending_messages > 0 or self.cached is not None or self._unsettled is not None:
             return True
         if self.owes_notice and self._flush_until is None:
             return True
@@ -325,7 +333,16 @@ class DrainFeed:
         return self._flush_until is not None
 
     # -- taking and settling ------------------------------------------------------------
+    def _rewind_unsettled(self) -> None:
+        """A payload kept by ``keep_unsettled`` without a copy was not settled (its write
+        failed): its messages are read again, from the ring or, where it let them go, from
+        the ``refill``."""
+        if self._unsettled is not None:
+            self.cursor = min(self.cursor, self._unsettled_first)
+            self._unsettled = None
+
     def _take(self, max_messages: int, max_bytes: int) -> bool:
+        self._rewind_unsettled()
         if self.pending_messages > 0:
             return True
         self.pending, self._pending_disk_seq = None, None
@@ -420,6 +437,7 @@ class DrainFeed:
         settles the payload, or calls ``keep_unsettled``, before the ring can move on.
         """
         self.cached = None
+        self._rewind_unsettled()
         if encode_ring is not None and self.pending_messages == 0:
             payload = self._payload_in_place(encode_ring, loss_notice, max_messages, max_bytes)
             if payload is not None:
@@ -498,8 +516,9 @@ class DrainFeed:
         ``lapped_ok`` (the drain pump's threaded writes: the loop routes while the worker
         writes): then those the ring has evicted meanwhile are counted lost, for the next
         L10, and the rest are kept. Returns how many were lost so. With a ``refill`` (Redis
-        mode) none is lost: the whole payload is read again from where it began (the refill
-        reads what the ring let go), and how many the ring had let go is returned all the
+        mode) nothing is copied and none is lost: unless the payload is settled, it is read
+        again from where it began, from the ring or, what the ring let go, from the refill;
+        a threaded write the ring lapped meanwhile returns how many it had let go all the
         same (the caller gives the connection up: the rest is sent again whole)."""
         span = payload.ring_span
         if payload.batch is not None or span is None or self.channel is None:
@@ -512,6 +531,13 @@ class DrainFeed:
             self.pending, self.pending_start, self._pending_disk_seq = None, 0, None
             self._record()
             return int(ring.tail) - first
+        if self._refill is not None:
+            # Nothing copied: should the write fail, its messages are read again, from the
+            # ring or (what it let go meanwhile) from the refill. A flush of a Redis-mode
+            # node lands at once and its first write is often partial: the copy was made
+            # for most messages (9.0 M of 10 M at 1.5 M msgs/s on one channel).
+            self._unsettled, self._unsettled_first = payload, first
+            return 0
         kept = end - max(first, ring.tail) if lapped_ok else end - first
         if kept > 0:
             batch, cursor, lost = ring.read(first, kept, 1 << 62)
@@ -529,6 +555,8 @@ class DrainFeed:
         return lost
 
     def _settle(self, payload: Payload) -> None:
+        if self._unsettled is payload:
+            self._unsettled = None
         if payload.batch is not None and self.pending is payload.batch:
             self.pending_start = max(self.pending_start, payload.end_index)
             backlog = self.disk
