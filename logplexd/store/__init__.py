@@ -10,7 +10,9 @@ drains deliver to the ``DrainTarget`` it returns. The Redis client helpers are s
 the data plane (``cluster``). The Platform API's own records (``Account``, ``App``,
 ``DrainMeta``) are held by the same store; ``migrate_platform_journal`` imports the
 ``platform.lpj`` of earlier versions, and ``serve_accounts_socket`` lets ``logplexd accounts``
-reach a running daemon's store.
+reach a running daemon's store. ``DirLock`` (a data directory held by one process) and
+``write_atomically`` (a small file replaced whole, fsynced) serve the data plane's files in
+the data dir too.
 """
 
 from typing import Any, overload
@@ -33,6 +35,7 @@ from .accounts_socket import (
     serve_accounts_socket,
 )
 from .base import ChannelPut, PlatformImport, Store, Subscriber
+from .dir_lock import DirLock
 from .drain_url import (
     DrainKind,
     DrainTarget,
@@ -42,6 +45,7 @@ from .drain_url import (
     syslog_url,
 )
 from .embedded import EmbeddedStore
+from .files import write_atomically
 from .model import (
     OVERFLOW_MODES,
     SESSION_TTL_SECONDS,
@@ -137,6 +141,7 @@ __all__ = [
     "DrainRemoved",
     "DrainTarget",
     "DrainUpdated",
+    "DirLock",
     "EmbeddedStore",
     "InvalidDrainUrl",
     "PlatformImport",
@@ -170,4 +175,5 @@ __all__ = [
     "serve_accounts_socket",
     "syslog_url",
     "utc_timestamp",
+    "write_atomically",
 ]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import time
@@ -32,7 +31,8 @@ import trio
 from . import files
 from ._state import Op, Plan, State, T
 from .base import Store
-from .model import StoreCorrupt, StoreError, StoreEvent, StoreLocked, StoreUnavailable
+from .dir_lock import DirLock
+from .model import StoreCorrupt, StoreError, StoreEvent, StoreUnavailable
 
 log = logging.getLogger("logplexd.store")
 
@@ -71,7 +71,7 @@ class EmbeddedStore(Store):
         self._journal_path = os.path.join(self.data_dir, JOURNAL_FILE)
         self._failure: str | None = None
         self._failed = trio.Event()  # set by _fail: wakes maintain() to recover
-        self._lock_fd: int | None = None
+        self._lock = DirLock(self.data_dir, LOCK_FILE)
         self._journal_fd: int | None = None
         self._journal_bytes = 0
         self._snapshot_bytes = 0
@@ -87,16 +87,7 @@ class EmbeddedStore(Store):
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> None:
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(
-            os.path.join(self.data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600
-        )
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise StoreLocked(f"{self.data_dir} is in use by another process") from None
+        self._lock.acquire()
         try:
             self._load()
         except BaseException:
@@ -373,9 +364,7 @@ class EmbeddedStore(Store):
                 self._pending = bytearray()
             os.close(self._journal_fd)
             self._journal_fd = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
 
 def _append_and_sync(fd: int, data: bytes) -> None:
