@@ -264,11 +264,19 @@ class ClusterDrains:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._checkpoints)
+            nursery.start_soon(self._tick_when_reached)
             task_status.started()
             try:
                 await self._leases()
             finally:
                 self._nursery = None
+
+    async def _tick_when_reached(self) -> None:
+        """A tick as soon as the data plane first reaches Redis: the store often loads the
+        drains before that, and a tick skipped then would leave a restarted node's drains
+        waiting a whole interval."""
+        await self.plane.link.reached.wait()
+        self._wake.set()
 
     async def _leases(self) -> None:
         errors = redis_errors()
