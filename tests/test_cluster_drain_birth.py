@@ -30,6 +30,7 @@ from tests.helpers.cluster import (
     Sink,
     channel_on_every_node,
     hold_lease,
+    next_drain_id,
     node_settings,
     numbered,
     text,
@@ -68,12 +69,6 @@ async def send_and_store(daemon: Daemon, ports: BoundPorts, token: str, tag: str
     await stream.send_all(numbered(token, tag, range(n)))
     await stream.aclose()
     await eventually(lambda: plane.messages_written >= written + n, 5)
-
-
-def next_drain_id(server: RedisServer | RedisCluster) -> int:
-    # Drain ids come from the store's counter (redis_store.py: P:{cfg}:drain_index).
-    value = bulk(server.command("GET", "logplex:{cfg}:drain_index"))
-    return int(value or 0) + 1
 
 
 async def start_node(

@@ -18,7 +18,13 @@ import pytest
 import trio
 
 from logplexd.daemon import Daemon
-from tests.helpers.cluster import Sink, expected, node_settings, send_numbered
+from tests.helpers.cluster import (
+    Sink,
+    expected,
+    node_settings,
+    recorded_incarnations,
+    send_numbered,
+)
 from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import serve_in
 from tests.helpers.peers import needs_curl
@@ -147,6 +153,8 @@ async def test_a_node_whose_liveness_key_vanished_takes_its_drains_back(
                 lambda: redis_server.command("GET", lease_key).endswith(second.encode() + b"\r\n"),
                 5,
             )
+            # Recorded in its data dir before Redis saw it (the first, dead, no more).
+            assert recorded_incarnations(tmp_path / "A") == [second]
             await eventually(lambda: f.owned() == 1, 5)
             await send_numbered(f.ports["A"].syslog, token, "B", range(5))
             await eventually(lambda: set(f.sink.counts()) >= expected("B", range(5)), 5)

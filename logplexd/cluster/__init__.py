@@ -12,12 +12,15 @@ key's cluster slot: ``Keys``, ``decode_entry``, ``CHECKPOINT_TTL_MS``, ``slot_of
 ``CLOSE_GRACE``), ``_writer``, ``_follow`` (``Follow``, ``POLL_IDLE``, ``SWEEP_SLICE``),
 ``_history``, ``_pushback`` (``ChannelPushback``: holding a channel's inputs while this
 node is behind on it, ``HOLD_KEEPS`` x ``keep``, under the ``READER_SLACK`` x ``keep``
-the stream keeps for a follower behind) and ``_unsent`` (``UnsentLedger``: what a
-``kill -9`` took before Redis had it, told at the next start).
+the stream keeps for a follower behind), ``_unsent`` (``UnsentLedger``: what a
+``kill -9`` took before Redis had it, told at the next start) and ``_node_dir``
+(``NodeDir``: the data dir held for the process's life, and the incarnations it recorded,
+which the next process on it knows dead: ``lease.Incarnations``).
 """
 
 from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
 from ._link import CLOSE_GRACE, TRIP_KINDS
+from ._node_dir import NodeDir
 from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
 from ._stream import (
     APPEND,
@@ -37,7 +40,7 @@ from ._writer import FLUSH_INTERVAL, flush_linger
 from .birth import birth_hook
 from .buffer import OutboundBuffer
 from .drains import ClusterDrains
-from .lease import Lease, LeaseEvent, LeaseState
+from .lease import Incarnations, Lease, LeaseEvent, LeaseState
 from .plane import DataPlane
 from .reads import ClusterReads, ReadStart
 from .registry import COLLECT_SKIPS, ClusterRegistry
@@ -66,10 +69,12 @@ __all__ = [
     "DataPlane",
     "EntryBody",
     "Follow",
+    "Incarnations",
     "Keys",
     "Lease",
     "LeaseEvent",
     "LeaseState",
+    "NodeDir",
     "OutboundBuffer",
     "OutboundGate",
     "ReadStart",

@@ -19,6 +19,12 @@ a word). If the stream was trimmed past the checkpoint, the follower counts the 
 from the stream ids and the first delivery starts with the L10 notice. A new drain starts from the
 birth checkpoint written before the API answered (``birth.py``); only when that write
 failed does its first owner start at the newest entry of the stream.
+
+With a data directory (``NodeDir``), each incarnation is recorded there before it is used
+in Redis, and the incarnations earlier processes recorded are dead at once
+(``lease.Incarnations``): at its first tick a restarted node deletes their liveness keys
+(one round trip) and takes back, from their checkpoints, the drains they held, rather than
+wait up to ttl + ttl/4 for those keys to expire.
 """
 
 from __future__ import annotations
@@ -35,9 +41,18 @@ from ..store import redact_url
 from ._follow import Follow
 from ._history import CatchUp
 from ._link import CALL_TIMEOUT, describe, redis_errors
+from ._node_dir import NodeDir
 from ._refill import StreamRefill
 from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId
-from .lease import DEFAULT_TTL, Lease, LeaseEvent, LeaseState, Liveness, renew_interval
+from .lease import (
+    DEFAULT_TTL,
+    Incarnations,
+    Lease,
+    LeaseEvent,
+    LeaseState,
+    Liveness,
+    renew_interval,
+)
 from .plane import DataPlane
 
 log = logging.getLogger("logplexd.drains")
@@ -141,13 +156,33 @@ class ClusterDrains:
         *,
         ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = trio.current_time,
+        node_dir: NodeDir | None = None,
     ) -> None:
+        """``node_dir``: the node's data directory, opened (``NodeDir.open``); without one
+        (tests) nothing is recorded and no earlier incarnation is known dead."""
         self.plane = plane
         self.manager = manager
         self.ttl = ttl
         self.clock = clock
         self.node_id = plane.node_id
         self.liveness = Liveness(plane.node_id, ttl)
+        self.node_dir = node_dir
+        self.incarnations = Incarnations(plane.node_id)
+        if node_dir is not None:
+            self.incarnations = Incarnations(
+                plane.node_id, node_dir.recorded, node_dir.recorded_on, node_dir.boot
+            )
+            if self.incarnations.unproven:
+                log.info(
+                    "drains: %d incarnations that %s recorded under another boot (of this machine, "
+                    "or of another one it was copied from) are not known dead: their drains "
+                    "wait for their liveness keys to expire",
+                    len(self.incarnations.unproven),
+                    node_dir.directory,
+                )
+            # Before the first tick can write it to Redis; an error stops the start.
+            node_dir.record(self.incarnations.record(self.liveness.holder))
+        self.liveness.recorded = True
         self.wanted: dict[int, Wanted] = {}
         # The drains of ``wanted`` whose lease this node does not hold: what each tick
         # looks at (with 10,000 drains, a look at every one per tick, and a tick per drain
@@ -285,6 +320,12 @@ class ClusterDrains:
             self._wake = trio.Event()
             if not self.liveness.valid(self.clock()):
                 self._stop_owned(LeaseEvent.EXPIRED, "lease not renewed in time, stopping here")
+            if self.incarnations.unburied and self.plane.link.reached.is_set():
+                try:
+                    with trio.fail_after(min(CALL_TIMEOUT, interval)):
+                        await self._bury()
+                except errors as exc:
+                    self.plane.link.lost(exc, "leases")
             # Only while the probe reaches Redis (the leases' own failure must not stop the
             # exchange that would clear it).
             if self.wanted and self.plane.link.reached.is_set():
@@ -332,10 +373,20 @@ class ClusterDrains:
         from coredis.tokens import PureToken
 
         plane, keys, live = self.plane, self.plane.keys, self.liveness
+        if not live.recorded and not await self._record():
+            return {}
         sent_at = self.clock()
         wanted, standby = self.wanted, self._standby
+        # Dead for certain, not to be asked after.
+        certain = self.incarnations.dead
         holders = sorted(
-            {h for i in standby if (h := wanted[i].lease.holder) is not None and h != live.holder}
+            {
+                h
+                for i in standby
+                if (h := wanted[i].lease.holder) is not None
+                and h != live.holder
+                and h not in certain
+            }
         )
         alive_key = keys.alive(live.holder)
         async with plane.client.pipeline(transaction=False) as pipe:
@@ -348,17 +399,20 @@ class ClusterDrains:
             checks = [(h, pipe.exists([keys.alive(h)])) for h in holders]
         named = [alive_key] + [keys.alive(h) for h in holders]
         plane.count_trip("lease", plane.connection.servers_of_keys(named))
-        dead = {h for h, check in checks if not await check}
+        dead = {h for h, check in checks if not await check} | certain
         if await renewal:
             live.renewed(sent_at)
         else:
             # Gone (cut off for a TTL, or Redis lost it): its drains may be another node's
             # by now. Stop them, and take them back under a new incarnation if still free.
             old = live.gone()
+            self.incarnations.left(old)
             dead.add(old)
             self._stop_owned(
                 LeaseEvent.LOST, "this node's liveness key had expired, stopping", holder=old
             )
+            if not await self._record():
+                return {}
             sent_at = self.clock()
             if await plane.client.set(
                 keys.alive(live.holder), b"1", px=live.ttl_ms, condition=PureToken.NX
@@ -370,7 +424,72 @@ class ClusterDrains:
         ids = [i for i in standby if wanted[i].lease.wants(dead)]
         if not ids:
             return {}
-        return await self._acquire(ids, dead)
+        events = await self._acquire(ids, dead)
+        # Drains whose holder was not known yet (a node just started), found held by an
+        # incarnation dead for certain (this node's, before a kill -9): taken now, not a
+        # tick later.
+        again = {
+            i: (holder, channel)
+            for i, (event, holder, channel) in events.items()
+            if event is LeaseEvent.HELD_ELSEWHERE
+            and holder in certain
+            and (w := wanted.get(i)) is not None
+            and w.channel == channel
+        }
+        if again:
+            seen = {i: holder for i, (holder, _) in again.items() if holder is not None}
+            events.update(await self._acquire(list(again), dead, seen))
+        return events
+
+    async def _record(self) -> bool:
+        """Record the current incarnation in the data directory, before Redis sees it.
+        False: not recorded (said), not to be used yet; the next tick tries again."""
+        live = self.liveness
+        if self.node_dir is not None:
+            try:
+                await trio.to_thread.run_sync(
+                    self.node_dir.record, self.incarnations.record(live.holder)
+                )
+            except OSError as exc:
+                log.error(
+                    "drains: incarnation %s not recorded in %s, not used: %s",
+                    live.holder,
+                    self.node_dir.path,
+                    exc,
+                )
+                return False
+        live.recorded = True
+        return True
+
+    async def _bury(self) -> None:
+        """Delete the liveness keys of the incarnations earlier processes recorded in the
+        data directory (one round trip): other nodes see them dead at once too. Then
+        forget them there."""
+        plane, keys, node_dir = self.plane, self.plane.keys, self.node_dir
+        # Only what this process read in its data directory is to be buried.
+        assert node_dir is not None
+        earlier = self.incarnations.unburied
+        names = [keys.alive(h) for h in earlier]
+        async with plane.client.pipeline(transaction=False) as pipe:
+            # One DEL per key: on a cluster each may be on another shard.
+            deletes = [pipe.delete([name]) for name in names]
+        plane.count_trip("lease", plane.connection.servers_of_keys(names))
+        alive = sum([await d for d in deletes])
+        self.incarnations.buried()
+        log.info(
+            "drains: %d earlier incarnations of this node (%d still alive in Redis) are dead: "
+            "their process has gone from %s",
+            len(earlier),
+            alive,
+            node_dir.directory,
+        )
+        try:
+            await trio.to_thread.run_sync(
+                node_dir.record, self.incarnations.record(self.liveness.holder)
+            )
+        except OSError as exc:
+            # Still recorded: the next process deletes them again (nothing, by then).
+            log.warning("drains: %s not rewritten: %s", node_dir.path, exc)
 
     async def _apply(self, events: dict[int, tuple[LeaseEvent, str | None, str]]) -> None:
         """Apply a tick's acquisitions: start the drains this node got, from where each
@@ -384,6 +503,16 @@ class ClusterDrains:
                     # Removed while its lease was being acquired: hand it back.
                     self._nursery.start_soon(self._release, channel, drain_id)
                 continue
+            if holder is not None and self.incarnations.stranger(holder, self.liveness.holder):
+                log.warning(
+                    "drain %d: held by %s, an incarnation of this node id that %s never "
+                    "recorded: is another process running with node id %s? Taken as alive "
+                    "until its liveness key expires",
+                    drain_id,
+                    holder,
+                    self.node_dir.directory if self.node_dir is not None else "this process",
+                    self.node_id,
+                )
             before, after = self._lease_event(drain_id, current, event, holder)
             if before is LeaseState.STANDBY and after is LeaseState.OWNER:
                 current.starting = True
@@ -427,9 +556,10 @@ class ClusterDrains:
         return points
 
     async def _acquire(
-        self, ids: list[int], dead: set[str]
+        self, ids: list[int], dead: set[str], seen: dict[int, str] | None = None
     ) -> dict[int, tuple[LeaseEvent, str | None, str]]:
-        """Acquire the leases of ``ids``: one script call per shard in all."""
+        """Acquire the leases of ``ids``: one script call per shard in all. ``seen``: their
+        holders as just found, where the leases do not know them yet."""
         keys = self.plane.keys
         holder = self.liveness.holder
         by_channel: dict[str, list[int]] = {}
@@ -439,8 +569,10 @@ class ClusterDrains:
         for channel, drain_ids in by_channel.items():
             part = parts[channel] = [len(drain_ids)]
             for drain_id in drain_ids:
-                seen = self.wanted[drain_id].lease.holder
-                part.extend((keys.lease(channel, drain_id), seen if seen in dead else ""))
+                held = self.wanted[drain_id].lease.holder
+                if seen is not None:
+                    held = seen.get(drain_id, held)
+                part.extend((keys.lease(channel, drain_id), held if held in dead else ""))
         replies = await self.plane.call_per_shard(ACQUIRE, (holder, 0), parts, "lease")
         events: dict[int, tuple[LeaseEvent, str | None, str]] = {}
         for channel, drain_ids in by_channel.items():

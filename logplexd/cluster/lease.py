@@ -18,11 +18,21 @@ once as long as clocks run at the same rate.
 Timing (defaults, all configurable): TTL 10 s, one tick every TTL/4 = 2.5 s. A node that
 dies stops renewing; its liveness key expires at most TTL after its last renewal, and a
 standby node takes over at its next tick: within TTL + one tick = 12.5 s < 15 s.
+
+A node restarted on its data directory need not wait that long for its own drains
+(``Incarnations``): it records each incarnation there before using it in Redis, and holds
+the directory's lock for its life. The incarnations an earlier process recorded under the
+same kernel boot are dead for certain once the lock is free (the kernel frees it only when
+that process is gone), so the new process treats them as dead at once. An incarnation of
+the same node id that the directory never recorded, or recorded under another boot, proves
+nothing (another process, maybe on another machine, may have been given the same id, or a
+copy of the directory, by mistake): it stays alive until its key expires.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -98,6 +108,11 @@ def new_incarnation() -> str:
     return secrets.token_hex(6)
 
 
+def node_of(holder: str) -> str:
+    """The node id of a holder (``node-id/random``; a node id may hold a ``/`` itself)."""
+    return holder.rpartition("/")[0]
+
+
 @dataclass(slots=True)
 class Liveness:
     """This node's liveness key, which keeps every lease it holds. Times are monotonic s."""
@@ -107,6 +122,9 @@ class Liveness:
     incarnation: str = field(default_factory=new_incarnation)
     # Whether the key exists, as last confirmed (else it is to be created, ``SET NX``).
     confirmed: bool = False
+    # Whether the incarnation is recorded in the node's data directory: only then may it be
+    # written to Redis (a later process must be able to tell it dead).
+    recorded: bool = False
     valid_until: float = 0.0
 
     @property
@@ -133,8 +151,79 @@ class Liveness:
         old = self.holder
         self.incarnation = new_incarnation()
         self.confirmed = False
+        self.recorded = False
         self.valid_until = 0.0
         return old
+
+
+class Incarnations:
+    """This node's other incarnations: those known dead for certain, and what its data
+    directory must record.
+
+    ``recorded``: what earlier processes on the data directory recorded, under the kernel
+    boot ``recorded_on``. They are dead for certain if recorded under this very boot
+    (``boot``) of this machine's kernel, since this process now holds the directory's lock
+    (``provably_dead``); their liveness keys may still be in Redis until deleted
+    (``unburied``): until then other nodes take them for alive. Recorded under another boot
+    (a reboot; or a copy of the directory on another machine, or one shared over a network
+    file system, where the lock proves nothing) they prove nothing (``unproven``): alive
+    until their keys expire, as any other node's.
+    """
+
+    __slots__ = ("node_id", "boot", "unburied", "dead", "unproven", "_told")
+
+    def __init__(
+        self,
+        node_id: str,
+        recorded: Iterable[str] = (),
+        recorded_on: str | None = None,
+        boot: str | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.boot = boot
+        holders = list(dict.fromkeys(recorded))
+        proven = provably_dead(recorded_on, boot)
+        self.unburied: list[str] = holders if proven else []
+        # Earlier processes' incarnations and this process's own old ones (``left``).
+        self.dead: set[str] = set(self.unburied)
+        self.unproven: set[str] = set() if proven else set(holders)
+        # Strangers already told of (``stranger``): once each.
+        self._told: set[str] = set()
+
+    def record(self, current: str) -> list[str]:
+        """What the data directory must hold (under ``boot``) before ``current`` is used in
+        Redis: it, and the earlier ones whose keys may still be in Redis (a process killed
+        before it deleted them leaves them to the next)."""
+        return [*self.unburied, current]
+
+    def buried(self) -> None:
+        """The earlier ones' liveness keys are deleted: nothing left to record of them."""
+        self.unburied = []
+
+    def left(self, old: str) -> None:
+        """This process gave ``old`` up (its key was gone): dead for good, and with no key
+        to delete, not to be recorded any more."""
+        self.dead.add(old)
+
+    def stranger(self, holder: str, current: str) -> bool:
+        """Whether ``holder`` is an incarnation of this node id that this directory never
+        recorded, seen for the first time. It may be alive (another process given this
+        node id): treated as any other node's until its key expires."""
+        if holder == current or holder in self.dead or holder in self.unproven:
+            return False
+        if holder in self._told or node_of(holder) != self.node_id:
+            return False
+        self._told.add(holder)
+        return True
+
+
+def provably_dead(recorded_on: str | None, boot: str | None) -> bool:
+    """Whether the incarnations a data directory recorded under kernel boot ``recorded_on``
+    are dead, now that this process, under boot ``boot``, holds the directory's lock. Only
+    under the same boot: a free lock says that no process of this kernel holds it, nothing
+    of a machine the directory was copied from or is shared with. (After a reboot their
+    keys have mostly expired anyway.)"""
+    return boot is not None and recorded_on == boot
 
 
 def renew_interval(ttl: float) -> float:

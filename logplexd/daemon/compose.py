@@ -42,6 +42,7 @@ from ..cluster import (
     ClusterReads,
     ClusterRegistry,
     DataPlane,
+    NodeDir,
     OutboundBuffer,
     UnsentLedger,
     birth_hook,
@@ -163,6 +164,7 @@ class Daemon:
         self._reload_settings = reload_settings or reload_from_sources
         # Redis mode (issue 11): history, tails and drains go through Redis streams.
         self.plane: DataPlane | None = None
+        self.node_dir: NodeDir | None = None
         self.ledger: UnsentLedger | None = None
         self.registry: Registry
         if settings.store_url:
@@ -173,6 +175,10 @@ class Daemon:
                 buffer=OutboundBuffer(settings.redis_buffer_messages, settings.redis_buffer_bytes),
                 tcp_congestion=settings.redis_tcp_congestion,
             )
+            # Held until serve() ends: a second process on this data dir refuses to start
+            # (StoreLocked), and the incarnations earlier ones recorded are dead for certain.
+            node_dir = self.node_dir = NodeDir(settings.data_dir)
+            node_dir.open()
             # What a kill -9 took before Redis had it: told (a loss marker, an L10) as each
             # channel is made again.
             ledger = self.ledger = UnsentLedger(settings.data_dir)
@@ -232,7 +238,7 @@ class Daemon:
         self.cluster_drains: ClusterDrains | None = None
         if self.plane is not None:
             self.cluster_drains = ClusterDrains(
-                self.plane, self.drains, ttl=settings.drain_lease_ttl
+                self.plane, self.drains, ttl=settings.drain_lease_ttl, node_dir=self.node_dir
             )
         self.tails = TailSessions()
         self.tail_holds = TailHolds(pushback=settings.drain_overflow == "pushback")
@@ -261,6 +267,15 @@ class Daemon:
         self, *, task_status: trio.TaskStatus[BoundPorts] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled or ``shutdown()``; reports the bound ports once all listen."""
+        try:
+            await self._serve(task_status)
+        finally:
+            # Redis mode: the data dir is free for the next process (or daemon) once this
+            # one is done with it, however it ended.
+            if self.node_dir is not None:
+                self.node_dir.close()
+
+    async def _serve(self, task_status: trio.TaskStatus[BoundPorts]) -> None:
         s = self.settings
         inherited = listen_fds(self.environ, unset=self.environ is os.environ)
         store = self.store = open_store(str(s.data_dir), s.store_url, node_id=s.resolved_node_id())

@@ -26,9 +26,29 @@ class DaemonProcess:
     lines: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
     _reader: threading.Thread | None = None
+    _found: list[BoundPorts] = field(default_factory=list)
 
     def start(self, timeout: float = 30.0) -> BoundPorts:
         """Start the daemon; returns its ports once it logged that it is ready (blocking)."""
+        ready = self._spawn()
+        if not ready.wait(timeout) or not self._found:
+            self.kill(signal.SIGKILL)
+            raise AssertionError("the daemon did not start:\n" + "".join(self.lines))
+        return self._found[0]
+
+    def run(self, timeout: float = 30.0) -> int:
+        """Start the daemon and wait for it to end by itself (one that is refused at start);
+        returns its exit status (blocking)."""
+        self._spawn()
+        assert self.process is not None
+        status = self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return status
+
+    def _spawn(self) -> threading.Event:
+        """Start the process and a thread reading its log; the event is set once it logged
+        that it is ready, or its log ended."""
         env = {
             **os.environ,
             "LOGPLEX_AUTH_KEY": KEY,
@@ -55,6 +75,7 @@ class DaemonProcess:
         )
         ready = threading.Event()
         found: list[BoundPorts] = []
+        self._found = found
 
         def read() -> None:
             assert process.stderr is not None
@@ -68,10 +89,7 @@ class DaemonProcess:
 
         self._reader = threading.Thread(target=read, daemon=True)
         self._reader.start()
-        if not ready.wait(timeout) or not found:
-            self.kill(signal.SIGKILL)
-            raise AssertionError("the daemon did not start:\n" + "".join(self.lines))
-        return found[0]
+        return ready
 
     def kill(self, signum: int = signal.SIGKILL, timeout: float = 30.0) -> int:
         """Send ``signum`` and wait for the process to end; returns its exit status."""

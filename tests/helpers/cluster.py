@@ -14,12 +14,13 @@ from typing import Any
 import trio
 
 from logplexd.cluster import Keys
+from logplexd.cluster._node_dir import INCARNATIONS_FILE, parse
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 
 from .curl import AUTH, JSON, api, curl
 from .daemon import settings_for
-from .redis import RedisCluster, RedisServer, eventually
+from .redis import RedisCluster, RedisServer, eventually, integer
 from .syslog import frame, send_syslog
 
 # The message texts the multi-node tests send: msg-<tag>-<number>.
@@ -99,6 +100,23 @@ def hold_lease(
     milliseconds: the lease key names it, and its liveness key then expires."""
     server.command("SET", keys.alive(holder), "1", "PX", str(ms))
     server.command("SET", keys.lease(channel, drain_id), holder)
+
+
+def next_drain_id(server: RedisServer | RedisCluster) -> int:
+    """The id the store gives the next drain (its counter: redis_store.py, P:{cfg}:drain_index)."""
+    reply = server.command("GET", "logplex:{cfg}:drain_index")
+    return 1 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1]) + 1
+
+
+def is_alive(server: RedisServer | RedisCluster, keys: Keys, holder: str) -> bool:
+    """Whether incarnation ``holder``'s liveness key exists."""
+    return integer(server.command("EXISTS", keys.alive(holder))) == 1
+
+
+def recorded_incarnations(data_dir: Path) -> list[str]:
+    """The incarnations a node's data dir records (read without its lock: the node may run)."""
+    path = data_dir / INCARNATIONS_FILE
+    return parse(path.read_bytes())[1] if path.exists() else []
 
 
 async def channel_on_every_node(api_ports: BoundPorts, nodes: Iterable[Daemon]) -> str:
