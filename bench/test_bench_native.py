@@ -160,6 +160,31 @@ def test_dispatch_1000_channels_round_robin_into_full_rings(benchmark):
     benchmark.extra_info["messages"] = 970 * len(batches)
 
 
+@pytest.mark.benchmark(group="ring")
+def test_append_range_1000_channels_staging_to_readers(benchmark):
+    # Redis mode's own copy (``_StagedRange.append_to``): after each flush every channel's
+    # written range goes from its staging ring to its readers' ring, here 150 messages each
+    # (a 1,000-channel flush), both rings in their steady state. Placing a run of messages
+    # at once was slower than one by one (the append alone: 27 against 23 ns a message,
+    # bench/RESULTS.md, 2026-12-07 eighth).
+    frames = realistic_frames(150)
+    batch = parse_frames(frames)
+    staging = [ChannelRing(65536, 16 << 20) for _ in range(1000)]
+    readers = [ChannelRing(4096, 8 << 20, 16384) for _ in range(1000)]
+
+    def flush():
+        for ring in staging:
+            ring.append_batch(batch)
+        for ring, target in zip(staging, readers, strict=True):
+            target.append_range(ring, ring.head - len(batch), ring.head)
+            ring.discard(ring.head)
+
+    for _ in range(40):
+        flush()
+    benchmark(flush)
+    benchmark.extra_info["messages"] = 1000 * len(batch)
+
+
 @pytest.mark.benchmark(group="encode")
 def test_encode_syslog_and_http(benchmark):
     batch = parse_frames(FRAMES)
