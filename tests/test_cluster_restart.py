@@ -33,7 +33,7 @@ from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import serve_in
 from tests.helpers.metrics import scrape, value
 from tests.helpers.peers import needs_curl
-from tests.helpers.redis import RedisServer, eventually, integer, running
+from tests.helpers.redis import RedisCluster, RedisServer, eventually, integer, running
 from tests.helpers.wait import wait_until
 
 # A liveness key lives this long (s): a restart that waited for the killed process's key to
@@ -218,11 +218,14 @@ async def test_a_second_process_on_a_data_dir_in_use_refuses_to_start(
 
 @pytest.mark.integration
 async def test_an_incarnation_of_this_node_id_the_data_dir_never_recorded_is_waited_for(
-    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, redis_any: RedisServer | RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two drains held by incarnations of node id A, both with a live liveness key: one the
     data dir recorded (a process before this one: taken at once), one it never did (another
-    process given the same id by mistake: taken only once its key expired)."""
+    process given the same id by mistake: taken only once its key expired). Two more
+    recorded incarnations, alive in Redis too, lose their keys with the first (on a
+    cluster, keys on several shards: deleted in one round trip all the same)."""
+    redis_server = redis_any
     caplog.set_level(logging.INFO, "logplexd")
     keys = Keys()
     sink = Sink()
@@ -238,8 +241,14 @@ async def test_an_incarnation_of_this_node_id_the_data_dir_never_recorded_is_wai
         mine, strangers = ids
         earlier = NodeDir(tmp_path / "A")
         earlier.open()
-        earlier.record(["A/before"])
+        others = [f"A/before-{k}" for k in range(6)]
+        earlier.record(["A/before", *others])
         earlier.close()
+        for holder in others:
+            redis_server.command("SET", keys.alive(holder), "1", "PX", "60000")
+        if isinstance(redis_server, RedisCluster):
+            shards = {redis_server.owner_of(keys.alive(h)) for h in ["A/before", *others]}
+            assert len(shards) > 1
         hold_lease(redis_server, keys, "mine", mine, 60_000, "A/before")
         hold_lease(redis_server, keys, "other", strangers, 2_000, "A/stranger")
 
@@ -248,7 +257,7 @@ async def test_an_incarnation_of_this_node_id_the_data_dir_never_recorded_is_wai
         assert drains is not None
         await nursery.start(serve_in, node, trio.CancelScope())
         await eventually(lambda: mine in drains.owned(), AT_ONCE)
-        assert not is_alive(redis_server, keys, "A/before")
+        assert not any(is_alive(redis_server, keys, h) for h in ["A/before", *others])
         # Not taken while its key lives, however many ticks go by.
         ticks = drains.ticks
         with trio.fail_after(5):
