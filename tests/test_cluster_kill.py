@@ -6,7 +6,6 @@ while the messages come in, so none of them reaches it before the kill."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import trio
 
 from logplexd.cluster import Keys
 from tests.helpers.child import DaemonProcess
-from tests.helpers.curl import AUTH, JSON, api, curl
+from tests.helpers.cluster import channel_with_drain
+from tests.helpers.curl import api, curl
 from tests.helpers.drains import SyslogSink, l10_count
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
@@ -68,17 +68,7 @@ async def test_a_killed_node_announces_what_redis_never_had_and_nothing_more(
     first = daemon(tmp_path, redis_server)
     ports = await trio.to_thread.run_sync(first.start)
     try:
-        _, _, body = await curl(
-            "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["app"]}', api(ports, "/v3/channels/app")
-        )
-        token = json.loads(body)["tokens"]["app"]
-        status, _, body = await curl(
-            "-X", "POST", *AUTH, *JSON,
-            "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}/"}),
-            api(ports, "/v3/channels/app/drains"),
-        )  # fmt: skip
-        assert status == 201
-        drain_id = json.loads(body)["id"]
+        token, drain_id = await channel_with_drain(ports, sink_port, "app")
         # From here Redis holds every write: the node routes, and cannot write.
         redis_server.command("CLIENT", "PAUSE", "60000", "WRITE")
         await send(ports, token, "lost", UNWRITTEN)

@@ -7,7 +7,6 @@ for, as any other node's. A second process on a data dir in use refuses to start
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 from pathlib import Path
@@ -16,11 +15,12 @@ import pytest
 import trio
 
 from logplexd.cluster import Incarnations, Keys, Lease, LeaseEvent, NodeDir
-from logplexd.daemon import BoundPorts, Daemon
+from logplexd.daemon import Daemon
 from logplexd.store import StoreLocked
 from tests.helpers.child import DaemonProcess
 from tests.helpers.cluster import (
     Sink,
+    channel_with_drain,
     expected,
     hold_lease,
     is_alive,
@@ -29,7 +29,6 @@ from tests.helpers.cluster import (
     recorded_incarnations,
     send_numbered,
 )
-from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import serve_in
 from tests.helpers.metrics import scrape, value
 from tests.helpers.peers import needs_curl
@@ -121,22 +120,6 @@ def node_process(tmp_path: Path, server: RedisServer) -> DaemonProcess:
         tmp_path / "A",
         ("--store-url", server.url, "--node-id", "A", "--drain-lease-ttl", str(LONG_TTL)),
     )
-
-
-async def channel_with_drain(ports: BoundPorts, sink_port: int) -> tuple[str, int]:
-    """Channel "app" (token "web") with one syslog drain to ``sink_port``."""
-    status, _, body = await curl(
-        "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}', api(ports, "/v3/channels/app")
-    )  # fmt: skip
-    assert status == 201
-    token: str = json.loads(body)["tokens"]["web"]
-    status, _, body = await curl(
-        "-X", "POST", *AUTH, *JSON,
-        "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}/"}),
-        api(ports, "/v3/channels/app/drains"),
-    )  # fmt: skip
-    assert status == 201
-    return token, json.loads(body)["id"]
 
 
 def pttl(server: RedisServer, key: str) -> int:

@@ -79,6 +79,15 @@ class NodeDir:
         self.recorded_on, self.recorded = parse(data)
         return self.recorded
 
+    @staticmethod
+    def peek(directory: Path) -> list[str]:
+        """The incarnations ``directory`` records, read without its lock (a node may be
+        running on it): for monitoring and tests, not for deciding who is dead."""
+        try:
+            return parse((directory / INCARNATIONS_FILE).read_bytes())[1]
+        except FileNotFoundError:
+            return []
+
     def record(self, holders: Sequence[str]) -> None:
         """Make the file name exactly ``holders``, under this boot (durable on return)."""
         assert self._lock.held, "open() first"

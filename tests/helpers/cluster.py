@@ -13,8 +13,7 @@ from typing import Any
 
 import trio
 
-from logplexd.cluster import Keys
-from logplexd.cluster._node_dir import INCARNATIONS_FILE, parse
+from logplexd.cluster import Keys, NodeDir
 from logplexd.config import Settings
 from logplexd.daemon import BoundPorts, Daemon
 
@@ -115,8 +114,27 @@ def is_alive(server: RedisServer | RedisCluster, keys: Keys, holder: str) -> boo
 
 def recorded_incarnations(data_dir: Path) -> list[str]:
     """The incarnations a node's data dir records (read without its lock: the node may run)."""
-    path = data_dir / INCARNATIONS_FILE
-    return parse(path.read_bytes())[1] if path.exists() else []
+    return NodeDir.peek(data_dir)
+
+
+async def channel_with_drain(
+    ports: BoundPorts, sink_port: int, token_name: str = "web"
+) -> tuple[str, int]:
+    """Channel "app" (one token, ``token_name``) with one syslog drain to ``sink_port``, made
+    over the v3 API with curl; its token and the drain's id."""
+    status, _, body = await curl(
+        "-X", "PUT", *AUTH, *JSON, "-d", json.dumps({"tokens": [token_name]}),
+        api(ports, "/v3/channels/app"),
+    )  # fmt: skip
+    assert status == 201
+    token: str = json.loads(body)["tokens"][token_name]
+    status, _, body = await curl(
+        "-X", "POST", *AUTH, *JSON,
+        "-d", json.dumps({"url": f"syslog://127.0.0.1:{sink_port}/"}),
+        api(ports, "/v3/channels/app/drains"),
+    )  # fmt: skip
+    assert status == 201
+    return token, json.loads(body)["id"]
 
 
 async def channel_on_every_node(api_ports: BoundPorts, nodes: Iterable[Daemon]) -> str:
