@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logplexd.cluster import Incarnations, Keys, Lease, LeaseEvent, NodeDir
 from logplexd.daemon import Daemon
@@ -44,6 +47,12 @@ AT_ONCE = 3.0
 
 # -- the decision, without I/O -------------------------------------------------------------------
 BOOT = "boot-1"
+# An incarnation as a node makes one: a node id (no space, no line break), "/", a random part.
+INCARNATION = st.builds(
+    "{}/{}".format,
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12),
+    st.text("0123456789abcdef", min_size=1, max_size=12),
+)
 
 
 def test_what_earlier_processes_recorded_under_this_boot_is_dead_and_nothing_else() -> None:
@@ -112,6 +121,28 @@ def test_a_data_dir_records_incarnations_for_the_next_process_and_has_one_at_a_t
     assert second.open() == ["A/1", "A/2"]
     assert second.recorded_on == second.boot == first.boot and second.boot
     second.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), holders=st.lists(INCARNATION, max_size=5))
+def test_a_damaged_record_is_read_without_error_and_a_new_one_replaces_it(
+    data: bytes, holders: list[str]
+) -> None:
+    """Whatever the file holds (a torn write of an older version, a stray edit), the next
+    process starts: it reads what lines look like incarnations, and what it records next
+    is read back exactly."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "data"
+        directory.mkdir()
+        (directory / "redis-incarnations").write_bytes(data)
+        node = NodeDir(directory)
+        found = node.open()
+        assert all("/" in holder and holder.isprintable() for holder in found)
+        node.record(holders)
+        node.close()
+        again = NodeDir(directory)
+        assert again.open() == holders and again.recorded_on == again.boot
+        again.close()
 
 
 # -- whole daemons on a real Redis ----------------------------------------------------------------
