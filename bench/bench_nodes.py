@@ -428,19 +428,31 @@ def run_nodes(
     idle_timeout: float,
     idle_window: float,
     base: bool = False,
+    prefill: int = 0,
 ) -> NodesRun:
-    """One run of ``setup``; ``base``: with the daemon of ``--base-tree`` (``BaseNode``)."""
+    """One run of ``setup``; ``base``: with the daemon of ``--base-tree`` (``BaseNode``).
+    ``prefill``: messages sent (and delivered) after the idle window, before the timed
+    part, as ``bench/e2e/run.py --prefill`` does: rings and streams as full as a node's
+    that has run for a while."""
     loadgen, sink_exe = tools
     node_class = BaseNode if base else Node
     expected = messages * wl.drains
     budget = 60.0 + messages / 10_000
+    prefill_budget = 60.0 + prefill / 10_000
     with tempfile.TemporaryDirectory(prefix=f"nodes-{setup}-") as tmp:
         workdir = Path(tmp)
         sink = None
         redis: Redis | Cluster | None = None
         nodes: list[Node] = []
         try:
-            sink, sink_port = e2e.start_sink(sink_exe, expected, idle_timeout, budget)
+            prefilled = ("-P", str(prefill * wl.drains)) if prefill else ()
+            sink, sink_port = e2e.start_sink(
+                sink_exe,
+                expected + prefill * wl.drains,
+                idle_timeout,
+                budget + prefill_budget,
+                prefilled,
+            )
             url = None
             if setup != "embedded":
                 redis = Cluster(workdir) if setup.startswith("cluster") else Redis(workdir)
@@ -464,17 +476,22 @@ def run_nodes(
                 idle_delta = counters_delta(plane_counters(nodes), plane_before)
                 if idle_delta is not None:
                     idle_plane = {k: v / idle_window for k, v in idle_delta.items()}
-            cpu0 = [e2e.cpu_seconds(node.pid) for node in nodes]
-            redis0 = redis.counters() if redis is not None else {}
-            plane0 = plane_counters(nodes) if redis is not None else None
-            procs = []
+            loads = []
             for i, name in enumerate(TOKEN_NAMES):
                 token_file = workdir / f"tokens-{name}"
                 token_file.write_text("\n".join(tokens[name]) + "\n")
                 port = ports[i % len(ports)]
-                cmd = [str(loadgen), "-H", "127.0.0.1", "-p", str(port),
-                       "-c", str(max(1, wl.conns // 2)), "-n", str(messages // 2),
-                       "-s", str(wl.size), "-T", str(token_file), "-w", "1.0"]  # fmt: skip
+                loads.append([str(loadgen), "-H", "127.0.0.1", "-p", str(port),
+                              "-c", str(max(1, wl.conns // 2)), "-s", str(wl.size),
+                              "-T", str(token_file), "-w", "1.0"])  # fmt: skip
+            if prefill:
+                send_prefill(loads, prefill, sink, prefill_budget)
+            cpu0 = [e2e.cpu_seconds(node.pid) for node in nodes]
+            redis0 = redis.counters() if redis is not None else {}
+            plane0 = plane_counters(nodes) if redis is not None else None
+            procs = []
+            for base_cmd in loads:
+                cmd = [*base_cmd, "-n", str(messages // 2)]
                 procs.append(
                     subprocess.Popen(
                         cmd,
@@ -527,14 +544,46 @@ def run_nodes(
             e2e.stop_process(sink, wait=5.0)
     start = min(r["start_ts"] for r in results)
     span = sk["last_ts"] - start
-    rate = sk["received"] / span if span > 0 and sk["received"] else 0.0
+    # The sink counts the prefill's messages too (their own streams, delivered first).
+    delivered = sk["received"] - prefill * wl.drains
+    rate = delivered / span if span > 0 and delivered > 0 else 0.0
     return NodesRun(
-        rate=rate, delivered=sk["received"], expected=expected, lost=sk["lost"],
+        rate=rate, delivered=delivered, expected=expected, lost=sk["lost"],
         duplicates=sk["duplicates"], l10=sk["l10_dropped"], node_cpu=node_cpu,
         redis=redis_delta, idle=idle, rss_kb=rss, redis_memory=memory, redis_growth=growth,
-        held=wl.channels * min(messages // wl.channels, KEEP),
+        held=wl.channels * min((messages + prefill) // wl.channels, KEEP),
         plane=plane_delta, idle_plane=idle_plane,
     )  # fmt: skip
+
+
+def send_prefill(
+    loads: list[list[str]], messages: int, sink: subprocess.Popen, budget: float
+) -> None:
+    """Send ``messages`` in all with the loadgen commands ``loads`` (without ``-n``; each
+    its share, at once, numbered from ``e2e.PREFILL_FIRST_CONN``) and return once the sink
+    says it has them all."""
+    procs = [
+        subprocess.Popen(
+            [*cmd, "-n", str(messages // len(loads)), "-C", str(e2e.PREFILL_FIRST_CONN)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for cmd in loads
+    ]
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                e2e.stop_process(p, signal.SIGKILL)
+            raise e2e.HarnessError(f"the prefill did not finish within {budget:.0f} s") from None
+        if proc.returncode != 0:
+            raise e2e.HarnessError(f"loadgen (prefill) failed rc={proc.returncode}: {err.strip()}")
+    line = json.loads(e2e.read_line(sink, budget))
+    if "prefilled" not in line:
+        raise e2e.HarnessError(f"the sink said {line} instead of the prefill's end")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,7 +804,9 @@ def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> st
         f"`{shlex.join(['python', 'bench/bench_nodes.py', *sys.argv[1:]])}` "
         f"({dt.date.today().isoformat()}, {e2e.cpu_model()}, "
         f"{os.cpu_count()} cores shared by everything: the nodes, redis-server, loadgen and "
-        f"the sink). {args.messages:,} messages of 120 B per run, median of {args.runs} runs "
+        f"the sink). {args.messages:,} messages of 120 B per run"
+        + (f", after {args.prefill:,} not timed (`--prefill`)" if args.prefill else "")
+        + f", median of {args.runs} runs "
         "(min-max for the rate). Same load in every set-up: two loadgen processes of 4 "
         "connections each, each on its own token; with 2 nodes each loadgen sends to its own "
         "node. CPU = utime+stime of the logplexd processes (all nodes summed) and of "
@@ -882,6 +933,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load-channels", type=int, default=100_000, help="channels for the store load (0: skip)"
     )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before each run's timed part, send N messages and wait for the sink to have "
+        "them (rings and streams as full as a long-running node's; 1,000 channels need "
+        "17,000,000 to bring every stream to its bound); not timed",
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 1 run, no file")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the summaries as JSON here")
@@ -930,7 +990,14 @@ def main(argv: list[str] | None = None) -> int:
                     setup = name.removesuffix(" (base)")
                     try:
                         run = run_nodes(
-                            setup, wl, args.messages, tools, args.idle, args.idle_window, base
+                            setup,
+                            wl,
+                            args.messages,
+                            tools,
+                            args.idle,
+                            args.idle_window,
+                            base,
+                            args.prefill,
                         )
                     except e2e.HarnessError as exc:
                         e2e.log(f"[{wl_key} {name}] failed: {exc}")
