@@ -438,6 +438,7 @@ def run_nodes(
     node_class = BaseNode if base else Node
     expected = messages * wl.drains
     budget = 60.0 + messages / 10_000
+    prefill -= prefill % len(TOKEN_NAMES)  # each loadgen sends its share
     prefill_budget = 60.0 + prefill / 10_000
     with tempfile.TemporaryDirectory(prefix=f"nodes-{setup}-") as tmp:
         workdir = Path(tmp)
@@ -489,31 +490,11 @@ def run_nodes(
             cpu0 = [e2e.cpu_seconds(node.pid) for node in nodes]
             redis0 = redis.counters() if redis is not None else {}
             plane0 = plane_counters(nodes) if redis is not None else None
-            procs = []
-            for base_cmd in loads:
-                cmd = [*base_cmd, "-n", str(messages // 2)]
-                procs.append(
-                    subprocess.Popen(
-                        cmd,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                        stdin=subprocess.DEVNULL,
-                        text=True,
-                    )  # fmt: skip
-                )
-            results = []
-            for proc in procs:
-                try:
-                    out, err = proc.communicate(timeout=budget)
-                except subprocess.TimeoutExpired:
-                    for p in procs:
-                        e2e.stop_process(p, signal.SIGKILL)
-                    raise e2e.HarnessError(
-                        "loadgen did not finish (a node stopped reading?)"
-                    ) from None
-                if proc.returncode != 0:
-                    raise e2e.HarnessError(f"loadgen failed rc={proc.returncode}: {err.strip()}")
-                results.append(json.loads(out.strip().splitlines()[-1]))
+            timed = [[*cmd, "-n", str(messages // 2)] for cmd in loads]
+            results = [
+                json.loads(out.strip().splitlines()[-1])
+                for out in run_loadgens(timed, budget, "loadgen")
+            ]
             try:
                 out_b, _ = sink.communicate(timeout=budget + 150)
             except subprocess.TimeoutExpired:
@@ -556,31 +537,40 @@ def run_nodes(
     )  # fmt: skip
 
 
+def run_loadgens(cmds: list[list[str]], budget: float, what: str) -> list[str]:
+    """Run the loadgen commands ``cmds`` at once; their outputs once all have finished (a
+    HarnessError naming ``what`` if one fails or outlasts ``budget``)."""
+    procs = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+        for cmd in cmds
+    ]
+    outs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                e2e.stop_process(p, signal.SIGKILL)
+            raise e2e.HarnessError(
+                f"{what} did not finish within {budget:.0f} s (a node stopped reading?)"
+            ) from None
+        if proc.returncode != 0:
+            raise e2e.HarnessError(f"{what} failed rc={proc.returncode}: {err.strip()}")
+        outs.append(out)
+    return outs
+
+
 def send_prefill(
     loads: list[list[str]], messages: int, sink: subprocess.Popen, budget: float
 ) -> None:
     """Send ``messages`` in all with the loadgen commands ``loads`` (without ``-n``; each
     its share, at once, numbered from ``e2e.PREFILL_FIRST_CONN``) and return once the sink
     says it has them all."""
-    procs = [
-        subprocess.Popen(
-            [*cmd, "-n", str(messages // len(loads)), "-C", str(e2e.PREFILL_FIRST_CONN)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        for cmd in loads
-    ]
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=budget)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                e2e.stop_process(p, signal.SIGKILL)
-            raise e2e.HarnessError(f"the prefill did not finish within {budget:.0f} s") from None
-        if proc.returncode != 0:
-            raise e2e.HarnessError(f"loadgen (prefill) failed rc={proc.returncode}: {err.strip()}")
+    share = str(messages // len(loads))
+    first = str(e2e.PREFILL_FIRST_CONN)
+    run_loadgens([[*cmd, "-n", share, "-C", first] for cmd in loads], budget, "the prefill")
     line = json.loads(e2e.read_line(sink, budget))
     if "prefilled" not in line:
         raise e2e.HarnessError(f"the sink said {line} instead of the prefill's end")
