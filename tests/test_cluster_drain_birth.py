@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.helpers.cluster import (
     next_drain_id,
     node_settings,
     numbered,
+    send_numbered,
     text,
 )
 from tests.helpers.curl import AUTH, JSON, api, curl
@@ -330,36 +332,57 @@ async def test_deleting_a_channel_stops_its_drains_and_no_other(
 
 
 async def test_drains_taken_over_together_start_in_two_round_trips(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A node that takes over many drains at once (their holder died) reads where each
     resumes for all of them together: one round trip for the checkpoints, one for the
     stream tops of those without one, however many drains (one or two each, before: a
     node taking over 10,000 drains started ~2,000 a second)."""
+    caplog.set_level(logging.INFO, "logplexd.drains")
     async with node_with_sink(tmp_path, redis_server) as node:
         daemon, ports, _, plane, _ = node.parts()
         with trio.fail_after(30):
             first = next_drain_id(redis_server)
             drains = {f"c{k}": first + k for k in range(20)}
+            tokens = {}
             for channel, drain_id in drains.items():
                 hold_lease(redis_server, plane.keys, channel, drain_id, GHOST_MS)
                 path = api(ports, f"/v3/channels/{channel}")
-                status, _, _ = await curl("-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["x"]}', path)
+                status, _, body = await curl(
+                    "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["x"]}', path
+                )  # fmt: skip
                 assert status == 201
+                tokens[channel] = json.loads(body)["tokens"]["x"]
                 url = json.dumps({"url": f"syslog://127.0.0.1:{node.sink_port}/{channel}"})
                 status, _, body = await curl(
                     "-X", "POST", *AUTH, *JSON, "-d", url, path + "/drains"
                 )  # fmt: skip
                 assert status == 201 and json.loads(body)["id"] == drain_id
+            # Three messages each after the drains' births (at 0): a drain with its
+            # checkpoint starts after 0, one without after its stream's top, 3.
+            for channel, token in tokens.items():
+                await send_numbered(ports.syslog, token, channel, range(3))
+            for channel in drains:
+                await eventually(
+                    lambda c=channel: (
+                        redis_server.command("GET", plane.keys.sequence(c)) == b"$1\r\n3\r\n"
+                    ),
+                    5,
+                )
             # Half of them without a checkpoint (as if it had expired): they start from their
             # stream's top.
             expired = list(drains.items())[::2]
+            # The ghost lives GHOST_MS more from here (the sends took some of it).
+            redis_server.command("SET", plane.keys.alive("ghost"), "1", "PX", str(GHOST_MS))
             for channel, drain_id in expired:
                 redis_server.command("DEL", plane.keys.checkpoint(channel, drain_id))
             before = plane.trips["other"]
             await eventually(lambda: all(owned(daemon, i) for i in drains.values()), 10)
             assert plane.trips["other"] - before == 2
-            running = daemon.cluster_drains
-            assert running is not None
-            stored = {i: running.wanted[i].stored for i in drains.values()}
-            assert stored == {i: -1 if (c, i) in expired else 0 for c, i in drains.items()}
+            starts = {
+                int(m[1]): int(m[2])
+                for r in caplog.records
+                if (m := re.match(r"drain (\d+) of \S+: owned by this node .*, from message (\d+)",
+                                  r.getMessage()))
+            }  # fmt: skip
+            assert starts == {i: 3 if (c, i) in expired else 0 for c, i in drains.items()}
