@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from logplexd.cluster import HOLD_KEEPS, READER_SLACK, ChannelPushback
+from logplexd.cluster import HOLD_KEEPS, READER_SLACK, ChannelPushback, Keys
 from logplexd.daemon import Daemon
 from logplexd.native import ChannelRing
 from logplexd.router import Channel
@@ -303,6 +303,9 @@ async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_n
                 [stalled, other],
                 history_messages=KEEP,
                 channel_buffer_messages=KEEP,
+                # Without the owner's disk (the budget is then the stream's); with it,
+                # ``test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_disk``.
+                drain_spill=False,
             )
             token = await channel_on_every_node(ports, [daemon])
             await add_drain(ports, "app", await nursery.start(stalled.serve))
@@ -360,9 +363,12 @@ async def stalled_drain(
     nursery: trio.Nursery,
     stalled,
     keep: int = RING,
+    *,
+    drain_spill: bool = False,
 ):
     """One node whose rings hold RING_BYTES and whose streams keep ``keep`` messages, with
-    channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain."""
+    channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain.
+    Its drains spill to disk only with ``drain_spill`` (else the ring laps them)."""
     daemon, ports = await one_node(
         tmp_path,
         server,
@@ -372,6 +378,7 @@ async def stalled_drain(
         history_bytes=64 * 1024,
         channel_buffer_messages=keep,
         channel_buffer_bytes=RING_BYTES,
+        drain_spill=drain_spill,
     )
     token = await channel_on_every_node(ports, [daemon])
     await add_drain(ports, "app", await nursery.start(stalled.serve))
@@ -438,6 +445,60 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
             assert refill is not None and refill.reads > 0  # type: ignore[attr-defined]
             # Back in the ring, it keeps no batch read from the stream.
             assert not refill.reading and refill.current is None  # type: ignore[attr-defined]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_disk(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """As above with 4,000 messages of 8 KB and a stream that keeps 512 (at most 4 x 512
+    for a drain behind), but the node's drains spill to disk (the default): once the
+    drain is half its ring behind, the owner copies what it has not delivered to its own
+    disk, so what the writers trim is not lost. All 4,000 arrive, in order, on one
+    connection, with no L10 (without the disk, some are lost whatever the timing: the case
+    above); the drain's checkpoint then reaches the stream's last message."""
+    keep, sent = 512, 4000
+    assert sent > READER_SLACK * keep
+    stalled = StalledSink(first=4096)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            daemon, ports, token, drain = await stalled_drain(
+                tmp_path, redis_server, nursery, stalled, keep, drain_spill=True
+            )
+            with trio.fail_after(20):
+                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+            backlogs = daemon.backlogs
+            assert backlogs is not None and backlogs.ephemeral
+            await eventually(lambda: backlogs.written_messages > 0, 10)
+
+            # The writers trimmed the stream past what the drain had delivered (the
+            # sockets' buffers took a few hundred messages): its oldest entry ends past
+            # READER_SLACK x keep behind the newest message.
+            def oldest() -> int:
+                top = Keys().stream("app")
+                found = re.search(
+                    rb"(\d+)-0", redis_server.command("XRANGE", top, "-", "+", "COUNT", "1")
+                )
+                return int(found.group(1)) if found is not None else 0
+
+            await eventually(lambda: oldest() > sent - READER_SLACK * keep, 10)
+            assert len(stalled.messages()) < sent - READER_SLACK * keep
+            assert drain.feed.spilling
+            stalled.resume.set()
+            await eventually(lambda: len(stalled.messages()) >= sent, 30)
+            assert stalled.messages() == [text("A", i).encode() for i in range(sent)]
+            assert L10_NOTICE.findall(bytes(stalled.data)) == []
+            assert stalled.connections == 1
+            assert drain.feed.counters.lost == 0
+            # The checkpoint, from the disk backlog's stream sequences, is the last message.
+            checkpoint = Keys().checkpoint("app", drain.drain_id)
+            sequence = Keys().appended("app")[1]
+            await eventually(
+                lambda: (
+                    redis_server.command("GET", checkpoint) == redis_server.command("GET", sequence)
+                ),
+                10,
+            )
             nursery.cancel_scope.cancel()
 
 

@@ -19,6 +19,7 @@ from logplexd.cluster import (
     DataPlane,
     Follow,
     Keys,
+    SpilledSeqs,
     flush_linger,
     report_due,
     slot_of,
@@ -354,6 +355,30 @@ def test_follow_maps_a_run_of_entries_without_a_gap_with_one_point() -> None:
     assert follow.position_after(205) == (200, 3)
     assert follow.position_after(210) == (202, 0)
     assert follow.position_after(212) == (204, 0)
+
+
+def test_a_disk_backlogs_chunks_map_to_the_stream_sequences_their_ring_positions_had() -> None:
+    """What a drain spilled from the ring (ring positions -> backlog sequences) gives its
+    checkpoint: the stream sequence delivered through for a settled backlog position.
+    Exact within a chunk that spans no gap of the stream; inside one that does, the
+    sequence before the chunk (sent again by a new owner, never skipped)."""
+    channel = Channel("app", ChannelRing(1000, 1 << 20))
+    follow = Follow("app", "k", channel, (0, 0), 4000)
+    follow.append((10, 0), _batch(*(f"a{i}" for i in range(10))))  # 1..10 at ring 0..9
+    follow.append((25, 0), _batch(*(f"b{i}" for i in range(5))))  # 21..25 at ring 10..14
+    follow.append((30, 0), _batch(*(f"c{i}" for i in range(5))))  # 26..30 at ring 15..19
+    spilled = SpilledSeqs(follow)
+    spilled.spilled(2, 100, 6)  # ring 2..7 (sequences 3..8) at backlog 100..105
+    spilled.spilled(8, 106, 4)  # ring 8..11 (9, 10, 21, 22): across the gap
+    spilled.spilled(12, 110, 8)  # ring 12..19 (23..30)
+    assert spilled.delivered_through(100) == 2  # nothing of the backlog yet
+    assert [spilled.delivered_through(b) for b in (101, 103, 106)] == [3, 5, 8]
+    assert [spilled.delivered_through(b) for b in (107, 109)] == [8, 8]  # inside the gap's
+    assert spilled.delivered_through(110) == 22
+    assert [spilled.delivered_through(b) for b in (111, 118)] == [23, 30]
+    # Chunks delivered past are let go; a position before the rest says the one before.
+    assert len(spilled) == 1
+    assert spilled.delivered_through(112) == 24
 
 
 def test_keys_share_the_channel_hash_tag() -> None:

@@ -176,8 +176,15 @@ class BacklogStore:
         settings: SpillSettings | None = None,
         *,
         wall_clock: Callable[[], float] = time.time,
+        ephemeral: bool = False,
     ) -> None:
         self.directory = directory
+        # Redis mode: a backlog lives as long as this process's lease on its drain. The
+        # drain's position survives in its checkpoint (a new owner, or this node restarted,
+        # resumes from there, from the channel's stream), so what a previous process left
+        # is removed at ``open``, a stopped drain's files go at once, and the channels'
+        # rings mirror no head into the ledger (no kill -9 count to keep here).
+        self.ephemeral = ephemeral
         self.settings = settings or SpillSettings()
         self.wall_clock = wall_clock
         self.ledger = Ledger(directory)
@@ -204,7 +211,10 @@ class BacklogStore:
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> None:
-        """Create the directory and read what a previous process left (before any drain)."""
+        """Create the directory and read what a previous process left (before any drain;
+        ``ephemeral``: remove it)."""
+        if self.ephemeral:
+            shutil.rmtree(self.directory, ignore_errors=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._prior = self.ledger.open()
         self.opened = True

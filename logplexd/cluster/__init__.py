@@ -15,13 +15,15 @@ node is behind on it, ``HOLD_KEEPS`` x ``keep``, under the ``READER_SLACK`` x ``
 the stream keeps for a follower behind), ``_unsent`` (``UnsentLedger``: what a
 ``kill -9`` took before Redis had it, told at the next start) and ``_node_dir``
 (``NodeDir``: the data dir held for the process's life, and the incarnations it recorded,
-which the next process on it knows dead: ``lease.Incarnations``).
+which the next process on it knows dead: ``lease.Incarnations``), and ``_spilled``
+(``SpilledSeqs``: the stream sequences of a drain's disk backlog, for its checkpoint).
 """
 
 from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._node_dir import NodeDir
 from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
+from ._spilled import SpilledSeqs
 from ._stream import (
     APPEND,
     CHECKPOINT_TTL_MS,
@@ -69,6 +71,7 @@ __all__ = [
     "DataPlane",
     "EntryBody",
     "Follow",
+    "SpilledSeqs",
     "Incarnations",
     "Keys",
     "Lease",

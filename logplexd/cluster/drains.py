@@ -43,6 +43,7 @@ from ._history import CatchUp
 from ._link import CALL_TIMEOUT, describe, redis_errors
 from ._node_dir import NodeDir
 from ._refill import StreamRefill
+from ._spilled import SpilledSeqs
 from ._stream import CHECKPOINT_TTL_MS, Script, ScriptCall, StreamId
 from .lease import (
     DEFAULT_TTL,
@@ -689,6 +690,9 @@ class ClusterDrains:
         """After each settled payload, note the stream sequence delivered through."""
         follow = wanted.follow
         assert follow is not None
+        # Past what the stream keeps for it, the drain spills to this node's disk.
+        spilled = SpilledSeqs(follow)
+        feed.on_spilled.append(spilled.spilled)
 
         def settled() -> None:
             # The takeover's catch-up is let go once the feed is past it (a feed never goes
@@ -707,6 +711,13 @@ class ClusterDrains:
                 seq = from_stream.seqs[done - 1]
             elif refill.reading:
                 return  # between two reads of the stream: the last batch's said where
+            elif (ring_settled := feed.ring_batch_settled) is not None:
+                seq = follow.seq_at(ring_settled)
+            elif feed.reading_disk or feed.spilling:
+                through = spilled.delivered_through(feed.disk_settled)
+                if through is None:
+                    return
+                seq = through
             else:
                 seq = follow.seq_at(feed.cursor - feed.pending_messages)
             if seq != wanted.delivered:

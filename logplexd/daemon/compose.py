@@ -216,19 +216,24 @@ class Daemon:
             threads=settings.ingest_threads,
             first_byte_timeout=settings.syslog_first_byte_timeout,
         )
-        # Disk backlogs for drains (issue 19); in Redis mode the channel's stream is the
-        # backlog and the drain's checkpoint its position (docs/SCALING.md).
+        # Disk backlogs for drains (issue 19). In Redis mode the channel's stream is the
+        # backlog up to READER_SLACK x keep, and the drain's checkpoint its position; past
+        # that a drain spills on the disk of the node that owns it, for as long as it does
+        # (``ephemeral``; docs/SCALING.md, "Durable drain backlogs").
         self.backlogs: BacklogStore | None = None
-        if settings.drain_spill and self.plane is None:
+        if settings.drain_spill:
+            redis_mode = self.plane is not None
             self.backlogs = BacklogStore(
-                settings.data_dir / "backlog",
+                settings.data_dir / ("redis-backlog" if redis_mode else "backlog"),
                 SpillSettings(
                     drain_budget_bytes=settings.drain_spill_budget,
                     total_budget_bytes=settings.drain_spill_total,
                     min_free_bytes=settings.drain_spill_min_free,
-                    fsync=settings.drain_spill_fsync,
+                    # Ephemeral: nothing there outlives the process, nor needs a sync.
+                    fsync="never" if redis_mode else settings.drain_spill_fsync,
                     fsync_interval=settings.drain_spill_fsync_interval,
                 ),
+                ephemeral=redis_mode,
             )
         self.drains = GatedDrainManager(
             self.registry,
@@ -341,6 +346,8 @@ class Daemon:
                 await core.start(serve_accounts_socket, store, s.data_dir)
                 await core.start(self.drains.run)
                 if self.plane is not None and self.cluster_drains is not None:
+                    if self.backlogs is not None:
+                        self.backlogs.open()
                     if self.ledger is not None and isinstance(store, RedisStore):
                         core.start_soon(self._forget_unclaimed, store, self.ledger)
                     await core.start(self.plane.run)

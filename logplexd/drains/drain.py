@@ -272,10 +272,12 @@ class Drain:
                     # the ring learns message sizes.
                     await channel.wait_head(min(start + share, ring.head + max(1, share // 4)))
                 copied = feed.spill()
-                if not copied and disk.store.recheck():
+                if not copied and (feed.refilling or disk.store.recheck()):
                     # The disk takes nothing now (budget, free space, a full queue): look
                     # again later; meanwhile the drain reads from its ring, and a flood
-                    # laps it (L10). A stuck disk must not hold the producers.
+                    # laps it (L10). A stuck disk must not hold the producers. Or (Redis
+                    # mode) the ring lapped the drain, which reads on from the stream that
+                    # keeps it meanwhile: nothing to copy until it is back in the ring.
                     channel.release(self._spill_hold)
                     marked = None
                     await trio.sleep(interval)

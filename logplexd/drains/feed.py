@@ -186,6 +186,10 @@ class DrainFeed:
     # first message: read again from there unless it is settled.
     _unsettled: Payload | None = None
     _unsettled_first: int = 0
+    # Called for each chunk ``spill`` copies from the ring to the disk backlog, with the
+    # ring position of its first message, its backlog sequence and its count: Redis mode
+    # maps the backlog to stream sequences from there, for the drain's checkpoint.
+    on_spilled: list[Callable[[int, int, int], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # A new drain starts at the channel's present: it never replays history.
@@ -211,6 +215,18 @@ class DrainFeed:
     @property
     def refill(self) -> RingRefill | None:
         return self._refill
+
+    @property
+    def refilling(self) -> bool:
+        """The drain reads what its ring let go from the ``refill`` (Redis mode), or a
+        write of messages kept in the ring without a copy (``keep_unsettled``) was lapped
+        by it: nothing is copied to the disk backlog meanwhile (it would be out of order)."""
+        refill, channel = self._refill, self.channel
+        if refill is None or channel is None:
+            return False
+        ring = channel.ring
+        unsettled_lapped = self._unsettled is not None and self._unsettled_first < ring.tail
+        return unsettled_lapped or self._refilling(refill, ring)
 
     def _refilling(self, refill: RingRefill, ring: ChannelRing) -> bool:
         """The next messages come from ``refill``: the ring has lapped the cursor, or the
@@ -554,6 +570,20 @@ class DrainFeed:
         self._record()
         return lost
 
+    def _copy_unsettled(self, ring: ChannelRing) -> None:
+        """The payload ``keep_unsettled`` kept without a copy becomes the pending batch,
+        copied from the ring (all of it is still there: else the feed is ``refilling``)."""
+        payload, first = self._unsettled, self._unsettled_first
+        assert payload is not None and payload.ring_span is not None
+        end = payload.ring_span[1]
+        batch, cursor, lost = ring.read(first, end - first, 1 << 62)
+        if cursor != end or lost:
+            raise RuntimeError("spill: the ring moved under a write being finished")
+        self._unsettled = None
+        payload.batch, payload.end_index = batch, len(batch)
+        self.pending, self.pending_start, self._pending_disk_seq = batch, 0, None
+        self._ring_batch_end = end
+
     def _settle(self, payload: Payload) -> None:
         if self._unsettled is payload:
             self._unsettled = None
@@ -631,6 +661,8 @@ class DrainFeed:
         backlog, channel = self.disk, self.channel
         if backlog is None or channel is None or channel is self._mirrored:
             return
+        if backlog.store.ephemeral:
+            return  # Redis mode: a restart resumes from the checkpoint, not from here
         self._unmirror(backlog)
         channel.ring.mirror_head(backlog.store.ledger.channel_head(self.channel_name))
         self._mirrored = channel
@@ -669,6 +701,25 @@ class DrainFeed:
         return self._pending_disk_seq is not None
 
     @property
+    def disk_settled(self) -> int:
+        """The backlog sequence just past the last message of the disk backlog that was
+        settled (delivered, or dropped and counted); 0 without a backlog."""
+        backlog = self.disk
+        if backlog is None:
+            return 0
+        if self._pending_disk_seq is not None:
+            return self._pending_disk_seq + self.pending_start
+        return backlog.entry.spill_acked
+
+    @property
+    def ring_batch_settled(self) -> int | None:
+        """While a batch read from the ring is being delivered: the ring position just past
+        its last settled message (None: nothing of such a batch is pending)."""
+        if self.pending is None or self._pending_disk_seq is not None or not self.pending_messages:
+            return None
+        return self._ring_batch_end - self.pending_messages
+
+    @property
     def spilling(self) -> bool:
         return self.disk is not None and self.disk.active
 
@@ -685,6 +736,14 @@ class DrainFeed:
         if backlog is None or channel is None:
             return 0
         ring = channel.ring
+        if self.refilling:
+            # Lapped, reading the stream (Redis mode): the stream keeps it meanwhile; the
+            # copy begins once the drain is back in the ring.
+            return 0
+        if self._unsettled is not None:
+            # A write being finished of messages left in the ring: they go first, so they
+            # are copied out of it as on one node (``keep_unsettled``), not to the disk.
+            self._copy_unsettled(ring)
         if backlog.store.refusing and not force:
             # The disk takes nothing now: the ring keeps what follows (the drain reads the
             # disk to its end, then the ring from here), as it would without a backlog.
@@ -699,10 +758,13 @@ class DrainFeed:
         now = self.wall_clock()
         if (
             not backlog.active
+            and self._refill is None
             and self.pending is not None
             and self._pending_disk_seq is None
             and self.pending_messages > 0
         ):
+            # (With a ``refill`` the batch stays in memory, delivered before the disk as
+            # anything pending is: a restart resumes from the checkpoint, not the disk.)
             # The batch being delivered from the ring goes first, so the disk holds every
             # undelivered message in order; it keeps being delivered from memory, and its
             # delivery acknowledges it on disk too.
@@ -723,9 +785,12 @@ class DrainFeed:
             if n == 0:
                 self.cursor = cursor
                 break
+            first = backlog.queued_end
             if not backlog.enqueue(n, data, now):
                 self.cursor = cursor - n
                 break
+            for hook in self.on_spilled:
+                hook(cursor - n, first, n)
             self.cursor = cursor
             copied += n
         self._record()

@@ -103,7 +103,8 @@ class DrainManager:
             return
         moved = 0
         for drain in self._drains.values():
-            moved += drain.feed.spill_rest()
+            # Ephemeral (Redis mode): the next process resumes from the checkpoints.
+            moved += 0 if backlogs.ephemeral else drain.feed.spill_rest()
         with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_grace):
             await backlogs.close()
         if moved:
@@ -165,7 +166,7 @@ class DrainManager:
         drain.stop()
         disk = drain.feed.detach_backlog()
         if disk is not None and self.backlogs is not None:
-            if forget:
+            if forget or self.backlogs.ephemeral:
                 self.backlogs.destroy(disk)
             else:
                 self.backlogs.detach(disk)
