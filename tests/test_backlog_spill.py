@@ -45,10 +45,10 @@ TEXT = "drain test message"
 SMALL_RING = {"history_messages": 100, "buffer_messages": 1000, "buffer_bytes": 1 << 20}
 
 
-def backlogs(tmp_path: Path, **changes: object) -> BacklogStore:
+def backlogs(tmp_path: Path, *, ephemeral: bool = False, **changes: object) -> BacklogStore:
     options: dict[str, object] = {"segment_bytes": 64 * 1024, "flush_interval": 0.01, **changes}
     settings = SpillSettings(**options)  # type: ignore[arg-type]
-    store = BacklogStore(tmp_path / "backlog", settings)
+    store = BacklogStore(tmp_path / "backlog", settings, ephemeral=ephemeral)
     store.open()
     return store
 
@@ -240,6 +240,36 @@ async def test_shutdown_moves_what_is_only_in_memory_to_disk(nursery, tmp_path):
     manager2.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{port}")
     await sink.wait_for(lambda: sink.messages() >= 300, timeout=30)
     assert sink.frames() == expected(0, 300)
+
+
+async def test_an_ephemeral_backlog_spills_as_ever_and_outlives_neither_its_drain_nor_the_process(
+    nursery, tmp_path
+):
+    """Redis mode's backlogs (``ephemeral``: the drain's checkpoint in Redis is its position,
+    so a restart resumes from there): a drain whose receiver is down spills as on one node;
+    the next process starts with an empty directory and a backlog that owes nothing; a
+    drain stopped here (its lease moved) leaves no files."""
+    registry = Registry(**SMALL_RING)
+    channel = registry.ensure_channel("app")
+    store = backlogs(tmp_path, ephemeral=True)
+    manager = await start_manager(
+        nursery, registry, DrainSettings(syslog_backoff_cap=0.05, shutdown_grace=0.2),
+        backlogs=store,
+    )  # fmt: skip
+    manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{free_port()}")
+    await feed(channel, 0, 900)
+    await wait_until(lambda: store.written_messages > 0 and disk_use(tmp_path) > 0, 10)
+    assert stats_of(manager, 1).spilling
+    # A drain stopped here (replaced: its lease moved and came back) leaves no files.
+    manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{free_port()}")
+    assert disk_use(tmp_path / "backlog" / "drains" / "1") == 0
+    await feed(channel, 900, 1800)
+    await wait_until(lambda: stats_of(manager, 1).spilling and disk_use(tmp_path) > 0, 10)
+    await manager.shutdown()
+    store2 = backlogs(tmp_path, ephemeral=True)
+    assert disk_use(tmp_path) == 0
+    backlog = store2.attach(1, "app")
+    assert backlog.prior_lost == 0 and not backlog.active
 
 
 async def test_after_a_restart_an_http_drain_resends_its_batch_with_the_same_frame_id(
