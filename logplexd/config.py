@@ -176,6 +176,10 @@ class Settings:
     # to channel_buffer_messages for a channel of large stream entries; drains it laps read
     # on from the stream, which keeps channel_buffer_messages (docs/SCALING.md).
     redis_ring_messages: int = 2048
+    # Redis mode: a drain further behind than its stream keeps for it spills to the disk of
+    # the node that owns it (drain_spill_* budgets; docs/SCALING.md). Off by default: its
+    # trigger (half the ring behind) fires at full speed with Redis mode's small rings.
+    redis_drain_spill: bool = False
     # Redis mode: the TCP congestion control of the data plane's own connections to Redis
     # ("": the system's). Not BBR's pacing: a flush is megabytes sent at once over a
     # short, fast path, and pacing it cost one kernel timer per few packets
@@ -613,6 +617,11 @@ _SPECS: dict[str, _Spec] = {
         "Redis mode: messages of a channel each node keeps in memory for its tails and "
         "drains at first (0: channel_buffer_messages; drains further behind read the stream)",
         "N",
+    ),
+    "redis_drain_spill": _Spec(
+        parse_bool,
+        "Redis mode: drains further behind than the stream keeps spill to this node's disk",
+        "BOOL",
     ),
     "redis_tcp_congestion": _Spec(
         _congestion,

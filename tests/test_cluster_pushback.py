@@ -305,7 +305,7 @@ async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_n
                 channel_buffer_messages=KEEP,
                 # Without the owner's disk (the budget is then the stream's); with it,
                 # ``test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_disk``.
-                drain_spill=False,
+                redis_drain_spill=False,
             )
             token = await channel_on_every_node(ports, [daemon])
             await add_drain(ports, "app", await nursery.start(stalled.serve))
@@ -368,7 +368,8 @@ async def stalled_drain(
 ):
     """One node whose rings hold RING_BYTES and whose streams keep ``keep`` messages, with
     channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain.
-    Its drains spill to disk only with ``drain_spill`` (else the ring laps them)."""
+    Its drains spill to disk only with ``drain_spill`` (``redis_drain_spill``; else the
+    ring laps them)."""
     daemon, ports = await one_node(
         tmp_path,
         server,
@@ -378,7 +379,7 @@ async def stalled_drain(
         history_bytes=64 * 1024,
         channel_buffer_messages=keep,
         channel_buffer_bytes=RING_BYTES,
-        drain_spill=drain_spill,
+        redis_drain_spill=drain_spill,
     )
     token = await channel_on_every_node(ports, [daemon])
     await add_drain(ports, "app", await nursery.start(stalled.serve))
@@ -452,7 +453,7 @@ async def test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_di
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """As above with 4,000 messages of 8 KB and a stream that keeps 512 (at most 4 x 512
-    for a drain behind), but the node's drains spill to disk (the default): once the
+    for a drain behind), but the node's drains spill to disk (``redis_drain_spill``): once the
     drain is half its ring behind, the owner copies what it has not delivered to its own
     disk, so what the writers trim is not lost. All 4,000 arrive, in order, on one
     connection, with no L10 (without the disk, some are lost whatever the timing: the case

@@ -218,11 +218,11 @@ class Daemon:
         )
         # Disk backlogs for drains (issue 19). In Redis mode the channel's stream is the
         # backlog up to READER_SLACK x keep, and the drain's checkpoint its position; past
-        # that a drain spills on the disk of the node that owns it, for as long as it does
-        # (``ephemeral``; docs/SCALING.md, "Durable drain backlogs").
+        # that, with ``redis_drain_spill``, a drain spills on the disk of the node that owns
+        # it, for as long as it does (``ephemeral``; docs/SCALING.md).
         self.backlogs: BacklogStore | None = None
-        if settings.drain_spill:
-            redis_mode = self.plane is not None
+        redis_mode = self.plane is not None
+        if settings.drain_spill and (settings.redis_drain_spill or not redis_mode):
             self.backlogs = BacklogStore(
                 settings.data_dir / ("redis-backlog" if redis_mode else "backlog"),
                 SpillSettings(
