@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logplexd import __version__
+from logplexd.backlog import BacklogStore
 from logplexd.drains import (
     TRANSITIONS,
     DrainEvent,
@@ -465,6 +466,58 @@ def test_a_partial_write_with_a_refill_copies_nothing_and_is_sent_again_if_it_fa
     assert numbers == list(range(5 if written else 0, 20))
     assert feed.counters.lost == 0 and l10_total(rest) == 0
     assert feed.counters.delivered == 20 and not feed.has_data()
+
+
+async def test_a_lapped_drain_with_an_ephemeral_backlog_reads_the_stream_then_disk_then_ring(
+    tmp_path,
+):
+    """Redis mode with ``redis_drain_spill``: a drain its ring lapped reads the stream
+    (the refill) and copies nothing to disk meanwhile; back in the ring it spills, reads
+    the disk back, then the ring: every message once, in order. (Reading the stream used
+    to store a ring position for the kill -9 ledger computed from a batch that never was
+    in the ring: negative, and the struct packing it took the drain pump down.)"""
+    registry = Registry(history_messages=8, buffer_messages=8)
+    channel = registry.ensure_channel("app")
+    store = BacklogStore(tmp_path / "backlog", ephemeral=True)
+    store.open()
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
+    feed.attach_backlog(store.attach(1, "app"))
+    refill = ListRefill(per_take=3)
+    feed.refill_from(refill)
+    spilled: list[tuple[int, int, int]] = []
+    feed.on_spilled.append(lambda *chunk: spilled.append(chunk))
+
+    def route(first: int, last: int) -> None:
+        frames = [message(k) for k in range(first, last)]
+        refill.stream.extend(frames)
+        append(channel, frames)
+
+    sent: list[bytes] = []
+
+    def deliver() -> None:
+        while payload := feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20):
+            sent.append(payload.data)
+            feed.delivered(payload)
+
+    route(0, 20)  # the ring (8 deep) holds 12..19: 0..11 only in the stream
+    assert feed.refilling and feed.spill(force=True) == 0
+    while feed.refilling:
+        payload = feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20)
+        assert payload is not None
+        sent.append(payload.data)
+        feed.delivered(payload)
+    assert feed.spill(force=True) == 8 - feed.pending_messages
+    route(20, 24)
+    assert feed.spill() == 4  # once spilling, everything new goes to the disk
+    assert [chunk[1:] for chunk in spilled] == [(0, 8 - feed.pending_messages), (spilled[0][2], 4)]
+    await store.write_round()
+    deliver()
+    assert not feed.spilling
+    route(24, 26)
+    deliver()
+    numbers = [int(n) for n in re.findall(rb"drain test message (\d+)\n", b"".join(sent))]
+    assert numbers == list(range(26))
+    assert feed.counters.lost == 0 and feed.counters.delivered == 26
 
 
 @settings(max_examples=200, deadline=None)

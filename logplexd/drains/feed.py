@@ -676,9 +676,11 @@ class DrainFeed:
         """Store in the ledger what a kill -9 now would lose: messages neither delivered nor
         handed to the backlog (from ``ring_settled`` on), and losses not yet announced."""
         backlog = self.disk
-        if backlog is None or backlog.closed:
+        if backlog is None or backlog.closed or backlog.store.ephemeral:
             # Closed (the daemon is ending): its slot says what was settled before, and the
-            # next start counts the rest as lost; never fewer than were.
+            # next start counts the rest as lost; never fewer than were. Ephemeral (Redis
+            # mode): the checkpoint is the position, and batches read from the stream have
+            # no ring position to store.
             return
         entry = backlog.entry
         if ring_settled is not None:
