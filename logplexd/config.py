@@ -176,10 +176,9 @@ class Settings:
     # to channel_buffer_messages for a channel of large stream entries; drains it laps read
     # on from the stream, which keeps channel_buffer_messages (docs/SCALING.md).
     redis_ring_messages: int = 2048
-    # Redis mode: a drain further behind than its stream keeps for it spills to the disk of
-    # the node that owns it (drain_spill_* budgets; docs/SCALING.md). Off by default: its
-    # trigger (half the ring behind) fires at full speed with Redis mode's small rings.
-    redis_drain_spill: bool = False
+    # Redis mode: a drain whose receiver refuses data for longer than its stream keeps for
+    # it spills to the disk of the node that owns it (drain_spill_* budgets; SCALING.md).
+    redis_drain_spill: bool = True
     # Redis mode: the TCP congestion control of the data plane's own connections to Redis
     # ("": the system's). Not BBR's pacing: a flush is megabytes sent at once over a
     # short, fast path, and pacing it cost one kernel timer per few packets

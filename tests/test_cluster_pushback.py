@@ -35,6 +35,7 @@ from tests.helpers.cluster import (
 from tests.helpers.curl import AUTH, JSON, api, curl
 from tests.helpers.daemon import serve_in
 from tests.helpers.drains import l10_total
+from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
 from tests.helpers.redis import RedisCluster, RedisServer, eventually
 from tests.helpers.syslog import frame, send_syslog
@@ -449,6 +450,13 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
             nursery.cancel_scope.cancel()
 
 
+def oldest(server: RedisServer) -> int:
+    """The message sequence channel "app"'s oldest stream entry ends at (0: none)."""
+    stream = Keys().stream("app")
+    found = re.search(rb"(\d+)-0", server.command("XRANGE", stream, "-", "+", "COUNT", "1"))
+    return int(found.group(1)) if found is not None else 0
+
+
 async def test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_disk(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -475,14 +483,7 @@ async def test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_di
             # The writers trimmed the stream past what the drain had delivered (the
             # sockets' buffers took a few hundred messages): its oldest entry ends past
             # READER_SLACK x keep behind the newest message.
-            def oldest() -> int:
-                top = Keys().stream("app")
-                found = re.search(
-                    rb"(\d+)-0", redis_server.command("XRANGE", top, "-", "+", "COUNT", "1")
-                )
-                return int(found.group(1)) if found is not None else 0
-
-            await eventually(lambda: oldest() > sent - READER_SLACK * keep, 10)
+            await eventually(lambda: oldest(redis_server) > sent - READER_SLACK * keep, 10)
             assert len(stalled.messages()) < sent - READER_SLACK * keep
             assert drain.feed.spilling
             stalled.resume.set()
@@ -500,6 +501,46 @@ async def test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_di
                 ),
                 10,
             )
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_drain_whose_receiver_is_down_spills_to_its_owners_disk_and_sends_it_all(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The drain's endpoint refuses connections while 4,000 messages of 8 KB arrive (the
+    stream keeps 512, at most 2,048 for a drain behind): a drain that cannot connect is a
+    receiver that refuses data, so the owner spills what it has not delivered to its disk,
+    and the writers trim the stream as ever. Once the endpoint listens, all 4,000 arrive,
+    in order, with no L10."""
+    keep, sent = 512, 4000
+    port = free_port()
+    sink = Sink()
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            daemon, ports = await one_node(
+                tmp_path,
+                redis_server,
+                nursery,
+                [sink],
+                history_messages=100,
+                history_bytes=64 * 1024,
+                channel_buffer_messages=keep,
+                channel_buffer_bytes=RING_BYTES,
+            )
+            assert daemon.settings.redis_drain_spill  # the default
+            token = await channel_on_every_node(ports, [daemon])
+            await add_drain(ports, "app", port)
+            drains, backlogs = daemon.cluster_drains, daemon.backlogs
+            assert drains is not None and backlogs is not None
+            await eventually(lambda: len(drains.owned()) == 1, 5)
+            with trio.fail_after(20):
+                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+            await eventually(lambda: oldest(redis_server) > sent - READER_SLACK * keep, 10)
+            await eventually(lambda: backlogs.written_messages >= sent - keep, 10)
+            await nursery.start(sink.serve, port)
+            await eventually(lambda: len(sink.messages()) >= sent, 60)
+            assert sink.messages() == [text("A", i).encode() for i in range(sent)]
+            assert l10_total(bytes(sink.data)) == 0
             nursery.cancel_scope.cancel()
 
 

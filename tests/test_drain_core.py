@@ -468,14 +468,13 @@ def test_a_partial_write_with_a_refill_copies_nothing_and_is_sent_again_if_it_fa
     assert feed.counters.delivered == 20 and not feed.has_data()
 
 
-async def test_a_lapped_drain_with_an_ephemeral_backlog_reads_the_stream_then_disk_then_ring(
-    tmp_path,
-):
-    """Redis mode with ``redis_drain_spill``: a drain its ring lapped reads the stream
-    (the refill) and copies nothing to disk meanwhile; back in the ring it spills, reads
-    the disk back, then the ring: every message once, in order. (Reading the stream used
-    to store a ring position for the kill -9 ledger computed from a batch that never was
-    in the ring: negative, and the struct packing it took the drain pump down.)"""
+async def test_a_lapped_drain_with_an_ephemeral_backlog_spills_the_stream_then_the_ring(tmp_path):
+    """Redis mode: a drain its ring lapped reads what the ring let go from the stream (the
+    refill). Told to spill, it copies the rest of that to the disk, then the ring from where
+    the stream reached it, then everything new; it reads the disk back, then the ring:
+    every message once, in order. (Reading the stream used to store a ring position for the
+    kill -9 ledger computed from a batch that never was in the ring: negative, and the
+    struct packing it took the drain pump down.)"""
     registry = Registry(history_messages=8, buffer_messages=8)
     channel = registry.ensure_channel("app")
     store = BacklogStore(tmp_path / "backlog", ephemeral=True)
@@ -484,8 +483,10 @@ async def test_a_lapped_drain_with_an_ephemeral_backlog_reads_the_stream_then_di
     feed.attach_backlog(store.attach(1, "app"))
     refill = ListRefill(per_take=3)
     feed.refill_from(refill)
-    spilled: list[tuple[int, int, int]] = []
-    feed.on_spilled.append(lambda *chunk: spilled.append(chunk))
+    from_ring: list[tuple[int, int, int]] = []
+    from_stream: list[tuple[int, int, int]] = []
+    feed.on_spilled.append(lambda *chunk: from_ring.append(chunk))
+    feed.on_spilled_refill.append(lambda *chunk: from_stream.append(chunk))
 
     def route(first: int, last: int) -> None:
         frames = [message(k) for k in range(first, last)]
@@ -498,18 +499,18 @@ async def test_a_lapped_drain_with_an_ephemeral_backlog_reads_the_stream_then_di
         while payload := feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20):
             sent.append(payload.data)
             feed.delivered(payload)
+            if len(sent) == 1 and feed.refilling:
+                return  # one payload from the stream, then the receiver refuses
 
     route(0, 20)  # the ring (8 deep) holds 12..19: 0..11 only in the stream
-    assert feed.refilling and feed.spill(force=True) == 0
-    while feed.refilling:
-        payload = feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20)
-        assert payload is not None
-        sent.append(payload.data)
-        feed.delivered(payload)
-    assert feed.spill(force=True) == 8 - feed.pending_messages
+    deliver()
+    assert len(sent) == 1 and feed.refilling  # 0..2 delivered from the stream
+    assert feed.spill(force=True) == 17  # 3..11 from the stream, then 12..19 from the ring
+    assert not feed.refilling and feed.spilling
+    assert from_stream == [(0, 0, 3), (0, 3, 3), (0, 6, 3)]
+    assert from_ring == [(12, 9, 8)]
     route(20, 24)
     assert feed.spill() == 4  # once spilling, everything new goes to the disk
-    assert [chunk[1:] for chunk in spilled] == [(0, 8 - feed.pending_messages), (spilled[0][2], 4)]
     await store.write_round()
     deliver()
     assert not feed.spilling
@@ -518,6 +519,57 @@ async def test_a_lapped_drain_with_an_ephemeral_backlog_reads_the_stream_then_di
     numbers = [int(n) for n in re.findall(rb"drain test message (\d+)\n", b"".join(sent))]
     assert numbers == list(range(26))
     assert feed.counters.lost == 0 and feed.counters.delivered == 26
+
+
+@pytest.mark.parametrize("written", [True, False])
+async def test_a_write_the_ring_let_go_goes_first_then_what_was_spilled_past_it(tmp_path, written):
+    """Redis mode: a payload encoded in place whose write stalls (kept without a copy) and
+    that the ring lets go while the receiver refuses: the spill goes on past it (the rest
+    from the stream, then the ring). Finished, it is not sent again; failed, it is sent
+    again whole (its bytes, before the disk), not read again after what the disk took."""
+    registry = Registry(history_messages=8, buffer_messages=8)
+    channel = registry.ensure_channel("app")
+    store = BacklogStore(tmp_path / "backlog", ephemeral=True)
+    store.open()
+    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
+    feed.attach_backlog(store.attach(1, "app"))
+    refill = ListRefill(per_take=3)
+    feed.refill_from(refill)
+
+    def route(first: int, last: int) -> None:
+        frames = [message(k) for k in range(first, last)]
+        refill.stream.extend(frames)
+        append(channel, frames)
+
+    route(0, 5)
+    payload = feed.build_payload(
+        _syslog, _l10, max_messages=5, max_bytes=1 << 20, encode_ring=_syslog_ring
+    )
+    assert payload is not None and payload.messages == 5
+    assert feed.keep_unsettled(payload) == 0  # its write stalls part way
+    route(5, 20)  # the ring (8) lets 0..11 go
+    assert feed.spill(force=True) == 15  # 5..11 from the stream, 12..19 from the ring
+    sent = []
+    if written:
+        feed.delivered(payload)
+        sent.append(payload.data)
+    again = feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20)
+    if not written:
+        assert again is payload and again.resent  # the same bytes, first
+        assert feed.keep_unsettled(again) == 0  # partial again: still first
+        again = feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20)
+        assert again is payload
+        feed.delivered(again)
+        sent.append(again.data)
+        again = feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20)
+    assert again is None  # the rest is on the disk, once written
+    await store.write_round()
+    while payload := feed.build_payload(_syslog, _l10, max_messages=5, max_bytes=1 << 20):
+        sent.append(payload.data)
+        feed.delivered(payload)
+    numbers = [int(n) for n in re.findall(rb"drain test message (\d+)\n", b"".join(sent))]
+    assert numbers == list(range(20))
+    assert feed.counters.lost == 0 and not feed.spilling
 
 
 @settings(max_examples=200, deadline=None)

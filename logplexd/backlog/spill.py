@@ -53,6 +53,11 @@ class SpillSettings:
     # whatever the policy; only a machine crash can lose the unsynced part.
     fsync: str = "interval"
     fsync_interval: float = 1.0
+    # Spill only a drain whose receiver refuses data (judged slow, or not connected), not
+    # any drain half its ring behind: Redis mode, whose rings are a small cache of a
+    # stream that keeps 4 x keep for a drain behind (a drain of a busy channel is half its
+    # ring behind at full speed with a fast receiver).
+    only_refused: bool = False
     # Copied messages wait at most this long for the writer (it also writes at once when
     # ``queue_bytes`` / 4 are waiting).
     flush_interval: float = 0.05

@@ -1,12 +1,14 @@
 """Where a drain's disk backlog stands in its channel's stream (Redis mode).
 
-A drain behind by more than its channel's stream keeps for it (READER_SLACK x keep) would
-lose what the writers trim; instead it spills to the disk of the node that owns its lease,
-as on one node (``DrainFeed.spill``, ``BacklogStore(ephemeral=True)``). Its checkpoint is
-still a stream sequence: ``SpilledSeqs`` notes, for each chunk copied from the ring to the
-disk, the stream sequences it spans (the follow maps ring positions to them while they
-are in its reach), and gives the sequence delivered through for a position in the
-backlog. Bounded by the backlog: a chunk is let go once the drain has delivered past it.
+A drain whose receiver refuses data for longer than its channel's stream keeps for it
+(READER_SLACK x keep) would lose what the writers trim; instead it spills to the disk of
+the node that owns its lease, as on one node (``DrainFeed.spill``,
+``BacklogStore(ephemeral=True)``). Its checkpoint is still a stream sequence:
+``SpilledSeqs`` notes, for each chunk copied to the disk, the stream sequences it spans
+(from the ring: the follow maps ring positions to them while they are in its reach; from
+what the ring let go, read from the stream: their own), and gives the sequence delivered
+through for a position in the backlog. Bounded by the backlog: a chunk is let go once the
+drain has delivered past it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ._follow import Follow
+from ._refill import StreamRefill
 
 
 @dataclass(slots=True, frozen=True)
@@ -34,8 +37,9 @@ class _Spilled:
 class SpilledSeqs:
     """The stream sequences of one drain's disk backlog (``DrainFeed.on_spilled``)."""
 
-    def __init__(self, follow: Follow) -> None:
+    def __init__(self, follow: Follow, refill: StreamRefill | None = None) -> None:
         self.follow = follow
+        self.refill = refill
         self._chunks: deque[_Spilled] = deque()
 
     def __len__(self) -> int:
@@ -51,6 +55,16 @@ class SpilledSeqs:
                 follow.seq_at(ring_first + count),
             )
         )
+
+    def spilled_refill(self, start: int, backlog_first: int, count: int) -> None:
+        """A chunk copied from the batch the refill gave last (``DrainFeed.on_spilled_refill``):
+        messages ``start`` to ``start + count`` of it, with their own stream sequences."""
+        current = self.refill.current if self.refill is not None else None
+        if current is None:
+            return  # (never: the feed copies the batch it was just given)
+        seqs = current.seqs
+        before = seqs[start - 1] if start else seqs[start] - 1
+        self._chunks.append(_Spilled(backlog_first, count, before, seqs[start + count - 1]))
 
     def delivered_through(self, settled: int) -> int | None:
         """The stream sequence a drain has delivered through once every message of its

@@ -691,8 +691,9 @@ class ClusterDrains:
         follow = wanted.follow
         assert follow is not None
         # Past what the stream keeps for it, the drain spills to this node's disk.
-        spilled = SpilledSeqs(follow)
+        spilled = SpilledSeqs(follow, refill)
         feed.on_spilled.append(spilled.spilled)
+        feed.on_spilled_refill.append(spilled.spilled_refill)
 
         def settled() -> None:
             # The takeover's catch-up is let go once the feed is past it (a feed never goes
@@ -718,8 +719,10 @@ class ClusterDrains:
                 if through is None:
                     return
                 seq = through
+            elif feed.pending_messages:
+                return  # read from the stream for the disk, which had no room: not mapped
             else:
-                seq = follow.seq_at(feed.cursor - feed.pending_messages)
+                seq = follow.seq_at(feed.cursor)
             if seq != wanted.delivered:
                 wanted.delivered = seq
                 self._note_delivered(wanted.channel, follow)

@@ -232,6 +232,7 @@ class Daemon:
                     # Ephemeral: nothing there outlives the process, nor needs a sync.
                     fsync="never" if redis_mode else settings.drain_spill_fsync,
                     fsync_interval=settings.drain_spill_fsync_interval,
+                    only_refused=redis_mode,
                 ),
                 ephemeral=redis_mode,
             )

@@ -109,6 +109,11 @@ def describe(error: BaseException | str) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+# A drain in these states has no receiver taking data (it failed and waits to retry, or
+# is connecting): with ``SpillSettings.only_refused`` its backlog may spill.
+REFUSING_STATES = frozenset({DrainState.BACKOFF, DrainState.CONNECTING})
+
+
 class Drain:
     def __init__(
         self,
@@ -148,6 +153,9 @@ class Drain:
         self._oldest: tuple[tuple[object, ...], float | None] | None = None
         # What holds the channel's inputs while the copy to the disk backlog is behind.
         self._spill_hold = object()
+        # Set when the receiver starts refusing data (``only_refused`` spills wait for it).
+        self._refused = trio.Event()
+        feed.on_receiver_slow.append(self._receiver_refused)
 
     @property
     def channel_name(self) -> str:
@@ -155,7 +163,9 @@ class Drain:
 
     # -- state ----------------------------------------------------------------------------
     def on(self, event: DrainEvent) -> None:
-        self.state = next_state(self.state, event)
+        state = self.state = next_state(self.state, event)
+        if state is DrainState.BACKOFF or state is DrainState.CONNECTING:  # REFUSING_STATES
+            self._receiver_refused()
         if event is DrainEvent.SENT and self._failing:
             self._failing = False
             log.info("drain %d (%s) delivering again", self.drain_id, self.target.redacted)
@@ -226,6 +236,27 @@ class Drain:
             self.state = DrainState.STOPPED
             self.done.set()
 
+    @property
+    def refusing(self) -> bool:
+        """The receiver takes nothing now: judged slow, or not connected."""
+        return self.feed.receiver_slow or self.state in REFUSING_STATES
+
+    def _receiver_refused(self) -> None:
+        """Wake the spill task; with ``only_refused``, hold the channel a share past the
+        drain at once: the receiver's own hold is released in the same step, and the ring
+        must not lap the drain before the spill task runs (what it lapped would be read
+        from the stream, and nothing copied while the receiver refuses)."""
+        self._refused.set()
+        feed, disk = self.feed, self.feed.disk
+        if disk is None or not disk.store.settings.only_refused or feed.spilling:
+            return
+        channel = feed.channel
+        if channel is None or feed.refilling:
+            return
+        if self.pump is None or pushback_for(channel, self.pump.pushback):
+            start = max(feed.cursor, channel.ring.tail)
+            channel.hold_from(self._spill_hold, start + spill_share(channel))
+
     async def _spill_guard(self) -> None:
         """Copy the ring to the disk backlog once the drain is a share behind, and while the
         backlog is active, everything new (in chunks, at most ``flush_interval`` late)."""
@@ -233,6 +264,7 @@ class Drain:
         disk = feed.disk
         assert disk is not None
         interval = disk.store.settings.flush_interval
+        only_refused = disk.store.settings.only_refused
         # The channel this task's hold (pending or in effect) is on. It is moved to the next
         # mark with no await in between: between two marks the inputs are never unheld
         # (a checkpoint there let a whole read of every connection lap the drain).
@@ -246,13 +278,25 @@ class Drain:
                 if channel is None:
                     await trio.sleep(CHANNEL_POLL_SECONDS)
                     continue
-                ring = channel.ring
-                share = spill_share(channel)
-                start = max(feed.cursor, ring.tail)
+                if only_refused and not feed.spilling and not self.refusing:
+                    # Behind only while the receiver refuses (Redis mode: the stream keeps
+                    # a drain's lag up to 4 x keep meanwhile).
+                    channel.release(self._spill_hold)
+                    marked = channel  # ``_receiver_refused`` may hold it
+                    self._refused = trio.Event()
+                    await self._refused.wait()
+                    continue
                 # Copying is logplexd's own work: should the inputs outrun this task, the
                 # router holds them once the drain is a whole share behind (as for a drain
                 # that takes every write), so the ring never laps what the disk would take.
                 hold = self.pump is None or pushback_for(channel, self.pump.pushback)
+                if only_refused and feed.refilling:
+                    await self._spill_lapped(channel, hold, interval)
+                    marked = channel
+                    continue
+                ring = channel.ring
+                share = spill_share(channel)
+                start = max(feed.cursor, ring.tail)
                 reached = trio.Event()
                 channel.release(self._spill_hold)
                 marked = None
@@ -265,6 +309,13 @@ class Drain:
                     await channel.wait_head(start + 1)
                     with trio.move_on_after(interval):
                         await channel.wait_head(start + max(1, share // 4))
+                elif hold and only_refused:
+                    # Look again whether the receiver still refuses: one that took data
+                    # again must not hold the channel at half its ring.
+                    with trio.move_on_after(interval):
+                        await reached.wait()
+                    if not reached.is_set():
+                        continue
                 elif hold:
                     await reached.wait()
                 else:
@@ -286,6 +337,23 @@ class Drain:
         finally:
             if marked is not None:
                 marked.release(self._spill_hold)
+
+    async def _spill_lapped(self, channel: Channel, hold: bool, interval: float) -> None:
+        """One step of a spill the ring lapped (Redis mode): what it let go is read from the
+        stream to the disk, the channel held meanwhile (logplexd's own work)."""
+        feed = self.feed
+        if self.state in REFUSING_STATES:
+            feed.drop_unsettled_write()  # no connection is writing it any more
+        channel.release(self._spill_hold)
+        if hold:
+            channel.hold_from(self._spill_hold, channel.ring.head)
+        if feed.spill(force=True):
+            await trio.lowlevel.checkpoint()
+        else:
+            # A read of the stream is under way (its end kicks the feed), or the disk
+            # takes nothing now.
+            with trio.move_on_after(interval):
+                await feed.wait_kicked()
 
     async def _deliver(self) -> None:
         while True:

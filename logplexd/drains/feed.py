@@ -17,7 +17,14 @@ from typing import Protocol
 import trio
 
 from ..backlog import DrainBacklog
-from ..native import Batch, ChannelRing, octet_frames, octet_frames_from_ring, parse_body
+from ..native import (
+    Batch,
+    ChannelRing,
+    octet_frames,
+    octet_frames_from_ring,
+    octet_frames_upto,
+    parse_body,
+)
 from ..router import Channel, Registry, linger_limit
 
 # How often a drain whose channel does not exist (yet, or any more) looks for it again.
@@ -98,6 +105,9 @@ class Payload:
     attempts: int = 0
     # HTTP only: a stale keep-alive connection gets one free retry per payload.
     free_retry_used: bool = False
+    # Sent again whole as it was (its messages went neither back to be read again nor to
+    # the disk backlog, which holds what came after them): ``DrainFeed.keep_unsettled``.
+    resent: bool = False
     ring_span: tuple[int, int] | None = None
 
     @property
@@ -186,10 +196,31 @@ class DrainFeed:
     # first message: read again from there unless it is settled.
     _unsettled: Payload | None = None
     _unsettled_first: int = 0
+    # The disk backlog took what came after that payload (its write stalled, the ring let
+    # its messages go): should its write fail, it is sent again whole (``_resend``), first.
+    _unsettled_past: bool = False
+    _resend: Payload | None = None
     # Called for each chunk ``spill`` copies from the ring to the disk backlog, with the
     # ring position of its first message, its backlog sequence and its count: Redis mode
     # maps the backlog to stream sequences from there, for the drain's checkpoint.
     on_spilled: list[Callable[[int, int, int], None]] = field(default_factory=list)
+    # The same for a chunk copied from what the ``refill`` gave (the ring had let it go):
+    # the index of its first message in the batch the refill gave last, its backlog
+    # sequence and its count.
+    on_spilled_refill: list[Callable[[int, int, int], None]] = field(default_factory=list)
+    # The receiver left a write unfinished for its patience (judged slow) and has not
+    # caught up since: set by the delivery adapter (``note_receiver_slow``).
+    receiver_slow: bool = False
+    # Called when the receiver is judged slow (the drain's spill task may start).
+    on_receiver_slow: list[Callable[[], None]] = field(default_factory=list)
+    _kicked: trio.Event | None = None
+    # Part of a batch read from the refill for the disk that the writer's queue had no room
+    # for: (the batch, its first message not queued).
+    _carry: tuple[Batch, int] | None = None
+    # The pending batch is such a rest (no ring position, no backlog sequence).
+    _pending_carry: bool = False
+    # The pending batch was read from the ring (``_ring_batch_end`` is where it ends).
+    _pending_ring: bool = False
 
     def __post_init__(self) -> None:
         # A new drain starts at the channel's present: it never replays history.
@@ -205,7 +236,7 @@ class DrainFeed:
         """
         self.cursor = position
         if first is not None and len(first):
-            self.pending, self.pending_start = first, 0
+            self.pending, self.pending_start, self._pending_ring = first, 0, False
 
     def refill_from(self, source: RingRefill) -> None:
         """Read what the ring laps from ``source`` instead of losing it (Redis mode: the
@@ -218,15 +249,12 @@ class DrainFeed:
 
     @property
     def refilling(self) -> bool:
-        """The drain reads what its ring let go from the ``refill`` (Redis mode), or a
-        write of messages kept in the ring without a copy (``keep_unsettled``) was lapped
-        by it: nothing is copied to the disk backlog meanwhile (it would be out of order)."""
+        """The drain reads what its ring let go from the ``refill`` (Redis mode): a spill
+        copies that from the refill first (``spill``)."""
         refill, channel = self._refill, self.channel
         if refill is None or channel is None:
             return False
-        ring = channel.ring
-        unsettled_lapped = self._unsettled is not None and self._unsettled_first < ring.tail
-        return unsettled_lapped or self._refilling(refill, ring)
+        return self._refilling(refill, channel.ring)
 
     def _refilling(self, refill: RingRefill, ring: ChannelRing) -> bool:
         """The next messages come from ``refill``: the ring has lapped the cursor, or the
@@ -241,7 +269,8 @@ class DrainFeed:
             self.channel = latest
             self.cursor = latest.ring.tail
             self.pending = None
-            self._unsettled = None
+            self._unsettled = self._resend = None
+            self._carry = None
             self._mirror()
         # A removed channel is kept until its backlog is read; nothing new will arrive in it.
         return self.channel
@@ -277,7 +306,12 @@ class DrainFeed:
         return max(0, channel.ring.tail - self.cursor)
 
     def has_data(self) -> bool:
-        if self.pending_messages > 0 or self.cached is not None or self._unsettled is not None:
+        if (
+            self.pending_messages > 0
+            or self.cached is not None
+            or self._unsettled is not None
+            or self._resend is not None
+        ):
             return True
         if self.owes_notice and self._flush_until is None:
             return True
@@ -287,6 +321,8 @@ class DrainFeed:
         backlog = self.disk
         if backlog is not None and backlog.active:
             return backlog.readable
+        if self._carry is not None:
+            return True
         channel = self.current_channel()
         return channel is not None and self._read_limit(channel) > self.cursor
 
@@ -335,9 +371,18 @@ class DrainFeed:
         self._wait_scope = None
 
     def kick(self) -> None:
-        """Wake ``wait_for_data`` or ``wait_for`` to look again (flush, removal, URL change)."""
+        """Wake ``wait_for_data`` or ``wait_for`` to look again (flush, removal, URL change),
+        and ``wait_kicked`` (a refill's read is done)."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        kicked, self._kicked = self._kicked, None
+        if kicked is not None:
+            kicked.set()
+
+    async def wait_kicked(self) -> None:
+        """Until the next ``kick`` (the drain's spill task: one waiter)."""
+        kicked = self._kicked = trio.Event()
+        await kicked.wait()
 
     def begin_flush(self) -> None:
         channel = self.current_channel()
@@ -353,18 +398,29 @@ class DrainFeed:
         """A payload kept by ``keep_unsettled`` without a copy was not settled (its write
         failed): its messages are read again, from the ring or, where it let them go, from
         the ``refill``."""
-        if self._unsettled is not None:
-            self.cursor = min(self.cursor, self._unsettled_first)
-            self._unsettled = None
+        payload = self._unsettled
+        if payload is not None:
+            if self._unsettled_past:
+                payload.resent = True
+                self._resend = payload
+            else:
+                self.cursor = min(self.cursor, self._unsettled_first)
+            self._unsettled, self._unsettled_past = None, False
 
     def _take(self, max_messages: int, max_bytes: int) -> bool:
         self._rewind_unsettled()
         if self.pending_messages > 0:
             return True
-        self.pending, self._pending_disk_seq = None, None
+        self.pending, self._pending_disk_seq, self._pending_carry = None, None, False
+        self._pending_ring = False
         backlog = self.disk
         if backlog is not None and backlog.active:
             return self._take_disk(backlog)
+        if self._carry is not None:
+            # The disk is read: what the spill could not queue of its last refill read.
+            (self.pending, self.pending_start), self._carry = self._carry, None
+            self._pending_carry = True
+            return True
         channel = self.current_channel()
         if channel is None:
             return False
@@ -399,7 +455,7 @@ class DrainFeed:
             self._record()
             return False
         self.pending, self.pending_start = batch, 0
-        self._ring_batch_end = cursor
+        self._ring_batch_end, self._pending_ring = cursor, True
         self._record()
         return True
 
@@ -454,6 +510,12 @@ class DrainFeed:
         """
         self.cached = None
         self._rewind_unsettled()
+        resend = self._resend
+        if resend is not None:
+            self._resend = None
+            self.cached = resend
+            self.last_payload_bytes = len(resend.data)
+            return resend
         if encode_ring is not None and self.pending_messages == 0:
             payload = self._payload_in_place(encode_ring, loss_notice, max_messages, max_bytes)
             if payload is not None:
@@ -540,8 +602,15 @@ class DrainFeed:
         if payload.batch is not None or span is None or self.channel is None:
             return 0
         first, end = span
+        if payload.resent:
+            # Its messages are neither in the ring's reach nor on the disk: only its bytes.
+            self._unsettled, self._unsettled_first, self._unsettled_past = payload, first, True
+            return 0
         ring = self.channel.ring
-        if lapped_ok and self._refill is not None and first < ring.tail:
+        # The disk backlog went active while it was written (``spill``: only from the
+        # cursor, past the payload): should it fail, it is sent again whole, first.
+        past = self._refill is not None and self.spilling
+        if lapped_ok and self._refill is not None and first < ring.tail and not past:
             self.cursor = first
             payload.batch, payload.end_index = Batch(), 0
             self.pending, self.pending_start, self._pending_disk_seq = None, 0, None
@@ -552,7 +621,7 @@ class DrainFeed:
             # ring or (what it let go meanwhile) from the refill. A flush of a Redis-mode
             # node lands at once and its first write is often partial: the copy was made
             # for most messages (9.0 M of 10 M at 1.5 M msgs/s on one channel).
-            self._unsettled, self._unsettled_first = payload, first
+            self._unsettled, self._unsettled_first, self._unsettled_past = payload, first, past
             return 0
         kept = end - max(first, ring.tail) if lapped_ok else end - first
         if kept > 0:
@@ -566,13 +635,13 @@ class DrainFeed:
             self.counters.lost += lost
         payload.batch, payload.end_index = batch, len(batch)
         self.pending, self.pending_start, self._pending_disk_seq = batch, 0, None
-        self._ring_batch_end = end
+        self._ring_batch_end, self._pending_ring = end, True
         self._record()
         return lost
 
     def _copy_unsettled(self, ring: ChannelRing) -> None:
         """The payload ``keep_unsettled`` kept without a copy becomes the pending batch,
-        copied from the ring (all of it is still there: else the feed is ``refilling``)."""
+        copied from the ring (all of it is still there: else the spill goes past it)."""
         payload, first = self._unsettled, self._unsettled_first
         assert payload is not None and payload.ring_span is not None
         end = payload.ring_span[1]
@@ -582,7 +651,7 @@ class DrainFeed:
         self._unsettled = None
         payload.batch, payload.end_index = batch, len(batch)
         self.pending, self.pending_start, self._pending_disk_seq = batch, 0, None
-        self._ring_batch_end = end
+        self._ring_batch_end, self._pending_ring = end, True
 
     def _settle(self, payload: Payload) -> None:
         if self._unsettled is payload:
@@ -629,6 +698,19 @@ class DrainFeed:
         self._announce_now = True
         self._record()
         self.kick()
+
+    def note_receiver_slow(self, slow: bool) -> None:
+        """The delivery adapter judged the receiver slow (True), or it caught up (False)."""
+        was, self.receiver_slow = self.receiver_slow, slow
+        if slow and not was:
+            for hook in self.on_receiver_slow:
+                hook()
+
+    def drop_unsettled_write(self) -> None:
+        """The connection that was writing the payload ``keep_unsettled`` kept without a
+        copy is gone (the drain failed): it will be read again from its first message, so
+        nothing after it may go to the disk before it."""
+        self._rewind_unsettled()
 
     def note_error(self, message: str) -> None:
         self.counters.last_error = message
@@ -717,9 +799,15 @@ class DrainFeed:
     def ring_batch_settled(self) -> int | None:
         """While a batch read from the ring is being delivered: the ring position just past
         its last settled message (None: nothing of such a batch is pending)."""
-        if self.pending is None or self._pending_disk_seq is not None or not self.pending_messages:
+        if self.pending is None or not self._pending_ring or not self.pending_messages:
             return None
         return self._ring_batch_end - self.pending_messages
+
+    @property
+    def delivering_carry(self) -> bool:
+        """The pending batch is the rest of a refill read that the disk's queue had no room
+        for (``spill``): it has neither a ring position nor a backlog sequence."""
+        return self._pending_carry
 
     @property
     def spilling(self) -> bool:
@@ -738,14 +826,23 @@ class DrainFeed:
         if backlog is None or channel is None:
             return 0
         ring = channel.ring
-        if self.refilling:
-            # Lapped, reading the stream (Redis mode): the stream keeps it meanwhile; the
-            # copy begins once the drain is back in the ring.
-            return 0
         if self._unsettled is not None:
-            # A write being finished of messages left in the ring: they go first, so they
-            # are copied out of it as on one node (``keep_unsettled``), not to the disk.
-            self._copy_unsettled(ring)
+            if self._unsettled_first < ring.tail or self._unsettled_past:
+                # A write being finished of messages the ring let go: what follows goes to
+                # the disk, and should the write fail, it is sent again whole, first.
+                self._unsettled_past = True
+            else:
+                # Messages left in the ring: they go first, so they are copied out of it as
+                # on one node (``keep_unsettled``), not to the disk.
+                self._copy_unsettled(ring)
+        copied = 0
+        refill = self._refill
+        if refill is not None and self._refilling(refill, ring):
+            # Lapped (Redis mode): what the ring let go is read from the stream and goes
+            # to the disk first, then the ring from where the stream reached it.
+            copied = self._spill_refill(refill, backlog, ring)
+            if self._refilling(refill, ring):
+                return copied
         if backlog.store.refusing and not force:
             # The disk takes nothing now: the ring keeps what follows (the drain reads the
             # disk to its end, then the ring from here), as it would without a backlog.
@@ -756,7 +853,6 @@ class DrainFeed:
             and ring.head - max(self.cursor, ring.tail) < spill_share(channel)
         ):
             return 0
-        copied = 0
         now = self.wall_clock()
         if (
             not backlog.active
@@ -798,6 +894,50 @@ class DrainFeed:
         self._record()
         if copied:
             self.kick()
+        return copied
+
+    def _spill_refill(self, refill: RingRefill, backlog: DrainBacklog, ring: ChannelRing) -> int:
+        """Copy what ``refill`` gives (the messages the ring let go, read from the stream) to
+        the disk backlog, until it has nothing ready or the drain is back in the ring."""
+        copied = self._enqueue_carry(backlog)
+        while self._carry is None:
+            got = refill.take(self.cursor, ring)
+            if got is None:
+                break  # a read is under way: ``kick`` says when it is done
+            self.cursor = got.cursor
+            if got.lost:
+                self.loss.add(got.lost, self.wall_clock())
+                self.counters.lost += got.lost
+            if got.batch is None or not len(got.batch):
+                break  # back in the ring
+            self._carry = (got.batch, 0)
+            copied += self._enqueue_carry(backlog)
+        if copied:
+            self.kick()
+        return copied
+
+    def _enqueue_carry(self, backlog: DrainBacklog) -> int:
+        """Queue the batch read from the refill for the disk, in chunks; what the writer's
+        queue has no room for stays (``_take`` delivers it once the disk is read, before
+        anything else is taken from the refill)."""
+        carry = self._carry
+        if carry is None:
+            return 0
+        batch, start = carry
+        total, copied = len(batch), 0
+        chunk_bytes = backlog.store.settings.chunk_bytes
+        now = self.wall_clock()
+        while start < total:
+            data, n, _ = octet_frames_upto(batch, start, total, chunk_bytes)  # n >= 1
+            first = backlog.queued_end
+            if not backlog.enqueue(n, data, now):
+                self._carry = (batch, start)
+                return copied
+            for hook in self.on_spilled_refill:
+                hook(start, first, n)
+            start += n
+            copied += n
+        self._carry = None
         return copied
 
     def spill_rest(self) -> int:

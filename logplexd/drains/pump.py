@@ -117,6 +117,7 @@ class AttachedWriter:
         # Set when the receiver left a write unfinished for ``slow_write_after``: a slow
         # consumer holds nothing until it has caught up again.
         self.slow = False
+        feed.note_receiver_slow(False)  # a new connection: judged anew
         # The payload a worker thread is writing for it (a threaded round), and what its
         # task waits on should it be kicked meanwhile: until that write is settled, nothing
         # else may touch its feed or its socket.
@@ -126,6 +127,13 @@ class AttachedWriter:
         # detached with nothing in flight: a drain whose task left meanwhile closes its own
         # socket, and its number could then be another connection's.
         self.worker_fd = -1
+
+    def judge(self, slow: bool) -> None:
+        """Judge the receiver slow, or caught up (``slow`` is read on every round: a plain
+        attribute); the feed hears of it: its disk backlog may take what it refuses."""
+        if slow is not self.slow:
+            self.slow = slow
+            self.feed.note_receiver_slow(slow)
 
 
 def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: bool) -> None:
@@ -140,7 +148,8 @@ def check_hold(writer: AttachedWriter, channel: Channel, high: int, default: boo
     cursor = max(ring.tail, writer.feed.cursor)
     backlog = ring.head - cursor
     if backlog <= high // 2:
-        writer.slow = False  # caught up: it may hold again
+        if writer.slow:
+            writer.judge(False)  # caught up: it may hold again
         channel.release(writer)
     elif backlog >= high and not writer.slow:
         channel.hold(writer)
@@ -411,7 +420,8 @@ class DrainPump:
                 encode_ring=writer.encode_ring,
             )
             if payload is None:
-                writer.slow = False  # caught up: it may hold again
+                if writer.slow:
+                    writer.judge(False)  # caught up: it may hold again
                 return
             writer.on_event(DrainEvent.SEND)
             if gathered is not None:
@@ -459,7 +469,8 @@ class DrainPump:
                     return False  # its task was cancelled meanwhile (a removed drain)
                 writer.on_event(DrainEvent.SENT)
                 if not feed.has_data():
-                    writer.slow = False  # caught up: it may hold again
+                    if writer.slow:
+                        writer.judge(False)  # caught up: it may hold again
                     return False
                 if threaded and writer.channel is not None:
                     self.rounds.urgent(writer.channel)

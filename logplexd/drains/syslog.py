@@ -285,7 +285,7 @@ class SyslogDrain:
             if taken:
                 slow_at = min(now + patience, give_up_at)
             if now >= slow_at and not writer.slow:
-                writer.slow = True
+                writer.judge(True)
                 self.drain.feed.counters.judged_slow += 1
                 channel.release(writer)
             if writer.slow:

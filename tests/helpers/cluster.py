@@ -53,8 +53,10 @@ class Sink:
         self.data = bytearray()
         self.connections = 0
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async def serve(
+        self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
         task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(self._handle, listeners)
 
