@@ -241,6 +241,36 @@ async def test_a_write_error_is_handed_back_and_nothing_is_settled(nursery, cloc
     pair.ours.close()
 
 
+async def test_a_drain_whose_write_raises_is_handed_back_and_the_pump_serves_the_others(
+    nursery, clock, caplog
+):
+    """A bug in one drain's feed (here: building its payload raises) must not stop the
+    pump, which writes for every drain (the daemon went down with it): that drain is
+    handed back to its own task, logged, and the others are written as before."""
+    registry, channel, pump, broken = await parked(nursery)
+    healthy = Pair(registry, "app")
+    nursery.start_soon(healthy.park, pump)
+    await trio.testing.wait_all_tasks_blocked()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    broken.feed.build_payload = fail  # type: ignore[method-assign]
+    append(channel, [message(i) for i in range(LINGER_MESSAGES)])
+    await settle()
+    assert broken.returned.is_set() and pump.errors == 1
+    assert "drain pump: a write for channel app failed" in caplog.text
+    assert pump.writers(channel) == [healthy.writer]
+    assert healthy.received() == b"".join(delivered(i) for i in range(LINGER_MESSAGES))
+    append(channel, [message(i) for i in range(LINGER_MESSAGES, 2 * LINGER_MESSAGES)])
+    await settle()
+    assert healthy.received() == b"".join(
+        delivered(i) for i in range(LINGER_MESSAGES, 2 * LINGER_MESSAGES)
+    )
+    broken.close()
+    healthy.close()
+
+
 async def test_a_removed_channel_hands_its_drains_back(nursery, clock):
     registry, channel, pump, pair = await parked(nursery)
     registry.drop_channel("app")
