@@ -96,12 +96,13 @@ class DrainBacklog:
     # Called (from the event loop) after the writer wrote some of this drain's chunks.
     on_written: Callable[[], None] | None = None
     closed: bool = False
+    # True while anything is on disk or queued that the drain has not acknowledged: the
+    # drain then reads from here, not from its channel's ring. An attribute, kept by every
+    # change of the three (``_recheck``): a drain's hot path asks several times a write.
+    active: bool = False
 
-    @property
-    def active(self) -> bool:
-        """True while anything is on disk or queued that the drain has not acknowledged:
-        the drain then reads from here, not from its channel's ring."""
-        return bool(self.queued) or self.entry.spill_acked < self.queued_end
+    def _recheck(self) -> None:
+        self.active = bool(self.queued) or self.entry.spill_acked < self.queued_end
 
     @property
     def readable(self) -> bool:
@@ -133,6 +134,7 @@ class DrainBacklog:
         self.queued.append(_Chunk(self.queued_end, count, payload, now))
         self.queued_bytes += len(payload)
         self.queued_end += count
+        self.active = True
         self.entry.spill_queued_end = self.queued_end
         self.entry.store()
         self.store.wake(self)
@@ -168,6 +170,7 @@ class DrainBacklog:
         if seq <= self.entry.spill_acked:
             return
         self.entry.spill_acked = seq
+        self._recheck()
         self.entry.store()
         self.log.ack(seq)
 
@@ -264,6 +267,7 @@ class BacklogStore:
         backlog.read_seq = acked
         entry.spill_acked = acked
         entry.spill_queued_end = backlog.queued_end
+        backlog._recheck()
         if prior is not None:
             # Lost with the process: what it held only in memory, its unannounced losses.
             # Chunks it queued but never wrote show as the gap up to queued_end (``read``).
@@ -277,6 +281,7 @@ class BacklogStore:
         self._waiting.pop(backlog.drain_id, None)
         self._queued_bytes -= backlog.queued_bytes
         backlog.queued.clear()
+        backlog._recheck()
         backlog.queued_bytes = 0
         backlog.log.close()
         self.ledger.detach_drain(backlog.drain_id)
@@ -432,6 +437,7 @@ class BacklogStore:
             chunk = backlog.queued.popleft()
             backlog.queued_bytes -= len(chunk.payload)
             self._queued_bytes -= len(chunk.payload)
+        backlog._recheck()
         if backlog.on_written is not None and done:
             backlog.on_written()
 
