@@ -695,34 +695,37 @@ class ClusterDrains:
         feed.on_spilled.append(spilled.spilled)
         feed.on_spilled_refill.append(spilled.spilled_refill)
 
-        def settled() -> None:
+        def through() -> int | None:
+            """The stream sequence delivered through (None: not known here)."""
             # The takeover's catch-up is let go once the feed is past it (a feed never goes
             # back to it): it may be all the stream held between the checkpoint and the ring.
             nonlocal catch_up
-            if catch_up is not None and feed.pending is not catch_up.batch:
+            pending = feed.pending
+            if catch_up is not None and pending is not catch_up.batch:
                 catch_up = None
+            if pending is None and not refill.reading and not feed.spilling:
+                return follow.seq_at(feed.cursor)  # written where they lie in the ring
             from_stream = catch_up
-            if refill.current is not None and feed.pending is refill.current.batch:
+            if refill.current is not None and pending is refill.current.batch:
                 from_stream = refill.current
-            if from_stream is not None and feed.pending is from_stream.batch:
+            if from_stream is not None and pending is from_stream.batch:
                 # Still in the messages read from the stream: their own sequences.
                 done = feed.pending_start
-                if not done:
-                    return
-                seq = from_stream.seqs[done - 1]
-            elif refill.reading:
-                return  # between two reads of the stream: the last batch's said where
-            elif (ring_settled := feed.ring_batch_settled) is not None:
-                seq = follow.seq_at(ring_settled)
-            elif feed.reading_disk or feed.spilling:
-                through = spilled.delivered_through(feed.disk_settled)
-                if through is None:
-                    return
-                seq = through
-            elif feed.pending_messages:
-                return  # read from the stream for the disk, which had no room: not mapped
-            else:
-                seq = follow.seq_at(feed.cursor)
+                return from_stream.seqs[done - 1] if done else None
+            if refill.reading:
+                return None  # between two reads of the stream: the last batch's said where
+            if (ring_settled := feed.ring_batch_settled) is not None:
+                return follow.seq_at(ring_settled)
+            if feed.reading_disk or feed.spilling:
+                return spilled.delivered_through(feed.disk_settled)
+            if feed.pending_messages:
+                return None  # read from the stream for the disk, which had no room
+            return follow.seq_at(feed.cursor)
+
+        def settled() -> None:
+            seq = through()
+            if seq is None:
+                return
             if seq != wanted.delivered:
                 wanted.delivered = seq
                 self._note_delivered(wanted.channel, follow)
