@@ -358,6 +358,28 @@ async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_n
 RING_BYTES = 1024 * 1024
 
 
+async def small_ring_node(
+    tmp_path: Path,
+    server: RedisServer | RedisCluster,
+    nursery: trio.Nursery,
+    sinks: list[Sink],
+    keep: int,
+    **overrides,
+):
+    """``one_node`` whose rings hold RING_BYTES and whose streams keep ``keep`` messages."""
+    return await one_node(
+        tmp_path,
+        server,
+        nursery,
+        sinks,
+        history_messages=100,
+        history_bytes=64 * 1024,
+        channel_buffer_messages=keep,
+        channel_buffer_bytes=RING_BYTES,
+        **overrides,
+    )
+
+
 async def stalled_drain(
     tmp_path: Path,
     server: RedisServer | RedisCluster,
@@ -371,16 +393,8 @@ async def stalled_drain(
     channel "app" drained to ``stalled``; the daemon, its ports, the token and the drain.
     Its drains spill to disk only with ``drain_spill`` (``redis_drain_spill``; else the
     ring laps them)."""
-    daemon, ports = await one_node(
-        tmp_path,
-        server,
-        nursery,
-        [stalled],
-        history_messages=100,
-        history_bytes=64 * 1024,
-        channel_buffer_messages=keep,
-        channel_buffer_bytes=RING_BYTES,
-        redis_drain_spill=drain_spill,
+    daemon, ports = await small_ring_node(
+        tmp_path, server, nursery, [stalled], keep, redis_drain_spill=drain_spill
     )
     token = await channel_on_every_node(ports, [daemon])
     await add_drain(ports, "app", await nursery.start(stalled.serve))
@@ -517,16 +531,7 @@ async def test_a_drain_whose_receiver_is_down_spills_to_its_owners_disk_and_send
     sink = Sink()
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            daemon, ports = await one_node(
-                tmp_path,
-                redis_server,
-                nursery,
-                [sink],
-                history_messages=100,
-                history_bytes=64 * 1024,
-                channel_buffer_messages=keep,
-                channel_buffer_bytes=RING_BYTES,
-            )
+            daemon, ports = await small_ring_node(tmp_path, redis_server, nursery, [sink], keep)
             assert daemon.settings.redis_drain_spill  # the default
             token = await channel_on_every_node(ports, [daemon])
             await add_drain(ports, "app", port)

@@ -468,13 +468,10 @@ def test_a_partial_write_with_a_refill_copies_nothing_and_is_sent_again_if_it_fa
     assert feed.counters.delivered == 20 and not feed.has_data()
 
 
-async def test_a_lapped_drain_with_an_ephemeral_backlog_spills_the_stream_then_the_ring(tmp_path):
-    """Redis mode: a drain its ring lapped reads what the ring let go from the stream (the
-    refill). Told to spill, it copies the rest of that to the disk, then the ring from where
-    the stream reached it, then everything new; it reads the disk back, then the ring:
-    every message once, in order. (Reading the stream used to store a ring position for the
-    kill -9 ledger computed from a batch that never was in the ring: negative, and the
-    struct packing it took the drain pump down.)"""
+def _lapping_feed_with_a_disk(tmp_path):
+    """Redis mode in small: a feed of channel "app" (a ring 8 deep) with a refill
+    (``ListRefill``, 3 messages a take) and an ephemeral disk backlog; and ``route(first,
+    last)``, which appends messages ``first`` to ``last - 1`` to both ring and "stream"."""
     registry = Registry(history_messages=8, buffer_messages=8)
     channel = registry.ensure_channel("app")
     store = BacklogStore(tmp_path / "backlog", ephemeral=True)
@@ -483,15 +480,27 @@ async def test_a_lapped_drain_with_an_ephemeral_backlog_spills_the_stream_then_t
     feed.attach_backlog(store.attach(1, "app"))
     refill = ListRefill(per_take=3)
     feed.refill_from(refill)
-    from_ring: list[tuple[int, int, int]] = []
-    from_stream: list[tuple[int, int, int]] = []
-    feed.on_spilled.append(lambda *chunk: from_ring.append(chunk))
-    feed.on_spilled_refill.append(lambda *chunk: from_stream.append(chunk))
 
     def route(first: int, last: int) -> None:
         frames = [message(k) for k in range(first, last)]
         refill.stream.extend(frames)
         append(channel, frames)
+
+    return store, feed, route
+
+
+async def test_a_lapped_drain_with_an_ephemeral_backlog_spills_the_stream_then_the_ring(tmp_path):
+    """Redis mode: a drain its ring lapped reads what the ring let go from the stream (the
+    refill). Told to spill, it copies the rest of that to the disk, then the ring from where
+    the stream reached it, then everything new; it reads the disk back, then the ring:
+    every message once, in order. (Reading the stream used to store a ring position for the
+    kill -9 ledger computed from a batch that never was in the ring: negative, and the
+    struct packing it took the drain pump down.)"""
+    store, feed, route = _lapping_feed_with_a_disk(tmp_path)
+    from_ring: list[tuple[int, int, int]] = []
+    from_stream: list[tuple[int, int, int]] = []
+    feed.on_spilled.append(lambda *chunk: from_ring.append(chunk))
+    feed.on_spilled_refill.append(lambda *chunk: from_stream.append(chunk))
 
     sent: list[bytes] = []
 
@@ -527,19 +536,7 @@ async def test_a_write_the_ring_let_go_goes_first_then_what_was_spilled_past_it(
     that the ring lets go while the receiver refuses: the spill goes on past it (the rest
     from the stream, then the ring). Finished, it is not sent again; failed, it is sent
     again whole (its bytes, before the disk), not read again after what the disk took."""
-    registry = Registry(history_messages=8, buffer_messages=8)
-    channel = registry.ensure_channel("app")
-    store = BacklogStore(tmp_path / "backlog", ephemeral=True)
-    store.open()
-    feed = DrainFeed(registry, "app", wall_clock=lambda: 0.0)
-    feed.attach_backlog(store.attach(1, "app"))
-    refill = ListRefill(per_take=3)
-    feed.refill_from(refill)
-
-    def route(first: int, last: int) -> None:
-        frames = [message(k) for k in range(first, last)]
-        refill.stream.extend(frames)
-        append(channel, frames)
+    store, feed, route = _lapping_feed_with_a_disk(tmp_path)
 
     route(0, 5)
     payload = feed.build_payload(
