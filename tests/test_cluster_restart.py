@@ -207,6 +207,23 @@ async def test_a_node_killed_and_restarted_on_its_data_dir_takes_its_drain_back_
     assert set(sink.counts()) == expected("A", range(5)) | expected("B", range(5))
 
 
+def test_a_daemon_that_could_not_be_made_leaves_its_data_dir_free(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A daemon whose making fails after it took its data dir (here: the kill -9 ledger
+    cannot be mapped) lets it go: the next one on it starts, even while the failure (and
+    with it the half-made daemon) is still held by whoever caught it."""
+    data_dir = tmp_path / "A"
+    (data_dir / "redis-unsent.bin").mkdir(parents=True)
+    with pytest.raises(OSError) as failed:
+        Daemon(node_settings(tmp_path, "A", redis_server))
+    (data_dir / "redis-unsent.bin").rmdir()
+    again = Daemon(node_settings(tmp_path, "A", redis_server))
+    assert again.node_dir is not None
+    again.node_dir.close()
+    assert failed.value is not None
+
+
 @pytest.mark.integration
 async def test_a_second_process_on_a_data_dir_in_use_refuses_to_start(
     tmp_path: Path, redis_server: RedisServer

@@ -162,9 +162,20 @@ class Daemon:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self._reload_settings = reload_settings or reload_from_sources
+        self.node_dir: NodeDir | None = None
+        try:
+            self._compose(settings)
+        except BaseException:
+            # The data dir is held from early on (``NodeDir.open``): a daemon that was never
+            # made must not keep the next process (or daemon) on it from starting.
+            if self.node_dir is not None:
+                self.node_dir.close()
+            raise
+
+    def _compose(self, settings: Settings) -> None:
+        """Every component ``serve`` runs, made from ``settings``."""
         # Redis mode (issue 11): history, tails and drains go through Redis streams.
         self.plane: DataPlane | None = None
-        self.node_dir: NodeDir | None = None
         self.ledger: UnsentLedger | None = None
         self.registry: Registry
         if settings.store_url:
