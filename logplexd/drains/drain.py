@@ -244,8 +244,8 @@ class Drain:
     def _receiver_refused(self) -> None:
         """Wake the spill task; with ``only_refused``, hold the channel a share past the
         drain at once: the receiver's own hold is released in the same step, and the ring
-        must not lap the drain before the spill task runs (what it lapped would be read
-        from the stream, and nothing copied while the receiver refuses)."""
+        should not lap the drain before the spill task runs (what it lapped must be read
+        back from the stream first)."""
         self._refused.set()
         feed, disk = self.feed, self.feed.disk
         if disk is None or not disk.store.settings.only_refused or feed.spilling:
@@ -323,12 +323,10 @@ class Drain:
                     # the ring learns message sizes.
                     await channel.wait_head(min(start + share, ring.head + max(1, share // 4)))
                 copied = feed.spill()
-                if not copied and (feed.refilling or disk.store.recheck()):
+                if not copied and disk.store.recheck():
                     # The disk takes nothing now (budget, free space, a full queue): look
                     # again later; meanwhile the drain reads from its ring, and a flood
-                    # laps it (L10). A stuck disk must not hold the producers. Or (Redis
-                    # mode) the ring lapped the drain, which reads on from the stream that
-                    # keeps it meanwhile: nothing to copy until it is back in the ring.
+                    # laps it (L10). A stuck disk must not hold the producers.
                     channel.release(self._spill_hold)
                     marked = None
                     await trio.sleep(interval)

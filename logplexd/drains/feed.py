@@ -221,8 +221,6 @@ class DrainFeed:
     # Part of a batch read from the refill for the disk that the writer's queue had no room
     # for: (the batch, its first message not queued).
     _carry: tuple[Batch, int] | None = None
-    # The pending batch is such a rest (no ring position, no backlog sequence).
-    _pending_carry: bool = False
     # The pending batch was read from the ring (``_ring_batch_end`` is where it ends).
     _pending_ring: bool = False
 
@@ -415,15 +413,13 @@ class DrainFeed:
         self._rewind_unsettled()
         if self.pending_messages > 0:
             return True
-        self.pending, self._pending_disk_seq, self._pending_carry = None, None, False
-        self._pending_ring = False
+        self.pending, self._pending_disk_seq, self._pending_ring = None, None, False
         backlog = self.disk
         if self._disk_used and backlog is not None and backlog.active:
             return self._take_disk(backlog)
         if self._carry is not None:
             # The disk is read: what the spill could not queue of its last refill read.
             (self.pending, self.pending_start), self._carry = self._carry, None
-            self._pending_carry = True
             return True
         channel = self.current_channel()
         if channel is None:
@@ -809,12 +805,6 @@ class DrainFeed:
         return self._ring_batch_end - self.pending_messages
 
     @property
-    def delivering_carry(self) -> bool:
-        """The pending batch is the rest of a refill read that the disk's queue had no room
-        for (``spill``): it has neither a ring position nor a backlog sequence."""
-        return self._pending_carry
-
-    @property
     def spilling(self) -> bool:
         return self._disk_used and self.disk is not None and self.disk.active
 
@@ -831,6 +821,19 @@ class DrainFeed:
         if backlog is None or channel is None:
             return 0
         ring = channel.ring
+        refill = self._refill
+        lapped = refill is not None and self._refilling(refill, ring)
+        if not lapped and backlog.store.refusing and not force:
+            # The disk takes nothing now: the ring keeps what follows (the drain reads the
+            # disk to its end, then the ring from here), as it would without a backlog.
+            return 0
+        if (
+            not force
+            and not lapped
+            and not backlog.active
+            and ring.head - max(self.cursor, ring.tail) < spill_share(channel)
+        ):
+            return 0
         if self._unsettled is not None:
             if self._unsettled_first < ring.tail or self._unsettled_past:
                 # A write being finished of messages the ring let go: what follows goes to
@@ -841,23 +844,12 @@ class DrainFeed:
                 # on one node (``keep_unsettled``), not to the disk.
                 self._copy_unsettled(ring)
         copied = 0
-        refill = self._refill
-        if refill is not None and self._refilling(refill, ring):
+        if refill is not None and lapped:
             # Lapped (Redis mode): what the ring let go is read from the stream and goes
             # to the disk first, then the ring from where the stream reached it.
             copied = self._spill_refill(refill, backlog, ring)
             if self._refilling(refill, ring):
                 return copied
-        if backlog.store.refusing and not force:
-            # The disk takes nothing now: the ring keeps what follows (the drain reads the
-            # disk to its end, then the ring from here), as it would without a backlog.
-            return 0
-        if (
-            not force
-            and not backlog.active
-            and ring.head - max(self.cursor, ring.tail) < spill_share(channel)
-        ):
-            return 0
         now = self.wall_clock()
         if (
             not backlog.active
