@@ -549,6 +549,71 @@ async def test_a_drain_whose_receiver_is_down_spills_to_its_owners_disk_and_send
             nursery.cancel_scope.cancel()
 
 
+async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpoint(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis mode's disk backlog lives as long as the node's lease on the drain: a node
+    stopped while its drain had spilled (its endpoint refusing connections) starts again
+    with an empty backlog directory, and the drain resumes from its checkpoint in Redis.
+    What the stream still holds arrives, in order; an L10 tells exactly how many the
+    writers trimmed meanwhile (docs/SCALING.md, "A drain behind past the stream")."""
+    keep, sent = 512, 4000
+    port = free_port()
+    sink = Sink()
+    settings = dataclasses.replace(
+        node_settings(tmp_path, "A", redis_server),
+        history_messages=100,
+        history_bytes=64 * 1024,
+        channel_buffer_messages=keep,
+        channel_buffer_bytes=RING_BYTES,
+    )
+    backlogs = settings.data_dir / "redis-backlog"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            first, stop_first, first_done = Daemon(settings), trio.CancelScope(), trio.Event()
+
+            async def serve_first(*, task_status: trio.TaskStatus[object]) -> None:
+                try:
+                    await serve_in(first, stop_first, task_status=task_status)
+                finally:
+                    first_done.set()
+
+            ports = await nursery.start(serve_first)
+            await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
+            token = await channel_on_every_node(ports, [first])
+            await add_drain(ports, "app", port)
+            drains = first.cluster_drains
+            assert drains is not None and first.backlogs is not None
+            await eventually(lambda: len(drains.owned()) == 1, 5)
+            with trio.fail_after(20):
+                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+            await eventually(lambda: oldest(redis_server) > sent - READER_SLACK * keep, 10)
+            await eventually(lambda: any(backlogs.rglob("*.seg")), 10)
+            # Every write answered first: a node stopped between Redis storing a write and
+            # the node hearing so would tell those messages lost at its next start (the
+            # kill -9 count, ``UnsentLedger``), and the L10 would count more than were.
+            plane = first.plane
+            assert plane is not None
+            await eventually(lambda: plane.writer.messages_written >= sent, 10)
+            stop_first.cancel()  # as a kill would: no final flush, the data dir let go
+            await first_done.wait()
+            second = Daemon(settings)
+            await nursery.start(serve_in, second, trio.CancelScope())
+            assert not any(backlogs.rglob("*.seg"))  # the last process's backlog is gone
+            await nursery.start(sink.serve, port)
+
+            def accounted() -> int:
+                return len(sink.messages()) + l10_total(bytes(sink.data))
+
+            await eventually(lambda: accounted() >= sent, 60)
+            got = sink.messages()
+            numbers = [int(m[6:10]) for m in got]
+            assert numbers == list(range(sent - len(got), sent))  # the newest, in order
+            assert l10_total(bytes(sink.data)) == sent - len(got) > 0
+            assert len(got) >= keep
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would_trim(
     tmp_path: Path, redis_any: RedisServer | RedisCluster
 ) -> None:
