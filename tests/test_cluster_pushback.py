@@ -358,6 +358,16 @@ async def test_a_receiver_that_stops_reading_drops_with_an_exact_l10_and_holds_n
 RING_BYTES = 1024 * 1024
 
 
+def small_rings(keep: int) -> dict[str, int]:
+    """Settings of a node whose rings hold RING_BYTES and whose streams keep ``keep``."""
+    return {
+        "history_messages": 100,
+        "history_bytes": 64 * 1024,
+        "channel_buffer_messages": keep,
+        "channel_buffer_bytes": RING_BYTES,
+    }
+
+
 async def small_ring_node(
     tmp_path: Path,
     server: RedisServer | RedisCluster,
@@ -367,17 +377,7 @@ async def small_ring_node(
     **overrides,
 ):
     """``one_node`` whose rings hold RING_BYTES and whose streams keep ``keep`` messages."""
-    return await one_node(
-        tmp_path,
-        server,
-        nursery,
-        sinks,
-        history_messages=100,
-        history_bytes=64 * 1024,
-        channel_buffer_messages=keep,
-        channel_buffer_bytes=RING_BYTES,
-        **overrides,
-    )
+    return await one_node(tmp_path, server, nursery, sinks, **small_rings(keep), **overrides)
 
 
 async def stalled_drain(
@@ -560,13 +560,7 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
     keep, sent = 512, 4000
     port = free_port()
     sink = Sink()
-    settings = dataclasses.replace(
-        node_settings(tmp_path, "A", redis_server),
-        history_messages=100,
-        history_bytes=64 * 1024,
-        channel_buffer_messages=keep,
-        channel_buffer_bytes=RING_BYTES,
-    )
+    settings = dataclasses.replace(node_settings(tmp_path, "A", redis_server), **small_rings(keep))
     backlogs = settings.data_dir / "redis-backlog"
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
@@ -631,11 +625,7 @@ async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would
                 tmp_path, redis_any, nursery, stalled, keep
             )
             settings = dataclasses.replace(
-                node_settings(tmp_path, "B", redis_any),
-                history_messages=100,
-                history_bytes=64 * 1024,
-                channel_buffer_messages=keep,
-                channel_buffer_bytes=RING_BYTES,
+                node_settings(tmp_path, "B", redis_any), **small_rings(keep)
             )
             b = Daemon(settings)
             ports_b = await nursery.start(serve_in, b, trio.CancelScope())
