@@ -6,20 +6,30 @@ while the messages come in, so none of them reaches it before the kill."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
 import pytest
 import trio
 
-from logplexd.cluster import Keys
+from logplexd.cluster import APPEND, PROPOSE, Keys
+from logplexd.daemon import Daemon
 from tests.helpers.child import DaemonProcess
-from tests.helpers.cluster import channel_with_drain
+from tests.helpers.cluster import (
+    Sink,
+    channel_with_drain,
+    expected,
+    node_settings,
+    send_numbered,
+    text,
+)
 from tests.helpers.curl import api, curl
-from tests.helpers.drains import SyslogSink, l10_count
+from tests.helpers.daemon import serve_in
+from tests.helpers.drains import SyslogSink, l10_count, l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
-from tests.helpers.redis import RedisServer
+from tests.helpers.redis import RedisServer, ReplyLosingProxy, counter
 from tests.helpers.syslog import frame
 from tests.helpers.wait import wait_until
 
@@ -89,7 +99,7 @@ async def test_a_killed_node_announces_what_redis_never_had_and_nothing_more(
         try:
             # Told once, exactly, by the drain (whichever node runs it reads the marker).
             await wait_until(lambda: seen(sink)[1], timeout=30)
-            assert "never reached Redis" in second.log
+            assert "not acknowledged by Redis" in second.log
             # What comes next is delivered as usual; and with everything written, a kill
             # leaves nothing to announce.
             await send(ports, token, "kept", 10)
@@ -119,4 +129,62 @@ async def test_a_killed_node_announces_what_redis_never_had_and_nothing_more(
     texts, losses = seen(sink)
     assert losses == [UNWRITTEN]
     assert texts == [f"kept {i}" for i in range(10)] + [f"after {i}" for i in range(5)]
-    assert "never reached Redis" not in third.log
+    assert "not acknowledged by Redis" not in third.log
+
+
+async def test_a_write_redis_stored_before_the_kill_is_not_told_as_lost(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The node is stopped as a kill stops it (no flush, no reply read) while Redis has run
+    its last write and the reply is on its way, with 7 more messages routed behind that
+    write: the next process finds the write's 20 messages in the stream, past the entry its
+    predecessor's last answered write ended at (``UnsentLedger``, ``UNANSWERED``), and the
+    drain's L10 counts the 7 alone. Before, it counted all 27."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    sink = Sink()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proxy_port = await nursery.start(proxy.serve)
+            sink_port = await nursery.start(sink.serve)
+            settings = node_settings(tmp_path, "A", redis_server, drain_lease_ttl=1)
+            behind = dataclasses.replace(settings, store_url=f"redis://127.0.0.1:{proxy_port}")
+            first, stop_first, first_done = Daemon(behind), trio.CancelScope(), trio.Event()
+
+            async def serve_first(*, task_status: trio.TaskStatus[object]) -> None:
+                try:
+                    await serve_in(first, stop_first, task_status=task_status)
+                finally:
+                    first_done.set()
+
+            ports = await nursery.start(serve_first)
+            token, drain_id = await channel_with_drain(ports, sink_port)
+            keys = Keys()
+            sequence = keys.appended("app")[1]
+            await send_numbered(ports.syslog, token, "A", range(10))
+            await wait_until(lambda: len(sink.messages()) == 10, timeout=20)
+            checkpoint = keys.checkpoint("app", drain_id)
+            await wait_until(lambda: counter(redis_server.command("GET", checkpoint)) == 10)
+            # Every answer to the writer's next write comes back 30 s late.
+            proxy.slow_replies((APPEND.sha.encode(), PROPOSE.sha.encode()), 30)
+            await send_numbered(ports.syslog, token, "B", range(20))
+            await wait_until(lambda: counter(redis_server.command("GET", sequence)) == 30)
+            # Routed behind it: the writer waits for its reply, these never leave the node.
+            await send_numbered(ports.syslog, token, "C", range(7))
+            staging = first.registry.staging  # type: ignore[attr-defined]
+            await wait_until(lambda: staging["app"].head == 37)
+            assert proxy.slowed >= 1
+            stop_first.cancel()
+            await first_done.wait()
+            assert counter(redis_server.command("GET", sequence)) == 30
+
+            second = Daemon(settings)
+            await nursery.start(serve_in, second, trio.CancelScope())
+            await wait_until(lambda: l10_total(bytes(sink.data)) > 0, timeout=30)
+            await wait_until(lambda: len(sink.messages()) >= 30, timeout=30)
+            assert l10_total(bytes(sink.data)) == 7
+            got = sink.messages()
+            assert got[:10] == [text("A", i).encode() for i in range(10)]
+            # From the checkpoint on, what the stream holds (at least once).
+            assert set(got[10:]) == expected("B", range(20))
+            assert second.plane is not None and second.plane.writer.prior_stored == 20
+            nursery.cancel_scope.cancel()

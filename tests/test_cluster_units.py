@@ -111,6 +111,23 @@ def test_restore_puts_a_failed_flush_back_in_front_and_rebounds() -> None:
     assert buf.dropped == 5 + 4
 
 
+def test_a_previous_process_s_loss_keeps_what_is_to_be_looked_at_through_a_restore() -> None:
+    """A loss the ledger found (``after``: where the killed process's last write may lie)
+    joins this process's own losses of the channel; the part to look at stays apart, also
+    when a failed flush is given back."""
+    buf = OutboundBuffer(max_messages=4, max_bytes=10_000)
+    buf.lose("a", 6, now=0.5, after=(40, 0))
+    buf.push("a", b"1", 3, now=1.0)
+    buf.push("a", b"2", 3, now=1.0)  # 6 > 4: the oldest (3) goes
+    flush = buf.take()
+    loss = flush.losses["a"]
+    assert (loss.count, loss.prior, loss.after, loss.since) == (9, 6, (40, 0), 0.5)
+    buf.lose("a", 2, now=2.0)
+    buf.restore(flush, now=3.0)
+    loss = buf.take().losses["a"]
+    assert (loss.count, loss.prior, loss.after) == (11, 6, (40, 0))
+
+
 def test_a_flush_takes_at_most_half_the_buffer_s_byte_bound() -> None:
     """Enough to bring a buffer that holds its inputs (half full) under the quarter that
     releases them in one round trip; never the whole of a full buffer."""

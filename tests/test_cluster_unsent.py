@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from logplexd.cluster import UnsentLedger
+from logplexd.cluster import UNANSWERED, UnsentLedger
 from logplexd.native import ChannelRing, parse_body
+from tests.helpers.redis import RedisServer
 
 
 def batch(n: int):
@@ -131,3 +132,88 @@ def test_a_count_stays_until_its_channel_takes_it_over_or_is_gone(tmp_path: Path
     assert third.open() == (4 + 1, 1)
     assert staging(third, "app")[2] == 5
     assert staging(third, "deleted")[2] == 0
+
+
+def test_a_slot_keeps_where_its_last_answered_write_ended_for_the_next_process(
+    tmp_path: Path,
+) -> None:
+    """``after``: the id of the last entry of the channel's last answered write, kept for
+    the next process, whether the channel had anything unwritten or not (its next write
+    may be the one a kill takes the reply of); not known for a slot no write was answered
+    for, nor once a channel is let go."""
+    ledger = UnsentLedger(tmp_path)
+    ledger.open()
+    ring, slot, _, _ = staging(ledger, "app")
+    assert slot.after is None
+    ring.append_batch(batch(10))
+    slot.account(4, now=101.0, through=(4, 0))
+    slot.account(2, now=102.0, through=(6, 1))
+    ring, slot, _, _ = staging(ledger, "caught-up")
+    ring.append_batch(batch(3))
+    slot.account(3, now=101.0, through=(90, 0))
+    ring, slot, _, _ = staging(ledger, "gone")
+    slot.account(0, now=101.0, through=(7, 0))
+
+    after = UnsentLedger(tmp_path)
+    assert after.open() == (4, 1)
+    _, slot, lost, _ = staging(after, "app")
+    assert (lost, slot.after) == (4, (6, 1))
+    _, slot, lost, _ = staging(after, "caught-up")
+    assert (lost, slot.after) == (0, (90, 0))
+    assert after.forget_unclaimed() == 0  # "gone" had nothing unwritten: nothing to say
+    _, slot, _, _ = staging(after, "new")  # may take "gone"'s slot
+    assert slot.after is None
+
+    again = UnsentLedger(tmp_path)
+    again.open()
+    assert staging(again, "caught-up")[1].after == (90, 0)
+
+
+def test_a_ledger_an_older_version_wrote_is_read_with_no_ids(tmp_path: Path) -> None:
+    """The ids lie after the slots: a file without them (as an older version left it) keeps
+    its counts, told whole."""
+    ledger = UnsentLedger(tmp_path)
+    ledger.open()
+    ring, _, _, _ = staging(ledger, "app")
+    ring.append_batch(batch(5))
+    path = tmp_path / "redis-unsent.bin"
+    with path.open("r+b") as file:
+        # Version 1's layout: a 64-byte header, then 48-byte slots, and nothing after.
+        file.truncate(64 + ledger.max_channels * 48)
+    after = UnsentLedger(tmp_path)
+    assert after.open() == (5, 1)
+    assert staging(after, "app")[1].after is None
+
+
+def unanswered(server: RedisServer, stream: str, after: str, budget: int) -> list[bytes]:
+    """``UNANSWERED`` for node A, one channel: [messages, id] as RESP lines."""
+    reply = server.command(
+        "EVAL", UNANSWERED.text, "1", stream, "A", str(budget), "1", stream, after
+    )
+    return [line for line in reply.split(b"\r\n") if line and line[:1] not in b"*$"]
+
+
+def test_what_a_killed_writer_stored_is_its_one_run_of_entries_past_the_id(
+    redis_server: RedisServer,
+) -> None:
+    """Past ``after``, the run of this node's entries (its last write: one call, one run)
+    is summed, its messages and what its loss markers told; other nodes' entries before the
+    run are passed over, and the first one after it ends the look. Nothing past the budget
+    is looked at; a stream that is not there has nothing."""
+    stream = "logplex:{ch:app}:log"
+    entries = [
+        ("5-0", "A", ("n", "5", "f", "x")),  # the last answered write
+        ("8-0", "B", ("n", "3", "f", "x")),
+        ("12-0", "A", ("n", "4", "f", "x")),  # the write in flight at the kill: 4 + 3 + 3
+        ("12-1", "A", ("n", "0", "lost", "3", "since", "1.0")),
+        ("15-0", "A", ("n", "3", "f", "x")),
+        ("17-0", "B", ("n", "2", "f", "x")),
+        ("20-0", "A", ("n", "3", "f", "x")),  # not the killed process's (after B's)
+    ]
+    for entry_id, node, fields in entries:
+        redis_server.command("XADD", stream, entry_id, *fields, "node", node)
+    assert unanswered(redis_server, stream, "5-0", 64) == [b":10", b"15-0"]
+    assert unanswered(redis_server, stream, "5-0", 2) == [b":4", b"12-0"]
+    assert unanswered(redis_server, stream, "17-0", 64) == [b":3", b"20-0"]
+    assert unanswered(redis_server, stream, "20-0", 64) == [b":0"]
+    assert unanswered(redis_server, "logplex:{ch:none}:log", "5-0", 64) == [b":0"]

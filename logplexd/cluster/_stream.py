@@ -456,6 +456,57 @@ return out
 )
 
 
+# How many entries ``UNANSWERED`` looks at per channel: a process's last write of a channel
+# is one call's entries (at most a flush's, FLUSH_MAX_BYTES / FLUSH_SHARE in entries of up
+# to ENTRY_MAX_BYTES: 32), after those other nodes wrote in the flush's time.
+UNANSWERED_ENTRIES = 64
+
+# What a process killed with a write in flight had written after all: its staging ring's
+# slot (``UnsentLedger``) counts the write's messages as never stored, since no reply said
+# otherwise; the next process looks before it tells them lost. ARGV: 1 node, 2 the most
+# entries looked at per channel, 3 channels; per channel its stream key and the id of the
+# last entry of its last answered write (``after``). A call writes a channel's entries one
+# after the other, and a writer has one call in flight: this node's entries past ``after``
+# are that one call's, in one run. Returns per channel {messages, id}: the messages those
+# entries hold (a loss marker: those it told) and the id of the run's last ('': none found,
+# or the stream is not there). Trimmed ones are not found: those are told as lost (more
+# than were, never fewer). Read-only; one XRANGE per entry looked at (the frames come with
+# it): once per channel after a kill.
+UNANSWERED = Script(
+    """#!lua flags=allow-cross-slot-keys
+local node = ARGV[1]
+local budget = tonumber(ARGV[2])
+local out = {}
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  local stream, cursor = ARGV[i], '(' .. ARGV[i + 1]
+  i = i + 2
+  local stored, last = 0, ''
+  for _ = 1, budget do
+    local got = redis.pcall('XRANGE', stream, cursor, '+', 'COUNT', 1)
+    if type(got) ~= 'table' or got.err or #got == 0 then break end
+    local id, fields = got[1][1], got[1][2]
+    cursor = '(' .. id
+    local by, n, lost = nil, 0, 0
+    for f = 1, #fields, 2 do
+      local name = fields[f]
+      if name == 'node' then by = fields[f + 1]
+      elseif name == 'n' then n = tonumber(fields[f + 1]) or 0
+      elseif name == 'lost' then lost = tonumber(fields[f + 1]) or 0 end
+    end
+    if by == node then
+      if n > 0 then stored = stored + n else stored = stored + lost end
+      last = id
+    elseif last ~= '' then
+      break
+    end
+  end
+  out[c] = {stored, last}
+end
+return out
+"""
+)
+
 # The frames of a flush outside Lua (one Redis, not a cluster): Redis 7 hashes every Lua
 # string it makes over all its bytes (redis/redis#9449), so ``APPEND``, which gets the
 # frames in ARGV, cost Redis 0.21 s per million messages more than the XADDs alone

@@ -25,7 +25,19 @@ import trio
 
 from ..router import adaptive_linger, idle_over, look_interval
 from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
-from ._stream import APPEND, PROPOSE, SETTLE, KeptRange, Keys, Outgoing, StreamId, parse_id
+from ._stream import (
+    APPEND,
+    PROPOSE,
+    SETTLE,
+    UNANSWERED,
+    UNANSWERED_ENTRIES,
+    KeptRange,
+    Keys,
+    Outgoing,
+    StreamId,
+    format_id,
+    parse_id,
+)
 from .buffer import Entry, Flush, Loss, OutboundBuffer
 
 log = logging.getLogger("logplexd.cluster")
@@ -148,7 +160,7 @@ class Writer:
         self.routed: Callable[[], int] | None = None
         # Called per channel with how many of its messages Redis stored in a write: those
         # written, and those its loss markers told (``UnsentLedger``).
-        self.on_accounted: Callable[[str, int], None] | None = None
+        self.on_accounted: Callable[[str, int, StreamId], None] | None = None
         # Called per channel with what was written: the id of the entry before (None when
         # not known for sure) and the entries, in order.
         self.on_written: Callable[[str, StreamId | None, list[Written]], None] | None = None
@@ -174,6 +186,9 @@ class Writer:
         # Entries PROPOSE found written by a transaction whose reply was lost (APPEND
         # answers such entries as it writes them, uncounted here).
         self.entries_landed = 0
+        # Messages a previous process counted as never stored (a kill before the reply)
+        # that its last write had stored after all (``_look_past``): not told as lost.
+        self.prior_stored = 0
         # This task's own time (not waiting for Redis) since its last flush landed.
         self._work_seconds = 0.0
         # Flushes taken before their linger was out: the node had gone quiet (``linger``),
@@ -210,10 +225,14 @@ class Writer:
             self.buffer.push(channel, frames, n, self.wall_clock(), kept)
             self._pending.set()
 
-    def lose(self, channel: str, n: int, since: float | None = None) -> None:
+    def lose(
+        self, channel: str, n: int, since: float | None = None, after: StreamId | None = None
+    ) -> None:
         """``n`` messages of ``channel`` are lost (since ``since``; None: now): the next
-        flush writes a loss marker for them."""
-        self.buffer.lose(channel, n, self.wall_clock() if since is None else since)
+        flush writes a loss marker for them. With ``after``, a previous process's, whose
+        last write may lie past that entry: what of them the stream has is not told
+        (``_look_past``)."""
+        self.buffer.lose(channel, n, self.wall_clock() if since is None else since, after)
         self._pending.set()
 
     def wake(self) -> None:
@@ -326,6 +345,10 @@ class Writer:
         """Write ``flush``. A channel whose entries Redis refused (a slot that moved, its
         keys of the wrong type, out of memory) gets them back in the buffer, deferred for a
         pause that grows while it is refused; the others go on meanwhile."""
+        if any(loss.prior for loss in flush.losses.values()):
+            await self._look_past(flush)
+            if not flush:
+                return
         started = time.perf_counter()
         keep = self.keep_messages
         node = self.node_id
@@ -368,6 +391,46 @@ class Writer:
             self._work_seconds += time.perf_counter() - started
         self.flushes += 1
         self._give_back_answered()
+
+    async def _look_past(self, flush: Flush) -> None:
+        """Before telling what a previous process routed and Redis never acknowledged
+        (``Loss.prior``), find what its last write stored after all (``UNANSWERED``): those
+        messages are taken off the marker, and accounted as stored. Before any entry of
+        this process: a channel's loss goes first in the first flush that has the
+        channel, so this node's entries past ``after`` are the previous process's."""
+        losses = flush.losses
+        looked = {c: loss for c, loss in losses.items() if loss.prior and loss.after}
+        parts = {c: [self.keys.stream(c), format_id(loss.after)] for c, loss in looked.items()
+                 if loss.after is not None}  # fmt: skip
+        replies = (
+            await self.connection.call_per_shard(
+                UNANSWERED, (self.node_id, UNANSWERED_ENTRIES), parts, "write"
+            )
+            if parts
+            else {}
+        )
+        for channel, loss in list(losses.items()):
+            if not loss.prior:
+                continue
+            reply = replies.get(channel)
+            loss.prior, prior, loss.after = 0, loss.prior, None
+            if not (isinstance(reply, list) and len(reply) == 2 and reply[1]):
+                continue
+            stored, last = min(int(reply[0]), prior), parse_id(reply[1])
+            if not stored:
+                continue
+            self.prior_stored += stored
+            log.info(
+                "data plane: %d messages of %s the last process wrote without hearing so "
+                "are in Redis; not told as lost",
+                stored,
+                channel,
+            )
+            if self.on_accounted is not None:
+                self.on_accounted(channel, stored, last)
+            loss.count -= stored
+            if loss.count <= 0:
+                del losses[channel]
 
     def _give_back_answered(self) -> None:
         """Redis answered: what it did not take waits, and the inputs with it (a reader
@@ -442,7 +505,7 @@ class Writer:
                 self.messages_written += entry.n
                 stored += entry.n or entry.lost
             if stored and self.on_accounted is not None:
-                self.on_accounted(channel, stored)
+                self.on_accounted(channel, stored, done[-1][0])
             self.entries_written += sum(1 for _, entry in done if entry.n)
             if done and self.on_written is not None:
                 self.on_written(channel, parse_id(prev) if prev else None, done)

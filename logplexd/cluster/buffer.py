@@ -58,10 +58,15 @@ class Entry:
 
 @dataclass(slots=True)
 class Loss:
-    """Messages of one channel dropped before reaching Redis, since ``since`` (wall clock)."""
+    """Messages of one channel dropped before reaching Redis, since ``since`` (wall clock).
+    ``prior`` of them a previous process routed, and may have written after all past the
+    stream entry ``after`` (a write stored, its reply never read: ``UnsentLedger``); the
+    writer looks there before it tells them."""
 
     count: int = 0
     since: float = 0.0
+    prior: int = 0
+    after: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -125,8 +130,11 @@ class OutboundBuffer:
         self.pushed += messages
         self._trim(now)
 
-    def lose(self, channel: str, messages: int, now: float) -> None:
-        """Count messages lost before they could even be buffered."""
+    def lose(
+        self, channel: str, messages: int, now: float, after: tuple[int, int] | None = None
+    ) -> None:
+        """Count messages lost before they could even be buffered; with ``after``, messages
+        a previous process may have written past that entry (``Loss.prior``)."""
         if messages <= 0:
             return
         loss = self._losses.get(channel)
@@ -134,6 +142,9 @@ class OutboundBuffer:
             loss = self._losses[channel] = Loss(0, now)
         loss.count += messages
         loss.since = min(loss.since, now)
+        if after is not None:
+            loss.prior += messages
+            loss.after = after
         self.dropped += messages
 
     def _trim(self, now: float, slack: int = 1) -> None:
@@ -274,6 +285,8 @@ class OutboundBuffer:
             else:
                 mine.count += loss.count
                 mine.since = min(mine.since, loss.since)
+                mine.prior += loss.prior
+                mine.after = mine.after or loss.after
         self._trim(now, slack)
 
 

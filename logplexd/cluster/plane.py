@@ -220,8 +220,10 @@ class DataPlane:
         """Whether this node reads ``channel``'s stream (a tail, a drain, a session)."""
         return channel in self.followers
 
-    def lose(self, channel: str, n: int, since: float | None = None) -> None:
-        self.writer.lose(channel, n, since)
+    def lose(
+        self, channel: str, n: int, since: float | None = None, after: StreamId | None = None
+    ) -> None:
+        self.writer.lose(channel, n, since, after)
 
     @property
     def entry_messages(self) -> int:
@@ -254,9 +256,10 @@ class DataPlane:
         self.writer.collect = collect
         self.writer.routed = routed
 
-    def account_with(self, accounted: Callable[[str, int], None]) -> None:
-        """Have the writer call ``accounted`` with each channel and how many of its
-        messages a write stored (written, or told lost by a marker)."""
+    def account_with(self, accounted: Callable[[str, int, StreamId], None]) -> None:
+        """Have the writer call ``accounted`` with each channel, how many of its messages
+        a write stored (written, or told lost by a marker) and the id of the write's last
+        entry."""
         self.writer.on_accounted = accounted
 
     def forget(self, channel: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from ..native import Batch, ChannelRing, dispatch, dispatch_to, octet_frames_from_ring
 from ..router import Channel, Registry, Releasable, RouteCounts
 from ._pushback import STAGING_KEEPS
+from ._stream import StreamId
 from ._unsent import UnsentLedger, UnsentSlot
 from .plane import DataPlane
 
@@ -187,13 +188,14 @@ class ClusterRegistry(Registry):
         if slot is not None:
             ring.mirror_head(slot.head)
         if lost:
-            self.plane.lose(name, lost, since)
+            # ``after``: the previous process's last write may be in the stream past it.
+            self.plane.lose(name, lost, since, None if slot is None else slot.after)
         return slot
 
-    def _accounted(self, channel: str, messages: int) -> None:
+    def _accounted(self, channel: str, messages: int, through: StreamId) -> None:
         ring = self.staging.get(channel)
         if ring is not None and isinstance(ring.owner, _Staging) and ring.owner.slot:
-            ring.owner.slot.account(messages, self.plane.wall_clock())
+            ring.owner.slot.account(messages, self.plane.wall_clock(), through)
 
     def _held_changed(self, channel: Channel) -> None:
         ring = self.staging.get(channel.name)

@@ -197,8 +197,8 @@ class Daemon:
             if lost:
                 log.warning(
                     "data plane: %d messages of %d channels routed before the last stop "
-                    "never reached Redis (the process was killed); their channels' drains "
-                    "announce them",
+                    "were not acknowledged by Redis (the process was killed); what its last "
+                    "write did not store is announced by their channels' drains",
                     lost,
                     channels,
                 )

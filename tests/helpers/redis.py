@@ -154,6 +154,14 @@ def integer(reply: bytes) -> int:
     return int(reply[1:].split(b"\r\n", 1)[0])
 
 
+def counter(reply: bytes) -> int:
+    """A GET reply of a key holding a number (a missing key: 0)."""
+    if reply.startswith(b"$-1"):
+        return 0
+    assert reply.startswith(b"$"), reply
+    return int(reply.split(b"\r\n")[1])
+
+
 class RedisServer:
     """One redis-server process on loopback, started and stopped by pid. ``unix_only``: it
     listens on a Unix socket only (``--port 0``), which ``url`` and ``command`` then use."""
