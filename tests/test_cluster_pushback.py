@@ -584,8 +584,9 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
             await eventually(lambda: oldest(redis_server) > sent - READER_SLACK * keep, 10)
             await eventually(lambda: any(backlogs.rglob("*.seg")), 10)
             # Every write answered first: a node stopped between Redis storing a write and
-            # the node hearing so would tell those messages lost at its next start (the
-            # kill -9 count, ``UnsentLedger``), and the L10 would count more than were.
+            # the node hearing so has the next process look for that write in the stream
+            # (the kill -9 count, ``UnsentLedger``); here the writers trim at 512, and what
+            # of it they trimmed would be told lost too, the L10 counting more than were.
             plane = first.plane
             assert plane is not None
             await eventually(lambda: plane.writer.messages_written >= sent, 10)
