@@ -248,12 +248,14 @@ cdef class ChannelRing:
             self.max_messages = max_messages
         return self.max_messages
 
-    def append_batch(self, Batch batch):
-        """Append every frame of ``batch`` unchanged; returns how many."""
+    def append_batch(self, Batch batch, Py_ssize_t start=0):
+        """Append the frames of ``batch`` from its ``start``-th on, unchanged; how many."""
         cdef Py_ssize_t i
-        for i in range(batch.n):
+        if start < 0:
+            raise ValueError("start must not be negative")
+        for i in range(start, batch.n):
             self.append_rec(batch.buf, &batch.recs[i], NULL, -1)
-        return batch.n
+        return max(0, batch.n - start)
 
     def append_range(self, ChannelRing source not None, unsigned long long start,
                      unsigned long long end):

@@ -609,6 +609,108 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
             nursery.cancel_scope.cancel()
 
 
+async def spilled_then_stopped(
+    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, keep: int, sent: int
+):
+    """Node A with channel "app" drained to a port nobody listens on, and channel "other"
+    drained to a sink that takes everything; ``sent`` messages of 8 KB to "app", which the
+    drain spills past the stream (trimmed past what a checkpoint could resume from), then
+    A stopped cleanly (``Daemon.shutdown``). Its settings, the drain's port, and what the
+    "other" drain's lease key and A's liveness key hold after the stop, and the id of the
+    drain of "app"."""
+    port = free_port()
+    other = Sink()
+    settings = dataclasses.replace(node_settings(tmp_path, "A", server), **small_rings(keep))
+    first, stop_first, first_done = Daemon(settings), trio.CancelScope(), trio.Event()
+
+    async def serve_first(*, task_status: trio.TaskStatus[object]) -> None:
+        try:
+            await serve_in(first, stop_first, task_status=task_status)
+        finally:
+            first_done.set()
+
+    ports = await nursery.start(serve_first)
+    await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
+    token = await channel_on_every_node(ports, [first])
+    await add_drain(ports, "app", port)
+    status, _, _ = await curl(
+        "-X", "PUT", *AUTH, *JSON, "-d", '{"tokens":["web"]}', api(ports, "/v3/channels/other")
+    )  # fmt: skip
+    assert status == 201
+    await add_drain(ports, "other", await nursery.start(other.serve))
+    drains, backlogs = first.cluster_drains, first.backlogs
+    assert drains is not None and backlogs is not None
+    await eventually(lambda: len(drains.owned()) == 2, 5)
+    holder = drains.liveness.holder
+    with trio.fail_after(20):
+        await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+    await eventually(lambda: oldest(server) > sent - READER_SLACK * keep, 10)
+    await eventually(lambda: backlogs.written_messages >= sent - keep, 10)
+    await first.shutdown()
+    await first_done.wait()
+    keys = Keys()
+    ids = {w.channel: i for i, w in drains.wanted.items()}
+    leases = {
+        "other": server.command("GET", keys.lease("other", ids["other"])),
+        "alive": server.command("EXISTS", keys.alive(holder)),
+    }
+    return settings, port, leases, ids["app"]
+
+
+async def test_a_clean_stop_carries_a_spilled_drain_over_to_the_next_process(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A node stopped cleanly (a deploy, a restart) while its drain had spilled past what
+    the stream keeps: the next process on the data dir resumes that disk backlog, then the
+    stream after it. All 4,000 messages arrive, in order, with no L10 (before, the stream
+    kept the newest 2,048 and an L10 told the rest lost). The drain with a backlog keeps its
+    lease until the node's liveness key expires (the restarted node takes it at once);
+    the other drain's lease is handed back at the stop."""
+    keep, sent = 512, 4000
+    sink = Sink()
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            settings, port, leases, _ = await spilled_then_stopped(
+                tmp_path, redis_server, nursery, keep, sent
+            )
+            assert leases == {"other": b"$-1\r\n", "alive": b":1\r\n"}
+            assert (settings.data_dir / "redis-backlog" / "carried.msgpack").exists()
+            second = Daemon(settings)
+            await nursery.start(serve_in, second, trio.CancelScope())
+            await nursery.start(sink.serve, port)
+            await eventually(lambda: len(sink.messages()) >= sent, 60)
+            assert sink.messages() == [text("A", i).encode() for i in range(sent)]
+            assert l10_total(bytes(sink.data)) == 0
+            assert not (settings.data_dir / "redis-backlog" / "carried.msgpack").exists()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_carried_backlog_is_void_once_its_checkpoint_moved(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Between the stop and the next start the drain's checkpoint moved (another node ran
+    it and delivered): the backlog carried over is removed and the drain resumes from the
+    checkpoint, nothing of the backlog delivered again."""
+    keep, sent = 512, 4000
+    sink = Sink()
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            settings, port, _, drain_id = await spilled_then_stopped(
+                tmp_path, redis_server, nursery, keep, sent
+            )
+            redis_server.command("SET", Keys().checkpoint("app", drain_id), str(sent - 10))
+            second = Daemon(settings)
+            await nursery.start(serve_in, second, trio.CancelScope())
+            await nursery.start(sink.serve, port)
+            await eventually(lambda: len(sink.messages()) >= 10, 30)
+            # (The backlog read first would have put its oldest messages first.)
+            assert sink.messages() == [text("A", i).encode() for i in range(sent - 10, sent)]
+            assert l10_total(bytes(sink.data)) == 0
+            drains = settings.data_dir / "redis-backlog" / "drains"
+            assert not any(drains.rglob("*.seg"))
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would_trim(
     tmp_path: Path, redis_any: RedisServer | RedisCluster
 ) -> None:

@@ -29,6 +29,17 @@ def test_keeps_exactly_max_messages_newest_first_out():
     assert (ring.tail, ring.head, ring.evicted) == (7, 12, 7)
 
 
+def test_append_batch_from_an_index_appends_the_rest_of_the_batch():
+    batch = parse_frames([frame(i) for i in range(5)])
+    ring = ChannelRing(100, 1 << 20)
+    assert ring.append_batch(batch, 3) == 2
+    assert [bytes(f) for f in ring.last(10).frames()] == [frame(3), frame(4)]
+    assert ring.append_batch(batch, 5) == 0 and ring.append_batch(batch, 9) == 0
+    assert len(ring) == 2
+    with pytest.raises(ValueError):
+        ring.append_batch(batch, -1)
+
+
 def test_byte_bound_evicts_oldest_and_never_exceeds_it():
     ring = ChannelRing(1000, 4096)
     for i in range(200):

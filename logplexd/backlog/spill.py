@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,18 +213,23 @@ class BacklogStore:
         self.refused_messages = 0
         self.cut_bytes = 0
         self.opened = False
+        # ``close`` ran to its end: every chunk queued then was written.
+        self.closed_cleanly = False
         # The last write round refused chunks (budget or free space): drains stop copying
         # until space is back, and fall back to their rings (as without a backlog).
         self.refusing = False
 
     # -- lifecycle ----------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, keep: Collection[int] = ()) -> None:
         """Create the directory and read what a previous process left (before any drain;
-        ``ephemeral``: remove it)."""
-        if self.ephemeral:
+        ``ephemeral``: remove it, but the backlogs of the drains in ``keep``, which a clean
+        stop carried over to this process)."""
+        if self.ephemeral and not keep:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._prior = self.ledger.open()
+        if self.ephemeral and keep:
+            self.prune(set(keep))
         self.opened = True
 
     def _drain_dir(self, drain_id: int) -> Path:
@@ -305,6 +310,13 @@ class BacklogStore:
         self.detach(backlog)
         self._prior.pop(backlog.drain_id, None)
         backlog.log.destroy()
+
+    def discard(self, drain_id: int) -> None:
+        """Remove what a previous process left of ``drain_id`` (not attached here)."""
+        if drain_id in self._backlogs:
+            return
+        self._prior.pop(drain_id, None)
+        shutil.rmtree(self._drain_dir(drain_id), ignore_errors=True)
 
     def prune(self, keep: set[int]) -> int:
         """Remove the backlogs of drains that no longer exist; returns how many."""
@@ -509,3 +521,4 @@ class BacklogStore:
         self._backlogs.clear()
         self.ledger.sync()
         self.ledger.close()
+        self.closed_cleanly = True

@@ -16,9 +16,13 @@ the stream keeps for a follower behind), ``_unsent`` (``UnsentLedger``: what a
 ``kill -9`` took before Redis had it, told at the next start) and ``_node_dir``
 (``NodeDir``: the data dir held for the process's life, and the incarnations it recorded,
 which the next process on it knows dead: ``lease.Incarnations``), and ``_spilled``
-(``SpilledSeqs``: the stream sequences of a drain's disk backlog, for its checkpoint).
+(``SpilledSeqs``: the stream sequences of a drain's disk backlog, for its checkpoint),
+and ``_carried`` (``CarriedBacklog``, ``take_carried``: disk backlogs a clean stop hands to
+the node's next process).
 """
 
+from ._carried import CarriedBacklog
+from ._carried import take as take_carried
 from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._node_dir import NodeDir
@@ -49,6 +53,7 @@ from .reads import ClusterReads, ReadStart
 from .registry import COLLECT_SKIPS, ClusterRegistry
 
 __all__ = [
+    "take_carried",
     "APPEND",
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",
@@ -66,6 +71,7 @@ __all__ = [
     "TRIP_KINDS",
     "UNANSWERED",
     "UnsentLedger",
+    "CarriedBacklog",
     "ChannelPushback",
     "ClusterDrains",
     "ClusterReads",

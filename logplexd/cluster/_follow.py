@@ -260,16 +260,22 @@ class Follow:
         self.start_head, self.start_seq = int(self.ring.head), 0
         del self.heads[:], self.seqs[:]
 
-    def append(self, entry_id: StreamId, batch: Batch, parts: list[KeptRange] | None = None) -> int:
-        """Append the messages of entry ``entry_id``: ``batch``, or every routed range of
-        ``parts`` (one entry may join several); how many."""
+    def append(
+        self,
+        entry_id: StreamId,
+        batch: Batch,
+        parts: list[KeptRange] | None = None,
+        skip: int = 0,
+    ) -> int:
+        """Append the messages of entry ``entry_id``: ``batch`` but its first ``skip``, or
+        every routed range of ``parts`` (one entry may join several); how many."""
         ring = self.ring
         got = 0
         if parts is not None:
             for part in parts:
                 got += part.append_to(ring)
-        elif len(batch):
-            got = ring.append_batch(batch)
+        elif len(batch) > skip:
+            got = ring.append_batch(batch, skip)
         if got:
             head, seq = int(ring.head), entry_id[0]
             heads, seqs = self.heads, self.seqs
@@ -1054,13 +1060,18 @@ class Followers:
                 continue
             if body.n:
                 first = entry_id[0] - body.n + 1
+                skip = 0
                 if first > follow.last_seq + 1:
                     # Trimmed before this node read it: the stream ids say exactly how many.
                     lost_total += first - follow.last_seq - 1
                     self.messages_trimmed += first - follow.last_seq - 1
+                elif first <= follow.last_seq and body.parts is None:
+                    # The follow began inside this entry (from a drain's checkpoint, or the
+                    # end of its carried backlog): what comes before its start is had.
+                    skip = follow.last_seq - first + 1
                 _deepen(follow.ring, body.n)
-                got = follow.append(entry_id, body.batch, body.parts)
-                lost_total += body.n - got  # frames that would not parse
+                got = follow.append(entry_id, body.batch, body.parts, skip)
+                lost_total += max(0, body.n - skip - got)  # frames that would not parse
                 appended += got
                 if got:
                     # Its consumers look at their backlog now (and may hold the channel).

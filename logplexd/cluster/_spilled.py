@@ -14,6 +14,7 @@ drain has delivered past it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._follow import Follow
@@ -44,6 +45,14 @@ class SpilledSeqs:
 
     def __len__(self) -> int:
         return len(self._chunks)
+
+    def chunks(self) -> list[tuple[int, int, int, int]]:
+        """Every chunk still noted: (backlog first, count, stream sequence before, last)."""
+        return [(c.first, c.count, c.before, c.last) for c in self._chunks]
+
+    def restore(self, chunks: Iterable[tuple[int, int, int, int]]) -> None:
+        """The chunks a previous process noted of the backlog it carried over."""
+        self._chunks.extend(_Spilled(*chunk) for chunk in chunks)
 
     def spilled(self, ring_first: int, backlog_first: int, count: int) -> None:
         follow = self.follow

@@ -38,6 +38,8 @@ import trio
 
 from ..drains import DrainFeed, DrainManager, InvalidDrainUrl, delivery_target
 from ..store import redact_url
+from ._carried import CarriedBacklog
+from ._carried import save as save_carried
 from ._follow import Follow
 from ._history import CatchUp
 from ._link import CALL_TIMEOUT, describe, redis_errors
@@ -145,6 +147,8 @@ class Wanted:
     # The stream sequence delivered through while it runs here (-1: not running): the
     # stream is not trimmed past the slowest of its channel (``_note_delivered``).
     delivered: int = -1
+    # Where its disk backlog lies in the stream, while it runs here.
+    spilled: SpilledSeqs | None = None
 
 
 class ClusterDrains:
@@ -203,6 +207,9 @@ class ClusterDrains:
         # Hand leases back when stopping (a graceful stop moves drains at once). Tests turn
         # it off to stand for a node that died without a word.
         self.release_on_stop = True
+        # Disk backlogs the last process carried over (``_carried``), per drain id, until
+        # this node starts the drain (or it is deleted).
+        self.carried: dict[int, CarriedBacklog] = {}
         plane.on_loss = self.announce_loss
         plane.on_rewind = self._rewound
         plane.before_close.append(self._release_all)
@@ -245,6 +252,8 @@ class ClusterDrains:
                 del self._of_channel[wanted.channel]
         if wanted.lease.owned:
             self._stop(drain_id, wanted)
+        if self.carried.pop(drain_id, None) is not None:
+            self._discard(drain_id)
         if self._nursery is not None:
             # Every node deletes the checkpoint (DEL is idempotent): a drain no node owned
             # yet has one too (its birth). The owner also hands its lease back.
@@ -611,18 +620,26 @@ class ClusterDrains:
         if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
             wanted.starting = False
             return
+        carried = self.carried.pop(drain_id, None)
+        if carried is not None and not (checkpointed and after[0] == carried.checkpoint):
+            # Another node delivered past where this one stopped: the backlog is void.
+            log.info("drain %d: the disk backlog carried over is void (checkpoint moved)", drain_id)
+            self._discard(drain_id)
+            carried = None
+        # With a backlog carried over, the stream is read on after its last message.
+        start = after if carried is None else (carried.resume_after, 0)
         existing = self.plane.follow_of(wanted.channel)
-        follow = self.plane.hold(channel, after)
+        follow = self.plane.hold(channel, start)
         wanted.follow = follow
         if existing is follow:
             # Bounded by a tick: the lease must be renewed on time meanwhile.
-            await follow.wait_reached(after[0], min(2.0, renew_interval(self.ttl)))
+            await follow.wait_reached(start[0], min(2.0, renew_interval(self.ttl)))
         if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
             self.plane.release(follow)
             wanted.follow = None
             wanted.starting = False
             return
-        position, gap = follow.position_after(after[0])
+        position, gap = follow.position_after(start[0])
         catch_up: CatchUp | None = None
         if gap and existing is follow:
             # This node followed the channel from later than the checkpoint (for a tail or
@@ -631,7 +648,7 @@ class ClusterDrains:
                 # Within a tick, as above (then what was not read is announced as lost).
                 with trio.fail_after(min(CALL_TIMEOUT, renew_interval(self.ttl))):
                     catch_up = await self.plane.read_range(
-                        wanted.channel, after[0], follow.seq_at(position)
+                        wanted.channel, start[0], follow.seq_at(position)
                     )
             except redis_errors() as exc:
                 log.warning("drain %d: gap not read from the stream: %s", drain_id, describe(exc))
@@ -660,6 +677,8 @@ class ClusterDrains:
             self.plane.history.read_range, follow, self._spawn, feed.kick, drain_id
         )
         feed.refill_from(refill)
+        if carried is not None and carried.lost:
+            feed.note_lost(carried.lost, carried.since)
         if gap:
             feed.note_lost(gap, self.plane.wall_clock())
         wanted.stored = after[0] if checkpointed else -1
@@ -667,6 +686,15 @@ class ClusterDrains:
             wanted.dirty = after[0]
             self._dirty.set()
         self._hook_checkpoints(drain_id, wanted, feed, catch_up, refill)
+        if carried is not None and wanted.spilled is not None:
+            wanted.spilled.restore(carried.chunks)
+            log.info(
+                "drain %d: resumes the disk backlog the last process carried over (messages "
+                "%d to %d of its stream)",
+                drain_id,
+                carried.chunks[0][2] + 1,
+                carried.resume_after,
+            )
         wanted.delivered = after[0]
         self._running.setdefault(wanted.channel, {})[drain_id] = wanted
         self._note_delivered(wanted.channel, follow)
@@ -691,7 +719,7 @@ class ClusterDrains:
         follow = wanted.follow
         assert follow is not None
         # Past what the stream keeps for it, the drain spills to this node's disk.
-        spilled = SpilledSeqs(follow, refill)
+        spilled = wanted.spilled = SpilledSeqs(follow, refill)
         feed.on_spilled.append(spilled.spilled)
         feed.on_spilled_refill.append(spilled.spilled_refill)
 
@@ -750,11 +778,17 @@ class ClusterDrains:
             if wanted.follow is not None:
                 self._note_delivered(wanted.channel, wanted.follow)
         wanted.delivered = -1
+        wanted.spilled = None
         self.manager.remove_drain(drain_id)
         if wanted.follow is not None:
             self.plane.release(wanted.follow)
             wanted.follow = None
         wanted.dirty = None
+
+    def _discard(self, drain_id: int) -> None:
+        backlogs = self.manager.backlogs
+        if backlogs is not None:
+            backlogs.discard(drain_id)
 
     async def _checkpoints(self) -> None:
         """Store the checkpoints of drains that delivered, at most every CHECKPOINT_INTERVAL."""
@@ -848,12 +882,75 @@ class ClusterDrains:
             return
         # What was delivered since the last checkpoint, so the next owner does not send it
         # again. Best effort, as the rest (the connection may be gone already).
+        stored = False
         with contextlib.suppress(Exception):
             await self._store_checkpoints()
+            stored = True
+        carried = self._carry_over() if stored else set()
         if not self.liveness.confirmed:
+            return
+        if carried:
+            # A drain whose backlog is carried over keeps its lease until the liveness key
+            # expires (``drain_lease_ttl``): this node restarted by then resumes it; a node
+            # that took it at once would start from the checkpoint without the backlog.
+            # Its receiver was refusing data: waiting costs it no delivery. The others are
+            # handed back one by one (one pipeline).
+            keys, holder = self.plane.keys, self.liveness.holder
+            owned = [
+                (w.channel, i) for i, w in self.wanted.items() if w.lease.owned and i not in carried
+            ]
+            calls: list[ScriptCall] = [
+                (RELEASE, [keys.lease(channel, i)], [holder]) for channel, i in owned
+            ]
+            if calls:
+                with contextlib.suppress(Exception), trio.fail_after(CALL_TIMEOUT):
+                    await self.plane.call_scripts(calls, "other", [c for c, _ in owned])
             return
         # Its drains stopped with the node's tasks: without its liveness key every lease it
         # holds is free to take (one command, however many drains).
         with contextlib.suppress(Exception), trio.fail_after(CALL_TIMEOUT):
             await self.plane.client.delete([self.plane.keys.alive(self.liveness.holder)])
             self.plane.count_trip("other")
+
+    def _carry_over(self) -> set[int]:
+        """Write, for the next process, the disk backlogs of the drains running here that
+        hold messages (``_carried``), each with the checkpoint just stored; their ids."""
+        backlogs = self.manager.backlogs
+        if backlogs is None or not backlogs.ephemeral or not backlogs.closed_cleanly:
+            return set()  # (not closed: the process is ending without a clean stop)
+        carried: list[CarriedBacklog] = []
+        for running in self._running.values():
+            for drain_id, wanted in running.items():
+                drain = self.manager.drain(drain_id)
+                spilled = wanted.spilled
+                if drain is None or spilled is None or not len(spilled):
+                    continue
+                disk = drain.feed.disk
+                if disk is None or disk.queued_end <= disk.entry.spill_acked:
+                    continue
+                if wanted.dirty is not None or wanted.stored < 0:
+                    continue  # its checkpoint is not in Redis: resumed from the stream
+                loss = drain.feed.loss
+                carried.append(
+                    CarriedBacklog(
+                        drain_id,
+                        wanted.channel,
+                        wanted.stored,
+                        tuple(spilled.chunks()),
+                        loss.count,
+                        loss.since,
+                    )
+                )
+        try:
+            save_carried(backlogs.directory, carried)
+        except OSError as exc:
+            log.warning("drains: disk backlogs not carried over to the next start: %s", exc)
+            return set()
+        if carried:
+            log.info(
+                "drains: %d disk backlogs carried over to the next start (their leases are "
+                "kept for %.0f s)",
+                len(carried),
+                self.ttl,
+            )
+        return {backlog.drain_id for backlog in carried}

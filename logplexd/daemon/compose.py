@@ -46,6 +46,7 @@ from ..cluster import (
     OutboundBuffer,
     UnsentLedger,
     birth_hook,
+    take_carried,
 )
 from ..config import TLS_PAIRS, Settings, ensure_auth_key, load_settings
 from ..drains import DrainSettings, GatedDrainManager, attach_drains
@@ -359,7 +360,10 @@ class Daemon:
                 await core.start(self.drains.run)
                 if self.plane is not None and self.cluster_drains is not None:
                     if self.backlogs is not None:
-                        self.backlogs.open()
+                        # What a clean stop carried over is kept; the rest goes.
+                        carried = take_carried(self.backlogs.directory)
+                        self.backlogs.open(keep=carried)
+                        self.cluster_drains.carried = carried
                     if self.ledger is not None and isinstance(store, RedisStore):
                         core.start_soon(self._forget_unclaimed, store, self.ledger)
                     await core.start(self.plane.run)
