@@ -620,10 +620,11 @@ class ClusterDrains:
         if self.wanted.get(drain_id) is not wanted or not wanted.lease.owned:
             wanted.starting = False
             return
-        carried = self.carried.pop(drain_id, None)
+        carried = self.carried.get(drain_id)
         if carried is not None and not (checkpointed and after[0] == carried.checkpoint):
             # Another node delivered past where this one stopped: the backlog is void.
             log.info("drain %d: the disk backlog carried over is void (checkpoint moved)", drain_id)
+            del self.carried[drain_id]
             self._discard(drain_id)
             carried = None
         # With a backlog carried over, the stream is read on after its last message.
@@ -659,6 +660,7 @@ class ClusterDrains:
                 wanted.follow = None
                 wanted.starting = False
                 return
+        self.carried.pop(drain_id, None)  # (kept until here: a start given up may come again)
         try:
             self.manager.add_drain(wanted.channel, drain_id, wanted.token, wanted.url)
         except InvalidDrainUrl as exc:
