@@ -711,6 +711,20 @@ async def test_a_carried_backlog_is_void_once_its_checkpoint_moved(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_node_that_no_longer_spills_removes_what_an_earlier_process_left(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    settings = node_settings(tmp_path, "A", redis_server, redis_drain_spill=False)
+    left = settings.data_dir / "redis-backlog" / "drains" / "7"
+    left.mkdir(parents=True)
+    (left.parent.parent / "carried.msgpack").write_bytes(b"x")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_in, Daemon(settings), trio.CancelScope())
+            assert not (settings.data_dir / "redis-backlog").exists()
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_drain_behind_on_another_node_keeps_what_that_nodes_writer_would_trim(
     tmp_path: Path, redis_any: RedisServer | RedisCluster
 ) -> None:

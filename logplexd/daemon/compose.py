@@ -15,6 +15,7 @@ import gc
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import ssl
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -241,7 +242,8 @@ class Daemon:
                     drain_budget_bytes=settings.drain_spill_budget,
                     total_budget_bytes=settings.drain_spill_total,
                     min_free_bytes=settings.drain_spill_min_free,
-                    # Ephemeral: nothing there outlives the process, nor needs a sync.
+                    # Ephemeral: nothing there outlives the process but what a clean stop
+                    # carries over to the next (read back at once), nor needs a sync.
                     fsync="never" if redis_mode else settings.drain_spill_fsync,
                     fsync_interval=settings.drain_spill_fsync_interval,
                     only_refused=redis_mode,
@@ -364,6 +366,9 @@ class Daemon:
                         carried = take_carried(self.backlogs.directory)
                         self.backlogs.open(keep=carried)
                         self.cluster_drains.carried = carried
+                    else:
+                        # Spilling turned off since: what an earlier process left goes.
+                        shutil.rmtree(s.data_dir / "redis-backlog", ignore_errors=True)
                     if self.ledger is not None and isinstance(store, RedisStore):
                         core.start_soon(self._forget_unclaimed, store, self.ledger)
                     await core.start(self.plane.run)
