@@ -198,6 +198,21 @@ def test_console_daemon_starts_answers_and_stops_cleanly_on_signal(tmp_path, sig
     assert KEY not in daemon.log
 
 
+def test_the_daemon_process_runs_without_transparent_huge_pages(tmp_path):
+    """Its rings reserve their bounds' address space up front and touch what they hold: a
+    kernel that gives every touched region a huge page (THP ``always``) made a node with
+    1,000 channels 2.4x the memory and half the speed (daemon/_allocator.py)."""
+    daemon = DaemonProcess(tmp_path / "d")
+    daemon.start()
+    try:
+        assert daemon.process is not None
+        with open(f"/proc/{daemon.process.pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+    finally:
+        daemon.kill(signal.SIGTERM, timeout=15)
+    assert fields["THP_enabled"].strip() == "0"
+
+
 async def test_drains_added_changed_and_deleted_through_the_api(tmp_path):
     daemon = Daemon(settings_for(tmp_path))
     sink, other, web = SyslogSink(), SyslogSink(), HttpSink()

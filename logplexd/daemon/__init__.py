@@ -1,13 +1,14 @@
 """The process: ``Daemon`` composes the stages (ingest, router, tails, drains, store,
 cluster, API) in one nursery; beside it systemd integration, logging and ``/metrics``."""
 
-from ._allocator import keep_heap
+from ._allocator import keep_heap, no_huge_pages
 from .compose import BoundPorts, Daemon, reload_from_sources, run, run_until_signalled
 
 __all__ = [
     "BoundPorts",
     "Daemon",
     "keep_heap",
+    "no_huge_pages",
     "reload_from_sources",
     "run",
     "run_until_signalled",

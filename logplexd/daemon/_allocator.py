@@ -1,4 +1,4 @@
-"""The C allocator of a daemon process: keep the heap it grew.
+"""The memory of a daemon process: keep the heap it grew, and no transparent huge pages.
 
 In Redis mode a flush holds tens of MB of frames and routed batches for one round trip and
 then frees them. glibc gives the top of its heap back to the kernel past a threshold, and
@@ -8,6 +8,14 @@ frees large blocks: the next flush then faulted those pages in and had them clea
 1,000 busy channels, ``_int_malloc`` 3 %). Fixed thresholds keep freed memory for the
 next flush instead. The process's peak memory stays mapped: what the bounds (ring, buffer,
 flush) allow anyway.
+
+Transparent huge pages are turned off for the process (``no_huge_pages``), as Redis does
+for itself: each ring reserves its bound's address space up front (``MAP_NORESERVE``) and
+touches only what it holds, and with the kernel's THP set to ``always`` (the default of
+several distributions) every touched region got a 2 MiB page cleared. 1,000 channels with
+a drain each (e2e, 3 M messages): the embedded node 1.3 GB resident instead of 0.56 GB,
+0.77 M msgs/s at 1.40 CPU s/M instead of ~2 M at 0.6; a Redis-mode node 3.8 GB, its event
+loop stalled past Redis's call timeout, nothing delivered in the run.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import sys
 
 log = logging.getLogger("logplexd")
 
+# prctl(2): the process's "THP disable" flag (Linux 3.15+; kept across fork and execve).
+_PR_SET_THP_DISABLE = 41
 # mallopt(3) parameters.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -45,3 +55,21 @@ def keep_heap() -> bool:
     if not done:
         log.debug("the C library refused fixed allocator thresholds")
     return done
+
+
+def no_huge_pages() -> bool:
+    """Turn transparent huge pages off for this process (see the module's docstring);
+    whether it was done (False on another platform, or a kernel without the flag)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    if prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
+        log.debug("transparent huge pages left on: prctl refused (errno %d)", ctypes.get_errno())
+        return False
+    return True
