@@ -25,7 +25,7 @@ from tests.helpers.cluster import (
     text,
 )
 from tests.helpers.curl import api, curl
-from tests.helpers.daemon import serve_in
+from tests.helpers.daemon import serve_in, serve_stoppable
 from tests.helpers.drains import SyslogSink, l10_count, l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
@@ -148,15 +148,8 @@ async def test_a_write_redis_stored_before_the_kill_is_not_told_as_lost(
             sink_port = await nursery.start(sink.serve)
             settings = node_settings(tmp_path, "A", redis_server, drain_lease_ttl=1)
             behind = dataclasses.replace(settings, store_url=f"redis://127.0.0.1:{proxy_port}")
-            first, stop_first, first_done = Daemon(behind), trio.CancelScope(), trio.Event()
-
-            async def serve_first(*, task_status: trio.TaskStatus[object]) -> None:
-                try:
-                    await serve_in(first, stop_first, task_status=task_status)
-                finally:
-                    first_done.set()
-
-            ports = await nursery.start(serve_first)
+            served = await serve_stoppable(nursery, first := Daemon(behind))
+            ports = served.ports
             token, drain_id = await channel_with_drain(ports, sink_port)
             keys = Keys()
             sequence = keys.appended("app")[1]
@@ -173,8 +166,7 @@ async def test_a_write_redis_stored_before_the_kill_is_not_told_as_lost(
             staging = first.registry.staging  # type: ignore[attr-defined]
             await wait_until(lambda: staging["app"].head == 37)
             assert proxy.slowed >= 1
-            stop_first.cancel()
-            await first_done.wait()
+            await served.stop()
             assert counter(redis_server.command("GET", sequence)) == 30
 
             second = Daemon(settings)

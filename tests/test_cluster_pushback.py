@@ -33,7 +33,7 @@ from tests.helpers.cluster import (
     text,
 )
 from tests.helpers.curl import AUTH, JSON, api, curl
-from tests.helpers.daemon import serve_in
+from tests.helpers.daemon import serve_in, serve_stoppable
 from tests.helpers.drains import l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
@@ -564,15 +564,8 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
     backlogs = settings.data_dir / "redis-backlog"
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            first, stop_first, first_done = Daemon(settings), trio.CancelScope(), trio.Event()
-
-            async def serve_first(*, task_status: trio.TaskStatus[object]) -> None:
-                try:
-                    await serve_in(first, stop_first, task_status=task_status)
-                finally:
-                    first_done.set()
-
-            ports = await nursery.start(serve_first)
+            served = await serve_stoppable(nursery, first := Daemon(settings))
+            ports = served.ports
             await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
             token = await channel_on_every_node(ports, [first])
             await add_drain(ports, "app", port)
@@ -590,8 +583,7 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
             plane = first.plane
             assert plane is not None
             await eventually(lambda: plane.writer.messages_written >= sent, 10)
-            stop_first.cancel()  # as a kill would: no final flush, the data dir let go
-            await first_done.wait()
+            await served.stop()  # as a kill would: no final flush, the data dir let go
             second = Daemon(settings)
             await nursery.start(serve_in, second, trio.CancelScope())
             assert not any(backlogs.rglob("*.seg"))  # the last process's backlog is gone
@@ -621,15 +613,8 @@ async def spilled_then_stopped(
     port = free_port()
     other = Sink()
     settings = dataclasses.replace(node_settings(tmp_path, "A", server), **small_rings(keep))
-    first, stop_first, first_done = Daemon(settings), trio.CancelScope(), trio.Event()
-
-    async def serve_first(*, task_status: trio.TaskStatus[object]) -> None:
-        try:
-            await serve_in(first, stop_first, task_status=task_status)
-        finally:
-            first_done.set()
-
-    ports = await nursery.start(serve_first)
+    served = await serve_stoppable(nursery, first := Daemon(settings))
+    ports = served.ports
     await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
     token = await channel_on_every_node(ports, [first])
     await add_drain(ports, "app", port)
@@ -646,8 +631,7 @@ async def spilled_then_stopped(
         await send_syslog(ports.syslog, padded(token, "A", range(sent)))
     await eventually(lambda: oldest(server) > sent - READER_SLACK * keep, 10)
     await eventually(lambda: backlogs.written_messages >= sent - keep, 10)
-    await first.shutdown()
-    await first_done.wait()
+    await served.shutdown()
     keys = Keys()
     ids = {w.channel: i for i, w in drains.wanted.items()}
     leases = {
