@@ -16,11 +16,13 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import trio
 
 from logplexd.cluster import HOLD_KEEPS, READER_SLACK, ChannelPushback, Keys
+from logplexd.config import Settings
 from logplexd.daemon import Daemon
 from logplexd.native import ChannelRing
 from logplexd.router import Channel
@@ -37,7 +39,7 @@ from tests.helpers.daemon import serve_in, serve_stoppable
 from tests.helpers.drains import l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
-from tests.helpers.redis import RedisCluster, RedisServer, eventually
+from tests.helpers.redis import RedisCluster, RedisServer, bulk_strings, eventually, integer
 from tests.helpers.syslog import frame, send_syslog
 
 pytestmark = [pytest.mark.integration, needs_curl]
@@ -601,18 +603,38 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
             nursery.cancel_scope.cancel()
 
 
+class Stopped(NamedTuple):
+    settings: Settings
+    port: int
+    # After the stop: who holds each drain's lease, and whether each holder's liveness key
+    # is there; and A's incarnation when it stopped.
+    holders: dict[str, str]
+    alive: dict[str, bool]
+    stopped: str
+    ids: dict[str, int]
+    beside: Daemon | None
+
+
 async def spilled_then_stopped(
-    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, keep: int, sent: int
-):
+    tmp_path: Path,
+    server: RedisServer,
+    nursery: trio.Nursery,
+    keep: int,
+    sent: int,
+    *,
+    ttl: float = 10.0,
+    beside: str | None = None,
+) -> Stopped:
     """Node A with channel "app" drained to a port nobody listens on, and channel "other"
     drained to a sink that takes everything; ``sent`` messages of 8 KB to "app", which the
     drain spills past the stream (trimmed past what a checkpoint could resume from), then
-    A stopped cleanly (``Daemon.shutdown``). Its settings, the drain's port, and what the
-    "other" drain's lease key and A's liveness key hold after the stop, and the id of the
-    drain of "app"."""
+    A stopped cleanly (``Daemon.shutdown``); ``beside``: a node of that name started on the
+    same Redis before the stop, and left running. ``ttl``: the nodes' drain_lease_ttl."""
     port = free_port()
     other = Sink()
-    settings = dataclasses.replace(node_settings(tmp_path, "A", server), **small_rings(keep))
+    settings = dataclasses.replace(
+        node_settings(tmp_path, "A", server, drain_lease_ttl=ttl), **small_rings(keep)
+    )
     served = await serve_stoppable(nursery, first := Daemon(settings))
     ports = served.ports
     await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
@@ -631,14 +653,23 @@ async def spilled_then_stopped(
         await send_syslog(ports.syslog, padded(token, "A", range(sent)))
     await eventually(lambda: oldest(server) > sent - READER_SLACK * keep, 10)
     await eventually(lambda: backlogs.written_messages >= sent - keep, 10)
+    second = None
+    if beside is not None:
+        second = Daemon(dataclasses.replace(settings, data_dir=tmp_path / beside, node_id=beside))
+        await nursery.start(serve_in, second, trio.CancelScope())
+        await eventually(lambda: second.registry.channel_of_token(token) is not None, 5)
     await served.shutdown()
     keys = Keys()
     ids = {w.channel: i for i, w in drains.wanted.items()}
-    leases = {
-        "other": server.command("GET", keys.lease("other", ids["other"])),
-        "alive": server.command("EXISTS", keys.alive(holder)),
+    holders = {
+        channel: bulk_strings(server.command("GET", keys.lease(channel, i)))[0].decode()
+        for channel, i in ids.items()
     }
-    return settings, port, leases, ids["app"]
+    alive = {
+        h: integer(server.command("EXISTS", keys.alive(h))) == 1
+        for h in {holder, *holders.values()}
+    }
+    return Stopped(settings, port, holders, alive, holder, ids, second)
 
 
 async def test_a_clean_stop_carries_a_spilled_drain_over_to_the_next_process(
@@ -647,17 +678,21 @@ async def test_a_clean_stop_carries_a_spilled_drain_over_to_the_next_process(
     """A node stopped cleanly (a deploy, a restart) while its drain had spilled past what
     the stream keeps: the next process on the data dir resumes that disk backlog, then the
     stream after it. All 4,000 messages arrive, in order, with no L10 (before, the stream
-    kept the newest 2,048 and an L10 told the rest lost). The drain with a backlog keeps its
-    lease until the node's liveness key expires (the restarted node takes it at once);
-    the other drain's lease is handed back at the stop."""
+    kept the newest 2,048 and an L10 told the rest lost). The drain with a backlog stays
+    with the node for a TTL (the restarted node takes it at once); the other drain's lease
+    is free at the stop."""
     keep, sent = 512, 4000
     sink = Sink()
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            settings, port, leases, _ = await spilled_then_stopped(
+            settings, port, holders, alive, stopped, _, _ = await spilled_then_stopped(
                 tmp_path, redis_server, nursery, keep, sent
             )
-            assert leases == {"other": b"$-1\r\n", "alive": b":1\r\n"}
+            # The other drain's lease is free to take (its holder's liveness key is gone);
+            # the one with a backlog is held by another incarnation of A, alive for a TTL.
+            assert holders["other"] == stopped and not alive[stopped]
+            assert holders["app"].startswith("A/") and holders["app"] != stopped
+            assert alive[holders["app"]]
             assert (settings.data_dir / "redis-backlog" / "carried.msgpack").exists()
             second = Daemon(settings)
             await nursery.start(serve_in, second, trio.CancelScope())
@@ -666,6 +701,34 @@ async def test_a_clean_stop_carries_a_spilled_drain_over_to_the_next_process(
             assert sink.messages() == [text("A", i).encode() for i in range(sent)]
             assert l10_total(bytes(sink.data)) == 0
             assert not (settings.data_dir / "redis-backlog" / "carried.msgpack").exists()
+            nursery.cancel_scope.cancel()
+
+
+async def test_another_node_waits_for_a_carried_drain_while_the_stopped_one_comes_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two nodes. A, whose drain spilled, stops cleanly: B takes A's other drain at its next
+    tick, but leaves the one with a backlog to A's liveness key (4 s); A started again takes
+    it at once and sends all 4,000 messages, in order, with no L10."""
+    keep, sent = 512, 4000
+    sink = Sink()
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            settings, port, _, _, _, ids, b = await spilled_then_stopped(
+                tmp_path, redis_server, nursery, keep, sent, ttl=4.0, beside="B"
+            )
+            assert b is not None and b.cluster_drains is not None
+            drains = b.cluster_drains
+            await eventually(lambda: ids["other"] in drains.owned(), 5)
+            ticks = drains.ticks
+            await eventually(lambda: drains.ticks >= ticks + 1, 5)
+            assert ids["app"] not in drains.owned()
+            await nursery.start(serve_in, Daemon(settings), trio.CancelScope())
+            await nursery.start(sink.serve, port)
+            await eventually(lambda: len(sink.messages()) >= sent, 60)
+            assert sink.messages() == [text("A", i).encode() for i in range(sent)]
+            assert l10_total(bytes(sink.data)) == 0
+            assert ids["app"] not in drains.owned()
             nursery.cancel_scope.cancel()
 
 
@@ -679,10 +742,10 @@ async def test_a_carried_backlog_is_void_once_its_checkpoint_moved(
     sink = Sink()
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            settings, port, _, drain_id = await spilled_then_stopped(
+            settings, port, _, _, _, ids, _ = await spilled_then_stopped(
                 tmp_path, redis_server, nursery, keep, sent
             )
-            redis_server.command("SET", Keys().checkpoint("app", drain_id), str(sent - 10))
+            redis_server.command("SET", Keys().checkpoint("app", ids["app"]), str(sent - 10))
             second = Daemon(settings)
             await nursery.start(serve_in, second, trio.CancelScope())
             await nursery.start(sink.serve, port)

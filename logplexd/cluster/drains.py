@@ -892,27 +892,46 @@ class ClusterDrains:
         if not self.liveness.confirmed:
             return
         if carried:
-            # A drain whose backlog is carried over keeps its lease until the liveness key
-            # expires (``drain_lease_ttl``): this node restarted by then resumes it; a node
-            # that took it at once would start from the checkpoint without the backlog.
-            # Its receiver was refusing data: waiting costs it no delivery. The others are
-            # handed back one by one (one pipeline).
-            keys, holder = self.plane.keys, self.liveness.holder
-            owned = [
-                (w.channel, i) for i, w in self.wanted.items() if w.lease.owned and i not in carried
-            ]
-            calls: list[ScriptCall] = [
-                (RELEASE, [keys.lease(channel, i)], [holder]) for channel, i in owned
-            ]
-            if calls:
-                with contextlib.suppress(Exception), trio.fail_after(CALL_TIMEOUT):
-                    await self.plane.call_scripts(calls, "other", [c for c, _ in owned])
-            return
+            with contextlib.suppress(Exception), trio.fail_after(CALL_TIMEOUT):
+                await self._keep_for_next(carried)
         # Its drains stopped with the node's tasks: without its liveness key every lease it
         # holds is free to take (one command, however many drains).
         with contextlib.suppress(Exception), trio.fail_after(CALL_TIMEOUT):
             await self.plane.client.delete([self.plane.keys.alive(self.liveness.holder)])
             self.plane.count_trip("other")
+
+    async def _keep_for_next(self, carried: set[int]) -> None:
+        """Hand the leases of the drains whose backlogs are carried over to an incarnation
+        of their own (``keeper``), whose liveness key lives one TTL: other nodes take every
+        other lease at once (the node's own key goes next), these only once it expired;
+        this node started again by then knows the keeper dead (its data dir records it)
+        and takes them at its first tick. Their receivers were refusing data: the wait
+        costs them no delivery, and a node that took them at once would start from the
+        checkpoint, without the backlog."""
+        if self.node_dir is None:
+            return  # nowhere to record it: the next process could not tell it dead
+        keeper = Liveness(self.node_id, self.ttl)
+        await trio.to_thread.run_sync(
+            self.node_dir.record,
+            [*self.incarnations.record(self.liveness.holder), keeper.holder],
+        )
+        plane, keys, holder = self.plane, self.plane.keys, self.liveness.holder
+        await plane.client.set(keys.alive(keeper.holder), b"1", px=keeper.ttl_ms)
+        plane.count_trip("lease")
+        by_channel: dict[str, list[int]] = {}
+        for drain_id in sorted(carried):
+            by_channel.setdefault(self.wanted[drain_id].channel, []).append(drain_id)
+        parts: dict[str, list[object]] = {
+            channel: [len(ids), *(x for i in ids for x in (keys.lease(channel, i), holder))]
+            for channel, ids in by_channel.items()
+        }
+        # Compare-and-set from this incarnation to the keeper (``ACQUIRE``).
+        await plane.call_per_shard(ACQUIRE, (keeper.holder, 0), parts, "lease")
+        log.info(
+            "drains: %d drains with a disk backlog carried over stay with this node for %.0f s",
+            len(carried),
+            self.ttl,
+        )
 
     def _carry_over(self) -> set[int]:
         """Write, for the next process, the disk backlogs of the drains running here that
@@ -949,10 +968,5 @@ class ClusterDrains:
             log.warning("drains: disk backlogs not carried over to the next start: %s", exc)
             return set()
         if carried:
-            log.info(
-                "drains: %d disk backlogs carried over to the next start (their leases are "
-                "kept for %.0f s)",
-                len(carried),
-                self.ttl,
-            )
+            log.info("drains: %d disk backlogs carried over to the next start", len(carried))
         return {backlog.drain_id for backlog in carried}
