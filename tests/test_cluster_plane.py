@@ -470,6 +470,58 @@ async def test_one_script_call_per_shard_writes_every_channel_of_a_flush(redis_a
                 assert top == (5, 0)
 
 
+async def test_what_a_node_wrote_past_an_entry_is_found_on_every_shard(redis_any) -> None:
+    """``UNANSWERED`` (what a killed process's last write had stored, ``Writer._look_past``)
+    as the writer calls it, one call per shard: past each channel's first entry, this
+    node's second write of 3 messages; nothing of another node's id."""
+    from logplexd.cluster import UNANSWERED
+
+    names = [f"c{i}" for i in range(12)]
+    async with node(redis_any.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            for name in names:
+                one.add_token(name, f"t.{name}", "web")
+            for n, write in enumerate(("a", "b"), 1):
+                for name in names:
+                    one.route(frames(f"t.{name}", [f"{name}-{write}{i}" for i in range(3)]))
+                await eventually(lambda n=n: plane.messages_written == 3 * n * len(names), 5)
+            parts = {name: [plane.keys.stream(name), "3-0"] for name in names}
+            connection = plane.connection
+            for node_id, found in (("one", [3, b"6-0"]), ("two", [0, b""])):
+                replies = await connection.call_per_shard(UNANSWERED, (node_id, 64), parts, "write")
+                assert {name: list(reply) for name, reply in replies.items()} == dict.fromkeys(
+                    names, found
+                )
+
+
+async def test_a_look_redis_answers_with_an_error_tells_the_whole_count(
+    redis_server, monkeypatch
+) -> None:
+    """Should Redis answer ``UNANSWERED`` with an error (not a lost connection), the writer
+    does not send it again and again, holding every write: the previous process's count is
+    told whole, and writing goes on."""
+    from logplexd.cluster import UNANSWERED
+    from logplexd.native import RespError
+
+    async with node(redis_server.url, "one") as one:
+        with trio.fail_after(15):
+            plane = one.plane
+            call = plane.connection.call_per_shard
+
+            async def refusing(script, *args, **kwargs):
+                if script is UNANSWERED:
+                    raise RespError("ERR refused for the test")
+                return await call(script, *args, **kwargs)
+
+            monkeypatch.setattr(plane.connection, "call_per_shard", refusing)
+            plane.writer.lose("app", 5, 1.0, after=(1, 0))
+            one.route(frames("t.app", ["after"]))
+            await eventually(lambda: plane.messages_written == 1, 5)
+            stream = redis_server.command("XRANGE", plane.keys.stream("app"), "-", "+")
+            assert b"$4\r\nlost\r\n$1\r\n5\r\n" in stream and b"after" in stream
+
+
 async def test_a_channel_redis_refuses_is_written_later_and_the_others_at_once(
     redis_any,
 ) -> None:

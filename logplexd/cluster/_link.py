@@ -85,6 +85,14 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (coredis.exceptions.RedisError, RespError, OSError, trio.TooSlowError)
 
 
+def error_replies() -> tuple[type[BaseException], ...]:
+    """The errors that are Redis's answer to a call (not a lost connection): the same call
+    sent again gets the same answer."""
+    import coredis.exceptions
+
+    return (coredis.exceptions.ResponseError, RespError)
+
+
 def _no_script(result: Any) -> bool:
     """Whether a script call's result says the server does not know the script."""
     if isinstance(result, RespError):

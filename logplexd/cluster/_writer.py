@@ -24,7 +24,7 @@ from typing import Any, cast
 import trio
 
 from ..router import adaptive_linger, idle_over, look_interval
-from ._link import CALL_TIMEOUT, Backoff, Connection, redis_errors
+from ._link import CALL_TIMEOUT, Backoff, Connection, error_replies, redis_errors
 from ._stream import (
     APPEND,
     PROPOSE,
@@ -402,13 +402,20 @@ class Writer:
         looked = {c: loss for c, loss in losses.items() if loss.prior and loss.after}
         parts = {c: [self.keys.stream(c), format_id(loss.after)] for c, loss in looked.items()
                  if loss.after is not None}  # fmt: skip
-        replies = (
-            await self.connection.call_per_shard(
-                UNANSWERED, (self.node_id, UNANSWERED_ENTRIES), parts, "write"
-            )
-            if parts
-            else {}
-        )
+        replies: dict[str, Any] = {}
+        if parts:
+            try:
+                replies = await self.connection.call_per_shard(
+                    UNANSWERED, (self.node_id, UNANSWERED_ENTRIES), parts, "write"
+                )
+            except error_replies() as exc:
+                # An error reply, not a lost connection: sent again it would fail again and
+                # hold every write. Told whole instead (more than were lost, never fewer).
+                log.warning(
+                    "data plane: what the last process wrote was not looked for (%s); its "
+                    "count is told whole",
+                    exc,
+                )
         for channel, loss in list(losses.items()):
             if not loss.prior:
                 continue
