@@ -63,6 +63,19 @@ cdef inline Py_ssize_t _slot_limit(Py_ssize_t max_messages) noexcept:
 DEFAULT_MAX_MESSAGES = 1500
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
+# Whether new rings reserve the address space of their bounds (``reserve_address_space``).
+cdef bint _reserving = True
+
+
+def reserve_address_space(bint enabled):
+    """Whether rings made from now on reserve their bounds' address space up front (the
+    default), or grow on the heap. Under strict overcommit (``vm.overcommit_memory`` 2) a
+    reservation counts its whole size against the commit limit, ``MAP_NORESERVE`` or not:
+    1,000 channels' rings took it all, and the next allocation anywhere in the process
+    failed."""
+    global _reserving
+    _reserving = enabled
+
 
 cdef class ChannelRing:
     def __cinit__(self, Py_ssize_t max_messages=DEFAULT_MAX_MESSAGES,
@@ -84,7 +97,7 @@ cdef class ChannelRing:
         self.arena_cap = 0
         self.reserved = NULL
         self.reserved_size = 0
-        self.heap_only = 0
+        self.heap_only = 0 if _reserving else 1
         self.wpos = 0
         self.used = 0
         self.tail_off = 0

@@ -30,7 +30,7 @@ try:
         pack_commands,
         pack_pipeline,
     )
-    from ._native.ring import ChannelRing
+    from ._native.ring import ChannelRing, reserve_address_space
     from ._native.router import (
         Firehose,
         TokenTable,
@@ -75,6 +75,7 @@ __all__ = [
     "pack_pipeline",
     "parse_body",
     "parse_frames",
+    "reserve_address_space",
     "session_lines",
     "syslog_frames",
     "syslog_frames_from_ring",

@@ -373,3 +373,29 @@ def test_a_ring_deepens_up_to_its_ceiling_and_keeps_what_it_holds():
     assert ring.deepen(3) == 16  # never shallower
     with pytest.raises(ValueError):
         ChannelRing(8, 1 << 20, 4)
+
+
+def test_under_strict_overcommit_rings_grow_on_the_heap(tmp_path):
+    """Strict overcommit (vm.overcommit_memory = 2) counts a reservation whole against the
+    commit limit: the daemon then has rings grow on the heap (``fit_overcommit``)."""
+    from logplexd.daemon import fit_overcommit, strict_overcommit
+    from logplexd.native import reserve_address_space
+
+    assert strict_overcommit("2\n") and not strict_overcommit("0\n")
+    assert not strict_overcommit("1")
+    setting = tmp_path / "overcommit_memory"
+    setting.write_text("0\n")
+    assert not fit_overcommit(setting)
+    assert not fit_overcommit(tmp_path / "missing")
+    setting.write_text("2\n")
+    try:
+        assert fit_overcommit(setting)
+        ring = ChannelRing(1000, 1 << 20)
+        ring.append_batch(parse_frames([frame(i, 200) for i in range(500)]))
+        assert ring.reserved_bytes == 0 and len(ring) == 500
+        assert ring.last(1).frames() == [frame(499, 200)]
+    finally:
+        reserve_address_space(True)
+    ring = ChannelRing(1000, 1 << 20)
+    ring.append_batch(parse_frames([frame(i, 200) for i in range(500)]))
+    assert ring.reserved_bytes > 0

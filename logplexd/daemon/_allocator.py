@@ -16,6 +16,12 @@ several distributions) every touched region got a 2 MiB page cleared. 1,000 chan
 a drain each (e2e, 3 M messages): the embedded node 1.3 GB resident instead of 0.56 GB,
 0.77 M msgs/s at 1.40 CPU s/M instead of ~2 M at 0.6; a Redis-mode node 3.8 GB, its event
 loop stalled past Redis's call timeout, nothing delivered in the run.
+
+Under strict overcommit (``vm.overcommit_memory`` 2) the kernel counts a reservation's
+whole size against its commit limit, ``MAP_NORESERVE`` or not: 1,000 channels' rings
+(16 MiB each by default) took the limit, and the next allocation anywhere (a socket read's
+buffer) raised MemoryError and ended the daemon. There the rings grow on the heap instead
+(``fit_overcommit``; ``reserve_address_space`` in ``_native/ring.pyx``).
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from pathlib import Path
+
+from ..native import reserve_address_space
 
 log = logging.getLogger("logplexd")
 
+OVERCOMMIT_SETTING = Path("/proc/sys/vm/overcommit_memory")
 # prctl(2): the process's "THP disable" flag (Linux 3.15+; kept across fork and execve).
 _PR_SET_THP_DISABLE = 41
 # mallopt(3) parameters.
@@ -72,4 +82,23 @@ def no_huge_pages() -> bool:
     if prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
         log.debug("transparent huge pages left on: prctl refused (errno %d)", ctypes.get_errno())
         return False
+    return True
+
+
+def strict_overcommit(setting: str) -> bool:
+    """Whether ``vm.overcommit_memory`` (its file's text) is strict accounting (2)."""
+    return setting.strip() == "2"
+
+
+def fit_overcommit(setting_file: Path = OVERCOMMIT_SETTING) -> bool:
+    """Under strict overcommit, make rings grow on the heap rather than reserve their
+    bounds' address space; whether it did."""
+    try:
+        setting = setting_file.read_text()
+    except OSError:
+        return False
+    if not strict_overcommit(setting):
+        return False
+    reserve_address_space(False)
+    log.info("strict overcommit (vm.overcommit_memory = 2): channel rings grow on the heap")
     return True

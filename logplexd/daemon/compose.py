@@ -72,7 +72,7 @@ from ..web import (
     ServerCertificate,
     serve_http,
 )
-from ._allocator import keep_heap, no_huge_pages
+from ._allocator import fit_overcommit, keep_heap, no_huge_pages
 from ._logging import configure_logging
 from .metrics import (
     BacklogFigures,
@@ -834,6 +834,7 @@ def run(settings: Settings) -> int:
     then ``run_until_signalled`` until a signal stops it."""
     configure_logging(getattr(logging, settings.log_level.upper(), logging.INFO))
     no_huge_pages()
+    fit_overcommit()
     keep_heap()
     try:
         trio.run(run_until_signalled, settings)
