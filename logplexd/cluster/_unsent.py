@@ -24,7 +24,7 @@ A write Redis stored whose reply the process never read (killed in between) is i
 stream although the slot does not count it. So the slot also keeps the id of the last
 entry of the channel's last accounted write (``after``), and the next process, before it
 tells the loss, looks at what follows that id in the stream (``UNANSWERED``): the entries
-this node wrote there were stored, and are taken off the count (``Writer.lose``). A slot
+this node wrote there were stored, and are taken off the count (``Writer._look_past``). A slot
 that never saw a write answered keeps no such id, and its count is told whole.
 
 One file per data directory (``redis-unsent.bin``); sparse: untouched slots cost no disk

@@ -399,9 +399,11 @@ class Writer:
         this process: a channel's loss goes first in the first flush that has the
         channel, so this node's entries past ``after`` are the previous process's."""
         losses = flush.losses
-        looked = {c: loss for c, loss in losses.items() if loss.prior and loss.after}
-        parts = {c: [self.keys.stream(c), format_id(loss.after)] for c, loss in looked.items()
-                 if loss.after is not None}  # fmt: skip
+        parts = {
+            channel: [self.keys.stream(channel), format_id(loss.after)]
+            for channel, loss in losses.items()
+            if loss.prior and loss.after is not None
+        }
         replies: dict[str, Any] = {}
         if parts:
             try:
