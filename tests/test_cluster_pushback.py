@@ -732,6 +732,35 @@ async def test_another_node_waits_for_a_carried_drain_while_the_stopped_one_come
             nursery.cancel_scope.cancel()
 
 
+async def test_a_carried_backlog_another_node_took_is_removed_at_the_next_start(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two nodes. A, whose drain spilled, stops cleanly and stays away longer than its
+    keeper's TTL (4 s): B takes the drain. A started again learns so at its first lease
+    tick and removes the backlog it carried over then, not when the process ends (its
+    files would fill the disk meanwhile); A runs on, B keeps the drain."""
+    keep, sent = 512, 4000
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            settings, _, _, _, _, ids, b = await spilled_then_stopped(
+                tmp_path, redis_server, nursery, keep, sent, ttl=4.0, beside="B"
+            )
+            assert b is not None and b.cluster_drains is not None
+            taker = b.cluster_drains
+            await eventually(lambda: ids["app"] in taker.owned(), 15)
+            kept = settings.data_dir / "redis-backlog" / "drains" / str(ids["app"])
+            assert any(kept.rglob("*.seg"))
+            again = Daemon(settings)
+            await nursery.start(serve_in, again, trio.CancelScope())
+            drains = again.cluster_drains
+            assert drains is not None
+            await eventually(lambda: drains.ticks >= 1, 10)
+            await eventually(lambda: not kept.exists(), 5)
+            assert ids["app"] not in drains.carried
+            assert ids["app"] not in drains.owned() and ids["app"] in taker.owned()
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_carried_backlog_is_void_once_its_checkpoint_moved(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

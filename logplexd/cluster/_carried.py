@@ -11,7 +11,8 @@ each one it takes the lease of while its checkpoint is still the one stored: nob
 delivered past it meanwhile, so what the backlog holds is still owed, in order, and the
 stream from the backlog's last message on comes after it. A checkpoint that moved (another
 node ran the drain and delivered) voids the backlog: it is removed and the drain resumes
-from the checkpoint, as without one.
+from the checkpoint, as without one. So does a lease tick that finds another node holding
+the drain (``ClusterDrains._apply``): that node resumes it from the checkpoint.
 
 The file is read once, at start, and removed then: a process killed later leaves none, and
 the next start removes the backlogs (a ``kill -9`` has no clean stop to write it in).

@@ -54,6 +54,7 @@ from .lease import (
     LeaseEvent,
     LeaseState,
     Liveness,
+    node_of,
     renew_interval,
 )
 from .plane import DataPlane
@@ -524,6 +525,21 @@ class ClusterDrains:
                     self.node_id,
                 )
             before, after = self._lease_event(drain_id, current, event, holder)
+            if (
+                event is LeaseEvent.HELD_ELSEWHERE
+                and holder is not None
+                and node_of(holder) != self.node_id
+                and self.carried.pop(drain_id, None) is not None
+            ):
+                # Another node runs it now, from its checkpoint: what the backlog holds is
+                # that node's to send from the stream (or to tell lost), and the files
+                # would only fill this node's disk until the process ends.
+                log.info(
+                    "drain %d: taken by %s; the disk backlog carried over is removed",
+                    drain_id,
+                    holder,
+                )
+                self._discard(drain_id)
             if before is LeaseState.STANDBY and after is LeaseState.OWNER:
                 current.starting = True
                 starting.append((drain_id, current))
