@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pytest
 import trio
 
-from logplexd.cluster import HOLD_KEEPS, READER_SLACK, ChannelPushback, Keys
+from logplexd.cluster import HOLD_KEEPS, READER_SLACK, ChannelPushback, ClusterDrains, Keys
 from logplexd.config import Settings
 from logplexd.daemon import Daemon
 from logplexd.native import ChannelRing
@@ -661,8 +661,9 @@ async def spilled_then_stopped(
     await served.shutdown()
     keys = Keys()
     ids = {w.channel: i for i, w in drains.wanted.items()}
+    # ("" for a key that is gone.)
     holders = {
-        channel: bulk_strings(server.command("GET", keys.lease(channel, i)))[0].decode()
+        channel: b"".join(bulk_strings(server.command("GET", keys.lease(channel, i)))).decode()
         for channel, i in ids.items()
     }
     alive = {
@@ -701,6 +702,32 @@ async def test_a_clean_stop_carries_a_spilled_drain_over_to_the_next_process(
             assert sink.messages() == [text("A", i).encode() for i in range(sent)]
             assert l10_total(bytes(sink.data)) == 0
             assert not (settings.data_dir / "redis-backlog" / "carried.msgpack").exists()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_drain_deleted_as_its_node_stops_leaves_no_lease_key(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain with a backlog is deleted (its lease key with it) while its node stops,
+    just before the stop hands the lease to the keeper: the key stays deleted. The hand-over
+    took a missing key before, leaving a lease key of a drain that no longer exists."""
+    handed = ClusterDrains._keep_for_next
+    deleted: list[int] = []
+
+    async def deleted_first(self: ClusterDrains, carried: set[int]) -> None:
+        for drain_id in carried:
+            channel = self.wanted[drain_id].channel
+            deleted.append(integer(redis_server.command("DEL", Keys().lease(channel, drain_id))))
+        await handed(self, carried)
+
+    monkeypatch.setattr(ClusterDrains, "_keep_for_next", deleted_first)
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            _, _, _, _, _, ids, _ = await spilled_then_stopped(
+                tmp_path, redis_server, nursery, 512, 4000
+            )
+            assert deleted == [1]  # the key was there, held, when it was deleted
+            assert integer(redis_server.command("EXISTS", Keys().lease("app", ids["app"]))) == 0
             nursery.cancel_scope.cancel()
 
 

@@ -110,6 +110,23 @@ ACQUIRE = _per_drain(
       res[k] = v
     end""",
 )
+# Hands leases over to ARGV[1]: per drain its lease key and its holder now. Moved only while
+# that holder still holds it: unlike ``ACQUIRE`` it never takes a missing key (a drain
+# deleted meanwhile, its key gone, would get a lease key nobody ever deletes). Sets res[k]
+# to the holder after ('' none).
+HAND_OVER = _per_drain(
+    2,
+    """    local key, from = f[1], f[2]
+    local v = redis.pcall('GET', key)
+    if type(v) == 'table' then
+      res[k] = -1
+    elseif v == from then
+      local r = redis.pcall('SET', key, node)
+      if type(r) == 'table' and r.err then res[k] = -1 else res[k] = node end
+    else
+      res[k] = v or ''
+    end""",
+)
 # The checkpoints of every drain that delivered: per drain its lease key, its checkpoint
 # key and the sequence (ttl: the checkpoint's). Only the owner moves a checkpoint.
 CHECKPOINTS = _per_drain(
@@ -941,8 +958,8 @@ class ClusterDrains:
             channel: [len(ids), *(x for i in ids for x in (keys.lease(channel, i), holder))]
             for channel, ids in by_channel.items()
         }
-        # Compare-and-set from this incarnation to the keeper (``ACQUIRE``).
-        await plane.call_per_shard(ACQUIRE, (keeper.holder, 0), parts, "lease")
+        # Compare-and-set from this incarnation to the keeper.
+        await plane.call_per_shard(HAND_OVER, (keeper.holder, 0), parts, "lease")
         log.info(
             "drains: %d drains with a disk backlog carried over stay with this node for %.0f s",
             len(carried),
