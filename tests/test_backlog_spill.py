@@ -32,6 +32,7 @@ from tests.helpers.drains import (
     stats_of,
 )
 from tests.helpers.net import free_port
+from tests.helpers.syslog import frame
 from tests.helpers.wait import wait_until
 
 FAST = DrainSettings(
@@ -365,3 +366,28 @@ async def test_a_write_in_flight_cut_short_at_shutdown_goes_to_the_backlog(nurse
         want = expected(1, 12) if n == short[0] else expected(11, 12)
         await sink.wait_for(lambda sink=sink, want=want: sink.messages() == len(want))
         assert sink.frames() == want
+
+
+async def test_what_a_killed_process_queued_and_never_wrote_is_not_lost_if_read_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Redis mode after a kill -9 (``ClusterDrains._start``): ``written_end`` says where a
+    drain's backlog on disk stops. The chunk the process queued past it and never wrote
+    is then not counted lost once attached: its messages are read from the channel's
+    stream instead. Read back: the 20 messages written, and no gap."""
+    first = backlogs(tmp_path, ephemeral=True)
+    backlog = first.attach(7, "app")
+    chunk = b"".join(frame("t", f"m{i}") for i in range(10))
+    assert backlog.enqueue(10, chunk, 0.0) and backlog.enqueue(10, chunk, 0.0)
+    await first.write_round()
+    assert backlog.enqueue(10, chunk, 0.0)  # queued; the process is killed before a round
+    assert backlog.queued_end == 30
+    second = BacklogStore(tmp_path / "backlog", SpillSettings(), ephemeral=True)
+    second.open(keep={7})
+    assert second.written_end(7) == 20
+    resumed = second.attach(7, "app")
+    assert resumed.queued_end == 20
+    payloads, first_seq, count, lost = resumed.read(1 << 20)
+    assert (first_seq, count, lost) == (0, 20, 0)
+    assert b"".join(payloads) == chunk + chunk
+    assert resumed.read(1 << 20)[1:] == (20, 0, 0)

@@ -21,6 +21,8 @@ from tests.helpers.cluster import (
     channel_with_drain,
     expected,
     node_settings,
+    oldest,
+    padded,
     send_numbered,
     text,
 )
@@ -30,7 +32,7 @@ from tests.helpers.drains import SyslogSink, l10_count, l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
 from tests.helpers.redis import RedisServer, ReplyLosingProxy, counter
-from tests.helpers.syslog import frame
+from tests.helpers.syslog import frame, send_syslog
 from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.integration, needs_curl]
@@ -45,12 +47,17 @@ def daemon(tmp_path: Path, server: RedisServer) -> DaemonProcess:
     )
 
 
-async def routed(ports) -> int:
+async def metric(ports, sample: str) -> int:
+    """The value of a /metrics sample (its name and labels as printed; 0: not there)."""
     _, _, body = await curl(api(ports, "/metrics"))
     for line in body.decode().splitlines():
-        if line.startswith('logplexd_messages_routed_total{input="syslog"}'):
+        if line.rpartition(" ")[0] == sample:
             return int(float(line.split()[-1]))
     return 0
+
+
+async def routed(ports) -> int:
+    return await metric(ports, 'logplexd_messages_routed_total{input="syslog"}')
 
 
 async def send(ports, token: str, label: str, n: int) -> None:
@@ -180,3 +187,56 @@ async def test_a_write_redis_stored_before_the_kill_is_not_told_as_lost(
             assert set(got[10:]) == expected("B", range(20))
             assert second.plane is not None and second.plane.writer.prior_stored == 20
             nursery.cancel_scope.cancel()
+
+
+async def test_a_killed_node_resumes_the_disk_backlog_its_drain_spilled(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A node killed (``kill -9``) while its drain, whose endpoint refuses connections,
+    had spilled past what the channel's stream keeps (512, at most 4 x 512 for a drain
+    behind) to its disk: the next start on the data dir resumes that backlog from what the
+    drain journaled as it spilled, then the stream after it. All 4,000 messages of 8 KB
+    arrive, in order, with no L10; before, the next start removed the backlog, and the
+    stream's newest 2,048 came with an L10 for the rest."""
+    keep, sent = 512, 4000
+    args = (
+        "--store-url", redis_server.url, "--node-id", "A",
+        "--channel-buffer-messages", str(keep), "--channel-buffer-bytes", str(1024 * 1024),
+        "--history-messages", "100", "--history-bytes", str(64 * 1024),
+    )  # fmt: skip
+    sink_port = free_port()
+    first = DaemonProcess(tmp_path / "data", args)
+    ports = await trio.to_thread.run_sync(first.start)
+    try:
+        token, drain_id = await channel_with_drain(ports, sink_port)
+        with trio.fail_after(30):
+            await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+        await wait_until(lambda: oldest(redis_server) > sent - 4 * keep, timeout=20)
+        written = "logplexd_backlog_written_messages_total"
+        with trio.fail_after(20):
+            while await metric(ports, written) < sent - keep:
+                await trio.sleep(0.05)
+    finally:
+        status = await trio.to_thread.run_sync(first.kill, signal.SIGKILL)
+    assert status == -signal.SIGKILL, first.log
+    assert (tmp_path / "data" / "redis-backlog" / "journal" / str(drain_id)).exists()
+
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve, sink_port)
+        second = DaemonProcess(tmp_path / "data", args)
+        await trio.to_thread.run_sync(second.start)
+        try:
+            with trio.move_on_after(60):
+                while len(sink.messages()) < sent:
+                    await trio.sleep(0.01)
+        finally:
+            await trio.to_thread.run_sync(second.kill, signal.SIGTERM)
+        nursery.cancel_scope.cancel()
+    got = sink.messages()
+    assert got == [text("A", i).encode() for i in range(sent)], (
+        f"{len(got)} arrived, L10 {l10_total(bytes(sink.data))}\n{first.log[-3000:]}\n"
+        f"{second.log[-6000:]}"
+    )
+    assert l10_total(bytes(sink.data)) == 0
+    assert "journaled" in second.log

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,6 +33,8 @@ from tests.helpers.cluster import (
     expected,
     node_settings,
     numbered,
+    oldest,
+    padded,
     text,
 )
 from tests.helpers.curl import AUTH, JSON, api, curl
@@ -40,7 +43,7 @@ from tests.helpers.drains import l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
 from tests.helpers.redis import RedisCluster, RedisServer, bulk_strings, eventually, integer
-from tests.helpers.syslog import frame, send_syslog
+from tests.helpers.syslog import send_syslog
 
 pytestmark = [pytest.mark.integration, needs_curl]
 
@@ -409,15 +412,6 @@ async def stalled_drain(
     return daemon, ports, token, drain
 
 
-# Messages this large fill the sockets' buffers between the node and the stalled receiver
-# (a few MB on loopback) with a few hundred messages, so the ring laps the drain.
-PAD = b" " + b"x" * 8000
-
-
-def padded(token: str, tag: str, numbers: range) -> bytes:
-    return b"".join(frame(token, text(tag, i).encode() + PAD) for i in numbers)
-
-
 @pytest.mark.parametrize(("sent", "keep"), [(1800, RING), (1800, 512), (4000, 512)])
 async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_what_it_trimmed(
     tmp_path: Path, redis_server: RedisServer, sent: int, keep: int
@@ -464,13 +458,6 @@ async def test_a_drain_its_ring_lapped_reads_on_from_the_stream_and_loses_only_w
             # Back in the ring, it keeps no batch read from the stream.
             assert not refill.reading and refill.current is None  # type: ignore[attr-defined]
             nursery.cancel_scope.cancel()
-
-
-def oldest(server: RedisServer) -> int:
-    """The message sequence channel "app"'s oldest stream entry ends at (0: none)."""
-    stream = Keys().stream("app")
-    found = re.search(rb"(\d+)-0", server.command("XRANGE", stream, "-", "+", "COUNT", "1"))
-    return int(found.group(1)) if found is not None else 0
 
 
 async def test_a_drain_behind_past_what_the_stream_keeps_spills_to_its_owners_disk(
@@ -551,14 +538,16 @@ async def test_a_drain_whose_receiver_is_down_spills_to_its_owners_disk_and_send
             nursery.cancel_scope.cancel()
 
 
-async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpoint(
+async def test_a_node_restarted_without_its_drains_journal_resumes_from_the_checkpoint(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Redis mode's disk backlog lives as long as the node's lease on the drain: a node
-    stopped while its drain had spilled (its endpoint refusing connections) starts again
-    with an empty backlog directory, and the drain resumes from its checkpoint in Redis.
-    What the stream still holds arrives, in order; an L10 tells exactly how many the
-    writers trimmed meanwhile (docs/SCALING.md, "A drain behind past the stream")."""
+    """A node stopped as a kill would while its drain had spilled (its endpoint refusing
+    connections) resumes that backlog from the drain's journal at its next start
+    (``test_a_killed_node_resumes_the_disk_backlog_its_drain_spilled``). Without the
+    journal (lost with a disk, removed by hand) it starts again with an empty backlog
+    directory, and the drain resumes from its checkpoint in Redis: what the stream still
+    holds arrives, in order; an L10 tells exactly how many the writers trimmed meanwhile
+    (docs/SCALING.md, "A drain behind past the stream")."""
     keep, sent = 512, 4000
     port = free_port()
     sink = Sink()
@@ -586,6 +575,9 @@ async def test_a_node_restarted_while_its_drain_spilled_resumes_from_the_checkpo
             assert plane is not None
             await eventually(lambda: plane.writer.messages_written >= sent, 10)
             await served.stop()  # as a kill would: no final flush, the data dir let go
+            journal = backlogs / "journal"
+            assert any(journal.iterdir())
+            shutil.rmtree(journal)
             second = Daemon(settings)
             await nursery.start(serve_in, second, trio.CancelScope())
             assert not any(backlogs.rglob("*.seg"))  # the last process's backlog is gone

@@ -4,6 +4,7 @@ writer's linger."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -20,9 +21,11 @@ from logplexd.cluster import (
     Follow,
     Keys,
     SpilledSeqs,
+    SpillJournal,
     flush_linger,
     report_due,
     slot_of,
+    take_journaled,
 )
 from logplexd.cluster.buffer import Entry, Flush, OutboundBuffer
 from logplexd.cluster.lease import (
@@ -396,6 +399,90 @@ def test_a_disk_backlogs_chunks_map_to_the_stream_sequences_their_ring_positions
     # Chunks delivered past are let go; a position before the rest says the one before.
     assert len(spilled) == 1
     assert spilled.delivered_through(112) == 24
+
+
+def _spilling(tmp_path: Path, state: tuple[int, int, float] | None) -> SpilledSeqs:
+    """A drain's ``SpilledSeqs`` over a follow of 30 messages (ring 0..29, sequences 1..30),
+    journaled under ``tmp_path`` (its backlogs' directory; drain 7) with ``state`` as the
+    checkpoint it has in Redis."""
+    channel = Channel("app", ChannelRing(1000, 1 << 20))
+    follow = Follow("app", "k", channel, (0, 0), 4000)
+    follow.append((30, 0), _batch(*(f"m{i}" for i in range(30))))
+    journal = SpillJournal(tmp_path / "journal", 7, "app", lambda: state)
+    return SpilledSeqs(follow, None, journal)
+
+
+def test_a_spilled_chunk_is_journaled_with_the_checkpoint_redis_holds(tmp_path: Path) -> None:
+    """What a killed process's next start resumes: every chunk noted, in order, the
+    checkpoint Redis held when the journal began, then each checkpoint journaled before
+    its store (should a store not land, the one before it counts as unchanged too), with
+    the loss the drain owed then. Read once: the journals are removed."""
+    spilled = _spilling(tmp_path, (2, 0, 0.0))
+    spilled.spilled(2, 100, 6)  # sequences 3..8 at backlog 100..105
+    spilled.spilled(8, 106, 4)  # 9..12
+    spilled.note_checkpoint((5, 3, 17.5), holds_messages=True)
+    spilled.spilled(12, 110, 8)  # 13..20
+    carried = take_journaled(tmp_path)[7]
+    assert carried.channel == "app"
+    assert carried.chunks == ((100, 6, 2, 8), (106, 4, 8, 12), (110, 8, 12, 20))
+    assert carried.resume_after == 20
+    assert (carried.lost, carried.since) == (3, 17.5)
+    assert [carried.resumable_from(c) for c in (5, 2, 4, 8)] == [True, True, False, False]
+    assert take_journaled(tmp_path) == {}
+
+
+def test_a_journal_torn_by_a_crash_keeps_its_whole_records(tmp_path: Path) -> None:
+    spilled = _spilling(tmp_path, (2, 0, 0.0))
+    spilled.spilled(2, 100, 6)
+    spilled.spilled(8, 106, 4)
+    path = tmp_path / "journal" / "7"
+    path.write_bytes(path.read_bytes()[:-5])  # the last record half written
+    assert take_journaled(tmp_path)[7].chunks == ((100, 6, 2, 8),)
+
+
+def test_a_journal_is_rewritten_with_what_is_undelivered_and_goes_once_nothing_is(
+    tmp_path: Path,
+) -> None:
+    """A long spill keeps the journal bounded: past its slack it is rewritten with the
+    chunks not delivered yet. A backlog that holds nothing any more has no journal (a kill
+    then resumes from the checkpoint); the next chunk starts one."""
+    spilled = _spilling(tmp_path, (0, 0, 0.0))
+    path = tmp_path / "journal" / "7"
+    for k in range(200):
+        spilled.spilled(k % 20, 10 * k, 10)
+        spilled.delivered_through(10 * k + 5)  # the older chunks are let go
+        spilled.note_checkpoint((k, 0, 0.0), holds_messages=True)
+    assert len(spilled) == 1
+    assert path.stat().st_size < 100 * 41  # (200 chunks and 200 checkpoints: 16 KB)
+    spilled.note_checkpoint((300, 0, 0.0), holds_messages=False)
+    assert not path.exists()
+    spilled.spilled(3, 5000, 2)
+    carried = take_journaled(tmp_path)[7]
+    assert carried.chunks[-1] == (5000, 2, 3, 5) and carried.checkpoint == 0
+
+
+def test_a_resumed_backlog_keeps_only_the_chunks_on_disk(tmp_path: Path) -> None:
+    """The chunks a killed process noted past what its disk writer wrote are left out: the
+    stream is read on after the last chunk on disk, which has their messages."""
+    spilled = _spilling(tmp_path, (2, 0, 0.0))
+    for k in range(3):
+        spilled.spilled(2 + 6 * k, 100 + 6 * k, 6)  # sequences 3..8, 9..14, 15..20
+    carried = take_journaled(tmp_path)[7]
+    assert carried.written_through(118) is carried
+    trimmed = carried.written_through(112)
+    assert trimmed is not None
+    assert trimmed.chunks == carried.chunks[:2] and trimmed.resume_after == 14
+    assert carried.written_through(109) is not None
+    assert carried.written_through(105) is None  # no chunk whole on disk
+
+
+def test_no_journal_without_a_checkpoint_in_redis(tmp_path: Path) -> None:
+    """A drain whose first checkpoint is not stored yet resumes from the stream after a
+    kill, as before: nothing is journaled."""
+    spilled = _spilling(tmp_path, None)
+    spilled.spilled(2, 100, 6)
+    assert not (tmp_path / "journal" / "7").exists()
+    assert take_journaled(tmp_path) == {}
 
 
 def test_keys_share_the_channel_hash_tag() -> None:

@@ -16,6 +16,7 @@ carries an L10 with the count.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -310,6 +311,24 @@ class BacklogStore:
         self.detach(backlog)
         self._prior.pop(backlog.drain_id, None)
         backlog.log.destroy()
+
+    def written_end(self, drain_id: int) -> int:
+        """The backlog sequence past the last message a previous process wrote for
+        ``drain_id`` (before it is attached; a torn tail is cut, as ``attach`` would).
+        What it queued past that and never wrote is not counted lost when attached: the
+        caller reads those messages from elsewhere (Redis mode: the channel's stream)."""
+        segments = SegmentLog(
+            self._drain_dir(drain_id),
+            segment_bytes=self.settings.segment_bytes,
+            budget_bytes=self.settings.drain_budget_bytes,
+        )
+        segments.open()
+        end = int(segments.end_seq)
+        segments.close()
+        prior = self._prior.get(drain_id)
+        if prior is not None and prior.spill_queued_end > end:
+            self._prior[drain_id] = dataclasses.replace(prior, spill_queued_end=end)
+        return end
 
     def discard(self, drain_id: int) -> None:
         """Remove what a previous process left of ``drain_id`` (not attached here)."""

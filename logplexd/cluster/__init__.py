@@ -17,13 +17,16 @@ the stream keeps for a follower behind), ``_unsent`` (``UnsentLedger``: what a
 (``NodeDir``: the data dir held for the process's life, and the incarnations it recorded,
 which the next process on it knows dead: ``lease.Incarnations``), and ``_spilled``
 (``SpilledSeqs``: the stream sequences of a drain's disk backlog, for its checkpoint),
-and ``_carried`` (``CarriedBacklog``, ``take_carried``: disk backlogs a clean stop hands to
-the node's next process).
+``_carried`` (``CarriedBacklog``, ``take_carried``: disk backlogs a clean stop hands to
+the node's next process) and ``_journal`` (``SpillJournal``, ``take_journaled``: the same
+after a ``kill -9``, from what each drain journaled as it spilled).
 """
 
 from ._carried import CarriedBacklog
 from ._carried import take as take_carried
 from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
+from ._journal import SpillJournal
+from ._journal import take as take_journaled
 from ._link import CLOSE_GRACE, TRIP_KINDS
 from ._node_dir import NodeDir
 from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
@@ -54,6 +57,8 @@ from .registry import COLLECT_SKIPS, ClusterRegistry
 
 __all__ = [
     "take_carried",
+    "take_journaled",
+    "SpillJournal",
     "APPEND",
     "CHECKPOINT_TTL_MS",
     "CLOSE_GRACE",

@@ -21,6 +21,7 @@ the next start removes the backlogs (a ``kill -9`` has no clean stop to write it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,22 @@ class CarriedBacklog:
     # Messages its drain had counted lost and not yet announced (an L10 owed), since when.
     lost: int = 0
     since: float = 0.0
+    # Also taken as unchanged (a kill -9's journal, ``_journal``: the checkpoint journaled
+    # before the last one, should that last store not have landed); -1: none.
+    earlier: int = -1
+
+    def written_through(self, end: int) -> CarriedBacklog | None:
+        """This backlog without the chunks a killed process noted and never wrote (from
+        backlog sequence ``end`` on): their messages are read from the stream, after the
+        last chunk on disk. None: no chunk is on disk."""
+        chunks = tuple(c for c in self.chunks if c[0] + c[1] <= end)
+        if len(chunks) == len(self.chunks):
+            return self
+        return dataclasses.replace(self, chunks=chunks) if chunks else None
+
+    def resumable_from(self, checkpoint: int) -> bool:
+        """Whether the drain's checkpoint in Redis is still where this backlog left it."""
+        return checkpoint in (self.checkpoint, self.earlier)
 
     @property
     def resume_after(self) -> int:

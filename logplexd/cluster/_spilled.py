@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._follow import Follow
+from ._journal import CheckpointState, SpillJournal
 from ._refill import StreamRefill
 
 
@@ -38,10 +39,17 @@ class _Spilled:
 class SpilledSeqs:
     """The stream sequences of one drain's disk backlog (``DrainFeed.on_spilled``)."""
 
-    def __init__(self, follow: Follow, refill: StreamRefill | None = None) -> None:
+    def __init__(
+        self,
+        follow: Follow,
+        refill: StreamRefill | None = None,
+        journal: SpillJournal | None = None,
+    ) -> None:
         self.follow = follow
         self.refill = refill
         self._chunks: deque[_Spilled] = deque()
+        # Where each chunk is noted for a start after a kill -9 (``_journal``).
+        self.journal = journal
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -50,13 +58,33 @@ class SpilledSeqs:
         """Every chunk still noted: (backlog first, count, stream sequence before, last)."""
         return [(c.first, c.count, c.before, c.last) for c in self._chunks]
 
-    def restore(self, chunks: Iterable[tuple[int, int, int, int]]) -> None:
-        """The chunks a previous process noted of the backlog it carried over."""
+    def restore(self, chunks: Iterable[tuple[int, int, int, int]], state: CheckpointState) -> None:
+        """The chunks a previous process noted of the backlog it carried over, resumed from
+        the checkpoint of ``state`` (journaled again from here)."""
         self._chunks.extend(_Spilled(*chunk) for chunk in chunks)
+        if self.journal is not None and self._chunks:
+            self.journal.restore(self.chunks(), state)
+
+    def note_checkpoint(self, state: CheckpointState, holds_messages: bool) -> None:
+        """The drain's checkpoint is about to be stored (``state``: it, the loss owed and
+        since when). A backlog that holds nothing any more needs no journal (a kill now
+        resumes from the checkpoint); the next chunk starts one again."""
+        journal = self.journal
+        if journal is None:
+            return
+        if holds_messages:
+            journal.checkpoint(state, self.chunks())
+        else:
+            journal.remove()
+
+    def _journal(self, chunk: _Spilled) -> None:
+        self._chunks.append(chunk)
+        if self.journal is not None:
+            self.journal.chunk((chunk.first, chunk.count, chunk.before, chunk.last), self.chunks)
 
     def spilled(self, ring_first: int, backlog_first: int, count: int) -> None:
         follow = self.follow
-        self._chunks.append(
+        self._journal(
             _Spilled(
                 backlog_first,
                 count,
@@ -73,7 +101,7 @@ class SpilledSeqs:
             return  # (never: the feed copies the batch it was just given)
         seqs = current.seqs
         before = seqs[start - 1] if start else seqs[start] - 1
-        self._chunks.append(_Spilled(backlog_first, count, before, seqs[start + count - 1]))
+        self._journal(_Spilled(backlog_first, count, before, seqs[start + count - 1]))
 
     def delivered_through(self, settled: int) -> int | None:
         """The stream sequence a drain has delivered through once every message of its

@@ -42,6 +42,8 @@ from ._carried import CarriedBacklog
 from ._carried import save as save_carried
 from ._follow import Follow
 from ._history import CatchUp
+from ._journal import SpillJournal, journal_dir
+from ._journal import remove_all as remove_journals
 from ._link import CALL_TIMEOUT, describe, redis_errors
 from ._node_dir import NodeDir
 from ._refill import StreamRefill
@@ -654,8 +656,20 @@ class ClusterDrains:
             wanted.starting = False
             return
         carried = self.carried.get(drain_id)
-        if carried is not None and not (checkpointed and after[0] == carried.checkpoint):
-            # Another node delivered past where this one stopped: the backlog is void.
+        backlogs = self.manager.backlogs
+        if carried is not None and backlogs is not None:
+            # Only what is on disk: a killed process's last chunks may never have been
+            # written (their messages come from the stream, after the last one that was).
+            carried = carried.written_through(backlogs.written_end(drain_id))
+            if carried is None:
+                del self.carried[drain_id]
+            else:
+                self.carried[drain_id] = carried
+        if carried is not None and not (
+            checkpointed and carried.resumable_from(after[0]) and after[0] <= carried.resume_after
+        ):
+            # Another node delivered past where this one stopped (or, after a kill, this
+            # one had delivered past the backlog): the backlog is void.
             log.info("drain %d: the disk backlog carried over is void (checkpoint moved)", drain_id)
             del self.carried[drain_id]
             self._discard(drain_id)
@@ -722,7 +736,7 @@ class ClusterDrains:
             self._dirty.set()
         self._hook_checkpoints(drain_id, wanted, feed, catch_up, refill)
         if carried is not None and wanted.spilled is not None:
-            wanted.spilled.restore(carried.chunks)
+            wanted.spilled.restore(carried.chunks, (after[0], carried.lost, carried.since))
             log.info(
                 "drain %d: resumes the disk backlog the last process carried over (messages "
                 "%d to %d of its stream)",
@@ -753,8 +767,19 @@ class ClusterDrains:
         """After each settled payload, note the stream sequence delivered through."""
         follow = wanted.follow
         assert follow is not None
-        # Past what the stream keeps for it, the drain spills to this node's disk.
-        spilled = wanted.spilled = SpilledSeqs(follow, refill)
+        # Past what the stream keeps for it, the drain spills to this node's disk, and
+        # journals each chunk for a start after a kill -9 (``_journal``).
+        journal = None
+        backlogs = self.manager.backlogs
+        if backlogs is not None:
+
+            def state() -> tuple[int, int, float] | None:
+                if wanted.stored < 0:
+                    return None
+                return wanted.stored, feed.loss.count, feed.loss.since
+
+            journal = SpillJournal(journal_dir(backlogs.directory), drain_id, wanted.channel, state)
+        spilled = wanted.spilled = SpilledSeqs(follow, refill, journal)
         feed.on_spilled.append(spilled.spilled)
         feed.on_spilled_refill.append(spilled.spilled_refill)
 
@@ -813,6 +838,8 @@ class ClusterDrains:
             if wanted.follow is not None:
                 self._note_delivered(wanted.channel, wanted.follow)
         wanted.delivered = -1
+        if wanted.spilled is not None and wanted.spilled.journal is not None:
+            wanted.spilled.journal.remove()  # (its backlog goes with it)
         wanted.spilled = None
         self.manager.remove_drain(drain_id)
         if wanted.follow is not None:
@@ -857,6 +884,9 @@ class ClusterDrains:
         for drain_id, wanted, seq in batch:
             assert seq is not None
             by_channel.setdefault(wanted.channel, []).append((drain_id, wanted, seq))
+            spilled = wanted.spilled
+            if spilled is not None and spilled.journal is not None and spilled.journal.active:
+                self._journal_checkpoint(drain_id, spilled, seq)
         parts: dict[str, list[object]] = {}
         for channel, items in by_channel.items():
             part = parts[channel] = [len(items)]
@@ -887,6 +917,16 @@ class ClusterDrains:
         if refused:
             self._dirty.set()
         return len(batch)
+
+    def _journal_checkpoint(self, drain_id: int, spilled: SpilledSeqs, seq: int) -> None:
+        """Journal the checkpoint about to be stored, before it is sent: should the process
+        be killed, Redis holds it or the one before (``CarriedBacklog.earlier``)."""
+        drain = self.manager.drain(drain_id)
+        if drain is None:
+            return
+        disk, loss = drain.feed.disk, drain.feed.loss
+        holds = disk is not None and disk.queued_end > disk.entry.spill_acked
+        spilled.note_checkpoint((seq, loss.count, loss.since), holds)
 
     async def _release(
         self, channel: str, drain_id: int, removed: bool = False, owned: bool = True
@@ -995,6 +1035,8 @@ class ClusterDrains:
                         loss.since,
                     )
                 )
+        # What the drains journaled for a kill is superseded by what is carried over.
+        remove_journals(backlogs.directory)
         try:
             save_carried(backlogs.directory, carried)
         except OSError as exc:

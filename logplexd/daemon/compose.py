@@ -48,6 +48,7 @@ from ..cluster import (
     UnsentLedger,
     birth_hook,
     take_carried,
+    take_journaled,
 )
 from ..config import TLS_PAIRS, Settings, ensure_auth_key, load_settings
 from ..drains import DrainSettings, GatedDrainManager, attach_drains
@@ -362,8 +363,17 @@ class Daemon:
                 await core.start(self.drains.run)
                 if self.plane is not None and self.cluster_drains is not None:
                     if self.backlogs is not None:
-                        # What a clean stop carried over is kept; the rest goes.
+                        # What a clean stop carried over is kept, or else what a killed
+                        # process journaled; the rest goes.
+                        journaled = take_journaled(self.backlogs.directory)
                         carried = take_carried(self.backlogs.directory)
+                        if not carried and journaled:
+                            carried = journaled
+                            log.info(
+                                "drains: %d disk backlogs journaled by a process that was "
+                                "killed; each is resumed if its checkpoint did not move",
+                                len(journaled),
+                            )
                         self.backlogs.open(keep=carried)
                         self.cluster_drains.carried = carried
                     else:

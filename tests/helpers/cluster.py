@@ -31,6 +31,23 @@ def text(tag: str, i: int) -> str:
     return f"msg-{tag}-{i:04d}."
 
 
+# Messages this large fill the sockets' buffers between a node and a stalled receiver (a
+# few MB on loopback) with a few hundred messages, so the ring laps the drain.
+PAD = b" " + b"x" * 8000
+
+
+def padded(token: str, tag: str, numbers: range) -> bytes:
+    """Messages ``numbers`` of series ``tag``, of 8 KB each (``PAD``), for ``token``."""
+    return b"".join(frame(token, text(tag, i).encode() + PAD) for i in numbers)
+
+
+def oldest(server: RedisServer) -> int:
+    """The message sequence channel "app"'s oldest stream entry ends at (0: none)."""
+    stream = Keys().stream("app")
+    found = re.search(rb"(\d+)-0", server.command("XRANGE", stream, "-", "+", "COUNT", "1"))
+    return int(found.group(1)) if found is not None else 0
+
+
 def numbered(token: str, tag: str, numbers: Iterable[int]) -> bytes:
     """The frames of messages ``numbers`` of series ``tag``, for ``token``."""
     return b"".join(frame(token, text(tag, i)) for i in numbers)
