@@ -174,8 +174,10 @@ class Settings:
     # Redis mode: a channel's ring on each node is a cache of its stream, this deep at
     # first (0: as deep as channel_buffer_messages; at least history_messages), deepened up
     # to channel_buffer_messages for a channel of large stream entries; drains it laps read
-    # on from the stream, which keeps channel_buffer_messages (docs/SCALING.md).
-    redis_ring_messages: int = 2048
+    # on from the stream, which keeps channel_buffer_messages (docs/SCALING.md). 8192: a
+    # drain holds its channel's inputs a quarter of its ring behind, and at 2048 the drains
+    # of 1,000 busy channels held every input a third of a flood (bench/RESULTS.md).
+    redis_ring_messages: int = 8192
     # Redis mode: a drain whose receiver refuses data for longer than its stream keeps for
     # it spills to the disk of the node that owns it (drain_spill_* budgets; SCALING.md).
     redis_drain_spill: bool = True

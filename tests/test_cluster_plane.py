@@ -1315,6 +1315,39 @@ async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(
         nursery.cancel_scope.cancel()
 
 
+async def test_the_inputs_go_on_while_a_flush_is_in_flight(redis_server: RedisServer) -> None:
+    """The outbound gate, closed once the buffer is over half full, opens as soon as the
+    writer has taken the buffer's content, not when Redis answers the flush: meanwhile the
+    inputs route the next one (here Redis holds every write, ``CLIENT PAUSE ... WRITE``,
+    so the flush stays in flight). Before, every input waited for that reply."""
+    plane = DataPlane(
+        redis_server.url,
+        node_id="one",
+        keep_messages=40,  # a stream entry of 10 messages: routed batches go at once
+        buffer=OutboundBuffer(max_messages=100),
+    )
+    registry = ClusterRegistry(plane, 10, 1 << 20, 40)
+    registry.add_token("app", "t.app", "web")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        with trio.fail_after(15):
+            await eventually(lambda: plane.failure is None, 5)
+            redis_server.command("CLIENT", "PAUSE", "5000", "WRITE")
+            try:
+                counts = registry.route(frames("t.app", [f"a-{i}" for i in range(60)]))
+                assert counts.routed == 60 and plane.pushback.gate.closed
+                await eventually(lambda: plane.writer.in_flight.get("app") == 60, 5)
+                assert not plane.pushback.gate.closed and plane.messages_written == 0
+                counts = registry.route(frames("t.app", [f"b-{i}" for i in range(20)]))
+                assert counts.routed == 20 and not counts.held
+            finally:
+                redis_server.command("CLIENT", "UNPAUSE")
+            await eventually(lambda: plane.messages_written == 80, 10)
+            history, _ = await plane.read_history("app", 10)
+            assert texts(history) == [f"b-{i}".encode() for i in range(10, 20)]
+        nursery.cancel_scope.cancel()
+
+
 async def test_read_positions_are_reported_as_they_move_far_and_again_while_held(
     redis_server: RedisServer,
 ) -> None:

@@ -606,6 +606,11 @@ class Stopped(NamedTuple):
     ids: dict[str, int]
     beside: Daemon | None
 
+    def beside_drains(self) -> ClusterDrains:
+        """The drains of the node started beside A (``beside``)."""
+        assert self.beside is not None and self.beside.cluster_drains is not None
+        return self.beside.cluster_drains
+
 
 async def spilled_then_stopped(
     tmp_path: Path,
@@ -733,11 +738,15 @@ async def test_another_node_waits_for_a_carried_drain_while_the_stopped_one_come
     sink = Sink()
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            settings, port, _, _, _, ids, b = await spilled_then_stopped(
+            stopped = await spilled_then_stopped(
                 tmp_path, redis_server, nursery, keep, sent, ttl=4.0, beside="B"
             )
-            assert b is not None and b.cluster_drains is not None
-            drains = b.cluster_drains
+            settings, port, ids, drains = (
+                stopped.settings,
+                stopped.port,
+                stopped.ids,
+                stopped.beside_drains(),
+            )
             await eventually(lambda: ids["other"] in drains.owned(), 5)
             ticks = drains.ticks
             await eventually(lambda: drains.ticks >= ticks + 1, 5)
@@ -761,11 +770,10 @@ async def test_a_carried_backlog_another_node_took_is_removed_at_the_next_start(
     keep, sent = 512, 4000
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            settings, _, _, _, _, ids, b = await spilled_then_stopped(
+            stopped = await spilled_then_stopped(
                 tmp_path, redis_server, nursery, keep, sent, ttl=4.0, beside="B"
             )
-            assert b is not None and b.cluster_drains is not None
-            taker = b.cluster_drains
+            settings, ids, taker = stopped.settings, stopped.ids, stopped.beside_drains()
             await eventually(lambda: ids["app"] in taker.owned(), 15)
             kept = settings.data_dir / "redis-backlog" / "drains" / str(ids["app"])
             assert any(kept.rglob("*.seg"))

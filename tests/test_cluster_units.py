@@ -194,10 +194,14 @@ def test_entries_redis_answered_for_come_back_whole_up_to_twice_the_bound() -> N
     buf = OutboundBuffer(max_messages=4, max_bytes=10_000)
     buf.push("a", b"1", 3, now=1.0)
     flush = buf.take()
-    buf.push("a", b"2", 3, now=2.0)
+    buf.push("a", b"2", 3, now=2.0)  # routed while the flush was in flight
     buf.restore(flush, now=3.0, slack=2)
-    assert buf.messages == 6 and buf.dropped == 0
-    assert buf.take().entries == {"a": [(b"12", 6, None)]}
+    buf.push("a", b"4", 1, now=3.5)  # and a push then drops nothing either (7 <= 8)
+    assert buf.messages == 7 and buf.dropped == 0
+    # A flush takes at most the bound's messages (one entry at least): given back, it and
+    # what was routed meanwhile fit in twice the bound.
+    assert buf.take().entries == {"a": [(b"1", 3, None)]}
+    assert buf.take().entries == {"a": [(b"24", 4, None)]}
     buf.push("a", b"3", 3, now=4.0)
     big = Flush()
     big.taken = [Entry("a", b"0", 6)]
@@ -538,6 +542,21 @@ def test_pushback_closes_one_gate_for_every_input_while_the_buffer_is_half_full(
     assert pushback.gate.closed  # above a quarter: still closed
     filled[0] = 0.2
     pushback.progressed(["a"])
+    assert not pushback.gate.closed
+
+
+def test_the_gate_opens_once_the_writer_took_the_buffer() -> None:
+    """Not at the flush's reply: the writer took it (``taken``), and what it left in the
+    buffer is under a quarter."""
+    filled = [0.6]
+    pushback = ChannelPushback(1000, lambda name: 0, lambda: True, lambda: filled[0])
+    pushback.routed(Channel("a", ChannelRing(100, 1 << 20)))
+    assert pushback.gate.closed
+    filled[0] = 0.3
+    pushback.taken()
+    assert pushback.gate.closed  # more than a quarter left: the next flush takes it
+    filled[0] = 0.0
+    pushback.taken()
     assert not pushback.gate.closed
 
 

@@ -153,6 +153,9 @@ class Writer:
         self.written_seq: dict[str, int] = {}
         # Called with the channels of each flush once it was written (or given back).
         self.on_flushed: Callable[[list[str]], None] | None = None
+        # Called once a flush was taken out of the buffer, before it is sent (the outbound
+        # gate may open: ``ChannelPushback.taken``).
+        self.on_taken: Callable[[], None] | None = None
         # Called before each flush is taken: buffers what routing left to be collected
         # (``ClusterRegistry`` collects quiet channels once per flush, not once per batch).
         self.collect: Callable[[], None] | None = None
@@ -263,6 +266,8 @@ class Writer:
             started = time.perf_counter()
             taken_at = trio.current_time()
             flush = self.buffer.take(entry_max_messages=self.entry_messages, now=taken_at)
+            if self.on_taken is not None:
+                self.on_taken()
             self._work_seconds += time.perf_counter() - started
             in_flight = self.in_flight
             for entry in flush.taken:

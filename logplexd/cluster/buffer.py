@@ -106,6 +106,10 @@ class OutboundBuffer:
         self.pushed = 0
         self.dropped = 0
         self._groups = 0
+        # How many times its bounds the buffer may hold before it drops its oldest: 2 from
+        # a flush given back with ``slack`` 2 (``restore``) until a take brings it under
+        # its bounds again, 1 otherwise.
+        self._slack = 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -128,7 +132,7 @@ class OutboundBuffer:
         self.messages += messages
         self.nbytes += entry.size
         self.pushed += messages
-        self._trim(now)
+        self._trim(now, self._slack)
 
     def lose(
         self, channel: str, messages: int, now: float, after: tuple[int, int] | None = None
@@ -210,7 +214,12 @@ class OutboundBuffer:
         self._losses = {}
         self._take_into(flush, max_bytes)
         self._group(flush, entry_max, entry_max_messages)
+        self._unslack()
         return flush
+
+    def _unslack(self) -> None:
+        if self.filled() <= 1:
+            self._slack = 1
 
     def _take_around(self, max_bytes: int, entry_max: int, entry_max_messages: int | None) -> Flush:
         """``take`` while channels are deferred: theirs stay, in order (rare: a full scan)."""
@@ -226,11 +235,20 @@ class OutboundBuffer:
         staying.extend(self._entries)
         self._entries = staying
         self._group(flush, entry_max, entry_max_messages)
+        self._unslack()
         return flush
 
     def _take_into(self, flush: Flush, max_bytes: int) -> None:
-        entries = self._entries
-        while entries and (not flush.taken or flush.nbytes + entries[0].size <= max_bytes):
+        # Nor more messages than the buffer's bound: a flush given back (``restore``, up to
+        # twice the bounds) then never drops what was routed while it was in flight.
+        entries, max_messages = self._entries, self.max_messages
+        while entries and (
+            not flush.taken
+            or (
+                flush.nbytes + entries[0].size <= max_bytes
+                and flush.messages + entries[0].messages <= max_messages
+            )
+        ):
             entry = entries.popleft()
             self._unqueue(entry.channel, entry.messages)
             flush.taken.append(entry)
@@ -261,9 +279,11 @@ class OutboundBuffer:
         """Give back a flush that was not written: first in line again, then re-bounded
         to ``slack`` times the buffer's bounds (the oldest dropped past them, counted).
         A flush Redis did not answer is bounded as routed batches are (1); entries it
-        answered for (a reader behind, a refusal) may take up to one buffer more, 2: the
-        inputs are held meanwhile (``ChannelPushback``), and dropping them was a loss the
-        node made itself. Without ``regroup`` (a flush that may have run, its reply lost),
+        answered for (a reader behind, a refusal) may take up to one buffer more, 2, until a
+        take brings the buffer under its bounds again (batches routed meanwhile too: the
+        inputs route on while a flush is in flight, and the gate holds them once the buffer
+        is over half full, ``ChannelPushback``); dropping them was a loss the node made
+        itself. Without ``regroup`` (a flush that may have run, its reply lost),
         its entries are joined again exactly as they were, never with newer ones."""
         if regroup:
             for entry in flush.taken:
@@ -287,6 +307,7 @@ class OutboundBuffer:
                 mine.since = min(mine.since, loss.since)
                 mine.prior += loss.prior
                 mine.after = mine.after or loss.after
+        self._slack = slack
         self._trim(now, slack)
 
 

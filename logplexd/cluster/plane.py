@@ -90,6 +90,7 @@ class DataPlane:
             keep_messages, self._behind, lambda: self.link.failure is None, self.buffer.filled
         )
         self.writer.on_flushed = self._flushed
+        self.writer.on_taken = self.pushback.taken
         self.pushback.on_hold = self.writer.hurry
         self.writer.on_written = self.followers.own_written
         self.followers.writing = lambda name: name in self.writer.in_flight
