@@ -798,10 +798,10 @@ async def test_a_carried_backlog_is_void_once_its_checkpoint_moved(
     sink = Sink()
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            settings, port, _, _, _, ids, _ = await spilled_then_stopped(
-                tmp_path, redis_server, nursery, keep, sent
-            )
-            redis_server.command("SET", Keys().checkpoint("app", ids["app"]), str(sent - 10))
+            stopped = await spilled_then_stopped(tmp_path, redis_server, nursery, keep, sent)
+            checkpoint = Keys().checkpoint("app", stopped.ids["app"])
+            redis_server.command("SET", checkpoint, str(sent - 10))
+            settings, port = stopped.settings, stopped.port
             second = Daemon(settings)
             await nursery.start(serve_in, second, trio.CancelScope())
             await nursery.start(sink.serve, port)

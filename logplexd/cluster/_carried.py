@@ -14,8 +14,9 @@ node ran the drain and delivered) voids the backlog: it is removed and the drain
 from the checkpoint, as without one. So does a lease tick that finds another node holding
 the drain (``ClusterDrains._apply``): that node resumes it from the checkpoint.
 
-The file is read once, at start, and removed then: a process killed later leaves none, and
-the next start removes the backlogs (a ``kill -9`` has no clean stop to write it in).
+The file is read once, at start, and removed then: a process killed later leaves none (a
+``kill -9`` has no clean stop to write it in); its drains' journals say the same then
+(``_journal``).
 """
 
 from __future__ import annotations

@@ -153,10 +153,12 @@ class ChannelPushback:
         opens if that left the buffer under a quarter full. It waited for the flush's first
         reply before: with 1,000 busy channels a flush of ~150,000 messages takes 15-20 ms
         to send (Redis runs it as it reads it), and every input waited meanwhile, ~0.3 s of
-        a 2.5 s flood. The flush in flight is bounded as the buffer is (``FLUSH_SHARE``):
-        the memory held is what it was once its first reply came. With the deeper readers'
-        rings (``redis_ring_messages`` 8192), 1.14x the rate at 0.91x the CPU from empty,
-        1.20x at 0.84x at the steady state (bench/RESULTS.md, "Session of 2026-12-07
+        a 2.5 s flood. The flush in flight is bounded as the buffer is (``FLUSH_SHARE``, and
+        the buffer's bound in messages): the memory held is what it was once its first
+        reply came, and given back it fits beside what was routed meanwhile
+        (``OutboundBuffer.restore``). With the deeper readers' rings
+        (``redis_ring_messages`` 8192), 1.13x the rate at 0.94x the CPU from empty, 1.19x
+        at 0.81x at the steady state (bench/RESULTS.md, "Session of 2026-12-07
         (eleventh)")."""
         if self.gate.closed and self._filled() <= 0.25:
             self.gate.open()
