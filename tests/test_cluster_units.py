@@ -480,6 +480,21 @@ def test_a_resumed_backlog_keeps_only_the_chunks_on_disk(tmp_path: Path) -> None
     assert carried.written_through(105) is None  # no chunk whole on disk
 
 
+def test_a_journal_that_is_not_one_resumes_nothing(tmp_path: Path) -> None:
+    """Garbage, another version's file, a rewrite cut short (``.tmp``): nothing resumed,
+    nothing raised, and the directory is gone after the read."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / "3").write_bytes(b"not a journal at all")
+    (journal / "4").write_bytes(b"")
+    (journal / "x").write_bytes(b"LPJ1")
+    spilled = _spilling(tmp_path, (2, 0, 0.0))
+    spilled.spilled(2, 100, 6)
+    (journal / "7.tmp").write_bytes((journal / "7").read_bytes()[:10])
+    assert list(take_journaled(tmp_path)) == [7]
+    assert not journal.exists()
+
+
 def test_no_journal_without_a_checkpoint_in_redis(tmp_path: Path) -> None:
     """A drain whose first checkpoint is not stored yet resumes from the stream after a
     kill, as before: nothing is journaled."""

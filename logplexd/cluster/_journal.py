@@ -206,6 +206,8 @@ def take(backlogs: Path) -> dict[int, CarriedBacklog]:
     except OSError:
         return carried
     for path in paths:
+        if path.suffix == ".tmp":
+            continue  # a rewrite the kill cut short: the journal it was to replace stands
         try:
             drain_id = int(path.name)
             backlog = parse(path.read_bytes(), drain_id)
