@@ -34,6 +34,7 @@ import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..store import write_atomically
 from ._carried import CarriedBacklog
 
 log = logging.getLogger("logplexd.cluster")
@@ -120,7 +121,13 @@ class SpillJournal:
         ]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _replace(self.path, _HEADER.pack(MAGIC, len(name)) + name + b"".join(records))
+            # No fsync (see the module's docstring): two of them on the event loop could
+            # hold it for long.
+            write_atomically(
+                str(self.path),
+                _HEADER.pack(MAGIC, len(name)) + name + b"".join(records),
+                sync=False,
+            )
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             self._fail(exc)
@@ -160,14 +167,6 @@ class SpillJournal:
         self._close_fd()
         with contextlib.suppress(OSError):
             self.path.unlink()
-
-
-def _replace(path: Path, content: bytes) -> None:
-    """Write ``content`` over ``path`` whole or not at all, without an fsync (a kill -9
-    loses nothing the kernel took; two fsyncs on the event loop could hold it for long)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
 
 
 def parse(raw: bytes, drain_id: int) -> CarriedBacklog | None:

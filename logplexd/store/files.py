@@ -134,8 +134,10 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str, content: bytes) -> None:
-    """Write a temp file, fsync it, rename it over ``path``, fsync the directory."""
+def write_atomically(path: str, content: bytes, *, sync: bool = True) -> None:
+    """Write a temp file, fsync it, rename it over ``path``, fsync the directory. Without
+    ``sync``, no fsync: whole or not at all across a process's death (a kill -9 loses
+    nothing the kernel took), not across a machine's, and never waits on the disk."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -143,11 +145,13 @@ def write_atomically(path: str, content: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    if sync:
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def write_snapshot(path: str, payload: bytes) -> int:
