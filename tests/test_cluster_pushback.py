@@ -595,6 +595,50 @@ async def test_a_node_restarted_without_its_drains_journal_resumes_from_the_chec
             nursery.cancel_scope.cancel()
 
 
+async def test_a_loss_noted_while_a_spilled_drain_stored_no_checkpoint_is_told_after_a_kill(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A drain whose endpoint refuses connections stores no checkpoint (its delivery does
+    not move). A loss the stream tells it meanwhile (here 7 messages, as a trimmed stream
+    or a writer's dropped buffer would announce) is journaled with its backlog: the node
+    stopped as a kill would, its next start delivers every message spilled, in order, and
+    one L10 of exactly 7. Before, the journal held only the loss owed at the last
+    checkpoint, and this one went untold."""
+    keep, sent = 512, 3000
+    port = free_port()
+    sink = Sink()
+    settings = dataclasses.replace(node_settings(tmp_path, "A", redis_server), **small_rings(keep))
+    backlogs = settings.data_dir / "redis-backlog"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            served = await serve_stoppable(nursery, first := Daemon(settings))
+            ports = served.ports
+            await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
+            token = await channel_on_every_node(ports, [first])
+            await add_drain(ports, "app", port)
+            drains, plane, store = first.cluster_drains, first.plane, first.backlogs
+            assert drains is not None and plane is not None and store is not None
+            await eventually(lambda: len(drains.owned()) == 1, 5)
+            with trio.fail_after(20):
+                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+            await eventually(lambda: plane.writer.messages_written >= sent, 10)
+            await eventually(lambda: store.written_messages >= sent - keep, 10)
+            assert any((backlogs / "journal").iterdir())
+            drains.announce_loss("app", 7, plane.wall_clock())
+            await served.stop()  # as a kill would: no final flush, the data dir let go
+            second = Daemon(settings)
+            await nursery.start(serve_in, second, trio.CancelScope())
+            await nursery.start(sink.serve, port)
+
+            def accounted() -> int:
+                return len(sink.messages()) + l10_total(bytes(sink.data))
+
+            await eventually(lambda: accounted() >= sent + 7, 60)
+            assert sink.messages() == [text("A", i).encode() for i in range(sent)]
+            assert l10_total(bytes(sink.data)) == 7
+            nursery.cancel_scope.cancel()
+
+
 class Stopped(NamedTuple):
     settings: Settings
     port: int

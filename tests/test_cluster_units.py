@@ -435,6 +435,30 @@ def test_a_spilled_chunk_is_journaled_with_the_checkpoint_redis_holds(tmp_path: 
     assert take_journaled(tmp_path) == {}
 
 
+def test_a_loss_noted_after_the_last_checkpoint_is_journaled(tmp_path: Path) -> None:
+    """A drain whose receiver refuses stores no checkpoint (its delivery does not move): a
+    loss noted meanwhile (the stream trimmed past it) is journaled as it changes, and the
+    next process owes the last one, down to none once an L10 went out."""
+    spilled = _spilling(tmp_path, (2, 0, 0.0))
+    spilled.spilled(2, 100, 6)
+    spilled.note_checkpoint((5, 3, 17.5), holds_messages=True)
+    journal = spilled.journal
+    assert journal is not None
+    journal.owed(3, 17.5)  # unchanged since the checkpoint: no record
+    size = (tmp_path / "journal" / "7").stat().st_size
+    journal.owed(10, 17.5)
+    assert (tmp_path / "journal" / "7").stat().st_size == size + 41
+    spilled.spilled(8, 106, 4)
+    carried = take_journaled(tmp_path)[7]
+    assert (carried.lost, carried.since, carried.checkpoint) == (10, 17.5, 5)
+    assert carried.chunks == ((100, 6, 2, 8), (106, 4, 8, 12))
+    spilled = _spilling(tmp_path, (2, 4, 9.0))
+    spilled.spilled(2, 100, 6)
+    assert spilled.journal is not None
+    spilled.journal.owed(0, 9.0)  # the L10 went out
+    assert (take_journaled(tmp_path)[7].lost) == 0
+
+
 def test_a_journal_torn_by_a_crash_keeps_its_whole_records(tmp_path: Path) -> None:
     spilled = _spilling(tmp_path, (2, 0, 0.0))
     spilled.spilled(2, 100, 6)

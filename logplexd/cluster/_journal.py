@@ -15,7 +15,11 @@ nothing the kernel took; a machine crash may lose the tail of both):
   twice;
 - a checkpoint about to be stored in Redis, with the loss the drain still owes an L10 for.
   The next process resumes the backlog only if Redis holds one of the last two it journaled
-  (the last store either landed or did not): then no other node delivered past this one.
+  (the last store either landed or did not): then no other node delivered past this one;
+- the loss owed, whenever it changes between checkpoints (``owed``): a drain whose receiver
+  refuses stores no checkpoint (its delivery does not move), and a loss noted meanwhile
+  (the stream trimmed past it, a writer's buffer dropped) would otherwise go untold after
+  a kill. The last record of either kind says what the next process announces.
 
 The next start of a killed node reads the journals once (``take``) when no clean stop
 left ``carried.msgpack``, and resumes them as a clean stop's (``ClusterDrains._start``):
@@ -43,10 +47,12 @@ DIR_NAME = "journal"
 MAGIC = b"LPJ1"
 _HEADER = struct.Struct("<4sH")  # magic, channel name length (then the name)
 # kind, then four integers and a float: a chunk (backlog first, count, stream sequence
-# before, last; 0.0) or a checkpoint (sequence, loss owed, 0, 0; since).
+# before, last; 0.0), a checkpoint (sequence, loss owed, 0, 0; since) or the loss owed
+# (count, 0, 0, 0; since).
 _RECORD = struct.Struct("<Bqqqqd")
 _CHUNK = 1
 _CHECKPOINT = 2
+_OWED = 3
 # A journal is rewritten once it holds more records than this plus twice its live chunks.
 REWRITE_SLACK = 64
 
@@ -78,8 +84,10 @@ class SpillJournal:
         self._fd = -1
         self.records = 0
         self.failed = False
-        # The last two checkpoints journaled (the newest last).
+        # The last two checkpoints journaled (the newest last), and the loss owed as last
+        # journaled (count, since).
         self._checkpoints: list[CheckpointState] = []
+        self._owed: tuple[int, float] = (0, 0.0)
 
     @property
     def active(self) -> bool:
@@ -93,6 +101,7 @@ class SpillJournal:
             if state is None:
                 return  # no checkpoint in Redis yet: resumed from the stream, as before
             self._checkpoints = [state]
+            self._owed = (state[1], state[2])
             self._rewrite(live())  # (``live`` holds this chunk already)
             return
         self._append(_RECORD.pack(_CHUNK, *chunk, 0.0))
@@ -101,15 +110,25 @@ class SpillJournal:
         if self._fd < 0:
             return
         self._checkpoints = [*self._checkpoints[-1:], state]
+        seq, lost, since = state
+        self._owed = (lost, since)
         if self.records > REWRITE_SLACK + 2 * len(live):
             self._rewrite(live)
         else:
-            seq, lost, since = state
             self._append(_RECORD.pack(_CHECKPOINT, seq, lost, 0, 0, since))
+
+    def owed(self, count: int, since: float) -> None:
+        """The drain owes an L10 for ``count`` messages lost since ``since`` (0: none):
+        journaled when it changed (``DrainFeed.on_owed`` calls this often)."""
+        if self._fd < 0 or (count, since) == self._owed:
+            return
+        self._owed = (count, since)
+        self._append(_RECORD.pack(_OWED, count, 0, 0, 0, since))
 
     def restore(self, chunks: list[Chunk], state: CheckpointState) -> None:
         """A backlog resumed from the last process: journaled again from here."""
         self._checkpoints = [state]
+        self._owed = (state[1], state[2])
         self._rewrite(chunks)
 
     def _rewrite(self, chunks: Iterable[Chunk]) -> None:
@@ -179,6 +198,7 @@ def parse(raw: bytes, drain_id: int) -> CarriedBacklog | None:
     channel = raw[_HEADER.size : _HEADER.size + length].decode(errors="replace")
     chunks: list[Chunk] = []
     checkpoints: list[CheckpointState] = []
+    owed = (0, 0.0)
     offset = _HEADER.size + length
     while offset + _RECORD.size <= len(raw):
         kind, a, b, c, d, since = _RECORD.unpack_from(raw, offset)
@@ -187,12 +207,16 @@ def parse(raw: bytes, drain_id: int) -> CarriedBacklog | None:
             chunks.append((a, b, c, d))
         elif kind == _CHECKPOINT:
             checkpoints.append((a, b, since))
+            owed = (b, since)
+        elif kind == _OWED:
+            owed = (a, since)
         else:
             break  # not a record this version wrote: what follows is not trusted either
     if not chunks or not checkpoints:
         return None
-    seq, lost, since = checkpoints[-1]
+    seq = checkpoints[-1][0]
     earlier = checkpoints[-2][0] if len(checkpoints) > 1 else seq
+    lost, since = owed
     return CarriedBacklog(drain_id, channel, seq, tuple(chunks), lost, since, earlier)
 
 

@@ -779,6 +779,7 @@ class ClusterDrains:
                 return wanted.stored, feed.loss.count, feed.loss.since
 
             journal = SpillJournal(journal_dir(backlogs.directory), drain_id, wanted.channel, state)
+            feed.on_owed.append(journal.owed)
         spilled = wanted.spilled = SpilledSeqs(follow, refill, journal)
         feed.on_spilled.append(spilled.spilled)
         feed.on_spilled_refill.append(spilled.spilled_refill)

@@ -212,6 +212,11 @@ class DrainFeed:
     # the index of its first message in the batch the refill gave last, its backlog
     # sequence and its count.
     on_spilled_refill: list[Callable[[int, int, int], None]] = field(default_factory=list)
+    # Redis mode, a drain with a disk backlog: called with the loss it owes an L10 for
+    # (count, since) wherever one node's ledger would record it (``_record``), so that a
+    # start after a kill -9 tells a loss noted after the last checkpoint too
+    # (``cluster/_journal.py``).
+    on_owed: list[Callable[[int, float], None]] = field(default_factory=list)
     # The receiver left a write unfinished for its patience (judged slow) and has not
     # caught up since: set by the delivery adapter (``note_receiver_slow``).
     receiver_slow: bool = False
@@ -759,11 +764,15 @@ class DrainFeed:
         """Store in the ledger what a kill -9 now would lose: messages neither delivered nor
         handed to the backlog (from ``ring_settled`` on), and losses not yet announced."""
         backlog = self.disk
-        if backlog is None or backlog.closed or backlog.store.ephemeral:
+        if backlog is None or backlog.closed:
             # Closed (the daemon is ending): its slot says what was settled before, and the
-            # next start counts the rest as lost; never fewer than were. Ephemeral (Redis
-            # mode): the checkpoint is the position, and batches read from the stream have
-            # no ring position to store.
+            # next start counts the rest as lost; never fewer than were.
+            return
+        if backlog.store.ephemeral:
+            # Redis mode: the checkpoint is the position, and batches read from the stream
+            # have no ring position to store; the loss owed goes to the journal.
+            for hook in self.on_owed:
+                hook(self.loss.count, self.loss.since)
             return
         entry = backlog.entry
         if ring_settled is not None:
