@@ -693,9 +693,13 @@ def decode_entry(fields: Any) -> EntryBody | None:
 
 
 def parse_id(value: bytes | str) -> StreamId:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    # int() takes the ASCII digits of bytes as they are: no decode per id (a flush's
+    # reply holds one per entry written).
+    if isinstance(value, bytes):
+        ms, _, seq = value.partition(b"-")
+        return int(ms), int(seq or 0)
+    ms_text, _, seq_text = value.partition("-")
+    return int(ms_text), int(seq_text or 0)
 
 
 def format_id(value: StreamId) -> str:

@@ -59,6 +59,8 @@ _FREE = bytes(16)
 # accounted write; zero: not known. Apart from the slots, so that a file an older version
 # made keeps its layout (its slots simply know no id: their counts are told whole).
 AFTER = struct.Struct("=QQ")
+# accounted, carried, since: a slot's fields after routed (``UnsentSlot.account``).
+_COUNTS = struct.Struct("=QQQ")
 
 log = logging.getLogger("logplexd.cluster")
 
@@ -110,8 +112,8 @@ class UnsentSlot:
         take = min(self.carried, messages)
         self.carried -= take
         self.accounted += messages - take
-        struct.pack_into("=QQQ", self._map, self._offset + 8, self.accounted, self.carried,
-                         int(now * 1000))  # fmt: skip
+        since = int(now * 1000)
+        _COUNTS.pack_into(self._map, self._offset + 8, self.accounted, self.carried, since)
 
     def free(self) -> None:
         self.head.release()

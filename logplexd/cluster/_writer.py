@@ -300,8 +300,9 @@ class Writer:
     def hurry(self) -> None:
         """End the linger now: inputs wait for what this writer has (the pushback held
         a channel), so lingering for more only idles them."""
-        if self._linger_scope is not None:
-            self._linger_scope.cancel()
+        scope = self._linger_scope
+        if scope is not None and not scope.cancel_called:
+            scope.cancel()
 
     async def linger(self, seconds: float) -> None:
         """Wait ``seconds`` for ingestion to fill the next flush, until ``hurry``, or until
@@ -473,12 +474,15 @@ class Writer:
             done: list[Written] = []
             for k in range(2, len(reply) - 1, 2):
                 done.append((parse_id(reply[k + 1]), sent[len(done)]))
-                written_seq[channel] = int(reply[k])
+            prev_id = None
+            if done:
+                written_seq[channel] = int(reply[len(done) * 2])
+                prev_id = parse_id(prev) if prev else None
             if len(reply) % 2:
                 # APPEND found the first of these entries in the stream already.
                 self._count_landed(channel, int(reply[-1]))
             if done:
-                self._note_shared(channel, prev, done[-1][0])
+                self._note_shared(channel, prev_id, done[-1][0])
             if len(done) < len(sent) and status in (b"moved", b"missing"):
                 # Another node wrote the channel since this node last did (or its stream is
                 # gone): ``APPEND`` numbers these entries in the next flush.
@@ -513,20 +517,25 @@ class Writer:
             else:
                 self.connection.accepted(channel)
                 self._refusals.pop(channel, None)
-            stored = 0
+            if not done:
+                continue
+            stored = written_bytes = messages = entries = 0
             for _, entry in done:
-                self.bytes_written += len(entry.frames)
-                self.messages_written += entry.n
+                written_bytes += len(entry.frames)
+                messages += entry.n
                 stored += entry.n or entry.lost
+                entries += entry.n > 0
+            self.bytes_written += written_bytes
+            self.messages_written += messages
+            self.entries_written += entries
             if stored and self.on_accounted is not None:
                 self.on_accounted(channel, stored, done[-1][0])
-            self.entries_written += sum(1 for _, entry in done if entry.n)
-            if done and self.on_written is not None:
-                self.on_written(channel, parse_id(prev) if prev else None, done)
+            if self.on_written is not None:
+                self.on_written(channel, prev_id, done)
 
-    def _note_shared(self, channel: str, prev: bytes | None, last: StreamId) -> None:
+    def _note_shared(self, channel: str, prev: StreamId | None, last: StreamId) -> None:
         """After a write of ``channel`` whose first entry came after ``prev`` (the top
-        before it; empty: not known) and whose last is ``last``. A channel is proposed for
+        before it; None: not known) and whose last is ``last``. A channel is proposed for
         only once two of this node's writes followed each other in its stream (no guess
         that comes back refused for every channel another node writes too); when ``prev``
         is not this node's own last entry, another node wrote in between, and the channel
@@ -535,7 +544,7 @@ class Writer:
         self._last_id[channel] = last
         if mine is None:
             return
-        if prev and parse_id(prev) == mine:
+        if prev == mine:
             self._solo.add(channel)
         else:
             self._solo.discard(channel)
