@@ -483,30 +483,31 @@ class Writer:
                 self._count_landed(channel, int(reply[-1]))
             if done:
                 self._note_shared(channel, prev_id, done[-1][0])
-            if len(done) < len(sent) and status in (b"moved", b"missing"):
+            undone = len(sent) - len(done)
+            if undone and status in (b"moved", b"missing"):
                 # Another node wrote the channel since this node last did (or its stream is
                 # gone): ``APPEND`` numbers these entries in the next flush.
                 self._give_back(back, channel, sent[len(done) :])
                 solo.discard(channel)
                 self._shared_until[channel] = trio.current_time() + SHARED_FOR
                 self.proposals_moved += 1
-            elif len(done) < len(sent) and status == b"behind" and channel in proposed:
+            elif undone and status == b"behind" and channel in proposed:
                 # PROPOSE takes a channel's part whole or not at all: APPEND, in the next
                 # flush, writes what fits before the follower that is behind (and makes it
                 # "solo" again, ``_note_shared``).
                 self._give_back(back, channel, sent[len(done) :])
                 solo.discard(channel)
-            elif len(done) < len(sent) and status == b"behind":
+            elif undone and status == b"behind":
                 # A follower of the channel is 4 x keep behind: the rest waits here (and
                 # the inputs with it, ``ChannelPushback``) until it has read on.
                 self._give_back(back, channel, sent[len(done) :])
                 self.deferred += 1
                 self.buffer.defer(channel, trio.current_time() + BEHIND_PAUSE)
-            elif len(done) < len(sent):
+            elif undone:
                 solo.discard(channel)
                 log.debug(
                     "data plane: %d entries of %s not written (%s); sent again",
-                    len(sent) - len(done),
+                    undone,
                     channel,
                     status.decode(errors="replace") if isinstance(status, bytes) else status,
                 )
