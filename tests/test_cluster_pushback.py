@@ -832,6 +832,34 @@ async def test_a_carried_backlog_another_node_took_is_removed_at_the_next_start(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_carried_backlog_of_a_drain_deleted_meanwhile_is_removed_at_the_next_start(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A, whose drain spilled, stops cleanly (its backlog carried over); the drain is
+    deleted on B while A is down. A started again removes that backlog once the store has
+    loaded, not when the process ends (its files would fill the disk meanwhile); the other
+    drain, which spilled nothing, runs on A as before."""
+    keep, sent = 512, 4000
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            stopped = await spilled_then_stopped(
+                tmp_path, redis_server, nursery, keep, sent, beside="B"
+            )
+            settings, ids, beside = stopped.settings, stopped.ids, stopped.beside
+            assert beside is not None and beside.store is not None
+            kept = settings.data_dir / "redis-backlog" / "drains" / str(ids["app"])
+            assert any(kept.rglob("*.seg"))
+            assert await beside.store.delete_drain("app", ids["app"]) is not None
+            again = Daemon(settings)
+            await nursery.start(serve_in, again, trio.CancelScope())
+            drains = again.cluster_drains
+            assert drains is not None
+            await eventually(lambda: not kept.exists(), 10)
+            assert drains.carried == {}
+            assert ids["app"] not in drains.wanted and ids["other"] in drains.wanted
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_carried_backlog_is_void_once_its_checkpoint_moved(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

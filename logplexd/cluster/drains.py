@@ -848,6 +848,21 @@ class ClusterDrains:
             wanted.follow = None
         wanted.dirty = None
 
+    def forget_carried_absent(self) -> int:
+        """Once the store has loaded every drain (each one carried over is wanted again by
+        then): let go of the backlogs carried over for drains deleted while this node was
+        down (their files went only when the process ended before). How many."""
+        gone = [drain_id for drain_id in self.carried if drain_id not in self.wanted]
+        for drain_id in gone:
+            del self.carried[drain_id]
+            self._discard(drain_id)
+        if gone:
+            log.info(
+                "drains: %d disk backlogs carried over belong to drains deleted meanwhile; removed",
+                len(gone),
+            )
+        return len(gone)
+
     def _discard(self, drain_id: int) -> None:
         backlogs = self.manager.backlogs
         if backlogs is not None:

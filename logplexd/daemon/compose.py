@@ -384,6 +384,8 @@ class Daemon:
                     await core.start(self.plane.run)
                     await core.start(self.cluster_drains.run)
                     attach_drains(store, self.cluster_drains)
+                    if isinstance(store, RedisStore) and self.cluster_drains.carried:
+                        core.start_soon(self._forget_carried_absent, store, self.cluster_drains)
                 else:
                     if self.backlogs is not None:
                         self.backlogs.open()
@@ -406,6 +408,13 @@ class Daemon:
                 _GC.leave()
             await self._final_flush()
             self.notifier.close()
+
+    @staticmethod
+    async def _forget_carried_absent(store: RedisStore, drains: ClusterDrains) -> None:
+        """Once the store has loaded every drain (``attach_drains`` has added each), the
+        backlogs carried over for drains deleted since the last stop go."""
+        await store.loaded.wait()
+        drains.forget_carried_absent()
 
     @staticmethod
     async def _forget_unclaimed(store: RedisStore, ledger: UnsentLedger) -> None:
