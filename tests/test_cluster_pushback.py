@@ -38,7 +38,7 @@ from tests.helpers.cluster import (
     text,
 )
 from tests.helpers.curl import AUTH, JSON, api, curl
-from tests.helpers.daemon import serve_in, serve_stoppable
+from tests.helpers.daemon import Stoppable, serve_in, serve_stoppable
 from tests.helpers.drains import l10_total
 from tests.helpers.net import free_port
 from tests.helpers.peers import needs_curl
@@ -538,6 +538,36 @@ async def test_a_drain_whose_receiver_is_down_spills_to_its_owners_disk_and_send
             nursery.cancel_scope.cancel()
 
 
+class Spilling(NamedTuple):
+    settings: Settings
+    port: int
+    served: Stoppable
+
+
+async def spilling_node(
+    tmp_path: Path, server: RedisServer, nursery: trio.Nursery, keep: int, sent: int
+) -> Spilling:
+    """Node A with channel "app" drained to ``port``, where nobody listens, and ``sent``
+    messages of 8 KB sent to it, every write answered: a node stopped between Redis
+    storing a write and the node hearing so has the next process look for that write in
+    the stream (the kill -9 count, ``UnsentLedger``); here the writers trim at ``keep``,
+    and what of it they trimmed would be told lost too, an L10 counting more than were."""
+    port = free_port()
+    settings = dataclasses.replace(node_settings(tmp_path, "A", server), **small_rings(keep))
+    served = await serve_stoppable(nursery, first := Daemon(settings))
+    ports = served.ports
+    await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
+    token = await channel_on_every_node(ports, [first])
+    await add_drain(ports, "app", port)
+    drains, plane = first.cluster_drains, first.plane
+    assert drains is not None and plane is not None and first.backlogs is not None
+    await eventually(lambda: len(drains.owned()) == 1, 5)
+    with trio.fail_after(20):
+        await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+    await eventually(lambda: plane.writer.messages_written >= sent, 10)
+    return Spilling(settings, port, served)
+
+
 async def test_a_node_restarted_without_its_drains_journal_resumes_from_the_checkpoint(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -549,31 +579,14 @@ async def test_a_node_restarted_without_its_drains_journal_resumes_from_the_chec
     holds arrives, in order; an L10 tells exactly how many the writers trimmed meanwhile
     (docs/SCALING.md, "A drain behind past the stream")."""
     keep, sent = 512, 4000
-    port = free_port()
     sink = Sink()
-    settings = dataclasses.replace(node_settings(tmp_path, "A", redis_server), **small_rings(keep))
-    backlogs = settings.data_dir / "redis-backlog"
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            served = await serve_stoppable(nursery, first := Daemon(settings))
-            ports = served.ports
-            await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
-            token = await channel_on_every_node(ports, [first])
-            await add_drain(ports, "app", port)
-            drains = first.cluster_drains
-            assert drains is not None and first.backlogs is not None
-            await eventually(lambda: len(drains.owned()) == 1, 5)
-            with trio.fail_after(20):
-                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
+            spilling = await spilling_node(tmp_path, redis_server, nursery, keep, sent)
+            settings, port, served = spilling.settings, spilling.port, spilling.served
+            backlogs = settings.data_dir / "redis-backlog"
             await eventually(lambda: oldest(redis_server) > sent - READER_SLACK * keep, 10)
             await eventually(lambda: any(backlogs.rglob("*.seg")), 10)
-            # Every write answered first: a node stopped between Redis storing a write and
-            # the node hearing so has the next process look for that write in the stream
-            # (the kill -9 count, ``UnsentLedger``); here the writers trim at 512, and what
-            # of it they trimmed would be told lost too, the L10 counting more than were.
-            plane = first.plane
-            assert plane is not None
-            await eventually(lambda: plane.writer.messages_written >= sent, 10)
             await served.stop()  # as a kill would: no final flush, the data dir let go
             journal = backlogs / "journal"
             assert any(journal.iterdir())
@@ -604,31 +617,19 @@ async def test_a_loss_noted_while_a_spilled_drain_stored_no_checkpoint_is_told_a
     stopped as a kill would, its next start delivers every message spilled, in order, and
     one L10 of exactly 7. Before, the journal held only the loss owed at the last
     checkpoint, and this one went untold."""
-    keep, sent = 512, 3000
-    port = free_port()
-    sink = Sink()
-    settings = dataclasses.replace(node_settings(tmp_path, "A", redis_server), **small_rings(keep))
-    backlogs = settings.data_dir / "redis-backlog"
+    sent, sink = 3000, Sink()
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            served = await serve_stoppable(nursery, first := Daemon(settings))
-            ports = served.ports
-            await eventually(lambda: first.plane is not None and first.plane.failure is None, 5)
-            token = await channel_on_every_node(ports, [first])
-            await add_drain(ports, "app", port)
+            spilling = await spilling_node(tmp_path, redis_server, nursery, 512, sent)
+            first = spilling.served.daemon
             drains, plane, store = first.cluster_drains, first.plane, first.backlogs
             assert drains is not None and plane is not None and store is not None
-            await eventually(lambda: len(drains.owned()) == 1, 5)
-            with trio.fail_after(20):
-                await send_syslog(ports.syslog, padded(token, "A", range(sent)))
-            await eventually(lambda: plane.writer.messages_written >= sent, 10)
-            await eventually(lambda: store.written_messages >= sent - keep, 10)
-            assert any((backlogs / "journal").iterdir())
+            await eventually(lambda: store.written_messages >= sent - 512, 10)
+            assert any((spilling.settings.data_dir / "redis-backlog" / "journal").iterdir())
             drains.announce_loss("app", 7, plane.wall_clock())
-            await served.stop()  # as a kill would: no final flush, the data dir let go
-            second = Daemon(settings)
-            await nursery.start(serve_in, second, trio.CancelScope())
-            await nursery.start(sink.serve, port)
+            await spilling.served.stop()  # as a kill would: no final flush
+            await nursery.start(serve_in, Daemon(spilling.settings), trio.CancelScope())
+            await nursery.start(sink.serve, spilling.port)
 
             def accounted() -> int:
                 return len(sink.messages()) + l10_total(bytes(sink.data))
