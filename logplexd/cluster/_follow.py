@@ -840,29 +840,16 @@ class Followers:
         ready: list[Follow] = []
         solo: list[bool] = []
         until = now + CALL_TIMEOUT
-        exempt, writing = self.exempt, self.writing
         for follow in follows:
-            # ``_paused``, ``_left_to_writer`` and ``Follow.solo`` written out: this loop
-            # runs over every follow a few times a flush (with 1,000 busy channels their
-            # calls were ~2 % of the node).
             if follow.waiting:
                 self._take_waiting(follow)
-            if follow.channel.held_apart_from(exempt):
+            if self._paused(follow):
                 held.append(follow)
-                continue
-            holds_own = follow.last_seq >= follow.written_through or follow.holds_own()
-            own_due = follow.own_due
-            if own_due <= now and holds_own and writing(follow.name):
-                follow.own_due = own_due = until
-            if own_due > now:
-                due.append(own_due)
-                continue
-            ready.append(follow)
-            solo.append(
-                holds_own
-                and now - follow.own_at < SOLO_WINDOW
-                and now - follow.foreign_at >= SOLO_WINDOW
-            )
+            elif self._left_to_writer(follow, now, until):
+                due.append(follow.own_due)
+            else:
+                ready.append(follow)
+                solo.append(follow.solo(now))
         if held and not due and not ready:
             self._followed = trio.Event()
             await self._wait_released(held)
