@@ -457,6 +457,11 @@ def test_a_loss_noted_after_the_last_checkpoint_is_journaled(tmp_path: Path) -> 
     assert spilled.journal is not None
     spilled.journal.owed(0, 9.0)  # the L10 went out
     assert (take_journaled(tmp_path)[7].lost) == 0
+    spilled = _spilling(tmp_path, (2, 0, 0.0))
+    spilled.spilled(2, 100, 6)
+    assert spilled.journal is not None
+    spilled.journal.owed(-5, 9.0)  # as a damaged record would read
+    assert take_journaled(tmp_path)[7].lost == 0
 
 
 def test_a_journal_torn_by_a_crash_keeps_its_whole_records(tmp_path: Path) -> None:

@@ -216,7 +216,7 @@ def parse(raw: bytes, drain_id: int) -> CarriedBacklog | None:
         return None
     seq = checkpoints[-1][0]
     earlier = checkpoints[-2][0] if len(checkpoints) > 1 else seq
-    lost, since = owed
+    lost, since = max(0, owed[0]), owed[1]  # a damaged record never makes a count negative
     return CarriedBacklog(drain_id, channel, seq, tuple(chunks), lost, since, earlier)
 
 
