@@ -391,3 +391,49 @@ async def test_what_a_killed_process_queued_and_never_wrote_is_not_lost_if_read_
     assert (first_seq, count, lost) == (0, 20, 0)
     assert b"".join(payloads) == chunk + chunk
     assert resumed.read(1 << 20)[1:] == (20, 0, 0)
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """How many times the tasks whose name ends with ``suffix`` ran a step."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+async def test_a_refused_drains_spill_task_sleeps_until_its_mark_or_the_receiver_is_back(
+    nursery, tmp_path, autojump_clock
+):
+    """Redis mode (``only_refused``): while the receiver refuses, the spill task waits for
+    its mark or for the receiver to take data again, not on a timer. It looked every
+    ``flush_interval``: a node whose 1,000 drains' receivers were down spent 96 % of a core
+    on it."""
+    registry = Registry(**SMALL_RING)
+    channel = registry.ensure_channel("app")
+    store = backlogs(tmp_path, ephemeral=True, only_refused=True)
+    manager = await start_manager(
+        nursery, registry, DrainSettings(syslog_backoff_cap=1.0), backlogs=store
+    )
+    port = free_port()
+    manager.add_drain("app", 1, TOKEN, f"syslog://127.0.0.1:{port}")
+    append(channel, [message(i) for i in range(10)])  # under the share: the ring keeps them
+    await wait_until(lambda: stats_of(manager, 1).state == "backoff", 10)
+    steps = _TaskSteps("_spill_guard")
+    trio.lowlevel.add_instrument(steps)
+    try:
+        await trio.sleep(60)  # of the autojump clock: a look every 10 ms would be 6,000
+        assert steps.steps == 0
+        # The receiver is back: the spill task lifts its mark at once (nothing new routed).
+        sink = SyslogSink()
+        await nursery.start(sink.serve, port)
+        await sink.wait_for(lambda: sink.messages() >= 10, timeout=30)
+        await trio.testing.wait_all_tasks_blocked()
+        assert steps.steps >= 1
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert sink.frames() == expected(0, 10)
+    assert store.written_messages == 0 and not stats_of(manager, 1).spilling

@@ -155,7 +155,11 @@ class Drain:
         self._spill_hold = object()
         # Set when the receiver starts refusing data (``only_refused`` spills wait for it).
         self._refused = trio.Event()
+        # What the spill task waits on while the receiver refuses (its mark reached), set
+        # as well once the receiver takes data again (``_receiver_back``).
+        self._refusal_wait: trio.Event | None = None
         feed.on_receiver_slow.append(self._receiver_refused)
+        feed.on_receiver_caught_up.append(self._receiver_back)
 
     @property
     def channel_name(self) -> str:
@@ -166,6 +170,8 @@ class Drain:
         state = self.state = next_state(self.state, event)
         if state is DrainState.BACKOFF or state is DrainState.CONNECTING:  # REFUSING_STATES
             self._receiver_refused()
+        elif self._refusal_wait is not None and not self.feed.receiver_slow:
+            self._receiver_back()
         if event is DrainEvent.SENT and self._failing:
             self._failing = False
             log.info("drain %d (%s) delivering again", self.drain_id, self.target.redacted)
@@ -257,6 +263,14 @@ class Drain:
             start = max(feed.cursor, channel.ring.tail)
             channel.hold_from(self._spill_hold, start + spill_share(channel))
 
+    def _receiver_back(self) -> None:
+        """The receiver takes data again (connected, or caught up): a spill task waiting
+        for its mark while it refused looks again (``_spill_guard``)."""
+        wait = self._refusal_wait
+        if wait is not None and not self.refusing:
+            self._refusal_wait = None  # (how the spill task tells this from its mark)
+            wait.set()
+
     async def _spill_guard(self) -> None:
         """Copy the ring to the disk backlog once the drain is a share behind, and while the
         backlog is active, everything new (in chunks, at most ``flush_interval`` late)."""
@@ -310,11 +324,16 @@ class Drain:
                     with trio.move_on_after(interval):
                         await channel.wait_head(start + max(1, share // 4))
                 elif hold and only_refused:
-                    # Look again whether the receiver still refuses: one that took data
-                    # again must not hold the channel at half its ring.
-                    with trio.move_on_after(interval):
-                        await reached.wait()
-                    if not reached.is_set():
+                    # Until the mark, or until the receiver takes data again: one that does
+                    # must not hold the channel at half its ring. Woken by either, never by a
+                    # timer: looking again every ``interval`` cost a node whose 1,000 drains'
+                    # receivers were down 96 % of a core (bench/RESULTS.md, "thirteenth").
+                    if not self.refusing:
+                        continue
+                    self._refusal_wait = reached
+                    await reached.wait()
+                    back, self._refusal_wait = self._refusal_wait is not reached, None
+                    if back:
                         continue
                 elif hold:
                     await reached.wait()

@@ -222,6 +222,8 @@ class DrainFeed:
     receiver_slow: bool = False
     # Called when the receiver is judged slow (the drain's spill task may start).
     on_receiver_slow: list[Callable[[], None]] = field(default_factory=list)
+    # Called when a receiver judged slow caught up.
+    on_receiver_caught_up: list[Callable[[], None]] = field(default_factory=list)
     _kicked: trio.Event | None = None
     # Part of a batch read from the refill for the disk that the writer's queue had no room
     # for: (the batch, its first message not queued).
@@ -707,8 +709,8 @@ class DrainFeed:
     def note_receiver_slow(self, slow: bool) -> None:
         """The delivery adapter judged the receiver slow (True), or it caught up (False)."""
         was, self.receiver_slow = self.receiver_slow, slow
-        if slow and not was:
-            for hook in self.on_receiver_slow:
+        if slow != was:
+            for hook in self.on_receiver_slow if slow else self.on_receiver_caught_up:
                 hook()
 
     def drop_unsettled_write(self) -> None:
