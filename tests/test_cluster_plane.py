@@ -11,6 +11,8 @@ import trio
 
 from logplexd.cluster import (
     FLUSH_INTERVAL,
+    NEW_FOLLOW_WAIT,
+    READ_BLOCK_MS,
     READER_STALE_MS,
     ClusterRegistry,
     DataPlane,
@@ -1280,6 +1282,71 @@ async def test_a_channel_followed_while_the_others_are_held_is_read_at_once(
             for _, follow in held:
                 plane.release(follow)
             plane.release(added_follow)
+
+
+async def test_channels_followed_while_the_reader_blocks_are_read_without_waiting_out_the_block(
+    redis_server: RedisServer,
+) -> None:
+    """One Redis: idle, the blocking read names every followed stream and waits
+    READ_BLOCK_MS; a follow it does not name ends it early (``CLIENT UNBLOCK``) once it has
+    waited NEW_FOLLOW_WAIT, so another node's messages reach new channels long before the
+    block would run out, and twenty follows added together end it once."""
+    names = [f"b{i}" for i in range(20)]
+    async with node(redis_server.url, "one") as one, node(redis_server.url, "two") as two:
+        for reg in (one, two):
+            for name in names:
+                reg.add_token(name, f"t.{name}", "web")
+        plane = one.plane
+        with trio.fail_after(15):
+            channel, _, _ = await follow_app(one)
+            await eventually(lambda: plane.followers.blocking_read, 5)
+            # A read that has just begun: it would wait READ_BLOCK_MS.
+            before = plane.followers.reads
+            await eventually(lambda: plane.followers.reads > before, READ_BLOCK_MS / 1000 + 5)
+            await eventually(lambda: plane.followers.blocking_read, 5)
+            unblocks = redis_server.command_calls().get("client|unblock", 0)
+            tops = {name: await plane.top(name) for name in names}
+        added = []
+        for name in names:
+            ch = one.channel(name)
+            assert ch is not None
+            added.append(ch)
+            plane.hold(ch, tops[name])
+        for name in names:
+            two.route(frames(f"t.{name}", [f"to {name}"]))
+        with trio.fail_after(NEW_FOLLOW_WAIT + (READ_BLOCK_MS / 1000 - NEW_FOLLOW_WAIT) / 2):
+            await eventually(lambda: all(len(ch.ring) == 1 for ch in added), 5)
+        assert [texts(ch.ring.last(1)) for ch in added] == [[f"to {n}".encode()] for n in names]
+        assert redis_server.command_calls().get("client|unblock", 0) - unblocks == 1
+        assert len(channel.ring) == 0
+
+
+async def test_where_redis_refuses_client_unblock_the_reader_blocks_no_longer_than_a_new_follow_waits(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL user without ``CLIENT UNBLOCK`` (an @admin command): the first new follow
+    waits out the block, which is NEW_FOLLOW_WAIT from then on, said once in the log."""
+    redis_server.command(
+        "ACL", "SETUSER", "plane", "on", ">secret", "~*", "&*", "+@all", "-client|unblock"
+    )
+    url = f"redis://plane:secret@127.0.0.1:{redis_server.port}"
+    async with node(url, "one") as one, node(redis_server.url, "two") as two:
+        for reg in (one, two):
+            reg.add_token("b", "t.b", "web")
+            reg.add_token("c", "t.c", "web")
+        plane = one.plane
+        with trio.fail_after(15):
+            await follow_app(one)
+            await eventually(lambda: plane.followers.blocking_read, 5)
+            for name in ("b", "c"):
+                added = one.channel(name)
+                assert added is not None
+                plane.hold(added, await plane.top(name))
+                two.route(frames(f"t.{name}", [f"to {name}"]))
+                await eventually(lambda added=added: len(added.ring) == 1, READ_BLOCK_MS / 1000 + 5)
+                assert plane.followers.read_block_ms == NEW_FOLLOW_WAIT * 1000
+    refusals = [r for r in caplog.records if "refused CLIENT UNBLOCK" in r.getMessage()]
+    assert len(refusals) == 1
 
 
 async def test_a_full_outbound_buffer_holds_the_inputs_and_loses_nothing(

@@ -24,10 +24,17 @@ after a ``kill -9``, from what each drain journaled as it spilled).
 
 from ._carried import CarriedBacklog
 from ._carried import take as take_carried
-from ._follow import POLL_IDLE, REPORT_HEARTBEAT, SWEEP_SLICE, Follow, report_due
+from ._follow import (
+    NEW_FOLLOW_WAIT,
+    POLL_IDLE,
+    REPORT_HEARTBEAT,
+    SWEEP_SLICE,
+    Follow,
+    report_due,
+)
 from ._journal import SpillJournal
 from ._journal import take as take_journaled
-from ._link import CLOSE_GRACE, TRIP_KINDS
+from ._link import CLOSE_GRACE, READ_BLOCK_MS, TRIP_KINDS
 from ._node_dir import NodeDir
 from ._pushback import HOLD_KEEPS, ChannelPushback, OutboundGate
 from ._spilled import SpilledSeqs
@@ -66,7 +73,9 @@ __all__ = [
     "DRAIN_STALE_MS",
     "FLUSH_INTERVAL",
     "HOLD_KEEPS",
+    "NEW_FOLLOW_WAIT",
     "POLL_IDLE",
+    "READ_BLOCK_MS",
     "PROPOSE",
     "READER_SLACK",
     "READER_STALE_MS",

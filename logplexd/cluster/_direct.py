@@ -123,9 +123,16 @@ class ServerLink:
         self._reader = RespReader()
         self._lock = trio.Lock()
         self.opened = 0  # connections made (a test and the metrics of the link look)
+        # The open connection's id on the server (``CLIENT ID``; None: none open): another
+        # connection can end a blocking read of this one early (``CLIENT UNBLOCK``).
+        self.client_id: int | None = None
         # What the open connection sends from a worker thread first (``send_gathered``):
         # THREAD_SEND_BYTES on a paced link, 0 (the loop sends it all) otherwise.
         self.thread_bytes = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None
 
     @property
     def congestion_control(self) -> str | None:
@@ -233,7 +240,13 @@ class ServerLink:
         if target.db:
             hello.append(["SELECT", target.db])
         hello.append(["CLIENT", "SETNAME", self._name])
-        await self._exchange(pack_pipeline(hello), [len(hello)], _raise_errors)
+        hello.append(["CLIENT", "ID"])
+        replies: list[list[Any]] = []
+        await self._exchange(pack_pipeline(hello), [len(hello)], lambda _, got: replies.append(got))
+        # (An ACL that refuses ``CLIENT ID`` costs only the early end of a blocking read.)
+        *greeted, client_id = replies[0]
+        _raise_errors(0, greeted)
+        self.client_id = client_id if isinstance(client_id, int) else None
 
     def _where(self) -> str:
         if self._target.socket_path is not None:
@@ -243,6 +256,7 @@ class ServerLink:
     def close(self) -> None:
         stream, self._stream = self._stream, None
         self._poll = None
+        self.client_id = None
         if stream is not None:
             # Not awaited: a socket close is immediate, and this runs in cancelled code too.
             stream.socket.close()

@@ -28,7 +28,14 @@ import trio
 from ..native import Batch, ChannelRing, parse_body
 from ..router import Channel
 from ._history import History
-from ._link import CALL_TIMEOUT, READ_BLOCK_MS, Backoff, Connection, redis_errors
+from ._link import (
+    CALL_TIMEOUT,
+    READ_BLOCK_MS,
+    Backoff,
+    Connection,
+    error_replies,
+    redis_errors,
+)
 from ._stream import (
     MAX_WIRE_FRAME,
     READER_SLACK,
@@ -75,6 +82,11 @@ QUIET_AFTER = 2.0
 # so a write the beacons missed (a resharding this node's client has not seen) is found
 # within (followed channels / SWEEP_SLICE) polls.
 SWEEP_SLICE = 4
+# One Redis: a follow added while the blocking read waits is read once that read has waited
+# this long (it is ended early, ``CLIENT UNBLOCK``), not a whole READ_BLOCK_MS later. Not
+# at once: 10,000 channels provisioned one after the other would each have every stream
+# read again; this way at most four times a second, as when the read blocked 250 ms.
+NEW_FOLLOW_WAIT = 0.25
 # A reader wanting the stream position a follower has not reached waits at most this long.
 CATCH_UP_WAIT = 2.0
 # A followed channel this node wrote to within this window, and whose stream had no other
@@ -413,6 +425,13 @@ class Followers:
         self.waiting_bytes = 0
         # Whether every follow knows where it starts (``_resolve``).
         self._resolved_all = True
+        # The blocking read waiting now (its number and when it began; None: none), and
+        # set when a follow it does not name was added (``_unblocker``).
+        self._blocking: tuple[int, float] | None = None
+        self._reads = 0
+        self._unblock_wanted = trio.Event()
+        # How long the blocking read waits (shorter where Redis refuses ``_unblocker``).
+        self.read_block_ms = READ_BLOCK_MS
 
     def follow_of(self, channel: str) -> Follow | None:
         return self._follows.get(channel)
@@ -433,6 +452,16 @@ class Followers:
 
     def __contains__(self, channel: str) -> bool:
         return channel in self._follows
+
+    @property
+    def reads(self) -> int:
+        """Blocking reads sent so far (tests)."""
+        return self._reads
+
+    @property
+    def blocking_read(self) -> bool:
+        """Whether the one-Redis blocking read waits now (tests)."""
+        return self._blocking is not None
 
     @property
     def waiting_for_release(self) -> int:
@@ -457,6 +486,8 @@ class Followers:
             self._followed.set()
             for scope in self._released_waits:
                 scope.cancel()
+            if self._blocking is not None:
+                self._unblock_wanted.set()
             self._wake_lane(self._lane_of(channel.name))
         follow.refs += 1
         return follow
@@ -552,18 +583,52 @@ class Followers:
         too."""
         self._nursery = nursery
         nursery.start_soon(self._report)
+        nursery.start_soon(self._unblocker)
         for lane in {self._lane_of(name) for name in self._follows}:
             self._wake_lane(lane)
 
     def stop(self) -> None:
         self._nursery = None
 
+    async def _unblocker(self) -> None:
+        """End the blocking read early once a follow it does not name was added, when it
+        has waited NEW_FOLLOW_WAIT (the lane then reads every follow again)."""
+        errors = redis_errors()
+        refused = error_replies()
+        while True:
+            await self._unblock_wanted.wait()
+            self._unblock_wanted = trio.Event()
+            blocking = self._blocking
+            if blocking is None:
+                continue  # it ended meanwhile: the next read names the new follow
+            await trio.sleep_until(blocking[1] + NEW_FOLLOW_WAIT)
+            if self._blocking != blocking:
+                continue
+            try:
+                with trio.fail_after(CALL_TIMEOUT):
+                    await self.connection.unblock_read()
+            except refused as exc:
+                # An ACL without CLIENT UNBLOCK (@admin): the reads block as long as a new
+                # follow may wait, as they did before it ended them.
+                self.read_block_ms = int(NEW_FOLLOW_WAIT * 1000)
+                log.warning(
+                    "data plane: Redis refused CLIENT UNBLOCK (%s): the followers' blocking "
+                    "read waits %d ms at most",
+                    exc,
+                    self.read_block_ms,
+                )
+                return
+            except errors as exc:
+                # The read still ends when its block runs out (READ_BLOCK_MS).
+                log.debug("data plane: the blocking read was not ended early: %s", exc)
+
     def _lane_of(self, channel: str) -> str:
         # One reader for every followed stream (a blocking XREAD, or on a cluster a poll).
         return ""
 
     def _wake_lane(self, lane: str) -> None:
-        # A running lane picks a new follow up at its next read (within READ_BLOCK_MS).
+        # A running lane picks a new follow up at its next read (the blocking read is ended
+        # for it: ``_unblocker``).
         if lane not in self._lanes and self._nursery is not None:
             try:
                 self._nursery.start_soon(self._lane, lane)
@@ -863,7 +928,7 @@ class Followers:
                 await self._read_wanted.wait()
             return
         follows = ready
-        wait = HELD_BLOCK_MS if held or due else READ_BLOCK_MS
+        wait = HELD_BLOCK_MS if held or due else self.read_block_ms
         block: int | None = wait
         if any(solo) and now >= self._next_poll:
             self._next_poll = now + POLL_IDLE
@@ -892,8 +957,14 @@ class Followers:
                     await self._read_wanted.wait()
                 return
         streams = {f.key: f.last_id() for f in follows}
-        with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
-            found = await connection.read_streams(streams, read_count(len(streams)), block)
+        if block is not None:
+            self._reads += 1
+            self._blocking = (self._reads, now)
+        try:
+            with trio.fail_after(READ_BLOCK_MS / 1000 + CALL_TIMEOUT):
+                found = await connection.read_streams(streams, read_count(len(streams)), block)
+        finally:
+            self._blocking = None
         connection.link.ok("lane:" + lane)
         if not found:
             return

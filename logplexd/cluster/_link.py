@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("logplexd.cluster")
 
 # A blocking XREAD (the followers' read on one Redis) waits this long; the client's stream
-# timeout allows for it.
-READ_BLOCK_MS = 250
+# timeout allows for it. It names every followed stream: idle, each read costs the node and
+# Redis in proportion to the channels, and at 250 ms a node following 10,000 idle channels
+# spent 8.8 % of a core on them and its Redis 4.7 %. A read ends at once when an entry
+# lands, and is ended early for a follow it does not name (``Followers._unblocker``).
+READ_BLOCK_MS = 2000
 CONNECT_TIMEOUT = 2.0
 # Any call Redis has not answered within this (beyond its own blocking time) counts as lost.
 CALL_TIMEOUT = 5.0
@@ -444,6 +447,25 @@ class Connection:
         if isinstance(reply, RespError):
             raise reply
         return _stream_entries(reply)
+
+    async def unblock_read(self) -> bool:
+        """End the blocking read of ``read_streams`` in progress now (it returns as if its
+        block ran out), over another connection of the plane's; whether one was ended."""
+        direct = self._direct
+        if direct is None or self.cluster:
+            return False
+        node = self.target.nodes[0]
+        read = direct.link(node, "read")
+        client_id = read.client_id
+        if client_id is None:
+            if read.connected:
+                raise RespError("ERR Redis did not tell the read connection's CLIENT ID")
+            return False
+        (reply,) = await direct.link(node, "unblock").call([["CLIENT", "UNBLOCK", client_id]])
+        self.count_trip("follow")
+        if isinstance(reply, RespError):
+            raise reply
+        return bool(reply)
 
     @property
     def transactions(self) -> bool:
