@@ -1321,7 +1321,7 @@ async def test_channels_followed_while_the_reader_blocks_are_read_without_waitin
         assert len(channel.ring) == 0
 
 
-async def test_where_redis_refuses_client_unblock_the_reader_blocks_no_longer_than_a_new_follow_waits(
+async def test_where_redis_refuses_client_unblock_the_reader_blocks_no_longer_than_a_follow_waits(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An ACL user without ``CLIENT UNBLOCK`` (an @admin command): the first new follow
