@@ -425,10 +425,12 @@ class Followers:
         self.waiting_bytes = 0
         # Whether every follow knows where it starts (``_resolve``).
         self._resolved_all = True
-        # The blocking read waiting now (its number and when it began; None: none), and
-        # set when a follow it does not name was added (``_unblocker``).
+        # The blocking read waiting now (its number and when it began; None: none), the
+        # number of the last one a follow was added during (it does not name it), and set
+        # then (``_unblocker``).
         self._blocking: tuple[int, float] | None = None
         self._reads = 0
+        self._unblock_read = 0
         self._unblock_wanted = trio.Event()
         # How long the blocking read waits (shorter where Redis refuses ``_unblocker``).
         self.read_block_ms = READ_BLOCK_MS
@@ -487,6 +489,7 @@ class Followers:
             for scope in self._released_waits:
                 scope.cancel()
             if self._blocking is not None:
+                self._unblock_read = self._blocking[0]
                 self._unblock_wanted.set()
             self._wake_lane(self._lane_of(channel.name))
         follow.refs += 1
@@ -599,7 +602,7 @@ class Followers:
             await self._unblock_wanted.wait()
             self._unblock_wanted = trio.Event()
             blocking = self._blocking
-            if blocking is None:
+            if blocking is None or blocking[0] != self._unblock_read:
                 continue  # it ended meanwhile: the next read names the new follow
             await trio.sleep_until(blocking[1] + NEW_FOLLOW_WAIT)
             if self._blocking != blocking:

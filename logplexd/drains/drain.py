@@ -170,7 +170,7 @@ class Drain:
         state = self.state = next_state(self.state, event)
         if state is DrainState.BACKOFF or state is DrainState.CONNECTING:  # REFUSING_STATES
             self._receiver_refused()
-        elif self._refusal_wait is not None and not self.feed.receiver_slow:
+        elif self._refusal_wait is not None:
             self._receiver_back()
         if event is DrainEvent.SENT and self._failing:
             self._failing = False
